@@ -1,0 +1,82 @@
+// common.cuh -- shared helpers for every cupyrt CUDA source.
+//
+// No system headers on purpose: NVRTC (through CuPy's RawModule) and nvcc must
+// both compile these files with no include path, so half precision is handled
+// as raw 16-bit storage (`half_t`) converted with PTX `cvt`, and the math
+// functions used are the NVRTC built-ins (expf, tanhf, erff, ...).
+//
+// The Python side (kernels/gpu/compile.py) inlines `#include "x.cuh"` lines
+// of this folder before handing a source to NVRTC; nvcc resolves them itself.
+#pragma once
+
+typedef unsigned short half_t;   // IEEE binary16 bits
+
+__device__ __forceinline__ float h2f(half_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ half_t f2h(float f) {
+    half_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Two floats -> one register holding {lo, hi} halves (lo in bits 0..15).
+__device__ __forceinline__ unsigned pack_h2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Load/store one element of either storage type as float.
+template <typename T> struct io;
+template <> struct io<float> {
+    static __device__ __forceinline__ float load(const float* p) { return *p; }
+    static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+};
+template <> struct io<half_t> {
+    static __device__ __forceinline__ float load(const half_t* p) { return h2f(*p); }
+    static __device__ __forceinline__ void store(half_t* p, float v) { *p = f2h(v); }
+};
+
+// ---------------------------------------------------------------------------
+// Activations, by the codes of kernels/gpu/activation.py (TensorRT's
+// ActivationType plus the usual extras). alpha/beta follow TensorRT's meaning
+// for each type (e.g. CLIP: alpha=min, beta=max; LEAKY_RELU: alpha=slope).
+// ---------------------------------------------------------------------------
+enum ActCode {
+    ACT_NONE = 0, ACT_RELU = 1, ACT_SIGMOID = 2, ACT_TANH = 3, ACT_LEAKY_RELU = 4,
+    ACT_ELU = 5, ACT_SELU = 6, ACT_SOFTSIGN = 7, ACT_SOFTPLUS = 8, ACT_CLIP = 9,
+    ACT_HARD_SIGMOID = 10, ACT_SCALED_TANH = 11, ACT_THRESHOLDED_RELU = 12,
+    ACT_GELU_ERF = 13, ACT_GELU_TANH = 14, ACT_SILU = 15, ACT_HARD_SWISH = 16,
+    ACT_RELU6 = 17
+};
+
+__device__ __forceinline__ float apply_act(float x, int code, float alpha, float beta) {
+    switch (code) {
+    case ACT_NONE: return x;
+    case ACT_RELU: return fmaxf(x, 0.f);
+    case ACT_SIGMOID: return 1.f / (1.f + expf(-x));
+    case ACT_TANH: return tanhf(x);
+    case ACT_LEAKY_RELU: return x >= 0.f ? x : alpha * x;
+    case ACT_ELU: return x >= 0.f ? x : alpha * (expf(x) - 1.f);
+    case ACT_SELU: return beta * (x >= 0.f ? x : alpha * (expf(x) - 1.f));
+    case ACT_SOFTSIGN: return x / (1.f + fabsf(x));
+    case ACT_SOFTPLUS:  // TensorRT: alpha * log(exp(beta * x) + 1), stable form
+        { float t = beta * x;
+          return alpha * (fmaxf(t, 0.f) + log1pf(expf(-fabsf(t)))); }
+    case ACT_CLIP: return fminf(fmaxf(x, alpha), beta);
+    case ACT_HARD_SIGMOID: return fminf(fmaxf(alpha * x + beta, 0.f), 1.f);
+    case ACT_SCALED_TANH: return alpha * tanhf(beta * x);
+    case ACT_THRESHOLDED_RELU: return x > alpha ? x : 0.f;
+    case ACT_GELU_ERF: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case ACT_GELU_TANH:
+        return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case ACT_SILU: return x / (1.f + expf(-x));
+    case ACT_HARD_SWISH: return x * fminf(fmaxf(x + 3.f, 0.f), 6.f) * (1.f / 6.f);
+    case ACT_RELU6: return fminf(fmaxf(x, 0.f), 6.f);
+    default: return x;
+    }
+}
