@@ -7,3 +7,8 @@ from .layers.base import Layer, Tensor, Weights  # noqa: F401
 from .network import Network  # noqa: F401
 
 bool = DataType.BOOL  # noqa: A001  (TensorRT spells it trt.bool)
+from .logger import Logger  # noqa: E402,F401
+from .builder import Builder, BuilderConfig  # noqa: E402,F401
+from .runtime import (CudaEngine, EngineInspector, ExecutionContext, LayerInfo,  # noqa: E402,F401
+                      Profiler, Runtime, TensorIOMode)
+from .plan import PLAN_VERSION  # noqa: E402,F401

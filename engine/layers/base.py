@@ -60,7 +60,9 @@ class Attr:
         return layer._attrs.get(self.name, self.default)
 
     def __set__(self, layer, value):
-        value = self.normalise(layer, value)
+        # None means "unset" for attributes whose default is None (bias, alpha...)
+        if value is not None or self.default is not None:
+            value = self.normalise(layer, value)
         old = layer._attrs.get(self.name, _MISSING)
         layer._attrs[self.name] = value
         if layer._network is not None:

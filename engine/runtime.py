@@ -1,0 +1,294 @@
+"""IRuntime, ICudaEngine, IExecutionContext and IProfiler.
+
+An engine is an optimised network plus the builder's decisions, read back from
+a plan. Execution contexts hold all per-call state (shape cache, profiler), so
+one engine serves many contexts, one per thread.
+"""
+import enum
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+
+from . import memory, plan as planfile
+from .backends import select_backend
+from .errors import ExecutionError
+from .logger import Logger
+from .types import DataType
+
+log = logging.getLogger(__name__)
+
+
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class Runtime:
+    def __init__(self, logger=None):
+        self.logger = logger or Logger()
+
+    def deserialize_cuda_engine(self, plan_bytes):
+        doc, arrays = planfile.loads(plan_bytes)
+        network = planfile.decode_network(doc.get("network", {}), arrays)
+        return CudaEngine(network, doc.get("engine", {}), self.logger)
+
+
+class LayerInfo:
+    """What the builder decided for one layer of the optimised network."""
+
+    def __init__(self, layer, precision, kernel):
+        self.name, self.type = layer.name, layer.layer_type
+        self.precision, self.kernel = precision, kernel
+        self.inputs = [None if t is None else t.name for t in layer._inputs]
+        self.outputs = [t.name for t in layer._outputs]
+
+    def as_dict(self):
+        return {"name": self.name, "type": self.type.name, "precision": self.precision.name,
+                "kernel": self.kernel, "inputs": self.inputs, "outputs": self.outputs}
+
+    def __repr__(self):
+        return f"<LayerInfo {self.name} {self.type.name} {self.precision.name} {self.kernel}>"
+
+
+class CudaEngine:
+    def __init__(self, network, meta, logger=None, backend=None):
+        self.network = network
+        self.meta = meta
+        self.logger = logger or Logger()
+        precisions = meta.get("precisions", {})
+        kernels = meta.get("kernels", {})
+        self.layers = [LayerInfo(layer, DataType[precisions.get(layer.name, "FLOAT")],
+                                 kernels.get(layer.name, "numpy.reference"))
+                       for layer in network._layers]
+        self._precision = {info.name: info.precision for info in self.layers}
+        self.backend = select_backend(backend)
+        self._io = [t.name for t in network._inputs] + [t.name for t in network._outputs]
+
+    # -- inspection (ICudaEngine) ---------------------------------------------
+    @property
+    def num_layers(self):
+        return len(self.layers)
+
+    @property
+    def num_io_tensors(self):
+        return len(self._io)
+
+    def get_tensor_name(self, i):
+        return self._io[i]
+
+    def _io_tensor(self, name):
+        t = self.network.get_tensor(name)
+        if t is None or name not in self._io:
+            raise ExecutionError(f"'{name}' is not an input or output of this engine; "
+                                 f"valid: {', '.join(self._io)}")
+        return t
+
+    def get_tensor_mode(self, name):
+        t = self._io_tensor(name)
+        return TensorIOMode.INPUT if t.is_network_input else TensorIOMode.OUTPUT
+
+    def get_tensor_shape(self, name):
+        t = self._io_tensor(name)
+        return t._declared_shape if t.is_network_input else t.shape
+
+    def get_tensor_dtype(self, name):
+        return self._io_tensor(name).dtype
+
+    @property
+    def input_names(self):
+        return [t.name for t in self.network._inputs]
+
+    @property
+    def output_names(self):
+        return [t.name for t in self.network._outputs]
+
+    def activation_memory(self, input_shapes):
+        """Bytes of activation memory (the planned arena) for these input shapes."""
+        shapes = self.infer_shapes(input_shapes)
+        return self._memory_plan(shapes)[1]
+
+    @property
+    def device_memory_size(self):
+        """Activation memory for the declared input shapes, dynamic dims taken as 1."""
+        return self.activation_memory({t.name: tuple(1 if d < 0 else d for d in t._declared_shape)
+                                       for t in self.network._inputs})
+
+    def _memory_plan(self, shapes):
+        keep = set(id(t) for t in self.network._inputs) | set(id(t) for t in self.network._outputs)
+        spans = memory.lifetimes(
+            self.network._layers,
+            lambda layer: [id(t) for t in layer._inputs if t is not None],
+            lambda layer: [id(t) for t in layer._outputs], keep)
+        sizes = {}
+        for layer in self.network._layers:
+            for t in layer._outputs:
+                if id(t) in spans:
+                    dtype = self._storage_dtype(layer, t)
+                    sizes[id(t)] = int(np.prod(shapes[id(t)])) * dtype.itemsize
+        return memory.plan(sizes, spans)
+
+    def _storage_dtype(self, layer, t):
+        if t.dtype == DataType.FLOAT and self._precision.get(layer.name) == DataType.HALF \
+                and not t.is_network_output and not layer.output_type_is_set(t.index):
+            return DataType.HALF
+        return t.dtype
+
+    def infer_shapes(self, input_shapes):
+        """Concrete shape of every tensor (keyed by id) for these input shapes."""
+        shapes = {}
+        for t in self.network._inputs:
+            shapes[id(t)] = tuple(input_shapes[t.name])
+        for layer in self.network._layers:
+            ins = [None if t is None else shapes[id(t)] for t in layer._inputs]
+            dts = [None if t is None else t.dtype for t in layer._inputs]
+            try:
+                results = self.network._infer_layer(layer, ins, dts)
+            except Exception as e:     # noqa: BLE001  (re-raised with the call's context)
+                raise ExecutionError(f"input shapes {dict(input_shapes)} are not valid for "
+                                     f"{layer.describe()}: {e}") from e
+            for t, (shape, _) in zip(layer._outputs, results):
+                shapes[id(t)] = shape
+        return shapes
+
+    def create_execution_context(self):
+        return ExecutionContext(self)
+
+    def create_engine_inspector(self):
+        return EngineInspector(self)
+
+    def __repr__(self):
+        return f"<CudaEngine {self.num_layers} layers, backend={self.backend.name}>"
+
+
+class EngineInspector:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get_layer_information(self, index):
+        return json.dumps(self.engine.layers[index].as_dict())
+
+    def get_engine_information(self):
+        e = self.engine
+        return json.dumps({"layers": [info.as_dict() for info in e.layers],
+                           "inputs": {n: list(e.get_tensor_shape(n)) for n in e.input_names},
+                           "outputs": {n: list(e.get_tensor_shape(n)) for n in e.output_names},
+                           "device_memory_size": e.device_memory_size,
+                           "backend": e.backend.name, "build": e.meta.get("pass_stats", {})},
+                          indent=1)
+
+
+class Profiler:
+    """IProfiler: ``report_layer_time`` is called once per layer per execution.
+    This default one accumulates, and ``table()`` prints the slowest first."""
+
+    def __init__(self):
+        self.times = {}
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def report_layer_time(self, layer_name, ms):
+        with self._lock:
+            self.times[layer_name] = self.times.get(layer_name, 0.0) + ms
+
+    def table(self):
+        total = sum(self.times.values()) or 1.0
+        rows = [f"{'layer':40s} {'ms':>10s} {'%':>6s}"]
+        for name, ms in sorted(self.times.items(), key=lambda kv: -kv[1]):
+            rows.append(f"{name[:40]:40s} {ms:10.3f} {100 * ms / total:6.1f}")
+        return "\n".join(rows)
+
+
+class ExecutionContext:
+    def __init__(self, engine):
+        self.engine = engine
+        self.profiler = None
+        self.name = ""
+        self._plans = {}      # input-shape signature -> per-call schedule
+
+    def _check_inputs(self, inputs):
+        net = self.engine.network
+        if not isinstance(inputs, dict):
+            raise ExecutionError(f"execute takes a dict name -> array; got {type(inputs).__name__}")
+        expected = [t.name for t in net._inputs]
+        missing = [n for n in expected if n not in inputs]
+        if missing:
+            raise ExecutionError(f"missing input(s) {missing}; this engine takes {expected}")
+        extra = [n for n in inputs if n not in expected]
+        if extra:
+            raise ExecutionError(f"unknown input(s) {extra}; this engine takes {expected}")
+        feeds = {}
+        for t in net._inputs:
+            a = self.engine.backend.asarray(inputs[t.name])
+            want = t.dtype.to_numpy()
+            if a.dtype != want:
+                raise ExecutionError(f"input '{t.name}' has dtype {a.dtype}; expected {want} "
+                                     f"(convert with .astype('{want}'))")
+            decl = t._declared_shape
+            if a.ndim != len(decl):
+                raise ExecutionError(f"input '{t.name}' has rank {a.ndim} (shape {tuple(a.shape)}); "
+                                     f"expected rank {len(decl)} ({decl}, -1 = any)")
+            bad = [i for i, (d, w) in enumerate(zip(a.shape, decl)) if w >= 0 and d != w]
+            if bad:
+                raise ExecutionError(f"input '{t.name}' has shape {tuple(a.shape)}; dims {bad} must "
+                                     f"match the declared {decl} (-1 = any)")
+            feeds[t.name] = a
+        return feeds
+
+    def _schedule(self, feeds):
+        key = tuple(tuple(a.shape) for a in feeds.values())
+        sched = self._plans.get(key)
+        if sched is None:
+            e = self.engine
+            shapes = e.infer_shapes({n: a.shape for n, a in feeds.items()})
+            last_use = {}
+            for step, layer in enumerate(e.network._layers):
+                for t in layer._inputs:
+                    if t is not None:
+                        last_use[id(t)] = step
+            keep = {id(t) for t in e.network._outputs}
+            free_after = [[] for _ in e.network._layers]
+            for tid, step in last_use.items():
+                if tid not in keep:
+                    free_after[step].append(tid)
+            sched = {"shapes": shapes, "free_after": free_after}
+            self._plans[key] = sched
+        return sched
+
+    def set_input_shape(self, name, shape):
+        """TensorRT's shape-binding call; shapes are taken from the arrays here, so
+        this only validates."""
+        t = self.engine._io_tensor(name)
+        decl = t._declared_shape
+        if len(shape) != len(decl) or any(w >= 0 and d != w for d, w in zip(shape, decl)):
+            raise ExecutionError(f"shape {tuple(shape)} for '{name}' does not fit {decl}")
+        return True
+
+    def execute(self, inputs):
+        """Run the engine. ``inputs``: dict name -> array. Returns dict name -> array."""
+        feeds = self._check_inputs(inputs)
+        sched = self._schedule(feeds)
+        e = self.engine
+        backend = e.backend
+        values = {id(t): feeds[t.name] for t in e.network._inputs}
+        profiler = self.profiler
+        for step, layer in enumerate(e.network._layers):
+            ins = [None if t is None else values[id(t)] for t in layer._inputs]
+            t0 = time.perf_counter() if profiler else 0.0
+            outs = backend.run_layer(layer, ins, e._precision[layer.name],
+                                     [e._storage_dtype(layer, t) for t in layer._outputs])
+            if profiler:
+                backend.synchronize()
+                profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))
+            for t, v in zip(layer._outputs, outs):
+                values[id(t)] = v
+            for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
+                values.pop(tid, None)
+        return {t.name: backend.to_output(values[id(t)], t.dtype) for t in e.network._outputs}
+
+    # TensorRT's names for the same call
+    def execute_v2(self, inputs):
+        return self.execute(inputs)
