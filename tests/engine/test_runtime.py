@@ -1,0 +1,150 @@
+"""Execution contexts, engine inspection, profiler, backends, memory planning."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import engine as rt
+from engine import memory
+from engine.backends import select_backend
+
+
+def chain_engine(flags=(), shape=(-1, 8)):
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("x", rt.float32, shape)
+    t = x
+    for kind in (rt.ActivationType.SIGMOID, rt.ActivationType.TANH, rt.ActivationType.RELU,
+                 rt.ActivationType.ELU):
+        t = net.add_activation(t, kind).get_output(0)
+    t.name = "y"
+    net.mark_output(t)
+    cfg = b.create_builder_config()
+    for f in flags:
+        cfg.set_flag(f)
+    return b.build_engine(net, cfg)
+
+
+def reference(x):
+    t = np.maximum(np.tanh(1 / (1 + np.exp(-x.astype(np.float64)))), 0)
+    return np.where(t >= 0, t, np.expm1(t))
+
+
+def test_execute_resolves_dynamic_dims_per_call():
+    ctx = chain_engine().create_execution_context()
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 3):
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        y = ctx.execute({"x": x})["y"]
+        assert y.shape == (n, 8) and y.dtype == np.float32
+        np.testing.assert_allclose(y, reference(x), rtol=1e-6)
+    assert ctx.execute_v2({"x": x})["y"].shape == (3, 8)
+
+
+@pytest.mark.parametrize("feed,match", [
+    ({}, "missing input"),
+    ({"x": np.ones((2, 8), np.float32), "z": np.ones(1)}, "unknown input"),
+    ({"x": np.ones((2, 8), np.float64)}, "dtype float64; expected float32"),
+    ({"x": np.ones((2, 8, 1), np.float32)}, "rank 3"),
+    ({"x": np.ones((2, 7), np.float32)}, "dims \\[1\\] must match"),
+])
+def test_execute_rejects_bad_inputs(feed, match):
+    with pytest.raises(rt.ExecutionError, match=match):
+        chain_engine().create_execution_context().execute(feed)
+
+
+def test_execute_takes_a_dict():
+    with pytest.raises(rt.ExecutionError, match="dict name -> array"):
+        chain_engine().create_execution_context().execute([np.ones((2, 8), np.float32)])
+
+
+def test_contexts_are_independent_across_threads():
+    engine = chain_engine()
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((i + 1, 8)).astype(np.float32) for i in range(8)]
+    results, errors = [None] * 8, []
+
+    def work(i):
+        try:
+            ctx = engine.create_execution_context()
+            for _ in range(5):
+                results[i] = ctx.execute({"x": xs[i]})["y"]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for x, y in zip(xs, results):
+        np.testing.assert_allclose(y, reference(x), rtol=1e-6)
+
+
+def test_profiler_reports_every_layer():
+    engine = chain_engine()
+    ctx = engine.create_execution_context()
+    ctx.profiler = rt.Profiler()
+    ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert set(ctx.profiler.times) == {info.name for info in engine.layers}
+    assert all(ms >= 0 for ms in ctx.profiler.times.values())
+    assert engine.layers[0].name in ctx.profiler.table()
+
+
+def test_engine_inspection():
+    engine = chain_engine()
+    assert engine.num_layers == 4 and engine.num_io_tensors == 2
+    assert [engine.get_tensor_name(i) for i in range(2)] == ["x", "y"]
+    assert engine.get_tensor_mode("x") == rt.TensorIOMode.INPUT
+    assert engine.get_tensor_mode("y") == rt.TensorIOMode.OUTPUT
+    assert engine.get_tensor_shape("x") == (-1, 8) and engine.get_tensor_dtype("y") == rt.float32
+    assert all(info.kernel == "numpy.reference" and info.precision == rt.float32 for info in engine.layers)
+    info = json.loads(engine.create_engine_inspector().get_engine_information())
+    assert len(info["layers"]) == 4 and info["backend"] == "numpy"
+    assert json.loads(engine.create_engine_inspector().get_layer_information(0))["type"] == "ACTIVATION"
+    with pytest.raises(rt.ExecutionError, match="valid: x, y"):
+        engine.get_tensor_shape("nope")
+
+
+def test_activation_memory_reuses_buffers():
+    engine = chain_engine()
+    # three intermediates t0 -> t1 -> t2; t0 is dead when t2 is written, so two
+    # 256-byte-aligned slots hold all three
+    assert engine.activation_memory({"x": (4, 8)}) == 512
+    assert engine.device_memory_size == 512
+    assert engine.activation_memory({"x": (1000, 8)}) == 2 * 32000    # not 3 * 32000
+
+
+def test_set_input_shape_validates():
+    ctx = chain_engine().create_execution_context()
+    assert ctx.set_input_shape("x", (7, 8))
+    with pytest.raises(rt.ExecutionError, match="does not fit"):
+        ctx.set_input_shape("x", (7, 9))
+
+
+def test_fp16_engine_rounds_like_fp16_hardware():
+    engine = chain_engine([rt.BuilderFlag.FP16])
+    assert all(info.precision == rt.float16 for info in engine.layers)
+    x = np.random.default_rng(4).standard_normal((16, 8)).astype(np.float32)
+    y = engine.create_execution_context().execute({"x": x})["y"]
+    assert y.dtype == np.float32
+    err = np.linalg.norm(y - reference(x)) / np.linalg.norm(reference(x))
+    assert 1e-5 < err < 1e-2       # FP16 error: present but small
+    # intermediates are stored in half precision
+    assert engine.activation_memory({"x": (64, 8)}) == 2 * 64 * 8 * 2
+
+
+def test_memory_plan_first_fit():
+    offsets, total = memory.plan({"a": 100, "b": 300, "c": 100}, {"a": (0, 1), "b": (1, 2), "c": (2, 3)})
+    assert offsets["b"] == 0 and offsets["a"] == 512 and offsets["c"] == 512
+    assert total == 768
+
+
+def test_backend_selection(monkeypatch):
+    assert select_backend("numpy").name == "numpy"
+    monkeypatch.setenv("CUPYRT_BACKEND", "auto")
+    assert select_backend().name in ("numpy", "cupy")
+    with pytest.raises(rt.BuildError, match="valid: auto"):
+        select_backend("tpu")
