@@ -110,6 +110,7 @@ class Builder:
         arrays = planfile.ArrayTable()
         doc = planfile.encode_network(network, arrays)
         work = planfile.decode_network(doc, planfile.ArrayTable(arrays.getbytes()))
+        _unique_layer_names(work)
         t1 = time.perf_counter()
         stats = passes.optimize(work, config.disabled_passes)
         t2 = time.perf_counter()
@@ -137,6 +138,17 @@ class Builder:
         from .runtime import Runtime
         return Runtime(self.logger).deserialize_cuda_engine(
             self.build_serialized_network(network, config))
+
+
+def _unique_layer_names(network):
+    """Per-layer decisions are keyed by name: make names unique (a suffix on repeats)."""
+    seen = set()
+    for layer in network._layers:
+        name, i = layer.name, 1
+        while name in seen:
+            name, i = f"{layer.name}_{i}", i + 1
+        layer.name = name
+        seen.add(name)
 
 
 def assign_precisions(network, config):

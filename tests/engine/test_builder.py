@@ -1,0 +1,92 @@
+"""Builder and builder config: flags, pools, precision assignment, errors."""
+import numpy as np
+import pytest
+
+import engine as rt
+
+
+def two_layer_network(builder):
+    net = builder.create_network()
+    x = net.add_input("x", rt.float32, (2, 4))
+    a = net.add_activation(x, rt.ActivationType.SIGMOID)
+    b = net.add_activation(a.get_output(0), rt.ActivationType.TANH)
+    a.name = b.name = "same"
+    net.mark_output(b.get_output(0))
+    return net, a, b
+
+
+def test_flags_set_clear_get():
+    cfg = rt.Builder().create_builder_config()
+    assert not cfg.get_flag(rt.BuilderFlag.FP16)
+    cfg.set_flag(rt.BuilderFlag.FP16)
+    assert cfg.get_flag(rt.BuilderFlag.FP16)
+    cfg.clear_flag(rt.BuilderFlag.FP16)
+    assert not cfg.get_flag(rt.BuilderFlag.FP16)
+    with pytest.raises(rt.BuildError, match="valid: FP16, INT8"):
+        cfg.set_flag("FP16")
+
+
+def test_memory_pool_limits():
+    cfg = rt.Builder().create_builder_config()
+    cfg.max_workspace_size = 1 << 20
+    assert cfg.get_memory_pool_limit(rt.MemoryPoolType.WORKSPACE) == 1 << 20
+    cfg.set_memory_pool_limit(rt.MemoryPoolType.WORKSPACE, 1 << 24)
+    assert cfg.max_workspace_size == 1 << 24
+    with pytest.raises(rt.BuildError, match="size in bytes"):
+        cfg.max_workspace_size = -1
+    with pytest.raises(rt.BuildError, match="valid: WORKSPACE"):
+        cfg.set_memory_pool_limit("workspace", 1)
+
+
+def test_build_rejects_bad_arguments():
+    b = rt.Builder()
+    net, _, _ = two_layer_network(b)
+    with pytest.raises(rt.BuildError, match="takes a Network"):
+        b.build_serialized_network("net", b.create_builder_config())
+    with pytest.raises(rt.BuildError, match="takes a BuilderConfig"):
+        b.build_serialized_network(net, {})
+    with pytest.raises(rt.BuildError, match="no outputs"):
+        b.build_serialized_network(b.create_network(), b.create_builder_config())
+    cfg = b.create_builder_config()
+    cfg.set_flag(rt.BuilderFlag.INT8)
+    with pytest.raises(rt.BuildError, match="INT8"):
+        b.build_serialized_network(net, cfg)
+    with pytest.raises(rt.BuildError, match="unknown builder pass"):
+        cfg.disable_pass("magic")
+
+
+def test_build_leaves_the_users_network_untouched_and_names_unique():
+    b = rt.Builder()
+    net, a, bl = two_layer_network(b)
+    engine = b.build_engine(net, b.create_builder_config())
+    assert net.num_layers == 2 and a.name == "same" and bl.name == "same"
+    assert [info.name for info in engine.layers] == ["same", "same_1"]
+
+
+def test_obey_precision_constraints():
+    b = rt.Builder()
+    net, a, _ = two_layer_network(b)
+    a.precision = rt.float16
+    cfg = b.create_builder_config()
+    plain = b.build_engine(net, cfg)
+    assert [i.precision for i in plain.layers] == [rt.float32, rt.float32]
+    cfg.set_flag(rt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    obeyed = b.build_engine(net, cfg)
+    assert [i.precision for i in obeyed.layers] == [rt.float16, rt.float32]
+    cfg.set_flag(rt.BuilderFlag.FP16)
+    a.precision = rt.float32
+    mixed = b.build_engine(net, cfg)
+    assert [i.precision for i in mixed.layers] == [rt.float32, rt.float16]
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    ref = np.tanh(1 / (1 + np.exp(-x)))
+    y = mixed.create_execution_context().execute({"x": x})
+    assert np.abs(list(y.values())[0] - ref).max() < 2e-3
+
+
+def test_logger_severities(caplog):
+    logger = rt.Logger(rt.Logger.INFO)
+    with caplog.at_level("DEBUG", logger="cupyrt"):
+        logger.log(rt.Logger.INFO, "hello")
+        logger.log(rt.Logger.VERBOSE, "too chatty")
+    assert "hello" in caplog.text and "too chatty" not in caplog.text
+    assert logger.python_level() == 20
