@@ -1,0 +1,63 @@
+"""NumPy reference for pooling (max, average, TensorRT's max-average blend), 1-3 spatial dims.
+
+A loop over the window's taps, each a strided view of the padded input, reduces
+with max or sum; no loop touches pixels or batch elements.
+
+Padding follows TensorRT's IPoolingLayer: -inf for max, 0 for average. The
+average's denominator is the overlap of the window with the unpadded input
+(``exclude_padding``, TF's and TensorRT's default) or with the padded input;
+either way the ROUND_UP tail beyond the padded input never counts.
+"""
+import itertools
+
+import numpy as np
+
+from .spatial import pad_to_extent
+
+
+def _window_reduce(xp, window, stride, out_spatial, op):
+    acc = None
+    for tap in itertools.product(*(range(f) for f in window)):
+        view = xp[(Ellipsis,) + tuple(slice(t, t + (o - 1) * s + 1, s)
+                                      for t, o, s in zip(tap, out_spatial, stride))]
+        if acc is None:
+            acc = view.copy()
+        else:
+            op(acc, view, out=acc)
+    return acc
+
+
+def pool_nd(x, kind, window, stride, pre, post, out_spatial, exclude_padding=True, blend=0.0):
+    """Pool the trailing ``len(window)`` dims of x.
+
+    ``kind``: "MAX", "AVERAGE" or "MAX_AVERAGE_BLEND" (TensorRT's
+    (1 - blend) * max + blend * average). ``pre``/``post``: the padding the
+    layer resolved; the output extent may read past ``post`` (ROUND_UP).
+    """
+    x = np.asarray(x)
+    nd = len(window)
+    in_spatial = x.shape[x.ndim - nd:]
+    extent = [(o - 1) * s + f for o, s, f in zip(out_spatial, stride, window)]
+    result_max = result_avg = None
+    if kind in ("MAX", "MAX_AVERAGE_BLEND"):
+        xp = pad_to_extent(x, pre, extent, -np.inf)
+        result_max = _window_reduce(xp, window, stride, out_spatial, np.maximum)
+    if kind in ("AVERAGE", "MAX_AVERAGE_BLEND"):
+        xp = pad_to_extent(x, pre, extent, 0.0)
+        total = _window_reduce(xp, window, stride, out_spatial, np.add)
+        if exclude_padding:
+            mask = pad_to_extent(np.ones(in_spatial, np.float32), pre, extent)
+        else:
+            padded = [n + a + b for n, a, b in zip(in_spatial, pre, post)]
+            mask = pad_to_extent(np.ones(padded, np.float32), [0] * nd, extent)
+        count = _window_reduce(mask, window, stride, out_spatial, np.add)
+        result_avg = total / np.maximum(count, 1.0)
+    if kind == "MAX":
+        out = result_max
+    elif kind == "AVERAGE":
+        out = result_avg
+    elif kind == "MAX_AVERAGE_BLEND":
+        out = (1.0 - blend) * result_max + blend * result_avg
+    else:
+        raise ValueError(f"unknown pooling type {kind!r}")
+    return out.astype(x.dtype, copy=False)
