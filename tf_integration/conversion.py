@@ -1,0 +1,147 @@
+"""Segment -> self-contained segment GraphDef -> engine network -> plan.
+
+A segment is cut out of the graph as its own small GraphDef:
+
+    cupyrt_input_0 (Placeholder) --.
+    cupyrt_input_1 (Placeholder) --+--> member nodes (+ copied constants) --> cupyrt_output_j (Identity)
+
+That GraphDef is the engine node's source of truth: it is converted to an
+engine network (now, and again for every new input shape in dynamic mode), and
+it is what runs in TensorFlow when an engine cannot.
+"""
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+import engine as rt
+
+from . import registry
+from .context import ConversionContext, tf_to_engine_dtype
+from .errors import ConversionError
+from .graph_utils import GraphIndex, make_const_node, parse_input, tensor_name
+
+logger = logging.getLogger(__name__)
+
+INPUT_PREFIX, OUTPUT_PREFIX = "cupyrt_input_", "cupyrt_output_"
+PRECISIONS = ("FP32", "FP16", "INT8")
+
+
+def segment_graph_def(graph, segment):
+    """The self-contained GraphDef of ``segment`` (see module docstring)."""
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph.graph_def.versions)
+    remap = {}
+    for i, t in enumerate(segment.inputs):
+        node = out.node.add(name=f"{INPUT_PREFIX}{i}", op="Placeholder")
+        node.attr["dtype"].type = graph.dtype(t).as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(graph.shape(t).as_proto())
+        remap[t] = node.name
+    for t in segment.const_inputs:
+        name = f"{parse_input(t)[0]}"
+        out.node.append(make_const_node(name, graph.const_value(t)))
+        remap[t] = name
+    members = set(segment.nodes)
+    for name in segment.nodes:
+        node = out.node.add()
+        node.CopyFrom(graph.nodes[name])
+        node.device = ""
+        del node.input[:]
+        for inp in graph.nodes[name].input:
+            src, port, ctrl = parse_input(inp)
+            if ctrl:
+                if src in members:
+                    node.input.append(inp)
+                continue
+            t = tensor_name(src, port)
+            node.input.append(inp if src in members else remap[t])
+    for j, t in enumerate(segment.outputs):
+        node = out.node.add(name=f"{OUTPUT_PREFIX}{j}", op="Identity", input=[t])
+        node.attr["T"].type = graph.dtype(t).as_datatype_enum
+    return out
+
+
+def segment_io(segment_gd):
+    """(input names, output names) of a segment GraphDef, in index order."""
+    ins = sorted((n.name for n in segment_gd.node if n.name.startswith(INPUT_PREFIX)),
+                 key=lambda s: int(s[len(INPUT_PREFIX):]))
+    outs = sorted((n.name for n in segment_gd.node if n.name.startswith(OUTPUT_PREFIX)),
+                  key=lambda s: int(s[len(OUTPUT_PREFIX):]))
+    return ins, outs
+
+
+def build_network(segment_gd, input_shapes=None, graph=None):
+    """Convert a segment GraphDef into ``(builder, network)``.
+
+    ``input_shapes``: concrete shapes to build for (dynamic mode); None keeps
+    the graph's shapes with -1 for unknown dims. Raises ConversionError (or the
+    engine's NetworkDefinitionError) when a node cannot be expressed.
+    """
+    graph = graph or GraphIndex(segment_gd)
+    builder = rt.Builder()
+    network = builder.create_network()
+    ctx = ConversionContext(network, graph)
+    ins, outs = segment_io(segment_gd)
+    for i, name in enumerate(ins):
+        ctx.add_input(tensor_name(name), f"input_{i}",
+                      shape=None if input_shapes is None else tuple(input_shapes[i]))
+    skip = set(ins) | set(outs)
+    for name in graph.topological_order():
+        node = graph.nodes[name]
+        if name in skip or node.op == "Const":
+            continue
+        ctx.node = node
+        entry = registry.lookup(node.op)
+        try:
+            produced = entry.fn(ctx, node)
+        except (ConversionError, rt.NetworkDefinitionError):
+            raise
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            raise ConversionError(f"converting {node.op} node {node.name!r}: {exc}") from exc
+        ctx.set_outputs(node, produced)
+    ctx.node = None
+    marked = set()
+    for j, name in enumerate(outs):
+        src = graph.nodes[name].input[0]
+        value = ctx.value(src)
+        t = ctx.tensor(value)
+        if t.is_network_input or id(t) in marked:
+            t = network.add_identity(t).get_output(0)
+        want = tf_to_engine_dtype(graph.dtype(src))
+        if t.dtype != want:
+            t = network.add_cast(t, want).get_output(0)
+        t.name = f"output_{j}"
+        network.mark_output(t)
+        marked.add(id(t))
+    return builder, network
+
+
+def build_plan(segment_gd, precision_mode="FP32", input_shapes=None,
+               max_workspace_size_bytes=None, graph=None):
+    """Convert and build a segment: the serialized plan (bytes)."""
+    if precision_mode == "INT8":
+        raise ConversionError("precision_mode 'INT8' needs calibration, which is not available "
+                              "yet; use 'FP32' or 'FP16'")
+    builder, network = build_network(segment_gd, input_shapes, graph=graph)
+    config = builder.create_builder_config()
+    if precision_mode == "FP16":
+        config.set_flag(rt.BuilderFlag.FP16)
+    if max_workspace_size_bytes and hasattr(config, "set_memory_pool_limit"):
+        config.set_memory_pool_limit(rt.MemoryPoolType.WORKSPACE, int(max_workspace_size_bytes))
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise rt.BuildError("the builder returned no plan")
+    return bytes(plan)
+
+
+def engine_layer_histogram(plan):
+    """Layer types of a built plan (after the builder's passes), for summaries and tests."""
+    eng = rt.Runtime().deserialize_cuda_engine(plan)
+    hist = {}
+    for info in eng.layers:
+        hist[info.type.name] = hist.get(info.type.name, 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def numpy_dtype(tf_dtype):
+    return np.dtype(tf.dtypes.as_dtype(tf_dtype).as_numpy_dtype)

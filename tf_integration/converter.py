@@ -1,0 +1,238 @@
+"""TrtGraphConverter: TF-TRT's TF1 converter API over frozen GraphDefs.
+
+    converted = TrtGraphConverter(input_graph_def=gd, nodes_denylist=["Identity"]).convert()
+
+Pipeline: drop vacuous control edges -> fold constants with TF -> segment ->
+cut each segment into its own GraphDef -> convert it to an engine network (and
+build the plan now when is_dynamic_op=False) -> splice engine nodes in.
+A segment whose conversion fails stays in TensorFlow, with the reason.
+"""
+import json
+import logging
+import os
+import time
+
+import tensorflow as tf
+
+from . import conversion, registry
+from .engine_node import ENGINE_OP, make_engine_node
+from .errors import ConverterArgumentError, TFIntegrationError
+from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, fold_constants, node_of,
+                          parse_input, prune_dead_nodes, strip_constant_control_edges,
+                          tensor_name)
+from .registry import Reason
+from .segmenter import histogram, segment_graph
+from .summary import format_summary
+
+logger = logging.getLogger(__name__)
+
+REPORT_ENV = "CUPYRT_REPORT_JSON"
+
+
+class TrtGraphConverter:
+    """Convert a frozen GraphDef; parameters mean what they mean in TF-TRT."""
+
+    def __init__(self, input_saved_model_dir=None, input_saved_model_tags=None,
+                 input_saved_model_signature_key=None, input_graph_def=None,
+                 nodes_denylist=None, max_batch_size=1, max_workspace_size_bytes=1 << 30,
+                 precision_mode="FP32", minimum_segment_size=3, is_dynamic_op=False,
+                 maximum_cached_engines=1, use_calibration=True, report_path=None):
+        if input_saved_model_dir is not None:
+            raise ConverterArgumentError("input_saved_model_dir", input_saved_model_dir,
+                                         "None: SavedModel conversion is not supported yet; "
+                                         "freeze the model and pass input_graph_def")
+        if not isinstance(input_graph_def, tf.compat.v1.GraphDef):
+            raise ConverterArgumentError("input_graph_def", type(input_graph_def).__name__,
+                                         "a tf.compat.v1.GraphDef (a frozen graph)")
+        if precision_mode not in conversion.PRECISIONS:
+            raise ConverterArgumentError("precision_mode", precision_mode,
+                                         "one of " + ", ".join(conversion.PRECISIONS))
+        if precision_mode == "INT8":
+            raise ConverterArgumentError("precision_mode", precision_mode,
+                                         "'FP32' or 'FP16': INT8 calibration is not available "
+                                         "yet")
+        for arg, value, low in (("minimum_segment_size", minimum_segment_size, -1),
+                                ("maximum_cached_engines", maximum_cached_engines, 1),
+                                ("max_batch_size", max_batch_size, 1),
+                                ("max_workspace_size_bytes", max_workspace_size_bytes, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConverterArgumentError(arg, value, f"an int >= {low}")
+        if minimum_segment_size == 0:
+            raise ConverterArgumentError("minimum_segment_size", 0,
+                                         "an int >= 1, or -1 to disable conversion")
+        if nodes_denylist is not None and (isinstance(nodes_denylist, str) or not all(
+                isinstance(n, str) for n in nodes_denylist)):
+            raise ConverterArgumentError("nodes_denylist", nodes_denylist,
+                                         "a list of node or tensor names")
+        self.input_graph_def = input_graph_def
+        self.nodes_denylist = [node_of(n) for n in (nodes_denylist or [])]
+        self.params = dict(max_batch_size=max_batch_size,
+                           max_workspace_size_bytes=max_workspace_size_bytes,
+                           precision_mode=precision_mode,
+                           minimum_segment_size=minimum_segment_size,
+                           is_dynamic_op=bool(is_dynamic_op),
+                           maximum_cached_engines=maximum_cached_engines,
+                           use_calibration=bool(use_calibration))
+        self.report_path = report_path or os.environ.get(REPORT_ENV)
+        self.converted_graph_def = None
+        self.report = None
+
+    # ------------------------------------------------------------------ convert
+    def convert(self):
+        t0 = time.perf_counter()
+        known = {n.name for n in self.input_graph_def.node}
+        missing = [n for n in self.nodes_denylist if n not in known]
+        if missing:
+            raise ConverterArgumentError("nodes_denylist", missing,
+                                         "names of nodes in input_graph_def")
+        keep = self.nodes_denylist
+        gd = strip_constant_control_edges(self.input_graph_def, keep)
+        gd, folded = fold_constants(gd, keep)
+        graph = GraphIndex(gd)
+        result = segment_graph(graph, registry.validate, keep,
+                               self.params["minimum_segment_size"])
+        engines, engine_nodes, reasons = [], [], dict(result.reasons)
+        for seg in result.segments:
+            seg_gd = conversion.segment_graph_def(graph, seg)
+            try:
+                plan = self._check_or_build(seg_gd)
+            except (TFIntegrationError, ValueError, RuntimeError, TypeError) as exc:
+                logger.warning("segment %d (%d nodes) stays in TensorFlow: %s", seg.index,
+                               len(seg.nodes), exc)
+                for n in seg.nodes:
+                    reasons[n] = Reason(Reason.CONVERSION_FAILED, str(exc))
+                continue
+            name = f"CupyrtEngine_{len(engines)}"
+            engine_nodes.append(make_engine_node(name, seg, seg_gd, graph, plan, self.params))
+            engines.append(self._engine_report(name, seg, graph, plan))
+        converted = self._splice(graph, result.segments, engine_nodes, engines)
+        self.converted_graph_def = converted
+        self.report = self._make_report(graph, engines, reasons, folded,
+                                        time.perf_counter() - t0)
+        logger.info("converted in %.2f s: %d engine(s), %.1f%% of compute nodes",
+                    self.report["conversion_seconds"], len(engines),
+                    100 * self.report["converted_share"])
+        if self.report_path:
+            self.write_report(self.report_path)
+        return converted
+
+    def _check_or_build(self, seg_gd):
+        """Convert the segment's network now (errors surface at convert time);
+        build the plan too when engines are static."""
+        if not self.params["is_dynamic_op"]:
+            return conversion.build_plan(seg_gd, self.params["precision_mode"],
+                                         max_workspace_size_bytes=self.params[
+                                             "max_workspace_size_bytes"])
+        conversion.build_network(seg_gd)
+        return None
+
+    def _splice(self, graph, segments, engine_nodes, engines):
+        """The output GraphDef: members replaced by engine nodes; each engine output
+        'n:0' keeps its name through an Identity called n, others are rewired."""
+        by_name = {e["name"]: e for e in engines}
+        out = tf.compat.v1.GraphDef()
+        out.versions.CopyFrom(graph.graph_def.versions)
+        out.library.CopyFrom(graph.graph_def.library)
+        member_of, rewire, identities = {}, {}, []
+        seg_by_index = {s.index: s for s in segments}
+        for node in engine_nodes:
+            seg = seg_by_index[by_name[node.name]["segment"]]
+            for n in seg.nodes:
+                member_of[n] = node.name
+            for j, t in enumerate(seg.outputs):
+                src, port, _ = parse_input(t)
+                if port == 0:
+                    ident = tf.compat.v1.NodeDef(name=src, op="Identity",
+                                                 input=[tensor_name(node.name, j)])
+                    ident.attr["T"].type = graph.dtype(t).as_datatype_enum
+                    identities.append(ident)
+                else:
+                    rewire[t] = tensor_name(node.name, j)
+        for node in graph.graph_def.node:
+            if node.name in member_of:
+                continue
+            new = out.node.add()
+            new.CopyFrom(node)
+            for i, inp in enumerate(node.input):
+                src, port, ctrl = parse_input(inp)
+                if ctrl and src in member_of:
+                    new.input[i] = "^" + member_of[src]
+                elif not ctrl and tensor_name(src, port) in rewire:
+                    new.input[i] = rewire[tensor_name(src, port)]
+        out.node.extend(engine_nodes)
+        out.node.extend(identities)
+        return prune_dead_nodes(out, self.nodes_denylist)
+
+    # ------------------------------------------------------------------ reports
+    def _engine_report(self, name, seg, graph, plan):
+        rep = {"name": name, "segment": seg.index, "nodes": len(seg.nodes),
+               "compute_nodes": len(seg.compute_nodes),
+               "precision": self.params["precision_mode"],
+               "static": plan is not None,
+               "inputs": [_tensor_report(graph, t) for t in seg.inputs],
+               "outputs": [_tensor_report(graph, t) for t in seg.outputs],
+               "ops": histogram(graph, seg.nodes), "members": list(seg.nodes)}
+        if plan is not None:
+            rep["layers"] = conversion.engine_layer_histogram(plan)
+            rep["plan_bytes"] = len(plan)
+        return rep
+
+    def _make_report(self, graph, engines, reasons, folded, seconds):
+        compute = [n for n, node in graph.nodes.items()
+                   if node.op not in NON_COMPUTE_OPS and not graph.is_const(n)]
+        converted = {m for e in engines for m in e["members"]}
+        left = {n: r for n, r in reasons.items() if r.kind != Reason.NOT_COMPUTE
+                or n not in converted}
+        n_conv = sum(1 for n in compute if n in converted)
+        return {"parameters": dict(self.params, nodes_denylist=self.nodes_denylist),
+                "engines": engines,
+                "compute_nodes": len(compute), "converted_compute_nodes": n_conv,
+                "converted_share": n_conv / len(compute) if compute else 0.0,
+                "constants_folded": folded, "conversion_seconds": seconds,
+                "left_to_tensorflow": {n: dict(r.to_json(), op=graph.nodes[n].op)
+                                       for n, r in sorted(left.items(),
+                                                          key=lambda kv: graph.order[kv[0]])}}
+
+    def summary(self):
+        """Human-readable conversion report (engines, share converted, and why not)."""
+        if self.report is None:
+            raise TFIntegrationError("summary() before convert(); call convert() first")
+        return format_summary(self.report)
+
+    def write_report(self, path):
+        if self.report is None:
+            raise TFIntegrationError("write_report() before convert(); call convert() first")
+        with open(path, "w") as f:
+            json.dump(self.report, f, indent=1, sort_keys=True)
+
+    # ------------------------------------------------------------------ misc API
+    def save(self, output_saved_model_dir):
+        """Write the converted frozen graph (binary GraphDef) to a .pb file."""
+        if self.converted_graph_def is None:
+            raise TFIntegrationError("save() before convert(); call convert() first")
+        path = output_saved_model_dir
+        if os.path.isdir(path):
+            path = os.path.join(path, "model_opt.pb")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:         # nothing half-written: write then rename
+            f.write(self.converted_graph_def.SerializeToString())
+        os.replace(tmp, path)
+        return path
+
+    def calibrate(self, fetch_names, num_runs, feed_dict_fn=None, input_map_fn=None):
+        raise TFIntegrationError("calibrate(): INT8 calibration is not available yet; "
+                                 "convert with precision_mode 'FP32' or 'FP16'")
+
+
+GraphConverter = TrtGraphConverter
+
+
+def _tensor_report(graph, t):
+    shape = graph.shape(t)
+    return {"name": t, "dtype": graph.dtype(t).name,
+            "shape": None if shape.rank is None else [-1 if d is None else d
+                                                      for d in shape.as_list()]}
+
+
+def count_engine_nodes(graph_def):
+    return sum(1 for n in graph_def.node if n.op == ENGINE_OP)

@@ -1,0 +1,44 @@
+"""Text rendering of a conversion report (the JSON report is the same dict)."""
+import collections
+
+
+def _shape(s):
+    return "?" if s is None else "(" + ", ".join(str(d) for d in s) + ")"
+
+
+def format_summary(report):
+    p = report["parameters"]
+    lines = ["cupyrt conversion summary",
+             f"  precision {p['precision_mode']}, "
+             f"{'dynamic' if p['is_dynamic_op'] else 'static'} engines, "
+             f"minimum_segment_size {p['minimum_segment_size']}, "
+             f"maximum_cached_engines {p['maximum_cached_engines']}",
+             f"  compute nodes converted: {report['converted_compute_nodes']} of "
+             f"{report['compute_nodes']} ({100 * report['converted_share']:.1f}%) "
+             f"in {len(report['engines'])} engine(s); "
+             f"{report['constants_folded']} constant expressions folded; "
+             f"{report['conversion_seconds']:.2f} s"]
+    for e in report["engines"]:
+        lines.append(f"  engine {e['name']}: {e['nodes']} nodes ({e['compute_nodes']} compute), "
+                     f"precision {e['precision']}, {'static plan' if e['static'] else 'built per input shape'}")
+        for kind in ("inputs", "outputs"):
+            for t in e[kind]:
+                lines.append(f"    {kind[:-1]:6} {t['name']} {t['dtype']} {_shape(t['shape'])}")
+        lines.append("    ops: " + ", ".join(f"{op} {n}" for op, n in e["ops"].items()))
+        if "layers" in e:
+            lines.append("    engine layers: " + ", ".join(f"{k} {v}" for k, v in e["layers"].items()))
+    left = report["left_to_tensorflow"]
+    interesting = {n: r for n, r in left.items() if r["kind"] != "not a compute node"}
+    lines.append(f"  nodes left to TensorFlow: {len(interesting)} "
+                 f"(+{len(left) - len(interesting)} constants/inputs/NoOps)")
+    by_kind = collections.defaultdict(list)
+    for n, r in interesting.items():
+        by_kind[r["kind"]].append((n, r))
+    for kind, items in by_kind.items():
+        lines.append(f"    {kind} ({len(items)}):")
+        for n, r in items:
+            detail = f" - {r['detail']}" if r["detail"] else ""
+            lines.append(f"      {n} ({r['op']}){detail}")
+    if not report["engines"]:
+        lines.append("  nothing was converted: see the reasons above")
+    return "\n".join(lines)
