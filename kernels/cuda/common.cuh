@@ -80,3 +80,33 @@ __device__ __forceinline__ float apply_act(float x, int code, float alpha, float
     default: return x;
     }
 }
+
+// Out-of-line copy for epilogues: the unrolled epilogue of a GEMM tile calls
+// the activation dozens of times, and inlining an 18-way switch there costs
+// minutes of compile time and code size.  Epilogues take the fast path below
+// for the piecewise-linear activations (the common case) and call this
+// otherwise.
+__device__ __noinline__ float apply_act_outline(float x, int code, float alpha, float beta) {
+    return apply_act(x, code, alpha, beta);
+}
+
+// Piecewise-linear activations as v -> clamp(v >= 0 ? v : slope * v, lo, hi).
+struct ActLin {
+    bool lin; float slope, lo, hi; int code; float alpha, beta;
+    __device__ __forceinline__ ActLin(int code_, float alpha_, float beta_)
+        : lin(true), slope(1.f), lo(-3.402823466e38f), hi(3.402823466e38f),
+          code(code_), alpha(alpha_), beta(beta_) {
+        switch (code_) {
+        case ACT_NONE: break;
+        case ACT_RELU: lo = 0.f; break;
+        case ACT_RELU6: lo = 0.f; hi = 6.f; break;
+        case ACT_CLIP: lo = alpha_; hi = beta_; break;
+        case ACT_LEAKY_RELU: slope = alpha_; break;
+        default: lin = false;
+        }
+    }
+    __device__ __forceinline__ float operator()(float v) const {
+        if (lin) return fminf(fmaxf(v >= 0.f ? v : slope * v, lo), hi);
+        return apply_act_outline(v, code, alpha, beta);
+    }
+};

@@ -1,0 +1,302 @@
+// conv_igemm.cu -- tensor-core implicit-GEMM convolution, NHWC, FP16 in,
+// FP32 accumulate, fused epilogue.
+//
+// The convolution is the GEMM  out[M, K] = A[M, Kr] * B[K, Kr]^T  with
+//   M  = N*P*Q  (one row per output pixel, NHWC order, so out is NHWC as is)
+//   K  = output channels
+//   Kr = R*S*C  (reduction, (r, s, c) order = the KRSC weight layout)
+// A is never materialised: each 16-byte chunk (8 channels) of an A tile is
+// gathered straight from x with cp.async, zero-filled where the filter tap
+// falls in the padding.  C % 8 == 0 makes every chunk lie inside one (r, s)
+// tap, so a chunk is one aligned 16-byte load.
+//
+//   block tile BM x BN, k-step BK, STAGES-deep cp.async ring in shared memory
+//
+//        Kr ->                          B tile (BN x BK, KRSC rows)
+//      +------+                         +------+
+//   BM | A    |  x  B^T    =   BM x BN  | B    | BN
+//      +------+                         +------+
+//   warps: WM x WN grid, each a (BM/WM) x (BN/WN) sub-tile of
+//   mma.sync.m16n8k16 (row.col) fed by ldmatrix.x4.
+//
+// Shared rows are padded to BK+8 halves so that the 8 row addresses of one
+// ldmatrix phase fall in 8 different 16-byte bank groups (no conflicts).
+//
+// Epilogue, per output element (m, k), in FP32:
+//   v = acc * scale[k] + bias[k]            (folded batch norm / conv bias)
+//   v += residual[m * res_ld + k]           (if has_res)
+//   v = act(v; alpha, beta)                 (codes: common.cuh)
+//   out[m * out_ld + out_off + k] = v       (out_ld/out_off: concat elision)
+#include "common.cuh"
+
+namespace cupyrt_igemm {
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+        : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16-byte global->shared copy; src_bytes == 0 writes zeros (padding taps).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
+                                          unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int F32> struct OutSel { typedef half_t T; };
+template <> struct OutSel<1> { typedef float T; };
+
+// Store two adjacent channels (col, col+1) of row m.
+__device__ __forceinline__ void store2(half_t* p, float v0, float v1) {
+    *reinterpret_cast<unsigned*>(p) = pack_h2(v0, v1);
+}
+__device__ __forceinline__ void store2(float* p, float v0, float v1) {
+    *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+}
+__device__ __forceinline__ void load2(const half_t* p, float& v0, float& v1) {
+    unsigned u = *reinterpret_cast<const unsigned*>(p);
+    v0 = h2f((half_t)(u & 0xffffu));
+    v1 = h2f((half_t)(u >> 16));
+}
+__device__ __forceinline__ void load2(const float* p, float& v0, float& v1) {
+    float2 f = *reinterpret_cast<const float2*>(p);
+    v0 = f.x; v1 = f.y;
+}
+
+}  // namespace cupyrt_igemm
+
+// Launch: grid = (ceil(M/BM) * ceil(K/BN),), block = WM*WN*32 threads,
+// dynamic shared memory = STAGES * (BM + BN) * (BK + 8) * 2 bytes.
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int OUT_F32>
+__global__ void __launch_bounds__(WM * WN * 32)
+conv_igemm_f16(const half_t* __restrict__ x,        // [N, H, W, C]
+               const half_t* __restrict__ w,        // [K, R, S, C]
+               typename cupyrt_igemm::OutSel<OUT_F32>::T* __restrict__ out,
+               const float* __restrict__ scale,     // [K]
+               const float* __restrict__ bias,      // [K]
+               const typename cupyrt_igemm::OutSel<OUT_F32>::T* __restrict__ res,
+               int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+               int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+               int out_ld, int out_off, int res_ld, int has_res,
+               int act, float alpha, float beta) {
+    using namespace cupyrt_igemm;
+    typedef typename OutSel<OUT_F32>::T OutT;
+    constexpr int THREADS = WM * WN * 32;
+    constexpr int LDS = BK + 8;          // padded row, halves
+    constexpr int CH = BK / 8;           // 16-byte chunks per row
+    constexpr int ROWS_PER_PASS = THREADS / CH;
+    constexpr int A_IT = BM / ROWS_PER_PASS;
+    constexpr int B_IT = BN / ROWS_PER_PASS;
+    constexpr int WTM = BM / WM, WTN = BN / WN;
+    constexpr int MT = WTM / 16, NT = WTN / 8;
+    static_assert(THREADS % CH == 0, "threads must cover whole rows");
+    static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
+    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
+    static_assert(BK % 16 == 0, "BK multiple of 16");
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    half_t* sA = reinterpret_cast<half_t*>(smem_raw);
+    half_t* sB = sA + STAGES * BM * LDS;
+
+    const int M = N * P * Q;
+    const int Kr = R * S * C;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WN, wn = warp % WN;
+
+    // Tile order: the BN (output-channel) tiles of one BM row-block are
+    // neighbours, so they reuse that activation tile from L2.
+    const int n_tiles = (K + BN - 1) / BN;
+    const int m0 = (blockIdx.x / n_tiles) * BM;
+    const int n0 = (blockIdx.x % n_tiles) * BN;
+
+    // ---- per-thread gather state --------------------------------------
+    const int kc = tid % CH;             // this thread's chunk column
+    const int row0 = tid / CH;
+    const half_t* a_ptr[A_IT];
+    int a_h0[A_IT], a_w0[A_IT];
+    const int PQ = P * Q;
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        int m = m0 + row0 + i * ROWS_PER_PASS;
+        if (m < M) {
+            int n = m / PQ, pq = m - n * PQ;
+            int p = pq / Q, q = pq - p * Q;
+            a_ptr[i] = x + (long long)n * H * W * C;
+            a_h0[i] = p * stride_h - pad_h;
+            a_w0[i] = q * stride_w - pad_w;
+        } else {
+            a_ptr[i] = x;
+            a_h0[i] = -(1 << 28);        // every tap out of bounds
+            a_w0[i] = 0;
+        }
+    }
+    const half_t* b_ptr[B_IT];
+    bool b_ok[B_IT];
+#pragma unroll
+    for (int i = 0; i < B_IT; ++i) {
+        int kout = n0 + row0 + i * ROWS_PER_PASS;
+        b_ok[i] = kout < K;
+        b_ptr[i] = w + (long long)(b_ok[i] ? kout : 0) * Kr;
+    }
+    // reduction index of this thread's chunk, decomposed as (r, s, c)
+    int kk = kc * 8;
+    int c_ = kk % C, rs = kk / C;
+    int r_ = rs / S, s_ = rs - r_ * S;
+
+    const unsigned sA_u = smem_u32(sA), sB_u = smem_u32(sB);
+
+    auto load_tile = [&](int stage) {
+        const bool k_ok = kk < Kr;
+        const int dh = r_ * dil_h, dw = s_ * dil_w;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            int h = a_h0[i] + dh, ww = a_w0[i] + dw;
+            bool ok = k_ok && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
+            const half_t* src = ok ? a_ptr[i] + ((long long)h * W + ww) * C + c_ : x;
+            unsigned dst = sA_u + 2u * (unsigned)((stage * BM + row0 + i * ROWS_PER_PASS) * LDS + kc * 8);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < B_IT; ++i) {
+            bool ok = k_ok && b_ok[i];
+            const half_t* src = ok ? b_ptr[i] + kk : w;
+            unsigned dst = sB_u + 2u * (unsigned)((stage * BN + row0 + i * ROWS_PER_PASS) * LDS + kc * 8);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+        // advance this thread's (r, s, c) by BK
+        kk += BK;
+        c_ += BK;
+        while (c_ >= C) {
+            c_ -= C;
+            if (++s_ == S) { s_ = 0; ++r_; }
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.f;
+
+    const int KT = (Kr + BK - 1) / BK;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < KT) load_tile(st);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane offsets (halves) inside a stage
+    const int a_lrow = wm * WTM + (lane & 15);
+    const int a_lcol = (lane >> 4) * 8;
+    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
+    const int b_lcol = ((lane >> 3) & 1) * 8;
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        // refill the slot consumed in iteration kt-1 (everyone is past it)
+        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
+        cp_async_commit();
+
+        const int stage = kt % STAGES;
+        const unsigned a_base = sA_u + 2u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol);
+        const unsigned b_base = sB_u + 2u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol);
+#pragma unroll
+        for (int k16 = 0; k16 < BK / 16; ++k16) {
+            unsigned af[MT][4];
+            unsigned bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+                ldmatrix_x4(af[i], a_base + 2u * (unsigned)(i * 16 * LDS + k16 * 16));
+#pragma unroll
+            for (int j = 0; j < NT / 2; ++j) {
+                unsigned t[4];
+                ldmatrix_x4(t, b_base + 2u * (unsigned)(j * 16 * LDS + k16 * 16));
+                bf[2 * j][0] = t[0]; bf[2 * j][1] = t[1];
+                bf[2 * j + 1][0] = t[2]; bf[2 * j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // ---- fused epilogue straight from the accumulators -----------------
+    // accumulator (i, j): rows lane/4 and lane/4+8, channels 2*(lane%4)+{0,1}
+    const bool vec = ((out_ld | out_off | K | (has_res ? res_ld : 0)) & 1) == 0;
+    const ActLin actf(act, alpha, beta);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int col = n0 + wn * WTN + j * 8 + (lane & 3) * 2;
+        if (col >= K) continue;
+        const bool two = col + 1 < K;
+        const float sc0 = scale[col], bi0 = bias[col];
+        const float sc1 = two ? scale[col + 1] : 0.f, bi1 = two ? bias[col + 1] : 0.f;
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int m = m0 + wm * WTM + i * 16 + (lane >> 2) + hh * 8;
+                if (m >= M) continue;
+                float v0 = acc[i][j][2 * hh] * sc0 + bi0;
+                float v1 = acc[i][j][2 * hh + 1] * sc1 + bi1;
+                OutT* o = out + (long long)m * out_ld + out_off + col;
+                if (vec && two) {
+                    if (has_res) {
+                        float r0, r1;
+                        load2(res + (long long)m * res_ld + col, r0, r1);
+                        v0 += r0; v1 += r1;
+                    }
+                    store2(o, actf(v0), actf(v1));
+                } else {
+                    const OutT* rp = res + (long long)m * res_ld + col;
+                    if (has_res) v0 += io<OutT>::load(rp);
+                    io<OutT>::store(o, actf(v0));
+                    if (two) {
+                        if (has_res) v1 += io<OutT>::load(rp + 1);
+                        io<OutT>::store(o + 1, actf(v1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Instantiations for nvcc's CI compile check (NVRTC instantiates through
+// name_expressions instead; see kernels/gpu/conv_tc.py for the tactic list).
+#ifdef CUPYRT_NVCC_INSTANTIATE
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 64, 2, 4, 3, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<256, 128, 32, 4, 2, 3, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 64, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<64, 64, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 1>(const half_t*, const half_t*, float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+#endif

@@ -1,0 +1,163 @@
+"""Compile CUDA sources of kernels/cuda through CuPy's RawModule, once.
+
+Sources are read from ``kernels/cuda``; ``#include "x.cuh"`` lines naming a
+file of that folder are inlined (NVRTC gets no include path from us, and the
+same files compile unchanged under nvcc, which resolves them itself).
+
+Modules are cached in memory per (source hash, arch, options, name
+expressions, device), the key tinygrad and cupyx use; CuPy additionally keeps
+its own on-disk cache of the compiled cubins (``~/.cupy/kernel_cache``), so a
+second process pays only the load.
+
+Templates are instantiated through ``name_expressions`` (cupyx's way):
+``get_function("conv_igemm.cu", "conv_igemm_f16<128,128,32,2,4,4,0>")``.
+``pick_by_dtype`` is the one helper that maps an array dtype to an
+instantiation, with an error listing the valid dtypes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KernelError, UnsupportedError
+
+log = logging.getLogger("cupyrt.kernels.gpu")
+
+CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
+# --use_fast_math stays off: epilogues use expf/erff/tanhf and the FP32
+# tolerance (rel L2 1e-5) leaves no room for the approximate versions.
+DEFAULT_OPTIONS = ("-std=c++17",)
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_lock = threading.Lock()
+_modules: dict = {}
+_functions: dict = {}
+
+
+def read_source(name: str) -> str:
+    """Text of kernels/cuda/<name> with local ``#include "x"`` lines inlined (once each)."""
+    seen: set[str] = set()
+
+    def expand(fname: str) -> str:
+        path = CUDA_DIR / fname
+        if not path.is_file():
+            raise KernelError(f"CUDA source {fname!r} not found in {CUDA_DIR}; "
+                              f"expected one of {sorted(p.name for p in CUDA_DIR.glob('*.cu*'))}")
+        if fname in seen:
+            return ""
+        seen.add(fname)
+        text = path.read_text()
+
+        def sub(m):
+            return f"// ---- begin {m.group(1)}\n{expand(m.group(1))}\n// ---- end {m.group(1)}"
+        return _INCLUDE.sub(sub, text)
+
+    return expand(name)
+
+
+def source_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def device_arch(device=None) -> str:
+    """'sm_90' for the current (or given) CuPy device."""
+    import cupy
+    dev = cupy.cuda.Device(device)
+    return "sm_" + dev.compute_capability
+
+
+def _load_text(source: str) -> str:
+    # a file name of kernels/cuda, or CUDA text (generated kernels)
+    if "\n" not in source and source.endswith((".cu", ".cuh")):
+        return read_source(source)
+    return source
+
+
+def get_module(source: str, *, options=(), name_expressions=(), device=None):
+    """The compiled ``cupy.RawModule`` for ``source`` (a kernels/cuda file name or CUDA text)."""
+    import cupy
+    text = _load_text(source)
+    opts = tuple(DEFAULT_OPTIONS) + tuple(options)
+    dev = cupy.cuda.Device(device)
+    arch = device_arch(dev.id)
+    names = tuple(name_expressions)
+    key = (source_hash(text), arch, opts, names, dev.id)
+    with _lock:
+        mod = _modules.get(key)
+        if mod is None:
+            log.debug("compiling %s for %s with %s (%d instantiations)",
+                      source if len(source) < 80 else "<generated>", arch, opts, len(names))
+            if os.environ.get("CUPYRT_DEBUG", "0") >= "3":
+                log.debug("source:\n%s", text)
+            with dev:
+                try:
+                    mod = cupy.RawModule(code=text, options=opts, name_expressions=names or None)
+                    mod.compile()
+                except cupy.cuda.compiler.CompileException as exc:
+                    raise KernelError(f"compiling {source if len(source) < 80 else 'generated source'} "
+                                      f"for {arch} failed:\n{exc}") from exc
+            _modules[key] = mod
+        return mod
+
+
+def get_function(source: str, name: str, *, options=(), name_expressions=None, device=None):
+    """One kernel (``cupy.RawKernel``) of a module; templates by their name expression.
+
+    ``name_expressions`` defaults to ``(name,)`` when ``name`` has template
+    arguments; pass the full list to compile several instantiations in one go.
+    """
+    import cupy
+    if name_expressions is None:
+        name_expressions = (name,) if "<" in name else ()
+    dev_id = cupy.cuda.Device(device).id
+    key = (source, name, tuple(options), tuple(name_expressions), dev_id)
+    fn = _functions.get(key)
+    if fn is None:
+        mod = get_module(source, options=options, name_expressions=name_expressions, device=dev_id)
+        fn = mod.get_function(name)
+        _functions[key] = fn
+    return fn
+
+
+# dtype -> template argument text used by our sources
+CTYPES = {np.dtype(np.float16): "half_t", np.dtype(np.float32): "float"}
+
+
+def pick_by_dtype(table: dict, dtype, what: str = "kernel"):
+    """``table[dtype]`` with a clear error listing the dtypes that have an instantiation."""
+    dt = np.dtype(dtype)
+    try:
+        return table[dt]
+    except KeyError:
+        valid = ", ".join(sorted(str(np.dtype(k)) for k in table))
+        raise UnsupportedError(f"{what}: dtype {dt} has no instantiation; valid dtypes: {valid}") from None
+
+
+def ctype(dtype, what: str = "kernel") -> str:
+    """The C type name (``half_t`` / ``float``) our sources use for ``dtype``."""
+    return pick_by_dtype(CTYPES, dtype, what)
+
+
+def i32(v) -> np.int32:
+    """Kernel scalar argument as int32 (CuPy passes a bare Python int as long long)."""
+    v = int(v)
+    if not -2**31 <= v < 2**31:
+        raise UnsupportedError(f"kernel argument {v} does not fit int32")
+    return np.int32(v)
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def clear_cache():
+    """Forget compiled modules (tests; a changed source is picked up by its hash anyway)."""
+    with _lock:
+        _modules.clear()
+        _functions.clear()
