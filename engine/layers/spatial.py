@@ -5,6 +5,7 @@ import math
 from kernels import pooling as KP
 from kernels import spatial as KS
 
+from ..errors import NetworkDefinitionError
 from ..kernel_table import numpy_impl
 from ..types import (FLOATING, LayerType, PaddingMode, PoolingType,
                      ResizeCoordinateTransformation, ResizeMode, ResizeRoundMode)
@@ -40,7 +41,13 @@ class PoolingLayer(WindowedLayer):
                 pad = getattr(self, name)
                 if any(p >= f for p, f in zip(pad, self.window_size_nd)):
                     self.fail(name, pad, f"values below window_size_nd {self.window_size_nd}")
-        return [(shape[:2] + self.geometry(shape)[0], dtype)]
+        out, pre, _ = self.geometry(shape)
+        for axis, (i, o, s, b) in enumerate(zip(shape[2:], out, self.stride_nd, pre)):
+            if i >= 0 and (o - 1) * s - b >= i:
+                self.fail("padding_mode", f"{self.padding_mode.name} with stride {self.stride_nd}",
+                          f"a setting whose last window starts inside the input (spatial axis "
+                          f"{axis}: window {o - 1} starts at {(o - 1) * s - b} of {i})")
+        return [(shape[:2] + out, dtype)]
 
 
 @numpy_impl(LayerType.POOLING)
@@ -156,7 +163,7 @@ class OneOf:
         del layer._attrs[self.other]
         try:
             super().__set__(layer, value)
-        except Exception:
+        except NetworkDefinitionError:
             layer._attrs[self.other] = sibling
             if layer._network is not None:
                 layer._network._on_layer_changed(layer)
