@@ -1,0 +1,72 @@
+"""Layout reformats (NCHW <-> NHWC) and concat into a preallocated buffer.
+
+The transpose goes through a 32x33 shared-memory tile (kernels/cuda/
+pool_softmax.cu, transpose_brc) so both the read and the write are coalesced.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .compile import get_function, i32
+from .errors import UnsupportedError
+
+SOURCE = "pool_softmax.cu"
+_CT = {np.dtype(np.float16): "half_t", np.dtype(np.float32): "float",
+       np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
+
+
+def _transpose_brc(x, B, R, C, out):
+    try:
+        ct = _CT[x.dtype]
+    except KeyError:
+        raise UnsupportedError(f"reformat: dtype {x.dtype}; valid: {', '.join(map(str, _CT))}") from None
+    kern = get_function(SOURCE, f"transpose_brc<{ct}>")
+    if B > 65535:
+        raise UnsupportedError(f"reformat: batch {B} > 65535")
+    kern((-(-C // 32), -(-R // 32), B), (32, 8), (x, out, i32(R), i32(C)))
+    return out
+
+
+def nchw_to_nhwc(x, out=None):
+    """[N, C, *spatial] -> [N, *spatial, C] (any rank >= 3), contiguous copy."""
+    import cupy as cp
+    x = cp.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    sp = x.shape[2:]
+    out = out if out is not None else cp.empty((N,) + sp + (C,), dtype=x.dtype)
+    return _transpose_brc(x, N, C, math.prod(sp), out)
+
+
+def nhwc_to_nchw(x, out=None):
+    """[N, *spatial, C] -> [N, C, *spatial], contiguous copy."""
+    import cupy as cp
+    x = cp.ascontiguousarray(x)
+    N, C = x.shape[0], x.shape[-1]
+    sp = x.shape[1:-1]
+    out = out if out is not None else cp.empty((N, C) + sp, dtype=x.dtype)
+    return _transpose_brc(x, N, math.prod(sp), C, out)
+
+
+def concat_into(out, x, channel_offset):
+    """Copy NHWC ``x`` into channels [offset, offset + C) of ``out`` (for producers
+    that cannot write at an offset themselves; conv/pool tactics take
+    ``out=, out_channel_offset=`` instead and need no copy)."""
+    C = x.shape[-1]
+    if out.shape[:-1] != x.shape[:-1] or channel_offset + C > out.shape[-1] or channel_offset < 0:
+        raise UnsupportedError(f"concat_into: {x.shape} at channel {channel_offset} does not fit {out.shape}")
+    out[..., channel_offset:channel_offset + C] = x
+    return out
+
+
+def concat_buffer(shapes, dtype):
+    """Allocate the NHWC concat output for inputs of ``shapes`` and return (buffer, offsets)."""
+    import cupy as cp
+    offs, c = [], 0
+    for s in shapes:
+        if tuple(s[:-1]) != tuple(shapes[0][:-1]):
+            raise UnsupportedError(f"concat inputs {shapes}: all but the channel dim must match")
+        offs.append(c)
+        c += s[-1]
+    return cp.empty(tuple(shapes[0][:-1]) + (c,), dtype=dtype), offs

@@ -1,0 +1,110 @@
+"""Helpers for the GPU tests: float64 NumPy references (NHWC, KRSC weights), rel L2, poison."""
+import math
+
+import numpy as np
+
+
+def rel_l2(out, ref):
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert np.all(np.isfinite(out)), "non-finite output (unwritten poison or overflow)"
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2}
+
+
+def poison(cp, shape, dtype):
+    """Output buffer filled with NaN so that any element left unwritten fails the check."""
+    return cp.full(shape, np.nan, dtype=dtype)
+
+
+
+def act_ref(v, name, alpha=0.0, beta=0.0):
+    if name in (None, "NONE"):
+        return v
+    if name == "RELU":
+        return np.maximum(v, 0)
+    if name == "RELU6":
+        return np.clip(v, 0, 6)
+    if name == "CLIP":
+        return np.clip(v, alpha, beta)
+    if name == "LEAKY_RELU":
+        return np.where(v >= 0, v, alpha * v)
+    if name == "SIGMOID":
+        return 1 / (1 + np.exp(-v))
+    if name == "TANH":
+        return np.tanh(v)
+    if name == "ELU":
+        return np.where(v >= 0, v, alpha * np.expm1(np.minimum(v, 0)))
+    if name == "GELU_ERF":
+        return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
+    if name == "SILU":
+        return v / (1 + np.exp(-v))
+    if name == "HARD_SWISH":
+        return v * np.clip(v + 3, 0, 6) / 6
+    raise KeyError(name)
+
+
+def conv_nhwc(x, w, stride=(1, 1), pad=(0, 0), dil=(1, 1), out_hw=None, groups=1):
+    """x [N,H,W,C], w [K,R,S,C/groups] -> [N,P,Q,K] in float64."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    N, H, W, C = x.shape
+    K, R, S, Cg = w.shape
+    sh, sw = stride
+    ph, pw = pad
+    dh, dw = dil
+    if out_hw is None:
+        out_hw = ((H + 2 * ph - dh * (R - 1) - 1) // sh + 1, (W + 2 * pw - dw * (S - 1) - 1) // sw + 1)
+    P, Q = out_hw
+    Hp = max(H + ph, (P - 1) * sh + dh * (R - 1) + 1)
+    Wp = max(W + pw, (Q - 1) * sw + dw * (S - 1) + 1)
+    xp = np.zeros((N, Hp, Wp, C))
+    xp[:, ph:ph + H, pw:pw + W, :] = x
+    out = np.zeros((N, P, Q, K))
+    Kg = K // groups
+    for g in range(groups):
+        for r in range(R):
+            for s in range(S):
+                patch = xp[:, r * dh: r * dh + (P - 1) * sh + 1: sh,
+                           s * dw: s * dw + (Q - 1) * sw + 1: sw, g * Cg:(g + 1) * Cg]
+                out[..., g * Kg:(g + 1) * Kg] += patch @ w[g * Kg:(g + 1) * Kg, r, s, :].T
+    return out
+
+
+def depthwise_nhwc(x, w_rsc, stride, pad, dil=(1, 1)):
+    R, S, C = w_rsc.shape
+    w = np.zeros((C, R, S, 1))
+    w[:, :, :, 0] = np.transpose(w_rsc, (2, 0, 1))
+    return conv_nhwc(x, w, stride, pad, dil, groups=C)
+
+
+def pool_nhwc(x, mode, win, stride, pad, exclude_pad=True):
+    x = np.asarray(x, np.float64)
+    N, H, W, C = x.shape
+    R, S = win
+    sh, sw = stride
+    ph, pw = pad
+    P = (H + 2 * ph - R) // sh + 1
+    Q = (W + 2 * pw - S) // sw + 1
+    out = np.zeros((N, P, Q, C))
+    for p in range(P):
+        for q in range(Q):
+            h0, w0 = p * sh - ph, q * sw - pw
+            hs = slice(max(h0, 0), min(h0 + R, H))
+            ws = slice(max(w0, 0), min(w0 + S, W))
+            win_ = x[:, hs, ws, :]
+            if mode == "MAX":
+                out[:, p, q, :] = win_.max(axis=(1, 2))
+            else:
+                cnt = win_.shape[1] * win_.shape[2] if exclude_pad else R * S
+                out[:, p, q, :] = win_.sum(axis=(1, 2)) / cnt
+    return out
+
+
+def softmax(x, axis):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)

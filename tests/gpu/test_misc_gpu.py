@@ -1,0 +1,105 @@
+"""Pooling, softmax, reformat, concat and fused pointwise chains vs float64 NumPy."""
+import math
+
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+
+from gpu_helpers import TOL, act_ref, pool_nhwc, poison, rel_l2, softmax  # noqa: E402
+from kernels.gpu import UnsupportedError  # noqa: E402
+from kernels.gpu import pointwise_gen, pooling, reformat  # noqa: E402
+from kernels.gpu import softmax as gsoftmax  # noqa: E402
+
+RNG = np.random.default_rng(99)
+DTYPES = [np.float32, np.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,win,stride,pad", [("MAX", 3, 2, 1), ("AVERAGE", 3, 1, 1),
+                                                 ("AVERAGE", 2, 2, 0), ("MAX", 2, 2, 0)])
+def test_pool2d_nhwc(dtype, mode, win, stride, pad):
+    x = RNG.standard_normal((2, 11, 10, 24)).astype(dtype)
+    ref = pool_nhwc(x, mode, (win, win), (stride, stride), (pad, pad))
+    out = poison(cp, ref.shape, dtype)
+    pooling.pool2d(cp.asarray(x), mode, win, stride=stride, padding=pad, out=out)
+    assert rel_l2(out.get(), ref) <= TOL[np.dtype(dtype)]
+
+
+def test_pool2d_average_including_padding():
+    x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    ref = pool_nhwc(x, "AVERAGE", (3, 3), (1, 1), (1, 1), exclude_pad=False)
+    out = pooling.pool2d(cp.asarray(x), "AVERAGE", 3, stride=1, padding=1, exclude_padding=False)
+    assert rel_l2(out.get(), ref) <= 1e-5
+
+
+def test_pool2d_rejects_unknown_mode():
+    with pytest.raises(UnsupportedError, match="MAX, AVERAGE"):
+        pooling.pool2d(cp.zeros((1, 4, 4, 8), cp.float32), "MEDIAN", 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_avgpool(dtype):
+    x = RNG.standard_normal((3, 7, 7, 200)).astype(dtype)
+    out = pooling.global_avgpool(cp.asarray(x))
+    assert rel_l2(out.get(), x.astype(np.float64).mean(axis=(1, 2))) <= TOL[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((37, 1000), -1), ((5, 3), 1), ((4, 7, 6, 5), 1),
+                                        ((4, 7, 6, 5), 0), ((2, 3, 2053), 2)])
+def test_softmax_any_axis(dtype, shape, axis):
+    x = (RNG.standard_normal(shape) * 3).astype(dtype)
+    out = gsoftmax.softmax(cp.asarray(x), axis=axis)
+    assert rel_l2(out.get(), softmax(x, axis)) <= TOL[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.int32])
+def test_nchw_nhwc_round_trip_exact(dtype):
+    x = (RNG.standard_normal((3, 37, 9, 11)) * 50).astype(dtype)
+    nhwc = reformat.nchw_to_nhwc(cp.asarray(x))
+    np.testing.assert_array_equal(nhwc.get(), x.transpose(0, 2, 3, 1))
+    back = reformat.nhwc_to_nchw(nhwc)
+    np.testing.assert_array_equal(back.get(), x)
+
+
+def test_concat_buffer_and_concat_into():
+    a = RNG.standard_normal((2, 3, 3, 5)).astype(np.float32)
+    b = RNG.standard_normal((2, 3, 3, 7)).astype(np.float32)
+    buf, offs = reformat.concat_buffer([a.shape, b.shape], np.float32)
+    assert offs == [0, 5]
+    reformat.concat_into(buf, cp.asarray(a), 0)
+    reformat.concat_into(buf, cp.asarray(b), 5)
+    np.testing.assert_array_equal(buf.get(), np.concatenate([a, b], axis=-1))
+    with pytest.raises(UnsupportedError, match="does not fit"):
+        reformat.concat_into(buf, cp.asarray(b), 6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_chain_matches_numpy(dtype):
+    x = RNG.standard_normal((2, 5, 6, 16)).astype(dtype)
+    t = RNG.standard_normal(x.shape).astype(dtype)
+    s = RNG.uniform(0.5, 2, 16).astype(np.float32)
+    h = RNG.standard_normal(16).astype(np.float32)
+    ops = [("channel", s, h, None), ("tensor", "SUM", cp.asarray(t)), ("act", "LEAKY_RELU", 0.2, 0.0),
+           ("const", "PROD", 1.5), ("unary", "TANH" if False else "ABS"), ("rconst", "SUB", 3.0),
+           ("act", "SIGMOID", 0.0, 0.0)]
+    out = pointwise_gen.pointwise_chain(cp.asarray(x), ops)
+    v = x.astype(np.float64) * s + h + t
+    v = act_ref(v, "LEAKY_RELU", 0.2)
+    v = np.abs(v * 1.5)
+    v = act_ref(3.0 - v, "SIGMOID")
+    assert rel_l2(out.get(), v) <= TOL[np.dtype(dtype)]
+
+
+def test_pointwise_chain_channel_axis_nchw():
+    x = RNG.standard_normal((2, 4, 3, 5)).astype(np.float32)
+    s = RNG.uniform(0.5, 2, 4).astype(np.float32)
+    out = pointwise_gen.pointwise_chain(cp.asarray(x), [("channel", s, None, None), ("unary", "EXP")],
+                                        channel_axis=1)
+    assert rel_l2(out.get(), np.exp(x.astype(np.float64) * s[None, :, None, None])) <= 1e-5
+
+
+def test_pointwise_chain_rejects_unknown_op():
+    with pytest.raises(UnsupportedError, match="valid"):
+        pointwise_gen.pointwise_chain(cp.zeros(4, cp.float32), [("unary", "FROB")])
