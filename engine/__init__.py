@@ -14,3 +14,4 @@ from .runtime import (CudaEngine, EngineInspector, ExecutionContext, LayerInfo, 
 from .plan import PLAN_VERSION  # noqa: E402,F401
 from .layers.plugin import (Plugin, PluginRegistry, get_plugin_registry,  # noqa: E402,F401
                             register_plugin)
+from .layers.shape import SampleMode  # noqa: E402,F401

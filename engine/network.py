@@ -241,10 +241,13 @@ class Network:
     def add_activation(self, input, type):
         return self._add(L.ActivationLayer(self, [input], activation_type=type))
 
-    def add_concatenation(self, inputs):
+    def add_concatenation(self, inputs, axis=None):
+        # ``axis``: an extension of TensorRT's signature, so that a concat whose
+        # inputs only fit along another axis can be added (shapes are checked here)
         inputs = list(inputs)
         rank = len(inputs[0].shape) if inputs and isinstance(inputs[0], Tensor) else 4
-        return self._add(L.ConcatenationLayer(self, inputs, axis=max(0, rank - 3)))
+        axis = max(0, rank - 3) if axis is None else axis
+        return self._add(L.ConcatenationLayer(self, inputs, axis=axis))
 
     def add_convolution_nd(self, input, num_output_maps, kernel_shape, kernel=None, bias=None):
         return self._add(L.ConvolutionLayer(self, [input], num_output_maps=num_output_maps,
@@ -314,8 +317,12 @@ class Network:
     def add_reduce(self, input, op, axes, keep_dims):
         return self._add(L.ReduceLayer(self, [input], op=op, axes=axes, keep_dims=keep_dims))
 
-    def add_slice(self, input, start, shape, stride):
-        return self._add(L.SliceLayer(self, [input], start=start, shape=shape, stride=stride))
+    def add_slice(self, input, start, shape, stride, mode=None):
+        # ``mode`` (a SampleMode): an extension, so that a slice reaching outside
+        # its input (WRAP, CLAMP, FILL, REFLECT) can be added
+        extra = {} if mode is None else {"mode": mode}
+        return self._add(L.SliceLayer(self, [input], start=start, shape=shape, stride=stride,
+                                      **extra))
 
     def add_gather(self, input, indices, axis):
         return self._add(L.GatherLayer(self, [input, indices], axis=axis))

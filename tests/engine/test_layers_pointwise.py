@@ -486,3 +486,29 @@ def test_select_rejects(dc, da, db, expected):
     ins = [net.add_input(n, d, (2, 3)) for n, d in zip("cab", (dc, da, db))]
     with pytest.raises(rt.NetworkDefinitionError, match=expected):
         net.add_select(*ins)
+
+
+# ----------------------------------------------------------------------------
+# plan round trip
+
+def test_pointwise_layers_survive_a_plan_round_trip():
+    from engine import plan as planfile
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (-1, 3, 4))
+    act = net.add_activation(x, A.LEAKY_RELU)
+    act.alpha = 0.2
+    u = net.add_unary(act.get_output(0), U.ABS)
+    s = net.add_scale(u.get_output(0), rt.ScaleMode.CHANNEL, np.arange(3, dtype=np.float32),
+                      np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32))
+    add = net.add_elementwise(s.get_output(0), x, E.SUM)
+    gt = net.add_elementwise(add.get_output(0), x, E.GREATER)
+    sel = net.add_select(gt.get_output(0), net.add_identity(x).get_output(0), add.get_output(0))
+    cast = net.add_cast(sel.get_output(0), rt.int32)
+    net.mark_output(cast.get_output(0))
+    arrays = planfile.ArrayTable()
+    doc, table = planfile.loads(planfile.dumps(planfile.encode_network(net, arrays), arrays))
+    back = planfile.decode_network(doc, table)
+    feeds = {"x": X[0, :, :4, 0].reshape(1, 3, 4) * 4}
+    np.testing.assert_array_equal(interpret(back, feeds)["cast_7_out"],
+                                  interpret(net, feeds)["cast_7_out"])
+    assert back.get_layer(0).alpha == 0.2 and back.get_layer(2).power[0] == 2.0
