@@ -70,6 +70,18 @@ def segment_io(segment_gd):
     return ins, outs
 
 
+def example_shapes(segment_gd, batch=1, other=16):
+    """Concrete input shapes for a segment: unknown batch -> ``batch``, others -> ``other``."""
+    ins, _ = segment_io(segment_gd)
+    nodes = {n.name: n for n in segment_gd.node}
+    out = []
+    for name in ins:
+        dims = tf.TensorShape(nodes[name].attr["shape"].shape).as_list()
+        out.append(tuple((batch if i == 0 else other) if d is None else d
+                         for i, d in enumerate(dims)))
+    return out
+
+
 def build_network(segment_gd, input_shapes=None, graph=None):
     """Convert a segment GraphDef into ``(builder, network)``.
 

@@ -14,6 +14,8 @@ import time
 
 import tensorflow as tf
 
+import engine as rt
+
 from . import conversion, registry
 from .engine_node import ENGINE_OP, make_engine_node
 from .errors import ConverterArgumentError, TFIntegrationError
@@ -123,7 +125,14 @@ class TrtGraphConverter:
             return conversion.build_plan(seg_gd, self.params["precision_mode"],
                                          max_workspace_size_bytes=self.params[
                                              "max_workspace_size_bytes"])
-        conversion.build_network(seg_gd)
+        try:
+            conversion.build_network(seg_gd)
+        except rt.NetworkDefinitionError as exc:
+            # Some layers need concrete dims (e.g. a slice across the batch dim); a
+            # dynamic engine only ever sees concrete shapes, so check with one.
+            shapes = conversion.example_shapes(seg_gd, self.params["max_batch_size"])
+            logger.debug("segment needs concrete shapes (%s); checking with %s", exc, shapes)
+            conversion.build_network(seg_gd, input_shapes=shapes)
         return None
 
     def _splice(self, graph, segments, engine_nodes, engines):

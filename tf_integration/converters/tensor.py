@@ -148,8 +148,8 @@ def concat(ctx, values, axis):
     if all(v.is_const for v in values):
         return Value(const=np.concatenate([v.const for v in values], axis))
     rank, perm = ctx.common_layout(values)
-    layer = ctx.network.add_concatenation([ctx.tensor(v, perm) for v in values])
-    layer.axis = perm.index(axis % rank)
+    layer = ctx.network.add_concatenation([ctx.tensor(v, perm) for v in values],
+                                          axis=perm.index(axis % rank))
     ctx.name(layer, "concat")
     return Value(layer.get_output(0), perm=perm)
 
