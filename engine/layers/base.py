@@ -189,8 +189,8 @@ class Array(Attr):
                 value = np.asarray(value)
             except (TypeError, ValueError):
                 self.fail(layer, type(value).__name__, "a NumPy array")
-            if value.dtype == np.float64:
-                value = value.astype(np.float32)
+        if value.dtype == np.float64:       # NumPy's default float: weights are float32
+            value = value.astype(np.float32)
         if value.dtype.kind not in "biuf" or value.dtype.name not in {d.value for d in DataType}:
             self.fail(layer, f"an array of {value.dtype}",
                       "an array of " + ", ".join(d.value for d in DataType))

@@ -20,6 +20,8 @@ def _is_reshape_only(s):
 
 
 def _is_noop(layer):
+    if layer.layer_type not in (LayerType.IDENTITY, LayerType.CAST, LayerType.SHUFFLE):
+        return False
     t_in, t_out = layer._inputs[0], layer._outputs[0]
     if layer.layer_type == LayerType.IDENTITY:
         return t_in.dtype == t_out.dtype
@@ -29,7 +31,6 @@ def _is_noop(layer):
         perm_ok = all(p is None or tuple(p) == tuple(range(len(p)))
                       for p in (layer.first_transpose, layer.second_transpose))
         return perm_ok and t_in.shape == t_out.shape and -1 not in t_in.shape
-    return False
 
 
 def _bypass(network, layer):

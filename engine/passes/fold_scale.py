@@ -68,7 +68,10 @@ def _affine_of(layer, host_out):
 
 
 def _fold(host, scale, shift):
-    w = host.kernel.astype(np.float64)
+    if host.layer_type == LayerType.FULLY_CONNECTED:
+        w = host.kernel.astype(np.float64).reshape(len(scale), -1)
+    else:     # the kernel in its N-d layout (a flat kernel is allowed until here)
+        w = host.weights(host._inputs[0].shape[1]).astype(np.float64)
     if host.layer_type == LayerType.DECONVOLUTION:
         # deconv kernel (C, K/g, R, S): output channel k = g*(K/g) + j
         g = host.num_groups
@@ -77,7 +80,7 @@ def _fold(host, scale, shift):
     else:
         w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
     b = np.zeros(len(scale)) if host.bias is None else host.bias.astype(np.float64)
-    host.kernel = w.astype(host.kernel.dtype)
+    host.kernel = w.astype(host.kernel.dtype).reshape(host.kernel.shape)
     host.bias = (b * scale + shift).astype(host.kernel.dtype)
 
 
@@ -96,6 +99,8 @@ def run(network):
             continue
         affine = _affine_of(use[0], out)
         if affine is None or use[0]._outputs[0].dtype != out.dtype:
+            continue
+        if host.layer_type != LayerType.FULLY_CONNECTED and host._inputs[0].shape[1] < 0:
             continue
         _fold(host, *affine)
         network.take_output(host, use[0])
