@@ -248,22 +248,40 @@ class SliceLayer(Layer):
     """TensorRT's ISliceLayer: out[y] = x[start + y * stride] per dim, shape
     ``shape``; ``mode`` (SampleMode) says what out-of-bounds coordinates read
     (STRICT_BOUNDS rejects them; FILL reads ``fill_value``). Negative and zero
-    strides are allowed."""
+    strides are allowed.
+
+    Extension: a ``shape`` entry of -1 takes every coordinate from ``start`` to
+    the end of the dim (to its beginning for a negative stride), so a slice of
+    a dynamic dim (TF's StridedSlice with an end mask) has a shape rule."""
     layer_type = LayerType.SLICE
     start = Ints(None)
-    shape = Ints(None, minimum=0)
+    shape = Ints(None, minimum=-1)
     stride = Ints(None)
     mode = EnumAttr(SampleMode, SampleMode.STRICT_BOUNDS)
     fill_value = Float(0.0)
 
-    def infer(self, in_shapes, in_dtypes):
-        in_shape = in_shapes[0]
+    def sizes(self, in_shape):
+        """The output shape for an input of ``in_shape`` (-1 where unknown)."""
         rank = len(in_shape)
         for name in ("start", "shape", "stride"):
             value = getattr(self, name)
             if value is None or len(value) != rank:
                 self.fail(name, value, f"{rank} values (the input rank)")
+        out = []
         for k, (s, n, st, d) in enumerate(zip(self.start, self.shape, self.stride, in_shape)):
+            if n == -1:
+                if st == 0:
+                    self.fail("stride", self.stride, f"a non-zero stride where shape is -1 (dim {k})")
+                if d != -1:
+                    # len(range(s, d, st)) or len(range(s, -1, st)), clipped at 0
+                    n = max(0, -(-(d - s) // st) if st > 0 else -(-(s + 1) // -st))
+            out.append(n)
+        return tuple(out)
+
+    def infer(self, in_shapes, in_dtypes):
+        in_shape = in_shapes[0]
+        sizes = self.sizes(in_shape)
+        for k, (s, n, st, d) in enumerate(zip(self.start, sizes, self.stride, in_shape)):
             if d == -1 or n == 0:
                 continue
             if self.mode == SampleMode.STRICT_BOUNDS:
@@ -274,12 +292,13 @@ class SliceLayer(Layer):
                               f"WRAP, CLAMP, FILL or REFLECT)")
             elif d == 0 and self.mode != SampleMode.FILL:
                 self.fail("input", f"an empty dim {k}", f"a non-empty dim for {self.mode.name} mode")
-        return [(self.shape, in_dtypes[0])]
+        return [(sizes, in_dtypes[0])]
 
 
 @numpy_impl(LayerType.SLICE)
 def _slice(layer, inputs):
-    return [K.slice_nd(inputs[0], layer.start, layer.shape, layer.stride, layer.mode.name,
+    x = inputs[0]
+    return [K.slice_nd(x, layer.start, layer.sizes(x.shape), layer.stride, layer.mode.name,
                        layer.fill_value)]
 
 

@@ -449,3 +449,23 @@ def test_shape_layers_survive_a_plan_round_trip():
     np.testing.assert_array_equal(got, interpret(net, feeds)[name])
     assert (got == -2.5).any()
     assert back.get_layer(6).mode == rt.SampleMode.FILL and back.get_layer(0).reshape_dims == (0, 0, 3, 1)
+
+
+@pytest.mark.parametrize("start,stride", [((0, 0, 2), (1, 1, 2)), ((1, 2, 6), (1, -1, -3)),
+                                          ((0, 3, 7), (2, 1, 1))])
+def test_slice_to_the_end_of_a_dynamic_dim(tf, start, stride):
+    net, t = one_input(rt.float32, (-1, 3, 7))
+    s = net.add_slice(t, start, (-1, -1, -1), stride)
+    assert s.get_output(0).shape == (-1,) + s.infer([(2, 3, 7)], [rt.float32])[0][0][1:]
+    net.mark_output(s.get_output(0))
+    x = rand((2, 3, 7))
+    got = interpret(net, {"x": x})[s.get_output(0).name]
+    ref = x[tuple(slice(b, None, st) for b, st in zip(start, stride))]
+    np.testing.assert_array_equal(got, ref)
+    assert got.shape == s.infer([x.shape], [rt.float32])[0][0]
+
+
+def test_slice_to_the_end_needs_a_stride():
+    net, t = one_input(rt.float32, (4,))
+    with pytest.raises(ERR, match="expected a non-zero stride where shape is -1 \\(dim 0\\)"):
+        net.add_slice(t, (0,), (-1,), (0,))
