@@ -384,6 +384,8 @@ class Layer:
             raise NetworkDefinitionError(self.describe(), "index", index,
                                          f"an output index in [0, {len(self._outputs)})")
         self._output_types[index] = dtype
+        if self._network is not None:
+            self._network._on_layer_changed(self)
 
     def get_output_type(self, index):
         return self._output_types.get(index, self._outputs[index].dtype)
@@ -393,6 +395,8 @@ class Layer:
 
     def reset_output_type(self, index):
         self._output_types.pop(index, None)
+        if self._network is not None:
+            self._network._on_layer_changed(self)
 
     # the shape rule ----------------------------------------------------------
     def infer(self, in_shapes, in_dtypes):

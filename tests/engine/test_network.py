@@ -175,3 +175,12 @@ def test_rel_l2_rejects_shape_mismatch():
     with pytest.raises(AssertionError, match="shape"):
         rel_l2(np.ones(3), np.ones(4))
     assert rel_l2(np.zeros(2), np.zeros(2)) == 0.0
+
+
+def test_set_output_type_changes_the_output_dtype_at_once(net):
+    x = net.add_input("x", rt.float32, (4,))
+    i = net.add_identity(x)
+    i.set_output_type(0, rt.float16)
+    assert i.get_output(0).dtype == rt.float16
+    i.reset_output_type(0)
+    assert i.get_output(0).dtype == rt.float32
