@@ -107,6 +107,8 @@ class Builder:
                              "with the INT8 work); build with FP16 or FP32")
         t0 = time.perf_counter()
         network._ensure_inferred()
+        for layer in network._layers:
+            layer.check_complete()
         arrays = planfile.ArrayTable()
         doc = planfile.encode_network(network, arrays)
         work = planfile.decode_network(doc, planfile.ArrayTable(arrays.getbytes()))

@@ -341,9 +341,10 @@ class Layer:
         return self._inputs[i]
 
     def set_input(self, i, tensor):
-        if not 0 <= i < self.max_inputs:
+        limit = self.max_inputs if self.max_inputs is not None else len(self._inputs) + 1
+        if not 0 <= i < limit:
             raise NetworkDefinitionError(self.describe(), "index", i,
-                                         f"an input index in [0, {self.max_inputs})")
+                                         f"an input index in [0, {limit})")
         old = list(self._inputs)
         while len(self._inputs) <= i:
             self._inputs.append(None)
@@ -397,6 +398,10 @@ class Layer:
         self._output_types.pop(index, None)
         if self._network is not None:
             self._network._on_layer_changed(self)
+
+    def check_complete(self):
+        """Raise BuildError if the layer cannot run yet (weights set after adding,
+        e.g. RNN gates). The builder calls this on every layer."""
 
     # the shape rule ----------------------------------------------------------
     def infer(self, in_shapes, in_dtypes):

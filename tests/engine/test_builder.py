@@ -90,3 +90,25 @@ def test_logger_severities(caplog):
         logger.log(rt.Logger.VERBOSE, "too chatty")
     assert "hello" in caplog.text and "too chatty" not in caplog.text
     assert logger.python_level() == 20
+
+
+def test_build_fails_early_on_missing_rnn_weights():
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("x", rt.float32, (1, 3, 4))
+    rnn = net.add_rnn_v2(x, 1, 5, 3, rt.RNNOperation.TANH)
+    net.mark_output(rnn.get_output(0))
+    with pytest.raises(rt.BuildError, match="no W weights"):
+        b.build_serialized_network(net, b.create_builder_config())
+
+
+def test_set_input_on_a_variadic_layer():
+    net = rt.Network()
+    a = net.add_input("a", rt.float32, (2, 3))
+    c = net.add_input("c", rt.float32, (2, 5))
+    cat = net.add_concatenation([a, a])
+    cat.axis = 1
+    cat.set_input(1, c)
+    assert cat.get_output(0).shape == (2, 8)
+    with pytest.raises(rt.NetworkDefinitionError, match="input index"):
+        cat.set_input(5, c)
