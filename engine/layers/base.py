@@ -214,7 +214,7 @@ class ArrayDict(Attr):
     """A dict str -> array (RNN gate weights)."""
 
     def encode(self, value, arrays):
-        return {k: arrays.put(v) for k, v in (value or {}).items()}
+        return {k: arrays.put(v) for k, v in sorted((value or {}).items())}
 
     def decode(self, value, arrays):
         return {k: arrays.get(v) for k, v in (value or {}).items()}
