@@ -267,10 +267,8 @@ class ExecutionContext:
             raise ExecutionError(f"shape {tuple(shape)} for '{name}' does not fit {decl}")
         return True
 
-    def execute(self, inputs):
-        """Run the engine. ``inputs``: dict name -> array. Returns dict name -> array."""
-        feeds = self._check_inputs(inputs)
-        sched = self._schedule(feeds)
+    def run_layers(self, feeds, sched):
+        """The layer loop, shared by every backend: backend arrays in and out."""
         e = self.engine
         backend = e.backend
         values = {id(t): feeds[t.name] for t in e.network._inputs}
@@ -287,7 +285,51 @@ class ExecutionContext:
                 values[id(t)] = v
             for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
                 values.pop(tid, None)
-        return {t.name: backend.to_output(values[id(t)], t.dtype) for t in e.network._outputs}
+        return {t.name: values[id(t)] for t in e.network._outputs}
+
+    def execute(self, inputs):
+        """Run the engine. ``inputs``: dict name -> array (NumPy, or CuPy on the GPU
+        backend). Returns dict name -> NumPy array."""
+        feeds = self._check_inputs(inputs)
+        outs = self.engine.backend.execute(self, feeds, self._schedule(feeds))
+        return {t.name: self.engine.backend.to_output(outs[t.name], t.dtype)
+                for t in self.engine.network._outputs}
+
+    # -- TensorRT's enqueue style: bound device buffers, a stream -----------------
+    def set_tensor_address(self, name, array):
+        """Bind an input or output to an array (a CuPy array on the GPU backend;
+        TensorRT takes a raw pointer, we take the array so shape and dtype travel)."""
+        self.engine._io_tensor(name)
+        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            raise ExecutionError(f"set_tensor_address('{name}', ...) takes an array; got "
+                                 f"{type(array).__name__}")
+        if not hasattr(self, "_bound"):
+            self._bound = {}
+        self._bound[name] = array
+        return True
+
+    def get_tensor_address(self, name):
+        return getattr(self, "_bound", {}).get(name)
+
+    def execute_async_v3(self, stream=None):
+        """Run with the bound tensors on ``stream`` (a CuPy stream; None = current).
+        Outputs are written into the bound output arrays; nothing is copied to the
+        host and the call does not wait for the GPU."""
+        bound = getattr(self, "_bound", {})
+        e = self.engine
+        missing = [n for n in e.input_names + e.output_names if n not in bound]
+        if missing:
+            raise ExecutionError(f"execute_async_v3: no array bound for {missing}; bind each input "
+                                 f"and output with set_tensor_address(name, array)")
+        feeds = self._check_inputs({n: bound[n] for n in e.input_names})
+        outs = e.backend.execute(self, feeds, self._schedule(feeds), stream=stream)
+        for t in e.network._outputs:
+            dst, src = bound[t.name], outs[t.name]
+            if tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:
+                raise ExecutionError(f"output '{t.name}' is {tuple(src.shape)} {src.dtype}; the bound "
+                                     f"array is {tuple(dst.shape)} {dst.dtype}")
+            e.backend.copy_into(dst, src, stream)
+        return True
 
     # TensorRT's names for the same call
     def execute_v2(self, inputs):

@@ -35,5 +35,13 @@ class NumpyBackend:
         return [np.asarray(v).astype(d.to_numpy(), copy=False) for v, d in zip(outs, out_dtypes)]
 
     @staticmethod
+    def execute(context, feeds, sched, stream=None):
+        return context.run_layers(feeds, sched)
+
+    @staticmethod
+    def copy_into(dst, src, stream=None):
+        np.copyto(dst, src)
+
+    @staticmethod
     def to_output(x, dtype):
         return np.asarray(x).astype(dtype.to_numpy(), copy=False)

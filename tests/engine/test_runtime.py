@@ -148,3 +148,21 @@ def test_backend_selection(monkeypatch):
     assert select_backend().name in ("numpy", "cupy")
     with pytest.raises(rt.BuildError, match="valid: auto"):
         select_backend("tpu")
+
+
+def test_bound_buffers_and_execute_async_v3():
+    engine = chain_engine()
+    ctx = engine.create_execution_context()
+    x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    y = np.full((3, 8), np.nan, np.float32)
+    with pytest.raises(rt.ExecutionError, match="no array bound for \\['x', 'y'\\]"):
+        ctx.execute_async_v3()
+    with pytest.raises(rt.ExecutionError, match="takes an array"):
+        ctx.set_tensor_address("x", 1234)
+    assert ctx.set_tensor_address("x", x) and ctx.set_tensor_address("y", y)
+    assert ctx.get_tensor_address("x") is x
+    assert ctx.execute_async_v3()
+    np.testing.assert_allclose(y, reference(x), rtol=1e-6)
+    ctx.set_tensor_address("y", np.zeros((2, 8), np.float32))
+    with pytest.raises(rt.ExecutionError, match="the bound array is \\(2, 8\\)"):
+        ctx.execute_async_v3()
