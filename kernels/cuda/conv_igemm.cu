@@ -84,12 +84,44 @@ __device__ __forceinline__ void load2(const float* p, float& v0, float& v1) {
     v0 = f.x; v1 = f.y;
 }
 
+// Eight adjacent channels, 16 bytes (half) or 32 bytes (float) aligned.
+__device__ __forceinline__ void store8(half_t* p, const float (&v)[8]) {
+    uint4 u;
+    u.x = pack_h2(v[0], v[1]); u.y = pack_h2(v[2], v[3]);
+    u.z = pack_h2(v[4], v[5]); u.w = pack_h2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void load8(const half_t* p, float (&v)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        v[2 * e] = h2f((half_t)(w[e] & 0xffffu));
+        v[2 * e + 1] = h2f((half_t)(w[e] >> 16));
+    }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
 }  // namespace cupyrt_igemm
 
 // Launch: grid = (ceil(M/BM) * ceil(K/BN),), block = WM*WN*32 threads,
-// dynamic shared memory = STAGES * (BM + BN) * (BK + 8) * 2 bytes.
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, int OUT_F32>
-__global__ void __launch_bounds__(WM * WN * 32)
+// dynamic shared memory = max(STAGES * (BM + BN) * (BK + 8) * 2,
+//                             V2 ? BM * (BN + 8) * 4 : 0) bytes.
+// V2 = 1: fragment double-buffering + shared-memory-staged 16-byte epilogue;
+// V2 = 0: the first version (fragments loaded then used; epilogue stores two
+// channels per thread straight from the accumulators).
+// MINB: __launch_bounds__ min blocks per SM (0 = no hint).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int OUT_F32, int V2, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
 conv_igemm_f16(const half_t* __restrict__ x,        // [N, H, W, C]
                const half_t* __restrict__ w,        // [K, R, S, C]
                typename cupyrt_igemm::OutSel<OUT_F32>::T* __restrict__ out,
@@ -114,6 +146,7 @@ conv_igemm_f16(const half_t* __restrict__ x,        // [N, H, W, C]
     static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
     static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
     static_assert(BK % 16 == 0, "BK multiple of 16");
+    static_assert(!V2 || (BK / 16) % 2 == 0, "V2 double-buffers fragments: BK/16 must be even");
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     half_t* sA = reinterpret_cast<half_t*>(smem_raw);
@@ -215,39 +248,150 @@ conv_igemm_f16(const half_t* __restrict__ x,        // [N, H, W, C]
     const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
     const int b_lcol = ((lane >> 3) & 1) * 8;
 
-    for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        // refill the slot consumed in iteration kt-1 (everyone is past it)
-        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
-        cp_async_commit();
-
-        const int stage = kt % STAGES;
-        const unsigned a_base = sA_u + 2u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol);
-        const unsigned b_base = sB_u + 2u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol);
+    if constexpr (V2) {
+        // Fragments double-buffered in registers: the ldmatrix of step k16+1
+        // is issued before the mma of step k16 (source order is issue order:
+        // the asm statements are volatile). The wait + barrier for tile kt+1
+        // sits in the last step of tile kt, so the first fragments of the
+        // next tile are loaded before the last mma of this one (CUTLASS's
+        // multistage mainloop).
+        constexpr int KS = BK / 16;
+        unsigned af[2][MT][4];
+        unsigned bf[2][NT][2];
+        auto load_frags = [&](int buf, int stage, int k16) {
+            const unsigned a_base = sA_u + 2u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k16 * 16);
+            const unsigned b_base = sB_u + 2u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k16 * 16);
 #pragma unroll
-        for (int k16 = 0; k16 < BK / 16; ++k16) {
-            unsigned af[MT][4];
-            unsigned bf[NT][2];
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-                ldmatrix_x4(af[i], a_base + 2u * (unsigned)(i * 16 * LDS + k16 * 16));
+            for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + 2u * (unsigned)(i * 16 * LDS));
 #pragma unroll
             for (int j = 0; j < NT / 2; ++j) {
                 unsigned t[4];
-                ldmatrix_x4(t, b_base + 2u * (unsigned)(j * 16 * LDS + k16 * 16));
-                bf[2 * j][0] = t[0]; bf[2 * j][1] = t[1];
-                bf[2 * j + 1][0] = t[2]; bf[2 * j + 1][1] = t[3];
+                ldmatrix_x4(t, b_base + 2u * (unsigned)(j * 16 * LDS));
+                bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
+                bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
             }
+        };
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        load_frags(0, 0, 0);
+        for (int kt = 0; kt < KT; ++kt) {
+            const int stage = kt % STAGES;
+            // refill the slot of tile kt-1 (every thread passed the barrier
+            // that followed its last fragment load)
+            if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
+            cp_async_commit();
 #pragma unroll
-            for (int i = 0; i < MT; ++i)
+            for (int k16 = 0; k16 < KS; ++k16) {
+                const int cur = k16 & 1;
+                if (k16 + 1 < KS) {
+                    load_frags(cur ^ 1, stage, k16 + 1);
+                } else {
+                    cp_async_wait<STAGES - 2>();
+                    __syncthreads();
+                    if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
+                }
 #pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+                        mma_16816(acc[i][j], af[cur][i], bf[cur][j][0], bf[cur][j][1]);
+            }
+        }
+    } else {
+        for (int kt = 0; kt < KT; ++kt) {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();
+            // refill the slot consumed in iteration kt-1 (everyone is past it)
+            if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
+            cp_async_commit();
+
+            const int stage = kt % STAGES;
+            const unsigned a_base = sA_u + 2u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol);
+            const unsigned b_base = sB_u + 2u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol);
+    #pragma unroll
+            for (int k16 = 0; k16 < BK / 16; ++k16) {
+                unsigned af[MT][4];
+                unsigned bf[NT][2];
+    #pragma unroll
+                for (int i = 0; i < MT; ++i)
+                    ldmatrix_x4(af[i], a_base + 2u * (unsigned)(i * 16 * LDS + k16 * 16));
+    #pragma unroll
+                for (int j = 0; j < NT / 2; ++j) {
+                    unsigned t[4];
+                    ldmatrix_x4(t, b_base + 2u * (unsigned)(j * 16 * LDS + k16 * 16));
+                    bf[2 * j][0] = t[0]; bf[2 * j][1] = t[1];
+                    bf[2 * j + 1][0] = t[2]; bf[2 * j + 1][1] = t[3];
+                }
+    #pragma unroll
+                for (int i = 0; i < MT; ++i)
+    #pragma unroll
+                    for (int j = 0; j < NT; ++j)
+                        mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+            }
         }
     }
     cp_async_wait<0>();
 
+    // ---- V2 epilogue: accumulators -> shared tile -> 16-byte coalesced stores
+    if constexpr (V2) {
+        constexpr int LDC = BN + 8;      // floats; +8 keeps 64-bit writes conflict-free
+        float* sC = reinterpret_cast<float*>(smem_raw);
+        __syncthreads();                 // every warp is done with the pipeline smem
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
+                    const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
+                    *reinterpret_cast<float2*>(sC + r * LDC + cc) =
+                        make_float2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
+                }
+        __syncthreads();
+        const ActLin actf(act, alpha, beta);
+        const bool vec8 = ((out_ld | out_off | (has_res ? res_ld : 0)) & 7) == 0;
+        constexpr int CPR = BN / 8;      // 8-channel groups per row
+        for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+            const int r = idx / CPR, cg = idx - r * CPR;
+            const int m = m0 + r, col = n0 + cg * 8;
+            if (m >= M || col >= K) continue;
+            const float4 a0 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8);
+            const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
+            float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            OutT* o = out + (long long)m * out_ld + out_off + col;
+            const OutT* rp = res + (long long)m * res_ld + col;
+            if (vec8 && col + 8 <= K) {
+                const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
+                const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
+                const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+                const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+                const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+                const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
+                if (has_res) {
+                    float rv[8];
+                    load8(rp, rv);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) v[e] += rv[e];
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+                store8(o, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    if (col + e < K) {
+                        float t = v[e] * scale[col + e] + bias[col + e];
+                        if (has_res) t += io<OutT>::load(rp + e);
+                        io<OutT>::store(o + e, actf(t));
+                    }
+                }
+            }
+        }
+        return;
+    }
     // ---- fused epilogue straight from the accumulators -----------------
     // accumulator (i, j): rows lane/4 and lane/4+8, channels 2*(lane%4)+{0,1}
     const bool vec = ((out_ld | out_off | K | (has_res ? res_ld : 0)) & 1) == 0;
@@ -292,11 +436,16 @@ conv_igemm_f16(const half_t* __restrict__ x,        // [N, H, W, C]
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
 // name_expressions instead; see kernels/gpu/conv_tc.py for the tactic list).
 #ifdef CUPYRT_NVCC_INSTANTIATE
-template __global__ void conv_igemm_f16<128, 128, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<128, 128, 64, 2, 4, 3, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<256, 128, 32, 4, 2, 3, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<128, 64, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<64, 64, 32, 2, 2, 4, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
-template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 1>(const half_t*, const half_t*, float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 2, 4, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 64, 2, 4, 3, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<256, 128, 32, 4, 2, 3, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 64, 32, 2, 2, 4, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<64, 64, 32, 2, 2, 4, 0, 0, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 1, 0, 0>(const half_t*, const half_t*, float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 0, 1, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 64, 2, 4, 3, 0, 1, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 64, 32, 2, 2, 4, 0, 1, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<64, 64, 32, 2, 2, 4, 0, 1, 0>(const half_t*, const half_t*, half_t*, const float*, const float*, const half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
+template __global__ void conv_igemm_f16<128, 128, 32, 2, 4, 4, 1, 1, 0>(const half_t*, const half_t*, float*, const float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, float, float);
 #endif

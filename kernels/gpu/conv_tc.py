@@ -32,6 +32,8 @@ class ConvTactic:
     wm: int          # warps along M
     wn: int          # warps along N (output channels)
     stages: int      # cp.async ring depth
+    v2: int = 0      # 1: double-buffered fragments + smem-staged 16-byte epilogue
+    minb: int = 0    # __launch_bounds__ min blocks per SM (0: no hint)
 
     @property
     def threads(self) -> int:
@@ -39,22 +41,32 @@ class ConvTactic:
 
     @property
     def smem_bytes(self) -> int:
-        return self.stages * (self.bm + self.bn) * (self.bk + 8) * 2
+        pipe = self.stages * (self.bm + self.bn) * (self.bk + 8) * 2
+        epi = self.bm * (self.bn + 8) * 4 if self.v2 else 0
+        return max(pipe, epi)
 
     def name_expression(self, out_f32: bool) -> str:
         return (f"conv_igemm_f16<{self.bm},{self.bn},{self.bk},{self.wm},{self.wn},"
-                f"{self.stages},{int(bool(out_f32))}>")
+                f"{self.stages},{int(bool(out_f32))},{self.v2},{self.minb}>")
 
 
-IGEMM_TACTICS = (
+ALL_TACTICS = (
     ConvTactic("igemm_128x128x32_w2x4_s4", 128, 128, 32, 2, 4, 4),
     ConvTactic("igemm_128x128x64_w2x4_s3", 128, 128, 64, 2, 4, 3),
-    ConvTactic("igemm_128x128x32_w2x2_s4", 128, 128, 32, 2, 2, 4),
-    ConvTactic("igemm_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3),
     ConvTactic("igemm_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4),
     ConvTactic("igemm_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4),
+    ConvTactic("igemm2_128x128x32_w2x4_s4", 128, 128, 32, 2, 4, 4, v2=1),
+    ConvTactic("igemm2_128x128x32_w2x4_s4_mb2", 128, 128, 32, 2, 4, 4, v2=1, minb=2),
+    ConvTactic("igemm2_128x128x64_w2x4_s3", 128, 128, 64, 2, 4, 3, v2=1),
+    ConvTactic("igemm2_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4, v2=1),
+    ConvTactic("igemm2_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4, v2=1),
+    # never the fastest on ResNet-50 shapes in run 1 (benchmarks/KERNEL_NOTES.md)
+    ConvTactic("igemm_128x128x32_w2x2_s4", 128, 128, 32, 2, 2, 4),
+    ConvTactic("igemm_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3),
 )
-TACTICS_BY_NAME = {t.name: t for t in IGEMM_TACTICS}
+# the candidates the builder times by default
+IGEMM_TACTICS = ALL_TACTICS[:9]
+TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS}
 
 
 def conv_out_size(size, k, stride, pad_lo, pad_hi, dil):
@@ -106,8 +118,13 @@ def _pair(v, what):
 
 def _epilogue_vectors(K, scale, bias):
     import cupy as cp
-    sc = cp.ones(K, cp.float32) if scale is None else cp.ascontiguousarray(cp.asarray(scale, cp.float32))
-    bi = cp.zeros(K, cp.float32) if bias is None else cp.ascontiguousarray(cp.asarray(bias, cp.float32))
+    def vec(v, fill):
+        if v is None:
+            return cp.full(K, fill, cp.float32)
+        v = cp.ascontiguousarray(cp.asarray(v, cp.float32))
+        # the V2 epilogue reads scale/bias as float4: keep them 16-byte aligned
+        return v if v.data.ptr % 16 == 0 else v.copy()
+    sc, bi = vec(scale, 1.0), vec(bias, 0.0)
     if sc.shape != (K,) or bi.shape != (K,):
         raise UnsupportedError(f"scale {sc.shape} / bias {bi.shape}; expected ({K},) each")
     return sc, bi

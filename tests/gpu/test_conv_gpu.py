@@ -18,6 +18,8 @@ SHAPES = [
     (2, 12, 10, 24, 32, 3, 3, (1, 1), (2, 2), (2, 2)),     # dilation, C=24 (chunks cross taps)
     (2, 17, 17, 8, 64, 7, 7, (2, 2), (3, 3), (1, 1)),      # stem-like, C=8 (padded RGB)
     (3, 7, 7, 256, 128, 3, 3, (1, 1), (1, 1), (1, 1)),     # deep reduction, M not a tile multiple
+    (2, 6, 6, 16, 20, 3, 3, (1, 1), (1, 1), (1, 1)),       # K % 8 != 0: scalar epilogue tail
+    (2, 5, 7, 8, 13, 1, 1, (1, 1), (0, 0), (1, 1)),        # odd K
 ]
 
 
@@ -58,16 +60,19 @@ def test_igemm_epilogue_residual_activation_fp32_out(tactic, act):
     assert rel_l2(out.get(), ref) <= 2e-3
 
 
-def test_igemm_writes_into_concat_buffer_at_channel_offset():
+@pytest.mark.parametrize("tactic", ["igemm_128x128x32_w2x4_s4", "igemm2_128x64x32_w2x2_s4"])
+@pytest.mark.parametrize("off", [24, 4])
+def test_igemm_writes_into_concat_buffer_at_channel_offset(tactic, off):
     N, H, W, C, K = 2, 8, 8, 32, 40
     x, w, scale, bias = _data(N, H, W, C, K, 1, 1)
     buf = poison(cp, (N, H, W, 104), np.float16)
     conv_tc.conv2d_igemm(cp.asarray(x), cp.asarray(w), scale=scale, bias=bias, act="RELU",
-                         out=buf, out_channel_offset=24)
+                         out=buf, out_channel_offset=off, tactic=tactic)
     got = buf.get()
     ref = np.maximum(conv_nhwc(x, w) * scale + bias, 0)
-    assert rel_l2(got[..., 24:64], ref) <= 1e-2
-    assert np.isnan(got[..., :24].astype(np.float32)).all() and np.isnan(got[..., 64:].astype(np.float32)).all()
+    assert rel_l2(got[..., off:off + K], ref) <= 1e-2
+    assert np.isnan(got[..., :off].astype(np.float32)).all()
+    assert np.isnan(got[..., off + K:].astype(np.float32)).all()
 
 
 def test_igemm_asymmetric_same_padding_via_out_hw():
