@@ -32,7 +32,15 @@ class BuilderConfig:
         self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
         self.disabled_passes = set()
         self.timing_cache_path = None
-        self.backend = None          # "numpy" | "cupy" | None (the runtime's default)
+        self.backend = None          # "numpy" | "cupy" | None (the best available)
+        self.profiles = []
+
+    def add_optimization_profile(self, profile):
+        if not isinstance(profile, OptimizationProfile):
+            raise BuildError(f"add_optimization_profile takes an OptimizationProfile; got "
+                             f"{type(profile).__name__}")
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
 
     def set_flag(self, flag):
         self._flags.add(self._check(flag))
@@ -74,6 +82,25 @@ class BuilderConfig:
         self.disabled_passes.add(name)
 
 
+class OptimizationProfile:
+    """Shapes for dynamic inputs: (min, opt, max) per input. The builder times
+    tactics at ``opt``; other shapes get theirs on first use."""
+
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, name, min, opt, max):  # noqa: A002  (TensorRT's parameter names)
+        dims = [tuple(int(d) for d in s) for s in (min, opt, max)]
+        if len({len(d) for d in dims}) != 1 or any(
+                not lo <= o <= hi for lo, o, hi in zip(*dims)):
+            raise BuildError(f"profile shapes for '{name}': min {dims[0]}, opt {dims[1]}, max "
+                             f"{dims[2]}; expected equal ranks and min <= opt <= max per dim")
+        self.shapes[name] = tuple(dims)
+
+    def get_shape(self, name):
+        return self.shapes.get(name)
+
+
 class Builder:
     def __init__(self, logger=None):
         self.logger = logger or Logger()
@@ -84,6 +111,9 @@ class Builder:
 
     def create_builder_config(self):
         return BuilderConfig()
+
+    def create_optimization_profile(self):
+        return OptimizationProfile()
 
     @property
     def platform_has_fast_fp16(self):
@@ -117,21 +147,28 @@ class Builder:
         stats = passes.optimize(work, config.disabled_passes)
         t2 = time.perf_counter()
         precisions = assign_precisions(work, config)
-        kernels = {}
         for layer in work._layers:
             numpy_kernel(layer)       # a layer with no implementation fails the build now
-            kernels[layer.name] = "numpy.reference"
         t3 = time.perf_counter()
-        out = planfile.ArrayTable()
         meta = {
             "precisions": {name: p.name for name, p in precisions.items()},
-            "kernels": kernels,
             "flags": sorted(f.name for f in config._flags),
             "pass_stats": stats,
             "source_layers": network.num_layers,
-            "build_seconds": {"copy": t1 - t0, "passes": t2 - t1, "select": t3 - t2},
+            "build_seconds": {"copy": t1 - t0, "passes": t2 - t1, "precision": t3 - t2},
         }
+        if config.timing_cache_path:
+            meta["timing_cache"] = str(config.timing_cache_path)
+        from .backends import resolve
+        if resolve(config.backend) == "numpy":
+            meta["kernels"] = {layer.name: "numpy.reference" for layer in work._layers}
+        else:
+            t4 = time.perf_counter()
+            meta.update(select_gpu_tactics(work, meta, config))
+            meta["build_seconds"]["tactics"] = time.perf_counter() - t4
+        out = planfile.ArrayTable()
         data = planfile.dumps({"network": planfile.encode_network(work, out), "engine": meta}, out)
+        log.info("build phases (s): %s", ", ".join(f"{k} {v:.3f}" for k, v in meta["build_seconds"].items()))
         self.logger.log(Logger.INFO, f"built engine: {network.num_layers} layers -> "
                         f"{work.num_layers}, {len(data)} bytes, {time.perf_counter() - t0:.3f} s")
         return data
@@ -177,3 +214,47 @@ def assign_precisions(network, config):
             p = DataType.FLOAT
         out[layer.name] = p
     return out
+
+
+def build_shapes(network, config):
+    """Concrete input shapes to time tactics at: static shapes as declared, dynamic
+    ones from the first optimisation profile's ``opt``; None if some input has
+    neither (its tactics are then chosen on first use)."""
+    shapes = {}
+    for t in network._inputs:
+        if -1 not in t._declared_shape:
+            shapes[t.name] = t._declared_shape
+            continue
+        prof = next((p.get_shape(t.name) for p in config.profiles if p.get_shape(t.name)), None)
+        if prof is None:
+            return None
+        shapes[t.name] = prof[1]
+    return shapes
+
+
+def select_gpu_tactics(network, meta, config):
+    """Time every layer's candidate kernels on the device at the build shapes and
+    record the winners in the plan (and the timing cache)."""
+    import numpy as np
+
+    from .runtime import CudaEngine
+    shapes = build_shapes(network, config)
+    if shapes is None:
+        log.info("dynamic input shapes without an optimisation profile: tactics are chosen "
+                 "on first use of each shape")
+        return {}
+    engine = CudaEngine(network, dict(meta, kernels={}), backend="cupy")
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for t in network._inputs:
+        dt = t.dtype.to_numpy()
+        feeds[t.name] = (rng.uniform(-1, 1, shapes[t.name]).astype(dt) if dt.kind == "f"
+                         else np.zeros(shapes[t.name], dt))
+    ctx = engine.create_execution_context()
+    engine.backend.use_graphs = False
+    ctx.execute(feeds)
+    engine.backend.save_timing_cache()
+    cache = engine.backend.cache
+    return {"kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
+            "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
+            "build_shapes": {k: list(v) for k, v in shapes.items()}}

@@ -28,13 +28,14 @@ class TensorIOMode(enum.Enum):
 
 
 class Runtime:
-    def __init__(self, logger=None):
+    def __init__(self, logger=None, backend=None):
         self.logger = logger or Logger()
+        self.backend = backend        # "numpy" | "cupy" | None: $CUPYRT_BACKEND or the best available
 
     def deserialize_cuda_engine(self, plan_bytes):
         doc, arrays = planfile.loads(plan_bytes)
         network = planfile.decode_network(doc.get("network", {}), arrays)
-        return CudaEngine(network, doc.get("engine", {}), self.logger)
+        return CudaEngine(network, doc.get("engine", {}), self.logger, self.backend)
 
 
 class LayerInfo:
@@ -61,11 +62,12 @@ class CudaEngine:
         self.logger = logger or Logger()
         precisions = meta.get("precisions", {})
         kernels = meta.get("kernels", {})
+        self.backend = select_backend(backend, meta)
+        default_kernel = "numpy.reference" if self.backend.name == "numpy" else "chosen on first use"
         self.layers = [LayerInfo(layer, DataType[precisions.get(layer.name, "FLOAT")],
-                                 kernels.get(layer.name, "numpy.reference"))
+                                 kernels.get(layer.name, default_kernel))
                        for layer in network._layers]
         self._precision = {info.name: info.precision for info in self.layers}
-        self.backend = select_backend(backend)
         self._io = [t.name for t in network._inputs] + [t.name for t in network._outputs]
 
     # -- inspection (ICudaEngine) ---------------------------------------------

@@ -12,13 +12,26 @@ from .numpy_backend import NumpyBackend
 _BACKENDS = {"numpy": NumpyBackend}
 
 
-def select_backend(name=None):
-    """``name`` or $CUPYRT_BACKEND: "numpy", or "auto" (the default: the best available)."""
+def _cupy_backend(meta):
+    from .cupy_backend import CupyBackend
+    return CupyBackend(meta)
+
+
+_BACKENDS["cupy"] = _cupy_backend
+
+
+def resolve(name=None):
+    """The backend name ``name`` or $CUPYRT_BACKEND stands for ("auto": CuPy when a
+    CUDA device is present, else NumPy)."""
     name = name or os.environ.get("CUPYRT_BACKEND", "auto")
     if name == "auto":
-        name = "numpy"
-    try:
-        return _BACKENDS[name]()
-    except KeyError:
-        raise BuildError(f"backend {name!r} is not available; valid: auto, "
-                         + ", ".join(_BACKENDS)) from None
+        from ..gpu.device import available
+        name = "cupy" if available() else "numpy"
+    if name not in _BACKENDS:
+        raise BuildError(f"backend {name!r} is not available; valid: auto, " + ", ".join(_BACKENDS))
+    return name
+
+
+def select_backend(name=None, meta=None):
+    name = resolve(name)
+    return _BACKENDS[name](meta) if name == "cupy" else _BACKENDS[name]()

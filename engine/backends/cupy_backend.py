@@ -1,0 +1,205 @@
+"""The CuPy backend: the product. Layers run on tactics chosen by measuring;
+the whole engine is captured into a CUDA graph per input shape and replayed.
+
+Selection happens once per (layer, input shapes): a choice recorded in the
+plan (made by the builder at the optimisation-profile shape) or in the timing
+cache is taken as is; otherwise every supported candidate is timed on the real
+inputs and the fastest kept. A CUDA graph is captured on the second call with
+a shape (the first call selects tactics, compiles and uploads weights); if any
+chosen tactic cannot be captured (cuBLAS through CuPy refuses capture) the
+engine keeps running eagerly for that shape, which the builder's timing
+already accounted for per layer.
+"""
+import logging
+import math
+import os
+import threading
+
+import numpy as np
+
+from ..errors import BuildError, ExecutionError
+from ..gpu import tactics as T
+from ..gpu.device import available, gpu_info
+from ..gpu.timing import TimingCache, layer_signature, time_ms
+
+log = logging.getLogger(__name__)
+_caches = {}
+_caches_lock = threading.Lock()
+
+
+def timing_cache(path):
+    with _caches_lock:
+        if path not in _caches:
+            _caches[path] = TimingCache(path)
+        return _caches[path]
+
+
+class _Graph:
+    """One captured engine run: static inputs, static outputs, private memory."""
+
+    def __init__(self, graph, inputs, outputs, pool, stream):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+        self.pool, self.stream = pool, stream
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def __init__(self, meta=None):
+        if not available():
+            raise BuildError("the CuPy backend needs a CUDA device and none is available; "
+                             "use the NumPy backend (CUPYRT_BACKEND=numpy)")
+        import cupy
+        self.cp = cupy
+        self.meta = meta or {}
+        self.forced = dict(self.meta.get("kernels", {}))       # layer name -> tactic name
+        self.gpu = "%s %s" % gpu_info(cupy.cuda.Device().id)
+        self.cache = timing_cache(self.meta.get("timing_cache") or
+                                  os.environ.get("CUPYRT_TIMING_CACHE"))
+        self.use_graphs = os.environ.get("CUPYRT_CUDA_GRAPHS", "1") != "0"
+        self.autotune = True
+        self._choice = {}            # (layer name, shapes, dtypes) -> tactic
+        self._state = {}             # (layer name, tactic name) -> prepared state
+        self._lock = threading.Lock()
+        self.selected = {}           # layer name -> last tactic name chosen (for inspection)
+        self.timings = {}            # layer name -> {tactic: ms} of the last selection
+
+    # -- the backend interface -----------------------------------------------------
+    def asarray(self, x):
+        return self.cp.asarray(x)
+
+    def synchronize(self):
+        self.cp.cuda.get_current_stream().synchronize()
+
+    def to_output(self, x, dtype):
+        return self.cp.asnumpy(x).astype(dtype.to_numpy(), copy=False)
+
+    def copy_into(self, dst, src, stream=None):
+        with (stream or self.cp.cuda.get_current_stream()):
+            self.cp.copyto(dst, src)
+
+    def run_layer(self, layer, inputs, precision, out_dtypes):
+        tactic = self._tactic(layer, inputs, precision, out_dtypes)
+        return tactic.run(self._prepared(layer, tactic), layer, inputs, precision, out_dtypes)
+
+    # -- tactics -------------------------------------------------------------------
+    def _prepared(self, layer, tactic):
+        key = (layer.name, tactic.name)
+        state = self._state.get(key)
+        if state is None and key not in self._state:
+            with self._lock:
+                state = self._state[key] = tactic.prepare(layer)
+        return state
+
+    def _tactic(self, layer, inputs, precision, out_dtypes):
+        shapes = tuple(None if x is None else tuple(x.shape) for x in inputs)
+        dtypes = tuple(None if x is None else x.dtype.name for x in inputs)
+        key = (layer.name, shapes, dtypes)
+        tactic = self._choice.get(key)
+        if tactic is None:
+            tactic = self._select(layer, inputs, shapes, dtypes, precision, out_dtypes)
+            self._choice[key] = tactic
+            self.selected[layer.name] = tactic.name
+        return tactic
+
+    def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes):
+        cands = [t for t in T.candidates(layer)
+                 if t.supports(layer, shapes, dtypes, precision) is None]
+        forced = self.forced.get(layer.name)
+        if forced:
+            for t in cands:
+                if t.name == forced:
+                    return t
+        sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)
+        ckey = TimingCache.key(self.gpu, sig)
+        hit = self.cache.get(ckey)
+        if hit:
+            for t in cands:
+                if t.name == hit["tactic"]:
+                    return t
+        fast = [t for t in cands if t is not T.HOST]
+        if len(fast) == 1 and fast[0] is T.GENERIC:
+            timed = {T.GENERIC.name: 0.0}        # nothing to choose between: skip timing
+            best = T.GENERIC
+        else:
+            timed, best, best_ms = {}, None, math.inf
+            for t in fast if self.autotune else fast[:1]:
+                def run(t=t):
+                    return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
+                try:
+                    ms = time_ms(run, best_ms)
+                except Exception:      # noqa: BLE001  (preparation failed: skip)
+                    ms = math.inf
+                timed[t.name] = ms
+                if ms < best_ms:
+                    best, best_ms = t, ms
+            if best is None:
+                log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
+                best = T.HOST
+        self.cache.put(ckey, best.name, timed)
+        self.timings[layer.name] = timed
+        log.debug("%s: chose %s from %s", layer.name, best.name, timed)
+        return best
+
+    # -- whole-engine execution with CUDA graphs -------------------------------------
+    def execute(self, context, feeds, sched, stream=None):
+        cp = self.cp
+        key = tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items())
+        graphs = context.__dict__.setdefault("_cuda_graphs", {})
+        entry = graphs.get(key)
+        if not self.use_graphs or context.profiler is not None or entry == "eager":
+            with (stream or cp.cuda.get_current_stream()):
+                return context.run_layers(feeds, sched)
+        if entry is None:                        # first call: select, compile, upload
+            with (stream or cp.cuda.get_current_stream()):
+                outs = context.run_layers(feeds, sched)
+            graphs[key] = "warm"
+            return outs
+        if entry == "warm":
+            entry = graphs[key] = self._capture(context, feeds, sched)
+            if entry == "eager":
+                return self.execute(context, feeds, sched, stream)
+        run_stream = stream or entry.stream
+        with run_stream:
+            for name, a in feeds.items():
+                cp.copyto(entry.inputs[name], a)
+            entry.graph.launch(run_stream)
+        if stream is None:
+            run_stream.synchronize()
+        return entry.outputs
+
+    def _capture(self, context, feeds, sched):
+        cp = self.cp
+        pool = cp.cuda.MemoryPool()
+        stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with cp.cuda.using_allocator(pool.malloc), stream:
+                static = {n: cp.empty_like(a) for n, a in feeds.items()}
+                for n, a in feeds.items():
+                    cp.copyto(static[n], a)
+                # a rehearsal under the private pool caches exactly the blocks the
+                # captured run will ask for, so capture allocates nothing new
+                context.run_layers(static, sched)
+                stream.synchronize()
+                stream.begin_capture()
+                try:
+                    outs = context.run_layers(static, sched)
+                finally:
+                    graph = stream.end_capture()
+                graph.upload(stream)
+        except Exception as e:     # noqa: BLE001  (cuBLAS or a host sync inside: stay eager)
+            log.info("engine not captured into a CUDA graph (%s: %s); running eagerly",
+                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return "eager"
+        return _Graph(graph, static, outs, pool, stream)
+
+    def save_timing_cache(self):
+        self.cache.save()
+
+
+def check_finite(x, name):
+    """Debug aid: raise if a device array holds NaN/inf (syncs; never on a hot path)."""
+    import cupy
+    if not bool(cupy.isfinite(x).all()):
+        raise ExecutionError(f"tensor '{name}' holds NaN or inf")
+    return np.True_

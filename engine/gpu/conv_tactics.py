@@ -1,0 +1,280 @@
+"""GPU tactics for the layers where the time goes: convolution, fully connected,
+pooling, global average pooling. Kernels come from kernels.gpu; this module
+only maps an engine layer (attributes, fused epilogue, formats) onto them.
+"""
+import numpy as np
+
+from ..types import DataType, LayerType, PoolingType, ReduceOperation
+from .tactics import Tactic, as_nhwc, cupy, nchw_view, register
+
+
+def _f16(precision):
+    return precision == DataType.HALF
+
+
+def _epilogue(layer):
+    act = layer.post_activation
+    alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
+    return {"act": None if act is None else act.name, "alpha": alpha, "beta": beta}
+
+
+def _conv2d_reason(layer, in_shapes):
+    if len(in_shapes[0]) != 4:
+        return "only 2-D convolutions (rank-4 inputs)"
+    return None
+
+
+def _geometry(layer, shape):
+    out, pre, post = layer.geometry(shape)
+    return tuple(out), tuple(pre)
+
+
+def _residual(inputs, dtype):
+    r = inputs[1] if len(inputs) > 1 else None
+    return None if r is None else as_nhwc(r, dtype)
+
+
+class ConvIgemm(Tactic):
+    """Tensor-core implicit GEMM (mma.sync), NHWC FP16, fused epilogue; one tile shape."""
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.name = f"conv.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if not _f16(precision):
+            return "tensor-core convolution runs in FP16"
+        if layer.num_groups != 1:
+            return "grouped convolution"
+        return _conv2d_reason(layer, in_shapes)
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_tc import pack_weight_krsc
+        cp = cupy()
+        c = layer._inputs[0].shape[1]
+        w = layer.weights(c) if c > 0 else layer.kernel
+        bias = None if layer.bias is None else cp.asarray(layer.bias, cp.float32)
+        return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), "bias": bias, **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_tc import conv2d_igemm
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
+                         padding=pre, dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"],
+                         residual=_residual(inputs, out_dtype), act=state["act"],
+                         alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                         tactic=self.tile)
+        return [nchw_view(y)]
+
+
+class Conv1x1Cublas(Tactic):
+    """1x1 convolution as one cuBLAS GEMM over NHWC rows + fused epilogue kernel."""
+    name = "conv.cublas_1x1"
+    capturable = False
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if tuple(layer.kernel_size_nd) != (1, 1) or layer.num_groups != 1:
+            return "not a 1x1 ungrouped convolution"
+        if any(layer.geometry(in_shapes[0])[1]) or any(layer.geometry(in_shapes[0])[2]):
+            return "padded 1x1 convolution"
+        return _conv2d_reason(layer, in_shapes)
+
+    def prepare(self, layer, precision=None):
+        cp = cupy()
+        w = layer.kernel.reshape(layer.num_output_maps, -1)
+        return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
+                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
+                **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_gemm import conv2d_1x1_cublas
+        dt = np.float16 if _f16(precision) else np.float32
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_1x1_cublas(as_nhwc(inputs[0], dt), state["w16" if dt == np.float16 else "w32"],
+                              stride=layer.stride_nd, bias=state["bias"],
+                              residual=_residual(inputs, out_dtype), act=state["act"],
+                              alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
+        return [nchw_view(y)]
+
+
+class ConvIm2col(Tactic):
+    """Any 2-D convolution: im2col + cuBLAS per group + fused epilogue (FP32 or FP16)."""
+    name = "conv.im2col"
+    capturable = False
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        return _conv2d_reason(layer, in_shapes)
+
+    def prepare(self, layer):
+        cp = cupy()
+        c = layer._inputs[0].shape[1]
+        w = layer.weights(c).transpose(0, 2, 3, 1)          # KCRS -> KRSC
+        return {"w16": cp.asarray(np.ascontiguousarray(w), cp.float16),
+                "w32": cp.asarray(np.ascontiguousarray(w), cp.float32),
+                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
+                **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_gemm import conv2d_im2col
+        dt = np.float16 if _f16(precision) else np.float32
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_im2col(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
+                          stride=layer.stride_nd, padding=pre, dilation=layer.dilation_nd,
+                          out_hw=(p, q), groups=layer.num_groups, bias=state["bias"],
+                          residual=_residual(inputs, out_dtype), act=state["act"],
+                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
+        return [nchw_view(y)]
+
+
+class ConvDepthwise(Tactic):
+    """Direct depthwise kernel (one filter per channel), NHWC, fused epilogue."""
+    name = "conv.depthwise"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        c = in_shapes[0][1] if len(in_shapes[0]) == 4 else -1
+        if not (layer.num_groups == c == layer.num_output_maps):
+            return "not depthwise (groups == C == K)"
+        if len(in_shapes) > 1 and in_shapes[1] is not None:
+            return "residual not fused by the depthwise kernel"
+        return _conv2d_reason(layer, in_shapes)
+
+    def prepare(self, layer):
+        cp = cupy()
+        c = layer._inputs[0].shape[1]
+        w = layer.weights(c)                                   # (C, 1, R, S)
+        return {"w": cp.asarray(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), cp.float32),
+                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
+                **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_gemm import conv2d_depthwise
+        dt = np.float16 if _f16(precision) else np.float32
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        y = conv2d_depthwise(as_nhwc(x, dt), state["w"], stride=layer.stride_nd, padding=pre,
+                             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"],
+                             act=state["act"], alpha=state["alpha"], beta=state["beta"])
+        return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
+
+
+class FcIgemm(Tactic):
+    """Fully connected as a convolution whose window is the whole input: tensor
+    cores, fused epilogue, and CUDA-graph safe (cuBLAS is not)."""
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.name = f"fc.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if not _f16(precision):
+            return "tensor-core FC runs in FP16"
+        if len(in_shapes[0]) != 4:
+            return "FC on rank-4 (N, C, H, W) inputs only"
+        return None
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_tc import pack_weight_krsc
+        cp = cupy()
+        n, c, h, w = layer._inputs[0].shape
+        k = layer.num_output_channels
+        wt = layer.kernel.reshape(k, c, h, w)
+        return {"w": pack_weight_krsc(wt, "KCRS", c_pad_to=8),
+                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
+                **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_tc import conv2d_igemm
+        x = inputs[0]
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
+                         bias=state["bias"], residual=_residual(inputs, out_dtype), act=state["act"],
+                         alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                         tactic=self.tile)
+        return [nchw_view(y)]
+
+
+class FcCublas(Tactic):
+    """Fully connected through cuBLAS + fused epilogue; any rank."""
+    name = "fc.cublas"
+    capturable = False
+
+    def prepare(self, layer):
+        cp = cupy()
+        k = layer.num_output_channels
+        w = layer.kernel.reshape(k, -1)
+        return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
+                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
+                **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_gemm import fully_connected
+        cp = cupy()
+        dt = np.float16 if _f16(precision) else np.float32
+        x = inputs[0]
+        k = layer.num_output_channels
+        flat = 3 if x.ndim >= 3 else 1
+        lead = x.shape[:x.ndim - flat]
+        x2 = cp.ascontiguousarray(x.reshape(int(np.prod(lead)), -1).astype(dt, copy=False))
+        out_dtype = out_dtypes[0].to_numpy()
+        res = inputs[1] if len(inputs) > 1 else None
+        if res is not None:
+            res = cp.ascontiguousarray(res.reshape(x2.shape[0], k).astype(out_dtype, copy=False))
+        y = fully_connected(x2, state["w16" if dt == np.float16 else "w32"], bias=state["bias"],
+                            residual=res, act=state["act"], alpha=state["alpha"],
+                            beta=state["beta"], out_dtype=out_dtype)
+        return [y.reshape(lead + ((k, 1, 1) if flat == 3 else (k,)))]
+
+
+class PoolNhwc(Tactic):
+    """Max / average pooling over NHWC."""
+    name = "pool.nhwc"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if len(in_shapes[0]) != 4:
+            return "2-D pooling only"
+        if layer.pooling_type == PoolingType.MAX_AVERAGE_BLEND:
+            return "blend pooling"
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.pooling import pool2d
+        dt = np.float16 if _f16(precision) else np.float32
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        y = pool2d(as_nhwc(x, dt), layer.pooling_type.name, layer.window_size_nd,
+                   stride=layer.stride_nd, padding=pre, out_hw=(p, q),
+                   exclude_padding=layer.average_count_excludes_padding)
+        return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
+
+
+class GlobalAvgPool(Tactic):
+    """Reduce AVG over H and W (keep dims) of an NHWC tensor: ResNet's head."""
+    name = "reduce.global_avg_nhwc"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if len(in_shapes[0]) != 4 or layer.op != ReduceOperation.AVG or layer.axes != 0b1100 \
+                or not layer.keep_dims:
+            return "only AVG over axes 2, 3 with keep_dims on rank 4"
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.pooling import global_avgpool
+        dt = np.float16 if _f16(precision) else np.float32
+        y = global_avgpool(as_nhwc(inputs[0], dt), keepdims=True)
+        return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
+
+
+def _register():
+    from kernels.gpu.conv_tc import IGEMM_TACTICS
+    register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS],
+             Conv1x1Cublas(), ConvDepthwise(), ConvIm2col())
+    register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]], FcCublas())
+    register(LayerType.POOLING, PoolNhwc())
+    register(LayerType.REDUCE, GlobalAvgPool())
+
+
+_register()

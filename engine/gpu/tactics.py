@@ -1,0 +1,125 @@
+"""Tactics: the candidate kernels of a layer on the GPU.
+
+A tactic says whether it can run a layer at given shapes/precision
+(``supports`` returns None or the reason it cannot), prepares per-layer state
+once (weights uploaded, packed and cast), and runs. Every layer has at least
+the generic tactic: the layer's NumPy adapter run on CuPy arrays (the kernels
+are array-module generic); the host tactic (copy to the host, NumPy, copy
+back) is the last resort the builder takes only when nothing else works.
+
+Tensors on the device are CuPy arrays in the logical n c h w shape; their
+*strides* are the format: a tensor a tensor-core convolution wrote is an NHWC
+buffer seen through ``transpose(0, 3, 1, 2)``. A kernel that wants NHWC takes
+the buffer back with a free transpose, and a reformat (a copy) happens only
+where the producer wrote another layout.
+"""
+import numpy as np
+
+from .. import kernel_table
+from ..types import DataType
+from .device import cupy, device_clone
+
+FLOAT_KINDS = ("f",)
+
+
+class Tactic:
+    name = "tactic"
+    capturable = True           # no cuBLAS or host sync inside: CUDA-graph safe
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        return None
+
+    def prepare(self, layer):
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<Tactic {self.name}>"
+
+
+def compute_inputs(xs, precision):
+    """What the reference adapters expect: float32 values (rounded through
+    float16 first for HALF layers), other dtypes untouched."""
+    cp = cupy()
+    out = []
+    for x in xs:
+        if x is not None and x.dtype.kind == "f":
+            if precision == DataType.HALF and x.dtype != np.float16:
+                x = x.astype(np.float16)
+            if x.dtype != np.float32:
+                x = x.astype(np.float32)
+        out.append(x)
+    del cp
+    return out
+
+
+class GenericTactic(Tactic):
+    """The layer's NumPy adapter over CuPy arrays."""
+    name = "cupy.generic"
+
+    def prepare(self, layer):
+        return device_clone(layer, cupy())
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        cp = cupy()
+        outs = kernel_table.numpy_kernel(layer)(state, compute_inputs(inputs, precision))
+        return [cp.asarray(o).astype(d.to_numpy(), copy=False) for o, d in zip(outs, out_dtypes)]
+
+
+class HostTactic(Tactic):
+    """Copy to the host, run the NumPy kernel, copy back. Correct, slow, last."""
+    name = "numpy.host"
+    capturable = False
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from ..backends.numpy_backend import NumpyBackend
+        cp = cupy()
+        host = [None if x is None else cp.asnumpy(x) for x in inputs]
+        outs = NumpyBackend.run_layer(layer, host, precision, out_dtypes)
+        return [cp.asarray(o) for o in outs]
+
+
+GENERIC, HOST = GenericTactic(), HostTactic()
+
+
+def register(layer_type, *tactics):
+    kernel_table.TACTICS.setdefault(layer_type, []).extend(tactics)
+
+
+def candidates(layer):
+    """The layer's specialised tactics, then generic, then host."""
+    from . import conv_tactics  # noqa: F401  (registers the specialised tactics)
+    return list(kernel_table.TACTICS.get(layer.layer_type, ())) + [GENERIC, HOST]
+
+
+def by_name(layer, name):
+    for t in candidates(layer):
+        if t.name == name:
+            return t
+    return None
+
+
+# -- format helpers shared by the NHWC tactics ---------------------------------------
+
+def as_nhwc(x, dtype, channels_to=1):
+    """The NHWC buffer behind a logical NCHW array: free when ``x`` already is an
+    NHWC view of the right dtype; else one reformat copy (and channel padding)."""
+    cp = cupy()
+    v = x.transpose(0, 2, 3, 1)
+    if v.dtype != dtype:
+        v = v.astype(dtype)
+    if not v.flags.c_contiguous:
+        v = cp.ascontiguousarray(v)
+    c = v.shape[3]
+    cp_ = -(-c // channels_to) * channels_to
+    if cp_ != c:
+        padded = cp.zeros(v.shape[:3] + (cp_,), dtype=dtype)
+        padded[..., :c] = v
+        v = padded
+    return v
+
+
+def nchw_view(y_nhwc):
+    return y_nhwc.transpose(0, 3, 1, 2)

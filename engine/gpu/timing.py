@@ -1,0 +1,119 @@
+"""Tactic timing and the timing cache.
+
+Timing (tinygrad's loop): warm up, then time with CUDA events and take the
+median; stop early once a candidate is clearly slower than the best so far; a
+candidate that raises scores infinity and is skipped, never fatal.
+
+The cache maps a key of (kernel version, GPU name, compute capability,
+precision, layer signature, input shapes and dtypes) to the chosen tactic, in
+a JSON file shared safely between threads (a lock) and processes (merge on
+save, atomic replace), as Polygraphy does with TensorRT's timing cache.
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KERNEL_VERSION = 1        # bump when any tactic's code changes what it computes or how fast
+
+
+def time_ms(fn, best_so_far=math.inf, warmup=2, reps=9):
+    """Median milliseconds of ``fn()`` on the current stream; inf if it raises."""
+    import cupy as cp
+    try:
+        for _ in range(warmup):
+            fn()
+        stream = cp.cuda.get_current_stream()
+        times = []
+        for _ in range(reps):
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(stream)
+            fn()
+            end.record(stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+            if len(times) >= 3 and min(times) > 1.5 * best_so_far:
+                break            # clearly slower than the best: stop paying for it
+        return float(np.median(times))
+    except Exception as e:       # noqa: BLE001  (a failing candidate is skipped)
+        log.debug("tactic failed while timing: %s: %s", type(e).__name__, e)
+        return math.inf
+
+
+def layer_signature(layer, in_shapes, in_dtypes, precision, out_dtypes):
+    """Everything a tactic's speed depends on, weights' values excluded."""
+    attrs = {}
+    for key, value in sorted(layer._attrs.items()):
+        if isinstance(value, np.ndarray):
+            value = ["array", list(value.shape), value.dtype.name]
+        elif isinstance(value, dict):
+            value = sorted((k, list(v.shape)) if isinstance(v, np.ndarray) else (k, str(v))
+                           for k, v in value.items())
+        elif hasattr(value, "name"):
+            value = value.name
+        attrs[key] = value if isinstance(value, (int, float, str, list, tuple, type(None))) else str(value)
+    return {"type": layer.layer_type.name, "attrs": attrs,
+            "inputs": [None if s is None else list(s) for s in in_shapes],
+            "dtypes": [None if d is None else str(d) for d in in_dtypes],
+            "precision": precision.name, "outputs": [d.name for d in out_dtypes],
+            "residual": len(layer._inputs) > 1 and layer._inputs[1] is not None}
+
+
+class TimingCache:
+    def __init__(self, path=None):
+        self.path = path
+        self.entries = {}
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+        if path and os.path.exists(path):
+            self.entries.update(self._read(path))
+
+    @staticmethod
+    def _read(path):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            return doc.get("entries", {}) if doc.get("version") == KERNEL_VERSION else {}
+        except (OSError, ValueError) as e:
+            log.warning("timing cache %s unreadable (%s); starting empty", path, e)
+            return {}
+
+    @staticmethod
+    def key(gpu, signature):
+        text = json.dumps([KERNEL_VERSION, gpu, signature], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def get(self, key):
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return entry
+
+    def put(self, key, tactic, times):
+        with self._lock:
+            self.entries[key] = {"tactic": tactic,
+                                 "ms": {k: (None if math.isinf(v) else round(v, 5)) for k, v in times.items()}}
+
+    def save(self):
+        """Merge with what is on disk now (another process may have written) and
+        replace the file atomically."""
+        if not self.path:
+            return
+        with self._lock:
+            merged = self._read(self.path) if os.path.exists(self.path) else {}
+            merged.update(self.entries)
+            folder = os.path.dirname(os.path.abspath(self.path))
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": KERNEL_VERSION, "entries": merged}, f, indent=0, sort_keys=True)
+            os.replace(tmp, self.path)
