@@ -1,5 +1,7 @@
 """Helpers for tests: run a network directly on the NumPy kernels (no builder
-passes), and compare arrays by relative L2 error."""
+passes), compare arrays by relative L2 error, clone a layer onto a device."""
+import copy
+
 import numpy as np
 
 from . import kernel_table
@@ -31,3 +33,20 @@ def interpret(network, feeds):
         for t, v in zip(layer._outputs, outs):
             values[id(t)] = np.asarray(v).astype(t.dtype.to_numpy(), copy=False)
     return {t.name: values[id(t)] for t in network._outputs}
+
+
+def device_clone(layer, xp):
+    """A shallow copy of ``layer`` whose array attributes (kernel, bias, scale,
+    RNN weight dicts, ...) are arrays of module ``xp``: what the GPU backend
+    hands to the NumPy implementations. The original layer is untouched (the
+    clone's attributes are set directly, so its network hears nothing)."""
+    def move(value):
+        if isinstance(value, np.ndarray):
+            return xp.asarray(value)
+        if isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
+            return {k: xp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in value.items()}
+        return value
+
+    clone = copy.copy(layer)
+    clone._attrs = {name: move(value) for name, value in layer._attrs.items()}
+    return clone

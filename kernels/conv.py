@@ -13,15 +13,18 @@ Convolution is im2col + one batched GEMM (BLAS through ``np.matmul``):
 Depthwise convolution (one input channel per group) skips the GEMM, whose inner
 dimension would be the tap count only: it accumulates tap by tap instead.
 Deconvolution is the transpose: one GEMM to get every tap's contribution, then
-a strided scatter-add per tap (col2im).
+a strided scatter-add per tap (col2im). The taps of one scatter write disjoint
+strided views, so a plain ``+=`` on a view does it (no ``np.add.at``).
+
+Array-module generic (``kernels.xp``): with CuPy arrays the GEMMs are cuBLAS
+calls and the tap loops launch one kernel per tap.
 """
 import itertools
 import math
 
-import numpy as np
-
 from . import pointwise
 from .spatial import pad_to_extent
+from .xp import array_module
 
 # im2col buffers larger than this are built batch chunk by batch chunk, so a
 # batch of 64 224x224 images does not need gigabytes of scratch at once.
@@ -51,36 +54,37 @@ def conv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
     ``pre``: padding before the data per spatial dim (zeros); the padding after
     is whatever ``out_spatial`` needs (a ROUND_UP tail reads zeros too).
     """
-    x = np.asarray(x, dtype=np.float32)
-    w = np.asarray(w, dtype=np.float32)
+    xp = array_module(x, w, bias)
+    x = xp.asarray(x, dtype=xp.float32)
+    w = xp.asarray(w, dtype=xp.float32)
     n, c = x.shape[:2]
     k, window = w.shape[0], w.shape[2:]
     cg, kg = c // groups, k // groups
     extent = [(o - 1) * s + (r - 1) * d + 1
               for o, s, r, d in zip(out_spatial, stride, window, dilation)]
-    xp = pad_to_extent(x, pre, extent)
+    xpad = pad_to_extent(x, pre, extent)
     taps = _taps(window, dilation)
     t, p = len(taps), math.prod(out_spatial)
 
     if cg == 1:
         # depthwise (channel multiplier kg): y[n, c, m] = sum_t x_t[n, c] * w[c, m, t]
         wt = w.reshape(c, kg, t)
-        y = np.zeros((n, c, kg) + tuple(out_spatial), np.float32)
+        y = xp.zeros((n, c, kg) + tuple(out_spatial), xp.float32)
         ones = (1,) * len(out_spatial)
         for i, off in enumerate(taps):
-            y += xp[_strided(off, out_spatial, stride)][:, :, None] * wt[:, :, i].reshape((c, kg) + ones)
+            y += xpad[_strided(off, out_spatial, stride)][:, :, None] * wt[:, :, i].reshape((c, kg) + ones)
         y = y.reshape((n, k) + tuple(out_spatial))
     else:
         wm = w.reshape(groups, kg, cg * t)
-        y = np.empty((n, k) + tuple(out_spatial), np.float32)
+        y = xp.empty((n, k) + tuple(out_spatial), xp.float32)
         for b0, b1 in _chunks(n, c * t * p * 4):
-            cols = np.empty((b1 - b0, c, t) + tuple(out_spatial), np.float32)
+            cols = xp.empty((b1 - b0, c, t) + tuple(out_spatial), xp.float32)
             for i, off in enumerate(taps):
-                cols[:, :, i] = xp[b0:b1][_strided(off, out_spatial, stride)]
+                cols[:, :, i] = xpad[b0:b1][_strided(off, out_spatial, stride)]
             cols = cols.reshape(b1 - b0, groups, cg * t, p)
-            y[b0:b1] = np.matmul(wm, cols).reshape((b1 - b0, k) + tuple(out_spatial))
+            y[b0:b1] = xp.matmul(wm, cols).reshape((b1 - b0, k) + tuple(out_spatial))
     if bias is not None:
-        y += np.asarray(bias, np.float32).reshape((k,) + (1,) * len(out_spatial))
+        y += xp.asarray(bias, xp.float32).reshape((k,) + (1,) * len(out_spatial))
     return y
 
 
@@ -93,8 +97,9 @@ def deconv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
 
         full[n, k, i * stride + t * dilation] += x[n, c, i] * w[c, k, t]
     """
-    x = np.asarray(x, dtype=np.float32)
-    w = np.asarray(w, dtype=np.float32)
+    xp = array_module(x, w, bias)
+    x = xp.asarray(x, dtype=xp.float32)
+    w = xp.asarray(w, dtype=xp.float32)
     n, c = x.shape[:2]
     in_spatial = x.shape[2:]
     kg, window = w.shape[1], w.shape[2:]
@@ -105,15 +110,15 @@ def deconv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
                         for i, s, r, d in zip(in_spatial, stride, window, dilation))
     # wm[g, (k, t), c] so that wm @ x[n, g] gives every tap's contribution
     wm = w.reshape(groups, cg, kg * t).transpose(0, 2, 1)
-    full = np.zeros((n, k) + full_extent, np.float32)
+    full = xp.zeros((n, k) + full_extent, xp.float32)
     for b0, b1 in _chunks(n, k * t * p * 4):
         xm = x[b0:b1].reshape(b1 - b0, groups, cg, p)
-        cols = np.matmul(wm, xm).reshape((b1 - b0, k, t) + tuple(in_spatial))
+        cols = xp.matmul(wm, xm).reshape((b1 - b0, k, t) + tuple(in_spatial))
         for i, off in enumerate(taps):
             full[b0:b1][_strided(off, in_spatial, stride)] += cols[:, :, i]
     y = pad_to_extent(full, [-q for q in pre], out_spatial)
     if bias is not None:
-        y += np.asarray(bias, np.float32).reshape((k,) + (1,) * len(out_spatial))
+        y += xp.asarray(bias, xp.float32).reshape((k,) + (1,) * len(out_spatial))
     return y
 
 

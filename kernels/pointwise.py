@@ -7,11 +7,16 @@ Plain functions of arrays and plain parameters (operation names are the
 TensorRT enum member names as strings); nothing here imports the engine.
 Floating-point warnings are silenced where TensorRT silently produces inf/NaN
 (log of a negative number, division by zero).
+
+Every function is array-module generic (``kernels.xp``): given CuPy arrays it
+computes on the device with the same code.
 """
 import math
 
 import numpy as np
 from numpy.polynomial import chebyshev as _cheb
+
+from .xp import array_module, errstate
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -29,7 +34,8 @@ _SQRT2 = math.sqrt(2.0)
 # erf(x)/x is an entire function of x^2 and erfc(x)*exp(x^2) is smooth and
 # slowly varying, so both series converge fast; the degrees below give a max
 # abs error below 1e-13 over the real line (checked in the tests against
-# math.erf), far under float32's 6e-8 resolution.
+# math.erf), far under float32's 6e-8 resolution. The coefficients are host
+# constants (Python floats), usable by either array module.
 
 _X0, _XMAX = 2.5, 6.0
 _DEG_P, _DEG_Q = 16, 18
@@ -49,48 +55,50 @@ def _erfc_scaled(t):
 
 # power-basis coefficients, highest degree first (Horner order); the change of
 # basis on [-1, 1] costs ~1e-14 at these degrees
-_P = _cheb.cheb2poly(_cheb.chebinterpolate(_erf_over_x, _DEG_P))[::-1].copy()
-_Q = _cheb.cheb2poly(_cheb.chebinterpolate(_erfc_scaled, _DEG_Q))[::-1].copy()
+_P = tuple(float(c) for c in _cheb.cheb2poly(_cheb.chebinterpolate(_erf_over_x, _DEG_P))[::-1])
+_Q = tuple(float(c) for c in _cheb.cheb2poly(_cheb.chebinterpolate(_erfc_scaled, _DEG_Q))[::-1])
 
 
-def _horner(t, coeffs):
-    y = np.full_like(t, coeffs[0])
+def _horner(xp, t, coeffs):
+    y = xp.full_like(t, coeffs[0])
     for c in coeffs[1:]:
         y *= t
         y += c
     return y
 
 
-def _erf_block(x):
-    a = np.abs(x)
+def _erf_block(xp, x):
+    """erf of a float64 block. Both series are plain elementwise arithmetic, so
+    evaluating them everywhere and choosing with ``where`` gives, element by
+    element, the same bits as evaluating each on its own subset; NaN falls
+    through to the tail series and stays NaN. NumPy skips the tail series
+    when no element needs it (the usual case: activations are small); that
+    test would cost the device a host synchronisation, so it always pays."""
+    a = xp.abs(x)
     near = a < _X0
-    if near.all():
-        t = a * a
-        t *= 2.0 / (_X0 * _X0)
-        t -= 1.0
-        y = _horner(t, _P)
-        y *= a
-    else:
-        y = np.ones_like(a)
-        a1 = a[near]
-        y[near] = a1 * _horner(a1 * a1 * (2.0 / (_X0 * _X0)) - 1.0, _P)
-        mid = ~near & (a < _XMAX)
-        a2 = a[mid]
-        y[mid] = 1.0 - np.exp(-a2 * a2) * _horner((a2 - _X0) * (2.0 / (_XMAX - _X0)) - 1.0, _Q)
-    return np.copysign(y, x, out=y)
+    t = a * a
+    t *= 2.0 / (_X0 * _X0)
+    t -= 1.0
+    y = _horner(xp, t, _P)
+    y *= a
+    if xp is not np or not near.all():
+        tail = 1.0 - xp.exp(-a * a) * _horner(xp, (a - _X0) * (2.0 / (_XMAX - _X0)) - 1.0, _Q)
+        y = xp.where(near, y, xp.where(a >= _XMAX, 1.0, tail))
+    return xp.copysign(y, x, out=y)
 
 
 def erf(x):
     """Vectorised erf, accurate to ~1e-13 absolute; same dtype out as in."""
-    x = np.asarray(x)
+    xp = array_module(x)
+    x = xp.asarray(x)
     flat = x.reshape(-1)
-    out = np.empty(flat.shape, np.float64)
-    for s in range(0, flat.size, _BLOCK):
-        out[s:s + _BLOCK] = _erf_block(flat[s:s + _BLOCK].astype(np.float64))
-    nan = np.isnan(flat)
-    if nan.any():
-        out[nan] = np.nan
-    return out.reshape(x.shape).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+    out = xp.empty(flat.shape, xp.float64)
+    # NumPy works block by block to stay in cache; the device takes it in one pass
+    block = _BLOCK if xp is np else max(1, flat.size)
+    with errstate(xp, over="ignore", invalid="ignore"):    # series far outside their range
+        for s in range(0, flat.size, block):
+            out[s:s + block] = _erf_block(xp, flat[s:s + block].astype(xp.float64))
+    return out.reshape(x.shape).astype(x.dtype if x.dtype.kind == "f" else xp.float64)
 
 
 # ----------------------------------------------------------------------------
@@ -98,57 +106,60 @@ def erf(x):
 
 def activation(x, kind, alpha=0.0, beta=0.0):
     """y = f(x) for TensorRT's ActivationType names (``kind`` is the member name)."""
-    with np.errstate(over="ignore"):
-        y = _activation(x, kind, alpha, beta)
+    xp = array_module(x)
+    with errstate(xp, over="ignore"):
+        y = _activation(xp, x, kind, alpha, beta)
     return y.astype(x.dtype, copy=False)
 
 
-def _activation(x, kind, alpha, beta):
+def _activation(xp, x, kind, alpha, beta):
     if kind == "RELU":
-        return np.maximum(x, 0)
+        return xp.maximum(x, 0)
     if kind == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-x))
+        return 1.0 / (1.0 + xp.exp(-x))
     if kind == "TANH":
-        return np.tanh(x)
+        return xp.tanh(x)
     if kind == "LEAKY_RELU":
-        return np.where(x >= 0, x, alpha * x)
+        return xp.where(x >= 0, x, alpha * x)
     if kind == "ELU":
-        return np.where(x >= 0, x, alpha * np.expm1(np.minimum(x, 0)))
+        return xp.where(x >= 0, x, alpha * xp.expm1(xp.minimum(x, 0)))
     if kind == "SELU":
-        return beta * np.where(x >= 0, x, alpha * np.expm1(np.minimum(x, 0)))
+        return beta * xp.where(x >= 0, x, alpha * xp.expm1(xp.minimum(x, 0)))
     if kind == "SOFTSIGN":
-        return x / (1.0 + np.abs(x))
+        return x / (1.0 + xp.abs(x))
     if kind == "SOFTPLUS":
         # alpha * log(exp(beta * x) + 1), computed without overflow
-        return alpha * np.logaddexp(0.0, beta * x)
+        return alpha * xp.logaddexp(0.0, beta * x)
     if kind == "CLIP":
-        return np.clip(x, alpha, beta)
+        return xp.clip(x, alpha, beta)
     if kind == "HARD_SIGMOID":
-        return np.clip(alpha * x + beta, 0.0, 1.0)
+        return xp.clip(alpha * x + beta, 0.0, 1.0)
     if kind == "SCALED_TANH":
-        return alpha * np.tanh(beta * x)
+        return alpha * xp.tanh(beta * x)
     if kind == "THRESHOLDED_RELU":
-        return np.where(x > alpha, x, 0)
+        return xp.where(x > alpha, x, 0)
     if kind == "GELU_ERF":
         return 0.5 * x * (1.0 + erf(x / _SQRT2))
     if kind == "GELU_TANH":
         c = math.sqrt(2.0 / math.pi)
-        return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1.0 + xp.tanh(c * (x + 0.044715 * x ** 3)))
     raise ValueError(f"unknown activation {kind!r}")
 
 
 # ----------------------------------------------------------------------------
 # unary
 
+# operation -> name of the ufunc in the array module (NumPy and CuPy agree), or
+# a function of this module
 _UNARY = {
-    "EXP": np.exp, "LOG": np.log, "SQRT": np.sqrt, "RECIP": np.reciprocal,
-    "ABS": np.abs, "NEG": np.negative, "SIN": np.sin, "COS": np.cos, "TAN": np.tan,
-    "SINH": np.sinh, "COSH": np.cosh, "ASIN": np.arcsin, "ACOS": np.arccos,
-    "ATAN": np.arctan, "ASINH": np.arcsinh, "ACOSH": np.arccosh, "ATANH": np.arctanh,
-    "CEIL": np.ceil, "FLOOR": np.floor, "ERF": erf, "NOT": np.logical_not,
-    "SIGN": np.sign,
-    # TensorRT's ROUND (like ONNX Round) rounds halves to even: np.rint does too
-    "ROUND": np.rint,
+    "EXP": "exp", "LOG": "log", "SQRT": "sqrt", "RECIP": "reciprocal",
+    "ABS": "abs", "NEG": "negative", "SIN": "sin", "COS": "cos", "TAN": "tan",
+    "SINH": "sinh", "COSH": "cosh", "ASIN": "arcsin", "ACOS": "arccos",
+    "ATAN": "arctan", "ASINH": "arcsinh", "ACOSH": "arccosh", "ATANH": "arctanh",
+    "CEIL": "ceil", "FLOOR": "floor", "ERF": erf, "NOT": "logical_not",
+    "SIGN": "sign",
+    # TensorRT's ROUND (like ONNX Round) rounds halves to even: rint does too
+    "ROUND": "rint",
 }
 
 
@@ -160,30 +171,34 @@ def unary(x, op):
         raise ValueError(f"unknown unary operation {op!r}") from None
     if op == "RECIP" and x.dtype.kind != "f":
         raise ValueError("RECIP needs a floating-point array")
-    with np.errstate(all="ignore"):
-        return np.asarray(fn(x)).astype(x.dtype, copy=False)
+    xp = array_module(x)
+    if isinstance(fn, str):
+        fn = getattr(xp, fn)
+    with errstate(xp, all="ignore"):
+        return xp.asarray(fn(x)).astype(x.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------
 # elementwise binaries
 
-def _int_div_trunc(a, b):
+def _int_div_trunc(xp, a, b):
     """Integer division rounding toward zero (C semantics, TensorRT's kDIV on
     INT32); division by zero gives 0 rather than a trap."""
-    q = np.floor_divide(a, b)
-    fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+    q = xp.floor_divide(a, b)
+    fix = (xp.remainder(a, b) != 0) & ((a < 0) != (b < 0))
     return q + fix.astype(q.dtype)
 
 
-def _int_pow(a, b):
+def _int_pow(xp, a, b):
     # float64 holds every int32 exactly; negative exponents truncate toward zero
-    return np.trunc(np.power(a.astype(np.float64), b.astype(np.float64)))
+    return xp.trunc(xp.power(a.astype(xp.float64), b.astype(xp.float64)))
 
 
+# operation -> ufunc name in the array module
 _BINARY = {
-    "SUM": np.add, "PROD": np.multiply, "MAX": np.maximum, "MIN": np.minimum,
-    "SUB": np.subtract, "AND": np.logical_and, "OR": np.logical_or,
-    "XOR": np.logical_xor, "EQUAL": np.equal, "GREATER": np.greater, "LESS": np.less,
+    "SUM": "add", "PROD": "multiply", "MAX": "maximum", "MIN": "minimum",
+    "SUB": "subtract", "AND": "logical_and", "OR": "logical_or",
+    "XOR": "logical_xor", "EQUAL": "equal", "GREATER": "greater", "LESS": "less",
 }
 _BOOL_OUT = ("AND", "OR", "XOR", "EQUAL", "GREATER", "LESS")
 
@@ -192,19 +207,20 @@ def elementwise(a, b, op):
     """TensorRT's ElementWise: ``a op b`` with size-1 broadcasting (equal ranks
     are the caller's business). Arithmetic keeps the input dtype; logical
     operations and comparisons return bool."""
+    xp = array_module(a, b)
     is_int = a.dtype.kind in "iu"
-    with np.errstate(all="ignore"):
+    with errstate(xp, all="ignore"):
         if op in _BINARY:
-            y = _BINARY[op](a, b)
+            y = getattr(xp, _BINARY[op])(a, b)
         elif op == "DIV":
-            y = _int_div_trunc(a, b) if is_int else np.true_divide(a, b)
+            y = _int_div_trunc(xp, a, b) if is_int else xp.true_divide(a, b)
         elif op == "FLOOR_DIV":
-            y = np.floor_divide(a, b) if is_int else np.floor(np.true_divide(a, b))
+            y = xp.floor_divide(a, b) if is_int else xp.floor(xp.true_divide(a, b))
         elif op == "POW":
-            y = _int_pow(a, b) if is_int else np.power(a, b)
+            y = _int_pow(xp, a, b) if is_int else xp.power(a, b)
         else:
             raise ValueError(f"unknown elementwise operation {op!r}")
-    return np.asarray(y).astype(np.bool_ if op in _BOOL_OUT else a.dtype, copy=False)
+    return xp.asarray(y).astype(xp.bool_ if op in _BOOL_OUT else a.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------
@@ -226,18 +242,21 @@ def scale(x, mode, shift=None, scale=None, power=None, channel_axis=1):
     else:
         raise ValueError(f"unknown scale mode {mode!r}")
 
+    xp = array_module(x, shift, scale, power)
+
     def coeff(w):
-        return None if w is None else np.asarray(w, np.float32).reshape(shape)
+        # host coefficients (a layer not cloned to the device) move over here
+        return None if w is None else xp.asarray(w, xp.float32).reshape(shape)
 
     shift, scale, power = coeff(shift), coeff(scale), coeff(power)
-    y = x.astype(np.float32)
+    y = x.astype(xp.float32)
     if scale is not None:
         y = y * scale
     if shift is not None:
         y = y + shift
     if power is not None:
-        with np.errstate(all="ignore"):
-            y = np.power(y, power)
+        with errstate(xp, all="ignore"):
+            y = xp.power(y, power)
     return y.astype(x.dtype, copy=False)
 
 
@@ -248,20 +267,21 @@ def cast(x, dtype):
     """TensorRT's ICastLayer. Float -> integer truncates toward zero (the
     operator page's example: 5.6 -> 5), saturates at the integer range and
     maps NaN to 0; anything -> bool is ``x != 0``."""
+    xp = array_module(x)
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return x != 0
     if x.dtype.kind == "f" and dtype.kind in "iu":
         info = np.iinfo(dtype)
-        y = np.nan_to_num(np.trunc(x.astype(np.float64)), nan=0.0,
+        y = xp.nan_to_num(xp.trunc(x.astype(xp.float64)), nan=0.0,
                           posinf=info.max, neginf=info.min)
-        return np.clip(y, info.min, info.max).astype(dtype)
+        return xp.clip(y, info.min, info.max).astype(dtype)
     if x.dtype.kind in "iu" and dtype.kind in "iu":
         info = np.iinfo(dtype)
-        return np.clip(x, info.min, info.max).astype(dtype)
+        return xp.clip(x, info.min, info.max).astype(dtype)
     return x.astype(dtype)
 
 
 def select(condition, a, b):
     """TensorRT's ISelectLayer: a where condition else b, all three broadcast."""
-    return np.where(condition, a, b)
+    return array_module(condition, a, b).where(condition, a, b)

@@ -7,18 +7,21 @@ Padding follows TensorRT's IPoolingLayer: -inf for max, 0 for average. The
 average's denominator is the overlap of the window with the unpadded input
 (``exclude_padding``, TF's and TensorRT's default) or with the padded input;
 either way the ROUND_UP tail beyond the padded input never counts.
+
+Array-module generic (``kernels.xp``): the same taps run on CuPy arrays.
 """
 import itertools
 
 import numpy as np
 
 from .spatial import pad_to_extent
+from .xp import array_module
 
 
-def _window_reduce(xp, window, stride, out_spatial, op):
+def _window_reduce(xpad, window, stride, out_spatial, op):
     acc = None
     for tap in itertools.product(*(range(f) for f in window)):
-        view = xp[(Ellipsis,) + tuple(slice(t, t + (o - 1) * s + 1, s)
+        view = xpad[(Ellipsis,) + tuple(slice(t, t + (o - 1) * s + 1, s)
                                       for t, o, s in zip(tap, out_spatial, stride))]
         if acc is None:
             acc = view.copy()
@@ -34,24 +37,25 @@ def pool_nd(x, kind, window, stride, pre, post, out_spatial, exclude_padding=Tru
     (1 - blend) * max + blend * average). ``pre``/``post``: the padding the
     layer resolved; the output extent may read past ``post`` (ROUND_UP).
     """
-    x = np.asarray(x)
+    xp = array_module(x)
+    x = xp.asarray(x)
     nd = len(window)
     in_spatial = x.shape[x.ndim - nd:]
     extent = [(o - 1) * s + f for o, s, f in zip(out_spatial, stride, window)]
     result_max = result_avg = None
     if kind in ("MAX", "MAX_AVERAGE_BLEND"):
-        xp = pad_to_extent(x, pre, extent, -np.inf)
-        result_max = _window_reduce(xp, window, stride, out_spatial, np.maximum)
+        xpad = pad_to_extent(x, pre, extent, -np.inf)
+        result_max = _window_reduce(xpad, window, stride, out_spatial, xp.maximum)
     if kind in ("AVERAGE", "MAX_AVERAGE_BLEND"):
-        xp = pad_to_extent(x, pre, extent, 0.0)
-        total = _window_reduce(xp, window, stride, out_spatial, np.add)
+        xpad = pad_to_extent(x, pre, extent, 0.0)
+        total = _window_reduce(xpad, window, stride, out_spatial, xp.add)
         if exclude_padding:
-            mask = pad_to_extent(np.ones(in_spatial, np.float32), pre, extent)
+            mask = pad_to_extent(xp.ones(in_spatial, xp.float32), pre, extent)
         else:
             padded = [n + a + b for n, a, b in zip(in_spatial, pre, post)]
-            mask = pad_to_extent(np.ones(padded, np.float32), [0] * nd, extent)
-        count = _window_reduce(mask, window, stride, out_spatial, np.add)
-        result_avg = total / np.maximum(count, 1.0)
+            mask = pad_to_extent(xp.ones(padded, xp.float32), [0] * nd, extent)
+        count = _window_reduce(mask, window, stride, out_spatial, xp.add)
+        result_avg = total / xp.maximum(count, 1.0)
     if kind == "MAX":
         out = result_max
     elif kind == "AVERAGE":

@@ -4,46 +4,55 @@ concatenation, flatten, squeeze, unsqueeze.
 
 Plain functions of arrays and plain parameters; shapes given here are already
 resolved (no 0 placeholders, no -1): resolving them is the layer's shape rule.
+Array-module generic (``kernels.xp``): CuPy arrays in, CuPy arrays out. Index
+arithmetic that depends only on parameters (slice coordinates) runs on the
+host and moves to the data's module once.
 """
+import math
+
 import numpy as np
+
+from .xp import array_module
 
 
 def shuffle(x, first_transpose, reshape_dims, second_transpose):
     """TensorRT's IShuffleLayer: second_transpose(reshape(first_transpose(x))).
     Each step may be None (skipped)."""
+    xp = array_module(x)
     if first_transpose is not None:
-        x = np.transpose(x, first_transpose)
+        x = x.transpose(first_transpose)
     if reshape_dims is not None:
-        x = np.reshape(x, reshape_dims)
+        x = x.reshape(reshape_dims)
     if second_transpose is not None:
-        x = np.transpose(x, second_transpose)
-    return np.array(x, order="C")
+        x = x.transpose(second_transpose)
+    return xp.array(x, order="C")
 
 
 def flatten(x, axis):
     """(prod(dims[:axis]), prod(dims[axis:])): n x (c*h*w) for axis 1."""
-    lead = int(np.prod(x.shape[:axis], dtype=np.int64))
-    return x.reshape(lead, -1) if lead else x.reshape(0, int(np.prod(x.shape[axis:])))
+    lead = math.prod(x.shape[:axis])
+    return x.reshape(lead, -1) if lead else x.reshape(0, math.prod(x.shape[axis:]))
 
 
 def squeeze(x, axes):
-    return np.squeeze(x, axis=tuple(axes)).copy()
+    return array_module(x).squeeze(x, axis=tuple(axes)).copy()
 
 
 def unsqueeze(x, axes):
-    return np.expand_dims(x, tuple(axes)).copy()
+    return array_module(x).expand_dims(x, tuple(axes)).copy()
 
 
 def concatenate(xs, axis):
-    return np.concatenate(xs, axis=axis)
+    return array_module(*xs).concatenate(xs, axis=axis)
 
 
 def gather(data, indices, axis):
     """TensorRT's default-mode gather (TF's tf.gather): output shape
     data.shape[:axis] + indices.shape + data.shape[axis+1:]; negative indices
     count from the end. Indices must already be in [-d, d)."""
-    idx = np.where(indices < 0, indices + data.shape[axis], indices)
-    return np.take(data, idx, axis=axis)
+    xp = array_module(data, indices)
+    idx = xp.where(indices < 0, indices + data.shape[axis], indices)
+    return xp.take(data, idx, axis=axis)
 
 
 # ----------------------------------------------------------------------------
@@ -63,7 +72,8 @@ def gather(data, indices, axis):
 
 def source_indices(start, size, stride, d, mode):
     """Source coordinates along one dim, and a bool mask of in-bounds
-    positions (only FILL has any False)."""
+    positions (only FILL has any False). Host (NumPy) arrays: they depend on
+    the parameters only."""
     x = start + stride * np.arange(size, dtype=np.int64)
     inside = (x >= 0) & (x < d)
     if mode == "STRICT_BOUNDS":
@@ -90,6 +100,7 @@ def source_indices(start, size, stride, d, mode):
 def slice_nd(x, start, size, stride, mode="STRICT_BOUNDS", fill=0.0):
     """TensorRT's ISliceLayer: out[y] = x[start + y * stride] per dim, with
     out-of-bounds coordinates handled per ``mode`` (see the table above)."""
+    xp = array_module(x)
     if mode == "STRICT_BOUNDS":
         # plain strided view: the common case, no index arrays
         for s, n, st, d in zip(start, size, stride, x.shape):
@@ -97,23 +108,23 @@ def slice_nd(x, start, size, stride, mode="STRICT_BOUNDS", fill=0.0):
         sl = tuple(_basic_slice(s, n, st) for s, n, st in zip(start, size, stride))
         out = x[sl]
         if out.shape != tuple(size):                  # stride 0 repeats one element
-            out = np.broadcast_to(out, tuple(size))
-        return np.array(out, order="C")
+            out = xp.broadcast_to(out, tuple(size))
+        return xp.array(out, order="C")
     out, valid = x, None
     for axis, (s, n, st, d) in enumerate(zip(start, size, stride, x.shape)):
         idx, inside = source_indices(s, n, st, d, mode)
         if n and d:
-            out = np.take(out, idx, axis=axis)
+            out = xp.take(out, xp.asarray(idx), axis=axis)
         else:
-            out = np.zeros(out.shape[:axis] + (n,) + out.shape[axis + 1:], dtype=x.dtype)
+            out = xp.zeros(out.shape[:axis] + (n,) + out.shape[axis + 1:], dtype=x.dtype)
         if not inside.all():
             shape = [1] * x.ndim
             shape[axis] = n
             m = inside.reshape(shape)
             valid = m if valid is None else valid & m
     if valid is not None:
-        out = np.where(valid, out, np.asarray(fill).astype(x.dtype))
-    return np.array(out, order="C")
+        out = xp.where(xp.asarray(valid), out, xp.asarray(np.asarray(fill).astype(x.dtype)))
+    return xp.array(out, order="C")
 
 
 def _basic_slice(start, size, stride):

@@ -3,10 +3,16 @@
 Arrays are in TensorRT's logical layout n(p1 p2 ...)c h w; "spatial" means the
 trailing dims. Everything here is vectorised: loops run over the handful of
 window taps or resized axes, never over pixels or batch elements.
+
+Array-module generic (``kernels.xp``). Resize's coordinate arithmetic depends
+only on the sizes, so it runs on the host in float64 and moves to the data's
+module as index and weight vectors.
 """
 import math
 
 import numpy as np
+
+from .xp import array_module
 
 
 def pad_to_extent(x, pre, extent, value=0.0):
@@ -24,7 +30,7 @@ def pad_to_extent(x, pre, extent, value=0.0):
     """
     nd = len(pre)
     lead = x.shape[:x.ndim - nd]
-    out = np.full(lead + tuple(int(e) for e in extent), value, dtype=x.dtype)
+    out = array_module(x).full(lead + tuple(int(e) for e in extent), value, dtype=x.dtype)
     src, dst = [Ellipsis], [Ellipsis]
     for p, e, n in zip(pre, extent, x.shape[x.ndim - nd:]):
         start, stop = max(-p, 0), min(n, e - p)   # input range that lands in the window
@@ -50,20 +56,21 @@ def lrn(x, window, alpha, beta, k):
     The channel-window sum is a sum of ``window`` shifted slices (at most 15):
     exact, unlike a difference of cumulative sums in float32.
     """
+    xp = array_module(x)
     half = window // 2
-    sq = np.square(x, dtype=np.float32 if x.dtype == np.float16 else x.dtype)
-    padded = pad_to_extent(np.moveaxis(sq, 1, -1), (half,), (x.shape[1] + 2 * half,))
+    sq = xp.square(x.astype(np.float32 if x.dtype == np.float16 else x.dtype, copy=False))
+    padded = pad_to_extent(xp.moveaxis(sq, 1, -1), (half,), (x.shape[1] + 2 * half,))
     acc = padded[..., 0:x.shape[1]].copy()
     for j in range(1, window):
         acc += padded[..., j:j + x.shape[1]]
-    acc = np.moveaxis(acc, -1, 1)
-    return (x / np.power(k + (alpha / window) * acc, beta)).astype(x.dtype)
+    acc = xp.moveaxis(acc, -1, 1)
+    return (x / xp.power(k + (alpha / window) * acc, beta)).astype(x.dtype)
 
 
 # -- resize -------------------------------------------------------------------
 
 def source_coords(n_out, n_in, scale, coord):
-    """Where output index o samples the input (float64), per TensorRT's
+    """Where output index o samples the input (host float64), per TensorRT's
     ResizeCoordinateTransformation (same as ONNX Resize's modes)::
 
         ALIGN_CORNERS  x = o * (n_in - 1) / (n_out - 1)   (x = 0 when n_out == 1, as TF)
@@ -97,6 +104,7 @@ def resize(x, out_shape, scales, mode, coord, rounding):
     which is exactly bi/tri-linear interpolation, with the source coordinate
     clamped to [0, n_in - 1] (TF's and ONNX's edge rule).
     """
+    xp = array_module(x)
     y = x
     for axis, (n_in, n_out, scale) in enumerate(zip(x.shape, out_shape, scales)):
         if n_in == n_out and scale == 1.0:
@@ -104,15 +112,15 @@ def resize(x, out_shape, scales, mode, coord, rounding):
         src = source_coords(n_out, n_in, scale, coord)
         if mode == "NEAREST":
             idx = np.clip(_ROUND[rounding](src), 0, n_in - 1).astype(np.intp)
-            y = np.take(y, idx, axis=axis)
+            y = xp.take(y, xp.asarray(idx), axis=axis)
             continue
         src = np.clip(src, 0.0, n_in - 1)
         lo = np.floor(src).astype(np.intp)
         hi = np.minimum(lo + 1, n_in - 1)
         bshape = [1] * y.ndim
         bshape[axis] = n_out
-        frac = (src - lo).astype(np.float32).reshape(bshape)
-        a, b = np.take(y, lo, axis=axis), np.take(y, hi, axis=axis)
+        frac = xp.asarray((src - lo).astype(np.float32).reshape(bshape))
+        a, b = xp.take(y, xp.asarray(lo), axis=axis), xp.take(y, xp.asarray(hi), axis=axis)
         y = (a + (b - a) * frac).astype(x.dtype)
     return y if y is not x else x.copy()
 

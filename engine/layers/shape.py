@@ -10,6 +10,7 @@ import enum
 import numpy as np
 
 from kernels import shape as K
+from kernels.xp import to_host
 
 from ..errors import ExecutionError
 from ..kernel_table import numpy_impl
@@ -327,7 +328,11 @@ def _gather(layer, inputs):
     axis = normalise_axis(layer, layer.axis, data.ndim)
     d = data.shape[axis]
     bad = (indices < -d) | (indices >= d)
-    if bad.any():
-        raise ExecutionError(f"{layer.describe()}: index {int(indices[bad].flat[0])} is out of "
+    # the typed error is part of the layer's contract, so on the device this
+    # costs one synchronisation (a scalar comes back); the offending index only
+    # on the error path
+    if to_host(bad.any()):
+        first = to_host(indices[bad]).flat[0]
+        raise ExecutionError(f"{layer.describe()}: index {int(first)} is out of "
                              f"range for axis {axis} of size {d}; expected indices in [{-d}, {d})")
     return [K.gather(data, indices, axis)]
