@@ -213,9 +213,10 @@ def import_graph_def(graph_def, input_map=None, return_elements=None, name=None,
         if not hasattr(g, "_py_funcs_used_in_graph"):
             g._py_funcs_used_in_graph = []      # noqa: SLF001 - as script_ops does
         g._py_funcs_used_in_graph.extend(runners.values())
+    del op_dict          # deprecated and ignored by TensorFlow itself
     result = tf.compat.v1.import_graph_def(runnable, input_map=input_map,
                                            return_elements=return_elements, name=name,
-                                           op_dict=op_dict, producer_op_list=producer_op_list)
+                                           producer_op_list=producer_op_list)
     prefix = "import" if name is None else name
     for node in graph_def.node:
         if node.op != ENGINE_OP:

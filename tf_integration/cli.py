@@ -1,0 +1,138 @@
+"""``cupyrt convert`` and ``cupyrt tf-demo``: the TensorFlow commands of the CLI.
+
+    cupyrt convert frozen.pb -o model_opt.pb --outputs Identity [--precision FP16]
+                   [--minimum-segment-size 3] [--max-batch-size 8] [--dynamic]
+                   [--maximum-cached-engines 1] [--report report.json]
+    cupyrt tf-demo [--model ResNet50] [--size 224] [--batch 4] [--legacy-keras]
+
+workflows/cli.py calls ``add_commands`` on its subparsers.
+"""
+import logging
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+
+def _names(values):
+    out = []
+    for v in values or ():
+        out.extend(s for s in v.split(",") if s)
+    return out
+
+
+def _convert(args):
+    import tensorflow as tf
+
+    from .converter import TrtGraphConverter
+
+    gd = tf.compat.v1.GraphDef()
+    with open(args.graph, "rb") as f:
+        gd.ParseFromString(f.read())
+    outputs = _names(args.outputs)
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=outputs,
+                             precision_mode=args.precision,
+                             minimum_segment_size=args.minimum_segment_size,
+                             max_batch_size=args.max_batch_size,
+                             is_dynamic_op=args.dynamic,
+                             maximum_cached_engines=args.maximum_cached_engines,
+                             max_workspace_size_bytes=args.workspace,
+                             report_path=args.report)
+    conv.convert()
+    path = conv.save(args.output)
+    sys.stdout.write(conv.summary() + f"\nwrote {path}\n")
+    return 0
+
+
+def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, out=sys.stdout):
+    """The main job: freeze a bundled Keras model, convert it, run both graphs in TF
+    sessions; report converted share, max error and both timings. Returns the report."""
+    import numpy as np
+    import tensorflow as tf
+
+    import engine as rt
+
+    from .converter import TrtGraphConverter
+    from .engine_node import import_graph_def
+    from .graph_utils import freeze_keras_model
+
+    if legacy_keras:
+        import tf_keras as keras
+    else:
+        import keras
+    keras.utils.set_random_seed(0)
+    net = getattr(keras.applications, model)(weights=None, input_shape=(size, size, 3))
+    gd, ins, outs = freeze_keras_model(net)
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=[o.split(":")[0] for o in outs],
+                             max_batch_size=batch, is_dynamic_op=False)
+    t0 = time.perf_counter()
+    converted = conv.convert()
+    t_convert = time.perf_counter() - t0
+    backend = _backend_name()
+    x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
+
+    def timed(graph_def, importer):
+        g = tf.Graph()
+        with g.as_default():
+            importer(graph_def, name="")
+            with tf.compat.v1.Session(graph=g) as sess:
+                y = sess.run(outs[0], {ins[0]: x})          # warm-up (engine load)
+                t = time.perf_counter()
+                for _ in range(runs):
+                    y = sess.run(outs[0], {ins[0]: x})
+                return y, (time.perf_counter() - t) / runs
+
+    ref, t_tf = timed(gd, tf.compat.v1.import_graph_def)
+    got, t_rt = timed(converted, import_graph_def)
+    err = float(np.abs(ref - got).max())
+    rep = conv.report
+    lines = []
+    if backend == "numpy":
+        lines.append("no CUDA device: running the NumPy backend (reference speed, not GPU speed)")
+    lines += [f"model {model} ({'tf_keras' if legacy_keras else 'Keras 3'}), input "
+              f"{batch}x{size}x{size}x3, backend {backend}",
+              f"converted {rep['converted_compute_nodes']}/{rep['compute_nodes']} compute nodes "
+              f"({100 * rep['converted_share']:.1f}%) into {len(rep['engines'])} engine(s) "
+              f"in {t_convert:.1f} s",
+              f"max abs error vs TensorFlow: {err:.3g}",
+              f"TensorFlow: {1e3 * t_tf:.1f} ms/batch   cupyrt: {1e3 * t_rt:.1f} ms/batch"]
+    out.write("\n".join(lines) + "\n")
+    return dict(share=rep["converted_share"], max_error=err, tf_seconds=t_tf,
+                cupyrt_seconds=t_rt, backend=backend, convert_seconds=t_convert)
+
+
+def _backend_name():
+    try:
+        from engine.backends import select_backend
+        return select_backend(None).name
+    except Exception:                 # noqa: BLE001 - report, never fail, on a probe
+        return "unknown"
+
+
+def _demo(args):
+    run_demo(args.model, args.size, args.batch, args.legacy_keras, args.runs)
+    return 0
+
+
+def add_commands(sub):
+    c = sub.add_parser("convert", help="convert a frozen TensorFlow graph (.pb)")
+    c.add_argument("graph", help="frozen GraphDef (.pb)")
+    c.add_argument("-o", "--output", required=True, help="where to write the converted .pb")
+    c.add_argument("--outputs", action="append", required=True,
+                   help="output node names (comma-separated or repeated); kept in TF")
+    c.add_argument("--inputs", action="append", help="input names (informational)")
+    c.add_argument("--precision", default="FP32", choices=["FP32", "FP16", "INT8"])
+    c.add_argument("--minimum-segment-size", type=int, default=3)
+    c.add_argument("--max-batch-size", type=int, default=1)
+    c.add_argument("--dynamic", action="store_true", help="build engines per input shape")
+    c.add_argument("--maximum-cached-engines", type=int, default=1)
+    c.add_argument("--workspace", type=int, default=1 << 30, help="bytes")
+    c.add_argument("--report", help="write the conversion report as JSON here")
+    c.set_defaults(func=_convert)
+    d = sub.add_parser("tf-demo", help="freeze a Keras model, convert, compare with TF")
+    d.add_argument("--model", default="ResNet50", choices=["ResNet50", "MobileNetV2"])
+    d.add_argument("--size", type=int, default=224)
+    d.add_argument("--batch", type=int, default=4)
+    d.add_argument("--runs", type=int, default=3)
+    d.add_argument("--legacy-keras", action="store_true", help="build with tf_keras")
+    d.set_defaults(func=_demo)
