@@ -1,0 +1,187 @@
+"""The engine on the CuPy backend against the NumPy backend: every layer type,
+every conv tactic, whole networks, CUDA-graph replay, the timing cache."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import engine as rt
+from engine.testing import rel_l2
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engine"))
+from test_plan_every_layer import FACTORIES, ClipCube  # noqa: E402
+
+cp = pytest.importorskip("cupy")
+RNG = np.random.default_rng(123)
+PASSES = ("constant_folding", "dead_layer_removal", "identity_shuffle_cancellation",
+          "scale_folding", "epilogue_fusion")
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def build(net, backend, fp16=False, keep_layers=False, cache=None):
+    b = rt.Builder()
+    cfg = b.create_builder_config()
+    cfg.backend = backend
+    if fp16:
+        cfg.set_flag(rt.BuilderFlag.FP16)
+    if keep_layers:
+        for p in PASSES:
+            cfg.disable_pass(p)
+    cfg.timing_cache_path = cache
+    plan = b.build_serialized_network(net, cfg)
+    return rt.Runtime(backend=backend).deserialize_cuda_engine(plan)
+
+
+def both(net, feeds, fp16=False, keep_layers=False, tol=None):
+    ref = build(net, "numpy", fp16, keep_layers).create_execution_context().execute(feeds)
+    gpu_engine = build(net, "cupy", fp16, keep_layers)
+    got = gpu_engine.create_execution_context().execute(feeds)
+    tol = tol or (1e-2 if fp16 else 1e-5)
+    for name, value in ref.items():
+        if value.dtype.kind == "f":
+            assert rel_l2(got[name], value) <= tol, (name, gpu_engine.backend.selected)
+        else:
+            np.testing.assert_array_equal(got[name], value)
+    return gpu_engine
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin_registered():
+    reg = rt.get_plugin_registry()
+    if reg.get_creator(ClipCube.plugin_type, "1") is None:
+        reg.register_creator(ClipCube)
+    yield
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("kind", list(FACTORIES), ids=lambda k: k.name)
+def test_every_layer_type_on_the_gpu(kind, fp16):
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, 3, 5, 6))
+    layer = FACTORIES[kind](net, x)
+    for i in range(layer.num_outputs):
+        net.mark_output(layer.get_output(i))
+    eng = both(net, {"x": randn(2, 3, 5, 6)}, fp16=fp16, keep_layers=True)
+    assert eng.backend.selected, "no layer ran on the GPU backend"
+    assert "numpy.host" not in eng.backend.selected.values(), eng.backend.selected
+
+
+def conv_net(k=16, c=16, ksize=3, stride=1, groups=1, residual=True, act=rt.ActivationType.RELU,
+             hw=14, n=4):
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (n, c, hw, hw))
+    conv = net.add_convolution_nd(x, k, (ksize, ksize), kernel=randn(k, c // groups, ksize, ksize) * 0.2,
+                                  bias=randn(k))
+    conv.stride_nd, conv.num_groups = (stride, stride), groups
+    conv.padding_nd = (ksize // 2, ksize // 2)
+    y = conv.get_output(0)
+    if residual and stride == 1 and k == c:
+        y = net.add_elementwise(y, x, rt.ElementWiseOperation.SUM).get_output(0)
+    if act is not None:
+        y = net.add_activation(y, act).get_output(0)
+    net.mark_output(y)
+    return net, {"x": randn(n, c, hw, hw)}
+
+
+def tactic_names(layer_type):
+    from engine.gpu.tactics import candidates
+    net, _ = conv_net()
+    layer = net.get_layer(0) if layer_type == rt.LayerType.CONVOLUTION else None
+    return [t.name for t in candidates(layer)]
+
+
+@pytest.mark.parametrize("tactic", tactic_names(rt.LayerType.CONVOLUTION))
+@pytest.mark.parametrize("case", ["3x3_res_relu", "1x1", "3x3_s2", "depthwise", "stem_c3"])
+def test_every_conv_tactic_against_numpy(tactic, case):
+    args = {"3x3_res_relu": {}, "1x1": dict(ksize=1, c=32, k=64, residual=False),
+            "3x3_s2": dict(stride=2, act=rt.ActivationType.CLIP),
+            "depthwise": dict(groups=16, residual=False),
+            "stem_c3": dict(c=3, k=8, ksize=7, stride=2, hw=32)}[case]
+    net, feeds = conv_net(**args)
+    ref = build(net, "numpy", fp16=True).create_execution_context().execute(feeds)
+    engine = build(net, "cupy", fp16=True)
+    from engine.gpu.tactics import by_name
+    layer = engine.network.get_layer(0)
+    t = by_name(layer, tactic)
+    shapes = [tuple(feeds["x"].shape)] + [tuple(feeds["x"].shape)] * (layer.num_inputs - 1)
+    reason = t.supports(layer, shapes, ["float32"] * len(shapes), rt.float16)
+    if reason is not None:
+        pytest.skip(f"{tactic} does not run this case: {reason}")
+    engine.backend.forced[layer.name] = tactic
+    got = engine.create_execution_context().execute(feeds)
+    assert engine.backend.selected[layer.name] == tactic
+    for name, value in ref.items():
+        assert rel_l2(got[name], value) <= 1e-2
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_resnet_style_and_lstm_networks_on_both_backends(fp16):
+    from test_networks import ResNetWeights, build_resnet
+    w = ResNetWeights()
+    net, _ = build_resnet(w)
+    both(net, {"image": randn(4, 3, 16, 16)}, fp16=fp16)
+    lstm = rt.Network()
+    x = lstm.add_input("seq", rt.float32, (3, 6, 5))
+    r = lstm.add_rnn_v2(x, 2, 4, 6, rt.RNNOperation.LSTM)
+    r.direction = rt.RNNDirection.BIDIRECTION
+    for li in range(4):
+        for g in (rt.RNNGateType.INPUT, rt.RNNGateType.FORGET, rt.RNNGateType.CELL,
+                  rt.RNNGateType.OUTPUT):
+            r.set_weights_for_gate(li, g, True, randn(4, 5 if li < 2 else 8) * 0.5)
+            r.set_weights_for_gate(li, g, False, randn(4, 4) * 0.5)
+            r.set_bias_for_gate(li, g, True, randn(4) * 0.1)
+    lstm.mark_output(r.get_output(0))
+    both(lstm, {"seq": randn(3, 6, 5)}, fp16=fp16)
+
+
+def test_cuda_graph_replay_matches_eager():
+    net, feeds = conv_net(k=32, c=32)
+    engine = build(net, "cupy", fp16=True)
+    ctx = engine.create_execution_context()
+    first = ctx.execute(feeds)                     # eager: selects, compiles
+    outs = [ctx.execute({"x": randn(*feeds["x"].shape)}) for _ in range(3)]   # capture, replay
+    graphs = ctx.__dict__.get("_cuda_graphs", {})
+    assert any(not isinstance(v, str) for v in graphs.values()), graphs
+    x2 = randn(*feeds["x"].shape)
+    replayed = ctx.execute({"x": x2})
+    eager_ctx = engine.create_execution_context()
+    engine.backend.use_graphs = False
+    eager = eager_ctx.execute({"x": x2})
+    engine.backend.use_graphs = True
+    for name in first:
+        np.testing.assert_array_equal(replayed[name], eager[name])
+    assert outs
+
+
+def test_execute_async_v3_with_bound_cupy_arrays():
+    net, feeds = conv_net()
+    engine = build(net, "cupy", fp16=True)
+    ctx = engine.create_execution_context()
+    x = cp.asarray(feeds["x"])
+    name = engine.output_names[0]
+    y = cp.full(engine.infer_shapes({"x": x.shape})[id(engine.network.get_tensor(name))], cp.nan,
+                dtype=cp.float32)
+    ctx.set_tensor_address("x", x)
+    ctx.set_tensor_address(name, y)
+    stream = cp.cuda.Stream(non_blocking=True)
+    for _ in range(3):
+        ctx.execute_async_v3(stream)
+    stream.synchronize()
+    ref = build(net, "numpy", fp16=True).create_execution_context().execute(feeds)[name]
+    assert rel_l2(cp.asnumpy(y), ref) <= 1e-2
+
+
+def test_timing_cache_is_reused(tmp_path):
+    cache = str(tmp_path / "tactics.cache")
+    net, _ = conv_net(k=32, c=32)
+    first = build(net, "cupy", fp16=True, cache=cache)
+    assert os.path.exists(cache) and first.meta["timing_cache_misses"] > 0
+    from engine.backends import cupy_backend
+    cupy_backend._caches.clear()                 # as a new process would
+    second = build(net, "cupy", fp16=True, cache=cache)
+    assert second.meta["timing_cache_misses"] == 0 and second.meta["timing_cache_hits"] > 0
+    assert second.meta["kernels"] == first.meta["kernels"]
