@@ -59,7 +59,10 @@ def _binary(op, a, b):
 
 def generate(ops, in_dtype, out_dtype):
     """(signature, in_params, out_params, body, preamble, args-builder) for a chain."""
+    # CuPy takes only single-letter type names as placeholders (longer ones
+    # are parsed as dtypes: "U1" became <U1), so tensor operands get U, V, W...
     in_params = ["T x"]
+    letters = iter("UVWXYZABCDEFGHIJKLMNPQRS")
     body = ["float v = (float)x;"]
     arg_fns = []
     sig = [np.dtype(in_dtype).str, np.dtype(out_dtype).str]
@@ -105,7 +108,7 @@ def generate(ops, in_dtype, out_dtype):
             sig.append("ch" + "".join(parts))
         elif kind == "tensor":
             _, bop, arr = op
-            in_params.append(f"U{j} t{j}")
+            in_params.append(f"{next(letters)} t{j}")
             body.append("v = " + _binary(bop, "v", f"(float)t{j}") + ";")
             arg_fns.append(lambda cp, a=arr: [a])
             sig.append(f"t{bop}{np.dtype(arr.dtype).str}")
