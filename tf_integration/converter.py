@@ -20,7 +20,8 @@ from . import conversion, registry
 from .engine_node import ENGINE_OP, make_engine_node
 from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, fold_constants, node_of,
-                          parse_input, prune_dead_nodes, strip_constant_control_edges,
+                          parse_input, prune_dead_nodes, rewrite_batch_reshapes,
+                          strip_constant_control_edges,
                           tensor_name)
 from .registry import Reason
 from .segmenter import histogram, segment_graph
@@ -90,6 +91,7 @@ class TrtGraphConverter:
         keep = self.nodes_denylist
         gd = strip_constant_control_edges(self.input_graph_def, keep)
         gd, folded = fold_constants(gd, keep)
+        gd = rewrite_batch_reshapes(gd, keep)
         graph = GraphIndex(gd)
         result = segment_graph(graph, registry.validate, keep,
                                self.params["minimum_segment_size"])

@@ -410,3 +410,89 @@ def strip_constant_control_edges(graph_def, keep=()):
         out.node.append(new)
     logger.debug("dropped %d trivial control edges / NoOps", dropped)
     return out
+
+
+_SHAPE_MATH_OPS = frozenset({"Shape", "StridedSlice", "Pack", "Const", "Identity", "Cast", "Prod",
+                             "ConcatV2", "Slice"})
+
+
+def rewrite_batch_reshapes(graph_def, keep=()):
+    """Reshape(x, Pack(Shape(x)[0], d1, ...)) -> Reshape(x, [-1, d1', ...]).
+
+    Keras 3's Flatten (and many hand-written graphs) reshape to a target built
+    from the runtime batch size. When every other dim of x is static, the target
+    is a constant with -1 for the batch, which the engine can take. Shape-math
+    nodes left without consumers are removed.
+    """
+    index = GraphIndex(graph_def)
+    new_consts, rewired = [], {}
+    for node in graph_def.node:
+        if node.op != "Reshape":
+            continue
+        target = _batch_target(index, node)
+        if target is None:
+            continue
+        name = f"{node.name}/cupyrt_static_shape"
+        new_consts.append(make_const_node(name, np.array(target, dtype=np.int32)))
+        rewired[node.name] = name
+    if not rewired:
+        return graph_def
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        new = out.node.add()
+        new.CopyFrom(node)
+        if node.name in rewired:
+            new.input[1] = rewired[node.name]
+    out.node.extend(new_consts)
+    logger.info("rewrote %d batch-dependent reshape targets to constants", len(rewired))
+    return _prune_dead_shape_math(out, keep)
+
+
+def _batch_target(index, reshape):
+    data, shape_in = reshape.input[0], reshape.input[1]
+    pack = index.nodes.get(node_of(shape_in))
+    if pack is None or pack.op != "Pack" or get_attr(pack, "axis", 0) != 0:
+        return None
+    dims = index.shape(data)
+    if dims.rank is None or any(d is None for d in dims.as_list()[1:]):
+        return None
+    vals = []
+    for i, inp in enumerate(pack.input):
+        if index.is_const(inp):
+            vals.append(int(np.ravel(index.const_value(inp))[0]))
+            continue
+        ss = index.nodes[node_of(inp)]
+        if (i != 0 or ss.op != "StridedSlice" or get_attr(ss, "shrink_axis_mask", 0) != 1
+                or not all(index.is_const(x) for x in ss.input[1:4])
+                or [int(v) for v in np.ravel(index.const_value(ss.input[1]))] != [0]):
+            return None
+        shp = index.nodes[node_of(ss.input[0])]
+        if shp.op != "Shape" or canonical(shp.input[0]) != canonical(data):
+            return None
+        vals.append(None)
+    if vals.count(None) != 1 or vals[0] is not None:
+        return None
+    rest = int(np.prod(dims.as_list()[1:]))
+    known = int(np.prod([v for v in vals[1:] if v != -1])) if len(vals) > 1 else 1
+    if vals.count(-1) > 1 or known == 0:
+        return None
+    return [-1] + [rest // known if v == -1 else v for v in vals[1:]]
+
+
+def _prune_dead_shape_math(graph_def, keep):
+    keep = {node_of(k) for k in keep}
+    nodes = list(graph_def.node)
+    while True:
+        used = {node_of(i) for n in nodes for i in n.input}
+        survivors = [n for n in nodes if n.name in used or n.name in keep
+                     or n.op not in _SHAPE_MATH_OPS]
+        if len(survivors) == len(nodes):
+            break
+        nodes = survivors
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(nodes)
+    return out

@@ -223,3 +223,11 @@ def test_fp16_precision_within_fp16_tolerance():
     x = random_input((2, 5, 6, 4), seed=6)
     with warnings.catch_warnings():
         cross_validate(lambda t: conv_block(t, "a"), [x], tol=1e-2, precision_mode="FP16")
+
+
+def test_supported_ops_doc_is_generated_from_the_registry():
+    import os
+
+    path = os.path.join(os.path.dirname(registry.__file__), "SUPPORTED_OPS.md")
+    with open(path) as f:
+        assert f.read().endswith(registry.supported_ops_markdown())

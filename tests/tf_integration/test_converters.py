@@ -134,6 +134,10 @@ CASES = [
         x, [12, 14]), [NHWC]),
     ("ResizeNearestNeighbor_half_pixel", lambda x: tf.compat.v1.image.resize_nearest_neighbor(
         x, [12, 21], half_pixel_centers=True), [NHWC]),
+    ("Shape_derived_reshape", lambda x: (lambda y: tf.reshape(
+        y, tf.stack([tf.shape(y)[0], -1])))(tf.nn.relu(x)), [NHWC]),
+    ("Shape_derived_reshape_3d", lambda x: (lambda y: tf.reshape(
+        y, tf.stack([tf.shape(y)[0], 6, -1])))(tf.nn.relu(x)), [NHWC]),
 ]
 
 LONG_REDUCTIONS = {"Prod", "Sum", "BatchMatMulV2", "LRN"}

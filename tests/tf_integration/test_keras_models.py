@@ -121,3 +121,21 @@ def test_dynamic_resnet50_builds_per_shape_engine():
 
 if os.environ.get("CUPYRT_SKIP_KERAS"):
     pytestmark = pytest.mark.skip("CUPYRT_SKIP_KERAS set")
+
+
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_keras_flatten_with_dynamic_batch_converts_fully(flavour):
+    # Keras 3's Flatten reshapes to Pack(Shape(x)[0], -1): rewritten to (-1, n)
+    if flavour == "keras3":
+        import keras
+    else:
+        import tf_keras as keras
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    gd, ins, outs = freeze_keras_model(model)
+    conv, converted = convert(gd, outs, is_dynamic_op=True)
+    assert conv.report["converted_share"] == 1.0, conv.summary()
+    x = np.random.default_rng(2).standard_normal((3, 6, 5, 3)).astype(np.float32)
+    ref = run_graph(gd, outs, {ins[0]: x})[0]
+    assert rel_l2(run_graph(converted, outs, {ins[0]: x}, converted=True)[0], ref) <= 1e-5
