@@ -190,8 +190,12 @@ def _int_div_trunc(xp, a, b):
 
 
 def _int_pow(xp, a, b):
-    # float64 holds every int32 exactly; negative exponents truncate toward zero
-    return xp.trunc(xp.power(a.astype(xp.float64), b.astype(xp.float64)))
+    # float64 holds every int32 exactly; negative exponents truncate toward zero.
+    # A non-negative exponent gives an integer, which the device's pow may miss
+    # by an ulp (CUDA: (-19.0) ** 3.0 = -6858.999...), so it is rounded, not
+    # truncated (NumPy's pow is exact there: the same result).
+    p = xp.power(a.astype(xp.float64), b.astype(xp.float64))
+    return xp.where(b >= 0, xp.rint(p), xp.trunc(p))
 
 
 # operation -> ufunc name in the array module
