@@ -15,6 +15,7 @@ Weights: torchvision's architectures with their default random initialisation
 statistics randomised, so every folded constant is non-trivial.
 """
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -87,12 +88,12 @@ def run(args):
     batches = [int(b) for b in args.batches.split(",")]
     for name in args.models.split(","):
         model = torch_model(name)
-        gpu_fp32 = model.cuda().float()
+        gpu_fp32 = copy.deepcopy(model).cuda().float()
         for precision in args.precisions.split(","):
             cache = os.path.join(tempfile.mkdtemp(), f"{name}_{precision}.cache")
-            plan, cold, src_layers = build(name, model.cpu(), precision, max(batches), cache)
+            plan, cold, src_layers = build(name, model, precision, max(batches), cache)
             cupy_backend._caches.clear()
-            _, warm, _ = build(name, model.cpu(), precision, max(batches), cache)
+            _, warm, _ = build(name, model, precision, max(batches), cache)
             engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
             kinds = {}
             for info in engine.layers:
