@@ -22,7 +22,7 @@ def _window_reduce(xpad, window, stride, out_spatial, op):
     acc = None
     for tap in itertools.product(*(range(f) for f in window)):
         view = xpad[(Ellipsis,) + tuple(slice(t, t + (o - 1) * s + 1, s)
-                                      for t, o, s in zip(tap, out_spatial, stride))]
+                                        for t, o, s in zip(tap, out_spatial, stride))]
         if acc is None:
             acc = view.copy()
         else:
