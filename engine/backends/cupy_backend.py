@@ -59,6 +59,8 @@ class CupyBackend:
         self.use_graphs = os.environ.get("CUPYRT_CUDA_GRAPHS", "1") != "0"
         self.autotune = True
         self._choice = {}            # (layer name, shapes, dtypes) -> tactic
+        self._capturable = {}        # same key -> fastest CUDA-graph-safe tactic (or None)
+        self._trace = None           # when a list: the keys of the layers that run
         self._state = {}             # (layer name, tactic name) -> prepared state
         self._lock = threading.Lock()
         self.selected = {}           # layer name -> last tactic name chosen (for inspection)
@@ -95,16 +97,19 @@ class CupyBackend:
         shapes = tuple(None if x is None else tuple(x.shape) for x in inputs)
         dtypes = tuple(None if x is None else x.dtype.name for x in inputs)
         key = (layer.name, shapes, dtypes)
+        if self._trace is not None:
+            self._trace.append(key)
         tactic = self._choice.get(key)
         if tactic is None:
-            tactic = self._select(layer, inputs, shapes, dtypes, precision, out_dtypes)
+            tactic = self._select(layer, inputs, shapes, dtypes, precision, out_dtypes, key)
             self._choice[key] = tactic
             self.selected[layer.name] = tactic.name
         return tactic
 
-    def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes):
+    def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
         cands = [t for t in T.candidates(layer)
                  if t.supports(layer, shapes, dtypes, precision) is None]
+        self._capturable[key] = next((t for t in cands if t.capturable), None)
         forced = self.forced.get(layer.name)
         if forced:
             for t in cands:
@@ -114,6 +119,10 @@ class CupyBackend:
         ckey = TimingCache.key(self.gpu, sig)
         hit = self.cache.get(ckey)
         if hit:
+            ms = hit.get("ms", {})
+            capt = [t for t in cands if t.capturable and ms.get(t.name) is not None]
+            if capt:
+                self._capturable[key] = min(capt, key=lambda t: ms[t.name])
             for t in cands:
                 if t.name == hit["tactic"]:
                     return t
@@ -136,6 +145,8 @@ class CupyBackend:
             if best is None:
                 log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
                 best = T.HOST
+            capt = [t for t in fast if t.capturable and timed.get(t.name, math.inf) < math.inf]
+            self._capturable[key] = min(capt, key=lambda t: timed[t.name]) if capt else None
         self.cache.put(ckey, best.name, timed)
         self.timings[layer.name] = timed
         log.debug("%s: chose %s from %s", layer.name, best.name, timed)
@@ -156,7 +167,7 @@ class CupyBackend:
             graphs[key] = "warm"
             return outs
         if entry == "warm":
-            entry = graphs[key] = self._capture(context, feeds, sched)
+            entry = graphs[key] = self._graph_or_eager(context, feeds, sched)
             if entry == "eager":
                 return self.execute(context, feeds, sched, stream)
         run_stream = stream or entry.stream
@@ -167,6 +178,52 @@ class CupyBackend:
         if stream is None:
             run_stream.synchronize()
         return entry.outputs
+
+    def _graph_or_eager(self, context, feeds, sched):
+        """Decide, by measuring, between eager execution with the fastest tactic per
+        layer and CUDA-graph replay with the fastest *capturable* tactic per layer
+        (cuBLAS through CuPy cannot be captured). At large batches the kernels
+        dominate and eager cuBLAS may win; at small ones launch overhead dominates
+        and the graph wins."""
+        import time
+        cp = self.cp
+        self._trace = []
+        try:
+            context.run_layers(feeds, sched)
+        finally:
+            layer_keys, self._trace = self._trace, None
+        swaps = {k: self._capturable.get(k) for k in layer_keys
+                 if not self._choice[k].capturable}
+        if any(v is None for v in swaps.values()):
+            return "eager"                       # some layer has no graph-safe kernel
+
+        def wall(fn, reps=5):
+            fn()
+            cp.cuda.get_current_stream().synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            cp.cuda.get_current_stream().synchronize()
+            return (time.perf_counter() - t0) / reps
+        eager_s = wall(lambda: context.run_layers(feeds, sched)) if swaps else None
+        saved = {k: self._choice[k] for k in swaps}
+        self._choice.update(swaps)
+        graph = self._capture(context, feeds, sched)
+        if graph == "eager":
+            self._choice.update(saved)
+            return "eager"
+        if swaps:
+            def replay():
+                graph.graph.launch(graph.stream)
+                graph.stream.synchronize()
+            graph_s = wall(replay)
+            log.info("%s: eager %.3f ms vs graph %.3f ms", context.engine, 1e3 * eager_s, 1e3 * graph_s)
+            if graph_s >= eager_s:
+                self._choice.update(saved)
+                return "eager"
+        for k in swaps:
+            self.selected[k[0]] = self._choice[k].name
+        return graph
 
     def _capture(self, context, feeds, sched):
         cp = self.cp
