@@ -61,6 +61,8 @@ class CupyBackend:
         self._choice = {}            # (layer name, shapes, dtypes) -> tactic
         self._capturable = {}        # same key -> fastest CUDA-graph-safe tactic (or None)
         self._trace = None           # when a list: the keys of the layers that run
+        self._build_shapes = {k: tuple(v) for k, v in self.meta.get("build_shapes", {}).items()}
+        self._at_build_shapes = False  # plan choices hold only at the shapes they were timed at
         self._state = {}             # (layer name, tactic name) -> prepared state
         self._lock = threading.Lock()
         self.selected = {}           # layer name -> last tactic name chosen (for inspection)
@@ -110,8 +112,12 @@ class CupyBackend:
         cands = [t for t in T.candidates(layer)
                  if t.supports(layer, shapes, dtypes, precision) is None]
         self._capturable[key] = next((t for t in cands if t.capturable), None)
-        forced = self.forced.get(layer.name)
+        forced = self.forced.get(layer.name) if self._at_build_shapes else None
         if forced:
+            ms = self.meta.get("tactic_ms", {}).get(layer.name, {})
+            capt = [t for t in cands if t.capturable and ms.get(t.name) is not None]
+            if capt:
+                self._capturable[key] = min(capt, key=lambda t: ms[t.name])
             for t in cands:
                 if t.name == forced:
                     return t
@@ -148,13 +154,15 @@ class CupyBackend:
             capt = [t for t in fast if t.capturable and timed.get(t.name, math.inf) < math.inf]
             self._capturable[key] = min(capt, key=lambda t: timed[t.name]) if capt else None
         self.cache.put(ckey, best.name, timed)
-        self.timings[layer.name] = timed
+        self.timings[layer.name] = {k: (None if math.isinf(v) else v) for k, v in timed.items()}
         log.debug("%s: chose %s from %s", layer.name, best.name, timed)
         return best
 
     # -- whole-engine execution with CUDA graphs -------------------------------------
     def execute(self, context, feeds, sched, stream=None):
         cp = self.cp
+        self._at_build_shapes = bool(self._build_shapes) and all(
+            self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
         key = tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items())
         graphs = context.__dict__.setdefault("_cuda_graphs", {})
         entry = graphs.get(key)

@@ -12,10 +12,15 @@ def _f16(precision):
     return precision == DataType.HALF
 
 
-def _epilogue(layer):
+def _epilogue(layer, k=None):
+    """Epilogue state, vectors on the device once (not re-made per call)."""
+    cp = cupy()
     act = layer.post_activation
     alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
-    return {"act": None if act is None else act.name, "alpha": alpha, "beta": beta}
+    k = k or (layer.num_output_maps if hasattr(layer, "num_output_maps") else layer.num_output_channels)
+    bias = cp.zeros(k, cp.float32) if layer.bias is None else cp.asarray(layer.bias, cp.float32)
+    return {"act": None if act is None else act.name, "alpha": alpha, "beta": beta,
+            "bias": bias, "scale": cp.ones(k, cp.float32)}
 
 
 def _conv2d_reason(layer, in_shapes):
@@ -53,8 +58,7 @@ class ConvIgemm(Tactic):
         cp = cupy()
         c = layer._inputs[0].shape[1]
         w = layer.weights(c) if c > 0 else layer.kernel
-        bias = None if layer.bias is None else cp.asarray(layer.bias, cp.float32)
-        return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), "bias": bias, **_epilogue(layer)}
+        return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels.gpu.conv_tc import conv2d_igemm
@@ -62,7 +66,7 @@ class ConvIgemm(Tactic):
         (p, q), pre = _geometry(layer, x.shape)
         out_dtype = out_dtypes[0].to_numpy()
         y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
-                         padding=pre, dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"],
+                         padding=pre, dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
                          residual=_residual(inputs, out_dtype), act=state["act"],
                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
                          tactic=self.tile)
@@ -85,7 +89,6 @@ class Conv1x1Cublas(Tactic):
         cp = cupy()
         w = layer.kernel.reshape(layer.num_output_maps, -1)
         return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
-                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
                 **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
@@ -93,7 +96,7 @@ class Conv1x1Cublas(Tactic):
         dt = np.float16 if _f16(precision) else np.float32
         out_dtype = out_dtypes[0].to_numpy()
         y = conv2d_1x1_cublas(as_nhwc(inputs[0], dt), state["w16" if dt == np.float16 else "w32"],
-                              stride=layer.stride_nd, bias=state["bias"],
+                              stride=layer.stride_nd, bias=state["bias"], scale=state["scale"],
                               residual=_residual(inputs, out_dtype), act=state["act"],
                               alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
         return [nchw_view(y)]
@@ -113,7 +116,6 @@ class ConvIm2col(Tactic):
         w = layer.weights(c).transpose(0, 2, 3, 1)          # KCRS -> KRSC
         return {"w16": cp.asarray(np.ascontiguousarray(w), cp.float16),
                 "w32": cp.asarray(np.ascontiguousarray(w), cp.float32),
-                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
                 **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
@@ -124,7 +126,7 @@ class ConvIm2col(Tactic):
         out_dtype = out_dtypes[0].to_numpy()
         y = conv2d_im2col(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
                           stride=layer.stride_nd, padding=pre, dilation=layer.dilation_nd,
-                          out_hw=(p, q), groups=layer.num_groups, bias=state["bias"],
+                          out_hw=(p, q), groups=layer.num_groups, bias=state["bias"], scale=state["scale"],
                           residual=_residual(inputs, out_dtype), act=state["act"],
                           alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
         return [nchw_view(y)]
@@ -147,7 +149,6 @@ class ConvDepthwise(Tactic):
         c = layer._inputs[0].shape[1]
         w = layer.weights(c)                                   # (C, 1, R, S)
         return {"w": cp.asarray(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), cp.float32),
-                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
                 **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
@@ -156,7 +157,7 @@ class ConvDepthwise(Tactic):
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
         y = conv2d_depthwise(as_nhwc(x, dt), state["w"], stride=layer.stride_nd, padding=pre,
-                             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"],
+                             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
                              act=state["act"], alpha=state["alpha"], beta=state["beta"])
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
@@ -183,7 +184,6 @@ class FcIgemm(Tactic):
         k = layer.num_output_channels
         wt = layer.kernel.reshape(k, c, h, w)
         return {"w": pack_weight_krsc(wt, "KCRS", c_pad_to=8),
-                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
                 **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
@@ -191,7 +191,8 @@ class FcIgemm(Tactic):
         x = inputs[0]
         out_dtype = out_dtypes[0].to_numpy()
         y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
-                         bias=state["bias"], residual=_residual(inputs, out_dtype), act=state["act"],
+                         bias=state["bias"], scale=state["scale"],
+                         residual=_residual(inputs, out_dtype), act=state["act"],
                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
                          tactic=self.tile)
         return [nchw_view(y)]
@@ -207,7 +208,6 @@ class FcCublas(Tactic):
         k = layer.num_output_channels
         w = layer.kernel.reshape(k, -1)
         return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
-                "bias": None if layer.bias is None else cp.asarray(layer.bias, cp.float32),
                 **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
@@ -224,6 +224,7 @@ class FcCublas(Tactic):
         if res is not None:
             res = cp.ascontiguousarray(res.reshape(x2.shape[0], k).astype(out_dtype, copy=False))
         y = fully_connected(x2, state["w16" if dt == np.float16 else "w32"], bias=state["bias"],
+                            scale=state["scale"],
                             residual=res, act=state["act"], alpha=state["alpha"],
                             beta=state["beta"], out_dtype=out_dtype)
         return [y.reshape(lead + ((k, 1, 1) if flat == 3 else (k,)))]

@@ -106,19 +106,11 @@ def by_name(layer, name):
 def as_nhwc(x, dtype, channels_to=1):
     """The NHWC buffer behind a logical NCHW array: free when ``x`` already is an
     NHWC view of the right dtype; else one reformat copy (and channel padding)."""
-    cp = cupy()
     v = x.transpose(0, 2, 3, 1)
-    if v.dtype != dtype:
-        v = v.astype(dtype)
-    if not v.flags.c_contiguous:
-        v = cp.ascontiguousarray(v)
-    c = v.shape[3]
-    cp_ = -(-c // channels_to) * channels_to
-    if cp_ != c:
-        padded = cp.zeros(v.shape[:3] + (cp_,), dtype=dtype)
-        padded[..., :c] = v
-        v = padded
-    return v
+    if v.dtype == dtype and v.flags.c_contiguous and v.shape[3] % channels_to == 0:
+        return v
+    from kernels.gpu.reformat import nchw_to_nhwc_padded
+    return nchw_to_nhwc_padded(x, dtype, channels_to)
 
 
 def nchw_view(y_nhwc):

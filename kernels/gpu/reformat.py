@@ -70,3 +70,36 @@ def concat_buffer(shapes, dtype):
         offs.append(c)
         c += s[-1]
     return cp.empty(tuple(shapes[0][:-1]) + (c,), dtype=dtype), offs
+
+
+_TO_NHWC_PADDED = {}
+
+
+def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
+    """[N, C, H, W] (any strides, any float dtype) -> contiguous [N, H, W, Cp] of
+    ``dtype`` with Cp = C rounded up to ``c_to`` and the extra channels zero: the
+    cast, the transpose and the padding in one pass (the network input of a
+    tensor-core stem convolution, where three separate copies used to cost more
+    than the convolution)."""
+    import cupy as cp
+    N, C, H, W = x.shape
+    Cp = -(-C // c_to) * c_to
+    if out is None:
+        out = cp.empty((N, H, W, Cp), dtype=dtype)
+    key = (x.dtype.name, np.dtype(dtype).name)
+    kern = _TO_NHWC_PADDED.get(key)
+    if kern is None:
+        kern = _TO_NHWC_PADDED[key] = cp.ElementwiseKernel(
+            "raw X x, int32 C, int32 H, int32 W, int32 Cp, int64 sn, int64 sc, int64 sh, int64 sw",
+            "Y y",
+            """
+            int c = i % Cp; long long r = i / Cp;
+            int w = r % W; r /= W;
+            int h = r % H; long long n = r / H;
+            y = c < C ? (Y)((float)x[n * sn + c * sc + h * sh + w * sw]) : (Y)(0.0f);
+            """, "cupyrt_nchw_to_nhwc_padded")
+    item = x.itemsize
+    kern(x, np.int32(C), np.int32(H), np.int32(W), np.int32(Cp),
+         np.int64(x.strides[0] // item), np.int64(x.strides[1] // item),
+         np.int64(x.strides[2] // item), np.int64(x.strides[3] // item), out)
+    return out
