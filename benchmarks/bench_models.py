@@ -86,7 +86,7 @@ def run(args):
     card = torch.cuda.get_device_name()
     rows, builds = [], []
     batches = [int(b) for b in args.batches.split(",")]
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m]:
         model = torch_model(name)
         gpu_fp32 = copy.deepcopy(model).cuda().float()
         for precision in args.precisions.split(","):
@@ -147,6 +147,8 @@ def run(args):
                     ctx2.execute({"input": xp})
                 with open(os.path.join(args.out, f"profile_{name}_{precision}.txt"), "w") as f:
                     f.write(ctx2.profiler.table())
+    if args.bert:
+        bench_bert(args, rows, builds)
     meta = {"card": card, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python benchmarks/bench_models.py " + " ".join(sys.argv[1:]),
             "torch": torch.__version__, "cupy": cp.__version__}
@@ -161,6 +163,63 @@ def run(args):
               f"{r['speedup']:5.2f} {r['rel_l2_vs_torch_fp32']:8.1e} {r['cuda_graph']}")
 
 
+def bench_bert(args, rows, builds):
+    """BERT-base-sized encoder (12 layers, hidden 768, 12 heads, seq 128) from
+    torch.nn.TransformerEncoder weights, against the same module in eager mode."""
+    import cupy as cp
+    import torch
+
+    import engine as rt
+    from workflows.transformer import import_encoder
+    seq, hidden = 128, 768
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(hidden, 12, 3072, dropout=0.0, activation="gelu",
+                                             batch_first=True)
+    enc = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+    ref_model = copy.deepcopy(enc).cuda()
+    for precision in args.precisions.split(","):
+        b, net = import_encoder(enc, seq, hidden)
+        cfg = b.create_builder_config()
+        cfg.backend = "cupy"
+        if precision == "fp16":
+            cfg.set_flag(rt.BuilderFlag.FP16)
+        t0 = time.perf_counter()
+        plan = b.build_serialized_network(net, cfg)
+        builds.append({"model": "bert_base_encoder", "precision": precision,
+                       "cold_s": time.perf_counter() - t0, "layers_in": net.num_layers})
+        engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
+        ctx = engine.create_execution_context()
+        tmodel = copy.deepcopy(enc).cuda()
+        if precision == "fp16":
+            tmodel = tmodel.half()
+        for n in [int(x) for x in args.bert_batches.split(",")]:
+            xh = np.random.default_rng(n).standard_normal((n, seq, hidden)).astype(np.float32)
+            x = cp.asarray(xh)
+            y = cp.full((n, seq, hidden), cp.nan, cp.float32)
+            ctx.set_tensor_address("tokens", x)
+            ctx.set_tensor_address("encoded", y)
+            stream = cp.cuda.get_current_stream()
+            ctx.execute_async_v3(stream)
+            stream.synchronize()
+            with torch.no_grad():
+                ref = ref_model(torch.as_tensor(xh, device="cuda")).cpu().numpy()
+            err = float(np.linalg.norm(cp.asnumpy(y) - ref) / np.linalg.norm(ref))
+            ours = median_ms(lambda: ctx.execute_async_v3(stream), cp, reps=args.reps)
+            tx = torch.as_tensor(xh, device="cuda")
+            if precision == "fp16":
+                tx = tx.half()
+            with torch.no_grad():
+                theirs = median_ms(lambda: tmodel(tx), cp, reps=args.reps)
+            graphs = ctx.__dict__.get("_cuda_graphs", {}).values()
+            row = {"model": "bert_base_encoder", "precision": precision, "batch": n,
+                   "rel_l2_vs_torch_fp32": err, "top1_agreement": None, "ours_ms": ours,
+                   "torch_eager_ms": theirs, "ours_img_s": n / ours * 1e3, "torch_img_s": n / theirs * 1e3,
+                   "speedup": theirs / ours, "cuda_graph": any(not isinstance(v, str) for v in graphs)}
+            rows.append(row)
+            print(f"[run] bert {precision} b{n}: ours {ours:.3f} ms, torch eager {theirs:.3f} ms, "
+                  f"x{row['speedup']:.2f}, relL2 {err:.2e}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
@@ -169,6 +228,8 @@ def main():
     p.add_argument("--precisions", default="fp16,fp32")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--bert", action="store_true", help="also the BERT-base-sized encoder")
+    p.add_argument("--bert-batches", default="1,32")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     run(args)

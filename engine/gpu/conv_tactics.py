@@ -269,6 +269,32 @@ class GlobalAvgPool(Tactic):
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
+class MatMulCublas(Tactic):
+    """Batched matrix multiply through cuBLAS in the layer's precision (FP16 in,
+    FP32 accumulate), transposes as strided views (no copies)."""
+    name = "matmul.cublas"
+    capturable = False
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        from ..types import MatrixOperation as MO
+        if MO.VECTOR in (layer.op0, layer.op1):
+            return "vector operands"
+        if any(d not in ("float32", "float16") for d in in_dtypes):
+            return "floating inputs only"
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from ..types import MatrixOperation as MO
+        cp = cupy()
+        dt = np.float16 if _f16(precision) else np.float32
+        a, b = (x.astype(dt, copy=False) for x in inputs)
+        if layer.op0 == MO.TRANSPOSE:
+            a = a.swapaxes(-1, -2)
+        if layer.op1 == MO.TRANSPOSE:
+            b = b.swapaxes(-1, -2)
+        return [cp.matmul(a, b).astype(out_dtypes[0].to_numpy(), copy=False)]
+
+
 def _register():
     from kernels.gpu.conv_tc import IGEMM_TACTICS
     register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS],
@@ -276,6 +302,7 @@ def _register():
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]], FcCublas())
     register(LayerType.POOLING, PoolNhwc())
     register(LayerType.REDUCE, GlobalAvgPool())
+    register(LayerType.MATRIX_MULTIPLY, MatMulCublas())
 
 
 _register()
