@@ -158,7 +158,7 @@ class GraphIndex:
     (TensorFlow's own shape functions), so every op TF knows gets a shape.
     """
 
-    def __init__(self, graph_def):
+    def __init__(self, graph_def, infer_shapes=True):
         self.graph_def = graph_def
         self.nodes = collections.OrderedDict()
         for node in graph_def.node:
@@ -174,7 +174,8 @@ class GraphIndex:
                     raise GraphError(f"node {node.name!r} reads {inp!r}, which no node produces")
                 self.consumers[src].append((node.name, -1 if ctrl else port))
         self._shapes, self._dtypes = {}, {}
-        self._infer()
+        if infer_shapes:          # one TF import: skipped by passes that need no shapes
+            self._infer()
 
     def _infer(self):
         graph = tf.Graph()
@@ -360,12 +361,15 @@ def prune_dead_nodes(graph_def, keep):
     keep = {node_of(k) for k in keep}
     changed = True
     nodes = list(graph_def.node)
+    n_before = len(nodes)
     while changed:
         used = {node_of(i) for n in nodes for i in n.input}
         survivors = [n for n in nodes
                      if n.op != "Const" or n.name in used or n.name in keep]
         changed = len(survivors) != len(nodes)
         nodes = survivors
+    if len(nodes) == n_before:
+        return graph_def          # copying a GraphDef full of weights is not free
     out = tf.compat.v1.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
@@ -381,7 +385,7 @@ def strip_constant_control_edges(graph_def, keep=()):
     so waiting on them is vacuous; keeping the edges would tie the output
     node to hundreds of constants and block segment formation.
     """
-    index = GraphIndex(graph_def)
+    index = GraphIndex(graph_def, infer_shapes=False)
     keep = {node_of(k) for k in keep}
     trivial = set()
     for name in index.topological_order():
@@ -424,6 +428,9 @@ def rewrite_batch_reshapes(graph_def, keep=()):
     is a constant with -1 for the batch, which the engine can take. Shape-math
     nodes left without consumers are removed.
     """
+    packs = {n.name for n in graph_def.node if n.op == "Pack"}
+    if not any(n.op == "Reshape" and node_of(n.input[1]) in packs for n in graph_def.node):
+        return graph_def
     index = GraphIndex(graph_def)
     new_consts, rewired = [], {}
     for node in graph_def.node:
