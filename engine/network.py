@@ -6,11 +6,9 @@ takes the place of the first layer it absorbs).
 """
 import logging
 
-import numpy as np
-
 from .errors import NetworkDefinitionError
 from .layers import classes as L
-from .layers.base import MAX_DIMS, Layer, Tensor
+from .layers.base import MAX_DIMS, Tensor
 from .types import DataType
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Helpers for tests: run a network directly on the NumPy kernels (no builder
 passes), compare arrays by relative L2 error, clone a layer onto a device."""
-import copy
 
 import numpy as np
 
 from . import kernel_table
+from .gpu.device import device_clone  # noqa: F401  (tests build device clones)
 from .layers import classes  # noqa: F401  (registers every layer's NumPy kernel)
 
 
@@ -35,18 +35,3 @@ def interpret(network, feeds):
     return {t.name: values[id(t)] for t in network._outputs}
 
 
-def device_clone(layer, xp):
-    """A shallow copy of ``layer`` whose array attributes (kernel, bias, scale,
-    RNN weight dicts, ...) are arrays of module ``xp``: what the GPU backend
-    hands to the NumPy implementations. The original layer is untouched (the
-    clone's attributes are set directly, so its network hears nothing)."""
-    def move(value):
-        if isinstance(value, np.ndarray):
-            return xp.asarray(value)
-        if isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
-            return {k: xp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in value.items()}
-        return value
-
-    clone = copy.copy(layer)
-    clone._attrs = {name: move(value) for name, value in layer._attrs.items()}
-    return clone

@@ -55,7 +55,6 @@ class ConvIgemm(Tactic):
 
     def prepare(self, layer):
         from kernels.gpu.conv_tc import pack_weight_krsc
-        cp = cupy()
         c = layer._inputs[0].shape[1]
         w = layer.weights(c) if c > 0 else layer.kernel
         return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), **_epilogue(layer)}
@@ -179,7 +178,6 @@ class FcIgemm(Tactic):
 
     def prepare(self, layer):
         from kernels.gpu.conv_tc import pack_weight_krsc
-        cp = cupy()
         n, c, h, w = layer._inputs[0].shape
         k = layer.num_output_channels
         wt = layer.kernel.reshape(k, c, h, w)

@@ -29,13 +29,13 @@ def gpu_info(device_id=0):
 def device_clone(layer, xp):
     """A shallow copy of ``layer`` whose array attributes live on ``xp``'s device,
     uploaded once; the NumPy adapters then run unchanged on device arrays."""
-    clone = copy.copy(layer)
-    attrs = {}
-    for key, value in layer._attrs.items():
+    def move(value):
         if isinstance(value, np.ndarray):
-            value = xp.asarray(value)
-        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
-            value = {k: xp.asarray(v) for k, v in value.items()}
-        attrs[key] = value
-    clone._attrs = attrs
+            return xp.asarray(value)
+        if isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
+            return {k: xp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in value.items()}
+        return value
+
+    clone = copy.copy(layer)       # attributes set directly: the network hears nothing
+    clone._attrs = {name: move(value) for name, value in layer._attrs.items()}
     return clone
