@@ -138,6 +138,29 @@ CASES = [
         y, tf.stack([tf.shape(y)[0], -1])))(tf.nn.relu(x)), [NHWC]),
     ("Shape_derived_reshape_3d", lambda x: (lambda y: tf.reshape(
         y, tf.stack([tf.shape(y)[0], 6, -1])))(tf.nn.relu(x)), [NHWC]),
+    # ---- the rest of the registry
+    ("Tan", lambda x: tf.tan(x * 0.3), [MAT]), ("Asin", lambda x: tf.asin(tf.tanh(x)), [MAT]),
+    ("Acos", lambda x: tf.acos(tf.tanh(x)), [MAT]), ("Atan", tf.atan, [MAT]),
+    ("Sinh", tf.sinh, [MAT]), ("Cosh", tf.cosh, [MAT]), ("Asinh", tf.asinh, [MAT]),
+    ("Acosh", lambda x: tf.acosh(tf.abs(x) + 1.5), [MAT]),
+    ("Atanh", lambda x: tf.atanh(tf.tanh(x) * 0.9), [MAT]),
+    ("Inv", lambda x: tf.raw_ops.Inv(x=tf.abs(x) + 0.5), [MAT]),
+    ("BiasAddV1", lambda x: tf.raw_ops.BiasAddV1(value=x, bias=const((4,))), [NHWC]),
+    ("FusedBatchNorm", lambda x: tf.raw_ops.FusedBatchNorm(
+        x=x, scale=const((4,)), offset=const((4,)), mean=const((4,)),
+        variance=const((4,), True), is_training=False)[0], [NHWC]),
+    ("FusedBatchNormV2", lambda x: tf.raw_ops.FusedBatchNormV2(
+        x=x, scale=const((4,)), offset=const((4,)), mean=const((4,)),
+        variance=const((4,), True), epsilon=0.01, is_training=False)[0], [NHWC]),
+    ("BatchMatMul", lambda a, b: tf.raw_ops.BatchMatMul(x=a, y=b, adj_y=True),
+     [(2, 3, 4), (2, 5, 4)]),
+    ("BatchMatMulV3", lambda a: tf.raw_ops.BatchMatMulV3(
+        x=a, y=const((4, 3)), Tout=tf.float32, adj_x=False), [(2, 5, 4)]),
+    ("Select_v1", lambda a, b: tf.raw_ops.Select(condition=a > b, x=a, y=b), [MAT, MAT]),
+    ("PreventGradient", lambda x: tf.raw_ops.PreventGradient(input=tf.nn.relu(x)), [MAT]),
+    ("AvgPool_valid", lambda x: tf.nn.avg_pool2d(x, 2, 2, "VALID"), [NHWC]),
+    ("Mul_broadcast_two_tensors", lambda a, b: a * tf.reduce_mean(b, [1, 2], keepdims=True),
+     [NHWC, NHWC]),
 ]
 
 LONG_REDUCTIONS = {"Prod", "Sum", "BatchMatMulV2", "LRN"}
