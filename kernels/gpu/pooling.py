@@ -12,16 +12,35 @@ SOURCE = "pool_softmax.cu"
 MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
 
 
+VARIANTS = ("auto", "vec", "scalar")
+
+
+def _check_variant(variant):
+    if variant not in VARIANTS:
+        raise UnsupportedError(f"pooling variant {variant!r}; valid: {', '.join(VARIANTS)}")
+
+
+def _vec_ok(x, out, C, extra=0):
+    """The 16-byte kernels need C (and concat ld/offset) multiples of 16 bytes' worth of elements."""
+    vec = 16 // x.itemsize
+    ok = C % vec == 0 and extra % vec == 0 and x.data.ptr % 16 == 0
+    return ok and (out is None or out.data.ptr % 16 == 0)
+
+
 def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padding=True,
-           out=None, out_channel_offset=0):
+           out=None, out_channel_offset=0, variant="auto"):
     """Max or average pooling. x: [N, H, W, C] float16/float32 contiguous.
 
     mode: "MAX" or "AVERAGE"; window/stride: int or (h, w) (stride defaults to
     window); padding: (top, left), bottom/right implied by ``out_hw``;
     exclude_padding: average over in-bounds taps only (TensorRT's default).
+    variant: "auto" (16-byte vector kernel where C, the output's channel
+    count and offset are multiples of 8 halves / 4 floats, else the scalar
+    one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
     check_nhwc(x, "pool2d")
+    _check_variant(variant)
     try:
         code = MODES[str(getattr(mode, "name", mode)).upper()]
     except KeyError:
@@ -34,20 +53,42 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
         out_hw = (conv_out_size(H, R, sh, ph, ph, 1), conv_out_size(W, S, sw, pw, pw, 1))
     P, Q = out_hw
     out, out_ld, _ = prepare_output(N, P, Q, C, out, x.dtype, out_channel_offset, None)
-    kern = templated(SOURCE, "pool2d_nhwc", (x.dtype,), "pool2d")
-    kern(grid_1d(N * P * Q * C), (BLOCK,),
+    vec = 16 // x.itemsize
+    use_vec = (variant != "scalar" and _vec_ok(x, out, C, out_ld | out_channel_offset)
+               and N * P * Q * (C // vec) < 2**31 and x.size < 2**62)
+    if variant == "vec" and not use_vec:
+        raise UnsupportedError(f"pool2d variant 'vec' needs C ({C}), the output's channel count "
+                               f"({out_ld}) and offset ({out_channel_offset}) multiples of {vec} "
+                               f"and 16-byte aligned arrays")
+    name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
+    kern = templated(SOURCE, name, (x.dtype,), "pool2d")
+    kern(grid_1d(N * P * Q * (C // vec if use_vec else C)), (BLOCK,),
          (x, out, i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
           i32(sh), i32(sw), i32(ph), i32(pw), i32(code), i32(bool(exclude_padding)),
           i32(out_ld), i32(out_channel_offset)))
     return out
 
 
-def global_avgpool(x, keepdims=False):
-    """Mean over H and W of NHWC x (FP32 accumulation): [N, C] or [N, 1, 1, C]."""
+def global_avgpool(x, keepdims=False, variant="auto"):
+    """Mean over H and W of NHWC x (FP32 accumulation): [N, C] or [N, 1, 1, C].
+
+    variant: "auto" (vector kernel, block of 32 channel vectors x 8 HW slices,
+    where C is a multiple of 8 halves / 4 floats), "vec" or "scalar".
+    """
     import cupy as cp
     check_nhwc(x, "global_avgpool")
+    _check_variant(variant)
     N, H, W, C = x.shape
     out = cp.empty((N, C), dtype=x.dtype)
-    kern = templated(SOURCE, "global_avgpool_nhwc", (x.dtype,), "global_avgpool")
-    kern(grid_1d(N * C), (BLOCK,), (x, out, i32(N), i32(H * W), i32(C)))
+    vec = 16 // x.itemsize
+    use_vec = variant != "scalar" and _vec_ok(x, out, C) and N < 65536
+    if variant == "vec" and not use_vec:
+        raise UnsupportedError(f"global_avgpool variant 'vec' needs C ({C}) a multiple of {vec}, "
+                               f"N < 65536 and 16-byte aligned arrays")
+    if use_vec:
+        kern = templated(SOURCE, "global_avgpool_nhwc_vec", (x.dtype,), "global_avgpool")
+        kern((-(-(C // vec) // 32), N), (32, 8), (x, out, i32(N), i32(H * W), i32(C)))
+    else:
+        kern = templated(SOURCE, "global_avgpool_nhwc", (x.dtype,), "global_avgpool")
+        kern(grid_1d(N * C), (BLOCK,), (x, out, i32(N), i32(H * W), i32(C)))
     return out.reshape(N, 1, 1, C) if keepdims else out
