@@ -11,7 +11,7 @@ from .logger import Logger  # noqa: E402,F401
 from .builder import Builder, BuilderConfig  # noqa: E402,F401
 from .runtime import (CudaEngine, EngineInspector, ExecutionContext, LayerInfo,  # noqa: E402,F401
                       Profiler, Runtime, TensorIOMode)
-from .plan import PLAN_VERSION  # noqa: E402,F401
+from .plan import PLAN_VERSION, deserialize_network, serialize_network  # noqa: E402,F401
 from .layers.plugin import (Plugin, PluginRegistry, get_plugin_registry,  # noqa: E402,F401
                             register_plugin)
 from .layers.shape import SampleMode  # noqa: E402,F401

@@ -247,13 +247,21 @@ class Network:
         axis = max(0, rank - 3) if axis is None else axis
         return self._add(L.ConcatenationLayer(self, inputs, axis=axis))
 
-    def add_convolution_nd(self, input, num_output_maps, kernel_shape, kernel=None, bias=None):
+    # Window layers also take their attributes as keywords (stride_nd=, padding_mode=,
+    # pre_padding=, post_padding=, dilation_nd=, num_groups=, ...): the shape check at
+    # add time then sees the final geometry (a 3x3 SAME convolution on a 2x2 map is
+    # only valid once padding_mode is known).
+    def add_convolution_nd(self, input, num_output_maps, kernel_shape, kernel=None, bias=None,
+                           **attrs):
         return self._add(L.ConvolutionLayer(self, [input], num_output_maps=num_output_maps,
-                                            kernel_size_nd=kernel_shape, kernel=kernel, bias=bias))
+                                            kernel_size_nd=kernel_shape, kernel=kernel, bias=bias,
+                                            **attrs))
 
-    def add_deconvolution_nd(self, input, num_output_maps, kernel_shape, kernel=None, bias=None):
+    def add_deconvolution_nd(self, input, num_output_maps, kernel_shape, kernel=None, bias=None,
+                             **attrs):
         return self._add(L.DeconvolutionLayer(self, [input], num_output_maps=num_output_maps,
-                                              kernel_size_nd=kernel_shape, kernel=kernel, bias=bias))
+                                              kernel_size_nd=kernel_shape, kernel=kernel, bias=bias,
+                                              **attrs))
 
     def add_elementwise(self, input1, input2, op):
         return self._add(L.ElementWiseLayer(self, [input1, input2], op=op))
@@ -275,8 +283,9 @@ class Network:
     def add_plugin_v2(self, inputs, plugin):
         return self._add(L.PluginV2Layer(self, list(inputs), plugin=plugin))
 
-    def add_pooling_nd(self, input, type, window_size):
-        return self._add(L.PoolingLayer(self, [input], pooling_type=type, window_size_nd=window_size))
+    def add_pooling_nd(self, input, type, window_size, **attrs):
+        return self._add(L.PoolingLayer(self, [input], pooling_type=type, window_size_nd=window_size,
+                                        **attrs))
 
     def add_rnn_v2(self, input, layer_count, hidden_size, max_seq_length, op):
         return self._add(L.RNNv2Layer(self, [input], num_layers=layer_count, hidden_size=hidden_size,

@@ -182,3 +182,18 @@ def loads(data):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlanFormatError(f"plan header is not valid JSON: {e}") from e
     return doc, ArrayTable(body[jlen:])
+
+
+def serialize_network(network):
+    """A network without building it: the plan format with no engine section
+    (what an engine node in a GraphDef stores for dynamic shapes)."""
+    network._ensure_inferred()
+    arrays = ArrayTable()
+    return dumps({"network": encode_network(network, arrays)}, arrays)
+
+
+def deserialize_network(data):
+    doc, arrays = loads(data)
+    if "network" not in doc:
+        raise PlanFormatError("the bytes hold no network section")
+    return decode_network(doc["network"], arrays)

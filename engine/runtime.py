@@ -46,10 +46,22 @@ class LayerInfo:
         self.precision, self.kernel = precision, kernel
         self.inputs = [None if t is None else t.name for t in layer._inputs]
         self.outputs = [t.name for t in layer._outputs]
+        self.attributes = {}
+        for key, value in layer.attr_values().items():
+            if isinstance(value, np.ndarray):
+                value = {"array": list(value.shape), "dtype": value.dtype.name}
+            elif isinstance(value, dict):
+                value = {k: list(getattr(v, "shape", ())) for k, v in value.items()}
+            elif isinstance(value, enum.Enum):
+                value = value.name
+            elif isinstance(value, tuple):
+                value = list(value)
+            self.attributes[key] = value
 
     def as_dict(self):
         return {"name": self.name, "type": self.type.name, "precision": self.precision.name,
-                "kernel": self.kernel, "inputs": self.inputs, "outputs": self.outputs}
+                "kernel": self.kernel, "inputs": self.inputs, "outputs": self.outputs,
+                "attributes": self.attributes}
 
     def __repr__(self):
         return f"<LayerInfo {self.name} {self.type.name} {self.precision.name} {self.kernel}>"

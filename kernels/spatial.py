@@ -127,6 +127,7 @@ def resize(x, out_shape, scales, mode, coord, rounding):
 
 def output_dim(n_in, scale):
     """TensorRT's resize output size for a scale factor: floor(n_in * scale).
-    The tiny epsilon keeps decimal scales honest (100 * 0.29 is 28.999999999999996
-    in binary floating point; the user meant 29)."""
-    return int(math.floor(n_in * scale + 1e-9))
+    The small epsilon keeps decimal and float32 scales honest (100 * 0.29 is
+    28.999999999999996 in binary floating point, 7 * float32(3/7) is 2.9999998;
+    the user meant 29 and 3)."""
+    return int(math.floor(n_in * scale + 1e-5))

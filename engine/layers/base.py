@@ -311,7 +311,11 @@ class Layer:
         self._precision = None
         self._output_types = {}
         self.metadata = ""
+        declared = type(self).declared_attrs()
         for key, value in attrs.items():
+            if key not in declared and not isinstance(getattr(type(self), key, None), property):
+                raise NetworkDefinitionError(self.describe(), key, "given",
+                                             "one of the layer's attributes: " + ", ".join(declared))
             setattr(self, key, value)
         self._network = network
         self._outputs = []

@@ -189,7 +189,7 @@ class ResizeLayer(Layer):
     ASYMMETRIC coordinates, FLOOR rounding."""
 
     layer_type = LayerType.RESIZE
-    shape = ResizeShape("scales", None, minimum=1)
+    shape = ResizeShape("scales", None, minimum=0)   # 0 copies the input's dim (dynamic batch)
     scales = ResizeScales("shape", None)
     resize_mode = EnumAttr(ResizeMode, ResizeMode.NEAREST)
     coordinate_transformation = EnumAttr(ResizeCoordinateTransformation,
@@ -222,7 +222,7 @@ class ResizeLayer(Layer):
 
     def output_shape(self, in_shape):
         if self.shape is not None:
-            return tuple(self.shape)
+            return tuple(i if s == 0 else s for s, i in zip(self.shape, in_shape))
         if self.scales is not None:
             return tuple(-1 if i < 0 else KS.output_dim(i, s) for i, s in zip(in_shape, self.scales))
         return tuple(in_shape)

@@ -184,3 +184,17 @@ def test_set_output_type_changes_the_output_dtype_at_once(net):
     assert i.get_output(0).dtype == rt.float16
     i.reset_output_type(0)
     assert i.get_output(0).dtype == rt.float32
+
+
+def test_window_layers_take_attributes_at_creation(net):
+    x = net.add_input("x", rt.float32, (1, 4, 2, 2))
+    w = np.random.default_rng(0).standard_normal((4, 4, 3, 3)).astype(np.float32)
+    with pytest.raises(rt.NetworkDefinitionError):
+        net.add_convolution_nd(x, 4, (3, 3), w)          # no padding: a 0x0 output
+    conv = net.add_convolution_nd(x, 4, (3, 3), w, padding_mode=rt.PaddingMode.SAME_UPPER,
+                                  stride_nd=(1, 1))
+    assert conv.get_output(0).shape == (1, 4, 2, 2)
+    pool = net.add_pooling_nd(x, rt.PoolingType.MAX, (3, 3), padding_nd=(1, 1))
+    assert pool.get_output(0).shape == (1, 4, 2, 2)
+    with pytest.raises(rt.NetworkDefinitionError, match="one of the layer's attributes"):
+        net.add_pooling_nd(x, rt.PoolingType.MAX, (1, 1), strides=(2, 2))

@@ -122,3 +122,20 @@ def test_unimplemented_layer_type_in_plan(monkeypatch):
 def test_bad_array_references(ref, match):
     with pytest.raises(rt.PlanFormatError, match=match):
         planfile.ArrayTable(b"\0" * 64).get(ref)
+
+
+def test_network_serialises_without_building():
+    _, net = small_network()
+    data = rt.serialize_network(net)
+    back = rt.deserialize_network(data)
+    assert back.num_layers == 1 and back.get_layer(0).alpha == 0.3
+    assert back.get_output(0).name == "y" and back.get_input(0).shape == (-1, 6)
+    _, arrays = planfile.loads(data)
+    with pytest.raises(rt.PlanFormatError, match="no network section"):
+        rt.deserialize_network(_reseal({"engine": {}}, arrays.blob))
+
+
+def test_layer_information_lists_attributes():
+    engine = rt.Runtime().deserialize_cuda_engine(built_plan())
+    attrs = engine.layers[0].attributes
+    assert attrs["activation_type"] == "LEAKY_RELU" and attrs["alpha"] == pytest.approx(0.3)
