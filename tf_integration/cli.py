@@ -50,7 +50,6 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
     import numpy as np
     import tensorflow as tf
 
-    import engine as rt
 
     from .converter import TrtGraphConverter
     from .engine_node import import_graph_def

@@ -19,10 +19,9 @@ import engine as rt
 from . import conversion, registry
 from .engine_node import ENGINE_OP, make_engine_node
 from .errors import ConverterArgumentError, TFIntegrationError
-from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, fold_constants, node_of,
-                          parse_input, prune_dead_nodes, rewrite_batch_reshapes,
-                          strip_constant_control_edges,
-                          tensor_name)
+from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tensor_name
+from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
+                       strip_constant_control_edges)
 from .registry import Reason
 from .segmenter import histogram, segment_graph
 from .summary import format_summary

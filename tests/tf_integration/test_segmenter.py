@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tf_integration.errors import GraphError
-from tf_integration.graph_utils import GraphIndex, strip_constant_control_edges
+from tf_integration.graph_utils import GraphIndex
+from tf_integration.rewrites import strip_constant_control_edges
 from tf_integration.registry import Reason
 from tf_integration.segmenter import segment_graph
 

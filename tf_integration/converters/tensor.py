@@ -4,7 +4,7 @@ import tensorflow as tf
 
 import engine as rt
 
-from ..context import NCHW, Value, identity, perm_after_removing, tf_to_engine_dtype
+from ..context import NCHW, Value, perm_after_removing, tf_to_engine_dtype
 from ..errors import ConversionError
 from ..graph_utils import get_attr
 from ..registry import ENGINE_TYPES, Reason, converter
@@ -191,13 +191,6 @@ def slice_(ctx, x, start, size, stride):
                                   tuple(size[d] for d in p), tuple(stride[d] for d in p))
     ctx.name(layer, "slice")
     return Value(layer.get_output(0), perm=p)
-
-
-def _static_dims(node, graph, index=0, what="sliced"):
-    shape = graph.shape(node.input[index])
-    if shape.rank is None:
-        return Reason(Reason.UNKNOWN_RANK, "input has unknown rank")
-    return None
 
 
 def _validate_slice(node, graph):
@@ -535,5 +528,3 @@ def convert_resize(ctx, node):
     ctx.name(layer)
     return [Value(layer.get_output(0), perm=NCHW)]
 
-
-__all__ = ["identity", "reshape", "concat", "slice_", "zero_pad"]
