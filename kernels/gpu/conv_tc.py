@@ -34,6 +34,8 @@ class ConvTactic:
     stages: int      # cp.async ring depth
     v2: int = 0      # 1: double-buffered fragments + smem-staged 16-byte epilogue
     minb: int = 0    # __launch_bounds__ min blocks per SM (0: no hint)
+    kind: str = "igemm"   # "igemm" (conv2d_igemm), "splitk" (conv2d_igemm_splitk),
+                          # "smallc" (conv2d_igemm_smallc)
 
     @property
     def threads(self) -> int:
@@ -42,12 +44,16 @@ class ConvTactic:
     @property
     def smem_bytes(self) -> int:
         pipe = self.stages * (self.bm + self.bn) * (self.bk + 8) * 2
-        epi = self.bm * (self.bn + 8) * 4 if self.v2 else 0
+        # the split-K kernel writes FP32 partials straight from registers
+        epi = self.bm * (self.bn + 8) * 4 if self.v2 and self.kind != "splitk" else 0
         return max(pipe, epi)
 
     def name_expression(self, out_f32: bool) -> str:
-        return (f"conv_igemm_f16<{self.bm},{self.bn},{self.bk},{self.wm},{self.wn},"
-                f"{self.stages},{int(bool(out_f32))},{self.v2},{self.minb}>")
+        dims = f"{self.bm},{self.bn},{self.bk},{self.wm},{self.wn},{self.stages}"
+        if self.kind == "splitk":       # always FP32 partials; the epilogue kernel casts
+            return f"conv_igemm_splitk_f16<{dims},{self.v2},{self.minb}>"
+        base = {"igemm": "conv_igemm_f16", "smallc": "conv_igemm_smallc_f16"}[self.kind]
+        return f"{base}<{dims},{int(bool(out_f32))},{self.v2},{self.minb}>"
 
 
 ALL_TACTICS = (
@@ -66,7 +72,24 @@ ALL_TACTICS = (
 )
 # the candidates the builder times by default
 IGEMM_TACTICS = ALL_TACTICS[:9]
-TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS}
+
+# Split-K (conv2d_igemm_splitk): small-M layers (batch 1, the FC head) whose
+# M x K tiles leave most of the 132 SMs idle. Small tiles: the split count,
+# not the tile, supplies the parallelism.
+SPLITK_TACTICS = (
+    ConvTactic("igemmsk_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4, v2=1, kind="splitk"),
+    ConvTactic("igemmsk_64x64x64_w2x2_s3", 64, 64, 64, 2, 2, 3, v2=1, kind="splitk"),
+    ConvTactic("igemmsk_64x128x32_w2x2_s4", 64, 128, 32, 2, 2, 4, v2=1, kind="splitk"),
+    ConvTactic("igemmsk_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4, v2=1, kind="splitk"),
+)
+
+# Small-C (conv2d_igemm_smallc): the RGB stem, taps packed in pairs (4 channels each).
+SMALLC_TACTICS = (
+    ConvTactic("igemmsc_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4, v2=1, kind="smallc"),
+    ConvTactic("igemmsc_128x64x32_w4x2_s4", 128, 64, 32, 4, 2, 4, v2=1, kind="smallc"),
+    ConvTactic("igemmsc_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4, v2=1, kind="smallc"),
+)
+TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS + SPLITK_TACTICS + SMALLC_TACTICS}
 
 
 def conv_out_size(size, k, stride, pad_lo, pad_hi, dil):
@@ -178,54 +201,226 @@ def conv2d_igemm(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     Returns ``out``.
     """
     import cupy as cp
+    tactic = _tactic(tactic, "igemm")
+    g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
+               out_channel_offset, residual, scale, bias)
+    if g.C % 8:
+        raise UnsupportedError(f"C = {g.C} is not a multiple of 8; pad channels (pad_channels, "
+                               f"pack_weight_krsc(c_pad_to=8))")
+    if w_krsc.shape[3] != g.C:
+        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {g.C}]")
+    kern = _kernel(tactic, g.out_f32)
+    grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn),)
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tactic.threads,), g.args(act, alpha, beta), shared_mem=tactic.smem_bytes)
+    return g.out
+
+
+def _tactic(tactic, kind):
     if isinstance(tactic, str):
         try:
             tactic = TACTICS_BY_NAME[tactic]
         except KeyError:
             raise UnsupportedError(f"tactic {tactic!r}; valid: {', '.join(TACTICS_BY_NAME)}") from None
+    if tactic.kind != kind:
+        valid = [t.name for t in TACTICS_BY_NAME.values() if t.kind == kind]
+        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
+                               f"takes {kind!r} tactics: {', '.join(valid)}")
+    return tactic
+
+
+class _Geometry:
+    """Validated shapes and launch arguments shared by the igemm-family launchers."""
+
+    def args(self, act, alpha, beta):
+        return (self.x, self.w, self.out, self.sc, self.bi, self.res,
+                i32(self.N), i32(self.H), i32(self.W), i32(self.C), i32(self.K), i32(self.R),
+                i32(self.S), i32(self.P), i32(self.Q),
+                i32(self.sh), i32(self.sw), i32(self.ph), i32(self.pw), i32(self.dh), i32(self.dw),
+                i32(self.out_ld), i32(self.out_off), i32(self.res_ld), i32(self.has_res),
+                i32(act_code(act)), f32(alpha), f32(beta))
+
+
+def _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype, out_channel_offset,
+           residual, scale, bias, s_true=None):
     if x.dtype != np.float16 or w_krsc.dtype != np.float16:
         raise UnsupportedError(f"x {x.dtype}, w {w_krsc.dtype}; the tensor-core conv takes float16")
     if x.ndim != 4 or not x.flags.c_contiguous:
         raise UnsupportedError(f"x {x.shape}; expected contiguous NHWC rank 4")
-    N, H, W, C = x.shape
-    if C % 8:
-        raise UnsupportedError(f"C = {C} is not a multiple of 8; pad channels (pad_channels, "
-                               f"pack_weight_krsc(c_pad_to=8))")
-    if w_krsc.ndim != 4 or w_krsc.shape[3] != C or not w_krsc.flags.c_contiguous:
-        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {C}]")
+    g = _Geometry()
+    g.N, g.H, g.W, g.C = x.shape
+    if w_krsc.ndim != 4 or not w_krsc.flags.c_contiguous:
+        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous rank 4 (KRSC)")
     if x.size >= 2**31:
         raise UnsupportedError(f"x has {x.size} elements; this kernel indexes with 32 bits per image "
                                f"and needs the batch split below 2**31 elements")
-    K, R, S, _ = w_krsc.shape
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
+    g.K, g.R, g.S, _ = w_krsc.shape
+    g.sh, g.sw = _pair(stride, "stride")
+    g.ph, g.pw = _pair(padding, "padding")
+    g.dh, g.dw = _pair(dilation, "dilation")
     if out_hw is None:
-        P = conv_out_size(H, R, sh, ph, ph, dh)
-        Q = conv_out_size(W, S, sw, pw, pw, dw)
+        g.P = conv_out_size(g.H, g.R, g.sh, g.ph, g.ph, g.dh)
+        g.Q = conv_out_size(g.W, s_true or g.S, g.sw, g.pw, g.pw, g.dw)
     else:
-        P, Q = out_hw
-    if P <= 0 or Q <= 0:
-        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
-    out_dtype = np.dtype(out.dtype if out is not None else out_dtype)
-    if out_dtype not in (np.float16, np.float32):
-        raise UnsupportedError(f"out dtype {out_dtype}; valid: float16, float32")
-    out, out_ld, res_ld = prepare_output(N, P, Q, K, out, out_dtype, out_channel_offset, residual)
-    sc, bi = _epilogue_vectors(K, scale, bias)
+        g.P, g.Q = out_hw
+    if g.P <= 0 or g.Q <= 0:
+        raise UnsupportedError(f"output size {g.P}x{g.Q} from input {g.H}x{g.W}; expected positive")
+    dt = np.dtype(out.dtype if out is not None else out_dtype)
+    if dt not in (np.float16, np.float32):
+        raise UnsupportedError(f"out dtype {dt}; valid: float16, float32")
+    g.out, g.out_ld, g.res_ld = prepare_output(g.N, g.P, g.Q, g.K, out, dt, out_channel_offset,
+                                               residual)
+    g.out_off = out_channel_offset
+    g.sc, g.bi = _epilogue_vectors(g.K, scale, bias)
+    g.out_f32 = dt == np.float32
+    g.M = g.N * g.P * g.Q
+    g.x, g.w = x, w_krsc
+    g.has_res = residual is not None
+    g.res = residual if residual is not None else g.out
+    return g
 
-    out_f32 = out_dtype == np.float32
-    kern = _kernel(tactic, out_f32)
-    M = N * P * Q
-    grid = (-(-M // tactic.bm) * -(-K // tactic.bn),)
-    res = residual if residual is not None else out
-    args = (x, w_krsc, out, sc, bi, res,
-            i32(N), i32(H), i32(W), i32(C), i32(K), i32(R), i32(S), i32(P), i32(Q),
-            i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
-            i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(residual is not None),
-            i32(act_code(act)), f32(alpha), f32(beta))
+
+_num_sms = {}
+
+
+def _sm_count():
+    import cupy as cp
+    dev = cp.cuda.Device().id
+    if dev not in _num_sms:
+        _num_sms[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
+    return _num_sms[dev]
+
+
+def splitk_plan(M, K, Kr, tactic, splits=None, num_sms=None):
+    """(splits, k-tiles per split) for a split-K launch; every split gets >= 1 k-tile.
+
+    Default: enough splits that tiles x splits reaches about 2 CTAs per SM,
+    keeping >= 2 k-tiles per split (and <= 32 splits, to bound the workspace
+    and the reduction). ``splits`` forces a count (clipped to the k-tiles).
+    """
+    tactic = _tactic(tactic, "splitk")
+    tiles = -(-M // tactic.bm) * -(-K // tactic.bn)
+    kt = -(-Kr // tactic.bk)
+    if splits is None:
+        sms = num_sms or _sm_count()
+        splits = -(-2 * sms // tiles)
+        splits = min(splits, 32, max(1, kt // 2))
+    splits = max(1, min(int(splits), kt))
+    per = -(-kt // splits)
+    return -(-kt // per), per
+
+
+def conv2d_igemm_splitk(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
+                        scale=None, bias=None, residual=None, act=None, alpha=0.0, beta=0.0,
+                        out=None, out_dtype=np.float16, out_channel_offset=0,
+                        tactic=SPLITK_TACTICS[0], splits=None, workspace=None, stream=None):
+    """conv2d_igemm with the reduction (R*S*C) split over ``splits`` CTAs per output tile.
+
+    Same arguments and result as ``conv2d_igemm`` (x NHWC float16 with C % 8 == 0,
+    w KRSC float16, fused scale/bias/residual/activation, out_dtype, concat
+    offset), plus:
+      splits:    number of reduction splits (default: ``splitk_plan``'s choice)
+      workspace: optional float32 cupy array with >= splits * M * K elements
+                 (M = N*P*Q); default: allocated per call with cupy.empty
+    Two launches: the partial GEMMs (grid tiles x splits, FP32 sums to the
+    workspace), then ``splitk_epilogue`` (adds the splits in a fixed order,
+    applies the epilogue, casts). No host sync, no cuBLAS: CUDA-graph safe.
+    """
+    import cupy as cp
+    tactic = _tactic(tactic, "splitk")
+    g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
+               out_channel_offset, residual, scale, bias)
+    if g.C % 8:
+        raise UnsupportedError(f"C = {g.C} is not a multiple of 8; pad channels (pad_channels, "
+                               f"pack_weight_krsc(c_pad_to=8))")
+    if w_krsc.shape[3] != g.C:
+        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {g.C}]")
+    n_split, per = splitk_plan(g.M, g.K, g.R * g.S * g.C, tactic, splits)
+    need = n_split * g.M * g.K
+    if workspace is None:
+        workspace = cp.empty(need, cp.float32)
+    elif (workspace.dtype != np.float32 or workspace.size < need
+          or not workspace.flags.c_contiguous):
+        raise UnsupportedError(f"workspace {workspace.shape} {workspace.dtype}; expected contiguous "
+                               f"float32 with >= {need} elements ({n_split} splits x {g.M} x {g.K})")
+    if need >= 2**31:
+        raise UnsupportedError(f"split-K workspace of {need} elements; needs < 2**31 "
+                               f"(fewer splits, or conv2d_igemm)")
+    kern = _kernel(tactic, False)
+    grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn), n_split)
+    vec4 = ((g.K | g.out_ld | g.out_off | g.res_ld) & 3) == 0
+    epi = get_function(SOURCE, f"splitk_epilogue<{int(g.out_f32)},{int(vec4)}>",
+                       name_expressions=_EPI_NAMES)
+    total = g.M * (g.K // 4 if vec4 else g.K)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
-        kern(grid, (tactic.threads,), args, shared_mem=tactic.smem_bytes)
+        kern(grid, (tactic.threads,),
+             (g.x, g.w, workspace,
+              i32(g.N), i32(g.H), i32(g.W), i32(g.C), i32(g.K), i32(g.R), i32(g.S), i32(g.P),
+              i32(g.Q), i32(g.sh), i32(g.sw), i32(g.ph), i32(g.pw), i32(g.dh), i32(g.dw),
+              i32(per)),
+             shared_mem=tactic.smem_bytes)
+        epi((max(1, min(-(-total // 256), 1 << 20)),), (256,),
+            (workspace, g.out, g.sc, g.bi, g.res, i32(g.M), i32(g.K), i32(n_split),
+             i32(g.out_ld), i32(g.out_off), i32(g.res_ld), i32(g.has_res),
+             i32(act_code(act)), f32(alpha), f32(beta)))
+    return g.out
+
+
+_EPI_NAMES = tuple(f"splitk_epilogue<{o},{v}>" for o in (0, 1) for v in (0, 1))
+
+
+def pack_weight_smallc(w, layout="KCRS", dtype=np.float16):
+    """Weights -> [K, R, 2*ceil(S/2), 4] for ``conv2d_igemm_smallc`` (C <= 4; zeros added).
+
+    Taps are paired along S: (s, s+1) x 4 channels make one 16-byte chunk of
+    the reduction; an odd S gets a zero tap S. Accepts NumPy or CuPy.
+    """
+    import cupy as cp
+    w = cp.asarray(w)
+    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
+    if w.ndim != 4 or layout not in perm:
+        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 in "
+                               f"one of {', '.join(perm)}")
+    w = w.transpose(perm[layout])
+    K, R, S, C = w.shape
+    if C > 4:
+        raise UnsupportedError(f"small-C convolution takes C <= 4 input channels; got {C} "
+                               f"(use pack_weight_krsc + conv2d_igemm)")
+    out = cp.zeros((K, R, 2 * (-(-S // 2)), 4), dtype=dtype)
+    out[:, :, :S, :C] = w.astype(dtype)
     return out
+
+
+def conv2d_igemm_smallc(x, w_pairs, *, stride=1, padding=0, dilation=1, out_hw=None,
+                        scale=None, bias=None, residual=None, act=None, alpha=0.0, beta=0.0,
+                        out=None, out_dtype=np.float16, out_channel_offset=0,
+                        tactic=SMALLC_TACTICS[0], kernel_s=None, stream=None):
+    """The stem convolution for C <= 4 input channels, reduction packed in tap pairs.
+
+    Same arguments and result as ``conv2d_igemm`` except:
+      x:        float16 [N, H, W, Cs], Cs = 4 or 8 stored channels (RGB padded
+                with zeros, as ``pad_channels`` makes); channels 0..3 are read
+      w_pairs:  ``pack_weight_smallc`` output [K, R, Se, 4], Se even
+      kernel_s: true filter width, used only when ``out_hw`` is None
+                (default Se - 1: odd filters such as 7x7)
+    One launch (same grid/epilogue as conv2d_igemm). The reduction is
+    R * Se * 4 (224 for 7x7) instead of R * S * 8 (392).
+    """
+    import cupy as cp
+    tactic = _tactic(tactic, "smallc")
+    if w_pairs.ndim == 4 and (w_pairs.shape[3] != 4 or w_pairs.shape[2] % 2):
+        raise UnsupportedError(f"weights {w_pairs.shape}; expected [K, R, even S, 4] "
+                               f"(pack_weight_smallc)")
+    g = _setup(x, w_pairs, stride, padding, dilation, out_hw, out, out_dtype,
+               out_channel_offset, residual, scale, bias,
+               s_true=kernel_s or (w_pairs.shape[2] - 1 if w_pairs.ndim == 4 else None))
+    if g.C not in (4, 8):
+        raise UnsupportedError(f"small-C convolution reads x with 4 or 8 stored channels; got {g.C}")
+    kern = _kernel(tactic, g.out_f32)
+    grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn),)
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tactic.threads,), g.args(act, alpha, beta), shared_mem=tactic.smem_bytes)
+    return g.out
 
 
 _configured = set()
@@ -235,7 +430,9 @@ def _kernel(tactic: ConvTactic, out_f32: bool):
     import cupy as cp
     name = tactic.name_expression(out_f32)
     # compile both output types in one module: one NVRTC run per tile shape
-    names = (tactic.name_expression(False), tactic.name_expression(True))
+    # (split-K: one FP32-partials kernel)
+    names = ((name,) if tactic.kind == "splitk"
+             else (tactic.name_expression(False), tactic.name_expression(True)))
     fn = get_function(SOURCE, name, name_expressions=names)
     key = (name, cp.cuda.Device().id)
     if key not in _configured:
@@ -249,4 +446,7 @@ def compile_all(tactics=IGEMM_TACTICS):
     """Compile every tactic now (build time rather than first use)."""
     for t in tactics:
         _kernel(t, False)
-        _kernel(t, True)
+        if t.kind != "splitk":
+            _kernel(t, True)
+        else:
+            get_function(SOURCE, _EPI_NAMES[0], name_expressions=_EPI_NAMES)

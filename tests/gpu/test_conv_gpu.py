@@ -170,3 +170,131 @@ def test_depthwise_3x3_with_bias_relu6(dtype, stride):
 def test_depthwise_rejects_wrong_weight_shape():
     with pytest.raises(UnsupportedError, match="depthwise weights"):
         conv_gemm.conv2d_depthwise(cp.zeros((1, 4, 4, 8), cp.float32), np.zeros((3, 3, 4), np.float32))
+
+
+# ---- split-K (small M: batch 1, the FC head) --------------------------------
+SPLITK_SHAPES = [
+    (1, 7, 7, 64, 72, 3, 3, (1, 1), (1, 1), (1, 1)),       # batch-1 7x7, K not a tile multiple
+    (1, 14, 14, 32, 40, 1, 1, (2, 2), (0, 0), (1, 1)),     # 1x1 stride 2
+    (3, 1, 1, 256, 100, 1, 1, (1, 1), (0, 0), (1, 1)),     # FC as a 1x1 conv, M = 3
+    (2, 5, 7, 24, 13, 3, 3, (1, 1), (1, 1), (1, 1)),       # odd K: scalar reduction path
+]
+
+
+@pytest.mark.parametrize("tactic", conv_tc.SPLITK_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("splits", [None, 3, 1000])
+@pytest.mark.parametrize("shape", SPLITK_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
+def test_splitk_matches_reference_fp16_out(tactic, splits, shape):
+    N, H, W, C, K, R, S, st, pd, dl = shape
+    x, w, scale, bias = _data(N, H, W, C, K, R, S)
+    ref = conv_nhwc(x, w, st, pd, dl) * scale + bias
+    P, Q = ref.shape[1:3]
+    out = poison(cp, (N, P, Q, K), np.float16)
+    conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), stride=st, padding=pd, dilation=dl,
+                                scale=cp.asarray(scale), bias=cp.asarray(bias), out=out,
+                                tactic=tactic, splits=splits)
+    assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
+
+
+@pytest.mark.parametrize("act", ["RELU", "SIGMOID"])
+def test_splitk_residual_activation_fp32_out_and_concat_offset(act):
+    N, H, W, C, K, R, S = 1, 7, 7, 128, 64, 3, 3
+    x, w, scale, bias = _data(N, H, W, C, K, R, S)
+    res = RNG.standard_normal((N, H, W, K)).astype(np.float32)
+    ref = act_ref(conv_nhwc(x, w, (1, 1), (1, 1)) * scale + bias + res, act)
+    out = poison(cp, (N, H, W, K + 8), np.float32)
+    conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
+                                residual=cp.asarray(res), act=act, out=out, out_channel_offset=4,
+                                splits=5)
+    got = out.get()
+    assert rel_l2(got[..., 4:4 + K], ref) <= 2e-3
+    assert np.isnan(got[..., :4]).all() and np.isnan(got[..., 4 + K:]).all()
+
+
+def test_splitk_given_workspace_and_plan():
+    N, H, W, C, K = 1, 7, 7, 512, 256
+    x, w, scale, bias = _data(N, H, W, C, K, 1, 1)
+    splits, per = conv_tc.splitk_plan(49, K, C, conv_tc.SPLITK_TACTICS[0], num_sms=132)
+    assert splits > 1 and (splits - 1) * per < C // 32 <= splits * per
+    ws = cp.empty(splits * 49 * K, cp.float32)
+    out = conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), bias=bias, splits=splits,
+                                      workspace=ws)
+    assert rel_l2(out.get(), conv_nhwc(x, w) + bias) <= TOL[np.dtype(np.float16)]
+    with pytest.raises(UnsupportedError, match="workspace"):
+        conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), splits=splits, workspace=ws[:10])
+
+
+def test_splitk_replays_in_a_cuda_graph():
+    N, H, W, C, K = 1, 7, 7, 256, 128
+    x, w, scale, bias = _data(N, H, W, C, K, 3, 3)
+    xd, wd, bd, sd = cp.asarray(x), cp.asarray(w), cp.asarray(bias), cp.ones(K, cp.float32)
+    pool = cp.cuda.MemoryPool()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        conv_tc.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)   # rehearsal fills the pool
+        stream.synchronize()
+        stream.begin_capture()
+        out = conv_tc.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)
+        graph = stream.end_capture()
+        out.fill(np.nan)
+        graph.launch(stream)
+        stream.synchronize()
+    assert rel_l2(out.get(), conv_nhwc(x, w, (1, 1), (1, 1)) + bias) <= TOL[np.dtype(np.float16)]
+
+
+def test_splitk_rejects_igemm_tactic_and_unpadded_channels():
+    x = cp.zeros((1, 4, 4, 8), cp.float16)
+    w = cp.zeros((8, 1, 1, 8), cp.float16)
+    with pytest.raises(UnsupportedError, match="'splitk' tactics"):
+        conv_tc.conv2d_igemm_splitk(x, w, tactic=conv_tc.IGEMM_TACTICS[0])
+    with pytest.raises(UnsupportedError, match="multiple of 8"):
+        conv_tc.conv2d_igemm_splitk(cp.zeros((1, 4, 4, 12), cp.float16),
+                                    cp.zeros((8, 1, 1, 12), cp.float16))
+
+
+# ---- small-C stem (taps packed in pairs) -------------------------------------
+@pytest.mark.parametrize("tactic", conv_tc.SMALLC_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("cstore,shape", [
+    (8, (2, 37, 35, 3, 64, 7, 7, (2, 2), (3, 3), (1, 1))),     # ResNet stem, RGB padded to 8
+    (4, (2, 37, 35, 3, 64, 7, 7, (2, 2), (3, 3), (1, 1))),     # RGB padded to 4
+    (4, (1, 16, 18, 4, 40, 3, 3, (1, 1), (2, 2), (2, 2))),     # C=4, dilation, K not a tile multiple
+    (8, (3, 11, 9, 1, 24, 5, 4, (1, 2), (1, 0), (1, 1))),      # even S, gray input
+])
+def test_smallc_matches_reference(tactic, cstore, shape):
+    N, H, W, C, K, R, S, st, pd, dl = shape
+    x, w, scale, bias = _data(N, H, W, C, K, R, S)
+    ref = conv_nhwc(x, w, st, pd, dl) * scale + bias
+    P, Q = ref.shape[1:3]
+    xs = conv_tc.pad_channels(cp.asarray(x), cstore)
+    wp = conv_tc.pack_weight_smallc(w, "KRSC")
+    assert wp.shape == (K, R, 2 * (-(-S // 2)), 4)
+    out = poison(cp, (N, P, Q, K), np.float16)
+    conv_tc.conv2d_igemm_smallc(xs, wp, stride=st, padding=pd, dilation=dl, out_hw=(P, Q),
+                                scale=cp.asarray(scale), bias=cp.asarray(bias), out=out,
+                                tactic=tactic)
+    assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
+
+
+def test_smallc_default_out_hw_residual_relu_fp32():
+    N, H, W, C, K, R, S = 1, 30, 30, 3, 64, 7, 7
+    x, w, scale, bias = _data(N, H, W, C, K, R, S)
+    ref0 = conv_nhwc(x, w, (2, 2), (3, 3))
+    res = RNG.standard_normal(ref0.shape).astype(np.float32)
+    ref = np.maximum(ref0 * scale + bias + res, 0)
+    out = conv_tc.conv2d_igemm_smallc(conv_tc.pad_channels(cp.asarray(x), 8),
+                                      conv_tc.pack_weight_smallc(w, "KRSC"), stride=2, padding=3,
+                                      scale=scale, bias=bias, residual=cp.asarray(res), act="RELU",
+                                      out_dtype=np.float32)
+    assert out.shape == ref.shape
+    assert rel_l2(out.get(), ref) <= 2e-3
+
+
+def test_smallc_rejects_wide_inputs():
+    with pytest.raises(UnsupportedError, match="C <= 4"):
+        conv_tc.pack_weight_smallc(np.zeros((8, 5, 3, 3), np.float32))
+    w = conv_tc.pack_weight_smallc(np.zeros((8, 3, 3, 3), np.float32))
+    with pytest.raises(UnsupportedError, match="4 or 8 stored channels"):
+        conv_tc.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 16), cp.float16), w)
+    with pytest.raises(UnsupportedError, match="even S"):
+        conv_tc.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 8), cp.float16),
+                                    cp.zeros((8, 3, 3, 4), cp.float16))

@@ -103,3 +103,54 @@ def test_pointwise_chain_channel_axis_nchw():
 def test_pointwise_chain_rejects_unknown_op():
     with pytest.raises(UnsupportedError, match="valid"):
         pointwise_gen.pointwise_chain(cp.zeros(4, cp.float32), [("unary", "FROB")])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [64, 12])          # 12: float16 falls back to the scalar kernel
+@pytest.mark.parametrize("mode", ["MAX", "AVERAGE"])
+def test_pool2d_vector_and_scalar_kernels_agree(dtype, C, mode):
+    x = RNG.standard_normal((3, 15, 13, C)).astype(dtype)
+    ref = pool_nhwc(x, mode, (3, 3), (2, 2), (1, 1))
+    xd = cp.asarray(x)
+    outs = [pooling.pool2d(xd, mode, 3, stride=2, padding=1, variant=v).get()
+            for v in ("auto", "scalar")]
+    for o in outs:
+        assert rel_l2(o, ref) <= TOL[np.dtype(dtype)]
+    if mode == "MAX":
+        np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("off", [8, 4])           # 4: unaligned offset -> scalar kernel (float16)
+def test_pool2d_writes_concat_buffer_at_offset(off):
+    x = RNG.standard_normal((2, 9, 9, 16)).astype(np.float16)
+    ref = pool_nhwc(x, "MAX", (3, 3), (2, 2), (1, 1))
+    out = poison(cp, ref.shape[:3] + (32,), np.float16)
+    pooling.pool2d(cp.asarray(x), "MAX", 3, stride=2, padding=1, out=out, out_channel_offset=off)
+    got = out.get()
+    np.testing.assert_array_equal(got[..., off:off + 16], ref.astype(np.float16))
+    assert np.isnan(got[..., :off]).all() and np.isnan(got[..., off + 16:]).all()
+
+
+def test_pool2d_variant_errors():
+    x = cp.zeros((1, 4, 4, 12), cp.float16)
+    with pytest.raises(UnsupportedError, match="multiples of 8"):
+        pooling.pool2d(x, "MAX", 2, variant="vec")
+    with pytest.raises(UnsupportedError, match="auto, vec, scalar"):
+        pooling.pool2d(x, "MAX", 2, variant="fast")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7, 7, 2048), (5, 3, 5, 264), (2, 4, 4, 36)])
+def test_global_avgpool_vector_kernel(dtype, shape):
+    x = RNG.standard_normal(shape).astype(dtype)
+    ref = x.astype(np.float64).mean(axis=(1, 2))
+    out = pooling.global_avgpool(cp.asarray(x), keepdims=True)
+    assert out.shape == (shape[0], 1, 1, shape[3])
+    assert rel_l2(out.get().reshape(shape[0], -1), ref) <= TOL[np.dtype(dtype)]
+    sc = pooling.global_avgpool(cp.asarray(x), variant="scalar")
+    assert rel_l2(sc.get(), ref) <= TOL[np.dtype(dtype)]
+
+
+def test_global_avgpool_variant_errors():
+    with pytest.raises(UnsupportedError, match="multiple of 8"):
+        pooling.global_avgpool(cp.zeros((1, 2, 2, 12), cp.float16), variant="vec")
