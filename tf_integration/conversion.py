@@ -106,10 +106,11 @@ def build_network(segment_gd, input_shapes=None, graph=None):
         entry = registry.lookup(node.op)
         try:
             produced = entry.fn(ctx, node)
-        except (ConversionError, rt.NetworkDefinitionError):
-            raise
+        except (ConversionError, rt.NetworkDefinitionError) as exc:
+            raise ConversionError(str(exc), node=node.name) from exc
         except (ValueError, TypeError, IndexError, KeyError) as exc:
-            raise ConversionError(f"converting {node.op} node {node.name!r}: {exc}") from exc
+            raise ConversionError(f"converting {node.op} node {node.name!r}: {exc}",
+                                  node=node.name) from exc
         ctx.set_outputs(node, produced)
     ctx.node = None
     marked = set()

@@ -29,6 +29,7 @@ from .summary import format_summary
 logger = logging.getLogger(__name__)
 
 REPORT_ENV = "CUPYRT_REPORT_JSON"
+MAX_RESEGMENTATIONS = 16     # nodes whose converter fails are dropped one at a time
 
 
 class TrtGraphConverter:
@@ -92,22 +93,40 @@ class TrtGraphConverter:
         gd, folded = fold_constants(gd, keep)
         gd = rewrite_batch_reshapes(gd, keep)
         graph = GraphIndex(gd)
-        result = segment_graph(graph, registry.validate, keep,
-                               self.params["minimum_segment_size"])
-        engines, engine_nodes, reasons = [], [], dict(result.reasons)
-        for seg in result.segments:
-            seg_gd = conversion.segment_graph_def(graph, seg)
-            try:
-                plan = self._check_or_build(seg_gd)
-            except (TFIntegrationError, ValueError, RuntimeError, TypeError) as exc:
-                logger.warning("segment %d (%d nodes) stays in TensorFlow: %s", seg.index,
-                               len(seg.nodes), exc)
-                for n in seg.nodes:
-                    reasons[n] = Reason(Reason.CONVERSION_FAILED, str(exc))
-                continue
-            name = f"CupyrtEngine_{len(engines)}"
-            engine_nodes.append(make_engine_node(name, seg, seg_gd, graph, plan, self.params))
-            engines.append(self._engine_report(name, seg, graph, plan))
+        failed = {}          # node -> why its converter failed: left to TF, segment again
+
+        def validate(node, graph):
+            if node.name in failed:
+                return Reason(Reason.CONVERSION_FAILED, failed[node.name])
+            return registry.validate(node, graph)
+
+        for attempt in range(MAX_RESEGMENTATIONS + 1):
+            result = segment_graph(graph, validate, keep, self.params["minimum_segment_size"])
+            engines, engine_nodes, reasons = [], [], dict(result.reasons)
+            retry = False
+            for seg in result.segments:
+                seg_gd = conversion.segment_graph_def(graph, seg)
+                try:
+                    plan = self._check_or_build(seg_gd)
+                except (TFIntegrationError, ValueError, RuntimeError, TypeError) as exc:
+                    node = getattr(exc, "node", None)
+                    if node in seg.nodes and attempt < MAX_RESEGMENTATIONS:
+                        logger.info("node %s stays in TensorFlow (%s); segmenting again", node,
+                                    exc)
+                        failed[node] = str(exc)
+                        retry = True
+                        break
+                    logger.warning("segment %d (%d nodes) stays in TensorFlow: %s", seg.index,
+                                   len(seg.nodes), exc)
+                    for n in seg.nodes:
+                        reasons[n] = Reason(Reason.CONVERSION_FAILED, str(exc))
+                    continue
+                name = f"CupyrtEngine_{len(engines)}"
+                engine_nodes.append(make_engine_node(name, seg, seg_gd, graph, plan,
+                                                     self.params))
+                engines.append(self._engine_report(name, seg, graph, plan))
+            if not retry:
+                break
         converted = self._splice(graph, result.segments, engine_nodes, engines)
         self.converted_graph_def = converted
         self.report = self._make_report(graph, engines, reasons, folded,

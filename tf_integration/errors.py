@@ -19,7 +19,15 @@ class RegistryError(TFIntegrationError, ValueError):
 
 
 class ConversionError(TFIntegrationError, ValueError):
-    """A TensorFlow node could not be expressed as engine layers."""
+    """A TensorFlow node could not be expressed as engine layers.
+
+    ``node`` names the TF node when the failure is that node's (the converter
+    then leaves just that node to TensorFlow and segments again).
+    """
+
+    def __init__(self, message, node=None):
+        super().__init__(message)
+        self.node = node
 
 
 class ConverterArgumentError(TFIntegrationError, ValueError):

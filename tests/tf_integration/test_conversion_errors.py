@@ -111,3 +111,24 @@ def test_value_layout_helpers():
     v = Value(const=np.arange(6, dtype=np.float32).reshape(2, 3))
     assert v.is_const and v.rank == 2 and v.tf_shape() == (2, 3)
     assert "const" in repr(v)
+
+
+def test_a_failing_node_is_left_out_and_the_rest_still_converts():
+    w = np.random.default_rng(4).standard_normal((3, 3, 5, 5)).astype(np.float32)
+
+    def body(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME"))
+        y = tf.pad(y, [[0, 0], [1, 0], [0, 1], [1, 1]], name="pad3")   # 3 padded axes
+        return tf.nn.relu(tf.nn.conv2d(y[..., 1:6], w, 1, "SAME"))
+
+    gd, outs = build_graph(body, [(1, 6, 6, 5)])
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out0"], minimum_segment_size=2,
+                             is_dynamic_op=True)
+    converted = conv.convert()
+    left = conv.report["left_to_tensorflow"]
+    assert left["pad3"]["kind"] == "conversion failed" and "pads at most 2" in left["pad3"]["detail"]
+    assert len(conv.report["engines"]) == 2, conv.summary()
+    x = random_input((2, 6, 6, 5), seed=8)
+    got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
+    ref = run_graph(gd, outs, {"x0:0": x})[0]
+    assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
