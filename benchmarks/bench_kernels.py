@@ -95,7 +95,8 @@ def main():
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     card = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    tactics = [t for t in conv_tc.IGEMM_TACTICS if not args.tactics or t.name in args.tactics]
+    tactics = ([t for t in conv_tc.ALL_TACTICS if t.name in args.tactics] if args.tactics
+               else list(conv_tc.IGEMM_TACTICS))
 
     def cp_events():
         a, b = cp.cuda.Event(), cp.cuda.Event()

@@ -69,6 +69,12 @@ ALL_TACTICS = (
     # never the fastest on ResNet-50 shapes in run 1 (benchmarks/KERNEL_NOTES.md)
     ConvTactic("igemm_128x128x32_w2x2_s4", 128, 128, 32, 2, 2, 4),
     ConvTactic("igemm_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3),
+    # larger V2 tiles for the compute-bound 3x3 layers (8 warps, 64x64 warp tiles,
+    # 227-238 registers, no spills; 1 block/SM): candidates, not timed by default
+    # until a device run shows them faster (benchmarks/KERNEL_NOTES.md)
+    ConvTactic("igemm2_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3, v2=1),
+    ConvTactic("igemm2_128x256x32_w2x4_s3", 128, 256, 32, 2, 4, 3, v2=1),
+    ConvTactic("igemm2_128x128x64_w2x4_s4", 128, 128, 64, 2, 4, 4, v2=1),
 )
 # the candidates the builder times by default
 IGEMM_TACTICS = ALL_TACTICS[:9]
