@@ -71,6 +71,7 @@ class LayerType(enum.Enum):
     IDENTITY = "identity"
     CAST = "cast"
     SELECT = "select"
+    POINTWISE = "pointwise"      # built by the builder: a fused chain of pointwise layers
 
 
 class ActivationType(enum.Enum):

@@ -9,3 +9,4 @@ from .linear import (FullyConnectedLayer, MatrixMultiplyLayer, ReduceLayer,  # n
                      SoftMaxLayer)
 from .rnn import RNNv2Layer  # noqa: F401
 from .plugin import PluginV2Layer  # noqa: F401
+from .fused import PointwiseLayer  # noqa: F401

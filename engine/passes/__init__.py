@@ -8,11 +8,12 @@ runs every pass on and off and compares).
 """
 import logging
 
-from . import cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_epilogue
+from . import (cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_epilogue,
+               fuse_pointwise)
 
 log = logging.getLogger(__name__)
 
-PASSES = [constant_folding, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue]
+PASSES = [constant_folding, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue, fuse_pointwise]
 PASS_NAMES = [p.NAME for p in PASSES]
 COUNTERS = {name: 0 for name in PASS_NAMES}
 MAX_ROUNDS = 50
@@ -26,19 +27,23 @@ def optimize(network, disabled=()):
         raise BuildError(f"unknown pass name(s) {sorted(unknown)}; valid: {', '.join(PASS_NAMES)}")
     stats = {name: 0 for name in PASS_NAMES}
     before = network.num_layers
-    for _ in range(MAX_ROUNDS):
-        changed = 0
-        for p in PASSES:
-            if p.NAME in disabled:
-                continue
-            n = p.run(network)
-            if n:
-                network._ensure_inferred()
-                stats[p.NAME] += n
-                COUNTERS[p.NAME] += n
-                changed += n
-        if not changed:
-            break
+    # late passes (pointwise fusion) see the graph only once the others are done,
+    # so that nothing they would take is still foldable into a convolution
+    for stage in ([p for p in PASSES if not getattr(p, "LATE", False)],
+                  [p for p in PASSES if getattr(p, "LATE", False)] + [dead_layers]):
+        for _ in range(MAX_ROUNDS):
+            changed = 0
+            for p in stage:
+                if p.NAME in disabled:
+                    continue
+                n = p.run(network)
+                if n:
+                    network._ensure_inferred()
+                    stats[p.NAME] += n
+                    COUNTERS[p.NAME] += n
+                    changed += n
+            if not changed:
+                break
     log.info("passes: %d layers -> %d layers (%s)", before, network.num_layers,
              ", ".join(f"{k}={v}" for k, v in stats.items() if v) or "no rewrites")
     return stats

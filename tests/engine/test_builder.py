@@ -58,7 +58,9 @@ def test_build_rejects_bad_arguments():
 def test_build_leaves_the_users_network_untouched_and_names_unique():
     b = rt.Builder()
     net, a, bl = two_layer_network(b)
-    engine = b.build_engine(net, b.create_builder_config())
+    cfg = b.create_builder_config()
+    cfg.disable_pass("pointwise_fusion")
+    engine = b.build_engine(net, cfg)
     assert net.num_layers == 2 and a.name == "same" and bl.name == "same"
     assert [info.name for info in engine.layers] == ["same", "same_1"]
 
@@ -68,6 +70,7 @@ def test_obey_precision_constraints():
     net, a, _ = two_layer_network(b)
     a.precision = rt.float16
     cfg = b.create_builder_config()
+    cfg.disable_pass("pointwise_fusion")
     plain = b.build_engine(net, cfg)
     assert [i.precision for i in plain.layers] == [rt.float32, rt.float32]
     cfg.set_flag(rt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

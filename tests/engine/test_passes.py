@@ -14,20 +14,23 @@ def randn(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def build(net, disabled=()):
+def build(net, disabled=(), pointwise=False):
+    """Pointwise fusion is off unless asked for, so the other passes' results
+    can be read layer by layer."""
     b = rt.Builder()
     cfg = b.create_builder_config()
-    for name in disabled:
+    for name in set(disabled) | (set() if pointwise else {"pointwise_fusion"}):
         cfg.disable_pass(name)
     return b.build_engine(net, cfg)
 
 
 def check(net, feeds, pass_name, min_count=1, tol=1e-5):
     """Build with and without ``pass_name``; compare both to the interpreter."""
+    pointwise = pass_name == "pointwise_fusion"
     before = passes.COUNTERS[pass_name]
-    on = build(net)
+    on = build(net, pointwise=pointwise)
     fired = passes.COUNTERS[pass_name] - before
-    off = build(net, disabled=[pass_name])
+    off = build(net, disabled=[pass_name], pointwise=pointwise)
     assert fired >= min_count, f"{pass_name} fired {fired} times"
     assert on.meta["pass_stats"][pass_name] == fired
     assert off.meta["pass_stats"][pass_name] == 0
@@ -205,3 +208,39 @@ def test_fully_connected_activation_fusion_keeps_alpha():
 def test_unknown_pass_name_is_an_error():
     with pytest.raises(rt.BuildError, match="valid: constant_folding"):
         passes.optimize(rt.Network(), disabled=["nope"])
+
+
+def test_pointwise_chains_fuse_into_one_layer():
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, 4, 3, 3))
+    other = net.add_activation(x, rt.ActivationType.SIGMOID).get_output(0)
+    h = net.add_unary(x, rt.UnaryOperation.ABS).get_output(0)
+    h = net.add_scale(h, rt.ScaleMode.CHANNEL, randn(4), randn(4), None).get_output(0)
+    c = net.add_constant((1, 4, 1, 1), randn(1, 4, 1, 1)).get_output(0)
+    h = net.add_elementwise(c, h, rt.ElementWiseOperation.SUB).get_output(0)     # const on the left
+    h = net.add_elementwise(h, other, rt.ElementWiseOperation.PROD).get_output(0)  # earlier tensor
+    a = net.add_activation(h, rt.ActivationType.LEAKY_RELU)
+    a.alpha = 0.2
+    net.mark_output(a.get_output(0))
+    on, off = check(net, {"x": randn(2, 4, 3, 3)}, "pointwise_fusion")
+    assert [i.type for i in on.layers] == [rt.LayerType.ACTIVATION, rt.LayerType.POINTWISE]
+    assert off.num_layers == 7          # the constant is folded into the chain
+    fused = on.network.get_layer(1)
+    assert [op.layer.layer_type for op in fused.chain] == [
+        rt.LayerType.UNARY, rt.LayerType.SCALE, rt.LayerType.ELEMENTWISE, rt.LayerType.ELEMENTWISE,
+        rt.LayerType.ACTIVATION]
+    assert fused.chain[2].side == 1 and fused.chain[3].input_index == 1
+
+
+def test_pointwise_fusion_respects_outputs_precision_and_branches():
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (3, 5))
+    a = net.add_activation(x, rt.ActivationType.TANH).get_output(0)
+    b = net.add_activation(a, rt.ActivationType.SIGMOID)
+    b.precision = rt.float16                     # a constraint: stays its own layer
+    c = net.add_unary(b.get_output(0), rt.UnaryOperation.EXP).get_output(0)
+    d = net.add_unary(c, rt.UnaryOperation.NEG).get_output(0)
+    net.mark_output(c)                           # an output is never fused away
+    net.mark_output(d)
+    engine = build(net, pointwise=True)
+    assert engine.num_layers == 4 and passes.COUNTERS["pointwise_fusion"] >= 0

@@ -79,7 +79,20 @@ def _mm(net, x):
     return net.add_matrix_multiply(x, rt.MatrixOperation.NONE, w, rt.MatrixOperation.TRANSPOSE)
 
 
+def _pointwise(net, x):
+    from engine.layers.classes import ActivationLayer, ElementWiseLayer, PointwiseLayer
+    from engine.layers.fused import Op
+    act = ActivationLayer(None, [], activation_type=rt.ActivationType.ELU, alpha=0.7)
+    add = ElementWiseLayer(None, [], op=rt.ElementWiseOperation.DIV)
+    mul = ElementWiseLayer(None, [], op=rt.ElementWiseOperation.PROD)
+    other = net.add_activation(x, rt.ActivationType.TANH).get_output(0)
+    layer = PointwiseLayer(net, [x, other], chain=[
+        Op(act), Op(add, const=randn(1, 3, 1, 1) + 3.0, side=1), Op(mul, input_index=1)])
+    return net._add(layer)
+
+
 FACTORIES = {
+    rt.LayerType.POINTWISE: _pointwise,
     rt.LayerType.ACTIVATION: lambda n, x: n.add_activation(x, rt.ActivationType.SELU),
     rt.LayerType.CONCATENATION: lambda n, x: n.add_concatenation([x, x]),
     rt.LayerType.CONVOLUTION: _conv,
