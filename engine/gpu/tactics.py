@@ -90,7 +90,7 @@ def register(layer_type, *tactics):
 
 def candidates(layer):
     """The layer's specialised tactics, then generic, then host."""
-    from . import conv_tactics  # noqa: F401  (registers the specialised tactics)
+    from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
     return list(kernel_table.TACTICS.get(layer.layer_type, ())) + [GENERIC, HOST]
 
 
