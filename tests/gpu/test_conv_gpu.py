@@ -31,7 +31,8 @@ def _data(N, H, W, C, K, R, S, dtype=np.float16):
     return x, w, scale, bias
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE,
+                         ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
 def test_igemm_matches_reference_fp16_out(tactic, shape):
     N, H, W, C, K, R, S, st, pd, dl = shape
@@ -44,7 +45,8 @@ def test_igemm_matches_reference_fp16_out(tactic, shape):
     assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE,
+                         ids=lambda t: t.name)
 @pytest.mark.parametrize("act", ["RELU", "LEAKY_RELU", "SIGMOID", "CLIP"])
 def test_igemm_epilogue_residual_activation_fp32_out(tactic, act):
     N, H, W, C, K, R, S = 2, 10, 10, 48, 96, 3, 3
