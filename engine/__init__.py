@@ -15,3 +15,7 @@ from .plan import PLAN_VERSION, deserialize_network, serialize_network  # noqa: 
 from .layers.plugin import (Plugin, PluginRegistry, get_plugin_registry,  # noqa: E402,F401
                             register_plugin)
 from .layers.shape import SampleMode  # noqa: E402,F401
+from .calibration import (CalibrationAlgoType, Calibrator, EntropyCalibrator2,  # noqa: E402,F401
+                          IInt8Calibrator, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator,
+                          MinMaxCalibrator, PercentileCalibrator)
+from .quantization import debug_precision, keep_worst_in_fp16, precision_table  # noqa: E402,F401

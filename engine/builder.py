@@ -132,9 +132,6 @@ class Builder:
         if not network._outputs:
             raise BuildError("the network has no outputs: call network.mark_output(tensor) "
                              "on at least one tensor")
-        if config.get_flag(BuilderFlag.INT8):
-            raise BuildError("INT8 builds are not available in this version (calibration lands "
-                             "with the INT8 work); build with FP16 or FP32")
         t0 = time.perf_counter()
         network._ensure_inferred()
         for layer in network._layers:
@@ -147,6 +144,12 @@ class Builder:
         stats = passes.optimize(work, config.disabled_passes)
         t2 = time.perf_counter()
         precisions = assign_precisions(work, config)
+        # -- INT8 (engine/quantization.py): calibrate the optimised network, pick INT8 layers
+        int8_meta = {}
+        if config.get_flag(BuilderFlag.INT8):
+            from . import quantization
+            int8_meta = quantization.prepare(work, config, precisions)
+        # -- end INT8
         for layer in work._layers:
             numpy_kernel(layer)       # a layer with no implementation fails the build now
         t3 = time.perf_counter()
@@ -156,6 +159,7 @@ class Builder:
             "pass_stats": stats,
             "source_layers": network.num_layers,
             "build_seconds": {"copy": t1 - t0, "passes": t2 - t1, "precision": t3 - t2},
+            **int8_meta,
         }
         if config.timing_cache_path:
             meta["timing_cache"] = str(config.timing_cache_path)

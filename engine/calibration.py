@@ -113,8 +113,9 @@ class DataCalibrator(Calibrator):
     the last calibration is kept in memory, so a rebuild with the same calibrator
     object skips calibration."""
 
-    def __init__(self, data, cache_file=None, batch_size=None):
+    def __init__(self, data, cache_file=None, batch_size=None, ignore_bad_cache=False):
         self._data = data
+        self.ignore_bad_cache = bool(ignore_bad_cache)   # else a bad cache raises
         self._it = None
         self.cache_file = None if cache_file is None else os.fspath(cache_file)
         self._cache = None
@@ -178,8 +179,9 @@ IInt8MinMaxCalibrator = MinMaxCalibrator
 class PercentileCalibrator(DataCalibrator):
     algorithm = CalibrationAlgoType.PERCENTILE_CALIBRATION
 
-    def __init__(self, data, percentile=99.99, cache_file=None, batch_size=None):
-        super().__init__(data, cache_file, batch_size)
+    def __init__(self, data, percentile=99.99, cache_file=None, batch_size=None,
+                 ignore_bad_cache=False):
+        super().__init__(data, cache_file, batch_size, ignore_bad_cache)
         if not 0 < float(percentile) <= 100:
             raise CalibrationError(f"percentile {percentile}; expected a number in (0, 100]")
         self.percentile = float(percentile)
@@ -316,7 +318,8 @@ def collect_thresholds(network, batches, algorithm, percentile=99.99):
 
     def see_hist(t, v):
         if t.name in amax:
-            h = Q.abs_histogram(v, amax[t.name])
+            h = Q.abs_histogram(v, amax[t.name],
+                                drop_zeros=algorithm == CalibrationAlgoType.ENTROPY_CALIBRATION_2)
             hists[t.name] = h if t.name not in hists else hists[t.name] + h
     for feeds in batches:
         forward(network, feeds, see_hist)
@@ -343,10 +346,16 @@ def calibrate(network, calibrator):
                                "PercentileCalibrator or a subclass)")
     algo = calibrator.get_algorithm()
     cached = calibrator.read_calibration_cache()
+    scales = None
     if cached:
-        scales = read_cache(cached, algo)
-        log.info("calibration cache read: %d tensors; calibration skipped", len(scales))
-    else:
+        try:
+            scales = read_cache(cached, algo)
+            log.info("calibration cache read: %d tensors; calibration skipped", len(scales))
+        except CalibrationError as e:
+            if not getattr(calibrator, "ignore_bad_cache", False):
+                raise
+            log.warning("calibration cache ignored (%s); calibrating", e)
+    if scales is None:
         batches = _collect_batches(network, calibrator)
         thresholds = collect_thresholds(network, batches, algo,
                                         float(getattr(calibrator, "percentile", 99.99)))

@@ -80,6 +80,11 @@ class CudaEngine:
                                  kernels.get(layer.name, default_kernel))
                        for layer in network._layers]
         self._precision = {info.name: info.precision for info in self.layers}
+        # INT8 storage (engine/quantization.py): tensors kept as int8 codes between INT8 layers
+        self._int8_tensors = set()
+        if DataType.INT8 in self._precision.values():
+            from .quantization import int8_tensors
+            self._int8_tensors = int8_tensors(network, self._precision)
         self._io = [t.name for t in network._inputs] + [t.name for t in network._outputs]
 
     # -- inspection (ICudaEngine) ---------------------------------------------
@@ -146,6 +151,8 @@ class CudaEngine:
         return memory.plan(sizes, spans)
 
     def _storage_dtype(self, layer, t):
+        if t.name in self._int8_tensors:
+            return DataType.INT8
         if t.dtype == DataType.FLOAT and self._precision.get(layer.name) == DataType.HALF \
                 and not t.is_network_output and not layer.output_type_is_set(t.index):
             return DataType.HALF

@@ -23,6 +23,12 @@ class NumpyBackend:
 
     @staticmethod
     def run_layer(layer, inputs, precision, out_dtypes):
+        if precision == DataType.INT8:            # exact INT8 arithmetic: engine/quantization.py
+            from .. import quantization as q8
+            if q8.can_run_int8(layer):
+                outs = q8.run_int8_layer(layer, inputs, out_dtypes)
+                return [np.asarray(v).astype(d.to_numpy(), copy=False)
+                        for v, d in zip(outs, out_dtypes)]
         ins = []
         for x in inputs:
             if x is not None and x.dtype.kind == "f":
