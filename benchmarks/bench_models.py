@@ -139,6 +139,7 @@ def run(args):
                 print(f"[run] {name} {precision} b{n}: ours {ours:.3f} ms ({row['ours_img_s']:.0f} img/s, "
                       f"graph={captured}), torch eager {theirs:.3f} ms, x{row['speedup']:.2f}, "
                       f"relL2 {err:.2e}, top1 {top1:.3f}", flush=True)
+            print(f"[graph] {name} {precision}: " + "; ".join(engine.backend.graph_notes), flush=True)
             if args.profile:
                 ctx2 = engine.create_execution_context()
                 ctx2.profiler = rt.Profiler()

@@ -7,6 +7,7 @@ graph capture) arrive with the CuPy kernels; they are tested against these.
 import numpy as np
 
 from .pointwise import activation
+from .xp import array_module
 
 
 def fully_connected(x2d, kernel, bias=None, residual=None, act=None, alpha=0.0, beta=0.0):
@@ -17,9 +18,10 @@ def fully_connected(x2d, kernel, bias=None, residual=None, act=None, alpha=0.0, 
     member name or None. The epilogue order is TensorRT's conv/FC fusion order:
     bias, then the residual add, then the activation.
     """
-    y = np.matmul(x2d.astype(np.float32, copy=False), kernel.astype(np.float32, copy=False).T)
+    xp = array_module(x2d, kernel)
+    y = xp.matmul(x2d.astype(np.float32, copy=False), xp.asarray(kernel).astype(np.float32, copy=False).T)
     if bias is not None:
-        y += bias.astype(np.float32, copy=False).reshape(1, -1)
+        y += xp.asarray(bias).astype(np.float32, copy=False).reshape(1, -1)
     if residual is not None:
         y = y + residual.astype(np.float32, copy=False)
     if act is not None:
@@ -34,7 +36,7 @@ def _as_matrix(x, op, side):
     dim is a vector: a 1 x K row on the left, a K x 1 column on the right).
     """
     if op == "TRANSPOSE":
-        return np.swapaxes(x, -1, -2)
+        return x.swapaxes(-1, -2)
     if op == "VECTOR":
         return x[..., None, :] if side == 0 else x[..., :, None]
     return x
@@ -46,7 +48,8 @@ def matrix_multiply(a, b, op0="NONE", op1="NONE"):
     matrix x matrix -> matrix, matrix x vector -> vector, vector x matrix ->
     vector, vector x vector -> scalar (per batch element).
     """
-    y = np.matmul(_as_matrix(a.astype(np.float32, copy=False), op0, 0),
+    xp = array_module(a, b)
+    y = xp.matmul(_as_matrix(a.astype(np.float32, copy=False), op0, 0),
                   _as_matrix(b.astype(np.float32, copy=False), op1, 1))
     if op1 == "VECTOR":
         y = y[..., 0]

@@ -20,6 +20,8 @@ part loops, over time steps.
 """
 import numpy as np
 
+from .xp import array_module
+
 # the order in which a gate's rows are stacked in the fused W/R matrices
 GATES = {
     "RELU": ("INPUT",),
@@ -31,23 +33,24 @@ GATES = {
 
 def sigmoid(x):
     # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    return 0.5 * (1.0 + array_module(x).tanh(0.5 * x))
 
 
 def _step(op, gx, gh, h, c, hidden):
     """One cell step for a batch: gx = W X + Wb, gh = R H + Rb (gates stacked)."""
+    xp = array_module(gx)
     if op == "LSTM":
         a = gx + gh
         i, f, g, o = (a[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-        return sigmoid(o) * np.tanh(c), c
+        c = sigmoid(f) * c + sigmoid(i) * xp.tanh(g)
+        return sigmoid(o) * xp.tanh(c), c
     if op == "GRU":
         z = sigmoid(gx[:, :hidden] + gh[:, :hidden])
         r = sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-        n = np.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+        n = xp.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
         return (1.0 - z) * n + z * h, c
     a = gx + gh
-    return (np.maximum(a, 0.0) if op == "RELU" else np.tanh(a)), c
+    return (xp.maximum(a, 0.0) if op == "RELU" else xp.tanh(a)), c
 
 
 def rnn(x, params, op, num_layers, hidden, bidirectional=False, h0=None, c0=None,
@@ -62,16 +65,17 @@ def rnn(x, params, op, num_layers, hidden, bidirectional=False, h0=None, c0=None
     last valid step; the reverse direction starts at each sequence's own end.
     Returns (y, h_T, c_T); c_T is None unless op == "LSTM".
     """
-    x = np.asarray(x, dtype=np.float32)
+    xp = array_module(x)
+    x = x.astype(np.float32, copy=False)
     n, steps, _ = x.shape
     dirs = 2 if bidirectional else 1
     gates = len(GATES[op])
-    h_t = np.zeros((n, num_layers * dirs, hidden), np.float32) if h0 is None else \
-        np.array(h0, dtype=np.float32)
-    c_t = np.zeros_like(h_t) if c0 is None else np.array(c0, dtype=np.float32)
+    h_t = xp.zeros((n, num_layers * dirs, hidden), np.float32) if h0 is None else \
+        xp.array(h0, dtype=np.float32)
+    c_t = xp.zeros_like(h_t) if c0 is None else xp.array(c0, dtype=np.float32)
     mask = None
     if seq_lengths is not None:
-        mask = (np.arange(steps)[None, :] < np.asarray(seq_lengths)[:, None])[:, :, None]
+        mask = (xp.arange(steps)[None, :] < xp.asarray(seq_lengths)[:, None])[:, :, None]
     inp = x
     for layer in range(num_layers):
         halves = []
@@ -79,12 +83,12 @@ def rnn(x, params, op, num_layers, hidden, bidirectional=False, h0=None, c0=None
             idx = layer * dirs + d
             p = params[idx]
             if p["W"] is None:
-                gx_all = np.concatenate([inp] * gates, axis=-1) + p["Wb"]
+                gx_all = xp.concatenate([inp] * gates, axis=-1) + p["Wb"]
             else:
-                gx_all = np.matmul(inp, p["W"].T) + p["Wb"]
+                gx_all = xp.matmul(inp, p["W"].T) + p["Wb"]
             r_t, rb = p["R"].T, p["Rb"]
             h, c = h_t[:, idx], c_t[:, idx]
-            y = np.zeros((n, steps, hidden), np.float32)
+            y = xp.zeros((n, steps, hidden), np.float32)
             for t in (range(steps - 1, -1, -1) if d == 1 else range(steps)):
                 h_new, c_new = _step(op, gx_all[:, t], h @ r_t + rb, h, c, hidden)
                 if mask is None:
@@ -92,9 +96,9 @@ def rnn(x, params, op, num_layers, hidden, bidirectional=False, h0=None, c0=None
                     y[:, t] = h
                 else:
                     m = mask[:, t]
-                    h, c = np.where(m, h_new, h), np.where(m, c_new, c)
-                    y[:, t] = np.where(m, h_new, 0.0)
+                    h, c = xp.where(m, h_new, h), xp.where(m, c_new, c)
+                    y[:, t] = xp.where(m, h_new, 0.0)
             h_t[:, idx], c_t[:, idx] = h, c
             halves.append(y)
-        inp = halves[0] if dirs == 1 else np.concatenate(halves, axis=-1)
+        inp = halves[0] if dirs == 1 else xp.concatenate(halves, axis=-1)
     return inp, h_t, (c_t if op == "LSTM" else None)

@@ -67,6 +67,8 @@ class CupyBackend:
         self._lock = threading.Lock()
         self.selected = {}           # layer name -> last tactic name chosen (for inspection)
         self.timings = {}            # layer name -> {tactic: ms} of the last selection
+        self.graph_notes = []        # why each shape runs eagerly or replays a graph
+        self._capture_error = ""
 
     # -- the backend interface -----------------------------------------------------
     def asarray(self, x):
@@ -109,7 +111,7 @@ class CupyBackend:
         return tactic
 
     def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
-        cands = [t for t in T.candidates(layer)
+        cands = [t for t in T.candidates(layer, precision)
                  if t.supports(layer, shapes, dtypes, precision) is None]
         self._capturable[key] = next((t for t in cands if t.capturable), None)
         forced = self.forced.get(layer.name) if self._at_build_shapes else None
@@ -133,9 +135,17 @@ class CupyBackend:
                 if t.name == hit["tactic"]:
                     return t
         fast = [t for t in cands if t is not T.HOST]
-        if len(fast) == 1 and fast[0] is T.GENERIC:
-            timed = {T.GENERIC.name: 0.0}        # nothing to choose between: skip timing
-            best = T.GENERIC
+        if len(fast) == 1 and fast[0] in (T.GENERIC, T.INT8_EMULATION):
+            # nothing to choose between: no timing, but it must run (a layer whose
+            # reference code is NumPy-only raises on device arrays: host tactic)
+            only = fast[0]
+            try:
+                only.run(self._prepared(layer, only), layer, inputs, precision, out_dtypes)
+                timed, best = {only.name: 0.0}, only
+            except Exception as e:     # noqa: BLE001
+                log.info("%s: %s failed on the device (%s: %s); host tactic", layer.name,
+                         only.name, type(e).__name__, e)
+                timed, best = {only.name: math.inf}, T.HOST
         else:
             timed, best, best_ms = {}, None, math.inf
             for t in fast if self.autotune else fast[:1]:
@@ -203,7 +213,9 @@ class CupyBackend:
         swaps = {k: self._capturable.get(k) for k in layer_keys
                  if not self._choice[k].capturable}
         if any(v is None for v in swaps.values()):
-            return "eager"                       # some layer has no graph-safe kernel
+            names = [k[0] for k, v in swaps.items() if v is None]
+            self.graph_notes.append(f"eager: no graph-safe tactic for {names[:5]}")
+            return "eager"
 
         def wall(fn, reps=5):
             fn()
@@ -219,6 +231,7 @@ class CupyBackend:
         graph = self._capture(context, feeds, sched)
         if graph == "eager":
             self._choice.update(saved)
+            self.graph_notes.append(f"eager: capture failed ({self._capture_error})")
             return "eager"
         if swaps:
             def replay():
@@ -226,6 +239,7 @@ class CupyBackend:
                 graph.stream.synchronize()
             graph_s = wall(replay)
             log.info("%s: eager %.3f ms vs graph %.3f ms", context.engine, 1e3 * eager_s, 1e3 * graph_s)
+            self.graph_notes.append(f"eager {1e3 * eager_s:.3f} ms vs graph {1e3 * graph_s:.3f} ms")
             if graph_s >= eager_s:
                 self._choice.update(saved)
                 return "eager"
@@ -253,6 +267,7 @@ class CupyBackend:
                     graph = stream.end_capture()
                 graph.upload(stream)
         except Exception as e:     # noqa: BLE001  (cuBLAS or a host sync inside: stay eager)
+            self._capture_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.info("engine not captured into a CUDA graph (%s: %s); running eagerly",
                      type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return "eager"

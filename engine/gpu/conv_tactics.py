@@ -72,6 +72,62 @@ class ConvIgemm(Tactic):
         return [nchw_view(y)]
 
 
+class ConvIgemmSplitK(ConvIgemm):
+    """The implicit GEMM with the reduction split over CTAs (FP32 partial sums,
+    then one kernel adds them and applies the epilogue): fills the GPU when the
+    output is small (batch 1, late stages)."""
+
+    def __init__(self, tile):
+        super().__init__(tile)
+        self.name = f"conv.{tile.name}"
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_tc import conv2d_igemm_splitk
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_igemm_splitk(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
+                                padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
+                                bias=state["bias"], scale=state["scale"],
+                                residual=_residual(inputs, out_dtype), act=state["act"],
+                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                                tactic=self.tile)
+        return [nchw_view(y)]
+
+
+class ConvStemSmallC(ConvIgemm):
+    """Few input channels (an RGB stem): taps packed densely in pairs, so a 7x7
+    reduction is 224 long instead of 392 with per-tap channel padding."""
+
+    def __init__(self, tile):
+        super().__init__(tile)
+        self.name = f"conv.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        reason = super().supports(layer, in_shapes, in_dtypes, precision)
+        if reason is None and not 0 < in_shapes[0][1] <= 4:
+            return "more than 4 input channels"
+        return reason
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_tc import pack_weight_smallc
+        c = layer._inputs[0].shape[1]
+        return {"w": pack_weight_smallc(layer.weights(c), "KCRS"), **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_tc import conv2d_igemm_smallc
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_igemm_smallc(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
+                                padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
+                                bias=state["bias"], scale=state["scale"],
+                                residual=_residual(inputs, out_dtype), act=state["act"],
+                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                                tactic=self.tile)
+        return [nchw_view(y)]
+
+
 class Conv1x1Cublas(Tactic):
     """1x1 convolution as one cuBLAS GEMM over NHWC rows + fused epilogue kernel."""
     name = "conv.cublas_1x1"
@@ -196,6 +252,20 @@ class FcIgemm(Tactic):
         return [nchw_view(y)]
 
 
+class FcIgemmSplitK(FcIgemm):
+    """Fully connected through the split-K implicit GEMM (M is the batch: small)."""
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_tc import conv2d_igemm_splitk
+        out_dtype = out_dtypes[0].to_numpy()
+        y = conv2d_igemm_splitk(as_nhwc(inputs[0], np.float16, 8), state["w"], out_hw=(1, 1),
+                                bias=state["bias"], scale=state["scale"],
+                                residual=_residual(inputs, out_dtype), act=state["act"],
+                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                                tactic=self.tile)
+        return [nchw_view(y)]
+
+
 class FcCublas(Tactic):
     """Fully connected through cuBLAS + fused epilogue; any rank."""
     name = "fc.cublas"
@@ -294,10 +364,14 @@ class MatMulCublas(Tactic):
 
 
 def _register():
-    from kernels.gpu.conv_tc import IGEMM_TACTICS
-    register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS],
+    from kernels.gpu.conv_tc import (IGEMM_TACTICS, IGEMM_TACTICS_LARGE, SMALLC_TACTICS,
+                                     SPLITK_TACTICS)
+    register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS + IGEMM_TACTICS_LARGE],
+             *[ConvIgemmSplitK(t) for t in SPLITK_TACTICS],
+             *[ConvStemSmallC(t) for t in SMALLC_TACTICS],
              Conv1x1Cublas(), ConvDepthwise(), ConvIm2col())
-    register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]], FcCublas())
+    register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
+             *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas())
     register(LayerType.POOLING, PoolNhwc())
     register(LayerType.REDUCE, GlobalAvgPool())
     register(LayerType.MATRIX_MULTIPLY, MatMulCublas())

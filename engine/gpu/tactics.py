@@ -25,6 +25,7 @@ FLOAT_KINDS = ("f",)
 class Tactic:
     name = "tactic"
     capturable = True           # no cuBLAS or host sync inside: CUDA-graph safe
+    int8 = False                # runs INT8 layers (int8 codes + scales), and only those
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         return None
@@ -59,6 +60,11 @@ class GenericTactic(Tactic):
     """The layer's NumPy adapter over CuPy arrays."""
     name = "cupy.generic"
 
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision == DataType.INT8:
+            return "an INT8 layer needs integer arithmetic (the int8 tactics)"
+        return None
+
     def prepare(self, layer):
         return device_clone(layer, cupy())
 
@@ -72,6 +78,7 @@ class HostTactic(Tactic):
     """Copy to the host, run the NumPy kernel, copy back. Correct, slow, last."""
     name = "numpy.host"
     capturable = False
+    int8 = None                 # either: the NumPy backend routes INT8 layers itself
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from ..backends.numpy_backend import NumpyBackend
@@ -81,17 +88,45 @@ class HostTactic(Tactic):
         return [cp.asarray(o) for o in outs]
 
 
-GENERIC, HOST = GenericTactic(), HostTactic()
+class Int8Emulation(Tactic):
+    """INT8 layers through engine.quantization's exact integer arithmetic, on
+    device arrays (float64 products: exact, slow; the IMMA kernels replace it)."""
+    name = "int8.emulation"
+    int8 = True
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        from ..quantization import can_run_int8
+        if precision != DataType.INT8 or not can_run_int8(layer):
+            return "not an INT8 layer"
+        return None
+
+    def prepare(self, layer):
+        return device_clone(layer, cupy())
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from ..quantization import run_int8_layer
+        cp = cupy()
+        outs = run_int8_layer(state, inputs, out_dtypes)
+        return [cp.asarray(o).astype(d.to_numpy(), copy=False) for o, d in zip(outs, out_dtypes)]
+
+
+GENERIC, HOST, INT8_EMULATION = GenericTactic(), HostTactic(), Int8Emulation()
 
 
 def register(layer_type, *tactics):
     kernel_table.TACTICS.setdefault(layer_type, []).extend(tactics)
 
 
-def candidates(layer):
-    """The layer's specialised tactics, then generic, then host."""
+def candidates(layer, precision=None):
+    """The layer's specialised tactics, then generic, then host; for a given
+    precision only the tactics that compute in it (INT8 is integer arithmetic on
+    codes: float tactics would misread them)."""
     from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
-    return list(kernel_table.TACTICS.get(layer.layer_type, ())) + [GENERIC, HOST]
+    every = list(kernel_table.TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
+    if precision is None:
+        return every
+    want = precision == DataType.INT8
+    return [t for t in every if t.int8 is None or t.int8 == want]
 
 
 def by_name(layer, name):

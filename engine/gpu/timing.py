@@ -51,7 +51,11 @@ def layer_signature(layer, in_shapes, in_dtypes, precision, out_dtypes):
     """Everything a tactic's speed depends on, weights' values excluded."""
     attrs = {}
     for key, value in sorted(layer._attrs.items()):
-        if isinstance(value, np.ndarray):
+        if isinstance(value, list) and value and hasattr(value[0], "layer"):   # a fused chain
+            value = [layer_signature(op.layer, [], [], precision, [])["attrs"] | {
+                "type": op.layer.layer_type.name, "side": op.side, "input": op.input_index,
+                "const": None if op.const is None else list(op.const.shape)} for op in value]
+        elif isinstance(value, np.ndarray):
             value = ["array", list(value.shape), value.dtype.name]
         elif isinstance(value, dict):
             value = sorted((k, list(v.shape)) if isinstance(v, np.ndarray) else (k, str(v))
@@ -87,7 +91,7 @@ class TimingCache:
 
     @staticmethod
     def key(gpu, signature):
-        text = json.dumps([KERNEL_VERSION, gpu, signature], sort_keys=True)
+        text = json.dumps([KERNEL_VERSION, gpu, signature], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def get(self, key):

@@ -1,6 +1,8 @@
 """GEMM-shaped and reduction layers: FullyConnected, MatrixMultiply, Reduce, SoftMax."""
 import numpy as np
 
+from kernels.xp import array_module
+
 from kernels import gemm as G
 from kernels import reduce as R
 
@@ -87,7 +89,8 @@ def _fully_connected(layer, inputs):
     k = layer.num_output_channels
     residual = inputs[1] if len(inputs) > 1 else None
     if residual is not None:
-        residual = np.broadcast_to(residual, (*lead, k) if x.ndim == 2 else (*lead, k, 1, 1))
+        residual = array_module(residual).broadcast_to(residual, (*lead, k) if x.ndim == 2
+                                                       else (*lead, k, 1, 1))
         residual = residual.reshape(-1, k)
     act = layer.post_activation
     alpha, beta = layer.post_params()

@@ -308,16 +308,22 @@ class PluginV2Layer(Layer):
 
 @numpy_impl(LayerType.PLUGIN_V2)
 def _plugin_v2(layer, inputs):
+    from kernels.xp import array_module
     plugin = layer.plugin
     expected = layer.infer([x.shape for x in inputs], [t.dtype for t in layer._inputs])
-    outs = plugin.enqueue_numpy(list(inputs))
+    xp = array_module(*inputs)
+    # on the GPU backend the inputs are CuPy arrays: the plugin's CuPy code runs if it
+    # has some; a plugin with only NumPy code raises here and the host tactic takes it
+    run = plugin.enqueue_cupy if xp is not np and plugin.enqueue_cupy is not None \
+        else plugin.enqueue_numpy
+    outs = run(list(inputs))
     if not isinstance(outs, (list, tuple)) or len(outs) != len(expected):
         got = f"{len(outs)} arrays" if isinstance(outs, (list, tuple)) else type(outs).__name__
         raise PluginError(f"{layer.describe()}: plugin {plugin.plugin_type!r} enqueue_numpy "
                           f"returned {got}; its shape rule declares {len(expected)} outputs")
     result = []
     for i, (a, (shape, dtype)) in enumerate(zip(outs, expected)):
-        a = np.asarray(a)
+        a = xp.asarray(a)
         if a.shape != shape:
             raise PluginError(f"{layer.describe()}: plugin {plugin.plugin_type!r} enqueue_numpy "
                               f"returned output {i} of shape {a.shape}; its shape rule says {shape}")

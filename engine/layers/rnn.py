@@ -216,16 +216,18 @@ class RNNv2Layer(Layer):
     def kernel_params(self):
         """Per sub-layer dicts of gate-stacked W, R, Wb, Rb for kernels.rnn.rnn."""
         self.check_complete()
+        from kernels.xp import array_module
         h = self.hidden_size
-        zero = np.zeros(h, np.float32)
+        xp = array_module(*self.weights.values())      # device arrays on a device clone
+        zero = xp.zeros(h, np.float32)
         params = []
         for index in range(self.num_layers * self.num_directions):
             p = {}
             for kind in ("W", "R"):
                 keys = [f"L{index}.{g.name}.{kind}" for g in self.gates]
-                p[kind] = (np.concatenate([self.weights[k] for k in keys]).astype(np.float32)
+                p[kind] = (xp.concatenate([self.weights[k] for k in keys]).astype(np.float32)
                            if keys[0] in self.weights else None)
-                p[kind + "b"] = np.concatenate([self.biases.get(k, zero) for k in keys]
+                p[kind + "b"] = xp.concatenate([xp.asarray(self.biases.get(k, zero)) for k in keys]
                                                ).astype(np.float32)
             params.append(p)
         return params

@@ -23,6 +23,10 @@ class ClipCube(rt.Plugin):
     def enqueue_numpy(self, inputs):
         return [np.clip(inputs[0], -self.limit, self.limit) ** 3]
 
+    def enqueue_cupy(self, inputs):
+        import cupy
+        return [cupy.clip(inputs[0], -self.limit, self.limit) ** 3]
+
 
 def _rnn(net, x):
     r = net.add_rnn_v2(x, 1, 3, 4, rt.RNNOperation.GRU)
