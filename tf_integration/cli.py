@@ -1,8 +1,9 @@
-"""``cupyrt convert`` and ``cupyrt tf-demo``: the TensorFlow commands of the CLI.
+"""``cupyrt convert``, ``export-engines`` and ``tf-demo``: the TensorFlow commands of the CLI.
 
     cupyrt convert frozen.pb -o model_opt.pb --outputs Identity [--precision FP16]
                    [--minimum-segment-size 3] [--max-batch-size 8] [--dynamic]
                    [--maximum-cached-engines 1] [--report report.json]
+    cupyrt export-engines model_opt.pb OUTDIR [--outputs Identity]
     cupyrt tf-demo [--model ResNet50] [--size 224] [--batch 4] [--legacy-keras]
 
 workflows/cli.py calls ``add_commands`` on its subparsers.
@@ -41,6 +42,20 @@ def _convert(args):
     conv.convert()
     path = conv.save(args.output)
     sys.stdout.write(conv.summary() + f"\nwrote {path}\n")
+    return 0
+
+
+def _export(args):
+    import tensorflow as tf
+
+    from .export import export_engines
+
+    gd = tf.compat.v1.GraphDef()
+    with open(args.graph, "rb") as f:
+        gd.ParseFromString(f.read())
+    outputs = [o if ":" in o else f"{o}:0" for o in _names(args.outputs)]
+    paths = export_engines(gd, args.outdir, model_outputs=outputs or None)
+    sys.stdout.write("".join(f"wrote {p}\n" for p in paths))
     return 0
 
 
@@ -128,6 +143,13 @@ def add_commands(sub):
     c.add_argument("--workspace", type=int, default=1 << 30, help="bytes")
     c.add_argument("--report", help="write the conversion report as JSON here")
     c.set_defaults(func=_convert)
+    e = sub.add_parser("export-engines",
+                       help="write each engine node's network of a converted .pb, and a manifest")
+    e.add_argument("graph", help="converted GraphDef (.pb from cupyrt convert)")
+    e.add_argument("outdir", help="folder for <engine>.network files and manifest.json")
+    e.add_argument("--outputs", action="append",
+                   help="model output tensors, to map onto engine outputs in the manifest")
+    e.set_defaults(func=_export)
     d = sub.add_parser("tf-demo", help="freeze a Keras model, convert, compare with TF")
     d.add_argument("--model", default="ResNet50", choices=["ResNet50", "MobileNetV2"])
     d.add_argument("--size", type=int, default=224)

@@ -218,20 +218,6 @@ class ConversionContext:
                 return rank, v.perm
         return rank, identity(rank)
 
-    def add_windowed(self, kind, x, **attrs):
-        """A convolution/deconvolution/pooling layer with every attribute set at once.
-
-        The engine checks shapes as each attribute is assigned, so a 3x3 SAME
-        convolution on a 2x2 map fails if padding comes after creation. Until
-        ``add_*_nd`` take attributes (ENGINE_REQUESTS.md), build the layer whole.
-        """
-        from engine.layers import classes as L
-
-        cls = {"conv": L.ConvolutionLayer, "deconv": L.DeconvolutionLayer,
-               "pool": L.PoolingLayer}[kind]
-        attrs = {k: v for k, v in attrs.items() if v is not None}
-        return self.network._add(cls(self.network, [x], **attrs))   # noqa: SLF001
-
     # ------------------------------------------------------------------ naming
     def _name(self, layer, suffix):
         base = self.node.name if self.node is not None else self.engine_name

@@ -5,9 +5,11 @@ A segment is cut out of the graph as its own small GraphDef:
     cupyrt_input_0 (Placeholder) --.
     cupyrt_input_1 (Placeholder) --+--> member nodes (+ copied constants) --> cupyrt_output_j (Identity)
 
-That GraphDef is the engine node's source of truth: it is converted to an
-engine network (now, and again for every new input shape in dynamic mode), and
-it is what runs in TensorFlow when an engine cannot.
+That GraphDef is converted to an engine network once, at convert() time. In
+dynamic mode the network (engine.serialize_network bytes) is stored in the
+engine node and built per input shape; the GraphDef stays as what runs in
+TensorFlow when an engine cannot (and is converted again per shape only for
+the rare segment whose network needs concrete input shapes).
 """
 import logging
 
@@ -132,10 +134,35 @@ def build_network(segment_gd, input_shapes=None, graph=None):
 def build_plan(segment_gd, precision_mode="FP32", input_shapes=None,
                max_workspace_size_bytes=None, graph=None):
     """Convert and build a segment: the serialized plan (bytes)."""
+    _check_precision(precision_mode)
+    _, network = build_network(segment_gd, input_shapes, graph=graph)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes)
+
+
+def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_shapes=None,
+                                  max_workspace_size_bytes=None):
+    """Build a stored network (engine.serialize_network bytes) for concrete input shapes.
+
+    The network's inputs are ``input_0..``; ``input_shapes`` replace their
+    declared shapes (-1 dims) before the build, as TensorRT's per-shape engines do.
+    """
+    _check_precision(precision_mode)
+    network = rt.deserialize_network(network_bytes)
+    if input_shapes is not None:
+        for i, shape in enumerate(input_shapes):
+            network.get_tensor(f"input_{i}").shape = tuple(shape)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes)
+
+
+def _check_precision(precision_mode):
     if precision_mode == "INT8":
         raise ConversionError("precision_mode 'INT8' needs calibration, which is not available "
                               "yet; use 'FP32' or 'FP16'")
-    builder, network = build_network(segment_gd, input_shapes, graph=graph)
+
+
+def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=None):
+    """Build an engine network under TF-TRT's precision/workspace parameters: plan bytes."""
+    builder = rt.Builder()
     config = builder.create_builder_config()
     if precision_mode == "FP16":
         config.set_flag(rt.BuilderFlag.FP16)

@@ -107,7 +107,7 @@ class TrtGraphConverter:
             for seg in result.segments:
                 seg_gd = conversion.segment_graph_def(graph, seg)
                 try:
-                    plan = self._check_or_build(seg_gd)
+                    plan, network = self._check_or_build(seg_gd)
                 except (TFIntegrationError, ValueError, RuntimeError, TypeError) as exc:
                     node = getattr(exc, "node", None)
                     if node in seg.nodes and attempt < MAX_RESEGMENTATIONS:
@@ -123,7 +123,7 @@ class TrtGraphConverter:
                     continue
                 name = f"CupyrtEngine_{len(engines)}"
                 engine_nodes.append(make_engine_node(name, seg, seg_gd, graph, plan,
-                                                     self.params))
+                                                     self.params, network=network))
                 engines.append(self._engine_report(name, seg, graph, plan))
             if not retry:
                 break
@@ -139,21 +139,24 @@ class TrtGraphConverter:
         return converted
 
     def _check_or_build(self, seg_gd):
-        """Convert the segment's network now (errors surface at convert time);
-        build the plan too when engines are static."""
+        """Convert the segment's network now (errors surface at convert time):
+        ``(plan, network bytes)``. Static engines get the built plan; dynamic ones
+        the serialized network, built per input shape at run time."""
         if not self.params["is_dynamic_op"]:
             return conversion.build_plan(seg_gd, self.params["precision_mode"],
                                          max_workspace_size_bytes=self.params[
-                                             "max_workspace_size_bytes"])
+                                             "max_workspace_size_bytes"]), None
         try:
-            conversion.build_network(seg_gd)
+            _, network = conversion.build_network(seg_gd)
         except rt.NetworkDefinitionError as exc:
             # Some layers need concrete dims (e.g. a slice across the batch dim); a
-            # dynamic engine only ever sees concrete shapes, so check with one.
+            # dynamic engine only ever sees concrete shapes, so check with one. Such a
+            # network is only valid at those shapes: store none, convert per shape.
             shapes = conversion.example_shapes(seg_gd, self.params["max_batch_size"])
             logger.debug("segment needs concrete shapes (%s); checking with %s", exc, shapes)
             conversion.build_network(seg_gd, input_shapes=shapes)
-        return None
+            return None, None
+        return None, rt.serialize_network(network)
 
     def _splice(self, graph, segments, engine_nodes, engines):
         """The output GraphDef: members replaced by engine nodes; each engine output

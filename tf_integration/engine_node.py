@@ -3,8 +3,12 @@
 In the GraphDef an engine node is a node of op type ``CupyrtEngineOp`` whose
 attributes carry everything it needs (so a saved .pb is self-contained):
 
-    segment_graph   the segment as its own GraphDef (conversion.py); converted
-                    to an engine per input shape, and run by TF as the fallback
+    segment_graph   the segment as its own GraphDef (conversion.py): what TF runs
+                    when an engine cannot (the fallback)
+    serialized_network  the converted network (engine.serialize_network bytes,
+                    dynamic engines): built per input shape; empty when the
+                    segment only converts at concrete shapes (then the segment
+                    is converted again per shape)
     serialized_plan the plan built at convert() time (static engines), or empty
     Tin / Tout      input and output dtypes; input_shapes / output_shapes
     precision_mode, is_dynamic_op, max_cached_engines, max_batch_size,
@@ -38,12 +42,13 @@ class EngineFallbackWarning(UserWarning):
     """An engine could not be built or run; the TensorFlow segment ran instead."""
 
 
-def make_engine_node(name, segment, segment_gd, graph, plan, params):
+def make_engine_node(name, segment, segment_gd, graph, plan, params, network=None):
     """The NodeDef of an engine node for ``segment`` (see module docstring)."""
     node = tf.compat.v1.NodeDef(name=name, op=ENGINE_OP)
     node.input.extend(segment.inputs)
     node.input.extend(f"^{c}" for c in segment.control_inputs)
     node.attr["segment_graph"].s = segment_gd.SerializeToString()
+    node.attr["serialized_network"].s = network or b""
     node.attr["serialized_plan"].s = plan or b""
     node.attr["Tin"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.inputs)
     node.attr["Tout"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.outputs)
@@ -64,6 +69,8 @@ class EngineRunner:
         self.name = node.name
         self.segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
         self.static_plan = node.attr["serialized_plan"].s or None
+        self.network = (node.attr["serialized_network"].s
+                        if "serialized_network" in node.attr else b"") or None
         self.precision = get_attr(node, "precision_mode", "FP32")
         self.dynamic = get_attr(node, "is_dynamic_op", True)
         self.capacity = max(1, get_attr(node, "max_cached_engines", 1))
@@ -103,7 +110,8 @@ class EngineRunner:
             self._warn("static engine node without a plan")
             return None
         try:
-            plan = build_engine(self.segment_gd, self.precision, shapes, self.workspace)
+            plan = build_engine(self.segment_gd, self.precision, shapes, self.workspace,
+                                network=self.network)
             ctx = rt.Runtime().deserialize_cuda_engine(plan).create_execution_context()
         except Exception as exc:          # noqa: BLE001 - any failure means: run natively
             self.failed.add(shapes)
@@ -159,8 +167,12 @@ class EngineRunner:
         return [np.asarray(v, dtype=dt) for v, dt in zip(values, self.tout)]
 
 
-def build_engine(segment_gd, precision, shapes, workspace):
-    """Build a plan for concrete input shapes (module-level so tests can force failures)."""
+def build_engine(segment_gd, precision, shapes, workspace, network=None):
+    """Build a plan for concrete input shapes (module-level so tests can force failures):
+    from the stored network when there is one, else by converting the segment."""
+    if network is not None:
+        return conversion.build_serialized_network_plan(network, precision, input_shapes=shapes,
+                                                        max_workspace_size_bytes=workspace)
     return conversion.build_plan(segment_gd, precision, input_shapes=shapes,
                                  max_workspace_size_bytes=workspace)
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import engine as rt
+
 from tf_integration import (EngineFallbackWarning, GraphConverter, TrtGraphConverter,
                             import_graph_def, wrap_frozen_graph)
-from tf_integration import engine_node, registry
+from tf_integration import conversion, engine_node, registry
 from tf_integration.engine_node import ENGINE_OP, EngineRunner
 from tf_integration.errors import (ConverterArgumentError, EngineNodeError, RegistryError,
                                    TFIntegrationError)
@@ -129,6 +131,40 @@ def test_engine_cache_is_lru_bounded_by_maximum_cached_engines():
     assert runner.stats["evictions"] == 1            # (2, ...) was least recently used
     assert list(runner.cache) == [((1, 5, 6, 4),), ((3, 5, 6, 4),)]
     assert runner.stats["native_runs"] == 0
+
+
+def test_dynamic_engines_build_from_the_stored_network(monkeypatch):
+    runner, gd = _runner(max_cached=2)
+    assert runner.network and runner.static_plan is None
+    net = rt.deserialize_network(runner.network)
+    assert net.get_input(0).name == "input_0" and net.get_input(0).shape[0] == -1
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the segment was converted again")
+
+    monkeypatch.setattr(conversion, "build_network", no_conversion)
+    for batch in (1, 3):
+        x = random_input((batch, 5, 6, 4), seed=batch)
+        (got,) = runner(x)
+        assert rel_l2(got, run_graph(gd, ["out0:0"], {"x0:0": x})[0]) <= 1e-5
+    assert runner.stats["engines_built"] == 2 and runner.stats["native_runs"] == 0
+
+
+def test_segment_that_needs_concrete_shapes_is_converted_per_shape(monkeypatch):
+    real = conversion.build_network
+
+    def concrete_only(segment_gd, input_shapes=None, graph=None):
+        if input_shapes is None:      # as a layer that cannot take a -1 dim would
+            raise rt.NetworkDefinitionError("layer", "input", "-1", "concrete dims")
+        return real(segment_gd, input_shapes, graph)
+
+    monkeypatch.setattr(conversion, "build_network", concrete_only)
+    runner, gd = _runner(max_cached=1)
+    assert runner.network is None          # a network valid only at one shape is not stored
+    x = random_input((3, 5, 6, 4), seed=1)
+    (got,) = runner(x)
+    assert rel_l2(got, run_graph(gd, ["out0:0"], {"x0:0": x})[0]) <= 1e-5
+    assert runner.stats["engines_built"] == 1 and runner.stats["native_runs"] == 0
 
 
 def test_static_engine_beyond_max_batch_size_runs_natively():

@@ -75,12 +75,13 @@ def test_keras_model_converts_into_one_engine_and_matches(flavour, name, tmp_pat
 
 def _transposing_shuffles(eng):
     out = []
-    for layer in eng.network._layers:
-        if layer.layer_type != rt.LayerType.SHUFFLE:
+    for info in eng.layers:
+        if info.type != rt.LayerType.SHUFFLE:
             continue
-        for p in (layer.first_transpose, layer.second_transpose):
-            if p is not None and tuple(p) != tuple(range(len(p))):
-                out.append(layer)
+        for key in ("first_transpose", "second_transpose"):
+            p = info.attributes.get(key)
+            if p is not None and list(p) != list(range(len(p))):
+                out.append(info)
                 break
     return out
 
@@ -93,7 +94,9 @@ def test_no_runtime_transpose_inside_converted_resnet50(flavour):
     shuffles = _transposing_shuffles(eng)
     # the one NHWC -> NCHW transpose of the engine's input, nothing inside
     assert len(shuffles) == 1, shuffles
-    assert shuffles[0]._inputs[0].is_network_input
+    inputs = {eng.get_tensor_name(i) for i in range(eng.num_io_tensors)
+              if eng.get_tensor_mode(eng.get_tensor_name(i)) == rt.TensorIOMode.INPUT}
+    assert shuffles[0].inputs[0] in inputs
 
 
 def test_keras3_batch_norm_folds_into_convolutions():
@@ -113,6 +116,7 @@ def test_dynamic_resnet50_builds_per_shape_engine():
     _, converted = convert(gd, outs, is_dynamic_op=True, maximum_cached_engines=2)
     node = [n for n in converted.node if n.op == ENGINE_OP][0]
     assert node.attr["serialized_plan"].s == b""          # built at run time
+    assert rt.deserialize_network(node.attr["serialized_network"].s).num_inputs == 1
     x = np.random.default_rng(5).standard_normal((1, SIZE, SIZE, 3)).astype(np.float32)
     ref = run_graph(gd, outs, {ins[0]: x})[0]
     got = run_graph(converted, outs, {ins[0]: x}, converted=True)[0]

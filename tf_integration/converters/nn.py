@@ -63,8 +63,11 @@ def _pads(node, hw):
 def _window_attrs(node, hw):
     """stride_nd, padding_mode, pre_padding, post_padding of a TF node."""
     mode, pre, post = _pads(node, hw)
-    return dict(stride_nd=tuple(get_attr(node, "strides", [1, 1, 1, 1])[a] for a in hw),
-                padding_mode=mode, pre_padding=pre, post_padding=post)
+    attrs = dict(stride_nd=tuple(get_attr(node, "strides", [1, 1, 1, 1])[a] for a in hw),
+                 pre_padding=pre, post_padding=post)
+    if mode is not None:            # explicit/valid: the pre/post paddings say it all
+        attrs["padding_mode"] = mode
+    return attrs
 
 
 @converter("Conv2D", "DepthwiseConv2dNative", validator=_spatial_validator())
@@ -81,12 +84,12 @@ def convert_conv2d(ctx, node):
         # depthwise: output channel c*M + m reads input channel c only
         groups, k = c, c * m
         kernel = w.reshape(r, s, c * m).transpose(2, 0, 1)[:, None, :, :]
-    layer = ctx.add_windowed("conv", ctx.tensor(x, perm), num_output_maps=k,
-                             kernel_size_nd=(r, s), kernel=np.ascontiguousarray(kernel),
-                             num_groups=int(groups),
-                             dilation_nd=tuple(get_attr(node, "dilations", [1, 1, 1, 1])[a]
-                                               for a in hw),
-                             **_window_attrs(node, hw))
+    # attributes at creation: a 3x3 SAME conv on a 2x2 map is valid only once padded
+    layer = ctx.network.add_convolution_nd(
+        ctx.tensor(x, perm), k, (r, s), np.ascontiguousarray(kernel), None,
+        num_groups=int(groups),
+        dilation_nd=tuple(get_attr(node, "dilations", [1, 1, 1, 1])[a] for a in hw),
+        **_window_attrs(node, hw))
     ctx.name(layer)
     return [Value(layer.get_output(0), perm=perm)]
 
@@ -135,11 +138,9 @@ def convert_conv2d_transpose(ctx, node):
         pre.append(p0)
         post.append(max(p1, 0))
         extra.append(max(-p1, 0))        # rows the forward conv never read: zero gradient
-    layer = ctx.add_windowed("deconv", ctx.tensor(x, perm), num_output_maps=k,
-                             kernel_size_nd=(r, s),
-                             kernel=np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
-                             stride_nd=tuple(strides), pre_padding=tuple(pre),
-                             post_padding=tuple(post))
+    layer = ctx.network.add_deconvolution_nd(
+        ctx.tensor(x, perm), k, (r, s), np.ascontiguousarray(w.transpose(3, 2, 0, 1)), None,
+        stride_nd=tuple(strides), pre_padding=tuple(pre), post_padding=tuple(post))
     ctx.name(layer)
     out = layer.get_output(0)
     if any(extra):
@@ -205,9 +206,9 @@ def convert_pool(ctx, node):
     ksize = tuple(get_attr(node, "ksize")[a] for a in hw)
     kind = rt.PoolingType.MAX if node.op == "MaxPool" else rt.PoolingType.AVERAGE
     # TF's AvgPool divides by the taps inside the input only
-    layer = ctx.add_windowed("pool", ctx.tensor(x, perm), pooling_type=kind,
-                             window_size_nd=ksize, average_count_excludes_padding=True,
-                             **_window_attrs(node, hw))
+    layer = ctx.network.add_pooling_nd(ctx.tensor(x, perm), kind, ksize,
+                                       average_count_excludes_padding=True,
+                                       **_window_attrs(node, hw))
     ctx.name(layer)
     return [Value(layer.get_output(0), perm=perm)]
 

@@ -505,9 +505,9 @@ def _validate_resize(node, graph):
 def convert_resize(ctx, node):
     x = ctx.input(node, 0)
     oh, ow = (int(v) for v in ctx.const(node, 1, "size"))
-    shape = x.tf_shape()
     layer = ctx.network.add_resize(ctx.tensor(x, NCHW))
-    layer.scales = (1.0, 1.0, oh / shape[1], ow / shape[2])
+    # output size known: 0 copies N and C (dynamic batch), no float scales to round
+    layer.shape = (0, 0, oh, ow)
     ct = rt.ResizeCoordinateTransformation
     if get_attr(node, "align_corners", False):
         layer.coordinate_transformation = ct.ALIGN_CORNERS
