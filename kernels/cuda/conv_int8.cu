@@ -1,0 +1,408 @@
+// conv_int8.cu -- INT8 tensor-core implicit-GEMM convolution, NHWC int8 in,
+// exact int32 accumulation, fused INT8 epilogue (the contract of
+// kernels/quantize.py, reproduced bit for bit).
+//
+// Same GEMM view and pipeline as conv_igemm.cu (read that header first):
+//   out[M, K] = A[M, Kr] * B[K, Kr]^T,  M = N*P*Q,  Kr = R*S*C  (r, s, c)
+// with 1-byte elements: a 16-byte cp.async chunk is 16 channels, so C % 16 == 0
+// (the Python side pads channels). Shared rows are BK + 16 bytes (the same
+// 80-byte stride as the FP16 kernel's 32 + 8 halves for BK = 64: the 8 row
+// addresses of an ldmatrix phase hit 8 distinct 16-byte bank groups).
+//
+// mma.sync.m16n8k32.row.col.s32.s8.s8.s32 has, in bytes, exactly the fragment
+// layout of m16n8k16 f16 (A: 16 rows x 32 bytes in four 8x16-byte ldmatrix
+// matrices; B: 8 rows x 32 bytes; C: rows lane/4 and lane/4 + 8, columns
+// 2*(lane%4) + {0, 1}), so the FP16 kernel's ldmatrix addressing is reused
+// with byte offsets.
+//
+// Epilogue per output element (m, k), float32, every operation rounded on
+// its own (__fmul_rn / __fadd_rn: no FMA contraction), in this order
+// (kernels.quantize.epilogue_int8):
+//   a   = s_in * s_w[k]                   (alpha, float32 product)
+//   y   = float(acc) * a
+//   y   = y + bias[k]                     (if has_bias)
+//   y   = y + float(r) * res_scale        (int8 residual, res_kind 1)
+//   y   = y + r                           (float32 / float16 residual, 2 / 3)
+//   y   = act(y; alpha, beta)             (codes: common.cuh)
+//   OUT 0: q = clamp(rint(y * inv_out), -128, 127)   (rint: half to even)
+//   OUT 1: float32 y;  OUT 2: float16 (cvt.rn) of y
+#include "common.cuh"
+
+typedef signed char i8_t;
+
+namespace cupyrt_int8 {
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+        : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+__device__ __forceinline__ void mma_16832(int (&d)[4], const unsigned (&a)[4],
+                                          unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// float -> int8 code: saturate(rint(v)), rint half to even (cvt.rni; the
+// int32 conversion saturates, so +-inf and huge values clamp correctly).
+__device__ __forceinline__ int q8(float v) {
+    int i;
+    asm("cvt.rni.sat.s32.f32 %0, %1;" : "=r"(i) : "f"(v));
+    return min(max(i, -128), 127);
+}
+
+template <int OUT> struct OutSel { typedef i8_t T; };
+template <> struct OutSel<1> { typedef float T; };
+template <> struct OutSel<2> { typedef half_t T; };
+
+// one output element from the finished float32 epilogue value
+__device__ __forceinline__ void put(i8_t* p, float y, float inv_out) {
+    *p = (i8_t)q8(__fmul_rn(y, inv_out));
+}
+__device__ __forceinline__ void put(float* p, float y, float) { *p = y; }
+__device__ __forceinline__ void put(half_t* p, float y, float) { *p = f2h(y); }
+
+// eight adjacent channels (8 / 32 / 16 bytes, aligned)
+__device__ __forceinline__ void put8(i8_t* p, const float (&y)[8], float inv_out) {
+    unsigned w[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        w[e >> 2] |= ((unsigned)q8(__fmul_rn(y[e], inv_out)) & 0xffu) << (8 * (e & 3));
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+}
+__device__ __forceinline__ void put8(float* p, const float (&y)[8], float) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(y[0], y[1], y[2], y[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(y[4], y[5], y[6], y[7]);
+}
+__device__ __forceinline__ void put8(half_t* p, const float (&y)[8], float) {
+    uint4 u;
+    u.x = pack_h2(y[0], y[1]); u.y = pack_h2(y[2], y[3]);
+    u.z = pack_h2(y[4], y[5]); u.w = pack_h2(y[6], y[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+// residual element e of a row: res_kind 1 int8 (dequantised), 2 float32, 3 float16
+__device__ __forceinline__ float res_at(const void* res, long long i, int kind, float rs) {
+    if (kind == 1) return __fmul_rn((float)reinterpret_cast<const i8_t*>(res)[i], rs);
+    if (kind == 2) return reinterpret_cast<const float*>(res)[i];
+    return h2f(reinterpret_cast<const half_t*>(res)[i]);
+}
+__device__ __forceinline__ void res8(const void* res, long long i, int kind, float rs,
+                                     float (&r)[8]) {
+    if (kind == 1) {
+        const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const i8_t*>(res) + i);
+        const unsigned w[2] = {u.x, u.y};
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            r[e] = __fmul_rn((float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu), rs);
+    } else if (kind == 2) {
+        const float* p = reinterpret_cast<const float*>(res) + i;
+        const float4 a = reinterpret_cast<const float4*>(p)[0];
+        const float4 b = reinterpret_cast<const float4*>(p)[1];
+        r[0] = a.x; r[1] = a.y; r[2] = a.z; r[3] = a.w;
+        r[4] = b.x; r[5] = b.y; r[6] = b.z; r[7] = b.w;
+    } else {
+        const uint4 u = *reinterpret_cast<const uint4*>(reinterpret_cast<const half_t*>(res) + i);
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            r[2 * e] = h2f((half_t)(w[e] & 0xffffu));
+            r[2 * e + 1] = h2f((half_t)(w[e] >> 16));
+        }
+    }
+}
+
+}  // namespace cupyrt_int8
+
+// Launch: grid = (ceil(M/BM) * ceil(K/BN),), block = WM*WN*32 threads,
+// dynamic shared memory = max(STAGES * (BM + BN) * (BK + 16), BM * (BN + 8) * 4) bytes.
+// Template: BK in bytes (= int8 elements, multiple of 64: two k32 steps per
+// tile for the fragment double-buffering); OUT 0 int8 / 1 float32 / 2 float16;
+// MINB: __launch_bounds__ min blocks per SM (0 = no hint).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int OUT, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
+conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
+                const i8_t* __restrict__ w,          // [K, R, S, C] int8 codes
+                typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
+                const float* __restrict__ s_w,       // [K] weight scales
+                const float* __restrict__ bias,      // [K] (if has_bias)
+                const void* __restrict__ res,        // [M, res_ld] (res_kind != 0)
+                int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+                int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                int out_ld, int out_off, int res_ld, int res_kind, int has_bias,
+                float s_in, float res_scale, float inv_out,
+                int act, float alpha, float beta) {
+    using namespace cupyrt_int8;
+    typedef typename OutSel<OUT>::T OutT;
+    constexpr int THREADS = WM * WN * 32;
+    constexpr int LDS = BK + 16;         // padded row, bytes
+    constexpr int CH = BK / 16;          // 16-byte chunks per row
+    constexpr int ROWS_PER_PASS = THREADS / CH;
+    constexpr int A_IT = BM / ROWS_PER_PASS;
+    constexpr int B_IT = BN / ROWS_PER_PASS;
+    constexpr int WTM = BM / WM, WTN = BN / WN;
+    constexpr int MT = WTM / 16, NT = WTN / 8;
+    constexpr int KS = BK / 32;          // mma k-steps per tile
+    static_assert(THREADS % CH == 0, "threads must cover whole rows");
+    static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
+    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
+    static_assert(BK % 64 == 0, "BK multiple of 64 bytes (even number of k32 steps)");
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    i8_t* sA = reinterpret_cast<i8_t*>(smem_raw);
+    i8_t* sB = sA + STAGES * BM * LDS;
+
+    const int M = N * P * Q;
+    const int Kr = R * S * C;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WN, wn = warp % WN;
+
+    const int n_tiles = (K + BN - 1) / BN;
+    const int m0 = (blockIdx.x / n_tiles) * BM;
+    const int n0 = (blockIdx.x % n_tiles) * BN;
+
+    // ---- per-thread gather state --------------------------------------
+    const int kc = tid % CH;
+    const int row0 = tid / CH;
+    const i8_t* a_ptr[A_IT];
+    int a_h0[A_IT], a_w0[A_IT];
+    const int PQ = P * Q;
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        int m = m0 + row0 + i * ROWS_PER_PASS;
+        if (m < M) {
+            int n = m / PQ, pq = m - n * PQ;
+            int p = pq / Q, q = pq - p * Q;
+            a_ptr[i] = x + (long long)n * H * W * C;
+            a_h0[i] = p * stride_h - pad_h;
+            a_w0[i] = q * stride_w - pad_w;
+        } else {
+            a_ptr[i] = x;
+            a_h0[i] = -(1 << 28);
+            a_w0[i] = 0;
+        }
+    }
+    const i8_t* b_ptr[B_IT];
+    bool b_ok[B_IT];
+#pragma unroll
+    for (int i = 0; i < B_IT; ++i) {
+        int kout = n0 + row0 + i * ROWS_PER_PASS;
+        b_ok[i] = kout < K;
+        b_ptr[i] = w + (long long)(b_ok[i] ? kout : 0) * Kr;
+    }
+    const int KT = (Kr + BK - 1) / BK;
+    int kk = kc * 16;
+    int c_ = kk % C;
+    int r_, s_;
+    {
+        const int rs = kk / C;
+        r_ = rs / S; s_ = rs - r_ * S;
+    }
+    const unsigned sA_u = smem_u32(sA), sB_u = smem_u32(sB);
+
+    auto load_tile = [&](int stage) {
+        const bool k_ok = kk < Kr;
+        const int dh = r_ * dil_h, dw = s_ * dil_w;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            int h = a_h0[i] + dh, ww = a_w0[i] + dw;
+            bool ok = k_ok && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
+            const i8_t* src = ok ? a_ptr[i] + ((long long)h * W + ww) * C + c_ : x;
+            unsigned dst = sA_u + (unsigned)((stage * BM + row0 + i * ROWS_PER_PASS) * LDS + kc * 16);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < B_IT; ++i) {
+            bool ok = k_ok && b_ok[i];
+            const i8_t* src = ok ? b_ptr[i] + kk : w;
+            unsigned dst = sB_u + (unsigned)((stage * BN + row0 + i * ROWS_PER_PASS) * LDS + kc * 16);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+        kk += BK;
+        c_ += BK;
+        while (c_ >= C) {
+            c_ -= C;
+            if (++s_ == S) { s_ = 0; ++r_; }
+        }
+    };
+
+    int acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0;
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < KT) load_tile(st);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane offsets (bytes) inside a stage
+    const int a_lrow = wm * WTM + (lane & 15);
+    const int a_lcol = (lane >> 4) * 16;
+    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
+    const int b_lcol = ((lane >> 3) & 1) * 16;
+
+    // fragments double-buffered in registers (conv_igemm.cu's V2 mainloop)
+    unsigned af[2][MT][4];
+    unsigned bf[2][NT][2];
+    auto load_frags = [&](int buf, int stage, int k32) {
+        const unsigned a_base = sA_u + (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k32 * 32);
+        const unsigned b_base = sB_u + (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k32 * 32);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + (unsigned)(i * 16 * LDS));
+#pragma unroll
+        for (int j = 0; j < NT / 2; ++j) {
+            unsigned t[4];
+            ldmatrix_x4(t, b_base + (unsigned)(j * 16 * LDS));
+            bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
+            bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
+        }
+    };
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    load_frags(0, 0, 0);
+    for (int kt = 0; kt < KT; ++kt) {
+        const int stage = kt % STAGES;
+        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
+        cp_async_commit();
+#pragma unroll
+        for (int k32 = 0; k32 < KS; ++k32) {
+            const int cur = k32 & 1;
+            if (k32 + 1 < KS) {
+                load_frags(cur ^ 1, stage, k32 + 1);
+            } else {
+                cp_async_wait<STAGES - 2>();
+                __syncthreads();
+                if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    mma_16832(acc[i][j], af[cur][i], bf[cur][j][0], bf[cur][j][1]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // ---- epilogue: int32 accumulators -> shared tile -> 8 channels per thread
+    constexpr int LDC = BN + 8;          // int32 words
+    int* sC = reinterpret_cast<int*>(smem_raw);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
+                const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
+                *reinterpret_cast<int2*>(sC + r * LDC + cc) =
+                    make_int2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
+            }
+    __syncthreads();
+    const ActLin actf(act, alpha, beta);
+    const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
+    constexpr int CPR = BN / 8;
+    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+        const int r = idx / CPR, cg = idx - r * CPR;
+        const int m = m0 + r, col = n0 + cg * 8;
+        if (m >= M || col >= K) continue;
+        const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
+        const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
+        const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        OutT* o = out + (long long)m * out_ld + out_off + col;
+        const long long ri = (long long)m * res_ld + col;
+        if (vec8) {
+            const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
+            const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
+            const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            float y[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, sw[e]));
+            if (has_bias) {
+                const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+                const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+                const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
+            }
+            if (res_kind) {
+                float rv[8];
+                res8(res, ri, res_kind, res_scale, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+            put8(o, y, inv_out);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (col + e < K) {
+                    float y = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, s_w[col + e]));
+                    if (has_bias) y = __fadd_rn(y, bias[col + e]);
+                    if (res_kind) y = __fadd_rn(y, res_at(res, ri + e, res_kind, res_scale));
+                    put(o + e, actf(y), inv_out);
+                }
+            }
+        }
+    }
+}
+
+// float (float32 / float16) NHWC -> int8 codes at scale 1/inv, with the
+// channels zero-padded from C to Cp (Cp >= C): q = clamp(rint(x * inv)).
+template <typename T>
+__global__ void quantize_nhwc(const T* __restrict__ x, i8_t* __restrict__ q,
+                              long long pixels, int C, int Cp, float inv) {
+    const long long total = pixels * Cp;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / Cp;
+        const int c = (int)(i - p * Cp);
+        q[i] = c < C ? (i8_t)cupyrt_int8::q8(__fmul_rn(io<T>::load(x + p * C + c), inv)) : (i8_t)0;
+    }
+}
+
+// Instantiations for nvcc's CI compile check (NVRTC instantiates through
+// name_expressions; see kernels/gpu/conv_int8.py for the tactic list).
+#ifdef CUPYRT_NVCC_INSTANTIATE
+#define CUPYRT_I8_ARGS(OT) (const i8_t*, const i8_t*, OT*, const float*, const float*, const void*, \
+    int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, \
+    int, float, float, float, int, float, float)
+template __global__ void conv_int8_igemm<128, 128, 64, 2, 4, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<128, 128, 64, 2, 4, 4, 1, 0> CUPYRT_I8_ARGS(float);
+template __global__ void conv_int8_igemm<128, 128, 64, 2, 4, 4, 2, 0> CUPYRT_I8_ARGS(half_t);
+template __global__ void conv_int8_igemm<128, 128, 128, 2, 4, 3, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<128, 256, 64, 2, 4, 3, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<256, 128, 64, 4, 2, 3, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<128, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<64, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void quantize_nhwc<float>(const float*, i8_t*, long long, int, int, float);
+template __global__ void quantize_nhwc<half_t>(const half_t*, i8_t*, long long, int, int, float);
+#endif
