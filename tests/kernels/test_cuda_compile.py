@@ -28,7 +28,8 @@ def _nvrtc():
 
 
 def test_sources_exist():
-    assert "conv_igemm.cu" in SOURCES
+    for name in ("conv_igemm.cu", "conv_int8.cu"):
+        assert name in SOURCES
 
 
 @pytest.mark.parametrize("name", SOURCES)

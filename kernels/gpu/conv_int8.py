@@ -1,0 +1,249 @@
+"""INT8 tensor-core implicit-GEMM convolution tactics (kernels/cuda/conv_int8.cu).
+
+The arithmetic is the INT8 contract of kernels/quantize.py, bit for bit:
+
+* activations: NHWC int8 codes at a per-tensor scale s (``quantize_nhwc``:
+  q = saturate(rint(float32(x) * float32(1/s))), rint half to even);
+* weights: per-output-channel int8 codes from ``kernels.quantize.quantize_weights``,
+  packed KRSC with C zero-padded to 16 (``pack_weight_int8_krsc``);
+* exact int32 accumulation (mma.sync m16n8k32 s8.s8.s32);
+* epilogue in float32 with no FMA contraction, in ``epilogue_int8``'s order:
+  y = float(acc) * (s_in * s_w[k]); + bias[k]; + residual (int8 dequantised at
+  its own scale, or float32/float16); activation; then int8 at ``s_out`` or
+  float32 / float16 (float16 = round-to-nearest of the float32 result).
+
+Piecewise-linear activations (RELU, CLIP, LEAKY_RELU, RELU6, NONE) are exact;
+the transcendental ones run through common.cuh's expf/tanhf/erff and are not
+guaranteed bit-equal to NumPy's.
+
+Layout constraints: x contiguous [N, H, W, C] int8 with C % 16 == 0 (one
+16-byte cp.async chunk = 16 channels inside one filter tap; pad with
+``conv_tc.pad_channels(x, 16)`` or ``quantize_nhwc(..., c_pad_to=16)``); groups = 1.
+One launch, no cuBLAS, no host synchronisation: CUDA-graph capturable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activation import act_code
+from .compile import f32, get_function, i32
+from .conv_tc import _pair, conv_out_size, prepare_output
+from .errors import UnsupportedError
+
+SOURCE = "conv_int8.cu"
+C_ALIGN = 16
+OUT_CODES = {np.dtype(np.int8): 0, np.dtype(np.float32): 1, np.dtype(np.float16): 2}
+RES_CODES = {np.dtype(np.int8): 1, np.dtype(np.float32): 2, np.dtype(np.float16): 3}
+
+
+@dataclass(frozen=True)
+class Int8Tactic:
+    """One tile configuration of conv_int8_igemm (plain data, as the builder stores it)."""
+    name: str
+    bm: int
+    bn: int
+    bk: int          # bytes = int8 elements per k-tile (multiple of 64)
+    wm: int
+    wn: int
+    stages: int
+    minb: int = 0
+    kind: str = "int8"
+
+    @property
+    def threads(self) -> int:
+        return self.wm * self.wn * 32
+
+    @property
+    def smem_bytes(self) -> int:
+        return max(self.stages * (self.bm + self.bn) * (self.bk + 16), self.bm * (self.bn + 8) * 4)
+
+    def name_expression(self, out_dtype) -> str:
+        code = OUT_CODES[np.dtype(out_dtype)]
+        return (f"conv_int8_igemm<{self.bm},{self.bn},{self.bk},{self.wm},{self.wn},"
+                f"{self.stages},{code},{self.minb}>")
+
+
+INT8_TACTICS = (
+    Int8Tactic("i8_128x128x64_w2x4_s4", 128, 128, 64, 2, 4, 4),
+    Int8Tactic("i8_128x128x128_w2x4_s3", 128, 128, 128, 2, 4, 3),
+    Int8Tactic("i8_256x128x64_w4x2_s3", 256, 128, 64, 4, 2, 3),
+    Int8Tactic("i8_128x256x64_w2x4_s3", 128, 256, 64, 2, 4, 3),
+    Int8Tactic("i8_128x64x64_w2x2_s4", 128, 64, 64, 2, 2, 4),
+    Int8Tactic("i8_64x64x64_w2x2_s4", 64, 64, 64, 2, 2, 4),
+)
+TACTICS_BY_NAME = {t.name: t for t in INT8_TACTICS}
+
+
+def _tactic(tactic):
+    if isinstance(tactic, str):
+        try:
+            return TACTICS_BY_NAME[tactic]
+        except KeyError:
+            raise UnsupportedError(f"INT8 tactic {tactic!r}; valid: {', '.join(TACTICS_BY_NAME)}") from None
+    if not isinstance(tactic, Int8Tactic):
+        raise UnsupportedError(f"tactic {tactic!r}; expected an Int8Tactic or one of "
+                               f"{', '.join(TACTICS_BY_NAME)}")
+    return tactic
+
+
+_configured: set = set()
+
+
+def _kernel(tactic: Int8Tactic, out_dtype):
+    import cupy as cp
+    name = tactic.name_expression(out_dtype)
+    fn = get_function(SOURCE, name, name_expressions=(name,))
+    key = (name, cp.cuda.Device().id)
+    if key not in _configured:
+        if tactic.smem_bytes > 48 * 1024:
+            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
+        _configured.add(key)
+    return fn
+
+
+def compile_all(tactics=INT8_TACTICS, out_dtypes=(np.int8,)):
+    """Compile the given tactics now (build time rather than first use)."""
+    for t in tactics:
+        for dt in out_dtypes:
+            _kernel(t, dt)
+
+
+def pack_weight_int8_krsc(w, layout="KCRS", c_pad_to=C_ALIGN):
+    """Float weights -> (cupy int8 [K, R, S, Cp], cupy float32 s_w [K]).
+
+    Quantised on the host by ``kernels.quantize.quantize_weights`` (symmetric,
+    per output channel, codes in [-127, 127]); C zero-padded up to ``c_pad_to``.
+    ``layout``: "KCRS" (TensorRT / PyTorch), "RSCK" (TensorFlow HWIO) or "KRSC".
+    """
+    import cupy as cp
+
+    from kernels.quantize import quantize_weights
+    w = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float32)
+    if w.ndim != 4:
+        raise UnsupportedError(f"weights of rank {w.ndim}; expected 4 ({layout})")
+    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
+    if layout not in perm:
+        raise UnsupportedError(f"weight layout {layout!r}; valid: {', '.join(perm)}")
+    w = np.ascontiguousarray(w.transpose(perm[layout]))       # KRSC
+    q, s = quantize_weights(w)                                # per axis 0 = K
+    K, R, S, C = q.shape
+    Cp = -(-C // c_pad_to) * c_pad_to
+    out = np.zeros((K, R, S, Cp), np.int8)
+    out[..., :C] = q
+    return cp.asarray(out), cp.asarray(s.astype(np.float32))
+
+
+def quantize_nhwc(x, s, *, c_pad_to=1, out=None, stream=None):
+    """float32/float16 [..., C] -> int8 [..., Cp] codes at scale ``s`` (Cp = C rounded
+    up to ``c_pad_to``, padded channels 0): saturate(rint(x * float32(1/s)))."""
+    import cupy as cp
+    if x.dtype not in (np.float32, np.float16) or not x.flags.c_contiguous:
+        raise UnsupportedError(f"x {x.shape} {x.dtype}; expected contiguous float32 or float16")
+    C = x.shape[-1]
+    Cp = -(-C // c_pad_to) * c_pad_to
+    shape = x.shape[:-1] + (Cp,)
+    if out is None:
+        out = cp.empty(shape, cp.int8)
+    elif out.shape != shape or out.dtype != np.int8 or not out.flags.c_contiguous:
+        raise UnsupportedError(f"out {out.shape} {out.dtype}; expected contiguous int8 {shape}")
+    inv = np.float32(1.0) / np.float32(s)
+    pixels = x.size // max(C, 1)
+    name = f"quantize_nhwc<{'float' if x.dtype == np.float32 else 'half_t'}>"
+    fn = get_function(SOURCE, name, name_expressions=("quantize_nhwc<float>", "quantize_nhwc<half_t>"))
+    total = pixels * Cp
+    blocks = max(1, min(-(-total // 256), 65535 * 8))
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        fn((blocks,), (256,), (x, out, np.int64(pixels), i32(C), i32(Cp), f32(inv)))
+    return out
+
+
+def _f32vec(v, K, what):
+    import cupy as cp
+    v = cp.ascontiguousarray(cp.asarray(v, cp.float32))
+    if v.shape != (K,):
+        raise UnsupportedError(f"{what} {v.shape}; expected ({K},)")
+    # read as float4 by the epilogue: keep 16-byte alignment
+    return v if v.data.ptr % 16 == 0 else v.copy()
+
+
+def conv2d_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
+                bias=None, residual=None, residual_scale=None, act=None, alpha=0.0, beta=0.0,
+                s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
+                tactic=INT8_TACTICS[0], stream=None):
+    """INT8 convolution with the fused INT8 epilogue, one launch.
+
+    x_q:      cupy int8 [N, H, W, C] codes at scale ``s_in``, contiguous, C % 16 == 0
+    w_q:      cupy int8 [K, R, S, C] (``pack_weight_int8_krsc``); s_w: float32 [K]
+    stride, dilation: int or (h, w); padding: int or (top, left); bottom/right
+              implied by ``out_hw`` (default: symmetric)
+    bias:     float32 [K] or None
+    residual: [N, P, Q, K] contiguous: int8 codes (then ``residual_scale`` is
+              its scale), float32 or float16
+    act, alpha, beta: activation (kernels/gpu/activation.py names or codes)
+    s_out:    output scale: int8 output (requantised); None: float output
+    out_dtype: int8 (needs s_out), float32 or float16
+    out, out_channel_offset: optional preallocated [N, P, Q, Ctot] (concat elision)
+    Returns ``out``.
+    """
+    import cupy as cp
+    tactic = _tactic(tactic)
+    if x_q.dtype != np.int8 or w_q.dtype != np.int8:
+        raise UnsupportedError(f"x {x_q.dtype}, w {w_q.dtype}; the INT8 conv takes int8 codes")
+    if x_q.ndim != 4 or not x_q.flags.c_contiguous:
+        raise UnsupportedError(f"x {x_q.shape}; expected contiguous NHWC rank 4")
+    if w_q.ndim != 4 or not w_q.flags.c_contiguous:
+        raise UnsupportedError(f"weights {w_q.shape}; expected contiguous rank 4 (KRSC)")
+    N, H, W, C = x_q.shape
+    K, R, S, Cw = w_q.shape
+    if C % C_ALIGN:
+        raise UnsupportedError(f"C = {C} is not a multiple of {C_ALIGN}; pad channels "
+                               f"(quantize_nhwc(c_pad_to=16) / conv_tc.pad_channels(x, 16))")
+    if Cw != C:
+        raise UnsupportedError(f"weights {w_q.shape}; expected [K, R, S, {C}] (C of x)")
+    if x_q.size >= 2**31:
+        raise UnsupportedError(f"x has {x_q.size} elements; split the batch below 2**31")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if out_hw is None:
+        P = conv_out_size(H, R, sh, ph, ph, dh)
+        Q = conv_out_size(W, S, sw, pw, pw, dw)
+    else:
+        P, Q = out_hw
+    if P <= 0 or Q <= 0:
+        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
+    dt = np.dtype(out.dtype if out is not None else out_dtype)
+    if dt not in OUT_CODES:
+        raise UnsupportedError(f"out dtype {dt}; valid: int8, float32, float16")
+    if (dt == np.int8) != (s_out is not None):
+        raise UnsupportedError(f"out dtype {dt} with s_out={s_out}: int8 output needs s_out, "
+                               f"float output takes none")
+    out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
+    res_kind, res_ld, res = 0, 0, out
+    if residual is not None:
+        rdt = np.dtype(residual.dtype)
+        if rdt not in RES_CODES or residual.shape != (N, P, Q, K) or not residual.flags.c_contiguous:
+            raise UnsupportedError(f"residual {residual.shape} {rdt}; expected contiguous "
+                                   f"({N}, {P}, {Q}, {K}) int8, float32 or float16")
+        if (rdt == np.int8) != (residual_scale is not None):
+            raise UnsupportedError(f"residual {rdt} with residual_scale={residual_scale}: an int8 "
+                                   f"residual needs its scale, a float one takes none")
+        res_kind, res_ld, res = RES_CODES[rdt], K, residual
+    s_wv = _f32vec(s_w, K, "s_w")
+    has_bias = bias is not None
+    bi = _f32vec(bias, K, "bias") if has_bias else s_wv
+    inv_out = np.float32(1.0) / np.float32(s_out) if s_out is not None else np.float32(0.0)
+    rs = np.float32(residual_scale) if residual_scale is not None else np.float32(0.0)
+    kern = _kernel(tactic, dt)
+    M = N * P * Q
+    grid = (-(-M // tactic.bm) * -(-K // tactic.bn),)
+    args = (x_q, w_q, out, s_wv, bi, res,
+            i32(N), i32(H), i32(W), i32(C), i32(K), i32(R), i32(S), i32(P), i32(Q),
+            i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
+            i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(res_kind), i32(has_bias),
+            f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha), f32(beta))
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tactic.threads,), args, shared_mem=tactic.smem_bytes)
+    return out
