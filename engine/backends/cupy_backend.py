@@ -113,11 +113,11 @@ class CupyBackend:
     def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
         cands = [t for t in T.candidates(layer, precision)
                  if t.supports(layer, shapes, dtypes, precision) is None]
-        self._capturable[key] = next((t for t in cands if t.capturable), None)
+        self._capturable[key] = next((t for t in cands if t.capturable_for(layer)), None)
         forced = self.forced.get(layer.name) if self._at_build_shapes else None
         if forced:
             ms = self.meta.get("tactic_ms", {}).get(layer.name, {})
-            capt = [t for t in cands if t.capturable and ms.get(t.name) is not None]
+            capt = [t for t in cands if t.capturable_for(layer) and ms.get(t.name) is not None]
             if capt:
                 self._capturable[key] = min(capt, key=lambda t: ms[t.name])
             for t in cands:
@@ -128,7 +128,7 @@ class CupyBackend:
         hit = self.cache.get(ckey)
         if hit:
             ms = hit.get("ms", {})
-            capt = [t for t in cands if t.capturable and ms.get(t.name) is not None]
+            capt = [t for t in cands if t.capturable_for(layer) and ms.get(t.name) is not None]
             if capt:
                 self._capturable[key] = min(capt, key=lambda t: ms[t.name])
             for t in cands:
@@ -142,6 +142,8 @@ class CupyBackend:
             try:
                 only.run(self._prepared(layer, only), layer, inputs, precision, out_dtypes)
                 timed, best = {only.name: 0.0}, only
+                if not only.capturable_for(layer):
+                    self._capturable[key] = None
             except Exception as e:     # noqa: BLE001
                 log.info("%s: %s failed on the device (%s: %s); host tactic", layer.name,
                          only.name, type(e).__name__, e)
@@ -161,7 +163,7 @@ class CupyBackend:
             if best is None:
                 log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
                 best = T.HOST
-            capt = [t for t in fast if t.capturable and timed.get(t.name, math.inf) < math.inf]
+            capt = [t for t in fast if t.capturable_for(layer) and timed.get(t.name, math.inf) < math.inf]
             self._capturable[key] = min(capt, key=lambda t: timed[t.name]) if capt else None
         self.cache.put(ckey, best.name, timed)
         self.timings[layer.name] = {k: (None if math.isinf(v) else v) for k, v in timed.items()}
@@ -210,8 +212,9 @@ class CupyBackend:
             context.run_layers(feeds, sched)
         finally:
             layer_keys, self._trace = self._trace, None
+        layers = {l.name: l for l in context.engine.network._layers}
         swaps = {k: self._capturable.get(k) for k in layer_keys
-                 if not self._choice[k].capturable}
+                 if not self._choice[k].capturable_for(layers[k[0]])}
         if any(v is None for v in swaps.values()):
             names = [k[0] for k, v in swaps.items() if v is None]
             self.graph_notes.append(f"eager: no graph-safe tactic for {names[:5]}")

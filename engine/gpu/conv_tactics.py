@@ -217,6 +217,20 @@ class ConvDepthwise(Tactic):
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
+def _fc_as_4d(inputs):
+    """(N, C) FC operands as (N, C, 1, 1): the same bytes, a convolution's view."""
+    x = inputs[0]
+    if x.ndim == 4:
+        return x, inputs
+    as4 = [None if t is None else t.reshape(t.shape + (1, 1)) for t in inputs]
+    return as4[0], as4
+
+
+def _fc_out(y_nchw, rank):
+    """Back to the layer's output rank: (N, K, 1, 1) or (N, K)."""
+    return y_nchw if rank == 4 else y_nchw.reshape(y_nchw.shape[:2])
+
+
 class FcIgemm(Tactic):
     """Fully connected as a convolution whose window is the whole input: tensor
     cores, fused epilogue, and CUDA-graph safe (cuBLAS is not)."""
@@ -242,14 +256,15 @@ class FcIgemm(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels.gpu.conv_tc import conv2d_igemm
-        x = inputs[0]
+        rank = inputs[0].ndim
+        x, inputs = _fc_as_4d(inputs)
         out_dtype = out_dtypes[0].to_numpy()
         y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
                          bias=state["bias"], scale=state["scale"],
                          residual=_residual(inputs, out_dtype), act=state["act"],
                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
                          tactic=self.tile)
-        return [nchw_view(y)]
+        return [_fc_out(nchw_view(y), rank)]
 
 
 class FcIgemmSplitK(FcIgemm):
@@ -257,13 +272,15 @@ class FcIgemmSplitK(FcIgemm):
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels.gpu.conv_tc import conv2d_igemm_splitk
+        rank = inputs[0].ndim
+        x, inputs = _fc_as_4d(inputs)
         out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm_splitk(as_nhwc(inputs[0], np.float16, 8), state["w"], out_hw=(1, 1),
+        y = conv2d_igemm_splitk(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
                                 bias=state["bias"], scale=state["scale"],
                                 residual=_residual(inputs, out_dtype), act=state["act"],
                                 alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
                                 tactic=self.tile)
-        return [nchw_view(y)]
+        return [_fc_out(nchw_view(y), rank)]
 
 
 class FcCublas(Tactic):

@@ -16,10 +16,11 @@ where the producer wrote another layout.
 import numpy as np
 
 from .. import kernel_table
-from ..types import DataType
+from ..types import DataType, LayerType
 from .device import cupy, device_clone
 
-FLOAT_KINDS = ("f",)
+_MATMUL_LAYERS = {LayerType.CONVOLUTION, LayerType.DECONVOLUTION, LayerType.FULLY_CONNECTED,
+                  LayerType.MATRIX_MULTIPLY, LayerType.RNN_V2}
 
 
 class Tactic:
@@ -29,6 +30,9 @@ class Tactic:
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         return None
+
+    def capturable_for(self, layer):
+        return self.capturable
 
     def prepare(self, layer):
         return None
@@ -64,6 +68,10 @@ class GenericTactic(Tactic):
         if precision == DataType.INT8:
             return "an INT8 layer needs integer arithmetic (the int8 tactics)"
         return None
+
+    def capturable_for(self, layer):
+        # the reference code of these multiplies matrices through cupy.matmul (cuBLAS)
+        return layer.layer_type not in _MATMUL_LAYERS
 
     def prepare(self, layer):
         return device_clone(layer, cupy())

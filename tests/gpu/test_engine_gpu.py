@@ -115,6 +115,7 @@ def test_every_conv_tactic_against_numpy(tactic, case):
     if reason is not None:
         pytest.skip(f"{tactic} does not run this case: {reason}")
     engine.backend.forced[layer.name] = tactic
+    engine.backend._build_shapes = {"x": tuple(feeds["x"].shape)}
     got = engine.create_execution_context().execute(feeds)
     assert engine.backend.selected[layer.name] == tactic
     for name, value in ref.items():
@@ -217,3 +218,38 @@ def test_int8_engine_on_the_gpu_matches_the_numpy_emulation():
     got = engines["cupy"].create_execution_context().execute(feeds)
     for name in ref:
         assert rel_l2(got[name], ref[name]) <= 1e-6, engines["cupy"].backend.selected
+
+
+def _fc_tactics():
+    from engine.gpu.tactics import candidates
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, 8))
+    layer = net.add_fully_connected(x, 4, randn(4, 8), randn(4))
+    return [t.name for t in candidates(layer)]
+
+
+@pytest.mark.parametrize("tactic", _fc_tactics())
+@pytest.mark.parametrize("shape", [(3, 40), (3, 16, 2, 2)], ids=["rank2", "rank4"])
+def test_every_fc_tactic_against_numpy(tactic, shape):
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, shape)
+    c = int(np.prod(shape[1:]))
+    fc = net.add_fully_connected(x, 24, randn(24, c) * 0.2, randn(24))
+    act = net.add_activation(fc.get_output(0), rt.ActivationType.RELU)
+    net.mark_output(act.get_output(0))
+    feeds = {"x": randn(*shape)}
+    ref = build(net, "numpy", fp16=True).create_execution_context().execute(feeds)
+    engine = build(net, "cupy", fp16=True)
+    from engine.gpu.tactics import by_name
+    layer = engine.network.get_layer(0)
+    t = by_name(layer, tactic)
+    reason = t.supports(layer, [shape], ["float32"], rt.float16)
+    if reason is not None:
+        pytest.skip(f"{tactic}: {reason}")
+    engine.backend.forced[layer.name] = tactic
+    engine.backend._build_shapes = {"x": shape}
+    got = engine.create_execution_context().execute(feeds)
+    assert engine.backend.selected[layer.name] == tactic
+    for name, value in ref.items():
+        assert got[name].shape == value.shape
+        assert rel_l2(got[name], value) <= 1e-2
