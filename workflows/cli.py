@@ -28,6 +28,40 @@ def _inspect(args):
     return 0
 
 
+def _load_batches(path):
+    """An .npz file: one array per network input (leading dim = samples)."""
+    import numpy as np
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _debug_precision(args):
+    """Rank the layers of a network by the error INT8 adds, and optionally keep the
+    worst ones in FP16 until an accuracy budget is met."""
+    import engine as rt
+    from engine.quantization import debug_precision, keep_worst_in_fp16
+    with open(args.network, "rb") as f:
+        net = rt.deserialize_network(f.read())
+    calib = _load_batches(args.calib_data)
+    evals = _load_batches(args.eval_data) if args.eval_data else calib
+    n = len(next(iter(calib.values())))
+    bs = args.batch_size
+    batches = [{k: v[i:i + bs] for k, v in calib.items()} for i in range(0, n, bs)]
+    algo = {"entropy": rt.EntropyCalibrator2, "minmax": rt.MinMaxCalibrator,
+            "percentile": rt.PercentileCalibrator}[args.calibrator]
+    report = debug_precision(net, algo(batches), evals, metric=args.metric, fp16=args.fp16)
+    sys.stdout.write(report.table() + "\n")
+    if args.budget is not None:
+        kept, final = keep_worst_in_fp16(net, report, args.budget, fp16=True)
+        sys.stdout.write(f"kept in FP16 to meet error <= {args.budget}: {kept or 'none'} "
+                         f"(output error {final.max_output_error:.3g})\n")
+        if args.output:
+            with open(args.output, "wb") as f:
+                f.write(rt.serialize_network(net))
+            sys.stdout.write(f"network with those precision marks written to {args.output}\n")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="cupyrt", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -36,6 +70,19 @@ def build_parser():
     ins.add_argument("plan")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=_inspect)
+    dbg = sub.add_parser("debug-precision", help="rank layers by the error INT8 adds")
+    dbg.add_argument("network", help="a serialised network (engine.serialize_network / "
+                                     "cupyrt export-engines)")
+    dbg.add_argument("--calib-data", required=True, help=".npz, one array per input")
+    dbg.add_argument("--eval-data", help=".npz to measure on (default: the calibration data)")
+    dbg.add_argument("--calibrator", choices=["entropy", "minmax", "percentile"], default="entropy")
+    dbg.add_argument("--batch-size", type=int, default=32)
+    dbg.add_argument("--metric", choices=["rel_l2", "max_abs"], default="rel_l2")
+    dbg.add_argument("--fp16", action="store_true", help="compare against FP16 instead of FP32")
+    dbg.add_argument("--budget", type=float, help="keep the worst layers in FP16 until the "
+                                                  "largest output error is at most this")
+    dbg.add_argument("-o", "--output", help="write the network with the precision marks")
+    dbg.set_defaults(func=_debug_precision)
     try:
         from tf_integration import cli as tf_cli
     except ImportError:       # TensorFlow side not importable: the engine commands still work
