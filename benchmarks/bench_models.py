@@ -25,6 +25,9 @@ import time
 
 import numpy as np
 
+# a cold build compiles every kernel: start from an empty CuPy kernel cache so the
+# "cold" build time includes NVRTC, as on a fresh machine
+os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="cupyrt_bench_cupy_cache_"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -107,6 +110,10 @@ def run(args):
             tmodel = torch_model(name).cuda().to(memory_format=torch.channels_last)
             if precision == "fp16":
                 tmodel = tmodel.half()
+            # FP32 against FP32: PyTorch would otherwise run its FP32 convolutions on
+            # TF32 tensor cores (our FP32 tactics are true FP32 unless the TF32 flag is set)
+            torch.backends.cudnn.allow_tf32 = precision != "fp32"
+            torch.backends.cuda.matmul.allow_tf32 = False
             ctx = engine.create_execution_context()
             for n in batches:
                 xh = np.random.default_rng(n).standard_normal((n, 3, 224, 224)).astype(np.float32)
