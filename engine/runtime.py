@@ -150,6 +150,15 @@ class CudaEngine:
                     sizes[id(t)] = int(np.prod(shapes[id(t)])) * dtype.itemsize
         return memory.plan(sizes, spans)
 
+    def schedule(self):
+        """(layer, precision, output storage dtypes) per step: fixed for the engine,
+        computed once (the per-call loop should do nothing it can skip)."""
+        if getattr(self, "_schedule", None) is None:
+            self._schedule = [(layer, self._precision[layer.name],
+                               [self._storage_dtype(layer, t) for t in layer._outputs])
+                              for layer in self.network._layers]
+        return self._schedule
+
     def _storage_dtype(self, layer, t):
         if t.name in self._int8_tensors:
             return DataType.INT8
@@ -294,11 +303,10 @@ class ExecutionContext:
         backend = e.backend
         values = {id(t): feeds[t.name] for t in e.network._inputs}
         profiler = self.profiler
-        for step, layer in enumerate(e.network._layers):
+        for step, (layer, precision, out_dtypes) in enumerate(e.schedule()):
             ins = [None if t is None else values[id(t)] for t in layer._inputs]
             t0 = time.perf_counter() if profiler else 0.0
-            outs = backend.run_layer(layer, ins, e._precision[layer.name],
-                                     [e._storage_dtype(layer, t) for t in layer._outputs])
+            outs = backend.run_layer(layer, ins, precision, out_dtypes)
             if profiler:
                 backend.synchronize()
                 profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))

@@ -29,9 +29,18 @@ def _conv2d_reason(layer, in_shapes):
     return None
 
 
+_GEOMETRY = {}
+
+
 def _geometry(layer, shape):
-    out, pre, post = layer.geometry(shape)
-    return tuple(out), tuple(pre)
+    """(output spatial size, leading padding) of a window layer at an input shape,
+    memoised: the shape rule is Python arithmetic, too slow for every call."""
+    key = (id(layer), shape)
+    hit = _GEOMETRY.get(key)
+    if hit is None or hit[0] is not layer:
+        out, pre, _ = layer.geometry(shape)
+        hit = _GEOMETRY[key] = (layer, tuple(out), tuple(pre))
+    return hit[1], hit[2]
 
 
 def _residual(inputs, dtype):
