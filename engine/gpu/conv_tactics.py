@@ -29,18 +29,16 @@ def _conv2d_reason(layer, in_shapes):
     return None
 
 
-_GEOMETRY = {}
-
-
 def _geometry(layer, shape):
     """(output spatial size, leading padding) of a window layer at an input shape,
-    memoised: the shape rule is Python arithmetic, too slow for every call."""
-    key = (id(layer), shape)
-    hit = _GEOMETRY.get(key)
-    if hit is None or hit[0] is not layer:
+    memoised on the layer: the shape rule is Python arithmetic, too slow for
+    every call (engine layers are not modified after the build)."""
+    memo = layer.__dict__.setdefault("_geometry_memo", {})
+    hit = memo.get(shape)
+    if hit is None:
         out, pre, _ = layer.geometry(shape)
-        hit = _GEOMETRY[key] = (layer, tuple(out), tuple(pre))
-    return hit[1], hit[2]
+        hit = memo[shape] = (tuple(out), tuple(pre))
+    return hit
 
 
 def _residual(inputs, dtype):
