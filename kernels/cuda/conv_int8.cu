@@ -403,6 +403,7 @@ template __global__ void conv_int8_igemm<128, 256, 64, 2, 4, 3, 0, 0> CUPYRT_I8_
 template __global__ void conv_int8_igemm<256, 128, 64, 4, 2, 3, 0, 0> CUPYRT_I8_ARGS(i8_t);
 template __global__ void conv_int8_igemm<128, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
 template __global__ void conv_int8_igemm<64, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
+template __global__ void conv_int8_igemm<128, 64, 64, 4, 2, 3, 0, 2> CUPYRT_I8_ARGS(i8_t);
 template __global__ void quantize_nhwc<float>(const float*, i8_t*, long long, int, int, float);
 template __global__ void quantize_nhwc<half_t>(const half_t*, i8_t*, long long, int, int, float);
 #endif

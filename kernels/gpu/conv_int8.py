@@ -72,6 +72,10 @@ INT8_TACTICS = (
     Int8Tactic("i8_128x256x64_w2x4_s3", 128, 256, 64, 2, 4, 3),
     Int8Tactic("i8_128x64x64_w2x2_s4", 128, 64, 64, 2, 2, 4),
     Int8Tactic("i8_64x64x64_w2x2_s4", 64, 64, 64, 2, 2, 4),
+    # 8 warps of 32x32 warp tiles, capped at 128 registers (2+ CTAs per SM): for
+    # the memory-bound 1x1 layers with C or K = 64 (short reductions). The same
+    # with 32x64 warp tiles (128x128) spills 56 bytes under the cap: left out.
+    Int8Tactic("i8_128x64x64_w4x2_s3_mb2", 128, 64, 64, 4, 2, 3, minb=2),
 )
 TACTICS_BY_NAME = {t.name: t for t in INT8_TACTICS}
 

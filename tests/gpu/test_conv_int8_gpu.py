@@ -202,7 +202,8 @@ def test_rejects_bad_arguments():
     w = cp.zeros((8, 1, 1, 16), cp.int8)
     s = cp.ones(8, cp.float32)
     with pytest.raises(UnsupportedError, match="multiple of 16"):
-        conv_int8.conv2d_int8(cp.zeros((1, 4, 4, 8), cp.int8), w[..., :8], 1.0, s, s_out=1.0)
+        conv_int8.conv2d_int8(cp.zeros((1, 4, 4, 8), cp.int8), cp.zeros((8, 1, 1, 8), cp.int8),
+                              1.0, s, s_out=1.0)
     with pytest.raises(UnsupportedError, match="needs s_out"):
         conv_int8.conv2d_int8(x, w, 1.0, s)
     with pytest.raises(UnsupportedError, match="int8 codes"):
