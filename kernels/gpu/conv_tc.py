@@ -83,6 +83,23 @@ IGEMM_TACTICS = ALL_TACTICS[:9]
 # every layer, but not yet through tests/gpu: register after a green GPU test run
 IGEMM_TACTICS_LARGE = ALL_TACTICS[11:14]
 
+# Narrow tiles (conv2d_igemm) for the 1x1 layers of MobileNet-style networks,
+# whose C or K is 16..384: a 128-wide N tile wastes most of its MMAs when
+# K = 24 or 32, and BK = 32 wastes half of each k-step when C = 16. BN = 32/64/96
+# match K = 16..384 (96 divides 96, 192, 384, 576, 960); BK = 16 tiles are V1
+# (the V2 fragment double-buffer needs BK/16 even). ptxas: no spills, 96-210
+# registers (benchmarks/KERNEL_NOTES.md). The engine times every candidate.
+IGEMM_TACTICS_NARROW = (
+    ConvTactic("igemm2_128x32x32_w4x1_s4", 128, 32, 32, 4, 1, 4, v2=1),
+    ConvTactic("igemm2_256x32x32_w4x1_s3", 256, 32, 32, 4, 1, 3, v2=1),
+    ConvTactic("igemm2_64x32x32_w2x1_s4", 64, 32, 32, 2, 1, 4, v2=1),
+    ConvTactic("igemm2_128x64x32_w4x1_s4", 128, 64, 32, 4, 1, 4, v2=1),
+    ConvTactic("igemm2_256x64x32_w4x2_s3", 256, 64, 32, 4, 2, 3, v2=1),
+    ConvTactic("igemm2_128x96x32_w4x1_s4", 128, 96, 32, 4, 1, 4, v2=1),
+    ConvTactic("igemm_128x64x16_w2x2_s4", 128, 64, 16, 2, 2, 4),
+    ConvTactic("igemm_128x128x16_w2x4_s4", 128, 128, 16, 2, 4, 4),
+)
+
 # Split-K (conv2d_igemm_splitk): small-M layers (batch 1, the FC head) whose
 # M x K tiles leave most of the 132 SMs idle. Small tiles: the split count,
 # not the tile, supplies the parallelism.
@@ -99,7 +116,8 @@ SMALLC_TACTICS = (
     ConvTactic("igemmsc_128x64x32_w4x2_s4", 128, 64, 32, 4, 2, 4, v2=1, kind="smallc"),
     ConvTactic("igemmsc_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4, v2=1, kind="smallc"),
 )
-TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS + SPLITK_TACTICS + SMALLC_TACTICS}
+TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS + IGEMM_TACTICS_NARROW + SPLITK_TACTICS
+                   + SMALLC_TACTICS}
 
 
 def conv_out_size(size, k, stride, pad_lo, pad_hi, dil):
