@@ -387,13 +387,65 @@ class MatMulCublas(Tactic):
         return [cp.matmul(a, b).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
+class ConvInt8(Tactic):
+    """INT8 implicit GEMM (mma.sync s8, int32 accumulation) with the requantising
+    epilogue; bit-exact with engine.quantization's integer arithmetic."""
+    int8 = True
+
+    def __init__(self, tile):
+        self.tile, self.name = tile, f"conv.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.INT8:
+            return "INT8 tactic"
+        if layer.layer_type != LayerType.CONVOLUTION or layer.num_groups != 1:
+            return "ungrouped convolutions only"
+        return _conv2d_reason(layer, in_shapes)
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_int8 import pack_weight_int8_krsc
+
+        from ..quantization import tensor_scale
+        c = layer._inputs[0].shape[1]
+        wq, s_w = pack_weight_int8_krsc(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
+        ep = _epilogue(layer)
+        res_t = layer._inputs[1] if len(layer._inputs) > 1 else None
+        return {"w": wq, "s_w": s_w, **ep, "bias": None if layer.bias is None else ep["bias"],
+                "s_in": tensor_scale(layer._inputs[0]),
+                "s_res": tensor_scale(res_t) if res_t is not None and res_t.dynamic_range else None,
+                "s_out": tensor_scale(layer._outputs[0]) if layer._outputs[0].dynamic_range else None}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_int8 import conv2d_int8, quantize_nhwc
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        if x.dtype == np.int8:
+            xq = as_nhwc(x, np.int8, 16)                  # int8 codes, C padded to 16
+        else:
+            xq = quantize_nhwc(as_nhwc(x, np.float32, 1), state["s_in"], c_pad_to=16)
+        r = inputs[1] if len(inputs) > 1 else None
+        int8_out = out_dtypes[0] == DataType.INT8
+        kw = {}
+        if r is not None:
+            kw = ({"residual": as_nhwc(r, np.int8, 1), "residual_scale": state["s_res"]}
+                  if r.dtype == np.int8 else {"residual": as_nhwc(r, np.float32, 1)})
+        y = conv2d_int8(xq, state["w"], state["s_in"], state["s_w"], stride=layer.stride_nd,
+                        padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
+                        bias=state["bias"], act=state["act"], alpha=state["alpha"],
+                        beta=state["beta"], s_out=state["s_out"] if int8_out else None,
+                        out_dtype=np.int8 if int8_out else np.float32, tactic=self.tile, **kw)
+        return [nchw_view(y)]
+
+
 def _register():
+    from kernels.gpu.conv_int8 import INT8_TACTICS
     from kernels.gpu.conv_tc import (IGEMM_TACTICS, IGEMM_TACTICS_LARGE, SMALLC_TACTICS,
                                      SPLITK_TACTICS)
     register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS + IGEMM_TACTICS_LARGE],
              *[ConvIgemmSplitK(t) for t in SPLITK_TACTICS],
              *[ConvStemSmallC(t) for t in SMALLC_TACTICS],
-             Conv1x1Cublas(), ConvDepthwise(), ConvIm2col())
+             Conv1x1Cublas(), ConvDepthwise(), ConvIm2col(),
+             *[ConvInt8(t) for t in INT8_TACTICS])
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
              *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas())
     register(LayerType.POOLING, PoolNhwc())
