@@ -31,7 +31,8 @@ def _data(N, H, W, C, K, R, S, dtype=np.float16):
     return x, w, scale, bias
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE,
+@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE
+                         + conv_tc.IGEMM_TACTICS_NARROW,
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
 def test_igemm_matches_reference_fp16_out(tactic, shape):
@@ -45,7 +46,8 @@ def test_igemm_matches_reference_fp16_out(tactic, shape):
     assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE,
+@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE
+                         + conv_tc.IGEMM_TACTICS_NARROW,
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("act", ["RELU", "LEAKY_RELU", "SIGMOID", "CLIP"])
 def test_igemm_epilogue_residual_activation_fp32_out(tactic, act):

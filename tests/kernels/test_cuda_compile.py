@@ -28,7 +28,7 @@ def _nvrtc():
 
 
 def test_sources_exist():
-    for name in ("conv_igemm.cu", "conv_int8.cu"):
+    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu"):
         assert name in SOURCES
 
 
