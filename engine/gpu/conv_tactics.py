@@ -249,13 +249,14 @@ class FcIgemm(Tactic):
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if not _f16(precision):
             return "tensor-core FC runs in FP16"
-        if len(in_shapes[0]) != 4:
-            return "FC on rank-4 (N, C, H, W) inputs only"
+        if len(in_shapes[0]) not in (2, 4):
+            return "FC on (N, C) or (N, C, H, W) inputs only"
         return None
 
     def prepare(self, layer):
         from kernels.gpu.conv_tc import pack_weight_krsc
-        n, c, h, w = layer._inputs[0].shape
+        shape = layer._inputs[0].shape
+        n, c, h, w = shape if len(shape) == 4 else (shape[0], shape[1], 1, 1)
         k = layer.num_output_channels
         wt = layer.kernel.reshape(k, c, h, w)
         return {"w": pack_weight_krsc(wt, "KCRS", c_pad_to=8),
