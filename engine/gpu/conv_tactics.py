@@ -438,6 +438,35 @@ class ConvInt8(Tactic):
         return [nchw_view(y)]
 
 
+class PoolInt8(Tactic):
+    """Max pooling of int8 codes: the max of integers is exact in FP16, so the FP16
+    NHWC pooling kernel serves; the output keeps the input's scale."""
+    name = "pool.int8_nhwc"
+    int8 = True
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.INT8 or layer.pooling_type != PoolingType.MAX \
+                or len(in_shapes[0]) != 4:
+            return "INT8 2-D max pooling only"
+        return None
+
+    def prepare(self, layer):
+        from ..quantization import tensor_scale
+        return {"s_in": tensor_scale(layer._inputs[0])}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels import quantize as Q
+        from kernels.gpu.pooling import pool2d
+        x = inputs[0]
+        if x.dtype != np.int8:
+            x = Q.quantize(x, state["s_in"])
+        (p, q), pre = _geometry(layer, x.shape)
+        y = pool2d(as_nhwc(x, np.float16), "MAX", layer.window_size_nd, stride=layer.stride_nd,
+                   padding=pre, out_hw=(p, q)).astype(np.int8)
+        y = nchw_view(y)
+        return [y if out_dtypes[0] == DataType.INT8 else Q.dequantize(y, state["s_in"])]
+
+
 def _register():
     from kernels.gpu.conv_int8 import INT8_TACTICS
     from kernels.gpu.conv_tc import (IGEMM_TACTICS, IGEMM_TACTICS_LARGE, SMALLC_TACTICS,
@@ -449,7 +478,7 @@ def _register():
              *[ConvInt8(t) for t in INT8_TACTICS])
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
              *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas())
-    register(LayerType.POOLING, PoolNhwc())
+    register(LayerType.POOLING, PoolNhwc(), PoolInt8())
     register(LayerType.REDUCE, GlobalAvgPool())
     register(LayerType.MATRIX_MULTIPLY, MatMulCublas())
 

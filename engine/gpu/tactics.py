@@ -109,7 +109,15 @@ class Int8Emulation(Tactic):
         return None
 
     def prepare(self, layer):
-        return device_clone(layer, cupy())
+        from kernels.quantize import quantize_weights
+        clone = device_clone(layer, cupy())
+        if layer.layer_type in (LayerType.CONVOLUTION, LayerType.FULLY_CONNECTED):
+            # per-channel weight codes made on the host once (the same as the NumPy path)
+            w = (layer.weights(layer._inputs[0].shape[1]) if layer.layer_type == LayerType.CONVOLUTION
+                 else layer.kernel.reshape(layer.num_output_channels, -1))
+            q, s = quantize_weights(w)
+            clone._int8_weights = (clone.kernel, cupy().asarray(q), s)
+        return clone
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from ..quantization import run_int8_layer
