@@ -71,9 +71,9 @@ class PointwiseLayer(Layer):
         for op in self.chain or ():
             other = None
             if op.input_index is not None:
-                if not 0 < op.input_index < len(in_shapes):
+                if not 0 <= op.input_index < len(in_shapes):     # 0: the chain's own input
                     self.fail("chain", f"an operand from input {op.input_index}",
-                              f"an input index in [1, {len(in_shapes)})")
+                              f"an input index in [0, {len(in_shapes)})")
                 other = in_shapes[op.input_index]
             elif op.const is not None:
                 other = op.const.shape

@@ -244,3 +244,15 @@ def test_pointwise_fusion_respects_outputs_precision_and_branches():
     net.mark_output(d)
     engine = build(net, pointwise=True)
     assert engine.num_layers == 4 and passes.COUNTERS["pointwise_fusion"] >= 0
+
+
+def test_pointwise_chain_can_reuse_its_own_input():
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (3, 4))
+    a = net.add_activation(x, rt.ActivationType.TANH).get_output(0)
+    b = net.add_unary(x, rt.UnaryOperation.EXP).get_output(0)
+    s = net.add_elementwise(a, b, rt.ElementWiseOperation.SUM).get_output(0)      # TF's AddN(a, b, a)
+    s = net.add_elementwise(s, a, rt.ElementWiseOperation.SUM).get_output(0)
+    net.mark_output(s)
+    on, _ = check(net, {"x": randn(3, 4)}, "pointwise_fusion")
+    assert on.layers[-1].type == rt.LayerType.POINTWISE
