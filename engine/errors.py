@@ -36,7 +36,3 @@ class PluginError(CupyrtError, ValueError):
 class CalibrationError(CupyrtError, ValueError):
     """Calibration data or a calibration cache cannot be used."""
 
-
-def choices(enum_cls):
-    """'A, B, C' for an error message listing an enum's members."""
-    return ", ".join(m.name for m in enum_cls)
