@@ -190,7 +190,7 @@ def bench_batch(N, args, results):
         kw = dict(stride=s, padding=1, scale=scale, bias=bias, act="CLIP", alpha=0.0, beta=6.0,
                   out=out)
         cands = {"old dwconv_nhwc": lambda: conv_gemm.conv2d_depthwise(x, w32, **kw)}
-        for qt in sorted({conv_dw.pick_q_tile(P, s), 2, 4} | ({7} if s == 1 else set())):
+        for qt in sorted({conv_dw.DEFAULT_Q_TILE, *conv_dw.Q_TILES} | ({7} if s == 1 else set())):
             cands[f"v2 q{qt}"] = (lambda qt=qt: conv_dw.conv2d_depthwise_v2(x, w, q_tile=qt, **kw))
         row = {"kind": "dw", "layer": name, "count": count, "N": N,
                "bytes": (N * H * H * C + N * P * P * C) * 2, "t": {}, "err": {}}

@@ -25,7 +25,11 @@ from .errors import UnsupportedError
 SOURCE = "conv_dw.cu"
 THREADS = 128
 MAX_TAPS = 7          # R, S <= 7 (filter in registers; ptxas report in benchmarks/KERNEL_NOTES.md)
-Q_TILES = (4, 7, 2)   # candidates for the output strip, in order of preference
+# Output pixels per thread along W. Device run 5 (H100, benchmarks/KERNEL_NOTES.md):
+# 2 was the fastest on 19 of the 20 MobileNetV2 rows (batch 256 and 1); 4 wins
+# the 7x7 layer at batch 256 by 2 %; 7 is 30-90 % slower (167-190 registers).
+DEFAULT_Q_TILE = 2
+Q_TILES = (2, 4)      # the values worth timing as separate engine tactics
 
 
 def pack_weight_dw(w, layout="C1RS", dtype=np.float16):
@@ -46,16 +50,6 @@ def pack_weight_dw(w, layout="C1RS", dtype=np.float16):
     return cp.ascontiguousarray(w.astype(dtype))
 
 
-def pick_q_tile(Q, stride_w):
-    """Output strip per thread: the candidate wasting the fewest columns (ties: first listed).
-
-    Stride 2 caps the strip at 4 (a 7-wide stride-2 strip reads 15 columns:
-    190 registers, 2 blocks/SM).
-    """
-    cands = [t for t in Q_TILES if not (stride_w > 1 and t > 4)]
-    return min(cands, key=lambda t: (-(-Q // t) * t - Q, cands.index(t)))
-
-
 def conv2d_depthwise_v2(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=None,
                         scale=None, bias=None, act=None, alpha=0.0, beta=0.0,
                         out=None, out_channel_offset=0, q_tile=None, stream=None):
@@ -70,7 +64,7 @@ def conv2d_depthwise_v2(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=Non
     act, alpha, beta: activation (kernels/gpu/activation.py codes; RELU6 / CLIP fused)
     out:      optional preallocated contiguous [N, P, Q, Ctot] of x's dtype; result
               goes to channels [out_channel_offset, out_channel_offset + C)
-    q_tile:   outputs per thread along W (default ``pick_q_tile``)
+    q_tile:   outputs per thread along W, 1..8 (default ``DEFAULT_Q_TILE``)
     Returns ``out`` ([N, P, Q, C] of x's dtype when allocated here).
     """
     import cupy as cp
@@ -105,7 +99,7 @@ def conv2d_depthwise_v2(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=Non
     sc, bi = _epilogue_vectors(C, scale, bias)
     # compile-time stride along W (column reuse) when dilation along W is 1
     sw_t = sw if sw in (1, 2) and dw == 1 else 0
-    qt = int(q_tile) if q_tile is not None else pick_q_tile(Q, sw)
+    qt = int(q_tile) if q_tile is not None else DEFAULT_Q_TILE
     if qt not in (1, 2, 3, 4, 5, 6, 7, 8):
         raise UnsupportedError(f"q_tile {q_tile}; valid: 1..8")
     name = (f"dwconv_nhwc_v2<{ctype(x.dtype, 'depthwise conv')},{ctype(w_rsc.dtype, 'depthwise')},"
