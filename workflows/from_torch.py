@@ -181,7 +181,7 @@ def _reshape(net, x, dims):
         raise UnsupportedTorchOp("reshape to data-dependent sizes")
     s = net.add_shuffle(x)
     try:
-        s.reshape_dims = tuple(0 if i == 0 else d for i, d in enumerate(dims))
+        s.reshape_dims = dims          # -1 infers one dim (the batch, when it is dynamic)
     except NetworkDefinitionError as e:
         raise UnsupportedTorchOp(f"reshape to {dims}: {e}") from e
     return s.get_output(0)

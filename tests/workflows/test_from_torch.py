@@ -92,3 +92,54 @@ def test_functional_calls_are_imported():
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert rel_l2(engine.create_execution_context().execute({"input": x})["output"], ref) <= 1e-5
+
+
+@pytest.mark.parametrize("module,match", [
+    (nn.Conv2d(3, 4, 3, padding_mode="reflect"), "padding_mode 'reflect'"),
+    (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
+    (nn.AdaptiveAvgPool2d(2), "output_size 2"),
+])
+def test_unsupported_module_options_are_named(module, match):
+    with pytest.raises(UnsupportedTorchOp, match=match):
+        import_module(nn.Sequential(module), (1, 3, 8, 8))
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+class Cube(nn.Module):
+    def forward(self, x):
+        return torch.pow(x, 3)
+
+
+def test_unsupported_functions_and_outputs_are_named():
+    with pytest.raises(UnsupportedTorchOp, match="function pow"):
+        import_module(Cube(), (1, 3))
+    with pytest.raises(UnsupportedTorchOp, match="several outputs"):
+        import_module(TwoOutputs(), (1, 3))
+
+
+class Views(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(24, 2)
+        self.act = nn.Hardtanh(-0.5, 0.5)
+        self.pool = nn.AvgPool2d(2, count_include_pad=False)
+
+    def forward(self, x):
+        x = self.pool(x)
+        x = torch.cat([x, x], 1).view(-1, 24)
+        return self.act(self.fc(x))
+
+
+def test_views_concat_avgpool_and_hardtanh():
+    torch.manual_seed(2)
+    model = Views().eval()
+    b, net = import_module(model, (2, 3, 4, 4))
+    engine = b.build_engine(net, b.create_builder_config())
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert rel_l2(engine.create_execution_context().execute({"input": x})["output"], ref) <= 1e-5
