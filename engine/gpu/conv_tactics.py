@@ -238,6 +238,54 @@ def _fc_out(y_nchw, rank):
     return y_nchw if rank == 4 else y_nchw.reshape(y_nchw.shape[:2])
 
 
+class ConvDepthwiseV2(ConvDepthwise):
+    """Register-blocked depthwise kernel: 8 channels x q_tile outputs per thread,
+    weights in registers, fused epilogue."""
+
+    def __init__(self, q_tile):
+        self.q_tile = q_tile
+        self.name = f"conv.depthwise_v2_q{q_tile}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        reason = super().supports(layer, in_shapes, in_dtypes, precision)
+        if reason is None and in_shapes[0][1] % 8:
+            return "channels not a multiple of 8"
+        if reason is None and max(layer.kernel_size_nd) > 7:
+            return "filter larger than 7x7"
+        return reason
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_dw import pack_weight_dw
+        w = layer.weights(layer._inputs[0].shape[1])             # (C, 1, R, S)
+        return {"w16": pack_weight_dw(w, "C1RS", np.float16),
+                "w32": pack_weight_dw(w, "C1RS", np.float32), **_epilogue(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_dw import conv2d_depthwise_v2
+        dt = np.float16 if _f16(precision) else np.float32
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        # no channel padding here: padded channels would not line up with the filters
+        y = conv2d_depthwise_v2(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
+                                stride=layer.stride_nd, padding=pre, dilation=layer.dilation_nd,
+                                out_hw=(p, q), bias=state["bias"], scale=state["scale"],
+                                act=state["act"], alpha=state["alpha"], beta=state["beta"],
+                                q_tile=self.q_tile)
+        return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
+
+
+class ConvIgemmNarrow(ConvIgemm):
+    """Narrow implicit-GEMM tiles, offered only for 1x1 layers with few channels
+    (where they win; elsewhere they would only cost compile and timing time)."""
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        reason = super().supports(layer, in_shapes, in_dtypes, precision)
+        if reason is None and (tuple(layer.kernel_size_nd) != (1, 1)
+                               or min(in_shapes[0][1], layer.num_output_maps) > 384):
+            return "narrow tiles are for 1x1 layers with C or K <= 384"
+        return reason
+
+
 class FcIgemm(Tactic):
     """Fully connected as a convolution whose window is the whole input: tensor
     cores, fused epilogue, and CUDA-graph safe (cuBLAS is not)."""
@@ -469,11 +517,14 @@ class PoolInt8(Tactic):
 
 def _register():
     from kernels.gpu.conv_int8 import INT8_TACTICS
-    from kernels.gpu.conv_tc import (IGEMM_TACTICS, IGEMM_TACTICS_LARGE, SMALLC_TACTICS,
-                                     SPLITK_TACTICS)
+    from kernels.gpu.conv_dw import Q_TILES
+    from kernels.gpu.conv_tc import (IGEMM_TACTICS, IGEMM_TACTICS_LARGE, IGEMM_TACTICS_NARROW,
+                                     SMALLC_TACTICS, SPLITK_TACTICS)
     register(LayerType.CONVOLUTION, *[ConvIgemm(t) for t in IGEMM_TACTICS + IGEMM_TACTICS_LARGE],
              *[ConvIgemmSplitK(t) for t in SPLITK_TACTICS],
              *[ConvStemSmallC(t) for t in SMALLC_TACTICS],
+             *[ConvIgemmNarrow(t) for t in IGEMM_TACTICS_NARROW],
+             *[ConvDepthwiseV2(q) for q in Q_TILES],
              Conv1x1Cublas(), ConvDepthwise(), ConvIm2col(),
              *[ConvInt8(t) for t in INT8_TACTICS])
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
