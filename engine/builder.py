@@ -247,6 +247,8 @@ def select_gpu_tactics(network, meta, config):
         log.info("dynamic input shapes without an optimisation profile: tactics are chosen "
                  "on first use of each shape")
         return {}
+    from .gpu.precompile import precompile
+    compile_s = precompile(int8=config.get_flag(BuilderFlag.INT8))
     engine = CudaEngine(network, dict(meta, kernels={}), backend="cupy")
     rng = np.random.default_rng(0)
     feeds = {}
@@ -261,4 +263,4 @@ def select_gpu_tactics(network, meta, config):
     cache = engine.backend.cache
     return {"kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
             "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
-            "build_shapes": {k: list(v) for k, v in shapes.items()}}
+            "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s}
