@@ -132,15 +132,15 @@ def build_network(segment_gd, input_shapes=None, graph=None):
 
 
 def build_plan(segment_gd, precision_mode="FP32", input_shapes=None,
-               max_workspace_size_bytes=None, graph=None):
+               max_workspace_size_bytes=None, graph=None, calibrator=None):
     """Convert and build a segment: the serialized plan (bytes)."""
     _check_precision(precision_mode)
     _, network = build_network(segment_gd, input_shapes, graph=graph)
-    return build_network_plan(network, precision_mode, max_workspace_size_bytes)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator)
 
 
 def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_shapes=None,
-                                  max_workspace_size_bytes=None):
+                                  max_workspace_size_bytes=None, calibrator=None):
     """Build a stored network (engine.serialize_network bytes) for concrete input shapes.
 
     The network's inputs are ``input_0..``; ``input_shapes`` replace their
@@ -151,27 +151,56 @@ def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_sh
     if input_shapes is not None:
         for i, shape in enumerate(input_shapes):
             network.get_tensor(f"input_{i}").shape = tuple(shape)
-    return build_network_plan(network, precision_mode, max_workspace_size_bytes)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator)
 
 
 def _check_precision(precision_mode):
-    if precision_mode == "INT8":
-        raise ConversionError("precision_mode 'INT8' needs calibration, which is not available "
-                              "yet; use 'FP32' or 'FP16'")
+    if precision_mode not in PRECISIONS:
+        raise ConversionError(f"precision_mode {precision_mode!r}; expected one of "
+                              + ", ".join(PRECISIONS))
 
 
-def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=None):
-    """Build an engine network under TF-TRT's precision/workspace parameters: plan bytes."""
+def has_dynamic_ranges(network):
+    """True when some tensor of ``network`` carries an INT8 range (from Q/DQ nodes)."""
+    tensors = list(network._inputs) + [t for layer in network._layers for t in layer._outputs]
+    return any(t.dynamic_range is not None for t in tensors)
+
+
+def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=None,
+                       calibrator=None):
+    """Build an engine network under TF-TRT's precision/workspace parameters: plan bytes.
+
+    INT8 builds set FP16 too (layers without an INT8 kernel run FP16, as in
+    TF-TRT). Their ranges come from ``calibrator`` (an engine calibrator, which
+    may replay a stored table) or from ranges already on the network (explicit
+    quantization); with neither, the engine is built FP16 with a warning.
+    """
     builder = rt.Builder()
     config = builder.create_builder_config()
-    if precision_mode == "FP16":
+    if precision_mode in ("FP16", "INT8"):
         config.set_flag(rt.BuilderFlag.FP16)
+    if precision_mode == "INT8":
+        if calibrator is not None or has_dynamic_ranges(network):
+            config.set_flag(rt.BuilderFlag.INT8)
+            config.int8_calibrator = calibrator
+        else:
+            logger.warning("INT8 engine without calibration data or quantization ranges: "
+                           "built in FP16")
     if max_workspace_size_bytes and hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(rt.MemoryPoolType.WORKSPACE, int(max_workspace_size_bytes))
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise rt.BuildError("the builder returned no plan")
     return bytes(plan)
+
+
+def engine_precision_histogram(plan):
+    """How many layers of a built plan run in each precision (e.g. {'INT8': 5, 'HALF': 2})."""
+    eng = rt.Runtime().deserialize_cuda_engine(plan)
+    hist = {}
+    for info in eng.layers:
+        hist[info.precision.name] = hist.get(info.precision.name, 0) + 1
+    return dict(sorted(hist.items()))
 
 
 def engine_layer_histogram(plan):

@@ -6,17 +6,25 @@ Pipeline: drop vacuous control edges -> fold constants with TF -> segment ->
 cut each segment into its own GraphDef -> convert it to an engine network (and
 build the plan now when is_dynamic_op=False) -> splice engine nodes in.
 A segment whose conversion fails stays in TensorFlow, with the reason.
+
+INT8 (as in TF-TRT): with use_calibration=True, convert() returns a graph whose
+engines run FP32 until ``calibrate()`` runs it on user data and returns the
+INT8 graph (calibration.py). With use_calibration=False the ranges come from the
+graph's quantization nodes (converters/quantization.py); a graph without any
+falls back to FP16, with a warning.
 """
 import json
 import logging
 import os
 import time
+import warnings
 
 import tensorflow as tf
 
 import engine as rt
 
-from . import conversion, registry
+from . import calibration, conversion, registry
+from .converters.quantization import QDQ_OPS
 from .engine_node import ENGINE_OP, make_engine_node
 from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tensor_name
@@ -39,7 +47,8 @@ class TrtGraphConverter:
                  input_saved_model_signature_key=None, input_graph_def=None,
                  nodes_denylist=None, max_batch_size=1, max_workspace_size_bytes=1 << 30,
                  precision_mode="FP32", minimum_segment_size=3, is_dynamic_op=False,
-                 maximum_cached_engines=1, use_calibration=True, report_path=None):
+                 maximum_cached_engines=1, use_calibration=True, report_path=None,
+                 calibration_algorithm="entropy"):
         if input_saved_model_dir is not None:
             raise ConverterArgumentError("input_saved_model_dir", input_saved_model_dir,
                                          "None: SavedModel conversion is not supported yet; "
@@ -50,10 +59,7 @@ class TrtGraphConverter:
         if precision_mode not in conversion.PRECISIONS:
             raise ConverterArgumentError("precision_mode", precision_mode,
                                          "one of " + ", ".join(conversion.PRECISIONS))
-        if precision_mode == "INT8":
-            raise ConverterArgumentError("precision_mode", precision_mode,
-                                         "'FP32' or 'FP16': INT8 calibration is not available "
-                                         "yet")
+        calibration.check_algorithm(calibration_algorithm)
         for arg, value, low in (("minimum_segment_size", minimum_segment_size, -1),
                                 ("maximum_cached_engines", maximum_cached_engines, 1),
                                 ("max_batch_size", max_batch_size, 1),
@@ -76,9 +82,32 @@ class TrtGraphConverter:
                            is_dynamic_op=bool(is_dynamic_op),
                            maximum_cached_engines=maximum_cached_engines,
                            use_calibration=bool(use_calibration))
+        self.calibration_algorithm = calibration_algorithm
         self.report_path = report_path or os.environ.get(REPORT_ENV)
         self.converted_graph_def = None
         self.report = None
+        self.calibrated = False
+        # precision the engine nodes carry, and the one convert() builds in (pending INT8: FP32)
+        self._node_precision = self._build_precision = precision_mode
+
+    @property
+    def need_calibration(self):
+        return self.params["precision_mode"] == "INT8" and self.params["use_calibration"]
+
+    def _int8_mode(self, graph_def):
+        """Decide what INT8 means for this graph (see the module docstring)."""
+        self._node_precision = self._build_precision = self.params["precision_mode"]
+        if self.params["precision_mode"] != "INT8":
+            return
+        if self.need_calibration:
+            self._build_precision = "FP32"
+        elif not any(n.op in QDQ_OPS for n in graph_def.node):
+            msg = ("precision_mode='INT8' with use_calibration=False needs quantization nodes "
+                   "(" + ", ".join(QDQ_OPS) + ") for its ranges; the graph has none, so the "
+                   "engines are built in FP16")
+            logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            self._node_precision = self._build_precision = "FP16"
 
     # ------------------------------------------------------------------ convert
     def convert(self):
@@ -92,6 +121,8 @@ class TrtGraphConverter:
         gd = strip_constant_control_edges(self.input_graph_def, keep)
         gd, folded = fold_constants(gd, keep)
         gd = rewrite_batch_reshapes(gd, keep)
+        self._int8_mode(gd)
+        self.calibrated = False
         graph = GraphIndex(gd)
         failed = {}          # node -> why its converter failed: left to TF, segment again
 
@@ -122,8 +153,9 @@ class TrtGraphConverter:
                         reasons[n] = Reason(Reason.CONVERSION_FAILED, str(exc))
                     continue
                 name = f"CupyrtEngine_{len(engines)}"
-                engine_nodes.append(make_engine_node(name, seg, seg_gd, graph, plan,
-                                                     self.params, network=network))
+                engine_nodes.append(make_engine_node(
+                    name, seg, seg_gd, graph, plan,
+                    dict(self.params, precision_mode=self._node_precision), network=network))
                 engines.append(self._engine_report(name, seg, graph, plan))
             if not retry:
                 break
@@ -143,7 +175,7 @@ class TrtGraphConverter:
         ``(plan, network bytes)``. Static engines get the built plan; dynamic ones
         the serialized network, built per input shape at run time."""
         if not self.params["is_dynamic_op"]:
-            return conversion.build_plan(seg_gd, self.params["precision_mode"],
+            return conversion.build_plan(seg_gd, self._build_precision,
                                          max_workspace_size_bytes=self.params[
                                              "max_workspace_size_bytes"]), None
         try:
@@ -199,13 +231,14 @@ class TrtGraphConverter:
     def _engine_report(self, name, seg, graph, plan):
         rep = {"name": name, "segment": seg.index, "nodes": len(seg.nodes),
                "compute_nodes": len(seg.compute_nodes),
-               "precision": self.params["precision_mode"],
+               "precision": self._node_precision,
                "static": plan is not None,
                "inputs": [_tensor_report(graph, t) for t in seg.inputs],
                "outputs": [_tensor_report(graph, t) for t in seg.outputs],
                "ops": histogram(graph, seg.nodes), "members": list(seg.nodes)}
         if plan is not None:
             rep["layers"] = conversion.engine_layer_histogram(plan)
+            rep["layer_precisions"] = conversion.engine_precision_histogram(plan)
             rep["plan_bytes"] = len(plan)
         return rep
 
@@ -252,8 +285,39 @@ class TrtGraphConverter:
         return path
 
     def calibrate(self, fetch_names, num_runs, feed_dict_fn=None, input_map_fn=None):
-        raise TFIntegrationError("calibrate(): INT8 calibration is not available yet; "
-                                 "convert with precision_mode 'FP32' or 'FP16'")
+        """Run the converted graph ``num_runs`` times (feeds from ``feed_dict_fn()``, or
+        inputs mapped from ``input_map_fn()``, fetching ``fetch_names``), calibrate every
+        engine on the inputs it received, and return the INT8 GraphDef (also kept as
+        ``converted_graph_def``, so ``save()`` writes it)."""
+        if self.converted_graph_def is None:
+            raise TFIntegrationError("calibrate() before convert(); call convert() first")
+        if not self.need_calibration:
+            raise TFIntegrationError(
+                f"calibrate() needs precision_mode='INT8' and use_calibration=True; this "
+                f"converter has precision_mode={self.params['precision_mode']!r}, "
+                f"use_calibration={self.params['use_calibration']}")
+        if self.calibrated:
+            raise TFIntegrationError("calibrate() was already called for this conversion; "
+                                     "call convert() again to recalibrate")
+        t0 = time.perf_counter()
+        inputs = calibration.collect_engine_inputs(self.converted_graph_def, fetch_names,
+                                                   num_runs, feed_dict_fn, input_map_fn)
+        out, plans = calibration.calibrate_graph(self.converted_graph_def, inputs,
+                                                 self.calibration_algorithm)
+        self.converted_graph_def, self.calibrated = out, True
+        for rep in self.report["engines"]:
+            rep["calibration_batches"] = len(inputs.get(rep["name"], ()))
+            if rep["static"]:
+                rep["layer_precisions"] = conversion.engine_precision_histogram(plans[rep["name"]])
+                rep["plan_bytes"] = len(plans[rep["name"]])
+        self.report["calibration"] = {"algorithm": self.calibration_algorithm,
+                                      "num_runs": num_runs,
+                                      "seconds": time.perf_counter() - t0}
+        logger.info("calibrated %d engine(s) in %.2f s (%s)", len(plans),
+                    self.report["calibration"]["seconds"], self.calibration_algorithm)
+        if self.report_path:
+            self.write_report(self.report_path)
+        return out
 
 
 GraphConverter = TrtGraphConverter

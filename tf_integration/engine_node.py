@@ -13,6 +13,10 @@ attributes carry everything it needs (so a saved .pb is self-contained):
     Tin / Tout      input and output dtypes; input_shapes / output_shapes
     precision_mode, is_dynamic_op, max_cached_engines, max_batch_size,
     max_workspace_size_bytes
+    use_calibration INT8 engines whose ranges come from calibration
+    calibration_table   TensorRT-format calibration cache (calibration.py); an
+                    INT8 node with use_calibration and no table is *pending*:
+                    it runs FP32 (and records its inputs while calibrate() runs)
 
 TensorFlow has no kernel for that op type (we ship no C++), so
 ``import_graph_def`` rewrites each engine node into a ``PyFunc`` node bound to
@@ -59,6 +63,8 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
     node.attr["max_cached_engines"].i = int(params["maximum_cached_engines"])
     node.attr["max_batch_size"].i = int(params["max_batch_size"] or 0)
     node.attr["max_workspace_size_bytes"].i = int(params["max_workspace_size_bytes"] or 0)
+    node.attr["use_calibration"].b = bool(params.get("use_calibration", False))
+    node.attr["calibration_table"].s = b""
     return node
 
 
@@ -77,6 +83,11 @@ class EngineRunner:
         self.max_batch = get_attr(node, "max_batch_size", 0)
         self.workspace = get_attr(node, "max_workspace_size_bytes", 0)
         self.tout = [np.dtype(t.as_numpy_dtype) for t in get_attr(node, "Tout", [])]
+        self.table = (node.attr["calibration_table"].s
+                      if "calibration_table" in node.attr else b"") or None
+        self.pending = (self.precision == "INT8" and get_attr(node, "use_calibration", False)
+                        and self.table is None)
+        self.calibration_inputs = None               # a list while calibrate() records
         self.cache = collections.OrderedDict()      # input shapes -> execution context
         self.failed = set()                          # shapes whose engine failed to build
         self.stats = collections.Counter()
@@ -89,6 +100,10 @@ class EngineRunner:
         """An execution context for these input shapes, or None (run natively)."""
         import engine as rt
 
+        if self.pending and self.calibration_inputs is None and not self.stats["pending_warned"]:
+            self.stats["pending_warned"] += 1
+            logger.warning("engine %s is INT8 but not calibrated yet: it runs FP32 until "
+                           "converter.calibrate() stores its calibration table", self.name)
         if self.static_plan is not None:
             if self._static is None:
                 self._static = rt.Runtime().deserialize_cuda_engine(self.static_plan)
@@ -110,8 +125,8 @@ class EngineRunner:
             self._warn("static engine node without a plan")
             return None
         try:
-            plan = build_engine(self.segment_gd, self.precision, shapes, self.workspace,
-                                network=self.network)
+            plan = build_engine(self.segment_gd, "FP32" if self.pending else self.precision,
+                                shapes, self.workspace, network=self.network, table=self.table)
             ctx = rt.Runtime().deserialize_cuda_engine(plan).create_execution_context()
         except Exception as exc:          # noqa: BLE001 - any failure means: run natively
             self.failed.add(shapes)
@@ -139,6 +154,8 @@ class EngineRunner:
         arrays = [np.asarray(a) for a in arrays]
         shapes = tuple(tuple(a.shape) for a in arrays)
         with self._lock:
+            if self.calibration_inputs is not None:
+                self.calibration_inputs.append([a.copy() for a in arrays])
             ctx = self._context(shapes)
             if ctx is not None:
                 try:
@@ -167,14 +184,20 @@ class EngineRunner:
         return [np.asarray(v, dtype=dt) for v, dt in zip(values, self.tout)]
 
 
-def build_engine(segment_gd, precision, shapes, workspace, network=None):
+def build_engine(segment_gd, precision, shapes, workspace, network=None, table=None):
     """Build a plan for concrete input shapes (module-level so tests can force failures):
-    from the stored network when there is one, else by converting the segment."""
+    from the stored network when there is one, else by converting the segment. INT8
+    builds replay the stored calibration ``table`` (no calibration at run time)."""
+    calibrator = None
+    if precision == "INT8" and table:
+        from .calibration import TableCalibrator
+        calibrator = TableCalibrator(table)
     if network is not None:
         return conversion.build_serialized_network_plan(network, precision, input_shapes=shapes,
-                                                        max_workspace_size_bytes=workspace)
+                                                        max_workspace_size_bytes=workspace,
+                                                        calibrator=calibrator)
     return conversion.build_plan(segment_gd, precision, input_shapes=shapes,
-                                 max_workspace_size_bytes=workspace)
+                                 max_workspace_size_bytes=workspace, calibrator=calibrator)
 
 
 # ---------------------------------------------------------------------------- import
@@ -213,6 +236,13 @@ def import_graph_def(graph_def, input_map=None, return_elements=None, name=None,
     Works in a ``tf.Graph`` used by a ``tf.compat.v1.Session`` and inside
     ``tf.function`` / ``tf.compat.v1.wrap_function`` graphs.
     """
+    return import_with_runners(graph_def, input_map, return_elements, name, op_dict,
+                               producer_op_list)[0]
+
+
+def import_with_runners(graph_def, input_map=None, return_elements=None, name=None,
+                        op_dict=None, producer_op_list=None):
+    """``import_graph_def``, also returning {engine node name: its EngineRunner}."""
     if not isinstance(graph_def, tf.compat.v1.GraphDef):
         raise EngineNodeError(f"import_graph_def: graph_def is a {type(graph_def).__name__}; "
                               "expected a tf.compat.v1.GraphDef")
@@ -240,7 +270,7 @@ def import_graph_def(graph_def, input_map=None, return_elements=None, name=None,
             continue
         for t, shape in zip(op.outputs, get_attr(node, "output_shapes", [])):
             t.set_shape(shape)
-    return result
+    return result, runners
 
 
 def wrap_frozen_graph(graph_def, inputs, outputs):

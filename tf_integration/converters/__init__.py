@@ -1,2 +1,2 @@
 """Op converters, one module per family; importing this package registers them all."""
-from . import math, nn, tensor  # noqa: F401
+from . import math, nn, quantization, tensor  # noqa: F401
