@@ -148,6 +148,8 @@ def run(args):
                        "ours_img_s": n / ours * 1e3, "torch_img_s": n / theirs * 1e3,
                        "speedup": theirs / ours, "cuda_graph": captured}
                 rows.append(row)
+                with open(os.path.join(args.out, "bench_models_partial.json"), "w") as f:
+                    json.dump({"builds": builds, "rows": rows}, f, indent=1)
                 print(f"[run] {name} {precision} b{n}: ours {ours:.3f} ms ({row['ours_img_s']:.0f} img/s, "
                       f"graph={captured}), torch eager {theirs:.3f} ms, x{row['speedup']:.2f}, "
                       f"relL2 {err:.2e}, top1 {top1:.3f}", flush=True)
