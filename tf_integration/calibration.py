@@ -41,7 +41,7 @@ ALGORITHMS = {
 }
 
 CAUSES_NO_BATCHES = """\
-engine node {name} received no inputs during the {runs} calibration run(s). Likely causes:
+engine node {name} received no inputs while calibrate() ran the graph. Likely causes:
   1. fetch_names do not depend on this engine (fetch the model's outputs)
   2. the engine sits in a branch the fed data never takes (tf.cond / Switch)
   3. a different graph was run: calibrate() runs the converter's converted graph"""
@@ -155,7 +155,6 @@ def calibrate_graph(graph_def, inputs_by_engine, algorithm="entropy"):
             continue
         runs = inputs_by_engine.get(node.name)
         if not runs:
-            raise rt.CalibrationError(CAUSES_NO_BATCHES.format(name=node.name,
-                                                                runs=len(runs or ())))
+            raise rt.CalibrationError(CAUSES_NO_BATCHES.format(name=node.name))
         plans[node.name] = calibrate_engine_node(node, runs, algorithm)
     return out, plans

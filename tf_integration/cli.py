@@ -3,6 +3,8 @@
     cupyrt convert frozen.pb -o model_opt.pb --outputs Identity [--precision FP16]
                    [--minimum-segment-size 3] [--max-batch-size 8] [--dynamic]
                    [--maximum-cached-engines 1] [--report report.json]
+    cupyrt convert frozen.pb -o model_int8.pb --outputs Identity --precision int8
+                   --calib-data samples.npz [--calib-batch-size 32] [--calib-algorithm entropy]
     cupyrt export-engines model_opt.pb OUTDIR [--outputs Identity]
     cupyrt tf-demo [--model ResNet50] [--size 224] [--batch 4] [--legacy-keras]
 
@@ -22,17 +24,91 @@ def _names(values):
     return out
 
 
+def _calibration_feeds(path, graph_def, inputs):
+    """An .npz of calibration samples -> {feed tensor name: array (samples first)}.
+
+    Keys name the graph's inputs (node 'x' or tensor 'x:0'); an .npz holding one
+    array under another key (np.savez's 'arr_0') goes to the one input named by
+    --inputs or, failing that, to the graph's only Placeholder."""
+    import numpy as np
+
+    from .errors import ConverterArgumentError
+
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    if not arrays:
+        raise ConverterArgumentError("--calib-data", path, "an .npz holding at least one array")
+    placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+    feeds = {}
+    for key, value in arrays.items():
+        node = key.split(":")[0]
+        if node in placeholders:
+            feeds[key if ":" in key else f"{key}:0"] = value
+    if len(feeds) != len(arrays):
+        targets = [n.split(":")[0] for n in inputs] or placeholders
+        if len(arrays) != 1 or len(targets) != 1:
+            raise ConverterArgumentError(
+                "--calib-data", f"{path} with arrays {sorted(arrays)}",
+                f"arrays named after the graph's inputs {placeholders} (or one array and "
+                "one input)")
+        feeds = {f"{targets[0]}:0": next(iter(arrays.values()))}
+    sizes = {len(v) for v in feeds.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ConverterArgumentError("--calib-data", {k: v.shape for k, v in feeds.items()},
+                                     "non-empty arrays with the same number of samples")
+    return feeds
+
+
+def _progress(done, total, what, stream=sys.stderr, width=30):
+    """One text progress line, redrawn in place ('\r'); a newline when done."""
+    filled = width * done // max(total, 1)
+    stream.write(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done >= total:
+        stream.write("\n")
+    stream.flush()
+
+
+def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=sys.stderr):
+    """Calibrate a converted INT8 ``conv`` on the samples of an .npz, in batches of
+    ``batch_size``, drawing a progress line on ``stream``. Returns the INT8 GraphDef."""
+    from .errors import ConverterArgumentError
+
+    if batch_size < 1:
+        raise ConverterArgumentError("--calib-batch-size", batch_size, "an int >= 1")
+    feeds = _calibration_feeds(path, conv.input_graph_def, inputs)
+    n = len(next(iter(feeds.values())))
+    runs = -(-n // batch_size)
+    state = {"run": 0}
+
+    def feed_dict_fn():
+        i = state["run"]
+        _progress(i, runs, "calibrating", stream)
+        state["run"] += 1
+        return {k: v[i * batch_size:(i + 1) * batch_size] for k, v in feeds.items()}
+
+    fetches = [o if ":" in o else f"{o}:0" for o in outputs]
+    out = conv.calibrate(fetches, runs, feed_dict_fn=feed_dict_fn)
+    _progress(runs, runs, "calibrating", stream)
+    return out
+
+
 def _convert(args):
     import tensorflow as tf
 
     from .converter import TrtGraphConverter
+    from .errors import ConverterArgumentError
 
+    int8 = args.precision == "INT8"
+    if int8 != (args.calib_data is not None):
+        raise ConverterArgumentError("--calib-data", args.calib_data,
+                                     "a .npz of samples with --precision int8, and only then")
     gd = tf.compat.v1.GraphDef()
     with open(args.graph, "rb") as f:
         gd.ParseFromString(f.read())
     outputs = _names(args.outputs)
     conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=outputs,
                              precision_mode=args.precision,
+                             calibration_algorithm=args.calib_algorithm,
                              minimum_segment_size=args.minimum_segment_size,
                              max_batch_size=args.max_batch_size,
                              is_dynamic_op=args.dynamic,
@@ -40,6 +116,9 @@ def _convert(args):
                              max_workspace_size_bytes=args.workspace,
                              report_path=args.report)
     conv.convert()
+    if int8:
+        calibrate_from_npz(conv, args.calib_data, args.calib_batch_size, outputs,
+                           _names(args.inputs))
     path = conv.save(args.output)
     sys.stdout.write(conv.summary() + f"\nwrote {path}\n")
     return 0
@@ -135,13 +214,20 @@ def add_commands(sub):
     c.add_argument("--outputs", action="append", required=True,
                    help="output node names (comma-separated or repeated); kept in TF")
     c.add_argument("--inputs", action="append", help="input names (informational)")
-    c.add_argument("--precision", default="FP32", choices=["FP32", "FP16", "INT8"])
+    c.add_argument("--precision", default="FP32", type=str.upper,
+                   choices=["FP32", "FP16", "INT8"], help="fp32, fp16 or int8 (any case)")
     c.add_argument("--minimum-segment-size", type=int, default=3)
     c.add_argument("--max-batch-size", type=int, default=1)
     c.add_argument("--dynamic", action="store_true", help="build engines per input shape")
     c.add_argument("--maximum-cached-engines", type=int, default=1)
     c.add_argument("--workspace", type=int, default=1 << 30, help="bytes")
     c.add_argument("--report", help="write the conversion report as JSON here")
+    c.add_argument("--calib-data", help="INT8: .npz of calibration samples, one array per "
+                                        "input (named after it), samples first")
+    c.add_argument("--calib-batch-size", type=int, default=32,
+                   help="INT8: samples per calibration run")
+    c.add_argument("--calib-algorithm", default="entropy",
+                   choices=["entropy", "minmax", "percentile"], help="INT8 calibrator")
     c.set_defaults(func=_convert)
     e = sub.add_parser("export-engines",
                        help="write each engine node's network of a converted .pb, and a manifest")
