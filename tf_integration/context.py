@@ -173,7 +173,10 @@ class ConversionContext:
             layer = self.network.add_shuffle(value.tensor)
             layer.first_transpose = transpose_between(value.perm, perm)
             self._name(layer, f"transpose_{''.join(map(str, perm))}")
-            value._cache[perm] = layer.get_output(0)
+            out = layer.get_output(0)
+            if value.tensor.dynamic_range is not None:     # a transpose keeps the values:
+                out.dynamic_range = value.tensor.dynamic_range   # and so the Q/DQ range
+            value._cache[perm] = out
         return value._cache[perm]
 
     def nchw(self, value):

@@ -11,8 +11,8 @@ The node itself is passed through (an identity); its constant range goes onto
 the tensor (``tensor.set_dynamic_range``), so an INT8 engine quantizes there
 with exactly the training-time range and needs no calibration. TensorRT
 quantizes symmetrically: the engine's scale is max(|lo|, |hi|) / 127. In FP32
-or FP16 engines the ranges are unused, so those engines skip the rounding TF
-applies (the difference is the quantization error, as in TF-TRT).
+or FP16 engines the ranges are unused, so those engines skip the rounding and
+the clipping to [min, max] that TF applies (as TF-TRT's FP32/FP16 engines do).
 """
 import numpy as np
 
