@@ -90,16 +90,16 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
     kern = _TO_NHWC_PADDED.get(key)
     if kern is None:
         kern = _TO_NHWC_PADDED[key] = cp.ElementwiseKernel(
-            "raw X x, int32 C, int32 H, int32 W, int32 Cp, int64 sn, int64 sc, int64 sh, int64 sw",
+            "raw X x, int32 C, int32 H, int32 W, int32 Cp",
             "Y y",
+            # a raw CuPy array indexed with one integer takes it as the C-order
+            # index of its *logical* shape and applies its strides itself, so
+            # this is right for any layout of x (an NHWC buffer seen as NCHW too)
             """
             int c = i % Cp; long long r = i / Cp;
             int w = r % W; r /= W;
             int h = r % H; long long n = r / H;
-            y = c < C ? (Y)((float)x[n * sn + c * sc + h * sh + w * sw]) : (Y)(0.0f);
-            """, "cupyrt_nchw_to_nhwc_padded")
-    item = x.itemsize
-    kern(x, np.int32(C), np.int32(H), np.int32(W), np.int32(Cp),
-         np.int64(x.strides[0] // item), np.int64(x.strides[1] // item),
-         np.int64(x.strides[2] // item), np.int64(x.strides[3] // item), out)
+            y = c < C ? (Y)((float)x[((n * C + c) * H + h) * W + w]) : (Y)(0.0f);
+            """, "cupyrt_nchw_to_nhwc_padded_v2")
+    kern(x, np.int32(C), np.int32(H), np.int32(W), np.int32(Cp), out)
     return out

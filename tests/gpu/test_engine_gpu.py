@@ -253,3 +253,19 @@ def test_every_fc_tactic_against_numpy(tactic, shape):
     for name, value in ref.items():
         assert got[name].shape == value.shape
         assert rel_l2(got[name], value) <= 1e-2
+
+
+@pytest.mark.parametrize("src,dst,pad", [(np.int8, np.float16, 1), (np.float16, np.float32, 8),
+                                         (np.float32, np.float16, 8), (np.int8, np.int8, 16)])
+def test_as_nhwc_reads_any_layout(src, dst, pad):
+    """An NHWC buffer seen as NCHW (what a tensor-core layer hands on), re-typed and padded."""
+    from engine.gpu.tactics import as_nhwc
+    rng = np.random.default_rng(9)
+    host = rng.integers(-100, 100, (2, 5, 6, 7)).astype(src)          # logical N C H W
+    nhwc_view = cp.ascontiguousarray(cp.asarray(host).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    for x in (nhwc_view, cp.asarray(host)):
+        got = as_nhwc(x, dst, pad).get()
+        cpad = -(-5 // pad) * pad
+        assert got.shape == (2, 6, 7, cpad) and got.dtype == dst
+        np.testing.assert_array_equal(got[..., :5], host.transpose(0, 2, 3, 1).astype(dst))
+        assert not got[..., 5:].any()
