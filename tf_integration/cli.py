@@ -59,8 +59,9 @@ def _calibration_feeds(path, graph_def, inputs):
     return feeds
 
 
-def _progress(done, total, what, stream=sys.stderr, width=30):
-    """One text progress line, redrawn in place ('\r'); a newline when done."""
+def _progress(done, total, what, stream=None, width=30):
+    """One text progress line, redrawn in place (carriage return); a newline when done."""
+    stream = stream or sys.stderr
     filled = width * done // max(total, 1)
     stream.write(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     if done >= total:
@@ -68,7 +69,7 @@ def _progress(done, total, what, stream=sys.stderr, width=30):
     stream.flush()
 
 
-def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=sys.stderr):
+def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None):
     """Calibrate a converted INT8 ``conv`` on the samples of an .npz, in batches of
     ``batch_size``, drawing a progress line on ``stream``. Returns the INT8 GraphDef."""
     from .errors import ConverterArgumentError

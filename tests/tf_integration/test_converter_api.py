@@ -194,7 +194,7 @@ def test_json_report_written_via_env(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kw,match", [
     (dict(precision_mode="FP64"), "FP32, FP16, INT8"),
-    (dict(precision_mode="INT8"), "INT8 calibration is not available"),
+    (dict(calibration_algorithm="KL"), "'entropy', 'minmax', 'percentile'"),
     (dict(minimum_segment_size=0), "-1 to disable"),
     (dict(minimum_segment_size=-2), "int >= -1"),
     (dict(maximum_cached_engines=0), "int >= 1"),
@@ -223,7 +223,7 @@ def test_methods_before_convert_and_calibrate_raise(tmp_path):
                  lambda: conv.write_report(str(tmp_path / "r.json"))):
         with pytest.raises(TFIntegrationError, match="before convert"):
             call()
-    with pytest.raises(TFIntegrationError, match="INT8 calibration is not available"):
+    with pytest.raises(TFIntegrationError, match="calibrate\\(\\) before convert"):
         conv.calibrate(["out0:0"], 1, feed_dict_fn=lambda: {})
 
 
