@@ -7,9 +7,11 @@ CUPY_CACHE_DIR) so the builder's own compiles become cache loads. Done once per
 process; CUPYRT_PRECOMPILE=0 turns it off, CUPYRT_PRECOMPILE_WORKERS sets the
 pool size (default: the CPU count, at most 16).
 """
+import json
 import logging
-import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,21 @@ def precompile(int8=False):
     workers = int(os.environ.get("CUPYRT_PRECOMPILE_WORKERS", min(16, os.cpu_count() or 1)))
     t0 = time.perf_counter()
     if workers > 1 and len(items) > 1:
-        try:
-            with mp.get_context("spawn").Pool(min(workers, len(items))) as pool:
-                for _ in pool.imap_unordered(_compile, items):
-                    pass
-        except Exception as e:     # noqa: BLE001  (compiling on first use still works)
-            log.warning("parallel precompile failed (%s: %s); kernels compile on first use",
-                        type(e).__name__, e)
+        # plain subprocesses, not multiprocessing: a spawned pool re-imports the
+        # user's __main__ module, which would run an unguarded script again per worker
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        chunks = [items[i::workers] for i in range(min(workers, len(items)))]
+        procs = [subprocess.Popen([sys.executable, "-c",
+                                   "import json, sys; from engine.gpu.precompile import _compile; "
+                                   "[_compile(tuple(i)) for i in json.loads(sys.argv[1])]",
+                                   json.dumps(chunk)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+                 for chunk in chunks]
+        for proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode:           # compiling on first use still works
+                log.warning("precompile worker failed (%s); its kernels compile on first use",
+                            err.decode(errors="replace").strip().splitlines()[-1:] or "")
     _done.update(todo)
     seconds = time.perf_counter() - t0
     log.info("precompiled %d tile shapes in %.1f s with %d processes", len(items), seconds, workers)
