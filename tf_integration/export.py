@@ -5,8 +5,12 @@
     out/
       CupyrtEngine_0.network     engine.serialize_network bytes (weights included)
       CupyrtEngine_1.network
+      CupyrtEngine_1.calib       calibrated INT8 engines: the calibration table
+                                 (TensorRT's cache format; give it to an engine
+                                 calibrator as cache_file and the build skips calibration)
       manifest.json              per engine: file, precision, inputs/outputs
-                                 (engine name, TF tensor it replaces, dtype, shape)
+                                 (engine name, TF tensor it replaces, dtype, shape),
+                                 calibration_cache (file or null)
 
 A network is the engine node's converted network, before the builder's passes
 (the stored one for dynamic engines; for static engines the segment is
@@ -130,6 +134,11 @@ def export_engines(graph_def, out_dir, model_outputs=None):
         data, fixed = engine_network_bytes(node)
         entry = engine_manifest_entry(node, data, _file_name(node.name), fixed)
         paths.append(_write(os.path.join(out_dir, entry["file"]), data))
+        table = node.attr["calibration_table"].s if "calibration_table" in node.attr else b""
+        entry["calibration_cache"] = None
+        if table:
+            entry["calibration_cache"] = entry["file"].rsplit(".", 1)[0] + ".calib"
+            paths.append(_write(os.path.join(out_dir, entry["calibration_cache"]), table))
         entries.append(entry)
     manifest = {"version": MANIFEST_VERSION, "plan_version": rt.PLAN_VERSION,
                 "engines": entries}

@@ -190,3 +190,27 @@ def test_bad_algorithm_and_bad_tables_are_named():
     with pytest.raises(rt.CalibrationError, match="CupyrtEngine_0 received no inputs"):
         conv = converter(gd)
         calibrate_graph(conv.convert(), {})
+
+
+def test_exported_int8_engine_rebuilds_from_its_calibration_cache(tmp_path):
+    from tf_integration import export_engines
+    from tf_integration.export import load_manifest
+
+    gd, outs = build_graph(cnn, [X.shape])
+    conv = converter(gd, is_dynamic_op=True)
+    conv.convert()
+    int8 = conv.calibrate(outs, len(CALIB), feed_dict_fn=feeds())
+    export_engines(int8, str(tmp_path))
+    (entry,) = load_manifest(str(tmp_path))["engines"]
+    cache = tmp_path / entry["calibration_cache"]
+    assert cache.read_bytes() == engine_nodes(int8)[0].attr["calibration_table"].s
+    net = rt.deserialize_network((tmp_path / entry["file"]).read_bytes())
+    builder = rt.Builder()
+    config = builder.create_builder_config()
+    config.set_flag(rt.BuilderFlag.INT8)
+    config.int8_calibrator = rt.EntropyCalibrator2([], cache_file=str(cache))  # no data: cache
+    eng = rt.Runtime().deserialize_cuda_engine(builder.build_serialized_network(net, config))
+    assert [li.precision for li in eng.layers].count(rt.DataType.INT8) == 3
+    got = eng.create_execution_context().execute({"input_0": X})["output_0"]
+    ref = run_graph(int8, outs, {"x0:0": X}, converted=True)[0]
+    assert rel_l2(got, ref) < 1e-6
