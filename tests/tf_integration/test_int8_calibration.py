@@ -1,6 +1,7 @@
 """INT8 in TensorFlow: converter.calibrate() (TF-TRT's TF1 API), calibration tables
 stored in engine nodes, the FP16 fallback without calibration, and explicit
 quantization from Q/DQ nodes."""
+import contextlib
 import logging
 
 import numpy as np
@@ -163,19 +164,11 @@ def test_calibrate_misuse_raises_with_the_fix():
         conv.calibrate(outs, 1, feed_dict_fn=feeds())
     for kw in (dict(precision_mode="FP16"), dict(use_calibration=False)):
         other = converter(gd, **kw)
-        with pytest.warns(UserWarning) if kw.get("use_calibration") is False else _nothing():
+        with pytest.warns(UserWarning) if kw.get("use_calibration") is False else contextlib.nullcontext():
             other.convert()
         with pytest.raises(TFIntegrationError, match="needs precision_mode='INT8' and "
                                                      "use_calibration=True"):
             other.calibrate(outs, 1, feed_dict_fn=feeds())
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_bad_algorithm_and_bad_tables_are_named():
