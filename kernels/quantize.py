@@ -126,12 +126,23 @@ def kl_divergences(hist, start=START_BIN, levels=NUM_LEVELS):
                      for i in range(start, len(hist) + 1)])
 
 
+MAX_CLIPPED = 0.01
+
+
 def kl_threshold(hist, bin_width, start=START_BIN, levels=NUM_LEVELS):
     """TensorRT's entropy threshold: (argmin_i KL + 0.5) * bin_width (the first
     minimum on ties). A histogram shorter than ``start`` bins is not clipped."""
     hist = np.asarray(hist)
     if len(hist) < start or hist.sum() == 0:
         return len(hist) * bin_width
+    # Guard (our deviation from TensorRT): never consider a threshold that clips more
+    # than MAX_CLIPPED of the values. On a coarsely discrete tensor (8-bit pixels
+    # scaled to [0, 1] take 17 values) every candidate holding one spike has
+    # divergence 0 and the published algorithm keeps 1/16 of the range, clipping
+    # almost everything; on continuous data the optimum clips far less than this.
+    cum = np.cumsum(hist)
+    first = int(np.searchsorted(cum, (1.0 - MAX_CLIPPED) * cum[-1]))
+    start = max(start, min(first, len(hist) - 1))
     div = kl_divergences(hist, start, levels)
     return (start + int(np.argmin(div)) + 0.5) * bin_width
 

@@ -268,3 +268,16 @@ def test_calibrator_protocol_errors():
     assert rt.Calibrator().get_batch_size() == 1 and rt.IInt8Calibrator is rt.Calibrator
     with pytest.raises(rt.CalibrationError, match=r"percentile 0; expected a number in \(0, 100\]"):
         rt.PercentileCalibrator([], percentile=0)
+
+
+def test_entropy_keeps_the_full_range_of_a_coarsely_discrete_tensor():
+    from kernels import quantize as Q
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 17, 100000).astype(np.float32) / 16.0        # 17 values, like 8x8 digits
+    amax = float(np.abs(x).max())
+    hist = Q.abs_histogram(x, amax, drop_zeros=True)
+    width = amax / len(hist)
+    assert Q.kl_threshold(hist, width) == pytest.approx(amax, rel=1e-3)      # within a bin of max
+    smooth = np.abs(rng.standard_normal(100000)).astype(np.float32)    # continuous: clipped
+    hs = Q.abs_histogram(smooth, float(smooth.max()))
+    assert Q.kl_threshold(hs, float(smooth.max()) / len(hs)) < float(smooth.max())
