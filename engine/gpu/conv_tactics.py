@@ -47,7 +47,9 @@ def _residual(inputs, dtype):
 
 
 class ConvIgemm(Tactic):
-    """Tensor-core implicit GEMM (mma.sync), NHWC FP16, fused epilogue; one tile shape."""
+    """Tensor-core implicit GEMM (mma.sync), NHWC FP16, fused epilogue; one tile shape.
+    Subclasses change the launcher (split-K, small-C) and keep the calling convention."""
+    launcher = "conv2d_igemm"
 
     def __init__(self, tile):
         self.tile = tile
@@ -67,15 +69,15 @@ class ConvIgemm(Tactic):
         return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), **_epilogue(layer)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_tc import conv2d_igemm
+        from kernels.gpu import conv_tc
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
         out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
-                         padding=pre, dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
-                         residual=_residual(inputs, out_dtype), act=state["act"],
-                         alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-                         tactic=self.tile)
+        y = getattr(conv_tc, self.launcher)(
+            as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd, padding=pre,
+            dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
+            residual=_residual(inputs, out_dtype), act=state["act"], alpha=state["alpha"],
+            beta=state["beta"], out_dtype=out_dtype, tactic=self.tile)
         return [nchw_view(y)]
 
 
@@ -83,32 +85,13 @@ class ConvIgemmSplitK(ConvIgemm):
     """The implicit GEMM with the reduction split over CTAs (FP32 partial sums,
     then one kernel adds them and applies the epilogue): fills the GPU when the
     output is small (batch 1, late stages)."""
-
-    def __init__(self, tile):
-        super().__init__(tile)
-        self.name = f"conv.{tile.name}"
-
-    def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_tc import conv2d_igemm_splitk
-        x = inputs[0]
-        (p, q), pre = _geometry(layer, x.shape)
-        out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm_splitk(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
-                                padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
-                                bias=state["bias"], scale=state["scale"],
-                                residual=_residual(inputs, out_dtype), act=state["act"],
-                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-                                tactic=self.tile)
-        return [nchw_view(y)]
+    launcher = "conv2d_igemm_splitk"
 
 
 class ConvStemSmallC(ConvIgemm):
     """Few input channels (an RGB stem): taps packed densely in pairs, so a 7x7
     reduction is 224 long instead of 392 with per-tap channel padding."""
-
-    def __init__(self, tile):
-        super().__init__(tile)
-        self.name = f"conv.{tile.name}"
+    launcher = "conv2d_igemm_smallc"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         reason = super().supports(layer, in_shapes, in_dtypes, precision)
@@ -120,19 +103,6 @@ class ConvStemSmallC(ConvIgemm):
         from kernels.gpu.conv_tc import pack_weight_smallc
         c = layer._inputs[0].shape[1]
         return {"w": pack_weight_smallc(layer.weights(c), "KCRS"), **_epilogue(layer)}
-
-    def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_tc import conv2d_igemm_smallc
-        x = inputs[0]
-        (p, q), pre = _geometry(layer, x.shape)
-        out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm_smallc(as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd,
-                                padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
-                                bias=state["bias"], scale=state["scale"],
-                                residual=_residual(inputs, out_dtype), act=state["act"],
-                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-                                tactic=self.tile)
-        return [nchw_view(y)]
 
 
 class Conv1x1Cublas(Tactic):
@@ -310,33 +280,23 @@ class FcIgemm(Tactic):
         return {"w": pack_weight_krsc(wt, "KCRS", c_pad_to=8),
                 **_epilogue(layer)}
 
+    launcher = "conv2d_igemm"
+
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_tc import conv2d_igemm
+        from kernels.gpu import conv_tc
         rank = inputs[0].ndim
         x, inputs = _fc_as_4d(inputs)
         out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
-                         bias=state["bias"], scale=state["scale"],
-                         residual=_residual(inputs, out_dtype), act=state["act"],
-                         alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-                         tactic=self.tile)
+        y = getattr(conv_tc, self.launcher)(
+            as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1), bias=state["bias"],
+            scale=state["scale"], residual=_residual(inputs, out_dtype), act=state["act"],
+            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype, tactic=self.tile)
         return [_fc_out(nchw_view(y), rank)]
 
 
 class FcIgemmSplitK(FcIgemm):
     """Fully connected through the split-K implicit GEMM (M is the batch: small)."""
-
-    def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_tc import conv2d_igemm_splitk
-        rank = inputs[0].ndim
-        x, inputs = _fc_as_4d(inputs)
-        out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_igemm_splitk(as_nhwc(x, np.float16, 8), state["w"], out_hw=(1, 1),
-                                bias=state["bias"], scale=state["scale"],
-                                residual=_residual(inputs, out_dtype), act=state["act"],
-                                alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-                                tactic=self.tile)
-        return [_fc_out(nchw_view(y), rank)]
+    launcher = "conv2d_igemm_splitk"
 
 
 class FcCublas(Tactic):
