@@ -446,6 +446,50 @@ class ConvInt8(Tactic):
         return [nchw_view(y)]
 
 
+class FcInt8(Tactic):
+    """INT8 fully connected as the INT8 convolution whose window is the whole input
+    (graph-safe, unlike the emulation's float64 matmul); bit-exact with it."""
+    int8 = True
+
+    def __init__(self, tile):
+        self.tile, self.name = tile, f"fc.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.INT8:
+            return "INT8 tactic"
+        if len(in_shapes[0]) not in (2, 4) or len(in_shapes) > 1 and in_shapes[1] is not None:
+            return "(N, C) or (N, C, H, W) inputs without a residual"
+        return None
+
+    def prepare(self, layer):
+        from kernels.gpu.conv_int8 import pack_weight_int8_krsc
+
+        from ..quantization import tensor_scale
+        shape = layer._inputs[0].shape
+        c, h, w = shape[1:] if len(shape) == 4 else (shape[1], 1, 1)
+        k = layer.num_output_channels
+        wq, s_w = pack_weight_int8_krsc(layer.kernel.reshape(k, c, h, w), "KCRS")
+        ep = _epilogue(layer)
+        return {"w": wq, "s_w": s_w, **ep, "bias": None if layer.bias is None else ep["bias"],
+                "s_in": tensor_scale(layer._inputs[0]),
+                "s_out": tensor_scale(layer._outputs[0]) if layer._outputs[0].dynamic_range else None}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_int8 import conv2d_int8, quantize_nhwc
+        rank = inputs[0].ndim
+        x, _ = _fc_as_4d(inputs[:1])
+        if x.dtype == np.int8:
+            xq = as_nhwc(x, np.int8, 16)
+        else:
+            xq = quantize_nhwc(as_nhwc(x, np.float32, 1), state["s_in"], c_pad_to=16)
+        int8_out = out_dtypes[0] == DataType.INT8
+        y = conv2d_int8(xq, state["w"], state["s_in"], state["s_w"], out_hw=(1, 1),
+                        bias=state["bias"], act=state["act"], alpha=state["alpha"],
+                        beta=state["beta"], s_out=state["s_out"] if int8_out else None,
+                        out_dtype=np.int8 if int8_out else np.float32, tactic=self.tile)
+        return [_fc_out(nchw_view(y), rank)]
+
+
 class PoolInt8(Tactic):
     """Max pooling of int8 codes: the max of integers is exact in FP16, so the FP16
     NHWC pooling kernel serves; the output keeps the input's scale."""
@@ -488,7 +532,8 @@ def _register():
              Conv1x1Cublas(), ConvDepthwise(), ConvIm2col(),
              *[ConvInt8(t) for t in INT8_TACTICS])
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
-             *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas())
+             *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas(),
+             *[FcInt8(t) for t in INT8_TACTICS])
     register(LayerType.POOLING, PoolNhwc(), PoolInt8())
     register(LayerType.REDUCE, GlobalAvgPool())
     register(LayerType.MATRIX_MULTIPLY, MatMulCublas())
