@@ -15,9 +15,8 @@ import math
 import os
 import threading
 
-import numpy as np
 
-from ..errors import BuildError, ExecutionError
+from ..errors import BuildError
 from ..gpu import tactics as T
 from ..gpu.device import available, gpu_info
 from ..gpu.timing import TimingCache, layer_signature, time_ms
@@ -279,10 +278,3 @@ class CupyBackend:
     def save_timing_cache(self):
         self.cache.save()
 
-
-def check_finite(x, name):
-    """Debug aid: raise if a device array holds NaN/inf (syncs; never on a hot path)."""
-    import cupy
-    if not bool(cupy.isfinite(x).all()):
-        raise ExecutionError(f"tensor '{name}' holds NaN or inf")
-    return np.True_
