@@ -138,6 +138,7 @@ def candidates(layer, precision=None):
     precision only the tactics that compute in it (INT8 is integer arithmetic on
     codes: float tactics would misread them)."""
     from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
+    from . import rnn_tactics  # noqa: F401
     every = list(kernel_table.TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
     if precision is None:
         return every
