@@ -28,7 +28,7 @@ def _nvrtc():
 
 
 def test_sources_exist():
-    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu"):
+    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu", "rnn_gates.cu"):
         assert name in SOURCES
 
 
