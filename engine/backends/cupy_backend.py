@@ -18,6 +18,7 @@ import threading
 
 from ..errors import BuildError
 from ..gpu import tactics as T
+from ..gpu.concat import ConcatElision
 from ..gpu.device import available, gpu_info
 from ..gpu.timing import TimingCache, layer_signature, time_ms
 
@@ -68,6 +69,12 @@ class CupyBackend:
         self.timings = {}            # layer name -> {tactic: ms} of the last selection
         self.graph_notes = []        # why each shape runs eagerly or replays a graph
         self._capture_error = ""
+        # concat elision (engine/gpu/concat.py): the per-engine plan, made on the first
+        # run; each run of the layer loop gets a fresh placement (its concat buffers),
+        # per thread since execution contexts of one engine may run concurrently
+        self.concat_elision = os.environ.get("CUPYRT_CONCAT_ELISION", "1") != "0"
+        self.elision = None
+        self._runs = threading.local()
 
     # -- the backend interface -----------------------------------------------------
     def asarray(self, x):
@@ -85,7 +92,23 @@ class CupyBackend:
 
     def run_layer(self, layer, inputs, precision, out_dtypes):
         tactic = self._tactic(layer, inputs, precision, out_dtypes)
-        return tactic.run(self._prepared(layer, tactic), layer, inputs, precision, out_dtypes)
+        state = self._prepared(layer, tactic)
+        placement = getattr(self._runs, "placement", None)
+        if placement is not None:            # concat elision: producers and their concat
+            outs = placement.run_layer(tactic, state, layer, inputs, precision, out_dtypes)
+            if outs is not None:
+                return outs
+        return tactic.run(state, layer, inputs, precision, out_dtypes)
+
+    def _run_layers(self, context, feeds, sched):
+        """The engine's layer loop with a fresh concat placement for this run."""
+        if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
+            self.elision = ConcatElision(context.engine)
+        self._runs.placement = self.elision.placement() if self.concat_elision else None
+        try:
+            return context.run_layers(feeds, sched)
+        finally:
+            self._runs.placement = None
 
     # -- tactics -------------------------------------------------------------------
     def _prepared(self, layer, tactic):
@@ -113,6 +136,10 @@ class CupyBackend:
         cands = [t for t in T.candidates(layer, precision)
                  if t.supports(layer, shapes, dtypes, precision) is None]
         self._capturable[key] = next((t for t in cands if t.capturable_for(layer)), None)
+        elided = self.elision.choose(layer, cands) if self.concat_elision and self.elision else None
+        if elided is not None:               # a planned concat: the elided tactic, untimed
+            self._capturable[key] = elided
+            return elided
         forced = self.forced.get(layer.name) if self._at_build_shapes else None
         if forced:
             ms = self.meta.get("tactic_ms", {}).get(layer.name, {})
@@ -179,10 +206,10 @@ class CupyBackend:
         entry = graphs.get(key)
         if not self.use_graphs or context.profiler is not None or entry == "eager":
             with (stream or cp.cuda.get_current_stream()):
-                return context.run_layers(feeds, sched)
+                return self._run_layers(context, feeds, sched)
         if entry is None:                        # first call: select, compile, upload
             with (stream or cp.cuda.get_current_stream()):
-                outs = context.run_layers(feeds, sched)
+                outs = self._run_layers(context, feeds, sched)
             graphs[key] = "warm"
             return outs
         if entry == "warm":
@@ -208,7 +235,7 @@ class CupyBackend:
         cp = self.cp
         self._trace = []
         try:
-            context.run_layers(feeds, sched)
+            self._run_layers(context, feeds, sched)
         finally:
             layer_keys, self._trace = self._trace, None
         layers = {l.name: l for l in context.engine.network._layers}
@@ -227,7 +254,7 @@ class CupyBackend:
                 fn()
             cp.cuda.get_current_stream().synchronize()
             return (time.perf_counter() - t0) / reps
-        eager_s = wall(lambda: context.run_layers(feeds, sched)) if swaps else None
+        eager_s = wall(lambda: self._run_layers(context, feeds, sched)) if swaps else None
         saved = {k: self._choice[k] for k in swaps}
         self._choice.update(swaps)
         graph = self._capture(context, feeds, sched)
@@ -260,11 +287,11 @@ class CupyBackend:
                     cp.copyto(static[n], a)
                 # a rehearsal under the private pool caches exactly the blocks the
                 # captured run will ask for, so capture allocates nothing new
-                context.run_layers(static, sched)
+                self._run_layers(context, static, sched)
                 stream.synchronize()
                 stream.begin_capture()
                 try:
-                    outs = context.run_layers(static, sched)
+                    outs = self._run_layers(context, static, sched)
                 finally:
                     graph = stream.end_capture()
                 graph.upload(stream)

@@ -5,7 +5,15 @@ only maps an engine layer (attributes, fused epilogue, formats) onto them.
 import numpy as np
 
 from ..types import DataType, LayerType, PoolingType, ReduceOperation
+from .concat import claim, written
 from .tactics import Tactic, as_nhwc, cupy, nchw_view, register
+
+# concat elision (engine/gpu/concat.py): tactics with ``writes_into_concat`` take
+# ``into=`` (their slot in a concat's NHWC buffer) and, when ``claim`` gives them
+# the buffer, pass ``out=, out_channel_offset=`` to the launcher and return the
+# view of their slice (``written``). ``_ANY_FLOAT``: an epilogue that casts to
+# either float type writes the buffer's dtype directly.
+_ANY_FLOAT = (np.float16, np.float32)
 
 
 def _f16(precision):
@@ -68,17 +76,21 @@ class ConvIgemm(Tactic):
         w = layer.weights(c) if c > 0 else layer.kernel
         return {"w": pack_weight_krsc(w, "KCRS", c_pad_to=8), **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu import conv_tc
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
-        out_dtype = out_dtypes[0].to_numpy()
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), _ANY_FLOAT)
+        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
         y = getattr(conv_tc, self.launcher)(
             as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd, padding=pre,
             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
             residual=_residual(inputs, out_dtype), act=state["act"], alpha=state["alpha"],
-            beta=state["beta"], out_dtype=out_dtype, tactic=self.tile)
-        return [nchw_view(y)]
+            beta=state["beta"], out_dtype=out_dtype, tactic=self.tile, **place)
+        return [written(y, place, k)]
 
 
 class ConvIgemmSplitK(ConvIgemm):
@@ -123,15 +135,22 @@ class Conv1x1Cublas(Tactic):
         return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
                 **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.conv_gemm import conv2d_1x1_cublas
         dt = np.float16 if _f16(precision) else np.float32
-        out_dtype = out_dtypes[0].to_numpy()
-        y = conv2d_1x1_cublas(as_nhwc(inputs[0], dt), state["w16" if dt == np.float16 else "w32"],
+        x = inputs[0]
+        (p, q), _ = _geometry(layer, x.shape)
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), _ANY_FLOAT)
+        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        y = conv2d_1x1_cublas(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
                               stride=layer.stride_nd, bias=state["bias"], scale=state["scale"],
                               residual=_residual(inputs, out_dtype), act=state["act"],
-                              alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
-        return [nchw_view(y)]
+                              alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+                              **place)
+        return [written(y, place, k)]
 
 
 class ConvIm2col(Tactic):
@@ -150,18 +169,22 @@ class ConvIm2col(Tactic):
                 "w32": cp.asarray(np.ascontiguousarray(w), cp.float32),
                 **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.conv_gemm import conv2d_im2col
         dt = np.float16 if _f16(precision) else np.float32
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
-        out_dtype = out_dtypes[0].to_numpy()
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), _ANY_FLOAT)
+        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
         y = conv2d_im2col(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
                           stride=layer.stride_nd, padding=pre, dilation=layer.dilation_nd,
                           out_hw=(p, q), groups=layer.num_groups, bias=state["bias"], scale=state["scale"],
                           residual=_residual(inputs, out_dtype), act=state["act"],
-                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype)
-        return [nchw_view(y)]
+                          alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype, **place)
+        return [written(y, place, k)]
 
 
 class ConvDepthwise(Tactic):
@@ -183,14 +206,19 @@ class ConvDepthwise(Tactic):
         return {"w": cp.asarray(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), cp.float32),
                 **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.conv_gemm import conv2d_depthwise
         dt = np.float16 if _f16(precision) else np.float32
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
+        place = claim(into, (x.shape[0], p, q, x.shape[1]), (dt,))   # writes x's dtype
         y = conv2d_depthwise(as_nhwc(x, dt), state["w"], stride=layer.stride_nd, padding=pre,
                              dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
-                             act=state["act"], alpha=state["alpha"], beta=state["beta"])
+                             act=state["act"], alpha=state["alpha"], beta=state["beta"], **place)
+        if place:
+            return [written(y, place, x.shape[1])]
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
@@ -230,17 +258,20 @@ class ConvDepthwiseV2(ConvDepthwise):
         return {"w16": pack_weight_dw(w, "C1RS", np.float16),
                 "w32": pack_weight_dw(w, "C1RS", np.float32), **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.conv_dw import conv2d_depthwise_v2
         dt = np.float16 if _f16(precision) else np.float32
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
+        place = claim(into, (x.shape[0], p, q, x.shape[1]), (dt,))   # writes x's dtype
         # no channel padding here: padded channels would not line up with the filters
         y = conv2d_depthwise_v2(as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"],
                                 stride=layer.stride_nd, padding=pre, dilation=layer.dilation_nd,
                                 out_hw=(p, q), bias=state["bias"], scale=state["scale"],
                                 act=state["act"], alpha=state["alpha"], beta=state["beta"],
-                                q_tile=self.q_tile)
+                                q_tile=self.q_tile, **place)
+        if place:
+            return [written(y, place, x.shape[1])]
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
@@ -342,14 +373,19 @@ class PoolNhwc(Tactic):
             return "blend pooling"
         return None
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.pooling import pool2d
         dt = np.float16 if _f16(precision) else np.float32
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
+        place = claim(into, (x.shape[0], p, q, x.shape[1]), (dt,))   # writes x's dtype
         y = pool2d(as_nhwc(x, dt), layer.pooling_type.name, layer.window_size_nd,
                    stride=layer.stride_nd, padding=pre, out_hw=(p, q),
-                   exclude_padding=layer.average_count_excludes_padding)
+                   exclude_padding=layer.average_count_excludes_padding, **place)
+        if place:
+            return [written(y, place, x.shape[1])]
         return [nchw_view(y).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
