@@ -10,6 +10,7 @@ descriptors are plain dataclasses. Importing this package never needs a GPU
     pooling      max/avg pooling, global average pool
     softmax      softmax over any axis
     reformat     NCHW <-> NHWC, concat into a preallocated buffer
+    rnn          RNN / LSTM / GRU: cuBLAS GEMMs + one fused gate kernel per step
 """
 from .activation import ACT_CODES, act_code
 from .errors import KernelError, UnsupportedError
