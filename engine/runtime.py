@@ -160,10 +160,22 @@ class CudaEngine:
         return self._schedule
 
     def _storage_dtype(self, layer, t):
+        """How tensor ``t`` (an output of ``layer``) is stored between layers:
+        int8 codes between INT8 layers; half where an FP16 layer wrote it, and where
+        a layer that only moves data (concat, shuffle, slice...) read nothing but
+        half (it changes no value, and a float32 copy would cost a cast on each side);
+        network outputs and explicit output types as declared."""
         if t.name in self._int8_tensors:
             return DataType.INT8
-        if t.dtype == DataType.FLOAT and self._precision.get(layer.name) == DataType.HALF \
-                and not t.is_network_output and not layer.output_type_is_set(t.index):
+        if t.dtype != DataType.FLOAT or t.is_network_output or layer.output_type_is_set(t.index):
+            return t.dtype
+        if self._precision.get(layer.name) == DataType.HALF:
+            return DataType.HALF
+        from .builder import DATA_MOVEMENT
+        floats = [i for i in layer._inputs if i is not None and i.dtype == DataType.FLOAT]
+        if layer.layer_type in DATA_MOVEMENT and floats and all(
+                i.producer is not None and self._storage_dtype(i.producer, i) == DataType.HALF
+                for i in floats):
             return DataType.HALF
         return t.dtype
 

@@ -270,11 +270,11 @@ def test_branches_in_place_give_the_reference_and_skip_the_copy(numpy_as_cupy, m
     for name in ref:
         np.testing.assert_array_equal(got[name], ref[name])
     buf = seen[cat][0]
-    # FP16 engine: the concat (a data-movement layer) stores FP32 unless told HALF, so
-    # the FP16 pool output is copied into its slice and the convolutions write FP32
-    expect_all = mode != "fp16"
-    assert elision.counts == {"elided": int(expect_all), "partial": int(not expect_all), "copied": 0}
-    assert buf.dtype == (np.float16 if mode == "fp16_half_concat" else np.float32)
+    # FP16 engine: the concat (a data-movement layer) reads only half tensors, so it
+    # stores half too and every branch writes straight into it
+    expect_all = True
+    assert elision.counts == {"elided": 1, "partial": 0, "copied": 0}
+    assert buf.dtype == (np.float32 if mode == "fp32" else np.float16)
     for p in producers:
         assert np.shares_memory(seen[p][0], buf) == (expect_all or p != producers[3])
     assert buf.transpose(0, 2, 3, 1).flags.c_contiguous      # the NHWC buffer itself

@@ -167,3 +167,24 @@ def test_bound_buffers_and_execute_async_v3():
     ctx.set_tensor_address("y", np.zeros((2, 8), np.float32))
     with pytest.raises(rt.ExecutionError, match="the bound array is \\(2, 8\\)"):
         ctx.execute_async_v3()
+
+
+def test_data_movement_between_half_layers_stores_half():
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("x", rt.float32, (2, 4, 3, 3))
+    a = net.add_activation(x, rt.ActivationType.TANH).get_output(0)
+    c = net.add_activation(x, rt.ActivationType.SIGMOID).get_output(0)
+    cat = net.add_concatenation([a, c])
+    cat.axis = 1
+    y = net.add_activation(cat.get_output(0), rt.ActivationType.RELU).get_output(0)
+    net.mark_output(y)
+    cfg = b.create_builder_config()
+    cfg.set_flag(rt.BuilderFlag.FP16)
+    engine = b.build_engine(net, cfg)
+    concat = next(layer for layer in engine.network if layer.type == rt.LayerType.CONCATENATION)
+    assert engine._storage_dtype(concat, concat.get_output(0)) == rt.float16
+    xs = np.random.default_rng(6).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    got = engine.create_execution_context().execute({"x": xs})
+    ref = np.maximum(np.concatenate([np.tanh(xs), 1 / (1 + np.exp(-xs))], 1), 0)
+    assert np.abs(list(got.values())[0] - ref).max() < 2e-3
