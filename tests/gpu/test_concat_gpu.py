@@ -109,7 +109,8 @@ def test_inception_block_matches_numpy_and_its_producers_write_the_concat(mode):
     y = seen[cat][0]
     buf = y.transpose(0, 2, 3, 1)
     assert buf.flags.c_contiguous and buf.shape == (N, HW, HW, TOTAL)
-    assert buf.dtype == (np.float16 if half else np.float32)
+    # an FP16 engine stores the concat half: it reads only half tensors (runtime.py)
+    assert buf.dtype == (np.float16 if fp16 else np.float32)
     placed = {}
     for producer, slot in elision.plan.items():
         placed[producer] = C.in_place(seen[producer][0], buf, slot.offset)
@@ -168,7 +169,10 @@ def test_an_elided_concat_can_be_the_network_output():
     engine = build(net, "cupy", True, obey=True)
     engine.backend.use_graphs = False
     check(engine.create_execution_context().execute(feeds), ref, True)
-    assert engine.backend.elision.counts["elided"] >= 1
+    # a network output keeps its declared FP32: the convolutions still write into it,
+    # the FP16 pool branch is copied into its slice
+    counts = engine.backend.elision.counts
+    assert counts["elided"] + counts["partial"] >= 1 and counts["copied"] == 0
 
 
 def test_disabling_elision_gives_the_same_result():
