@@ -120,9 +120,9 @@ class Bool(Attr):
 class Ints(Attr):
     """A tuple of ints (dims, strides, axes lists)."""
 
-    def __init__(self, default=None, minimum=None, length=None, doc=""):
+    def __init__(self, default=None, minimum=None, doc=""):
         super().__init__(default, doc)
-        self.minimum, self.length = minimum, length
+        self.minimum = minimum
 
     def normalise(self, layer, value):
         if value is None and self.default is None:
@@ -135,8 +135,6 @@ class Ints(Attr):
                 raise TypeError
         except (TypeError, ValueError):
             self.fail(layer, repr(value), "a sequence of ints")
-        if self.length is not None and len(out) != self.length:
-            self.fail(layer, out, f"{self.length} values")
         if len(out) > MAX_DIMS:
             self.fail(layer, out, f"at most {MAX_DIMS} values")
         if self.minimum is not None and any(v < self.minimum for v in out):

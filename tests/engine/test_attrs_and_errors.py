@@ -127,3 +127,43 @@ def test_a_shape_that_only_fails_at_run_time_names_the_layer():
         engine.create_execution_context().execute({"x": np.ones((2, 3), np.float32),
                                                    "y": np.ones((5, 3), np.float32)})
     assert "layers" in repr(engine) and "ELEMENTWISE" in repr(engine.layers[0])
+
+
+def test_a_layer_output_over_eight_dims_is_refused(net):
+    x = net.add_input("x", rt.float32, (1,) * 8)
+    with pytest.raises(rt.NetworkDefinitionError):
+        net.add_unsqueeze(x, (0,))
+    assert net.num_layers == 0
+
+
+def test_a_change_upstream_that_breaks_a_layer_downstream_is_reported(net):
+    x = net.add_input("x", rt.float32, (2, 3))
+    y = net.add_input("y", rt.float32, (2, 3))
+    s = net.add_elementwise(x, y, rt.ElementWiseOperation.SUM)
+    with pytest.raises(rt.NetworkDefinitionError, match="dims equal or 1"):
+        x.shape = (2, 4)
+    with pytest.raises(rt.NetworkDefinitionError, match="dims equal or 1"):
+        s.get_output(0).shape                     # still reported until the input is fixed
+    x.shape = (2, 3)
+    assert s.get_output(0).shape == (2, 3)
+
+
+def test_a_plan_whose_fused_chain_names_an_unknown_layer_type():
+    import hashlib
+    import json
+    import struct
+
+    from engine import plan as planfile
+    b = rt.Builder()
+    network = b.create_network()
+    x = network.add_input("x", rt.float32, (2, 3))
+    a = network.add_activation(x, rt.ActivationType.TANH).get_output(0)
+    network.mark_output(network.add_unary(a, rt.UnaryOperation.EXP).get_output(0))
+    doc, arrays = planfile.loads(b.build_serialized_network(network, b.create_builder_config()))
+    layer = next(layer for layer in doc["network"]["layers"] if layer["type"] == "POINTWISE")
+    layer["attrs"]["chain"][0]["type"] = "WARP"
+    header = json.dumps(doc).encode()
+    data = struct.pack("<8sIQQ32s", planfile.MAGIC, planfile.PLAN_VERSION, len(header),
+                       len(arrays.blob), hashlib.sha256(header + arrays.blob).digest()) + header + arrays.blob
+    with pytest.raises(rt.PlanFormatError, match="fused chain names layer type 'WARP'"):
+        rt.Runtime().deserialize_cuda_engine(data)
