@@ -321,6 +321,12 @@ class Network:
     def add_matrix_multiply(self, input0, op0, input1, op1):
         return self._add(L.MatrixMultiplyLayer(self, [input0, input1], op0=op0, op1=op1))
 
+    def add_normalization(self, input, scale, bias, axes):
+        """TensorRT's INormalizationLayer: (x - mean) / sqrt(var + epsilon) * scale + bias
+        over the ``axes`` bitmask (layer norm: the last axis; instance norm: the
+        spatial axes); ``scale``/``bias`` are tensors broadcastable to the input."""
+        return self._add(L.NormalizationLayer(self, [input, scale, bias], axes=axes))
+
     def add_reduce(self, input, op, axes, keep_dims):
         return self._add(L.ReduceLayer(self, [input], op=op, axes=axes, keep_dims=keep_dims))
 

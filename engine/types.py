@@ -71,6 +71,7 @@ class LayerType(enum.Enum):
     IDENTITY = "identity"
     CAST = "cast"
     SELECT = "select"
+    NORMALIZATION = "normalization"
     POINTWISE = "pointwise"      # built by the builder: a fused chain of pointwise layers
 
 

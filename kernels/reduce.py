@@ -25,3 +25,21 @@ def softmax(x, axis):
     x = x.astype(np.float32, copy=False)
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def normalize(x, scale, bias, axes, epsilon, groups=1):
+    """(x - mean) / sqrt(var + eps) * scale + bias over ``axes``; with ``groups`` > 1
+    the channel axis 1 is split into groups normalised on their own (group norm:
+    the statistics then also run over the group's channels)."""
+    xp = array_module(x, scale, bias)
+    y = x.astype(np.float32, copy=False)
+    shape = y.shape
+    if groups > 1:
+        n, c = shape[:2]
+        y = y.reshape((n, groups, c // groups) + shape[2:])
+        axes = tuple(sorted({a + 1 if a >= 2 else a for a in axes if a != 1} | {2}))
+    mean = xp.mean(y, axis=axes, keepdims=True)
+    d = y - mean
+    var = xp.mean(d * d, axis=axes, keepdims=True)
+    y = (d / xp.sqrt(var + np.float32(epsilon))).reshape(shape)
+    return y * scale.astype(np.float32, copy=False) + bias.astype(np.float32, copy=False)

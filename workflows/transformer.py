@@ -7,7 +7,7 @@ import numpy as np
 
 import engine as rt
 
-EW, U = rt.ElementWiseOperation, rt.UnaryOperation
+EW = rt.ElementWiseOperation
 
 
 def _np(t):
@@ -26,16 +26,11 @@ def _linear(net, x, weight, bias):
 
 
 def _layer_norm(net, x, gamma, beta, eps):
-    last = 1 << (len(x.shape) - 1)
-    mean = net.add_reduce(x, rt.ReduceOperation.AVG, last, True).get_output(0)
-    d = net.add_elementwise(x, mean, EW.SUB).get_output(0)
-    var = net.add_reduce(net.add_elementwise(d, d, EW.PROD).get_output(0),
-                         rt.ReduceOperation.AVG, last, True).get_output(0)
-    var = net.add_elementwise(var, _const(net, np.full((1, 1, 1), eps, np.float32)), EW.SUM).get_output(0)
-    inv = net.add_unary(net.add_unary(var, U.SQRT).get_output(0), U.RECIP).get_output(0)
-    y = net.add_elementwise(d, inv, EW.PROD).get_output(0)
-    y = net.add_elementwise(y, _const(net, gamma[None, None]), EW.PROD).get_output(0)
-    return net.add_elementwise(y, _const(net, beta[None, None]), EW.SUM).get_output(0)
+    """One INormalizationLayer over the last axis (not ten reduce/elementwise layers)."""
+    norm = net.add_normalization(x, _const(net, gamma[None, None]), _const(net, beta[None, None]),
+                                 1 << (len(x.shape) - 1))
+    norm.epsilon = eps
+    return norm.get_output(0)
 
 
 def _heads(net, x, n_heads, seq):

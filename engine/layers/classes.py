@@ -5,8 +5,8 @@ from .spatial import (ConvolutionLayer, DeconvolutionLayer, LRNLayer, PaddingLay
                       PoolingLayer, ResizeLayer)
 from .shape import (ConcatenationLayer, ConstantLayer, FlattenLayer, GatherLayer,  # noqa: F401
                     ShuffleLayer, SliceLayer, SqueezeLayer, UnsqueezeLayer)
-from .linear import (FullyConnectedLayer, MatrixMultiplyLayer, ReduceLayer,  # noqa: F401
-                     SoftMaxLayer)
+from .linear import (FullyConnectedLayer, MatrixMultiplyLayer, NormalizationLayer,  # noqa: F401
+                     ReduceLayer, SoftMaxLayer)
 from .rnn import RNNv2Layer  # noqa: F401
 from .plugin import PluginV2Layer  # noqa: F401
 from .fused import PointwiseLayer  # noqa: F401

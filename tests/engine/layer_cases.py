@@ -281,6 +281,20 @@ def _resize(mode, coord, rounding=rt.ResizeRoundMode.FLOOR, shape=None, scales=N
 R, RC, RR = rt.ResizeMode, rt.ResizeCoordinateTransformation, rt.ResizeRoundMode
 PM, PT = rt.PaddingMode, rt.PoolingType
 
+def _norm(shape, axes, groups=1):
+    def build(net, rng):
+        def add(net, x):
+            bshape = tuple(d if (axes >> i & 1) or (groups > 1 and i == 1) else 1
+                           for i, d in enumerate(shape))
+            sc = net.add_constant(bshape, _rand(rng, *bshape)).get_output(0)
+            bi = net.add_constant(bshape, _rand(rng, *bshape)).get_output(0)
+            layer = net.add_normalization(x, sc, bi, axes)
+            layer.num_groups = groups
+            return layer
+        return _one(net, rng, shape, add)
+    return build
+
+
 CASES = (
     [(f"activation-{k.name}", _activation(k)) for k in A]
     + [("activation-LEAKY_RELU-alpha", _activation(A.LEAKY_RELU, alpha=0.3)),
@@ -366,6 +380,9 @@ CASES = (
        ("resize-linear-asymmetric", _resize(R.LINEAR, RC.ASYMMETRIC, shape=(2, 3, 10, 3))),
        ("resize-linear-3d", _resize(R.LINEAR, RC.HALF_PIXEL, shape=(2, 5, 7, 4),
                                     in_shape=(2, 3, 4, 5)))]
+    + [("normalization-layer", _norm((2, 5, 8), 0b100)),
+       ("normalization-instance", _norm((2, 4, 3, 5), 0b1100)),
+       ("normalization-group", _norm((2, 6, 3, 4), 0b1100, groups=3))]
 )
 
 IDS = [name for name, _ in CASES]

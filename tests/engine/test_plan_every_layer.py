@@ -95,7 +95,16 @@ def _pointwise(net, x):
     return net._add(layer)
 
 
+def _norm(net, x):
+    s = net.add_constant((1, 3, 1, 1), randn(1, 3, 1, 1)).get_output(0)
+    b = net.add_constant((1, 3, 1, 1), randn(1, 3, 1, 1)).get_output(0)
+    layer = net.add_normalization(x, s, b, 0b1100)
+    layer.epsilon = 1e-3
+    return layer
+
+
 FACTORIES = {
+    rt.LayerType.NORMALIZATION: _norm,
     rt.LayerType.POINTWISE: _pointwise,
     rt.LayerType.ACTIVATION: lambda n, x: n.add_activation(x, rt.ActivationType.SELU),
     rt.LayerType.CONCATENATION: lambda n, x: n.add_concatenation([x, x]),
