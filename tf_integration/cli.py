@@ -179,6 +179,7 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
     ref, t_tf = timed(gd, tf.compat.v1.import_graph_def)
     got, t_rt = timed(converted, import_graph_def)
     err = float(np.abs(ref - got).max())
+    rel = float(np.linalg.norm((ref - got).astype(np.float64)) / max(np.linalg.norm(ref), 1e-30))
     rep = conv.report
     lines = []
     if backend == "numpy":
@@ -188,10 +189,11 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
               f"converted {rep['converted_compute_nodes']}/{rep['compute_nodes']} compute nodes "
               f"({100 * rep['converted_share']:.1f}%) into {len(rep['engines'])} engine(s) "
               f"in {t_convert:.1f} s",
-              f"max abs error vs TensorFlow: {err:.3g}",
-              f"TensorFlow: {1e3 * t_tf:.1f} ms/batch   cupyrt: {1e3 * t_rt:.1f} ms/batch"]
+              f"error vs TensorFlow: max abs {err:.3g}, relative L2 {rel:.3g}",
+              f"TensorFlow: {1e3 * t_tf:.1f} ms/batch   cupyrt: {1e3 * t_rt:.1f} ms/batch   "
+              f"(speed-up {t_tf / t_rt:.2f}x)"]
     out.write("\n".join(lines) + "\n")
-    return dict(share=rep["converted_share"], max_error=err, tf_seconds=t_tf,
+    return dict(share=rep["converted_share"], max_error=err, rel_l2=rel, tf_seconds=t_tf,
                 cupyrt_seconds=t_rt, backend=backend, convert_seconds=t_convert)
 
 

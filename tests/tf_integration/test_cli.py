@@ -32,8 +32,9 @@ def test_main_job_reports_share_error_timings_and_backend():
     out = io.StringIO()
     rep = run_demo("MobileNetV2", size=32, batch=1, runs=1, out=out)
     text = out.getvalue()
-    assert rep["share"] == 1.0 and rep["max_error"] < 1e-4
-    assert "converted" in text and "max abs error" in text and "ms/batch" in text
+    assert rep["share"] == 1.0 and rep["max_error"] < 1e-4 and rep["rel_l2"] < 1e-4
+    assert "converted" in text and "max abs" in text and "relative L2" in text
+    assert "ms/batch" in text and "speed-up" in text
     if rep["backend"] == "numpy":
         assert "NumPy backend" in text
 
