@@ -48,6 +48,32 @@ def _chunks(n, bytes_per_item):
     return [(b, min(n, b + step)) for b in range(0, n, step)]
 
 
+def im2col_matmul(x, w, stride, pre, out_spatial, dilation, groups, dtype):
+    """Grouped convolution as im2col + one batched matmul per chunk of the batch,
+    in ``dtype`` (float32 for the float path; float64 for exact integer sums).
+    x (N, C, *S), w (K, C/groups, *window); returns (N, K, *out_spatial)."""
+    xp = array_module(x, w)
+    x = xp.asarray(x).astype(dtype, copy=False)
+    w = xp.asarray(w).astype(dtype, copy=False)
+    n, c = x.shape[:2]
+    k, window = w.shape[0], w.shape[2:]
+    cg, kg = c // groups, k // groups
+    extent = [(o - 1) * s + (r - 1) * d + 1
+              for o, s, r, d in zip(out_spatial, stride, window, dilation)]
+    xpad = pad_to_extent(x, pre, extent)
+    taps = _taps(window, dilation)
+    t, p = len(taps), math.prod(out_spatial)
+    wm = w.reshape(groups, kg, cg * t)
+    y = xp.empty((n, k) + tuple(out_spatial), dtype)
+    for b0, b1 in _chunks(n, c * t * p * y.itemsize):
+        cols = xp.empty((b1 - b0, c, t) + tuple(out_spatial), dtype)
+        for i, off in enumerate(taps):
+            cols[:, :, i] = xpad[b0:b1][_strided(off, out_spatial, stride)]
+        cols = cols.reshape(b1 - b0, groups, cg * t, p)
+        y[b0:b1] = xp.matmul(wm, cols).reshape((b1 - b0, k) + tuple(out_spatial))
+    return y
+
+
 def conv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
     """Cross-correlation (TensorRT/TF/PyTorch "convolution") of x (N, C, *S).
 
@@ -64,7 +90,7 @@ def conv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
               for o, s, r, d in zip(out_spatial, stride, window, dilation)]
     xpad = pad_to_extent(x, pre, extent)
     taps = _taps(window, dilation)
-    t, p = len(taps), math.prod(out_spatial)
+    t = len(taps)
 
     if cg == 1:
         # depthwise (channel multiplier kg): y[n, c, m] = sum_t x_t[n, c] * w[c, m, t]
@@ -75,14 +101,7 @@ def conv_nd(x, w, bias, stride, pre, out_spatial, dilation, groups):
             y += xpad[_strided(off, out_spatial, stride)][:, :, None] * wt[:, :, i].reshape((c, kg) + ones)
         y = y.reshape((n, k) + tuple(out_spatial))
     else:
-        wm = w.reshape(groups, kg, cg * t)
-        y = xp.empty((n, k) + tuple(out_spatial), xp.float32)
-        for b0, b1 in _chunks(n, c * t * p * 4):
-            cols = xp.empty((b1 - b0, c, t) + tuple(out_spatial), xp.float32)
-            for i, off in enumerate(taps):
-                cols[:, :, i] = xpad[b0:b1][_strided(off, out_spatial, stride)]
-            cols = cols.reshape(b1 - b0, groups, cg * t, p)
-            y[b0:b1] = xp.matmul(wm, cols).reshape((b1 - b0, k) + tuple(out_spatial))
+        y = im2col_matmul(x, w, stride, pre, out_spatial, dilation, groups, xp.float32)
     if bias is not None:
         y += xp.asarray(bias, xp.float32).reshape((k,) + (1,) * len(out_spatial))
     return y

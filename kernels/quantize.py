@@ -33,13 +33,11 @@ and a GPU kernel must reproduce them bit for bit)::
                            y = act(y) ; then quantize(y, s_out) or keep float
 """
 import itertools
-import math
 
 import numpy as np
 
-from .conv import _chunks, _strided, _taps
+from .conv import im2col_matmul
 from .pointwise import activation
-from .spatial import pad_to_extent
 from .xp import array_module
 
 NUM_BINS = 2048          # TensorRT's histogram resolution
@@ -190,27 +188,8 @@ def quantize_weights(w):
 def conv_int8(xq, wq, stride, pre, out_spatial, dilation, groups):
     """Exact integer accumulators of a convolution of int8 x (N, C, *S) with int8
     w (K, C/groups, *window), as float64 (integer-valued: every partial sum is
-    below 2^53, so float64 BLAS is exact). Same im2col layout as kernels.conv."""
-    xp = array_module(xq, wq)
-    x = xp.asarray(xq).astype(xp.float64)
-    w = xp.asarray(wq).astype(xp.float64)
-    n, c = x.shape[:2]
-    k, window = w.shape[0], w.shape[2:]
-    cg, kg = c // groups, k // groups
-    extent = [(o - 1) * s + (r - 1) * d + 1
-              for o, s, r, d in zip(out_spatial, stride, window, dilation)]
-    xpad = pad_to_extent(x, pre, extent)
-    taps = _taps(window, dilation)
-    t, p = len(taps), math.prod(out_spatial)
-    wm = w.reshape(groups, kg, cg * t)
-    acc = xp.empty((n, k) + tuple(out_spatial), xp.float64)
-    for b0, b1 in _chunks(n, c * t * p * 8):
-        cols = xp.empty((b1 - b0, c, t) + tuple(out_spatial), xp.float64)
-        for i, off in enumerate(taps):
-            cols[:, :, i] = xpad[b0:b1][_strided(off, out_spatial, stride)]
-        cols = cols.reshape(b1 - b0, groups, cg * t, p)
-        acc[b0:b1] = xp.matmul(wm, cols).reshape((b1 - b0, k) + tuple(out_spatial))
-    return acc
+    below 2^53, so float64 BLAS is exact); the float path's im2col + matmul."""
+    return im2col_matmul(xq, wq, stride, pre, out_spatial, dilation, groups, np.float64)
 
 
 def conv_int8_direct(xq, wq, stride, pre, out_spatial, dilation, groups):
