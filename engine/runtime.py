@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import memory, plan as planfile
+from .builder import DATA_MOVEMENT
 from .backends import select_backend
 from .errors import ExecutionError
 from .logger import Logger
@@ -171,7 +172,6 @@ class CudaEngine:
             return t.dtype
         if self._precision.get(layer.name) == DataType.HALF:
             return DataType.HALF
-        from .builder import DATA_MOVEMENT
         floats = [i for i in layer._inputs if i is not None and i.dtype == DataType.FLOAT]
         if layer.layer_type in DATA_MOVEMENT and floats and all(
                 i.producer is not None and self._storage_dtype(i.producer, i) == DataType.HALF

@@ -129,7 +129,7 @@ class Conv1x1Cublas(Tactic):
             return "padded 1x1 convolution"
         return _conv2d_reason(layer, in_shapes)
 
-    def prepare(self, layer, precision=None):
+    def prepare(self, layer):
         cp = cupy()
         w = layer.kernel.reshape(layer.num_output_maps, -1)
         return {"w16": cp.asarray(w, cp.float16), "w32": cp.asarray(w, cp.float32),
