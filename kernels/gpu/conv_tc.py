@@ -270,9 +270,11 @@ class _Geometry:
 
 
 def _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype, out_channel_offset,
-           residual, scale, bias, s_true=None):
-    if x.dtype != np.float16 or w_krsc.dtype != np.float16:
-        raise UnsupportedError(f"x {x.dtype}, w {w_krsc.dtype}; the tensor-core conv takes float16")
+           residual, scale, bias, s_true=None, in_dtype=np.float16):
+    # in_dtype: the operand type of the kernel (float16 here; float32 for conv_tf32.py)
+    if x.dtype != in_dtype or w_krsc.dtype != in_dtype:
+        raise UnsupportedError(f"x {x.dtype}, w {w_krsc.dtype}; the tensor-core conv takes "
+                               f"{np.dtype(in_dtype)}")
     if x.ndim != 4 or not x.flags.c_contiguous:
         raise UnsupportedError(f"x {x.shape}; expected contiguous NHWC rank 4")
     g = _Geometry()

@@ -1,0 +1,417 @@
+// conv_tf32.cu -- FP32 implicit-GEMM convolution on tensor cores, NHWC, fused
+// epilogue; FP32-accurate through error-compensated TF32 ("3xTF32").
+//
+// Same GEMM view, gather, cp.async ring and smem-staged epilogue as
+// conv_igemm.cu (read that file's header first), with float32 operands:
+//   out[M, K] = A[M, Kr] * B[K, Kr]^T,  M = N*P*Q,  Kr = R*S*C  ((r, s, c) order)
+// One 16-byte cp.async chunk is 4 channels, so C % 4 == 0 keeps every chunk
+// inside one filter tap (RGB is padded 3 -> 4).
+//
+// Precision. mma.m16n8k8 .tf32 multiplies operands with 10 explicit mantissa
+// bits (1e-3 relative error per product, too coarse for an FP32 engine). The
+// 3xTF32 scheme (CUTLASS's "fast accurate" FP32 GEMMs, OpMultiplyAddFastF32;
+// NVIDIA's "TF32 error correction" for A100) splits each operand
+//     x = big + small,   big = tf32(x),   small = tf32(x - big)
+// (x - big is exact in FP32) and accumulates in FP32
+//     a*b ~= a_small*b_big + a_big*b_small + a_big*b_big
+// dropping only a_small*b_small (~2^-22 relative). The small terms go first
+// so they are not added to a large partial sum they cannot change. About 21
+// bits of each product survive, i.e. FP32-class results at 3 MMAs per step.
+// PRECISE = 0 runs the plain TF32 product (one MMA; the engine's TF32 flag).
+//
+// Fragments of m16n8k8 .tf32 (g = lane / 4, t = lane % 4), 32-bit elements:
+//   A 16x8 row:  a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//   B 8x8  col:  b0 (k=t, n=g)          b1 (k=t+4, n=g)
+//   C 16x8:      c0,c1 (g, 2t..2t+1)    c2,c3 (g+8, 2t..2t+1)
+// ldmatrix.m8n8.b16 hands lane L the 4-byte word L%4 of row L/4 of an 8 x 16-byte
+// matrix, i.e. element (L/4, L%4) of an 8x4 tile of 32-bit words. So .x4 over
+// the four 8x4 quarters of a 16x8 float tile, in the order (rows 0-7, cols 0-3),
+// (rows 8-15, cols 0-3), (rows 0-7, cols 4-7), (rows 8-15, cols 4-7), returns
+// exactly a0..a3; over the B tile stored [n][k] it returns b0/b1 of two n-tiles.
+// The lane addressing is therefore byte-for-byte that of conv_igemm.cu
+// (16-byte column offsets, k-step of 32 bytes = 8 floats instead of 16 halves).
+//
+// Shared rows are padded to BK+4 floats (16 bytes) so the 8 row addresses of
+// one ldmatrix phase land in 8 different 16-byte bank groups.
+//
+// Epilogue (as conv_igemm_f16 V2), per output element (m, k), in FP32:
+//   v = acc * scale[k] + bias[k];  v += residual[m*res_ld + k] (has_res);
+//   v = act(v);  out[m*out_ld + out_off + k] = v   (float or half)
+#include "common.cuh"
+
+// Small PTX wrappers. conv_igemm.cu keeps its own copies file-local; these are
+// repeated here (a few lines each) rather than moved, so the two sources stay
+// independently compilable units with no shared state.
+namespace cupyrt_tf32 {
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+        : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16-byte global->shared copy; src_bytes == 0 writes zeros (padding taps, tails).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// FP32 bits -> TF32 (round to nearest, ties away; low 13 bits zero).
+__device__ __forceinline__ unsigned to_tf32(unsigned x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(__uint_as_float(x)));
+    return r;
+}
+
+// x = big + small (3xTF32 operand split); x - big is exact in FP32.
+__device__ __forceinline__ void split_tf32(unsigned x, unsigned& big, unsigned& small) {
+    big = to_tf32(x);
+    small = to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(big)));
+}
+
+__device__ __forceinline__ void mma_1688(float (&d)[4], const unsigned (&a)[4],
+                                         const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int F32> struct OutSel { typedef half_t T; };
+template <> struct OutSel<1> { typedef float T; };
+
+// Eight adjacent channels: 16 bytes (half) or 32 bytes (float), aligned.
+__device__ __forceinline__ void store8(half_t* p, const float (&v)[8]) {
+    uint4 u;
+    u.x = pack_h2(v[0], v[1]); u.y = pack_h2(v[2], v[3]);
+    u.z = pack_h2(v[4], v[5]); u.w = pack_h2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void load8(const half_t* p, float (&v)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        v[2 * e] = h2f((half_t)(w[e] & 0xffffu));
+        v[2 * e + 1] = h2f((half_t)(w[e] >> 16));
+    }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+}  // namespace cupyrt_tf32
+
+// Launch: grid = (ceil(M/BM) * ceil(K/BN),), block = WM*WN*32 threads,
+// dynamic shared memory = max(STAGES*(BM+BN)*(BK+4)*4, BM*(BN+8)*4) bytes.
+// Arguments: those of conv_igemm_f16, with float x and w.
+// The mainloop is conv_igemm.cu's V2 one: fragments double-buffered in
+// registers, the next tile's first fragments loaded before this tile's last
+// MMAs; the big/small split happens in registers right before the MMAs.
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int PRECISE, int OUT_F32>
+__global__ void __launch_bounds__(WM * WN * 32)
+conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
+          const float* __restrict__ w,        // [K, R, S, C]
+          typename cupyrt_tf32::OutSel<OUT_F32>::T* __restrict__ out,
+          const float* __restrict__ scale,    // [K]
+          const float* __restrict__ bias,     // [K]
+          const typename cupyrt_tf32::OutSel<OUT_F32>::T* __restrict__ res,
+          int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+          int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+          int out_ld, int out_off, int res_ld, int has_res,
+          int act, float alpha, float beta) {
+    using namespace cupyrt_tf32;
+    typedef typename OutSel<OUT_F32>::T OutT;
+    constexpr int THREADS = WM * WN * 32;
+    constexpr int LDS = BK + 4;          // padded row, floats
+    constexpr int CH = BK / 4;           // 16-byte chunks per row
+    constexpr int ROWS_PER_PASS = THREADS / CH;
+    constexpr int A_IT = BM / ROWS_PER_PASS;
+    constexpr int B_IT = BN / ROWS_PER_PASS;
+    constexpr int WTM = BM / WM, WTN = BN / WN;
+    constexpr int MT = WTM / 16, NT = WTN / 8;
+    constexpr int KS = BK / 8;           // k8 steps per tile
+    static_assert(THREADS % CH == 0, "threads must cover whole rows");
+    static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
+    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
+    static_assert(BK % 16 == 0, "BK: a multiple of 16 floats (an even number of k8 steps)");
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    float* sA = reinterpret_cast<float*>(smem_raw);
+    float* sB = sA + STAGES * BM * LDS;
+
+    const int M = N * P * Q;
+    const int Kr = R * S * C;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WN, wn = warp % WN;
+
+    // BN tiles of one BM row-block are neighbours: they share the A tile in L2.
+    const int n_tiles = (K + BN - 1) / BN;
+    const int m0 = (blockIdx.x / n_tiles) * BM;
+    const int n0 = (blockIdx.x % n_tiles) * BN;
+
+    // ---- per-thread gather state (32-bit image offsets: x.size < 2**31) ----
+    const int kc = tid % CH;
+    const int row0 = tid / CH;
+    int a_img[A_IT], a_h0[A_IT], a_w0[A_IT];
+    const int PQ = P * Q;
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int m = m0 + row0 + i * ROWS_PER_PASS;
+        if (m < M) {
+            const int n = m / PQ, pq = m - n * PQ;
+            const int p = pq / Q, q = pq - p * Q;
+            a_img[i] = n * H * W * C;
+            a_h0[i] = p * stride_h - pad_h;
+            a_w0[i] = q * stride_w - pad_w;
+        } else {
+            a_img[i] = 0;
+            a_h0[i] = -(1 << 28);        // every tap out of bounds
+            a_w0[i] = 0;
+        }
+    }
+    const float* b_ptr[B_IT];
+    bool b_ok[B_IT];
+#pragma unroll
+    for (int i = 0; i < B_IT; ++i) {
+        const int kout = n0 + row0 + i * ROWS_PER_PASS;
+        b_ok[i] = kout < K;
+        b_ptr[i] = w + (long long)(b_ok[i] ? kout : 0) * Kr;
+    }
+    const int KT = (Kr + BK - 1) / BK;
+    // reduction index of this thread's chunk as (r, s, c)
+    int kk = kc * 4;
+    int c_ = kk % C;
+    int r_, s_;
+    {
+        const int rs = kk / C;
+        r_ = rs / S; s_ = rs - r_ * S;
+    }
+
+    const unsigned sA_u = smem_u32(sA), sB_u = smem_u32(sB);
+
+    auto load_tile = [&](int stage) {
+        const bool k_ok = kk < Kr;
+        const int dh = r_ * dil_h, dw = s_ * dil_w;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int h = a_h0[i] + dh, ww = a_w0[i] + dw;
+            const bool ok = k_ok && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
+            const float* src = ok ? x + a_img[i] + (h * W + ww) * C + c_ : x;
+            const unsigned dst = sA_u + 4u * (unsigned)((stage * BM + row0 + i * ROWS_PER_PASS) * LDS + kc * 4);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < B_IT; ++i) {
+            const bool ok = k_ok && b_ok[i];
+            const float* src = ok ? b_ptr[i] + kk : w;
+            const unsigned dst = sB_u + 4u * (unsigned)((stage * BN + row0 + i * ROWS_PER_PASS) * LDS + kc * 4);
+            cp_async16(dst, src, ok ? 16 : 0);
+        }
+        // advance this thread's (r, s, c) by BK
+        kk += BK;
+        c_ += BK;
+        while (c_ >= C) {
+            c_ -= C;
+            if (++s_ == S) { s_ = 0; ++r_; }
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.f;
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < KT) load_tile(st);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane addresses (floats) inside a stage: see the header
+    const int a_lrow = wm * WTM + (lane & 15);
+    const int a_lcol = (lane >> 4) * 4;
+    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
+    const int b_lcol = ((lane >> 3) & 1) * 4;
+
+    unsigned af[2][MT][4];               // raw FP32 bits, double-buffered
+    unsigned bf[2][NT][2];
+    auto load_frags = [&](int buf, int stage, int k8) {
+        const unsigned a_base = sA_u + 4u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k8 * 8);
+        const unsigned b_base = sB_u + 4u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k8 * 8);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + 4u * (unsigned)(i * 16 * LDS));
+#pragma unroll
+        for (int j = 0; j < NT / 2; ++j) {
+            unsigned t[4];
+            ldmatrix_x4(t, b_base + 4u * (unsigned)(j * 16 * LDS));
+            bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
+            bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
+        }
+    };
+    // One k8 step on fragment buffer `buf`. Each pass runs all MT x NT MMAs, so
+    // consecutive MMAs into one accumulator are MT*NT instructions apart.
+    auto mma_step = [&](int buf) {
+        unsigned ab[MT][4], bb[NT][2];
+        if constexpr (PRECISE) {
+            unsigned as[MT][4], bs[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) split_tf32(af[buf][i][e], ab[i][e], as[i][e]);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) split_tf32(bf[buf][j][e], bb[j][e], bs[j][e]);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], as[i], bb[j]);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], ab[i], bs[j]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ab[i][e] = to_tf32(af[buf][i][e]);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) bb[j][e] = to_tf32(bf[buf][j][e]);
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], ab[i], bb[j]);
+    };
+
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    load_frags(0, 0, 0);
+    for (int kt = 0; kt < KT; ++kt) {
+        const int stage = kt % STAGES;
+        // refill the slot of tile kt-1 (every thread passed the barrier that
+        // followed its last fragment load from it)
+        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
+        cp_async_commit();
+#pragma unroll
+        for (int k8 = 0; k8 < KS; ++k8) {
+            const int cur = k8 & 1;
+            if (k8 + 1 < KS) {
+                load_frags(cur ^ 1, stage, k8 + 1);
+            } else {
+                cp_async_wait<STAGES - 2>();
+                __syncthreads();
+                if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
+            }
+            mma_step(cur);
+        }
+    }
+    cp_async_wait<0>();
+
+    // ---- epilogue: accumulators -> shared tile -> 8-channel coalesced stores
+    constexpr int LDC = BN + 8;          // floats; +8 keeps 64-bit writes conflict-free
+    float* sC = reinterpret_cast<float*>(smem_raw);
+    __syncthreads();                     // every warp is done with the pipeline smem
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
+                const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
+                *reinterpret_cast<float2*>(sC + r * LDC + cc) =
+                    make_float2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
+            }
+    __syncthreads();
+    const ActLin actf(act, alpha, beta);
+    // 8 channels = 32 bytes (float) / 16 bytes (half): rows and offsets must keep
+    // every group aligned to its vector width
+    constexpr int VEC_MASK = OUT_F32 ? 3 : 7;
+    const bool vec8 = ((out_ld | out_off | (has_res ? res_ld : 0)) & VEC_MASK) == 0;
+    constexpr int CPR = BN / 8;          // 8-channel groups per row
+    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+        const int r = idx / CPR, cg = idx - r * CPR;
+        const int m = m0 + r, col = n0 + cg * 8;
+        if (m >= M || col >= K) continue;
+        const float4 a0 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8);
+        const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
+        float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        OutT* o = out + (long long)m * out_ld + out_off + col;
+        const OutT* rp = res + (long long)m * res_ld + col;
+        if (vec8 && col + 8 <= K) {
+            const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
+            const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
+            const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+            const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+            const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
+            if (has_res) {
+                float rv[8];
+                load8(rp, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] += rv[e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+            store8(o, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (col + e < K) {
+                    float t = v[e] * scale[col + e] + bias[col + e];
+                    if (has_res) t += io<OutT>::load(rp + e);
+                    io<OutT>::store(o + e, actf(t));
+                }
+            }
+        }
+    }
+}
+
+// Instantiations for nvcc's CI compile check (NVRTC instantiates through
+// name_expressions; see kernels/gpu/conv_tf32.py for the tactic list).
+#ifdef CUPYRT_NVCC_INSTANTIATE
+#define CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, PR, F32, OUTT)                               \
+    template __global__ void conv_tf32<BM, BN, BK, WM, WN, ST, PR, F32>(                      \
+        const float*, const float*, OUTT*, const float*, const float*, const OUTT*,          \
+        int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,           \
+        int, int, int, int, int, float, float);
+#define CUPYRT_TF32_TILE(BM, BN, BK, WM, WN, ST)                                              \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, 1, float)                                    \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, 0, half_t)                                   \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 1, float)                                    \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 0, half_t)
+CUPYRT_TF32_TILE(128, 128, 32, 2, 4, 3)
+CUPYRT_TF32_TILE(128, 64, 32, 2, 2, 4)
+CUPYRT_TF32_TILE(64, 64, 32, 2, 2, 4)
+CUPYRT_TF32_TILE(128, 128, 16, 2, 4, 4)
+#endif

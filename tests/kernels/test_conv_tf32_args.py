@@ -1,0 +1,172 @@
+"""kernels.gpu.conv_tf32 without a GPU: the tile table, the NumPy model of the
+kernel's TF32 rounding and 3xTF32 split (and the accuracy it predicts), and every
+argument error the launcher raises before touching the device (NumPy arrays
+stand in for CuPy ones: the checks read only shape, dtype and flags)."""
+import numpy as np
+import pytest
+
+from kernels.gpu import conv_tf32 as T
+from kernels.gpu.errors import UnsupportedError
+
+RNG = np.random.default_rng(7)
+SMEM_LIMIT = 227 * 1024          # H100 / H200 opt-in shared memory per block
+
+
+def x_w(C=8, K=16, R=3, dtype=np.float32):
+    return np.zeros((1, 6, 6, C), dtype), np.zeros((K, R, R, C), dtype)
+
+
+# ---- the tile table -------------------------------------------------------------
+@pytest.mark.parametrize("t", T.TACTICS, ids=lambda t: t.name)
+def test_tiles_satisfy_the_kernel_static_asserts(t):
+    ch = t.bk // 4                                 # 16-byte chunks per smem row
+    rows = t.threads // ch
+    assert t.threads % ch == 0 and t.bm % rows == 0 and t.bn % rows == 0
+    assert (t.bm // t.wm) % 16 == 0 and (t.bn // t.wn) % 16 == 0
+    assert t.bk % 16 == 0                          # an even number of k8 steps (fragment double buffer)
+    assert t.smem_bytes <= SMEM_LIMIT
+    assert t.name == f"tf32_{t.bm}x{t.bn}x{t.bk}_w{t.wm}x{t.wn}_s{t.stages}"
+
+
+def test_name_expression_and_smem_formula():
+    t = T.TACTICS_BY_NAME["tf32_128x128x32_w2x4_s3"]
+    assert t.name_expression(True, True) == "conv_tf32<128,128,32,2,4,3,1,1>"
+    assert t.name_expression(False, False) == "conv_tf32<128,128,32,2,4,3,0,0>"
+    assert t.threads == 256
+    assert t.smem_bytes == 3 * 256 * 36 * 4                    # ring > staged epilogue
+    assert T.TACTICS_BY_NAME["tf32_64x64x32_w2x2_s4"].smem_bytes == 4 * 128 * 36 * 4
+    assert set(T.FC_TACTICS) <= set(T.TACTICS)
+
+
+def test_every_tile_is_instantiated_for_nvcc():
+    """The CI compile check builds the explicit instantiations: each tile must be there."""
+    src = (T.conv_tc.__file__.rsplit("/", 2)[0] + "/cuda/conv_tf32.cu")
+    text = open(src).read()
+    for t in T.TACTICS:
+        assert f"CUPYRT_TF32_TILE({t.bm}, {t.bn}, {t.bk}, {t.wm}, {t.wn}, {t.stages})" in text, t.name
+
+
+# ---- the NumPy model of the operand rounding -------------------------------------
+def test_tf32_round_keeps_10_mantissa_bits_ties_away_from_zero():
+    one = np.float32(1.0)
+    ulp = np.float32(2.0 ** -10)
+    vals = np.array([1 + 2.0 ** -11, -(1 + 2.0 ** -11), 1 + 2.0 ** -12, 1 + 3 * 2.0 ** -11, 3.0],
+                    np.float32)
+    got = T.tf32_round(vals)
+    np.testing.assert_array_equal(got, [one + ulp, -(one + ulp), one, one + 2 * ulp, 3.0])
+    assert not (T.tf32_round(RNG.standard_normal(1000).astype(np.float32)).view(np.uint32)
+                & 0x1FFF).any()
+
+
+def test_split_3xtf32_is_exact_to_22_bits():
+    x = RNG.standard_normal(100_000).astype(np.float32)
+    big, small = T.split_3xtf32(x)
+    assert not ((big.view(np.uint32) | small.view(np.uint32)) & 0x1FFF).any()
+    err = np.abs(x.astype(np.float64) - big - small) / np.abs(x)
+    assert err.max() <= 2.0 ** -21
+
+
+def test_3xtf32_model_predicts_fp32_accuracy_and_tf32_does_not():
+    """The products the kernel forms (small terms dropped), summed in float64: the
+    3xTF32 error is ~1e-7, inside the FP32 tolerance (1e-5); plain TF32 ~1e-4."""
+    a = RNG.standard_normal((64, 4608)).astype(np.float32)      # C = 512, 3x3 reduction
+    b = RNG.standard_normal((4608, 32)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    (ab, as_), (bb, bs) = T.split_3xtf32(a), T.split_3xtf32(b)
+    f = np.float64
+    three = as_.astype(f) @ bb.astype(f) + ab.astype(f) @ bs.astype(f) + ab.astype(f) @ bb.astype(f)
+    one = ab.astype(f) @ bb.astype(f)
+
+    def rel(v):
+        return np.linalg.norm(v - exact) / np.linalg.norm(exact)
+    assert rel(three) < 1e-6
+    assert 1e-5 < rel(one) < 1e-3
+
+
+# ---- argument errors (no device needed) ------------------------------------------
+def test_rejects_unknown_tactic_name():
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="valid: tf32_128x128x32"):
+        T.conv2d_tf32(x, w, tactic="nope")
+
+
+def test_rejects_a_tactic_of_another_kernel():
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="not a conv_tf32 tactic"):
+        T.conv2d_tf32(x, w, tactic=T.conv_tc.IGEMM_TACTICS[0])
+
+
+@pytest.mark.parametrize("precise", [1, "yes", None])
+def test_rejects_non_bool_precise(precise):
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="precise="):
+        T.conv2d_tf32(x, w, precise=precise)
+
+
+@pytest.mark.parametrize("C", [3, 6, 10])
+def test_rejects_channels_not_multiple_of_4(C):
+    x, w = x_w(C=C)
+    with pytest.raises(UnsupportedError, match="multiple of 4"):
+        T.conv2d_tf32(x, w)
+
+
+def test_rejects_weights_with_other_channel_count():
+    x, _ = x_w(C=8)
+    _, w = x_w(C=12)
+    with pytest.raises(UnsupportedError, match=r"expected \[K, R, S, 8\]"):
+        T.conv2d_tf32(x, w)
+
+
+@pytest.mark.parametrize("xd,wd", [(np.float16, np.float32), (np.float32, np.float16),
+                                   (np.float64, np.float64)])
+def test_rejects_other_operand_dtypes(xd, wd):
+    x, _ = x_w(dtype=xd)
+    _, w = x_w(dtype=wd)
+    with pytest.raises(UnsupportedError, match="takes float32"):
+        T.conv2d_tf32(x, w)
+
+
+def test_rejects_non_contiguous_or_wrong_rank_input():
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="contiguous NHWC rank 4"):
+        T.conv2d_tf32(np.zeros((8, 8, 8), np.float32), w)
+    with pytest.raises(UnsupportedError, match="contiguous NHWC rank 4"):
+        T.conv2d_tf32(np.zeros((1, 6, 12, 8), np.float32)[:, :, ::2], w)
+    with pytest.raises(UnsupportedError, match="contiguous rank 4"):
+        T.conv2d_tf32(x, np.zeros((16, 3 * 3 * 8), np.float32))
+
+
+def test_rejects_bad_geometry():
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="expected an int or a pair"):
+        T.conv2d_tf32(x, w, stride=(1, 1, 1))
+    with pytest.raises(UnsupportedError, match="expected positive"):
+        T.conv2d_tf32(np.zeros((1, 2, 2, 8), np.float32), np.zeros((4, 5, 5, 8), np.float32))
+
+
+def test_rejects_integer_output_dtype():
+    x, w = x_w()
+    with pytest.raises(UnsupportedError, match="valid: float16, float32"):
+        T.conv2d_tf32(x, w, padding=1, out_dtype=np.int8)
+
+
+def test_rejects_bad_output_buffer_and_residual():
+    """prepare_output's checks (shared with conv_tc) run before any allocation here."""
+    pytest.importorskip("cupy")                  # prepare_output imports it (no device needed)
+    x, w = x_w(K=16)
+    with pytest.raises(UnsupportedError, match="out dtype int32; valid"):
+        T.conv2d_tf32(x, w, padding=1, out=np.zeros((1, 6, 6, 16), np.int32))
+    with pytest.raises(UnsupportedError, match="needs a preallocated"):
+        T.conv2d_tf32(x, w, padding=1, out_channel_offset=8)
+    with pytest.raises(UnsupportedError, match="do not fit"):
+        T.conv2d_tf32(x, w, padding=1, out=np.zeros((1, 6, 6, 20), np.float32), out_channel_offset=8)
+    with pytest.raises(UnsupportedError, match="expected contiguous"):
+        T.conv2d_tf32(x, w, padding=1, out=np.zeros((1, 5, 6, 16), np.float32))
+    with pytest.raises(UnsupportedError, match="residual"):
+        T.conv2d_tf32(x, w, padding=1, out=np.zeros((1, 6, 6, 16), np.float32),
+                      residual=np.zeros((1, 6, 6, 16), np.float16))
+
+
+def test_pack_rejects_padding_not_multiple_of_4():
+    with pytest.raises(UnsupportedError, match="c_pad_to=6"):
+        T.pack_weight_krsc_f32(np.zeros((8, 3, 3, 3), np.float32), c_pad_to=6)
