@@ -8,7 +8,7 @@ passes, assign precisions, pick kernels, serialise.
 import logging
 import time
 
-from . import passes, plan as planfile
+from . import passes, plan as planfile, precision_timing
 from .errors import BuildError
 from .kernel_table import numpy_kernel
 from .layers import classes  # noqa: F401  (registers the layer classes and kernels)
@@ -33,6 +33,9 @@ class BuilderConfig:
         self.disabled_passes = set()
         self.timing_cache_path = None
         self.backend = None          # "numpy" | "cupy" | None (the best available)
+        # cupyrt option: with FP16/INT8, time each layer one precision down and move it
+        # there where that is faster (engine/precision_timing.py); TensorRT always does
+        self.precision_by_timing = True
         self.profiles = []
 
     def add_optimization_profile(self, profile):
@@ -259,8 +262,40 @@ def select_gpu_tactics(network, meta, config):
     ctx = engine.create_execution_context()
     engine.backend.use_graphs = False
     ctx.execute(feeds)
+    out = {}
+    if precision_timing.enabled(config):
+        engine, out = _refine_precisions(network, meta, config, engine, shapes, feeds)
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
-    return {"kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
+    return {**out, "kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
             "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
             "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s}
+
+
+def _refine_precisions(network, meta, config, engine, shapes, feeds):
+    """Precision by timing (engine/precision_timing.py): up to ROUNDS rounds of
+    measure -> decide -> rebuild the engine with the moved layers and select again."""
+    from .runtime import CudaEngine
+    precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
+    report = []
+    for _ in range(precision_timing.ROUNDS):
+        alts = precision_timing.alternatives(network, precisions, config)
+        if not alts:
+            break
+        moves = precision_timing.measure(engine, shapes, alts)
+        moved = precision_timing.decide(moves)
+        report += [m.as_dict() for m in moves if m.moved]
+        if not moved:
+            break
+        precision_timing.apply(network, precisions, moves)
+        log.info("precision by timing: %d layers moved (%s)", len(moved), ", ".join(moved[:8]))
+        meta["precisions"] = {name: p.name for name, p in precisions.items()}
+        if "int8_layers" in meta:
+            meta["int8_layers"] = sorted(n for n, p in precisions.items() if p == DataType.INT8)
+        cache = engine.backend.cache
+        engine = CudaEngine(network, dict(meta, kernels={}), backend="cupy")
+        engine.backend.cache = cache          # one cache: the second round's hits are free
+        engine.backend.use_graphs = False
+        engine.create_execution_context().execute(feeds)
+    return engine, {"precisions": meta["precisions"], "precision_moves": report,
+                    **({"int8_layers": meta["int8_layers"]} if "int8_layers" in meta else {})}

@@ -83,6 +83,9 @@ class CudaEngine:
         self._precision = {info.name: info.precision for info in self.layers}
         # INT8 storage (engine/quantization.py): tensors kept as int8 codes between INT8 layers
         self._int8_tensors = set()
+        # an INT8 layer's float outputs are stored half under the FP16 flag (the INT8
+        # epilogue writes half directly), float32 otherwise
+        self._int8_float = DataType.HALF if "FP16" in meta.get("flags", ()) else DataType.FLOAT
         if DataType.INT8 in self._precision.values():
             from .quantization import int8_tensors
             self._int8_tensors = int8_tensors(network, self._precision)
@@ -165,13 +168,17 @@ class CudaEngine:
         int8 codes between INT8 layers; half where an FP16 layer wrote it, and where
         a layer that only moves data (concat, shuffle, slice...) read nothing but
         half (it changes no value, and a float32 copy would cost a cast on each side);
+        float outputs of INT8 layers half under the FP16 flag;
         network outputs and explicit output types as declared."""
         if t.name in self._int8_tensors:
             return DataType.INT8
         if t.dtype != DataType.FLOAT or t.is_network_output or layer.output_type_is_set(t.index):
             return t.dtype
-        if self._precision.get(layer.name) == DataType.HALF:
+        p = self._precision.get(layer.name)
+        if p == DataType.HALF:
             return DataType.HALF
+        if p == DataType.INT8 and layer.layer_type not in DATA_MOVEMENT:
+            return self._int8_float
         floats = [i for i in layer._inputs if i is not None and i.dtype == DataType.FLOAT]
         if layer.layer_type in DATA_MOVEMENT and floats and all(
                 i.producer is not None and self._storage_dtype(i.producer, i) == DataType.HALF

@@ -57,6 +57,8 @@ class CupyBackend:
         self.cache = timing_cache(self.meta.get("timing_cache") or
                                   os.environ.get("CUPYRT_TIMING_CACHE"))
         self.use_graphs = os.environ.get("CUPYRT_CUDA_GRAPHS", "1") != "0"
+        # TF32 tactics (plain TF32 tensor-core math for FLOAT layers) only under the TF32 flag
+        self.tf32 = "TF32" in self.meta.get("flags", ())
         self.autotune = True
         self._choice = {}            # (layer name, shapes, dtypes) -> tactic
         self._capturable = {}        # same key -> fastest CUDA-graph-safe tactic (or None)
@@ -132,9 +134,51 @@ class CupyBackend:
             self.selected[layer.name] = tactic.name
         return tactic
 
+    def _candidates(self, layer, shapes, dtypes, precision):
+        return [t for t in T.candidates(layer, precision)
+                if (self.tf32 or not getattr(t, "tf32", False))
+                and t.supports(layer, shapes, dtypes, precision) is None]
+
+    def _signature_key(self, layer, shapes, dtypes, precision, out_dtypes):
+        sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)
+        if self.tf32:                 # another candidate set: another cache entry
+            sig["tf32"] = True
+        return TimingCache.key(self.gpu, sig)
+
+    def measure(self, layer, inputs, precision, out_dtypes):
+        """(best tactic name, its ms) for ``layer`` on these device inputs, without
+        choosing it for execution (the builder's precision-by-timing stage asks
+        "how fast would this layer be in that precision"); the timing cache serves
+        a signature it has timed before. (None, inf) when nothing runs."""
+        shapes = tuple(None if x is None else tuple(x.shape) for x in inputs)
+        dtypes = tuple(None if x is None else x.dtype.name for x in inputs)
+        ckey = self._signature_key(layer, shapes, dtypes, precision, out_dtypes)
+        hit = self.cache.get(ckey)
+        if hit:
+            ms = hit.get("ms", {}).get(hit["tactic"])
+            if ms:                    # 0.0 / None: an untimed single-tactic entry
+                return hit["tactic"], ms
+        timed, best, best_ms = {}, None, math.inf
+        for t in self._candidates(layer, shapes, dtypes, precision):
+            if t is T.HOST:
+                continue
+
+            def run(t=t):
+                return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
+            try:
+                ms = time_ms(run, best_ms)
+            except Exception:          # noqa: BLE001  (preparation failed: skip)
+                ms = math.inf
+            timed[t.name] = ms
+            if ms < best_ms:
+                best, best_ms = t, ms
+        if best is None:
+            return None, math.inf
+        self.cache.put(ckey, best.name, timed)
+        return best.name, best_ms
+
     def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
-        cands = [t for t in T.candidates(layer, precision)
-                 if t.supports(layer, shapes, dtypes, precision) is None]
+        cands = self._candidates(layer, shapes, dtypes, precision)
         self._capturable[key] = next((t for t in cands if t.capturable_for(layer)), None)
         elided = self.elision.choose(layer, cands) if self.concat_elision and self.elision else None
         if elided is not None:               # a planned concat: the elided tactic, untimed
@@ -149,8 +193,7 @@ class CupyBackend:
             for t in cands:
                 if t.name == forced:
                     return t
-        sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)
-        ckey = TimingCache.key(self.gpu, sig)
+        ckey = self._signature_key(layer, shapes, dtypes, precision, out_dtypes)
         hit = self.cache.get(ckey)
         if hit:
             ms = hit.get("ms", {})

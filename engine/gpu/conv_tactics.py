@@ -432,6 +432,16 @@ class MatMulCublas(Tactic):
         return [cp.matmul(a, b).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
+def _float_kind(x):
+    """Half stays half (the INT8 kernels read either float type): no cast pass."""
+    return np.float16 if x.dtype == np.float16 else np.float32
+
+
+def _int8_out_dtype(storage):
+    """The INT8 epilogue writes the stored type itself: codes, half or float32."""
+    return {DataType.INT8: np.int8, DataType.HALF: np.float16}.get(storage, np.float32)
+
+
 class ConvInt8(Tactic):
     """INT8 implicit GEMM (mma.sync s8, int32 accumulation) with the requantising
     epilogue; bit-exact with engine.quantization's integer arithmetic."""
@@ -467,18 +477,18 @@ class ConvInt8(Tactic):
         if x.dtype == np.int8:
             xq = as_nhwc(x, np.int8, 16)                  # int8 codes, C padded to 16
         else:
-            xq = quantize_nhwc(as_nhwc(x, np.float32, 1), state["s_in"], c_pad_to=16)
+            xq = quantize_nhwc(as_nhwc(x, _float_kind(x), 1), state["s_in"], c_pad_to=16)
         r = inputs[1] if len(inputs) > 1 else None
         int8_out = out_dtypes[0] == DataType.INT8
         kw = {}
         if r is not None:
             kw = ({"residual": as_nhwc(r, np.int8, 1), "residual_scale": state["s_res"]}
-                  if r.dtype == np.int8 else {"residual": as_nhwc(r, np.float32, 1)})
+                  if r.dtype == np.int8 else {"residual": as_nhwc(r, _float_kind(r), 1)})
         y = conv2d_int8(xq, state["w"], state["s_in"], state["s_w"], stride=layer.stride_nd,
                         padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
                         bias=state["bias"], act=state["act"], alpha=state["alpha"],
                         beta=state["beta"], s_out=state["s_out"] if int8_out else None,
-                        out_dtype=np.int8 if int8_out else np.float32, tactic=self.tile, **kw)
+                        out_dtype=_int8_out_dtype(out_dtypes[0]), tactic=self.tile, **kw)
         return [nchw_view(y)]
 
 
@@ -517,12 +527,12 @@ class FcInt8(Tactic):
         if x.dtype == np.int8:
             xq = as_nhwc(x, np.int8, 16)
         else:
-            xq = quantize_nhwc(as_nhwc(x, np.float32, 1), state["s_in"], c_pad_to=16)
+            xq = quantize_nhwc(as_nhwc(x, _float_kind(x), 1), state["s_in"], c_pad_to=16)
         int8_out = out_dtypes[0] == DataType.INT8
         y = conv2d_int8(xq, state["w"], state["s_in"], state["s_w"], out_hw=(1, 1),
                         bias=state["bias"], act=state["act"], alpha=state["alpha"],
                         beta=state["beta"], s_out=state["s_out"] if int8_out else None,
-                        out_dtype=np.int8 if int8_out else np.float32, tactic=self.tile)
+                        out_dtype=_int8_out_dtype(out_dtypes[0]), tactic=self.tile)
         return [_fc_out(nchw_view(y), rank)]
 
 

@@ -1,0 +1,219 @@
+"""Per-layer precision by measurement: TensorRT's "FP16 (or INT8) where it is faster".
+
+The FP16 flag first puts every floating compute layer in HALF, the INT8 flag
+every calibrated layer that has an INT8 kernel in INT8 (``assign_precisions``,
+``quantization.assign_int8``). Those are permissions, not orders: after the
+first tactic selection the builder times each such layer once more in the next
+precision down the ladder
+
+    INT8 -> HALF (FP16 flag) or FLOAT;    HALF -> FLOAT
+
+on the same build shapes, and moves it there when that is faster even after
+paying for the type changes at its edges:
+
+    alt_ms + boundary_ms < MARGIN * cur_ms
+
+``boundary_ms`` is the measured time of one cast (a memory pass) of every
+tensor at the layer's edges whose stored type the move would change: its input
+(the producer's storage stays as it is) and its output when a consumer keeps
+the current precision. Counting both sides in full overestimates what a fused
+epilogue pays, which errs toward the permission given: a layer moves only when
+it clearly wins. ``MARGIN`` keeps timing noise from flipping layers.
+
+Decisions are made layer by layer against the neighbours' current precisions
+(greedy); a second round, on the engine rebuilt with the first round's moves,
+catches the neighbours that a move made cheaper to move too. Layers whose
+precision the user constrained (``layer.precision`` with
+OBEY_PRECISION_CONSTRAINTS / STRICT_TYPES / PREFER_PRECISION_CONSTRAINTS) are
+never moved.
+
+The decision is a pure function of measured numbers (``decide``), tested on the
+CPU; ``measure`` takes the numbers on the device.
+"""
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .types import BuilderFlag, DataType, LayerType
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.9
+ROUNDS = 2
+
+# layers whose speed depends on precision enough to be worth a measurement: the
+# matrix layers (tensor cores in FP16 / INT8) and INT8 max pooling (codes)
+_FLOAT_TIMED = (LayerType.CONVOLUTION, LayerType.DECONVOLUTION, LayerType.FULLY_CONNECTED,
+                LayerType.MATRIX_MULTIPLY)
+_INT8_TIMED = (LayerType.CONVOLUTION, LayerType.FULLY_CONNECTED, LayerType.POOLING)
+
+_OBEY = (BuilderFlag.OBEY_PRECISION_CONSTRAINTS, BuilderFlag.STRICT_TYPES,
+         BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+
+
+@dataclass
+class Move:
+    """One layer's measurement: where it is, where it could go, and what each costs."""
+    layer: str
+    current: DataType
+    alternative: DataType
+    current_ms: float = math.nan
+    alternative_ms: float = math.nan
+    boundary_ms: float = 0.0
+    moved: bool = False
+
+    def as_dict(self):
+        def ms(v):
+            return None if not math.isfinite(v) else round(v, 5)
+        return {"layer": self.layer, "from": self.current.name, "to": self.alternative.name,
+                "ms": ms(self.current_ms), "alt_ms": ms(self.alternative_ms),
+                "boundary_ms": ms(self.boundary_ms), "moved": self.moved}
+
+
+def enabled(config):
+    """On unless the config says ``precision_by_timing = False`` (a cupyrt option;
+    TensorRT always does this and has no switch)."""
+    return bool(getattr(config, "precision_by_timing", True)) and (
+        config.get_flag(BuilderFlag.FP16) or config.get_flag(BuilderFlag.INT8))
+
+
+def alternatives(network, precisions, config):
+    """{layer name: the precision to try} for every layer that may move."""
+    obey = any(config.get_flag(f) for f in _OBEY)
+    fp16 = config.get_flag(BuilderFlag.FP16)
+    out = {}
+    for layer in network._layers:
+        if obey and layer.precision_is_set:
+            continue
+        p = precisions.get(layer.name)
+        if p == DataType.INT8 and layer.layer_type in _INT8_TIMED:
+            out[layer.name] = DataType.HALF if fp16 else DataType.FLOAT
+        elif p == DataType.HALF and layer.layer_type in _FLOAT_TIMED:
+            out[layer.name] = DataType.FLOAT
+    return out
+
+
+def decide(moves, margin=MARGIN):
+    """Mark the moves that pay (in place) and return the names of the moved layers.
+    A side that failed to measure (inf/nan) never wins."""
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin {margin}; expected 0 < margin <= 1")
+    moved = []
+    for m in moves:
+        ok = all(math.isfinite(v) for v in (m.current_ms, m.alternative_ms, m.boundary_ms))
+        m.moved = ok and m.alternative_ms + m.boundary_ms < margin * m.current_ms
+        if m.moved:
+            moved.append(m.layer)
+    return moved
+
+
+def apply(network, precisions, moves):
+    """Set the moved layers' precisions (in place). An INT8 data-movement layer
+    left between a moved layer and the rest loses INT8 too (int8 codes flow only
+    between INT8 layers): the same rule as quantization.assign_int8."""
+    from .quantization import TRANSPARENT, _consumers
+    for m in moves:
+        if m.moved:
+            precisions[m.layer] = m.alternative
+    fallback = {m.layer: m.alternative for m in moves if m.current == DataType.INT8}
+    if not fallback:
+        return precisions
+    down = next(iter(fallback.values()))
+    consumers = _consumers(network)
+    for layer in reversed(network._layers):
+        if precisions.get(layer.name) == DataType.INT8 and layer.layer_type in TRANSPARENT:
+            src = layer._inputs[0]
+            users = consumers.get(id(layer._outputs[0]), [])
+            if (any(precisions.get(u.name) != DataType.INT8 for u in users)
+                    or src.producer is None or precisions.get(src.producer.name) != DataType.INT8):
+                precisions[layer.name] = down
+    return precisions
+
+
+# -- measurement on the device ------------------------------------------------------
+
+def _storage(engine, t):
+    if t.producer is None:
+        return t.dtype
+    return engine._storage_dtype(t.producer, t)
+
+
+def _random(cp, shape, dtype, rng):
+    if dtype == DataType.INT8:
+        return cp.asarray(rng.integers(-127, 128, shape, dtype=np.int8))
+    if dtype.to_numpy().kind != "f":
+        return cp.zeros(shape, dtype.to_numpy())
+    return cp.asarray(rng.uniform(-1, 1, shape).astype(dtype.to_numpy()))
+
+
+def _float_storage(alt):
+    return DataType.HALF if alt in (DataType.HALF, DataType.INT8) else DataType.FLOAT
+
+
+def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
+    """Time every layer of ``alts`` in its current and its alternative precision on
+    the engine's backend (``backend.measure``; the CuPy backend's timing cache
+    serves repeats) and return the list of ``Move``s, undecided. ``xp``/``timer``
+    default to CuPy and CUDA-event timing (tests pass stand-ins)."""
+    if xp is None:
+        from .gpu.device import cupy
+        xp = cupy()
+    if timer is None:
+        from .gpu.timing import time_ms as timer
+    cp = xp
+    backend = engine.backend
+    shapes = engine.infer_shapes(input_shapes)
+    rng = np.random.default_rng(seed)
+    consumers = {}
+    for layer in engine.network._layers:
+        for t in layer._inputs:
+            if t is not None:
+                consumers.setdefault(id(t), []).append(layer)
+    cast_ms = {}
+
+    def cast(shape, src, dst):
+        """One memory pass over a tensor of ``shape`` changing its stored type."""
+        key = (shape, src, dst)
+        if key not in cast_ms:
+            x = _random(cp, shape, src, rng)
+            to = dst.to_numpy()
+            cast_ms[key] = timer(lambda: x.astype(to), reps=5)
+        return cast_ms[key]
+
+    sched = {layer.name: (p, outs) for layer, p, outs in engine.schedule()}
+    moves = []
+    for layer in engine.network._layers:
+        alt = alts.get(layer.name)
+        if alt is None:
+            continue
+        cur, cur_out = sched[layer.name]
+        ins = [t for t in layer._inputs]
+        cur_in = [None if t is None else _storage(engine, t) for t in ins]
+        flt = _float_storage(alt)
+        # a producer keeps its storage, except int8 codes: those flow only between INT8
+        # layers, so a producer feeding a layer that leaves INT8 writes floats instead
+        alt_in = [flt if d == DataType.INT8 else d for d in cur_in]
+        alt_out = [d if t.is_network_output or layer.output_type_is_set(t.index)
+                   or t.dtype != DataType.FLOAT else flt
+                   for t, d in zip(layer._outputs, cur_out)]
+        m = Move(layer.name, cur, alt)
+        try:
+            xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
+            m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
+            xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
+            m.alternative_ms = backend.measure(layer, xs, alt, alt_out)[1]
+            b = 0.0
+            for t, a, c in zip(ins, alt_in, cur_in):
+                if t is not None and a != c:
+                    b += cast(shapes[id(t)], c, a)
+            for t, a, c in zip(layer._outputs, alt_out, cur_out):
+                keep = [u for u in consumers.get(id(t), []) if sched[u.name][0] == cur]
+                if a != c and keep:
+                    b += cast(shapes[id(t)], a, c)
+            m.boundary_ms = b
+        except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
+            log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
+        moves.append(m)
+    return moves

@@ -1,0 +1,198 @@
+"""Precision by timing (engine/precision_timing.py): which layers may move, the
+decision from measured numbers, the rewrite of the precision map, and what the
+measurement feeds each side (with a stand-in backend: no GPU here)."""
+import math
+
+import numpy as np
+import pytest
+
+import engine as rt
+from engine import precision_timing as pt
+from engine.types import DataType
+
+RNG = np.random.default_rng(11)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def network(builder):
+    """conv(relu) -> max pool -> conv -> flattening shuffle -> FC, ranges on every tensor."""
+    net = builder.create_network()
+    x = net.add_input("x", rt.float32, (2, 3, 8, 8))
+    c1 = net.add_convolution_nd(x, 8, (3, 3), randn(8, 3, 3, 3), randn(8), padding_nd=(1, 1))
+    r1 = net.add_activation(c1.get_output(0), rt.ActivationType.RELU)
+    pool = net.add_pooling_nd(r1.get_output(0), rt.PoolingType.MAX, (2, 2), stride_nd=(2, 2))
+    c2 = net.add_convolution_nd(pool.get_output(0), 8, (3, 3), randn(8, 8, 3, 3), randn(8),
+                                padding_nd=(1, 1))
+    sh = net.add_shuffle(c2.get_output(0))
+    sh.reshape_dims = (2, 8 * 4 * 4)
+    fc = net.add_fully_connected(sh.get_output(0), 5, randn(5, 8 * 4 * 4), randn(5))
+    net.mark_output(fc.get_output(0))
+    for t, r in [(x, 3), (c1.get_output(0), 20), (r1.get_output(0), 20), (pool.get_output(0), 20),
+                 (c2.get_output(0), 60), (sh.get_output(0), 60), (fc.get_output(0), 200)]:
+        t.set_dynamic_range(-r, r)
+    return net
+
+
+def config(builder, *flags):
+    cfg = builder.create_builder_config()
+    cfg.backend = "numpy"
+    for f in flags:
+        cfg.set_flag(f)
+    return cfg
+
+
+def built(flags):
+    b = rt.Builder()
+    net = network(b)
+    e = b.build_engine(net, config(b, *flags))
+    return e, {layer.name: DataType[p] for layer, p in
+               ((lay, e.meta["precisions"][lay.name]) for lay in e.network._layers)}
+
+
+def by_type(engine, layer_type):
+    return [layer for layer in engine.network._layers if layer.layer_type == layer_type]
+
+
+def test_enabled_needs_a_reduced_precision_flag_and_the_option():
+    b = rt.Builder()
+    assert not pt.enabled(config(b))
+    cfg = config(b, rt.BuilderFlag.FP16)
+    assert pt.enabled(cfg)
+    cfg.precision_by_timing = False
+    assert not pt.enabled(cfg)
+    assert pt.enabled(config(b, rt.BuilderFlag.INT8))
+
+
+def test_fp16_alternatives_are_the_matrix_layers_going_to_fp32():
+    e, prec = built((rt.BuilderFlag.FP16,))
+    b = rt.Builder()
+    alts = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.FP16))
+    convs = by_type(e, rt.LayerType.CONVOLUTION)
+    fcs = by_type(e, rt.LayerType.FULLY_CONNECTED)
+    assert set(alts) == {layer.name for layer in convs + fcs}
+    assert set(alts.values()) == {DataType.FLOAT}
+
+
+def test_int8_alternatives_go_to_fp16_or_fp32_and_constraints_are_never_moved():
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    b = rt.Builder()
+    assert prec[by_type(e, rt.LayerType.POOLING)[0].name] == DataType.INT8
+    alts = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    int8 = {n for n, p in prec.items() if p == DataType.INT8}
+    timed = {layer.name for layer in e.network._layers if layer.layer_type in
+             (rt.LayerType.CONVOLUTION, rt.LayerType.FULLY_CONNECTED, rt.LayerType.POOLING)}
+    assert set(alts) == int8 & timed and set(alts.values()) == {DataType.HALF}
+    alts32 = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.INT8))
+    assert set(alts32.values()) == {DataType.FLOAT}
+    first = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    first.precision = DataType.INT8
+    obey = config(b, rt.BuilderFlag.INT8, rt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    assert first.name not in pt.alternatives(e.network, prec, obey)
+    assert first.name in pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.INT8))
+
+
+@pytest.mark.parametrize("cur, alt, boundary, moved", [
+    (1.0, 0.5, 0.3, True),       # 0.8 < 0.9
+    (1.0, 0.5, 0.45, False),     # 0.95: within the margin
+    (1.0, 0.95, 0.0, False),     # faster, but by less than the margin
+    (1.0, math.inf, 0.0, False),  # the alternative failed to run
+    (math.inf, 0.1, 0.0, False),  # the current one failed to measure: nothing to compare
+    (1.0, math.nan, 0.0, False)])
+def test_decide_moves_a_layer_only_when_it_clearly_wins(cur, alt, boundary, moved):
+    m = pt.Move("L", DataType.HALF, DataType.FLOAT, cur, alt, boundary)
+    assert pt.decide([m]) == (["L"] if moved else []) and m.moved is moved
+    d = m.as_dict()
+    assert d["from"] == "HALF" and d["to"] == "FLOAT" and d["moved"] is moved
+    if not math.isfinite(alt):
+        assert d["alt_ms"] is None
+
+
+@pytest.mark.parametrize("margin", [0, -0.5, 1.5])
+def test_decide_rejects_a_margin_outside_0_1(margin):
+    with pytest.raises(ValueError, match="expected 0 < margin <= 1"):
+        pt.decide([], margin)
+
+
+@pytest.mark.parametrize("which", ["producer", "consumer"])
+def test_apply_drops_int8_from_a_shuffle_left_without_int8_neighbours(which):
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    shuffle = by_type(e, rt.LayerType.SHUFFLE)
+    assert shuffle and prec[shuffle[0].name] == DataType.INT8
+    layer = by_type(e, rt.LayerType.CONVOLUTION)[1] if which == "producer" else \
+        by_type(e, rt.LayerType.FULLY_CONNECTED)[0]
+    moves = [pt.Move(layer.name, DataType.INT8, DataType.HALF, 1.0, 0.1, 0.0, moved=True),
+             pt.Move("other", DataType.INT8, DataType.HALF, 1.0, 2.0, 0.0, moved=False)]
+    pt.apply(e.network, prec, moves)
+    assert prec[layer.name] == DataType.HALF and prec[shuffle[0].name] == DataType.HALF
+    assert prec[by_type(e, rt.LayerType.POOLING)[0].name] == DataType.INT8
+    assert "other" not in prec
+
+
+def test_apply_without_int8_moves_touches_only_the_moved_layers():
+    e, prec = built((rt.BuilderFlag.FP16,))
+    before = dict(prec)
+    conv = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    pt.apply(e.network, prec, [pt.Move(conv.name, DataType.HALF, DataType.FLOAT, moved=True)])
+    assert prec[conv.name] == DataType.FLOAT
+    assert {k: v for k, v in prec.items() if k != conv.name} == \
+        {k: v for k, v in before.items() if k != conv.name}
+
+
+class FakeBackend:
+    """Plays CupyBackend.measure: preset milliseconds per (layer, precision); records
+    the dtypes each side was fed."""
+
+    def __init__(self, ms):
+        self.ms, self.fed = ms, {}
+
+    def measure(self, layer, inputs, precision, out_dtypes):
+        self.fed[(layer.name, precision)] = ([None if x is None else x.dtype for x in inputs],
+                                             list(out_dtypes))
+        ms = self.ms[(layer.name, precision)]
+        if ms is None:
+            raise RuntimeError("no tactic runs")
+        return "fake", ms
+
+
+def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
+    pool = by_type(e, rt.LayerType.POOLING)[0]
+    b = rt.Builder()
+    alts = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    ms = {}
+    for name in alts:
+        ms[(name, DataType.INT8)], ms[(name, DataType.HALF)] = 2.0, 1.0
+    ms[(pool.name, DataType.HALF)] = None                      # its FP16 side cannot run
+    fake = FakeBackend(ms)
+    e.backend = fake
+    casts = []
+
+    def timer(fn, reps):
+        casts.append(fn().dtype)                                 # the cast runs (numpy stands in)
+        return 0.25
+
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=timer)}
+    assert set(moves) == set(alts)
+    # the first conv reads the network input (float32 either way); INT8 writes codes
+    # for the INT8 pool, FP16 would write half that the pool must quantize: one cast
+    ins, outs = fake.fed[(conv1.name, DataType.INT8)]
+    assert ins[0] == np.float32 and outs == [DataType.INT8]
+    ins, outs = fake.fed[(conv1.name, DataType.HALF)]
+    assert ins[0] == np.float32 and outs == [DataType.HALF]
+    assert moves[conv1.name].boundary_ms == 0.25
+    # the second conv reads codes; moved, its producer writes half instead: one cast in;
+    # its consumer (the shuffle, INT8) stays: one cast out
+    ins, _ = fake.fed[(conv2.name, DataType.INT8)]
+    assert ins[0] == np.int8
+    ins, _ = fake.fed[(conv2.name, DataType.HALF)]
+    assert ins[0] == np.float16
+    assert moves[conv2.name].boundary_ms == 0.5
+    assert math.isnan(moves[pool.name].alternative_ms)         # not measured: stays put
+    moved = pt.decide(list(moves.values()))
+    assert conv1.name in moved and pool.name not in moved      # 1.0 + 0.25 < 1.8
+    assert moves[conv1.name].current_ms == 2.0 and moves[conv1.name].alternative_ms == 1.0
+    assert set(casts) <= {np.dtype(np.int8), np.dtype(np.float16)} and casts
