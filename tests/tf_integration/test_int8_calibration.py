@@ -201,6 +201,7 @@ def test_exported_int8_engine_rebuilds_from_its_calibration_cache(tmp_path):
     builder = rt.Builder()
     config = builder.create_builder_config()
     config.set_flag(rt.BuilderFlag.INT8)
+    config.set_flag(rt.BuilderFlag.FP16)      # as the converter builds INT8 (FP16 fallback)
     config.int8_calibrator = rt.EntropyCalibrator2([], cache_file=str(cache))  # no data: cache
     eng = rt.Runtime().deserialize_cuda_engine(builder.build_serialized_network(net, config))
     assert [li.precision for li in eng.layers].count(rt.DataType.INT8) == 3
