@@ -109,9 +109,13 @@ def run(args):
             builds.append({"model": name, "precision": precision, "cold_s": cold, "cached_s": warm,
                            "layers_in": src_layers, "layers_out": engine.num_layers,
                            "plan_mb": len(plan) / 2**20, "kernels": kinds,
-                           "phases": engine.meta.get("build_seconds")})
+                           "phases": engine.meta.get("build_seconds"),
+                           "precisions": _count(engine.meta.get("precisions", {}).values()),
+                           "precision_moves": engine.meta.get("precision_moves", [])})
             print(f"[build] {name} {precision}: {src_layers} -> {engine.num_layers} layers, "
-                  f"cold {cold:.1f} s, cached {warm:.1f} s, kernels {kinds}", flush=True)
+                  f"cold {cold:.1f} s, cached {warm:.1f} s, kernels {kinds}, precisions "
+                  f"{builds[-1]['precisions']}, moved by timing "
+                  f"{[m['layer'] + ':' + m['to'] for m in builds[-1]['precision_moves']]}", flush=True)
             tmodel = torch_model(name).cuda().to(memory_format=torch.channels_last)
             if precision in ("fp16", "int8"):
                 tmodel = tmodel.half()      # INT8 rows: against PyTorch's FP16, as the issue asks
@@ -233,6 +237,13 @@ def bench_bert(args, rows, builds):
             rows.append(row)
             print(f"[run] bert {precision} b{n}: ours {ours:.3f} ms, torch eager {theirs:.3f} ms, "
                   f"x{row['speedup']:.2f}, relL2 {err:.2e}", flush=True)
+
+
+def _count(values):
+    out = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 def main():
