@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 MARGIN = 0.9
 ROUNDS = 2
+# No FP32 tactic of ours computes faster than this (H100 FP32 FMA peak ~67 TFLOP/s;
+# 3xTF32 on tensor cores stays below ~150): a HALF layer already faster than its
+# FLOPs at this rate is not timed in FLOAT (saves the build most of the FP32 timing)
+FP32_CEILING_FLOPS = 2.0e14
 
 # layers whose speed depends on precision enough to be worth a measurement: the
 # matrix layers (tensor cores in FP16 / INT8) and INT8 max pooling (codes)
@@ -148,6 +152,18 @@ def _random(cp, shape, dtype, rng):
     return cp.asarray(rng.uniform(-1, 1, shape).astype(dtype.to_numpy()))
 
 
+def matmul_flops(layer, in_shape, out_shape):
+    """2 x multiply-adds of a conv / FC / matmul at these shapes (None: unknown)."""
+    lt = layer.layer_type
+    if lt in (LayerType.CONVOLUTION, LayerType.DECONVOLUTION) and layer.kernel is not None:
+        big = out_shape if lt == LayerType.CONVOLUTION else in_shape
+        return 2.0 * int(np.prod(big)) * layer.kernel.size / max(layer.num_output_maps, 1) * (
+            1 if lt == LayerType.CONVOLUTION else layer.num_output_maps / max(in_shape[1], 1))
+    if lt == LayerType.FULLY_CONNECTED and layer.kernel is not None:
+        return 2.0 * in_shape[0] * layer.kernel.size
+    return None
+
+
 def _float_storage(alt):
     return DataType.HALF if alt in (DataType.HALF, DataType.INT8) else DataType.FLOAT
 
@@ -202,6 +218,12 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
         try:
             xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
+            flops = matmul_flops(layer, shapes[id(ins[0])], shapes[id(layer._outputs[0])])
+            if (alt == DataType.FLOAT and flops
+                    and m.current_ms * 1e-3 < flops / FP32_CEILING_FLOPS):
+                m.alternative_ms = math.inf          # cannot win: not worth timing
+                moves.append(m)
+                continue
             xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
             m.alternative_ms = backend.measure(layer, xs, alt, alt_out)[1]
             b = 0.0

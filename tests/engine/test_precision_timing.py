@@ -196,3 +196,36 @@ def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
     assert conv1.name in moved and pool.name not in moved      # 1.0 + 0.25 < 1.8
     assert moves[conv1.name].current_ms == 2.0 and moves[conv1.name].alternative_ms == 1.0
     assert set(casts) <= {np.dtype(np.int8), np.dtype(np.float16)} and casts
+
+
+def test_matmul_flops_counts_multiply_adds():
+    e, _ = built((rt.BuilderFlag.FP16,))
+    conv = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    fc = by_type(e, rt.LayerType.FULLY_CONNECTED)[0]
+    # conv 3->8, 3x3, output (2, 8, 8, 8): 2 * 2*8*8*8 outputs * 27 MACs each
+    assert pt.matmul_flops(conv, (2, 3, 8, 8), (2, 8, 8, 8)) == 2 * 2 * 8 * 8 * 8 * 27
+    assert pt.matmul_flops(fc, (2, 128), (2, 5)) == 2 * 2 * 5 * 128
+    relu = next(layer for layer in e.network._layers
+                if layer.layer_type not in (rt.LayerType.CONVOLUTION, rt.LayerType.FULLY_CONNECTED))
+    assert pt.matmul_flops(relu, (2, 8, 8, 8), (2, 8, 8, 8)) is None
+
+
+def test_a_half_layer_faster_than_any_fp32_kernel_could_be_is_not_timed_in_fp32():
+    e, prec = built((rt.BuilderFlag.FP16,))
+    b = rt.Builder()
+    alts = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.FP16))
+    conv = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    flops = pt.matmul_flops(conv, (2, 3, 8, 8), (2, 8, 8, 8))
+    ms = {}
+    for name in alts:
+        ms[(name, DataType.HALF)], ms[(name, DataType.FLOAT)] = 1.0, 0.1   # slow enough: timed
+    ms[(conv.name, DataType.HALF)] = 0.5 * flops / pt.FP32_CEILING_FLOPS * 1e3
+    fake = FakeBackend(ms)
+    e.backend = fake
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
+                                           timer=lambda fn, reps: 0.0)}
+    assert moves[conv.name].alternative_ms == math.inf
+    assert (conv.name, DataType.FLOAT) not in fake.fed
+    others = [n for n in alts if n != conv.name]
+    assert others and all(moves[n].alternative_ms == 0.1 for n in others)
+    assert set(pt.decide(list(moves.values()))) == set(others)
