@@ -57,12 +57,17 @@ class Tf32Tactic:
                 f"{int(bool(precise))},{int(bool(out_f32))}>")
 
 
-# Registers (nvcc 13.0, sm_90, 3xTF32 / TF32, no spills): see benchmarks/KERNEL_NOTES.md.
+# Registers per thread, 3xTF32 / TF32 (nvcc 13.0 -arch=sm_90 -Xptxas -v; no stack, no
+# spills; float and half output alike), dynamic shared memory, and why each tile:
 TACTICS = (
-    Tf32Tactic("tf32_128x128x32_w2x4_s3", 128, 128, 32, 2, 4, 3),   # 8 warps of 64x32, 108 KiB
-    Tf32Tactic("tf32_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4),     # 2 CTAs/SM, 108 KiB each
-    Tf32Tactic("tf32_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4),       # small layers / FC, 72 KiB
-    Tf32Tactic("tf32_128x128x16_w2x4_s4", 128, 128, 16, 2, 4, 4),   # shorter k-tile, 80 KiB
+    # 220 / 195 regs, 108 KiB: 8 warps of 64x32, 1 CTA/SM; the big 3x3 / 1x1 layers
+    Tf32Tactic("tf32_128x128x32_w2x4_s3", 128, 128, 32, 2, 4, 3),
+    # 230 / 221 regs, 108 KiB: 4 warps of 64x32, 2 CTAs/SM; K = 64 layers
+    Tf32Tactic("tf32_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4),
+    # 160 / 128 regs, 72 KiB: 4 warps of 32x32, 3 CTAs/SM; small M (late stages, FC)
+    Tf32Tactic("tf32_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4),
+    # 202 / 176 regs, 80 KiB: a 4-deep ring of shorter k-tiles; short reductions (C = 64)
+    Tf32Tactic("tf32_128x128x16_w2x4_s4", 128, 128, 16, 2, 4, 4),
 )
 TACTICS_BY_NAME = {t.name: t for t in TACTICS}
 # the fully-connected head: M is the batch, so the small tiles
