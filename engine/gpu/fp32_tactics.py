@@ -17,14 +17,14 @@ The calling convention follows conv_tactics.ConvIgemm / FcIgemm (NHWC views,
 """
 import numpy as np
 
+from kernels.gpu.conv_tf32 import C_ALIGN      # NumPy-only at import: safe without a GPU
+
 from .. import kernel_table
 from ..types import DataType, LayerType
 from .concat import claim, written
 from .conv_tactics import (_ANY_FLOAT, _conv2d_reason, _epilogue, _fc_as_4d, _fc_out, _geometry,
                            _residual)
 from .tactics import Tactic, as_nhwc, nchw_view, register
-
-C_ALIGN = 4          # kernels.gpu.conv_tf32.C_ALIGN (kept here: no kernel import at module load)
 
 
 def _precision_reason(precision, precise):

@@ -144,6 +144,12 @@ def conv2d_tf32(x, w_krsc, *, precise=True, stride=1, padding=0, dilation=1, out
     _check_operands(x, w_krsc)
     g = conv_tc._setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                        out_channel_offset, residual, scale, bias, in_dtype=np.float32)
+    # cp.async copies and the epilogue's vector stores move 16 bytes at a time
+    bufs = {"x": x, "w_krsc": w_krsc, "out": g.out, "residual": residual}
+    odd = [k for k, a in bufs.items() if a is not None and a.data.ptr % 16]
+    if odd:
+        raise UnsupportedError(f"{', '.join(odd)} not 16-byte aligned; expected arrays that start "
+                               f"on a 16-byte boundary (a fresh allocation, or a view at such an offset)")
     import cupy as cp
     kern = _kernel(tactic, bool(precise), g.out_f32)
     grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn),)

@@ -220,6 +220,15 @@ def test_scale_of_wrong_length_is_rejected():
         run(x, w, precise=True, tactic=T.TACTICS[0], padding=1, scale=np.ones(5, np.float32))
 
 
+def test_misaligned_buffers_are_rejected():
+    x, w, _, _ = _epi_data(C=16, K=16)
+    flat = cp.zeros(x.size + 1, cp.float32)
+    x_odd = flat[1:].reshape(x.shape)                 # contiguous, 4 bytes off 16
+    assert x_odd.flags.c_contiguous and x_odd.data.ptr % 16
+    with pytest.raises(T.UnsupportedError, match="x not 16-byte aligned"):
+        T.conv2d_tf32(x_odd, cp.asarray(w), padding=1)
+
+
 def test_pack_weight_krsc_f32_pads_channels_with_zeros():
     w = np.random.default_rng(3).standard_normal((16, 3, 7, 7)).astype(np.float32)
     packed = T.pack_weight_krsc_f32(w).get()

@@ -170,3 +170,31 @@ def test_rejects_bad_output_buffer_and_residual():
 def test_pack_rejects_padding_not_multiple_of_4():
     with pytest.raises(UnsupportedError, match="c_pad_to=6"):
         T.pack_weight_krsc_f32(np.zeros((8, 3, 3, 3), np.float32), c_pad_to=6)
+
+
+# ---- the engine tactics' bookkeeping (no device: supports() reads attributes only) --
+def test_engine_tactics_register_once_and_mark_plain_tf32():
+    import engine as rt
+    from engine import kernel_table
+    from engine.gpu import fp32_tactics
+    from engine.gpu.tactics import candidates
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, 8, 6, 6))
+    layer = net.add_convolution_nd(x, 8, (3, 3), kernel=np.ones((8, 8, 3, 3), np.float32))
+    candidates(layer)                                   # the built-in tactics first
+    saved = {k: list(v) for k, v in kernel_table.TACTICS.items()}
+    try:
+        fp32_tactics.register_all()
+        fp32_tactics.register_all()                     # a second call adds nothing
+        ours = [t for t in candidates(layer) if isinstance(t, fp32_tactics.ConvTf32)]
+        assert len(ours) == 2 * len(T.TACTICS) == len({t.name for t in ours})
+        for t in ours:
+            assert t.tf32 == (not t.precise) and t.capturable
+            assert t.name == f"conv.{'3x' if t.precise else ''}{t.tile.name}"
+            assert t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float32) is None
+            assert "FLOAT layers only" in t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float16)
+        fc = kernel_table.TACTICS[rt.LayerType.FULLY_CONNECTED]
+        assert sum(isinstance(t, fp32_tactics.FcTf32) for t in fc) == 2 * len(T.FC_TACTICS)
+    finally:
+        kernel_table.TACTICS.clear()
+        kernel_table.TACTICS.update(saved)
