@@ -1,0 +1,147 @@
+// int8_epilogue.cuh -- the INT8 epilogue of kernels/quantize.py, bit for bit, shared by
+// conv_int8.cu (mma.sync) and conv_wgmma.cu (wgmma): one copy of the numerics, so the two
+// kernel families cannot drift apart.
+//
+// Per output element (m, k), float32, every operation rounded on its own
+// (__fmul_rn / __fadd_rn: no FMA contraction), in kernels.quantize.epilogue_int8's order:
+//   y = float(acc) * (s_in * s_w[k]); + bias[k]; + residual; act; then
+//   OUT 0: q = clamp(rint(y * inv_out), -128, 127);  OUT 1: float32;  OUT 2: float16 (cvt.rn)
+#pragma once
+#include "common.cuh"
+
+typedef signed char i8_t;
+
+namespace cupyrt_int8 {
+
+// float -> int8 code: saturate(rint(v)), rint half to even (cvt.rni; the
+// int32 conversion saturates, so +-inf and huge values clamp correctly).
+__device__ __forceinline__ int q8(float v) {
+    int i;
+    asm("cvt.rni.sat.s32.f32 %0, %1;" : "=r"(i) : "f"(v));
+    return min(max(i, -128), 127);
+}
+
+template <int OUT> struct OutSel { typedef i8_t T; };
+template <> struct OutSel<1> { typedef float T; };
+template <> struct OutSel<2> { typedef half_t T; };
+
+// one output element from the finished float32 epilogue value
+__device__ __forceinline__ void put(i8_t* p, float y, float inv_out) {
+    *p = (i8_t)q8(__fmul_rn(y, inv_out));
+}
+__device__ __forceinline__ void put(float* p, float y, float) { *p = y; }
+__device__ __forceinline__ void put(half_t* p, float y, float) { *p = f2h(y); }
+
+// eight adjacent channels (8 / 32 / 16 bytes, aligned)
+__device__ __forceinline__ void put8(i8_t* p, const float (&y)[8], float inv_out) {
+    unsigned w[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        w[e >> 2] |= ((unsigned)q8(__fmul_rn(y[e], inv_out)) & 0xffu) << (8 * (e & 3));
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+}
+__device__ __forceinline__ void put8(float* p, const float (&y)[8], float) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(y[0], y[1], y[2], y[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(y[4], y[5], y[6], y[7]);
+}
+__device__ __forceinline__ void put8(half_t* p, const float (&y)[8], float) {
+    uint4 u;
+    u.x = pack_h2(y[0], y[1]); u.y = pack_h2(y[2], y[3]);
+    u.z = pack_h2(y[4], y[5]); u.w = pack_h2(y[6], y[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+// residual element e of a row: res_kind 1 int8 (dequantised), 2 float32, 3 float16
+__device__ __forceinline__ float res_at(const void* res, long long i, int kind, float rs) {
+    if (kind == 1) return __fmul_rn((float)reinterpret_cast<const i8_t*>(res)[i], rs);
+    if (kind == 2) return reinterpret_cast<const float*>(res)[i];
+    return h2f(reinterpret_cast<const half_t*>(res)[i]);
+}
+__device__ __forceinline__ void res8(const void* res, long long i, int kind, float rs,
+                                     float (&r)[8]) {
+    if (kind == 1) {
+        const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const i8_t*>(res) + i);
+        const unsigned w[2] = {u.x, u.y};
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            r[e] = __fmul_rn((float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu), rs);
+    } else if (kind == 2) {
+        const float* p = reinterpret_cast<const float*>(res) + i;
+        const float4 a = reinterpret_cast<const float4*>(p)[0];
+        const float4 b = reinterpret_cast<const float4*>(p)[1];
+        r[0] = a.x; r[1] = a.y; r[2] = a.z; r[3] = a.w;
+        r[4] = b.x; r[5] = b.y; r[6] = b.z; r[7] = b.w;
+    } else {
+        const uint4 u = *reinterpret_cast<const uint4*>(reinterpret_cast<const half_t*>(res) + i);
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            r[2 * e] = h2f((half_t)(w[e] & 0xffffu));
+            r[2 * e + 1] = h2f((half_t)(w[e] >> 16));
+        }
+    }
+}
+
+// The staged epilogue: the CTA's int32 accumulators sit in shared memory as a BM x BN tile
+// with a row stride of BN + 8 words; each thread takes 8 adjacent channels of one row at a
+// time (16-byte-aligned stores when out_ld, out_off, K and res_ld are multiples of 8).
+template <int BM, int BN, int THREADS, int OUT>
+__device__ __forceinline__ void
+epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
+                typename OutSel<OUT>::T* __restrict__ out,
+                const float* __restrict__ s_w, const float* __restrict__ bias,
+                const void* __restrict__ res,
+                int out_ld, int out_off, int res_ld, int res_kind, int has_bias,
+                float s_in, float res_scale, float inv_out, int act, float alpha, float beta) {
+    typedef typename OutSel<OUT>::T OutT;
+    constexpr int LDC = BN + 8;          // int32 words
+    const ActLin actf(act, alpha, beta);
+    const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
+    constexpr int CPR = BN / 8;
+    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+        const int r = idx / CPR, cg = idx - r * CPR;
+        const int m = m0 + r, col = n0 + cg * 8;
+        if (m >= M || col >= K) continue;
+        const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
+        const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
+        const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        OutT* o = out + (long long)m * out_ld + out_off + col;
+        const long long ri = (long long)m * res_ld + col;
+        if (vec8) {
+            const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
+            const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
+            const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            float y[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, sw[e]));
+            if (has_bias) {
+                const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+                const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+                const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
+            }
+            if (res_kind) {
+                float rv[8];
+                res8(res, ri, res_kind, res_scale, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+            put8(o, y, inv_out);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (col + e < K) {
+                    float y = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, s_w[col + e]));
+                    if (has_bias) y = __fadd_rn(y, bias[col + e]);
+                    if (res_kind) y = __fadd_rn(y, res_at(res, ri + e, res_kind, res_scale));
+                    put(o + e, actf(y), inv_out);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace cupyrt_int8
