@@ -5,6 +5,9 @@ library is importable (CuPy's binding, loaded from the nvidia-cuda-nvrtc
 wheel), else skips. Either way the sources' explicit instantiations
 (``-DCUPYRT_NVCC_INSTANTIATE``) are compiled, so template bodies are checked
 too, and nothing may spill registers.
+
+A source whose first line is ``// cupyrt-arch: sm_90a`` (wgmma kernels, which
+exist only on the arch-specific target) is compiled for that arch instead.
 """
 import re
 import shutil
@@ -16,6 +19,15 @@ import pytest
 CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
 SOURCES = sorted(p.name for p in CUDA_DIR.glob("*.cu"))
 DEFINE = "-DCUPYRT_NVCC_INSTANTIATE"
+DEFAULT_ARCH = "sm_90"
+_ARCH_MARKER = re.compile(r"^//\s*cupyrt-arch:\s*(sm_\d+a?)\s*$")
+
+
+def source_arch(name: str) -> str:
+    """The arch a source asks for on its first line (``// cupyrt-arch: sm_90a``), else sm_90."""
+    with open(CUDA_DIR / name) as f:
+        m = _ARCH_MARKER.match(f.readline().strip())
+    return m.group(1) if m else DEFAULT_ARCH
 
 
 def _nvrtc():
@@ -28,15 +40,22 @@ def _nvrtc():
 
 
 def test_sources_exist():
-    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu", "rnn_gates.cu"):
+    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu", "rnn_gates.cu", "conv_wgmma.cu"):
         assert name in SOURCES
+
+
+def test_arch_marker_selects_sm90a_only_where_present():
+    assert source_arch("conv_wgmma.cu") == "sm_90a"
+    assert source_arch("conv_igemm.cu") == "sm_90"
+    assert source_arch("conv_int8.cu") == "sm_90"
 
 
 @pytest.mark.parametrize("name", SOURCES)
 def test_compiles_for_sm90(name, tmp_path):
+    arch = source_arch(name)
     if shutil.which("nvcc"):
         proc = subprocess.run(
-            ["nvcc", "-arch=sm_90", "-std=c++17", "-c", "-Xptxas", "-v", DEFINE,
+            ["nvcc", f"-arch={arch}", "-std=c++17", "-c", "-Xptxas", "-v", DEFINE,
              str(CUDA_DIR / name), "-o", str(tmp_path / "out.o")],
             capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
@@ -52,7 +71,7 @@ def test_compiles_for_sm90(name, tmp_path):
     from kernels.gpu.compile import read_source
     prog = nvrtc.createProgram(read_source(name), name, (), ())
     try:
-        nvrtc.compileProgram(prog, ["-std=c++17", "-arch=sm_90", DEFINE])
+        nvrtc.compileProgram(prog, ["-std=c++17", f"-arch={arch}", DEFINE])
     except Exception as exc:
         pytest.fail(f"NVRTC failed on {name}: {exc}\n{nvrtc.getProgramLog(prog)}")
     finally:

@@ -1,0 +1,627 @@
+// cupyrt-arch: sm_90a
+// conv_wgmma.cu -- Hopper warpgroup-MMA implicit-GEMM convolution (FP16 and INT8), NHWC.
+//
+// Same GEMM view as conv_igemm.cu (read that header first):
+//   out[M, K] = A[M, Kr] * B[K, Kr]^T,  M = N*P*Q,  Kr = R*S*C in (r, s, c) order,
+// A gathered from x 16 bytes at a time with cp.async (zero-fill for padding taps and
+// out-of-range rows / k), B = the KRSC weights. What changes is the MMA: one
+// `wgmma.mma_async` per warpgroup (4 warps, 128 threads) computes a 64 x BN x k16 (f16) or
+// 64 x BN x k32 (s8) product straight from shared memory, asynchronously, instead of 8 warps
+// each feeding mma.sync from ldmatrix fragments (PTX ISA 9.7.15, "warpgroup MMA"; the
+// pipeline shape follows CUTLASS's sm90 "cp.async + GMMA" multistage mainloop). wgmma exists
+// only on sm_90a: the marker on the first line makes every build compile this file with
+// -arch=sm_90a (tests/kernels/test_cuda_compile.py, kernels/gpu/conv_wgmma.py).
+//
+// Shared memory, one stage (k-tile of 128 bytes: 64 halves or 128 int8 per row):
+//
+//   stage base (1024-byte aligned)
+//   +-----------------------------+  A: BM rows (output pixels) x 128 bytes, K-major
+//   | row r: 8 chunks of 16 bytes |     chunk c of row r at  r*128 + ((c ^ (r & 7)) * 16)
+//   | ...                         |     (the 128-byte swizzle: the 8 rows of one 1024-byte
+//   +-----------------------------+      atom put chunk c in 8 different bank groups)
+//   | B: BN rows (out channels)   |  B: same layout, at base + BM*128
+//   +-----------------------------+
+//
+// wgmma smem matrix descriptor (64 bits; CUTLASS GmmaDescriptor):
+//   bits  0-13  start address >> 4        bits 16-29  leading byte offset >> 4 (unused
+//   bits 32-45  stride byte offset >> 4               for swizzled K-major: 1)
+//               = 1024 (8 rows x 128 B)   bits 62-63  layout: 1 = 128-byte swizzle
+// One wgmma reads k16 halves (k32 int8) = 32 bytes of every row; the next k-step starts
+// 32 bytes further (+2 in the address field): the hardware applies the swizzle XOR on the
+// absolute address bits, which is why every tile is 1024-byte aligned.
+//
+// Threads: BM / 64 warpgroups; warpgroup g owns output rows [64g, 64g + 64) of the tile and
+// all BN columns (accumulators: BN/2 registers per thread). Every thread also gathers.
+//
+// Pipeline (STAGES-deep ring, PF = STAGES - 2 tiles prefetched ahead):
+//   iteration kt:  cp.async.wait (tile kt landed for this thread)
+//                  fence.proxy.async (generic-proxy smem writes -> visible to wgmma's
+//                                     async proxy)
+//                  __syncthreads    (everyone's tile kt landed; every warpgroup has
+//                                    retired its wgmmas of tile kt-2: see below)
+//                  cp.async tile kt+PF -> stage (kt+PF) % STAGES  (= the stage of kt-2)
+//                  wgmma x 4 on stage kt % STAGES; commit; wgmma.wait_group 1
+// wait_group 1 at the end of iteration kt-1 retires the group of tile kt-2, before that
+// thread reaches the barrier of iteration kt; so after the barrier no wgmma of any warpgroup
+// still reads the stage being refilled. The wgmma of tile kt overlaps the barrier and the
+// cp.async issue of iteration kt+1.
+//
+// Accumulator fragment of m64nN (PTX ISA, "wgmma .m64nNk16 register fragment layout"):
+// warp w of the warpgroup owns rows 16w .. 16w+15; per n8 block j, registers 4j .. 4j+3 are
+//   (g, 8j+2t), (g, 8j+2t+1), (g+8, 8j+2t), (g+8, 8j+2t+1),   g = lane/4, t = lane%4
+// (the mma.sync m16n8 C layout, once per n8 block). They are staged through shared memory
+// and the epilogue stores 8 channels per thread: conv_igemm.cu's V2 epilogue (FP16) and
+// int8_epilogue.cuh's epilogue_staged (INT8, bit for bit the conv_int8.cu numerics).
+#include "common.cuh"
+#include "int8_epilogue.cuh"
+
+// `nvcc -arch=sm_90a` also emits a generic compute_90 PTX, where wgmma does not exist: there
+// the wgmma statements become traps (no sm_90a device ever runs that PTX; NVRTC given
+// -arch=sm_90a compiles the sm_90a target only). CUTLASS guards its SM90 MMA atoms the same way.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CUPYRT_WGMMA_ASM(...) __trap()
+#else
+#define CUPYRT_WGMMA_ASM(...) asm volatile(__VA_ARGS__)
+#endif
+
+namespace cupyrt_wgmma {
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+        : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16-byte global->shared copy; src_bytes == 0 writes zeros (padding taps, rows past M or K).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
+// cp.async writes shared memory through the generic proxy, wgmma reads it through the
+// async proxy: each writer fences before the barrier that publishes the tile.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() {
+    CUPYRT_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+    CUPYRT_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    CUPYRT_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+// Pin the accumulators around the asynchronous region: the compiler must neither read
+// nor move them while a wgmma owns them (CUTLASS's warpgroup_fence_operand).
+template <int R>
+__device__ __forceinline__ void fence_acc(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+template <int R>
+__device__ __forceinline__ void fence_acc(int (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i]) :: "memory");
+}
+
+// K-major operand with the 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4)
+         | (1ull << 16)                                   // leading byte offset (unused)
+         | ((unsigned long long)(1024 >> 4) << 32)         // stride byte offset
+         | (1ull << 62);                                  // 128-byte swizzle
+}
+
+// wgmma.mma_async m64nNk16 f32 += f16 * f16 (KIND 0) or m64nNk32 s32 += s8 * s8 (KIND 1),
+// both operands from shared memory, K-major (no transpose), D accumulated (scale-d = 1:
+// the accumulators start at zero). Specialisations written out below: the asm operand
+// list of N/2 registers cannot be produced by a template.
+template <int KIND, int N> struct Wgmma;
+
+template <> struct Wgmma<0, 64> {
+    static __device__ __forceinline__ void mma(float (&d)[32], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "},"
+        " %32, %33, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+template <> struct Wgmma<0, 128> {
+    static __device__ __forceinline__ void mma(float (&d)[64], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "},"
+        " %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+template <> struct Wgmma<0, 256> {
+    static __device__ __forceinline__ void mma(float (&d)[128], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+        "},"
+        " %128, %129, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+template <> struct Wgmma<1, 64> {
+    static __device__ __forceinline__ void mma(int (&d)[32], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "},"
+        " %32, %33, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+template <> struct Wgmma<1, 128> {
+    static __device__ __forceinline__ void mma(int (&d)[64], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "},"
+        " %64, %65, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+template <> struct Wgmma<1, 256> {
+    static __device__ __forceinline__ void mma(int (&d)[128], unsigned long long da,
+                                               unsigned long long db) {
+        CUPYRT_WGMMA_ASM(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+        "},"
+        " %128, %129, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+    }
+};
+
+
+template <int F32> struct OutSel { typedef half_t T; };
+template <> struct OutSel<1> { typedef float T; };
+
+// Eight adjacent channels, 16 bytes (half) or 32 bytes (float) aligned (conv_igemm.cu's).
+__device__ __forceinline__ void store8(half_t* p, const float (&v)[8]) {
+    uint4 u;
+    u.x = pack_h2(v[0], v[1]); u.y = pack_h2(v[2], v[3]);
+    u.z = pack_h2(v[4], v[5]); u.w = pack_h2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void load8(const half_t* p, float (&v)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        v[2 * e] = h2f((half_t)(w[e] & 0xffffu));
+        v[2 * e + 1] = h2f((half_t)(w[e] >> 16));
+    }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+// Shared-memory bytes of one launch: the pipeline ring or the staged accumulator tile,
+// whichever is larger, plus 1024 bytes to align the base (see conv_wgmma.py smem_bytes).
+template <int BM, int BN, int STAGES>
+struct Smem {
+    static constexpr int STAGE = (BM + BN) * 128;
+    static constexpr int PIPE = STAGES * STAGE;
+    static constexpr int EPI = BM * (BN + 8) * 4;
+    static constexpr int BYTES = (PIPE > EPI ? PIPE : EPI) + 1024;
+};
+
+// The mainloop shared by both element types. ELEM: bytes per element (2: f16, 1: s8).
+// On return acc holds this thread's fragment of the BM x BN tile (m0, n0) and every
+// warpgroup's wgmmas have completed; shared memory is free for the epilogue once the
+// caller has passed a barrier.
+template <int BM, int BN, int STAGES, int ELEM, typename Acc>
+__device__ __forceinline__ void
+mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ w,
+         unsigned sbase, int m0, int n0,
+         int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+         int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+         Acc (&acc)[BN / 2]) {
+    constexpr int THREADS = BM * 2;          // BM / 64 warpgroups of 128
+    constexpr int CHE = 16 / ELEM;           // elements per 16-byte chunk
+    constexpr int BKE = 128 / ELEM;          // elements per k-tile (one 128-byte row)
+    constexpr int RPP = THREADS / 8;         // rows per gather pass (8 chunks per row)
+    constexpr int A_IT = BM / RPP;
+    constexpr int B_IT = BN / RPP;
+    constexpr int PF = STAGES - 2;           // tiles in flight ahead of the one computed
+    constexpr int STAGE = Smem<BM, BN, STAGES>::STAGE;
+    static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+    static_assert(BN == 64 || BN == 128 || BN == 256, "wgmma n in {64, 128, 256}");
+    static_assert(STAGES >= 3, "the ring holds the tile computed, the one retiring and PF >= 1");
+    static_assert(RPP % 8 == 0 && BN % RPP == 0, "rows of a pass keep their swizzle phase");
+
+    const int M = N * P * Q;
+    const int Kr = R * S * C;
+    const int tid = threadIdx.x;
+
+    // ---- per-thread gather state (conv_igemm.cu's, in bytes) --------------------------
+    const int kc = tid & 7;                  // this thread's chunk column
+    const int row0 = tid >> 3;
+    // swizzled destination of (row0 + i*RPP, kc): the phase row & 7 is the same for all i
+    const unsigned dst0 = (unsigned)(row0 * 128 + ((kc ^ (row0 & 7)) << 4));
+    const unsigned char* a_ptr[A_IT];
+    int a_h0[A_IT], a_w0[A_IT];
+    const int PQ = P * Q;
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int m = m0 + row0 + i * RPP;
+        if (m < M) {
+            const int n = m / PQ, pq = m - n * PQ;
+            const int p = pq / Q, q = pq - p * Q;
+            a_ptr[i] = x + (long long)n * H * W * C * ELEM;
+            a_h0[i] = p * stride_h - pad_h;
+            a_w0[i] = q * stride_w - pad_w;
+        } else {                             // rows past M: always zero-filled
+            a_ptr[i] = x;
+            a_h0[i] = -(1 << 28);
+            a_w0[i] = 0;
+        }
+    }
+    // weights: row n0 + row0 + i*RPP of the [K, Kr] matrix; rows past K zero-filled
+    const unsigned char* b_ptr = w + (long long)min(n0 + row0, K - 1) * Kr * ELEM;
+    const long long b_step = (long long)RPP * Kr * ELEM;
+    const int b_rows = K - n0 - row0;        // row i*RPP is valid iff i*RPP < b_rows
+
+    const int KT = (Kr + BKE - 1) / BKE;
+    int kk = kc * CHE;                       // reduction index of this thread's chunk
+    int c_ = kk % C, r_, s_;
+    {
+        const int rs = kk / C;
+        r_ = rs / S; s_ = rs - r_ * S;
+    }
+
+    auto load_tile = [&](int stage) {
+        const bool k_ok = kk < Kr;
+        const unsigned sa = sbase + (unsigned)(stage * STAGE) + dst0;
+        const int dh = r_ * dil_h, dw = s_ * dil_w;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int h = a_h0[i] + dh, ww = a_w0[i] + dw;
+            const bool ok = k_ok && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
+            const unsigned char* src = ok ? a_ptr[i] + (((long long)h * W + ww) * C + c_) * ELEM : x;
+            cp_async16(sa + (unsigned)(i * RPP * 128), src, ok ? 16 : 0);
+        }
+        const unsigned sb = sa + (unsigned)(BM * 128);
+#pragma unroll
+        for (int i = 0; i < B_IT; ++i) {
+            const bool ok = k_ok && i * RPP < b_rows;
+            const unsigned char* src = ok ? b_ptr + i * b_step + (long long)kk * ELEM : w;
+            cp_async16(sb + (unsigned)(i * RPP * 128), src, ok ? 16 : 0);
+        }
+        // advance this thread's (r, s, c) by one k-tile
+        kk += BKE;
+        c_ += BKE;
+        while (c_ >= C) {
+            c_ -= C;
+            if (++s_ == S) { s_ = 0; ++r_; }
+        }
+    };
+
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+
+#pragma unroll
+    for (int st = 0; st < PF; ++st) {
+        if (st < KT) load_tile(st);
+        cp_async_commit();
+    }
+
+    // descriptors of stage 0; a stage is STAGE >> 4 further in the address field
+    const int wg = tid >> 7;
+    const unsigned long long da0 = smem_desc(sbase + (unsigned)(wg * 64 * 128));
+    const unsigned long long db0 = smem_desc(sbase + (unsigned)(BM * 128));
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<PF - 1>();             // this thread's copies of tile kt landed
+        fence_proxy_async();
+        __syncthreads();
+        if (kt + PF < KT) load_tile((kt + PF) % STAGES);
+        cp_async_commit();                   // (an empty group at the tail keeps the count)
+
+        const unsigned long long soff = (unsigned long long)((kt % STAGES) * (STAGE >> 4));
+        fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; ++k)          // 4 x 32 bytes = the 128-byte k-tile
+            Wgmma<ELEM == 2 ? 0 : 1, BN>::mma(acc, da0 + soff + 2 * k, db0 + soff + 2 * k);
+        wgmma_commit();
+        wgmma_wait<1>();                     // the group of tile kt-1 has retired
+        fence_acc(acc);
+    }
+    wgmma_wait<0>();
+    fence_acc(acc);
+    cp_async_wait<0>();
+}
+
+// Accumulator fragment -> shared tile [BM][BN + 8] (4-byte words; +8 keeps the 8-byte
+// stores of a half-warp on 32 distinct banks).
+template <int BM, int BN, typename Acc>
+__device__ __forceinline__ void stage_acc(Acc* sC, const Acc (&acc)[BN / 2]) {
+    constexpr int LDC = BN + 8;
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int r = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
+    const int c = (lane & 3) * 2;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        Acc* p = sC + r * LDC + 8 * j + c;
+        p[0] = acc[4 * j];
+        p[1] = acc[4 * j + 1];
+        p[8 * LDC] = acc[4 * j + 2];
+        p[8 * LDC + 1] = acc[4 * j + 3];
+    }
+}
+
+// 1024-byte-aligned shared address of the dynamic buffer, and its generic pointer
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw, unsigned& sbase) {
+    const unsigned s = smem_u32(raw);
+    sbase = (s + 1023u) & ~1023u;
+    return raw + (sbase - s);
+}
+
+}  // namespace cupyrt_wgmma
+
+// ---------------------------------------------------------------------------------------
+// FP16: x [N, H, W, C] half (C % 8 == 0), w [K, R, S, C] half; arguments exactly those of
+// conv_igemm_f16 (kernels/gpu/conv_tc.py _Geometry.args). Epilogue per (m, k) in FP32:
+//   v = acc * scale[k] + bias[k];  v += res[m * res_ld + k] (has_res);  v = act(v)
+//   out[m * out_ld + out_off + k] = v   (half or float)
+// Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, dynamic smem
+// Smem<BM, BN, STAGES>::BYTES.
+template <int BM, int BN, int STAGES, int OUT_F32>
+__global__ void __launch_bounds__(BM * 2, 1)
+conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
+               typename cupyrt_wgmma::OutSel<OUT_F32>::T* __restrict__ out,
+               const float* __restrict__ scale, const float* __restrict__ bias,
+               const typename cupyrt_wgmma::OutSel<OUT_F32>::T* __restrict__ res,
+               int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+               int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+               int out_ld, int out_off, int res_ld, int has_res,
+               int act, float alpha, float beta) {
+    using namespace cupyrt_wgmma;
+    typedef typename OutSel<OUT_F32>::T OutT;
+    constexpr int THREADS = BM * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned sbase;
+    unsigned char* smem = aligned_smem(smem_raw, sbase);
+
+    // tile order: the BN tiles of one BM row-block are neighbours (A reuse from L2)
+    const int n_tiles = (K + BN - 1) / BN;
+    const int m0 = (blockIdx.x / n_tiles) * BM;
+    const int n0 = (blockIdx.x % n_tiles) * BN;
+    const int M = N * P * Q;
+
+    float acc[BN / 2];
+    mainloop<BM, BN, STAGES, 2>(reinterpret_cast<const unsigned char*>(x),
+                                reinterpret_cast<const unsigned char*>(w), sbase, m0, n0,
+                                N, H, W, C, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
+                                dil_h, dil_w, acc);
+    constexpr int LDC = BN + 8;
+    float* sC = reinterpret_cast<float*>(smem);
+    __syncthreads();                         // every warpgroup is done with the ring
+    stage_acc<BM, BN>(sC, acc);
+    __syncthreads();
+
+    // conv_igemm.cu's V2 epilogue, the same math in the same order
+    const int tid = threadIdx.x;
+    const ActLin actf(act, alpha, beta);
+    const bool vec8 = ((out_ld | out_off | (has_res ? res_ld : 0)) & 7) == 0;
+    constexpr int CPR = BN / 8;              // 8-channel groups per row
+    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+        const int r = idx / CPR, cg = idx - r * CPR;
+        const int m = m0 + r, col = n0 + cg * 8;
+        if (m >= M || col >= K) continue;
+        const float4 a0 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8);
+        const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
+        float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        OutT* o = out + (long long)m * out_ld + out_off + col;
+        const OutT* rp = res + (long long)m * res_ld + col;
+        if (vec8 && col + 8 <= K) {
+            const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
+            const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
+            const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+            const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+            const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
+            if (has_res) {
+                float rv[8];
+                load8(rp, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] += rv[e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+            store8(o, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (col + e < K) {
+                    float t = v[e] * scale[col + e] + bias[col + e];
+                    if (has_res) t += io<OutT>::load(rp + e);
+                    io<OutT>::store(o + e, actf(t));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// INT8: x [N, H, W, C] int8 codes (C % 16 == 0), w [K, R, S, C] int8; arguments exactly
+// those of conv_int8_igemm (kernels/gpu/conv_int8.py); exact s32 accumulation, then
+// int8_epilogue.cuh's epilogue_staged (OUT 0 int8 / 1 float32 / 2 float16).
+// Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, smem Smem<BM,BN,STAGES>::BYTES.
+template <int BM, int BN, int STAGES, int OUT>
+__global__ void __launch_bounds__(BM * 2, 1)
+conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
+              typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
+              const float* __restrict__ s_w, const float* __restrict__ bias,
+              const void* __restrict__ res,
+              int N, int H, int W, int C, int K, int R, int S, int P, int Q,
+              int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+              int out_ld, int out_off, int res_ld, int res_kind, int has_bias,
+              float s_in, float res_scale, float inv_out,
+              int act, float alpha, float beta) {
+    using namespace cupyrt_wgmma;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned sbase;
+    unsigned char* smem = aligned_smem(smem_raw, sbase);
+
+    const int n_tiles = (K + BN - 1) / BN;
+    const int m0 = (blockIdx.x / n_tiles) * BM;
+    const int n0 = (blockIdx.x % n_tiles) * BN;
+    const int M = N * P * Q;
+
+    int acc[BN / 2];
+    mainloop<BM, BN, STAGES, 1>(reinterpret_cast<const unsigned char*>(x),
+                                reinterpret_cast<const unsigned char*>(w), sbase, m0, n0,
+                                N, H, W, C, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
+                                dil_h, dil_w, acc);
+    int* sC = reinterpret_cast<int*>(smem);
+    __syncthreads();
+    stage_acc<BM, BN>(sC, acc);
+    __syncthreads();
+    cupyrt_int8::epilogue_staged<BM, BN, BM * 2, OUT>(
+        sC, threadIdx.x, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, res_kind,
+        has_bias, s_in, res_scale, inv_out, act, alpha, beta);
+}
+
+// Instantiations for nvcc's CI compile check (NVRTC instantiates through name_expressions;
+// kernels/gpu/conv_wgmma.py holds the tactic list: keep the two in step).
+#ifdef CUPYRT_NVCC_INSTANTIATE
+#define CUPYRT_WG_F16_ARGS(OT) (const half_t*, const half_t*, OT*, const float*, const float*, \
+    const OT*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, \
+    int, int, int, int, float, float)
+#define CUPYRT_WG_S8_ARGS(OT) (const i8_t*, const i8_t*, OT*, const float*, const float*, \
+    const void*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, \
+    int, int, int, int, int, float, float, float, int, float, float)
+template __global__ void conv_wgmma_f16<128, 128, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<128, 128, 4, 1> CUPYRT_WG_F16_ARGS(float);
+template __global__ void conv_wgmma_f16<128, 256, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<128, 128, 3, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<64, 128, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<128, 64, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_s8<128, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<128, 128, 4, 1> CUPYRT_WG_S8_ARGS(float);
+template __global__ void conv_wgmma_s8<128, 128, 4, 2> CUPYRT_WG_S8_ARGS(half_t);
+template __global__ void conv_wgmma_s8<128, 256, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<128, 128, 3, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<64, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<128, 64, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+#endif

@@ -1,0 +1,183 @@
+"""wgmma convolution tactics without a GPU: the tactic table, argument checks (NumPy
+arrays stand in for CuPy ones: every check runs before the device is touched), the
+device gate, and an NVRTC build of every tactic with CuPy's own option order."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels.gpu import UnsupportedError
+from kernels.gpu import conv_wgmma as W
+
+CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
+SMEM_MAX = 227 * 1024           # opt-in dynamic shared memory per block on sm_90
+
+
+def _no_sm90():
+    return not W.available()
+
+
+# ---- the tactic table ------------------------------------------------------------------
+def test_tactic_names_unique_and_kinds_split():
+    names = [t.name for t in W.TACTICS + W.INT8_TACTICS]
+    assert len(names) == len(set(names)) == len(W.TACTICS_BY_NAME)
+    assert {t.kind for t in W.TACTICS} == {"wgmma"}
+    assert {t.kind for t in W.INT8_TACTICS} == {"wgmma_int8"}
+
+
+@pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)
+def test_tile_fits_one_warpgroup_per_64_rows_and_smem(t):
+    assert t.bm in (64, 128) and t.bn in (64, 128, 256) and t.stages >= 3
+    assert t.threads == 2 * t.bm
+    ring = t.stages * (t.bm + t.bn) * 128
+    assert t.smem_bytes >= ring + 1024 and t.smem_bytes >= t.bm * (t.bn + 8) * 4 + 1024
+    assert t.smem_bytes <= SMEM_MAX
+
+
+def test_name_expressions():
+    t = W.TACTICS_BY_NAME["wg_128x256_s4"]
+    assert t.name_expression(np.float16) == "conv_wgmma_f16<128,256,4,0>"
+    assert t.name_expression(np.float32) == "conv_wgmma_f16<128,256,4,1>"
+    t = W.TACTICS_BY_NAME["wgi8_64x128_s4"]
+    assert [t.name_expression(d) for d in (np.int8, np.float32, np.float16)] == [
+        "conv_wgmma_s8<64,128,4,0>", "conv_wgmma_s8<64,128,4,1>", "conv_wgmma_s8<64,128,4,2>"]
+
+
+def test_nvcc_instantiation_list_covers_every_tactic():
+    # the CI compile check (test_cuda_compile) only sees the explicit instantiations
+    text = (CUDA_DIR / W.SOURCE).read_text()
+    block = text.split("#ifdef CUPYRT_NVCC_INSTANTIATE", 1)[1]
+    inst = {re.sub(r"\s", "", m) for m in re.findall(r"template __global__ void (\w+<[^>]*>)", block)}
+    for t in W.TACTICS + W.INT8_TACTICS:
+        dt = np.float16 if t.kind == "wgmma" else np.int8
+        assert t.name_expression(dt) in inst, t.name
+
+
+def test_source_is_marked_sm90a():
+    first = (CUDA_DIR / W.SOURCE).read_text().splitlines()[0]
+    assert first.strip() == "// cupyrt-arch: sm_90a"
+    assert W.ARCH_OPTIONS == ("-arch=sm_90a",)
+
+
+# ---- tactic lookup ---------------------------------------------------------------------
+X16 = np.zeros((1, 4, 4, 8), np.float16)
+W16 = np.zeros((8, 1, 1, 8), np.float16)
+X8 = np.zeros((1, 4, 4, 16), np.int8)
+W8 = np.zeros((8, 1, 1, 16), np.int8)
+SW = np.ones(8, np.float32)
+
+
+def test_unknown_tactic_name_lists_valid_ones():
+    with pytest.raises(UnsupportedError, match="valid: wg_128x128_s4"):
+        W.conv2d_wgmma(X16, W16, tactic="nope")
+
+
+def test_int8_tactic_rejected_by_fp16_launcher_and_back():
+    with pytest.raises(UnsupportedError, match="'wgmma' tactics: wg_"):
+        W.conv2d_wgmma(X16, W16, tactic=W.INT8_TACTICS[0])
+    with pytest.raises(UnsupportedError, match="'wgmma_int8' tactics: wgi8_"):
+        W.conv2d_wgmma_int8(X8, W8, 1.0, SW, s_out=1.0, tactic="wg_128x128_s4")
+
+
+def test_foreign_tactic_object_rejected():
+    from kernels.gpu import conv_tc
+    with pytest.raises(UnsupportedError, match="expected a WgmmaTactic"):
+        W.conv2d_wgmma(X16, W16, tactic=conv_tc.IGEMM_TACTICS[0])
+
+
+# ---- FP16 argument checks (before the device) ------------------------------------------
+@pytest.mark.parametrize("x,w,match", [
+    (X16.astype(np.float32), W16, "takes float16"),
+    (X16[0], W16, "rank 4"),
+    (np.zeros((1, 4, 4, 12), np.float16), np.zeros((8, 1, 1, 12), np.float16), "multiple of 8"),
+    (X16, np.zeros((8, 1, 1, 16), np.float16), r"expected \[K, R, S, 8\]"),
+])
+def test_fp16_argument_errors(x, w, match):
+    with pytest.raises(UnsupportedError, match=match):
+        W.conv2d_wgmma(x, w)
+
+
+# ---- INT8 argument checks (conv_int8.conv2d_int8's rules) ------------------------------
+class _Huge:
+    """Stands in for an int8 activation of 2**31 elements (never allocated)."""
+    dtype = np.dtype(np.int8)
+    ndim = 4
+    shape = (2, 16384, 4096, 16)
+    size = 2 * 16384 * 4096 * 16
+
+    class flags:
+        c_contiguous = True
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(x_q=X8.astype(np.float16)), "int8 codes"),
+    (dict(x_q=np.zeros((1, 4, 8, 16), np.int8)[:, :, ::2]), "contiguous NHWC"),
+    (dict(w_q=np.zeros((8, 1, 1, 32), np.int8)[..., ::2]), "contiguous rank 4"),
+    (dict(x_q=np.zeros((1, 4, 4, 8), np.int8), w_q=np.zeros((8, 1, 1, 8), np.int8)), "multiple of 16"),
+    (dict(w_q=np.zeros((8, 1, 1, 32), np.int8)), r"expected \[K, R, S, 16\]"),
+    (dict(x_q=_Huge(), w_q=np.zeros((8, 1, 1, 16), np.int8)), "split the batch"),
+    (dict(w_q=np.zeros((8, 7, 7, 16), np.int8)), "expected positive"),
+    (dict(out_dtype=np.int32), "out dtype"),
+    (dict(s_out=None), "needs s_out"),
+    (dict(out_dtype=np.float32), "float output takes none"),
+    (dict(residual=np.zeros((1, 4, 4, 4), np.int8), residual_scale=1.0), "residual"),
+    (dict(residual=np.zeros((1, 4, 4, 8), np.int8)), "residual_scale"),
+    (dict(residual=np.zeros((1, 4, 4, 8), np.float32), residual_scale=0.5), "takes none"),
+])
+def test_int8_argument_errors(kw, match):
+    args = dict(x_q=X8, w_q=W8, s_out=1.0)
+    args.update(kw)
+    x, w = args.pop("x_q"), args.pop("w_q")
+    with pytest.raises(UnsupportedError, match=match):
+        W.conv2d_wgmma_int8(x, w, 1.0, SW, **args)
+
+
+# ---- the device gate -------------------------------------------------------------------
+@pytest.mark.skipif(not _no_sm90(), reason="a compute capability 9.0 device is present")
+def test_valid_arguments_without_sm90_device_raise_unsupported():
+    assert W.available() is False
+    with pytest.raises(UnsupportedError, match="compute capability 9.0"):
+        W.conv2d_wgmma(X16, W16)
+    with pytest.raises(UnsupportedError, match="compute capability 9.0"):
+        W.conv2d_wgmma_int8(X8, W8, 1.0, SW, s_out=1.0)
+    with pytest.raises(UnsupportedError, match="conv_tc / conv_int8"):
+        W.compile_all()
+
+
+# ---- NVRTC build of every tactic, as CuPy runs it --------------------------------------
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:  # no CuPy, or no libnvrtc to load
+        return None
+
+
+@pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)
+def test_nvrtc_builds_tactic_with_cupy_option_order(t):
+    """CuPy appends its own -arch=sm_90 after ours (cupy/cuda/compiler.py): NVRTC must still
+    build the sm_90a target (wgmma does not assemble for sm_90), with no spills."""
+    nvrtc = _nvrtc()
+    if nvrtc is None:
+        pytest.skip("NVRTC is not available")
+    from kernels.gpu.compile import DEFAULT_OPTIONS, read_source
+    outs = (np.float16, np.float32) if t.kind == "wgmma" else (np.int8, np.float32, np.float16)
+    names = [t.name_expression(d) for d in outs]
+    prog = nvrtc.createProgram(read_source(W.SOURCE), W.SOURCE, (), ())
+    for n in names:
+        nvrtc.addNameExpression(prog, n)
+    opts = list(DEFAULT_OPTIONS) + list(W.ARCH_OPTIONS) + [
+        "-ftz=true", "-arch=sm_90", "--device-as-default-execution-space", "-Xptxas", "-v"]
+    try:
+        nvrtc.compileProgram(prog, opts)
+        log = nvrtc.getProgramLog(prog)
+        for n in names:
+            assert nvrtc.getLoweredName(prog, n)
+    except Exception as exc:
+        pytest.fail(f"NVRTC failed on {names}: {exc}\n{nvrtc.getProgramLog(prog)}")
+    finally:
+        nvrtc.destroyProgram(prog)
+    spills = [ln for ln in log.splitlines() if re.search(r"[1-9]\d* bytes (spill|stack)", ln)]
+    assert not spills, "\n".join(spills)
