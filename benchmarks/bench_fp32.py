@@ -122,6 +122,13 @@ def main():
     print(f"{card}; conv_tf32 compile (cache) {compile_s:.1f} s; batch {args.batch}", flush=True)
 
     N, reps = args.batch, args.reps
+
+    def dump(rows, **extra):
+        # rewritten after every layer: a run cut off by its timeout still leaves its rows
+        with open(os.path.join(args.out, "fp32.json"), "w") as f:
+            json.dump(dict(card=card, date=datetime.datetime.now().isoformat(timespec="seconds"),
+                           cupy=cp.__version__, torch=torch.__version__, batch=N, reps=reps,
+                           compile_s=compile_s, rows=rows, **extra), f, indent=1)
     layers = [l for l in RESNET50 if not args.layers or l[0] in args.layers]
     cp.random.seed(0)
     rows = []
@@ -185,6 +192,7 @@ def main():
                    precise_all=ours[True], tf32_all=ours[False], current_all=current,
                    rel_l2_vs_torch=errs)
         rows.append(row)
+        dump(rows, complete=False)
 
         def tf(ms):
             return 2 * macs / ms / 1e9
@@ -201,11 +209,7 @@ def main():
                "tf32": max(v for r in rows for k, v in r["rel_l2_vs_torch"].items() if k.startswith("tf32")),
                "current": max(v for r in rows for k, v in r["rel_l2_vs_torch"].items()
                               if not k.startswith(("3x", "tf32")))}
-    with open(os.path.join(args.out, "fp32.json"), "w") as f:
-        json.dump(dict(card=card, date=datetime.datetime.now().isoformat(timespec="seconds"),
-                       cupy=cp.__version__, torch=torch.__version__, batch=N, reps=reps,
-                       compile_s=compile_s, rows=rows, totals_ms=tot, max_rel_l2_vs_torch=max_err),
-                  f, indent=1)
+    dump(rows, complete=len(rows) == len(layers), totals_ms=tot, max_rel_l2_vs_torch=max_err)
 
     print(f"\nResNet-50 FP32 convolutions, batch {N}, {card}: layer ms (TFLOP/s), best tile per layer")
     print(f"{'layer':16s} {'n':>2s} | {'torch':>14s} | {'current':>14s} | {'3xTF32':>14s} | {'TF32':>14s}")

@@ -9,10 +9,10 @@ OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader | tee "$OUT/gpu.txt"
 date -Iseconds | tee -a "$OUT/gpu.txt"
 python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-timeout ${COMPILE_TIMEOUT:-50} python3 benchmarks/bench_fp32.py --precompile > "$OUT/precompile_fp32.log" 2>&1
+timeout ${COMPILE_TIMEOUT:-40} python3 benchmarks/bench_fp32.py --precompile > "$OUT/precompile_fp32.log" 2>&1
 echo "precompile rc=$? $(grep -c compiled "$OUT/precompile_fp32.log") of 8 modules"; tail -3 "$OUT/precompile_fp32.log"
 # FP32 engines never run the FP16 tiles: skip the builder's warm-up of those
-CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-100} python3 -m pytest -q --tb=short -p no:cacheprovider \
+CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=short -p no:cacheprovider \
   tests/gpu/test_conv_tf32_gpu.py 2>&1 | tee "$OUT/tests_fp32.log" | grep -vE "^(PASSED|SKIPPED)" | tail -40
-timeout ${BENCH_TIMEOUT:-90} python3 benchmarks/bench_fp32.py --out "$OUT" "$@" 2>&1 \
+timeout ${BENCH_TIMEOUT:-80} python3 benchmarks/bench_fp32.py --out "$OUT" "$@" 2>&1 \
   | tee "$OUT/bench_fp32.log" | tail -45
