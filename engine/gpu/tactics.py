@@ -139,6 +139,7 @@ def candidates(layer, precision=None):
     codes: float tactics would misread them)."""
     from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
     from . import rnn_tactics  # noqa: F401
+    from . import matmul_tactics, norm_tactics  # noqa: F401  (graph-safe GEMM, fused layer norm)
     every = list(kernel_table.TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
     if precision is None:
         return every

@@ -1,0 +1,135 @@
+"""GPU tactics for MatrixMultiply: our own batched GEMM (kernels/gpu/matmul.py),
+CUDA-graph safe, so an engine of matmuls (a transformer encoder) can be
+captured whole; cuBLAS (conv_tactics.MatMulCublas) cannot be.
+
+    matmul.<tile>      FP16 layers: tensor cores (mma.sync), one tactic per tile
+    matmul.simt_fp32   FP32 layers: the FP32 SIMT kernel (true FP32, rel L2 1e-5)
+
+An operand produced by a Constant layer (the weight of a linear layer) is
+uploaded once and shared by every tactic of the layer, in the layout the
+kernel reads fastest: a constant right operand in FP16 is stored transposed
+(N x K, "K-major"), so the tensor cores read both operands with ldmatrix
+without .trans. The Constant layer itself still runs (the engine feeds its
+output); its value is simply not read here.
+"""
+import numpy as np
+
+from ..types import DataType, LayerType, MatrixOperation as MO
+from .tactics import Tactic, cupy, register
+
+_FLOAT_NAMES = ("float32", "float16")
+
+
+def constant_operand(layer, i):
+    """The value of input ``i`` when a Constant layer produces it (NumPy), else None."""
+    t = layer._inputs[i]
+    p = None if t is None else t.producer
+    if p is None or p.layer_type != LayerType.CONSTANT or p.weights is None:
+        return None
+    return np.asarray(p.weights).reshape(tuple(p.shape))
+
+
+def device_constants(layer, dtype, k_major_b):
+    """{input index: (device array, op name)} for the constant operands, made once
+    per layer and dtype and memoised on the layer (engine layers are not
+    modified after the build); tiles of one layer share them."""
+    memo = layer.__dict__.setdefault("_matmul_consts", {})
+    key = (np.dtype(dtype).name, k_major_b)
+    hit = memo.get(key)
+    if hit is None:
+        cp = cupy()
+        hit = {}
+        for i, op in ((0, layer.op0), (1, layer.op1)):
+            w = constant_operand(layer, i)
+            if w is None:
+                continue
+            name = op.name
+            if i == 1 and k_major_b and op == MO.NONE:
+                w, name = np.swapaxes(w, -1, -2), "TRANSPOSE"
+            hit[i] = (cp.asarray(np.ascontiguousarray(w), dtype), name)
+        memo[key] = hit
+    return hit
+
+
+def _shape_reason(layer, in_shapes, in_dtypes):
+    from kernels.gpu.errors import UnsupportedError
+    from kernels.gpu.matmul import MAX_BATCH, plan
+    if MO.VECTOR in (layer.op0, layer.op1):
+        return "VECTOR operands (the GEMM kernel takes matrices)"
+    if any(d not in _FLOAT_NAMES for d in in_dtypes):
+        return f"floating inputs only, not {in_dtypes}"
+    try:
+        batch, m, _, _ = plan(in_shapes[0], in_shapes[1], layer.op0.name, layer.op1.name)
+    except UnsupportedError as e:
+        return str(e)
+    nb = int(np.prod(batch))
+    folds = layer.op0 == MO.NONE and int(np.prod(in_shapes[1][:-2])) == 1
+    if nb > MAX_BATCH and not folds:
+        return f"{nb} batched matrices (at most {MAX_BATCH})"
+    return None
+
+
+class MatMulTensorCore(Tactic):
+    """FP16 batched GEMM on the tensor cores, one tile shape."""
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.name = f"matmul.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.HALF:
+            return "the tensor-core matmul runs HALF layers"
+        return _shape_reason(layer, in_shapes, in_dtypes)
+
+    def prepare(self, layer):
+        return device_constants(layer, np.float16, k_major_b=True)
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.matmul import matmul
+        (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float16)
+        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
+                       tactic=self.tile)]
+
+
+class MatMulSimt(Tactic):
+    """FP32 batched GEMM, SIMT FFMA (true FP32: TensorRT's FP32 without TF32)."""
+    name = "matmul.simt_fp32"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.FLOAT:
+            return "the FP32 matmul runs FLOAT layers"
+        return _shape_reason(layer, in_shapes, in_dtypes)
+
+    def prepare(self, layer):
+        return device_constants(layer, np.float32, k_major_b=False)
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.matmul import matmul
+        (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float32)
+        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy())]
+
+
+def _operands(consts, layer, inputs, dtype):
+    """(array, op name) per side: the uploaded constant, or the run-time input
+    cast to the compute dtype (a HALF layer's FP32 input is rounded, as the
+    reference's inputs are)."""
+    out = []
+    for i, op in ((0, layer.op0), (1, layer.op1)):
+        hit = consts.get(i)
+        out.append(hit if hit is not None else (inputs[i].astype(dtype, copy=False), op.name))
+    return out
+
+
+_registered = []
+
+
+def register_all():
+    """Register the MatrixMultiply tactics (once; later calls do nothing)."""
+    if _registered:
+        return
+    from kernels.gpu.matmul import TILES
+    register(LayerType.MATRIX_MULTIPLY, *[MatMulTensorCore(t) for t in TILES], MatMulSimt())
+    _registered.append(True)
+
+
+register_all()
