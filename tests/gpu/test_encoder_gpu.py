@@ -1,0 +1,79 @@
+"""A small torch.nn.TransformerEncoder (2 layers, hidden 128, 4 heads, seq 32)
+rebuilt by workflows/transformer.py, on the CuPy backend: against torch and the
+NumPy backend, with our matmul and layer-norm tactics chosen, and the whole
+engine captured into one CUDA graph (no cuBLAS left in it)."""
+import numpy as np
+import pytest
+from gpu_helpers import rel_l2
+
+import engine as rt
+
+torch = pytest.importorskip("torch")
+cp = pytest.importorskip("cupy")
+
+SEQ, HIDDEN, HEADS, FF, LAYERS = 32, 128, 4, 512, 2
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(HIDDEN, HEADS, FF, dropout=0.0, activation="gelu",
+                                             batch_first=True)
+    return torch.nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False).eval()
+
+
+def build(encoder, backend, fp16, tmp_path):
+    from workflows.transformer import import_encoder
+    b, net = import_encoder(encoder, SEQ, HIDDEN)
+    cfg = b.create_builder_config()
+    cfg.backend = backend
+    cfg.timing_cache_path = str(tmp_path / f"{backend}_{fp16}.cache")
+    if fp16:
+        cfg.set_flag(rt.BuilderFlag.FP16)
+    return rt.Runtime(backend=backend).deserialize_cuda_engine(b.build_serialized_network(net, cfg))
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_encoder_matches_torch_and_is_captured(encoder, fp16, tmp_path):
+    x = np.random.default_rng(3).standard_normal((2, SEQ, HIDDEN)).astype(np.float32)
+    with torch.no_grad():
+        ref = encoder(torch.as_tensor(x)).numpy()
+    engine = build(encoder, "cupy", fp16, tmp_path)
+    ctx = engine.create_execution_context()
+    first = ctx.execute({"tokens": x})["encoded"]          # selects tactics, compiles
+    second = ctx.execute({"tokens": x})["encoded"]         # captures (or decides eager)
+    third = ctx.execute({"tokens": x})["encoded"]          # replays
+    notes = engine.backend.graph_notes
+    graphs = list(ctx.__dict__.get("_cuda_graphs", {}).values())
+    assert any(not isinstance(g, str) for g in graphs), f"not captured: {graphs} {notes}"
+
+    kinds = {info.type.name: set() for info in engine.layers}
+    for info in engine.layers:
+        kinds[info.type.name].add(engine.backend.selected.get(info.name))
+    assert all(k.startswith("matmul.mm_" if fp16 else "matmul.simt") for k in
+               kinds["MATRIX_MULTIPLY"]), kinds["MATRIX_MULTIPLY"]
+    assert kinds["NORMALIZATION"] == {"norm.layernorm_fused"}, kinds["NORMALIZATION"]
+
+    tol = 5e-3 if fp16 else 1e-5
+    for y in (first, second, third):
+        assert rel_l2(y, ref) <= tol
+    np.testing.assert_allclose(third, second, rtol=0, atol=0)
+
+    cpu = build(encoder, "numpy", fp16, tmp_path)
+    y_cpu = cpu.create_execution_context().execute({"tokens": x})["encoded"]
+    assert rel_l2(third, y_cpu) <= (1e-2 if fp16 else 1e-5)
+
+
+def test_encoder_other_batch_gets_its_own_graph(encoder, tmp_path):
+    engine = build(encoder, "cupy", True, tmp_path)
+    ctx = engine.create_execution_context()
+    for n in (1, 3):
+        x = np.random.default_rng(n).standard_normal((n, SEQ, HIDDEN)).astype(np.float32)
+        with torch.no_grad():
+            ref = encoder(torch.as_tensor(x)).numpy()
+        for _ in range(3):
+            y = ctx.execute({"tokens": x})["encoded"]
+        assert rel_l2(y, ref) <= 5e-3
+    graphs = ctx.__dict__.get("_cuda_graphs", {})
+    assert len(graphs) == 2 and all(not isinstance(g, str) for g in graphs.values()), \
+        engine.backend.graph_notes
