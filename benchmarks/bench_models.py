@@ -94,7 +94,7 @@ def run(args):
     card = torch.cuda.get_device_name()
     rows, builds = [], []
     batches = [int(b) for b in args.batches.split(",")]
-    for name in [m for m in args.models.split(",") if m]:
+    for name in [m for m in args.models.split(",") if m and m != "none"]:   # "none": --bert only
         model = torch_model(name)
         gpu_fp32 = copy.deepcopy(model).cuda().float()
         for precision in args.precisions.split(","):
@@ -249,7 +249,8 @@ def _count(values):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
-    p.add_argument("--models", default="resnet50,mobilenet_v2")
+    p.add_argument("--models", default="resnet50,mobilenet_v2",
+                   help="comma-separated torchvision models, or none (with --bert: the encoder only)")
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--precisions", default="fp16,fp32")
     p.add_argument("--reps", type=int, default=30)
