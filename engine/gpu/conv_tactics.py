@@ -583,6 +583,10 @@ def _register():
     register(LayerType.POOLING, PoolNhwc(), PoolInt8())
     register(LayerType.REDUCE, GlobalAvgPool())
     register(LayerType.MATRIX_MULTIPLY, MatMulCublas())
+    # FP32 on tensor cores (3xTF32; plain TF32 only under the TF32 flag): after the
+    # names above exist, as fp32_tactics imports them
+    from .fp32_tactics import register_all
+    register_all()
 
 
 _register()

@@ -18,31 +18,58 @@ log = logging.getLogger(__name__)
 _done = set()
 
 
+def _compile_fp16(name):
+    from kernels.gpu import conv_tc
+    conv_tc.compile_all((conv_tc.TACTICS_BY_NAME[name],))
+
+
+def _compile_int8(name):
+    import numpy as np
+
+    from kernels.gpu import conv_int8
+    conv_int8.compile_all((conv_int8.TACTICS_BY_NAME[name],),
+                          out_dtypes=(np.int8, np.float32, np.float16))
+
+
+def _compile_tf32(name):
+    from kernels.gpu import conv_tf32
+    conv_tf32.compile_all((conv_tf32.TACTICS_BY_NAME[name],))
+
+
+def _names_fp16():
+    from kernels.gpu import conv_tc
+    return sorted(conv_tc.TACTICS_BY_NAME)
+
+
+def _names_int8():
+    from kernels.gpu import conv_int8
+    return sorted(conv_int8.TACTICS_BY_NAME)
+
+
+def _names_tf32():
+    from kernels.gpu import conv_tf32
+    return sorted(conv_tf32.TACTICS_BY_NAME)
+
+
+# kind -> (tile names, compile one tile); "int8" only for INT8 builds
+KINDS = {"fp16": (_names_fp16, _compile_fp16), "tf32": (_names_tf32, _compile_tf32),
+         "int8": (_names_int8, _compile_int8)}
+
+
 def _compile(item):
     kind, name = item
-    if kind == "fp16":
-        from kernels.gpu import conv_tc
-        conv_tc.compile_all((conv_tc.TACTICS_BY_NAME[name],))
-    else:
-        import numpy as np
-
-        from kernels.gpu import conv_int8
-        conv_int8.compile_all((conv_int8.TACTICS_BY_NAME[name],), out_dtypes=(np.int8, np.float32))
+    KINDS[kind][1](name)
     return name
 
 
 def work_items(int8=False):
-    from kernels.gpu import conv_tc
-    items = [("fp16", name) for name in sorted(conv_tc.TACTICS_BY_NAME)]
-    if int8:
-        from kernels.gpu import conv_int8
-        items += [("int8", name) for name in sorted(conv_int8.TACTICS_BY_NAME)]
-    return items
+    return [(kind, name) for kind, (names, _) in KINDS.items() if int8 or kind != "int8"
+            for name in names()]
 
 
 def precompile(int8=False):
     """Fill the kernel cache with every tile (and the INT8 tiles when asked)."""
-    todo = ({"fp16", "int8"} if int8 else {"fp16"}) - _done
+    todo = {k for k in KINDS if int8 or k != "int8"} - _done
     if not todo or os.environ.get("CUPYRT_PRECOMPILE", "1") == "0":
         return 0.0
     items = [i for i in work_items(int8=True) if i[0] in todo]
