@@ -51,9 +51,19 @@ def _names_tf32():
     return sorted(conv_tf32.TACTICS_BY_NAME)
 
 
+def _compile_matmul(name):
+    from kernels.gpu import matmul
+    matmul.compile_all((matmul.TILES_BY_NAME[name],))
+
+
+def _names_matmul():
+    from kernels.gpu import matmul
+    return sorted(matmul.TILES_BY_NAME)
+
+
 # kind -> (tile names, compile one tile); "int8" only for INT8 builds
 KINDS = {"fp16": (_names_fp16, _compile_fp16), "tf32": (_names_tf32, _compile_tf32),
-         "int8": (_names_int8, _compile_int8)}
+         "matmul": (_names_matmul, _compile_matmul), "int8": (_names_int8, _compile_int8)}
 
 
 def _compile(item):
