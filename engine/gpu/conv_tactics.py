@@ -2,6 +2,8 @@
 pooling, global average pooling. Kernels come from kernels.gpu; this module
 only maps an engine layer (attributes, fused epilogue, formats) onto them.
 """
+import os
+
 import numpy as np
 
 from ..types import DataType, LayerType, PoolingType, ReduceOperation
@@ -54,10 +56,20 @@ def _residual(inputs, dtype):
     return None if r is None else as_nhwc(r, dtype)
 
 
+def _launcher(module, name):
+    import importlib
+    return getattr(importlib.import_module(f"kernels.gpu.{module}"), name)
+
+
+def _wgmma_reason():
+    from kernels.gpu.conv_wgmma import available
+    return None if available() else "wgmma needs compute capability 9.0 (sm_90a)"
+
+
 class ConvIgemm(Tactic):
     """Tensor-core implicit GEMM (mma.sync), NHWC FP16, fused epilogue; one tile shape.
-    Subclasses change the launcher (split-K, small-C) and keep the calling convention."""
-    launcher = "conv2d_igemm"
+    Subclasses change the launcher (split-K, small-C, wgmma) and keep the calling convention."""
+    module, launcher = "conv_tc", "conv2d_igemm"
 
     def __init__(self, tile):
         self.tile = tile
@@ -79,13 +91,12 @@ class ConvIgemm(Tactic):
     writes_into_concat = True
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
-        from kernels.gpu import conv_tc
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
         k = layer.num_output_maps
         place = claim(into, (x.shape[0], p, q, k), _ANY_FLOAT)
         out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
-        y = getattr(conv_tc, self.launcher)(
+        y = _launcher(self.module, self.launcher)(
             as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd, padding=pre,
             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
             residual=_residual(inputs, out_dtype), act=state["act"], alpha=state["alpha"],
@@ -98,6 +109,15 @@ class ConvIgemmSplitK(ConvIgemm):
     then one kernel adds them and applies the epilogue): fills the GPU when the
     output is small (batch 1, late stages)."""
     launcher = "conv2d_igemm_splitk"
+
+
+class ConvWgmma(ConvIgemm):
+    """The implicit GEMM on Hopper's warpgroup MMA (wgmma, sm_90a): operands from
+    128-byte-swizzled shared memory, 64 x N per warpgroup (kernels/cuda/conv_wgmma.cu)."""
+    module, launcher = "conv_wgmma", "conv2d_wgmma"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        return super().supports(layer, in_shapes, in_dtypes, precision) or _wgmma_reason()
 
 
 class ConvStemSmallC(ConvIgemm):
@@ -446,6 +466,7 @@ class ConvInt8(Tactic):
     """INT8 implicit GEMM (mma.sync s8, int32 accumulation) with the requantising
     epilogue; bit-exact with engine.quantization's integer arithmetic."""
     int8 = True
+    module, launcher = "conv_int8", "conv2d_int8"
 
     def __init__(self, tile):
         self.tile, self.name = tile, f"conv.{tile.name}"
@@ -471,7 +492,8 @@ class ConvInt8(Tactic):
                 "s_out": tensor_scale(layer._outputs[0]) if layer._outputs[0].dynamic_range else None}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.conv_int8 import conv2d_int8, quantize_nhwc
+        from kernels.gpu.conv_int8 import quantize_nhwc
+        conv2d_int8 = _launcher(self.module, self.launcher)
         x = inputs[0]
         (p, q), pre = _geometry(layer, x.shape)
         if x.dtype == np.int8:
@@ -490,6 +512,14 @@ class ConvInt8(Tactic):
                         beta=state["beta"], s_out=state["s_out"] if int8_out else None,
                         out_dtype=_int8_out_dtype(out_dtypes[0]), tactic=self.tile, **kw)
         return [nchw_view(y)]
+
+
+class ConvWgmmaInt8(ConvInt8):
+    """INT8 convolution on wgmma (s8 x s8 -> s32), the same epilogue bit for bit."""
+    module, launcher = "conv_wgmma", "conv2d_wgmma_int8"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        return super().supports(layer, in_shapes, in_dtypes, precision) or _wgmma_reason()
 
 
 class FcInt8(Tactic):
@@ -577,6 +607,10 @@ def _register():
              *[ConvDepthwiseV2(q) for q in Q_TILES],
              Conv1x1Cublas(), ConvDepthwise(), ConvIm2col(),
              *[ConvInt8(t) for t in INT8_TACTICS])
+    if os.environ.get("CUPYRT_WGMMA", "1") != "0":
+        from kernels.gpu import conv_wgmma
+        register(LayerType.CONVOLUTION, *[ConvWgmma(t) for t in conv_wgmma.TACTICS],
+                 *[ConvWgmmaInt8(t) for t in conv_wgmma.INT8_TACTICS])
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
              *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas(),
              *[FcInt8(t) for t in INT8_TACTICS])

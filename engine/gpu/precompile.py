@@ -61,9 +61,32 @@ def _names_matmul():
     return sorted(matmul.TILES_BY_NAME)
 
 
-# kind -> (tile names, compile one tile); "int8" only for INT8 builds
+def _wgmma_names(kind):
+    from kernels.gpu import conv_wgmma
+    if not conv_wgmma.available():        # sm_90a only: nothing to compile elsewhere
+        return []
+    return sorted(t.name for t in conv_wgmma.TACTICS_BY_NAME.values() if t.kind == kind)
+
+
+def _compile_wgmma(name):
+    import numpy as np
+
+    from kernels.gpu import conv_wgmma
+    t = conv_wgmma.TACTICS_BY_NAME[name]
+    dts = (np.float16, np.float32) if t.kind == "wgmma" else (np.int8, np.float16, np.float32)
+    conv_wgmma.compile_all((t,), out_dtypes=dts)
+
+
+# kind -> (tile names, compile one tile); the "int8" kinds only for INT8 builds
 KINDS = {"fp16": (_names_fp16, _compile_fp16), "tf32": (_names_tf32, _compile_tf32),
-         "matmul": (_names_matmul, _compile_matmul), "int8": (_names_int8, _compile_int8)}
+         "matmul": (_names_matmul, _compile_matmul),
+         "wgmma": (lambda: _wgmma_names("wgmma"), _compile_wgmma),
+         "int8": (_names_int8, _compile_int8),
+         "wgmma_int8": (lambda: _wgmma_names("wgmma_int8"), _compile_wgmma)}
+
+
+def _int8_kind(kind):
+    return kind.endswith("int8")
 
 
 def _compile(item):
@@ -73,13 +96,13 @@ def _compile(item):
 
 
 def work_items(int8=False):
-    return [(kind, name) for kind, (names, _) in KINDS.items() if int8 or kind != "int8"
+    return [(kind, name) for kind, (names, _) in KINDS.items() if int8 or not _int8_kind(kind)
             for name in names()]
 
 
 def precompile(int8=False):
     """Fill the kernel cache with every tile (and the INT8 tiles when asked)."""
-    todo = {k for k in KINDS if int8 or k != "int8"} - _done
+    todo = {k for k in KINDS if int8 or not _int8_kind(k)} - _done
     if not todo or os.environ.get("CUPYRT_PRECOMPILE", "1") == "0":
         return 0.0
     items = [i for i in work_items(int8=True) if i[0] in todo]
