@@ -73,7 +73,7 @@ class Move:
             return None if not math.isfinite(v) else round(v, 5)
         return {"layer": self.layer, "from": self.current.name, "to": self.alternative.name,
                 "ms": ms(self.current_ms), "alt_ms": ms(self.alternative_ms),
-                "boundary_ms": ms(self.boundary_ms), "moved": self.moved}
+                "boundary_ms": ms(self.boundary_ms), "moved": bool(self.moved)}
 
 
 def enabled(config):
@@ -107,7 +107,7 @@ def decide(moves, margin=MARGIN):
     moved = []
     for m in moves:
         ok = all(math.isfinite(v) for v in (m.current_ms, m.alternative_ms, m.boundary_ms))
-        m.moved = ok and m.alternative_ms + m.boundary_ms < margin * m.current_ms
+        m.moved = bool(ok and m.alternative_ms + m.boundary_ms < margin * m.current_ms)
         if m.moved:
             moved.append(m.layer)
     return moved

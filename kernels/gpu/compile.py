@@ -34,7 +34,9 @@ CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
 # tolerance (rel L2 1e-5) leaves no room for the approximate versions.
 DEFAULT_OPTIONS = ("-std=c++17",)
 
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+# a local include, a trailing // comment allowed (NVRTC gets the inlined text: it has
+# no include path to kernels/cuda)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*(?://[^\n]*)?$', re.M)
 _lock = threading.Lock()
 _modules: dict = {}
 _functions: dict = {}

@@ -50,11 +50,15 @@ def test_measured_build_records_its_moves_and_stays_correct(flags):
     e = build(flags)
     moves = e.meta["precision_moves"]
     assert isinstance(moves, list)
+    last = {}
     for m in moves:                                   # only winners are recorded
         assert m["moved"] and m["alt_ms"] + m["boundary_ms"] < pt.MARGIN * m["ms"]
-        assert e.meta["precisions"][m["layer"]] == m["to"]
+        last[m["layer"]] = m["to"]                    # a layer may move twice: INT8, HALF, FLOAT
+    for name, to in last.items():
+        assert e.meta["precisions"][name] == to
     tol = 0.05 if rt.BuilderFlag.INT8 in flags else 1e-2
-    assert rel_l2(next(iter(run(e).values())), reference()) < tol
+    err = rel_l2(next(iter(run(e).values())), reference())
+    assert err < tol, (err, e.meta["kernels"], moves)
 
 
 @pytest.mark.parametrize("flags, moved_to", [((rt.BuilderFlag.FP16,), "FLOAT"),
@@ -74,7 +78,8 @@ def test_forced_moves_rebuild_the_engine_with_the_new_precisions(monkeypatch, fl
     for name in moved:                                 # the rebuilt engine chose tactics for them
         assert name in kernels
     # the plan carries the moved precisions: a reloaded engine agrees and computes
-    assert rel_l2(next(iter(run(e).values())), reference()) < (0.05 if moved_to == "HALF" else 1e-2)
+    err = rel_l2(next(iter(run(e).values())), reference())
+    assert err < (0.05 if moved_to == "HALF" else 1e-2), (err, kernels, e.meta["precision_moves"])
     if moved_to == "FLOAT":                            # everything timed moved to FP32
         assert all(e._precision[layer.name] == DataType.FLOAT for layer in e.network._layers
                    if layer.layer_type in (rt.LayerType.CONVOLUTION, rt.LayerType.FULLY_CONNECTED))

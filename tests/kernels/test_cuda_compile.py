@@ -76,3 +76,28 @@ def test_compiles_for_sm90(name, tmp_path):
         pytest.fail(f"NVRTC failed on {name}: {exc}\n{nvrtc.getProgramLog(prog)}")
     finally:
         nvrtc.destroyProgram(prog)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_local_includes_are_inlined_for_nvrtc(name):
+    """NVRTC compiles the text read_source returns, with no include path to
+    kernels/cuda: no local #include may survive (a trailing comment included)."""
+    import sys
+    sys.path.insert(0, str(CUDA_DIR.parents[1]))
+    from kernels.gpu.compile import read_source
+    text = read_source(name)
+    local = {p.name for p in CUDA_DIR.glob("*.cuh")}
+    left = [ln for ln in text.splitlines()
+            if re.match(r'\s*#\s*include\s+"', ln) and re.search(r'"([^"]+)"', ln).group(1) in local]
+    assert not left, left
+
+
+def test_include_with_a_trailing_comment_is_inlined(tmp_path, monkeypatch):
+    import sys
+    sys.path.insert(0, str(CUDA_DIR.parents[1]))
+    from kernels.gpu import compile as C
+    (tmp_path / "a.cuh").write_text("int a_value = 1;\n")
+    (tmp_path / "m.cu").write_text('#include "a.cuh"   // a_value\n  # include "a.cuh"\nint m;\n')
+    monkeypatch.setattr(C, "CUDA_DIR", tmp_path)
+    text = C.read_source("m.cu")
+    assert text.count("int a_value = 1;") == 1 and '#include "a.cuh"' not in text
