@@ -10,15 +10,13 @@ import engine as rt
 from engine import precision_timing as pt
 from engine.types import DataType
 
-RNG = np.random.default_rng(11)
+def network(builder, seed=11):
+    """conv(relu) -> max pool -> conv -> flattening shuffle -> FC, ranges on every tensor;
+    the same weights on every call (engines built from it are compared)."""
+    rng = np.random.default_rng(seed)
 
-
-def randn(*shape):
-    return RNG.standard_normal(shape).astype(np.float32)
-
-
-def network(builder):
-    """conv(relu) -> max pool -> conv -> flattening shuffle -> FC, ranges on every tensor."""
+    def randn(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
     net = builder.create_network()
     x = net.add_input("x", rt.float32, (2, 3, 8, 8))
     c1 = net.add_convolution_nd(x, 8, (3, 3), randn(8, 3, 3, 3), randn(8), padding_nd=(1, 1))
