@@ -95,6 +95,17 @@ def _compile(item):
     return name
 
 
+def _worker(items):
+    """One subprocess: compile each item; a failure is reported (kind, tile, the
+    compiler's first error lines) and the rest still compile."""
+    for item in items:
+        try:
+            _compile(tuple(item))
+        except Exception as e:        # noqa: BLE001  (reported; compiles again on first use)
+            errs = [ln for ln in str(e).splitlines() if "error" in ln][:2] or str(e).splitlines()[:2]
+            print(f"{item[0]} {item[1]}: {type(e).__name__}: {' | '.join(errs)}", file=sys.stderr)
+
+
 def work_items(int8=False):
     return [(kind, name) for kind, (names, _) in KINDS.items() if int8 or not _int8_kind(kind)
             for name in names()]
@@ -114,16 +125,20 @@ def precompile(int8=False):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         chunks = [items[i::workers] for i in range(min(workers, len(items)))]
         procs = [subprocess.Popen([sys.executable, "-c",
-                                   "import json, sys; from engine.gpu.precompile import _compile; "
-                                   "[_compile(tuple(i)) for i in json.loads(sys.argv[1])]",
+                                   "import json, sys; from engine.gpu.precompile import _worker; "
+                                   "_worker(json.loads(sys.argv[1]))",
                                    json.dumps(chunk)], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE)
                  for chunk in chunks]
         for proc in procs:
             _, err = proc.communicate()
+            lines = err.decode(errors="replace").strip().splitlines()
             if proc.returncode:           # compiling on first use still works
                 log.warning("precompile worker failed (%s); its kernels compile on first use",
-                            err.decode(errors="replace").strip().splitlines()[-1:] or "")
+                            lines[-1:] or "")
+            for line in lines:
+                if ": " in line and line.split(" ", 1)[0] in KINDS:
+                    log.warning("precompile: %s (compiles again on first use)", line)
     _done.update(todo)
     seconds = time.perf_counter() - t0
     log.info("precompiled %d tile shapes in %.1f s with %d processes", len(items), seconds, workers)

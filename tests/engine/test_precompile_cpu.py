@@ -20,3 +20,16 @@ def test_precompile_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("CUPYRT_PRECOMPILE", "0")
     monkeypatch.setattr(precompile, "_done", set())
     assert precompile.precompile(int8=True) == 0.0
+
+
+def test_worker_reports_a_failing_tile_and_goes_on(monkeypatch, capsys):
+    done = []
+
+    def fake(name):
+        if name == "bad":
+            raise RuntimeError("line 1\nx.cu(3): error: something wrong\nmore")
+        done.append(name)
+    monkeypatch.setitem(precompile.KINDS, "fp16", (lambda: ["bad", "good"], fake))
+    precompile._worker([["fp16", "bad"], ["fp16", "good"]])
+    err = capsys.readouterr().err
+    assert "fp16 bad: RuntimeError: x.cu(3): error: something wrong" in err and done == ["good"]
