@@ -237,6 +237,13 @@ def bench_bert(args, rows, builds):
             rows.append(row)
             print(f"[run] bert {precision} b{n}: ours {ours:.3f} ms, torch eager {theirs:.3f} ms, "
                   f"x{row['speedup']:.2f}, relL2 {err:.2e}", flush=True)
+            if args.profile:
+                ctx2 = engine.create_execution_context()
+                ctx2.profiler = rt.Profiler()
+                for _ in range(3):
+                    ctx2.execute({"tokens": x})
+                with open(os.path.join(args.out, f"profile_bert_{precision}_b{n}.txt"), "w") as f:
+                    f.write(ctx2.profiler.table())
 
 
 def _count(values):
