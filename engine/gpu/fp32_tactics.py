@@ -22,9 +22,12 @@ from kernels.gpu.conv_tf32 import C_ALIGN      # NumPy-only at import: safe with
 from .. import kernel_table
 from ..types import DataType, LayerType
 from .concat import claim, written
-from .conv_tactics import (_ANY_FLOAT, _conv2d_reason, _epilogue, _fc_as_4d, _fc_out, _geometry,
-                           _residual)
 from .tactics import Tactic, as_nhwc, nchw_view, register
+
+# conv_tactics' helpers are imported at the bottom: conv_tactics ends by importing
+# register_all from here, so when this module is imported first, register_all must
+# exist before conv_tactics runs (else "cannot import name 'register_all' from
+# partially initialized module").
 
 
 def _precision_reason(precision, precise):
@@ -34,15 +37,16 @@ def _precision_reason(precision, precise):
 
 
 class ConvTf32(Tactic):
-    """Implicit-GEMM convolution on FP32 NHWC data, one tile shape, 3xTF32 or TF32."""
+    """Implicit-GEMM convolution on FP32 NHWC data, one tile shape; the tile's
+    precision (3xTF32 for ``3xtf32_*`` tiles, plain TF32 for ``tf32_*``)."""
     tf32 = False          # True on the plain-TF32 instances (builder: only with the TF32 flag)
     writes_into_concat = True
 
-    def __init__(self, tile, precise=True):
-        self.tile, self.precise = tile, bool(precise)
+    def __init__(self, tile):
+        self.tile, self.precise = tile, tile.precise
         if not self.precise:
             self.tf32 = True
-        self.name = f"conv.{'3x' if self.precise else ''}{tile.name}"
+        self.name = f"conv.{tile.name}"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         reason = _precision_reason(precision, self.precise)
@@ -77,11 +81,11 @@ class FcTf32(Tactic):
     conv_tactics.FcIgemm), FP32 on tensor cores: graph-safe, unlike cuBLAS."""
     tf32 = False
 
-    def __init__(self, tile, precise=True):
-        self.tile, self.precise = tile, bool(precise)
+    def __init__(self, tile):
+        self.tile, self.precise = tile, tile.precise
         if not self.precise:
             self.tf32 = True
-        self.name = f"fc.{'3x' if self.precise else ''}{tile.name}"
+        self.name = f"fc.{tile.name}"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         reason = _precision_reason(precision, self.precise)
@@ -111,10 +115,10 @@ class FcTf32(Tactic):
 
 
 def all_tactics():
-    """{layer type: [tactics]}: every tile in 3xTF32 and in plain TF32."""
+    """{layer type: [tactics]}: every tile, 3xTF32 ones first, each in its precision."""
     from kernels.gpu.conv_tf32 import FC_TACTICS, TACTICS
-    return {LayerType.CONVOLUTION: [ConvTf32(t, p) for p in (True, False) for t in TACTICS],
-            LayerType.FULLY_CONNECTED: [FcTf32(t, p) for p in (True, False) for t in FC_TACTICS]}
+    return {LayerType.CONVOLUTION: [ConvTf32(t) for t in TACTICS],
+            LayerType.FULLY_CONNECTED: [FcTf32(t) for t in FC_TACTICS]}
 
 
 def register_all():
@@ -126,3 +130,7 @@ def register_all():
         new = [t for t in tactics if t.name not in have]
         if new:
             register(layer_type, *new)
+
+
+from .conv_tactics import (_ANY_FLOAT, _conv2d_reason, _epilogue, _fc_as_4d,  # noqa: E402
+                           _fc_out, _geometry, _residual)

@@ -19,6 +19,24 @@
 // bits of each product survive, i.e. FP32-class results at 3 MMAs per step.
 // PRECISE = 0 runs the plain TF32 product (one MMA; the engine's TF32 flag).
 //
+// Promotion (PROMOTE = P > 0, 3xTF32 only). The tensor cores do not add in IEEE
+// FP32: an mma aligns its addends (the running C and the 8 products) to the
+// largest exponent and keeps only ~21 bits below it, truncating (measured on
+// H200: a 4608-long 3xTF32 reduction lost 3e-5 rel L2; the NumPy model in
+// kernels/gpu/conv_tf32.py, mma_tf32_model, reproduces it with 21 bits). The
+// loss is relative to |C|, the whole partial sum, and biased (towards zero), so
+// it grows linearly with the reduction length. As DeepGEMM does for FP8
+// (github.com/deepseek-ai/DeepGEMM, "promotion" to CUDA-core accumulators),
+// each window of P k8 steps accumulates into `part`, fresh from zero (its
+// first MMA takes C = 0), and is then added into `acc` with FADD (round to
+// nearest): the truncation is now relative to one window's partial sum. Model,
+// 4608-long N(0,1) reduction: 3.0e-5 without, 1.5e-6 with P = 2, 2.4e-6 with P = 4.
+//   k8 step:   0    1  |  2    3  |  4 ...
+//   part:     =mma +mma | =mma +mma | ...     (3 MMAs per step, small terms first)
+//   acc:            +=part     +=part
+// The cost is a second accumulator set: only tiles of 32 accumulators per
+// thread (32x32 warp tiles) stay under 255 registers without spilling.
+//
 // Fragments of m16n8k8 .tf32 (g = lane / 4, t = lane % 4), 32-bit elements:
 //   A 16x8 row:  a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
 //   B 8x8  col:  b0 (k=t, n=g)          b1 (k=t+4, n=g)
@@ -90,6 +108,16 @@ __device__ __forceinline__ void mma_1688(float (&d)[4], const unsigned (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// The same with C = 0 (the first MMA of a promotion window: no reset of `part`).
+__device__ __forceinline__ void mma_1688_zc(float (&d)[4], const unsigned (&a)[4],
+                                            const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
+}
+
 template <int F32> struct OutSel { typedef half_t T; };
 template <> struct OutSel<1> { typedef float T; };
 
@@ -128,7 +156,8 @@ __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
 // The mainloop is conv_igemm.cu's V2 one: fragments double-buffered in
 // registers, the next tile's first fragments loaded before this tile's last
 // MMAs; the big/small split happens in registers right before the MMAs.
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, int PRECISE, int OUT_F32>
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int PRECISE, int PROMOTE,
+          int OUT_F32>
 __global__ void __launch_bounds__(WM * WN * 32)
 conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
           const float* __restrict__ w,        // [K, R, S, C]
@@ -155,6 +184,8 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
     static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
     static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
     static_assert(BK % 16 == 0, "BK: a multiple of 16 floats (an even number of k8 steps)");
+    static_assert(PROMOTE == 0 || (PRECISE && KS % PROMOTE == 0),
+                  "PROMOTE: 3xTF32 only, a divisor of the k8 steps per tile");
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     float* sA = reinterpret_cast<float*>(smem_raw);
@@ -273,9 +304,11 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
             bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
         }
     };
-    // One k8 step on fragment buffer `buf`. Each pass runs all MT x NT MMAs, so
+    // One k8 step on fragment buffer `buf` into accumulator set `c`; `fresh`: the
+    // step's first MMA takes C = 0 (a promotion window starts; a compile-time
+    // constant once the k8 loop is unrolled). Each pass runs all MT x NT MMAs, so
     // consecutive MMAs into one accumulator are MT*NT instructions apart.
-    auto mma_step = [&](int buf) {
+    auto mma_step = [&](int buf, float (&c)[MT][NT][4], bool fresh) {
         unsigned ab[MT][4], bb[NT][2];
         if constexpr (PRECISE) {
             unsigned as[MT][4], bs[NT][2];
@@ -290,11 +323,14 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], as[i], bb[j]);
+                for (int j = 0; j < NT; ++j) {
+                    if (fresh) mma_1688_zc(c[i][j], as[i], bb[j]);
+                    else mma_1688(c[i][j], as[i], bb[j]);
+                }
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], ab[i], bs[j]);
+                for (int j = 0; j < NT; ++j) mma_1688(c[i][j], ab[i], bs[j]);
         } else {
 #pragma unroll
             for (int i = 0; i < MT; ++i)
@@ -308,8 +344,9 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int j = 0; j < NT; ++j) mma_1688(acc[i][j], ab[i], bb[j]);
+            for (int j = 0; j < NT; ++j) mma_1688(c[i][j], ab[i], bb[j]);
     };
+    float part[PROMOTE ? MT : 1][PROMOTE ? NT : 1][4];   // the promotion window's sum
 
     cp_async_wait<STAGES - 2>();
     __syncthreads();
@@ -330,7 +367,19 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
                 __syncthreads();
                 if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
             }
-            mma_step(cur);
+            if constexpr (PROMOTE) {
+                mma_step(cur, part, k8 % PROMOTE == 0);
+                if (k8 % PROMOTE == PROMOTE - 1) {
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int j = 0; j < NT; ++j)
+#pragma unroll
+                            for (int t = 0; t < 4; ++t) acc[i][j][t] += part[i][j][t];
+                }
+            } else {
+                mma_step(cur, acc, false);
+            }
         }
     }
     cp_async_wait<0>();
@@ -400,18 +449,24 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
 // name_expressions; see kernels/gpu/conv_tf32.py for the tactic list).
 #ifdef CUPYRT_NVCC_INSTANTIATE
-#define CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, PR, F32, OUTT)                               \
-    template __global__ void conv_tf32<BM, BN, BK, WM, WN, ST, PR, F32>(                      \
+#define CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, PR, PM, F32, OUTT)                           \
+    template __global__ void conv_tf32<BM, BN, BK, WM, WN, ST, PR, PM, F32>(                  \
         const float*, const float*, OUTT*, const float*, const float*, const OUTT*,          \
         int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,           \
         int, int, int, int, int, float, float);
+// plain TF32 tiles (PRECISE = 0) and promoting 3xTF32 tiles (PRECISE = 1, PROMOTE = PM)
 #define CUPYRT_TF32_TILE(BM, BN, BK, WM, WN, ST)                                              \
-    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, 1, float)                                    \
-    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, 0, half_t)                                   \
-    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 1, float)                                    \
-    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 0, half_t)
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 0, 1, float)                                 \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 0, 0, 0, half_t)
+#define CUPYRT_3XTF32_TILE(BM, BN, BK, WM, WN, ST, PM)                                        \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, PM, 1, float)                                \
+    CUPYRT_TF32_INST(BM, BN, BK, WM, WN, ST, 1, PM, 0, half_t)
 CUPYRT_TF32_TILE(128, 128, 32, 2, 4, 3)
 CUPYRT_TF32_TILE(128, 64, 32, 2, 2, 4)
 CUPYRT_TF32_TILE(64, 64, 32, 2, 2, 4)
 CUPYRT_TF32_TILE(128, 128, 16, 2, 4, 4)
+CUPYRT_3XTF32_TILE(128, 64, 32, 4, 2, 4, 2)
+CUPYRT_3XTF32_TILE(64, 128, 32, 2, 4, 4, 2)
+CUPYRT_3XTF32_TILE(64, 64, 32, 2, 2, 4, 2)
+CUPYRT_3XTF32_TILE(128, 64, 32, 4, 2, 4, 4)
 #endif
