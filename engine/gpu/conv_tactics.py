@@ -438,6 +438,10 @@ class MatMulCublas(Tactic):
             return "vector operands"
         if any(d not in ("float32", "float16") for d in in_dtypes):
             return "floating inputs only"
+        if layer.has_epilogue:
+            # cp.matmul has no epilogue; the matmul.* tactics fuse it (and the
+            # generic tactic runs it as the reference does, for the shapes they decline)
+            return "a fused epilogue (alpha/bias/residual/activation): the matmul.* tactics"
         return None
 
     def run(self, state, layer, inputs, precision, out_dtypes):

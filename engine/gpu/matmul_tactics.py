@@ -47,6 +47,8 @@ def device_constants(layer, dtype, k_major_b):
             if i == 1 and k_major_b and op == MO.NONE:
                 w, name = np.swapaxes(w, -1, -2), "TRANSPOSE"
             hit[i] = (cp.asarray(np.ascontiguousarray(w), dtype), name)
+        if layer.bias is not None:      # the kernel adds the bias in FP32 either way
+            hit["bias"] = cp.asarray(np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
         memo[key] = hit
     return hit
 
@@ -88,7 +90,7 @@ class MatMulTensorCore(Tactic):
         from kernels.gpu.matmul import matmul
         (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float16)
         return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
-                       tactic=self.tile)]
+                       tactic=self.tile, **_epilogue(state, layer, inputs, np.float16))]
 
 
 class MatMulSimt(Tactic):
@@ -106,7 +108,24 @@ class MatMulSimt(Tactic):
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels.gpu.matmul import matmul
         (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float32)
-        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy())]
+        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
+                       **_epilogue(state, layer, inputs, np.float32))]
+
+
+def _epilogue(consts, layer, inputs, dtype):
+    """The fused epilogue as kernels.gpu.matmul.matmul's keywords. Activation
+    names are the engine's ActivationType names, which the kernel's codes
+    (kernels/gpu/activation.py) take as they are. A HALF layer's residual is
+    rounded to FP16 first, as the reference's inputs are (the kernel then
+    casts it to the output dtype)."""
+    residual = inputs[2] if len(inputs) > 2 else None
+    if residual is not None and residual.dtype != dtype:
+        residual = residual.astype(dtype)
+    act = layer.post_activation
+    act_alpha, act_beta = layer.post_params()
+    return {"alpha": layer.alpha, "bias": consts.get("bias"), "residual": residual,
+            "act": None if act is None else act.name, "act_alpha": act_alpha,
+            "act_beta": act_beta}
 
 
 def _operands(consts, layer, inputs, dtype):

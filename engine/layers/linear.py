@@ -5,6 +5,7 @@ import numpy as np
 from kernels.xp import array_module
 
 from kernels import gemm as G
+from kernels import pointwise as P
 from kernels import reduce as R
 
 from ..kernel_table import numpy_impl
@@ -109,18 +110,49 @@ class MatrixMultiplyLayer(Layer):
     NONE/TRANSPOSE operands are stacks of matrices over their last two dims,
     VECTOR operands stacks of vectors over their last dim. The remaining
     (batch) dims must be equally many and broadcast where one side is 1.
+
+    Builder hooks (set by engine/passes/fuse_matmul_epilogue.py; TensorRT fuses
+    the same way but keeps it internal): ``alpha``, ``bias`` (one value per
+    element of the last output axis), an optional third input, the residual (of
+    the output's shape), and ``post_activation``/``post_alpha``/``post_beta``:
+
+        y = act(alpha * op0(a) @ op1(b) + bias + residual)
+
+    the order of the convolution/FC epilogue (bias, residual, activation).
     """
 
     layer_type = LayerType.MATRIX_MULTIPLY
-    min_inputs = max_inputs = 2
+    min_inputs, max_inputs, optional_inputs = 2, 3, (2,)
     op0 = EnumAttr(MatrixOperation, MatrixOperation.NONE)
     op1 = EnumAttr(MatrixOperation, MatrixOperation.NONE)
+    alpha = Float(1.0)
+    bias = Array(None, dtypes=_FLOATS)
+    post_activation = EnumAttr(ActivationType, None)
+    post_alpha = Float(None)
+    post_beta = Float(None)
 
     def get_operation(self, index):
         return (self.op0, self.op1)[index]
 
     def set_operation(self, index, op):
         setattr(self, ("op0", "op1")[index], op)
+
+    def post_params(self):
+        """(alpha, beta) of the fused activation with TensorRT's defaults filled in."""
+        da, db = _ACT_DEFAULTS.get(self.post_activation, (0.0, 0.0))
+        return (da if self.post_alpha is None else self.post_alpha,
+                db if self.post_beta is None else self.post_beta)
+
+    @property
+    def residual(self):
+        """The fused residual tensor (input 2), or None."""
+        return self._inputs[2] if len(self._inputs) > 2 else None
+
+    @property
+    def has_epilogue(self):
+        """True when anything beyond op0(a) @ op1(b) is fused in."""
+        return (self.alpha != 1.0 or self.bias is not None or self.residual is not None
+                or self.post_activation is not None)
 
     def _operand(self, i, shape, op):
         """(batch dims, outer dim, inner dim) of op(input i); outer is None for a
@@ -150,12 +182,46 @@ class MatrixMultiplyLayer(Layer):
             self.fail("inputs", f"inner dims {ka} and {kb} (op0 {self.op0.name}, op1 "
                       f"{self.op1.name})", "equal inner dims")
         out = batch + tuple(d for d in (m, n) if d is not None)
+        self._check_epilogue(out, in_shapes, in_dtypes)
         return [(out, in_dtypes[0])]
+
+    def _check_epilogue(self, out, in_shapes, in_dtypes):
+        if self.bias is not None:
+            if not out:
+                self.fail("bias", f"{self.bias.size} values", "no bias: the output is a scalar")
+            if dim_known(out[-1]) and self.bias.size != out[-1]:
+                self.fail("bias", f"{self.bias.size} values",
+                          f"{out[-1]} values (one per element of the output's last axis)")
+        if len(in_shapes) > 2 and in_shapes[2] is not None:
+            _check_float(self, "residual", in_dtypes[2])
+            res = in_shapes[2]
+            # the pass fuses equal declared shapes; a dynamic dim is re-checked with
+            # the run's shapes, where a 1 broadcasts as the ElementWise SUM it replaced did
+            if len(res) != len(out) or any(r != o and r != 1 and dim_known(r) and dim_known(o)
+                                           for r, o in zip(res, out)):
+                self.fail("residual", f"shape {res}",
+                          f"the output's shape {out} (or 1 where it broadcasts)")
 
 
 @numpy_impl(LayerType.MATRIX_MULTIPLY)
 def _matrix_multiply(layer, inputs):
-    return [G.matrix_multiply(inputs[0], inputs[1], layer.op0.name, layer.op1.name)]
+    y = G.matrix_multiply(inputs[0], inputs[1], layer.op0.name, layer.op1.name)
+    if not layer.has_epilogue:
+        return [y]
+    act = layer.post_activation
+    alpha, beta = layer.post_params()
+    residual = inputs[2] if len(inputs) > 2 else None
+    # FP32 arithmetic in the epilogue order of the GEMM kernel (kernels/gpu/matmul.py)
+    xp = array_module(y)
+    if layer.alpha != 1.0:
+        y = y * np.float32(layer.alpha)
+    if layer.bias is not None:
+        y = y + xp.asarray(layer.bias).astype(np.float32, copy=False).reshape(-1)
+    if residual is not None:
+        y = y + residual.astype(np.float32, copy=False)
+    if act is not None:
+        y = P.activation(y, act.name, alpha, beta)
+    return [y]
 
 
 # ----------------------------------------------------------------------------

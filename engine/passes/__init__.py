@@ -9,11 +9,12 @@ runs every pass on and off and compares).
 import logging
 
 from . import (cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_epilogue,
-               fuse_pointwise)
+               fuse_matmul_epilogue, fuse_pointwise)
 
 log = logging.getLogger(__name__)
 
-PASSES = [constant_folding, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue, fuse_pointwise]
+PASSES = [constant_folding, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue,
+          fuse_matmul_epilogue, fuse_pointwise]
 PASS_NAMES = [p.NAME for p in PASSES]
 COUNTERS = {name: 0 for name in PASS_NAMES}
 MAX_ROUNDS = 50

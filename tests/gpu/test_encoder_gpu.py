@@ -33,6 +33,27 @@ def build(encoder, backend, fp16, tmp_path):
     return rt.Runtime(backend=backend).deserialize_cuda_engine(b.build_serialized_network(net, cfg))
 
 
+def assert_epilogues_fused(engine):
+    """Per encoder layer the network has 8 matmuls, 9 ElementWise layers (6 linear
+    biases, the score scale, 2 residual adds) and the GELU; all of those ride on
+    the matmuls' epilogues (engine/passes/fuse_matmul_epilogue.py), so no
+    pointwise layer is left next to a matmul, not even as a fused chain."""
+    counts = {}
+    for info in engine.layers:
+        counts[info.type] = counts.get(info.type, 0) + 1
+    assert engine.meta["pass_stats"]["matmul_epilogue_fusion"] == 10 * LAYERS
+    assert counts.get(rt.LayerType.MATRIX_MULTIPLY) == 8 * LAYERS, counts
+    for kind in (rt.LayerType.ELEMENTWISE, rt.LayerType.ACTIVATION, rt.LayerType.POINTWISE):
+        assert counts.get(kind, 0) == 0, counts
+    net = engine.network
+    mms = [net.get_layer(i) for i in range(net.num_layers)]
+    mms = [m for m in mms if m.type == rt.LayerType.MATRIX_MULTIPLY]
+    assert sum(m.bias is not None for m in mms) == 6 * LAYERS
+    assert sum(m.residual is not None for m in mms) == 2 * LAYERS
+    assert sum(m.alpha != 1.0 for m in mms) == LAYERS
+    assert [m.post_activation for m in mms].count(rt.ActivationType.GELU_ERF) == LAYERS
+
+
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_encoder_matches_torch_and_is_captured(encoder, fp16, tmp_path):
     x = np.random.default_rng(3).standard_normal((2, SEQ, HIDDEN)).astype(np.float32)
@@ -47,6 +68,7 @@ def test_encoder_matches_torch_and_is_captured(encoder, fp16, tmp_path):
     graphs = list(ctx.__dict__.get("_cuda_graphs", {}).values())
     assert any(not isinstance(g, str) for g in graphs), f"not captured: {graphs} {notes}"
 
+    assert_epilogues_fused(engine)
     kinds = {info.type.name: set() for info in engine.layers}
     for info in engine.layers:
         kinds[info.type.name].add(engine.backend.selected.get(info.name))

@@ -191,3 +191,130 @@ def test_engine_tactic_matches_the_layer_reference(tactic, op0, op1, const_b, a_
     ref = numpy_kernel(layer)(layer, feed)[0]
     assert y.dtype == out_dt.to_numpy() and y.shape == ref.shape
     assert rel_l2(cp.asnumpy(y), ref) <= (1e-2 if half else 1e-5)
+
+
+# -- the fused epilogue (engine/passes/fuse_matmul_epilogue.py) on the device ----------
+
+def fused_layer(a_shape, b_shape, op1, act, residual_dtype=rt.float32):
+    """A linear-shaped MatrixMultiply with every epilogue part set, as the pass leaves it."""
+    layer, w_host = matmul_layer(a_shape, b_shape, rt.MatrixOperation.NONE, op1, const_b=True)
+    net = layer._network
+    out_shape = layer.get_output(0).shape
+    layer.set_input(2, net.add_input("r", residual_dtype, out_shape))
+    layer.alpha, layer.bias = 0.375, randn(out_shape[-1])
+    layer.post_activation = act
+    if act == rt.ActivationType.LEAKY_RELU:
+        layer.post_alpha = 0.2
+    return layer, w_host, out_shape
+
+
+ACTS = [None, rt.ActivationType.RELU, rt.ActivationType.GELU_ERF, rt.ActivationType.GELU_TANH,
+        rt.ActivationType.LEAKY_RELU]
+
+
+@pytest.mark.parametrize("tactic", [matmul_tactics.MatMulTensorCore(t) for t in MM.TILES]
+                         + [matmul_tactics.MatMulSimt()], ids=lambda t: t.name)
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: getattr(a, "name", "none"))
+@pytest.mark.parametrize("op1", [rt.MatrixOperation.NONE, rt.MatrixOperation.TRANSPOSE])
+def test_fused_layer_tactic_matches_the_layer_reference(tactic, act, op1):
+    from engine.kernel_table import numpy_kernel
+    b_shape = (1, 64, 72) if op1 == rt.MatrixOperation.NONE else (1, 72, 64)
+    layer, w_host, out_shape = fused_layer((2, 48, 64), b_shape, op1, act)
+    half = isinstance(tactic, matmul_tactics.MatMulTensorCore)
+    precision = rt.DataType.HALF if half else rt.DataType.FLOAT
+    x, r = randn(2, 48, 64), randn(*out_shape)
+    shapes, dts = ((2, 48, 64), b_shape, out_shape), ("float32",) * 3
+    assert tactic.supports(layer, shapes, dts, precision) is None
+    state = tactic.prepare(layer)
+    out_dt = rt.DataType.HALF if half else rt.DataType.FLOAT
+    y = tactic.run(state, layer, [cp.asarray(v) for v in (x, w_host, r)], precision, [out_dt])[0]
+    feed = [v.astype(np.float16).astype(np.float32) if half else v for v in (x, w_host, r)]
+    ref = numpy_kernel(layer)(layer, feed)[0]
+    assert y.dtype == out_dt.to_numpy() and y.shape == ref.shape
+    assert rel_l2(cp.asnumpy(y), ref) <= (1e-2 if half else 1e-5)
+
+
+def test_fused_layer_generic_tactic_runs_the_reference_on_the_device():
+    from engine.gpu.tactics import GENERIC
+    from engine.kernel_table import numpy_kernel
+    layer, w_host, out_shape = fused_layer((2, 24, 32), (1, 32, 40), rt.MatrixOperation.NONE,
+                                           rt.ActivationType.GELU_ERF)
+    x, r = randn(2, 24, 32), randn(*out_shape)
+    state = GENERIC.prepare(layer)
+    y = GENERIC.run(state, layer, [cp.asarray(v) for v in (x, w_host, r)], rt.DataType.FLOAT,
+                    [rt.DataType.FLOAT])[0]
+    assert rel_l2(cp.asnumpy(y), numpy_kernel(layer)(layer, [x, w_host, r])[0]) <= 1e-6
+
+
+def test_fused_layer_half_residual_into_a_float_layer():
+    """A HALF residual (an FP16 neighbour) read by an FP32 layer: widened, not misread."""
+    from engine.kernel_table import numpy_kernel
+    tactic = matmul_tactics.MatMulSimt()
+    layer, w_host, out_shape = fused_layer((2, 40, 32), (1, 32, 24), rt.MatrixOperation.NONE,
+                                           rt.ActivationType.RELU, residual_dtype=rt.float16)
+    x, r = randn(2, 40, 32), randn(*out_shape).astype(np.float16)
+    y = tactic.run(tactic.prepare(layer), layer, [cp.asarray(v) for v in (x, w_host, r)],
+                   rt.DataType.FLOAT, [rt.DataType.FLOAT])[0]
+    ref = numpy_kernel(layer)(layer, [x, w_host, r.astype(np.float32)])[0]
+    assert rel_l2(cp.asnumpy(y), ref) <= 1e-5
+
+
+def test_cublas_declines_and_ours_take_a_fused_layer():
+    from engine.gpu.conv_tactics import MatMulCublas
+    layer, _, out_shape = fused_layer((2, 48, 64), (1, 64, 72), rt.MatrixOperation.NONE, None)
+    shapes, dts = ((2, 48, 64), (1, 64, 72), out_shape), ("float32",) * 3
+    assert "fused epilogue" in MatMulCublas().supports(layer, shapes, dts, rt.DataType.HALF)
+
+
+def _linear_block(net, x, k, n, act):
+    """x @ W + b (+ x when shapes allow) -> act: the encoder's linear tail."""
+    w = net.add_constant((1, k, n), randn(1, k, n)).get_output(0)
+    y = net.add_matrix_multiply(x, rt.MatrixOperation.NONE, w, rt.MatrixOperation.NONE).get_output(0)
+    y = net.add_elementwise(y, net.add_constant((1, 1, n), randn(1, 1, n)).get_output(0),
+                            rt.ElementWiseOperation.SUM).get_output(0)
+    if k == n:
+        y = net.add_elementwise(x, y, rt.ElementWiseOperation.SUM).get_output(0)
+    return net.add_activation(y, act).get_output(0)
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_fused_engine_matches_the_numpy_backend(fp16, tmp_path):
+    """Built through the passes: bias, scale, residual and activation ride on our
+    GEMM's epilogue; the CuPy engine equals the NumPy engine of the same plan."""
+    def network():
+        b = rt.Builder()
+        net = b.create_network()
+        x = net.add_input("x", rt.float32, (-1, 40, 64))
+        h = _linear_block(net, x, 64, 64, rt.ActivationType.GELU_ERF)
+        s = net.add_matrix_multiply(h, rt.MatrixOperation.NONE, h, rt.MatrixOperation.TRANSPOSE)
+        s = net.add_elementwise(s.get_output(0), net.add_constant(
+            (1, 1, 1), np.full((1, 1, 1), 0.125, np.float32)).get_output(0),
+            rt.ElementWiseOperation.PROD).get_output(0)
+        y = _linear_block(net, s, 40, 48, rt.ActivationType.RELU)
+        y.name = "y"
+        net.mark_output(y)
+        return b, net
+
+    b, net = network()
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    cfg.timing_cache_path = str(tmp_path / "fused.cache")
+    if fp16:
+        cfg.set_flag(rt.BuilderFlag.FP16)
+    plan = b.build_serialized_network(net, cfg)
+    engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
+    # bias, residual, GELU; the score scale; bias, ReLU
+    assert engine.meta["pass_stats"]["matmul_epilogue_fusion"] == 6
+    types = [i.type for i in engine.layers if i.type != rt.LayerType.CONSTANT]
+    assert types == [rt.LayerType.MATRIX_MULTIPLY] * 3, types
+    x = randn(3, 40, 64)
+    ctx = engine.create_execution_context()
+    for _ in range(3):                  # select, capture, replay
+        y = ctx.execute({"x": x})["y"]
+    picked = {engine.backend.selected.get(i.name) for i in engine.layers
+              if i.type == rt.LayerType.MATRIX_MULTIPLY}
+    # our GEMMs (cuBLAS declines a fused layer; the generic tactic is the slow fallback)
+    assert all(p.startswith("matmul.mm_") or p == "matmul.simt_fp32" for p in picked), picked
+    cpu = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan)
+    y_cpu = cpu.create_execution_context().execute({"x": x})["y"]
+    assert rel_l2(y, y_cpu) <= (1e-2 if fp16 else 1e-5)
