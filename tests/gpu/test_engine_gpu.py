@@ -26,6 +26,7 @@ def build(net, backend, fp16=False, keep_layers=False, cache=None):
     b = rt.Builder()
     cfg = b.create_builder_config()
     cfg.backend = backend
+    cfg.precision_by_timing = False     # these tests force and compare tactics per precision
     if fp16:
         cfg.set_flag(rt.BuilderFlag.FP16)
     if keep_layers:
@@ -208,6 +209,7 @@ def test_int8_engine_on_the_gpu_matches_the_numpy_emulation():
         b = rt.Builder()
         cfg = b.create_builder_config()
         cfg.backend = backend
+        cfg.precision_by_timing = False     # the INT8 arithmetic, layer for layer
         cfg.set_flag(rt.BuilderFlag.INT8)
         cfg.int8_calibrator = rt.MinMaxCalibrator(data)
         engines[backend] = rt.Runtime(backend=backend).deserialize_cuda_engine(
