@@ -29,7 +29,7 @@ from .layers.base import Layer
 from .types import DataType, LayerType
 
 MAGIC = b"CUPYRT\x00P"
-PLAN_VERSION = 1
+PLAN_VERSION = 2            # 2: MatrixMultiply carries a fused epilogue (alpha, bias, activation, residual)
 _HEAD = struct.Struct("<8sIQQ32s")
 _ALIGN = 64
 _DTYPES = {d.value for d in DataType}

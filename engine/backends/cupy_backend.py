@@ -57,6 +57,9 @@ class CupyBackend:
         self.cache = timing_cache(self.meta.get("timing_cache") or
                                   os.environ.get("CUPYRT_TIMING_CACHE"))
         self.use_graphs = os.environ.get("CUPYRT_CUDA_GRAPHS", "1") != "0"
+        # short candidates timed inside a CUDA graph (engine/gpu/timing.py); the
+        # builder turns use_graphs off while it selects, not this
+        self.graph_timing = self.use_graphs
         # TF32 tactics (plain TF32 tensor-core math for FLOAT layers) only under the TF32 flag
         self.tf32 = "TF32" in self.meta.get("flags", ())
         self.autotune = True
@@ -166,7 +169,7 @@ class CupyBackend:
             def run(t=t):
                 return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
             try:
-                ms = time_ms(run, best_ms)
+                ms = time_ms(run, best_ms, graph=self.graph_timing and t.capturable_for(layer))
             except Exception:          # noqa: BLE001  (preparation failed: skip)
                 ms = math.inf
             timed[t.name] = ms
@@ -223,7 +226,7 @@ class CupyBackend:
                 def run(t=t):
                     return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
                 try:
-                    ms = time_ms(run, best_ms)
+                    ms = time_ms(run, best_ms, graph=self.graph_timing and t.capturable_for(layer))
                 except Exception:      # noqa: BLE001  (preparation failed: skip)
                     ms = math.inf
                 timed[t.name] = ms
