@@ -111,7 +111,11 @@ def run(args):
                            "plan_mb": len(plan) / 2**20, "kernels": kinds,
                            "phases": engine.meta.get("build_seconds"),
                            "precisions": _count(engine.meta.get("precisions", {}).values()),
-                           "precision_moves": engine.meta.get("precision_moves", [])})
+                           "precision_moves": engine.meta.get("precision_moves", []),
+                           "precision_timing": engine.meta.get("precision_timing", [])})
+            for m in builds[-1]["precision_timing"]:
+                print(f"[precision] {name} {precision}: {m['layer']} {m['from']}->{m['to']} "
+                      f"{m['ms']} ms vs {m['alt_ms']} + edges {m['boundary_ms']} ms, moved {m['moved']}")
             print(f"[build] {name} {precision}: {src_layers} -> {engine.num_layers} layers, "
                   f"cold {cold:.1f} s, cached {warm:.1f} s, kernels {kinds}, precisions "
                   f"{builds[-1]['precisions']}, moved by timing "

@@ -277,7 +277,7 @@ def _refine_precisions(network, meta, config, engine, shapes, feeds):
     measure -> decide -> rebuild the engine with the moved layers and select again."""
     from .runtime import CudaEngine
     precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
-    report = []
+    report, measured = [], []
     for _ in range(precision_timing.ROUNDS):
         alts = precision_timing.alternatives(network, precisions, config)
         if not alts:
@@ -285,6 +285,7 @@ def _refine_precisions(network, meta, config, engine, shapes, feeds):
         moves = precision_timing.measure(engine, shapes, alts)
         moved = precision_timing.decide(moves)
         report += [m.as_dict() for m in moves if m.moved]
+        measured += [m.as_dict() for m in moves]
         if not moved:
             break
         precision_timing.apply(network, precisions, moves)
@@ -298,4 +299,5 @@ def _refine_precisions(network, meta, config, engine, shapes, feeds):
         engine.backend.use_graphs = False
         engine.create_execution_context().execute(feeds)
     return engine, {"precisions": meta["precisions"], "precision_moves": report,
+                    "precision_timing": measured,
                     **({"int8_layers": meta["int8_layers"]} if "int8_layers" in meta else {})}
