@@ -284,6 +284,7 @@ def _refine_precisions(network, meta, config, engine, shapes, feeds):
             break
         moves = precision_timing.measure(engine, shapes, alts)
         moved = precision_timing.decide(moves)
+        moved += precision_timing.decide_pairs(network, moves)
         report += [m.as_dict() for m in moves if m.moved]
         measured += [m.as_dict() for m in moves]
         if not moved:

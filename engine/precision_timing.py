@@ -21,7 +21,9 @@ epilogue pays, which errs toward the permission given: a layer moves only when
 it clearly wins. ``MARGIN`` keeps timing noise from flipping layers.
 
 Decisions are made layer by layer against the neighbours' current precisions
-(greedy); a second round, on the engine rebuilt with the first round's moves,
+(greedy), then for pairs (a layer and its only consumer, e.g. an INT8 stem and
+its max pooling) that pay only when both move, as the cast between them goes
+away (``decide_pairs``); a second round, on the engine rebuilt with the first round's moves,
 catches the neighbours that a move made cheaper to move too. Layers whose
 precision the user constrained (``layer.precision`` with
 OBEY_PRECISION_CONSTRAINTS / STRICT_TYPES / PREFER_PRECISION_CONSTRAINTS) are
@@ -32,7 +34,7 @@ CPU; ``measure`` takes the numbers on the device.
 """
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,6 +69,8 @@ class Move:
     alternative_ms: float = math.nan
     boundary_ms: float = 0.0
     moved: bool = False
+    in_edges: dict = field(default_factory=dict)     # tensor name -> cast ms (part of boundary_ms)
+    out_edges: dict = field(default_factory=dict)
 
     def as_dict(self):
         def ms(v):
@@ -110,6 +114,43 @@ def decide(moves, margin=MARGIN):
         m.moved = bool(ok and m.alternative_ms + m.boundary_ms < margin * m.current_ms)
         if m.moved:
             moved.append(m.layer)
+    return moved
+
+
+def decide_pairs(network, moves, margin=MARGIN):
+    """Moves that pay only together (in place; returns the newly moved names): a
+    layer whose one consumer may move to the same precision, e.g. an INT8 stem
+    convolution and the max pooling after it. Alone, each pays the cast of the
+    tensor between them; together that edge disappears:
+
+        alt(L) + alt(C) + edges(L, C) - 2 x edge(L -> C) < margin x (cur(L) + cur(C))
+    """
+    by_name = {m.layer: m for m in moves}
+    consumers = {}
+    for layer in network._layers:
+        for t in layer._inputs:
+            if t is not None:
+                consumers.setdefault(id(t), []).append(layer)
+    moved = []
+    for layer in network._layers:
+        lm = by_name.get(layer.name)
+        if lm is None or lm.moved or len(layer._outputs) != 1:
+            continue
+        t = layer._outputs[0]
+        users = consumers.get(id(t), [])
+        if len(users) != 1 or t.is_network_output:
+            continue
+        cm = by_name.get(users[0].name)
+        if cm is None or cm.moved or cm.alternative != lm.alternative:
+            continue
+        cur = lm.current_ms + cm.current_ms
+        alt = (lm.alternative_ms + cm.alternative_ms
+               + sum(v for k, v in lm.in_edges.items()) + sum(v for k, v in cm.out_edges.items())
+               + sum(v for k, v in lm.out_edges.items() if k != t.name)
+               + sum(v for k, v in cm.in_edges.items() if k != t.name))
+        if all(math.isfinite(v) for v in (cur, alt)) and alt < margin * cur:
+            lm.moved = cm.moved = True
+            moved += [lm.layer, cm.layer]
     return moved
 
 
@@ -166,6 +207,17 @@ def matmul_flops(layer, in_shape, out_shape):
     return None
 
 
+def _input(xp, t, shape, dtype, rng):
+    """A timing input laid out as the engine hands it over: a rank-4 tensor some
+    layer wrote is an NHWC buffer seen as NCHW (the tensor-core and pooling tactics
+    write NHWC); a network input is the user's contiguous NCHW array. Timing on
+    NCHW-contiguous inputs instead made every candidate pay a reformat."""
+    if t.producer is not None and len(shape) == 4:
+        n, c, h, w = shape
+        return _random(xp, (n, h, w, c), dtype, rng).transpose(0, 3, 1, 2)
+    return _random(xp, shape, dtype, rng)
+
+
 def _float_storage(alt):
     return DataType.HALF if alt in (DataType.HALF, DataType.INT8) else DataType.FLOAT
 
@@ -218,7 +270,7 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
                    for t, d in zip(layer._outputs, cur_out)]
         m = Move(layer.name, cur, alt)
         try:
-            xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
+            xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
             flops = matmul_flops(layer, shapes[id(ins[0])], shapes[id(layer._outputs[0])])
             if (alt == DataType.FLOAT and flops
@@ -226,17 +278,16 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
                 m.alternative_ms = math.inf          # cannot win: not worth timing
                 moves.append(m)
                 continue
-            xs = [None if t is None else _random(cp, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
+            xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
             m.alternative_ms = backend.measure(layer, xs, alt, alt_out)[1]
-            b = 0.0
             for t, a, c in zip(ins, alt_in, cur_in):
                 if t is not None and a != c:
-                    b += cast(shapes[id(t)], c, a)
+                    m.in_edges[t.name] = m.in_edges.get(t.name, 0.0) + cast(shapes[id(t)], c, a)
             for t, a, c in zip(layer._outputs, alt_out, cur_out):
                 keep = [u for u in consumers.get(id(t), []) if sched[u.name][0] == cur]
                 if a != c and keep:
-                    b += cast(shapes[id(t)], a, c)
-            m.boundary_ms = b
+                    m.out_edges[t.name] = cast(shapes[id(t)], a, c)
+            m.boundary_ms = sum(m.in_edges.values()) + sum(m.out_edges.values())
         except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
         moves.append(m)

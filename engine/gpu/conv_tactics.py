@@ -588,13 +588,19 @@ class PoolInt8(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels import quantize as Q
+        from kernels.gpu.conv_int8 import quantize_nhwc
         from kernels.gpu.pooling import pool2d
         x = inputs[0]
-        if x.dtype != np.int8:
-            x = Q.quantize(x, state["s_in"])
         (p, q), pre = _geometry(layer, x.shape)
-        y = pool2d(as_nhwc(x, np.float16), "MAX", layer.window_size_nd, stride=layer.stride_nd,
-                   padding=pre, out_hw=(p, q)).astype(np.int8)
+        if x.dtype != np.int8:                 # float in: the quantize kernel, NHWC codes out
+            x = nchw_view(quantize_nhwc(as_nhwc(x, _float_kind(x), 1), state["s_in"]))
+        xq = as_nhwc(x, np.int8)
+        if xq.shape[3] % 16 == 0:              # codes pooled in place: one pass, 1 byte each
+            y = pool2d(xq, "MAX", layer.window_size_nd, stride=layer.stride_nd, padding=pre,
+                       out_hw=(p, q))
+        else:                                  # the max of integers is exact in FP16 too
+            y = pool2d(as_nhwc(x, np.float16), "MAX", layer.window_size_nd, stride=layer.stride_nd,
+                       padding=pre, out_hw=(p, q)).astype(np.int8)
         y = nchw_view(y)
         return [y if out_dtypes[0] == DataType.INT8 else Q.dequantize(y, state["s_in"])]
 

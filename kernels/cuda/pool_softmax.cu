@@ -100,6 +100,24 @@ template <> struct Vec16<float> {
     }
 };
 
+// int8 codes (max pooling of an INT8 tensor: the max of integers is exact in float,
+// and the codes keep their scale), 16 channels per 16-byte load
+template <> struct Vec16<signed char> {
+    static constexpr int N = 16;
+    static __device__ __forceinline__ void load(const signed char* p, float (&v)[16]) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int e = 0; e < 16; ++e) v[e] = (float)(signed char)((w[e / 4] >> (8 * (e % 4))) & 0xffu);
+    }
+    static __device__ __forceinline__ void store(signed char* p, const float (&v)[16]) {
+        unsigned w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+        for (int e = 0; e < 16; ++e) w[e / 4] |= ((unsigned)(int)v[e] & 0xffu) << (8 * (e % 4));
+        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+};
+
 // Launch: grid_1d(N*P*Q*C/VEC), any block size. Needs C, out_ld, out_off
 // multiples of VEC and 16-byte aligned x / out.
 template <typename T>
@@ -265,6 +283,7 @@ template __global__ void global_avgpool_nhwc<half_t>(const half_t*, half_t*, int
 template __global__ void global_avgpool_nhwc<float>(const float*, float*, int, int, int);
 template __global__ void pool2d_nhwc_vec<half_t>(const half_t*, half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void pool2d_nhwc_vec<float>(const float*, float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
+template __global__ void pool2d_nhwc_vec<signed char>(const signed char*, signed char*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void global_avgpool_nhwc_vec<half_t>(const half_t*, half_t*, int, int, int);
 template __global__ void global_avgpool_nhwc_vec<float>(const float*, float*, int, int, int);
 template __global__ void softmax_rows<half_t>(const half_t*, half_t*, long long, int);

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._launch import BLOCK, check_nhwc, grid_1d, templated
-from .compile import i32
+from .compile import get_function, i32
 from .conv_tc import _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
 
@@ -37,14 +37,19 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
     one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
+    int8 codes: MAX only, through the vector kernel (C a multiple of 16); the
+    codes keep their scale.
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
-    check_nhwc(x, "pool2d")
+    check_nhwc(x, "pool2d", dtypes=(np.float16, np.float32, np.int8))
     _check_variant(variant)
     try:
         code = MODES[str(getattr(mode, "name", mode)).upper()]
     except KeyError:
         raise UnsupportedError(f"pooling mode {mode!r}; valid: MAX, AVERAGE") from None
+    if x.dtype == np.int8 and (code != MODES["MAX"] or variant == "scalar"):
+        raise UnsupportedError("int8 pooling: MAX through the vector kernel only (an average of "
+                               "codes would need requantising)")
     N, H, W, C = x.shape
     R, S = _pair(window, "window")
     sh, sw = _pair(stride if stride is not None else (R, S), "stride")
@@ -56,12 +61,13 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     vec = 16 // x.itemsize
     use_vec = (variant != "scalar" and _vec_ok(x, out, C, out_ld | out_channel_offset)
                and N * P * Q * (C // vec) < 2**31 and x.size < 2**62)
-    if variant == "vec" and not use_vec:
+    if (variant == "vec" or x.dtype == np.int8) and not use_vec:
         raise UnsupportedError(f"pool2d variant 'vec' needs C ({C}), the output's channel count "
                                f"({out_ld}) and offset ({out_channel_offset}) multiples of {vec} "
                                f"and 16-byte aligned arrays")
     name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
-    kern = templated(SOURCE, name, (x.dtype,), "pool2d")
+    kern = (get_function(SOURCE, f"{name}<signed char>") if x.dtype == np.int8
+            else templated(SOURCE, name, (x.dtype,), "pool2d"))
     kern(grid_1d(N * P * Q * (C // vec if use_vec else C)), (BLOCK,),
          (x, out, i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
           i32(sh), i32(sw), i32(ph), i32(pw), i32(code), i32(bool(exclude_padding)),

@@ -228,3 +228,58 @@ def test_a_half_layer_faster_than_any_fp32_kernel_could_be_is_not_timed_in_fp32(
     others = [n for n in alts if n != conv.name]
     assert others and all(moves[n].alternative_ms == 0.1 for n in others)
     assert set(pt.decide(list(moves.values()))) == set(others)
+
+
+def test_timing_inputs_are_laid_out_as_the_engine_hands_them_over():
+    e, prec = built((rt.BuilderFlag.FP16,))
+    b = rt.Builder()
+    alts = pt.alternatives(e.network, prec, config(b, rt.BuilderFlag.FP16))
+    seen = {}
+
+    class Recorder(FakeBackend):
+        def measure(self, layer, inputs, precision, out_dtypes):
+            seen[layer.name] = inputs[0]
+            return "fake", 1.0
+    e.backend = Recorder({})
+    pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=lambda fn, reps: 0.0)
+    conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
+    assert seen[conv1.name].flags.c_contiguous                 # the network input: NCHW
+    x2 = seen[conv2.name]                                       # a pooling output: NHWC underneath
+    assert x2.shape == (2, 8, 4, 4) and x2.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _stem_and_pool(e):
+    conv1 = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    pool = by_type(e, rt.LayerType.POOLING)[0]
+    return conv1, pool, conv1._outputs[0].name, pool._outputs[0].name
+
+
+def test_a_pair_that_pays_only_together_moves_together():
+    e, _ = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv1, pool, between, after = _stem_and_pool(e)
+    assert [u.name for u in e.network._layers if conv1._outputs[0] in u._inputs] == [pool.name]
+    lm = pt.Move(conv1.name, DataType.INT8, DataType.HALF, 2.0, 1.3, 1.0, out_edges={between: 1.0})
+    cm = pt.Move(pool.name, DataType.INT8, DataType.HALF, 2.2, 1.4, 1.2,
+                 in_edges={between: 1.0}, out_edges={after: 0.2})
+    assert pt.decide([lm, cm]) == []                       # alone neither pays: 2.3 > 1.8, 2.6 > 1.98
+    assert pt.decide_pairs(e.network, [lm, cm]) == [conv1.name, pool.name]   # 2.9 < 3.78
+    assert lm.moved and cm.moved
+
+
+@pytest.mark.parametrize("case", ["other_target", "too_slow", "already_moved", "not_measured"])
+def test_pairs_that_do_not_pay_or_do_not_match_stay(case):
+    e, _ = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv1, pool, between, after = _stem_and_pool(e)
+    lm = pt.Move(conv1.name, DataType.INT8, DataType.HALF, 2.0, 1.3, 1.0, out_edges={between: 1.0})
+    cm = pt.Move(pool.name, DataType.INT8, DataType.HALF, 2.2, 1.4, 1.2,
+                 in_edges={between: 1.0}, out_edges={after: 0.2})
+    if case == "other_target":
+        cm.alternative = DataType.FLOAT
+    elif case == "too_slow":
+        cm.alternative_ms = 3.0                              # 1.3 + 3.0 + 0.2 > 3.78
+    elif case == "already_moved":
+        lm.moved = True
+    else:
+        cm.alternative_ms = math.nan
+    assert pt.decide_pairs(e.network, [lm, cm]) == []
+    assert cm.moved is False

@@ -154,3 +154,24 @@ def test_global_avgpool_vector_kernel(dtype, shape):
 def test_global_avgpool_variant_errors():
     with pytest.raises(UnsupportedError, match="multiple of 8"):
         pooling.global_avgpool(cp.zeros((1, 2, 2, 12), cp.float16), variant="vec")
+
+
+@pytest.mark.parametrize("win, stride, pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_pool2d_int8_codes_max_is_exact(win, stride, pad):
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (2, 9, 11, 32)).astype(np.int8)
+    got = cp.asnumpy(pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad))
+    ref = cp.asnumpy(pooling.pool2d(cp.asarray(x.astype(np.float16)), "MAX", win, stride=stride,
+                                    padding=pad)).astype(np.int8)
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_pool2d_int8_refuses_average_scalar_and_unaligned_channels():
+    x = cp.zeros((1, 4, 4, 32), cp.int8)
+    with pytest.raises(UnsupportedError, match="int8 pooling: MAX"):
+        pooling.pool2d(x, "AVERAGE", 2)
+    with pytest.raises(UnsupportedError, match="int8 pooling: MAX"):
+        pooling.pool2d(x, "MAX", 2, variant="scalar")
+    with pytest.raises(UnsupportedError, match="multiples of 16"):
+        pooling.pool2d(cp.zeros((1, 4, 4, 24), cp.int8), "MAX", 2)
