@@ -1,12 +1,22 @@
 #!/bin/bash
-# One device call: INT8 GPU tests, then the INT8 benchmark; logs under $OUT.
-#   bash benchmarks/device_int8.sh     (on the GPU machine, repo root)
+# INT8 follow-up call: the tests touched by the int8 pooling / precision-timing changes,
+# then ResNet-50 FP16 and INT8 (same run) at batch 1 and 256 with the precision record.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader | tee "$OUT/gpu.txt"
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 date -Iseconds | tee -a "$OUT/gpu.txt"
-python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-timeout ${TEST_TIMEOUT:-100} python3 -m pytest -q --tb=short -p no:cacheprovider tests/gpu/test_conv_int8_gpu.py 2>&1 \
-  | tee "$OUT/tests_int8.log" | grep -vE "^(PASSED|SKIPPED)" | tail -40
-timeout ${BENCH_TIMEOUT:-120} python3 benchmarks/bench_int8.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_int8.log" | tail -60
+timeout 120 python3 -c "
+from engine.gpu.precompile import precompile
+print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3
+CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-100} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
+  tests/gpu/test_misc_gpu.py tests/gpu/test_conv_int8_gpu.py tests/gpu/test_mixed_precision_gpu.py \
+  tests/gpu/test_precision_timing_gpu.py tests/gpu/test_engine_gpu.py > "$OUT/tests_int8.log" 2>&1
+echo "== tests rc=$?: $(tail -1 "$OUT/tests_int8.log")"
+grep -E "^FAILED|^ERROR" "$OUT/tests_int8.log" | head -12
+timeout ${MODELS_TIMEOUT:-170} python3 benchmarks/bench_models.py --out "$OUT" --models resnet50 \
+  --precisions fp16,int8 --batches 1,256 --reps 20 > "$OUT/bench_int8.log" 2>&1
+echo "== resnet50 rc=$?"
+rm -f "$OUT/bench_models_partial.json"
+grep -E "^\[precision\].*moved True|^\[build\]|^\[run\]" "$OUT/bench_int8.log" | cut -c1-330
