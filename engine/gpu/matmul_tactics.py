@@ -4,6 +4,10 @@ captured whole; cuBLAS (conv_tactics.MatMulCublas) cannot be.
 
     matmul.<tile>      FP16 layers: tensor cores (mma.sync), one tactic per tile
     matmul.simt_fp32   FP32 layers: the FP32 SIMT kernel (true FP32, rel L2 1e-5)
+    matmul.conv.<tile> a constant 2-D right operand (a linear layer's weight): the
+                       GEMM as a 1x1 convolution of the (M, K) rows, through the
+                       convolution kernels (wgmma / mma.sync FP16, 3xTF32 FP32)
+                       and their fused epilogue (scale = alpha, bias, residual, act)
 
 An operand produced by a Constant layer (the weight of a linear layer) is
 uploaded once and shared by every tactic of the layer, in the layout the
@@ -139,6 +143,87 @@ def _operands(consts, layer, inputs, dtype):
     return out
 
 
+class MatMulAsConv(Tactic):
+    """``act(alpha * A @ W + bias + residual)`` with a constant W (K x N) as the
+    1x1 convolution of A's rows: A (..., M, K) is the NHWC image [1, 1, M_all, K],
+    W^T the KRSC filter [N, 1, 1, K]; the convolution's per-channel scale carries
+    alpha. The conv kernels are the engine's fastest GEMMs (wgmma on sm_90a)."""
+
+    def __init__(self, module, launcher, tile, dtype, c_align, precise=None):
+        self.module, self.launcher, self.tile = module, launcher, tile
+        self.dtype, self.c_align, self.precise = np.dtype(dtype), c_align, precise
+        self.name = f"matmul.conv.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        want = DataType.HALF if self.dtype == np.float16 else DataType.FLOAT
+        if precision != want:
+            return f"runs {want.name} layers"
+        if self.module == "conv_wgmma":
+            from .conv_tactics import _wgmma_reason
+            reason = _wgmma_reason()
+            if reason:
+                return reason
+        if layer.op0 != MO.NONE or MO.VECTOR == layer.op1:
+            return "a plain left operand and a matrix right operand only"
+        w = constant_operand(layer, 1)
+        if w is None or constant_operand(layer, 0) is not None:
+            return "the right operand alone must be a Constant"
+        if any(d != 1 for d in w.shape[:-2]):
+            return f"a 2-D constant (leading dims 1), not {w.shape}"
+        a = in_shapes[0]
+        k = a[-1]
+        if k % self.c_align:
+            return f"K = {k} is not a multiple of {self.c_align}"
+        if len(in_shapes) > 2 and in_shapes[2] is not None:
+            out = tuple(a[:-1]) + (w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2],)
+            if tuple(in_shapes[2]) != out:
+                return f"a residual of the output's shape {out} only, not {in_shapes[2]}"
+        return None
+
+    def prepare(self, layer):
+        cp = cupy()
+        w = constant_operand(layer, 1).reshape(constant_operand(layer, 1).shape[-2:])
+        wt = w.T if layer.op1 == MO.NONE else w          # (N, K)
+        n = wt.shape[0]
+        bias = (np.zeros(n, np.float32) if layer.bias is None
+                else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
+        act = layer.post_activation
+        a_alpha, a_beta = layer.post_params()
+        return {"w": cp.asarray(np.ascontiguousarray(wt.reshape(n, 1, 1, -1)), self.dtype),
+                "scale": cp.full(n, layer.alpha, cp.float32), "bias": cp.asarray(bias),
+                "act": None if act is None else act.name, "a_alpha": a_alpha, "a_beta": a_beta}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        import importlib
+        cp = cupy()
+        a = inputs[0]
+        lead, k = a.shape[:-1], a.shape[-1]
+        m = int(np.prod(lead))
+        x = cp.ascontiguousarray(a.astype(self.dtype, copy=False)).reshape(1, 1, m, k)
+        n = state["w"].shape[0]
+        out_dtype = out_dtypes[0].to_numpy()
+        res = inputs[2] if len(inputs) > 2 else None
+        if res is not None:
+            res = cp.ascontiguousarray(res.astype(out_dtype, copy=False)).reshape(1, 1, m, n)
+        launch = getattr(importlib.import_module(f"kernels.gpu.{self.module}"), self.launcher)
+        kw = {} if self.precise is None else {"precise": self.precise}
+        y = launch(x, state["w"], scale=state["scale"], bias=state["bias"], residual=res,
+                   act=state["act"], alpha=state["a_alpha"], beta=state["a_beta"],
+                   out_dtype=out_dtype, tactic=self.tile, **kw)
+        return [y.reshape(tuple(lead) + (n,))]
+
+
+def conv_backed_tactics():
+    """The MatMulAsConv family: wgmma and large mma.sync tiles in FP16, 3xTF32 in FP32."""
+    from kernels.gpu import conv_tc, conv_tf32, conv_wgmma
+    out = [MatMulAsConv("conv_wgmma", "conv2d_wgmma", t, np.float16, 8) for t in conv_wgmma.TACTICS]
+    out += [MatMulAsConv("conv_tc", "conv2d_igemm", t, np.float16, 8)
+            for t in conv_tc.IGEMM_TACTICS_LARGE]
+    out += [MatMulAsConv("conv_tf32", "conv2d_tf32", t, np.float32, 4, precise=True)
+            for t in conv_tf32.tactics_for(True)]
+    return out
+
+
 _registered = []
 
 
@@ -147,7 +232,8 @@ def register_all():
     if _registered:
         return
     from kernels.gpu.matmul import TILES
-    register(LayerType.MATRIX_MULTIPLY, *[MatMulTensorCore(t) for t in TILES], MatMulSimt())
+    register(LayerType.MATRIX_MULTIPLY, *[MatMulTensorCore(t) for t in TILES], MatMulSimt(),
+             *conv_backed_tactics())
     _registered.append(True)
 
 
