@@ -4,11 +4,15 @@ integer arithmetic (engine/gpu/conv_tactics.py registers them).
 
 The conv_tactics helpers are imported at the bottom: conv_tactics registers these
 classes at the end of its own import, so either module may be imported first.
+ConvInt8SmallC (the INT8 RGB stem) is registered here, and only on request
+(CUPYRT_EXPERIMENTAL_INT8_STEM=1): see register_experimental.
 """
+import os
+
 import numpy as np
 
 from ..types import DataType, LayerType, PoolingType
-from .tactics import Tactic, as_nhwc, nchw_view
+from .tactics import Tactic, as_nhwc, nchw_view, register
 
 
 def _float_kind(x):
@@ -160,5 +164,80 @@ class PoolInt8(Tactic):
         return [y if out_dtypes[0] == DataType.INT8 else Q.dequantize(y, state["s_in"])]
 
 
+class ConvInt8SmallC(ConvInt8):
+    """INT8 convolution for C <= 4 input channels (the RGB stem): four taps x four
+    channels per 16-byte chunk of the reduction (C padded 3 -> 4, a 7x7 reduction 208
+    bytes instead of 784), the float network input quantised straight from NCHW;
+    bit-exact with ConvInt8 (the padding adds exact zeros)."""
+    launcher = "conv2d_int8_smallc"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        reason = super().supports(layer, in_shapes, in_dtypes, precision)
+        if reason is None and not 0 < in_shapes[0][1] <= 4:
+            return "more than 4 input channels"
+        return reason
+
+    def prepare(self, layer):
+        # ConvInt8.prepare's state with the tap-packed weights (same codes, same s_w)
+        from kernels.gpu.conv_int8 import pack_weight_int8_smallc
+
+        from ..quantization import tensor_scale
+        c = layer._inputs[0].shape[1]
+        wq, s_w = pack_weight_int8_smallc(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
+        ep = _epilogue(layer)
+        res_t = layer._inputs[1] if len(layer._inputs) > 1 else None
+        return {"w": wq, "s_w": s_w, **ep, "bias": None if layer.bias is None else ep["bias"],
+                "s_in": tensor_scale(layer._inputs[0]),
+                "s_res": tensor_scale(res_t) if res_t is not None and res_t.dynamic_range else None,
+                "s_out": tensor_scale(layer._outputs[0]) if layer._outputs[0].dynamic_range else None}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        from kernels.gpu.conv_int8 import conv2d_int8_smallc, quantize_nchw_to_nhwc, quantize_nhwc
+        x = inputs[0]
+        (p, q), pre = _geometry(layer, x.shape)
+        if x.dtype == np.int8:
+            xq = as_nhwc(x, np.int8, 4)                   # int8 codes, C padded to 4
+        elif x.dtype in (np.float32, np.float16) and x.flags.c_contiguous:
+            # the network input (NCHW): quantised and reformatted in one pass
+            xq = quantize_nchw_to_nhwc(x, state["s_in"], c_pad_to=4)
+        else:
+            xq = quantize_nhwc(as_nhwc(x, _float_kind(x), 1), state["s_in"], c_pad_to=4,
+                               variant="vec")
+        r = inputs[1] if len(inputs) > 1 else None
+        int8_out = out_dtypes[0] == DataType.INT8
+        kw = {}
+        if r is not None:
+            kw = ({"residual": as_nhwc(r, np.int8, 1), "residual_scale": state["s_res"]}
+                  if r.dtype == np.int8 else {"residual": as_nhwc(r, _float_kind(r), 1)})
+        y = conv2d_int8_smallc(xq, state["w"], state["s_in"], state["s_w"],
+                               kernel_size=layer.kernel_size_nd, stride=layer.stride_nd,
+                               padding=pre, dilation=layer.dilation_nd, out_hw=(p, q),
+                               bias=state["bias"], act=state["act"], alpha=state["alpha"],
+                               beta=state["beta"], s_out=state["s_out"] if int8_out else None,
+                               out_dtype=_int8_out_dtype(out_dtypes[0]), tactic=self.tile, **kw)
+        return [nchw_view(y)]
+
+
+def register_experimental():
+    """Register ConvInt8SmallC when CUPYRT_EXPERIMENTAL_INT8_STEM=1, else nothing.
+
+    Why behind a flag: its kernels (kernels/cuda/conv_int8_smallc.cu, quantize_int8.cu)
+    compile without spills but have not yet run on a GPU. A tactic the builder times is
+    also one it may pick, and a wrong stem would corrupt every INT8 engine silently; the
+    flag comes off (and the tactic joins conv_tactics' list) after
+    benchmarks/device_int8_stem.sh shows it bit-exact with ConvInt8 and faster.
+    Called once, at the end of this module's import (a module body runs once per process,
+    whichever of conv_tactics / int8_tactics is imported first).
+    """
+    if os.environ.get("CUPYRT_EXPERIMENTAL_INT8_STEM") != "1":
+        return []
+    from kernels.gpu.conv_int8 import SMALLC_TACTICS
+    tactics = [ConvInt8SmallC(t) for t in SMALLC_TACTICS]
+    register(LayerType.CONVOLUTION, *tactics)
+    return tactics
+
+
 from .conv_tactics import (_conv2d_reason, _epilogue, _fc_as_4d, _fc_out, _geometry,  # noqa: E402
                            _launcher, _wgmma_reason)
+
+register_experimental()
