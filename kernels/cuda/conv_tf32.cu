@@ -56,35 +56,17 @@
 //   v = acc * scale[k] + bias[k];  v += residual[m*res_ld + k] (has_res);
 //   v = act(v);  out[m*out_ld + out_off + k] = v   (float or half)
 #include "common.cuh"
+#include "ptx.cuh"
 
 // Small PTX wrappers. conv_igemm.cu keeps its own copies file-local; these are
 // repeated here (a few lines each) rather than moved, so the two sources stay
 // independently compilable units with no shared state.
 namespace cupyrt_tf32 {
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
-        : "=r"(a) : "l"(p));
-    return a;
-}
+using namespace cupyrt_ptx;   // smem_u32, cp.async, ldmatrix, mma.sync (ptx.cuh)
 
-// 16-byte global->shared copy; src_bytes == 0 writes zeros (padding taps, tails).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
-}
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
+
 
 // FP32 bits -> TF32 (round to nearest, ties away; low 13 bits zero).
 __device__ __forceinline__ unsigned to_tf32(unsigned x) {
