@@ -181,6 +181,87 @@ def _f32vec(v, K, what):
     return v if v.data.ptr % 16 == 0 else v.copy()
 
 
+def int8_geometry(x_q, K, R, S, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                  residual, residual_scale):
+    """The INT8 launchers' rules past their operand layouts, on shapes and dtypes only
+    (no device work, so NumPy arrays serve the CPU tests): output size, output type
+    and its scale, residual. Returns the geometry as a dict."""
+    N, H, W, C = x_q.shape
+    if x_q.size >= 2**31:
+        raise UnsupportedError(f"x has {x_q.size} elements; split the batch below 2**31")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if out_hw is None:
+        P = conv_out_size(H, R, sh, ph, ph, dh)
+        Q = conv_out_size(W, S, sw, pw, pw, dw)
+    else:
+        P, Q = out_hw
+    if P <= 0 or Q <= 0:
+        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
+    dt = np.dtype(out.dtype if out is not None else out_dtype)
+    if dt not in OUT_CODES:
+        raise UnsupportedError(f"out dtype {dt}; valid: int8, float32, float16")
+    if (dt == np.int8) != (s_out is not None):
+        raise UnsupportedError(f"out dtype {dt} with s_out={s_out}: int8 output needs s_out, "
+                               f"float output takes none")
+    res_kind = 0
+    if residual is not None:
+        rdt = np.dtype(residual.dtype)
+        if rdt not in RES_CODES or residual.shape != (N, P, Q, K) or not residual.flags.c_contiguous:
+            raise UnsupportedError(f"residual {residual.shape} {rdt}; expected contiguous "
+                                   f"({N}, {P}, {Q}, {K}) int8, float32 or float16")
+        if (rdt == np.int8) != (residual_scale is not None):
+            raise UnsupportedError(f"residual {rdt} with residual_scale={residual_scale}: an int8 "
+                                   f"residual needs its scale, a float one takes none")
+        res_kind = RES_CODES[rdt]
+    return dict(N=N, H=H, W=W, C=C, K=K, R=R, S=S, P=P, Q=Q, sh=sh, sw=sw, ph=ph, pw=pw,
+                dh=dh, dw=dw, dt=dt, res_kind=res_kind)
+
+
+def check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                    residual, residual_scale):
+    """conv2d_int8's argument rules (int8 NHWC codes, KRSC weights, C % 16 == 0, then
+    ``int8_geometry``), device free; the wgmma INT8 launcher takes the same."""
+    if x_q.dtype != np.int8 or w_q.dtype != np.int8:
+        raise UnsupportedError(f"x {x_q.dtype}, w {w_q.dtype}; the INT8 conv takes int8 codes")
+    if x_q.ndim != 4 or not x_q.flags.c_contiguous:
+        raise UnsupportedError(f"x {x_q.shape}; expected contiguous NHWC rank 4")
+    if w_q.ndim != 4 or not w_q.flags.c_contiguous:
+        raise UnsupportedError(f"weights {w_q.shape}; expected contiguous rank 4 (KRSC)")
+    C = x_q.shape[3]
+    K, R, S, Cw = w_q.shape
+    if C % C_ALIGN:
+        raise UnsupportedError(f"C = {C} is not a multiple of {C_ALIGN}; pad channels "
+                               f"(quantize_nhwc(c_pad_to=16) / conv_tc.pad_channels(x, 16))")
+    if Cw != C:
+        raise UnsupportedError(f"weights {w_q.shape}; expected [K, R, S, {C}] (C of x)")
+    return int8_geometry(x_q, K, R, S, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                         residual, residual_scale)
+
+
+def _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset, residual,
+                      residual_scale, act, alpha, beta):
+    """(out, kernel arguments) of every INT8 conv kernel (conv_int8_igemm,
+    conv_int8_smallc, conv_wgmma_s8 share one argument list); ``g`` from
+    ``int8_geometry``."""
+    N, P, Q, K = g["N"], g["P"], g["Q"], g["K"]
+    out, out_ld, _ = prepare_output(N, P, Q, K, out, g["dt"], out_channel_offset, None)
+    res_ld, res = (K, residual) if residual is not None else (0, out)
+    s_wv = _f32vec(s_w, K, "s_w")
+    has_bias = bias is not None
+    bi = _f32vec(bias, K, "bias") if has_bias else s_wv
+    inv_out = np.float32(1.0) / np.float32(s_out) if s_out is not None else np.float32(0.0)
+    rs = np.float32(residual_scale) if residual_scale is not None else np.float32(0.0)
+    return out, (x_q, w_q, out, s_wv, bi, res,
+                 i32(N), i32(g["H"]), i32(g["W"]), i32(g["C"]), i32(K), i32(g["R"]), i32(g["S"]),
+                 i32(P), i32(Q), i32(g["sh"]), i32(g["sw"]), i32(g["ph"]), i32(g["pw"]),
+                 i32(g["dh"]), i32(g["dw"]),
+                 i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(g["res_kind"]),
+                 i32(has_bias), f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha),
+                 f32(beta))
+
+
 def conv2d_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
                 bias=None, residual=None, residual_scale=None, act=None, alpha=0.0, beta=0.0,
                 s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
@@ -202,61 +283,12 @@ def conv2d_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=
     """
     import cupy as cp
     tactic = _tactic(tactic)
-    if x_q.dtype != np.int8 or w_q.dtype != np.int8:
-        raise UnsupportedError(f"x {x_q.dtype}, w {w_q.dtype}; the INT8 conv takes int8 codes")
-    if x_q.ndim != 4 or not x_q.flags.c_contiguous:
-        raise UnsupportedError(f"x {x_q.shape}; expected contiguous NHWC rank 4")
-    if w_q.ndim != 4 or not w_q.flags.c_contiguous:
-        raise UnsupportedError(f"weights {w_q.shape}; expected contiguous rank 4 (KRSC)")
-    N, H, W, C = x_q.shape
-    K, R, S, Cw = w_q.shape
-    if C % C_ALIGN:
-        raise UnsupportedError(f"C = {C} is not a multiple of {C_ALIGN}; pad channels "
-                               f"(quantize_nhwc(c_pad_to=16) / conv_tc.pad_channels(x, 16))")
-    if Cw != C:
-        raise UnsupportedError(f"weights {w_q.shape}; expected [K, R, S, {C}] (C of x)")
-    if x_q.size >= 2**31:
-        raise UnsupportedError(f"x has {x_q.size} elements; split the batch below 2**31")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    if out_hw is None:
-        P = conv_out_size(H, R, sh, ph, ph, dh)
-        Q = conv_out_size(W, S, sw, pw, pw, dw)
-    else:
-        P, Q = out_hw
-    if P <= 0 or Q <= 0:
-        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
-    dt = np.dtype(out.dtype if out is not None else out_dtype)
-    if dt not in OUT_CODES:
-        raise UnsupportedError(f"out dtype {dt}; valid: int8, float32, float16")
-    if (dt == np.int8) != (s_out is not None):
-        raise UnsupportedError(f"out dtype {dt} with s_out={s_out}: int8 output needs s_out, "
-                               f"float output takes none")
-    out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
-    res_kind, res_ld, res = 0, 0, out
-    if residual is not None:
-        rdt = np.dtype(residual.dtype)
-        if rdt not in RES_CODES or residual.shape != (N, P, Q, K) or not residual.flags.c_contiguous:
-            raise UnsupportedError(f"residual {residual.shape} {rdt}; expected contiguous "
-                                   f"({N}, {P}, {Q}, {K}) int8, float32 or float16")
-        if (rdt == np.int8) != (residual_scale is not None):
-            raise UnsupportedError(f"residual {rdt} with residual_scale={residual_scale}: an int8 "
-                                   f"residual needs its scale, a float one takes none")
-        res_kind, res_ld, res = RES_CODES[rdt], K, residual
-    s_wv = _f32vec(s_w, K, "s_w")
-    has_bias = bias is not None
-    bi = _f32vec(bias, K, "bias") if has_bias else s_wv
-    inv_out = np.float32(1.0) / np.float32(s_out) if s_out is not None else np.float32(0.0)
-    rs = np.float32(residual_scale) if residual_scale is not None else np.float32(0.0)
-    kern = _kernel(tactic, dt)
-    M = N * P * Q
-    grid = (-(-M // tactic.bm) * -(-K // tactic.bn),)
-    args = (x_q, w_q, out, s_wv, bi, res,
-            i32(N), i32(H), i32(W), i32(C), i32(K), i32(R), i32(S), i32(P), i32(Q),
-            i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
-            i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(res_kind), i32(has_bias),
-            f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha), f32(beta))
+    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                        residual, residual_scale)
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta)
+    kern = _kernel(tactic, g["dt"])
+    grid = (-(-(g["N"] * g["P"] * g["Q"]) // tactic.bm) * -(-g["K"] // tactic.bn),)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tactic.threads,), args, shared_mem=tactic.smem_bytes)
     return out
@@ -473,7 +505,7 @@ def conv2d_int8_smallc(x_q, w_q, s_in, s_w, *, kernel_size, stride=1, padding=0,
         raise UnsupportedError(f"x {x_q.dtype}, w {w_q.dtype}; the INT8 conv takes int8 codes")
     if x_q.ndim != 4 or not x_q.flags.c_contiguous:
         raise UnsupportedError(f"x {x_q.shape}; expected contiguous NHWC rank 4")
-    N, H, W, C = x_q.shape
+    C = x_q.shape[3]
     if C not in SMALLC_STORED_C:
         raise UnsupportedError(f"x has {C} stored channels; the small-C kernel reads x with "
                                f"{', '.join(map(str, SMALLC_STORED_C))} (pad C <= 4 with "
@@ -482,53 +514,16 @@ def conv2d_int8_smallc(x_q, w_q, s_in, s_w, *, kernel_size, stride=1, padding=0,
     if w_q.ndim != 3 or w_q.shape[1:] != (smallc_taps(R, S), 4) or not w_q.flags.c_contiguous:
         raise UnsupportedError(f"weights {w_q.shape}; expected contiguous [K, {smallc_taps(R, S)}, 4] "
                                f"for a {R}x{S} filter (pack_weight_int8_smallc)")
-    K = w_q.shape[0]
-    if x_q.size >= 2**31:
-        raise UnsupportedError(f"x has {x_q.size} elements; split the batch below 2**31")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    if out_hw is None:
-        P = conv_out_size(H, R, sh, ph, ph, dh)
-        Q = conv_out_size(W, S, sw, pw, pw, dw)
-    else:
-        P, Q = out_hw
-    if P <= 0 or Q <= 0:
-        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
-    dt = np.dtype(out.dtype if out is not None else out_dtype)
-    if dt not in OUT_CODES:
-        raise UnsupportedError(f"out dtype {dt}; valid: int8, float32, float16")
-    if (dt == np.int8) != (s_out is not None):
-        raise UnsupportedError(f"out dtype {dt} with s_out={s_out}: int8 output needs s_out, "
-                               f"float output takes none")
-    out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
-    res_kind, res_ld, res = 0, 0, out
-    if residual is not None:
-        rdt = np.dtype(residual.dtype)
-        if rdt not in RES_CODES or residual.shape != (N, P, Q, K) or not residual.flags.c_contiguous:
-            raise UnsupportedError(f"residual {residual.shape} {rdt}; expected contiguous "
-                                   f"({N}, {P}, {Q}, {K}) int8, float32 or float16")
-        if (rdt == np.int8) != (residual_scale is not None):
-            raise UnsupportedError(f"residual {rdt} with residual_scale={residual_scale}: an int8 "
-                                   f"residual needs its scale, a float one takes none")
-        res_kind, res_ld, res = RES_CODES[rdt], K, residual
+    g = int8_geometry(x_q, w_q.shape[0], R, S, stride, padding, dilation, out_hw, out,
+                      out_dtype, s_out, residual, residual_scale)
     if x_q.data.ptr % 4 or w_q.data.ptr % 16:
         # one tap = a 4-byte cp.async from x, a weight chunk a 16-byte one
         raise UnsupportedError(f"x at {x_q.data.ptr:#x}, weights at {w_q.data.ptr:#x}: the "
                                f"gather needs x 4-byte and the weights 16-byte aligned")
-    s_wv = _f32vec(s_w, K, "s_w")
-    has_bias = bias is not None
-    bi = _f32vec(bias, K, "bias") if has_bias else s_wv
-    inv_out = np.float32(1.0) / np.float32(s_out) if s_out is not None else np.float32(0.0)
-    rs = np.float32(residual_scale) if residual_scale is not None else np.float32(0.0)
-    kern = _smallc_kernel(tactic, dt)
-    M = N * P * Q
-    grid = (-(-M // tactic.bm) * -(-K // tactic.bn),)
-    args = (x_q, w_q, out, s_wv, bi, res,
-            i32(N), i32(H), i32(W), i32(C), i32(K), i32(R), i32(S), i32(P), i32(Q),
-            i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw),
-            i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(res_kind), i32(has_bias),
-            f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha), f32(beta))
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta)
+    kern = _smallc_kernel(tactic, g["dt"])
+    grid = (-(-(g["N"] * g["P"] * g["Q"]) // tactic.bm) * -(-g["K"] // tactic.bn),)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tactic.threads,), args, shared_mem=tactic.smem_bytes)
     return out

@@ -25,16 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activation import act_code
-from .compile import f32, get_function, i32
-from .conv_tc import _pair, _setup, conv_out_size, prepare_output
+from .compile import get_function
+from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes are conv_int8's
+from .conv_int8 import _int8_launch_args, check_int8_args
+from .conv_tc import _setup
 from .errors import UnsupportedError
 
 SOURCE = "conv_wgmma.cu"
 ARCH_OPTIONS = ("-arch=sm_90a",)
 COMPUTE_CAPABILITY = "90"
-INT8_OUT_CODES = {np.dtype(np.int8): 0, np.dtype(np.float32): 1, np.dtype(np.float16): 2}
-INT8_RES_CODES = {np.dtype(np.int8): 1, np.dtype(np.float32): 2, np.dtype(np.float16): 3}
 
 
 @dataclass(frozen=True)
@@ -185,64 +184,6 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
 
 
 # ---- INT8 ------------------------------------------------------------------------------
-def _check_int8(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
-                residual, residual_scale):
-    """conv_int8.conv2d_int8's argument rules that need no device, in the same order and
-    with the same messages (NumPy arrays work too). Returns the geometry as a dict."""
-    if x_q.dtype != np.int8 or w_q.dtype != np.int8:
-        raise UnsupportedError(f"x {x_q.dtype}, w {w_q.dtype}; the INT8 conv takes int8 codes")
-    if x_q.ndim != 4 or not x_q.flags.c_contiguous:
-        raise UnsupportedError(f"x {x_q.shape}; expected contiguous NHWC rank 4")
-    if w_q.ndim != 4 or not w_q.flags.c_contiguous:
-        raise UnsupportedError(f"weights {w_q.shape}; expected contiguous rank 4 (KRSC)")
-    N, H, W, C = x_q.shape
-    K, R, S, Cw = w_q.shape
-    if C % 16:
-        raise UnsupportedError(f"C = {C} is not a multiple of 16; pad channels "
-                               f"(quantize_nhwc(c_pad_to=16) / conv_tc.pad_channels(x, 16))")
-    if Cw != C:
-        raise UnsupportedError(f"weights {w_q.shape}; expected [K, R, S, {C}] (C of x)")
-    if x_q.size >= 2**31:
-        raise UnsupportedError(f"x has {x_q.size} elements; split the batch below 2**31")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    if out_hw is None:
-        P = conv_out_size(H, R, sh, ph, ph, dh)
-        Q = conv_out_size(W, S, sw, pw, pw, dw)
-    else:
-        P, Q = out_hw
-    if P <= 0 or Q <= 0:
-        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
-    dt = np.dtype(out.dtype if out is not None else out_dtype)
-    if dt not in INT8_OUT_CODES:
-        raise UnsupportedError(f"out dtype {dt}; valid: int8, float32, float16")
-    if (dt == np.int8) != (s_out is not None):
-        raise UnsupportedError(f"out dtype {dt} with s_out={s_out}: int8 output needs s_out, "
-                               f"float output takes none")
-    res_kind = 0
-    if residual is not None:
-        rdt = np.dtype(residual.dtype)
-        if rdt not in INT8_RES_CODES or residual.shape != (N, P, Q, K) or not residual.flags.c_contiguous:
-            raise UnsupportedError(f"residual {residual.shape} {rdt}; expected contiguous "
-                                   f"({N}, {P}, {Q}, {K}) int8, float32 or float16")
-        if (rdt == np.int8) != (residual_scale is not None):
-            raise UnsupportedError(f"residual {rdt} with residual_scale={residual_scale}: an int8 "
-                                   f"residual needs its scale, a float one takes none")
-        res_kind = INT8_RES_CODES[rdt]
-    return dict(N=N, H=H, W=W, C=C, K=K, R=R, S=S, P=P, Q=Q, sh=sh, sw=sw, ph=ph, pw=pw,
-                dh=dh, dw=dw, dt=dt, res_kind=res_kind)
-
-
-def _f32vec(v, K, what):
-    import cupy as cp
-    v = cp.ascontiguousarray(cp.asarray(v, cp.float32))
-    if v.shape != (K,):
-        raise UnsupportedError(f"{what} {v.shape}; expected ({K},)")
-    # read as float4 by the epilogue: keep 16-byte alignment
-    return v if v.data.ptr % 16 == 0 else v.copy()
-
-
 def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
                       bias=None, residual=None, residual_scale=None, act=None, alpha=0.0,
                       beta=0.0, s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
@@ -257,24 +198,13 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     """
     import cupy as cp
     tactic = _tactic(tactic, "wgmma_int8")
-    g = _check_int8(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
-                    residual, residual_scale)
+    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                        residual, residual_scale)
     require_available()
-    N, P, Q, K = g["N"], g["P"], g["Q"], g["K"]
-    out, out_ld, _ = prepare_output(N, P, Q, K, out, g["dt"], out_channel_offset, None)
-    res_ld, res = (K, residual) if residual is not None else (0, out)
-    s_wv = _f32vec(s_w, K, "s_w")
-    has_bias = bias is not None
-    bi = _f32vec(bias, K, "bias") if has_bias else s_wv
-    inv_out = np.float32(1.0) / np.float32(s_out) if s_out is not None else np.float32(0.0)
-    rs = np.float32(residual_scale) if residual_scale is not None else np.float32(0.0)
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta)
     kern = _kernel(tactic, g["dt"])
-    args = (x_q, w_q, out, s_wv, bi, res,
-            i32(N), i32(g["H"]), i32(g["W"]), i32(g["C"]), i32(K), i32(g["R"]), i32(g["S"]),
-            i32(P), i32(Q), i32(g["sh"]), i32(g["sw"]), i32(g["ph"]), i32(g["pw"]),
-            i32(g["dh"]), i32(g["dw"]),
-            i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(g["res_kind"]), i32(has_bias),
-            f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha), f32(beta))
     with (stream if stream is not None else cp.cuda.get_current_stream()):
-        kern(_grid(tactic, N * P * Q, K), (tactic.threads,), args, shared_mem=tactic.smem_bytes)
+        kern(_grid(tactic, g["N"] * g["P"] * g["Q"], g["K"]), (tactic.threads,), args,
+             shared_mem=tactic.smem_bytes)
     return out
