@@ -2,6 +2,7 @@
 pooling, global average pooling. Kernels come from kernels.gpu; this module
 only maps an engine layer (attributes, fused epilogue, formats) onto them.
 """
+import functools
 import os
 
 import numpy as np
@@ -56,7 +57,9 @@ def _residual(inputs, dtype):
     return None if r is None else as_nhwc(r, dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _launcher(module, name):
+    """kernels.gpu.<module>.<name>, resolved once (tactics run it on every call)."""
     import importlib
     return getattr(importlib.import_module(f"kernels.gpu.{module}"), name)
 

@@ -194,7 +194,7 @@ class MatMulAsConv(Tactic):
                 "act": None if act is None else act.name, "a_alpha": a_alpha, "a_beta": a_beta}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        import importlib
+        from .conv_tactics import _launcher
         cp = cupy()
         a = inputs[0]
         lead, k = a.shape[:-1], a.shape[-1]
@@ -205,7 +205,7 @@ class MatMulAsConv(Tactic):
         res = inputs[2] if len(inputs) > 2 else None
         if res is not None:
             res = cp.ascontiguousarray(res.astype(out_dtype, copy=False)).reshape(1, 1, m, n)
-        launch = getattr(importlib.import_module(f"kernels.gpu.{self.module}"), self.launcher)
+        launch = _launcher(self.module, self.launcher)
         kw = {} if self.precise is None else {"precise": self.precise}
         y = launch(x, state["w"], scale=state["scale"], bias=state["bias"], residual=res,
                    act=state["act"], alpha=state["a_alpha"], beta=state["a_beta"],
