@@ -1,14 +1,8 @@
 #!/bin/bash
 # Short call: the conv-backed linear-layer tactics' tests, then the BERT-base encoder.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout 60 python3 -c "
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(), 1))" 2>&1 | tail -2
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all False
 CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-45} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
   tests/gpu/test_matmul_conv_gpu.py tests/gpu/test_encoder_gpu.py > "$OUT/tests_enc.log" 2>&1
 echo "== tests rc=$?: $(tail -1 "$OUT/tests_enc.log")"

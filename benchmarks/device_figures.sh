@@ -3,23 +3,9 @@
 # pieces, ResNet-50 FP16 + INT8 (same run: the INT8/FP16 ratio), MobileNetV2 FP16,
 # the BERT-base encoder, and the TensorFlow path (carry benchmarks/tf_path).
 #   bash benchmarks/device_figures.sh       logs and JSON under $OUT
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout 120 python3 -c "
-import logging; logging.basicConfig(level=logging.WARNING)
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -6
-run_tests() {  # name timeout files...
-  local name=$1 t=$2; shift 2
-  CUPYRT_PRECOMPILE=0 timeout $t python3 -m pytest -q --tb=short -p no:cacheprovider -rf "$@" \
-    > "$OUT/tests_$name.log" 2>&1
-  echo "== tests $name rc=$?: $(tail -1 "$OUT/tests_$name.log")"
-  grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -${FAIL_LINES:-10}
-}
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all True
 run_tests new 120 tests/gpu/test_matmul_gpu.py tests/gpu/test_encoder_gpu.py \
   tests/gpu/test_mixed_precision_gpu.py tests/gpu/test_precision_timing_gpu.py tests/gpu/test_engine_gpu.py
 timeout ${MODELS_TIMEOUT:-230} python3 benchmarks/bench_models.py --out "$OUT/r50" --models resnet50 \

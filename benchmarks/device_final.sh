@@ -2,20 +2,11 @@
 # Closing device call: the whole GPU test suite, then ResNet-50 FP16 + INT8 at batch 256
 # with per-layer profiles and the precision-timing record, and the BERT-base encoder's
 # FP16 profile at batch 32. Few files under $OUT (the transfer takes at most 8).
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all True
 W=$(mktemp -d)
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout 120 python3 -c "
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3
-CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
-  tests/gpu > "$OUT/tests_gpu.log" 2>&1
-echo "== tests/gpu rc=$?: $(tail -1 "$OUT/tests_gpu.log")"
-grep -E "^FAILED|^ERROR" "$OUT/tests_gpu.log" | head -15
+FAIL_LINES=15 run_tests gpu ${TEST_TIMEOUT:-240} tests/gpu
 timeout ${MODELS_TIMEOUT:-150} python3 benchmarks/bench_models.py --out "$W/r50" --models resnet50 \
   --precisions fp16,int8 --batches 256 --reps 20 --profile > "$OUT/bench_r50_profile.log" 2>&1
 echo "== resnet50 rc=$?"

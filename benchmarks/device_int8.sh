@@ -1,15 +1,9 @@
 #!/bin/bash
 # INT8 follow-up call: the tests touched by the int8 pooling / precision-timing changes,
 # then ResNet-50 FP16 and INT8 (same run) at batch 1 and 256 with the precision record.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout 120 python3 -c "
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all True
 CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-100} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
   tests/gpu/test_misc_gpu.py tests/gpu/test_conv_int8_gpu.py tests/gpu/test_mixed_precision_gpu.py \
   tests/gpu/test_precision_timing_gpu.py tests/gpu/test_engine_gpu.py > "$OUT/tests_int8.log" 2>&1

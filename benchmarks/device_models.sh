@@ -2,23 +2,9 @@
 # One device call: FP32 tensor-core tests + kernel bench, the engine suite, then the
 # model benchmark (ResNet-50 FP16/FP32/INT8, MobileNetV2 FP16) against PyTorch eager.
 #   bash benchmarks/device_models.sh        logs and JSON under $OUT
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout 120 python3 -c "
-import logging; logging.basicConfig(level=logging.WARNING)
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -6
-run_tests() {  # name timeout files...
-  local name=$1 t=$2; shift 2
-  CUPYRT_PRECOMPILE=0 timeout $t python3 -m pytest -q --tb=short -p no:cacheprovider -rf "$@" \
-    > "$OUT/tests_$name.log" 2>&1
-  echo "== tests $name rc=$?: $(tail -1 "$OUT/tests_$name.log")"
-  grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -${FAIL_LINES:-10}
-}
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all True
 if [ -z "$SKIP_TESTS" ]; then
 run_tests tf32 60 tests/gpu/test_conv_tf32_gpu.py
 run_tests engine 90 tests/gpu/test_engine_gpu.py tests/gpu/test_precision_timing_gpu.py

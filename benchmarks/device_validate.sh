@@ -3,23 +3,9 @@
 # every tile family, the kernel tests (wgmma, 3xTF32, GEMM, layer norm), the engine
 # tests that use them, then the wgmma and FP32 kernel benchmarks. Logs under $OUT.
 #   bash benchmarks/device_validate.sh
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
-nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-date -Iseconds | tee -a "$OUT/gpu.txt"
-timeout ${COMPILE_TIMEOUT:-120} python3 -c "
-import logging; logging.basicConfig(level=logging.INFO)
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3
-run_tests() {  # name timeout files...
-  local name=$1 t=$2; shift 2
-  CUPYRT_PRECOMPILE=0 timeout $t python3 -m pytest -q --tb=short -p no:cacheprovider -rf "$@" \
-    > "$OUT/tests_$name.log" 2>&1
-  echo "== tests $name rc=$?: $(tail -1 "$OUT/tests_$name.log")"
-  grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -${FAIL_LINES:-12}
-}
+source "$(dirname "$0")/device_common.sh"
+gpu_info
+precompile_all True
 run_tests wgmma 80 tests/gpu/test_conv_wgmma_gpu.py
 run_tests tf32 50 tests/gpu/test_conv_tf32_gpu.py
 run_tests matmul 50 tests/gpu/test_matmul_gpu.py tests/gpu/test_norm_gpu.py
