@@ -161,11 +161,18 @@ class CupyBackend:
             ms = hit.get("ms", {}).get(hit["tactic"])
             if ms:                    # 0.0 / None: an untimed single-tactic entry
                 return hit["tactic"], ms
-        timed, best, best_ms = {}, None, math.inf
-        for t in self._candidates(layer, shapes, dtypes, precision):
-            if t is T.HOST:
-                continue
+        cands = [t for t in self._candidates(layer, shapes, dtypes, precision) if t is not T.HOST]
+        timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
+        if best is None:
+            return None, math.inf
+        self.cache.put(ckey, best.name, timed)
+        return best.name, best_ms
 
+    def _time(self, layer, cands, inputs, precision, out_dtypes):
+        """({tactic name: ms}, fastest tactic or None, its ms) over ``cands``; a
+        candidate that fails scores infinity, one clearly slower stops early."""
+        timed, best, best_ms = {}, None, math.inf
+        for t in cands:
             def run(t=t):
                 return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
             try:
@@ -175,10 +182,7 @@ class CupyBackend:
             timed[t.name] = ms
             if ms < best_ms:
                 best, best_ms = t, ms
-        if best is None:
-            return None, math.inf
-        self.cache.put(ckey, best.name, timed)
-        return best.name, best_ms
+        return timed, best, best_ms
 
     def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
         cands = self._candidates(layer, shapes, dtypes, precision)
@@ -221,17 +225,8 @@ class CupyBackend:
                          only.name, type(e).__name__, e)
                 timed, best = {only.name: math.inf}, T.HOST
         else:
-            timed, best, best_ms = {}, None, math.inf
-            for t in fast if self.autotune else fast[:1]:
-                def run(t=t):
-                    return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
-                try:
-                    ms = time_ms(run, best_ms, graph=self.graph_timing and t.capturable_for(layer))
-                except Exception:      # noqa: BLE001  (preparation failed: skip)
-                    ms = math.inf
-                timed[t.name] = ms
-                if ms < best_ms:
-                    best, best_ms = t, ms
+            timed, best, _ = self._time(layer, fast if self.autotune else fast[:1], inputs,
+                                        precision, out_dtypes)
             if best is None:
                 log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
                 best = T.HOST
