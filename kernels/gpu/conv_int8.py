@@ -23,6 +23,7 @@ One launch, no cuBLAS, no host synchronisation: CUDA-graph capturable.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -307,7 +308,7 @@ QUANTIZE_VARIANTS = ("auto", "vec", "scalar")
 # Off until a GPU run has shown the vectorised kernels bit-exact with the scalar one
 # (tests/gpu/test_conv_int8_smallc_gpu.py, benchmarks/device_int8_stem.sh): until then
 # variant="auto" keeps to the scalar kernel.
-FAST_QUANTIZE = False
+FAST_QUANTIZE = os.environ.get("CUPYRT_FAST_QUANTIZE") == "1"
 _I32 = 2**31
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "half_t"}
 
