@@ -44,7 +44,8 @@ def _both(c, tactic, out_dtype, poison, **kw):
     wsc, s_wsc = conv_int8.pack_weight_int8_smallc(c["w"])
     np.testing.assert_array_equal(s_w16.get(), s_wsc.get())
     shape = (c["N"], c["P"], c["Q"], c["K"])
-    common = dict(stride=c["st"], padding=c["pd"], dilation=c["dl"], bias=c["bias"], **kw)
+    common = dict(stride=c["st"], padding=c["pd"], dilation=c["dl"], bias=c["bias"],
+                  out_dtype=out_dtype, **kw)
     ref = cp.full(shape, poison, out_dtype)
     conv_int8.conv2d_int8(c["x16"], wq16, 0.02, s_w16, out=ref, tactic=REF_TACTIC, **common)
     got = cp.full(shape, poison, out_dtype)
@@ -81,7 +82,7 @@ def test_float_out_bit_exact_vs_padded_conv(tactic, geom, C, out_dtype, res_dtyp
     if res_dtype is not None:
         kw["residual"] = cp.asarray(c["rng"].standard_normal((3, c["P"], c["Q"], 72)).astype(res_dtype))
     got, ref = _both(c, tactic, out_dtype, np.nan, act=act, alpha=0.1 if act == "LEAKY_RELU" else -0.3,
-                     beta=0.8, out_dtype=out_dtype, **kw)
+                     beta=0.8, **kw)
     np.testing.assert_array_equal(got, ref)
 
 
