@@ -4,8 +4,8 @@ integer arithmetic (engine/gpu/conv_tactics.py registers them).
 
 The conv_tactics helpers are imported at the bottom: conv_tactics registers these
 classes at the end of its own import, so either module may be imported first.
-ConvInt8SmallC (the INT8 RGB stem) is registered here, and only on request
-(CUPYRT_EXPERIMENTAL_INT8_STEM=1): see register_experimental.
+ConvInt8SmallC (the INT8 RGB stem) is registered here unless CUPYRT_INT8_SMALLC=0:
+see register_smallc.
 """
 import os
 
@@ -218,18 +218,16 @@ class ConvInt8SmallC(ConvInt8):
         return [nchw_view(y)]
 
 
-def register_experimental():
-    """Register ConvInt8SmallC when CUPYRT_EXPERIMENTAL_INT8_STEM=1, else nothing.
+def register_smallc():
+    """Register ConvInt8SmallC (the INT8 stem for C <= 4), unless CUPYRT_INT8_SMALLC=0.
 
-    Why behind a flag: its kernels (kernels/cuda/conv_int8_smallc.cu, quantize_int8.cu)
-    compile without spills but have not yet run on a GPU. A tactic the builder times is
-    also one it may pick, and a wrong stem would corrupt every INT8 engine silently; the
-    flag comes off (and the tactic joins conv_tactics' list) after
-    benchmarks/device_int8_stem.sh shows it bit-exact with ConvInt8 and faster.
+    First GPU run (H100, session 3): bit-exact with ConvInt8 on C padded to 16 on every test
+    case, ResNet-50 stem at batch 256 0.70 ms vs 1.51 ms (benchmarks/RESULTS.md). The
+    switch is there to take it out of the builder's choice when a stem is in doubt.
     Called once, at the end of this module's import (a module body runs once per process,
     whichever of conv_tactics / int8_tactics is imported first).
     """
-    if os.environ.get("CUPYRT_EXPERIMENTAL_INT8_STEM") != "1":
+    if os.environ.get("CUPYRT_INT8_SMALLC") == "0":
         return []
     from kernels.gpu.conv_int8 import SMALLC_TACTICS
     tactics = [ConvInt8SmallC(t) for t in SMALLC_TACTICS]
@@ -240,4 +238,4 @@ def register_experimental():
 from .conv_tactics import (_conv2d_reason, _epilogue, _fc_as_4d, _fc_out, _geometry,  # noqa: E402
                            _launcher, _wgmma_reason)
 
-register_experimental()
+register_smallc()

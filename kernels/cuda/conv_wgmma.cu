@@ -482,7 +482,8 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw, unsig
 //   v = acc * scale[k] + bias[k];  v += res[m * res_ld + k] (has_res);  v = act(v)
 //   out[m * out_ld + out_off + k] = v   (half or float)
 // Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, dynamic smem
-// Smem<BM, BN, STAGES>::BYTES.
+// Smem<BM, BN, STAGES>::BYTES, or less where the reduction has fewer k-tiles than STAGES:
+// the ring only fills stages [0, k-tiles) (WgmmaTactic.smem_for).
 template <int BM, int BN, int STAGES, int OUT_F32>
 __global__ void __launch_bounds__(BM * 2, 1)
 conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
@@ -617,6 +618,7 @@ template __global__ void conv_wgmma_f16<128, 256, 4, 0> CUPYRT_WG_F16_ARGS(half_
 template __global__ void conv_wgmma_f16<128, 128, 3, 0> CUPYRT_WG_F16_ARGS(half_t);
 template __global__ void conv_wgmma_f16<64, 128, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
 template __global__ void conv_wgmma_f16<128, 64, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<64, 64, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
 template __global__ void conv_wgmma_s8<128, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<128, 128, 4, 1> CUPYRT_WG_S8_ARGS(float);
 template __global__ void conv_wgmma_s8<128, 128, 4, 2> CUPYRT_WG_S8_ARGS(half_t);
@@ -624,4 +626,5 @@ template __global__ void conv_wgmma_s8<128, 256, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<128, 128, 3, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<64, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<128, 64, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<64, 64, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 #endif

@@ -53,7 +53,16 @@ class WgmmaTactic:
     def smem_bytes(self) -> int:
         # conv_wgmma.cu Smem<BM, BN, STAGES>::BYTES: the ring or the staged accumulator
         # tile, plus 1024 bytes to align the base for the 128-byte swizzle
-        return max(self.stages * (self.bm + self.bn) * 128, self.bm * (self.bn + 8) * 4) + 1024
+        return self.smem_for(None)
+
+    def smem_for(self, k_bytes) -> int:
+        """Dynamic shared memory of one launch whose reduction row is ``k_bytes`` long
+        (R*S*C elements x element size; None: the largest). The ring only ever fills
+        stages [0, k-tiles) (the mainloop prefetches tile kt into stage kt % STAGES and
+        stops at the last k-tile), so a layer with fewer 128-byte k-tiles than stages needs
+        only those: 1x1 layers with 64-256 channels then fit 2-4x more CTAs per SM."""
+        used = self.stages if k_bytes is None else max(1, min(self.stages, -(-k_bytes // 128)))
+        return max(used * (self.bm + self.bn) * 128, self.bm * (self.bn + 8) * 4) + 1024
 
     def name_expression(self, out_dtype) -> str:
         dims = f"{self.bm},{self.bn},{self.stages}"
@@ -66,8 +75,12 @@ class WgmmaTactic:
 # (bm, bn, stages): smem per CTA in KiB = ring / epilogue tile + 1
 #   128x128 s4: 129 (1 CTA/SM)   128x256 s4: 193   128x128 s3: 97 (2 CTAs/SM)
 #   64x128  s4:  97 (2 CTAs/SM)  128x64  s4:  97 (2 CTAs/SM, K = 64 layers)
+#   64x64   s4:  65
+# Those are the most a launch takes: one with fewer k-tiles than stages (1x1 layers with
+# up to 256 channels) gets only the stages it fills (WgmmaTactic.smem_for), e.g. 64x64 on a
+# 64-channel 1x1 layer: 20 KiB.
 # keep in step with the CUPYRT_NVCC_INSTANTIATE list of conv_wgmma.cu
-_TILES = ((128, 128, 4), (128, 256, 4), (128, 128, 3), (64, 128, 4), (128, 64, 4))
+_TILES = ((128, 128, 4), (128, 256, 4), (128, 128, 3), (64, 128, 4), (128, 64, 4), (64, 64, 4))
 TACTICS = tuple(WgmmaTactic(f"wg_{m}x{n}_s{s}", m, n, s) for m, n, s in _TILES)
 INT8_TACTICS = tuple(WgmmaTactic(f"wgi8_{m}x{n}_s{s}", m, n, s, kind="wgmma_int8")
                      for m, n, s in _TILES)
@@ -177,9 +190,10 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
     kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16)
+    kr = w_krsc.shape[1] * w_krsc.shape[2] * w_krsc.shape[3]
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(_grid(tactic, g.M, g.K), (tactic.threads,), g.args(act, alpha, beta),
-             shared_mem=tactic.smem_bytes)
+             shared_mem=tactic.smem_for(2 * kr))
     return g.out
 
 
@@ -206,5 +220,5 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     kern = _kernel(tactic, g["dt"])
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(_grid(tactic, g["N"] * g["P"] * g["Q"], g["K"]), (tactic.threads,), args,
-             shared_mem=tactic.smem_bytes)
+             shared_mem=tactic.smem_for(w_q.shape[1] * w_q.shape[2] * w_q.shape[3]))
     return out

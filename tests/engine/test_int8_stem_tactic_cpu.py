@@ -1,5 +1,5 @@
-"""The experimental INT8 stem tactic (ConvInt8SmallC) is registered only under
-CUPYRT_EXPERIMENTAL_INT8_STEM=1, once, whichever tactic module is imported first."""
+"""The INT8 stem tactic (ConvInt8SmallC) is registered by default and left out under
+CUPYRT_INT8_SMALLC=0, once, whichever tactic module is imported first."""
 import os
 import subprocess
 import sys
@@ -19,9 +19,9 @@ CODE = ("import {first}\n"
 
 
 def _count(first, flag):
-    env = {k: v for k, v in os.environ.items() if k != "CUPYRT_EXPERIMENTAL_INT8_STEM"}
+    env = {k: v for k, v in os.environ.items() if k != "CUPYRT_INT8_SMALLC"}
     if flag is not None:
-        env["CUPYRT_EXPERIMENTAL_INT8_STEM"] = flag
+        env["CUPYRT_INT8_SMALLC"] = flag
     proc = subprocess.run([sys.executable, "-c", CODE.format(first=first)], capture_output=True,
                           text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -29,14 +29,14 @@ def _count(first, flag):
 
 
 @pytest.mark.parametrize("first", ["engine.gpu.int8_tactics", "engine.gpu.conv_tactics"])
-def test_registered_once_only_under_the_flag(first):
+def test_registered_once_unless_switched_off(first):
     from kernels.gpu.conv_int8 import SMALLC_TACTICS
-    assert _count(first, None) == 0
-    assert _count(first, "0") == 0
+    assert _count(first, None) == len(SMALLC_TACTICS)
     assert _count(first, "1") == len(SMALLC_TACTICS)
+    assert _count(first, "0") == 0
 
 
-def test_register_experimental_without_the_flag_registers_nothing(monkeypatch):
+def test_register_smallc_switched_off_registers_nothing(monkeypatch):
     from engine.gpu import int8_tactics
-    monkeypatch.delenv("CUPYRT_EXPERIMENTAL_INT8_STEM", raising=False)
-    assert int8_tactics.register_experimental() == []
+    monkeypatch.setenv("CUPYRT_INT8_SMALLC", "0")
+    assert int8_tactics.register_smallc() == []

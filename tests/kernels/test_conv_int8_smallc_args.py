@@ -183,8 +183,8 @@ class _Out:
         self.data = type("D", (), {"ptr": ptr})()
 
 
-def test_auto_keeps_the_scalar_kernel_until_validated(monkeypatch):
-    assert conv_int8.FAST_QUANTIZE is False           # flips after the first GPU validation
+def test_auto_takes_the_vector_kernel_where_aligned(monkeypatch):
+    monkeypatch.setattr(conv_int8, "FAST_QUANTIZE", False)   # CUPYRT_FAST_QUANTIZE=0
     assert not conv_int8._use_vec_quantize("auto", _Out(256))
     assert not conv_int8._use_vec_quantize("scalar", _Out(256))
     assert conv_int8._use_vec_quantize("vec", _Out(8))   # "vec" checks alignment itself

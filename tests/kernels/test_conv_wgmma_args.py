@@ -35,6 +35,23 @@ def test_tile_fits_one_warpgroup_per_64_rows_and_smem(t):
     assert t.smem_bytes <= SMEM_MAX
 
 
+@pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)
+def test_smem_for_short_reductions_holds_only_the_stages_filled(t):
+    stage, epi = (t.bm + t.bn) * 128, t.bm * (t.bn + 8) * 4
+    sizes = [t.smem_for(kb) for kb in (16, 64, 128, 129, 256, 384, 512, 4608, 10**6)]
+    assert sizes == sorted(sizes) and max(sizes) == t.smem_bytes == t.smem_for(None)
+    for kb, used in ((16, 1), (128, 1), (129, 2), (256, 2), (384, 3), (10**6, t.stages)):
+        assert t.smem_for(kb) == max(min(used, t.stages) * stage, epi) + 1024, kb
+
+
+def test_smem_for_examples():
+    t = W.TACTICS_BY_NAME["wgi8_64x64_s4"]
+    assert t.smem_for(64) == 64 * 72 * 4 + 1024 == 19456          # 1x1, 64 int8 channels
+    assert t.smem_bytes == 4 * 128 * 128 + 1024
+    t = W.TACTICS_BY_NAME["wg_128x128_s3"]                         # 64 halves = one k-tile
+    assert t.smem_for(2 * 64) == 128 * 136 * 4 + 1024 < t.smem_bytes == 3 * 256 * 128 + 1024
+
+
 def test_name_expressions():
     t = W.TACTICS_BY_NAME["wg_128x256_s4"]
     assert t.name_expression(np.float16) == "conv_wgmma_f16<128,256,4,0>"
