@@ -567,6 +567,10 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
 // INT8: x [N, H, W, C] int8 codes (C % 16 == 0), w [K, R, S, C] int8; arguments exactly
 // those of conv_int8_igemm (kernels/gpu/conv_int8.py); exact s32 accumulation, then
 // int8_epilogue.cuh's epilogue_staged (OUT 0 int8 / 1 float32 / 2 float16).
+// res_kind | 4 (wgmma only): the residual tile is prefetched into shared memory at
+// max(ring stages filled, staging tile) bytes past the aligned base; the launcher sets it
+// only where rows are 16-byte aligned (K * element size % 16 == 0, aligned pointer) and
+// reserves BM * BN * element size more bytes.
 // Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, smem Smem<BM,BN,STAGES>::BYTES.
 template <int BM, int BN, int STAGES, int OUT>
 __global__ void __launch_bounds__(BM * 2, 1)
@@ -589,6 +593,31 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
     const int n0 = (blockIdx.x % n_tiles) * BN;
     const int M = N * P * Q;
 
+    // res_kind | 4: the launcher reserved BM x BN residual elements of shared memory past
+    // the ring / staging area (WgmmaTactic.smem_for): fetch this CTA's residual tile now,
+    // one cp.async group older than the mainloop's, so it lands while the MMAs run and the
+    // epilogue reads it from shared memory instead of waiting on global memory per group.
+    const int rk = res_kind & 3;
+    const bool res_pf = (res_kind & 4) != 0;
+    int res_off = 0;
+    if (res_pf) {
+        constexpr int STAGE = Smem<BM, BN, STAGES>::STAGE, EPI = Smem<BM, BN, STAGES>::EPI;
+        const int used = min(STAGES, (R * S * C + 127) / 128);     // stages the ring fills
+        res_off = max(used * STAGE, EPI);
+        const int rbytes = rk == 1 ? 1 : (rk == 2 ? 4 : 2);
+        const int row_chunks = BN * rbytes / 16;                   // 16-byte chunks per row
+        const int k_bytes = K * rbytes, n0b = n0 * rbytes;
+        const unsigned sr = sbase + (unsigned)res_off;
+        const unsigned char* rsrc = reinterpret_cast<const unsigned char*>(res);
+        for (int idx = threadIdx.x; idx < BM * row_chunks; idx += BM * 2) {
+            const int r = idx / row_chunks, cb = (idx - r * row_chunks) * 16;
+            const bool ok = m0 + r < M && n0b + cb < k_bytes;
+            const unsigned char* src =
+                ok ? rsrc + ((long long)(m0 + r) * res_ld * rbytes + n0b + cb) : rsrc;
+            cp_async16(sr + (unsigned)(r * BN * rbytes + cb), src, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    }
     int acc[BN / 2];
     mainloop<BM, BN, STAGES, 1>(reinterpret_cast<const unsigned char*>(x),
                                 reinterpret_cast<const unsigned char*>(w), sbase, m0, n0,
@@ -599,8 +628,8 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
     stage_acc<BM, BN>(sC, acc);
     __syncthreads();
     cupyrt_int8::epilogue_staged<BM, BN, BM * 2, OUT>(
-        sC, threadIdx.x, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, res_kind,
-        has_bias, s_in, res_scale, inv_out, act, alpha, beta);
+        sC, threadIdx.x, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rk,
+        has_bias, s_in, res_scale, inv_out, act, alpha, beta, res_pf ? smem + res_off : nullptr);
 }
 
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through name_expressions;

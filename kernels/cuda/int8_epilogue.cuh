@@ -85,6 +85,10 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
 // The staged epilogue: the CTA's int32 accumulators sit in shared memory as a BM x BN tile
 // with a row stride of BN + 8 words; each thread takes 8 adjacent channels of one row at a
 // time (16-byte-aligned stores when out_ld, out_off, K and res_ld are multiples of 8).
+// sR (optional): the CTA's residual tile already in shared memory, BM rows x BN elements of
+// the residual's type, row-major (conv_wgmma.cu prefetches it with cp.async while the
+// mainloop runs); without it the residual is read from global memory here, one dependent
+// round trip per 8-channel group.
 template <int BM, int BN, int THREADS, int OUT>
 __device__ __forceinline__ void
 epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
@@ -92,7 +96,8 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
                 const float* __restrict__ s_w, const float* __restrict__ bias,
                 const void* __restrict__ res,
                 int out_ld, int out_off, int res_ld, int res_kind, int has_bias,
-                float s_in, float res_scale, float inv_out, int act, float alpha, float beta) {
+                float s_in, float res_scale, float inv_out, int act, float alpha, float beta,
+                const void* sR = nullptr) {
     typedef typename OutSel<OUT>::T OutT;
     constexpr int LDC = BN + 8;          // int32 words
     const ActLin actf(act, alpha, beta);
@@ -106,7 +111,8 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
         const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
         const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
         OutT* o = out + (long long)m * out_ld + out_off + col;
-        const long long ri = (long long)m * res_ld + col;
+        const void* rb = sR ? sR : res;
+        const long long ri = sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col;
         if (vec8) {
             const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
             const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
@@ -123,7 +129,7 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
             }
             if (res_kind) {
                 float rv[8];
-                res8(res, ri, res_kind, res_scale, rv);
+                res8(rb, ri, res_kind, res_scale, rv);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
             }
@@ -136,7 +142,7 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
                 if (col + e < K) {
                     float y = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, s_w[col + e]));
                     if (has_bias) y = __fadd_rn(y, bias[col + e]);
-                    if (res_kind) y = __fadd_rn(y, res_at(res, ri + e, res_kind, res_scale));
+                    if (res_kind) y = __fadd_rn(y, res_at(rb, ri + e, res_kind, res_scale));
                     put(o + e, actf(y), inv_out);
                 }
             }

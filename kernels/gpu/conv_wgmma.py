@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compile import get_function
+from .compile import get_function, i32
 from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes are conv_int8's
 from .conv_int8 import _int8_launch_args, check_int8_args
 from .conv_tc import _setup
@@ -135,8 +135,10 @@ def _kernel(tactic: WgmmaTactic, out_dtype):
     fn = get_function(SOURCE, name, options=ARCH_OPTIONS, name_expressions=(name,))
     key = (name, cp.cuda.Device().id)
     if key not in _configured:
-        if tactic.smem_bytes > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
+        # the most any launch asks for (INT8 adds a prefetched residual tile when it fits)
+        need = tactic.smem_bytes if tactic.kind == "wgmma" else SMEM_LIMIT
+        if need > 48 * 1024:
+            fn.max_dynamic_shared_size_bytes = need
         _configured.add(key)
     return fn
 
@@ -198,6 +200,23 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
 
 
 # ---- INT8 ------------------------------------------------------------------------------
+RES_KIND_ARG = 24           # position of res_kind in conv_int8._int8_launch_args' list
+SMEM_LIMIT = 227 * 1024     # dynamic shared memory a CTA may opt in to on sm_90
+
+
+def residual_prefetch_bytes(tactic, smem, residual):
+    """Shared memory for the residual tile the INT8 wgmma kernel prefetches (res_kind | 4),
+    or 0 where it reads the residual from global memory: no residual, rows not 16-byte
+    aligned, or the tile would not fit beside ``smem`` (the launch's ring / staging bytes)."""
+    if residual is None:
+        return 0
+    rbytes = np.dtype(residual.dtype).itemsize
+    extra = tactic.bm * tactic.bn * rbytes
+    if (residual.shape[-1] * rbytes) % 16 or residual.data.ptr % 16 or smem + extra > SMEM_LIMIT:
+        return 0
+    return extra
+
+
 def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
                       bias=None, residual=None, residual_scale=None, act=None, alpha=0.0,
                       beta=0.0, s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
@@ -217,8 +236,13 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     require_available()
     out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
                                   residual, residual_scale, act, alpha, beta)
+    smem = tactic.smem_for(w_q.shape[1] * w_q.shape[2] * w_q.shape[3])
+    extra = residual_prefetch_bytes(tactic, smem, residual)
+    if extra:
+        assert args[RES_KIND_ARG] == g["res_kind"]
+        args = args[:RES_KIND_ARG] + (i32(g["res_kind"] | 4),) + args[RES_KIND_ARG + 1:]
     kern = _kernel(tactic, g["dt"])
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(_grid(tactic, g["N"] * g["P"] * g["Q"], g["K"]), (tactic.threads,), args,
-             shared_mem=tactic.smem_for(w_q.shape[1] * w_q.shape[2] * w_q.shape[3]))
+             shared_mem=smem + extra)
     return out

@@ -198,3 +198,40 @@ def test_nvrtc_builds_tactic_with_cupy_option_order(t):
         nvrtc.destroyProgram(prog)
     spills = [ln for ln in log.splitlines() if re.search(r"[1-9]\d* bytes (spill|stack)", ln)]
     assert not spills, "\n".join(spills)
+
+
+# ---- the INT8 residual prefetch (res_kind | 4) --------------------------------------------
+class _Res:
+    """Stands in for a CuPy residual: dtype, shape and device pointer only."""
+    def __init__(self, K, dtype, ptr=1 << 20):
+        self.dtype, self.shape = np.dtype(dtype), (2, 7, 7, K)
+        self.data = type("D", (), {"ptr": ptr})()
+
+
+@pytest.mark.parametrize("name, K, dtype, want", [
+    ("wgi8_64x128_s4", 512, np.int8, 64 * 128),          # 1x1 expand layer, int8 residual
+    ("wgi8_64x64_s4", 256, np.float32, 64 * 64 * 4),
+    ("wgi8_128x256_s4", 1024, np.int8, 128 * 256),       # 193 + 32 KiB still fits
+    ("wgi8_128x256_s4", 1024, np.float16, 0),            # 193 + 64 KiB does not
+    ("wgi8_64x128_s4", 72, np.int8, 0),                  # 72-byte rows: not 16-byte aligned
+    ("wgi8_64x128_s4", 72, np.float16, 64 * 128 * 2),    # 144-byte rows are
+])
+def test_residual_prefetch_bytes(name, K, dtype, want):
+    t = W.TACTICS_BY_NAME[name]
+    assert W.residual_prefetch_bytes(t, t.smem_bytes, _Res(K, dtype)) == want
+    if want:
+        assert t.smem_bytes + want <= W.SMEM_LIMIT == SMEM_MAX
+
+
+def test_residual_prefetch_needs_a_residual_and_an_aligned_pointer():
+    t = W.TACTICS_BY_NAME["wgi8_64x128_s4"]
+    assert W.residual_prefetch_bytes(t, t.smem_bytes, None) == 0
+    assert W.residual_prefetch_bytes(t, t.smem_bytes, _Res(512, np.int8, ptr=(1 << 20) + 8)) == 0
+
+
+def test_res_kind_position_matches_the_int8_argument_list():
+    # the launcher swaps args[RES_KIND_ARG] for res_kind | 4: that slot must be res_kind
+    src = (CUDA_DIR / "conv_wgmma.cu").read_text()
+    sig = src.split("conv_wgmma_s8(", 1)[1].split(")", 1)[0]
+    params = [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
+    assert params[W.RES_KIND_ARG] == "res_kind"
