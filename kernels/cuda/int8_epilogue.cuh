@@ -32,13 +32,25 @@ __device__ __forceinline__ void put(i8_t* p, float y, float inv_out) {
 __device__ __forceinline__ void put(float* p, float y, float) { *p = y; }
 __device__ __forceinline__ void put(half_t* p, float y, float) { *p = f2h(y); }
 
+// float -> int8 code in one conversion: the same rint-half-even and saturation as q8
+// (cvt to .s8 clamps to [-128, 127]; NaN -> 0), the code in the low byte
+__device__ __forceinline__ unsigned q8_byte(float v) {
+    unsigned short s;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(s) : "f"(v));
+    return s;
+}
+// four codes -> one word, byte e = code e (two byte permutes)
+__device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, unsigned d) {
+    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
 // eight adjacent channels (8 / 32 / 16 bytes, aligned)
 __device__ __forceinline__ void put8(i8_t* p, const float (&y)[8], float inv_out) {
-    unsigned w[2] = {0u, 0u};
+    unsigned q[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e)
-        w[e >> 2] |= ((unsigned)q8(__fmul_rn(y[e], inv_out)) & 0xffu) << (8 * (e & 3));
-    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+    for (int e = 0; e < 8; ++e) q[e] = q8_byte(__fmul_rn(y[e], inv_out));
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
+                                              pack4(q[4], q[5], q[6], q[7]));
 }
 __device__ __forceinline__ void put8(float* p, const float (&y)[8], float) {
     reinterpret_cast<float4*>(p)[0] = make_float4(y[0], y[1], y[2], y[3]);
@@ -103,7 +115,55 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
     const ActLin actf(act, alpha, beta);
     const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;
-    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
+    // Aligned case: thread tid keeps one 8-channel group (cg = tid % CPR) for every row it
+    // visits, so its per-channel factors s_in * s_w and the bias are loaded and multiplied
+    // once, not once per row; the arithmetic per element is the same sequence of roundings.
+    static_assert(THREADS % CPR == 0 && BM % (THREADS / CPR) == 0, "rows split evenly");
+    if (vec8) {
+        constexpr int RSTEP = THREADS / CPR;
+        const int cg = tid % CPR, col = n0 + cg * 8;
+        if (col >= K) return;
+        float sc[8], bi[8];
+        {
+            const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
+            const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
+            const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sc[e] = __fmul_rn(s_in, sw[e]);
+            const float4 b0 = has_bias ? *reinterpret_cast<const float4*>(bias + col) : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float4 b1 = has_bias ? *reinterpret_cast<const float4*>(bias + col + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            bi[0] = b0.x; bi[1] = b0.y; bi[2] = b0.z; bi[3] = b0.w;
+            bi[4] = b1.x; bi[5] = b1.y; bi[6] = b1.z; bi[7] = b1.w;
+        }
+        const void* rb = sR ? sR : res;
+#pragma unroll 2
+        for (int r = tid / CPR; r < BM; r += RSTEP) {
+            const int m = m0 + r;
+            if (m >= M) break;                   // rows only grow
+            const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
+            const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
+            const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            float y[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
+            if (has_bias) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
+            }
+            if (res_kind) {
+                float rv[8];
+                res8(rb, sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col,
+                     res_kind, res_scale, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+            put8(out + (long long)m * out_ld + out_off + col, y, inv_out);
+        }
+        return;
+    }
+    for (int idx = tid; idx < BM * CPR; idx += THREADS) {     // unaligned rows / channels
         const int r = idx / CPR, cg = idx - r * CPR;
         const int m = m0 + r, col = n0 + cg * 8;
         if (m >= M || col >= K) continue;
@@ -113,30 +173,7 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
         OutT* o = out + (long long)m * out_ld + out_off + col;
         const void* rb = sR ? sR : res;
         const long long ri = sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col;
-        if (vec8) {
-            const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
-            const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
-            const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-            float y[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, sw[e]));
-            if (has_bias) {
-                const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
-                const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
-                const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
-            }
-            if (res_kind) {
-                float rv[8];
-                res8(rb, ri, res_kind, res_scale, rv);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
-            put8(o, y, inv_out);
-        } else {
+        {                                        // unaligned: one element at a time
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
                 if (col + e < K) {
