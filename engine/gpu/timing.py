@@ -4,6 +4,13 @@ Timing (tinygrad's loop): warm up, then time with CUDA events and take the
 median; stop early once a candidate is clearly slower than the best so far; a
 candidate that raises scores infinity and is skipped, never fatal.
 
+Host time out of the measurement: before each timed call a one-thread kernel holds the
+stream for SPIN_MS, so the start event, the candidate's launch and the end event are all
+queued before the GPU reaches them; the events then bracket GPU work only. Without it a
+candidate's Python launch path (argument checks, allocation: 0.05-0.2 ms) landed between
+the two events and moved with the host's load: the same layer measured 0.13 and 0.28 ms
+in two builds of one session (H100, session 3), enough to pick the wrong tile.
+
 The cache maps a key of (kernel version, GPU name, compute capability,
 precision, layer signature, input shapes and dtypes) to the chosen tactic, in
 a JSON file shared safely between threads (a lock) and processes (merge on
@@ -21,11 +28,41 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KERNEL_VERSION = 2        # bump when any tactic's code changes what it computes or how fast
+KERNEL_VERSION = 3        # bump when any tactic's code changes what it computes or how fast
 # below this eager median a kernel hides behind its launch (CuPy's Python launch path
 # costs ~10-20 us): a capturable candidate is re-timed inside a CUDA graph, as an
 # engine replayed as a graph runs it
 GRAPH_TIMING_BELOW_MS = 0.25
+SPIN_MS = 0.5             # how long the stream is held before each eager timed call
+
+_SPIN_SOURCE = r"""
+extern "C" __global__ void cupyrt_spin(long long cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) { }
+}
+"""
+_spin_kernels = {}
+
+
+def _spin(stream):
+    """Hold ``stream`` for about SPIN_MS (False when the kernel is not available)."""
+    import cupy as cp
+    dev = cp.cuda.Device().id
+    entry = _spin_kernels.get(dev)
+    if entry is None:
+        try:
+            kern = cp.RawKernel(_SPIN_SOURCE, "cupyrt_spin")
+            khz = cp.cuda.Device(dev).attributes.get("ClockRate") or 2_000_000   # kHz
+            entry = (kern, int(khz * SPIN_MS))
+        except Exception as e:   # noqa: BLE001  (no compiler: time as before)
+            log.debug("spin kernel unavailable: %s: %s", type(e).__name__, e)
+            entry = (None, 0)
+        _spin_kernels[dev] = entry
+    kern, cycles = entry
+    if kern is None:
+        return False
+    kern((1,), (1,), (np.int64(cycles),), stream=stream)
+    return True
 
 
 def time_ms(fn, best_so_far=math.inf, warmup=2, reps=9, graph=False):
@@ -87,6 +124,7 @@ def _eager_ms(fn, best_so_far, warmup, reps):
         times = []
         for _ in range(reps):
             start, end = cp.cuda.Event(), cp.cuda.Event()
+            _spin(stream)                  # the host queues the rest while this runs
             start.record(stream)
             fn()
             end.record(stream)

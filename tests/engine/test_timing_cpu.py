@@ -19,3 +19,55 @@ def test_time_ms_picks_the_clock(monkeypatch, eager, graph_ok, replayed, expecte
     monkeypatch.setattr(timing, "graph_time_ms", lambda fn: calls.append(fn) or replayed)
     assert timing.time_ms(lambda: None, graph=graph_ok) == expected
     assert bool(calls) == (graph_ok and eager < timing.GRAPH_TIMING_BELOW_MS)
+
+
+class _FakeCupy:
+    """Just enough of cupy for _eager_ms: events and a stream that log what they do."""
+    def __init__(self, log, gpu_ms):
+        self.log, self.gpu_ms = log, gpu_ms
+        outer = self
+
+        class Event:
+            def record(self, stream=None):
+                outer.log.append("record")
+
+            def synchronize(self):
+                pass
+
+        class Cuda:
+            pass
+        self.cuda = Cuda()
+        self.cuda.Event = Event
+        self.cuda.get_current_stream = lambda: "stream"
+        self.cuda.get_elapsed_time = lambda a, b: outer.gpu_ms.pop(0)
+
+
+@pytest.mark.parametrize("spin_ok", [True, False])
+def test_eager_timing_holds_the_stream_before_each_timed_call(monkeypatch, spin_ok):
+    import sys
+    log = []
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(log, [0.3, 0.5, 0.2, 0.4, 0.1]))
+    monkeypatch.setattr(timing, "_spin", lambda stream: log.append("spin") or spin_ok)
+    ms = timing._eager_ms(lambda: log.append("fn"), math.inf, warmup=1, reps=5)
+    assert ms == 0.3                                   # the median of the five
+    timed = log[1:]                                    # after the one warm-up call
+    assert log[0] == "fn"
+    assert timed == ["spin", "record", "fn", "record"] * 5
+
+
+def test_eager_timing_stops_early_on_a_clearly_slower_candidate(monkeypatch):
+    import sys
+    log = []
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(log, [2.0, 2.1, 2.2, 9.0, 9.0]))
+    monkeypatch.setattr(timing, "_spin", lambda stream: True)
+    assert timing._eager_ms(lambda: None, 1.0, warmup=0, reps=5) == 2.1
+    assert log.count("record") == 6                    # three timed calls, not five
+
+
+def test_a_failing_candidate_scores_infinity(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy([], []))
+
+    def boom():
+        raise RuntimeError("launch failed")
+    assert timing._eager_ms(boom, math.inf, warmup=1, reps=3) == math.inf
