@@ -24,3 +24,15 @@ run_tests() {  # name timeout pytest-args...
   echo "== tests $name rc=$?: $(tail -1 "$OUT/tests_$name.log")"
   grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -${FAIL_LINES:-10}
 }
+
+resnet50_fp16_int8() {  # timeout reps [extra bench_models args...]: ResNet-50 b256, FP16 + INT8
+  local t=$1 reps=$2; shift 2
+  local d; d=$(mktemp -d)
+  timeout $t python3 benchmarks/bench_models.py --out "$d" --models resnet50 \
+    --precisions fp16,int8 --batches 256 --reps $reps "$@" > "$OUT/bench_r50.log" 2>&1
+  echo "== resnet50 rc=$?"
+  cp "$d/bench_models.json" "$OUT/bench_r50.json" 2>/dev/null
+  cat "$d"/profile_*.txt > "$OUT/profiles.txt" 2>/dev/null
+  grep -E "^\[precision\].*moved True" "$OUT/bench_r50.log" | head -8
+  grep -E "^\[build\]|^\[run\]" "$OUT/bench_r50.log"
+}

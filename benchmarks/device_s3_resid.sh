@@ -6,7 +6,6 @@
 source "$(dirname "$0")/device_common.sh"
 gpu_info
 precompile_all True
-W=$(mktemp -d)
 run_tests wgmma 150 tests/gpu/test_conv_wgmma_gpu.py tests/gpu/test_conv_int8_gpu.py \
   tests/gpu/test_engine_gpu.py tests/gpu/test_mixed_precision_gpu.py
 for l in s1_1x1_64_256 s2_1x1_128_512 s3_1x1_256_1024; do
@@ -23,10 +22,4 @@ timeout 90 ncu -k regex:conv_wgmma_s8 --launch-count 1 --launch-skip 1 --section
   --residual > "$OUT/ncu.txt" 2>&1; echo "== ncu rc=$?"
 grep -E "Duration|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Block Limit|Registers Per|Warp Cycles Per Issued|Eligible Warps|No Eligible|Dynamic Shared" "$OUT/ncu.txt" | head -24
 grep -E "issue_stalled" "$OUT/ncu.txt" | awk '$NF+0 > 0.3' | sort -k3 -n -r | head -12
-timeout 130 python3 benchmarks/bench_models.py --out "$W/a" --models resnet50 \
-  --precisions fp16,int8 --batches 256 --reps 20 --profile > "$OUT/bench_r50.log" 2>&1
-echo "== resnet50 rc=$?"
-cp "$W/a/bench_models.json" "$OUT/bench_r50.json" 2>/dev/null
-cat "$W"/a/profile_*.txt > "$OUT/profiles.txt" 2>/dev/null
-grep -E "^\[precision\].*moved True" "$OUT/bench_r50.log" | head -8
-grep -E "^\[run\]" "$OUT/bench_r50.log"
+resnet50_fp16_int8 130 20 --profile

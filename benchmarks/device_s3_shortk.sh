@@ -35,9 +35,4 @@ for f in glob.glob(sys.argv[1] + "/*.json"):
         print(f"{r['layer']:16s} torch {r['torch_ms']:.3f} | f16 wg {r['fp16_wgmma_ms']:.3f} {r['fp16_wgmma_tactic']:14s}"
               f" mma {r['fp16_mma_ms']:.3f} | i8 wg {r['int8_wgmma_ms']:.3f} {r['int8_wgmma_tactic']:15s} mma {r['int8_mma_ms']:.3f}")
 PY
-timeout 130 python3 benchmarks/bench_models.py --out "$W/a" --models resnet50 \
-  --precisions fp16,int8 --batches 256 --reps 20 > "$OUT/bench_r50.log" 2>&1
-echo "== resnet50 rc=$?"
-cp "$W/a/bench_models.json" "$OUT/bench_r50.json" 2>/dev/null
-grep -E "^\[precision\].*moved True" "$OUT/bench_r50.log" | head -8
-grep -E "^\[run\]" "$OUT/bench_r50.log"
+resnet50_fp16_int8 130 20
