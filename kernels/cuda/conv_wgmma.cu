@@ -507,6 +507,32 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     const int n0 = (blockIdx.x % n_tiles) * BN;
     const int M = N * P * Q;
 
+    // has_res bits (kernels/gpu/conv_wgmma.py sets 2 and 4 only under
+    // CUPYRT_WGMMA_F16_FAST_EPILOGUE=1, until a GPU run has validated them):
+    //   1 a residual;  2 its BM x BN tile prefetched into shared memory past the ring (as
+    //   the INT8 kernel's res_kind | 4);  4 the fixed-column epilogue below.
+    const bool hres = (has_res & 1) != 0;
+    const bool res_pf = hres && (has_res & 2) != 0;
+    const bool fixed_cols = (has_res & 4) != 0;
+    int res_off = 0;
+    if (res_pf) {
+        constexpr int STAGE = Smem<BM, BN, STAGES>::STAGE, EPI = Smem<BM, BN, STAGES>::EPI;
+        const int used = min(STAGES, (R * S * C * 2 + 127) / 128);
+        res_off = max(used * STAGE, EPI);
+        constexpr int RB = (int)sizeof(OutT);
+        constexpr int ROW_CHUNKS = BN * RB / 16;
+        const int k_bytes = K * RB, n0b = n0 * RB;
+        const unsigned sr = sbase + (unsigned)res_off;
+        const unsigned char* rsrc = reinterpret_cast<const unsigned char*>(res);
+        for (int idx = threadIdx.x; idx < BM * ROW_CHUNKS; idx += THREADS) {
+            const int r = idx / ROW_CHUNKS, cb = (idx - r * ROW_CHUNKS) * 16;
+            const bool ok = m0 + r < M && n0b + cb < k_bytes;
+            const unsigned char* src =
+                ok ? rsrc + ((long long)(m0 + r) * res_ld * RB + n0b + cb) : rsrc;
+            cp_async16(sr + (unsigned)(r * BN * RB + cb), src, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    }
     float acc[BN / 2];
     mainloop<BM, BN, STAGES, 2>(reinterpret_cast<const unsigned char*>(x),
                                 reinterpret_cast<const unsigned char*>(w), sbase, m0, n0,
@@ -521,8 +547,41 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     // conv_igemm.cu's V2 epilogue, the same math in the same order
     const int tid = threadIdx.x;
     const ActLin actf(act, alpha, beta);
-    const bool vec8 = ((out_ld | out_off | (has_res ? res_ld : 0)) & 7) == 0;
+    const bool vec8 = ((out_ld | out_off | (hres ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;              // 8-channel groups per row
+    const OutT* sR = res_pf ? reinterpret_cast<const OutT*>(smem + res_off) : nullptr;
+    if (fixed_cols && vec8 && (K & 7) == 0) {
+        // one 8-channel group per thread for all its rows: scale and bias loaded once
+        static_assert(THREADS % CPR == 0 && BM % (THREADS / CPR) == 0, "rows split evenly");
+        const int cg = tid % CPR, col = n0 + cg * 8;
+        if (col >= K) return;
+        const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
+        const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
+        const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
+        const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
+        const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+        const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll 2
+        for (int r = tid / CPR; r < BM; r += THREADS / CPR) {
+            const int m = m0 + r;
+            if (m >= M) break;
+            const float4 a0 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8);
+            const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
+            float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
+            if (hres) {
+                float rv[8];
+                load8(sR ? sR + r * BN + cg * 8 : res + (long long)m * res_ld + col, rv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] += rv[e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+            store8(out + (long long)m * out_ld + out_off + col, v);
+        }
+        return;
+    }
     for (int idx = tid; idx < BM * CPR; idx += THREADS) {
         const int r = idx / CPR, cg = idx - r * CPR;
         const int m = m0 + r, col = n0 + cg * 8;
@@ -531,7 +590,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
         const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
         float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
         OutT* o = out + (long long)m * out_ld + out_off + col;
-        const OutT* rp = res + (long long)m * res_ld + col;
+        const OutT* rp = sR ? sR + r * BN + cg * 8 : res + (long long)m * res_ld + col;
         if (vec8 && col + 8 <= K) {
             const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
             const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
@@ -541,7 +600,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
             const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
             for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
-            if (has_res) {
+            if (hres) {
                 float rv[8];
                 load8(rp, rv);
 #pragma unroll
@@ -555,7 +614,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
             for (int e = 0; e < 8; ++e) {
                 if (col + e < K) {
                     float t = v[e] * scale[col + e] + bias[col + e];
-                    if (has_res) t += io<OutT>::load(rp + e);
+                    if (hres) t += io<OutT>::load(rp + e);
                     io<OutT>::store(o + e, actf(t));
                 }
             }

@@ -21,6 +21,7 @@ a STAGES-deep cp.async ring of 128-byte k-tiles (64 halves / 128 int8 per row).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,7 @@ def _tactic(tactic, kind):
     return tactic
 
 
-_configured: set = set()
+_configured: dict = {}     # (name expression, device) -> opt-in shared memory set on it
 
 
 def _kernel(tactic: WgmmaTactic, out_dtype):
@@ -134,12 +135,13 @@ def _kernel(tactic: WgmmaTactic, out_dtype):
     name = tactic.name_expression(out_dtype)
     fn = get_function(SOURCE, name, options=ARCH_OPTIONS, name_expressions=(name,))
     key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        # the most any launch asks for (INT8 adds a prefetched residual tile when it fits)
-        need = tactic.smem_bytes if tactic.kind == "wgmma" else SMEM_LIMIT
-        if need > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = need
-        _configured.add(key)
+    # the most a launch may ask for: the ring plus a prefetched residual tile (INT8; FP16
+    # only with F16_FAST_EPILOGUE, read per call: until validated FP16 stays as it was)
+    prefetch = tactic.kind == "wgmma_int8" or F16_FAST_EPILOGUE
+    need = SMEM_LIMIT if prefetch else tactic.smem_bytes
+    if need > 48 * 1024 and _configured.get(key, 0) < need:
+        fn.max_dynamic_shared_size_bytes = need
+        _configured[key] = need
     return fn
 
 
@@ -159,7 +161,43 @@ def _grid(tactic, M, K):
     return (-(-M // tactic.bm) * -(-K // tactic.bn),)
 
 
+RES_KIND_ARG = 24           # position of res_kind in conv_int8._int8_launch_args' list
+SMEM_LIMIT = 227 * 1024     # dynamic shared memory a CTA may opt in to on sm_90
+
+
+def residual_prefetch_bytes(tactic, smem, residual):
+    """Shared memory for the residual tile a wgmma kernel prefetches (INT8: res_kind | 4;
+    FP16: has_res | 2), or 0 where it reads the residual from global memory: no residual, rows not 16-byte
+    aligned, or the tile would not fit beside ``smem`` (the launch's ring / staging bytes)."""
+    if residual is None:
+        return 0
+    rbytes = np.dtype(residual.dtype).itemsize
+    extra = tactic.bm * tactic.bn * rbytes
+    if (residual.shape[-1] * rbytes) % 16 or residual.data.ptr % 16 or smem + extra > SMEM_LIMIT:
+        return 0
+    return extra
+
+
 # ---- FP16 ------------------------------------------------------------------------------
+HAS_RES_ARG = 24            # position of has_res in conv_tc._Geometry.args
+# The INT8 kernel's residual prefetch and fixed-column epilogue, ported to the FP16 kernel
+# (has_res bits 2 and 4): written and compiled (no spills), not yet run on a GPU, so off
+# unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1 (tests/gpu/test_conv_wgmma_gpu.py checks it
+# against the default path; turn it on once that has passed).
+F16_FAST_EPILOGUE = os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1"
+
+
+def f16_epilogue_flags(tactic, smem, residual, fast):
+    """(has_res argument, extra shared memory bytes) of one FP16 launch: bit 1 a residual;
+    with ``fast`` bit 4 (the fixed-column epilogue) and, where the residual tile fits
+    (``residual_prefetch_bytes``), bit 2 with the bytes it takes."""
+    flags = int(residual is not None)
+    if not fast:
+        return flags, 0
+    extra = residual_prefetch_bytes(tactic, smem, residual)
+    return flags | 4 | (2 if extra else 0), extra
+
+
 def _check_f16(x, w_krsc):
     """Shape / dtype rules of the FP16 kernel that need no device (NumPy arrays work too)."""
     if x.dtype != np.float16 or w_krsc.dtype != np.float16:
@@ -193,30 +231,17 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
                out_channel_offset, residual, scale, bias)
     kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16)
     kr = w_krsc.shape[1] * w_krsc.shape[2] * w_krsc.shape[3]
+    smem = tactic.smem_for(2 * kr)
+    args = g.args(act, alpha, beta)
+    flags, extra = f16_epilogue_flags(tactic, smem, residual, F16_FAST_EPILOGUE)
+    if flags != int(g.has_res):
+        args = args[:HAS_RES_ARG] + (i32(flags),) + args[HAS_RES_ARG + 1:]
     with (stream if stream is not None else cp.cuda.get_current_stream()):
-        kern(_grid(tactic, g.M, g.K), (tactic.threads,), g.args(act, alpha, beta),
-             shared_mem=tactic.smem_for(2 * kr))
+        kern(_grid(tactic, g.M, g.K), (tactic.threads,), args, shared_mem=smem + extra)
     return g.out
 
 
 # ---- INT8 ------------------------------------------------------------------------------
-RES_KIND_ARG = 24           # position of res_kind in conv_int8._int8_launch_args' list
-SMEM_LIMIT = 227 * 1024     # dynamic shared memory a CTA may opt in to on sm_90
-
-
-def residual_prefetch_bytes(tactic, smem, residual):
-    """Shared memory for the residual tile the INT8 wgmma kernel prefetches (res_kind | 4),
-    or 0 where it reads the residual from global memory: no residual, rows not 16-byte
-    aligned, or the tile would not fit beside ``smem`` (the launch's ring / staging bytes)."""
-    if residual is None:
-        return 0
-    rbytes = np.dtype(residual.dtype).itemsize
-    extra = tactic.bm * tactic.bn * rbytes
-    if (residual.shape[-1] * rbytes) % 16 or residual.data.ptr % 16 or smem + extra > SMEM_LIMIT:
-        return 0
-    return extra
-
-
 def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
                       bias=None, residual=None, residual_scale=None, act=None, alpha=0.0,
                       beta=0.0, s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,

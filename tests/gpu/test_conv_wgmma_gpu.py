@@ -103,6 +103,33 @@ def test_fp16_residual_activation_fp32_out(tactic, act):
     assert rel_l2(out.get(), ref) <= 2e-3
 
 
+@pytest.mark.parametrize("tactic", TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[7], SHAPES[8]], ids=_sid)
+def test_fp16_fast_epilogue_matches_the_default_path(monkeypatch, tactic, out_dtype, shape):
+    """has_res bits 2 (residual prefetched into shared memory) and 4 (fixed-column epilogue),
+    behind CUPYRT_WGMMA_F16_FAST_EPILOGUE: the same values as the validated path (the
+    arithmetic per element is the same expression; 1 ulp allowed for FMA contraction)."""
+    N, H, W, C, K, R, S, st, pd, dl = shape
+    x, w, scale, bias = _data(N, H, W, C, K, R, S)
+    P = (H + 2 * pd[0] - dl[0] * (R - 1) - 1) // st[0] + 1
+    Q = (W + 2 * pd[1] - dl[1] * (S - 1) - 1) // st[1] + 1
+    res = cp.asarray(RNG.standard_normal((N, P, Q, K)).astype(out_dtype))
+    outs = []
+    for fast in (False, True):
+        monkeypatch.setattr(conv_wgmma, "F16_FAST_EPILOGUE", fast)
+        for r in (None, res):
+            out = poison(cp, (N, P, Q, K), out_dtype)
+            conv_wgmma.conv2d_wgmma(cp.asarray(x), cp.asarray(w), stride=st, padding=pd,
+                                    dilation=dl, scale=scale, bias=bias, residual=r,
+                                    act="RELU", out=out, tactic=tactic)
+            outs.append(out.get())
+    for base, fast in ((outs[0], outs[2]), (outs[1], outs[3])):
+        assert np.isfinite(fast).all()
+        np.testing.assert_allclose(fast.astype(np.float32), base.astype(np.float32),
+                                   rtol=2e-3 if out_dtype == np.float16 else 1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("tactic", TACTICS[:2], ids=lambda t: t.name)
 @pytest.mark.parametrize("off", [24, 4])
 def test_fp16_writes_into_concat_buffer_at_channel_offset(tactic, off):

@@ -235,3 +235,30 @@ def test_res_kind_position_matches_the_int8_argument_list():
     sig = src.split("conv_wgmma_s8(", 1)[1].split(")", 1)[0]
     params = [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
     assert params[W.RES_KIND_ARG] == "res_kind"
+
+
+# ---- the FP16 fast epilogue (has_res bits 2 and 4; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
+def test_f16_fast_epilogue_is_off_by_default():
+    import os
+    assert W.F16_FAST_EPILOGUE == (os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1")
+
+
+@pytest.mark.parametrize("name, residual, fast, want", [
+    ("wg_64x128_s4", None, False, (0, 0)),
+    ("wg_64x128_s4", _Res(512, np.float16), False, (1, 0)),           # the validated path
+    ("wg_64x128_s4", None, True, (4, 0)),
+    ("wg_64x128_s4", _Res(512, np.float16), True, (7, 64 * 128 * 2)),
+    ("wg_64x128_s4", _Res(512, np.float32), True, (7, 64 * 128 * 4)),
+    ("wg_128x256_s4", _Res(1024, np.float16), True, (5, 0)),          # 193 + 64 KiB: no room
+    ("wg_64x128_s4", _Res(20, np.float16), True, (5, 0)),             # 40-byte rows
+])
+def test_f16_epilogue_flags(name, residual, fast, want):
+    t = W.TACTICS_BY_NAME[name]
+    assert W.f16_epilogue_flags(t, t.smem_bytes, residual, fast) == want
+
+
+def test_has_res_position_matches_the_f16_argument_list():
+    src = (CUDA_DIR / "conv_wgmma.cu").read_text()
+    sig = src.split("conv_wgmma_f16(", 1)[1].split(")", 1)[0]
+    params = [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
+    assert params[W.HAS_RES_ARG] == "has_res"
