@@ -20,7 +20,7 @@ from ..errors import BuildError
 from ..gpu import tactics as T
 from ..gpu.concat import ConcatElision
 from ..gpu.device import available, gpu_info
-from ..gpu.timing import TimingCache, layer_signature, time_ms
+from ..gpu.timing import TimingCache, kernel_switches, layer_signature, time_ms
 
 log = logging.getLogger(__name__)
 _caches = {}
@@ -146,6 +146,9 @@ class CupyBackend:
         sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)
         if self.tf32:                 # another candidate set: another cache entry
             sig["tf32"] = True
+        switches = kernel_switches()  # likewise kernels switched away from their default
+        if switches:
+            sig["switches"] = switches
         return TimingCache.key(self.gpu, sig)
 
     def measure(self, layer, inputs, precision, out_dtypes):

@@ -138,6 +138,29 @@ def _eager_ms(fn, best_so_far, warmup, reps):
         return math.inf
 
 
+# Environment switches that change which tactics exist or how fast one runs (value: is the
+# switch on, given the variable's value or None). Their non-default states join the timing
+# cache key, so tiles timed one way are not reused the other way.
+KERNEL_SWITCHES = {
+    "CUPYRT_WGMMA": (lambda v: v != "0", True),                     # wgmma tactics
+    "CUPYRT_INT8_SMALLC": (lambda v: v != "0", True),               # the INT8 stem tactic
+    "CUPYRT_FAST_QUANTIZE": (lambda v: v != "0", True),             # vectorised quantize
+    "CUPYRT_WGMMA_F16_FAST_EPILOGUE": (lambda v: v == "1", False),  # FP16 residual prefetch
+}
+
+
+def kernel_switches(environ=None):
+    """{variable: state} of the KERNEL_SWITCHES set away from their default."""
+    env = os.environ if environ is None else environ
+    out = {}
+    for name, (on, default) in KERNEL_SWITCHES.items():
+        value = env.get(name)
+        state = default if value is None else on(value)
+        if state != default:
+            out[name] = state
+    return out
+
+
 def layer_signature(layer, in_shapes, in_dtypes, precision, out_dtypes):
     """Everything a tactic's speed depends on, weights' values excluded."""
     attrs = {}

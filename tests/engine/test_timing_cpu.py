@@ -71,3 +71,33 @@ def test_a_failing_candidate_scores_infinity(monkeypatch):
     def boom():
         raise RuntimeError("launch failed")
     assert timing._eager_ms(boom, math.inf, warmup=1, reps=3) == math.inf
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, {}),
+    ({"CUPYRT_WGMMA": "1", "CUPYRT_INT8_SMALLC": "1", "CUPYRT_FAST_QUANTIZE": "yes"}, {}),
+    ({"CUPYRT_WGMMA": "0"}, {"CUPYRT_WGMMA": False}),
+    ({"CUPYRT_FAST_QUANTIZE": "0", "CUPYRT_INT8_SMALLC": "0"},
+     {"CUPYRT_FAST_QUANTIZE": False, "CUPYRT_INT8_SMALLC": False}),
+    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}, {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": True}),
+    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "0"}, {}),
+    ({"UNRELATED": "0"}, {}),
+])
+def test_kernel_switches_away_from_default(env, want):
+    assert timing.kernel_switches(env) == want
+
+
+def test_switches_change_the_timing_cache_key(monkeypatch):
+    from engine.backends import cupy_backend as cb
+    seen = []
+    monkeypatch.setattr(cb, "layer_signature", lambda *a: {"type": "CONVOLUTION"})
+    monkeypatch.setattr(cb.TimingCache, "key", staticmethod(lambda gpu, sig: seen.append(dict(sig))))
+    fake = type("B", (), {"tf32": False, "gpu": "H100"})()
+    for value in (None, "1"):
+        if value is None:
+            monkeypatch.delenv("CUPYRT_WGMMA_F16_FAST_EPILOGUE", raising=False)
+        else:
+            monkeypatch.setenv("CUPYRT_WGMMA_F16_FAST_EPILOGUE", value)
+        cb.CupyBackend._signature_key(fake, None, (), (), None, ())
+    assert seen == [{"type": "CONVOLUTION"},
+                    {"type": "CONVOLUTION", "switches": {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": True}}]
