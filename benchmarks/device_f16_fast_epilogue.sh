@@ -1,6 +1,6 @@
 #!/bin/bash
-# Not yet run: the FP16 wgmma kernel's residual prefetch + fixed-column epilogue (has_res
-# bits 2 and 4, CUPYRT_WGMMA_F16_FAST_EPILOGUE=1). Its GPU test against the default path,
+# Not yet run: the FP16 wgmma kernel's residual prefetch + fixed-column epilogue (its FAST = 1
+# instantiation, CUPYRT_WGMMA_F16_FAST_EPILOGUE=1). Its GPU test against the default path,
 # the wgmma suite with the flag on, then ResNet-50 FP16 + INT8 at batch 256 with it off and
 # on (same machine). If the test passes and FP16 is faster, make the flag the default.
 source "$(dirname "$0")/device_common.sh"

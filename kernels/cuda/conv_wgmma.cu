@@ -484,7 +484,7 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw, unsig
 // Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, dynamic smem
 // Smem<BM, BN, STAGES>::BYTES, or less where the reduction has fewer k-tiles than STAGES:
 // the ring only fills stages [0, k-tiles) (WgmmaTactic.smem_for).
-template <int BM, int BN, int STAGES, int OUT_F32>
+template <int BM, int BN, int STAGES, int OUT_F32, int FAST = 0>
 __global__ void __launch_bounds__(BM * 2, 1)
 conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
                typename cupyrt_wgmma::OutSel<OUT_F32>::T* __restrict__ out,
@@ -507,13 +507,12 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     const int n0 = (blockIdx.x % n_tiles) * BN;
     const int M = N * P * Q;
 
-    // has_res bits (kernels/gpu/conv_wgmma.py sets 2 and 4 only under
-    // CUPYRT_WGMMA_F16_FAST_EPILOGUE=1, until a GPU run has validated them):
-    //   1 a residual;  2 its BM x BN tile prefetched into shared memory past the ring (as
-    //   the INT8 kernel's res_kind | 4);  4 the fixed-column epilogue below.
-    const bool hres = (has_res & 1) != 0;
-    const bool res_pf = hres && (has_res & 2) != 0;
-    const bool fixed_cols = (has_res & 4) != 0;
+    // FAST = 1 (kernels/gpu/conv_wgmma.py, only under CUPYRT_WGMMA_F16_FAST_EPILOGUE=1 until a
+    // GPU run has validated it): the INT8 kernel's residual prefetch (has_res bit 2: the
+    // BM x BN residual tile in shared memory past the ring) and fixed-column epilogue.
+    // FAST = 0 compiles to the validated kernel (has_res 0 / 1; the same PTX as before).
+    const int hres = FAST ? (has_res & 1) : has_res;
+    const bool res_pf = FAST && hres && (has_res & 2) != 0;
     int res_off = 0;
     if (res_pf) {
         constexpr int STAGE = Smem<BM, BN, STAGES>::STAGE, EPI = Smem<BM, BN, STAGES>::EPI;
@@ -550,7 +549,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     const bool vec8 = ((out_ld | out_off | (hres ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;              // 8-channel groups per row
     const OutT* sR = res_pf ? reinterpret_cast<const OutT*>(smem + res_off) : nullptr;
-    if (fixed_cols && vec8 && (K & 7) == 0) {
+    if (FAST && vec8 && (K & 7) == 0) {
         // one 8-channel group per thread for all its rows: scale and bias loaded once
         static_assert(THREADS % CPR == 0 && BM % (THREADS / CPR) == 0, "rows split evenly");
         const int cg = tid % CPR, col = n0 + cg * 8;
@@ -707,6 +706,8 @@ template __global__ void conv_wgmma_f16<128, 128, 3, 0> CUPYRT_WG_F16_ARGS(half_
 template __global__ void conv_wgmma_f16<64, 128, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
 template __global__ void conv_wgmma_f16<128, 64, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
 template __global__ void conv_wgmma_f16<64, 64, 4, 0> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<128, 128, 4, 0, 1> CUPYRT_WG_F16_ARGS(half_t);
+template __global__ void conv_wgmma_f16<64, 128, 4, 1, 1> CUPYRT_WG_F16_ARGS(float);
 template __global__ void conv_wgmma_s8<128, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<128, 128, 4, 1> CUPYRT_WG_S8_ARGS(float);
 template __global__ void conv_wgmma_s8<128, 128, 4, 2> CUPYRT_WG_S8_ARGS(half_t);

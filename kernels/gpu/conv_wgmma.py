@@ -65,11 +65,12 @@ class WgmmaTactic:
         used = self.stages if k_bytes is None else max(1, min(self.stages, -(-k_bytes // 128)))
         return max(used * (self.bm + self.bn) * 128, self.bm * (self.bn + 8) * 4) + 1024
 
-    def name_expression(self, out_dtype) -> str:
+    def name_expression(self, out_dtype, fast=False) -> str:
         dims = f"{self.bm},{self.bn},{self.stages}"
         dt = np.dtype(out_dtype)
         if self.kind == "wgmma":
-            return f"conv_wgmma_f16<{dims},{int(dt == np.float32)}>"
+            # fast: the FAST = 1 instantiation (residual prefetch, fixed-column epilogue)
+            return f"conv_wgmma_f16<{dims},{int(dt == np.float32)}{',1' if fast else ''}>"
         return f"conv_wgmma_s8<{dims},{INT8_OUT_CODES[dt]}>"
 
 
@@ -130,15 +131,14 @@ def _tactic(tactic, kind):
 _configured: dict = {}     # (name expression, device) -> opt-in shared memory set on it
 
 
-def _kernel(tactic: WgmmaTactic, out_dtype):
+def _kernel(tactic: WgmmaTactic, out_dtype, fast=False):
     import cupy as cp
-    name = tactic.name_expression(out_dtype)
+    name = tactic.name_expression(out_dtype, fast)
     fn = get_function(SOURCE, name, options=ARCH_OPTIONS, name_expressions=(name,))
     key = (name, cp.cuda.Device().id)
-    # the most a launch may ask for: the ring plus a prefetched residual tile (INT8; FP16
-    # only with F16_FAST_EPILOGUE, read per call: until validated FP16 stays as it was)
-    prefetch = tactic.kind == "wgmma_int8" or F16_FAST_EPILOGUE
-    need = SMEM_LIMIT if prefetch else tactic.smem_bytes
+    # the most a launch may ask for: the ring plus a prefetched residual tile (INT8, and
+    # the FAST FP16 instantiation; the default FP16 one keeps its validated setting)
+    need = SMEM_LIMIT if (tactic.kind == "wgmma_int8" or fast) else tactic.smem_bytes
     if need > 48 * 1024 and _configured.get(key, 0) < need:
         fn.max_dynamic_shared_size_bytes = need
         _configured[key] = need
@@ -181,21 +181,22 @@ def residual_prefetch_bytes(tactic, smem, residual):
 # ---- FP16 ------------------------------------------------------------------------------
 HAS_RES_ARG = 24            # position of has_res in conv_tc._Geometry.args
 # The INT8 kernel's residual prefetch and fixed-column epilogue, ported to the FP16 kernel
-# (has_res bits 2 and 4): written and compiled (no spills), not yet run on a GPU, so off
-# unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1 (tests/gpu/test_conv_wgmma_gpu.py checks it
-# against the default path; turn it on once that has passed).
+# as its FAST = 1 instantiation (has_res bit 2: residual prefetched): written and compiled
+# (no spills), not yet run on a GPU, so used only under CUPYRT_WGMMA_F16_FAST_EPILOGUE=1
+# (tests/gpu/test_conv_wgmma_gpu.py checks it against the default path; make it the default
+# once that has passed). The FAST = 0 instantiation's PTX is the validated kernel's.
 F16_FAST_EPILOGUE = os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1"
 
 
 def f16_epilogue_flags(tactic, smem, residual, fast):
     """(has_res argument, extra shared memory bytes) of one FP16 launch: bit 1 a residual;
-    with ``fast`` bit 4 (the fixed-column epilogue) and, where the residual tile fits
-    (``residual_prefetch_bytes``), bit 2 with the bytes it takes."""
+    with ``fast`` (the FAST instantiation), where the residual tile fits
+    (``residual_prefetch_bytes``), bit 2 and the bytes it takes."""
     flags = int(residual is not None)
     if not fast:
         return flags, 0
     extra = residual_prefetch_bytes(tactic, smem, residual)
-    return flags | 4 | (2 if extra else 0), extra
+    return flags | (2 if extra else 0), extra
 
 
 def _check_f16(x, w_krsc):
@@ -229,11 +230,12 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     require_available()
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
-    kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16)
+    fast = F16_FAST_EPILOGUE
+    kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16, fast)
     kr = w_krsc.shape[1] * w_krsc.shape[2] * w_krsc.shape[3]
     smem = tactic.smem_for(2 * kr)
     args = g.args(act, alpha, beta)
-    flags, extra = f16_epilogue_flags(tactic, smem, residual, F16_FAST_EPILOGUE)
+    flags, extra = f16_epilogue_flags(tactic, smem, residual, fast)
     if flags != int(g.has_res):
         args = args[:HAS_RES_ARG] + (i32(flags),) + args[HAS_RES_ARG + 1:]
     with (stream if stream is not None else cp.cuda.get_current_stream()):

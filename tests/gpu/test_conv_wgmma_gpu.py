@@ -107,8 +107,8 @@ def test_fp16_residual_activation_fp32_out(tactic, act):
 @pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[7], SHAPES[8]], ids=_sid)
 def test_fp16_fast_epilogue_matches_the_default_path(monkeypatch, tactic, out_dtype, shape):
-    """has_res bits 2 (residual prefetched into shared memory) and 4 (fixed-column epilogue),
-    behind CUPYRT_WGMMA_F16_FAST_EPILOGUE: the same values as the validated path (the
+    """The FAST instantiation (residual prefetched into shared memory: has_res bit 2;
+    fixed-column epilogue), behind CUPYRT_WGMMA_F16_FAST_EPILOGUE: the same values as the validated path (the
     arithmetic per element is the same expression; 1 ulp allowed for FMA contraction)."""
     N, H, W, C, K, R, S, st, pd, dl = shape
     x, w, scale, bias = _data(N, H, W, C, K, R, S)

@@ -56,6 +56,7 @@ def test_name_expressions():
     t = W.TACTICS_BY_NAME["wg_128x256_s4"]
     assert t.name_expression(np.float16) == "conv_wgmma_f16<128,256,4,0>"
     assert t.name_expression(np.float32) == "conv_wgmma_f16<128,256,4,1>"
+    assert t.name_expression(np.float32, fast=True) == "conv_wgmma_f16<128,256,4,1,1>"
     t = W.TACTICS_BY_NAME["wgi8_64x128_s4"]
     assert [t.name_expression(d) for d in (np.int8, np.float32, np.float16)] == [
         "conv_wgmma_s8<64,128,4,0>", "conv_wgmma_s8<64,128,4,1>", "conv_wgmma_s8<64,128,4,2>"]
@@ -182,6 +183,8 @@ def test_nvrtc_builds_tactic_with_cupy_option_order(t):
     from kernels.gpu.compile import DEFAULT_OPTIONS, read_source
     outs = (np.float16, np.float32) if t.kind == "wgmma" else (np.int8, np.float32, np.float16)
     names = [t.name_expression(d) for d in outs]
+    if t.kind == "wgmma":                    # and the FAST instantiations (not yet the default)
+        names += [t.name_expression(d, fast=True) for d in outs]
     prog = nvrtc.createProgram(read_source(W.SOURCE), W.SOURCE, (), ())
     for n in names:
         nvrtc.addNameExpression(prog, n)
@@ -237,7 +240,7 @@ def test_res_kind_position_matches_the_int8_argument_list():
     assert params[W.RES_KIND_ARG] == "res_kind"
 
 
-# ---- the FP16 fast epilogue (has_res bits 2 and 4; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
+# ---- the FP16 fast epilogue (FAST = 1, has_res bit 2; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
 def test_f16_fast_epilogue_is_off_by_default():
     import os
     assert W.F16_FAST_EPILOGUE == (os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1")
@@ -246,11 +249,11 @@ def test_f16_fast_epilogue_is_off_by_default():
 @pytest.mark.parametrize("name, residual, fast, want", [
     ("wg_64x128_s4", None, False, (0, 0)),
     ("wg_64x128_s4", _Res(512, np.float16), False, (1, 0)),           # the validated path
-    ("wg_64x128_s4", None, True, (4, 0)),
-    ("wg_64x128_s4", _Res(512, np.float16), True, (7, 64 * 128 * 2)),
-    ("wg_64x128_s4", _Res(512, np.float32), True, (7, 64 * 128 * 4)),
-    ("wg_128x256_s4", _Res(1024, np.float16), True, (5, 0)),          # 193 + 64 KiB: no room
-    ("wg_64x128_s4", _Res(20, np.float16), True, (5, 0)),             # 40-byte rows
+    ("wg_64x128_s4", None, True, (0, 0)),
+    ("wg_64x128_s4", _Res(512, np.float16), True, (3, 64 * 128 * 2)),
+    ("wg_64x128_s4", _Res(512, np.float32), True, (3, 64 * 128 * 4)),
+    ("wg_128x256_s4", _Res(1024, np.float16), True, (1, 0)),          # 193 + 64 KiB: no room
+    ("wg_64x128_s4", _Res(20, np.float16), True, (1, 0)),             # 40-byte rows
 ])
 def test_f16_epilogue_flags(name, residual, fast, want):
     t = W.TACTICS_BY_NAME[name]
