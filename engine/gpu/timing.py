@@ -7,9 +7,10 @@ candidate that raises scores infinity and is skipped, never fatal.
 Host time out of the measurement: before each timed call a one-thread kernel holds the
 stream for SPIN_MS, so the start event, the candidate's launch and the end event are all
 queued before the GPU reaches them; the events then bracket GPU work only. Without it a
-candidate's Python launch path (argument checks, allocation: 0.05-0.2 ms) landed between
-the two events and moved with the host's load: the same layer measured 0.13 and 0.28 ms
-in two builds of one session (H100, session 3), enough to pick the wrong tile.
+candidate's Python launch path landed between the two events: one unchanged FP16 kernel
+measured 0.18 and 0.32 ms in two builds of one session, and the per-layer times of an INT8
+ResNet-50 build summed to 11.5 ms for an engine that ran in 7.7 ms (with the spin: 7.2 ms
+for an engine of 7.4 ms; H100, session 3).
 
 The cache maps a key of (kernel version, GPU name, compute capability,
 precision, layer signature, input shapes and dtypes) to the chosen tactic, in
