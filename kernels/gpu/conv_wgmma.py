@@ -80,7 +80,7 @@ class WgmmaTactic:
 #   64x64   s4:  65
 # Those are the most a launch takes: one with fewer k-tiles than stages (1x1 layers with
 # up to 256 channels) gets only the stages it fills (WgmmaTactic.smem_for), e.g. 64x64 on a
-# 64-channel 1x1 layer: 20 KiB.
+# 64-channel 1x1 layer: 19 KiB.
 # keep in step with the CUPYRT_NVCC_INSTANTIATE list of conv_wgmma.cu
 _TILES = ((128, 128, 4), (128, 256, 4), (128, 128, 3), (64, 128, 4), (128, 64, 4), (64, 64, 4))
 TACTICS = tuple(WgmmaTactic(f"wg_{m}x{n}_s{s}", m, n, s) for m, n, s in _TILES)
@@ -167,8 +167,9 @@ SMEM_LIMIT = 227 * 1024     # dynamic shared memory a CTA may opt in to on sm_90
 
 def residual_prefetch_bytes(tactic, smem, residual):
     """Shared memory for the residual tile a wgmma kernel prefetches (INT8: res_kind | 4;
-    FP16: has_res | 2), or 0 where it reads the residual from global memory: no residual, rows not 16-byte
-    aligned, or the tile would not fit beside ``smem`` (the launch's ring / staging bytes)."""
+    FP16: has_res | 2), or 0 where it reads the residual from global memory: no residual,
+    rows not 16-byte aligned, or the tile would not fit beside ``smem`` (the launch's ring /
+    staging bytes)."""
     if residual is None:
         return 0
     rbytes = np.dtype(residual.dtype).itemsize
