@@ -1,8 +1,8 @@
 // PTX wrappers shared by the mma.sync kernels (conv_igemm, conv_int8, conv_int8_smallc,
 // conv_tf32, matmul): shared-memory addresses, cp.async (zero-fill when src_bytes == 0:
 // padding taps, rows past M or K), ldmatrix and the FP16 / INT8 mma.sync shapes.
-// conv_wgmma.cu keeps its own cp.async wrappers: they carry "memory" clobbers, which its
-// proxy fences need.
+// The wgmma kernels have their own cp.async wrappers (wgmma_ops.cuh): they carry "memory"
+// clobbers, which their proxy fences need.
 #pragma once
 
 namespace cupyrt_ptx {
