@@ -58,15 +58,10 @@
 #include "common.cuh"
 #include "ptx.cuh"
 
-// Small PTX wrappers. conv_igemm.cu keeps its own copies file-local; these are
-// repeated here (a few lines each) rather than moved, so the two sources stay
-// independently compilable units with no shared state.
+// The shared PTX wrappers come from ptx.cuh; the TF32 conversions below are this file's.
 namespace cupyrt_tf32 {
 
 using namespace cupyrt_ptx;   // smem_u32, cp.async, ldmatrix, mma.sync (ptx.cuh)
-
-
-
 
 // FP32 bits -> TF32 (round to nearest, ties away; low 13 bits zero).
 __device__ __forceinline__ unsigned to_tf32(unsigned x) {
