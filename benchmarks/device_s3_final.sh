@@ -5,5 +5,5 @@
 source "$(dirname "$0")/device_common.sh"
 gpu_info
 precompile_all True
-FAIL_LINES=15 run_tests gpu 200 tests/gpu
+FAIL_LINES=15 run_tests gpu 260 tests/gpu
 resnet50_fp16_int8 150 30
