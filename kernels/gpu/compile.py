@@ -108,11 +108,19 @@ def get_module(source: str, *, options=(), name_expressions=(), device=None):
         return mod
 
 
-def get_function(source: str, name: str, *, options=(), name_expressions=None, device=None):
+SMEM_DEFAULT_CAP = 48 * 1024    # dynamic shared memory a launch gets without opting in
+_smem_opt_in: dict = {}         # get_function key -> the opt-in set on that kernel
+
+
+def get_function(source: str, name: str, *, options=(), name_expressions=None, device=None,
+                 smem_bytes=0):
     """One kernel (``cupy.RawKernel``) of a module; templates by their name expression.
 
     ``name_expressions`` defaults to ``(name,)`` when ``name`` has template
     arguments; pass the full list to compile several instantiations in one go.
+    ``smem_bytes``: the most dynamic shared memory a launch of it asks for; past CUDA's
+    default cap of 48 KiB the kernel is opted in to that much (once per kernel and device,
+    raised when a later call asks for more).
     """
     import cupy
     if name_expressions is None:
@@ -124,6 +132,9 @@ def get_function(source: str, name: str, *, options=(), name_expressions=None, d
         mod = get_module(source, options=options, name_expressions=name_expressions, device=dev_id)
         fn = mod.get_function(name)
         _functions[key] = fn
+    if smem_bytes > SMEM_DEFAULT_CAP and _smem_opt_in.get(key, 0) < smem_bytes:
+        fn.max_dynamic_shared_size_bytes = smem_bytes
+        _smem_opt_in[key] = smem_bytes
     return fn
 
 

@@ -93,19 +93,9 @@ def _tactic(tactic):
     return tactic
 
 
-_configured: set = set()
-
-
 def _kernel(tactic: Int8Tactic, out_dtype):
-    import cupy as cp
     name = tactic.name_expression(out_dtype)
-    fn = get_function(SOURCE, name, name_expressions=(name,))
-    key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        if tactic.smem_bytes > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
-        _configured.add(key)
-    return fn
+    return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=tactic.smem_bytes)
 
 
 def compile_all(tactics=INT8_TACTICS, out_dtypes=(np.int8,)):
@@ -432,15 +422,9 @@ def _smallc_tactic(tactic):
 
 
 def _smallc_kernel(tactic: Int8SmallCTactic, out_dtype):
-    import cupy as cp
     name = tactic.name_expression(out_dtype)
-    fn = get_function(SMALLC_SOURCE, name, name_expressions=(name,))
-    key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        if tactic.smem_bytes > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
-        _configured.add(key)
-    return fn
+    return get_function(SMALLC_SOURCE, name, name_expressions=(name,),
+                        smem_bytes=tactic.smem_bytes)
 
 
 def compile_smallc(tactics=SMALLC_TACTICS, out_dtypes=(np.int8,)):

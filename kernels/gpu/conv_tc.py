@@ -453,23 +453,13 @@ def conv2d_igemm_smallc(x, w_pairs, *, stride=1, padding=0, dilation=1, out_hw=N
     return g.out
 
 
-_configured = set()
-
-
 def _kernel(tactic: ConvTactic, out_f32: bool):
-    import cupy as cp
     name = tactic.name_expression(out_f32)
     # compile both output types in one module: one NVRTC run per tile shape
     # (split-K: one FP32-partials kernel)
     names = ((name,) if tactic.kind == "splitk"
              else (tactic.name_expression(False), tactic.name_expression(True)))
-    fn = get_function(SOURCE, name, name_expressions=names)
-    key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        if tactic.smem_bytes > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
-        _configured.add(key)
-    return fn
+    return get_function(SOURCE, name, name_expressions=names, smem_bytes=tactic.smem_bytes)
 
 
 def compile_all(tactics=IGEMM_TACTICS):

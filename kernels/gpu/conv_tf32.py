@@ -265,21 +265,11 @@ def tactic_default(precise):
     return tactics_for(precise)[0]
 
 
-_configured = set()
-
-
 def _kernel(tactic: Tf32Tactic, out_f32: bool):
-    import cupy as cp
     name = tactic.name_expression(out_f32)
     # both output types in one module: one NVRTC run per tile
     names = (tactic.name_expression(False), tactic.name_expression(True))
-    fn = get_function(SOURCE, name, name_expressions=names)
-    key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        if tactic.smem_bytes > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = tactic.smem_bytes
-        _configured.add(key)
-    return fn
+    return get_function(SOURCE, name, name_expressions=names, smem_bytes=tactic.smem_bytes)
 
 
 def compile_all(tactics=TACTICS, precise=(True, False)):

@@ -128,21 +128,13 @@ def _tactic(tactic, kind):
     return tactic
 
 
-_configured: dict = {}     # (name expression, device) -> opt-in shared memory set on it
-
-
 def _kernel(tactic: WgmmaTactic, out_dtype, fast=False):
-    import cupy as cp
     name = tactic.name_expression(out_dtype, fast)
-    fn = get_function(SOURCE, name, options=ARCH_OPTIONS, name_expressions=(name,))
-    key = (name, cp.cuda.Device().id)
     # the most a launch may ask for: the ring plus a prefetched residual tile (INT8, and
     # the FAST FP16 instantiation; the default FP16 one keeps its validated setting)
     need = SMEM_LIMIT if (tactic.kind == "wgmma_int8" or fast) else tactic.smem_bytes
-    if need > 48 * 1024 and _configured.get(key, 0) < need:
-        fn.max_dynamic_shared_size_bytes = need
-        _configured[key] = need
-    return fn
+    return get_function(SOURCE, name, options=ARCH_OPTIONS, name_expressions=(name,),
+                        smem_bytes=need)
 
 
 def compile_all(tactics=TACTICS + INT8_TACTICS, out_dtypes=None):

@@ -289,22 +289,12 @@ def emulate(p, alpha=1.0, act=None):
     return out.reshape(p["out_shape"])
 
 
-_configured = set()
-
-
 def _kernel_f16(t, a_kmajor, b_kmajor, aligned, out_f32):
-    import cupy as cp
     name = t.name_expression(a_kmajor, b_kmajor, aligned, out_f32)
     # both output types of one layout in one NVRTC run
     names = tuple(t.name_expression(a_kmajor, b_kmajor, aligned, o) for o in (False, True))
-    fn = get_function(SOURCE, name, name_expressions=names)
-    key = (name, cp.cuda.Device().id)
-    if key not in _configured:
-        smem = t.smem_bytes(a_kmajor, b_kmajor)
-        if smem > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = smem
-        _configured.add(key)
-    return fn
+    return get_function(SOURCE, name, name_expressions=names,
+                        smem_bytes=t.smem_bytes(a_kmajor, b_kmajor))
 
 
 _F32_NAMES = ("gemm_f32<0>", "gemm_f32<1>")

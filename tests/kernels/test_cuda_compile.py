@@ -101,3 +101,37 @@ def test_include_with_a_trailing_comment_is_inlined(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "CUDA_DIR", tmp_path)
     text = C.read_source("m.cu")
     assert text.count("int a_value = 1;") == 1 and '#include "a.cuh"' not in text
+
+
+# ---- get_function's shared-memory opt-in (device free: a cached stand-in kernel) -----------
+class _FakeKernel:
+    def __init__(self):
+        self.sets = []
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self.sets[-1] if self.sets else 0
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        self.sets.append(value)
+
+
+def test_get_function_opts_in_once_and_raises_only(monkeypatch):
+    import sys
+    sys.path.insert(0, str(CUDA_DIR.parents[1]))
+    import cupy
+    from kernels.gpu import compile as C
+    monkeypatch.setattr(cupy.cuda, "Device", lambda device=None: type("D", (), {"id": 0})())
+    fn = _FakeKernel()
+    key = ("src.cu", "k<1>", (), ("k<1>",), 0)
+    monkeypatch.setitem(C._functions, key, fn)
+    monkeypatch.setattr(C, "_smem_opt_in", {})
+    get = lambda n: C.get_function("src.cu", "k<1>", smem_bytes=n)  # noqa: E731
+    assert get(0) is fn and get(48 * 1024) is fn and fn.sets == []       # default cap: no opt-in
+    get(97 * 1024)
+    get(97 * 1024)
+    get(64 * 1024)                                                       # less: kept
+    assert fn.sets == [97 * 1024]
+    get(227 * 1024)                                                      # more: raised
+    assert fn.sets == [97 * 1024, 227 * 1024]
