@@ -41,12 +41,15 @@ class ConvInt8(Tactic):
             return "ungrouped convolutions only"
         return _conv2d_reason(layer, in_shapes)
 
+    weight_packer = "pack_weight_int8_krsc"     # kernels.gpu.conv_int8's packer for this kernel
+
     def prepare(self, layer):
-        from kernels.gpu.conv_int8 import pack_weight_int8_krsc
+        from kernels.gpu import conv_int8
 
         from ..quantization import tensor_scale
         c = layer._inputs[0].shape[1]
-        wq, s_w = pack_weight_int8_krsc(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
+        pack = getattr(conv_int8, self.weight_packer)
+        wq, s_w = pack(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
         ep = _epilogue(layer)
         res_t = layer._inputs[1] if len(layer._inputs) > 1 else None
         return {"w": wq, "s_w": s_w, **ep, "bias": None if layer.bias is None else ep["bias"],
@@ -177,19 +180,8 @@ class ConvInt8SmallC(ConvInt8):
             return "more than 4 input channels"
         return reason
 
-    def prepare(self, layer):
-        # ConvInt8.prepare's state with the tap-packed weights (same codes, same s_w)
-        from kernels.gpu.conv_int8 import pack_weight_int8_smallc
-
-        from ..quantization import tensor_scale
-        c = layer._inputs[0].shape[1]
-        wq, s_w = pack_weight_int8_smallc(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
-        ep = _epilogue(layer)
-        res_t = layer._inputs[1] if len(layer._inputs) > 1 else None
-        return {"w": wq, "s_w": s_w, **ep, "bias": None if layer.bias is None else ep["bias"],
-                "s_in": tensor_scale(layer._inputs[0]),
-                "s_res": tensor_scale(res_t) if res_t is not None and res_t.dynamic_range else None,
-                "s_out": tensor_scale(layer._outputs[0]) if layer._outputs[0].dynamic_range else None}
+    # ConvInt8.prepare's state with the tap-packed weights (same codes, same s_w)
+    weight_packer = "pack_weight_int8_smallc"
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         from kernels.gpu.conv_int8 import conv2d_int8_smallc, quantize_nchw_to_nhwc, quantize_nhwc

@@ -74,10 +74,8 @@ def _compile_wgmma(name):
     from kernels.gpu import conv_wgmma
     t = conv_wgmma.TACTICS_BY_NAME[name]
     dts = (np.float16, np.float32) if t.kind == "wgmma" else (np.int8, np.float16, np.float32)
-    conv_wgmma.compile_all((t,), out_dtypes=dts)
-    if t.kind == "wgmma":        # the FAST instantiations too (CUPYRT_WGMMA_F16_FAST_EPILOGUE,
-        for dt in dts:           # and the GPU test that compares them with the default path)
-            conv_wgmma._kernel(t, dt, fast=True)
+    # FAST too: CUPYRT_WGMMA_F16_FAST_EPILOGUE, and the GPU test comparing it with the default
+    conv_wgmma.compile_all((t,), out_dtypes=dts, fast=True)
 
 
 # kind -> (tile names, compile one tile); the "int8" kinds only for INT8 builds

@@ -260,12 +260,13 @@ def _tactic(tactic, kind):
 class _Geometry:
     """Validated shapes and launch arguments shared by the igemm-family launchers."""
 
-    def args(self, act, alpha, beta):
+    def args(self, act, alpha, beta, res_flags=0):
+        """``res_flags``: ORed into has_res (conv_wgmma_f16 FAST's 2: residual prefetched)."""
         return (self.x, self.w, self.out, self.sc, self.bi, self.res,
                 i32(self.N), i32(self.H), i32(self.W), i32(self.C), i32(self.K), i32(self.R),
                 i32(self.S), i32(self.P), i32(self.Q),
                 i32(self.sh), i32(self.sw), i32(self.ph), i32(self.pw), i32(self.dh), i32(self.dw),
-                i32(self.out_ld), i32(self.out_off), i32(self.res_ld), i32(self.has_res),
+                i32(self.out_ld), i32(self.out_off), i32(self.res_ld), i32(int(self.has_res) | res_flags),
                 i32(act_code(act)), f32(alpha), f32(beta))
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compile import get_function, i32
+from .compile import get_function
 from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes are conv_int8's
 from .conv_int8 import _int8_launch_args, check_int8_args
 from .conv_tc import _setup
@@ -137,23 +137,25 @@ def _kernel(tactic: WgmmaTactic, out_dtype, fast=False):
                         smem_bytes=need)
 
 
-def compile_all(tactics=TACTICS + INT8_TACTICS, out_dtypes=None):
+def compile_all(tactics=TACTICS + INT8_TACTICS, out_dtypes=None, fast=False):
     """Compile the given tactics now (build time rather than first use).
 
-    ``out_dtypes`` default: float16 for the FP16 tactics, int8 for the INT8 ones.
+    ``out_dtypes`` default: float16 for the FP16 tactics, int8 for the INT8 ones;
+    ``fast``: the FP16 tactics' FAST instantiations too.
     """
     require_available()
     for t in tactics:
         dts = out_dtypes or ((np.float16,) if t.kind == "wgmma" else (np.int8,))
         for dt in dts:
             _kernel(t, dt)
+            if fast and t.kind == "wgmma":
+                _kernel(t, dt, fast=True)
 
 
 def _grid(tactic, M, K):
     return (-(-M // tactic.bm) * -(-K // tactic.bn),)
 
 
-RES_KIND_ARG = 24           # position of res_kind in conv_int8._int8_launch_args' list
 SMEM_LIMIT = 227 * 1024     # dynamic shared memory a CTA may opt in to on sm_90
 
 
@@ -172,7 +174,6 @@ def residual_prefetch_bytes(tactic, smem, residual):
 
 
 # ---- FP16 ------------------------------------------------------------------------------
-HAS_RES_ARG = 24            # position of has_res in conv_tc._Geometry.args
 # The INT8 kernel's residual prefetch and fixed-column epilogue, ported to the FP16 kernel
 # as its FAST = 1 instantiation (has_res bit 2: residual prefetched): written and compiled
 # (no spills), not yet run on a GPU, so used only under CUPYRT_WGMMA_F16_FAST_EPILOGUE=1
@@ -227,10 +228,8 @@ def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16, fast)
     kr = w_krsc.shape[1] * w_krsc.shape[2] * w_krsc.shape[3]
     smem = tactic.smem_for(2 * kr)
-    args = g.args(act, alpha, beta)
     flags, extra = f16_epilogue_flags(tactic, smem, residual, fast)
-    if flags != int(g.has_res):
-        args = args[:HAS_RES_ARG] + (i32(flags),) + args[HAS_RES_ARG + 1:]
+    args = g.args(act, alpha, beta, res_flags=flags)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(_grid(tactic, g.M, g.K), (tactic.threads,), args, shared_mem=smem + extra)
     return g.out
@@ -254,13 +253,11 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
                         residual, residual_scale)
     require_available()
-    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
-                                  residual, residual_scale, act, alpha, beta)
     smem = tactic.smem_for(w_q.shape[1] * w_q.shape[2] * w_q.shape[3])
     extra = residual_prefetch_bytes(tactic, smem, residual)
-    if extra:
-        assert args[RES_KIND_ARG] == g["res_kind"]
-        args = args[:RES_KIND_ARG] + (i32(g["res_kind"] | 4),) + args[RES_KIND_ARG + 1:]
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta,
+                                  res_flags=4 if extra else 0)
     kern = _kernel(tactic, g["dt"])
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(_grid(tactic, g["N"] * g["P"] * g["Q"], g["K"]), (tactic.threads,), args,

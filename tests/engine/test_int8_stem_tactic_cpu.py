@@ -40,3 +40,11 @@ def test_register_smallc_switched_off_registers_nothing(monkeypatch):
     from engine.gpu import int8_tactics
     monkeypatch.setenv("CUPYRT_INT8_SMALLC", "0")
     assert int8_tactics.register_smallc() == []
+
+
+def test_each_int8_conv_tactic_packs_weights_for_its_kernel():
+    from engine.gpu import int8_tactics as I
+    from kernels.gpu import conv_int8
+    assert getattr(conv_int8, I.ConvInt8.weight_packer) is conv_int8.pack_weight_int8_krsc
+    assert I.ConvWgmmaInt8.weight_packer == I.ConvInt8.weight_packer
+    assert getattr(conv_int8, I.ConvInt8SmallC.weight_packer) is conv_int8.pack_weight_int8_smallc

@@ -232,12 +232,27 @@ def test_residual_prefetch_needs_a_residual_and_an_aligned_pointer():
     assert W.residual_prefetch_bytes(t, t.smem_bytes, _Res(512, np.int8, ptr=(1 << 20) + 8)) == 0
 
 
-def test_res_kind_position_matches_the_int8_argument_list():
-    # the launcher swaps args[RES_KIND_ARG] for res_kind | 4: that slot must be res_kind
-    src = (CUDA_DIR / "conv_wgmma.cu").read_text()
-    sig = src.split("conv_wgmma_s8(", 1)[1].split(")", 1)[0]
-    params = [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
-    assert params[W.RES_KIND_ARG] == "res_kind"
+def _params(kernel):
+    """Parameter names of a conv_wgmma.cu kernel, in order."""
+    sig = (CUDA_DIR / "conv_wgmma.cu").read_text().split(kernel + "(", 1)[1].split(")", 1)[0]
+    return [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
+
+
+def test_res_flags_land_in_the_int8_kernels_res_kind(monkeypatch):
+    # the launcher ORs 4 (residual prefetched) into res_kind through the argument builder
+    from kernels.gpu import conv_int8
+    monkeypatch.setattr(conv_int8, "prepare_output", lambda N, P, Q, K, out, *a: (out, K, None))
+    monkeypatch.setattr(conv_int8, "_f32vec", lambda v, K, what: v)
+    x = np.zeros((1, 4, 4, 16), np.int8)
+    w = np.zeros((32, 1, 1, 16), np.int8)
+    res = np.zeros((1, 4, 4, 32), np.float16)
+    g = conv_int8.check_int8_args(x, w, 1, 0, 1, None, None, np.int8, 0.1, res, None)
+    _, args = conv_int8._int8_launch_args(x, w, g, 0.02, np.ones(32, np.float32), None, 0.1,
+                                          np.zeros((1, 4, 4, 32), np.int8), 0, res, None,
+                                          "RELU", 0.0, 0.0, res_flags=4)
+    params = _params("conv_wgmma_s8")
+    assert len(args) == len(params)
+    assert args[params.index("res_kind")] == g["res_kind"] | 4 == 7
 
 
 # ---- the FP16 fast epilogue (FAST = 1, has_res bit 2; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
@@ -260,8 +275,16 @@ def test_f16_epilogue_flags(name, residual, fast, want):
     assert W.f16_epilogue_flags(t, t.smem_bytes, residual, fast) == want
 
 
-def test_has_res_position_matches_the_f16_argument_list():
-    src = (CUDA_DIR / "conv_wgmma.cu").read_text()
-    sig = src.split("conv_wgmma_f16(", 1)[1].split(")", 1)[0]
-    params = [p.split()[-1].strip("*") for p in sig.replace("\n", " ").split(",")]
-    assert params[W.HAS_RES_ARG] == "has_res"
+def test_res_flags_land_in_the_f16_kernels_has_res():
+    from kernels.gpu import conv_tc
+    g = conv_tc._Geometry()
+    for k in ("x", "w", "out", "sc", "bi", "res"):
+        setattr(g, k, None)
+    for k in ("N", "H", "W", "C", "K", "R", "S", "P", "Q", "sh", "sw", "ph", "pw", "dh", "dw",
+              "out_ld", "out_off", "res_ld"):
+        setattr(g, k, 1)
+    g.has_res = True
+    params = _params("conv_wgmma_f16")
+    args = g.args("RELU", 0.0, 0.0, res_flags=3)
+    assert len(args) == len(params) and args[params.index("has_res")] == 3
+    assert g.args("RELU", 0.0, 0.0)[params.index("has_res")] == 1
