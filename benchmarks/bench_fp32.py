@@ -29,7 +29,6 @@ import datetime
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 
@@ -38,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import RESNET50  # noqa: E402
+from bench_kernels import RESNET50, _events_ms, _torch_events_ms  # noqa: E402
 
 TOL_PRECISE, TOL_TF32 = 1e-5, 1e-3
 
@@ -59,34 +58,6 @@ def precompile():
     with mp.get_context("spawn").Pool(len(items)) as pool:
         for msg in pool.imap_unordered(_compile_one, items):
             print("compiled", msg, flush=True)
-
-
-def _events_ms(cp, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(cp.cuda.get_elapsed_time(a, b))
-    return statistics.median(times)
-
-
-def _torch_events_ms(torch, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def _rel_l2(cp, a, b):

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -31,39 +30,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import RESNET50, _cp_graph_ms, _torch_graph_ms  # noqa: E402
+from bench_kernels import (RESNET50, _cp_graph_ms, _events_ms,  # noqa: E402
+                           _torch_events_ms, _torch_graph_ms)
 
 FP16_TACTIC_NAMES = ("igemm2_128x128x32_w2x4_s4", "igemm2_128x64x32_w2x2_s4",
                      "igemm2_256x128x32_w4x2_s3", "igemm2_128x256x32_w2x4_s3",
                      "igemm2_128x128x64_w2x4_s4")
-
-
-def _events_ms(cp, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(cp.cuda.get_elapsed_time(a, b))
-    return statistics.median(times)
-
-
-def _torch_events_ms(torch, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main():

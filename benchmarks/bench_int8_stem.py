@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_int8 import _events_ms  # noqa: E402
+from bench_kernels import _events_ms  # noqa: E402
 
 
 def _best(cp, fns, reps):

@@ -201,6 +201,35 @@ def main():
 # ---------------------------------------------------------------------------
 # post-run-2 kernels: pooling, split-K, small-C stem
 # ---------------------------------------------------------------------------
+# CUDA-event medians of ``fn()`` on CuPy's / torch's current stream (the per-kernel scripts)
+def _events_ms(cp, fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(cp.cuda.get_elapsed_time(a, b))
+    return statistics.median(times)
+
+
+def _torch_events_ms(torch, fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
 def _cp_graph_ms(cp, fn, calls=20, reps=10):
     """Per-call ms of ``fn`` captured ``calls`` times into one CuPy CUDA graph (private pool)."""
     pool = cp.cuda.MemoryPool()

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import RESNET50  # noqa: E402
+from bench_kernels import RESNET50, _events_ms, _torch_events_ms  # noqa: E402
 
 MMA_FP16 = ("igemm2_128x128x32_w2x4_s4", "igemm2_128x64x32_w2x2_s4", "igemm2_256x128x32_w4x2_s3",
             "igemm2_128x256x32_w2x4_s3", "igemm2_128x128x64_w2x4_s4")
@@ -89,34 +88,6 @@ def precompile(workers):
 
 
 # ---- timing ------------------------------------------------------------------------------
-def _events_ms(cp, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(cp.cuda.get_elapsed_time(a, b))
-    return statistics.median(times)
-
-
-def _torch_events_ms(torch, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def _try_time(cp, fn, reps, errors, name):
     """Median ms, or inf (the error kept) when the candidate raises."""
     try:
