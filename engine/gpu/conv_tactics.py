@@ -476,6 +476,9 @@ def _register():
         from kernels.gpu import conv_wgmma
         register(LayerType.CONVOLUTION, *[ConvWgmma(t) for t in conv_wgmma.TACTICS],
                  *[ConvWgmmaInt8(t) for t in conv_wgmma.INT8_TACTICS])
+    from .cudnn_tactics import enabled as cudnn_enabled, register_all as register_cudnn
+    if cudnn_enabled():              # supports() declines when the frontend is absent
+        register_cudnn()
     register(LayerType.FULLY_CONNECTED, *[FcIgemm(t) for t in IGEMM_TACTICS[-2:]],
              *[FcIgemmSplitK(t) for t in SPLITK_TACTICS], FcCublas(),
              *[FcInt8(t) for t in INT8_TACTICS])

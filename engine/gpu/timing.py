@@ -147,6 +147,7 @@ KERNEL_SWITCHES = {
     "CUPYRT_INT8_SMALLC": (lambda v: v != "0", True),               # the INT8 stem tactic
     "CUPYRT_FAST_QUANTIZE": (lambda v: v != "0", True),             # vectorised quantize
     "CUPYRT_WGMMA_F16_FAST_EPILOGUE": (lambda v: v == "1", False),  # FP16 residual prefetch
+    "CUPYRT_CUDNN": (lambda v: v != "0", True),                     # cuDNN graph tactics
 }
 
 

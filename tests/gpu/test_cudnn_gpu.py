@@ -1,0 +1,150 @@
+"""cuDNN graph tactics (kernels/gpu/cudnn_graphs.py, engine/gpu/cudnn_tactics.py) on a
+GPU with the cuDNN frontend installed: fused conv + bias + residual + activation against
+a float64 NumPy reference on random data, NaN-poisoned outputs; the plan loop; replay
+inside a captured CUDA graph; the engine choosing between cuDNN and its own kernels.
+Skipped without CUDA or without the frontend (``pip install 'cupyrt[cudnn]'``)."""
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+
+from gpu_helpers import act_ref, conv_nhwc, poison, rel_l2  # noqa: E402
+from kernels.gpu import cudnn_graphs as G  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not G.available(), reason=f"{G.unavailable_reason()}")
+
+RNG = np.random.default_rng(2024)
+
+# (N, H, W, C, K, R, S, stride, pad, act, alpha, beta, residual, out dtype)
+CASES = [
+    (2, 14, 14, 64, 64, 3, 3, 1, 1, "RELU", 0.0, 0.0, True, "float16"),    # ResNet basic block
+    (2, 14, 14, 64, 128, 1, 1, 2, 0, None, 0.0, 0.0, False, "float16"),    # 1x1 s2 downsample
+    (2, 9, 11, 32, 48, 3, 3, 2, 1, "CLIP", 0.0, 6.0, False, "float16"),     # ReLU6, odd sizes
+    (1, 8, 8, 16, 24, 3, 3, 1, 1, "SIGMOID", 0.0, 0.0, False, "float32"),   # FP32 output
+    (1, 8, 8, 16, 24, 1, 1, 1, 0, "TANH", 0.0, 0.0, True, "float32"),       # FP32 residual
+    (2, 10, 10, 8, 16, 3, 3, 1, 1, "LEAKY_RELU", 0.1, 0.0, False, "float16"),
+    (2, 32, 32, 3, 16, 7, 7, 2, 3, "RELU", 0.0, 0.0, False, "float16"),     # RGB stem, C=3
+]
+
+
+def _case_id(c):
+    return f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-k{c[4]}-{c[5]}x{c[6]}s{c[7]}-{c[9]}-res{int(c[12])}-{c[13]}"
+
+
+def _data(n, h, w, c, k, r, s):
+    x = RNG.standard_normal((n, h, w, c)).astype(np.float16)
+    wt = (RNG.standard_normal((k, r, s, c)) / np.sqrt(r * s * c)).astype(np.float16)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    return x, wt, bias
+
+
+def _spec(case):
+    n, h, w, c, k, r, s, st, pad, act, alpha, beta, res, out = case
+    return G.ConvSpec(n=n, c=c, h=h, w=w, k=k, r=r, s=s, stride=(st, st), pre_padding=(pad, pad),
+                      post_padding=(pad, pad), out_dtype=out, act=act, alpha=alpha, beta=beta,
+                      residual=res)
+
+
+def _reference(case, x, wt, bias, res):
+    n, h, w, c, k, r, s, st, pad, act, alpha, beta, *_ = case
+    v = conv_nhwc(x, wt, (st, st), (pad, pad)) + bias.astype(np.float64)
+    if res is not None:
+        v = v + res.astype(np.float64)
+    return act_ref(v, act, alpha, beta)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fused_conv_graph_matches_float64_reference(case):
+    spec = _spec(case)
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    res = RNG.standard_normal((spec.n, p, q, spec.k)).astype(spec.out_dtype) if spec.residual else None
+    out = poison(cp, (spec.n, p, q, spec.k), spec.out_dtype)
+    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec,
+                   residual=None if res is None else cp.asarray(res), out=out, max_plans=2)
+    err = rel_l2(out.get(), _reference(case, x, wt, bias, res))
+    assert err <= 1e-2, f"rel L2 {err:.2e} (plan {G.graph_for(spec).index})"
+
+
+def test_plans_are_enumerated_timed_and_the_fastest_kept():
+    case = CASES[0]
+    spec = _spec(case)
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    res = cp.asarray(RNG.standard_normal((spec.n, p, q, spec.k)).astype(np.float16))
+    G.clear()
+    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=res, max_plans=3)
+    graph = G.graph_for(spec)
+    assert graph.plan_count >= 1
+    finite = {i: t for i, t in graph.plan_times.items() if np.isfinite(t)}
+    assert finite, graph.plan_times
+    assert graph.index == min(finite, key=finite.get)
+    # a second call with the same spec reuses the built graph (no new plan timing)
+    before = dict(graph.plan_times)
+    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=res)
+    assert G.graph_for(spec) is graph and graph.plan_times == before
+
+
+def test_replays_inside_a_captured_cuda_graph_on_new_inputs():
+    case = CASES[1]
+    spec = _spec(case)
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    xd, wd, bd = cp.asarray(x), cp.asarray(wt), cp.asarray(bias)
+    out = poison(cp, (spec.n, p, q, spec.k), np.float16)
+    G.conv2d_fused(xd, wd, bd, spec, out=out)              # builds and chooses outside capture
+    stream = cp.cuda.Stream(non_blocking=True)
+    pool = cp.cuda.MemoryPool()
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        G.conv2d_fused(xd, wd, bd, spec, out=out)         # rehearsal: workspace block cached
+        stream.synchronize()
+        stream.begin_capture()
+        G.conv2d_fused(xd, wd, bd, spec, out=out)
+        graph = stream.end_capture()
+        x2 = RNG.standard_normal(x.shape).astype(np.float16)
+        xd.set(x2)
+        out.fill(np.nan)
+        graph.launch(stream)
+        stream.synchronize()
+    assert rel_l2(out.get(), _reference(case, x2, wt, bias, None)) <= 1e-2
+
+
+def test_bad_buffers_are_refused_with_what_was_expected():
+    spec = _spec(CASES[1])
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    with pytest.raises(ValueError, match="expected C-contiguous float16"):
+        G.conv2d_fused(cp.asarray(x).astype(np.float32), cp.asarray(wt), cp.asarray(bias), spec)
+    with pytest.raises(ValueError, match="built without one"):
+        G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec,
+                       residual=cp.zeros((1,), np.float16))
+
+
+def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
+    import engine as rt
+    from engine.gpu.tactics import candidates
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (4, 64, 16, 16))
+    w = (RNG.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    conv = net.add_convolution_nd(x, 64, (3, 3), kernel=w, bias=RNG.standard_normal(64).astype(np.float32))
+    conv.padding_nd = (1, 1)
+    y = net.add_elementwise(conv.get_output(0), x, rt.ElementWiseOperation.SUM).get_output(0)
+    y = net.add_activation(y, rt.ActivationType.RELU).get_output(0)
+    net.mark_output(y)
+    feeds = {"x": RNG.standard_normal((4, 64, 16, 16)).astype(np.float32)}
+
+    def build(backend):
+        cfg = rt.Builder().create_builder_config()
+        cfg.backend = backend
+        cfg.set_flag(rt.BuilderFlag.FP16)
+        plan = rt.Builder().build_serialized_network(net, cfg)
+        return rt.Runtime(backend=backend).deserialize_cuda_engine(plan)
+
+    ref = build("numpy").create_execution_context().execute(feeds)
+    eng = build("cupy")
+    layer = eng.network.get_layer(0)
+    assert "conv.cudnn" in [t.name for t in candidates(layer)]
+    got = eng.create_execution_context().execute(feeds)
+    for name, value in ref.items():
+        assert rel_l2(got[name], value) <= 1e-2
+    timed = eng.meta.get("tactic_ms", {}).get(layer.name, {})
+    assert timed.get("conv.cudnn") is not None, timed      # timed, whether or not it won
