@@ -6,8 +6,10 @@ takes the place of the first layer it absorbs).
 """
 import logging
 
+from . import shape_values
 from .errors import NetworkDefinitionError
 from .layers import classes as L
+from .layers.shape import ShapeLayer
 from .layers.base import MAX_DIMS, Tensor
 from .types import DataType
 
@@ -157,6 +159,7 @@ class Network:
             t._shape, t._dtype = shape, dtype
             self._tensors[name] = t
             layer._outputs.append(t)
+        shape_values.propagate(layer)
         self._layers.append(layer)
         return layer
 
@@ -177,6 +180,7 @@ class Network:
         if layer._outputs:     # already in the network: re-check now, others lazily
             for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
                 t._shape, t._dtype = shape, dtype
+            shape_values.propagate(layer)
             self._dirty = True
 
     def _ensure_inferred(self):
@@ -187,6 +191,7 @@ class Network:
             for layer in self._layers:
                 for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
                     t._shape, t._dtype = shape, dtype
+                shape_values.propagate(layer)     # shape tensors: what later rules read
         except NetworkDefinitionError:
             self._dirty = True
             raise
@@ -301,6 +306,11 @@ class Network:
 
     def add_shuffle(self, input):
         return self._add(L.ShuffleLayer(self, [input]))
+
+    def add_shape(self, input):
+        """TensorRT's IShapeLayer: the dims of ``input`` as a 1-D INT32 shape tensor
+        (for a Shuffle's input 1 or a Slice's size, input 2)."""
+        return self._add(ShapeLayer(self, [input]))
 
     def add_softmax(self, input):
         rank = len(input.shape) if isinstance(input, Tensor) else 4

@@ -72,7 +72,10 @@ class LayerType(enum.Enum):
     CAST = "cast"
     SELECT = "select"
     NORMALIZATION = "normalization"
+    SHAPE = "shape"              # TensorRT's IShapeLayer: a shape tensor of its input
     POINTWISE = "pointwise"      # built by the builder: a fused chain of pointwise layers
+    TOPK = "topk"                # TensorRT's ITopKLayer: k largest/smallest and their indices
+    COMBINED_NMS = "combined_nms"  # TF's CombinedNonMaxSuppression (TF-TRT: a plugin)
 
 
 class ActivationType(enum.Enum):
@@ -153,6 +156,11 @@ class ReduceOperation(enum.Enum):
     MAX = 2
     MIN = 3
     AVG = 4
+
+
+class TopKOperation(enum.Enum):
+    MAX = 0
+    MIN = 1
 
 
 class MatrixOperation(enum.Enum):

@@ -4,6 +4,14 @@ Unsqueeze, Concatenation, Constant, Slice, Gather.
 Shape rules work on partially known shapes (-1 = known only at run time): a
 check that needs an unknown dim is skipped at construction and made again when
 the same ``infer`` runs on the concrete shapes of an execution.
+
+Shape tensors (TensorRT's term): small INT32 tensors that hold dims, made by
+a Shape layer and the integer math after it. As in TensorRT, a Shuffle's
+reshape dims (input 1) and a Slice's size (input 2) may be such tensors. The
+network tracks what it statically knows of their values
+(engine/shape_values.py), so shape rules see the dims they can; a build at
+concrete input shapes knows them all and turns them back into attributes
+(engine/passes/shape_tensors.py).
 """
 import enum
 
@@ -12,6 +20,7 @@ import numpy as np
 from kernels import shape as K
 from kernels.xp import to_host
 
+from .. import shape_values
 from ..errors import ExecutionError
 from ..kernel_table import numpy_impl
 from ..types import DataType, LayerType
@@ -47,24 +56,55 @@ class ShuffleLayer(Layer):
     ``reshape_dims``: 0 copies the dim at the same index of the (transposed)
     input when ``zero_is_placeholder`` (the default; otherwise 0 is a literal
     empty dim), and one -1 takes whatever size is left. None for a step skips
-    it; a builder pass composes these three attributes."""
+    it; a builder pass composes these three attributes.
+
+    Input 1 (``set_input(1, dims)``, as in TensorRT): a 1-D INT32 shape tensor
+    that replaces ``reshape_dims``; its values are read at run time, with the
+    same 0 and -1 rules."""
     layer_type = LayerType.SHUFFLE
+    max_inputs = 2
     first_transpose = Ints(None, minimum=0)
     reshape_dims = Ints(None, minimum=-1)
     second_transpose = Ints(None, minimum=0)
     zero_is_placeholder = Bool(True)
+
+    @property
+    def dynamic_reshape(self):
+        return len(self._inputs) > 1 and self._inputs[1] is not None
 
     def infer(self, in_shapes, in_dtypes):
         shape = tuple(in_shapes[0])
         _check_perm(self, "first_transpose", self.first_transpose, len(shape))
         if self.first_transpose is not None:
             shape = tuple(shape[p] for p in self.first_transpose)
-        if self.reshape_dims is not None:
+        if self.dynamic_reshape:
+            shape = self._reshape_by_tensor(shape, in_shapes[1], in_dtypes[1])
+        elif self.reshape_dims is not None:
             shape = self._reshape(shape, self.reshape_dims)
         _check_perm(self, "second_transpose", self.second_transpose, len(shape))
         if self.second_transpose is not None:
             shape = tuple(shape[p] for p in self.second_transpose)
         return [(shape, in_dtypes[0])]
+
+    def _reshape_by_tensor(self, shape, dims_shape, dims_dtype):
+        """Output dims for reshape dims given by a shape tensor: exact where the
+        network knows its values, -1 where they are known only at run time."""
+        if dims_dtype != DataType.INT32 or len(dims_shape) != 1 or dims_shape[0] < 0:
+            self.fail("input 1", f"a {dims_dtype.name} tensor of shape {tuple(dims_shape)}",
+                      "a 1-D INT32 shape tensor of static length")
+        known = shape_values.get(self._inputs[1])
+        if known is None:
+            return (-1,) * dims_shape[0]
+        if len(known) != dims_shape[0]:      # shapes at run time, values from the definition
+            return (-1,) * dims_shape[0]
+        if None not in known:
+            return self._reshape(shape, known)
+        out = []
+        for i, d in enumerate(known):
+            if d == 0 and self.zero_is_placeholder and i < len(shape):
+                d = shape[i]
+            out.append(-1 if d is None else d)
+        return tuple(out)
 
     def _reshape(self, shape, dims):
         dims = list(dims)
@@ -103,11 +143,15 @@ class ShuffleLayer(Layer):
 @numpy_impl(LayerType.SHUFFLE)
 def _shuffle(layer, inputs):
     x = inputs[0]
-    dims = None
-    if layer.reshape_dims is not None:
+    dims = layer.reshape_dims
+    if len(inputs) > 1 and inputs[1] is not None:
+        # a shape tensor: its values are needed on the host (one small copy, as
+        # TensorRT computes shape tensors on the host)
+        dims = tuple(int(d) for d in to_host(inputs[1]).reshape(-1))
+    if dims is not None:
         shape = x.shape if layer.first_transpose is None else \
             tuple(x.shape[p] for p in layer.first_transpose)
-        dims = layer._reshape(shape, layer.reshape_dims)
+        dims = layer._reshape(shape, dims)
     return [K.shuffle(x, layer.first_transpose, dims, layer.second_transpose)]
 
 
@@ -253,24 +297,50 @@ class SliceLayer(Layer):
 
     Extension: a ``shape`` entry of -1 takes every coordinate from ``start`` to
     the end of the dim (to its beginning for a negative stride), so a slice of
-    a dynamic dim (TF's StridedSlice with an end mask) has a shape rule."""
+    a dynamic dim (TF's StridedSlice with an end mask) has a shape rule.
+
+    Input 2 (``set_input(2, size)``, as in TensorRT): a 1-D INT32 shape tensor
+    that replaces ``shape``; with stride 0 this broadcasts a tensor to a shape
+    known only at run time (TensorRT's idiom for a fill). Start and stride
+    (inputs 1 and 3) stay attributes here."""
     layer_type = LayerType.SLICE
+    max_inputs = 3
+    optional_inputs = (1, 2)
     start = Ints(None)
     shape = Ints(None, minimum=-1)
     stride = Ints(None)
     mode = EnumAttr(SampleMode, SampleMode.STRICT_BOUNDS)
     fill_value = Float(0.0)
 
-    def sizes(self, in_shape):
+    @property
+    def dynamic_size(self):
+        return len(self._inputs) > 2 and self._inputs[2] is not None
+
+    def _size_attr(self, rank, runtime_size=None):
+        """``shape``, or the size tensor's values (run time, else what the network knows)."""
+        if len(self._inputs) > 1 and self._inputs[1] is not None:
+            self.fail("input 1", "a start tensor", "None: the start is the 'start' attribute")
+        if not self.dynamic_size:
+            return self.shape
+        if runtime_size is not None:
+            return tuple(int(d) for d in runtime_size)
+        known = shape_values.get(self._inputs[2])
+        if known is None or len(known) != rank:
+            return (-1,) * rank
+        return tuple(-1 if d is None else d for d in known)
+
+    def sizes(self, in_shape, runtime_size=None):
         """The output shape for an input of ``in_shape`` (-1 where unknown)."""
         rank = len(in_shape)
-        for name in ("start", "shape", "stride"):
-            value = getattr(self, name)
+        shape = self._size_attr(rank, runtime_size)
+        for name, value in (("start", self.start), ("shape", shape), ("stride", self.stride)):
             if value is None or len(value) != rank:
                 self.fail(name, value, f"{rank} values (the input rank)")
         out = []
-        for k, (s, n, st, d) in enumerate(zip(self.start, self.shape, self.stride, in_shape)):
-            if n == -1:
+        for k, (s, n, st, d) in enumerate(zip(self.start, shape, self.stride, in_shape)):
+            if n == -1 and self.dynamic_size:
+                pass                 # a size the shape tensor gives only at run time
+            elif n == -1:
                 if st == 0:
                     self.fail("stride", self.stride, f"a non-zero stride where shape is -1 (dim {k})")
                 if d != -1:
@@ -281,9 +351,13 @@ class SliceLayer(Layer):
 
     def infer(self, in_shapes, in_dtypes):
         in_shape = in_shapes[0]
+        if self.dynamic_size and (in_dtypes[2] != DataType.INT32 or len(in_shapes[2]) != 1
+                                  or in_shapes[2][0] != len(in_shape)):
+            self.fail("input 2", f"a {in_dtypes[2].name} tensor of shape {tuple(in_shapes[2])}",
+                      f"a 1-D INT32 shape tensor of {len(in_shape)} values (the input rank)")
         sizes = self.sizes(in_shape)
         for k, (s, n, st, d) in enumerate(zip(self.start, sizes, self.stride, in_shape)):
-            if d == -1 or n == 0:
+            if d == -1 or n in (0, -1):
                 continue
             if self.mode == SampleMode.STRICT_BOUNDS:
                 last = s + (n - 1) * st
@@ -299,7 +373,10 @@ class SliceLayer(Layer):
 @numpy_impl(LayerType.SLICE)
 def _slice(layer, inputs):
     x = inputs[0]
-    return [K.slice_nd(x, layer.start, layer.sizes(x.shape), layer.stride, layer.mode.name,
+    size = None
+    if len(inputs) > 2 and inputs[2] is not None:
+        size = to_host(inputs[2]).reshape(-1)     # a shape tensor: read on the host
+    return [K.slice_nd(x, layer.start, layer.sizes(x.shape, size), layer.stride, layer.mode.name,
                        layer.fill_value)]
 
 
@@ -336,3 +413,23 @@ def _gather(layer, inputs):
         raise ExecutionError(f"{layer.describe()}: index {int(first)} is out of "
                              f"range for axis {axis} of size {d}; expected indices in [{-d}, {d})")
     return [K.gather(data, indices, axis)]
+
+
+# ----------------------------------------------------------------------------
+# shape
+
+class ShapeLayer(Layer):
+    """TensorRT's IShapeLayer: the dims of its input as a 1-D INT32 shape tensor.
+
+    The network knows its value where the input's dims are known (all of them
+    once a build fixes the input shapes), so the shape math after it folds
+    into constants there; at run time it is the input's shape."""
+    layer_type = LayerType.SHAPE
+
+    def infer(self, in_shapes, in_dtypes):
+        return [((len(in_shapes[0]),), DataType.INT32)]
+
+
+@numpy_impl(LayerType.SHAPE)
+def _shape(layer, inputs):
+    return [np.asarray(inputs[0].shape, dtype=np.int32)]

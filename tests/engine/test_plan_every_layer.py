@@ -136,6 +136,7 @@ FACTORIES = {
     rt.LayerType.IDENTITY: lambda n, x: n.add_identity(x),
     rt.LayerType.CAST: _cast,
     rt.LayerType.SELECT: _select,
+    rt.LayerType.SHAPE: lambda n, x: n.add_shape(x),
 }
 
 

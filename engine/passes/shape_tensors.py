@@ -1,0 +1,72 @@
+"""Shape tensors become constants, dynamic reshapes and sizes become attributes.
+
+A build at concrete input shapes knows every shape tensor's value
+(engine/shape_values.py), as TensorRT does when it specialises an engine for
+an optimisation profile. So here:
+
+    Shape(x) -> Gather -> Reduce -> Concatenation -> Shuffle input 1
+       becomes                         Constant   -> (dropped)   reshape_dims
+
+Each layer whose INT32 shape-tensor output is fully known is replaced by a
+Constant; a Shuffle whose reshape dims come from a Constant takes them as
+``reshape_dims`` and a Slice its size as ``shape``. The layers left without
+consumers go to the dead-layer pass. The built plan then holds no shape
+tensors at all: no host reads at run time, and the CuPy backend can capture
+the engine into a CUDA graph. Where input dims stay dynamic nothing is known,
+nothing changes, and the layers compute their shape tensors at run time.
+"""
+import numpy as np
+
+from .. import shape_values
+from ..types import LayerType
+
+NAME = "shape_tensors"
+_NEVER = {LayerType.CONSTANT, LayerType.PLUGIN_V2}
+
+
+def _from_constant(t):
+    return t is not None and t.producer is not None and \
+        t.producer.layer_type == LayerType.CONSTANT
+
+
+def _fold_values(network):
+    from ..layers.classes import ConstantLayer
+    folded = 0
+    for layer in list(network._layers):
+        if (layer.layer_type in _NEVER or len(layer._outputs) != 1
+                or layer._outputs[0].is_network_output
+                or not shape_values.is_known(layer._outputs[0])):
+            continue
+        out = layer._outputs[0]
+        const = ConstantLayer(network, [], shape=out._shape, weights=shape_values.array(out))
+        const.name = layer.name + "_value"
+        network._add(const)
+        network._layers.remove(const)
+        network._layers.insert(network._layers.index(layer), const)
+        network.take_output(const, layer)
+        folded += 1
+    return folded
+
+
+def _attributes(network):
+    changed = 0
+    for layer in network._layers:
+        if layer.layer_type == LayerType.SHUFFLE and layer.dynamic_reshape \
+                and _from_constant(layer._inputs[1]):
+            dims = np.asarray(layer._inputs[1].producer.weights).reshape(-1)
+            layer._attrs["reshape_dims"] = tuple(int(d) for d in dims)
+            layer._inputs = layer._inputs[:1]
+            changed += 1
+        elif layer.layer_type == LayerType.SLICE and layer.dynamic_size \
+                and _from_constant(layer._inputs[2]):
+            size = np.asarray(layer._inputs[2].producer.weights).reshape(-1)
+            layer._attrs["shape"] = tuple(int(d) for d in size)
+            layer._inputs = layer._inputs[:1]
+            changed += 1
+    if changed:
+        network._dirty = True
+    return changed
+
+
+def run(network):
+    return _fold_values(network) + _attributes(network)
