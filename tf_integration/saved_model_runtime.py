@@ -1,0 +1,324 @@
+"""Engine nodes inside SavedModels: how they are saved, found and run again.
+
+A SavedModel's functions may only hold ops TensorFlow knows, and we ship no
+C++ kernel, so an engine node is saved as an ``EagerPyFunc`` (the op
+``tf.py_function`` builds) whose token is the same fixed string in every
+model, and whose first two inputs are constants of the saved graph:
+
+    <engine>/cupyrt_key   Const string: sha256 of the blob (a short cache key)
+    <engine>/cupyrt_blob  Const string: the engine NodeDef (segment graph,
+                          network or plan, calibration table, engines built
+                          ahead by build(), allow_build_at_runtime)
+    <engine>              EagerPyFunc(key, blob, *tensors) -> tensors
+                          token = TOKEN, Tin = [string, string] + Tin, Tout
+
+Importing ``tf_integration`` registers one dispatcher under TOKEN in
+TensorFlow's py-function registry. It turns a blob into a ``SavedEngine``
+once per key (the blob tensor is handed over without a copy, and read only
+on that first call) and runs the engine. So:
+
+- ``tf.saved_model.load(dir)`` works in a fresh process after
+  ``import tf_integration``; without that import TensorFlow fails with
+  "Could not find callback with key=cupyrt_engine_v1 (import tf_integration
+  before running this model)": the token says what is missing, and nothing
+  runs silently wrong.
+- ``load_saved_model(dir)`` also binds every engine at load time (from the
+  constants in saved_model.pb), so the first call pays no parsing cost.
+- Everything lives inside the SavedModel: nothing is read from the source
+  model's directory, or from this one after loading.
+"""
+import collections
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.eager import context
+from tensorflow.python.ops import script_ops
+
+from .engine_node import ENGINE_OP, EngineFallbackWarning, EngineRunner
+from .errors import TFIntegrationError
+from .graph_utils import get_attr, make_const_node
+
+logger = logging.getLogger(__name__)
+
+# The py-function token of every saved engine node. TensorFlow prints it when
+# it is not registered, so it names the fix.
+TOKEN = "cupyrt_engine_v1 (import tf_integration before running this model)"
+KEY_SUFFIX, BLOB_SUFFIX = "/cupyrt_key", "/cupyrt_blob"
+PREBUILT_SHAPES, PREBUILT_PLANS = "prebuilt_input_shapes", "prebuilt_plans"
+ALLOW_BUILD = "allow_build_at_runtime"
+
+
+class SavedModelError(TFIntegrationError, ValueError):
+    """A SavedModel could not be read or bound (missing directory, bad engine data)."""
+
+
+# ---------------------------------------------------------------------------- engines
+
+class SavedEngine:
+    """One saved engine node: the EngineRunner that builds per shape at run time,
+    plus one static runner per engine that build() made ahead of time.
+
+    With allow_build_at_runtime=False, shapes without an engine built ahead run
+    the TensorFlow segment (TF-TRT's rule), said once in the log.
+    """
+
+    def __init__(self, node):
+        base = tf.compat.v1.NodeDef()
+        base.CopyFrom(node)
+        shapes = [json.loads(s) for s in get_attr(node, PREBUILT_SHAPES, [])]
+        plans = list(node.attr[PREBUILT_PLANS].list.s) if PREBUILT_PLANS in node.attr else []
+        self.allow_build = get_attr(node, ALLOW_BUILD, True)
+        for key in (PREBUILT_SHAPES, PREBUILT_PLANS, ALLOW_BUILD):
+            base.attr.pop(key, None)
+        self.name = node.name
+        self.static = bool(base.attr["serialized_plan"].s)     # one plan for every shape
+        self.runner = EngineRunner(base)
+        self.prebuilt = {}
+        for shape_list, plan in zip(shapes, plans):
+            # A static node whose plan is the one built for exactly these shapes;
+            # max_batch_size 0: the plan itself fixes the shapes it accepts.
+            fixed = tf.compat.v1.NodeDef()
+            fixed.CopyFrom(base)
+            fixed.attr["serialized_plan"].s = plan
+            fixed.attr["is_dynamic_op"].b = False
+            fixed.attr["max_batch_size"].i = 0
+            self.prebuilt[_shape_key(shape_list)] = EngineRunner(fixed)
+        self.stats = collections.Counter()
+        self._warned = False
+
+    @property
+    def engines_built(self):
+        """Engines built at run time (build() ahead of time is not counted)."""
+        return self.runner.stats["engines_built"]
+
+    def __call__(self, arrays):
+        shapes = _shape_key([a.shape for a in arrays])
+        recorder = _RECORDER.get("shapes")
+        if recorder is not None:          # build(): note the shapes, run TF's segment
+            recorder.setdefault(self.key, []).append(shapes)
+            self.stats["native_runs"] += 1
+            return self.runner.run_native(arrays)
+        ahead = self.prebuilt.get(shapes)
+        if ahead is not None:
+            self.stats["prebuilt_runs"] += 1
+            return ahead(*arrays)
+        if self.allow_build or self.static:
+            self.stats["runtime_runs"] += 1
+            return self.runner(*arrays)
+        if not self._warned:
+            self._warned = True
+            msg = (f"engine node {self.name}: no engine was built ahead for input shapes "
+                   f"{[list(s) for s in shapes]} and allow_build_at_runtime=False; running "
+                   "the TensorFlow segment for such shapes")
+            logger.warning(msg)
+            warnings.warn(msg, EngineFallbackWarning, stacklevel=2)
+        self.stats["native_runs"] += 1
+        return self.runner.run_native(arrays)
+
+
+def _shape_key(shapes):
+    return tuple(tuple(int(d) for d in s) for s in shapes)
+
+
+_ENGINES = {}                 # key (bytes) -> SavedEngine, for the life of the process
+_ENGINES_LOCK = threading.Lock()
+# build() sets "shapes" to a dict; callbacks run on TensorFlow's threads, so this
+# is process-wide rather than thread-local.
+_RECORDER = {}
+
+
+def bind_engine(blob, key=None):
+    """The SavedEngine of a blob (made once per key)."""
+    key = key or blob_key(blob)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                try:
+                    node = tf.compat.v1.NodeDef.FromString(blob)
+                except Exception as exc:          # noqa: BLE001 - protobuf's DecodeError
+                    raise SavedModelError(f"engine data {key.decode()[:12]} is not a NodeDef "
+                                          f"({exc}); expected a blob written by "
+                                          "TrtGraphConverterV2.save()") from exc
+                if node.op != ENGINE_OP:
+                    raise SavedModelError(f"engine data {key.decode()[:12]} holds a "
+                                          f"{node.op!r} node; expected {ENGINE_OP!r}")
+                engine = SavedEngine(node)
+                engine.key = key
+                _ENGINES[key] = engine
+    return engine
+
+
+def blob_key(blob):
+    return hashlib.sha256(blob).hexdigest().encode()
+
+
+def saved_engines():
+    """Every SavedEngine bound in this process (stats and tests)."""
+    return list(_ENGINES.values())
+
+
+class _Dispatch(script_ops.EagerFunc):
+    """The function behind TOKEN. TensorFlow's EagerFunc converts outputs to one
+    fixed dtype list, but each engine has its own, so ``__call__`` is ours: the
+    outputs already have the node's dtypes (EngineRunner casts to Tout)."""
+
+    def __init__(self):
+        super().__init__(None, [], False)
+
+    def __call__(self, device, token, args):
+        engine = _ENGINES.get(args[0].numpy())
+        if engine is None:
+            engine = bind_engine(args[1].numpy(), args[0].numpy())
+        outs = engine([a.numpy() for a in args[2:]])
+        with context.eager_mode(), tf.device(device or "/device:CPU:0"):
+            return [tf.convert_to_tensor(o) for o in outs]
+
+
+_DISPATCH = _Dispatch()       # strong reference: the registry holds weak ones
+
+
+def register():
+    """Put the dispatcher under TOKEN (done on import; idempotent)."""
+    script_ops._py_funcs._funcs[TOKEN] = _DISPATCH      # noqa: SLF001 - the registry
+
+
+register()
+
+
+class record_shapes:
+    """Context manager: while active, engines note their input shapes and run natively.
+
+    ``with record_shapes() as seen: fn(...)`` -> ``seen`` maps engine key to the
+    list of input-shape tuples it received, in call order.
+    """
+
+    def __enter__(self):
+        if "shapes" in _RECORDER:
+            raise TFIntegrationError("record_shapes() is already active; build() calls "
+                                     "cannot be nested")
+        self.seen = _RECORDER["shapes"] = {}
+        return self.seen
+
+    def __exit__(self, *exc):
+        _RECORDER.pop("shapes", None)
+        return False
+
+
+# ---------------------------------------------------------------------------- graphs
+
+def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
+    """The blob NodeDef: the engine node plus engines built ahead
+    (``prebuilt``: {input shapes: plan bytes}) and the runtime-build rule."""
+    out = tf.compat.v1.NodeDef()
+    out.CopyFrom(node)
+    del out.input[:]                   # the EagerPyFunc node carries the edges
+    for shapes, plan in sorted((prebuilt or {}).items()):
+        out.attr[PREBUILT_SHAPES].list.s.append(json.dumps([list(s) for s in shapes]).encode())
+        out.attr[PREBUILT_PLANS].list.s.append(plan)
+    out.attr[ALLOW_BUILD].b = bool(allow_build_at_runtime)
+    return out
+
+
+def runnable_graph_def(converted, prebuilt=None, allow_build_at_runtime=True):
+    """A converted GraphDef with each engine node as key/blob constants + EagerPyFunc.
+
+    ``prebuilt``: {engine name: {input shapes: plan}}. Returns (GraphDef,
+    {engine name: key}, {engine name: [output TensorShape]}).
+    """
+    prebuilt = prebuilt or {}
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(converted.versions)
+    out.library.CopyFrom(converted.library)
+    keys, shapes = {}, {}
+    for node in converted.node:
+        if node.op != ENGINE_OP:
+            out.node.append(node)
+            continue
+        blob = saved_engine_node(node, prebuilt.get(node.name),
+                                 allow_build_at_runtime).SerializeToString()
+        keys[node.name] = key = blob_key(blob)
+        shapes[node.name] = get_attr(node, "output_shapes", [])
+        out.node.append(make_const_node(node.name + KEY_SUFFIX, np.array(key, dtype=object)))
+        out.node.append(make_const_node(node.name + BLOB_SUFFIX, np.array(blob, dtype=object)))
+        call = out.node.add(name=node.name, op="EagerPyFunc", device=node.device)
+        call.input.extend([node.name + KEY_SUFFIX, node.name + BLOB_SUFFIX])
+        call.input.extend(node.input)
+        call.attr["token"].s = TOKEN.encode()
+        call.attr["is_async"].b = False
+        call.attr["Tin"].list.type.extend([tf.string.as_datatype_enum] * 2)
+        call.attr["Tin"].list.type.extend(node.attr["Tin"].list.type)
+        call.attr["Tout"].CopyFrom(node.attr["Tout"])
+    return out, keys, shapes
+
+
+def graph_function(graph_def, input_names, output_names, input_specs, structured_outputs,
+                   output_shapes=None):
+    """A ConcreteFunction (a valid SavedModel signature) running ``graph_def``.
+
+    ``input_specs``: [(signature input key, TensorSpec)] in the order of
+    ``input_names`` (graph tensors fed); the outputs ``output_names`` are packed
+    as ``structured_outputs`` (the source signature's dict). ``output_shapes``:
+    {node name: [TensorShape]} for nodes whose static shapes TF cannot infer.
+    """
+    output_shapes = output_shapes or {}
+
+    def body(*args):
+        outs = tf.compat.v1.import_graph_def(graph_def, input_map=dict(zip(input_names, args)),
+                                             return_elements=list(output_names), name="cupyrt")
+        graph = tf.compat.v1.get_default_graph()
+        for name, shapes in output_shapes.items():
+            for t, shape in zip(graph.get_operation_by_name("cupyrt/" + name).outputs, shapes):
+                t.set_shape(shape)
+        # Identity: an output can also be an input; signatures need distinct tensors
+        flat = [tf.identity(t) for t in outs]
+        return tf.nest.pack_sequence_as(structured_outputs, flat)
+
+    # Spec names become the signature's input keys (positional *args carry none).
+    specs = [tf.TensorSpec(spec.shape, spec.dtype, name=key) for key, spec in input_specs]
+    return tf.function(body, input_signature=specs, autograph=False).get_concrete_function()
+
+
+# ---------------------------------------------------------------------------- loading
+
+def engine_blobs(export_dir):
+    """{key: blob} of every saved engine in a SavedModel directory's saved_model.pb."""
+    from tensorflow.python.saved_model import loader_impl
+
+    proto = loader_impl.parse_saved_model(export_dir)
+    blobs = {}
+    for meta in proto.meta_graphs:
+        graphs = [meta.graph_def.node] + [f.node_def for f in meta.graph_def.library.function]
+        for nodes in graphs:
+            for node in nodes:
+                if node.op == "Const" and node.name.endswith(BLOB_SUFFIX):
+                    blob = node.attr["value"].tensor.string_val[0]
+                    blobs[blob_key(blob)] = blob
+    return blobs
+
+
+def load_saved_model(export_dir, tags=None):
+    """Load a SavedModel written by ``TrtGraphConverterV2.save`` (any SavedModel works).
+
+    Returns what ``tf.saved_model.load`` returns: ``.signatures[key]`` run like
+    the source model's, eagerly or inside a ``tf.function``. Every engine is
+    bound here, from the model's own constants.
+    """
+    path = os.fspath(export_dir)
+    if not os.path.isdir(path):
+        raise SavedModelError(f"load_saved_model: {path!r} is not a directory; expected a "
+                              "SavedModel directory (as written by TrtGraphConverterV2.save)")
+    blobs = engine_blobs(path)
+    for key, blob in blobs.items():
+        bind_engine(blob, key)
+    loaded = tf.saved_model.load(path, tags=tags)
+    logger.info("loaded %s: %d engine(s) bound, signatures %s", path, len(blobs),
+                sorted(loaded.signatures.keys()))
+    return loaded
