@@ -362,5 +362,19 @@ class Network:
     def add_select(self, condition, then_input, else_input):
         return self._add(L.SelectLayer(self, [condition, then_input, else_input]))
 
+    def add_topk(self, input, op, k, axes):
+        """TensorRT's ITopKLayer: outputs 0 (values) and 1 (INT32 indices) of the
+        ``k`` best along the one axis set in the ``axes`` bitmask."""
+        return self._add(L.TopKLayer(self, [input], op=op, k=k, axes=axes))
+
+    def add_combined_nms(self, boxes, scores, max_output_size_per_class, max_total_size,
+                         iou_threshold, score_threshold, pad_per_class=False, clip_boxes=True):
+        """TF's CombinedNonMaxSuppression (no TensorRT layer; TF-TRT used a plugin):
+        outputs boxes, scores, classes and the INT32 count of valid rows."""
+        return self._add(L.CombinedNMSLayer(
+            self, [boxes, scores], max_output_size_per_class=max_output_size_per_class,
+            max_total_size=max_total_size, iou_threshold=iou_threshold,
+            score_threshold=score_threshold, pad_per_class=pad_per_class, clip_boxes=clip_boxes))
+
     def __repr__(self):
         return f"<Network {self.name!r}: {len(self._layers)} layers>"

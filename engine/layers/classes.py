@@ -10,3 +10,5 @@ from .linear import (FullyConnectedLayer, MatrixMultiplyLayer, NormalizationLaye
 from .rnn import RNNv2Layer  # noqa: F401
 from .plugin import PluginV2Layer  # noqa: F401
 from .fused import PointwiseLayer  # noqa: F401
+from .selection import TopKLayer  # noqa: F401
+from .detection import CombinedNMSLayer  # noqa: F401

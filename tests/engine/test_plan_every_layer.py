@@ -137,7 +137,20 @@ FACTORIES = {
     rt.LayerType.CAST: _cast,
     rt.LayerType.SELECT: _select,
     rt.LayerType.SHAPE: lambda n, x: n.add_shape(x),
+    rt.LayerType.TOPK: lambda n, x: n.add_topk(x, rt.TopKOperation.MIN, 3, 0b1000),
+    rt.LayerType.COMBINED_NMS: lambda n, x: _combined_nms(n, x),
 }
+
+
+def _combined_nms(net, x):
+    """(2, 3, 5, 6) -> boxes (2, 15, 1, 4) and class scores (2, 15, 2) of x's values."""
+    flat = net.add_shuffle(x)
+    flat.reshape_dims = (2, 15, 6)
+    f = flat.get_output(0)
+    boxes = net.add_slice(f, (0, 0, 0), (2, 15, 4), (1, 1, 1)).get_output(0)
+    boxes = net.add_unsqueeze(boxes, (2,)).get_output(0)
+    scores = net.add_slice(f, (0, 0, 4), (2, 15, 2), (1, 1, 1)).get_output(0)
+    return net.add_combined_nms(boxes, scores, 4, 6, 0.4, -0.5)
 
 
 def _rnn_input(net, x):
