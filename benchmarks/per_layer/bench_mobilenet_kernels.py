@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 COPY_CEILING = 3.0e12   # bytes/s: the H100 device-to-device copy rate we hold kernels to
 

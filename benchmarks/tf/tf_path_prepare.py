@@ -26,9 +26,9 @@ Both return the logits and their softmax. Each folder holds:
     tf_path.json        what was prepared (model, versions, converted share, shapes,
                         for digits the training time and held-out accuracy)
 
-    python benchmarks/tf_path_prepare.py [--out benchmarks/tf_path] [--models random224,digits]
+    python benchmarks/tf/tf_path_prepare.py [--out benchmarks/tf_path] [--models random224,digits]
 
-Part 2, benchmarks/tf_path_run.py, builds and runs the networks without TensorFlow.
+Part 2, benchmarks/tf/tf_path_run.py, builds and runs the networks without TensorFlow.
 """
 import argparse
 import json
@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

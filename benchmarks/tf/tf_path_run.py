@@ -1,6 +1,6 @@
 """The TensorFlow path to the GPU, part 2 (GPU machine: numpy + cupy + the engine, no TensorFlow).
 
-Reads what benchmarks/tf_path_prepare.py wrote (--dir: one model's folder, or a
+Reads what benchmarks/tf/tf_path_prepare.py wrote (--dir: one model's folder, or a
 folder of them, e.g. random224/ and digits/, each run in turn), builds every
 exported engine network with the chosen backend in FP32 and FP16 at the input
 shapes of inputs.npz, runs it, and compares with TensorFlow's values for the same
@@ -13,7 +13,7 @@ writes JSON to --out ("prepared": {model: its tf_path.json}, "rows": one per
 model, engine output and precision). Exit status 1 when an output is out of
 tolerance (the accuracy is reported, not judged).
 
-    python benchmarks/tf_path_run.py [--dir benchmarks/tf_path] [--out tf_path_results.json]
+    python benchmarks/tf/tf_path_run.py [--dir benchmarks/tf_path] [--out tf_path_results.json]
                                      [--backend cupy|numpy] [--precisions FP32 FP16]
 
 Times are wall-clock per execute() with NumPy arrays in and out (host copies
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -67,7 +67,7 @@ def model_folders(folder):
              if os.path.exists(os.path.join(folder, d, "manifest.json"))]
     if not found:
         raise FileNotFoundError(f"{folder} holds no manifest.json, nor any subfolder with one; "
-                                "write it with benchmarks/tf_path_prepare.py --out")
+                                "write it with benchmarks/tf/tf_path_prepare.py --out")
     return found
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/tf_path_prepare.py and tf_path_run.py on the CPU: prepare a tiny Keras
+"""benchmarks/tf/tf_path_prepare.py and tf_path_run.py on the CPU: prepare a tiny Keras
 model, then build and run the exported networks on the NumPy backend (the GPU
 machine runs the same script with --backend cupy)."""
 import importlib.util
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks",
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "tf",
                                                                      f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,4 +1,4 @@
-"""benchmarks/tf_path_prepare.py and tf_path_run.py with several models: one folder
+"""benchmarks/tf/tf_path_prepare.py and tf_path_run.py with several models: one folder
 per model, carried inputs with labels, top-1 agreement and accuracy in the report.
 (tests/tf_integration/test_tf_path.py covers one model in a flat folder.)"""
 import argparse
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks",
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "tf",
                                                                      f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,0 +1,1 @@
+"""GPU benchmarks against PyTorch: ``python -m benchmarks run SUITE`` (suites in suites.py)."""

@@ -1,0 +1,135 @@
+"""python -m benchmarks run SUITE [--out DIR] | list | report [--write]
+
+``run`` times one suite (benchmarks/suites.py) and writes
+``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
+commit, command, versions, rows and builds, then prints a short table. ``report`` prints
+(``--write``: puts into RESULTS.md) the tables generated from every results file.
+"""
+import argparse
+import datetime
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def card_slug(name):
+    """'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100'."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name) if w and w.upper() != "NVIDIA"]
+    return words[0].lower() if words else "gpu"
+
+
+def commit():
+    env = os.environ.get("BENCH_COMMIT")
+    if env:
+        return env
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (set BENCH_COMMIT)"
+
+
+def result_path(out, date, card, suite):
+    return os.path.join(out, f"{date}_{card_slug(card)}_{suite}.json")
+
+
+def short_table(rows):
+    """One line per (model, precision, batch): cupyrt and each peer, and the ratios."""
+    lines = [f"{'model':24s} {'prec':5s} {'batch':>5s} {'cupyrt':>9s} {'eager':>9s} {'compile':>9s} "
+             f"{'c.r-o':>9s} {'x eager':>7s} {'x comp':>7s} {'x best':>7s}"]
+    from .report import peer_for, ratios
+    for r in rows:
+        if r["system"] != "cupyrt":
+            continue
+        peers = {s: peer_for(rows, r, s) for s in ("torch.eager", "torch.compile", "torch.compile.reduce-overhead")}
+        rat = ratios(r, peers)
+
+        def f(v):
+            return f"{v:9.3f}" if v is not None else f"{'-':>9s}"
+
+        def x(v):
+            return f"{v:7.2f}" if v is not None else f"{'-':>7s}"
+        lines.append(f"{r['model'][:24]:24s} {r['precision']:5s} {r['batch']:5d} {f(r.get('ms'))} "
+                     f"{f(peers['torch.eager'])} {f(peers['torch.compile'])} "
+                     f"{f(peers['torch.compile.reduce-overhead'])} {x(rat['eager'])} {x(rat['compile'])} "
+                     f"{x(rat['best_compile'])}")
+    return "\n".join(lines)
+
+
+def cmd_run(args):
+    from .suites import SUITES
+    suite = SUITES[args.suite]
+    args.batches = [int(b) for b in args.batches.split(",")] if args.batches else list(suite.batches)
+    os.makedirs(args.out, exist_ok=True)
+    import cupy
+    import torch
+    card = torch.cuda.get_device_name()
+    started = datetime.datetime.now()
+    rows, builds = suite.run(args)
+    try:
+        from kernels.gpu import cudnn_graphs
+        cudnn = cudnn_graphs.frontend_version()
+    except Exception:            # noqa: BLE001
+        cudnn = None
+    doc = {"suite": suite.name, "what": suite.what, "card": card, "date": started.isoformat(timespec="seconds"),
+           "commit": commit(), "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+           "versions": {"torch": torch.__version__, "cupy": cupy.__version__, "cudnn_frontend": cudnn},
+           "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")},
+           "seconds": round((datetime.datetime.now() - started).total_seconds(), 1),
+           "rows": rows, "builds": builds}
+    path = result_path(args.out, started.date().isoformat(), card, suite.name)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    logging.getLogger("benchmarks").info("wrote %s", path)
+    print(f"\n{suite.name}: {card}, {doc['date']}, commit {doc['commit']} -> {path}")
+    print(short_table(rows))
+    return 0
+
+
+def cmd_report(args):
+    from .report import load_results, render, write_into
+    docs = load_results(args.results)
+    text = render(docs)
+    if args.write:
+        write_into(os.path.join(HERE, "RESULTS.md"), text)
+    else:
+        print(text)
+    return 0
+
+
+def main(argv=None):
+    from .suites import SUITES
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run one suite")
+    r.add_argument("suite", choices=sorted(SUITES))
+    r.add_argument("--out", default=os.path.join(HERE, "results"))
+    r.add_argument("--batches", help="comma-separated (default: the suite's)")
+    r.add_argument("--precisions", help="comma-separated fp16,fp32,int8 (default: the suite's)")
+    r.add_argument("--reps", type=int, default=30)
+    r.add_argument("--profile", action="store_true", help="per-layer profile files under --out")
+    r.add_argument("--layers", help="kernels suite: comma-separated layer names, or all")
+    r.add_argument("--tf-dir", help="tf_path suite: the prepared folder (default benchmarks/tf_path)")
+    sub.add_parser("list", help="the suites")
+    rep = sub.add_parser("report", help="RESULTS.md tables from the results files")
+    rep.add_argument("--results", default=os.path.join(HERE, "results"))
+    rep.add_argument("--write", action="store_true", help="replace the generated part of RESULTS.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("engine", "kernels", "torch", "cudnn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.cmd == "list":
+        for s in SUITES.values():
+            print(f"{s.name:13s} {s.what}; batches {list(s.batches)}, precisions {list(s.precisions)}")
+        return 0
+    return cmd_run(args) if args.cmd == "run" else cmd_report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/bin/bash
+# One device call (GPU machine, repo root):  bash benchmarks/device.sh [--tests] [SUITE ...]
+# Installs carried wheels (.whl/, e.g. the cuDNN frontend), precompiles every kernel
+# family in parallel, runs the GPU tests (--tests; TESTS= picks files, default tests/gpu),
+# then each suite through `python -m benchmarks run`, its JSON and log under $OUT.
+# Prints the test summary and each suite's short table last.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupyrt_cupy_cache}
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+LOG="$OUT/suites.log"
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader; date -Iseconds
+  python3 -c "from kernels.gpu import cudnn_graphs as G; print('cuDNN graphs:', G.frontend_version() or G.unavailable_reason())"
+  timeout ${COMPILE_TIMEOUT:-150} python3 -c "
+from engine.gpu.precompile import precompile
+print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3; } | tee "$LOG"
+if [ "$1" = "--tests" ]; then
+  shift
+  CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
+    ${TESTS:-tests/gpu} > "$OUT/tests_gpu.log" 2>&1
+  TESTS_LINE="== tests rc=$?: $(tail -1 "$OUT/tests_gpu.log")"
+  echo "$TESTS_LINE" | tee -a "$LOG"
+  grep -E "^FAILED|^ERROR" "$OUT/tests_gpu.log" | head -15
+fi
+for suite in "$@"; do
+  timeout ${SUITE_TIMEOUT:-420} python3 -m benchmarks run "$suite" --out "$OUT" ${SUITE_ARGS} >> "$LOG" 2>&1
+  echo "== suite $suite rc=$?" | tee -a "$LOG"
+done
+echo; [ -n "$TESTS_LINE" ] && echo "$TESTS_LINE"
+grep -E "^\[build\]|^\[graph\]" "$LOG" | tail -6
+awk '/^[a-z0-9_]+: .*commit/{p=1} p{print} /^== suite/{p=0}' "$LOG"

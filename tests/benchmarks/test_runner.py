@@ -1,0 +1,73 @@
+"""The benchmark runner's CPU-side logic: result file names, peer matching, ratios and
+the RESULTS.md tables generated from results files (the suites themselves run on a GPU)."""
+import json
+
+import pytest
+
+from benchmarks import __main__ as runner
+from benchmarks import report
+from benchmarks.suites import SUITES
+
+ROWS = [
+    {"system": "cupyrt", "model": "resnet50", "precision": "fp16", "batch": 1, "ms": 0.4, "cuda_graph": True,
+     "rel_l2_vs_torch_fp32": 3e-3},
+    {"system": "torch.eager", "model": "resnet50", "precision": "fp16", "batch": 1, "ms": 3.2},
+    {"system": "torch.compile", "model": "resnet50", "precision": "fp16", "batch": 1, "ms": 0.8},
+    {"system": "torch.compile.reduce-overhead", "model": "resnet50", "precision": "fp16", "batch": 1, "ms": 0.5},
+    {"system": "cupyrt", "model": "resnet50", "precision": "int8", "batch": 256, "ms": 5.0},
+    {"system": "torch.compile", "model": "resnet50", "precision": "fp16", "batch": 256, "ms": 10.0},
+    {"system": "torch.compile.reduce-overhead", "model": "resnet50", "precision": "fp16", "batch": 256,
+     "error": "RuntimeError: boom"},
+]
+
+
+def test_every_issue_suite_is_declared_once():
+    assert set(SUITES) == {"resnet50", "mobilenet_v2", "bert", "int8", "kernels", "tf_path"}
+
+
+def test_result_file_is_named_by_date_card_and_suite(tmp_path):
+    assert runner.card_slug("NVIDIA H200") == "h200"
+    assert runner.card_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert runner.result_path("r", "2026-12-04", "NVIDIA H200", "int8") == "r/2026-12-04_h200_int8.json"
+
+
+def test_ratios_use_the_peer_of_the_same_run_batch_and_precision():
+    ours = ROWS[0]
+    peers = {s: report.peer_for(ROWS, ours, s) for s in runner_systems()}
+    assert peers == {"torch.eager": 3.2, "torch.compile": 0.8, "torch.compile.reduce-overhead": 0.5}
+    x = report.ratios(ours, peers)
+    assert x["eager"] == pytest.approx(8.0) and x["compile"] == pytest.approx(2.0)
+    assert x["best_compile"] == pytest.approx(1.25)
+    int8 = ROWS[4]                             # INT8 against PyTorch's FP16; a failed peer is absent
+    assert report.peer_for(ROWS, int8, "torch.compile") == 10.0
+    assert report.peer_for(ROWS, int8, "torch.compile.reduce-overhead") is None
+    assert report.ratios(int8, {"torch.compile": 10.0})["compile"] == pytest.approx(2.0)
+
+
+def runner_systems():
+    from benchmarks.peers import SYSTEMS
+    return SYSTEMS
+
+
+def test_report_renders_tables_and_writes_between_markers(tmp_path):
+    doc = {"suite": "resnet50", "what": "ResNet-50", "card": "NVIDIA H200", "date": "2026-12-04T10:00:00",
+           "commit": "abc123", "command": "python -m benchmarks run resnet50", "rows": ROWS,
+           "builds": [{"model": "resnet50", "precision": "fp16", "cold_s": 20.0, "cached_s": 1.5,
+                       "layers_in": 175, "layers_out": 57, "cudnn_layers": 12}]}
+    (tmp_path / "2026-12-04_h200_resnet50.json").write_text(json.dumps(doc))
+    text = report.render(report.load_results(str(tmp_path)))
+    assert "| resnet50 | fp16 | 1 | 0.400 | 2,500 | 3.200 | 0.800 | 0.500 | 8.00 | 2.00 | 1.25 |" in text
+    assert "| resnet50 | int8 | 256 | 5.000 | 51,200 | – | 10.000 | – | – | 2.00 | 2.00 |" in text
+    assert "did not run: RuntimeError: boom" in text and "| 175 -> 57 | 12 |" in text
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# R\n{report.BEGIN}\nold\n{report.END}\nhistory\n")
+    report.write_into(str(md), "new")
+    assert md.read_text() == f"# R\n{report.BEGIN}\nnew\n{report.END}\nhistory\n"
+    md.write_text("no markers")
+    with pytest.raises(ValueError, match="no generated section"):
+        report.write_into(str(md), "new")
+
+
+def test_short_table_prints_ratios_last_line_per_row():
+    table = runner.short_table(ROWS)
+    assert table.splitlines()[1].split()[-3:] == ["8.00", "2.00", "1.25"]
