@@ -192,7 +192,13 @@ class TrtGraphConverter:
 
     def _splice(self, graph, segments, engine_nodes, engines):
         """The output GraphDef: members replaced by engine nodes; each engine output
-        'n:0' keeps its name through an Identity called n, others are rewired."""
+        'n:0' keeps its name through an Identity called n, others are rewired.
+
+        Every reference to an absorbed member is redirected, in TF nodes and in
+        engine nodes alike: a data input to the engine output that now carries the
+        tensor, a control input ``^member`` to ``^engine`` (the engine runs the
+        member, so waiting on the engine orders the same way; an engine never
+        waits on itself). Constant chains only members read are then pruned."""
         by_name = {e["name"]: e for e in engines}
         out = tf.compat.v1.GraphDef()
         out.versions.CopyFrom(graph.graph_def.versions)
@@ -212,20 +218,34 @@ class TrtGraphConverter:
                     identities.append(ident)
                 else:
                     rewire[t] = tensor_name(node.name, j)
+
+        def redirect(node, own=None):
+            inputs, seen = [], set()
+            for inp in node.input:
+                src, port, ctrl = parse_input(inp)
+                if ctrl:
+                    target = member_of.get(src, src)
+                    if target == own or "^" + target in seen:
+                        continue
+                    inp = "^" + target
+                    seen.add(inp)
+                elif tensor_name(src, port) in rewire:
+                    inp = rewire[tensor_name(src, port)]
+                inputs.append(inp)
+            del node.input[:]
+            node.input.extend(inputs)
+
         for node in graph.graph_def.node:
             if node.name in member_of:
                 continue
             new = out.node.add()
             new.CopyFrom(node)
-            for i, inp in enumerate(node.input):
-                src, port, ctrl = parse_input(inp)
-                if ctrl and src in member_of:
-                    new.input[i] = "^" + member_of[src]
-                elif not ctrl and tensor_name(src, port) in rewire:
-                    new.input[i] = rewire[tensor_name(src, port)]
+            redirect(new)
+        for node in engine_nodes:
+            redirect(node, own=node.name)
         out.node.extend(engine_nodes)
         out.node.extend(identities)
-        return prune_dead_nodes(out, self.nodes_denylist)
+        return prune_dead_nodes(out, self.nodes_denylist, reference=self.input_graph_def)
 
     # ------------------------------------------------------------------ reports
     def _engine_report(self, name, seg, graph, plan):

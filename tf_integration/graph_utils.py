@@ -22,6 +22,19 @@ NON_COMPUTE_OPS = frozenset({"Const", "Identity", "IdentityN", "Snapshot", "Stop
                              "NoOp", "Placeholder", "PlaceholderWithDefault",
                              "PreventGradient"})
 
+# Control flow. Lowered v1 loops are built from the frame ops; a lowered cond from
+# Switch/Merge alone. Functional ops keep their bodies in the function library.
+ENTER_OPS = frozenset({"Enter", "RefEnter"})
+EXIT_OPS = frozenset({"Exit", "RefExit"})
+NEXT_ITERATION_OPS = frozenset({"NextIteration", "RefNextIteration"})
+SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
+MERGE_OPS = frozenset({"Merge", "RefMerge"})
+LOWERED_CONTROL_FLOW_OPS = (ENTER_OPS | EXIT_OPS | NEXT_ITERATION_OPS | SWITCH_OPS | MERGE_OPS
+                            | {"LoopCond", "ControlTrigger"})
+FUNCTIONAL_CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf",
+                                         "Case", "StatelessCase"})
+ROOT_FRAME = ""
+
 # ----------------------------------------------------------------------------
 # names
 
@@ -145,6 +158,21 @@ def freeze_keras_model(model, input_shapes=None):
 # ----------------------------------------------------------------------------
 # the index
 
+class Frame:
+    """One lowered while loop (TF's executor frame): named by its Enter nodes'
+    ``frame_name``; ``parent`` is the enclosing frame (ROOT_FRAME at top level)."""
+
+    __slots__ = ("name", "parent", "enters", "exits", "members")
+
+    def __init__(self, name, parent):
+        self.name, self.parent = name, parent
+        self.enters, self.exits, self.members = [], [], []   # node names, topological order
+
+    def __repr__(self):
+        return (f"Frame({self.name!r}, parent={self.parent!r}, {len(self.members)} nodes, "
+                f"{len(self.enters)} Enter, {len(self.exits)} Exit)")
+
+
 class GraphIndex:
     """Read-only view of a GraphDef: nodes by name, edges, static shapes and dtypes.
 
@@ -168,6 +196,7 @@ class GraphIndex:
                     raise GraphError(f"node {node.name!r} reads {inp!r}, which no node produces")
                 self.consumers[src].append((node.name, -1 if ctrl else port))
         self._shapes, self._dtypes = {}, {}
+        self._topo = self._frame_of = self._frames = None
         if infer_shapes:          # one TF import: skipped by passes that need no shapes
             self._infer()
 
@@ -200,26 +229,91 @@ class GraphIndex:
     def successors(self, name):
         return [c for c, _ in self.consumers.get(name, ())]
 
+    def is_back_edge(self, src):
+        """True for edges out of NextIteration: the loop's edge into the next iteration
+        (TensorFlow's executor, and every pass here, ignores them when ordering)."""
+        return self.nodes[src].op in NEXT_ITERATION_OPS
+
     def topological_order(self):
-        """Node names in a deterministic topological order (ties by graph position)."""
+        """Node names in a deterministic topological order (ties by graph position).
+
+        NextIteration -> Merge back edges are left out, as in TensorFlow's own
+        ``GetReversePostOrder``/executor, so lowered while loops order fine; any
+        other cycle is malformed.
+        """
+        if self._topo is not None:
+            return list(self._topo)
         import heapq
 
-        indeg = {n: len(self.nodes[n].input) for n in self.nodes}
+        indeg = {n: sum(1 for i in self.nodes[n].input if not self.is_back_edge(node_of(i)))
+                 for n in self.nodes}
         heap = [(self.order[n], n) for n, d in indeg.items() if d == 0]
         heapq.heapify(heap)
         out = []
         while heap:
             _, n = heapq.heappop(heap)
             out.append(n)
+            if self.is_back_edge(n):
+                continue
             for c, _ in self.consumers.get(n, ()):
                 indeg[c] -= 1
                 if indeg[c] == 0:
                     heapq.heappush(heap, (self.order[c], c))
         if len(out) != len(self.nodes):
             stuck = sorted(n for n, d in indeg.items() if d > 0)[:5]
-            raise GraphError(f"graph has a cycle through {stuck}; expected a DAG (frozen graph "
-                             "without control flow loops)")
-        return out
+            raise GraphError(f"graph has a cycle through {stuck}; expected a DAG apart from "
+                             "NextIteration back edges of while loops")
+        self._topo = out
+        return list(out)
+
+    # loop frames -------------------------------------------------------------
+    def frame_of(self, name):
+        """The loop frame a node runs in (its Enter's ``frame_name``), ROOT_FRAME outside
+        any loop. As TensorFlow's ``BuildControlFlowInfo``: Enter starts its frame, a
+        node after an Exit is in the Exit's parent frame, anything else is in the frame
+        of its inputs (a node without inputs is at the root)."""
+        if self._frame_of is None:
+            self._build_frames()
+        return self._frame_of[name]
+
+    @property
+    def frames(self):
+        """{frame name: Frame} for every lowered loop of the graph (nested ones too)."""
+        if self._frames is None:
+            self._build_frames()
+        return self._frames
+
+    def _build_frames(self):
+        frame_of, frames = {}, {}
+        for name in self.topological_order():
+            node = self.nodes[name]
+            srcs = [node_of(i) for i in node.input if not self.is_back_edge(node_of(i))]
+            outer = ROOT_FRAME
+            if srcs:
+                src = srcs[0]
+                outer = frame_of[src]
+                if self.nodes[src].op in EXIT_OPS:
+                    outer = frames[outer].parent if outer in frames else ROOT_FRAME
+            if node.op in ENTER_OPS:
+                frame = get_attr(node, "frame_name", "")
+                if not frame:
+                    raise GraphError(f"Enter node {name!r} has no frame_name; expected the "
+                                     "name of the while loop it starts")
+                info = frames.get(frame)
+                if info is None:
+                    info = frames[frame] = Frame(frame, outer)
+                elif info.parent != outer:
+                    raise GraphError(f"frame {frame!r} is entered from frame {outer!r} at "
+                                     f"{name!r} and from {info.parent!r} elsewhere; expected "
+                                     "one parent frame per loop")
+                info.enters.append(name)
+                outer = frame
+            frame_of[name] = outer
+            if outer != ROOT_FRAME:
+                frames[outer].members.append(name)
+                if node.op in EXIT_OPS:
+                    frames[outer].exits.append(name)
+        self._frame_of, self._frames = frame_of, frames
 
     # types -------------------------------------------------------------------
     def shape(self, tensor):

@@ -29,8 +29,9 @@ class Reason:
     CYCLE = "would create a cycle"
     NOT_COMPUTE = "not a compute node"
     CONVERSION_FAILED = "conversion failed"
+    CONTROL_FLOW = "control flow"      # loops and conds stay in TensorFlow (segmenter.py)
     KINDS = (NOT_SUPPORTED, ATTRIBUTE, UNKNOWN_RANK, DENYLISTED, BELOW_MINIMUM, CYCLE,
-             NOT_COMPUTE, CONVERSION_FAILED)
+             NOT_COMPUTE, CONVERSION_FAILED, CONTROL_FLOW)
 
     def __init__(self, kind, detail=""):
         if kind not in self.KINDS:

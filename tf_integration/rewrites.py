@@ -9,8 +9,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from .graph_utils import (FORWARDING_OPS, GraphIndex, canonical, get_attr, make_const_node,
-                          node_of, tensor_name)
+from .graph_utils import (FORWARDING_OPS, LOWERED_CONTROL_FLOW_OPS, MERGE_OPS, ROOT_FRAME,
+                          SWITCH_OPS, GraphIndex, canonical, get_attr, make_const_node, node_of,
+                          parse_input, tensor_name)
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +19,55 @@ logger = logging.getLogger(__name__)
 _UNFOLDABLE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "NoOp", "VarHandleOp",
                              "ReadVariableOp", "VariableV2", "RandomUniform",
                              "RandomStandardNormal", "TruncatedNormal", "PyFunc",
-                             "PyFuncStateless", "EagerPyFunc", "Assert", "Print", "PrintV2"})
+                             "PyFuncStateless", "EagerPyFunc", "Assert", "Print", "PrintV2"}
+                            | LOWERED_CONTROL_FLOW_OPS)
 
+
+def _is_stateful(op):
+    """TF's own flag: stateful ops (random, variables, queues, I/O) may not be folded."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(op)
+    return op_def is None or op_def.is_stateful
+
+
+def _cond_contexts(index):
+    """{node: tuple of (predicate, branch)} -- the lowered conds a node's liveness hangs on.
+
+    A Switch's output p is live only when its predicate says p, so a consumer of
+    Switch:p is inside branch (pred, p); a Merge of both branches is back outside.
+    Loop switches (predicate from LoopCond) are not conds: loop frames are handled
+    apart. A node folded to a Const loses its inputs and with them this liveness,
+    so only nodes with the empty context may become constants.
+    """
+    ctx = {}
+    for name in index.topological_order():
+        node = index.nodes[name]
+        ins = []
+        for inp in node.input:
+            src, port, ctrl = parse_input(inp)
+            if index.is_back_edge(src):
+                continue
+            c = ctx[src]
+            snode = index.nodes[src]
+            if snode.op in SWITCH_OPS and not ctrl:
+                pred = canonical(snode.input[1])
+                if index.nodes[node_of(pred)].op != "LoopCond":
+                    c = c + ((pred, port),)
+            ins.append(c)
+        if not ins:
+            ctx[name] = ()
+        elif node.op in MERGE_OPS:      # the longest context all inputs share
+            common = ins[0]
+            for c in ins[1:]:
+                k = 0
+                while k < min(len(common), len(c)) and common[k] == c[k]:
+                    k += 1
+                common = common[:k]
+            ctx[name] = common
+        else:
+            ctx[name] = max(ins, key=len)
+    return ctx
 
 def fold_constants(graph_def, keep=()):
     """Evaluate every node whose inputs are all constant, with TensorFlow itself.
@@ -29,24 +77,34 @@ def fold_constants(graph_def, keep=()):
     from Shape ops of statically shaped tensors. Folding them here, with TF's
     own kernels, gives the converters plain constants and exact TF numerics.
     Nodes named in ``keep`` (outputs, denylisted nodes) are never replaced.
+
+    Only truly constant subgraphs fold, so folding never needs a feed: a node is
+    constant when every input, data and control, is (a Const waiting on a cond's
+    pivot is not: it is live only in its branch), it is neither stateful nor a
+    control-flow primitive (Switch/Merge/Enter/... never fold), and it is outside
+    loop frames. A Shape of a statically shaped tensor folds without running
+    anything, but only outside conds and loops, where its liveness is unconditional.
     """
     index = GraphIndex(graph_def)
     keep = {node_of(k) for k in keep}
+    cond_ctx = _cond_contexts(index)
     const = {}            # node name -> True when its value is known without inputs
     to_fold = []
     for name in index.topological_order():
         node = index.nodes[name]
         if node.op == "Const":
-            const[name] = True
+            const[name] = not index.control_inputs(node)
             continue
-        if node.op in _UNFOLDABLE_OPS or name in keep or index.control_inputs(node):
+        if (node.op in _UNFOLDABLE_OPS or name in keep or _is_stateful(node.op)
+                or index.frame_of(name) != ROOT_FRAME or cond_ctx[name]):
             continue
-        if node.op == "Shape" and index.shape(node.input[0]).is_fully_defined():
+        if (node.op == "Shape" and not index.control_inputs(node)
+                and index.shape(node.input[0]).is_fully_defined()):
             const[name] = True
             to_fold.append(name)
             continue
-        ins = index.data_inputs(node)
-        if ins and all(const.get(node_of(i)) for i in ins):
+        ins = [node_of(i) for i in node.input]
+        if ins and all(const.get(i) for i in ins):
             if node.op in FORWARDING_OPS:
                 const[name] = True
                 continue            # forwarding nodes stay; const_node sees through them
@@ -100,23 +158,37 @@ def fold_constants(graph_def, keep=()):
                 if not inp.startswith("^") and c in renamed:
                     node.input[j] = renamed[c]
     logger.info("folded %d constant subexpressions", len(to_fold))
-    return prune_dead_nodes(out, keep), len(to_fold)
+    return prune_dead_nodes(out, keep, reference=graph_def), len(to_fold)
 
 
-def prune_dead_nodes(graph_def, keep):
-    """Drop Const/Identity-of-const nodes that nothing reads any more (never ``keep``)."""
+def prune_dead_nodes(graph_def, keep, reference=None):
+    """Drop constant chains (Const, and Identity-like forwarding nodes over one, i.e.
+    frozen variable reads) that nothing reads any more; never ``keep``.
+
+    With ``reference`` (the GraphDef before a rewrite) only nodes that something
+    read there are dropped: an unread node of the original graph may be one the
+    user fetches. Without it, only bare Consts are dropped (as before folding).
+    """
     keep = {node_of(k) for k in keep}
-    changed = True
+    index = GraphIndex(graph_def, infer_shapes=False)
+    if reference is None:
+        prunable = {n for n, node in index.nodes.items() if node.op == "Const"}
+    else:
+        read = {node_of(i) for n in reference.node for i in n.input}
+        prunable = {n for n, node in index.nodes.items() if n in read and (
+            node.op == "Const" or node.op in FORWARDING_OPS and index.is_const(n))}
+    prunable -= keep
     nodes = list(graph_def.node)
     n_before = len(nodes)
+    changed = True
     while changed:
         used = {node_of(i) for n in nodes for i in n.input}
-        survivors = [n for n in nodes
-                     if n.op != "Const" or n.name in used or n.name in keep]
+        survivors = [n for n in nodes if n.name not in prunable or n.name in used]
         changed = len(survivors) != len(nodes)
         nodes = survivors
     if len(nodes) == n_before:
         return graph_def          # copying a GraphDef full of weights is not free
+    logger.info("pruned %d dead constant / forwarding node(s)", n_before - len(nodes))
     out = tf.compat.v1.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)

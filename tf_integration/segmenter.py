@@ -16,12 +16,22 @@ never cause merging.
 
 Constants (Const, and Identity chains over a Const, which is what a frozen
 variable read looks like) are never members: a segment copies the constants it
-reads, and the constant stays in the graph if anything else reads it.
+reads, and the constant stays in the graph if anything else reads it. A copied
+constant's control inputs (a cond branch's pivot) become the segment's, so an
+engine in a cond branch still runs only when its branch is taken.
+
+Control flow is never an error. Functional While/If/Case nodes and the lowered
+primitives (Switch, Merge, Enter, Exit, NextIteration, LoopCond) stay in
+TensorFlow. Every node inside a lowered loop's frame stays too, with the frame
+named in its reason (``allow_loop_frames=True`` lets frame members form
+segments, but never with a node of another frame), and NextIteration back
+edges are left out of the cluster graph, as TF orders them.
 """
 import collections
 import logging
 
-from .graph_utils import NON_COMPUTE_OPS, node_of, parse_input, tensor_name
+from .graph_utils import (FORWARDING_OPS, FUNCTIONAL_CONTROL_FLOW_OPS, LOWERED_CONTROL_FLOW_OPS,
+                          NON_COMPUTE_OPS, ROOT_FRAME, node_of, parse_input, tensor_name)
 from .registry import Reason
 
 logger = logging.getLogger(__name__)
@@ -51,7 +61,13 @@ class Segment:
                 if t in seen:
                     continue
                 seen.add(t)
-                (self.const_inputs if graph.is_const(t) else self.inputs).append(t)
+                if graph.is_const(t):
+                    self.const_inputs.append(t)
+                    for c in _const_control_inputs(graph, t):
+                        if c not in members and c not in self.control_inputs:
+                            self.control_inputs.append(c)
+                else:
+                    self.inputs.append(t)
         outs = set()
         for name in nodes:
             for consumer, port in graph.consumers.get(name, ()):
@@ -80,6 +96,19 @@ class Segment:
                 f"outputs={self.outputs})")
 
 
+def _const_control_inputs(graph, tensor):
+    """Control inputs along the Const/Identity chain behind ``tensor``: the segment
+    copies the value but must keep waiting on what the chain waited on."""
+    out, name = [], parse_input(tensor)[0]
+    for _ in range(64):
+        node = graph.nodes[name]
+        out.extend(graph.control_inputs(node))
+        if node.op not in FORWARDING_OPS:
+            break
+        name = node_of(graph.data_inputs(node)[0])
+    return out
+
+
 class SegmentationResult:
     def __init__(self, segments, reasons, candidates):
         self.segments = segments
@@ -104,7 +133,7 @@ class _Clusters:
         self.pred = {n: set() for n in order}
         for n in order:
             for src in graph.producers(n):
-                if src != n:
+                if src != n and not graph.is_back_edge(src):
                     self.succ[src].add(n)
                     self.pred[n].add(src)
 
@@ -150,12 +179,28 @@ class _Clusters:
         return keep
 
 
-def segment_graph(graph, validate, nodes_denylist=(), minimum_segment_size=3):
+def control_flow_reason(graph, node, allow_loop_frames=False):
+    """The Reason a control-flow node stays in TensorFlow, or None for other nodes."""
+    if node.op in FUNCTIONAL_CONTROL_FLOW_OPS:
+        return Reason(Reason.CONTROL_FLOW, f"functional {node.op}: its branches/body "
+                                           "run in TensorFlow")
+    frame = graph.frame_of(node.name)
+    if node.op in LOWERED_CONTROL_FLOW_OPS:
+        where = f"loop frame {frame!r}" if frame != ROOT_FRAME else "a lowered cond"
+        return Reason(Reason.CONTROL_FLOW, f"{node.op} of {where}")
+    if frame != ROOT_FRAME and not allow_loop_frames:
+        return Reason(Reason.CONTROL_FLOW, f"inside while-loop frame {frame!r}")
+    return None
+
+
+def segment_graph(graph, validate, nodes_denylist=(), minimum_segment_size=3,
+                  allow_loop_frames=False):
     """Find the engine segments of ``graph`` (a ``GraphIndex``).
 
     ``validate(node, graph) -> None | Reason`` decides candidates (normally
     ``registry.validate``). Returns a ``SegmentationResult`` whose ``reasons``
-    explain every node left to TensorFlow.
+    explain every node left to TensorFlow. ``allow_loop_frames``: let nodes inside
+    a lowered loop form segments of their own frame (default: they stay in TF).
     """
     deny = {node_of(n) for n in nodes_denylist}
     order = graph.topological_order()
@@ -175,7 +220,7 @@ def segment_graph(graph, validate, nodes_denylist=(), minimum_segment_size=3):
         if node.op == "NoOp":
             reasons[name] = Reason(Reason.NOT_COMPUTE, "NoOp (control dependencies only)")
             continue
-        why = validate(node, graph)
+        why = control_flow_reason(graph, node, allow_loop_frames) or validate(node, graph)
         if why is None:
             candidates.add(name)
         else:
@@ -197,8 +242,8 @@ def segment_graph(graph, validate, nodes_denylist=(), minimum_segment_size=3):
             if ctrl or src not in candidates:
                 continue
             a, b = clusters.find(src), clusters.find(name)
-            if a == b:
-                continue
+            if a == b or graph.frame_of(src) != graph.frame_of(name):
+                continue            # an engine runs in one frame: never merge across
             via = clusters.other_path(a, b)
             if via is not None:
                 blocked.setdefault(name, (src, via))

@@ -233,3 +233,54 @@ def test_graph_errors_are_typed():
     gd.node.add(name="b", op="Relu", input=["a"])
     with pytest.raises(GraphError, match="cycle"):
         GraphIndex(gd).topological_order()
+
+
+def test_segment_waits_on_the_control_inputs_of_constants_it_copies():
+    # a constant under a control edge (as under a cond's pivot) is live only after it
+    w = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
+
+    def body(x):
+        s = tf.math.sin(x, name="s")
+        with tf.control_dependencies([s]):
+            k = tf.constant(w, name="w")
+        tf.nn.relu(tf.matmul(x, tf.identity(k, name="w_read"), name="mm"), name="r")
+
+    (segment,) = seg(build(body)).segments
+    assert segment.nodes == ["mm", "r"]
+    assert segment.const_inputs == ["w_read:0"]
+    assert segment.control_inputs == ["s"]
+
+
+def _while_graph():
+    from test_control_flow import control_flow_v1
+
+    g = tf.Graph()
+    with control_flow_v1(), g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        h = tf.nn.relu(tf.nn.tanh(x, name="pre_t"), name="pre_r")
+        _, h = tf.compat.v1.while_loop(
+            lambda i, _: i < 2, lambda i, v: (i + 1, tf.nn.relu(tf.nn.tanh(v) * 2.0)),
+            [tf.constant(0), h], name="loop")
+        tf.exp(tf.nn.sigmoid(h, name="post_s"), name="post_e")
+    return GraphIndex(g.as_graph_def())
+
+
+def test_loop_frame_members_stay_in_tf_unless_allowed_and_never_mix_frames():
+    index = _while_graph()
+    (frame,) = index.frames
+    result = seg(index, minimum_segment_size=2)
+    assert [s.nodes for s in result.segments] == [["pre_t", "pre_r"], ["post_s", "post_e"]]
+    body = [n for n in index.nodes if index.frame_of(n) == frame
+            and index.nodes[n].op in ("Tanh", "Mul", "Relu")]
+    assert len(body) == 3
+    for n in body:
+        assert result.reasons[n] == Reason(Reason.CONTROL_FLOW,
+                                           f"inside while-loop frame {frame!r}")
+    merge = next(n for n in index.nodes if index.nodes[n].op == "Merge")
+    assert result.reasons[merge] == Reason(Reason.CONTROL_FLOW, f"Merge of loop frame {frame!r}")
+
+    allowed = seg(index, minimum_segment_size=2, allow_loop_frames=True)
+    in_frame = [s for s in allowed.segments if index.frame_of(s.nodes[0]) == frame]
+    assert in_frame and set(body) <= set(in_frame[0].nodes)
+    for s in allowed.segments:
+        assert len({index.frame_of(n) for n in s.nodes}) == 1, s.nodes
