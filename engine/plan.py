@@ -20,6 +20,7 @@ with a PlanFormatError, never a half-built engine.
 """
 import hashlib
 import json
+import logging
 import struct
 
 import numpy as np
@@ -30,17 +31,20 @@ from .types import DataType, LayerType
 
 MAGIC = b"CUPYRT\x00P"
 PLAN_VERSION = 2            # 2: MatrixMultiply carries a fused epilogue (alpha, bias, activation, residual)
+log = logging.getLogger(__name__)
 _HEAD = struct.Struct("<8sIQQ32s")
 _ALIGN = 64
 _DTYPES = {d.value for d in DataType}
+_STRIPPED = "stripped_weights"     # JSON key of a plan saved without its weight blob
 
 
 class ArrayTable:
     """Collects arrays into one blob while encoding; serves them back when decoding."""
 
-    def __init__(self, blob=None):
+    def __init__(self, blob=None, stripped=False):
         self.parts, self.size = [], 0
         self.blob = blob
+        self.stripped = stripped         # a plan saved without weights (strip_weights)
 
     def put(self, a):
         a = np.ascontiguousarray(a)
@@ -61,6 +65,10 @@ class ArrayTable:
             raise PlanFormatError(f"malformed array reference {ref!r} in plan") from None
         if dtype not in _DTYPES:
             raise PlanFormatError(f"array of dtype {dtype!r} in plan; valid: {sorted(_DTYPES)}")
+        if self.stripped:
+            raise PlanFormatError("this plan was saved without its weights (strip_weights): "
+                                  "rebuild them from their source and attach them with "
+                                  "engine.plan.attach_weights before deserializing")
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * np.dtype(dtype).itemsize
         if offset < 0 or offset + nbytes > len(self.blob):
@@ -181,7 +189,7 @@ def loads(data):
         doc = json.loads(body[:jlen].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlanFormatError(f"plan header is not valid JSON: {e}") from e
-    return doc, ArrayTable(body[jlen:])
+    return doc, ArrayTable(body[jlen:], stripped=bool(doc.get(_STRIPPED)))
 
 
 def serialize_network(network):
@@ -197,3 +205,76 @@ def deserialize_network(data):
     if "network" not in doc:
         raise PlanFormatError("the bytes hold no network section")
     return decode_network(doc["network"], arrays)
+
+
+# ----------------------------------------------------------------------------
+# plans without weights
+#
+# A TensorFlow engine node already stores its segment's constants (the
+# TensorFlow fallback); storing the engine's weights too doubles a model. So it
+# stores the plan without its blob, and at load time the weights are rebuilt
+# from the segment (converting it again and running the builder's passes, no
+# tactic timing) and attached here:
+#
+#     full plan --strip_weights--> JSON header + {"stripped_weights": sha256, bytes}
+#     stripped + rebuilt plan --attach_weights--> stripped's header (tactics,
+#         precisions, scales) + rebuilt's blob, once both describe the same network
+
+def strip_weights(data):
+    """``data`` (a plan or a serialized network) without its weight blob: the same
+    format, whose header records what the blob was (size and SHA-256)."""
+    doc, arrays = loads(data)
+    if doc.get(_STRIPPED):
+        return bytes(data)
+    doc = dict(doc, **{_STRIPPED: {"bytes": len(arrays.blob),
+                                   "sha256": hashlib.sha256(arrays.blob).hexdigest()}})
+    return dumps(doc, ArrayTable())
+
+
+def is_stripped(data):
+    """True for a plan or network saved by ``strip_weights``."""
+    return bool(loads(data)[0].get(_STRIPPED))
+
+
+def attach_weights(stripped, rebuilt):
+    """A full plan: the header of ``stripped`` (its builder decisions) with the
+    weight blob of ``rebuilt``, a plan or network built again from the same
+    source. Raises PlanFormatError when the two do not describe the same
+    network (same layers, attributes and array shapes); weights that differ
+    only in their bits (another CPU may round a folded constant differently)
+    are taken, with a log line."""
+    doc, _ = loads(stripped)
+    record = doc.get(_STRIPPED)
+    if not record:
+        raise PlanFormatError("attach_weights: the first plan has its weights already "
+                              "(expected one made by strip_weights)")
+    donor, arrays = loads(rebuilt)
+    if donor.get(_STRIPPED):
+        raise PlanFormatError("attach_weights: the rebuilt plan has no weights either")
+    if donor.get("network") != doc.get("network"):
+        raise PlanFormatError(
+            "attach_weights: the rebuilt network differs from the stored one ("
+            + _first_difference(doc.get("network") or {}, donor.get("network") or {})
+            + "): the weights cannot be attached")
+    if hashlib.sha256(arrays.blob).hexdigest() != record.get("sha256"):
+        log.info(
+            "attach_weights: rebuilt weights (%d bytes) differ bitwise from the ones the plan "
+            "was built with (%d bytes); same network, taking them", len(arrays.blob),
+            record.get("bytes", -1))
+    doc = {k: v for k, v in doc.items() if k != _STRIPPED}
+    table = ArrayTable()
+    table.parts, table.size = [arrays.blob], len(arrays.blob)
+    return dumps(doc, table)
+
+
+def _first_difference(a, b):
+    """Where two encoded networks first differ, in words (for the error message)."""
+    if a.get("inputs") != b.get("inputs"):
+        return f"inputs {a.get('inputs')} vs {b.get('inputs')}"
+    la, lb = a.get("layers", []), b.get("layers", [])
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if x != y:
+            return f"layer {i}: {x.get('type')} {x.get('name')!r} vs {y.get('type')} {y.get('name')!r}"
+    if len(la) != len(lb):
+        return f"{len(la)} layers vs {len(lb)}"
+    return "outputs or dynamic ranges"

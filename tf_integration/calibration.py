@@ -26,7 +26,7 @@ import tensorflow as tf
 
 import engine as rt
 
-from . import conversion
+from . import conversion, engine_storage
 from .engine_node import ENGINE_OP, import_with_runners
 from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import get_attr
@@ -97,8 +97,11 @@ def collect_engine_inputs(graph_def, fetch_names, num_runs, feed_dict_fn=None,
                     raise ConverterArgumentError(
                         "input_map_fn", f"{{{type(k).__name__}: {type(v).__name__}}}",
                         "a function returning {tensor name (str): tf.Tensor}")
+        # runners even where engines do not run (no CUDA device): they record what
+        # reaches each engine node, and run its TensorFlow segment meanwhile
         fetches, runners = import_with_runners(graph_def, input_map=input_map,
-                                               return_elements=list(fetch_names), name="")
+                                               return_elements=list(fetch_names), name="",
+                                               inline=False)
         for runner in runners.values():
             runner.calibration_inputs = []
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -116,7 +119,7 @@ def calibrate_engine_node(node, runs, algorithm="entropy"):
     ``calibration_table`` and, for static engines, the INT8 ``serialized_plan``."""
     cls = ALGORITHMS[algorithm][0]
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-    network = node.attr["serialized_network"].s
+    network = engine_storage.stored_network(node, segment_gd)
     workspace = get_attr(node, "max_workspace_size_bytes", 0)
     static = not get_attr(node, "is_dynamic_op", True)
     batches = [{f"input_{i}": a for i, a in enumerate(arrays)} for arrays in runs]
@@ -137,8 +140,8 @@ def calibrate_engine_node(node, runs, algorithm="entropy"):
         plan = conversion.build_plan(segment_gd, "INT8", shapes, workspace, calibrator=calibrator)
     table = calibrator.read_calibration_cache()
     node.attr["calibration_table"].s = table
-    if static:
-        node.attr["serialized_plan"].s = plan
+    # weights stay in the segment only (engine_storage.py), whatever format the node had
+    engine_storage.store(node, plan=plan if static else None, network=network)
     logger.info("engine %s calibrated (%s) on %d batch(es): %d tensor ranges", node.name,
                 algorithm, len(runs), table.count(b"\n") - 1)
     return plan

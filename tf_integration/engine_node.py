@@ -4,12 +4,13 @@ In the GraphDef an engine node is a node of op type ``CupyrtEngineOp`` whose
 attributes carry everything it needs (so a saved .pb is self-contained):
 
     segment_graph   the segment as its own GraphDef (conversion.py): what TF runs
-                    when an engine cannot (the fallback)
-    serialized_network  the converted network (engine.serialize_network bytes,
-                    dynamic engines): built per input shape; empty when the
-                    segment only converts at concrete shapes (then the segment
-                    is converted again per shape)
-    serialized_plan the plan built at convert() time (static engines), or empty
+                    when an engine cannot, and the one copy of the segment's weights
+    serialized_network  the converted network (dynamic engines), stored without
+                    weights (engine_storage.py); empty when the segment only
+                    converts at concrete shapes (then it is converted per shape)
+    serialized_plan the plan built at convert() time (static engines), stored
+                    without weights, or empty
+    weights_stored_in   "segment_graph" (absent in nodes that store weights twice)
     Tin / Tout      input and output dtypes; input_shapes / output_shapes
     precision_mode, is_dynamic_op, max_cached_engines, max_batch_size,
     max_workspace_size_bytes
@@ -19,11 +20,20 @@ attributes carry everything it needs (so a saved .pb is self-contained):
                     it runs FP32 (and records its inputs while calibrate() runs)
 
 TensorFlow has no kernel for that op type (we ship no C++), so
-``import_graph_def`` rewrites each engine node into a ``PyFunc`` node bound to
-an ``EngineRunner`` before importing. ``PyFunc`` is what ``tf.numpy_function``
-builds; it runs in ``tf.compat.v1.Session`` and inside ``tf.function`` graphs.
+``import_graph_def`` rewrites each engine node before importing, by where the
+process runs engines (``runtime_mode``):
+
+- "cupy" (a CUDA device) or "numpy" (asked for with CUPYRT_BACKEND=numpy): an
+  ``EagerPyFunc`` node (what ``tf.py_function`` builds) bound to an
+  ``EngineRunner``. It receives TF eager tensors, so a GPU tensor reaches CuPy
+  through DLPack without a host copy and the outputs go back the same way
+  (engine/exchange.py); it runs in ``tf.compat.v1.Session`` and ``tf.function``.
+- "tensorflow" (no CUDA device, nothing asked for): the segment's own nodes,
+  inlined (engine_inline.py). A CPU host runs exactly the TF ops it ran
+  before conversion: converting never slows it down.
 """
 import collections
+import hashlib
 import logging
 import threading
 import warnings
@@ -32,7 +42,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import script_ops
 
-from . import conversion
+from engine import exchange
+from engine.backends import requested
+from engine.gpu.device import available as cuda_available
+
+from . import conversion, engine_storage
+from .engine_inline import inline_engine_node
 from .errors import EngineNodeError
 from .graph_utils import get_attr
 
@@ -40,10 +55,44 @@ logger = logging.getLogger(__name__)
 
 ENGINE_OP = "CupyrtEngineOp"
 _RUNNERS = []          # strong references: TF's PyFunc registry holds weak ones
+_INLINED = collections.Counter()      # engine key -> imports that inlined its segment
+_ANNOUNCED = []        # the no-CUDA line goes to the log once per process
+
+# why a call ran the TensorFlow segment instead of an engine (keys of EngineRunner.fallbacks)
+BATCH_TOO_LARGE = "batch exceeds max_batch_size"
+BUILD_FAILED = "engine build failed"
+RUN_FAILED = "engine execution failed"
+NO_PLAN = "static engine without a plan"
 
 
 class EngineFallbackWarning(UserWarning):
     """An engine could not be built or run; the TensorFlow segment ran instead."""
+
+
+def runtime_mode():
+    """Where engine nodes run in this process: "cupy" or "numpy" when
+    $CUPYRT_BACKEND names one, else "cupy" with a CUDA device and "tensorflow"
+    (the segment's own ops) without one, said once in the log."""
+    name = requested()
+    if name is not None:
+        return name
+    if cuda_available():
+        return "cupy"
+    if not _ANNOUNCED:
+        _ANNOUNCED.append(True)
+        logger.warning("no CUDA device: engine nodes run their TensorFlow segments (as fast "
+                       "as the original model); set CUPYRT_BACKEND=numpy to run the engines "
+                       "on the NumPy reference backend instead")
+    return "tensorflow"
+
+
+def engine_key(node):
+    """Identifies an engine node across imports (name + its segment and calibration),
+    so runtime statistics of one conversion are not mixed with another's."""
+    digest = hashlib.blake2b(node.attr["segment_graph"].s, digest_size=16)
+    if "calibration_table" in node.attr:
+        digest.update(node.attr["calibration_table"].s)
+    return node.name, digest.hexdigest()
 
 
 def make_engine_node(name, segment, segment_gd, graph, plan, params, network=None):
@@ -52,8 +101,7 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
     node.input.extend(segment.inputs)
     node.input.extend(f"^{c}" for c in segment.control_inputs)
     node.attr["segment_graph"].s = segment_gd.SerializeToString()
-    node.attr["serialized_network"].s = network or b""
-    node.attr["serialized_plan"].s = plan or b""
+    engine_storage.store(node, plan=plan, network=network)
     node.attr["Tin"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.inputs)
     node.attr["Tout"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.outputs)
     for key, tensors in (("input_shapes", segment.inputs), ("output_shapes", segment.outputs)):
@@ -69,14 +117,22 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
 
 
 class EngineRunner:
-    """Runs one engine node: per-shape engine cache (LRU), TF fallback on failure."""
+    """Runs one engine node: per-shape engine cache (LRU), TF fallback on failure.
 
-    def __init__(self, node):
+    ``eager_call`` is what the EagerPyFunc node calls (TF eager tensors in and
+    out); calling the runner itself takes and returns host arrays (tools, tests).
+    """
+
+    def __init__(self, node, mode=None):
         self.name = node.name
+        self.key = engine_key(node)
+        self.mode = mode or runtime_mode()
+        self.node = tf.compat.v1.NodeDef()
+        self.node.CopyFrom(node)
         self.segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-        self.static_plan = node.attr["serialized_plan"].s or None
-        self.network = (node.attr["serialized_network"].s
-                        if "serialized_network" in node.attr else b"") or None
+        self.has_plan = bool(node.attr["serialized_plan"].s)
+        self._plan = None
+        self._network = None
         self.precision = get_attr(node, "precision_mode", "FP32")
         self.dynamic = get_attr(node, "is_dynamic_op", True)
         self.capacity = max(1, get_attr(node, "max_cached_engines", 1))
@@ -91,9 +147,26 @@ class EngineRunner:
         self.cache = collections.OrderedDict()      # input shapes -> execution context
         self.failed = set()                          # shapes whose engine failed to build
         self.stats = collections.Counter()
+        self.fallbacks = collections.Counter()       # reason -> calls run natively for it
         self._lock = threading.Lock()
         self._static = None
         self._native = None
+
+    # ------------------------------------------------------------------ stored engine
+    @property
+    def static_plan(self):
+        """The static plan with its weights (rebuilt from the segment once), or None."""
+        if self._plan is None and self.has_plan:
+            self._plan = engine_storage.stored_plan(self.node, self.segment_gd)
+        return self._plan
+
+    @property
+    def network(self):
+        """The dynamic engine's network with its weights (derived once), or None when
+        the segment converts only at concrete shapes."""
+        if self._network is None:
+            self._network = engine_storage.stored_network(self.node, self.segment_gd) or b""
+        return self._network or None
 
     # ------------------------------------------------------------------ engines
     def _context(self, shapes):
@@ -104,13 +177,14 @@ class EngineRunner:
             self.stats["pending_warned"] += 1
             logger.warning("engine %s is INT8 but not calibrated yet: it runs FP32 until "
                            "converter.calibrate() stores its calibration table", self.name)
-        if self.static_plan is not None:
-            if self._static is None:
-                self._static = rt.Runtime().deserialize_cuda_engine(self.static_plan)
+        if self.has_plan:
             if self.max_batch and shapes and shapes[0] and shapes[0][0] > self.max_batch:
-                self._warn(f"batch {shapes[0][0]} exceeds max_batch_size {self.max_batch} of "
-                           "the static engine")
+                self._fallback(BATCH_TOO_LARGE, f"batch {shapes[0][0]} exceeds max_batch_size "
+                               f"{self.max_batch} of the static engine")
                 return None
+            if self._static is None:
+                self._static = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
+                    self.static_plan)
             if shapes not in self.cache:
                 self._insert(shapes, self._static.create_execution_context())
             self.cache.move_to_end(shapes)
@@ -120,17 +194,20 @@ class EngineRunner:
             self.stats["cache_hits"] += 1
             return self.cache[shapes]
         if shapes in self.failed:
+            self._fallback(BUILD_FAILED, f"no engine for input shapes {list(shapes)}")
             return None
         if not self.dynamic:
-            self._warn("static engine node without a plan")
+            self._fallback(NO_PLAN, "static engine node without a plan")
             return None
         try:
             plan = build_engine(self.segment_gd, "FP32" if self.pending else self.precision,
                                 shapes, self.workspace, network=self.network, table=self.table)
-            ctx = rt.Runtime().deserialize_cuda_engine(plan).create_execution_context()
+            ctx = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
+                plan).create_execution_context()
         except Exception as exc:          # noqa: BLE001 - any failure means: run natively
             self.failed.add(shapes)
-            self._warn(f"building an engine for input shapes {list(shapes)} failed: {exc}")
+            self._fallback(BUILD_FAILED, f"building an engine for input shapes {list(shapes)} "
+                           f"failed: {exc}")
             return None
         self.stats["engines_built"] += 1
         self._insert(shapes, ctx)
@@ -144,44 +221,83 @@ class EngineRunner:
             logger.info("engine %s: evicted the engine for shapes %s (LRU, capacity %d)",
                         self.name, list(old), self.capacity)
 
-    def _warn(self, why):
-        msg = f"engine node {self.name}: {why}; running the TensorFlow segment instead"
+    def _fallback(self, reason, detail):
+        """Count a call that runs natively for ``reason``; say so the first time only
+        (a server calling at an unservable batch must not flood its log)."""
+        self.fallbacks[reason] += 1
+        if self.fallbacks[reason] > 1:
+            return
+        msg = (f"engine node {self.name}: {detail}; running the TensorFlow segment instead "
+               "(said once per engine node and reason; counted in converter.summary())")
         logger.warning(msg)
-        warnings.warn(msg, EngineFallbackWarning, stacklevel=3)
+        warnings.warn(msg, EngineFallbackWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ running
-    def __call__(self, *arrays):
-        arrays = [np.asarray(a) for a in arrays]
-        shapes = tuple(tuple(a.shape) for a in arrays)
-        with self._lock:
-            if self.calibration_inputs is not None:
-                self.calibration_inputs.append([a.copy() for a in arrays])
-            ctx = self._context(shapes)
-            if ctx is not None:
-                try:
-                    outs = ctx.execute({f"input_{i}": a for i, a in enumerate(arrays)})
-                    self.stats["engine_runs"] += 1
-                    return [np.asarray(outs[f"output_{j}"], dtype=dt)
-                            for j, dt in enumerate(self.tout)]
-                except Exception as exc:      # noqa: BLE001
-                    self.cache.pop(shapes, None)
-                    self.failed.add(shapes)
-                    self._warn(f"engine execution failed: {exc}")
-            self.stats["native_runs"] += 1
-            return self.run_native(arrays)
+    def _record(self, values):
+        if self.calibration_inputs is not None:
+            self.calibration_inputs.append(
+                [np.array(exchange.to_engine(v, "numpy"), copy=True) for v in values])
 
-    def run_native(self, arrays):
-        """Run the original TF segment (its own graph and session, made once)."""
+    def _run_engine(self, values):
+        """Run on an engine: backend arrays out, or None when the segment must run."""
+        arrays = [exchange.to_engine(v, self.mode) for v in values]
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        ctx = self._context(shapes)
+        if ctx is None:
+            return None
+        try:
+            outs = exchange.execute(ctx, {f"input_{i}": a for i, a in enumerate(arrays)})
+        except Exception as exc:      # noqa: BLE001
+            self.cache.pop(shapes, None)
+            self.failed.add(shapes)
+            self._fallback(RUN_FAILED, f"engine execution failed: {exc}")
+            return None
+        self.stats["engine_runs"] += 1
+        return [outs[f"output_{j}"] for j in range(len(self.tout))]
+
+    def _run(self, values):
+        with self._lock:
+            self._record(values)
+            outs = None if self.mode == "tensorflow" else self._run_engine(values)
+            if outs is None:
+                self.stats["native_runs"] += 1
+            return outs
+
+    def eager_call(self, *tensors):
+        """The EagerPyFunc body: TF eager tensors in, TF tensors out (device tensors
+        through DLPack, host arrays converted by TF)."""
+        outs = self._run(tensors)
+        if outs is None:
+            return self.run_native(tensors)
+        result = []
+        for out in outs:
+            value = exchange.from_engine(out)
+            result.append(value if isinstance(value, np.ndarray)
+                          else tf.experimental.dlpack.from_dlpack(value))
+        return result
+
+    def __call__(self, *arrays):
+        """Host arrays in, host arrays (of the node's output dtypes) out."""
+        outs = self._run(arrays)
+        if outs is None:
+            outs = self.run_native(arrays)
+        return [np.asarray(exchange.to_engine(o, "numpy"), dtype=dt)
+                for o, dt in zip(outs, self.tout)]
+
+    def run_native(self, values):
+        """Run the original TF segment (a function made once): TF tensors out, on the
+        device TF places them (no host round trip for GPU tensors)."""
         if self._native is None:
-            graph = tf.Graph()
-            with graph.as_default():
+            def body():
                 tf.compat.v1.import_graph_def(self.segment_gd, name="")
+
+            wrapped = tf.compat.v1.wrap_function(body, [])
             ins, outs = conversion.segment_io(self.segment_gd)
-            self._native = (tf.compat.v1.Session(graph=graph), [f"{n}:0" for n in ins],
-                            [f"{n}:0" for n in outs])
-        sess, ins, outs = self._native
-        values = sess.run(outs, dict(zip(ins, arrays)))
-        return [np.asarray(v, dtype=dt) for v, dt in zip(values, self.tout)]
+            graph = wrapped.graph
+            self._native = wrapped.prune([graph.as_graph_element(f"{n}:0") for n in ins],
+                                         [graph.as_graph_element(f"{n}:0") for n in outs])
+        # a pruned function binds tensors only (host arrays from tools are converted)
+        return list(self._native(*[tf.convert_to_tensor(v) for v in values]))
 
 
 def build_engine(segment_gd, precision, shapes, workspace, network=None, table=None):
@@ -202,17 +318,33 @@ def build_engine(segment_gd, precision, shapes, workspace, network=None, table=N
 
 # ---------------------------------------------------------------------------- import
 
-def _to_py_func(node, token):
-    new = tf.compat.v1.NodeDef(name=node.name, op="PyFunc", device=node.device)
+def bind_engine_node(node, mode=None):
+    """``(EagerPyFunc NodeDef, EngineRunner)`` for one engine node: the runner is
+    registered where TF's EagerPyFunc kernel finds it (by the node's token)."""
+    runner = EngineRunner(node, mode)
+    func = script_ops.EagerFunc(runner.eager_call, [tf.dtypes.as_dtype(t) for t in
+                                                    node.attr["Tout"].list.type], False)
+    runner.eager_func = func                  # the registry holds it weakly; the runner strongly
+    token = script_ops._py_funcs.insert(func)   # noqa: SLF001 - the py_func registry
+    _RUNNERS.append(runner)
+    new = tf.compat.v1.NodeDef(name=node.name, op="EagerPyFunc", device=node.device)
     new.input.extend(node.input)
     new.attr["token"].s = token.encode()
+    new.attr["is_async"].b = False
     new.attr["Tin"].CopyFrom(node.attr["Tin"])
     new.attr["Tout"].CopyFrom(node.attr["Tout"])
-    return new
+    return new, runner
 
 
-def runnable_graph_def(graph_def):
-    """(GraphDef with engine nodes as PyFunc nodes, {engine name: EngineRunner})."""
+def runnable_graph_def(graph_def, inline=None):
+    """(GraphDef TF can run, {engine name: EngineRunner}).
+
+    ``inline``: True puts each segment's own ops in place of its engine node
+    (no runner), False binds runners; None decides by ``runtime_mode()``.
+    """
+    mode = runtime_mode()
+    if inline is None:
+        inline = mode == "tensorflow"
     out = tf.compat.v1.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
@@ -220,12 +352,12 @@ def runnable_graph_def(graph_def):
     for node in graph_def.node:
         if node.op != ENGINE_OP:
             out.node.append(node)
-            continue
-        runner = EngineRunner(node)
-        token = script_ops._py_funcs.insert(runner)   # noqa: SLF001 - the PyFunc registry
-        _RUNNERS.append(runner)
-        runners[node.name] = runner
-        out.node.append(_to_py_func(node, token))
+        elif inline:
+            out.node.extend(inline_engine_node(node))
+            _INLINED[engine_key(node)] += 1
+        else:
+            new, runners[node.name] = bind_engine_node(node, mode)
+            out.node.append(new)
     return out, runners
 
 
@@ -241,12 +373,14 @@ def import_graph_def(graph_def, input_map=None, return_elements=None, name=None,
 
 
 def import_with_runners(graph_def, input_map=None, return_elements=None, name=None,
-                        op_dict=None, producer_op_list=None):
-    """``import_graph_def``, also returning {engine node name: its EngineRunner}."""
+                        op_dict=None, producer_op_list=None, inline=None):
+    """``import_graph_def``, also returning {engine node name: its EngineRunner}
+    (``inline`` as in ``runnable_graph_def``; calibration passes False: it needs
+    runners to record what reaches each engine)."""
     if not isinstance(graph_def, tf.compat.v1.GraphDef):
         raise EngineNodeError(f"import_graph_def: graph_def is a {type(graph_def).__name__}; "
                               "expected a tf.compat.v1.GraphDef")
-    runnable, runners = runnable_graph_def(graph_def)
+    runnable, runners = runnable_graph_def(graph_def, inline)
     graph = tf.compat.v1.get_default_graph()
     outer = graph
     while getattr(outer, "outer_graph", None) is not None:
@@ -254,7 +388,7 @@ def import_with_runners(graph_def, input_map=None, return_elements=None, name=No
     for g in {id(graph): graph, id(outer): outer}.values():
         if not hasattr(g, "_py_funcs_used_in_graph"):
             g._py_funcs_used_in_graph = []      # noqa: SLF001 - as script_ops does
-        g._py_funcs_used_in_graph.extend(runners.values())
+        g._py_funcs_used_in_graph.extend(r.eager_func for r in runners.values())
     del op_dict          # deprecated and ignored by TensorFlow itself
     result = tf.compat.v1.import_graph_def(runnable, input_map=input_map,
                                            return_elements=return_elements, name=name,
@@ -287,3 +421,25 @@ def wrap_frozen_graph(graph_def, inputs, outputs):
 def engine_runners():
     """Every EngineRunner created in this process (for stats and tests)."""
     return list(_RUNNERS)
+
+
+def runtime_stats(graph_def):
+    """What the engine nodes of ``graph_def`` did at run time in this process, over
+    every import of them: {engine name: {mode, imports, inlined, engine_runs,
+    native_runs, engines_built, fallbacks: {reason: calls}}}."""
+    out = {}
+    for node in graph_def.node if graph_def is not None else ():
+        if node.op != ENGINE_OP:
+            continue
+        key = engine_key(node)
+        mine = [r for r in _RUNNERS if r.key == key]
+        fallbacks = collections.Counter()
+        for r in mine:
+            fallbacks.update(r.fallbacks)
+        out[node.name] = {
+            "modes": sorted({r.mode for r in mine}), "imports": len(mine),
+            "inlined": _INLINED[key],
+            **{k: sum(r.stats[k] for r in mine)
+               for k in ("engine_runs", "native_runs", "engines_built")},
+            "fallbacks": dict(fallbacks)}
+    return out

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 import engine as rt
 
-from . import conversion
+from . import conversion, engine_storage
 from .engine_node import ENGINE_OP
 from .errors import EngineNodeError
 from .graph_utils import get_attr, parse_input, tensor_name
@@ -45,7 +45,7 @@ MANIFEST_VERSION = 1
 def engine_network_bytes(node):
     """The engine node's network as engine.serialize_network bytes, and whether
     its input shapes had to be fixed (a segment that converts only at concrete shapes)."""
-    stored = node.attr["serialized_network"].s if "serialized_network" in node.attr else b""
+    stored = engine_storage.stored_network(node)      # weights rebuilt from the segment
     if stored:
         return stored, False
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)

@@ -20,6 +20,14 @@ def _cupy_backend(meta):
 _BACKENDS["cupy"] = _cupy_backend
 
 
+def requested():
+    """The backend $CUPYRT_BACKEND asks for by name ("numpy", "cupy"), or None when it
+    is unset or "auto" (the caller then chooses; engine nodes in TensorFlow run
+    their TensorFlow segment on hosts without a CUDA device)."""
+    name = os.environ.get("CUPYRT_BACKEND", "auto") or "auto"
+    return None if name == "auto" else resolve(name)
+
+
 def resolve(name=None):
     """The backend name ``name`` or $CUPYRT_BACKEND stands for ("auto": CuPy when a
     CUDA device is present, else NumPy)."""

@@ -8,6 +8,7 @@ import tensorflow as tf
 import engine as rt
 from tf_integration import TrtGraphConverter
 from tf_integration.engine_node import ENGINE_OP
+from tf_integration.engine_storage import stored_network
 from tfi_helpers import build_graph, rel_l2, run_graph
 
 RNG = np.random.default_rng(12)
@@ -63,7 +64,7 @@ def test_qdq_ranges_reach_the_stored_network_of_dynamic_engines():
     gd, outs = build_graph(qat_cnn(QDQ["FakeQuantWithMinMaxVars"]), [X.shape])
     _, out = convert(gd, is_dynamic_op=True)
     (node,) = [n for n in out.node if n.op == ENGINE_OP]
-    net = rt.deserialize_network(node.attr["serialized_network"].s)
+    net = rt.deserialize_network(stored_network(node))
     ranges = sorted(t.dynamic_range for t in [net.get_input(0)] +
                     [o for i in range(net.num_layers) for o in net.get_layer(i)._outputs]
                     if t.dynamic_range is not None)

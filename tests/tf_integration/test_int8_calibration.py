@@ -13,6 +13,7 @@ from engine.calibration import read_cache
 from tf_integration import TrtGraphConverter, conversion
 from tf_integration.calibration import TableCalibrator, calibrate_graph
 from tf_integration.engine_node import ENGINE_OP, engine_runners
+from tf_integration.engine_storage import stored_plan
 from tf_integration.errors import ConversionError, ConverterArgumentError, TFIntegrationError
 from tfi_helpers import build_graph, rel_l2, run_graph
 
@@ -66,7 +67,7 @@ def test_calibrate_returns_an_int8_graph_that_tracks_tensorflow(dynamic):
         precisions = [li.precision for li in ctx.engine.layers]
     else:
         precisions = [li.precision for li in
-                      rt.Runtime().deserialize_cuda_engine(node.attr["serialized_plan"].s).layers]
+                      rt.Runtime().deserialize_cuda_engine(stored_plan(node)).layers]
         assert conv.report["engines"][0]["layer_precisions"]["INT8"] == 3
     assert precisions.count(rt.DataType.INT8) == 3      # two convolutions and the max pool
 
