@@ -102,3 +102,18 @@ def rnn(x, params, op, num_layers, hidden, bidirectional=False, h0=None, c0=None
             halves.append(y)
         inp = halves[0] if dirs == 1 else xp.concatenate(halves, axis=-1)
     return inp, h_t, (c_t if op == "LSTM" else None)
+
+
+def reverse_sequences(x, seq_lengths=None):
+    """x (N, T, ...) with each sequence's first ``seq_lengths[n]`` steps in reverse
+    order and the steps after them left in place (tf.reverse_sequence on axis 1);
+    the whole time axis when seq_lengths is None."""
+    xp = array_module(x)
+    if seq_lengths is None:
+        return xp.ascontiguousarray(x[:, ::-1])
+    steps = x.shape[1]
+    t = xp.arange(steps)[None, :]
+    lengths = xp.asarray(seq_lengths).reshape(-1, 1)
+    src = xp.where(t < lengths, lengths - 1 - t, t)          # (N, T) source step
+    src = src.reshape(src.shape + (1,) * (x.ndim - 2))
+    return xp.take_along_axis(x, src, axis=1)

@@ -58,10 +58,16 @@ class RnnFused(Tactic):
         def initial(s):
             # rounded through the storage dtype, as the reference's inputs are
             return None if s is None else s.astype(dt, copy=False).reshape(states)
-        y, h_t, c_t = rnn_forward(x.reshape(n, steps, -1).astype(dt, copy=False), packed,
+        from kernels.rnn import reverse_sequences
+        x = x.reshape(n, steps, -1).astype(dt, copy=False)
+        if layer.reverse_input:            # the engine-only flips (engine/layers/rnn.py)
+            x = reverse_sequences(x, lengths)
+        y, h_t, c_t = rnn_forward(x, packed,
                                   layer.op.name, layer.num_layers, layer.hidden_size,
                                   layer.direction == RNNDirection.BIDIRECTION,
                                   initial(h0), initial(c0), lengths, dtype=dt)
+        if layer.reverse_output:
+            y = reverse_sequences(y, lengths)
         outs = [y.reshape(batch + y.shape[1:]), h_t.reshape(batch + states[1:])]
         if c_t is not None:
             outs.append(c_t.reshape(batch + states[1:]))

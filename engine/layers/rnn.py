@@ -11,6 +11,13 @@ in TensorRT), gate and kind (W: input weights (H, E) for layer 0 and
 attributes keyed "L{index}.{GATE}.{W|R}" so plans carry them generically.
 Unset biases are zero; unset weights are an error when the layer runs.
 The gate equations are in kernels/rnn.py.
+
+Extension (not in TensorRT): ``reverse_input`` and ``reverse_output`` flip the
+time axis of x before the layer and of y after it, each sequence within its
+own length when seq_lengths is set (tf.reverse_sequence). Keras' go_backwards
+is ``reverse_input``: y then comes in processing order, y[0] computed from the
+last input. A Keras Bidirectional flips its backward half back, which is both
+flags. TensorRT has no layer that reverses a dynamic dim, so the flips live here.
 """
 import re
 
@@ -22,7 +29,7 @@ from ..errors import BuildError, ExecutionError
 from ..kernel_table import numpy_impl
 from ..types import (DataType, LayerType, RNNDirection, RNNGateType, RNNInputMode,
                      RNNOperation)
-from .base import ArrayDict, EnumAttr, Int, Layer, Weights
+from .base import ArrayDict, Bool, EnumAttr, Int, Layer, Weights
 
 _FLOATS = (DataType.FLOAT, DataType.HALF)
 _KEY = re.compile(r"^L(\d+)\.([A-Z]+)\.([WR])$")
@@ -62,6 +69,8 @@ class RNNv2Layer(Layer):
     op = EnumAttr(RNNOperation, RNNOperation.LSTM)
     direction = EnumAttr(RNNDirection, RNNDirection.UNIDIRECTION)
     input_mode = EnumAttr(RNNInputMode, RNNInputMode.LINEAR)
+    reverse_input = Bool(False)
+    reverse_output = Bool(False)
     weights = _GateTable({})
     biases = _GateTable({})
 
@@ -246,11 +255,16 @@ def _rnn_v2(layer, inputs):
                                  f"[{lengths.min()}, {lengths.max()}]; expected values in "
                                  f"[0, {steps}] (the input's time steps)")
     states = (n, layer.num_layers * layer.num_directions, layer.hidden_size)
-    y, h_t, c_t = K.rnn(x.reshape(n, steps, -1), layer.kernel_params(), layer.op.name,
+    x = x.reshape(n, steps, -1)
+    if layer.reverse_input:
+        x = K.reverse_sequences(x, lengths)
+    y, h_t, c_t = K.rnn(x, layer.kernel_params(), layer.op.name,
                         layer.num_layers, layer.hidden_size,
                         layer.direction == RNNDirection.BIDIRECTION,
                         None if h0 is None else h0.reshape(states),
                         None if c0 is None else c0.reshape(states), lengths)
+    if layer.reverse_output:
+        y = K.reverse_sequences(y, lengths)
     outs = [y.reshape(batch + y.shape[1:]), h_t.reshape(batch + states[1:])]
     if c_t is not None:
         outs.append(c_t.reshape(batch + states[1:]))

@@ -284,3 +284,41 @@ def test_rnn_rejects_bad_input(shape, dtype, match):
     with pytest.raises(rt.NetworkDefinitionError, match=match):
         net.add_rnn_v2(x, 1, 4, 6, OP.LSTM)
     assert net.num_layers == 0
+
+
+@pytest.mark.parametrize("op, bidir, use_lengths", [(OP.LSTM, False, False), (OP.GRU, False, True),
+                                                    (OP.LSTM, True, True)])
+@pytest.mark.parametrize("rev_in, rev_out", [(True, False), (False, True), (True, True)])
+def test_rnn_reverse_flags_flip_time_like_tf_reverse_sequence(op, bidir, use_lengths, rev_in,
+                                                              rev_out):
+    """reverse_input / reverse_output: the plain layer on tf.reverse_sequence'd data
+    (Keras' go_backwards is reverse_input); plans keep the flags."""
+    rng = np.random.default_rng(5)
+    n, t, e, h = 3, 6, 3, 4
+    params = make_params(rng, op, e, h, 1, 2 if bidir else 1, False)
+    x = rng.standard_normal((n, t, e)).astype(np.float32)
+    lengths = np.array([6, 3, 1], np.int32) if use_lengths else np.full(n, t, np.int32)
+    feeds = {"x": x, **({"len": lengths} if use_lengths else {})}
+
+    def flip(a):
+        return tf.reverse_sequence(a, lengths, seq_axis=1, batch_axis=0).numpy()
+
+    plain, prnn = build(op, params, n, t, e, h, 1, bidir, lengths=use_lengths)
+    ref = interpret(plain, dict(feeds, x=flip(x) if rev_in else x))
+    y_ref = ref[prnn.get_output(0).name]
+    y_ref = flip(y_ref) if rev_out else y_ref
+    net, rnn = build(op, params, n, t, e, h, 1, bidir, lengths=use_lengths)
+    rnn.reverse_input, rnn.reverse_output = rev_in, rev_out
+    b = rt.Builder()
+    plan = b.build_serialized_network(net, b.create_builder_config())
+    got = rt.Runtime().deserialize_cuda_engine(plan).create_execution_context().execute(feeds)
+    assert rel_l2(got[rnn.get_output(0).name], y_ref) <= 1e-6
+    assert rel_l2(got[rnn.get_output(1).name], ref[prnn.get_output(1).name]) <= 1e-6
+    if use_lengths:
+        assert not got[rnn.get_output(0).name][2, 1:].any()   # past the end: still zeros
+    if rev_in and not bidir and not use_lengths:     # Keras' go_backwards, stepped by Keras
+        cell = keras_cell(op, params, 0, e, h)
+        layer = tf.keras.layers.RNN(cell, return_sequences=True, go_backwards=True)
+        np.testing.assert_allclose(layer(x).numpy(), flip(got[rnn.get_output(0).name])
+                                   if rev_out else got[rnn.get_output(0).name],
+                                   rtol=1e-4, atol=1e-5)
