@@ -25,7 +25,7 @@ import engine as rt
 
 from . import calibration, conversion, registry
 from .converters.quantization import QDQ_OPS
-from .engine_node import ENGINE_OP, make_engine_node
+from .engine_node import ENGINE_OP, make_engine_node, runtime_stats
 from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tensor_name
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
@@ -282,7 +282,7 @@ class TrtGraphConverter:
         """Human-readable conversion report (engines, share converted, and why not)."""
         if self.report is None:
             raise TFIntegrationError("summary() before convert(); call convert() first")
-        return format_summary(self.report)
+        return format_summary(self.report, runtime_stats(self.converted_graph_def))
 
     def write_report(self, path):
         if self.report is None:

@@ -50,7 +50,7 @@ from . import calibration, conversion, engine_node
 from . import saved_model_runtime as runtime
 from .converter import TrtGraphConverter
 from .errors import ConverterArgumentError, TFIntegrationError
-from .graph_utils import get_attr, node_of
+from .graph_utils import node_of
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,6 @@ class TrtGraphConverterV2:
 
     def _build_ahead(self, sig, seen):
         cap = self.params["maximum_cached_engines"]
-        nodes = {n.name: n for n in sig.converted.node if n.op == engine_node.ENGINE_OP}
         for name, key in sig.keys.items():
             plans = sig.prebuilt.setdefault(name, {})
             shapes_seen = list(dict.fromkeys(seen.get(key, [])))    # distinct, in order
@@ -276,10 +275,10 @@ class TrtGraphConverterV2:
                 logger.warning("engine %s: %d input shapes but maximum_cached_engines=%d; "
                                "not building ahead for %s", name, len(plans) + len(wanted),
                                cap, [list(map(list, s)) for s in wanted[room:]])
-            node = nodes[name]
+            engine = runtime.bound_engine(key)
             for shapes in wanted[:room]:
                 try:
-                    plans[shapes] = _build_plan(node, shapes)
+                    plans[shapes] = engine.build_plan(shapes)
                 except (TFIntegrationError, rt.CupyrtError, ValueError, RuntimeError,
                         TypeError) as exc:
                     logger.warning("engine %s: building for input shapes %s failed (%s); "
@@ -365,18 +364,6 @@ class TrtGraphConverterV2:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def _build_plan(node, shapes):
-    """The plan of engine node ``node`` for concrete input ``shapes`` (what its
-    runner would build at run time, with its own precision and calibration table)."""
-    segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-    network = node.attr["serialized_network"].s or None
-    table = node.attr["calibration_table"].s or None
-    return engine_node.build_engine(segment_gd, get_attr(node, "precision_mode", "FP32"),
-                                    [list(s) for s in shapes],
-                                    get_attr(node, "max_workspace_size_bytes", 0),
-                                    network=network, table=table)
-
 
 def _items(fn, argument):
     items = list(fn())

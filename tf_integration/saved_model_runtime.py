@@ -40,7 +40,7 @@ import tensorflow as tf
 from tensorflow.python.eager import context
 from tensorflow.python.ops import script_ops
 
-from .engine_node import ENGINE_OP, EngineFallbackWarning, EngineRunner
+from .engine_node import ENGINE_OP, EngineFallbackWarning, EngineRunner, build_engine
 from .errors import TFIntegrationError
 from .graph_utils import get_attr, make_const_node
 
@@ -52,6 +52,7 @@ TOKEN = "cupyrt_engine_v1 (import tf_integration before running this model)"
 KEY_SUFFIX, BLOB_SUFFIX = "/cupyrt_key", "/cupyrt_blob"
 PREBUILT_SHAPES, PREBUILT_PLANS = "prebuilt_input_shapes", "prebuilt_plans"
 ALLOW_BUILD = "allow_build_at_runtime"
+WEIGHTS_ATTR = "weights_stored_in"      # engine_storage.py: plan/network stored without weights
 
 
 class SavedModelError(TFIntegrationError, ValueError):
@@ -81,11 +82,14 @@ class SavedEngine:
         self.runner = EngineRunner(base)
         self.prebuilt = {}
         for shape_list, plan in zip(shapes, plans):
-            # A static node whose plan is the one built for exactly these shapes;
-            # max_batch_size 0: the plan itself fixes the shapes it accepts.
+            # A static node whose plan is the one built for exactly these shapes, with
+            # its weights (so no "weights stored in the segment" marker); max_batch_size
+            # 0: the plan itself fixes the shapes it accepts.
             fixed = tf.compat.v1.NodeDef()
             fixed.CopyFrom(base)
             fixed.attr["serialized_plan"].s = plan
+            fixed.attr["serialized_network"].s = b""
+            fixed.attr.pop(WEIGHTS_ATTR, None)
             fixed.attr["is_dynamic_op"].b = False
             fixed.attr["max_batch_size"].i = 0
             self.prebuilt[_shape_key(shape_list)] = EngineRunner(fixed)
@@ -97,20 +101,21 @@ class SavedEngine:
         """Engines built at run time (build() ahead of time is not counted)."""
         return self.runner.stats["engines_built"]
 
-    def __call__(self, arrays):
-        shapes = _shape_key([a.shape for a in arrays])
+    def __call__(self, values):
+        """Run on TF eager tensors (or arrays); returns tensors or arrays."""
+        shapes = _shape_key([v.shape for v in values])
         recorder = _RECORDER.get("shapes")
         if recorder is not None:          # build(): note the shapes, run TF's segment
             recorder.setdefault(self.key, []).append(shapes)
             self.stats["native_runs"] += 1
-            return self.runner.run_native(arrays)
+            return self.runner.run_native([np.asarray(v) for v in values])
         ahead = self.prebuilt.get(shapes)
         if ahead is not None:
             self.stats["prebuilt_runs"] += 1
-            return ahead(*arrays)
+            return _run(ahead, values)
         if self.allow_build or self.static:
             self.stats["runtime_runs"] += 1
-            return self.runner(*arrays)
+            return _run(self.runner, values)
         if not self._warned:
             self._warned = True
             msg = (f"engine node {self.name}: no engine was built ahead for input shapes "
@@ -119,7 +124,22 @@ class SavedEngine:
             logger.warning(msg)
             warnings.warn(msg, EngineFallbackWarning, stacklevel=2)
         self.stats["native_runs"] += 1
-        return self.runner.run_native(arrays)
+        return self.runner.run_native([np.asarray(v) for v in values])
+
+    def build_plan(self, shapes):
+        """The plan this engine's runner would build at run time for input ``shapes``."""
+        r = self.runner
+        return build_engine(r.segment_gd, r.precision, [list(s) for s in shapes], r.workspace,
+                            network=r.network, table=r.table)
+
+
+def _run(runner, values):
+    # EngineRunner.eager_call takes TF tensors as they are (GPU tensors by DLPack);
+    # a runner without it takes host arrays.
+    eager_call = getattr(runner, "eager_call", None)
+    if eager_call is not None:
+        return eager_call(*values)
+    return runner(*[np.asarray(v) for v in values])
 
 
 def _shape_key(shapes):
@@ -160,6 +180,11 @@ def blob_key(blob):
     return hashlib.sha256(blob).hexdigest().encode()
 
 
+def bound_engine(key):
+    """The SavedEngine bound under ``key``, or None."""
+    return _ENGINES.get(key)
+
+
 def saved_engines():
     """Every SavedEngine bound in this process (stats and tests)."""
     return list(_ENGINES.values())
@@ -168,7 +193,7 @@ def saved_engines():
 class _Dispatch(script_ops.EagerFunc):
     """The function behind TOKEN. TensorFlow's EagerFunc converts outputs to one
     fixed dtype list, but each engine has its own, so ``__call__`` is ours: the
-    outputs already have the node's dtypes (EngineRunner casts to Tout)."""
+    outputs already have the node's dtypes (EngineRunner returns them so)."""
 
     def __init__(self):
         super().__init__(None, [], False)
@@ -177,7 +202,7 @@ class _Dispatch(script_ops.EagerFunc):
         engine = _ENGINES.get(args[0].numpy())
         if engine is None:
             engine = bind_engine(args[1].numpy(), args[0].numpy())
-        outs = engine([a.numpy() for a in args[2:]])
+        outs = engine(list(args[2:]))
         with context.eager_mode(), tf.device(device or "/device:CPU:0"):
             return [tf.convert_to_tensor(o) for o in outs]
 
