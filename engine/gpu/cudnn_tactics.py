@@ -58,6 +58,10 @@ class ConvCudnn(Tactic):
             return "only 2-D convolutions (rank-4 inputs)"
         if layer.num_groups != 1:
             return "grouped convolution"
+        if in_shapes[0][1] % 8 or layer.num_output_maps % 8:
+            # cuDNN declined an RGB stem (C=3, FP32 output) outright on an H200; our
+            # small-C stem kernels serve those layers
+            return "channels not multiples of 8 (tensor-core alignment)"
         if not enabled():
             return "switched off (CUPYRT_CUDNN=0)"
         if not cudnn_graphs.available():

@@ -39,6 +39,7 @@ def test_declines_what_it_cannot_run_and_says_why(monkeypatch):
     assert "FP16" in t.supports(conv_layer(), shapes, dtypes, rt.DataType.FLOAT)
     assert "grouped" in t.supports(conv_layer(groups=2), shapes, dtypes, rt.DataType.HALF)
     assert "rank-4" in t.supports(conv_layer(), [(2, 8, 10)], dtypes, rt.DataType.HALF)
+    assert "multiples of 8" in t.supports(conv_layer(), [(2, 3, 10, 12)], dtypes, rt.DataType.HALF)
     monkeypatch.setenv("CUPYRT_CUDNN", "0")
     assert "CUPYRT_CUDNN=0" in t.supports(conv_layer(), shapes, dtypes, rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_CUDNN")
