@@ -51,8 +51,9 @@ class TrtGraphConverter:
                  calibration_algorithm="entropy"):
         if input_saved_model_dir is not None:
             raise ConverterArgumentError("input_saved_model_dir", input_saved_model_dir,
-                                         "None: SavedModel conversion is not supported yet; "
-                                         "freeze the model and pass input_graph_def")
+                                         "None: TrtGraphConverter takes frozen GraphDefs "
+                                         "(input_graph_def); for a SavedModel use "
+                                         "TrtGraphConverterV2(input_saved_model_dir=...)")
         if not isinstance(input_graph_def, tf.compat.v1.GraphDef):
             raise ConverterArgumentError("input_graph_def", type(input_graph_def).__name__,
                                          "a tf.compat.v1.GraphDef (a frozen graph)")

@@ -46,7 +46,7 @@ import tensorflow as tf
 
 import engine as rt
 
-from . import calibration, conversion, engine_node
+from . import calibration, conversion
 from . import saved_model_runtime as runtime
 from .converter import TrtGraphConverter
 from .errors import ConverterArgumentError, TFIntegrationError
@@ -60,6 +60,7 @@ PROFILE_STRATEGIES = ("Range", "Optimal", "Range+Optimal", "ImplicitBatchModeCom
 CONVERSION_PARAMS = ("max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
                      "maximum_cached_engines", "use_calibration", "allow_build_at_runtime",
                      "rewriter_config_template")
+NO_BATCH_LIMIT = 2 ** 31 - 1
 REPORT_FILE = os.path.join("assets.extra", "cupyrt_report.json")
 
 
@@ -215,7 +216,10 @@ class TrtGraphConverterV2:
         keep = [node_of(n) for n in sig.input_names + sig.output_names]
         conv = TrtGraphConverter(
             input_graph_def=sig.graph_def, nodes_denylist=keep,
-            max_batch_size=1, max_workspace_size_bytes=p["max_workspace_size_bytes"],
+            # dynamic shape: one plan per segment, unknown dims kept dynamic, no batch
+            # limit; per shape: the batch only picks example shapes for checks
+            max_batch_size=NO_BATCH_LIMIT if self.use_dynamic_shape else 1,
+            max_workspace_size_bytes=p["max_workspace_size_bytes"],
             precision_mode=p["precision_mode"], minimum_segment_size=p["minimum_segment_size"],
             is_dynamic_op=not self.use_dynamic_shape,
             maximum_cached_engines=p["maximum_cached_engines"],
@@ -228,11 +232,6 @@ class TrtGraphConverterV2:
             feeds = iter(batches)
             converted = conv.calibrate(sig.output_names, len(batches),
                                        feed_dict_fn=lambda: next(feeds))
-        if self.use_dynamic_shape:
-            # one plan per segment with its unknown dims kept dynamic: no batch limit
-            for node in converted.node:
-                if node.op == engine_node.ENGINE_OP:
-                    node.attr["max_batch_size"].i = 0
         sig.converter, sig.converted = conv, converted
 
     # ------------------------------------------------------------------ build

@@ -29,6 +29,7 @@ on that first call) and runs the engine. So:
 """
 import collections
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -294,6 +295,7 @@ def graph_function(graph_def, input_names, output_names, input_specs, structured
     {node name: [TensorShape]} for nodes whose static shapes TF cannot infer.
     """
     output_shapes = output_shapes or {}
+    out_specs = tf.nest.flatten(structured_outputs)
 
     def body(*args):
         outs = tf.compat.v1.import_graph_def(graph_def, input_map=dict(zip(input_names, args)),
@@ -302,11 +304,21 @@ def graph_function(graph_def, input_names, output_names, input_specs, structured
         for name, shapes in output_shapes.items():
             for t, shape in zip(graph.get_operation_by_name("cupyrt/" + name).outputs, shapes):
                 t.set_shape(shape)
-        # Identity: an output can also be an input; signatures need distinct tensors
+        # Identity: an output can also be an input; signatures need distinct tensors.
+        # Shapes of the source signature: TF inferred those nodes' shapes at import,
+        # before the engine outputs had theirs.
         flat = [tf.identity(t) for t in outs]
+        for t, spec in zip(flat, out_specs):
+            t.set_shape(t.shape.merge_with(spec.shape))
         return tf.nest.pack_sequence_as(structured_outputs, flat)
 
-    # Spec names become the signature's input keys (positional *args carry none).
+    keys = [key for key, _ in input_specs]
+    if all(k.isidentifier() for k in keys):
+        # named parameters: the function takes keywords in this process too, like
+        # the loaded signature (a Python-keyword-safe name is all inspect needs)
+        body.__signature__ = inspect.Signature(
+            [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in keys])
+    # Spec names become the signature's input keys.
     specs = [tf.TensorSpec(spec.shape, spec.dtype, name=key) for key, spec in input_specs]
     return tf.function(body, input_signature=specs, autograph=False).get_concrete_function()
 

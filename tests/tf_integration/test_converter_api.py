@@ -200,7 +200,7 @@ def test_json_report_written_via_env(tmp_path, monkeypatch):
     (dict(maximum_cached_engines=0), "int >= 1"),
     (dict(max_batch_size=1.5), "int >= 1"),
     (dict(nodes_denylist="out0"), "list of node or tensor names"),
-    (dict(input_saved_model_dir="/tmp/x"), "SavedModel conversion is not supported"),
+    (dict(input_saved_model_dir="/tmp/x"), "use TrtGraphConverterV2"),
     (dict(input_graph_def="not a graph"), "tf.compat.v1.GraphDef"),
 ])
 def test_bad_arguments_name_the_valid_values(kw, match):
