@@ -87,12 +87,10 @@ def runtime_mode():
 
 
 def engine_key(node):
-    """Identifies an engine node across imports (name + its segment and calibration),
-    so runtime statistics of one conversion are not mixed with another's."""
-    digest = hashlib.blake2b(node.attr["segment_graph"].s, digest_size=16)
-    if "calibration_table" in node.attr:
-        digest.update(node.attr["calibration_table"].s)
-    return node.name, digest.hexdigest()
+    """Identifies an engine node across imports (its name and a digest of the whole
+    node), so runtime statistics of one conversion are not mixed with another's."""
+    data = node.SerializeToString(deterministic=True)
+    return node.name, hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def make_engine_node(name, segment, segment_gd, graph, plan, params, network=None):
@@ -151,6 +149,7 @@ class EngineRunner:
         self._lock = threading.Lock()
         self._static = None
         self._native = None
+        _RUNNERS.append(self)
 
     # ------------------------------------------------------------------ stored engine
     @property
@@ -326,7 +325,6 @@ def bind_engine_node(node, mode=None):
                                                     node.attr["Tout"].list.type], False)
     runner.eager_func = func                  # the registry holds it weakly; the runner strongly
     token = script_ops._py_funcs.insert(func)   # noqa: SLF001 - the py_func registry
-    _RUNNERS.append(runner)
     new = tf.compat.v1.NodeDef(name=node.name, op="EagerPyFunc", device=node.device)
     new.input.extend(node.input)
     new.attr["token"].s = token.encode()

@@ -6,7 +6,9 @@ def _shape(s):
     return "?" if s is None else "(" + ", ".join(str(d) for d in s) + ")"
 
 
-def format_summary(report):
+def format_summary(report, runtime=None):
+    """The conversion report as text; ``runtime`` (engine_node.runtime_stats of the
+    converted graph) adds what the engines did at run time so far."""
     p = report["parameters"]
     lines = ["cupyrt conversion summary",
              f"  precision {p['precision_mode']}, "
@@ -41,4 +43,25 @@ def format_summary(report):
             lines.append(f"      {n} ({r['op']}){detail}")
     if not report["engines"]:
         lines.append("  nothing was converted: see the reasons above")
+    if runtime:
+        lines.extend(format_runtime(runtime))
     return "\n".join(lines)
+
+
+def format_runtime(runtime):
+    """Lines for engine_node.runtime_stats: per engine node, where it ran and how
+    often, and every fallback to TensorFlow with its reason."""
+    lines = ["  at run time (this process):"]
+    for name, st in runtime.items():
+        if not st["imports"]:
+            where = (f"inlined as its TensorFlow ops in {st['inlined']} import(s) (no CUDA "
+                     "device; CUPYRT_BACKEND=numpy runs the engine)" if st["inlined"]
+                     else "not imported yet")
+            lines.append(f"    {name}: {where}")
+            continue
+        lines.append(f"    {name}: {st['engine_runs']} engine run(s), {st['native_runs']} "
+                     f"TensorFlow run(s), {st['engines_built']} engine(s) built per shape; "
+                     f"backend {', '.join(st['modes'])}")
+        for reason, n in sorted(st["fallbacks"].items()):
+            lines.append(f"      fallback: {reason}: {n} call(s)")
+    return lines
