@@ -54,12 +54,24 @@ def _binary(op):
     return convert
 
 
-for _ops, _op, _types in [(("Add", "AddV2"), EW.SUM, NUMERIC), (("Sub",), EW.SUB, NUMERIC),
+for _ops, _op, _types in [(("Sub",), EW.SUB, NUMERIC),
                           (("Mul",), EW.PROD, NUMERIC), (("RealDiv", "Div"), EW.DIV, FLOAT_TYPES),
                           (("Maximum",), EW.MAX, NUMERIC), (("Minimum",), EW.MIN, NUMERIC),
                           (("Pow",), EW.POW, FLOAT_TYPES), (("FloorDiv",), EW.FLOOR_DIV,
                                                              FLOAT_TYPES)]:
     converter(*_ops, dtypes=_types)(_binary(_op))
+
+
+@converter("Add", "AddV2", dtypes=NUMERIC)
+def convert_add(ctx, node):
+    # the last add of a layer norm (Keras 3 and tf_keras spell it out as
+    # mean/variance/rsqrt chains) becomes one Normalization layer; the chain's
+    # own layers then have no consumer and the builder drops them
+    from .layer_norm import convert_layer_norm
+    fused = convert_layer_norm(ctx, node)
+    if fused is not None:
+        return [fused]
+    return [elementwise(ctx, ctx.input(node, 0), ctx.input(node, 1), EW.SUM)]
 
 
 @converter("SquaredDifference")
@@ -129,6 +141,46 @@ for _tf_op, _op in _UNARY.items():
 @converter("Rsqrt")
 def convert_rsqrt(ctx, node):
     return [unary(ctx, unary(ctx, ctx.input(node, 0), UN.SQRT), UN.RECIP)]
+
+
+def _const_like(x, value):
+    return Value(const=np.asarray(value, np.float16 if x.tensor is not None and
+                                  x.tensor.dtype == rt.float16 else np.float32))
+
+
+@converter("Erfc")
+def convert_erfc(ctx, node):
+    # erfc = 1 - erf: exact to float32 rounding near 0; for large x the difference
+    # loses relative (not absolute) accuracy, which is what a GELU multiplies by x
+    x = ctx.input(node, 0)
+    return [elementwise(ctx, _const_like(x, 1.0), unary(ctx, x, UN.ERF), EW.SUB)]
+
+
+@converter("Expm1")
+def convert_expm1(ctx, node):
+    # exp(x) - 1 = 2 exp(x/2) sinh(x/2): no cancellation near 0 (sinh is accurate
+    # there), and no early overflow (both factors grow as exp(x/2))
+    x = ctx.input(node, 0)
+    half = elementwise(ctx, x, _const_like(x, 0.5), EW.PROD)
+    prod = elementwise(ctx, unary(ctx, half, UN.EXP), unary(ctx, half, UN.SINH), EW.PROD)
+    return [elementwise(ctx, prod, _const_like(x, 2.0), EW.PROD)]
+
+
+@converter("Log1p")
+def convert_log1p(ctx, node):
+    # log(1 + x) = 2 atanh(x / (2 + x)) keeps full relative accuracy for small x,
+    # where log(1 + x) has lost the low bits of x; for |x| >= 1/2 the plain form
+    # is as accurate and stays finite for large x (where x / (2 + x) rounds to 1)
+    x = ctx.input(node, 0)
+    two, one = _const_like(x, 2.0), _const_like(x, 1.0)
+    small = elementwise(ctx, unary(ctx, x, UN.ABS), _const_like(x, 0.5), EW.LESS)
+    z = elementwise(ctx, x, elementwise(ctx, x, two, EW.SUM), EW.DIV)
+    near = elementwise(ctx, unary(ctx, z, UN.ATANH), two, EW.PROD)
+    far = unary(ctx, elementwise(ctx, x, one, EW.SUM), UN.LOG)
+    layer = ctx.network.add_select(ctx.tensor(small, small.perm), ctx.tensor(near, small.perm),
+                                   ctx.tensor(far, small.perm))
+    ctx.name(layer, "log1p")
+    return [Value(layer.get_output(0), perm=small.perm)]
 
 
 @converter("Square", dtypes=NUMERIC)

@@ -3,8 +3,9 @@ import numpy as np
 import tensorflow as tf
 
 import engine as rt
+from engine import shape_values
 
-from ..context import NCHW, Value, perm_after_removing, tf_to_engine_dtype
+from ..context import NCHW, Value, identity, perm_after_removing, tf_to_engine_dtype
 from ..errors import ConversionError
 from ..graph_utils import get_attr
 from ..registry import ENGINE_TYPES, Reason, converter
@@ -40,17 +41,41 @@ def convert_const(ctx, node):
 
 
 def _validate_shape(node, graph):
-    """input shape fully static (then it folds to a constant)"""
-    if not graph.shape(node.input[0]).is_fully_defined():
-        return Reason(Reason.ATTRIBUTE, "Shape of a tensor with dynamic dims "
-                                        f"{graph.shape(node.input[0])}")
+    """int32 shapes (static ones fold to constants, others become shape tensors)"""
+    if graph.shape(node.input[0]).is_fully_defined():
+        return None
+    out_t = get_attr(node, "out_type", tf.int32)
+    if out_t != tf.int32:
+        return Reason(Reason.ATTRIBUTE, f"Shape with out_type {out_t.name} of a tensor with "
+                                        f"dynamic dims {graph.shape(node.input[0])}; the engine's "
+                                        "shape tensors are int32")
     return None
+
+
+def shape_of(ctx, x):
+    """TF-order shape of ``x``: a constant where static, else an engine shape tensor
+    (IShapeLayer), reordered from the engine layout by a gather (no data transpose)."""
+    dims = x.tf_shape()
+    if x.is_const or -1 not in dims:
+        return Value(const=np.array(dims, dtype=np.int32))
+    layer = ctx.network.add_shape(x.tensor)
+    ctx.name(layer, "shape")
+    t = layer.get_output(0)
+    if x.perm != identity(x.rank):
+        order = np.array([x.perm.index(d) for d in range(x.rank)], np.int32)
+        layer = ctx.network.add_gather(t, ctx.constant(order), 0)
+        ctx.name(layer, "shape_tf_order")
+        t = layer.get_output(0)
+    return Value(t)
 
 
 @converter("Shape", validator=_validate_shape, dtypes=ANY)
 def convert_shape(ctx, node):
     out_t = get_attr(node, "out_type", tf.int32)
-    return [Value(const=np.array(ctx.input(node, 0).tf_shape(), dtype=out_t.as_numpy_dtype))]
+    v = shape_of(ctx, ctx.input(node, 0))
+    if v.is_const:
+        return [Value(const=v.const.astype(out_t.as_numpy_dtype))]
+    return [v]
 
 
 def _validate_cast(node, graph):
@@ -76,11 +101,18 @@ def convert_cast(ctx, node):
 # ---------------------------------------------------------------------------- reshapes
 
 def _validate_reshape(node, graph):
-    """constant target shape without zero-sized dims"""
-    if not graph.is_const(node.input[1]):
-        return Reason(Reason.ATTRIBUTE, "target shape is not a constant")
-    if 0 in np.ravel(graph.const_value(node.input[1])):
-        return Reason(Reason.ATTRIBUTE, "target shape has a zero-sized dim")
+    """target shape constant, or a computed int32 vector of static length (a shape tensor)"""
+    if graph.is_const(node.input[1]):
+        if 0 in np.ravel(graph.const_value(node.input[1])):
+            return Reason(Reason.ATTRIBUTE, "target shape has a zero-sized dim")
+        return None
+    if graph.dtype(node.input[1]) != tf.int32:
+        return Reason(Reason.ATTRIBUTE, f"computed target shape of dtype "
+                                        f"{graph.dtype(node.input[1]).name}; expected int32")
+    shape = graph.shape(node.input[1])
+    if shape.rank != 1 or not shape.is_fully_defined():
+        return Reason(Reason.ATTRIBUTE, f"computed target shape {shape}; expected a vector of "
+                                        "static length")
     return None
 
 
@@ -94,10 +126,28 @@ def reshape(ctx, x, dims):
     return Value(layer.get_output(0))
 
 
+def reshape_to(ctx, x, target):
+    """Reshape ``x`` to a computed target (a shape tensor Value), TensorRT's way: as
+    static dims where the network knows the values (one unknown becomes -1), else
+    through the shuffle's shape-tensor input, read at run time."""
+    known = shape_values.get(target.tensor)
+    if known is not None and None not in known:
+        return reshape(ctx, x, known)
+    if known is not None and known.count(None) == 1 and -1 not in known:
+        return reshape(ctx, x, [-1 if d is None else d for d in known])
+    layer = ctx.network.add_shuffle(ctx.tensor(x))
+    layer.zero_is_placeholder = False       # TF: 0 is an empty dim, not "copy"
+    layer.set_input(1, target.tensor)
+    ctx.name(layer, "reshape_dynamic")
+    return Value(layer.get_output(0))
+
+
 @converter("Reshape", validator=_validate_reshape, dtypes=ANY)
 def convert_reshape(ctx, node):
-    x = ctx.input(node, 0)
-    dims = [int(d) for d in np.ravel(ctx.const(node, 1, "shape"))]
+    x, target = ctx.input(node, 0), ctx.input(node, 1)
+    if not target.is_const:
+        return [reshape_to(ctx, x, target)]
+    dims = [int(d) for d in np.ravel(target.const)]
     shape = x.tf_shape()
     if -1 not in dims and shape[0] == -1 and len(dims) >= 1 and dims[0] != shape[0]:
         # a frozen batch size in the target: keep the batch dynamic, infer it
@@ -528,3 +578,66 @@ def convert_resize(ctx, node):
     ctx.name(layer)
     return [Value(layer.get_output(0), perm=NCHW)]
 
+
+
+# ---------------------------------------------------------------------------- fills
+
+def fill(ctx, dims, value):
+    """A tensor of shape ``dims`` (a Value: constant or shape tensor) holding the scalar
+    ``value`` (a Value). Constant dims and value fold; otherwise the scalar is broadcast
+    by a stride-0 slice whose size is the shape tensor (TensorRT's fill idiom)."""
+    from .math import elementwise
+
+    if dims.is_const:
+        shape = tuple(int(d) for d in np.ravel(dims.const))
+        if value.is_const:
+            return Value(const=np.full(shape, value.const.reshape(()), value.const.dtype))
+        zeros = Value(const=np.zeros(shape, value.tensor.dtype.to_numpy()))
+        return elementwise(ctx, zeros, value, rt.ElementWiseOperation.SUM)
+    rank = dims.tf_shape()[0]
+    if value.is_const:
+        src = ctx.constant(np.reshape(value.const, (1,) * rank))
+    else:
+        layer = ctx.network.add_shuffle(ctx.tensor(value))
+        layer.reshape_dims = (1,) * rank
+        ctx.name(layer, "fill_value")
+        src = layer.get_output(0)
+    layer = ctx.network.add_slice(src, (0,) * rank, (1,) * rank, (0,) * rank)
+    layer.set_input(2, dims.tensor)
+    ctx.name(layer, "fill")
+    return Value(layer.get_output(0))
+
+
+def _validate_fill(node, graph):
+    """dims constant or a computed int32 vector of static length"""
+    if graph.dtype(node.input[0]) != tf.int32 and not graph.is_const(node.input[0]):
+        return Reason(Reason.ATTRIBUTE, f"computed dims of dtype {graph.dtype(node.input[0]).name}"
+                                        "; expected int32")
+    dims = graph.shape(node.input[0])
+    if dims.rank != 1 or not dims.is_fully_defined():
+        return Reason(Reason.ATTRIBUTE, f"dims of shape {dims}; expected a vector of static "
+                                        "length")
+    return None     # TF itself checks that the value is a scalar
+
+
+@converter("Fill", validator=_validate_fill, dtypes=ENGINE_TYPES)
+def convert_fill(ctx, node):
+    dims = ctx.input(node, 0)
+    if dims.is_const:
+        dims = Value(const=dims.const.astype(np.int32))
+    return [fill(ctx, dims, ctx.input(node, 1))]
+
+
+@converter("ZerosLike", "OnesLike", dtypes=(tf.float32, tf.float16, tf.int32))
+def convert_zeros_like(ctx, node):
+    x = ctx.input(node, 0)
+    dtype = get_attr(node, "T").as_numpy_dtype
+    value = Value(const=np.asarray(0 if node.op == "ZerosLike" else 1, dtype))
+    if x.is_const:
+        return [Value(const=np.full(x.const.shape, value.const))]
+    return [fill(ctx, shape_of(ctx, x), value)]
+
+
+# Einsum lives in its own module (matrix-multiply lowering); importing it here
+# registers it with the rest of this family, after the helpers it uses exist.
+from . import einsum  # noqa: E402,F401
