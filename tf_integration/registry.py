@@ -143,17 +143,27 @@ def validate(node, graph):
 
 
 def supported_ops_markdown():
-    """The docs table of supported ops, generated from the registry."""
+    """The docs table, generated from the registry: every op cupyrt converts and
+    every op TF-TRT converts (tftrt_ops.py), side by side, by family."""
     _ensure_loaded()
-    by_family = collections.defaultdict(list)
+    from .tftrt_ops import EXCLUDED, TFTRT_OPS
+
+    def yes(flag):
+        return "yes" if flag else "no"
+
+    rows = []
     for op, entry in _REGISTRY.items():
-        by_family[entry.family].append(entry)
-    lines = ["| TF op | family | dtypes | constraints |", "|---|---|---|---|"]
-    for fam in sorted(by_family):
-        for entry in sorted(by_family[fam], key=lambda e: e.op):
-            dts = "any" if entry.dtypes is None else ", ".join(d.name for d in entry.dtypes)
-            doc = (entry.validator.__doc__ or "").strip().splitlines()
-            lines.append(f"| {entry.op} | {fam} | {dts} | {doc[0] if doc else ''} |")
+        dts = "any" if entry.dtypes is None else ", ".join(d.name for d in entry.dtypes)
+        doc = (entry.validator.__doc__ or "").strip().splitlines()
+        rows.append((entry.family, op, dts, doc[0] if doc else "", yes(op in TFTRT_OPS), "yes"))
+    for op in TFTRT_OPS:
+        if op not in _REGISTRY:
+            why = EXCLUDED.get(op, "not converted yet")
+            rows.append(("-", op, "-", f"excluded: {why}", "yes", "no"))
+    lines = ["| TF op | family | dtypes | constraints | in TF-TRT | in cupyrt |",
+             "|---|---|---|---|---|---|"]
+    for fam, op, dts, doc, in_tftrt, ours in sorted(rows, key=lambda r: (r[0] == "-", r[:2])):
+        lines.append(f"| {op} | {fam} | {dts} | {doc} | {in_tftrt} | {ours} |")
     return "\n".join(lines) + "\n"
 
 

@@ -295,6 +295,33 @@ def _norm(shape, axes, groups=1):
     return build
 
 
+# -- selection and detection ------------------------------------------------------
+
+def _topk(op, shape, k, axis, dtype=rt.float32):
+    def build(net, rng):
+        x = net.add_input("x", dtype, shape)
+        layer = net.add_topk(x, op, k, 1 << axis)
+        net.mark_output(layer.get_output(0))
+        net.mark_output(layer.get_output(1))
+        values = (_rand(rng, *shape) if dtype == rt.float32
+                  else rng.integers(-3, 4, shape).astype(np.int32))     # ties among ints
+        return {"x": values}
+    return build
+
+
+def _combined_nms(q, pad, clip):
+    def build(net, rng):
+        b = net.add_input("b", rt.float32, (2, 16, q, 4))
+        s = net.add_input("s", rt.float32, (2, 16, 3))
+        layer = net.add_combined_nms(b, s, 4, 9, 0.4, 0.1, pad_per_class=pad, clip_boxes=clip)
+        for i in range(4):
+            net.mark_output(layer.get_output(i))
+        lo = rng.uniform(-0.2, 1.0, (2, 16, q, 2))
+        boxes = np.concatenate([lo, lo + rng.uniform(-0.1, 0.6, lo.shape)], -1)
+        return {"b": boxes.astype(np.float32), "s": rng.uniform(0, 1, (2, 16, 3)).astype(np.float32)}
+    return build
+
+
 CASES = (
     [(f"activation-{k.name}", _activation(k)) for k in A]
     + [("activation-LEAKY_RELU-alpha", _activation(A.LEAKY_RELU, alpha=0.3)),
@@ -383,6 +410,10 @@ CASES = (
     + [("normalization-layer", _norm((2, 5, 8), 0b100)),
        ("normalization-instance", _norm((2, 4, 3, 5), 0b1100)),
        ("normalization-group", _norm((2, 6, 3, 4), 0b1100, groups=3))]
+    + [("topk-max-axis2", _topk(rt.TopKOperation.MAX, (2, 3, 9), 4, 2)),
+       ("topk-min-axis1-int", _topk(rt.TopKOperation.MIN, (3, 8, 2), 3, 1, rt.int32)),
+       ("combined-nms-shared-boxes", _combined_nms(1, False, True)),
+       ("combined-nms-per-class-boxes-padded", _combined_nms(3, True, False))]
 )
 
 IDS = [name for name, _ in CASES]

@@ -250,7 +250,7 @@ def test_registry_rejects_double_registration_and_unknown_lookups():
 
 def test_supported_ops_table_comes_from_the_registry():
     table = registry.supported_ops_markdown()
-    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    rows = [line for line in table.splitlines()[2:] if line.endswith("| yes |")]
     assert len(rows) == len(registry.supported_ops())
     assert any(r.startswith("| Conv2D | nn |") and "constant filter" in r for r in rows)
 
@@ -264,6 +264,6 @@ def test_fp16_precision_within_fp16_tolerance():
 def test_supported_ops_doc_is_generated_from_the_registry():
     import os
 
-    path = os.path.join(os.path.dirname(registry.__file__), "SUPPORTED_OPS.md")
+    path = os.path.join(os.path.dirname(os.path.dirname(registry.__file__)), "SUPPORTED_OPS.md")
     with open(path) as f:
-        assert f.read().endswith(registry.supported_ops_markdown())
+        assert registry.supported_ops_markdown() in f.read()
