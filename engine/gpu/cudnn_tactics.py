@@ -30,8 +30,9 @@ def _window(layer, shape):
     return hit
 
 
-def conv_spec(layer, in_shape, out_dtype):
-    """The kernels-level description of ``layer`` at input ``in_shape`` (n, c, h, w)."""
+def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
+    """The kernels-level description of ``layer`` at input ``in_shape`` (n, c, h, w);
+    ``out_ldc``: the channel pitch of a concat buffer the output is a slice of."""
     from kernels.gpu.cudnn_graphs import ConvSpec
     n, c, h, w = in_shape
     _, pre, post = _window(layer, tuple(in_shape))
@@ -42,7 +43,7 @@ def conv_spec(layer, in_shape, out_dtype):
                     stride=tuple(layer.stride_nd), pre_padding=pre, post_padding=post,
                     dilation=tuple(layer.dilation_nd), out_dtype=np.dtype(out_dtype).name,
                     act=None if act is None else act.name, alpha=float(alpha), beta=float(beta),
-                    residual=len(layer._inputs) > 1 and layer._inputs[1] is not None)
+                    residual=len(layer._inputs) > 1 and layer._inputs[1] is not None, out_ldc=out_ldc)
 
 
 class ConvCudnn(Tactic):
@@ -78,17 +79,37 @@ class ConvCudnn(Tactic):
         w = layer.weights(c).transpose(0, 2, 3, 1)          # KCRS -> KRSC (NHWC filter)
         return {"w": cp.asarray(np.ascontiguousarray(w), cp.float16), **_epilogue(layer)}
 
-    def run(self, state, layer, inputs, precision, out_dtypes):
+    writes_into_concat = True      # the output descriptor takes the concat buffer's pitch
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         from kernels.gpu.cudnn_graphs import conv2d_fused
 
+        from .concat import claim
         from .conv_tactics import _residual
         x = inputs[0]
-        out_dtype = out_dtypes[0].to_numpy()
-        spec = conv_spec(layer, tuple(x.shape), out_dtype)
+        (p, q), _, _ = _window(layer, tuple(x.shape))
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), (np.float16, np.float32))
+        out, ldc = None, 0
+        if place:
+            buf, off = place["out"], place["out_channel_offset"]
+            out, ldc = buf[..., off:off + k], buf.shape[3]
+        out_dtype = out.dtype if out is not None else out_dtypes[0].to_numpy()
+        spec = conv_spec(layer, tuple(x.shape), out_dtype, out_ldc=ldc)
         res = _residual(inputs, out_dtype)
         if res is not None and not res.flags.c_contiguous:
             res = cupy().ascontiguousarray(res)
-        y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res)
+        if out is None:
+            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res)
+            return [nchw_view(y)]
+        from kernels.gpu.errors import UnsupportedError
+        if place["out_channel_offset"] % 8 or ldc % 8:
+            raise UnsupportedError(f"concat slice at channel {place['out_channel_offset']} of {ldc}: "
+                                   "cuDNN wants 16-byte aligned rows")
+        try:
+            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, out=out)
+        except (RuntimeError, ValueError) as e:   # no cuDNN engine for the strided output
+            raise UnsupportedError(f"cuDNN graph writing a concat slice: {e}") from e
         return [nchw_view(y)]
 
 

@@ -71,6 +71,7 @@ class ConvSpec:
     alpha: float = 0.0
     beta: float = 0.0
     residual: bool = False
+    out_ldc: int = 0          # channels between pixels of the output (0: packed, k); a concat's total
 
     def out_hw(self):
         """(P, Q) as cross-correlation with explicit pre/post padding gives them."""
@@ -88,6 +89,8 @@ class ConvSpec:
             return f"output dtype {self.out_dtype} (expected one of {_DTYPES})"
         if min(self.out_hw()) < 1:
             return f"empty output {self.out_hw()}"
+        if self.out_ldc and self.out_ldc < self.k:
+            return f"output row pitch {self.out_ldc} channels (expected 0 or at least k={self.k})"
         return None
 
     def key(self, device_name):
@@ -266,7 +269,8 @@ class ConvGraph:
             op, params = ACTIVATIONS[sp.act]
             y = getattr(g, op)(input=y, name="act", **params(sp.alpha, sp.beta))
         y.set_output(True).set_data_type(out_t)
-        y.set_dim([sp.n, sp.k, p, q]).set_stride(_nhwc_stride(sp.k, p, q))
+        # a concat's slice: pixels ``out_ldc`` channels apart (the pointer carries the offset)
+        y.set_dim([sp.n, sp.k, p, q]).set_stride(_nhwc_stride(sp.out_ldc or sp.k, p, q))
         self.Y = y
         g.validate()
         g.build_operation_graph()
@@ -369,7 +373,8 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
 
     ``x_nhwc`` (N, H, W, C) float16, ``w_krsc`` (K, R, S, C) float16, ``bias`` (K,)
     float32, ``residual`` (N, P, Q, K) of ``spec.out_dtype``, all C-contiguous device
-    arrays. The first call for a spec (per device and process) builds and times the
+    arrays; ``out`` (N, P, Q, K) may be a channel slice of a wider NHWC buffer whose pixel
+    pitch is ``spec.out_ldc`` channels (concat elision). The first call for a spec (per device and process) builds and times the
     plans on these buffers; never call that first one inside a CUDA-graph capture."""
     import cupy as cp
     device_id = cp.cuda.Device().id
@@ -386,6 +391,14 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
             found = "None" if arr is None else f"{arr.dtype} {tuple(arr.shape)} contiguous={arr.flags.c_contiguous}"
             raise ValueError(f"cuDNN conv {name}: found {found}, expected C-contiguous "
                              f"{np.dtype(dtype).name} {shape}")
+    if out is not None:
+        ldc = spec.out_ldc or spec.k
+        item = np.dtype(spec.out_dtype).itemsize
+        pitch = (p * q * ldc * item, q * ldc * item, ldc * item, item)
+        if tuple(out.shape) != (spec.n, p, q, spec.k) or out.dtype != spec.out_dtype \
+                or (out.size and tuple(out.strides) != pitch):
+            raise ValueError(f"cuDNN conv out: found {out.dtype} {tuple(out.shape)} strides {out.strides}, "
+                             f"expected {spec.out_dtype} {(spec.n, p, q, spec.k)} strides {pitch}")
     y = out if out is not None else cp.empty((spec.n, p, q, spec.k), spec.out_dtype)
     key = (spec, device_id)
     graph = _graphs.get(key)

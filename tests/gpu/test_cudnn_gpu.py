@@ -148,3 +148,22 @@ def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
         assert rel_l2(got[name], value) <= 1e-2
     timed = eng.meta.get("tactic_ms", {}).get(layer.name, {})
     assert timed.get("conv.cudnn") is not None, timed      # timed, whether or not it won
+
+
+def test_writes_a_channel_slice_of_a_wider_nhwc_buffer():
+    """Concat elision: the output descriptor carries the buffer's pixel pitch, the pointer
+    its channel offset; the channels around the slice stay untouched."""
+    base = _spec(CASES[0])
+    total, off = base.k + 48, 16
+    spec = G.ConvSpec(**{**base.__dict__, "out_ldc": total})
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    res = RNG.standard_normal((spec.n, p, q, spec.k)).astype(np.float16)
+    buf = cp.full((spec.n, p, q, total), 7.0, np.float16)
+    out = buf[..., off:off + spec.k]
+    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=cp.asarray(res), out=out)
+    got = buf.get()
+    assert rel_l2(got[..., off:off + spec.k], _reference(CASES[0], x, wt, bias, res)) <= 1e-2
+    assert (got[..., :off] == 7).all() and (got[..., off + spec.k:] == 7).all()
+    with pytest.raises(ValueError, match="strides"):
+        G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), base, residual=cp.asarray(res), out=out)

@@ -25,6 +25,7 @@ def test_output_size_follows_explicit_pre_and_post_padding():
     (dict(act="GELU_TANH"), "activation GELU_TANH not fused"),
     (dict(out_dtype="int8"), "output dtype int8"),
     (dict(h=1, w=1, r=7, s=7, pre_padding=(0, 0), post_padding=(0, 0)), "empty output"),
+    (dict(out_ldc=16), "row pitch 16 channels"),
 ])
 def test_specs_a_graph_cannot_express_say_why(kw, words):
     assert words in spec(**kw).reason()
