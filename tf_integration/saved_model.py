@@ -35,6 +35,7 @@ accepted and changes nothing). With ``use_dynamic_shape`` False (TF-TRT's
 default) engines are built per input shape, at run time or ahead by build().
 """
 import collections.abc
+import hashlib
 import json
 import logging
 import os
@@ -89,6 +90,13 @@ class _Signature:
         self.prebuilt = {}               # engine name -> {input shapes: plan}
         self.keys = {}                   # engine name -> key of its saved blob
         self.function = None
+
+    def digest(self):
+        """Equal for signatures with the same graph, inputs and outputs."""
+        h = hashlib.sha256(self.graph_def.SerializeToString(deterministic=True))
+        h.update(repr((self.input_names, self.input_specs, self.output_names,
+                       tf.nest.map_structure(lambda _: None, self.structured_outputs))).encode())
+        return h.hexdigest()
 
     def make_function(self, allow_build_at_runtime):
         runnable, self.keys, shapes = runtime.runnable_graph_def(
@@ -194,12 +202,23 @@ class TrtGraphConverterV2:
                                      tags=self.input_saved_model_tags)
         selected = ([self.input_saved_model_signature_key]
                     if self.input_saved_model_signature_key else sorted(loaded.signatures))
-        calib_fns = (_per_signature(calibration_input_fn, selected, "calibration_input_fn")
+        signatures, twins = {}, {}
+        for key in sorted(loaded.signatures, key=lambda k: (k != SERVING, k)):
+            sig = _Signature(key, loaded.signatures[key])
+            # Keras export's 'serve' and 'serving_default' are one function: convert
+            # and save it once, under both keys (named after 'serving_default')
+            signatures[key] = twins.setdefault((sig.digest(), key in selected), sig)
+            if signatures[key] is not sig:
+                logger.info("signature %r is the same function as %r: converted and saved once",
+                            key, signatures[key].key)
+        primaries = [k for k in selected if signatures[k].key == k]
+        calib_fns = (_per_signature(calibration_input_fn, primaries, selected,
+                                    "calibration_input_fn")
                      if calibration_input_fn is not None else {})
-        signatures = {}
-        for key in sorted(loaded.signatures):
-            sig = signatures[key] = _Signature(key, loaded.signatures[key])
-            if key in selected:
+        for key, sig in signatures.items():
+            if sig.key != key:
+                continue
+            if key in primaries:
                 self._convert_signature(sig, calib_fns.get(key))
             else:
                 logger.info("signature %r is saved frozen, not converted "
@@ -247,8 +266,11 @@ class TrtGraphConverterV2:
         shape; build() then only runs the inputs through them.
         """
         self._require("build()")
-        converted = [k for k, s in self._signatures.items() if s.converter is not None]
-        fns = _per_signature(input_fn, converted, "input_fn")
+        converted = [k for k, s in self._signatures.items()
+                     if s.converter is not None and s.key == k]
+        fns = _per_signature(input_fn, converted,
+                             [k for k, s in self._signatures.items() if s.converter is not None],
+                             "input_fn")
         for key in converted:
             sig = self._signatures[key]
             items = [sig.feeds(item, "input_fn") for item in _items(fns[key], "input_fn")]
@@ -332,6 +354,8 @@ class TrtGraphConverterV2:
                 out[key] = None
                 continue
             rep = dict(sig.converter.report)
+            if sig.key != key:
+                rep["same_function_as"] = sig.key
             rep["built_ahead"] = {name: [[list(s) for s in shapes] for shapes in plans]
                                   for name, plans in sig.prebuilt.items() if plans}
             rep["build_inputs"] = self._built.get(key, 0)
@@ -347,6 +371,10 @@ class TrtGraphConverterV2:
                  f"use_dynamic_shape={self.use_dynamic_shape}, "
                  f"allow_build_at_runtime={p['allow_build_at_runtime']}"]
         for key, sig in self._signatures.items():
+            if sig.key != key:
+                lines.append(f"signature {key!r}: the same function as {sig.key!r} (converted "
+                             "and saved once)")
+                continue
             ins = ", ".join(f"{k} {s.dtype.name} {_shape(s.shape)}" for k, s in sig.input_specs)
             lines.append(f"signature {key!r}: inputs {ins}; outputs "
                          + ", ".join(sorted(tf.nest.flatten(_output_keys(sig)))))
@@ -372,18 +400,19 @@ def _items(fn, argument):
     return items
 
 
-def _per_signature(fn, keys, argument):
-    """{signature key: input function} from one function (used for every key) or a dict."""
+def _per_signature(fn, keys, allowed, argument):
+    """{signature key: input function} for ``keys`` from one function (used for each)
+    or a dict holding every key of ``keys`` and only keys of ``allowed``."""
     if callable(fn):
         return {k: fn for k in keys}
     if isinstance(fn, collections.abc.Mapping):
         missing = [k for k in keys if k not in fn]
-        extra = [k for k in fn if k not in keys]
+        extra = [k for k in fn if k not in allowed]
         if missing or extra or not all(callable(f) for f in fn.values()):
             raise ConverterArgumentError(argument, f"a dict with keys {sorted(fn)}",
                                          "a dict {signature key: generator function} for "
-                                         f"exactly the converted signatures {list(keys)}")
-        return dict(fn)
+                                         f"the converted signatures {list(keys)}")
+        return {k: fn[k] for k in keys}
     raise ConverterArgumentError(argument, type(fn).__name__,
                                  "a generator function, or a dict {signature key: "
                                  "generator function}")

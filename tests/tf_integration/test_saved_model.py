@@ -145,6 +145,10 @@ def test_keras3_saved_model_converts_saves_and_loads(keras_dirs, kind, precision
     assert rel_l2(fn(**{name: x})["output_0"], ref) <= tol      # keywords, as a signature
     out = conv.save(str(tmp_path / "converted"))
     assert json.load(open(os.path.join(out, "assets.extra", "cupyrt_report.json")))
+    if kind == "export":                 # 'serve' is 'serving_default': one engine, saved once
+        assert conv.report["serve"]["same_function_as"] == "serving_default"
+        assert "the same function as 'serving_default'" in conv.summary()
+    assert len(runtime.engine_blobs(out)) == 1
     loaded = load_saved_model(out)
     feeds = {name: x}
     _compare(keras_dirs[kind], loaded, {k: feeds for k in loaded.signatures.keys()}, tol)
@@ -392,8 +396,9 @@ def test_calibration_input_fn_errors(keras_dirs):
         int8.convert()
     with pytest.raises(ConverterArgumentError, match="yielding at least one input"):
         int8.convert(calibration_input_fn=lambda: iter([]))
-    with pytest.raises(ConverterArgumentError, match="exactly the converted signatures"):
-        int8.convert(calibration_input_fn={"serving_default": lambda: iter([_x()])})
+    with pytest.raises(ConverterArgumentError, match="for the converted signatures"):
+        int8.convert(calibration_input_fn={"serving_default": lambda: iter([_x()]),
+                                           "nope": lambda: iter([_x()])})
     with pytest.raises(ConverterArgumentError, match="a generator function"):
         int8.convert(calibration_input_fn=[_x()])
     fp32 = TrtGraphConverterV2(input_saved_model_dir=keras_dirs["export"])
