@@ -33,6 +33,8 @@ unknown dims stay dynamic (our engines take any shape at run time, so no
 optimization profiles are needed; ``dynamic_shape_profile_strategy`` is
 accepted and changes nothing). With ``use_dynamic_shape`` False (TF-TRT's
 default) engines are built per input shape, at run time or ahead by build().
+Signatures that are one function (Keras ``model.export`` writes 'serve' and
+'serving_default') are converted once and saved once, under both keys.
 """
 import collections.abc
 import hashlib
@@ -57,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 SERVING = "serving_default"
 PROFILE_STRATEGIES = ("Range", "Optimal", "Range+Optimal", "ImplicitBatchModeCompatible")
-# TF-TRT's TrtConversionParams fields (rewriter_config_template: only None, we have no Grappler pass)
+# TF-TRT's TrtConversionParams fields (rewriter_config_template: None only, no Grappler)
 CONVERSION_PARAMS = ("max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
                      "maximum_cached_engines", "use_calibration", "allow_build_at_runtime",
                      "rewriter_config_template")

@@ -26,6 +26,12 @@ on that first call) and runs the engine. So:
   constants in saved_model.pb), so the first call pays no parsing cost.
 - Everything lives inside the SavedModel: nothing is read from the source
   model's directory, or from this one after loading.
+
+Why not TF-TRT's way (engine ops with their own kernel): we ship no C++, and a
+SavedModel function cannot hold an op type TensorFlow has no definition for;
+EagerPyFunc is the one op that calls back into Python from a saved graph.
+Each engine call crosses into Python once (about a millisecond on a CPU host,
+where engine_node's runtime_mode may run the TensorFlow segment anyway).
 """
 import collections
 import hashlib

@@ -1,12 +1,12 @@
 """A TF2 SavedModel in, a converted SavedModel out, reloaded and compared.
 
-    python -m workflows.saved_model_example [--model small_cnn|ResNet50] [--size 32] [--precision FP16]
+    python -m workflows.saved_model_example [--model small_cnn|ResNet50] [--size 32]
+                                            [--precision FP16] [--batches 1,4]
 
 Exports a Keras model (the bundled small residual CNN, or a Keras application
 with weights=None: no download) with ``model.export`` (what a TF2 user
-serves), converts it with
-TrtGraphConverterV2, builds its engines ahead for the batch sizes given,
-saves the converted SavedModel, loads it back with
+serves), converts it with TrtGraphConverterV2, builds its engines ahead for
+the batch sizes given, saves the converted SavedModel, loads it back with
 ``tf_integration.load_saved_model`` and compares every signature with the
 original on random images (rel. L2 error and max error), printing the
 conversion summary's first lines and both timings. Without a GPU it runs the
