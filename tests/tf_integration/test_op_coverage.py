@@ -84,6 +84,12 @@ def test_logic_matches_tf(op):
     cross_validate(body, [x, y])
 
 
+@pytest.mark.parametrize("fn", [tf.equal, tf.not_equal], ids=["Equal", "NotEqual"])
+def test_equality_of_bools_matches_tf(fn):
+    x, y = random_input((4, 6), seed=17), random_input((4, 6), seed=18)
+    cross_validate(lambda a, b: tf.where(fn(a > 0.0, b > 0.0), a, b), [x, y])
+
+
 # ---------------------------------------------------------------------------- array
 
 def test_depth_to_space_and_back_match_tf():

@@ -49,7 +49,8 @@ _COMPARE = {"Equal": ((EW.EQUAL,), False), "NotEqual": ((EW.EQUAL,), True),
             "LessEqual": ((EW.LESS, EW.EQUAL), False)}
 
 
-@converter(*_COMPARE, dtypes=NUMERIC)
+# bool only reaches Equal/NotEqual: TF's other comparisons take real numbers only
+@converter(*_COMPARE, dtypes=NUMERIC + BOOL)
 def convert_compare(ctx, node):
     a, b = ctx.input(node, 0), ctx.input(node, 1)
     ops, negate = _COMPARE[node.op]
