@@ -52,7 +52,8 @@ def test_stripped_plan_plus_rebuilt_weights_is_the_plan(fp16):
 def test_stored_decisions_win_over_the_rebuilds():
     plan = built()
     doc, arrays = planfile.loads(plan)
-    doc["engine"]["kernels"] = {name: "chosen.on.the.gpu" for name in doc["engine"]["kernels"]}
+    doc["engine"]["kernels"] = {layer["name"]: "chosen.on.the.gpu"
+                                for layer in doc["network"]["layers"]}
     stripped = planfile.strip_weights(planfile.dumps(doc, _table(arrays.blob)))
     full_doc, _ = planfile.loads(planfile.attach_weights(stripped, built()))
     assert set(full_doc["engine"]["kernels"].values()) == {"chosen.on.the.gpu"}
