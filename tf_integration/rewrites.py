@@ -69,6 +69,7 @@ def _cond_contexts(index):
             ctx[name] = max(ins, key=len)
     return ctx
 
+
 def fold_constants(graph_def, keep=()):
     """Evaluate every node whose inputs are all constant, with TensorFlow itself.
 
@@ -81,8 +82,9 @@ def fold_constants(graph_def, keep=()):
     Only truly constant subgraphs fold, so folding never needs a feed: a node is
     constant when every input, data and control, is (a Const waiting on a cond's
     pivot is not: it is live only in its branch), it is neither stateful nor a
-    control-flow primitive (Switch/Merge/Enter/... never fold), and it is outside
-    loop frames. A Shape of a statically shaped tensor folds without running
+    control-flow primitive (Switch/Merge/Enter/... never fold, even on constant
+    inputs: one Switch output is dead, a Merge forwards whichever input arrives),
+    and it is outside loop frames. A Shape of a statically shaped tensor folds without running
     anything, but only outside conds and loops, where its liveness is unconditional.
     """
     index = GraphIndex(graph_def)

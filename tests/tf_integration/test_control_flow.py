@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 
 from tf_integration import TrtGraphConverter, freeze_keras_model
-from tf_integration.engine_node import ENGINE_OP
 from tf_integration.errors import GraphError
 from tf_integration.graph_utils import ROOT_FRAME, GraphIndex
 from tf_integration.registry import Reason
@@ -230,5 +229,3 @@ def test_a_cycle_without_next_iteration_is_still_an_error():
     gd.node.add(name="b", op="Relu", input=["a"])
     with pytest.raises(GraphError, match="apart from NextIteration back edges"):
         GraphIndex(gd, infer_shapes=False).topological_order()
-    converted_nodes = [n for n in gd.node if n.op == ENGINE_OP]
-    assert not converted_nodes

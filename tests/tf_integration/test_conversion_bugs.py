@@ -84,6 +84,29 @@ def test_dropout_cond_converts_and_inference_matches():
     assert conv.report["left_to_tensorflow"]["is_training"]["detail"] == "graph input"
 
 
+def test_engine_of_a_constant_only_branch_runs_only_when_its_branch_is_taken():
+    c1 = RNG.standard_normal(8).astype(np.float32)
+    g = tf.Graph()
+    with control_flow_v1(), g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        pred = tf.compat.v1.placeholder(tf.bool, [], name="pred")
+        h = tf.nn.relu(x * 2.0)
+        b = tf.compat.v1.cond(pred, lambda: tf.reduce_mean(h, 0),
+                              lambda: tf.exp(tf.constant(c1) * 0.5) + 1.0)
+        tf.identity(tf.tanh(h + b), name="out")
+    gd = g.as_graph_def()
+    conv, converted = convert(gd, ["out:0"])
+    (const_branch,) = [e for e in engines(converted).values()
+                       if not any(not i.startswith("^") for i in e.input)]
+    # its only input: the false branch's pivot, which its constants waited on
+    assert list(const_branch.input) == ["^cond/switch_f"]
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    for p in (True, False):
+        ref = run_graph(gd, ["out:0"], {"x:0": x, "pred:0": p})
+        got = run_graph(converted, ["out:0"], {"x:0": x, "pred:0": p}, converted=True)
+        assert rel_l2(got[0], ref[0]) <= 1e-5, p
+
+
 def test_constants_under_a_cond_pivot_are_not_folded():
     gd, outs = batch_norm_cond_graph()
     folded, count = fold_constants(gd, [node_of(o) for o in outs])
