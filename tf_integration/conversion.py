@@ -60,7 +60,26 @@ def segment_graph_def(graph, segment):
     for j, t in enumerate(segment.outputs):
         node = out.node.add(name=f"{OUTPUT_PREFIX}{j}", op="Identity", input=[t])
         node.attr["T"].type = graph.dtype(t).as_datatype_enum
+    # members that call functions (a recognised RNN region, a While) need them, and
+    # the functions they call, for the TF fallback to run the segment
+    library = {f.signature.name: f for f in graph.graph_def.library.function}
+    needed, todo = [], [n for name in segment.nodes for n in _called(graph.nodes[name].attr)]
+    while todo:
+        name = todo.pop()
+        if name in library and name not in needed:
+            needed.append(name)
+            todo.extend(n for f in library[name].node_def for n in _called(f.attr))
+    out.library.function.extend(library[n] for n in sorted(needed))
     return out
+
+
+def _called(attrs):
+    """Names of the functions an attribute map refers to (func and list(func) attrs)."""
+    for value in attrs.values():
+        if value.HasField("func"):
+            yield value.func.name
+        elif value.HasField("list"):
+            yield from (f.name for f in value.list.func)
 
 
 def segment_io(segment_gd):

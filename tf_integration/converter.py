@@ -31,6 +31,7 @@ from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tens
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .registry import Reason
+from .rnn_loops import rewrite_rnn_loops
 from .segmenter import histogram, segment_graph
 from .summary import format_summary
 
@@ -121,6 +122,7 @@ class TrtGraphConverter:
         keep = self.nodes_denylist
         gd = strip_constant_control_edges(self.input_graph_def, keep)
         gd, folded = fold_constants(gd, keep)
+        gd, rnn_refused = rewrite_rnn_loops(gd, keep)     # Keras LSTM/GRU loops -> tagged calls
         gd = rewrite_batch_reshapes(gd, keep)
         self._int8_mode(gd)
         self.calibrated = False
@@ -162,6 +164,8 @@ class TrtGraphConverter:
                 break
         converted = self._splice(graph, result.segments, engine_nodes, engines)
         self.converted_graph_def = converted
+        reasons.update({n: Reason(Reason.CONTROL_FLOW, why) for n, why in rnn_refused.items()
+                        if n in reasons})
         self.report = self._make_report(graph, engines, reasons, folded,
                                         time.perf_counter() - t0)
         logger.info("converted in %.2f s: %d engine(s), %.1f%% of compute nodes",

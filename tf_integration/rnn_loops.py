@@ -187,8 +187,9 @@ def raise_frame(index, fname, members):
     wnode.attr["T"].list.type.extend(d.as_datatype_enum for d in dtypes)
     wnode.attr["body"].func.name = body.signature.name
     wnode.attr["cond"].func.name = cond.signature.name
+    # what TF inferred for each Exit: the While's users keep their static shapes
     wnode.attr["output_shapes"].list.shape.extend(
-        tf.TensorShape(None).as_proto() for _ in dtypes)
+        (index.shape(f"{x}:0") if x else tf.TensorShape(None)).as_proto() for x in exits)
     enter = nodes[next(n for n in members if nodes[n].op == "Enter")]
     wnode.attr["parallel_iterations"].i = get_attr(enter, "parallel_iterations", 10)
     rename = {f"{x}:0": f"{while_name}:{k}" for k, x in enumerate(exits) if x}
@@ -204,9 +205,11 @@ def _only(nodes, names, op, of):
     return hits[0]
 
 
-def make_function(name, nodes, members, arg_dtypes, refs, outputs, library):
+def make_function(name, nodes, members, arg_dtypes, refs, outputs, library, shapes=None):
     """A FunctionDef of the nodes ``members``: tensor names in ``refs`` read
-    argument ``refs[t]``; ``outputs`` are tensor names or argument indices."""
+    argument ``refs[t]``; ``outputs`` are tensor names or argument indices;
+    ``shapes`` (one per output, or None) are asserted with EnsureShape, so shape
+    inference through the call knows them (it loses a While's output_shapes)."""
     gd = tf.compat.v1.GraphDef()
     gd.library.CopyFrom(library)
     for k, dt in enumerate(arg_dtypes):
@@ -235,8 +238,14 @@ def make_function(name, nodes, members, arg_dtypes, refs, outputs, library):
     args = [graph.get_tensor_by_name(f"cupyrt_arg_{k}:0") for k in range(len(arg_dtypes))]
     outs = [args[o] if isinstance(o, int) else graph.get_tensor_by_name(remap(o))
             for o in outputs]
-    fdef = graph_to_function_def(graph, [graph.get_operation_by_name(n) for n in members],
-                                 args, outs, out_names=[f"out_{j}" for j in range(len(outs))])
+    ops = [graph.get_operation_by_name(n) for n in members]
+    with graph.as_default():
+        for j, shape in enumerate(shapes or ()):
+            if shape is not None:
+                outs[j] = tf.ensure_shape(outs[j], shape, name=f"cupyrt_out_{j}_shape")
+                ops.append(outs[j].op)
+    fdef = graph_to_function_def(graph, ops, args, outs,
+                                 out_names=[f"out_{j}" for j in range(len(outs))])
     fdef.signature.name = name
     return fdef
 
@@ -265,7 +274,9 @@ def collapse_loop(graph_def, while_name, keep=(), origin=None):
     names = {f.signature.name for f in graph_def.library.function}
     fdef = make_function(_unique(names, _sanitize(while_name) + "_rnn_region"), index.nodes,
                          members, [index.dtype(x)], {x: 0}, [t for t, _ in outputs],
-                         graph_def.library)
+                         graph_def.library,
+                         [[None, cell.units] if o["role"] in ("h", "c") else None
+                          for _, o in outputs])
     _verify(graph_def.library, fdef, cell, index.shape(x), in_perm, rev_in, outputs)
     spec = {"kind": cell.kind, "units": cell.units, "input_size": cell.input_size,
             "input_perm": list(in_perm), "reverse_input": rev_in,
@@ -420,12 +431,11 @@ def _stack_outputs(index, stack, last_only, region, keep):
         if not cons:
             return out
         node = index.nodes[cons[0]]
-        if len(cons) != 1 or cons[0] in keep or not (
-                node.op in ("Identity", "Snapshot") or (
-                    node.op in ("Transpose", "ReverseV2") and index.is_const(node.input[1]))):
+        # a node nothing reads may be what the user fetches: it keeps its name
+        if len(cons) != 1 or cons[0] in keep or not index.consumers.get(cons[0]) or \
+                node.op not in ("Transpose", "ReverseV2") or not index.is_const(node.input[1]):
             break
-        arg = [] if node.op in ("Identity", "Snapshot") else [
-            int(v) for v in np.ravel(index.const_value(node.input[1]))]
+        arg = [int(v) for v in np.ravel(index.const_value(node.input[1]))]
         if node.op == "ReverseV2":
             if any(perm[a % 3] != 0 for a in arg):
                 break
