@@ -14,6 +14,7 @@ import tensorflow as tf
 import engine as rt
 from tf_integration import TrtGraphConverter, freeze_keras_model, import_graph_def
 from tf_integration.engine_node import ENGINE_OP
+from tf_integration.engine_storage import stored_network, stored_plan
 from tfi_helpers import rel_l2, run_graph
 
 SIZE = 64
@@ -47,7 +48,7 @@ def convert(gd, outs, **kw):
 
 def engine_of(converted):
     (node,) = [n for n in converted.node if n.op == ENGINE_OP]
-    return rt.Runtime().deserialize_cuda_engine(node.attr["serialized_plan"].s)
+    return rt.Runtime().deserialize_cuda_engine(stored_plan(node))
 
 
 @pytest.mark.parametrize("flavour,name", MODELS, ids=[f"{f}-{n}" for f, n in MODELS])
@@ -116,7 +117,7 @@ def test_dynamic_resnet50_builds_per_shape_engine():
     _, converted = convert(gd, outs, is_dynamic_op=True, maximum_cached_engines=2)
     node = [n for n in converted.node if n.op == ENGINE_OP][0]
     assert node.attr["serialized_plan"].s == b""          # built at run time
-    assert rt.deserialize_network(node.attr["serialized_network"].s).num_inputs == 1
+    assert rt.deserialize_network(stored_network(node)).num_inputs == 1
     x = np.random.default_rng(5).standard_normal((1, SIZE, SIZE, 3)).astype(np.float32)
     ref = run_graph(gd, outs, {ins[0]: x})[0]
     got = run_graph(converted, outs, {ins[0]: x}, converted=True)[0]
