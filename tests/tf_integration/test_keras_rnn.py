@@ -1,0 +1,207 @@
+"""Keras LSTM/GRU loops become the engine's RNN layer (issue 10, point 3).
+
+Keras 3 and tf_keras models, frozen both ways (lowered Enter/Exit frames and
+functional While), converted whole into one engine and compared with
+TensorFlow at several sequence lengths from one converted graph; loops that
+are something else stay in TensorFlow with the reason.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from tf_integration import EngineFallbackWarning, TrtGraphConverter
+from tf_integration.converters.rnn import _validate_rnn_call
+from tf_integration.engine_node import ENGINE_OP, EngineRunner, engine_runners
+from tf_integration.rnn_loops import RNN_ATTR, rewrite_rnn_loops
+from tfi_helpers import rel_l2, run_graph
+
+keras = pytest.importorskip("keras")
+STEPS = (3, 7, 20)
+E = 4
+
+
+def freeze(keras_mod, build, lower, seed=0):
+    """Input(T=None, E) -> build(layers) -> Dense; frozen lowered or functional."""
+    keras_mod.utils.set_random_seed(seed)
+    inp = keras_mod.Input((None, E))
+    out = keras_mod.layers.Dense(3)(build(keras_mod.layers, inp))
+    model = keras_mod.Model(inp, out)
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([None, None, E], tf.float32))
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=lower)
+    return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name
+
+
+def convert_and_compare(gd, x_name, y_name, precision="FP32", tol=1e-4, engines=1):
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=[y_name.split(":")[0]],
+                             is_dynamic_op=True, minimum_segment_size=1,
+                             precision_mode=precision)
+    converted = conv.convert()
+    assert sum(n.op == ENGINE_OP for n in converted.node) == engines, conv.summary()
+    assert not any(n.op in ("While", "StatelessWhile", "Enter", "PartitionedCall")
+                   for n in converted.node), conv.summary()
+    before = len(engine_runners())
+    for i, steps in enumerate(STEPS):
+        x = np.random.default_rng(steps).standard_normal((2 + i, steps, E)).astype(np.float32)
+        ref = run_graph(gd, y_name, {x_name: x})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", EngineFallbackWarning)
+            got = run_graph(converted, y_name, {x_name: x}, converted=True)
+        assert got.shape == ref.shape
+        assert rel_l2(got, ref) <= tol, (steps, rel_l2(got, ref))
+    assert all(r.stats["native_runs"] == 0 for r in engine_runners()[before:])
+    return conv, converted
+
+
+MODELS = {
+    "lstm_sequences": lambda L, x: L.LSTM(8, return_sequences=True)(x),
+    "gru_last": lambda L, x: L.GRU(8)(x),
+    "bidirectional_lstm": lambda L, x: L.Bidirectional(L.LSTM(8, return_sequences=True))(x),
+    "stacked_gru": lambda L, x: L.GRU(12)(L.GRU(8, return_sequences=True)(x)),
+    "lstm_go_backwards": lambda L, x: L.LSTM(8, go_backwards=True, return_sequences=True)(x),
+    "lstm_states": lambda L, x: L.concatenate(L.LSTM(8, return_state=True)(x)),
+}
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "functional"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_keras3_rnn_classifier_is_one_engine_matching_tf_at_several_lengths(name, lower):
+    gd, x, y = freeze(keras, MODELS[name], lower)
+    conv, _ = convert_and_compare(gd, x, y)
+    assert conv.report["converted_share"] == 1.0
+    layers = conv.report["engines"][0]["ops"]
+    assert layers.get("PartitionedCall") == (2 if "bidirectional" in name or "stacked" in name
+                                             else 1)
+
+
+def test_tf_keras_lstm_both_forms():
+    tf_keras = pytest.importorskip("tf_keras")
+    for lower in (True, False):
+        gd, x, y = freeze(tf_keras, lambda L, x: L.LSTM(8, return_sequences=True)(x), lower)
+        convert_and_compare(gd, x, y)
+        gd, x, y = freeze(tf_keras, lambda L, x: L.GRU(8)(x), lower, seed=1)
+        convert_and_compare(gd, x, y)
+
+
+def test_fp16_bidirectional_lstm_within_fp16_tolerance():
+    gd, x, y = freeze(keras, MODELS["bidirectional_lstm"], lower=True)
+    convert_and_compare(gd, x, y, precision="FP16", tol=2e-2)
+
+
+def test_tf_fallback_of_an_rnn_engine_runs_the_original_region():
+    """The engine node's segment carries the region's functions: TF can run it."""
+    gd, x_name, y_name = freeze(keras, MODELS["stacked_gru"], lower=True)
+    _, converted = convert_and_compare(gd, x_name, y_name)
+    node = next(n for n in converted.node if n.op == ENGINE_OP)
+    runner = EngineRunner(node)
+    assert len(runner.segment_gd.library.function) >= 3      # region, body, cond (x2 here)
+    x = np.random.default_rng(1).standard_normal((2, 5, E)).astype(np.float32)
+    native = runner.run_native([x])[0]
+    ref = run_graph(gd, y_name, {x_name: x})
+    np.testing.assert_allclose(native, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rewrite_tags_the_region_with_its_description():
+    gd, _, y = freeze(keras, MODELS["lstm_go_backwards"], lower=False)
+    out, refused = rewrite_rnn_loops(gd, [y])
+    assert refused == {}
+    calls = [n for n in out.node if RNN_ATTR in n.attr]
+    assert len(calls) == 1 and _validate_rnn_call(calls[0], None) is None
+    import json
+    spec = json.loads(calls[0].attr[RNN_ATTR].s)
+    assert (spec["kind"], spec["units"], spec["input_size"]) == ("LSTM", 8, E)
+    assert spec["reverse_input"] and spec["return_sequences"] and spec["input_perm"] == [1, 0, 2]
+
+
+# ---------------------------------------------------------------------------- refusals
+
+def _custom_loop_graph():
+    """A tf.while_loop that is no RNN: a running product over the time steps."""
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, E], name="x")
+        steps = tf.shape(x)[1]
+
+        def body(t, acc):
+            return t + 1, acc * tf.nn.relu(x[:, t]) + 1.0
+
+        _, acc = tf.while_loop(lambda t, acc: t < steps, body,
+                               [tf.constant(0), tf.ones_like(x[:, 0])])
+        y = tf.identity(tf.matmul(acc, tf.ones((E, 3))) * 2.0, name="y")
+    return g.as_graph_def(), "x:0", y.name
+
+
+def test_custom_while_loop_stays_native_with_its_reason():
+    gd, x_name, y_name = _custom_loop_graph()
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=["y"], is_dynamic_op=True,
+                             minimum_segment_size=1)
+    converted = conv.convert()
+    left = conv.report["left_to_tensorflow"]
+    reasons = {r["detail"] for r in left.values()}
+    assert any("is not a Keras LSTM/GRU" in d and "Relu" in d for d in reasons), reasons
+    assert "is not a Keras LSTM/GRU" in conv.summary()
+    x = np.random.default_rng(0).standard_normal((2, 5, E)).astype(np.float32)
+    np.testing.assert_allclose(run_graph(converted, y_name, {x_name: x}, converted=True),
+                               run_graph(gd, y_name, {x_name: x}), rtol=1e-5)
+
+
+def test_loop_without_list_reads_is_refused():
+    g = tf.Graph()
+    with g.as_default():
+        n = tf.compat.v1.placeholder(tf.int32, [], name="n")
+        _, acc = tf.while_loop(lambda i, a: i < n, lambda i, a: (i + 1, a * 2.0),
+                               [tf.constant(0), tf.ones([3])])
+        tf.identity(acc, name="y")
+    _, refused = rewrite_rnn_loops(g.as_graph_def(), ["y"])
+    assert refused and all("reads 0 and writes 0 list elements" in r for r in refused.values())
+
+
+def _gru_body_with(gd, op_type, value):
+    """Copy of a functional Keras GRU graph whose body has its ``op_type`` scalar
+    constant (the 1 of 1 - z) replaced by ``value``: the weights stay what they
+    were, but the loop no longer computes a GRU."""
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(gd)
+    for f in out.library.function:
+        subs = {n.input[0].split(":")[0] for n in f.node_def if n.op == op_type}
+        for n in f.node_def:
+            if n.op == "Const" and n.name in subs:
+                n.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.float32(value)))
+    return out
+
+
+def test_tampered_body_constant_is_refused_by_verification():
+    gd, x_name, y_name = freeze(keras, MODELS["gru_last"], lower=False)
+    bad = _gru_body_with(gd, "Sub", 0.5)
+    out, refused = rewrite_rnn_loops(bad, [y_name])
+    assert not any(RNN_ATTR in n.attr for n in out.node)
+    assert any("differs from a GRU" in r and "rel. L2" in r for r in refused.values()), refused
+    conv = TrtGraphConverter(input_graph_def=bad, nodes_denylist=[y_name.split(":")[0]],
+                             is_dynamic_op=True, minimum_segment_size=1)
+    converted = conv.convert()
+    assert "differs from a GRU" in conv.summary()
+    x = np.random.default_rng(2).standard_normal((2, 6, E)).astype(np.float32)
+    np.testing.assert_allclose(run_graph(converted, y_name, {x_name: x}, converted=True),
+                               run_graph(bad, y_name, {x_name: x}), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda L, x: L.LSTM(8, activation="relu")(x), "Relu"),
+    (lambda L, x: L.GRU(8, reset_after=False)(x), "reset_after=False"),
+])
+def test_cells_the_engine_cannot_run_stay_native(build, words):
+    gd, _, y = freeze(keras, build, lower=True)
+    out, refused = rewrite_rnn_loops(gd, [y])
+    assert refused and all(words in r for r in refused.values()), refused
+    assert not any(RNN_ATTR in n.attr for n in out.node)
+
+
+def test_untagged_function_calls_are_not_candidates():
+    node = tf.compat.v1.NodeDef(name="call", op="PartitionedCall")
+    node.attr["f"].func.name = "some_fn"
+    assert "not a recognised Keras LSTM/GRU" in _validate_rnn_call(node, None).detail
+    node.attr[RNN_ATTR].s = b'{"kind": "SimpleRNN"}'
+    assert "SimpleRNN" in _validate_rnn_call(node, None).detail
