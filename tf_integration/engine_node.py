@@ -28,6 +28,8 @@ process runs engines (``runtime_mode``):
   ``EngineRunner``. It receives TF eager tensors, so a GPU tensor reaches CuPy
   through DLPack without a host copy and the outputs go back the same way
   (engine/exchange.py); it runs in ``tf.compat.v1.Session`` and ``tf.function``.
+  A tensor TF keeps on the host (a CPU-only TensorFlow on a GPU machine) is
+  copied to the device once: the engine is why the model was converted.
 - "tensorflow" (no CUDA device, nothing asked for): the segment's own nodes,
   inlined (engine_inline.py). A CPU host runs exactly the TF ops it ran
   before conversion: converting never slows it down.
@@ -125,9 +127,10 @@ class EngineRunner:
         self.name = node.name
         self.key = engine_key(node)
         self.mode = mode or runtime_mode()
-        self.node = tf.compat.v1.NodeDef()
-        self.node.CopyFrom(node)
         self.segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
+        self.node = tf.compat.v1.NodeDef()      # the attributes, without a second segment copy
+        self.node.CopyFrom(node)
+        del self.node.attr["segment_graph"]
         self.has_plan = bool(node.attr["serialized_plan"].s)
         self._plan = None
         self._network = None
@@ -184,6 +187,7 @@ class EngineRunner:
             if self._static is None:
                 self._static = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
                     self.static_plan)
+                self._plan = None           # the engine holds the weights now
             if shapes not in self.cache:
                 self._insert(shapes, self._static.create_execution_context())
             self.cache.move_to_end(shapes)

@@ -43,7 +43,7 @@ def format_summary(report, runtime=None):
             lines.append(f"      {n} ({r['op']}){detail}")
     if not report["engines"]:
         lines.append("  nothing was converted: see the reasons above")
-    if runtime:
+    if runtime and any(st["imports"] or st["inlined"] for st in runtime.values()):
         lines.extend(format_runtime(runtime))
     return "\n".join(lines)
 
