@@ -274,7 +274,8 @@ def _first_difference(a, b):
     la, lb = a.get("layers", []), b.get("layers", [])
     for i, (x, y) in enumerate(zip(la, lb)):
         if x != y:
-            return f"layer {i}: {x.get('type')} {x.get('name')!r} vs {y.get('type')} {y.get('name')!r}"
+            return (f"layer {i}: {x.get('type')} {x.get('name')!r} vs "
+                    f"{y.get('type')} {y.get('name')!r}")
     if len(la) != len(lb):
         return f"{len(la)} layers vs {len(lb)}"
     return "outputs or dynamic ranges"

@@ -102,5 +102,6 @@ def stored_plan(node, segment_gd=None):
 
 
 def _table_calibrator(table):
-    from .calibration import TableCalibrator      # calibration imports engine_node, which imports us
+    # imported here: calibration imports engine_node, which imports this module
+    from .calibration import TableCalibrator
     return TableCalibrator(table)

@@ -14,8 +14,8 @@ def conv_network(seed=0, channels=4):
     b = rt.Builder()
     net = b.create_network()
     x = net.add_input("x", rt.float32, (-1, 3, 6, 6))
-    conv = net.add_convolution_nd(x, channels, (3, 3),
-                                  kernel=rng.standard_normal((channels, 3, 3, 3)).astype(np.float32),
+    kernel = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32)
+    conv = net.add_convolution_nd(x, channels, (3, 3), kernel=kernel,
                                   bias=rng.standard_normal(channels).astype(np.float32))
     conv.padding_nd = (1, 1)
     act = net.add_activation(conv.get_output(0), rt.ActivationType.RELU)

@@ -252,3 +252,16 @@ def test_a_segment_that_no_longer_matches_its_plan_is_built_again(caplog):
         got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
     assert "building the engine again" in caplog.text
     assert rel_l2(got, run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-5
+
+
+def test_a_dynamic_node_whose_stored_network_is_stale_uses_the_one_converted_now(caplog):
+    x = random_input((2, 5, 6, 4), seed=11)
+    gd, outs, _, converted = convert(lambda t: conv_block(t, "a"))
+    (node,) = [n for n in converted.node if n.op == ENGINE_OP]
+    other = convert(lambda t: tf.nn.relu(conv_block(t, "a")))[3]
+    (node2,) = [n for n in other.node if n.op == ENGINE_OP]
+    node.attr["serialized_network"].s = node2.attr["serialized_network"].s
+    with caplog.at_level(logging.WARNING, logger="tf_integration.engine_storage"):
+        got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
+    assert "using the network converted now" in caplog.text
+    assert rel_l2(got, run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-5
