@@ -205,3 +205,42 @@ def test_untagged_function_calls_are_not_candidates():
     assert "not a recognised Keras LSTM/GRU" in _validate_rnn_call(node, None).detail
     node.attr[RNN_ATTR].s = b'{"kind": "SimpleRNN"}'
     assert "SimpleRNN" in _validate_rnn_call(node, None).detail
+
+
+def test_keras3_lstm_saved_model_through_converter_v2(tmp_path, monkeypatch):
+    """A SavedModel keeps its loops functional: TrtGraphConverterV2 converts the LSTM
+    classifier into one engine; the saved model loads and runs on it at any T."""
+    from tf_integration import TrtGraphConverterV2, load_saved_model
+
+    monkeypatch.setenv("CUPYRT_BACKEND", "numpy")
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((None, E), name="seq")
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.LSTM(8)(inp)))
+    src = str(tmp_path / "src")
+    model.export(src, verbose=False)
+    conv = TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    conv.convert()
+    rep = conv.report["serving_default"]
+    assert len(rep["engines"]) == 1 and rep["converted_share"] == 1.0, conv.summary()
+    loaded = load_saved_model(conv.save(str(tmp_path / "out")))
+    ref_fn = tf.saved_model.load(src).signatures["serving_default"]
+    for steps in (3, 20):
+        x = np.random.default_rng(steps).standard_normal((2, steps, E)).astype(np.float32)
+        ref = list(ref_fn(seq=tf.constant(x)).values())[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", EngineFallbackWarning)
+            got = list(loaded.signatures["serving_default"](seq=tf.constant(x)).values())[0]
+        assert rel_l2(got, ref) <= 1e-4
+
+
+def test_lstm_with_initial_state_inputs_stays_native():
+    """Initial states from outside the region: more than one sequence goes in."""
+    keras.utils.set_random_seed(4)
+    x, h0, c0 = keras.Input((None, E)), keras.Input((8,)), keras.Input((8,))
+    y = keras.layers.LSTM(8)(x, initial_state=[h0, c0])
+    model = keras.Model([x, h0, c0], y)
+    specs = [tf.TensorSpec([None, None, E]), tf.TensorSpec([None, 8]), tf.TensorSpec([None, 8])]
+    concrete = tf.function(lambda *a: model(list(a))).get_concrete_function(*specs)
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+    _, refused = rewrite_rnn_loops(frozen.graph.as_graph_def(), [frozen.outputs[0].name])
+    assert refused and all("reads 3 tensors from outside" in r for r in refused.values()), refused
