@@ -151,6 +151,7 @@ class EngineRunner:
         self.fallbacks = collections.Counter()       # reason -> calls run natively for it
         self._lock = threading.Lock()
         self._static = None
+        self._static_error = None
         self._native = None
         _RUNNERS.append(self)
 
@@ -185,9 +186,16 @@ class EngineRunner:
                                f"{self.max_batch} of the static engine")
                 return None
             if self._static is None:
-                self._static = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
-                    self.static_plan)
-                self._plan = None           # the engine holds the weights now
+                if self._static_error is None:
+                    try:
+                        self._static = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
+                            self.static_plan)
+                    except Exception as exc:      # noqa: BLE001 - any failure: run natively
+                        self._static_error = f"loading the static engine failed: {exc}"
+                    self._plan = None           # the engine holds the weights now
+                if self._static is None:
+                    self._fallback(BUILD_FAILED, self._static_error)
+                    return None
             if shapes not in self.cache:
                 self._insert(shapes, self._static.create_execution_context())
             self.cache.move_to_end(shapes)
@@ -243,7 +251,11 @@ class EngineRunner:
 
     def _run_engine(self, values):
         """Run on an engine: backend arrays out, or None when the segment must run."""
-        arrays = [exchange.to_engine(v, self.mode) for v in values]
+        try:
+            arrays = [exchange.to_engine(v, self.mode) for v in values]
+        except Exception as exc:      # noqa: BLE001 - e.g. CUPYRT_BACKEND=cupy without a device
+            self._fallback(RUN_FAILED, f"inputs could not reach the {self.mode} backend: {exc}")
+            return None
         shapes = tuple(tuple(a.shape) for a in arrays)
         ctx = self._context(shapes)
         if ctx is None:

@@ -265,3 +265,34 @@ def test_a_dynamic_node_whose_stored_network_is_stale_uses_the_one_converted_now
         got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
     assert "using the network converted now" in caplog.text
     assert rel_l2(got, run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-5
+
+
+def test_a_static_engine_that_cannot_load_runs_tensorflow_and_says_so_once(monkeypatch):
+    def broken(node, segment_gd=None):
+        raise rt.PlanFormatError("forced load failure")
+
+    monkeypatch.setattr(engine_storage, "stored_plan", broken)
+    x = random_input((2, 5, 6, 4), seed=12)
+    gd, outs, _, converted = convert(lambda t: conv_block(t, "a"), is_dynamic_op=False)
+    (node,) = [n for n in converted.node if n.op == ENGINE_OP]
+    runner = EngineRunner(node, mode="numpy")
+    with pytest.warns(EngineFallbackWarning, match="forced load failure"):
+        (first,) = runner(x)
+    (second,) = runner(x)
+    assert runner.fallbacks == {engine_node.BUILD_FAILED: 2} and runner.stats["native_runs"] == 2
+    for got in (first, second):
+        assert rel_l2(got, run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-6
+
+
+def test_inputs_that_cannot_reach_the_backend_run_tensorflow(monkeypatch):
+    def unreachable(value, backend):
+        raise rt.ExecutionError("no device")
+
+    x = random_input((2, 5, 6, 4), seed=13)
+    gd, outs, _, converted = convert(lambda t: conv_block(t, "a"))
+    runner = EngineRunner([n for n in converted.node if n.op == ENGINE_OP][0], mode="cupy")
+    monkeypatch.setattr(engine_node.exchange, "to_engine", unreachable)
+    with pytest.warns(EngineFallbackWarning, match="could not reach the cupy backend: no device"):
+        got = runner.eager_call(tf.constant(x))[0]
+    assert rel_l2(got.numpy(), run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-6
+    assert runner.fallbacks == {engine_node.RUN_FAILED: 1}
