@@ -185,6 +185,9 @@ class EngineRunner:
                 self._fallback(BATCH_TOO_LARGE, f"batch {shapes[0][0]} exceeds max_batch_size "
                                f"{self.max_batch} of the static engine")
                 return None
+            if shapes in self.failed:
+                self._fallback(RUN_FAILED, f"the engine failed at input shapes {list(shapes)}")
+                return None
             if self._static is None:
                 if self._static_error is None:
                     try:

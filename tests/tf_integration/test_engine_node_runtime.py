@@ -296,3 +296,21 @@ def test_inputs_that_cannot_reach_the_backend_run_tensorflow(monkeypatch):
         got = runner.eager_call(tf.constant(x))[0]
     assert rel_l2(got.numpy(), run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-6
     assert runner.fallbacks == {engine_node.RUN_FAILED: 1}
+
+
+def test_a_static_engine_that_fails_at_a_shape_is_not_retried_there(monkeypatch):
+    calls = []
+
+    def failing(ctx, inputs):
+        calls.append(1)
+        raise rt.ExecutionError("forced execution failure")
+
+    x = random_input((2, 5, 6, 4), seed=14)
+    gd, outs, _, converted = convert(lambda t: conv_block(t, "a"), is_dynamic_op=False)
+    runner = EngineRunner([n for n in converted.node if n.op == ENGINE_OP][0], mode="numpy")
+    monkeypatch.setattr(engine_node.exchange, "execute", failing)
+    with pytest.warns(EngineFallbackWarning, match="forced execution failure"):
+        runner(x)
+    (got,) = runner(x)
+    assert len(calls) == 1 and runner.fallbacks == {engine_node.RUN_FAILED: 2}
+    assert rel_l2(got, run_graph(gd, outs, {"x0:0": x})[0]) <= 1e-6
