@@ -183,7 +183,11 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
     rep = conv.report
     lines = []
     if backend == "numpy":
-        lines.append("no CUDA device: running the NumPy backend (reference speed, not GPU speed)")
+        lines.append("no CUDA device: engines on the NumPy reference backend (reference speed, "
+                     "not GPU speed)")
+    elif backend == "tensorflow":
+        lines.append("no CUDA device: engine nodes run their TensorFlow segments "
+                     "(CUPYRT_BACKEND=numpy runs the engines on the NumPy reference backend)")
     lines += [f"model {model} ({'tf_keras' if legacy_keras else 'Keras 3'}), input "
               f"{batch}x{size}x{size}x3, backend {backend}",
               f"converted {rep['converted_compute_nodes']}/{rep['compute_nodes']} compute nodes "
@@ -198,11 +202,10 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
 
 
 def _backend_name():
-    try:
-        from engine.backends import select_backend
-        return select_backend(None).name
-    except Exception:                 # noqa: BLE001 - report, never fail, on a probe
-        return "unknown"
+    """Where the converted graph's engine nodes run: "cupy", "numpy" or "tensorflow"."""
+    from .engine_node import runtime_mode
+
+    return runtime_mode()
 
 
 def _demo(args):

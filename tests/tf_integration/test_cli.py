@@ -3,6 +3,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_integration.cli import run_demo
@@ -36,7 +37,20 @@ def test_main_job_reports_share_error_timings_and_backend():
     assert "converted" in text and "max abs" in text and "relative L2" in text
     assert "ms/batch" in text and "speed-up" in text
     if rep["backend"] == "numpy":
-        assert "NumPy backend" in text
+        assert "NumPy reference backend" in text
+
+
+def test_main_job_on_a_host_without_cuda_says_the_segments_run(monkeypatch):
+    from engine.gpu.device import available
+
+    if available():
+        pytest.skip("a CUDA device runs the engines on CuPy")
+    monkeypatch.delenv("CUPYRT_BACKEND", raising=False)
+    out = io.StringIO()
+    rep = run_demo("MobileNetV2", size=32, batch=1, runs=1, out=out)
+    assert rep["backend"] == "tensorflow"
+    assert "engine nodes run their TensorFlow segments" in out.getvalue()
+    assert rep["max_error"] == 0.0           # the original ops, bit for bit
 
 
 # -- INT8 from the command line ----------------------------------------------------------
