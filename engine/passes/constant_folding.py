@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import kernel_table
 from ..types import LayerType
+from .graph import replace_with_constant
 
 NAME = "constant_folding"
 MAX_ELEMENTS = 1 << 26      # never materialise a folded tensor larger than this
@@ -25,7 +26,6 @@ def _foldable(layer):
 
 
 def run(network):
-    from ..layers.classes import ConstantLayer
     folded = 0
     for layer in list(network._layers):
         if not _foldable(layer):
@@ -36,13 +36,7 @@ def run(network):
             ins.append(a.astype(np.float32) if a is not None and a.dtype == np.float16 else a)
         out = layer._outputs[0]
         value = np.asarray(kernel_table.numpy_kernel(layer)(layer, ins)[0])
-        const = ConstantLayer(network, [], shape=out.shape,
-                              weights=value.astype(out.dtype.to_numpy(), copy=False))
-        const.name = layer.name + "_folded"
-        network._add(const)
-        # the constant takes the folded layer's place in the order and its tensor
-        network._layers.remove(const)
-        network._layers.insert(network._layers.index(layer), const)
-        network.take_output(const, layer)
+        replace_with_constant(network, layer, value.astype(out.dtype.to_numpy(), copy=False),
+                              "_folded")
         folded += 1
     return folded

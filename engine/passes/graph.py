@@ -7,3 +7,20 @@ def single_consumer(network, tensor, uses=None):
     if len(readers) != 1 or tensor in network._outputs:
         return None
     return readers[0]
+
+
+def replace_with_constant(network, layer, value, suffix):
+    """Put a Constant holding ``value`` where ``layer`` stands: same place in the
+    layer order (so topological order holds), and it takes over the layer's output
+    tensor and its consumers. The old layer is left without consumers for the
+    dead-layer pass. Returns the new layer."""
+    from ..layers.classes import ConstantLayer
+
+    out = layer._outputs[0]
+    const = ConstantLayer(network, [], shape=out._shape, weights=value)
+    const.name = layer.name + suffix
+    network._add(const)
+    network._layers.remove(const)
+    network._layers.insert(network._layers.index(layer), const)
+    network.take_output(const, layer)
+    return const

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import shape_values
 from ..types import LayerType
+from .graph import replace_with_constant
 
 NAME = "shape_tensors"
 _NEVER = {LayerType.CONSTANT, LayerType.PLUGIN_V2}
@@ -30,20 +31,13 @@ def _from_constant(t):
 
 
 def _fold_values(network):
-    from ..layers.classes import ConstantLayer
     folded = 0
     for layer in list(network._layers):
         if (layer.layer_type in _NEVER or len(layer._outputs) != 1
                 or layer._outputs[0].is_network_output
                 or not shape_values.is_known(layer._outputs[0])):
             continue
-        out = layer._outputs[0]
-        const = ConstantLayer(network, [], shape=out._shape, weights=shape_values.array(out))
-        const.name = layer.name + "_value"
-        network._add(const)
-        network._layers.remove(const)
-        network._layers.insert(network._layers.index(layer), const)
-        network.take_output(const, layer)
+        replace_with_constant(network, layer, shape_values.array(layer._outputs[0]), "_value")
         folded += 1
     return folded
 
