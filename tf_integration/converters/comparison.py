@@ -14,24 +14,11 @@ import engine as rt
 
 from ..context import Value
 from ..registry import converter
+from .math import elementwise
 
 EW = rt.ElementWiseOperation
 NUMERIC = (tf.float32, tf.float16, tf.int32)
 BOOL = (tf.bool,)
-
-_FOLD = {EW.EQUAL: np.equal, EW.GREATER: np.greater, EW.LESS: np.less,
-         EW.AND: np.logical_and, EW.OR: np.logical_or}
-
-
-def binary(ctx, a, b, op):
-    """``a op b`` for a comparison or logic op, TF broadcasting, BOOL result."""
-    if a.is_const and b.is_const:
-        return Value(const=_FOLD[op](a.const, b.const))
-    rank, perm = ctx.common_layout([a, b])
-    layer = ctx.network.add_elementwise(ctx.broadcast(a, rank, perm),
-                                        ctx.broadcast(b, rank, perm), op)
-    ctx.name(layer, op.name.lower())
-    return Value(layer.get_output(0), perm=perm)
 
 
 def logical_not(ctx, x):
@@ -54,16 +41,16 @@ _COMPARE = {"Equal": ((EW.EQUAL,), False), "NotEqual": ((EW.EQUAL,), True),
 def convert_compare(ctx, node):
     a, b = ctx.input(node, 0), ctx.input(node, 1)
     ops, negate = _COMPARE[node.op]
-    out = binary(ctx, a, b, ops[0])
+    out = elementwise(ctx, a, b, ops[0])
     for op in ops[1:]:
-        out = binary(ctx, out, binary(ctx, a, b, op), EW.OR)
+        out = elementwise(ctx, out, elementwise(ctx, a, b, op), EW.OR)
     return [logical_not(ctx, out) if negate else out]
 
 
 @converter("LogicalAnd", "LogicalOr", dtypes=BOOL)
 def convert_logical(ctx, node):
     op = EW.AND if node.op == "LogicalAnd" else EW.OR
-    return [binary(ctx, ctx.input(node, 0), ctx.input(node, 1), op)]
+    return [elementwise(ctx, ctx.input(node, 0), ctx.input(node, 1), op)]
 
 
 @converter("LogicalNot", dtypes=BOOL)

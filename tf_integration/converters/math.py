@@ -32,11 +32,13 @@ def const_input(index, what):
 
 _NUMPY = {EW.SUM: np.add, EW.SUB: np.subtract, EW.PROD: np.multiply, EW.DIV: np.divide,
           EW.MAX: np.maximum, EW.MIN: np.minimum, EW.POW: np.power,
-          EW.FLOOR_DIV: np.floor_divide}
+          EW.FLOOR_DIV: np.floor_divide, EW.EQUAL: np.equal, EW.GREATER: np.greater,
+          EW.LESS: np.less, EW.AND: np.logical_and, EW.OR: np.logical_or}
 
 
 def elementwise(ctx, a, b, op):
-    """``a op b`` with TF broadcasting, in the layout of the computed operand."""
+    """``a op b`` with TF broadcasting, in the layout of the computed operand
+    (comparisons and logic ops give BOOL)."""
     if a.is_const and b.is_const:
         return Value(const=_NUMPY[op](a.const, b.const))
     rank, perm = ctx.common_layout([a, b])
