@@ -31,7 +31,7 @@ from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tens
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .registry import Reason
-from .rnn_loops import rewrite_rnn_loops
+from .rnn_loops import drop_unused_functions, rewrite_rnn_loops
 from .segmenter import histogram, segment_graph
 from .summary import format_summary
 
@@ -250,7 +250,9 @@ class TrtGraphConverter:
             redirect(node, own=node.name)
         out.node.extend(engine_nodes)
         out.node.extend(identities)
-        return prune_dead_nodes(out, self.nodes_denylist, reference=self.input_graph_def)
+        # functions only absorbed nodes called (RNN regions) live on in the segments
+        return drop_unused_functions(prune_dead_nodes(out, self.nodes_denylist,
+                                                      reference=self.input_graph_def))
 
     # ------------------------------------------------------------------ reports
     def _engine_report(self, name, seg, graph, plan):

@@ -20,18 +20,20 @@ plumbing: shape ops, transposes, list setup, stacks), reads the cell from the
 body (rnn_cells.py), runs the region in TensorFlow on random sequences against
 the NumPy RNN reference, and only then collapses it into ONE PartitionedCall
 of a generated function holding the original region, tagged ``_cupyrt_rnn``
-(JSON: kind, units, layout, directions, outputs) with the engine weights in
-``_cupyrt_rnn_weights``. TensorFlow runs that call natively (the engine's TF
-fallback and any segment left to TF); converters/rnn.py turns it into
-add_rnn_v2. A loop that is anything else stays as it was, and its reason is
+(JSON: kind, units, layout, outputs). TensorFlow runs that call natively (the
+engine's TF fallback and any segment left to TF); converters/rnn.py turns it
+into add_rnn_v2, reading the weights back out of the function
+(``region_params``), so that they are stored once. A loop that is anything else stays as it was, and its reason is
 returned for the summary.
 """
+import hashlib
 import json
 import logging
 import re
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
 from tensorflow.python.framework.graph_to_function_def import graph_to_function_def
 
 from .graph_utils import GraphIndex, canonical, get_attr, node_of, parse_input
@@ -40,7 +42,6 @@ from .rnn_cells import RNNLoopRefused, analyse_body, reference
 logger = logging.getLogger(__name__)
 
 RNN_ATTR = "_cupyrt_rnn"
-WEIGHTS_ATTR = "_cupyrt_rnn_weights"       # W (G*H, E), R (G*H, H), Wb, Rb as engine wants them
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 WHILE_OPS = ("While", "StatelessWhile")
 _CF_OPS = frozenset({"Enter", "Merge", "Switch", "NextIteration", "Exit", "LoopCond"})
@@ -71,6 +72,7 @@ def rewrite_rnn_loops(graph_def, keep=()):
             if fname in nested:
                 raise RNNLoopRefused(f"it holds the nested loop {nested[fname]}; a Keras "
                                      "LSTM/GRU is one loop")
+            _refuse_kept(keep, members)
             work, while_name = raise_frame(GraphIndex(gd), fname, members)
             gd = collapse_loop(work, while_name, keep, origin=f"lowered loop {fname}")
         except RNNLoopRefused as exc:
@@ -198,6 +200,13 @@ def raise_frame(index, fname, members):
     return out, while_name
 
 
+def _refuse_kept(keep, names):
+    kept = sorted(set(names) & set(keep))
+    if kept:
+        raise RNNLoopRefused(f"{kept[0]} is in nodes_denylist (or fetched); the loop stays "
+                             "as it is")
+
+
 def _only(nodes, names, op, of):
     hits = [n for n in names if nodes[n].op == op]
     if len(hits) != 1:
@@ -256,13 +265,10 @@ def make_function(name, nodes, members, arg_dtypes, refs, outputs, library, shap
 def collapse_loop(graph_def, while_name, keep=(), origin=None):
     """``graph_def`` with the Keras RNN region around ``while_name`` collapsed
     into one tagged call; raises RNNLoopRefused (graph untouched) otherwise."""
+    _refuse_kept(keep, [while_name])
     index = GraphIndex(graph_def)
-    wnode = index.nodes[while_name]
-    lib = {f.signature.name: f for f in graph_def.library.function}
-    inits = [canonical(t) for t in index.data_inputs(wnode)]
-    const_args = _constant_values(index, inits)
-    cell = analyse_body(lib[wnode.attr["body"].func.name], const_args,
-                        [tf.dtypes.as_dtype(t) for t in wnode.attr["T"].list.type])
+    inits = [canonical(t) for t in index.data_inputs(index.nodes[while_name])]
+    cell = _read_cell(index, while_name)
     region = _prelude(index, while_name, keep)
     outputs = _epilogue(index, while_name, cell, region, keep)
     region |= {node_of(i) for n in region for i in index.nodes[n].input
@@ -290,20 +296,101 @@ def collapse_loop(graph_def, while_name, keep=(), origin=None):
     call.attr["Tout"].list.type.extend(index.dtype(t).as_datatype_enum for t, _ in outputs)
     call.attr["f"].func.name = fdef.signature.name
     call.attr[RNN_ATTR].s = json.dumps(spec, sort_keys=True).encode()
-    call.attr[WEIGHTS_ATTR].list.tensor.extend(
-        tf.make_tensor_proto(cell.params[k]) for k in ("W", "R", "Wb", "Rb"))
     # constants may feed others too: they stay (dead ones go with prune_dead_nodes)
     removed = {n for n in region if not index.is_const(n)}
     rename = {t: f"{call_name}:{j}" for j, (t, _) in enumerate(outputs)}
-    for n in removed:               # nothing outside may read what disappears
-        for c, port in index.consumers.get(n, ()):
-            if c not in region and port >= 0 and f"{n}:{port}" not in rename:
-                raise RNNLoopRefused(f"{c} reads {n}:{port}, inside the region")
+    # Nothing outside may read what disappears. This holds by construction, hence
+    # an assertion: _prelude takes a computed node only once all its readers are in
+    # the region, the While's outputs that leave are h/c (renamed) or go to stacks
+    # (_epilogue refuses any other reader), and each epilogue node either has one
+    # reader, the next node absorbed, or is the renamed end of its chain.
+    assert not [(c, n) for n in removed for c, port in index.consumers.get(n, ())
+                if c not in region and port >= 0 and f"{n}:{port}" not in rename], \
+        f"a node outside the region of {while_name} reads a node inside it"
     out = _replace(graph_def, removed, call, rename)
     out.library.function.append(fdef)
     logger.info("%s: Keras %s (%d units, input %s%s) -> %s", origin or while_name, cell.kind,
                 cell.units, x, ", backwards" if rev_in else "", call_name)
     return out
+
+
+def _read_cell(index, while_name):
+    """The Cell the While's body computes, its weights read from the constants
+    the loop starts with (rnn_cells.analyse_body)."""
+    wnode = index.nodes[while_name]
+    lib = {f.signature.name: f for f in index.graph_def.library.function}
+    inits = [canonical(t) for t in index.data_inputs(wnode)]
+    return analyse_body(lib[wnode.attr["body"].func.name], _constant_values(index, inits),
+                        [tf.dtypes.as_dtype(t) for t in wnode.attr["T"].list.type])
+
+
+_PARAMS_CACHE = {}          # digest of the region's functions -> engine weights
+_PARAMS_CACHE_SIZE = 16
+
+
+def region_params(library, name):
+    """The engine weights {"W", "R", "Wb", "Rb"} of the tagged region function
+    ``name``, read from its body exactly as collapse_loop read them.
+
+    The weights live once in a converted graph: as the constants of the region
+    function (which TensorFlow runs when an engine falls back); the RNN
+    converter asks here instead of carrying a copy in the call node. The region
+    was verified against the NumPy RNN when it was collapsed, so this reading is
+    not verified again. Cached: engines are built again per input shape.
+    """
+    funcs = {f.signature.name: f for f in library.function}
+    if name not in funcs:
+        raise RNNLoopRefused(f"the region function {name!r} is not in the graph's function "
+                             f"library ({len(funcs)} functions); the tagged call needs it")
+    fdef = funcs[name]
+    whiles = [n.name for n in fdef.node_def if n.op in WHILE_OPS]
+    if len(whiles) != 1:
+        raise RNNLoopRefused(f"the region function {name!r} holds {len(whiles)} While nodes; "
+                             "a recognised region holds one")
+    body = funcs.get(next(n for n in fdef.node_def if n.op in WHILE_OPS).attr["body"].func.name)
+    key = hashlib.sha256(fdef.SerializeToString(deterministic=True)
+                         + (body.SerializeToString(deterministic=True) if body else b"")).digest()
+    if key not in _PARAMS_CACHE:
+        scratch = tf.Graph()        # the While's body and cond must be known to it
+        with scratch.as_default():
+            tf.graph_util.import_graph_def(tf.compat.v1.GraphDef(library=library), name="")
+            gd, _ = function_def_to_graph_def(fdef)
+        gd.library.CopyFrom(library)
+        if len(_PARAMS_CACHE) >= _PARAMS_CACHE_SIZE:
+            _PARAMS_CACHE.pop(next(iter(_PARAMS_CACHE)))
+        _PARAMS_CACHE[key] = _read_cell(GraphIndex(gd), whiles[0]).params
+    return _PARAMS_CACHE[key]
+
+
+def drop_unused_functions(graph_def):
+    """``graph_def`` without the library functions no node calls (directly or
+    through other functions): a region an engine absorbed lives on only in the
+    engine's segment, so its weights are not stored twice."""
+    funcs = {f.signature.name: f for f in graph_def.library.function}
+    needed, todo = set(), [n for node in graph_def.node for n in _called(node.attr)]
+    while todo:
+        name = todo.pop()
+        if name in funcs and name not in needed:
+            needed.add(name)
+            todo.extend(n for node in funcs[name].node_def for n in _called(node.attr))
+    if len(needed) == len(funcs):
+        return graph_def
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    del out.library.function[:]
+    out.library.function.extend(f for f in graph_def.library.function
+                                if f.signature.name in needed)
+    out.library.gradient.extend(g for g in graph_def.library.gradient
+                                if g.function_name in needed)
+    return out
+
+
+def _called(attrs):
+    for value in attrs.values():
+        if value.HasField("func"):
+            yield value.func.name
+        elif value.HasField("list"):
+            yield from (f.name for f in value.list.func)
 
 
 def _constant_values(index, tensors):

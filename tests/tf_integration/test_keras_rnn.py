@@ -244,3 +244,31 @@ def test_lstm_with_initial_state_inputs_stays_native():
     frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
     _, refused = rewrite_rnn_loops(frozen.graph.as_graph_def(), [frozen.outputs[0].name])
     assert refused and all("reads 3 tensors from outside" in r for r in refused.values()), refused
+
+
+def _const_bytes(gd):
+    """Bytes of every constant tensor in ``gd``: nodes, library functions, and the
+    GraphDefs engine nodes carry (their segments)."""
+    total = 0
+    for node in list(gd.node) + [n for f in gd.library.function for n in f.node_def]:
+        if node.op == "Const":
+            total += node.attr["value"].tensor.ByteSize()
+        if "segment_graph" in node.attr:
+            total += _const_bytes(tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s))
+    return total
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "functional"])
+def test_converted_graph_holds_each_rnn_weight_once(lower):
+    """The engine reads the weights back out of the region function, the one copy
+    the converted graph keeps (for TensorFlow's fallback)."""
+    gd, x, y = freeze(keras, MODELS["stacked_gru"], lower)
+    _, converted = convert_and_compare(gd, x, y)
+    weights = [n.attr["value"].tensor.tensor_content for n in gd.node
+               if n.op == "Const" and n.attr["value"].tensor.ByteSize() >= 256]
+    assert len(weights) >= 4                   # kernel and recurrent kernel of both GRUs
+    blob = converted.SerializeToString()       # segments are nested in it byte for byte
+    assert [blob.count(w) for w in weights] == [1] * len(weights)
+    before = _const_bytes(gd)
+    assert before - 512 <= _const_bytes(converted) <= before + 512, (before,
+                                                                     _const_bytes(converted))

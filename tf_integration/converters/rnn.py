@@ -1,9 +1,10 @@
 """Recognised Keras LSTM/GRU regions -> the engine's RNNv2 layer.
 
 rnn_loops.rewrite_rnn_loops collapses each recognised loop region into a
-PartitionedCall tagged ``_cupyrt_rnn`` (JSON) that carries the engine weights
-in ``_cupyrt_rnn_weights``. Only tagged calls convert; any other function call
-stays in TensorFlow. The call's one input is the sequence, laid out as
+PartitionedCall tagged ``_cupyrt_rnn`` (JSON) of a function holding the
+region; the engine weights are read back out of that function's constants
+(rnn_loops.region_params), the one place a converted graph keeps them. Only
+tagged calls convert; any other function call stays in TensorFlow. The call's one input is the sequence, laid out as
 ``input_perm`` says (its time, batch and feature axes); its outputs are, per
 the ``outputs`` roles:
 
@@ -15,14 +16,15 @@ the ``outputs`` roles:
 import json
 
 import numpy as np
-import tensorflow as tf
 
 import engine as rt
 
 from ..context import Value
+from ..errors import ConversionError
 from ..graph_utils import get_attr
 from ..registry import Reason, converter
-from ..rnn_loops import CALL_OPS, RNN_ATTR, WEIGHTS_ATTR
+from ..rnn_cells import RNNLoopRefused
+from ..rnn_loops import CALL_OPS, RNN_ATTR, region_params
 
 _OPS = {"LSTM": rt.RNNOperation.LSTM, "GRU": rt.RNNOperation.GRU}
 _GATES = {"LSTM": ("INPUT", "FORGET", "CELL", "OUTPUT"), "GRU": ("UPDATE", "RESET", "HIDDEN")}
@@ -52,7 +54,12 @@ def _validate_rnn_call(node, graph):
 def convert_rnn_region(ctx, node):
     spec = spec_of(node)
     kind, units = spec["kind"], int(spec["units"])
-    w, r, wb, rb = (np.asarray(a, np.float32) for a in get_attr_tensors(node, WEIGHTS_ATTR))
+    fname = node.attr["f"].func.name
+    try:
+        params = region_params(ctx.graph.graph_def.library, fname)
+    except RNNLoopRefused as exc:
+        raise ConversionError(f"{node.op} {node.name!r} tagged as a Keras {kind}: {exc}") from exc
+    w, r, wb, rb = (np.asarray(params[k], np.float32) for k in ("W", "R", "Wb", "Rb"))
     t_ax, n_ax, e_ax = spec["input_perm"]
     x = ctx.tensor(ctx.input(node, 0), (n_ax, t_ax, e_ax))       # engine (N, T, E)
     layer = ctx.network.add_rnn_v2(x, 1, units, MAX_SEQ_LENGTH, _OPS[kind])
@@ -80,8 +87,3 @@ def convert_rnn_region(ctx, node):
             ctx.name(squeeze, f"{role['role']}_T")
             out.append(Value(squeeze.get_output(0)))
     return out
-
-
-def get_attr_tensors(node, key):
-    """A list-of-tensors attribute as NumPy arrays."""
-    return [tf.make_ndarray(t) for t in node.attr[key].list.tensor]
