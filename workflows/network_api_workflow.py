@@ -167,7 +167,8 @@ def read_weights(path):
                                f"{sorted(SHAPES)}")
     for name, shape in SHAPES.items():
         if found[name].shape != shape:
-            raise WeightsFileError(f"{path}: {name} has shape {found[name].shape}; expected {shape}")
+            raise WeightsFileError(f"{path}: {name} has shape {found[name].shape}; "
+                                   f"expected {shape}")
     return {k: found[k].astype(np.float32) for k in SHAPES}
 
 

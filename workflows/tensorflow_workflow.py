@@ -131,8 +131,8 @@ def run(epochs=8, precision="FP16", workdir=None, repeats=5, seed=0):
 
 
 def report(result, out=sys.stdout):
-    out.write(f"digits CNN trained in {result['train_seconds']:.1f} s; converted ({result['precision']}"
-              f") both ways in {result['convert_seconds']:.1f} s: "
+    out.write(f"digits CNN trained in {result['train_seconds']:.1f} s; converted "
+              f"({result['precision']}) both ways in {result['convert_seconds']:.1f} s: "
               f"{100 * result['share_saved_model']:.0f}% of the SavedModel's compute nodes, "
               f"{100 * result['share_frozen']:.0f}% of the frozen graph's\n"
               f"loaded and run in a fresh process ({result['fresh_process_seconds']:.1f} s), "
@@ -142,7 +142,8 @@ def report(result, out=sys.stdout):
               f" {'engine/TF runs':>15s}\n")
     for name, m in result["models"].items():
         out.write(f"  {name:20s} {100 * m['accuracy']:6.1f}% {100 * m['agreement']:6.1f}% "
-                  f"{m['rel_l2']:9.2e} {1e3 * m['median_s']:9.2f} {m['engine_runs']:8d}/{m['native_runs']:<6d}\n")
+                  f"{m['rel_l2']:9.2e} {1e3 * m['median_s']:9.2f} "
+                  f"{m['engine_runs']:8d}/{m['native_runs']:<6d}\n")
 
 
 def main(argv=None):
@@ -153,6 +154,7 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="where the models are written")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")      # before TensorFlow is imported
     run_engines_here()
     result = run(args.epochs, args.precision, args.workdir, args.repeats)
     report(result)
