@@ -160,12 +160,12 @@ def run(batch=64, precision="FP32", workdir=None, seed=0):
     """Convert without and with the custom converter; save; run in a fresh process.
     Returns a dict of the figures."""
     from tf_integration import registry
-    workdir = workdir or tempfile.mkdtemp(prefix="cupyrt-custom-layer-")
-    src = export_model(os.path.join(workdir, "original"), seed)
     if registry.is_registered(OP) and registry.lookup(OP).fn is not convert_cumsum:
         raise registry.RegistryError(f"op {OP!r} already has a converter "
                                      f"({registry.lookup(OP).fn.__qualname__}); this workflow "
                                      "shows how to add one where there is none")
+    workdir = workdir or tempfile.mkdtemp(prefix="cupyrt-custom-layer-")
+    src = export_model(os.path.join(workdir, "original"), seed)
     unregister()                       # the "before" picture: no converter for Cumsum
     _, before = _convert(src, precision)
     with registered():

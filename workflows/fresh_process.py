@@ -34,7 +34,8 @@ class FreshProcessError(RuntimeError):
     """The fresh process failed; carries its stderr tail."""
 
 
-def _engine_counters():
+def engine_counters():
+    """Engine and TensorFlow-fallback runs of every engine node of this process so far."""
     from tf_integration.engine_node import engine_runners
     out = {"engine_runs": 0, "native_runs": 0}
     for r in engine_runners():
@@ -89,7 +90,7 @@ def evaluate(manifest, inputs):
         if entry["kind"] not in RUNNERS:
             raise ValueError(f"model {entry['name']!r} has kind {entry['kind']!r}; expected one "
                              f"of {sorted(RUNNERS)}")
-        before = _engine_counters()
+        before = engine_counters()
         run = RUNNERS[entry["kind"]](entry)
         x = inputs[entry.get("data", "x")]
         outputs[entry["name"]] = np.asarray(run(x))       # warm-up: engines built here
@@ -98,7 +99,7 @@ def evaluate(manifest, inputs):
             t0 = time.perf_counter()
             run(x)
             times.append(time.perf_counter() - t0)
-        after = _engine_counters()
+        after = engine_counters()
         stats[entry["name"]] = {"median_s": float(np.median(times)), "best_s": min(times),
                                 **{k: after[k] - before[k] for k in after}}
     return outputs, stats
