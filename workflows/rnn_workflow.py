@@ -166,7 +166,8 @@ def run(epochs=6, cell="LSTM", steps=(4, 8, 16), precisions=("FP32", "FP16"), wo
     after = engine_counters()
     return {"engine_runs": after["engine_runs"] - before["engine_runs"],
             "native_runs": after["native_runs"] - before["native_runs"], "cell": cell,
-            "train_seconds": train_s, "n_test": len(y_test), "conversions": conversions, "steps": per_t, "workdir": workdir}
+            "train_seconds": train_s, "n_test": len(y_test), "conversions": conversions,
+            "steps": per_t, "workdir": workdir}
 
 
 def report(r, out=sys.stdout):
