@@ -30,8 +30,9 @@ from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tensor_name
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
+from .loop_frames import drop_unused_functions
 from .registry import Reason
-from .rnn_loops import drop_unused_functions, rewrite_rnn_loops
+from .rnn_loops import rewrite_rnn_loops
 from .segmenter import histogram, segment_graph
 from .summary import format_summary
 

@@ -23,28 +23,28 @@ of a generated function holding the original region, tagged ``_cupyrt_rnn``
 (JSON: kind, units, layout, outputs). TensorFlow runs that call natively (the
 engine's TF fallback and any segment left to TF); converters/rnn.py turns it
 into add_rnn_v2, reading the weights back out of the function
-(``region_params``), so that they are stored once. A loop that is anything else stays as it was, and its reason is
-returned for the summary.
+(``region_params``), so that they are stored once. The two halves of a Keras
+Bidirectional then become one call (``fuse_bidirectional``). A loop that is
+anything else stays as it was, and its reason is returned for the summary.
+Raising lowered frames to While nodes lives in loop_frames.py.
 """
 import hashlib
 import json
 import logging
-import re
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
-from tensorflow.python.framework.graph_to_function_def import graph_to_function_def
 
-from .graph_utils import GraphIndex, canonical, get_attr, node_of, parse_input
+from .graph_utils import GraphIndex, canonical, get_attr, node_of
+from .loop_frames import (WHILE_OPS, frames, make_function, raise_frame, replace_nodes,
+                          sanitize, unique_name)
 from .rnn_cells import RNNLoopRefused, analyse_body, reference
 
 logger = logging.getLogger(__name__)
 
 RNN_ATTR = "_cupyrt_rnn"
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
-WHILE_OPS = ("While", "StatelessWhile")
-_CF_OPS = frozenset({"Enter", "Merge", "Switch", "NextIteration", "Exit", "LoopCond"})
 # the plumbing Keras builds around its loop; a region grows only through these
 _PRELUDE_OPS = frozenset({"Const", "Identity", "Snapshot", "Shape", "StridedSlice", "Pack",
                           "Fill", "Transpose", "ReverseV2", "TensorListFromTensor",
@@ -66,8 +66,8 @@ def rewrite_rnn_loops(graph_def, keep=()):
     keep = {node_of(k) for k in keep}
     refused = {}
     gd = graph_def
-    frames, nested = _frames(GraphIndex(gd, infer_shapes=False))
-    for fname, members in frames.items():
+    loops, nested = frames(GraphIndex(gd, infer_shapes=False))
+    for fname, members in loops.items():
         try:
             if fname in nested:
                 raise RNNLoopRefused(f"it holds the nested loop {nested[fname]}; a Keras "
@@ -84,120 +84,7 @@ def rewrite_rnn_loops(graph_def, keep=()):
         except RNNLoopRefused as exc:
             logger.info("While %s stays in TensorFlow: %s", name, exc)
             refused[name] = f"While {name} is not a Keras LSTM/GRU: {exc}"
-    return gd, refused
-
-
-# ----------------------------------------------------------------------------
-# lowered frames -> functional While
-
-def _frames(index):
-    """``({frame: member names}, {frame: a nested frame})`` of the lowered loops.
-
-    A node is in its inputs' frame; Enter opens its ``frame_name``, Exit returns
-    to the parent. Members: the frame's nodes and its Exits.
-    """
-    frame, parent = {}, {}
-    changed = True
-    while changed:
-        changed = False
-        for name, node in index.nodes.items():
-            if name in frame:
-                continue
-            srcs = [node_of(i) for i in node.input]
-            known = [frame[s] for s in srcs if s in frame]
-            if node.op == "Enter":
-                if node_of(node.input[0]) not in frame:
-                    continue
-                f = get_attr(node, "frame_name")
-                parent[f] = frame[node_of(node.input[0])]
-            elif node.op == "Exit":
-                if not known:
-                    continue
-                f = parent.get(known[0], "")
-            elif srcs and not known:
-                continue
-            else:
-                f = known[0] if known else ""
-            frame[name] = f
-            changed = True
-    members = {}
-    for name, node in index.nodes.items():
-        f = frame.get(name, "")
-        if node.op == "Exit":
-            f = frame.get(node_of(node.input[0]), "")
-        if f:
-            members.setdefault(f, []).append(name)
-    nested = {}
-    for child, par in parent.items():
-        while par:
-            nested.setdefault(par, child)
-            par = parent.get(par, "")
-    return members, nested
-
-
-def raise_frame(index, fname, members):
-    """The graph with frame ``fname`` replaced by a While node (body and cond
-    functions added to its library): ``(graph_def, while node name)``."""
-    nodes = index.nodes
-    member_set = set(members)
-    # lowering adds NoOps that only order the loop (LoopControlInputs before the
-    # Enters, LoopExecuted after the Exits): they go with it
-    member_set |= {n for n, node in nodes.items() if node.op == "NoOp" and n not in member_set
-                   and ((index.consumers.get(n) and all(c in member_set for c, _ in
-                                                         index.consumers[n]))
-                        or (node.input and all(node_of(i) in member_set for i in node.input)))}
-    cons = {n: [c for c, p in index.consumers.get(n, ()) if p >= 0] for n in members}
-    loopconds = [n for n in members if nodes[n].op == "LoopCond"]
-    if len(loopconds) != 1:
-        raise RNNLoopRefused(f"frame has {len(loopconds)} LoopCond nodes; expected one")
-    body_refs, cond_refs, inits, results, exits = {}, {}, [], [], []
-    for e in (n for n in members if nodes[n].op == "Enter"):
-        k = len(inits)
-        inits.append(canonical(index.data_inputs(nodes[e])[0]))
-        if get_attr(nodes[e], "is_constant", False):
-            body_refs[f"{e}:0"] = cond_refs[f"{e}:0"] = k
-            results.append(None)
-            exits.append(None)
-            continue
-        merge = _only(nodes, cons[e], "Merge", e)
-        nxt = [node_of(i) for i in nodes[merge].input if node_of(i) != e][0]
-        switch = _only(nodes, cons[merge], "Switch", merge)
-        out = [c for c in cons[switch] if nodes[c].op == "Exit"]
-        body_refs[f"{switch}:1"], cond_refs[f"{merge}:0"] = k, k
-        results.append(canonical(index.data_inputs(nodes[nxt])[0]))
-        exits.append(out[0] if out else None)
-    inner = [n for n in members if nodes[n].op not in _CF_OPS]
-    cond_nodes, todo = set(), [node_of(nodes[loopconds[0]].input[0])]
-    while todo:
-        n = todo.pop()
-        if n in cond_nodes or n not in member_set or nodes[n].op in _CF_OPS:
-            continue
-        cond_nodes.add(n)
-        todo.extend(node_of(i) for i in nodes[n].input)
-    body_nodes = [n for n in inner if n not in cond_nodes]
-    dtypes = [index.dtype(t) for t in inits]
-    base = _sanitize(fname)
-    lib = index.graph_def.library
-    names = {f.signature.name for f in lib.function}
-    body = make_function(_unique(names, base + "_body"), nodes, body_nodes, dtypes, body_refs,
-                         [r if r is not None else k for k, r in enumerate(results)], lib)
-    cond = make_function(_unique(names | {body.signature.name}, base + "_cond"), nodes,
-                         sorted(cond_nodes, key=index.order.get), dtypes, cond_refs,
-                         [canonical(nodes[loopconds[0]].input[0])], lib)
-    while_name = _unique(set(nodes), fname.rstrip("/"))
-    wnode = tf.compat.v1.NodeDef(name=while_name, op="While", input=inits)
-    wnode.attr["T"].list.type.extend(d.as_datatype_enum for d in dtypes)
-    wnode.attr["body"].func.name = body.signature.name
-    wnode.attr["cond"].func.name = cond.signature.name
-    # what TF inferred for each Exit: the While's users keep their static shapes
-    wnode.attr["output_shapes"].list.shape.extend(
-        (index.shape(f"{x}:0") if x else tf.TensorShape(None)).as_proto() for x in exits)
-    enter = nodes[next(n for n in members if nodes[n].op == "Enter")]
-    wnode.attr["parallel_iterations"].i = get_attr(enter, "parallel_iterations", 10)
-    rename = {f"{x}:0": f"{while_name}:{k}" for k, x in enumerate(exits) if x}
-    out = _replace(index.graph_def, member_set, wnode, rename)
-    out.library.function.extend([body, cond])
-    return out, while_name
+    return fuse_bidirectional(gd, keep), refused
 
 
 def _refuse_kept(keep, names):
@@ -205,58 +92,6 @@ def _refuse_kept(keep, names):
     if kept:
         raise RNNLoopRefused(f"{kept[0]} is in nodes_denylist (or fetched); the loop stays "
                              "as it is")
-
-
-def _only(nodes, names, op, of):
-    hits = [n for n in names if nodes[n].op == op]
-    if len(hits) != 1:
-        raise RNNLoopRefused(f"{of} feeds {len(hits)} {op} nodes; a lowered While has one")
-    return hits[0]
-
-
-def make_function(name, nodes, members, arg_dtypes, refs, outputs, library, shapes=None):
-    """A FunctionDef of the nodes ``members``: tensor names in ``refs`` read
-    argument ``refs[t]``; ``outputs`` are tensor names or argument indices;
-    ``shapes`` (one per output, or None) are asserted with EnsureShape, so shape
-    inference through the call knows them (it loses a While's output_shapes)."""
-    gd = tf.compat.v1.GraphDef()
-    gd.library.CopyFrom(library)
-    for k, dt in enumerate(arg_dtypes):
-        ph = gd.node.add(name=f"cupyrt_arg_{k}", op="Placeholder")
-        ph.attr["dtype"].type = tf.dtypes.as_dtype(dt).as_datatype_enum
-    keep = set(members)
-
-    def remap(t):
-        t = canonical(t)
-        return f"cupyrt_arg_{refs[t]}:0" if t in refs else t
-
-    for n in members:
-        node = gd.node.add()
-        node.CopyFrom(nodes[n])
-        node.device = ""
-        del node.input[:]
-        for inp in nodes[n].input:
-            src, _, ctrl = parse_input(inp)
-            if not ctrl:
-                node.input.append(remap(inp))
-            elif src in keep:
-                node.input.append(inp)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(gd, name="")
-    args = [graph.get_tensor_by_name(f"cupyrt_arg_{k}:0") for k in range(len(arg_dtypes))]
-    outs = [args[o] if isinstance(o, int) else graph.get_tensor_by_name(remap(o))
-            for o in outputs]
-    ops = [graph.get_operation_by_name(n) for n in members]
-    with graph.as_default():
-        for j, shape in enumerate(shapes or ()):
-            if shape is not None:
-                outs[j] = tf.ensure_shape(outs[j], shape, name=f"cupyrt_out_{j}_shape")
-                ops.append(outs[j].op)
-    fdef = graph_to_function_def(graph, ops, args, outs,
-                                 out_names=[f"out_{j}" for j in range(len(outs))])
-    fdef.signature.name = name
-    return fdef
 
 
 # ----------------------------------------------------------------------------
@@ -278,7 +113,7 @@ def collapse_loop(graph_def, while_name, keep=(), origin=None):
         raise RNNLoopRefused("the output sequence leaves the region in two time orders")
     members = sorted(region, key=index.order.get)
     names = {f.signature.name for f in graph_def.library.function}
-    fdef = make_function(_unique(names, _sanitize(while_name) + "_rnn_region"), index.nodes,
+    fdef = make_function(unique_name(names, sanitize(while_name) + "_rnn_region"), index.nodes,
                          members, [index.dtype(x)], {x: 0}, [t for t, _ in outputs],
                          graph_def.library,
                          [[None, cell.units] if o["role"] in ("h", "c") else None
@@ -290,7 +125,7 @@ def collapse_loop(graph_def, while_name, keep=(), origin=None):
             "return_sequences": any(o["role"] == "sequence" and not o["last_only"]
                                     for _, o in outputs),
             "outputs": [o for _, o in outputs]}
-    call_name = _unique(set(index.nodes), while_name + "_cupyrt_rnn")
+    call_name = unique_name(set(index.nodes), while_name + "_cupyrt_rnn")
     call = tf.compat.v1.NodeDef(name=call_name, op="PartitionedCall", input=[x])
     call.attr["Tin"].list.type.append(index.dtype(x).as_datatype_enum)
     call.attr["Tout"].list.type.extend(index.dtype(t).as_datatype_enum for t, _ in outputs)
@@ -307,7 +142,7 @@ def collapse_loop(graph_def, while_name, keep=(), origin=None):
     assert not [(c, n) for n in removed for c, port in index.consumers.get(n, ())
                 if c not in region and port >= 0 and f"{n}:{port}" not in rename], \
         f"a node outside the region of {while_name} reads a node inside it"
-    out = _replace(graph_def, removed, call, rename)
+    out = replace_nodes(graph_def, removed, call, rename)
     out.library.function.append(fdef)
     logger.info("%s: Keras %s (%d units, input %s%s) -> %s", origin or while_name, cell.kind,
                 cell.units, x, ", backwards" if rev_in else "", call_name)
@@ -362,35 +197,85 @@ def region_params(library, name):
     return _PARAMS_CACHE[key]
 
 
-def drop_unused_functions(graph_def):
-    """``graph_def`` without the library functions no node calls (directly or
-    through other functions): a region an engine absorbed lives on only in the
-    engine's segment, so its weights are not stored twice."""
-    funcs = {f.signature.name: f for f in graph_def.library.function}
-    needed, todo = set(), [n for node in graph_def.node for n in _called(node.attr)]
-    while todo:
-        name = todo.pop()
-        if name in funcs and name not in needed:
-            needed.add(name)
-            todo.extend(n for node in funcs[name].node_def for n in _called(node.attr))
-    if len(needed) == len(funcs):
-        return graph_def
-    out = tf.compat.v1.GraphDef()
-    out.CopyFrom(graph_def)
-    del out.library.function[:]
-    out.library.function.extend(f for f in graph_def.library.function
-                                if f.signature.name in needed)
-    out.library.gradient.extend(g for g in graph_def.library.gradient
-                                if g.function_name in needed)
+# ----------------------------------------------------------------------------
+# Keras Bidirectional: two tagged halves and their concat -> one tagged call
+
+def fuse_bidirectional(graph_def, keep=()):
+    """Each Keras Bidirectional (sequences) as ONE tagged call, ``"halves"`` naming
+    the forward and backward region functions.
+
+    Keras runs the backward half with go_backwards and flips its output back, then
+    concatenates [forward, backward] on the feature axis. That is exactly the
+    engine's bidirectional RNNv2 (kernels/rnn.py: direction 1 walks t = T-1 .. 0
+    and writes y[:, t]; y holds the forward half first), so the pair becomes one
+    layer. Only that shape fuses: the last-step form (return_sequences=False)
+    keeps each half's h, and the engine's h_T of the backward direction is the
+    same tensor, but Keras may also concatenate states or merge by sum/mul/ave;
+    those stay two layers and a concat (still one engine, exact either way).
+    """
+    index = GraphIndex(graph_def)
+    keep = {node_of(k) for k in keep}
+    fusions = [f for f in (_bidirectional_pair(index, c, keep) for c, node in
+                           index.nodes.items() if node.op == "ConcatV2") if f]
+    out = graph_def
+    for fwd, bwd, concat in fusions:
+        out = _fuse(index, out, fwd, bwd, concat)
     return out
 
 
-def _called(attrs):
-    for value in attrs.values():
-        if value.HasField("func"):
-            yield value.func.name
-        elif value.HasField("list"):
-            yield from (f.name for f in value.list.func)
+def _bidirectional_pair(index, concat, keep):
+    """``(forward call, backward call, concat)`` when ``concat`` joins the two
+    halves of a Keras Bidirectional that fuse; None otherwise."""
+    node = index.nodes[concat]
+    data = index.data_inputs(node)
+    if concat in keep or len(data) != 3 or not index.is_const(data[2]):
+        return None
+    halves = [index.nodes.get(node_of(t)) for t in data[:2]]
+    if any(h is None or RNN_ATTR not in h.attr or h.name in keep for h in halves) or \
+            [canonical(t) for t in data[:2]] != [f"{h.name}:0" for h in halves]:
+        return None
+    (fwd, f_spec), (bwd, b_spec) = ((h.name, json.loads(h.attr[RNN_ATTR].s)) for h in halves)
+    same = all(f_spec[k] == b_spec[k] for k in ("kind", "units", "input_perm", "input_size"))
+    f_out, b_out = f_spec["outputs"], b_spec["outputs"]
+    if not same or fwd == bwd or len(f_out) != 1 or len(b_out) != 1 or \
+            canonical(halves[0].input[0]) != canonical(halves[1].input[0]):
+        return None
+    f_out, b_out = f_out[0], b_out[0]
+    if not all(o["role"] == "sequence" and not o["last_only"] for o in (f_out, b_out)) \
+            or f_out["perm"] != b_out["perm"]:
+        return None
+    # forward: reads and writes in time order; backward: reads reversed, writes back
+    directions_ok = (not f_spec["reverse_input"] and not f_out["reverse"]
+                     and b_spec["reverse_input"] and b_out["reverse"])
+    axis = int(np.ravel(index.const_value(data[2]))[0]) % 3
+    only_reader = all([c for c, p in index.consumers.get(h, ()) if p >= 0] == [concat]
+                      for h in (fwd, bwd))
+    if directions_ok and only_reader and f_out["perm"][axis] == 2:
+        return fwd, bwd, concat
+    return None
+
+
+def _fuse(index, graph_def, fwd, bwd, concat):
+    nodes = index.nodes
+    x = canonical(nodes[fwd].input[0])
+    f_spec = json.loads(nodes[fwd].attr[RNN_ATTR].s)
+    members = [fwd, bwd, node_of(nodes[concat].input[2]), concat]
+    names = {f.signature.name for f in graph_def.library.function}
+    fdef = make_function(unique_name(names, sanitize(concat) + "_bidirectional"), nodes, members,
+                         [index.dtype(x)], {x: 0}, [f"{concat}:0"], graph_def.library)
+    spec = dict(f_spec, bidirectional=True, origin=f"{f_spec['origin']} + backward",
+                halves=[nodes[h].attr["f"].func.name for h in (fwd, bwd)])
+    call_name = unique_name(set(nodes), concat + "_cupyrt_rnn")
+    call = tf.compat.v1.NodeDef(name=call_name, op="PartitionedCall", input=[x])
+    call.attr["Tin"].list.type.append(index.dtype(x).as_datatype_enum)
+    call.attr["Tout"].list.type.append(index.dtype(f"{concat}:0").as_datatype_enum)
+    call.attr["f"].func.name = fdef.signature.name
+    call.attr[RNN_ATTR].s = json.dumps(spec, sort_keys=True).encode()
+    out = replace_nodes(graph_def, {fwd, bwd, concat}, call, {f"{concat}:0": f"{call_name}:0"})
+    out.library.function.append(fdef)
+    logger.info("Bidirectional %s: %s + %s -> one bidirectional %s", concat, fwd, bwd,
+                spec["kind"])
+    return out
 
 
 def _constant_values(index, tensors):
@@ -519,10 +404,13 @@ def _stack_outputs(index, stack, last_only, region, keep):
             return out
         node = index.nodes[cons[0]]
         # a node nothing reads may be what the user fetches: it keeps its name
+        # (tf_keras' inlined layer calls leave an Identity between stack and reverse)
         if len(cons) != 1 or cons[0] in keep or not index.consumers.get(cons[0]) or \
-                node.op not in ("Transpose", "ReverseV2") or not index.is_const(node.input[1]):
+                node.op not in ("Transpose", "ReverseV2", "Identity") or \
+                (node.op != "Identity" and not index.is_const(node.input[1])):
             break
-        arg = [int(v) for v in np.ravel(index.const_value(node.input[1]))]
+        arg = [] if node.op == "Identity" else \
+            [int(v) for v in np.ravel(index.const_value(node.input[1]))]
         if node.op == "ReverseV2":
             if any(perm[a % 3] != 0 for a in arg):
                 break
@@ -592,51 +480,6 @@ def run_function(library, fdef, arrays):
         except tf.errors.OpError as exc:
             raise RNNLoopRefused(f"its region fails in TensorFlow on random data: "
                                  f"{exc.message.splitlines()[0]}") from exc
-
-
-# ----------------------------------------------------------------------------
-# small helpers
-
-def _replace(graph_def, removed, new_node, rename):
-    """Copy of ``graph_def`` without ``removed``, with ``new_node`` in the place
-    of the first removed node; inputs renamed by ``rename`` (tensor -> tensor);
-    control edges to removed nodes go to ``new_node``."""
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    placed = False
-    for node in graph_def.node:
-        if node.name in removed:
-            if not placed:
-                out.node.add().CopyFrom(new_node)
-                placed = True
-            continue
-        new = out.node.add()
-        new.CopyFrom(node)
-        del new.input[:]
-        seen = set()
-        for inp in node.input:
-            src, port, ctrl = parse_input(inp)
-            if ctrl:
-                inp = f"^{new_node.name}" if src in removed else inp
-                if inp in seen:
-                    continue
-                seen.add(inp)
-            else:
-                inp = rename.get(canonical(inp), inp)
-            new.input.append(inp)
-    return out
-
-
-def _sanitize(name):
-    return re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "loop"
-
-
-def _unique(taken, base):
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
 
 
 def _rel_l2(a, b):

@@ -73,8 +73,8 @@ def test_keras3_rnn_classifier_is_one_engine_matching_tf_at_several_lengths(name
     conv, _ = convert_and_compare(gd, x, y)
     assert conv.report["converted_share"] == 1.0
     layers = conv.report["engines"][0]["ops"]
-    assert layers.get("PartitionedCall") == (2 if "bidirectional" in name or "stacked" in name
-                                             else 1)
+    # a Bidirectional is one bidirectional layer (fuse_bidirectional)
+    assert layers.get("PartitionedCall") == (2 if "stacked" in name else 1)
 
 
 def test_tf_keras_lstm_both_forms():
@@ -272,3 +272,39 @@ def test_converted_graph_holds_each_rnn_weight_once(lower):
     before = _const_bytes(gd)
     assert before - 512 <= _const_bytes(converted) <= before + 512, (before,
                                                                      _const_bytes(converted))
+
+
+def _rnn_layers(converted):
+    """The RNNv2 layers of the converted graph's engines (networks as converted)."""
+    from tf_integration import conversion
+    out = []
+    for node in (n for n in converted.node if n.op == ENGINE_OP):
+        _, network = conversion.build_network(EngineRunner(node).segment_gd)
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        out.extend(layer for layer in layers if hasattr(layer, "num_directions"))
+    return out
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "functional"])
+def test_bidirectional_is_one_bidirectional_engine_layer(lower):
+    gd, x, y = freeze(keras, MODELS["bidirectional_lstm"], lower)
+    out, _ = rewrite_rnn_loops(gd, [y])
+    import json
+    specs = [json.loads(n.attr[RNN_ATTR].s) for n in out.node if RNN_ATTR in n.attr]
+    assert len(specs) == 1 and specs[0]["bidirectional"] and len(specs[0]["halves"]) == 2
+    _, converted = convert_and_compare(gd, x, y)
+    assert [layer.num_directions for layer in _rnn_layers(converted)] == [2]
+
+
+@pytest.mark.parametrize("keras_name, build, directions", [
+    # Keras' other merge modes and the last-step form: two layers, still exact
+    ("keras", lambda L, x: L.Bidirectional(L.GRU(8, return_sequences=True),
+                                           merge_mode="sum")(x), [1, 1]),
+    ("keras", lambda L, x: L.Bidirectional(L.GRU(8))(x), [1, 1]),
+    ("tf_keras", lambda L, x: L.Bidirectional(L.GRU(8, return_sequences=True))(x), [2]),
+])
+def test_bidirectional_forms_convert_exactly(keras_name, build, directions):
+    mod = pytest.importorskip(keras_name)
+    gd, x, y = freeze(mod, build, lower=True, seed=5)
+    _, converted = convert_and_compare(gd, x, y)
+    assert [layer.num_directions for layer in _rnn_layers(converted)] == directions

@@ -4,14 +4,17 @@ rnn_loops.rewrite_rnn_loops collapses each recognised loop region into a
 PartitionedCall tagged ``_cupyrt_rnn`` (JSON) of a function holding the
 region; the engine weights are read back out of that function's constants
 (rnn_loops.region_params), the one place a converted graph keeps them. Only
-tagged calls convert; any other function call stays in TensorFlow. The call's one input is the sequence, laid out as
-``input_perm`` says (its time, batch and feature axes); its outputs are, per
-the ``outputs`` roles:
+tagged calls convert; any other function call stays in TensorFlow. The call's
+one input is the sequence, laid out as ``input_perm`` says (its time, batch and
+feature axes); its outputs are, per the ``outputs`` roles:
 
     sequence   the stacked step outputs (T, N, H) -- or (1, N, H) when Keras keeps
                only the last step -- then transposed by ``perm``, time reversed
                when ``reverse``: the engine's y (N, T, H) in that layout
     h, c       the final states (N, H): the engine's h_T / c_T without the layer axis
+
+A fused Keras Bidirectional (``halves``: forward and backward region functions)
+is one bidirectional layer with one output, the concat: y (N, T, 2H).
 """
 import json
 
@@ -54,23 +57,30 @@ def _validate_rnn_call(node, graph):
 def convert_rnn_region(ctx, node):
     spec = spec_of(node)
     kind, units = spec["kind"], int(spec["units"])
-    fname = node.attr["f"].func.name
+    # a fused Keras Bidirectional names its two halves' functions: sub-layer 0 is
+    # the forward one, 1 the backward one (TensorRT's 2*layer + dir)
+    halves = spec.get("halves") or [node.attr["f"].func.name]
     try:
-        params = region_params(ctx.graph.graph_def.library, fname)
+        params = [region_params(ctx.graph.graph_def.library, f) for f in halves]
     except RNNLoopRefused as exc:
         raise ConversionError(f"{node.op} {node.name!r} tagged as a Keras {kind}: {exc}") from exc
-    w, r, wb, rb = (np.asarray(params[k], np.float32) for k in ("W", "R", "Wb", "Rb"))
     t_ax, n_ax, e_ax = spec["input_perm"]
     x = ctx.tensor(ctx.input(node, 0), (n_ax, t_ax, e_ax))       # engine (N, T, E)
     layer = ctx.network.add_rnn_v2(x, 1, units, MAX_SEQ_LENGTH, _OPS[kind])
     ctx.name(layer, kind.lower())
-    for g, gate in enumerate(_GATES[kind]):
-        rows = slice(g * units, (g + 1) * units)
-        gate = rt.RNNGateType[gate]
-        layer.set_weights_for_gate(0, gate, True, w[rows])
-        layer.set_weights_for_gate(0, gate, False, r[rows])
-        layer.set_bias_for_gate(0, gate, True, wb[rows])
-        layer.set_bias_for_gate(0, gate, False, rb[rows])
+    if len(halves) == 2:
+        layer.direction = rt.RNNDirection.BIDIRECTION
+    for index, p in enumerate(params):
+        w, r, wb, rb = (np.asarray(p[k], np.float32) for k in ("W", "R", "Wb", "Rb"))
+        for g, gate in enumerate(_GATES[kind]):
+            rows = slice(g * units, (g + 1) * units)
+            gate = rt.RNNGateType[gate]
+            layer.set_weights_for_gate(index, gate, True, w[rows])
+            layer.set_weights_for_gate(index, gate, False, r[rows])
+            layer.set_bias_for_gate(index, gate, True, wb[rows])
+            layer.set_bias_for_gate(index, gate, False, rb[rows])
+    if len(halves) == 2:        # each direction keeps time order itself: no flips
+        return [_sequence(layer.get_output(0), spec["outputs"][0])]
     layer.reverse_input = bool(spec["reverse_input"])
     layer.reverse_output = any(o["role"] == "sequence" and o["reverse"] for o in spec["outputs"])
     y = layer.get_output(0)
@@ -78,12 +88,15 @@ def convert_rnn_region(ctx, node):
     out = []
     for role in spec["outputs"]:
         if role["role"] == "sequence":
-            # engine (N, T, H) holds stack dims (1, 0, 2); TF dim j is stack dim perm[j]
-            src = finals["h"] if role["last_only"] else y
-            perm = role["perm"]
-            out.append(Value(src, perm=(perm.index(1), perm.index(0), perm.index(2))))
+            out.append(_sequence(finals["h"] if role["last_only"] else y, role))
         else:
             squeeze = ctx.network.add_squeeze(finals[role["role"]], (1,))
             ctx.name(squeeze, f"{role['role']}_T")
             out.append(Value(squeeze.get_output(0)))
     return out
+
+
+def _sequence(tensor, role):
+    # engine (N, T, H) holds stack dims (1, 0, 2); TF dim j is stack dim perm[j]
+    perm = role["perm"]
+    return Value(tensor, perm=(perm.index(1), perm.index(0), perm.index(2)))
