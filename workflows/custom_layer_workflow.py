@@ -193,7 +193,8 @@ def _summary(rep):
                      if r["kind"] not in ("not a compute node", "denylisted")}}
 
 
-def report(r, out=sys.stdout):
+def report(r, out=None):
+    out = out or sys.stdout        # looked up per call: tests capture it
     for when in ("before", "after"):
         s = r[when]
         left = "; ".join(f"{n} ({why})" for n, why in s["left"].items()) or "nothing"

@@ -130,7 +130,8 @@ def run(epochs=8, precision="FP16", workdir=None, repeats=5, seed=0):
     return result
 
 
-def report(result, out=sys.stdout):
+def report(result, out=None):
+    out = out or sys.stdout        # looked up per call: tests capture it
     out.write(f"digits CNN trained in {result['train_seconds']:.1f} s; converted "
               f"({result['precision']}) both ways in {result['convert_seconds']:.1f} s: "
               f"{100 * result['share_saved_model']:.0f}% of the SavedModel's compute nodes, "
