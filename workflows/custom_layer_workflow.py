@@ -4,8 +4,10 @@
 
 The TensorRT samples "uff_custom_plugin" / "onnx_custom_plugin", on this
 project's terms. TensorFlow's ``Cumsum`` (tf.math.cumsum) has no converter in
-cupyrt, so a model that uses one between two dense layers converts into two
-engines with the Cumsum left to TensorFlow between them. This workflow:
+cupyrt, so in a model that uses it between dense layers only the part before
+the first Cumsum converts (what follows is left to TensorFlow: the Cumsums
+unsupported, the dense layer between them below the minimum segment size).
+This workflow:
 
 1. writes the layer as an engine plugin (``CumSumPlugin``): a shape rule, a
    NumPy implementation and a CuPy one (used by the GPU backend);
