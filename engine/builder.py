@@ -18,6 +18,34 @@ from .types import BuilderFlag, DataType, LayerType, MemoryPoolType, ProfilingVe
 
 log = logging.getLogger(__name__)
 
+# Progress listeners, process-wide: fn(event, **info) with event one of
+#   "build_start" (layers), "stage" (name: passes | precision | int8 | tactics),
+#   "layer" (index, total, name: one layer's tactics timed), "build_end" (layers, seconds).
+# A front end (the CLI's progress bars) listens without threading a callback through
+# every caller that builds (converters, calibration, engine nodes). config.progress, when
+# set, hears the same events for one build only.
+PROGRESS_LISTENERS = []
+
+
+def _emit(config, event, **info):
+    for fn in list(PROGRESS_LISTENERS) + ([config.progress] if config.progress else []):
+        try:
+            fn(event, **info)
+        except Exception:        # noqa: BLE001 - a broken progress display never fails a build
+            log.debug("progress listener %r failed on %s", fn, event, exc_info=True)
+
+
+class _TacticProgress:
+    """IProfiler stand-in for the tactic-timing run: each layer that finishes (its
+    candidates timed) is one "layer" event."""
+
+    def __init__(self, config, total):
+        self.config, self.total, self.done = config, total, 0
+
+    def report_layer_time(self, layer_name, ms):
+        self.done += 1
+        _emit(self.config, "layer", index=self.done, total=self.total, name=layer_name)
+
 # Layers that only move or select data: they run in whatever type reaches them.
 DATA_MOVEMENT = {LayerType.SHUFFLE, LayerType.FLATTEN, LayerType.SQUEEZE, LayerType.UNSQUEEZE,
                  LayerType.CONCATENATION, LayerType.SLICE, LayerType.GATHER, LayerType.PADDING,
@@ -37,6 +65,7 @@ class BuilderConfig:
         # there where that is faster (engine/precision_timing.py); TensorRT always does
         self.precision_by_timing = True
         self.profiles = []
+        self.progress = None         # cupyrt option: fn(event, **info), see PROGRESS_LISTENERS
 
     def add_optimization_profile(self, profile):
         if not isinstance(profile, OptimizationProfile):
@@ -136,6 +165,7 @@ class Builder:
             raise BuildError("the network has no outputs: call network.mark_output(tensor) "
                              "on at least one tensor")
         t0 = time.perf_counter()
+        _emit(config, "build_start", layers=network.num_layers)
         network._ensure_inferred()
         for layer in network._layers:
             layer.check_complete()
@@ -144,13 +174,16 @@ class Builder:
         work = planfile.decode_network(doc, planfile.ArrayTable(arrays.getbytes()))
         _unique_layer_names(work)
         t1 = time.perf_counter()
+        _emit(config, "stage", name="passes")
         stats = passes.optimize(work, config.disabled_passes)
         t2 = time.perf_counter()
+        _emit(config, "stage", name="precision")
         precisions = assign_precisions(work, config)
         # -- INT8 (engine/quantization.py): calibrate the optimised network, pick INT8 layers
         int8_meta = {}
         if config.get_flag(BuilderFlag.INT8):
             from . import quantization
+            _emit(config, "stage", name="int8")
             int8_meta = quantization.prepare(work, config, precisions)
         # -- end INT8
         for layer in work._layers:
@@ -171,6 +204,7 @@ class Builder:
             meta["kernels"] = {layer.name: "numpy.reference" for layer in work._layers}
         else:
             t4 = time.perf_counter()
+            _emit(config, "stage", name="tactics")
             meta.update(select_gpu_tactics(work, meta, config))
             meta["build_seconds"]["tactics"] = time.perf_counter() - t4
         out = planfile.ArrayTable()
@@ -178,6 +212,7 @@ class Builder:
         log.info("build phases (s): %s", ", ".join(f"{k} {v:.3f}" for k, v in meta["build_seconds"].items()))
         self.logger.log(Logger.INFO, f"built engine: {network.num_layers} layers -> "
                         f"{work.num_layers}, {len(data)} bytes, {time.perf_counter() - t0:.3f} s")
+        _emit(config, "build_end", layers=work.num_layers, seconds=time.perf_counter() - t0)
         return data
 
     def build_engine(self, network, config):
@@ -261,6 +296,7 @@ def select_gpu_tactics(network, meta, config):
                          else np.zeros(shapes[t.name], dt))
     ctx = engine.create_execution_context()
     engine.backend.use_graphs = False
+    ctx.profiler = _TacticProgress(config, network.num_layers)   # one event per layer timed
     ctx.execute(feeds)
     out = {}
     if precision_timing.enabled(config):
