@@ -27,7 +27,8 @@ from . import calibration, conversion, registry
 from .converters.quantization import QDQ_OPS
 from .engine_node import ENGINE_OP, make_engine_node, runtime_stats
 from .errors import ConverterArgumentError, TFIntegrationError
-from .graph_utils import GraphIndex, NON_COMPUTE_OPS, node_of, parse_input, tensor_name
+from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, node_of, parse_input,
+                          tensor_name)
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .loop_frames import drop_unused_functions
@@ -282,7 +283,8 @@ class TrtGraphConverter:
                 "compute_nodes": len(compute), "converted_compute_nodes": n_conv,
                 "converted_share": n_conv / len(compute) if compute else 0.0,
                 "constants_folded": folded, "conversion_seconds": seconds,
-                "left_to_tensorflow": {n: dict(r.to_json(), op=graph.nodes[n].op)
+                "left_to_tensorflow": {n: dict(r.to_json(), op=graph.nodes[n].op,
+                                               **_frame_entry(graph, n))
                                        for n, r in sorted(left.items(),
                                                           key=lambda kv: graph.order[kv[0]])}}
 
@@ -360,3 +362,10 @@ def _tensor_report(graph, t):
 
 def count_engine_nodes(graph_def):
     return sum(1 for n in graph_def.node if n.op == ENGINE_OP)
+
+
+def _frame_entry(graph, name):
+    """{"frame": loop frame} for a node inside a lowered loop (summary.py lists a
+    frame as one line), {} elsewhere."""
+    frame = graph.frame_of(name)
+    return {"frame": frame} if frame != ROOT_FRAME else {}

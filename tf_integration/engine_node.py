@@ -146,6 +146,7 @@ class EngineRunner:
                         and self.table is None)
         self.calibration_inputs = None               # a list while calibrate() records
         self.cache = collections.OrderedDict()      # input shapes -> execution context
+        self.ahead = {}          # input shapes -> plan built ahead (bytes), then its context
         self.failed = set()                          # shapes whose engine failed to build
         self.stats = collections.Counter()
         self.fallbacks = collections.Counter()       # reason -> calls run natively for it
@@ -172,6 +173,39 @@ class EngineRunner:
         return self._network or None
 
     # ------------------------------------------------------------------ engines
+    def add_engine(self, shapes, plan):
+        """Serve input ``shapes`` with ``plan``, built ahead of time (e.g. by
+        TrtGraphConverterV2.build()). A plan stored without weights
+        (engine_storage.strip_weights) gets them from the segment on first use.
+        Engines added so are kept beside the LRU cache and never evicted."""
+        self.ahead[tuple(tuple(int(d) for d in s) for s in shapes)] = bytes(plan)
+
+    def _ahead_context(self, shapes):
+        """The execution context of the engine added for ``shapes``, or None when it
+        cannot load (then it is dropped, and the shapes are served as any other)."""
+        import engine as rt
+        from engine import plan as planfile
+
+        ctx = self.ahead[shapes]
+        if not isinstance(ctx, bytes):
+            return ctx
+        try:
+            plan = ctx
+            if planfile.is_stripped(plan):
+                # the donor of the weights is built as the plan was (build_engine)
+                plan = engine_storage.plan_with_weights(self.node, plan, self.segment_gd,
+                                                        shapes, self.network)
+            ctx = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
+                plan).create_execution_context()
+        except Exception as exc:      # noqa: BLE001 - any failure: serve the shapes as usual
+            del self.ahead[shapes]
+            logger.warning("engine %s: the engine built ahead for input shapes %s cannot "
+                           "load (%s); serving them as shapes without one", self.name,
+                           list(shapes), exc)
+            return None
+        self.ahead[shapes] = ctx
+        return ctx
+
     def _context(self, shapes):
         """An execution context for these input shapes, or None (run natively)."""
         import engine as rt
@@ -180,6 +214,11 @@ class EngineRunner:
             self.stats["pending_warned"] += 1
             logger.warning("engine %s is INT8 but not calibrated yet: it runs FP32 until "
                            "converter.calibrate() stores its calibration table", self.name)
+        if shapes in self.ahead:
+            ctx = self._ahead_context(shapes)
+            if ctx is not None:
+                self.stats["ahead_runs"] += 1
+                return ctx
         if self.has_plan:
             if self.max_batch and shapes and shapes[0] and shapes[0][0] > self.max_batch:
                 self._fallback(BATCH_TOO_LARGE, f"batch {shapes[0][0]} exceeds max_batch_size "

@@ -79,12 +79,27 @@ def stored_plan(node, segment_gd=None):
         return None
     if not weights_in_segment(node):
         return data
+    return plan_with_weights(node, data, segment_gd)
+
+
+def plan_with_weights(node, data, segment_gd=None, input_shapes=None, network=None):
+    """A stripped plan of ``node`` (``data``) with its weights rebuilt from the segment.
+
+    ``input_shapes``: the shapes a per-shape plan was built for (None: a static
+    plan, built at the network's own shapes); ``network``: the node's stored
+    network with weights, when the per-shape plan was built from it (as
+    engine_node.build_engine does), so the donor is the same network."""
     segment_gd = _segment(node, segment_gd)
     doc, _ = planfile.loads(data)
     flags = doc.get("engine", {}).get("flags", [])
     table = node.attr["calibration_table"].s if "calibration_table" in node.attr else b""
     calibrator = _table_calibrator(table) if "INT8" in flags and table else None
-    _, network = conversion.build_network(segment_gd)
+    if network is not None:
+        network = rt.deserialize_network(network)
+        for i, shape in enumerate(input_shapes or ()):
+            network.get_tensor(f"input_{i}").shape = tuple(shape)
+    else:
+        _, network = conversion.build_network(segment_gd, input_shapes)
     builder = rt.Builder()
     config = builder.create_builder_config()
     config.backend = "numpy"            # weights only: no tactic timing on any device
@@ -98,7 +113,8 @@ def stored_plan(node, segment_gd=None):
         logger.warning("engine %s: %s; building the engine again (tactics are timed again)",
                        node.name, exc)
         precision = "INT8" if "INT8" in flags else "FP16" if "FP16" in flags else "FP32"
-        return conversion.build_plan(segment_gd, precision, calibrator=calibrator)
+        return conversion.build_plan(segment_gd, precision, input_shapes=input_shapes,
+                                     calibrator=calibrator)
 
 
 def _table_calibrator(table):

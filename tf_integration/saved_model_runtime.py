@@ -47,9 +47,14 @@ import tensorflow as tf
 from tensorflow.python.eager import context
 from tensorflow.python.ops import script_ops
 
-from .engine_node import ENGINE_OP, EngineFallbackWarning, EngineRunner, build_engine
+from engine import plan as planfile
+
+from .engine_inline import inline_engine_node
+from .engine_node import (ENGINE_OP, EngineFallbackWarning, EngineRunner, build_engine,
+                          runtime_mode)
 from .errors import TFIntegrationError
-from .graph_utils import get_attr, make_const_node
+from .graph_utils import get_attr, make_const_node, parse_input
+from .loop_frames import drop_unused_functions
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +64,6 @@ TOKEN = "cupyrt_engine_v1 (import tf_integration before running this model)"
 KEY_SUFFIX, BLOB_SUFFIX = "/cupyrt_key", "/cupyrt_blob"
 PREBUILT_SHAPES, PREBUILT_PLANS = "prebuilt_input_shapes", "prebuilt_plans"
 ALLOW_BUILD = "allow_build_at_runtime"
-WEIGHTS_ATTR = "weights_stored_in"      # engine_storage.py: plan/network stored without weights
 
 
 class SavedModelError(TFIntegrationError, ValueError):
@@ -69,8 +73,9 @@ class SavedModelError(TFIntegrationError, ValueError):
 # ---------------------------------------------------------------------------- engines
 
 class SavedEngine:
-    """One saved engine node: the EngineRunner that builds per shape at run time,
-    plus one static runner per engine that build() made ahead of time.
+    """One saved engine node: one EngineRunner holding the engines build() made
+    ahead of time (stored without weights, which come from the segment on first
+    use: every weight is stored once) and building others per shape at run time.
 
     With allow_build_at_runtime=False, shapes without an engine built ahead run
     the TensorFlow segment (TF-TRT's rule), said once in the log.
@@ -87,21 +92,15 @@ class SavedEngine:
         self.name = node.name
         self.static = bool(base.attr["serialized_plan"].s)     # one plan for every shape
         self.runner = EngineRunner(base)
-        self.prebuilt = {}
         for shape_list, plan in zip(shapes, plans):
-            # A static node whose plan is the one built for exactly these shapes, with
-            # its weights (so no "weights stored in the segment" marker); max_batch_size
-            # 0: the plan itself fixes the shapes it accepts.
-            fixed = tf.compat.v1.NodeDef()
-            fixed.CopyFrom(base)
-            fixed.attr["serialized_plan"].s = plan
-            fixed.attr["serialized_network"].s = b""
-            fixed.attr.pop(WEIGHTS_ATTR, None)
-            fixed.attr["is_dynamic_op"].b = False
-            fixed.attr["max_batch_size"].i = 0
-            self.prebuilt[_shape_key(shape_list)] = EngineRunner(fixed)
+            self.runner.add_engine(shape_list, plan)
         self.stats = collections.Counter()
         self._warned = False
+
+    @property
+    def prebuilt(self):
+        """{input shapes: plan bytes or execution context} of the engines built ahead."""
+        return self.runner.ahead
 
     @property
     def engines_built(self):
@@ -116,10 +115,9 @@ class SavedEngine:
             recorder.setdefault(self.key, []).append(shapes)
             self.stats["native_runs"] += 1
             return self.runner.run_native([np.asarray(v) for v in values])
-        ahead = self.prebuilt.get(shapes)
-        if ahead is not None:
+        if shapes in self.runner.ahead:
             self.stats["prebuilt_runs"] += 1
-            return _run(ahead, values)
+            return _run(self.runner, values)
         if self.allow_build or self.static:
             self.stats["runtime_runs"] += 1
             return _run(self.runner, values)
@@ -254,7 +252,8 @@ def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
     del out.input[:]                   # the EagerPyFunc node carries the edges
     for shapes, plan in sorted((prebuilt or {}).items()):
         out.attr[PREBUILT_SHAPES].list.s.append(json.dumps([list(s) for s in shapes]).encode())
-        out.attr[PREBUILT_PLANS].list.s.append(plan)
+        # without weights: the segment holds them (engine_storage.py), once per engine
+        out.attr[PREBUILT_PLANS].list.s.append(planfile.strip_weights(plan))
     out.attr[ALLOW_BUILD].b = bool(allow_build_at_runtime)
     return out
 
@@ -347,21 +346,118 @@ def engine_blobs(export_dir):
     return blobs
 
 
-def load_saved_model(export_dir, tags=None):
+def load_saved_model(export_dir, tags=None, inline=None):
     """Load a SavedModel written by ``TrtGraphConverterV2.save`` (any SavedModel works).
 
     Returns what ``tf.saved_model.load`` returns: ``.signatures[key]`` run like
-    the source model's, eagerly or inside a ``tf.function``. Every engine is
-    bound here, from the model's own constants.
+    the source model's, eagerly or inside a ``tf.function``. Where engines run
+    (a CUDA device, or CUPYRT_BACKEND), every engine is bound here, from the
+    model's own constants. Where they do not (engine_node.runtime_mode()
+    "tensorflow"), each signature is rebuilt with its engine nodes replaced by
+    their segments' TensorFlow ops (engine_inline.py): no Python call per engine,
+    the model runs as fast as the original. ``inline``: True/False forces either.
     """
     path = os.fspath(export_dir)
     if not os.path.isdir(path):
         raise SavedModelError(f"load_saved_model: {path!r} is not a directory; expected a "
                               "SavedModel directory (as written by TrtGraphConverterV2.save)")
+    if inline is None:
+        inline = runtime_mode() == "tensorflow"
+    loaded = tf.saved_model.load(path, tags=tags)
+    if inline:
+        rewrapped = {}
+        for key in list(loaded.signatures):
+            fn = loaded.signatures[key]
+            if id(fn) not in rewrapped:
+                rewrapped[id(fn)] = inlined_signature(fn)
+            if rewrapped[id(fn)] is not None:
+                loaded.signatures._add_signature(key, rewrapped[id(fn)])   # noqa: SLF001
+        logger.info("loaded %s: engine nodes run as their TensorFlow segments (inlined), "
+                    "signatures %s", path, sorted(loaded.signatures.keys()))
+        return loaded
     blobs = engine_blobs(path)
     for key, blob in blobs.items():
         bind_engine(blob, key)
-    loaded = tf.saved_model.load(path, tags=tags)
     logger.info("loaded %s: %d engine(s) bound, signatures %s", path, len(blobs),
                 sorted(loaded.signatures.keys()))
     return loaded
+
+
+def inline_engine_calls(graph_def):
+    """``graph_def`` with each saved engine call (EagerPyFunc under TOKEN) replaced
+    by its segment's own ops and the key/blob constants dropped; returns
+    (GraphDef, number of engines inlined). Calls inside library functions are
+    left as they are (they still run, through the dispatcher)."""
+    nodes = {n.name: n for n in graph_def.node}
+    calls = [n for n in graph_def.node
+             if n.op == "EagerPyFunc" and n.attr["token"].s == TOKEN.encode()]
+    dropped = set()
+    replaced = {}
+    for call in calls:
+        key_name, blob_name = (parse_input(i)[0] for i in call.input[:2])
+        blob = nodes[blob_name].attr["value"].tensor.string_val[0]
+        node = tf.compat.v1.NodeDef.FromString(blob)
+        if node.op != ENGINE_OP:
+            raise SavedModelError(f"engine call {call.name!r} holds a {node.op!r} node; "
+                                  f"expected {ENGINE_OP!r}")
+        node.name, node.device = call.name, call.device
+        node.input.extend(call.input[2:])
+        replaced[call.name] = inline_engine_node(node)
+        dropped.update((key_name, blob_name))
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for n in graph_def.node:
+        if n.name in replaced:
+            out.node.extend(replaced[n.name])
+        elif n.name not in dropped:
+            out.node.append(n)
+    return out, len(replaced)
+
+
+def inlined_signature(fn):
+    """A loaded signature's ConcreteFunction with its engine calls inlined
+    (inline_engine_calls), taking and returning what ``fn`` does; None when
+    there is nothing to inline or ``fn`` is not shaped as our saved signatures are.
+
+    A loaded signature is a thin graph calling the saved function:
+
+        <key> Placeholder --> StatefulPartitionedCall(f=<saved body>) --> Identity
+
+    so the body (a FunctionDef) is turned back into a GraphDef, its engine calls
+    inlined, and wrapped again with the signature's inputs and outputs."""
+    from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
+
+    if fn.captured_inputs:
+        return None
+    outer = fn.graph.as_graph_def()
+    calls = [n for n in outer.node if n.op in ("StatefulPartitionedCall", "PartitionedCall")]
+    funcs = {f.signature.name: f for f in outer.library.function}
+    if len(calls) != 1 or calls[0].attr["f"].func.name not in funcs:
+        return None
+    call = calls[0]
+    fdef = funcs[call.attr["f"].func.name]
+    inner, flat = function_def_to_graph_def(fdef)
+    inner.versions.CopyFrom(outer.versions)
+    inner.library.CopyFrom(outer.library)
+    inner, count = inline_engine_calls(inner)
+    if not count:
+        return None
+    # signature input key -> the body's argument it feeds
+    args = {parse_input(i)[0]: a.name for i, a in zip(call.input, fdef.signature.input_arg)}
+    kwargs = fn.structured_input_signature[1]
+    keys = sorted(kwargs)
+    if {t.op.name for t in fn.inputs} != set(keys) or not set(keys) <= set(args):
+        return None
+    # signature output -> Identity of call:k -> the body's k-th return value
+    by_name = {n.name: n for n in outer.node}
+    outputs = []
+    for t in fn.outputs:
+        src = by_name[t.op.name]
+        name, port, _ = parse_input(src.input[0]) if src.input else ("", 0, False)
+        if src.op != "Identity" or name != call.name:
+            return None
+        ret = fdef.ret[fdef.signature.output_arg[port].name]
+        outputs.append(flat.get(ret, ret if ":" in ret else ret + ":0"))
+    return graph_function(drop_unused_functions(inner), [args[k] + ":0" for k in keys],
+                          outputs, [(k, kwargs[k]) for k in keys], fn.structured_outputs)

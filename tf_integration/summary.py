@@ -33,19 +33,70 @@ def format_summary(report, runtime=None):
     interesting = {n: r for n, r in left.items() if r["kind"] != "not a compute node"}
     lines.append(f"  nodes left to TensorFlow: {len(interesting)} "
                  f"(+{len(left) - len(interesting)} constants/inputs/NoOps)")
-    by_kind = collections.defaultdict(list)
-    for n, r in interesting.items():
-        by_kind[r["kind"]].append((n, r))
-    for kind, items in by_kind.items():
-        lines.append(f"    {kind} ({len(items)}):")
-        for n, r in items:
-            detail = f" - {r['detail']}" if r["detail"] else ""
-            lines.append(f"      {n} ({r['op']}){detail}")
+    lines.extend(_left_lines(interesting))
     if not report["engines"]:
         lines.append("  nothing was converted: see the reasons above")
     if runtime and any(st["imports"] or st["inlined"] for st in runtime.values()):
         lines.extend(format_runtime(runtime))
     return "\n".join(lines)
+
+
+def _left_lines(left):
+    """Lines for the nodes left to TensorFlow (``left``: report entries by name).
+
+    A loop frame left to TensorFlow is one line (frame, node count, ops, reasons):
+    a single Keras LSTM loop is ~90 nodes, listed one by one they would bury the
+    rest. Control-flow nodes outside loops are grouped by reason. Other nodes
+    get a line each, grouped by kind. The JSON report still has every node."""
+    frames = collections.defaultdict(list)
+    by_kind = collections.defaultdict(list)
+    for n, r in left.items():
+        if r.get("frame"):
+            frames[r["frame"]].append((n, r))
+        else:
+            by_kind[r["kind"]].append((n, r))
+    lines = []
+    if frames:
+        total = sum(len(items) for items in frames.values())
+        lines.append(f"    control flow (lowered loops: {total} nodes in {len(frames)} "
+                     "frame(s), one line each):")
+        for frame, items in frames.items():
+            ops = collections.Counter(r["op"] for _, r in items)
+            reasons = collections.Counter(_loop_reason(r, frame) for _, r in items)
+            lines.append(f"      frame {frame!r}: {len(items)} nodes ("
+                         + ", ".join(f"{op} {k}" for op, k in ops.most_common(4))
+                         + (", ..." if len(ops) > 4 else "") + ") - "
+                         + "; ".join(why + (f" ({k} node{'s' * (k > 1)})"
+                                            if len(reasons) > 1 else "")
+                                     for why, k in reasons.most_common()))
+    for kind, items in by_kind.items():
+        lines.append(f"    {kind} ({len(items)}):")
+        if kind == "control flow":
+            grouped = collections.defaultdict(list)
+            for n, r in items:
+                grouped[r["detail"]].append(f"{n} ({r['op']})")
+            for detail, names in grouped.items():
+                if len(names) == 1:
+                    lines.append(f"      {names[0]} - {detail}")
+                    continue
+                shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more"
+                                                if len(names) > 3 else "")
+                lines.append(f"      {len(names)} nodes - {detail}: {shown}")
+            continue
+        for n, r in items:
+            detail = f" - {r['detail']}" if r["detail"] else ""
+            lines.append(f"      {n} ({r['op']}){detail}")
+    return lines
+
+
+def _loop_reason(entry, frame):
+    """A node's reason as said for its whole frame: the segmenter's per-op control
+    flow details ("Enter of loop frame 'f'", "inside while-loop frame 'f'") become
+    one phrase; any other reason is kept as it is."""
+    detail = entry["detail"]
+    if entry["kind"] == "control flow" and detail.endswith(f"frame {frame!r}"):
+        return "a lowered while loop: stays in TensorFlow, no segment crosses its frame"
+    return f"{entry['kind']}: {detail}" if detail else entry["kind"]
 
 
 def format_runtime(runtime):

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from engine import plan as planfile
 from tf_integration import EngineFallbackWarning, TrtGraphConverterV2, load_saved_model
 from tf_integration import saved_model_runtime as runtime
 from tf_integration.errors import ConverterArgumentError, TFIntegrationError
+from tf_integration.graph_utils import make_const_node
 from tfi_helpers import rel_l2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -335,6 +337,131 @@ def test_fresh_process_loads_without_the_source_and_without_building(keras_dirs,
     assert result["rel"] <= 1e-4
     assert sum(s.get("prebuilt_runs", 0) for s in result["stats"]) >= 2, result
     assert all(s["built"] == 0 and s.get("native_runs", 0) == 0 for s in result["stats"]), result
+
+
+# ---------------------------------------------------------------------------- weights once
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope="module")
+def wide_dir(tmp_path_factory):
+    """A Keras 3 export whose weights (~0.4 MB) outweigh the SavedModel's overhead."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    root = tmp_path_factory.mktemp("wide")
+    keras.Model(inp, keras.layers.Dense(10)(x)).export(str(root / "src"), verbose=False)
+    return str(root / "src")
+
+
+@pytest.mark.parametrize("precision,tol", [("FP32", 1e-4), ("FP16", 2e-2)])
+def test_engines_built_ahead_store_every_weight_once(wide_dir, precision, tol, tmp_path):
+    conv = TrtGraphConverterV2(input_saved_model_dir=wide_dir, precision_mode=precision,
+                               maximum_cached_engines=2)
+    conv.convert()
+    xs = [_x(1, seed=31, shape=(16, 16, 3)), _x(4, seed=32, shape=(16, 16, 3))]
+    conv.build(lambda: iter(xs))
+    assert len(conv.report["serving_default"]["built_ahead"]["CupyrtEngine_0"]) == 2
+    out = conv.save(str(tmp_path / "built"))
+    original, converted = _dir_bytes(wide_dir), _dir_bytes(out)
+    assert converted <= 1.5 * original, (converted, original)
+    for blob in runtime.engine_blobs(out).values():       # plans built ahead: no weights
+        node = tf.compat.v1.NodeDef.FromString(blob)
+        plans = node.attr[runtime.PREBUILT_PLANS].list.s
+        assert len(plans) == 2 and all(planfile.is_stripped(p) for p in plans)
+    sig = load_saved_model(out).signatures["serving_default"]
+    src = tf.saved_model.load(wide_dir).signatures["serving_default"]
+    for x in xs:
+        assert rel_l2(sig(image=x)["output_0"], src(image=x)["output_0"]) <= tol
+    (eng,) = _engines_ran(out)
+    # one runner per engine, serving both shapes from the plans built ahead
+    assert eng.stats["prebuilt_runs"] == 2 and eng.runner.stats["ahead_runs"] == 2
+    assert eng.engines_built == 0 and len(eng.prebuilt) == 2
+
+
+def test_an_engine_built_ahead_that_cannot_load_is_served_like_other_shapes(keras_dirs,
+                                                                             caplog, tmp_path):
+    conv = TrtGraphConverterV2(input_saved_model_dir=keras_dirs["export"],
+                               input_saved_model_signature_key="serving_default")
+    conv.convert()
+    x = _x(2, seed=33)
+    conv.build(lambda: iter([x]))
+    out = conv.save(str(tmp_path / "damaged"))
+    ((key, blob),) = runtime.engine_blobs(out).items()
+    runner = runtime.bind_engine(blob, key).runner
+    (shapes,) = list(runner.ahead)
+    runner.add_engine(shapes, b"not a plan")        # as if its bytes were damaged
+    ref = tf.saved_model.load(keras_dirs["export"]).signatures["serving_default"](image=x)
+    with caplog.at_level("WARNING"):
+        got = load_saved_model(out).signatures["serving_default"](image=x)
+    assert "built ahead for input shapes" in caplog.text and "cannot load" in caplog.text
+    assert rel_l2(got["output_0"], ref["output_0"]) <= 1e-4
+    assert shapes not in runner.ahead and runner.stats["engines_built"] == 1
+
+
+# ---------------------------------------------------------------------------- CPU hosts
+
+def test_without_cuda_load_saved_model_inlines_the_segments(keras_dirs, module_dirs, tmp_path,
+                                                             monkeypatch):
+    """No CUDA and no CUPYRT_BACKEND: load_saved_model runs each engine node as its
+    segment's TF ops (no EagerPyFunc left); plain tf.saved_model.load still runs."""
+    from tf_integration import engine_node
+
+    conv = TrtGraphConverterV2(input_saved_model_dir=keras_dirs["export"])
+    conv.convert()
+    out = conv.save(str(tmp_path / "cpu"))
+    monkeypatch.delenv("CUPYRT_BACKEND")
+    monkeypatch.setattr(engine_node, "cuda_available", lambda: False)
+    loaded = load_saved_model(out)
+    for key in ("serve", "serving_default"):
+        ops = _ops(loaded.signatures[key])
+        assert "EagerPyFunc" not in ops and "Conv2D" in ops, ops
+    x = _x(3, seed=34)
+    _compare(keras_dirs["export"], loaded, {"serving_default": {"image": x},
+                                            "serve": {"image": x}}, 1e-6)
+    plain = tf.saved_model.load(out).signatures["serving_default"](image=x)
+    ref = tf.saved_model.load(keras_dirs["export"]).signatures["serving_default"](image=x)
+    assert rel_l2(plain["output_0"], ref["output_0"]) <= 1e-6
+    # a functional While beside the engines (its body stays a library function)
+    looped = TrtGraphConverterV2(input_saved_model_dir=module_dirs["loop"],
+                                 minimum_segment_size=1)
+    looped.convert()
+    loop_out = looped.save(str(tmp_path / "loop"))
+    xl = _x(2, seed=35, shape=(4,))
+    loop_loaded = load_saved_model(loop_out)
+    assert looped.report["serving_default"]["engines"]
+    assert "EagerPyFunc" not in _ops(loop_loaded.signatures["serving_default"])
+    _compare(module_dirs["loop"], loop_loaded, {"serving_default": {"x": xl}}, 1e-6)
+    forced = load_saved_model(out, inline=False).signatures["serving_default"]
+    assert "EagerPyFunc" in _ops(forced)
+
+
+def _ops(fn):
+    """Op types of a ConcreteFunction's graph and of every function it holds."""
+    graph_def = fn.graph.as_graph_def()
+    return [n.op for n in graph_def.node] + [
+        n.op for f in graph_def.library.function for n in f.node_def]
+
+
+def test_inlining_refuses_engine_data_that_is_not_an_engine():
+    graph_def = tf.compat.v1.GraphDef()
+    blob = tf.compat.v1.NodeDef(name="e", op="AddV2").SerializeToString()
+    for suffix, value in ((runtime.KEY_SUFFIX, b"k"), (runtime.BLOB_SUFFIX, blob)):
+        graph_def.node.append(make_const_node("e" + suffix, np.array(value, dtype=object)))
+    call = graph_def.node.add(name="e", op="EagerPyFunc")
+    call.input.extend(["e" + runtime.KEY_SUFFIX, "e" + runtime.BLOB_SUFFIX])
+    call.attr["token"].s = runtime.TOKEN.encode()
+    with pytest.raises(runtime.SavedModelError, match="holds a 'AddV2' node"):
+        runtime.inline_engine_calls(graph_def)
 
 
 # ---------------------------------------------------------------------------- errors
