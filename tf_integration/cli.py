@@ -2,15 +2,19 @@
 
     cupyrt convert frozen.pb -o model_opt.pb --outputs Identity [--precision FP16]
                    [--minimum-segment-size 3] [--max-batch-size 8] [--dynamic]
-                   [--maximum-cached-engines 1] [--report report.json]
+                   [--maximum-cached-engines 1] [--denylist a,b] [--report-json r.json]
+                   [--report-html r.html]
+    cupyrt convert saved_model_dir -o converted_dir [--precision fp16] [--signature KEY]
     cupyrt convert frozen.pb -o model_int8.pb --outputs Identity --precision int8
                    --calib-data samples.npz [--calib-batch-size 32] [--calib-algorithm entropy]
     cupyrt export-engines model_opt.pb OUTDIR [--outputs Identity]
     cupyrt tf-demo [--model ResNet50] [--size 224] [--batch 4] [--legacy-keras]
 
-workflows/cli.py calls ``add_commands`` on its subparsers.
+workflows/cli.py defines the options (without importing TensorFlow) and calls
+``convert_command``, ``export_command`` and ``demo_command`` here.
 """
 import logging
+import os
 import sys
 import time
 
@@ -59,19 +63,14 @@ def _calibration_feeds(path, graph_def, inputs):
     return feeds
 
 
-def _progress(done, total, what, stream=None, width=30):
-    """One text progress line, redrawn in place (carriage return); a newline when done."""
-    stream = stream or sys.stderr
-    filled = width * done // max(total, 1)
-    stream.write(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        stream.write("\n")
-    stream.flush()
-
-
-def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None):
+def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None,
+                       progress="auto"):
     """Calibrate a converted INT8 ``conv`` on the samples of an .npz, in batches of
-    ``batch_size``, drawing a progress line on ``stream``. Returns the INT8 GraphDef."""
+    ``batch_size``, showing progress on ``stream`` (a bar on a terminal, lines
+    otherwise; ``progress`` as workflows.progress.Progress's mode). Returns the INT8
+    GraphDef."""
+    from workflows.progress import Progress
+
     from .errors import ConverterArgumentError
 
     if batch_size < 1:
@@ -80,59 +79,217 @@ def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None):
     n = len(next(iter(feeds.values())))
     runs = -(-n // batch_size)
     state = {"run": 0}
+    with Progress("calibrating", runs, stream, progress) as bar:
+        def feed_dict_fn():
+            i = state["run"]
+            state["run"] += 1
+            if i:
+                bar.update()        # the previous run finished
+            return {k: v[i * batch_size:(i + 1) * batch_size] for k, v in feeds.items()}
 
-    def feed_dict_fn():
-        i = state["run"]
-        _progress(i, runs, "calibrating", stream)
-        state["run"] += 1
-        return {k: v[i * batch_size:(i + 1) * batch_size] for k, v in feeds.items()}
-
-    fetches = [o if ":" in o else f"{o}:0" for o in outputs]
-    out = conv.calibrate(fetches, runs, feed_dict_fn=feed_dict_fn)
-    _progress(runs, runs, "calibrating", stream)
+        fetches = [o if ":" in o else f"{o}:0" for o in outputs]
+        out = conv.calibrate(fetches, runs, feed_dict_fn=feed_dict_fn)
+        bar.update()
     return out
 
 
-def _convert(args):
-    import tensorflow as tf
+def _check_convert_options(args, kind):
+    from workflows.cli import CliError
 
+    if (args.precision == "INT8") != (args.calib_data is not None):
+        raise CliError("--calib-data", "missing" if args.calib_data is None else
+                       f"given with --precision {args.precision.lower()}",
+                       "an .npz of calibration samples with --precision int8, and only then")
+    if kind == "graphdef" and not args.outputs:
+        raise CliError("--outputs", "missing for a frozen .pb",
+                       "the graph's output node names (they stay in TensorFlow)")
+    if kind == "graphdef" and args.signature:
+        raise CliError("--signature", f"{args.signature!r} for a frozen .pb",
+                       "no --signature (a frozen graph has none; SavedModels do)")
+    if args.minimum_segment_size == 0 or args.minimum_segment_size < -1:
+        raise CliError("--minimum-segment-size", args.minimum_segment_size,
+                       "an integer >= 1, or -1 to convert nothing")
+    if args.workspace < 0:
+        raise CliError("--workspace", args.workspace, "a size in bytes >= 0")
+    if kind == "savedmodel" and args.output.endswith(".pb"):
+        raise CliError("-o", f"{args.output!r} (a .pb) for a SavedModel",
+                       "a directory: a SavedModel converts to a SavedModel")
+    if kind == "graphdef" and os.path.isdir(args.output):
+        raise CliError("-o", f"{args.output!r} is a directory for a frozen .pb",
+                       "a .pb file path: a frozen graph converts to a frozen graph")
+
+
+def _write_reports(args, report, converter):
+    """--report-json: converter.report as JSON; --report-html: the page drawing the
+    conversion (tf_integration/report_html.py, imported only when asked for)."""
+    import json
+
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True, default=str)
+    if args.report_html:
+        try:
+            from .report_html import write_converter_report_html
+        except ImportError as exc:
+            from workflows.cli import CliError
+            raise CliError("--report-html", f"the HTML report is not available ({exc})",
+                           "tf_integration/report_html.py in this installation") from exc
+        write_converter_report_html(converter, args.report_html)
+
+
+def _convert_graph_def(args):
+    from workflows.cli import CliError
+
+    from .cli_models import check_node_names, read_graph_def
     from .converter import TrtGraphConverter
-    from .errors import ConverterArgumentError
 
-    int8 = args.precision == "INT8"
-    if int8 != (args.calib_data is not None):
-        raise ConverterArgumentError("--calib-data", args.calib_data,
-                                     "a .npz of samples with --precision int8, and only then")
-    gd = tf.compat.v1.GraphDef()
-    with open(args.graph, "rb") as f:
-        gd.ParseFromString(f.read())
-    outputs = _names(args.outputs)
-    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=outputs,
+    gd = read_graph_def(args.model)
+    outputs, denylist = _names(args.outputs), _names(args.denylist)
+    check_node_names(gd, outputs, "--outputs", args.model)
+    check_node_names(gd, denylist, "--denylist", args.model)
+    check_node_names(gd, _names(args.inputs), "--inputs", args.model)
+    conv = TrtGraphConverter(input_graph_def=gd,
+                             nodes_denylist=list(dict.fromkeys(outputs + denylist)),
                              precision_mode=args.precision,
                              calibration_algorithm=args.calib_algorithm,
                              minimum_segment_size=args.minimum_segment_size,
                              max_batch_size=args.max_batch_size,
                              is_dynamic_op=args.dynamic,
                              maximum_cached_engines=args.maximum_cached_engines,
-                             max_workspace_size_bytes=args.workspace,
-                             report_path=args.report)
+                             max_workspace_size_bytes=args.workspace)
     conv.convert()
-    if int8:
+    if args.precision == "INT8":
         calibrate_from_npz(conv, args.calib_data, args.calib_batch_size, outputs,
-                           _names(args.inputs))
+                           _names(args.inputs), progress=args.progress)
+    if not conv.report["engines"]:
+        logger.warning("no engine was made: the converted graph is the original")
+    try:
+        path = conv.save(args.output)
+    except OSError as exc:
+        raise CliError(f"-o {args.output!r}", exc.strerror or str(exc),
+                       "a writable file path") from exc
+    _write_reports(args, conv.report, conv)
+    return conv.summary(), path
+
+
+def _signature_batches(conv, path, batch_size, inputs_by_sig):
+    """INT8 calibration input for TrtGraphConverterV2: the .npz arrays by signature input."""
+    from workflows.cli_models import match_feeds, read_npz
+
+    arrays = read_npz(path, "--calib-data")
+    feeds = {key: match_feeds(arrays, specs, path, "--calib-data")
+             for key, specs in inputs_by_sig.items()}
+    n = min(len(v) for f in feeds.values() for v in f.values())
+
+    def per_signature(key):
+        def gen():
+            for i in range(0, n, batch_size):
+                yield {k: v[i:i + batch_size] for k, v in feeds[key].items()}
+        return gen
+    return {key: per_signature(key) for key in feeds}
+
+
+def _sig_inputs(path, signature):
+    import numpy as np
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    keys = [signature] if signature else sorted(loaded.signatures)
+    out = {}
+    for key in keys:
+        specs = loaded.signatures[key].structured_input_signature[1]
+        out[key] = {k: (np.dtype(s.dtype.as_numpy_dtype), None) for k, s in specs.items()}
+    return out
+
+
+def _convert_saved_model(args):
+    from workflows.cli import CliError
+
+    from .errors import ConverterArgumentError
+    from .saved_model import TrtGraphConverterV2
+
+    if args.denylist or args.inputs or args.outputs:
+        raise CliError("--denylist/--inputs/--outputs", "given for a SavedModel",
+                       "none of them: a SavedModel's signatures name its inputs and outputs "
+                       "(--signature picks one)")
+    try:
+        conv = TrtGraphConverterV2(input_saved_model_dir=args.model,
+                                   input_saved_model_signature_key=args.signature,
+                                   use_dynamic_shape=args.dynamic,
+                                   precision_mode=args.precision,
+                                   minimum_segment_size=args.minimum_segment_size,
+                                   maximum_cached_engines=args.maximum_cached_engines,
+                                   max_workspace_size_bytes=args.workspace,
+                                   calibration_algorithm=args.calib_algorithm)
+    except ConverterArgumentError as exc:
+        option = {"input_saved_model_signature_key": "--signature"}.get(exc.argument,
+                                                                        exc.argument)
+        raise CliError(option, repr(exc.given), exc.expected) from exc
+    if os.path.exists(args.output) and (not os.path.isdir(args.output)
+                                        or os.listdir(args.output)):
+        raise CliError(f"-o {args.output!r}", "exists and is not an empty directory",
+                       "a new or empty directory (nothing is overwritten)")
+    calib = None
+    if args.precision == "INT8":
+        calib = _signature_batches(conv, args.calib_data, args.calib_batch_size,
+                                   _sig_inputs(args.model, args.signature))
+    conv.convert(calibration_input_fn=calib)
+    if args.max_batch_size > 1 and not args.dynamic:
+        conv.build(input_fn=_build_inputs(conv, args.max_batch_size))
     path = conv.save(args.output)
-    sys.stdout.write(conv.summary() + f"\nwrote {path}\n")
+    _write_reports(args, conv.report, conv)
+    return conv.summary(), path
+
+
+def _build_inputs(conv, batch):
+    """Engines built ahead at batch ``batch``: random inputs of the signatures' shapes."""
+    import numpy as np
+
+    from workflows.cli import CliError
+
+    fns = {}
+    for key, sig in conv._signatures.items():      # noqa: SLF001 - specs of converted sigs
+        if sig.converter is None or sig.key != key:
+            continue
+        arrays = {}
+        for name, spec in sig.input_specs:
+            dims = spec.shape.as_list() if spec.shape.rank is not None else None
+            if dims is None or any(d is None for d in dims[1:]):
+                raise CliError("--max-batch-size", f"signature {key!r} input {name!r} has "
+                               f"shape {dims}", "inputs whose dims past the batch are known, "
+                               "to build engines ahead (or --dynamic)")
+            rng = np.random.default_rng(0)
+            arrays[name] = rng.standard_normal([batch] + dims[1:]).astype(
+                spec.dtype.as_numpy_dtype) if spec.dtype.is_floating else np.zeros(
+                [batch] + dims[1:], spec.dtype.as_numpy_dtype)
+        fns[key] = (lambda a=arrays: iter([a]))
+    return fns
+
+
+def convert_command(args):
+    """``cupyrt convert``: a .pb to a .pb, a SavedModel directory to a SavedModel directory."""
+    from workflows.cli_models import detect_kind
+    from workflows.progress import build_progress
+
+    from workflows.cli import CliError
+
+    kind = detect_kind(args.model)
+    if kind not in ("graphdef", "savedmodel"):
+        raise CliError(f"MODEL {args.model!r}", f"a {kind} (already an engine)",
+                       "a frozen .pb or a SavedModel directory")
+    _check_convert_options(args, kind)
+    with build_progress(mode=args.progress):
+        summary, path = (_convert_graph_def if kind == "graphdef" else
+                         _convert_saved_model)(args)
+    sys.stdout.write(summary + f"\nwrote {path}\n")
     return 0
 
 
-def _export(args):
-    import tensorflow as tf
-
+def export_command(args):
+    from .cli_models import read_graph_def
     from .export import export_engines
 
-    gd = tf.compat.v1.GraphDef()
-    with open(args.graph, "rb") as f:
-        gd.ParseFromString(f.read())
+    gd = read_graph_def(args.graph, "GRAPH")
     outputs = [o if ":" in o else f"{o}:0" for o in _names(args.outputs)]
     paths = export_engines(gd, args.outdir, model_outputs=outputs or None)
     sys.stdout.write("".join(f"wrote {p}\n" for p in paths))
@@ -208,44 +365,6 @@ def _backend_name():
     return runtime_mode()
 
 
-def _demo(args):
+def demo_command(args):
     run_demo(args.model, args.size, args.batch, args.legacy_keras, args.runs)
     return 0
-
-
-def add_commands(sub):
-    c = sub.add_parser("convert", help="convert a frozen TensorFlow graph (.pb)")
-    c.add_argument("graph", help="frozen GraphDef (.pb)")
-    c.add_argument("-o", "--output", required=True, help="where to write the converted .pb")
-    c.add_argument("--outputs", action="append", required=True,
-                   help="output node names (comma-separated or repeated); kept in TF")
-    c.add_argument("--inputs", action="append", help="input names (informational)")
-    c.add_argument("--precision", default="FP32", type=str.upper,
-                   choices=["FP32", "FP16", "INT8"], help="fp32, fp16 or int8 (any case)")
-    c.add_argument("--minimum-segment-size", type=int, default=3)
-    c.add_argument("--max-batch-size", type=int, default=1)
-    c.add_argument("--dynamic", action="store_true", help="build engines per input shape")
-    c.add_argument("--maximum-cached-engines", type=int, default=1)
-    c.add_argument("--workspace", type=int, default=1 << 30, help="bytes")
-    c.add_argument("--report", help="write the conversion report as JSON here")
-    c.add_argument("--calib-data", help="INT8: .npz of calibration samples, one array per "
-                                        "input (named after it), samples first")
-    c.add_argument("--calib-batch-size", type=int, default=32,
-                   help="INT8: samples per calibration run")
-    c.add_argument("--calib-algorithm", default="entropy",
-                   choices=["entropy", "minmax", "percentile"], help="INT8 calibrator")
-    c.set_defaults(func=_convert)
-    e = sub.add_parser("export-engines",
-                       help="write each engine node's network of a converted .pb, and a manifest")
-    e.add_argument("graph", help="converted GraphDef (.pb from cupyrt convert)")
-    e.add_argument("outdir", help="folder for <engine>.network files and manifest.json")
-    e.add_argument("--outputs", action="append",
-                   help="model output tensors, to map onto engine outputs in the manifest")
-    e.set_defaults(func=_export)
-    d = sub.add_parser("tf-demo", help="freeze a Keras model, convert, compare with TF")
-    d.add_argument("--model", default="ResNet50", choices=["ResNet50", "MobileNetV2"])
-    d.add_argument("--size", type=int, default=224)
-    d.add_argument("--batch", type=int, default=4)
-    d.add_argument("--runs", type=int, default=3)
-    d.add_argument("--legacy-keras", action="store_true", help="build with tf_keras")
-    d.set_defaults(func=_demo)

@@ -291,4 +291,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as ``python -m workflows.cli``: this file is __main__, and its CliError would
+    # not be the one the command modules raise (they import workflows.cli)
+    from workflows.cli import main as _main
+    sys.exit(_main())
