@@ -23,15 +23,22 @@ on that first call) and runs the engine. So:
   before running this model)": the token says what is missing, and nothing
   runs silently wrong.
 - ``load_saved_model(dir)`` also binds every engine at load time (from the
-  constants in saved_model.pb), so the first call pays no parsing cost.
+  constants in saved_model.pb), so the first call pays no parsing cost. On a
+  host where engines do not run (no CUDA device, no CUPYRT_BACKEND), it
+  rebuilds each signature with its engine calls replaced by the segments'
+  TensorFlow ops instead (inline_engine_calls): no Python in the loop.
+- Engines that build() made ahead are stored as plans without weights (the
+  segment holds them, engine_storage.py); each engine's one runner takes
+  them (EngineRunner.add_engine), so a SavedModel holds every weight once.
 - Everything lives inside the SavedModel: nothing is read from the source
   model's directory, or from this one after loading.
 
 Why not TF-TRT's way (engine ops with their own kernel): we ship no C++, and a
 SavedModel function cannot hold an op type TensorFlow has no definition for;
 EagerPyFunc is the one op that calls back into Python from a saved graph.
-Each engine call crosses into Python once (about a millisecond on a CPU host,
-where engine_node's runtime_mode may run the TensorFlow segment anyway).
+Each engine call crosses into Python once; with plain ``tf.saved_model.load``
+on a CPU host that call runs the TensorFlow segment (measured at >= 0.9x the
+original on ResNet50: benchmarks/tf/cpu_host_resnet50.py --saved-model).
 """
 import collections
 import hashlib
