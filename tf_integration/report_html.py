@@ -161,7 +161,9 @@ class _Section:
         self.left = report["left_to_tensorflow"]
         ops, inputs, order = {}, {}, []
         for n in graph_def.node:
-            ops[n.name] = n.op
+            # The report's op wins: constant folding turned whole subgraphs into Const
+            # nodes of the same names, which are drawn (not drawn) as constants.
+            ops[n.name] = self.left.get(n.name, {}).get("op", n.op)
             inputs[n.name] = [m for m in map(_node_input, n.input) if m]
             order.append(n.name)
         self.member_of = {m: i for i, e in enumerate(self.engines) for m in e["members"]}
@@ -308,6 +310,13 @@ def _json_script(obj, cls):
 def _curve(a, b):
     x1, y1 = a["x"] + a["w"] / 2, a["y"] + a["h"]
     x2, y2 = b["x"] + b["w"] / 2, b["y"]
+    if y2 - y1 > 2 * a["h"] + 30:
+        # An edge that skips layers has no dummy boxes to route through: it leaves its
+        # source sideways and runs down just right of the boxes between.
+        xr = max(a["x"] + a["w"], b["x"] + b["w"]) + 16
+        return (f"M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + 24:.1f} {xr:.1f},{y1 + 8:.1f} "
+                f"{xr:.1f},{y1 + 32:.1f} L{xr:.1f},{y2 - 32:.1f} C{xr:.1f},{y2 - 8:.1f} "
+                f"{x2:.1f},{y2 - 24:.1f} {x2:.1f},{y2:.1f}")
     d = max(24, abs(y2 - y1) / 2)
     return f"M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + d:.1f} {x2:.1f},{y2 - d:.1f} {x2:.1f},{y2:.1f}"
 

@@ -46,8 +46,14 @@ PAGE_JS = r"""
     if (parent) parent.appendChild(e);
     return e;
   }
-  function curve(a, b) {
+  function curve(a, b) {    // same rule as report_html._curve
     var x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2, y2 = b.y;
+    if (y2 - y1 > 2 * a.h + 30) {
+      var xr = Math.max(a.x + a.w, b.x + b.w) + 16;
+      return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 + 24) + " " + xr + "," + (y1 + 8) +
+        " " + xr + "," + (y1 + 32) + " L" + xr + "," + (y2 - 32) + " C" + xr + "," + (y2 - 8) +
+        " " + x2 + "," + (y2 - 24) + " " + x2 + "," + y2;
+    }
     var d = Math.max(24, Math.abs(y2 - y1) / 2);
     return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 + d) + " " + x2 + "," + (y2 - d) +
       " " + x2 + "," + y2;

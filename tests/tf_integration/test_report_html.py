@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,17 +21,16 @@ from tf_integration.registry import Reason
 from tf_integration.report_html import (ReportError, write_converter_report_html,
                                         write_report_html)
 from tf_integration.report_layout import layered_layout
-
-sys.path.insert(0, os.path.dirname(__file__))
-from tfi_helpers import build_graph  # noqa: E402
+from tfi_helpers import build_graph
 
 
 # ---------------------------------------------------------------------------- graphs
 
 def _small_body(x, x1):
     """Two engines around an unsupported op, a one-node segment below the minimum
-    size on a side branch, and a denylisted output."""
-    y = tf.nn.relu(tf.matmul(x, tf.constant([[0.5, -1.0], [1.5, 2.0]])) + 0.3)
+    size on a side branch, a denylisted output, and a constant expression (folded)."""
+    w = tf.multiply(tf.constant([[0.5, -1.0], [1.5, 2.0]]), 2.0, name="folded_w")
+    y = tf.nn.relu(tf.matmul(x, w) + 0.3)
     y = tf.math.bessel_i0(y)
     side = tf.math.bessel_i1(tf.abs(tf.math.bessel_i0(x1)))
     y = tf.tanh(tf.nn.sigmoid(y * 2.0) - 0.5) * side
@@ -156,6 +154,10 @@ def test_page_draws_every_engine_and_every_native_node_with_its_reason(small, tm
     assert not any(b.get("data-name") in {n.name for n in gd.node if n.op == "Const"}
                    for b in p.boxes)
     assert len(p.boxes) == len(engines) + len(natives) + len(inputs)
+    # A folded constant expression is a Const in the report, and not drawn either.
+    assert report["constants_folded"] >= 1
+    assert report["left_to_tensorflow"]["folded_w"]["op"] == "Const"
+    assert "folded_w" not in {b.get("data-name") for b in p.boxes}
     # An engine opens into all its members (none of them is a constant here).
     for e in report["engines"]:
         inner = data["engines"][str(data["find"][e["name"]][0])]
