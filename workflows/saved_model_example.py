@@ -79,7 +79,9 @@ def run(model="small_cnn", size=32, precision="FP16", batches=(1, 4), workdir=No
     original = tf.saved_model.load(src)
     converted = load_saved_model(out)
     result = {"saved_model": out, "convert_seconds": convert_s, "signatures": {},
-              "summary": converter.summary()}
+              "summary": converter.summary(),
+              # engines built ahead hold no second copy of the weights
+              "dir_bytes": {"original": _dir_bytes(src), "converted": _dir_bytes(out)}}
     for key in sorted(converted.signatures.keys()):
         (name,) = original.signatures[key].structured_input_signature[1]
         for b, x in images.items():
@@ -96,6 +98,11 @@ def run(model="small_cnn", size=32, precision="FP16", batches=(1, 4), workdir=No
                     "max_abs": float(np.abs(g - r).max()),
                     "tf_seconds": t_tf, "cupyrt_seconds": t_ours}
     return result
+
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
 
 
 def main(argv=None):
@@ -122,6 +129,10 @@ def main(argv=None):
     out.write("\n".join(result["summary"].splitlines()[:6]) + "\n...\n")
     out.write(f"converted, built and saved in {result['convert_seconds']:.1f} s: "
               f"{result['saved_model']}\n")
+    sizes = result["dir_bytes"]
+    out.write(f"SavedModel size: original {sizes['original'] / 1e6:.2f} MB, converted "
+              f"{sizes['converted'] / 1e6:.2f} MB "
+              f"({sizes['converted'] / sizes['original']:.2f}x)\n")
     for key, r in result["signatures"].items():
         out.write(f"{key}: rel L2 {r['rel_l2']:.2e}, max |diff| {r['max_abs']:.2e}, "
                   f"TensorFlow {1e3 * r['tf_seconds']:.1f} ms, cupyrt "
