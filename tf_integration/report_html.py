@@ -162,7 +162,7 @@ class _Section:
         ops, inputs, order = {}, {}, []
         for n in graph_def.node:
             # The report's op wins: constant folding turned whole subgraphs into Const
-            # nodes of the same names, which are drawn (not drawn) as constants.
+            # nodes of the same names, and constants are not drawn.
             ops[n.name] = self.left.get(n.name, {}).get("op", n.op)
             inputs[n.name] = [m for m in map(_node_input, n.input) if m]
             order.append(n.name)

@@ -212,6 +212,18 @@ def test_node_text_is_escaped_in_tables_and_data(small, tmp_path):
     assert "dtype &lt;dtype: &#x27;int32&#x27;&gt; &lt;/script&gt;" in text
 
 
+def test_nodes_only_the_converter_made_are_drawn_and_marked(small, tmp_path):
+    report, gd = small
+    rep = json.loads(json.dumps(report))
+    rep["left_to_tensorflow"]["rnn/loop"] = {"kind": Reason.CONTROL_FLOW, "op": "While",
+                                             "detail": "loop state fed from outside"}
+    _, p, _ = _parse(write_report_html(rep, gd, str(tmp_path / "r.html")))
+    box = next(b for b in p.boxes if b.get("data-name") == "rnn/loop")
+    assert box["kind"] == "native"
+    assert box["texts"][1] == "While \u00b7 control flow (made by the converter)"
+    assert "loop state fed from outside" in box["title"]
+
+
 def test_large_graph_stays_small_and_quick(big, tmp_path):
     report, gd = big
     t0 = time.perf_counter()
