@@ -114,6 +114,10 @@ def _check_convert_options(args, kind):
     if kind == "savedmodel" and args.output.endswith(".pb"):
         raise CliError("-o", f"{args.output!r} (a .pb) for a SavedModel",
                        "a directory: a SavedModel converts to a SavedModel")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if kind == "graphdef" and not os.path.isdir(parent):    # fail before converting
+        raise CliError(f"-o {args.output!r}", f"folder {parent} does not exist",
+                       "a .pb path in an existing folder")
     if kind == "graphdef" and os.path.isdir(args.output):
         raise CliError("-o", f"{args.output!r} is a directory for a frozen .pb",
                        "a .pb file path: a frozen graph converts to a frozen graph")
@@ -138,8 +142,6 @@ def _write_reports(args, report, converter):
 
 
 def _convert_graph_def(args):
-    from workflows.cli import CliError
-
     from .cli_models import check_node_names, read_graph_def
     from .converter import TrtGraphConverter
 
@@ -163,11 +165,7 @@ def _convert_graph_def(args):
                            _names(args.inputs), progress=args.progress)
     if not conv.report["engines"]:
         logger.warning("no engine was made: the converted graph is the original")
-    try:
-        path = conv.save(args.output)
-    except OSError as exc:
-        raise CliError(f"-o {args.output!r}", exc.strerror or str(exc),
-                       "a writable file path") from exc
+    path = conv.save(args.output)          # an OSError is said in one line by main()
     _write_reports(args, conv.report, conv)
     return conv.summary(), path
 

@@ -19,7 +19,8 @@ def _array_bytes(attributes):
     total = 0
     for value in attributes.values():
         if isinstance(value, dict) and "array" in value and "dtype" in value:
-            total += int(np.prod(value["array"], dtype=np.int64)) * np.dtype(value["dtype"]).itemsize
+            count = int(np.prod(value["array"], dtype=np.int64))
+            total += count * np.dtype(value["dtype"]).itemsize
     return total
 
 

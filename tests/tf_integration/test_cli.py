@@ -350,3 +350,75 @@ def test_a_truncated_pb_is_one_line_on_stderr_without_tensorflow_logs(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("cupyrt convert: error: MODEL ") and \
         proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _odd_models(tmp_path):
+    (tmp_path / "empty.pb").write_bytes(b"")
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.placeholder(tf.float32, (None, 4), name="only")
+    (tmp_path / "only_input.pb").write_bytes(g.as_graph_def().SerializeToString())
+    (tmp_path / "bad_sm").mkdir()
+    (tmp_path / "bad_sm" / "saved_model.pb").write_bytes(b"\x08\x99garbage")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "{t}/empty.pb", "--inputs", "{t}/x.npz"], "a GraphDef without nodes"),
+    (["run", "{t}/only_input.pb", "--inputs", "{t}/x.npz"], "pass --outputs"),
+    (["run", "{t}/bad_sm", "--inputs", "{t}/x.npz"], "not a loadable SavedModel"),
+    (["inspect", "{t}/bad_sm"], "not a readable SavedModel"),
+    (["bench", "{sm}", "--inputs", "{t}/x.npz", "--compare"], "--compare ORIGINAL_SAVEDMODEL_DIR"),
+    (["convert", "{t}/in.pb", "-o", "{t}/no/such/dir/o.pb", "--outputs", "out0",
+      "--minimum-segment-size", "1"], "-o '{t}/no/such/dir/o.pb': folder {t}/no/such/dir does not exist"),
+])
+def test_more_mistakes_are_one_line(saved_model, tmp_path, capsys, argv, message):
+    path, _ = saved_model
+    _cnn_pb(tmp_path)
+    _odd_models(tmp_path)
+    np.savez(tmp_path / "x.npz", image=random_input((2, 6, 6, 4)))
+    fill = {"t": tmp_path, "sm": path / "sm"}
+    rc = main([a.format(**fill) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 1 and message.format(**fill) in err and err.count("\n") == 1, err
+
+
+def test_report_html_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf_integration.report_html", None)   # import fails
+    _, _, src = _cnn_pb(tmp_path)
+    assert main(["convert", str(src), "-o", str(tmp_path / "o.pb"), "--outputs", "out0",
+                 "--report-html", str(tmp_path / "r.html")]) == 1
+    assert "--report-html: the HTML report is not available" in capsys.readouterr().err
+
+
+def test_tensorflow_refusing_inputs_is_a_cli_error(saved_model, tmp_path):
+    from tf_integration.cli_models import GraphModel, SavedModelModel
+    from workflows.cli import CliError
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, None, name="x")       # unknown shape
+        tf.identity(tf.reshape(x, [2, 3]), name="y")
+    with pytest.raises(CliError, match="TensorFlow refused them"):
+        GraphModel("g.pb", graph_def=g.as_graph_def()).run({"x:0": np.ones((2, 2), "f4")})
+    path, _ = saved_model
+    with pytest.raises(CliError, match="signature 'serving_default' refused them"):
+        SavedModelModel(str(path / "sm")).run({"image": np.ones((2, 6, 6, 4), np.int32)})
+
+
+def test_building_ahead_needs_known_dims_past_the_batch():
+    from types import SimpleNamespace
+
+    from tf_integration.cli import _build_inputs
+    from workflows.cli import CliError
+
+    sig = SimpleNamespace(converter=object(), key="s",
+                          input_specs=[("x", tf.TensorSpec([None, None, 3], tf.float32))])
+    with pytest.raises(CliError, match=r"--max-batch-size: signature 's' input 'x' has shape "
+                                       r"\[None, None, 3\]"):
+        _build_inputs(SimpleNamespace(_signatures={"s": sig}), 4)
+    sig.input_specs = [("x", tf.TensorSpec([None, 2], tf.float32)),
+                       ("n", tf.TensorSpec([None], tf.int32))]
+    (item,) = list(_build_inputs(SimpleNamespace(_signatures={"s": sig}), 4)["s"]())
+    assert item["x"].shape == (4, 2) and np.abs(item["x"]).min() > 0 and item["n"].shape == (4,)

@@ -299,3 +299,23 @@ def test_build_progress_draws_per_layer_tactic_timing():
     text = s.getvalue()
     assert "engine build 1: timing tactics: 0/3" in text
     assert "engine build 1: timing tactics: 3/3 done" in text and "0.50 s" in text
+
+
+def test_batch_of_repeats_samples_and_refuses_scalars():
+    from workflows.cli_run import batch_of
+
+    x = np.arange(6, dtype=np.float32).reshape(3, 2) + 1
+    np.testing.assert_array_equal(batch_of({"x": x}, 5)["x"][3:], x[:2])
+    assert batch_of({"x": x}, 2)["x"].shape == (2, 2) and batch_of({"x": x}, None)["x"] is x
+    with pytest.raises(cli.CliError, match="--batch: input 'x' is a scalar"):
+        batch_of({"x": np.float32(1)}, 2)
+
+
+@pytest.mark.parametrize("argv", [["run", "m", "--inputs", "x", "--precision", "int9"],
+                                  ["bench", "m", "--inputs", "x", "--batch", "two"]])
+def test_bad_option_values_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and ("expected fp32, fp16 or int8" in err
+                                    or "'two' is not an integer" in err)
