@@ -32,12 +32,8 @@ _NOT_OUTPUTS = {"NoOp", "Const", "Placeholder", "Assert", "SaveV2", "RestoreV2"}
 
 def read_graph_def(path, option="MODEL"):
     """A GraphDef from a binary .pb, with a one-line error for anything else."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise CliError(f"{option} {path!r}", exc.strerror or str(exc),
-                       "a readable frozen GraphDef (.pb)") from exc
+    with open(path, "rb") as f:        # an OSError is said in one line by main()
+        data = f.read()
     gd = tf.compat.v1.GraphDef()
     try:
         gd.ParseFromString(data)
