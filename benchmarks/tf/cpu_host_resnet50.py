@@ -36,8 +36,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import tensorflow as tf  # noqa: E402
 
-from tf_integration import (TrtGraphConverter, TrtGraphConverterV2, freeze_keras_model,  # noqa: E402
-                            import_graph_def, load_saved_model)
+from tf_integration import (  # noqa: E402
+    TrtGraphConverter, TrtGraphConverterV2, freeze_keras_model, import_graph_def,
+    load_saved_model)
 from tf_integration.engine_node import runtime_mode  # noqa: E402
 
 log = logging.getLogger("cpu_host_resnet50")

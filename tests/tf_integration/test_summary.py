@@ -62,8 +62,9 @@ def test_segmenter_reasons_of_one_frame_become_one_phrase_and_others_are_counted
     left["relu"] = dict(kind="op not supported", detail="no converter for op Relu6x", op="X")
     text = format_summary(_report(left))
     (line,) = [x for x in text.splitlines() if "frame 'f'" in x]
-    assert "5 nodes" in line and ("a lowered while loop: stays in TensorFlow, no segment crosses its frame "
-                                    "(4 nodes)") in line
+    assert "5 nodes" in line
+    assert ("a lowered while loop: stays in TensorFlow, no segment crosses its frame "
+            "(4 nodes)") in line
     assert "op not supported: no converter for op Foo (1 node)" in line
     # the five functional Whiles: one line, with three names and a count of the rest
     (whiles,) = [x for x in text.splitlines() if "functional While" in x]
