@@ -28,7 +28,7 @@ def frozen(flavour, name):
         if flavour == "keras3":
             import keras
         else:
-            import tf_keras as keras
+            keras = pytest.importorskip("tf_keras")
         keras.utils.set_random_seed(0)
         model = getattr(keras.applications, name)(weights=None, input_shape=(SIZE, SIZE, 3))
         _CACHE[flavour, name] = freeze_keras_model(model)
@@ -134,7 +134,7 @@ def test_keras_flatten_with_dynamic_batch_converts_fully(flavour):
     if flavour == "keras3":
         import keras
     else:
-        import tf_keras as keras
+        keras = pytest.importorskip("tf_keras")
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Conv2D(4, 3),
                               keras.layers.Flatten(), keras.layers.Dense(3)])

@@ -189,7 +189,7 @@ def test_signature_key_converts_one_and_keeps_the_others(module_dirs, tmp_path):
 
 
 def test_tf_keras_model(tmp_path):
-    import tf_keras
+    tf_keras = pytest.importorskip("tf_keras")
 
     tf_keras.utils.set_random_seed(0)
     model = tf_keras.Sequential([tf_keras.layers.Conv2D(4, 3, activation="relu",

@@ -107,7 +107,8 @@ def test_parse_request_accepts_short_names_and_casts_to_the_input_dtype():
                                                 r"\[-1, 2, 3\]"),
     ({"inputs": {"x": 1.0, "k": [1]}}, r"input 'x' of shape \[\]"),
     ({"inputs": {"x": [[[1, 2, 3], [4, 5, 6]]]}}, r"expected also \['k:0'\]"),
-    ({"inputs": {"x": [[[1, 2, 3], [4, 5, 6]]], "k": [1, 2]}}, r"inputs with \[1, 2\] rows; expected one row count"),
+    ({"inputs": {"x": [[[1, 2, 3], [4, 5, 6]]], "k": [1, 2]}},
+     r"inputs with \[1, 2\] rows; expected one row count"),
     ({"inputs": {"x": np.ones((5, 2, 3)).tolist(), "k": [1] * 5}},
      "5 rows; expected 1 to max_batch_size=4"),
 ])
