@@ -32,6 +32,7 @@ gets status 400 and ``{"error": "..."}`` naming what was found and expected.
 """
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -169,8 +170,13 @@ class ModelReplica:
         self.backend, self.pad = backend, pad
         args = argparse.Namespace(backend=backend, precision="FP32", signature=signature,
                                   outputs=list(outputs) if outputs else None)
+        # One thread opens and runs the model, always the same: execution contexts, CuPy's
+        # current device and stream, the CUDA graphs captured on it and a TF session are
+        # per thread or bound at creation; and the event loop stays free to queue the next
+        # batch while this one runs.
+        self._runner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cupyrt")
         try:
-            self.model = open_model(model_path, args)
+            self.model = self._runner.submit(open_model, model_path, args).result()
         except CliError as exc:
             raise ServingError(f"cannot serve {model_path}: {exc}") from exc
         for name, (_, shape) in self.model.inputs.items():
@@ -180,12 +186,10 @@ class ModelReplica:
         self.warnings = engine_warnings(self.model, self.max_batch_size, pad)
         for w in self.warnings:
             logger.warning("%s", w)
-        # One thread runs the model, always the same: execution contexts, CuPy's current
-        # device and stream, and a TF session are per thread; and the event loop stays free
-        # to queue the next batch while this one runs.
-        self._runner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cupyrt")
         self._lock = threading.Lock()
-        self.batches = []                      # (requests, rows, padded rows) per model run
+        # (requests, rows, padded rows) of the last batches: a server runs for days
+        self.batches = collections.deque(maxlen=1024)
+        self.totals = {"batches": 0, "requests": 0, "rows": 0}
         logger.info("serving %s, engines on %s, batches up to %d rows",
                     self.model.describe(), backend, self.max_batch_size)
         if warmup:
@@ -202,30 +206,40 @@ class ModelReplica:
         rng = np.random.default_rng(0)
         sizes = bucket_sizes(self.max_batch_size) if self.pad else []
         for n in sizes:
-            self.model.run({k: rng.standard_normal((n, *s[1:])).astype(d)
-                            for k, (d, s) in self.model.inputs.items()})
+            feeds = {k: rng.standard_normal((n, *s[1:])).astype(d)
+                     for k, (d, s) in self.model.inputs.items()}
+            self._runner.submit(self.model.run, feeds).result()
         return sizes
 
     def parse(self, body):
         return parse_request(body, self.model.inputs, self.max_batch_size)
 
-    def run_batch(self, requests):
-        """Answers to parsed requests, in one model run (blocking)."""
+    def _submit(self, requests):
         feeds, counts = stack(requests, self.max_batch_size, self.pad)
+        return self._runner.submit(self._run, feeds, counts, len(requests))
+
+    def _run(self, feeds, counts, n_requests):
         outputs = self.model.run(feeds)
         with self._lock:
-            self.batches.append((len(requests), sum(counts), len(next(iter(feeds.values())))))
+            self.batches.append((n_requests, sum(counts), _rows(feeds)))
+            for key, n in (("batches", 1), ("requests", n_requests), ("rows", sum(counts))):
+                self.totals[key] += n
         return split(outputs, counts)
 
+    def run_batch(self, requests):
+        """Answers to parsed requests, in one model run (blocking)."""
+        return self._submit(requests).result()
+
     async def run_batch_async(self, requests):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._runner, self.run_batch, requests)
+        """run_batch for the event loop: it waits without blocking the loop."""
+        return await asyncio.wrap_future(self._submit(requests))
 
     def stats(self):
+        """The replica, its model and the last batches it ran (requests, rows, padded)."""
         with self._lock:
-            batches = list(self.batches)
+            batches, totals = list(self.batches), dict(self.totals)
         return {"pid": os.getpid(), "backend": self.backend, "model": self.model.describe(),
-                "max_batch_size": self.max_batch_size,
+                "max_batch_size": self.max_batch_size, "totals": totals,
                 "batch_requests": [b[0] for b in batches], "batch_rows": [b[1] for b in batches],
                 "padded_rows": [b[2] for b in batches]}
 

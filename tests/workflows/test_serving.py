@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import engine as rt
-from tf_integration import EngineFallbackWarning, TrtGraphConverter
+from tf_integration import EngineFallbackWarning, TrtGraphConverter, TrtGraphConverterV2
 from tf_integration.engine_node import ENGINE_OP
 from workflows import serving
 from workflows.serving import (ModelReplica, RequestError, ServingError, bucket, bucket_sizes,
@@ -120,7 +120,7 @@ def test_bad_requests_say_what_was_found_and_expected(body, message):
 def test_replica_runs_a_batch_of_requests_like_tensorflow_and_warms_up(converted):
     path, gd = converted
     replica = ModelReplica(path, backend="numpy", max_batch_size=6, warmup=True)
-    assert replica.batches == [] and "engines on numpy" in replica.stats()["model"]
+    assert not replica.batches and "engines on numpy" in replica.stats()["model"]
     xs = [RNG.standard_normal((n, 6, 6, 2)).astype("f4") for n in (1, 3)]
     answers = replica.run_batch([replica.parse({"inputs": {"x": x.tolist()}}) for x in xs])
     for x, a in zip(xs, answers):
@@ -196,6 +196,40 @@ def test_gpu_cluster_gets_one_replica_per_gpu_on_cupy(converted, monkeypatch):
     dep = serving.build_app(path, replicas=2)._bound_deployment
     assert dep.num_replicas == 2 and "num_gpus" not in dep.ray_actor_options
     assert dep.init_args[1] == "tensorflow" and dep.init_args[-1] is False
+
+
+class TwoInputs(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(RNG.standard_normal((4, 5)).astype("f4"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32),
+                                  tf.TensorSpec([None, 5], tf.float32)])
+    def serve(self, a, b):
+        return {"y": tf.nn.softmax(tf.tanh(tf.matmul(a, self.w)) * b + b)}
+
+
+def test_replica_serves_a_converted_saved_model_with_two_inputs(tmp_path):
+    module = TwoInputs()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    conv = TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "sm"),
+                               minimum_segment_size=2, maximum_cached_engines=4)
+    conv.convert()
+    conv.save(str(tmp_path / "sm_cupyrt"))
+    replica = ModelReplica(str(tmp_path / "sm_cupyrt"), backend="numpy", max_batch_size=8)
+    assert len(replica.model.engines) == 1 and replica.warnings == []
+    assert "engines on numpy" in replica.stats()["model"]
+    reqs = [{"inputs": {"a": RNG.standard_normal((n, 4)).tolist(),
+                        "b": RNG.standard_normal((n, 5)).tolist()}} for n in (2, 3)]
+    answers = replica.run_batch([replica.parse(r) for r in reqs])
+    for r, got in zip(reqs, answers):
+        want = module.serve(tf.constant(r["inputs"]["a"], tf.float32),
+                            tf.constant(r["inputs"]["b"], tf.float32))["y"].numpy()
+        np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-6)
+    assert replica.stats()["padded_rows"] == [8]
+    assert replica.stats()["totals"] == {"batches": 1, "requests": 2, "rows": 5}
+    few = ModelReplica(str(tmp_path / "sm_cupyrt"), backend="numpy", max_batch_size=16)
+    assert len(few.warnings) == 1 and "caches 4 engine(s), fewer than the 5" in few.warnings[0]
 
 
 # -- a local Ray cluster, HTTP on loopback ------------------------------------------------
