@@ -3,7 +3,8 @@
 ``run`` times one suite (benchmarks/suites.py) and writes
 ``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
 commit, command, versions, rows and builds, then prints a short table. ``report`` prints
-(``--write``: puts into RESULTS.md) the tables generated from every results file.
+(``--write``: puts into RESULTS.md, and draws results/plot.svg) the tables generated from
+every results file.
 """
 import argparse
 import datetime
@@ -93,11 +94,13 @@ def cmd_run(args):
 
 
 def cmd_report(args):
-    from .report import load_results, render, write_into
+    from .report import PLOT_NAME, load_results, render, render_plot, write_into
     docs = load_results(args.results)
     text = render(docs)
     if args.write:
         write_into(os.path.join(HERE, "RESULTS.md"), text)
+        with open(os.path.join(args.results, PLOT_NAME), "w") as f:
+            f.write(render_plot(docs))
     else:
         print(text)
     return 0

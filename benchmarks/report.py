@@ -102,3 +102,65 @@ def write_into(path, text):
     _, tail = rest.split(END, 1)
     with open(path, "w") as f:
         f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+# ---------------------------------------------------------------------------- the plot
+PLOT_NAME = "plot.svg"       # written beside the results files by `report --write`
+
+
+def plot_bars(docs):
+    """(label, x compile, x eager) per cupyrt row of every results file, in file order.
+    x compile is against the best compiled mode measured at that batch."""
+    bars = []
+    for doc in docs:
+        for r in doc["rows"]:
+            if r["system"] != "cupyrt" or not r.get("ms"):
+                continue
+            peers = {s: peer_for(doc["rows"], r, s) for s in ("torch.eager", "torch.compile",
+                                                              "torch.compile.reduce-overhead")}
+            x = ratios(r, peers)
+            if x["best_compile"] is None and x["eager"] is None:
+                continue
+            bars.append((f"{r['model']} {r['precision']} b{r['batch']}", x["best_compile"], x["eager"]))
+    return bars
+
+
+def render_plot(docs, width=720):
+    """A self-contained SVG: per model/precision/batch, cupyrt's speed-up over the best
+    torch.compile mode (dark) and over eager (light), on a log axis with 1x marked.
+    Hand-written SVG: no plotting package on the GPU machine or in CI."""
+    import math
+
+    bars = plot_bars(docs)
+    cards = sorted({d["card"] for d in docs})
+    label_w, row_h, top = 190, 26, 40
+    plot_w = width - label_w - 60
+    lo, hi = 0.5, max([2.0] + [v for _, c, e in bars for v in (c, e) if v])
+    span = math.log(hi) - math.log(lo)
+
+    def xpos(v):
+        return label_w + plot_w * (math.log(max(v, lo)) - math.log(lo)) / span
+
+    height = top + row_h * max(1, len(bars)) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="18" font-size="14">cupyrt speed-up, same process and card '
+           f'({", ".join(cards) or "no results"}): dark = vs best torch.compile, light = vs eager'
+           '</text>']
+    for tick in (0.5, 1, 2, 4, 8, 16, 32):
+        if lo <= tick <= hi:
+            x = xpos(tick)
+            out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{height - 24}" '
+                       f'stroke="{"#000" if tick == 1 else "#ccc"}"/>'
+                       f'<text x="{x:.1f}" y="{height - 10}" text-anchor="middle">{tick:g}x</text>')
+    for i, (label, comp, eager) in enumerate(bars):
+        y = top + i * row_h
+        out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{label}</text>')
+        for value, dy, colour in ((eager, 0, "#9ecae1"), (comp, 11, "#08519c")):
+            if value:
+                x0, x1 = xpos(lo), xpos(value)
+                out.append(f'<rect x="{x0:.1f}" y="{y + dy}" width="{x1 - x0:.1f}" height="10" '
+                           f'fill="{colour}"><title>{label}: {value:.2f}x</title></rect>'
+                           f'<text x="{x1 + 3:.1f}" y="{y + dy + 9}" font-size="10">{value:.2f}x</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

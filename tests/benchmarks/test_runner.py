@@ -71,3 +71,30 @@ def test_report_renders_tables_and_writes_between_markers(tmp_path):
 def test_short_table_prints_ratios_last_line_per_row():
     table = runner.short_table(ROWS)
     assert table.splitlines()[1].split()[-3:] == ["8.00", "2.00", "1.25"]
+
+
+def test_plot_draws_one_bar_pair_per_cupyrt_row_with_same_run_ratios(tmp_path):
+    doc = {"suite": "resnet50", "card": "NVIDIA H200", "date": "2026-12-04T10:00:00", "rows": ROWS}
+    bars = report.plot_bars([doc])
+    # b1: best compiled is reduce-overhead 0.5 ms -> 1.25x, eager 3.2 / 0.4 = 8x; INT8 b256: 10 / 5
+    assert bars == [("resnet50 fp16 b1", pytest.approx(1.25), pytest.approx(8.0)),
+                    ("resnet50 int8 b256", pytest.approx(2.0), None)]
+    svg = report.render_plot([doc])
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert svg.count("<rect") == 3 and "1.25x" in svg and "8.00x" in svg and "NVIDIA H200" in svg
+    import xml.dom.minidom
+    xml.dom.minidom.parseString(svg)                  # well-formed
+    assert report.render_plot([]).count("<rect") == 0
+
+
+def test_report_write_draws_the_plot_beside_the_results(tmp_path, monkeypatch):
+    doc = {"suite": "resnet50", "what": "ResNet-50", "card": "NVIDIA H200", "date": "2026-12-04T10:00:00",
+           "commit": "abc", "command": "c", "rows": ROWS}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "2026-12-04_h200_resnet50.json").write_text(json.dumps(doc))
+    (tmp_path / "RESULTS.md").write_text(f"# R\n{report.BEGIN}\nold\n{report.END}\n")
+    monkeypatch.setattr(runner, "HERE", str(tmp_path))
+    assert runner.main(["report", "--write", "--results", str(results)]) == 0
+    assert "| resnet50 | fp16 | 1 |" in (tmp_path / "RESULTS.md").read_text()
+    assert (results / report.PLOT_NAME).read_text().count("<rect") == 3
