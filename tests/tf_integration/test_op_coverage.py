@@ -8,6 +8,7 @@ import tensorflow as tf
 from tf_integration import TrtGraphConverter, registry, supported_ops, tftrt_ops
 from tf_integration.engine_node import ENGINE_OP
 from tf_integration.graph_utils import GraphIndex
+from tf_integration import ops_doc
 from tf_integration.ops_doc import DOC_PATH, render
 from tfi_helpers import build_graph, cross_validate, random_input, rel_l2, run_graph
 
@@ -43,6 +44,30 @@ def test_supported_ops_doc_is_current():
         committed = f.read()
     assert committed == render(), ("SUPPORTED_OPS.md is stale: regenerate it with "
                                    "`python -m tf_integration.ops_doc`")
+
+
+def test_readme_ops_table_is_current_and_lists_every_op_once():
+    with open(ops_doc.README_PATH) as f:
+        readme = f.read()
+    assert readme == ops_doc.readme_with_families(readme), (
+        "README's ops table is stale: regenerate it with `python -m tf_integration.ops_doc`")
+    table = readme.split(ops_doc.README_BEGIN, 1)[1].split(ops_doc.README_END, 1)[0]
+    listed = [op.strip() for row in table.strip().splitlines()[2:]
+              for op in row.split("|")[2].split(",")]
+    assert sorted(listed) == sorted(supported_ops())
+
+
+def test_readme_without_markers_is_refused_and_check_fails_when_stale(tmp_path):
+    with pytest.raises(ValueError, match="no ops table markers"):
+        ops_doc.readme_with_families("# no markers here\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# R\n{ops_doc.README_BEGIN}\nold\n{ops_doc.README_END}\n")
+    doc = tmp_path / "SUPPORTED_OPS.md"
+    doc.write_text(render())
+    assert ops_doc.main(["--check", "--path", str(doc), "--readme", str(readme)]) == 1
+    assert ops_doc.main(["--path", str(doc), "--readme", str(readme)]) == 0
+    assert ops_doc.main(["--check", "--path", str(doc), "--readme", str(readme)]) == 0
+    assert "| comparison |" in readme.read_text()
 
 
 def test_doc_lists_both_sides_with_totals():
