@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from .errors import TFIntegrationError
+
 logger = logging.getLogger(__name__)
 
 
@@ -306,7 +308,13 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
     from .graph_utils import freeze_keras_model
 
     if legacy_keras:
-        import tf_keras as keras
+        try:
+            import tf_keras as keras
+        except ImportError as exc:
+            raise TFIntegrationError(
+                f"--legacy-keras: tf_keras is not installed ({exc}); expected it beside TensorFlow: "
+                "`pip install --no-deps \"tf_keras==<TensorFlow's major.minor>.*\"` (its metadata "
+                "asks for the `tensorflow` package, which must not land beside tensorflow-cpu)") from exc
     else:
         import keras
     keras.utils.set_random_seed(0)

@@ -422,3 +422,19 @@ def test_building_ahead_needs_known_dims_past_the_batch():
                        ("n", tf.TensorSpec([None], tf.int32))]
     (item,) = list(_build_inputs(SimpleNamespace(_signatures={"s": sig}), 4)["s"]())
     assert item["x"].shape == (4, 2) and np.abs(item["x"]).min() > 0 and item["n"].shape == (4,)
+
+
+def test_tf_demo_legacy_keras_without_tf_keras_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tf_keras(name, *args, **kwargs):
+        if name == "tf_keras":
+            raise ImportError("No module named 'tf_keras'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tf_keras)
+    assert main(["tf-demo", "--legacy-keras", "--model", "MobileNetV2", "--size", "32"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--legacy-keras: tf_keras is not installed" in err[0]
