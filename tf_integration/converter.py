@@ -22,6 +22,7 @@ import warnings
 import tensorflow as tf
 
 import engine as rt
+from engine.atomic_file import write_bytes
 
 from . import calibration, conversion, registry
 from .converters.quantization import QDQ_OPS
@@ -308,11 +309,8 @@ class TrtGraphConverter:
         path = output_saved_model_dir
         if os.path.isdir(path):
             path = os.path.join(path, "model_opt.pb")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:         # nothing half-written: write then rename
-            f.write(self.converted_graph_def.SerializeToString())
-        os.replace(tmp, path)
-        return path
+        # nothing half-written: a temporary file renamed over the old one, removed on failure
+        return write_bytes(path, self.converted_graph_def.SerializeToString())
 
     def calibrate(self, fetch_names, num_runs, feed_dict_fn=None, input_map_fn=None):
         """Run the converted graph ``num_runs`` times (feeds from ``feed_dict_fn()``, or

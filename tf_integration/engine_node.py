@@ -18,6 +18,9 @@ attributes carry everything it needs (so a saved .pb is self-contained):
     calibration_table   TensorRT-format calibration cache (calibration.py); an
                     INT8 node with use_calibration and no table is *pending*:
                     it runs FP32 (and records its inputs while calibrate() runs)
+    payload_digests SHA-256 of each payload attribute above (integrity.py),
+                    checked before a node is imported, inlined or bound: a changed
+                    byte raises PayloadIntegrityError instead of running
 
 TensorFlow has no kernel for that op type (we ship no C++), so
 ``import_graph_def`` rewrites each engine node before importing, by where the
@@ -48,7 +51,7 @@ from engine import exchange
 from engine.backends import requested
 from engine.gpu.device import available as cuda_available
 
-from . import conversion, engine_storage
+from . import conversion, engine_storage, integrity
 from .engine_inline import inline_engine_node
 from .errors import EngineNodeError
 from .graph_utils import get_attr
@@ -113,7 +116,7 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
     node.attr["max_workspace_size_bytes"].i = int(params["max_workspace_size_bytes"] or 0)
     node.attr["use_calibration"].b = bool(params.get("use_calibration", False))
     node.attr["calibration_table"].s = b""
-    return node
+    return integrity.seal(node)
 
 
 class EngineRunner:
@@ -123,7 +126,9 @@ class EngineRunner:
     out); calling the runner itself takes and returns host arrays (tools, tests).
     """
 
-    def __init__(self, node, mode=None):
+    def __init__(self, node, mode=None, verified=False):
+        if not verified:          # ``verified``: the caller checked this very node already
+            integrity.verify(node)
         self.name = node.name
         self.key = engine_key(node)
         self.mode = mode or runtime_mode()
@@ -375,10 +380,10 @@ def build_engine(segment_gd, precision, shapes, workspace, network=None, table=N
 
 # ---------------------------------------------------------------------------- import
 
-def bind_engine_node(node, mode=None):
+def bind_engine_node(node, mode=None, verified=False):
     """``(EagerPyFunc NodeDef, EngineRunner)`` for one engine node: the runner is
     registered where TF's EagerPyFunc kernel finds it (by the node's token)."""
-    runner = EngineRunner(node, mode)
+    runner = EngineRunner(node, mode, verified=verified)
     func = script_ops.EagerFunc(runner.eager_call, [tf.dtypes.as_dtype(t) for t in
                                                     node.attr["Tout"].list.type], False)
     runner.eager_func = func                  # the registry holds it weakly; the runner strongly
@@ -397,7 +402,12 @@ def runnable_graph_def(graph_def, inline=None):
 
     ``inline``: True puts each segment's own ops in place of its engine node
     (no runner), False binds runners; None decides by ``runtime_mode()``.
+    Every engine node's payloads are checked first (integrity.verify): one
+    changed byte anywhere raises before any node is inlined or bound.
     """
+    for node in graph_def.node:
+        if node.op == ENGINE_OP:
+            integrity.verify(node)
     mode = runtime_mode()
     if inline is None:
         inline = mode == "tensorflow"
@@ -412,7 +422,7 @@ def runnable_graph_def(graph_def, inline=None):
             out.node.extend(inline_engine_node(node))
             _INLINED[engine_key(node)] += 1
         else:
-            new, runners[node.name] = bind_engine_node(node, mode)
+            new, runners[node.name] = bind_engine_node(node, mode, verified=True)
             out.node.append(new)
     return out, runners
 

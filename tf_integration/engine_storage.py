@@ -23,7 +23,7 @@ import tensorflow as tf
 import engine as rt
 from engine import plan as planfile
 
-from . import conversion
+from . import conversion, integrity
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ SEGMENT = b"segment_graph"
 
 
 def store(node, plan=None, network=None):
-    """Set the node's ``serialized_plan`` / ``serialized_network`` without weights."""
+    """Set the node's ``serialized_plan`` / ``serialized_network`` without weights,
+    and record the digests of its payloads (integrity.py) as they now are."""
     node.attr["serialized_plan"].s = planfile.strip_weights(plan) if plan else b""
     node.attr["serialized_network"].s = planfile.strip_weights(network) if network else b""
     node.attr[WEIGHTS_ATTR].s = SEGMENT
+    integrity.seal(node)
 
 
 def weights_in_segment(node):

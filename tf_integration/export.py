@@ -30,6 +30,7 @@ import re
 import tensorflow as tf
 
 import engine as rt
+from engine.atomic_file import write_bytes
 
 from . import conversion, engine_storage
 from .engine_node import ENGINE_OP
@@ -155,11 +156,7 @@ def export_engines(graph_def, out_dir, model_outputs=None):
 
 
 def _write(path, data):
-    tmp = path + ".tmp"               # nothing half-written: write then rename
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, data)    # nothing half-written (engine/atomic_file.py)
 
 
 def load_manifest(out_dir):

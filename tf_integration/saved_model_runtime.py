@@ -32,6 +32,10 @@ on that first call) and runs the engine. So:
   them (EngineRunner.add_engine), so a SavedModel holds every weight once.
 - Everything lives inside the SavedModel: nothing is read from the source
   model's directory, or from this one after loading.
+- Nothing changed runs: the key constant is the blob's SHA-256 and the blob's
+  node carries a digest per payload (integrity.py); load_saved_model checks both
+  for every engine before it returns, the dispatcher before it binds one, and a
+  mismatch raises PayloadIntegrityError naming the engine and the attribute.
 
 Why not TF-TRT's way (engine ops with their own kernel): we ship no C++, and a
 SavedModel function cannot hold an op type TensorFlow has no definition for;
@@ -56,6 +60,7 @@ from tensorflow.python.ops import script_ops
 
 from engine import plan as planfile
 
+from . import integrity
 from .engine_inline import inline_engine_node
 from .engine_node import (ENGINE_OP, EngineFallbackWarning, EngineRunner, build_engine,
                           runtime_mode)
@@ -98,7 +103,8 @@ class SavedEngine:
             base.attr.pop(key, None)
         self.name = node.name
         self.static = bool(base.attr["serialized_plan"].s)     # one plan for every shape
-        self.runner = EngineRunner(base)
+        integrity.verify(node)            # the whole node: base lacks the plans built ahead
+        self.runner = EngineRunner(base, verified=True)
         for shape_list, plan in zip(shapes, plans):
             self.runner.add_engine(shape_list, plan)
         self.stats = collections.Counter()
@@ -165,24 +171,39 @@ _ENGINES_LOCK = threading.Lock()
 _RECORDER = {}
 
 
+def engine_node_of(blob, key=None):
+    """The engine NodeDef in a blob. ``key``: the blob's key constant, which must be
+    its SHA-256; on a mismatch the node's own digests name the changed attribute
+    where they can (integrity.verify), else the error names the blob."""
+    actual = blob_key(blob)
+    key = key or actual
+    try:
+        node = tf.compat.v1.NodeDef.FromString(blob)
+    except Exception as exc:          # noqa: BLE001 - protobuf's DecodeError
+        raise SavedModelError(f"engine data {key.decode()[:12]} is not a NodeDef "
+                              f"({exc}); expected a blob written by "
+                              "TrtGraphConverterV2.save()") from exc
+    if node.op != ENGINE_OP:
+        raise SavedModelError(f"engine data {key.decode()[:12]} holds a "
+                              f"{node.op!r} node; expected {ENGINE_OP!r}")
+    if key != actual:
+        integrity.verify(node)
+        raise integrity.PayloadIntegrityError(
+            node.name, BLOB_SUFFIX[1:], f"has sha256 {actual.decode()[:16]}...",
+            f"sha256 {key.decode()[:16]}... (its {KEY_SUFFIX[1:]} constant)")
+    return node
+
+
 def bind_engine(blob, key=None):
-    """The SavedEngine of a blob (made once per key)."""
+    """The SavedEngine of a blob (made once per key, after its checks:
+    engine_node_of, integrity.verify)."""
     key = key or blob_key(blob)
     engine = _ENGINES.get(key)
     if engine is None:
         with _ENGINES_LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                try:
-                    node = tf.compat.v1.NodeDef.FromString(blob)
-                except Exception as exc:          # noqa: BLE001 - protobuf's DecodeError
-                    raise SavedModelError(f"engine data {key.decode()[:12]} is not a NodeDef "
-                                          f"({exc}); expected a blob written by "
-                                          "TrtGraphConverterV2.save()") from exc
-                if node.op != ENGINE_OP:
-                    raise SavedModelError(f"engine data {key.decode()[:12]} holds a "
-                                          f"{node.op!r} node; expected {ENGINE_OP!r}")
-                engine = SavedEngine(node)
+                engine = SavedEngine(engine_node_of(blob, key))
                 engine.key = key
                 _ENGINES[key] = engine
     return engine
@@ -254,6 +275,7 @@ class record_shapes:
 def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
     """The blob NodeDef: the engine node plus engines built ahead
     (``prebuilt``: {input shapes: plan bytes}) and the runtime-build rule."""
+    integrity.verify(node)             # never re-seal a node changed since conversion
     out = tf.compat.v1.NodeDef()
     out.CopyFrom(node)
     del out.input[:]                   # the EagerPyFunc node carries the edges
@@ -262,7 +284,7 @@ def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
         # without weights: the segment holds them (engine_storage.py), once per engine
         out.attr[PREBUILT_PLANS].list.s.append(planfile.strip_weights(plan))
     out.attr[ALLOW_BUILD].b = bool(allow_build_at_runtime)
-    return out
+    return integrity.seal(out)
 
 
 def runnable_graph_def(converted, prebuilt=None, allow_build_at_runtime=True):
@@ -338,7 +360,8 @@ def graph_function(graph_def, input_names, output_names, input_specs, structured
 # ---------------------------------------------------------------------------- loading
 
 def engine_blobs(export_dir):
-    """{key: blob} of every saved engine in a SavedModel directory's saved_model.pb."""
+    """{key: blob} of every saved engine in a SavedModel directory's saved_model.pb;
+    a blob whose key constant is not its SHA-256 raises (engine_node_of)."""
     from tensorflow.python.saved_model import loader_impl
 
     proto = loader_impl.parse_saved_model(export_dir)
@@ -346,10 +369,16 @@ def engine_blobs(export_dir):
     for meta in proto.meta_graphs:
         graphs = [meta.graph_def.node] + [f.node_def for f in meta.graph_def.library.function]
         for nodes in graphs:
-            for node in nodes:
-                if node.op == "Const" and node.name.endswith(BLOB_SUFFIX):
-                    blob = node.attr["value"].tensor.string_val[0]
-                    blobs[blob_key(blob)] = blob
+            consts = {n.name: n for n in nodes if n.op == "Const"}
+            for name, node in consts.items():
+                if not name.endswith(BLOB_SUFFIX):
+                    continue
+                blob = node.attr["value"].tensor.string_val[0]
+                key_node = consts.get(name[:-len(BLOB_SUFFIX)] + KEY_SUFFIX)
+                key = key_node.attr["value"].tensor.string_val[0] if key_node else None
+                if key is not None and key != blob_key(blob):
+                    engine_node_of(blob, key)             # raises, naming what changed
+                blobs[blob_key(blob)] = blob
     return blobs
 
 
@@ -370,6 +399,11 @@ def load_saved_model(export_dir, tags=None, inline=None):
                               "SavedModel directory (as written by TrtGraphConverterV2.save)")
     if inline is None:
         inline = runtime_mode() == "tensorflow"
+    # every engine checked before TensorFlow loads (and could run) anything
+    blobs = engine_blobs(path)
+    if inline:
+        for blob in blobs.values():
+            integrity.verify(engine_node_of(blob))
     loaded = tf.saved_model.load(path, tags=tags)
     if inline:
         rewrapped = {}
@@ -382,7 +416,6 @@ def load_saved_model(export_dir, tags=None, inline=None):
         logger.info("loaded %s: engine nodes run as their TensorFlow segments (inlined), "
                     "signatures %s", path, sorted(loaded.signatures.keys()))
         return loaded
-    blobs = engine_blobs(path)
     for key, blob in blobs.items():
         bind_engine(blob, key)
     logger.info("loaded %s: %d engine(s) bound, signatures %s", path, len(blobs),
@@ -403,10 +436,9 @@ def inline_engine_calls(graph_def):
     for call in calls:
         key_name, blob_name = (parse_input(i)[0] for i in call.input[:2])
         blob = nodes[blob_name].attr["value"].tensor.string_val[0]
-        node = tf.compat.v1.NodeDef.FromString(blob)
-        if node.op != ENGINE_OP:
-            raise SavedModelError(f"engine call {call.name!r} holds a {node.op!r} node; "
-                                  f"expected {ENGINE_OP!r}")
+        key = nodes[key_name].attr["value"].tensor.string_val[0] if key_name in nodes else None
+        node = engine_node_of(blob, key)
+        integrity.verify(node)
         node.name, node.device = call.name, call.device
         node.input.extend(call.input[2:])
         replaced[call.name] = inline_engine_node(node)

@@ -191,7 +191,7 @@ def debug_precision_command(args, out=None):
         out.write(f"kept in FP16 to meet error <= {args.budget}: {kept or 'none'} "
                   f"(output error {final.max_output_error:.3g})\n")
         if args.output:
-            with open(args.output, "wb") as f:
-                f.write(rt.serialize_network(net))
+            from engine.atomic_file import write_bytes
+            write_bytes(args.output, rt.serialize_network(net))
             out.write(f"network with those precision marks written to {args.output}\n")
     return 0

@@ -11,7 +11,7 @@ import tensorflow as tf
 import engine as rt
 from engine import plan as planfile
 from tf_integration import (EngineFallbackWarning, TrtGraphConverter, engine_node,
-                            engine_storage, import_graph_def, wrap_frozen_graph)
+                            engine_storage, import_graph_def, integrity, wrap_frozen_graph)
 from tf_integration.engine_node import ENGINE_OP, EngineRunner, runtime_stats
 from tfi_helpers import build_graph, random_input, rel_l2, run_graph
 
@@ -234,6 +234,7 @@ def test_engine_nodes_that_store_weights_twice_still_load():
                 node.attr["serialized_plan"].s = engine_storage.stored_plan(node) or b""
                 node.attr["serialized_network"].s = engine_storage.stored_network(node) or b""
                 del node.attr[engine_storage.WEIGHTS_ATTR]
+                del node.attr[integrity.DIGESTS_ATTR]       # nor had they digests
                 assert not planfile.is_stripped(node.attr["serialized_plan"].s or
                                                 node.attr["serialized_network"].s)
         ref = run_graph(gd, outs, {"x0:0": x})
@@ -248,6 +249,7 @@ def test_a_segment_that_no_longer_matches_its_plan_is_built_again(caplog):
     other = convert(lambda t: tf.nn.relu(conv_block(t, "a")), is_dynamic_op=False)[3]
     (node2,) = [n for n in other.node if n.op == ENGINE_OP]
     node.attr["serialized_plan"].s = node2.attr["serialized_plan"].s    # a stale header
+    integrity.seal(node)        # as written by an older converter: its digests match
     with caplog.at_level(logging.WARNING, logger="tf_integration.engine_storage"):
         got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
     assert "building the engine again" in caplog.text
@@ -261,6 +263,7 @@ def test_a_dynamic_node_whose_stored_network_is_stale_uses_the_one_converted_now
     other = convert(lambda t: tf.nn.relu(conv_block(t, "a")))[3]
     (node2,) = [n for n in other.node if n.op == ENGINE_OP]
     node.attr["serialized_network"].s = node2.attr["serialized_network"].s
+    integrity.seal(node)
     with caplog.at_level(logging.WARNING, logger="tf_integration.engine_storage"):
         got = run_graph(converted, outs, {"x0:0": x}, converted=True)[0]
     assert "using the network converted now" in caplog.text
