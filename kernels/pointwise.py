@@ -107,7 +107,8 @@ def erf(x):
 def activation(x, kind, alpha=0.0, beta=0.0):
     """y = f(x) for TensorRT's ActivationType names (``kind`` is the member name)."""
     xp = array_module(x)
-    with errstate(xp, over="ignore"):
+    # NaN/Inf inputs give NaN/Inf outputs as in TensorFlow, without warnings
+    with errstate(xp, over="ignore", invalid="ignore"):
         y = _activation(xp, x, kind, alpha, beta)
     return y.astype(x.dtype, copy=False)
 

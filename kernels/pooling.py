@@ -3,6 +3,12 @@
 A loop over the window's taps, each a strided view of the padded input, reduces
 with max or sum; no loop touches pixels or batch elements.
 
+Max pooling has TensorFlow's NaN semantics (MaxPool on CPU and GPU, where
+TF_ENABLE_MAXPOOL_NANPROP is off by default): a NaN tap is skipped (fmax, not
+maximum), and the running max starts at the dtype's lowest finite value, so a
+window of only NaN or -inf taps gives -FLT_MAX (-65504 in FP16), not NaN or
+-inf. kernels/cuda/pool_softmax.cu does the same (fmaxf from -FLT_MAX).
+
 Padding follows TensorRT's IPoolingLayer: -inf for max, 0 for average. The
 average's denominator is the overlap of the window with the unpadded input
 (``exclude_padding``, TF's and TensorRT's default) or with the padded input;
@@ -45,7 +51,10 @@ def pool_nd(x, kind, window, stride, pre, post, out_spatial, exclude_padding=Tru
     result_max = result_avg = None
     if kind in ("MAX", "MAX_AVERAGE_BLEND"):
         xpad = pad_to_extent(x, pre, extent, -np.inf)
-        result_max = _window_reduce(xpad, window, stride, out_spatial, xp.maximum)
+        result_max = _window_reduce(xpad, window, stride, out_spatial, xp.fmax)
+        lowest = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        # NaN left only where every tap was NaN; -inf only where every tap was -inf
+        result_max = xp.where(xp.isnan(result_max) | (result_max < lowest), lowest, result_max)
     if kind in ("AVERAGE", "MAX_AVERAGE_BLEND"):
         xpad = pad_to_extent(x, pre, extent, 0.0)
         total = _window_reduce(xpad, window, stride, out_spatial, xp.add)

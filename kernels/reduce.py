@@ -1,7 +1,7 @@
 """NumPy references for reductions and softmax (array-module generic)."""
 import numpy as np
 
-from .xp import array_module
+from .xp import array_module, errstate
 
 _REDUCERS = {"SUM": "sum", "PROD": "prod", "MAX": "max", "MIN": "min", "AVG": "mean"}
 
@@ -23,8 +23,11 @@ def softmax(x, axis):
     """Numerically stable softmax: exp(x - max) / sum(exp(x - max)) along ``axis``."""
     xp = array_module(x)
     x = x.astype(np.float32, copy=False)
-    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
-    return e / xp.sum(e, axis=axis, keepdims=True)
+    # NaN or +Inf in a row makes the whole row NaN (+Inf - +Inf), as TensorFlow's
+    # reference (Eigen) and GPU kernels do; -Inf gives 0 where it was
+    with errstate(xp, invalid="ignore"):
+        e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+        return e / xp.sum(e, axis=axis, keepdims=True)
 
 
 def normalize(x, scale, bias, axes, epsilon, groups=1):
