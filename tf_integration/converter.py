@@ -28,8 +28,8 @@ from . import calibration, conversion, registry
 from .converters.quantization import QDQ_OPS
 from .engine_node import ENGINE_OP, make_engine_node, runtime_stats
 from .errors import ConverterArgumentError, TFIntegrationError
-from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, node_of, parse_input,
-                          tensor_name)
+from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, check_graph_def, node_of,
+                          parse_input, tensor_name)
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .loop_frames import drop_unused_functions
@@ -117,6 +117,9 @@ class TrtGraphConverter:
     # ------------------------------------------------------------------ convert
     def convert(self):
         t0 = time.perf_counter()
+        # engine nodes (a graph converted before) and ops a converter is registered for
+        # are ours to run even where TensorFlow has no kernel for them
+        check_graph_def(self.input_graph_def, known_ops={ENGINE_OP, *registry.supported_ops()})
         known = {n.name for n in self.input_graph_def.node}
         missing = [n for n in self.nodes_denylist if n not in known]
         if missing:

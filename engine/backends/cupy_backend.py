@@ -20,7 +20,8 @@ from ..errors import BuildError
 from ..gpu import tactics as T
 from ..gpu.concat import ConcatElision
 from ..gpu.device import available, gpu_info
-from ..gpu.timing import TimingCache, kernel_switches, layer_signature, time_ms
+from ..gpu.timing import (TimingCache, free_device_cache, is_out_of_memory, kernel_switches,
+                          layer_signature, time_ms)
 
 log = logging.getLogger(__name__)
 _caches = {}
@@ -72,6 +73,7 @@ class CupyBackend:
         self._lock = threading.Lock()
         self.selected = {}           # layer name -> last tactic name chosen (for inspection)
         self.timings = {}            # layer name -> {tactic: ms} of the last selection
+        self.tactic_failures = {}    # layer name -> {tactic: why it failed while timed}
         self.graph_notes = []        # why each shape runs eagerly or replays a graph
         self._capture_error = ""
         # concat elision (engine/gpu/concat.py): the per-engine plan, made on the first
@@ -176,16 +178,36 @@ class CupyBackend:
         candidate that fails scores infinity, one clearly slower stops early."""
         timed, best, best_ms = {}, None, math.inf
         for t in cands:
+            failed = []
+
             def run(t=t):
-                return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
+                try:           # compiling (prepare) and launching both happen in here
+                    return t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
+                except Exception as e:     # noqa: BLE001  (kept to say why, then re-raised)
+                    failed.append(e)
+                    raise
             try:
                 ms = time_ms(run, best_ms, graph=self.graph_timing and t.capturable_for(layer))
-            except Exception:          # noqa: BLE001  (preparation failed: skip)
+            except Exception as e:     # noqa: BLE001  (the timer itself failed: skip)
+                failed.append(e)
                 ms = math.inf
+            if failed and math.isinf(ms):
+                self._tactic_failed(layer, t, failed[-1])
             timed[t.name] = ms
             if ms < best_ms:
                 best, best_ms = t, ms
         return timed, best, best_ms
+
+    def _tactic_failed(self, layer, tactic, exc):
+        """A candidate that failed to compile, launch or allocate scores infinity: say
+        why, and give back what it held (after an out-of-memory error the next
+        candidate must not start from a pool full of the failed one's blocks)."""
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.tactic_failures.setdefault(layer.name, {})[tactic.name] = reason
+        log.info("%s: tactic %s skipped (%s)", layer.name, tactic.name, reason)
+        if is_out_of_memory(exc):
+            self._state.pop((layer.name, tactic.name), None)
+            free_device_cache()
 
     def _select(self, layer, inputs, shapes, dtypes, precision, out_dtypes, key):
         cands = self._candidates(layer, shapes, dtypes, precision)
@@ -224,8 +246,8 @@ class CupyBackend:
                 if not only.capturable_for(layer):
                     self._capturable[key] = None
             except Exception as e:     # noqa: BLE001
-                log.info("%s: %s failed on the device (%s: %s); host tactic", layer.name,
-                         only.name, type(e).__name__, e)
+                self._tactic_failed(layer, only, e)
+                log.info("%s: host tactic", layer.name)
                 timed, best = {only.name: math.inf}, T.HOST
         else:
             timed, best, _ = self._time(layer, fast if self.autotune else fast[:1], inputs,

@@ -139,6 +139,23 @@ def _eager_ms(fn, best_so_far, warmup, reps):
         return math.inf
 
 
+def is_out_of_memory(exc):
+    """Whether ``exc`` is CuPy's (or the driver's) out-of-memory error, checked by name
+    so that no CuPy import is needed to ask."""
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA_ERROR_OUT_OF_MEMORY" in str(exc)
+
+
+def free_device_cache():
+    """Return the cached blocks of CuPy's default memory pools to the device (after a
+    candidate ran out of memory, the next one gets what the failed one held)."""
+    try:
+        import cupy as cp
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception as e:       # noqa: BLE001  (nothing to free without CuPy)
+        log.debug("memory pools not freed: %s: %s", type(e).__name__, e)
+
+
 # Environment switches that change which tactics exist or how fast one runs (value: is the
 # switch on, given the variable's value or None). Their non-default states join the timing
 # cache key, so tiles timed one way are not reused the other way.
