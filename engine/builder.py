@@ -66,6 +66,11 @@ class BuilderConfig:
         self.precision_by_timing = True
         self.profiles = []
         self.progress = None         # cupyrt option: fn(event, **info), see PROGRESS_LISTENERS
+        # cupyrt options (engine/precision_range.py): sample inputs (dicts input -> array) on
+        # which an FP16 build runs the network in FP32 and names the layers out of FP16's
+        # range; with fp16_range_fallback those layers compute in FP32
+        self.range_check_inputs = None
+        self.fp16_range_fallback = False
 
     def add_optimization_profile(self, profile):
         if not isinstance(profile, OptimizationProfile):
@@ -179,6 +184,10 @@ class Builder:
         t2 = time.perf_counter()
         _emit(config, "stage", name="precision")
         precisions = assign_precisions(work, config)
+        fp16_range = None
+        if config.range_check_inputs is not None and config.get_flag(BuilderFlag.FP16):
+            from . import precision_range
+            fp16_range = precision_range.check(work, precisions, config)
         # -- INT8 (engine/quantization.py): calibrate the optimised network, pick INT8 layers
         int8_meta = {}
         if config.get_flag(BuilderFlag.INT8):
@@ -197,6 +206,8 @@ class Builder:
             "build_seconds": {"copy": t1 - t0, "passes": t2 - t1, "precision": t3 - t2},
             **int8_meta,
         }
+        if fp16_range is not None:
+            meta["fp16_range"] = fp16_range
         if config.timing_cache_path:
             meta["timing_cache"] = str(config.timing_cache_path)
         from .backends import resolve
