@@ -65,6 +65,9 @@ class BuilderConfig:
         # there where that is faster (engine/precision_timing.py); TensorRT always does
         self.precision_by_timing = True
         self.profiles = []
+        # cupyrt option (TensorRT's implicit-batch max_batch_size, kept for TF-TRT's static
+        # engines): recorded in the plan; execute() refuses a larger first dim
+        self.max_batch_size = None
         self.progress = None         # cupyrt option: fn(event, **info), see PROGRESS_LISTENERS
         # cupyrt options (engine/precision_range.py): sample inputs (dicts input -> array) on
         # which an FP16 build runs the network in FP32 and names the layers out of FP16's
@@ -208,6 +211,12 @@ class Builder:
         }
         if fp16_range is not None:
             meta["fp16_range"] = fp16_range
+        # the shapes execute() accepts (runtime.ExecutionContext checks them)
+        if config.profiles:
+            meta["profiles"] = [{n: [list(d) for d in dims] for n, dims in p.shapes.items()}
+                                for p in config.profiles]
+        if config.max_batch_size:
+            meta["max_batch_size"] = int(config.max_batch_size)
         if config.timing_cache_path:
             meta["timing_cache"] = str(config.timing_cache_path)
         from .backends import resolve

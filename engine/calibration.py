@@ -236,6 +236,38 @@ def read_cache(data, algorithm=None):
     return scales
 
 
+CAUSES_CONSTANT = """\
+calibration data is constant: {detail}. Likely causes:
+  1. placeholder data (np.zeros, np.ones, np.full) was fed instead of real samples
+  2. preprocessing collapsed the samples (scaled by 0, clipped, cast to integers first)
+  3. the same element was repeated (e.g. a loader that always returns its first item)"""
+
+
+def _check_not_constant(network, batches):
+    """Ranges from constant inputs say nothing about real data. When every float
+    input is one repeated value the data is certainly not what was meant: raise.
+    When only some are (a mask, a fixed scale input), say which and go on."""
+    constant, floats = {}, 0
+    for t in network._inputs:
+        if t.dtype not in FLOATING:
+            continue
+        floats += 1
+        arrays = [b[t.name] for b in batches if b[t.name].size]
+        if sum(a.size for a in arrays) < 2:
+            continue
+        lo = min(float(a.min()) for a in arrays)
+        if lo == max(float(a.max()) for a in arrays):
+            constant[t.name] = lo
+    if not constant:
+        return
+    detail = ", ".join(f"input '{n}' is {v!r} in every element of all {len(batches)} batches"
+                       for n, v in constant.items())
+    if len(constant) == floats:
+        raise CalibrationError(CAUSES_CONSTANT.format(detail=detail))
+    log.warning("calibration: %s (other inputs vary; if that is not meant, check the data)",
+                detail)
+
+
 # ----------------------------------------------------------------------------
 # the calibration run
 
@@ -359,6 +391,7 @@ def calibrate(network, calibrator):
         batches = _collect_batches(network, calibrator)
         thresholds = collect_thresholds(network, batches, algo,
                                         float(getattr(calibrator, "percentile", 99.99)))
+        _check_not_constant(network, batches)
         # a tensor that is all zeros gets the smallest normal scale (range 127 * tiny)
         scales = {n: max(float(Q.scale_from_amax(t)), float(np.finfo(np.float32).tiny))
                   for n, t in thresholds.items()}

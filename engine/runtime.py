@@ -90,6 +90,11 @@ class CudaEngine:
             from .quantization import int8_tensors
             self._int8_tensors = int8_tensors(network, self._precision)
         self._io = [t.name for t in network._inputs] + [t.name for t in network._outputs]
+        # shapes execute() accepts beyond the declared ones: optimization profiles
+        # ({input: (min, opt, max)} each) and the implicit-batch limit, as built
+        self.profiles = [{n: tuple(tuple(int(d) for d in s) for s in dims)
+                          for n, dims in p.items()} for p in meta.get("profiles", [])]
+        self.max_batch_size = meta.get("max_batch_size")
 
     # -- inspection (ICudaEngine) ---------------------------------------------
     @property
@@ -120,6 +125,25 @@ class CudaEngine:
 
     def get_tensor_dtype(self, name):
         return self._io_tensor(name).dtype
+
+    @property
+    def num_optimization_profiles(self):
+        return len(self.profiles)
+
+    def get_tensor_profile_shape(self, name, profile_index):
+        """(min, opt, max) of input ``name`` in profile ``profile_index`` (TensorRT's call)."""
+        self._io_tensor(name)
+        if not 0 <= profile_index < len(self.profiles):
+            raise ExecutionError(f"optimization profile {profile_index}; this engine has "
+                                 f"{len(self.profiles)} (valid: 0..{len(self.profiles) - 1})"
+                                 if self.profiles else
+                                 f"optimization profile {profile_index}; this engine was "
+                                 "built without optimization profiles")
+        shapes = self.profiles[profile_index].get(name)
+        if shapes is None:
+            raise ExecutionError(f"optimization profile {profile_index} sets no shapes for "
+                                 f"'{name}'; it sets {sorted(self.profiles[profile_index])}")
+        return shapes
 
     @property
     def input_names(self):
@@ -257,6 +281,41 @@ class ExecutionContext:
         self.profiler = None
         self.name = ""
         self._plans = {}      # input-shape signature -> per-call schedule
+        self.active_optimization_profile = 0
+
+    def set_optimization_profile_async(self, profile_index, stream=None):
+        """Select the profile whose (min, max) shapes execute() accepts (TensorRT's call;
+        there is nothing to wait for here, so ``stream`` is unused)."""
+        n = len(self.engine.profiles)
+        if not (isinstance(profile_index, int) and 0 <= profile_index < max(n, 1)):
+            raise ExecutionError(f"optimization profile {profile_index!r}; valid: "
+                                 f"{list(range(max(n, 1)))}")
+        self.active_optimization_profile = profile_index
+        return True
+
+    def _check_shape(self, t, shape):
+        """Raise unless ``shape`` fits input ``t``'s implicit-batch limit and the active
+        optimization profile (declared dims and rank are checked by the callers)."""
+        e = self.engine
+        if e.max_batch_size and shape and shape[0] > e.max_batch_size:
+            raise ExecutionError(f"input '{t.name}' has batch {shape[0]} (shape {tuple(shape)}); "
+                                 f"this engine takes batches up to its max_batch_size "
+                                 f"{e.max_batch_size}: split the batch, or build with a larger "
+                                 "max_batch_size")
+        if not e.profiles:
+            return
+        dims = e.profiles[self.active_optimization_profile].get(t.name)
+        if dims is None:
+            return
+        lo, _, hi = dims
+        bad = [i for i, (d, a, b) in enumerate(zip(shape, lo, hi)) if not a <= d <= b]
+        if len(shape) != len(lo) or bad:
+            raise ExecutionError(
+                f"input '{t.name}' has shape {tuple(shape)}; optimization profile "
+                f"{self.active_optimization_profile} allows min {lo} to max {hi}"
+                + (f" (dims {bad} outside)" if bad else f" (rank {len(lo)})")
+                + (f"; select another with set_optimization_profile_async (valid: "
+                   f"{list(range(len(e.profiles)))})" if len(e.profiles) > 1 else ""))
 
     def _check_inputs(self, inputs):
         net = self.engine.network
@@ -284,6 +343,7 @@ class ExecutionContext:
             if bad:
                 raise ExecutionError(f"input '{t.name}' has shape {tuple(a.shape)}; dims {bad} must "
                                      f"match the declared {decl} (-1 = any)")
+            self._check_shape(t, tuple(a.shape))
             feeds[t.name] = a
         return feeds
 
@@ -314,6 +374,7 @@ class ExecutionContext:
         decl = t._declared_shape
         if len(shape) != len(decl) or any(w >= 0 and d != w for d, w in zip(shape, decl)):
             raise ExecutionError(f"shape {tuple(shape)} for '{name}' does not fit {decl}")
+        self._check_shape(t, tuple(int(d) for d in shape))
         return True
 
     def run_layers(self, feeds, sched):

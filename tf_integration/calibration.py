@@ -130,7 +130,8 @@ def calibrate_engine_node(node, runs, algorithm="entropy"):
                                                             calibrator)
         else:
             plan = conversion.build_plan(segment_gd, "INT8", None, workspace,
-                                         calibrator=calibrator)
+                                         calibrator=calibrator,
+                                         max_batch_size=get_attr(node, "max_batch_size", 0))
     else:
         # a segment that converts only at concrete shapes: calibrate at the first
         # batch's shapes, on the batches of those shapes

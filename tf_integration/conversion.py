@@ -151,11 +151,13 @@ def build_network(segment_gd, input_shapes=None, graph=None):
 
 
 def build_plan(segment_gd, precision_mode="FP32", input_shapes=None,
-               max_workspace_size_bytes=None, graph=None, calibrator=None):
-    """Convert and build a segment: the serialized plan (bytes)."""
+               max_workspace_size_bytes=None, graph=None, calibrator=None, max_batch_size=None):
+    """Convert and build a segment: the serialized plan (bytes). ``max_batch_size``
+    (static engines): recorded in the plan, whose execute() refuses larger batches."""
     _check_precision(precision_mode)
     _, network = build_network(segment_gd, input_shapes, graph=graph)
-    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator,
+                              max_batch_size)
 
 
 def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_shapes=None,
@@ -186,7 +188,7 @@ def has_dynamic_ranges(network):
 
 
 def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=None,
-                       calibrator=None):
+                       calibrator=None, max_batch_size=None):
     """Build an engine network under TF-TRT's precision/workspace parameters: plan bytes.
 
     INT8 builds set FP16 too (layers without an INT8 kernel run FP16, as in
@@ -207,6 +209,7 @@ def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=
                            "built in FP16")
     if max_workspace_size_bytes and hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(rt.MemoryPoolType.WORKSPACE, int(max_workspace_size_bytes))
+    config.max_batch_size = max_batch_size or None
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise rt.BuildError("the builder returned no plan")

@@ -188,7 +188,8 @@ class TrtGraphConverter:
         if not self.params["is_dynamic_op"]:
             return conversion.build_plan(seg_gd, self._build_precision,
                                          max_workspace_size_bytes=self.params[
-                                             "max_workspace_size_bytes"]), None
+                                             "max_workspace_size_bytes"],
+                                         max_batch_size=self.params["max_batch_size"]), None
         try:
             _, network = conversion.build_network(seg_gd)
         except rt.NetworkDefinitionError as exc:

@@ -338,8 +338,35 @@ class EngineRunner:
                           else tf.experimental.dlpack.from_dlpack(value))
         return result
 
+    def check_inputs(self, arrays):
+        """Raise EngineNodeError unless ``arrays`` fit the node's inputs (count, dtype,
+        rank and the dims TensorFlow knew). Inside a TF graph TF guarantees this; a
+        direct call must not reach the engine, or the segment, with the wrong thing."""
+        tin = [np.dtype(tf.dtypes.as_dtype(t).as_numpy_dtype)
+               for t in self.node.attr["Tin"].list.type]
+        if len(arrays) != len(tin):
+            raise EngineNodeError(f"engine node {self.name} takes {len(tin)} input(s) "
+                                  f"({', '.join(map(str, tin))}); got {len(arrays)}")
+        shapes = get_attr(self.node, "input_shapes", [])
+        for i, (a, dt) in enumerate(zip(arrays, tin)):
+            where = f"engine node {self.name}: input {i}" + (
+                f" ({self.node.input[i]})" if i < len(self.node.input) else "")
+            got = getattr(a, "dtype", None)
+            got = np.dtype(getattr(got, "as_numpy_dtype", got) if got is not None
+                           else np.asarray(a).dtype)
+            if got != dt:
+                raise EngineNodeError(f"{where} has dtype {got}; expected {dt}")
+            if i >= len(shapes) or shapes[i].rank is None:
+                continue
+            want, have = shapes[i].as_list(), tuple(np.shape(a))
+            if len(have) != len(want) or any(w is not None and w != h
+                                             for w, h in zip(want, have)):
+                raise EngineNodeError(f"{where} has shape {have}; expected "
+                                      f"{[-1 if w is None else w for w in want]} (-1 = any)")
+
     def __call__(self, *arrays):
         """Host arrays in, host arrays (of the node's output dtypes) out."""
+        self.check_inputs(arrays)
         outs = self._run(arrays)
         if outs is None:
             outs = self.run_native(arrays)
