@@ -54,10 +54,24 @@ enum ActCode {
     ACT_RELU6 = 17
 };
 
+// NaN-propagating max / min / clamp, TensorFlow's semantics (Relu(NaN) = NaN,
+// Maximum(NaN, x) = NaN, ClipByValue(NaN) = NaN). fmaxf/fminf follow IEEE
+// maxNum and *drop* a NaN operand, so relu/clip written with them turned NaN
+// into 0 or a bound. A comparison with NaN is false, so the select keeps v.
+__device__ __forceinline__ float max_nan(float a, float b) {
+    return (a != a || b != b) ? a + b : fmaxf(a, b);
+}
+__device__ __forceinline__ float min_nan(float a, float b) {
+    return (a != a || b != b) ? a + b : fminf(a, b);
+}
+__device__ __forceinline__ float clamp_nan(float v, float lo, float hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
 __device__ __forceinline__ float apply_act(float x, int code, float alpha, float beta) {
     switch (code) {
     case ACT_NONE: return x;
-    case ACT_RELU: return fmaxf(x, 0.f);
+    case ACT_RELU: return x < 0.f ? 0.f : x;
     case ACT_SIGMOID: return 1.f / (1.f + expf(-x));
     case ACT_TANH: return tanhf(x);
     case ACT_LEAKY_RELU: return x >= 0.f ? x : alpha * x;
@@ -67,16 +81,16 @@ __device__ __forceinline__ float apply_act(float x, int code, float alpha, float
     case ACT_SOFTPLUS:  // TensorRT: alpha * log(exp(beta * x) + 1), stable form
         { float t = beta * x;
           return alpha * (fmaxf(t, 0.f) + log1pf(expf(-fabsf(t)))); }
-    case ACT_CLIP: return fminf(fmaxf(x, alpha), beta);
-    case ACT_HARD_SIGMOID: return fminf(fmaxf(alpha * x + beta, 0.f), 1.f);
+    case ACT_CLIP: return clamp_nan(x, alpha, beta);
+    case ACT_HARD_SIGMOID: return clamp_nan(alpha * x + beta, 0.f, 1.f);
     case ACT_SCALED_TANH: return alpha * tanhf(beta * x);
     case ACT_THRESHOLDED_RELU: return x > alpha ? x : 0.f;
     case ACT_GELU_ERF: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
     case ACT_GELU_TANH:
         return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
     case ACT_SILU: return x / (1.f + expf(-x));
-    case ACT_HARD_SWISH: return x * fminf(fmaxf(x + 3.f, 0.f), 6.f) * (1.f / 6.f);
-    case ACT_RELU6: return fminf(fmaxf(x, 0.f), 6.f);
+    case ACT_HARD_SWISH: return x * clamp_nan(x + 3.f, 0.f, 6.f) * (1.f / 6.f);
+    case ACT_RELU6: return clamp_nan(x, 0.f, 6.f);
     default: return x;
     }
 }
@@ -94,8 +108,10 @@ __device__ __noinline__ float apply_act_outline(float x, int code, float alpha, 
 struct ActLin {
     bool lin; float slope, lo, hi; int code; float alpha, beta;
     __device__ __forceinline__ ActLin(int code_, float alpha_, float beta_)
-        : lin(true), slope(1.f), lo(-3.402823466e38f), hi(3.402823466e38f),
-          code(code_), alpha(alpha_), beta(beta_) {
+        : lin(true), slope(1.f), lo(0.f), hi(0.f), code(code_), alpha(alpha_), beta(beta_) {
+        // +-inf bounds: a +-FLT_MAX bound clamped inf to FLT_MAX (TF keeps inf)
+        lo = __int_as_float(0xff800000);
+        hi = __int_as_float(0x7f800000);
         switch (code_) {
         case ACT_NONE: break;
         case ACT_RELU: lo = 0.f; break;
@@ -106,7 +122,7 @@ struct ActLin {
         }
     }
     __device__ __forceinline__ float operator()(float v) const {
-        if (lin) return fminf(fmaxf(v >= 0.f ? v : slope * v, lo), hi);
+        if (lin) return clamp_nan(v >= 0.f ? v : slope * v, lo, hi);
         return apply_act_outline(v, code, alpha, beta);
     }
 };

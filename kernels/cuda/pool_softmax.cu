@@ -5,6 +5,11 @@
 // Max / average pooling over NHWC; one thread per output element, channel
 // fastest. mode 0 = max, 1 = average. exclude_pad: average divides by the
 // taps inside the input (TensorRT's default), else by R*S.
+// Max has TensorFlow's MaxPool NaN semantics (kernels/pooling.py): fmaxf skips a
+// NaN tap and the max starts at the lowest finite value, so an all-NaN / all--inf
+// window gives -FLT_MAX; in FP16 that is -65504 (TF's lowest half), not the -inf
+// that -FLT_MAX rounds to, hence the clamp before the half store.
+#define CUPYRT_POOL_LOWEST(T) (sizeof(T) == 2 ? -65504.f : -3.402823466e38f)
 template <typename T>
 __global__ void pool2d_nhwc(const T* __restrict__ x, T* __restrict__ out,
                             int N, int H, int W, int C, int R, int S, int P, int Q,
@@ -34,6 +39,7 @@ __global__ void pool2d_nhwc(const T* __restrict__ x, T* __restrict__ out,
             }
         }
         if (mode == 1) acc = acc / (float)(exclude_pad ? (cnt > 0 ? cnt : 1) : R * S);
+        else acc = fmaxf(acc, CUPYRT_POOL_LOWEST(T));
         io<T>::store(out + m * out_ld + out_off + c, acc);
     }
 }
@@ -161,6 +167,9 @@ __global__ void pool2d_nhwc_vec(const T* __restrict__ x, T* __restrict__ out,
             const float inv = 1.f / (float)(exclude_pad ? (cnt > 0 ? cnt : 1) : R * S);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[e] *= inv;
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[e] = fmaxf(acc[e], CUPYRT_POOL_LOWEST(T));
         }
         Vec16<T>::store(out + (long long)m * out_ld + out_off + cv * VEC, acc);
     }

@@ -90,7 +90,7 @@ rnn_gates_step(const T* gx, long long gx_row, int gx_dir, int gx_gate,
             hn = (1.f - z) * nn + z * h[s];
         } else {
             const float a = (io<T>::load(xp) + bwp[0]) + (io<T>::load(hp) + brp[0]);
-            hn = OP == RNN_RELU ? fmaxf(a, 0.f) : tanhf(a);
+            hn = OP == RNN_RELU ? (a < 0.f ? 0.f : a) : tanhf(a);   // relu keeps NaN (TF, NumPy)
         }
         h[s] = hn;
         io<T>::store(hg + s, hn);

@@ -43,10 +43,12 @@ _UNARY = {
     "SIGN": "(v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f))", "ROUND": "rintf(v)",
 }
 _BINARY = {
-    "SUM": "({a} + {b})", "PROD": "({a} * {b})", "MAX": "fmaxf({a}, {b})",
-    "MIN": "fminf({a}, {b})", "SUB": "({a} - {b})", "DIV": "({a} / {b})",
+    "SUM": "({a} + {b})", "PROD": "({a} * {b})", "MAX": "max_nan({a}, {b})",
+    "MIN": "min_nan({a}, {b})", "SUB": "({a} - {b})", "DIV": "({a} / {b})",
     "POW": "powf({a}, {b})",
 }
+# MAX/MIN: common.cuh's NaN-propagating forms (TF's Maximum/Minimum give NaN if either
+# operand is NaN; fmaxf/fminf would return the other operand)
 _kernels: dict = {}
 
 
