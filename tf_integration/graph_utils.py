@@ -156,6 +156,47 @@ def freeze_keras_model(model, input_shapes=None):
 
 
 # ----------------------------------------------------------------------------
+# shape inference over ops this TensorFlow build does not know
+
+# Ops that forward their input unchanged but exist only in some TensorFlow builds (the GPU
+# placer's copies are not registered in tensorflow-cpu): shape inference reads them as this.
+SHAPE_STANDINS = {"_CopyFromHostToGpu": "Identity"}
+
+
+def for_shape_inference(graph_def):
+    """``graph_def``, or a copy in which every node whose op this TensorFlow build does
+    not register stands in for itself: a forwarding op (``SHAPE_STANDINS``) as that op,
+    any other single-typed op as a Placeholder of unknown shape. TensorFlow then infers
+    the shapes of everything else, instead of nothing (an import fails on the first
+    unknown op). Nodes whose other outputs are read still fail the import, as before."""
+    from tensorflow.python.framework import op_def_registry
+
+    unknown = {n.name for n in graph_def.node if op_def_registry.get(n.op) is None}
+    if not unknown:
+        return graph_def
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name not in unknown:
+            out.node.append(node)
+            continue
+        dtype = node_dtype(node)
+        standin = SHAPE_STANDINS.get(node.op)
+        new = out.node.add(name=node.name, op=standin or "Placeholder")
+        if standin:
+            new.input.extend(node.input)
+            new.attr["T"].CopyFrom(node.attr["T"])
+        elif dtype is not None:
+            new.attr["dtype"].type = dtype.as_datatype_enum
+        else:
+            return graph_def            # no type to stand in with: TF says what is wrong
+    logger.info("shape inference: %d node(s) of ops this TensorFlow does not register stand "
+                "in as Identity/Placeholder", len(unknown))
+    return out
+
+
+# ----------------------------------------------------------------------------
 # the index
 
 class Frame:
@@ -204,7 +245,7 @@ class GraphIndex:
         graph = tf.Graph()
         with graph.as_default():
             try:
-                tf.graph_util.import_graph_def(self.graph_def, name="")
+                tf.graph_util.import_graph_def(for_shape_inference(self.graph_def), name="")
             except (ValueError, tf.errors.OpError) as exc:
                 # Unknown op types (engine nodes of another converted graph, custom
                 # ops): fall back to no shape information for anything.
