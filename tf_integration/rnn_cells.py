@@ -68,21 +68,35 @@ class _Body:
 
     def __init__(self, fdef, const_args):
         fg = function_def_to_graph(fdef)
+        # Control edges dropped: they change no value, and a body raised from a
+        # lowered frame makes every node wait on its pivot (an Identity of the
+        # loop counter), which would make the weights look loop-variant. The
+        # graph is only read and evaluated here, never run as the loop; the
+        # body's ops are all stateless (_BODY_OPS), so order does not matter.
+        gd = fg.as_graph_def()
+        for node in gd.node:
+            data = [i for i in node.input if not i.startswith("^")]
+            del node.input[:]
+            node.input.extend(data)
         self.graph = tf.Graph()
         with self.graph.as_default():
-            tf.graph_util.import_graph_def(fg.as_graph_def(), name="")
+            tf.graph_util.import_graph_def(gd, name="")
         get = self.graph.get_tensor_by_name
         self.args = [get(t.name) for t in fg.inputs]
         self.results = [get(t.name) for t in fg.outputs]
-        self.const_args = const_args           # arg index -> numpy value
-        known = {self.args[k].ref() for k in const_args}
+        # arg index -> numpy value, for the loop variables the body passes on
+        # unchanged (the weights). A state that starts from a constant (Keras'
+        # zero h/c once a fixed batch size folds their Fill) changes every step:
+        # it is no invariant, whatever its first value.
+        self.const_args = {k: v for k, v in const_args.items()
+                           if source(self.results[k]) is self.args[k]}
+        known = {self.args[k].ref() for k in self.const_args}
         self._invariant = {}
         for op in self.graph.get_operations():      # import order is topological
             if op.type == "Placeholder":
                 inv = all(t.ref() in known for t in op.outputs)
             else:
-                inv = all(self._invariant.get(t.op.name, False) for t in op.inputs) and all(
-                    self._invariant.get(c.name, False) for c in op.control_inputs)
+                inv = all(self._invariant.get(t.op.name, False) for t in op.inputs)
             self._invariant[op.name] = inv
 
     def invariant(self, tensor):
@@ -161,8 +175,11 @@ def analyse_body(fdef, const_args, arg_dtypes):
                              "nor a GRU (3 gates, h)")
     wb, x_end = _bias_chain(body, x_mm.outputs[0], gates * units)
     rb, h_end = _bias_chain(body, h_mm.outputs[0], gates * units)
-    merged = [op for op in x_end.consumers()
-              if op.type in _ADD_OPS and any(t is h_end for t in op.inputs)]
+    # Keras 3 with batch_size=1 adds the two as BiasAdd(x W, Squeeze(h R)): a
+    # (1, G*H) operand squeezed to a "bias" of the other, the same sum at batch 1
+    h_side = _squeezed(h_end)
+    merged = [op for t in _squeezed(x_end) for op in t.consumers()
+              if op.type in _ADD_OPS and any(u is v for u in op.inputs for v in h_side)]
     if merged:      # LSTM: x W + h R, then the bias
         extra, _ = _bias_chain(body, merged[0].outputs[0], gates * units)
         wb = wb + extra
@@ -187,6 +204,16 @@ def _matmuls(body, ops, x_t, h):
                              "a Keras cell has one of each (all gates fused)")
     (w, x_mm), (r, h_mm) = found["x"][0], found["h"][0]
     return w, r, x_mm, h_mm
+
+
+def _squeezed(tensor):
+    """``tensor`` and what Squeeze/Reshape make of it when each is its one reader."""
+    out = [tensor]
+    while len(tensor.consumers()) == 1 and tensor.consumers()[0].type in ("Squeeze", "Reshape") \
+            and tensor.consumers()[0].inputs[0] is tensor:
+        tensor = tensor.consumers()[0].outputs[0]
+        out.append(tensor)
+    return out
 
 
 def _bias_chain(body, tensor, width):

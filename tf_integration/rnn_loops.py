@@ -18,7 +18,9 @@ functions), so one path reads both. Around the loop, Keras builds a region:
 ``rewrite_rnn_loops`` finds the region by structure (the loop's private
 plumbing: shape ops, transposes, list setup, stacks), reads the cell from the
 body (rnn_cells.py), runs the region in TensorFlow on random sequences against
-the NumPy RNN reference, and only then collapses it into ONE PartitionedCall
+the NumPy RNN reference (at the length and batch the input fixes, if it does:
+Keras Input((6, 4)) bakes them into trip counts, list sizes and zero states),
+and only then collapses it into ONE PartitionedCall
 of a generated function holding the original region, tagged ``_cupyrt_rnn``
 (JSON: kind, units, layout, outputs). TensorFlow runs that call natively (the
 engine's TF fallback and any segment left to TF); converters/rnn.py turns it
@@ -34,9 +36,10 @@ import logging
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
 
-from .graph_utils import GraphIndex, canonical, get_attr, node_of
+from .graph_utils import LOWERED_CONTROL_FLOW_OPS, GraphIndex, canonical, get_attr, node_of
 from .loop_frames import (WHILE_OPS, frames, make_function, raise_frame, replace_nodes,
                           sanitize, unique_name)
 from .rnn_cells import RNNLoopRefused, analyse_body, reference
@@ -306,20 +309,39 @@ def _constant_values(index, tensors):
 
 
 def _prelude(index, while_name, keep):
-    """The loop and the private plumbing feeding it (see module docstring)."""
-    region, changed = {while_name}, True
+    """The loop and the private plumbing feeding it (see module docstring).
+
+    With a fixed sequence length Keras computes the trip count from constants
+    (``Max(Range(...))`` of the static lengths); convert() folds that first, but
+    a graph that was not folded keeps it, so expressions of constants alone
+    (any stateless op) are plumbing too."""
+    region, changed, memo = {while_name}, True, {}
     while changed:
         changed = False
         for n in list(region):
             for inp in index.nodes[n].input:
                 src = node_of(inp)
                 p = index.nodes[src]
-                if src in region or src in keep or p.op not in _PRELUDE_OPS:
+                if src in region or src in keep or not (
+                        p.op in _PRELUDE_OPS or _constant_expr(index, src, memo)):
                     continue
                 if index.is_const(inp) or all(c in region for c, _ in index.consumers[src]):
                     region.add(src)
                     changed = True
     return region
+
+
+def _constant_expr(index, name, memo):
+    """Whether node ``name`` computes from constants alone (no feed, no state,
+    no control flow): its value is the same on every run."""
+    if name not in memo:
+        node = index.nodes[name]
+        memo[name] = False              # cycles (lowered loops) are not constant
+        memo[name] = node.op == "Const" or (
+            bool(node.input) and node.op not in LOWERED_CONTROL_FLOW_OPS
+            and not getattr(op_def_registry.get(node.op), "is_stateful", True)
+            and all(_constant_expr(index, node_of(i), memo) for i in node.input))
+    return memo[name]
 
 
 def _input_layout(index, region, list_init):
@@ -437,10 +459,15 @@ def _is_last_step(index, node):
 def _verify(library, fdef, cell, x_shape, in_perm, rev_in, outputs):
     """Run the region in TensorFlow on random sequences; compare with NumPy."""
     rng = np.random.default_rng(0)
-    e = x_shape.as_list()[in_perm[2]]
-    for steps in _CHECK_STEPS:
+    dims = x_shape.as_list()
+    e, batch = dims[in_perm[2]], dims[in_perm[1]] or 2
+    # A fixed length or batch (Keras Input((6, 4)), batch_size=...) is baked into
+    # the region: constant trip counts, list sizes and zero-state shapes. It is
+    # verified at that size, the only one its input placeholder admits.
+    lengths = _CHECK_STEPS if dims[in_perm[0]] is None else (dims[in_perm[0]],)
+    for steps in lengths:
         shape = [0, 0, 0]
-        shape[in_perm[0]], shape[in_perm[1]], shape[in_perm[2]] = steps, 2, e
+        shape[in_perm[0]], shape[in_perm[1]], shape[in_perm[2]] = steps, batch, e
         x = rng.standard_normal(shape).astype(np.float32)
         got = run_function(library, fdef, [x])
         y, h, c = reference(cell, x, in_perm, rev_in)

@@ -3,7 +3,10 @@
 Keras 3 and tf_keras models, frozen both ways (lowered Enter/Exit frames and
 functional While), converted whole into one engine and compared with
 TensorFlow at several sequence lengths from one converted graph; loops that
-are something else stay in TensorFlow with the reason.
+are something else stay in TensorFlow with the reason. A model whose Input
+fixes the length (``Input((6, 4))``) or the batch (``batch_size=2``) traces a
+different region (constant trip counts, list sizes and zero states): it
+converts too, compared at the one length its input admits.
 """
 import warnings
 
@@ -21,21 +24,26 @@ from tfi_helpers import rel_l2, run_graph
 keras = pytest.importorskip("keras")
 STEPS = (3, 7, 20)
 E = 4
+FIXED_T = 6         # Keras Input((FIXED_T, E)): the length is part of the graph
 
 
-def freeze(keras_mod, build, lower, seed=0):
-    """Input(T=None, E) -> build(layers) -> Dense; frozen lowered or functional."""
+def freeze(keras_mod, build, lower, seed=0, steps=None, batch=None):
+    """Input((steps, E), batch_size=batch) -> build(layers) -> Dense; frozen
+    lowered or functional."""
     keras_mod.utils.set_random_seed(seed)
-    inp = keras_mod.Input((None, E))
+    inp = keras_mod.Input((steps, E), batch_size=batch)
     out = keras_mod.layers.Dense(3)(build(keras_mod.layers, inp))
     model = keras_mod.Model(inp, out)
     fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([None, None, E], tf.float32))
+    concrete = fn.get_concrete_function(tf.TensorSpec([batch, steps, E], tf.float32))
     frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=lower)
     return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name
 
 
-def convert_and_compare(gd, x_name, y_name, precision="FP32", tol=1e-4, engines=1):
+def convert_and_compare(gd, x_name, y_name, precision="FP32", tol=1e-4, engines=1,
+                        steps=None, batch=None):
+    """Convert, check the loops are gone, compare with TF on random sequences:
+    several lengths and batches, or the fixed ones the input placeholder has."""
     conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=[y_name.split(":")[0]],
                              is_dynamic_op=True, minimum_segment_size=1,
                              precision_mode=precision)
@@ -44,14 +52,15 @@ def convert_and_compare(gd, x_name, y_name, precision="FP32", tol=1e-4, engines=
     assert not any(n.op in ("While", "StatelessWhile", "Enter", "PartitionedCall")
                    for n in converted.node), conv.summary()
     before = len(engine_runners())
-    for i, steps in enumerate(STEPS):
-        x = np.random.default_rng(steps).standard_normal((2 + i, steps, E)).astype(np.float32)
+    for i, t in enumerate(STEPS if steps is None else (steps,) * 2):
+        x = np.random.default_rng(10 * i + t).standard_normal(
+            (batch or 2 + i, t, E)).astype(np.float32)
         ref = run_graph(gd, y_name, {x_name: x})
         with warnings.catch_warnings():
             warnings.simplefilter("error", EngineFallbackWarning)
             got = run_graph(converted, y_name, {x_name: x}, converted=True)
         assert got.shape == ref.shape
-        assert rel_l2(got, ref) <= tol, (steps, rel_l2(got, ref))
+        assert rel_l2(got, ref) <= tol, (t, rel_l2(got, ref))
     assert all(r.stats["native_runs"] == 0 for r in engine_runners()[before:])
     return conv, converted
 
@@ -66,24 +75,43 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("steps", [None, FIXED_T], ids=["any_T", "fixed_T"])
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "functional"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_keras3_rnn_classifier_is_one_engine_matching_tf_at_several_lengths(name, lower):
-    gd, x, y = freeze(keras, MODELS[name], lower)
-    conv, _ = convert_and_compare(gd, x, y)
+def test_keras3_rnn_classifier_is_one_engine_matching_tf_at_several_lengths(name, lower, steps):
+    gd, x, y = freeze(keras, MODELS[name], lower, steps=steps)
+    conv, _ = convert_and_compare(gd, x, y, steps=steps)
     assert conv.report["converted_share"] == 1.0
     layers = conv.report["engines"][0]["ops"]
     # a Bidirectional is one bidirectional layer (fuse_bidirectional)
     assert layers.get("PartitionedCall") == (2 if "stacked" in name else 1)
 
 
-def test_tf_keras_lstm_both_forms():
+@pytest.mark.parametrize("steps", [None, FIXED_T], ids=["any_T", "fixed_T"])
+def test_tf_keras_lstm_both_forms(steps):
     tf_keras = pytest.importorskip("tf_keras")
     for lower in (True, False):
-        gd, x, y = freeze(tf_keras, lambda L, x: L.LSTM(8, return_sequences=True)(x), lower)
-        convert_and_compare(gd, x, y)
-        gd, x, y = freeze(tf_keras, lambda L, x: L.GRU(8)(x), lower, seed=1)
-        convert_and_compare(gd, x, y)
+        gd, x, y = freeze(tf_keras, lambda L, x: L.LSTM(8, return_sequences=True)(x), lower,
+                          steps=steps)
+        convert_and_compare(gd, x, y, steps=steps)
+        gd, x, y = freeze(tf_keras, lambda L, x: L.GRU(8)(x), lower, seed=1, steps=steps)
+        convert_and_compare(gd, x, y, steps=steps)
+
+
+@pytest.mark.parametrize("keras_name", ["keras", "tf_keras"])
+@pytest.mark.parametrize("steps, batch", [(None, 2), (FIXED_T, 2), (FIXED_T, 1)],
+                         ids=["any_T_batch_2", "fixed_T_batch_2", "fixed_T_batch_1"])
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "functional"])
+def test_fixed_batch_size_converts(lower, steps, batch, keras_name):
+    """batch_size=... folds Keras' zero states into constants of that batch: they
+    start the loop but change every step, so they are no weights; the region is
+    verified at that batch. At batch 1 Keras 3 adds h R to x W as a squeezed
+    BiasAdd operand, which must still read as one sum, not as a bias."""
+    mod = pytest.importorskip(keras_name)
+    gd, x, y = freeze(mod, MODELS["bidirectional_lstm"], lower, steps=steps, batch=batch)
+    assert any(n.op == "Const" and n.attr["value"].tensor.tensor_shape.dim
+               and n.attr["value"].tensor.tensor_shape.dim[0].size == batch for n in gd.node)
+    convert_and_compare(gd, x, y, steps=steps, batch=batch)
 
 
 def test_fp16_bidirectional_lstm_within_fp16_tolerance():
@@ -104,8 +132,13 @@ def test_tf_fallback_of_an_rnn_engine_runs_the_original_region():
     np.testing.assert_allclose(native, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_rewrite_tags_the_region_with_its_description():
-    gd, _, y = freeze(keras, MODELS["lstm_go_backwards"], lower=False)
+@pytest.mark.parametrize("steps", [None, FIXED_T], ids=["any_T", "fixed_T"])
+def test_rewrite_tags_the_region_with_its_description(steps):
+    """Also on a graph nothing folded: with a fixed T the trip count is Max(Range)
+    of constants, which the region takes in."""
+    gd, _, y = freeze(keras, MODELS["lstm_go_backwards"], lower=False, steps=steps)
+    if steps:
+        assert {"Range", "Max"} <= {n.op for n in gd.node}
     out, refused = rewrite_rnn_loops(gd, [y])
     assert refused == {}
     calls = [n for n in out.node if RNN_ATTR in n.attr]
@@ -173,8 +206,9 @@ def _gru_body_with(gd, op_type, value):
     return out
 
 
-def test_tampered_body_constant_is_refused_by_verification():
-    gd, x_name, y_name = freeze(keras, MODELS["gru_last"], lower=False)
+@pytest.mark.parametrize("steps", [None, FIXED_T], ids=["any_T", "fixed_T"])
+def test_tampered_body_constant_is_refused_by_verification(steps):
+    gd, x_name, y_name = freeze(keras, MODELS["gru_last"], lower=False, steps=steps)
     bad = _gru_body_with(gd, "Sub", 0.5)
     out, refused = rewrite_rnn_loops(bad, [y_name])
     assert not any(RNN_ATTR in n.attr for n in out.node)
@@ -207,14 +241,16 @@ def test_untagged_function_calls_are_not_candidates():
     assert "SimpleRNN" in _validate_rnn_call(node, None).detail
 
 
-def test_keras3_lstm_saved_model_through_converter_v2(tmp_path, monkeypatch):
+@pytest.mark.parametrize("steps", [None, FIXED_T], ids=["any_T", "fixed_T"])
+def test_keras3_lstm_saved_model_through_converter_v2(tmp_path, monkeypatch, steps):
     """A SavedModel keeps its loops functional: TrtGraphConverterV2 converts the LSTM
-    classifier into one engine; the saved model loads and runs on it at any T."""
+    classifier into one engine; the saved model loads and runs on it at any T
+    (or at the T its Input fixes)."""
     from tf_integration import TrtGraphConverterV2, load_saved_model
 
     monkeypatch.setenv("CUPYRT_BACKEND", "numpy")
     keras.utils.set_random_seed(3)
-    inp = keras.Input((None, E), name="seq")
+    inp = keras.Input((steps, E), name="seq")
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.LSTM(8)(inp)))
     src = str(tmp_path / "src")
     model.export(src, verbose=False)
@@ -224,8 +260,8 @@ def test_keras3_lstm_saved_model_through_converter_v2(tmp_path, monkeypatch):
     assert len(rep["engines"]) == 1 and rep["converted_share"] == 1.0, conv.summary()
     loaded = load_saved_model(conv.save(str(tmp_path / "out")))
     ref_fn = tf.saved_model.load(src).signatures["serving_default"]
-    for steps in (3, 20):
-        x = np.random.default_rng(steps).standard_normal((2, steps, E)).astype(np.float32)
+    for t in (3, 20) if steps is None else (steps,):
+        x = np.random.default_rng(t).standard_normal((2, t, E)).astype(np.float32)
         ref = list(ref_fn(seq=tf.constant(x)).values())[0]
         with warnings.catch_warnings():
             warnings.simplefilter("error", EngineFallbackWarning)

@@ -23,8 +23,9 @@ from tfi_helpers import rel_l2, run_graph
 E, H = 3, 2
 
 
-def hand_lstm(variant="", lower=False):
-    """A traced LSTM loop (frozen, lowered or functional) changed by ``variant``:
+def hand_lstm(variant="", lower=False, steps=None):
+    """A traced LSTM loop (frozen, lowered or functional) changed by ``variant``,
+    on sequences of any length or of ``steps`` only:
     ``(graph_def, input name, output name)``."""
     rng = np.random.default_rng(0)
     gates = 3 if variant == "three_gates" else 4
@@ -62,17 +63,19 @@ def hand_lstm(variant="", lower=False):
             xt = tf.reverse(xt, [2])
         if variant == "squeezed_input":
             xt = tf.squeeze(tf.expand_dims(xt, 0), [0])
-        steps = tf.shape(xt)[0]
-        inp = tf.TensorArray(tf.float32, size=steps, element_shape=[None, feature])
+        n = tf.shape(xt)[0]
+        if variant == "short_trip":     # a constant trip count below the fixed length
+            n = tf.constant(steps - 2)
+        inp = tf.TensorArray(tf.float32, size=n, element_shape=[None, feature])
         if variant != "reserved_input_list":
             inp = inp.unstack(xt)
-        out = tf.TensorArray(tf.float32, size=steps)
+        out = tf.TensorArray(tf.float32, size=n)
         # the failing variant sizes the states by the feature dim, not the batch
         h0 = tf.zeros(tf.stack([tf.shape(x)[2 if variant == "fails_in_tf" else 0], H]))
-        t, h, c, out = tf.while_loop(lambda t, *_: t < steps,
+        t, h, c, out = tf.while_loop(lambda t, *_: t < n,
                                      lambda *a: body(inp, *a), [0, h0, h0, out])
         if variant == "output_list_read":
-            return out.read(steps - 1)
+            return out.read(n - 1)
         y = tf.transpose(out.stack(), [1, 0, 2])
         if variant == "two_time_orders":
             y = y + tf.reverse(tf.transpose(out.stack(), [1, 0, 2]), [1])
@@ -80,7 +83,7 @@ def hand_lstm(variant="", lower=False):
             y = y * tf.cast(t, tf.float32)
         return y * 2.0
 
-    concrete = model.get_concrete_function(tf.TensorSpec([None, None, feature], dtype))
+    concrete = model.get_concrete_function(tf.TensorSpec([None, steps, feature], dtype))
     frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=lower)
     return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name
 
@@ -91,10 +94,11 @@ def refusals(gd, y_name):
     return set(refused.values())
 
 
+@pytest.mark.parametrize("steps", [None, 5], ids=["any_T", "fixed_T"])
 @pytest.mark.parametrize("lower", [False, True], ids=["functional", "lowered"])
-def test_the_unchanged_hand_written_lstm_converts_and_matches_tf(lower):
+def test_the_unchanged_hand_written_lstm_converts_and_matches_tf(lower, steps):
     """The base of every variant below is recognised: each refusal is the variant's."""
-    gd, x_name, y_name = hand_lstm(lower=lower)
+    gd, x_name, y_name = hand_lstm(lower=lower, steps=steps)
     conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=[y_name.split(":")[0]],
                              is_dynamic_op=True, minimum_segment_size=1)
     converted = conv.convert()
@@ -131,6 +135,17 @@ def test_variant_stays_native_with_its_reason(variant):
     gd, _, y_name = hand_lstm(variant)
     reasons = refusals(gd, y_name)
     assert reasons and all(VARIANTS[variant] in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("lower", [False, True], ids=["functional", "lowered"])
+def test_fixed_length_loop_is_verified_at_that_length(lower):
+    """A loop over a constant 3 of the 5 steps its input fixes computes a 3-step
+    sequence: verified at T=5, the only length the input admits, it is refused
+    (at T=2 or 7, where dynamic loops are verified, it could not even run)."""
+    gd, _, y_name = hand_lstm("short_trip", lower=lower, steps=5)
+    reasons = refusals(gd, y_name)
+    assert reasons and all("differs from a LSTM" in r and "(T=5)" in r and "rel. L2 inf" in r
+                           for r in reasons), reasons
 
 
 def test_loop_whose_results_nothing_reads_is_refused():
