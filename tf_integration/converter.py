@@ -28,8 +28,8 @@ from . import calibration, conversion, registry
 from .converters.quantization import QDQ_OPS
 from .engine_node import ENGINE_OP, make_engine_node, runtime_stats
 from .errors import ConverterArgumentError, TFIntegrationError
-from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, check_graph_def, node_of,
-                          parse_input, tensor_name)
+from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, check_graph_def,
+                          check_importable, node_of, parse_input, tensor_name)
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .loop_frames import drop_unused_functions
@@ -133,6 +133,7 @@ class TrtGraphConverter:
         self._int8_mode(gd)
         self.calibrated = False
         graph = GraphIndex(gd)
+        check_importable(graph)          # shapes or types that disagree: TF's message, typed
         failed = {}          # node -> why its converter failed: left to TF, segment again
 
         def validate(node, graph):

@@ -237,6 +237,7 @@ class GraphIndex:
                     raise GraphError(f"node {node.name!r} reads {inp!r}, which no node produces")
                 self.consumers[src].append((node.name, -1 if ctrl else port))
         self._shapes, self._dtypes = {}, {}
+        self.infer_error = None          # why TensorFlow could not import the graph, if so
         self._topo = self._frame_of = self._frames = None
         if infer_shapes:          # one TF import: skipped by passes that need no shapes
             self._infer()
@@ -250,6 +251,7 @@ class GraphIndex:
                 # Unknown op types (engine nodes of another converted graph, custom
                 # ops): fall back to no shape information for anything.
                 logger.warning("shape inference unavailable: %s", exc)
+                self.infer_error = exc
                 return
         for op in graph.get_operations():
             for i, t in enumerate(op.outputs):
@@ -398,3 +400,71 @@ class GraphIndex:
             raise GraphError(f"tensor {tensor!r} is not a constant; expected a Const "
                              "(possibly behind Identity nodes)")
         return tf.make_ndarray(node.attr["value"].tensor)
+
+
+# ----------------------------------------------------------------------------
+# input checks
+
+def check_graph_def(graph_def, known_ops=(), what="input_graph_def"):
+    """Refuse, with a GraphError naming the node, a GraphDef that TensorFlow itself
+    could not import: no nodes, an op TensorFlow does not know (``known_ops``: op
+    names made runnable elsewhere, such as engine nodes), a required attribute
+    missing, or an attribute value outside the op's allowed values. Checked against
+    TensorFlow's op registry, not by importing the graph: an import costs as much
+    as the shape inference that follows, and its message names one node only."""
+    from tensorflow.python.framework import op_def_registry
+    if not graph_def.node:
+        raise GraphError(f"{what} has no nodes; expected a frozen graph (e.g. from "
+                         "convert_variables_to_constants_v2) with at least one node")
+    functions = {f.signature.name for f in graph_def.library.function}
+    unknown = []
+    for node in graph_def.node:
+        if node.op in functions:
+            continue
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            if node.op not in known_ops:
+                unknown.append(f"{node.name!r} ({node.op})")
+            continue
+        for attr in op_def.attr:
+            if attr.name not in node.attr:
+                if not attr.HasField("default_value"):
+                    raise GraphError(f"node {node.name!r} ({node.op}) has no attribute "
+                                     f"{attr.name!r}; expected one of type {attr.type}, "
+                                     "which the op requires")
+                continue
+            _check_allowed(node, attr, node.attr[attr.name])
+    if unknown:
+        raise GraphError(f"{what}: {len(unknown)} node(s) use ops TensorFlow does not know: "
+                         f"{', '.join(unknown[:8])}; expected registered ops (load a custom "
+                         "op's library with tf.load_op_library before converting)")
+
+
+def _check_allowed(node, attr, value):
+    """A string or type attribute outside the op's allowed values (e.g. padding 'SAME ')."""
+    allowed = attr.allowed_values.list
+    if attr.type == "string" and allowed.s and value.s not in allowed.s:
+        found, valid = value.s.decode(errors="replace"), [s.decode() for s in allowed.s]
+    elif attr.type == "type" and allowed.type and value.type not in allowed.type:
+        found = tf.dtypes.as_dtype(value.type).name if value.type else "unset"
+        valid = [tf.dtypes.as_dtype(t).name for t in allowed.type]
+    else:
+        return
+    raise GraphError(f"node {node.name!r} ({node.op}): attribute {attr.name!r} is {found!r}; "
+                     f"expected one of {', '.join(valid)}")
+
+
+def check_importable(graph, what="input_graph_def"):
+    """After ``check_graph_def``: a GraphIndex whose graph TensorFlow refused to import
+    although every op is known (shapes or types that disagree, e.g. a placeholder of
+    width 5 into a 4-row MatMul) is an error; TensorFlow's message names the node.
+    Graphs with ops only we run (engine nodes) are imported without shapes, as before."""
+    from tensorflow.python.framework import op_def_registry
+    exc = graph.infer_error
+    functions = {f.signature.name for f in graph.graph_def.library.function}
+    if exc is None or any(op_def_registry.get(n.op) is None and n.op not in functions
+                          for n in graph.graph_def.node):
+        return
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise GraphError(f"{what} cannot be imported by TensorFlow: {first}; expected shapes and "
+                     "types that agree between every node and its inputs")

@@ -52,7 +52,7 @@ import engine as rt
 from . import calibration, conversion
 from . import saved_model_runtime as runtime
 from .converter import TrtGraphConverter
-from .errors import ConverterArgumentError, TFIntegrationError
+from .errors import ConverterArgumentError, GraphError, TFIntegrationError
 from .graph_utils import node_of
 
 logger = logging.getLogger(__name__)
@@ -200,8 +200,7 @@ class TrtGraphConverterV2:
             raise ConverterArgumentError("calibration_input_fn", "a function",
                                          "None: calibration is for precision_mode='INT8' with "
                                          "use_calibration=True only")
-        loaded = tf.saved_model.load(self.input_saved_model_dir,
-                                     tags=self.input_saved_model_tags)
+        loaded = _load(self.input_saved_model_dir, self.input_saved_model_tags)
         selected = ([self.input_saved_model_signature_key]
                     if self.input_saved_model_signature_key else sorted(loaded.signatures))
         signatures, twins = {}, {}
@@ -482,6 +481,29 @@ def _check_dir(path):
     return path
 
 
+def _pb_file(path):
+    name = "saved_model.pb" if os.path.isfile(os.path.join(path, "saved_model.pb")) else (
+        "saved_model.pbtxt")
+    full = os.path.join(path, name)
+    return f"{full} ({os.path.getsize(full)} bytes)"
+
+
+def _load(path, tags):
+    """tf.saved_model.load, its failures on damaged files said as GraphError naming the
+    folder (TensorFlow raises FileNotFoundError, IndexError, DataLossError... there)."""
+    try:
+        return tf.saved_model.load(path, tags=tags)
+    except (OSError, IndexError, ValueError, tf.errors.OpError) as exc:
+        variables = os.path.join(path, "variables")
+        found = (f"no {variables} folder" if not os.path.isdir(variables) else
+                 f"{variables} holding {sorted(os.listdir(variables))}")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphError(f"SavedModel {path} cannot be loaded ({type(exc).__name__}: {first}); "
+                         f"found {found}; expected the saved_model.pb and variables/ "
+                         "(variables.index and its data shards) tf.saved_model.save "
+                         "wrote, complete") from exc
+
+
 def _check_tags(tags):
     if tags is None:
         return ["serve"]
@@ -496,7 +518,15 @@ def _signature_keys(path, tags):
     """The signature keys of the meta graph with exactly ``tags`` (read from the proto)."""
     from tensorflow.python.saved_model import loader_impl
 
-    proto = loader_impl.parse_saved_model(path)
+    try:
+        proto = loader_impl.parse_saved_model(path)
+    except (OSError, ValueError) as exc:     # TF says a truncated or foreign file this way
+        raise GraphError(f"{_pb_file(path)} cannot be parsed ({str(exc).splitlines()[0]}); "
+                         "expected a SavedModel protocol buffer as tf.saved_model.save "
+                         "writes it") from exc
+    if not proto.meta_graphs:
+        raise GraphError(f"{_pb_file(path)} holds no meta graph; expected a SavedModel with "
+                         "at least one (an empty or truncated file reads this way)")
     tag_sets = [sorted(m.meta_info_def.tags) for m in proto.meta_graphs]
     for meta, tag_set in zip(proto.meta_graphs, tag_sets):
         if tag_set == sorted(tags):

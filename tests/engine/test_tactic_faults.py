@@ -103,8 +103,9 @@ class Injected(T.Tactic):
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    from engine.gpu import conv_tactics, matmul_tactics, norm_tactics  # noqa: F401  (registered now,
-    from engine.gpu import pointwise_tactics, precompile, rnn_tactics  # noqa: F401  not into our table)
+    # the real tactics register now, not later into the test's table
+    from engine.gpu import conv_tactics, matmul_tactics, norm_tactics  # noqa: F401
+    from engine.gpu import pointwise_tactics, precompile, rnn_tactics  # noqa: F401
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(cupy_backend, "available", lambda: True)
@@ -127,7 +128,8 @@ def conv_net(seed=3):
     b = rt.Builder()
     net = b.create_network()
     x = net.add_input("x", rt.float32, (2, 3, 9, 9))
-    conv = net.add_convolution_nd(x, 6, (3, 3), rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
+    conv = net.add_convolution_nd(x, 6, (3, 3),
+                                  rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
                                   rng.standard_normal(6).astype(np.float32), padding_nd=(1, 1))
     pool = net.add_pooling_nd(conv.get_output(0), rt.PoolingType.AVERAGE, (3, 3))
     net.mark_output(pool.get_output(0))
@@ -160,7 +162,8 @@ FAULTS = ["compile", "launch", "oom", "oom_prepare"]
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_a_failing_candidate_is_skipped_and_the_build_takes_the_next(fake_gpu, monkeypatch, caplog, fault):
+def test_a_failing_candidate_is_skipped_and_the_build_takes_the_next(fake_gpu, monkeypatch, caplog,
+                                                                      fault):
     bad, good = Injected("inject.bad", 0.1, fault), Injected("inject.good", 0.4)
     caplog.set_level(logging.INFO, logger="engine.backends.cupy_backend")
     meta, plan = build(monkeypatch, [bad, good])
@@ -179,8 +182,9 @@ def test_a_failing_candidate_is_skipped_and_the_build_takes_the_next(fake_gpu, m
 
 
 def test_the_plan_built_around_a_fault_runs_and_matches_the_reference(fake_gpu, monkeypatch):
-    meta, plan = build(monkeypatch, [Injected("inject.oom", 0.05, "oom"), Injected("inject.launch", 0.1, "launch"),
-                        Injected("inject.good", 0.3)])
+    meta, plan = build(monkeypatch, [Injected("inject.oom", 0.05, "oom"),
+                                     Injected("inject.launch", 0.1, "launch"),
+                                     Injected("inject.good", 0.3)])
     x = np.random.default_rng(8).standard_normal((2, 3, 9, 9)).astype(np.float32)
     engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
     got = engine.create_execution_context().execute({"x": x})
