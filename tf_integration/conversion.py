@@ -21,7 +21,7 @@ import engine as rt
 from . import registry
 from .context import ConversionContext, tf_to_engine_dtype
 from .errors import ConversionError
-from .graph_utils import GraphIndex, make_const_node, parse_input, tensor_name
+from .graph_utils import GraphIndex, functions_called, make_const_node, parse_input, tensor_name
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +62,10 @@ def segment_graph_def(graph, segment):
         node.attr["T"].type = graph.dtype(t).as_datatype_enum
     # members that call functions (a recognised RNN region, a While) need them, and
     # the functions they call, for the TF fallback to run the segment
-    library = {f.signature.name: f for f in graph.graph_def.library.function}
-    needed, todo = [], [n for name in segment.nodes for n in _called(graph.nodes[name].attr)]
-    while todo:
-        name = todo.pop()
-        if name in library and name not in needed:
-            needed.append(name)
-            todo.extend(n for f in library[name].node_def for n in _called(f.attr))
-    out.library.function.extend(library[n] for n in sorted(needed))
+    needed = functions_called(graph.graph_def.library, [graph.nodes[n] for n in segment.nodes])
+    out.library.function.extend(f for f in graph.graph_def.library.function
+                                if f.signature.name in needed)
     return out
-
-
-def _called(attrs):
-    """Names of the functions an attribute map refers to (func and list(func) attrs)."""
-    for value in attrs.values():
-        if value.HasField("func"):
-            yield value.func.name
-        elif value.HasField("list"):
-            yield from (f.name for f in value.list.func)
 
 
 def segment_io(segment_gd):

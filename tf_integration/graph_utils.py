@@ -197,6 +197,31 @@ def for_shape_inference(graph_def):
 
 
 # ----------------------------------------------------------------------------
+# the function library
+
+def functions_called(library, nodes):
+    """Names of the library functions ``nodes`` call, directly or through the
+    functions they call (func and list(func) attributes: While bodies, If branches,
+    PartitionedCall targets). ``library``: a FunctionDefLibrary."""
+    funcs = {f.signature.name: f for f in library.function}
+    needed, todo = set(), [n for node in nodes for n in _called(node.attr)]
+    while todo:
+        name = todo.pop()
+        if name in funcs and name not in needed:
+            needed.add(name)
+            todo.extend(n for node in funcs[name].node_def for n in _called(node.attr))
+    return needed
+
+
+def _called(attrs):
+    for value in attrs.values():
+        if value.HasField("func"):
+            yield value.func.name
+        elif value.HasField("list"):
+            yield from (f.name for f in value.list.func)
+
+
+# ----------------------------------------------------------------------------
 # the index
 
 class Frame:

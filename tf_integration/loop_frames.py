@@ -15,7 +15,7 @@ import re
 import tensorflow as tf
 from tensorflow.python.framework.graph_to_function_def import graph_to_function_def
 
-from .graph_utils import canonical, get_attr, node_of, parse_input
+from .graph_utils import canonical, functions_called, get_attr, node_of, parse_input
 from .rnn_cells import RNNLoopRefused
 
 WHILE_OPS = ("While", "StatelessWhile")
@@ -188,31 +188,18 @@ def drop_unused_functions(graph_def):
     """``graph_def`` without the library functions no node calls (directly or
     through other functions): a region an engine absorbed lives on only in the
     engine's segment, so its weights are not stored twice."""
-    funcs = {f.signature.name: f for f in graph_def.library.function}
-    needed, todo = set(), [n for node in graph_def.node for n in _called(node.attr)]
-    while todo:
-        name = todo.pop()
-        if name in funcs and name not in needed:
-            needed.add(name)
-            todo.extend(n for node in funcs[name].node_def for n in _called(node.attr))
-    if len(needed) == len(funcs):
+    needed = functions_called(graph_def.library, graph_def.node)
+    if len(needed) == len(graph_def.library.function):
         return graph_def
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)
     del out.library.function[:]
+    del out.library.gradient[:]
     out.library.function.extend(f for f in graph_def.library.function
                                 if f.signature.name in needed)
     out.library.gradient.extend(g for g in graph_def.library.gradient
                                 if g.function_name in needed)
     return out
-
-
-def _called(attrs):
-    for value in attrs.values():
-        if value.HasField("func"):
-            yield value.func.name
-        elif value.HasField("list"):
-            yield from (f.name for f in value.list.func)
 
 
 def replace_nodes(graph_def, removed, new_node, rename):
