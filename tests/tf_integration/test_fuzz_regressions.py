@@ -31,3 +31,33 @@ def test_batch_matmul_with_unit_batch_dim_matches_tensorflow_where_tensorflow_is
     x = rng.standard_normal((3, 1, 6, 2)).astype(np.float32)
     w = rng.standard_normal((3, 1, 2, 2)).astype(np.float32)
     cross_validate(lambda t: tf.raw_ops.BatchMatMulV2(x=t, y=w, adj_y=True), [x], tol=1e-5)
+
+
+# Open findings of the 5,000-graph run (seeds 0..4999), not fixed yet: strict xfail, so
+# the fix turns them into failures that say to drop the mark.
+CONV_UNEQUAL_STRIDES = ("Conv2D with one input channel, a width of 1-2 and strides (1, 2) "
+                        "(SAME or EXPLICIT padding) differs from TensorFlow")
+
+
+@pytest.mark.xfail(strict=True, reason=CONV_UNEQUAL_STRIDES)
+@pytest.mark.parametrize("seed", [2529, 3884, 4287])
+def test_fuzz_seed_conv_unequal_strides(seed):
+    res = fuzz.check(seed)
+    assert not res.failed, str(res)
+
+
+@pytest.mark.xfail(strict=True, reason=CONV_UNEQUAL_STRIDES)
+@pytest.mark.parametrize("width", [1, 2])
+def test_conv2d_one_channel_narrow_width_strides_1_2_same_matches_tensorflow(width):
+    rng = np.random.default_rng(4287)
+    x = rng.standard_normal((2, 4, width, 1)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 1, 3)).astype(np.float32)
+    cross_validate(lambda t: tf.nn.conv2d(t, w, [1, 1, 2, 1], "SAME"), [x], tol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="an engine after two StatelessWhile loops and a Split "
+                   "fails at run time ('slice reads coordinate -1 of a dim of size 2') and "
+                   "falls back to its TensorFlow segment")
+def test_fuzz_seed_2603_slice_after_loops_runs_on_the_engine():
+    res = fuzz.check(2603)
+    assert not res.failed, str(res)
