@@ -124,9 +124,6 @@ def main(argv=None):
     rep.add_argument("--results", default=os.path.join(HERE, "results"))
     rep.add_argument("--write", action="store_true", help="replace the generated part of RESULTS.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("engine", "kernels", "torch", "cudnn"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.cmd == "list":
         for s in SUITES.values():
             print(f"{s.name:13s} {s.what}; batches {list(s.batches)}, precisions {list(s.precisions)}")
@@ -134,5 +131,14 @@ def main(argv=None):
     return cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
 
+def configure_logging():
+    """The runner's own lines at INFO, the libraries' at WARNING: for the command line
+    only (set process-wide, so never from main(), which tests call in-process)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("engine", "kernels", "torch", "cudnn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
+    configure_logging()
     sys.exit(main())
