@@ -79,7 +79,7 @@ def cmd_run(args):
     except Exception:            # noqa: BLE001
         cudnn = None
     doc = {"suite": suite.name, "what": suite.what, "card": card, "date": started.isoformat(timespec="seconds"),
-           "commit": commit(), "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+           "commit": commit(), "command": command_line(sys.argv[1:], args.out),
            "versions": {"torch": torch.__version__, "cupy": cupy.__version__, "cudnn_frontend": cudnn},
            "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")},
            "seconds": round((datetime.datetime.now() - started).total_seconds(), 1),
@@ -91,6 +91,14 @@ def cmd_run(args):
     print(f"\n{suite.name}: {card}, {doc['date']}, commit {doc['commit']} -> {path}")
     print(short_table(rows))
     return 0
+
+
+def command_line(argv, out):
+    """The command as recorded: the output folder named ``$OUT`` when it lies outside
+    the repository (a machine's scratch path says nothing to a reader)."""
+    inside = os.path.abspath(out).startswith(os.path.dirname(HERE) + os.sep)
+    return "python -m benchmarks " + " ".join(
+        a if inside or os.path.abspath(a) != os.path.abspath(out) else "$OUT" for a in argv)
 
 
 def cmd_report(args):

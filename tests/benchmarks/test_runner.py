@@ -98,3 +98,11 @@ def test_report_write_draws_the_plot_beside_the_results(tmp_path, monkeypatch):
     assert runner.main(["report", "--write", "--results", str(results)]) == 0
     assert "| resnet50 | fp16 | 1 |" in (tmp_path / "RESULTS.md").read_text()
     assert (results / report.PLOT_NAME).read_text().count("<rect") == 3
+
+
+def test_recorded_command_names_a_scratch_output_folder_out(tmp_path):
+    scratch = str(tmp_path / "out")
+    assert runner.command_line(["run", "resnet50", "--out", scratch, "--reps", "30"], scratch) == \
+        "python -m benchmarks run resnet50 --out $OUT --reps 30"
+    inside = runner.os.path.join(runner.HERE, "results")
+    assert runner.command_line(["run", "int8", "--out", inside], inside).endswith(f"--out {inside}")
