@@ -77,8 +77,11 @@ def check_algorithm(name):
 
 
 def collect_engine_inputs(graph_def, fetch_names, num_runs, feed_dict_fn=None,
-                          input_map_fn=None):
-    """Run ``graph_def`` ``num_runs`` times; {engine node name: [[arrays of one run]...]}."""
+                          input_map_fn=None, native=False):
+    """Run ``graph_def`` ``num_runs`` times; {engine node name: [[arrays of one run]...]}.
+    ``native``: every engine node runs its TensorFlow segment meanwhile, so an engine
+    fed by another one records TensorFlow's values (the FP16 range check's samples must
+    not carry an upstream FP16 engine's rounding)."""
     if (feed_dict_fn is None) == (input_map_fn is None):
         raise ConverterArgumentError("feed_dict_fn/input_map_fn",
                                      "both" if feed_dict_fn else "neither",
@@ -104,6 +107,8 @@ def collect_engine_inputs(graph_def, fetch_names, num_runs, feed_dict_fn=None,
                                                inline=False)
         for runner in runners.values():
             runner.calibration_inputs = []
+            if native:
+                runner.mode = "tensorflow"
         with tf.compat.v1.Session(graph=graph) as sess:
             for i in range(num_runs):
                 sess.run(fetches, feed_dict=feed_dict_fn() if feed_dict_fn else None)
@@ -114,9 +119,11 @@ def collect_engine_inputs(graph_def, fetch_names, num_runs, feed_dict_fn=None,
     return out
 
 
-def calibrate_engine_node(node, runs, algorithm="entropy"):
+def calibrate_engine_node(node, runs, algorithm="entropy", fp16_range_fallback=False):
     """Calibrate one engine node (in place) on the inputs it recorded: sets
-    ``calibration_table`` and, for static engines, the INT8 ``serialized_plan``."""
+    ``calibration_table`` and, for static engines, the INT8 ``serialized_plan``.
+    The same batches are the FP16 range check's samples (the layers without an INT8
+    kernel run FP16); ``fp16_range_fallback`` keeps those out of range in FP32."""
     cls = ALGORITHMS[algorithm][0]
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
     network = engine_storage.stored_network(node, segment_gd)
@@ -126,19 +133,23 @@ def calibrate_engine_node(node, runs, algorithm="entropy"):
     if static or network:
         calibrator = cls(batches)
         if network:
-            plan = conversion.build_serialized_network_plan(network, "INT8", None, workspace,
-                                                            calibrator)
+            plan = conversion.build_serialized_network_plan(
+                network, "INT8", None, workspace, calibrator, range_inputs=batches,
+                fp16_range_fallback=fp16_range_fallback)
         else:
             plan = conversion.build_plan(segment_gd, "INT8", None, workspace,
                                          calibrator=calibrator,
-                                         max_batch_size=get_attr(node, "max_batch_size", 0))
+                                         max_batch_size=get_attr(node, "max_batch_size", 0),
+                                         range_inputs=batches,
+                                         fp16_range_fallback=fp16_range_fallback)
     else:
         # a segment that converts only at concrete shapes: calibrate at the first
         # batch's shapes, on the batches of those shapes
         shapes = [a.shape for a in runs[0]]
         same = [b for b, arrays in zip(batches, runs) if [a.shape for a in arrays] == shapes]
         calibrator = cls(same)
-        plan = conversion.build_plan(segment_gd, "INT8", shapes, workspace, calibrator=calibrator)
+        plan = conversion.build_plan(segment_gd, "INT8", shapes, workspace, calibrator=calibrator,
+                                     range_inputs=same, fp16_range_fallback=fp16_range_fallback)
     table = calibrator.read_calibration_cache()
     node.attr["calibration_table"].s = table
     # weights stay in the segment only (engine_storage.py), whatever format the node had
@@ -148,7 +159,7 @@ def calibrate_engine_node(node, runs, algorithm="entropy"):
     return plan
 
 
-def calibrate_graph(graph_def, inputs_by_engine, algorithm="entropy"):
+def calibrate_graph(graph_def, inputs_by_engine, algorithm="entropy", fp16_range_fallback=False):
     """A copy of ``graph_def`` with every engine node calibrated on its recorded inputs.
     Returns (GraphDef, {engine name: plan bytes of the calibration build})."""
     out = tf.compat.v1.GraphDef()
@@ -160,5 +171,5 @@ def calibrate_graph(graph_def, inputs_by_engine, algorithm="entropy"):
         runs = inputs_by_engine.get(node.name)
         if not runs:
             raise rt.CalibrationError(CAUSES_NO_BATCHES.format(name=node.name))
-        plans[node.name] = calibrate_engine_node(node, runs, algorithm)
+        plans[node.name] = calibrate_engine_node(node, runs, algorithm, fp16_range_fallback)
     return out, plans

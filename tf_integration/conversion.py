@@ -137,17 +137,20 @@ def build_network(segment_gd, input_shapes=None, graph=None):
 
 
 def build_plan(segment_gd, precision_mode="FP32", input_shapes=None,
-               max_workspace_size_bytes=None, graph=None, calibrator=None, max_batch_size=None):
+               max_workspace_size_bytes=None, graph=None, calibrator=None, max_batch_size=None,
+               range_inputs=None, fp16_range_fallback=False):
     """Convert and build a segment: the serialized plan (bytes). ``max_batch_size``
-    (static engines): recorded in the plan, whose execute() refuses larger batches."""
+    (static engines): recorded in the plan, whose execute() refuses larger batches.
+    ``range_inputs``/``fp16_range_fallback``: see build_network_plan."""
     _check_precision(precision_mode)
     _, network = build_network(segment_gd, input_shapes, graph=graph)
     return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator,
-                              max_batch_size)
+                              max_batch_size, range_inputs, fp16_range_fallback)
 
 
 def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_shapes=None,
-                                  max_workspace_size_bytes=None, calibrator=None):
+                                  max_workspace_size_bytes=None, calibrator=None,
+                                  range_inputs=None, fp16_range_fallback=False):
     """Build a stored network (engine.serialize_network bytes) for concrete input shapes.
 
     The network's inputs are ``input_0..``; ``input_shapes`` replace their
@@ -158,7 +161,8 @@ def build_serialized_network_plan(network_bytes, precision_mode="FP32", input_sh
     if input_shapes is not None:
         for i, shape in enumerate(input_shapes):
             network.get_tensor(f"input_{i}").shape = tuple(shape)
-    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator)
+    return build_network_plan(network, precision_mode, max_workspace_size_bytes, calibrator,
+                              range_inputs=range_inputs, fp16_range_fallback=fp16_range_fallback)
 
 
 def _check_precision(precision_mode):
@@ -174,13 +178,17 @@ def has_dynamic_ranges(network):
 
 
 def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=None,
-                       calibrator=None, max_batch_size=None):
+                       calibrator=None, max_batch_size=None, range_inputs=None,
+                       fp16_range_fallback=False):
     """Build an engine network under TF-TRT's precision/workspace parameters: plan bytes.
 
     INT8 builds set FP16 too (layers without an INT8 kernel run FP16, as in
     TF-TRT). Their ranges come from ``calibrator`` (an engine calibrator, which
     may replay a stored table) or from ranges already on the network (explicit
     quantization); with neither, the engine is built FP16 with a warning.
+    ``range_inputs`` (dicts input name -> array): FP16 builds check those values
+    against FP16's range (engine/precision_range.py; findings in the plan's
+    metadata "fp16_range"); ``fp16_range_fallback`` keeps the layers out of range in FP32.
     """
     builder = rt.Builder()
     config = builder.create_builder_config()
@@ -196,6 +204,9 @@ def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=
     if max_workspace_size_bytes and hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(rt.MemoryPoolType.WORKSPACE, int(max_workspace_size_bytes))
     config.max_batch_size = max_batch_size or None
+    if range_inputs is not None and precision_mode in ("FP16", "INT8"):
+        config.range_check_inputs = range_inputs
+        config.fp16_range_fallback = bool(fp16_range_fallback)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise rt.BuildError("the builder returned no plan")

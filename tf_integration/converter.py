@@ -12,6 +12,12 @@ engines run FP32 until ``calibrate()`` runs it on user data and returns the
 INT8 graph (calibration.py). With use_calibration=False the ranges come from the
 graph's quantization nodes (converters/quantization.py); a graph without any
 falls back to FP16, with a warning.
+
+FP16 range check (engine/precision_range.py): the calibration builds run FP16
+where a layer has no INT8 kernel, so ``calibrate()`` also checks every layer's
+FP32 values on the engine's recorded inputs against FP16's range; layers that
+overflow or underflow are named per engine in the report ("fp16_range") and in
+``summary()``, and with ``fp16_range_fallback=True`` they are kept in FP32.
 """
 import json
 import logging
@@ -52,7 +58,7 @@ class TrtGraphConverter:
                  nodes_denylist=None, max_batch_size=1, max_workspace_size_bytes=1 << 30,
                  precision_mode="FP32", minimum_segment_size=3, is_dynamic_op=False,
                  maximum_cached_engines=1, use_calibration=True, report_path=None,
-                 calibration_algorithm="entropy"):
+                 calibration_algorithm="entropy", fp16_range_fallback=False):
         if input_saved_model_dir is not None:
             raise ConverterArgumentError("input_saved_model_dir", input_saved_model_dir,
                                          "None: TrtGraphConverter takes frozen GraphDefs "
@@ -65,6 +71,7 @@ class TrtGraphConverter:
             raise ConverterArgumentError("precision_mode", precision_mode,
                                          "one of " + ", ".join(conversion.PRECISIONS))
         calibration.check_algorithm(calibration_algorithm)
+        self.fp16_range_fallback = check_fp16_range_fallback(fp16_range_fallback)
         for arg, value, low in (("minimum_segment_size", minimum_segment_size, -1),
                                 ("maximum_cached_engines", maximum_cached_engines, 1),
                                 ("max_batch_size", max_batch_size, 1),
@@ -284,7 +291,8 @@ class TrtGraphConverter:
         left = {n: r for n, r in reasons.items() if r.kind != Reason.NOT_COMPUTE
                 or n not in converted}
         n_conv = sum(1 for n in compute if n in converted)
-        return {"parameters": dict(self.params, nodes_denylist=self.nodes_denylist),
+        return {"parameters": dict(self.params, nodes_denylist=self.nodes_denylist,
+                                   fp16_range_fallback=self.fp16_range_fallback),
                 "engines": engines,
                 "compute_nodes": len(compute), "converted_compute_nodes": n_conv,
                 "converted_share": n_conv / len(compute) if compute else 0.0,
@@ -336,10 +344,13 @@ class TrtGraphConverter:
         inputs = calibration.collect_engine_inputs(self.converted_graph_def, fetch_names,
                                                    num_runs, feed_dict_fn, input_map_fn)
         out, plans = calibration.calibrate_graph(self.converted_graph_def, inputs,
-                                                 self.calibration_algorithm)
+                                                 self.calibration_algorithm,
+                                                 self.fp16_range_fallback)
         self.converted_graph_def, self.calibrated = out, True
         for rep in self.report["engines"]:
             rep["calibration_batches"] = len(inputs.get(rep["name"], ()))
+            if rep["name"] in plans:
+                rep["fp16_range"] = fp16_range_findings(plans[rep["name"]])
             if rep["static"]:
                 rep["layer_precisions"] = conversion.engine_precision_histogram(plans[rep["name"]])
                 rep["plan_bytes"] = len(plans[rep["name"]])
@@ -354,6 +365,19 @@ class TrtGraphConverter:
 
 
 GraphConverter = TrtGraphConverter
+
+
+def check_fp16_range_fallback(value):
+    if not isinstance(value, bool):
+        raise ConverterArgumentError("fp16_range_fallback", value, "True or False")
+    return value
+
+
+def fp16_range_findings(plan):
+    """The FP16 range findings a build recorded in its plan (engine/precision_range.py):
+    a list of {"layer", "kind", ...}; [] for a plan built without sample inputs."""
+    meta = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta
+    return [dict(f) for f in meta.get("fp16_range") or []]
 
 
 def _tensor_report(graph, t):

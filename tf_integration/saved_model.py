@@ -35,6 +35,12 @@ accepted and changes nothing). With ``use_dynamic_shape`` False (TF-TRT's
 default) engines are built per input shape, at run time or ahead by build().
 Signatures that are one function (Keras ``model.export`` writes 'serve' and
 'serving_default') are converted once and saved once, under both keys.
+
+FP16 range check (engine/precision_range.py): FP16 and INT8 engines built with
+sample inputs -- build(input_fn) ahead of time, INT8 calibration at convert() --
+are checked on the inputs each engine node received; the layers whose values
+FP16 cannot hold are named per engine in the report ("fp16_range") and in
+summary(), and ``fp16_range_fallback=True`` keeps them in FP32.
 """
 import collections.abc
 import hashlib
@@ -51,8 +57,9 @@ import engine as rt
 
 from . import calibration, conversion
 from . import saved_model_runtime as runtime
-from .converter import TrtGraphConverter
+from .converter import TrtGraphConverter, check_fp16_range_fallback, fp16_range_findings
 from .errors import ConverterArgumentError, GraphError, TFIntegrationError
+from .summary import fp16_range_line
 from .graph_utils import node_of
 
 logger = logging.getLogger(__name__)
@@ -90,6 +97,7 @@ class _Signature:
         self.converter = None            # TrtGraphConverter, when this signature converts
         self.converted = self.graph_def
         self.prebuilt = {}               # engine name -> {input shapes: plan}
+        self.fp16_range = {}             # engine name -> {input shapes: range findings}
         self.keys = {}                   # engine name -> key of its saved blob
         self.function = None
 
@@ -139,7 +147,7 @@ class TrtGraphConverterV2:
                  dynamic_shape_profile_strategy=None, max_workspace_size_bytes=1 << 30,
                  precision_mode="FP32", minimum_segment_size=3, maximum_cached_engines=1,
                  use_calibration=True, allow_build_at_runtime=True, conversion_params=None,
-                 calibration_algorithm="entropy"):
+                 calibration_algorithm="entropy", fp16_range_fallback=False):
         params = dict(max_workspace_size_bytes=max_workspace_size_bytes,
                       precision_mode=precision_mode, minimum_segment_size=minimum_segment_size,
                       maximum_cached_engines=maximum_cached_engines,
@@ -167,6 +175,7 @@ class TrtGraphConverterV2:
                                          dynamic_shape_profile_strategy,
                                          "None or one of " + ", ".join(PROFILE_STRATEGIES))
         self.calibration_algorithm = calibration.check_algorithm(calibration_algorithm)
+        self.fp16_range_fallback = check_fp16_range_fallback(fp16_range_fallback)
         self._signatures = None          # key -> _Signature, after convert()
         self._built = {}                 # key -> number of inputs build() ran
 
@@ -244,7 +253,8 @@ class TrtGraphConverterV2:
             is_dynamic_op=not self.use_dynamic_shape,
             maximum_cached_engines=p["maximum_cached_engines"],
             use_calibration=p["use_calibration"],
-            calibration_algorithm=self.calibration_algorithm)
+            calibration_algorithm=self.calibration_algorithm,
+            fp16_range_fallback=self.fp16_range_fallback)
         converted = conv.convert()
         if conv.need_calibration:
             batches = [dict(zip(sig.input_names, sig.feeds(item, "calibration_input_fn")))
@@ -282,11 +292,24 @@ class TrtGraphConverterV2:
                 with runtime.record_shapes() as seen:
                     for arrays in items:
                         sig.function(*arrays)
-                self._build_ahead(sig, seen)
+                self._build_ahead(sig, seen, self._range_samples(sig, items))
                 sig.make_function(self.params["allow_build_at_runtime"])
             self._built[key] = self._built.get(key, 0) + len(items)
 
-    def _build_ahead(self, sig, seen):
+    def _range_samples(self, sig, items):
+        """{engine name: [{"input_i": array}...]}: what each engine node receives from
+        ``items``, recorded with every engine running its TensorFlow segment (the FP16
+        range check's samples); {} for FP32, where there is nothing to check."""
+        if self.params["precision_mode"] not in ("FP16", "INT8"):
+            return {}
+        feeds = iter(items)
+        runs = calibration.collect_engine_inputs(
+            sig.converted, sig.output_names, len(items),
+            feed_dict_fn=lambda: dict(zip(sig.input_names, next(feeds))), native=True)
+        return {name: [{f"input_{i}": a for i, a in enumerate(arrays)} for arrays in r]
+                for name, r in runs.items()}
+
+    def _build_ahead(self, sig, seen, samples=None):
         cap = self.params["maximum_cached_engines"]
         for name, key in sig.keys.items():
             plans = sig.prebuilt.setdefault(name, {})
@@ -299,8 +322,12 @@ class TrtGraphConverterV2:
                                cap, [list(map(list, s)) for s in wanted[room:]])
             engine = runtime.bound_engine(key)
             for shapes in wanted[:room]:
+                # the samples of this shape: a build is for these shapes only
+                feeds = [f for f in (samples or {}).get(name, [])
+                         if tuple(tuple(a.shape) for a in f.values()) == shapes]
                 try:
-                    plans[shapes] = engine.build_plan(shapes)
+                    plans[shapes] = (self._build_checked(engine, shapes, feeds) if feeds
+                                     else engine.build_plan(shapes))
                 except (TFIntegrationError, rt.CupyrtError, ValueError, RuntimeError,
                         TypeError) as exc:
                     logger.warning("engine %s: building for input shapes %s failed (%s); "
@@ -308,6 +335,21 @@ class TrtGraphConverterV2:
                     continue
                 logger.info("engine %s: built ahead for input shapes %s", name,
                             [list(s) for s in shapes])
+                if feeds:
+                    sig.fp16_range.setdefault(name, {})[shapes] = fp16_range_findings(
+                        plans[shapes])
+
+    def _build_checked(self, engine, shapes, feeds):
+        """The plan engine.build_plan(shapes) makes, range-checked on ``feeds``."""
+        r = engine.runner
+        calibrator = (calibration.TableCalibrator(r.table)
+                      if r.precision == "INT8" and r.table else None)
+        kwargs = dict(input_shapes=[list(s) for s in shapes],
+                      max_workspace_size_bytes=r.workspace, calibrator=calibrator,
+                      range_inputs=feeds, fp16_range_fallback=self.fp16_range_fallback)
+        if r.network is not None:
+            return conversion.build_serialized_network_plan(r.network, r.precision, **kwargs)
+        return conversion.build_plan(r.segment_gd, r.precision, **kwargs)
 
     # ------------------------------------------------------------------ save
     def save(self, output_saved_model_dir):
@@ -360,6 +402,14 @@ class TrtGraphConverterV2:
             rep["built_ahead"] = {name: [[list(s) for s in shapes] for shapes in plans]
                                   for name, plans in sig.prebuilt.items() if plans}
             rep["build_inputs"] = self._built.get(key, 0)
+            if sig.fp16_range:
+                rep["engines"] = [dict(e) for e in rep["engines"]]
+                for e in rep["engines"]:
+                    by_shape = sig.fp16_range.get(e["name"])
+                    if by_shape:
+                        e["fp16_range"] = _merged(by_shape.values())
+                        e["fp16_range_by_shape"] = {str([list(s) for s in shapes]): f
+                                                    for shapes, f in by_shape.items()}
             out[key] = rep
         return out
 
@@ -388,6 +438,9 @@ class TrtGraphConverterV2:
                 if plans:
                     lines.append(f"  engine {name} built ahead for input shapes "
                                  + "; ".join(str([list(s) for s in shapes]) for shapes in plans))
+                found = _merged(sig.fp16_range.get(name, {}).values())
+                if found:
+                    lines.append("  " + fp16_range_line(found))
         return "\n".join(lines)
 
 
@@ -417,6 +470,15 @@ def _per_signature(fn, keys, allowed, argument):
     raise ConverterArgumentError(argument, type(fn).__name__,
                                  "a generator function, or a dict {signature key: "
                                  "generator function}")
+
+
+def _merged(findings_lists):
+    """Findings of several builds of one engine, one per layer (the first seen)."""
+    out = {}
+    for findings in findings_lists:
+        for f in findings:
+            out.setdefault(f["layer"], f)
+    return list(out.values())
 
 
 def _output_keys(sig):

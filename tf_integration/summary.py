@@ -29,6 +29,8 @@ def format_summary(report, runtime=None):
         lines.append("    ops: " + ", ".join(f"{op} {n}" for op, n in e["ops"].items()))
         if "layers" in e:
             lines.append("    engine layers: " + ", ".join(f"{k} {v}" for k, v in e["layers"].items()))
+        if e.get("fp16_range"):
+            lines.append(fp16_range_line(e["fp16_range"], e["static"]))
     left = report["left_to_tensorflow"]
     interesting = {n: r for n, r in left.items() if r["kind"] != "not a compute node"}
     lines.append(f"  nodes left to TensorFlow: {len(interesting)} "
@@ -39,6 +41,26 @@ def format_summary(report, runtime=None):
     if runtime and any(st["imports"] or st["inlined"] for st in runtime.values()):
         lines.extend(format_runtime(runtime))
     return "\n".join(lines)
+
+
+def fp16_range_line(findings, static=True):
+    """One line: the layers of an engine out of FP16's range on the sample inputs, why,
+    and whether they were kept in FP32 (engine/precision_range.py makes the findings)."""
+    why = []
+    for f in findings:
+        if "producer" in f:
+            why.append(f"{f['layer']} (reads {f['producer']})")
+        else:
+            why.append(f"{f['layer']} ({f['kind']}, max |x| {f['max_abs']:.3g}, "
+                       f"{100 * f['share_below_2^-24']:.0f}% below 2^-24)")
+    if all(f.get("kept_fp32") for f in findings):
+        # a dynamic engine's per-shape builds at run time have no samples to check
+        action = ("kept in FP32" if static else "kept in FP32 in the engines built with "
+                  "samples (per-shape builds at run time are not checked)")
+    else:
+        action = "still FP16 (fp16_range_fallback=True keeps them in FP32)"
+    return f"    FP16 range: {len(findings)} layer(s) out of range on the samples: " + (
+        ", ".join(why) + f"; {action}")
 
 
 def _left_lines(left):
