@@ -26,6 +26,7 @@ from .graph_utils import GraphIndex, functions_called, make_const_node, parse_in
 logger = logging.getLogger(__name__)
 
 INPUT_PREFIX, OUTPUT_PREFIX = "cupyrt_input_", "cupyrt_output_"
+RECORDED_SHAPES = "_output_shapes"     # TF's attribute for known output shapes
 PRECISIONS = ("FP32", "FP16", "INT8")
 
 
@@ -57,6 +58,13 @@ def segment_graph_def(graph, segment):
                 continue
             t = tensor_name(src, port)
             node.input.append(inp if src in members else remap[t])
+        if node.op == "Reshape" and graph.shape(tensor_name(name)).rank is not None:
+            # a target computed outside the segment is a Placeholder here, so the
+            # segment's own shape inference would lose the dims the whole graph knows
+            # (the Shape of a tensor with static dims); TF's import applies recorded
+            # _output_shapes, so the Reshape converter sees them (fuzz seed 2603)
+            node.attr[RECORDED_SHAPES].list.shape.add().CopyFrom(
+                graph.shape(tensor_name(name)).as_proto())
     for j, t in enumerate(segment.outputs):
         node = out.node.add(name=f"{OUTPUT_PREFIX}{j}", op="Identity", input=[t])
         node.attr["T"].type = graph.dtype(t).as_datatype_enum

@@ -236,6 +236,13 @@ class Builder:
         k = [int(self.rng.integers(1, 4)) for _ in range(2)]
         strides = [int(self.rng.integers(1, 3)) for _ in range(2)]
         dil = int(self.rng.integers(1, 3)) if max(strides) == 1 else 1
+        if strides == [1, 2] and s[3] == 1 and s[2] <= 2:
+            # TF 2.21's oneDNN Conv2D (on by default on x86) is wrong for one input
+            # channel, width 1-2, strides (1, 2): rel. L2 ~1 against TF's own kernel
+            # (TF_ENABLE_ONEDNN_OPTS=0), which equals the engine (seeds 2529, 3884,
+            # 4287; test_fuzz_regressions.py). No oracle there, so that stride is not
+            # drawn; changed without a draw, so the other seeds' graphs stay the same
+            strides = [1, 1]
         padding = ["SAME", "VALID", "EXPLICIT"][int(self.rng.integers(3))]
         cout = int(self.rng.integers(1, 7))
         w = self.const(k + [s[3], cout], 1.0 / np.sqrt(k[0] * k[1] * s[3]))

@@ -7,7 +7,7 @@ from engine import shape_values
 
 from ..context import NCHW, Value, identity, perm_after_removing, tf_to_engine_dtype
 from ..errors import ConversionError
-from ..graph_utils import get_attr
+from ..graph_utils import get_attr, tensor_name
 from ..registry import ENGINE_TYPES, Reason, converter
 from .math import const_input
 
@@ -126,11 +126,17 @@ def reshape(ctx, x, dims):
     return Value(layer.get_output(0))
 
 
-def reshape_to(ctx, x, target):
+def reshape_to(ctx, x, target, out_shape=None):
     """Reshape ``x`` to a computed target (a shape tensor Value), TensorRT's way: as
     static dims where the network knows the values (one unknown becomes -1), else
-    through the shuffle's shape-tensor input, read at run time."""
+    through the shuffle's shape-tensor input, read at run time. ``out_shape``: the
+    output dims TensorFlow's shape inference knows (None where unknown); they are what
+    the target holds there (or what its -1 becomes)."""
     known = shape_values.get(target.tensor)
+    if out_shape is not None and (known is None or len(known) == len(out_shape)):
+        # a 0 is left to the target: a static reshape would read it as 'copy the dim'
+        known = tuple(o if o is not None and o > 0 else k
+                      for o, k in zip(out_shape, known or (None,) * len(out_shape)))
     if known is not None and None not in known:
         return reshape(ctx, x, known)
     if known is not None and known.count(None) == 1 and -1 not in known:
@@ -146,7 +152,10 @@ def reshape_to(ctx, x, target):
 def convert_reshape(ctx, node):
     x, target = ctx.input(node, 0), ctx.input(node, 1)
     if not target.is_const:
-        return [reshape_to(ctx, x, target)]
+        # TF's static output shape: in a segment GraphDef it includes what the whole
+        # graph knows of a target computed outside the segment (segment_graph_def)
+        shape = ctx.graph.shape(tensor_name(node.name))
+        return [reshape_to(ctx, x, target, None if shape.rank is None else shape.as_list())]
     dims = [int(d) for d in np.ravel(target.const)]
     shape = x.tf_shape()
     if -1 not in dims and shape[0] == -1 and len(dims) >= 1 and dims[0] != shape[0]:
