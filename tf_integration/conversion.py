@@ -63,6 +63,7 @@ def segment_graph_def(graph, segment):
             # segment's own shape inference would lose the dims the whole graph knows
             # (the Shape of a tensor with static dims); TF's import applies recorded
             # _output_shapes, so the Reshape converter sees them (fuzz seed 2603)
+            del node.attr[RECORDED_SHAPES].list.shape[:]     # one entry: a copied one goes
             node.attr[RECORDED_SHAPES].list.shape.add().CopyFrom(
                 graph.shape(tensor_name(name)).as_proto())
     for j, t in enumerate(segment.outputs):
