@@ -498,5 +498,10 @@ def inlined_signature(fn):
             return None
         ret = fdef.ret[fdef.signature.output_arg[port].name]
         outputs.append(flat.get(ret, ret if ":" in ret else ret + ":0"))
-    return graph_function(drop_unused_functions(inner), [args[k] + ":0" for k in keys],
-                          outputs, [(k, kwargs[k]) for k in keys], fn.structured_outputs)
+    wrapped = graph_function(drop_unused_functions(inner), [args[k] + ":0" for k in keys],
+                             outputs, [(k, kwargs[k]) for k in keys], fn.structured_outputs)
+    # The new function calls library functions (While bodies, conds) under the names fn's
+    # library gives them; TensorFlow drops a function's library from the eager context when
+    # the function is collected, so fn must live as long as the new one does.
+    wrapped._cupyrt_source = fn         # noqa: SLF001 - a plain attribute, read by nobody
+    return wrapped

@@ -572,3 +572,20 @@ def test_runtime_errors(tmp_path):
         with pytest.raises(TFIntegrationError, match="already active"):
             with runtime.record_shapes():
                 pass
+
+
+def test_an_inlined_signature_outlives_its_loaded_model(module_dirs, tmp_path, monkeypatch):
+    import gc
+
+    monkeypatch.delenv("CUPYRT_BACKEND", raising=False)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False, raising=False)
+    looped = TrtGraphConverterV2(input_saved_model_dir=module_dirs["loop"], minimum_segment_size=1)
+    looped.convert()
+    out = looped.save(str(tmp_path / "loop"))
+    xl = _x(2, seed=36, shape=(4,))
+    ref = tf.saved_model.load(module_dirs["loop"]).signatures["serving_default"](x=xl)
+    sig = load_saved_model(out, inline=True).signatures["serving_default"]
+    gc.collect()                     # the loaded object and its original signatures are gone
+    got = sig(x=xl)
+    for name in ref:
+        assert rel_l2(got[name], ref[name]) <= 1e-6
