@@ -42,19 +42,18 @@ def _fold_values(network):
     return folded
 
 
+# layer type -> (flag saying its input holds the dims, that input's index, the attribute)
+_DIMS_FROM_INPUT = {LayerType.SHUFFLE: ("dynamic_reshape", 1, "reshape_dims"),
+                    LayerType.SLICE: ("dynamic_size", 2, "shape")}
+
+
 def _attributes(network):
     changed = 0
     for layer in network._layers:
-        if layer.layer_type == LayerType.SHUFFLE and layer.dynamic_reshape \
-                and _from_constant(layer._inputs[1]):
-            dims = np.asarray(layer._inputs[1].producer.weights).reshape(-1)
-            layer._attrs["reshape_dims"] = tuple(int(d) for d in dims)
-            layer._inputs = layer._inputs[:1]
-            changed += 1
-        elif layer.layer_type == LayerType.SLICE and layer.dynamic_size \
-                and _from_constant(layer._inputs[2]):
-            size = np.asarray(layer._inputs[2].producer.weights).reshape(-1)
-            layer._attrs["shape"] = tuple(int(d) for d in size)
+        flag, index, attr = _DIMS_FROM_INPUT.get(layer.layer_type, (None, 0, None))
+        if flag and getattr(layer, flag) and _from_constant(layer._inputs[index]):
+            dims = np.asarray(layer._inputs[index].producer.weights).reshape(-1)
+            layer._attrs[attr] = tuple(int(d) for d in dims)
             layer._inputs = layer._inputs[:1]
             changed += 1
     if changed:
