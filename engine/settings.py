@@ -1,0 +1,212 @@
+"""Every ``CUPYRT_*`` switch of the package, in one table, read once.
+
+    from engine.settings import settings
+    if settings().cuda_graphs: ...
+
+``settings()`` reads the environment the first time it is called and returns the
+same frozen object afterwards. Code that changes a switch on purpose says so:
+``configure(backend="numpy")`` replaces values for this process (and writes them
+back to the environment, so child processes agree); ``reload()`` reads the
+environment again (tests that set variables call it, through ``overridden``).
+
+Kernels (kernels/gpu) never read switches: the engine passes the values they need
+as arguments. Switches marked ``tactics`` change which tactics exist or how fast one
+runs; their values away from the default join the timing-cache key
+(``tactic_key()``), so tiles timed one way are not reused the other way.
+
+The README's table of switches is generated from SETTINGS (``markdown_table()``;
+``python -m tf_integration.ops_doc`` writes it, a test checks it is current).
+"""
+import contextlib
+import dataclasses
+import os
+import threading
+
+from .errors import BuildError
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(name, text):
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BuildError(f"{name}={text!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _number(kind):
+    def parse(name, text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise BuildError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+        if value < 0:
+            raise BuildError(f"{name}={text!r}: expected a value >= 0")
+        return value
+    return parse
+
+
+def _choice(*allowed):
+    def parse(name, text):
+        value = text.strip().lower() or allowed[0]
+        if value not in allowed:
+            raise BuildError(f"{name}={text!r}: expected one of " + ", ".join(allowed))
+        return value
+    return parse
+
+
+def _path(name, text):
+    return text or None
+
+
+def _default_workers():
+    return min(16, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+    """One switch: its field on Settings, its variable, parser, default, and whether it
+    changes the tactics a build times (then it joins the timing-cache key)."""
+    field: str
+    parse: object
+    default: object
+    doc: str
+    tactics: bool = False
+
+    @property
+    def env(self):
+        return "CUPYRT_" + self.field.upper()
+
+    def default_value(self):
+        return self.default() if callable(self.default) else self.default
+
+
+SETTINGS = (
+    Switch("backend", _choice("auto", "numpy", "cupy"), "auto",
+           "Backend engines run on: `auto` (CuPy with a CUDA device; engine nodes in TensorFlow run "
+           "their TensorFlow segment on hosts without one), `numpy` (the reference), `cupy`."),
+    Switch("cuda_graphs", _flag, True,
+           "Replay each engine's kernels as one CUDA graph per input shape (0: launch them one by one)."),
+    Switch("concat_elision", _flag, True,
+           "Let producers of a Concatenation write into its output buffer instead of copying."),
+    Switch("timing_cache", _path, None,
+           "Timing-cache file shared by builds (`config.timing_cache_path` takes precedence)."),
+    Switch("precompile", _flag, True,
+           "Compile every kernel family in parallel before the first build times tactics."),
+    Switch("precompile_workers", _number(int), _default_workers,
+           "Processes precompile uses (default: the CPU count, at most 16)."),
+    Switch("wgmma", _flag, True, "Hopper wgmma convolution tactics.", tactics=True),
+    Switch("int8_smallc", _flag, True, "The INT8 stem tactic for convolutions with C <= 4.", tactics=True),
+    Switch("fast_quantize", _flag, True, "Vectorised FP16 -> INT8 quantize kernel.", tactics=True),
+    Switch("wgmma_f16_fast_epilogue", _flag, False,
+           "FP16 wgmma epilogue that prefetches the residual (experimental).", tactics=True),
+    Switch("cudnn", _flag, True, "cuDNN frontend fused graphs as tactics (when the frontend is installed).",
+           tactics=True),
+    Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
+    Switch("cudnn_build_budget_s", _number(float), 6.0,
+           "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),
+    Switch("cudnn_plan_cache", _path, None, "File of cuDNN plan choices kept between processes."),
+    Switch("debug", _number(int), 0, "Diagnostics: 3 or more dumps generated CUDA sources that fail to compile."),
+    Switch("report_json", _path, None, "Also write every conversion report as JSON to this file."),
+)
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+Settings = dataclasses.make_dataclass(
+    "Settings", [(s.field, object) for s in SETTINGS], frozen=True,
+    namespace={"__doc__": "The values of every CUPYRT_* switch (see SETTINGS)."})
+
+_lock = threading.Lock()
+_current = None
+
+
+def from_environ(environ=None):
+    """A Settings read from ``environ`` (default os.environ); unset or empty variables
+    take their defaults, malformed ones raise BuildError naming the variable."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for s in SETTINGS:
+        text = env.get(s.env)
+        values[s.field] = s.default_value() if text in (None, "") else s.parse(s.env, text)
+    return Settings(**values)
+
+
+def settings():
+    """The settings of this process, read from the environment on first use."""
+    global _current
+    current = _current
+    if current is None:
+        with _lock:
+            if _current is None:
+                _current = from_environ()
+            current = _current
+    return current
+
+
+def reload(environ=None):
+    """Read the environment again; returns the new settings."""
+    global _current
+    with _lock:
+        _current = from_environ(environ)
+        return _current
+
+
+def configure(**values):
+    """Replace switches for this process (and its children, through the environment);
+    returns the new settings. Unknown names raise BuildError."""
+    unknown = sorted(set(values) - set(_BY_FIELD))
+    if unknown:
+        raise BuildError("unknown setting(s) " + ", ".join(unknown) + "; valid: " + ", ".join(_BY_FIELD))
+    global _current
+    with _lock:
+        base = _current if _current is not None else from_environ()
+        for field, value in values.items():
+            s = _BY_FIELD[field]
+            if value is None or value == s.default_value():
+                os.environ.pop(s.env, None)
+            else:
+                os.environ[s.env] = _text(value)
+            # parsed back so a value given in Python is checked like one from the environment
+            values[field] = s.default_value() if value is None else s.parse(s.env, _text(value))
+        _current = dataclasses.replace(base, **values)
+        return _current
+
+
+@contextlib.contextmanager
+def overridden(**values):
+    """``configure(**values)`` for a block; the environment and settings come back after."""
+    saved = {s.env: os.environ.get(s.env) for s in SETTINGS}
+    try:
+        yield configure(**values)
+    finally:
+        for env, text in saved.items():
+            if text is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = text
+        reload()
+
+
+def _text(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def tactic_key(current=None):
+    """{variable: value} of the tactic-changing switches set away from their default
+    (part of every timing-cache key)."""
+    current = current or settings()
+    return {s.env: getattr(current, s.field) for s in SETTINGS
+            if s.tactics and getattr(current, s.field) != s.default_value()}
+
+
+def markdown_table():
+    """The README's table of switches."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "CPU count, at most 16" if callable(s.default) else _text(s.default) if s.default is not None else "unset"
+        rows.append(f"| `{s.env}` | {default} | {s.doc}{' Joins the timing-cache key.' if s.tactics else ''} |")
+    return "\n".join(rows)
