@@ -13,8 +13,15 @@ shares the session between threads; runs are counted over all of them.
                                  [--sample-every 100] [--json out.json]
 
 ``--backend cupy`` (a GPU host) also samples device memory: CuPy's pool (used and
-held bytes) and the driver's free memory (cudaMemGetInfo). Not run yet: the issue
-asks for 100,000 runs there.
+held bytes) and the driver's free memory (cudaMemGetInfo).
+
+``--engine-only`` needs no TensorFlow (the GPU machine has none): the same two
+convolutions built with the engine's network API (one engine, dynamic batch 1-4, FP16
+on the GPU) run through one execution context, each answer compared with the NumPy
+backend's answer for that input (rel. L2 <= 1e-2 in FP16); the same RSS and device
+samples. This is the GPU half of the soak:
+
+    python benchmarks/tf/soak.py --engine-only --backend cupy --runs 100000
 """
 import argparse
 import json
@@ -145,9 +152,102 @@ def soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0
             logging.info("%d runs, RSS %.1f MB", done, samples[-1][1] / 2 ** 20)
     seconds = time.perf_counter() - t0
     sess.close()
+    stats = runtime_stats(converted)
+    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, {
+        "engine_runs": sum(s["engine_runs"] for s in stats.values()),
+        "native_runs": sum(s["native_runs"] for s in stats.values()),
+        "engines_built": sum(s["engines_built"] for s in stats.values()),
+        "fallbacks": {n: s["fallbacks"] for n, s in stats.items() if s["fallbacks"]}})
+
+
+def engine_model(seed=0):
+    """An engine network: conv 3x3 + bias + relu, conv 3x3 + bias + tanh, NCHW,
+    dynamic batch 1-4 (the engine-only stand-in for make_model's two engine nodes)."""
+    import engine as rt
+    rng = np.random.default_rng(seed)
+    builder = rt.Builder()
+    net = builder.create_network()
+    c = SHAPE[2]
+    x = net.add_input("x", rt.float32, (-1, c, SHAPE[0], SHAPE[1]))
+    t = x
+    for i, act in enumerate((rt.ActivationType.RELU, rt.ActivationType.TANH)):
+        w = (rng.standard_normal((8, t.shape[1], 3, 3)) * 0.2).astype(np.float32)
+        b = (rng.standard_normal(8) * 0.1).astype(np.float32)
+        conv = net.add_convolution_nd(t, 8, (3, 3), kernel=w, bias=b)
+        conv.padding_nd = (1, 1)
+        t = net.add_activation(conv.get_output(0), act).get_output(0)
+    t.name = "y"
+    net.mark_output(t)
+    return builder, net
+
+
+def engine_soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0):
+    """The engine-only soak (see the module text); returns figures like soak()."""
+    import engine as rt
+    from engine.settings import configure
+    pool = [np.moveaxis(a, -1, 1).copy() for a in input_pool(seed + 1)]
+    plans = {}
+    for name in ("numpy", backend):
+        configure(backend=name)
+        builder, net = engine_model(seed)
+        config = builder.create_builder_config()
+        if name == "cupy":
+            config.set_flag(rt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        profile.set_shape("x", (1,) + pool[0].shape[1:], (BATCHES[-1],) + pool[0].shape[1:],
+                          (BATCHES[-1],) + pool[0].shape[1:])
+        config.add_optimization_profile(profile)
+        plans[name] = rt.Runtime().deserialize_cuda_engine(builder.build_serialized_network(net, config))
+    configure(backend="numpy")
+    ref_ctx = plans["numpy"].create_execution_context()
+    refs = [np.asarray(ref_ctx.execute({"x": a})["y"], np.float32) for a in pool]
+    configure(backend=backend)
+    tol = 1e-2 if backend == "cupy" else 1e-5
+    contexts = threading.local()
+    engine = plans[backend]
+    worst, mismatches, done = 0.0, 0, 0
+    lock = threading.Lock()
+
+    def work(first, count):
+        nonlocal worst, mismatches
+        ctx = getattr(contexts, "ctx", None) or engine.create_execution_context()
+        contexts.ctx = ctx
+        for i in range(first, first + count):
+            k = i % len(pool)
+            got = ctx.execute({"x": pool[k]})["y"]
+            err = rel_l2(np.asarray(got.get() if hasattr(got, "get") else got, np.float32), refs[k])
+            with lock:
+                worst = max(worst, err)
+                mismatches += err > tol
+    samples, device = [], []
+    t0 = time.perf_counter()
+    while done < runs:
+        chunk = min(sample_every, runs - done)
+        if threads == 1:
+            work(done, chunk)
+        else:
+            share = [chunk // threads + (j < chunk % threads) for j in range(threads)]
+            starts = np.cumsum([done] + share[:-1])
+            ts = [threading.Thread(target=work, args=(int(s), n)) for s, n in zip(starts, share)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        done += chunk
+        samples.append((done, rss_bytes()))
+        if backend == "cupy":
+            device.append((done,) + device_bytes())
+        if log_every and done % log_every < chunk:
+            logging.info("%d runs, RSS %.1f MB", done, samples[-1][1] / 2 ** 20)
+    seconds = time.perf_counter() - t0
+    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches,
+                     {"mode": "engine-only", "tolerance": tol})
+
+
+def summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, extra):
+    """The figures both soaks report (RSS after the first 20% of runs, device pool)."""
     after = [r for n, r in samples if n > runs // 5] or [samples[-1][1]]
     at_20 = min(samples, key=lambda s: abs(s[0] - runs // 5))[1]
-    stats = runtime_stats(converted)
     result = {
         "runs": runs, "threads": threads, "backend": backend, "seconds": round(seconds, 2),
         "runs_per_s": round(runs / seconds, 1),
@@ -156,18 +256,16 @@ def soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0
         "rss_mb_end": round(samples[-1][1] / 2 ** 20, 2),
         "growth_mb_last_80pct": round((samples[-1][1] - at_20) / 2 ** 20, 3),
         "spread_mb_last_80pct": round((max(after) - min(after)) / 2 ** 20, 3),
-        "max_rel_l2": worst, "mismatches": int(mismatches),
-        "engine_runs": sum(s["engine_runs"] for s in stats.values()),
-        "native_runs": sum(s["native_runs"] for s in stats.values()),
-        "engines_built": sum(s["engines_built"] for s in stats.values()),
-        "fallbacks": {n: s["fallbacks"] for n, s in stats.items() if s["fallbacks"]},
-        "samples": [(n, round(r / 2 ** 20, 2)) for n, r in samples]}
+        "max_rel_l2": worst, "mismatches": int(mismatches)} | extra
+    result["samples"] = [(n, round(r / 2 ** 20, 2)) for n, r in samples]
     if device:
         used = [d[1] for d in device if d[0] > runs // 5]
         result["device_pool_used_mb_end"] = round(device[-1][1] / 2 ** 20, 2)
         result["device_pool_used_growth_mb_last_80pct"] = round(
             (max(used) - min(used)) / 2 ** 20, 3)
         result["device_free_mb_end"] = round(device[-1][3] / 2 ** 20, 1)
+        free = [d[3] for d in device if d[0] > runs // 5]
+        result["device_free_spread_mb_last_80pct"] = round((max(free) - min(free)) / 2 ** 20, 1)
     return result
 
 
@@ -179,13 +277,15 @@ def main(argv=None):
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
                    help="where the engines run (CUPYRT_BACKEND); cupy needs a CUDA device")
+    p.add_argument("--engine-only", action="store_true",
+                   help="no TensorFlow: the same convolutions as one engine, run by the engine API")
     p.add_argument("--json", help="write the figures (with every RSS sample) here")
     args = p.parse_args(argv)
     if args.runs < 1 or args.threads < 1 or args.sample_every < 1:
         p.error("--runs, --threads and --sample-every must be >= 1")
     os.environ["CUPYRT_BACKEND"] = args.backend
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = soak(args.runs, args.threads, args.sample_every, backend=args.backend,
+    result = (engine_soak if args.engine_only else soak)(args.runs, args.threads, args.sample_every, backend=args.backend,
                   log_every=max(args.runs // 10, 1))
     if args.json:
         with open(args.json, "w") as f:
