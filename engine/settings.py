@@ -3,11 +3,12 @@
     from engine.settings import settings
     if settings().cuda_graphs: ...
 
-``settings()`` reads the environment the first time it is called and returns the
-same frozen object afterwards. Code that changes a switch on purpose says so:
-``configure(backend="numpy")`` replaces values for this process (and writes them
-back to the environment, so child processes agree); ``reload()`` reads the
-environment again (tests that set variables call it, through ``overridden``).
+``settings()`` parses the environment once and returns the same frozen object until
+a CUPYRT_* variable changes (it compares the raw strings it was parsed from, a few
+dictionary lookups), so every module sees one consistent set of values at any moment.
+Code that changes a switch on purpose says so: ``configure(backend="numpy")`` sets
+values for this process and its children (through the environment);
+``overridden(...)`` does it for a block.
 
 Kernels (kernels/gpu) never read switches: the engine passes the values they need
 as arguments. Switches marked ``tactics`` change which tactics exist or how fast one
@@ -120,6 +121,12 @@ Settings = dataclasses.make_dataclass(
 
 _lock = threading.Lock()
 _current = None
+_raw = None          # the CUPYRT_* strings _current was parsed from
+
+
+def _snapshot(environ=None):
+    env = os.environ if environ is None else environ
+    return tuple(env.get(s.env) for s in SETTINGS)
 
 
 def from_environ(environ=None):
@@ -134,22 +141,23 @@ def from_environ(environ=None):
 
 
 def settings():
-    """The settings of this process, read from the environment on first use."""
-    global _current
+    """The settings of this process (parsed again only when a CUPYRT_* variable changed)."""
+    global _current, _raw
+    raw = _snapshot()
     current = _current
-    if current is None:
+    if current is None or raw != _raw:
         with _lock:
-            if _current is None:
-                _current = from_environ()
+            if _current is None or raw != _raw:
+                _current, _raw = from_environ(), raw
             current = _current
     return current
 
 
 def reload(environ=None):
-    """Read the environment again; returns the new settings."""
-    global _current
+    """Parse ``environ`` (default: the environment) again; returns the new settings."""
+    global _current, _raw
     with _lock:
-        _current = from_environ(environ)
+        _current, _raw = from_environ(environ), _snapshot(environ)
         return _current
 
 
@@ -159,9 +167,9 @@ def configure(**values):
     unknown = sorted(set(values) - set(_BY_FIELD))
     if unknown:
         raise BuildError("unknown setting(s) " + ", ".join(unknown) + "; valid: " + ", ".join(_BY_FIELD))
-    global _current
+    global _current, _raw
     with _lock:
-        base = _current if _current is not None else from_environ()
+        base = from_environ()
         for field, value in values.items():
             s = _BY_FIELD[field]
             if value is None or value == s.default_value():
@@ -170,7 +178,7 @@ def configure(**values):
                 os.environ[s.env] = _text(value)
             # parsed back so a value given in Python is checked like one from the environment
             values[field] = s.default_value() if value is None else s.parse(s.env, _text(value))
-        _current = dataclasses.replace(base, **values)
+        _current, _raw = dataclasses.replace(base, **values), _snapshot()
         return _current
 
 
