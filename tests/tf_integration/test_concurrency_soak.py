@@ -150,3 +150,33 @@ def test_an_engine_failing_at_run_time_falls_back_from_every_thread_and_is_count
     fallbacks = [w for w in said if issubclass(w.category, EngineFallbackWarning)]
     assert len(fallbacks) == sum(len(st["fallbacks"]) for st in stats.values())
     assert "injected fault" in str(fallbacks[0].message)
+
+
+def test_engine_only_soak_runs_the_engine_api_from_threads_and_checks_each_answer():
+    """The GPU machine's soak (no TensorFlow there): one engine, dynamic batch,
+    answers against the NumPy backend's; here both sides are NumPy, so exact."""
+    result = soak.engine_soak(240, threads=3, sample_every=80, seed=7)
+    assert result["mode"] == "engine-only" and result["mismatches"] == 0
+    assert result["max_rel_l2"] == 0.0 and result["tolerance"] == 1e-5
+    assert [n for n, _ in result["samples"]] == [80, 160, 240]
+    assert "device_pool_used_mb_end" not in result          # device memory only on cupy
+
+
+def test_engine_only_soak_counts_wrong_answers(monkeypatch):
+    """A run whose answer differs from the reference is counted (the check can fail)."""
+    real = soak.rel_l2
+    calls = []
+
+    def off_every_fifth(a, b):
+        calls.append(1)
+        return real(a, b) + (0.5 if len(calls) % 5 == 0 else 0.0)
+    monkeypatch.setattr(soak, "rel_l2", off_every_fifth)
+    result = soak.engine_soak(50, sample_every=25, seed=8)
+    assert result["mismatches"] == 10 and result["max_rel_l2"] == 0.5
+
+
+def test_engine_only_soak_command_line(tmp_path, capsys):
+    out = tmp_path / "engine_soak.json"
+    assert soak.main(["--engine-only", "--runs", "20", "--sample-every", "10", "--json", str(out)]) == 0
+    assert '"mode": "engine-only"' in capsys.readouterr().out
+    assert len(__import__("json").loads(out.read_text())["samples"]) == 2
