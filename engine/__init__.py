@@ -18,4 +18,4 @@ from .layers.shape import SampleMode  # noqa: E402,F401
 from .calibration import (CalibrationAlgoType, Calibrator, EntropyCalibrator2,  # noqa: E402,F401
                           IInt8Calibrator, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator,
                           MinMaxCalibrator, PercentileCalibrator)
-from .quantization import debug_precision, keep_worst_in_fp16, precision_table  # noqa: E402,F401
+from .precision_debug import debug_precision, keep_worst_in_fp16, precision_table  # noqa: E402,F401

@@ -8,13 +8,22 @@ passes, assign precisions, pick kernels, serialise.
 import logging
 import time
 
-from . import passes, plan as planfile, precision_timing
+import numpy as np
+
+from .backends import resolve, select_backend
 from .errors import BuildError
+from .gpu import precompile as kernel_precompile
 from .kernel_table import numpy_kernel
 from .layers import classes  # noqa: F401  (registers the layer classes and kernels)
 from .logger import Logger
 from .network import Network
-from .types import BuilderFlag, DataType, LayerType, MemoryPoolType, ProfilingVerbosity
+from .passes import PASS_NAMES, optimize
+from .plan import ArrayTable, decode_network, dumps, encode_network
+from .precision_range import check as check_fp16_range
+from .precision_timing import enabled as precision_timing_enabled, refine_precisions
+from .quantization import prepare as prepare_int8
+from .runtime import Runtime
+from .types import DATA_MOVEMENT, BuilderFlag, DataType, MemoryPoolType, ProfilingVerbosity
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +54,6 @@ class _TacticProgress:
     def report_layer_time(self, layer_name, ms):
         self.done += 1
         _emit(self.config, "layer", index=self.done, total=self.total, name=layer_name)
-
-# Layers that only move or select data: they run in whatever type reaches them.
-DATA_MOVEMENT = {LayerType.SHUFFLE, LayerType.FLATTEN, LayerType.SQUEEZE, LayerType.UNSQUEEZE,
-                 LayerType.CONCATENATION, LayerType.SLICE, LayerType.GATHER, LayerType.PADDING,
-                 LayerType.IDENTITY, LayerType.CONSTANT, LayerType.CAST, LayerType.SELECT}
 
 
 class BuilderConfig:
@@ -117,8 +121,8 @@ class BuilderConfig:
         self.set_memory_pool_limit(MemoryPoolType.WORKSPACE, size)
 
     def disable_pass(self, name):
-        if name not in passes.PASS_NAMES:
-            raise BuildError(f"unknown builder pass {name!r}; valid: {', '.join(passes.PASS_NAMES)}")
+        if name not in PASS_NAMES:
+            raise BuildError(f"unknown builder pass {name!r}; valid: {', '.join(PASS_NAMES)}")
         self.disabled_passes.add(name)
 
 
@@ -177,26 +181,24 @@ class Builder:
         network._ensure_inferred()
         for layer in network._layers:
             layer.check_complete()
-        arrays = planfile.ArrayTable()
-        doc = planfile.encode_network(network, arrays)
-        work = planfile.decode_network(doc, planfile.ArrayTable(arrays.getbytes()))
+        arrays = ArrayTable()
+        doc = encode_network(network, arrays)
+        work = decode_network(doc, ArrayTable(arrays.getbytes()))
         _unique_layer_names(work)
         t1 = time.perf_counter()
         _emit(config, "stage", name="passes")
-        stats = passes.optimize(work, config.disabled_passes)
+        stats = optimize(work, config.disabled_passes)
         t2 = time.perf_counter()
         _emit(config, "stage", name="precision")
         precisions = assign_precisions(work, config)
         fp16_range = None
         if config.range_check_inputs is not None and config.get_flag(BuilderFlag.FP16):
-            from . import precision_range
-            fp16_range = precision_range.check(work, precisions, config)
+            fp16_range = check_fp16_range(work, precisions, config)
         # -- INT8 (engine/quantization.py): calibrate the optimised network, pick INT8 layers
         int8_meta = {}
         if config.get_flag(BuilderFlag.INT8):
-            from . import quantization
             _emit(config, "stage", name="int8")
-            int8_meta = quantization.prepare(work, config, precisions)
+            int8_meta = prepare_int8(work, config, precisions)
         # -- end INT8
         for layer in work._layers:
             numpy_kernel(layer)       # a layer with no implementation fails the build now
@@ -219,7 +221,6 @@ class Builder:
             meta["max_batch_size"] = int(config.max_batch_size)
         if config.timing_cache_path:
             meta["timing_cache"] = str(config.timing_cache_path)
-        from .backends import resolve
         if resolve(config.backend) == "numpy":
             meta["kernels"] = {layer.name: "numpy.reference" for layer in work._layers}
         else:
@@ -227,8 +228,8 @@ class Builder:
             _emit(config, "stage", name="tactics")
             meta.update(select_gpu_tactics(work, meta, config))
             meta["build_seconds"]["tactics"] = time.perf_counter() - t4
-        out = planfile.ArrayTable()
-        data = planfile.dumps({"network": planfile.encode_network(work, out), "engine": meta}, out)
+        out = ArrayTable()
+        data = dumps({"network": encode_network(work, out), "engine": meta}, out)
         log.info("build phases (s): %s", ", ".join(f"{k} {v:.3f}" for k, v in meta["build_seconds"].items()))
         self.logger.log(Logger.INFO, f"built engine: {network.num_layers} layers -> "
                         f"{work.num_layers}, {len(data)} bytes, {time.perf_counter() - t0:.3f} s")
@@ -236,7 +237,6 @@ class Builder:
         return data
 
     def build_engine(self, network, config):
-        from .runtime import Runtime
         return Runtime(self.logger).deserialize_cuda_engine(
             self.build_serialized_network(network, config))
 
@@ -296,65 +296,29 @@ def build_shapes(network, config):
 
 def select_gpu_tactics(network, meta, config):
     """Time every layer's candidate kernels on the device at the build shapes and
-    record the winners in the plan (and the timing cache)."""
-    import numpy as np
-
-    from .runtime import CudaEngine
+    record the winners in the plan (and the timing cache). The CuPy backend does
+    the timing (``select_tactics``: one eager run of the network that chooses each
+    layer's tactic on the storage types the engine will feed it)."""
     shapes = build_shapes(network, config)
     if shapes is None:
         log.info("dynamic input shapes without an optimisation profile: tactics are chosen "
                  "on first use of each shape")
         return {}
-    from .gpu.precompile import precompile
-    compile_s = precompile(int8=config.get_flag(BuilderFlag.INT8))
-    engine = CudaEngine(network, dict(meta, kernels={}), backend="cupy")
+    compile_s = kernel_precompile.precompile(int8=config.get_flag(BuilderFlag.INT8))
     rng = np.random.default_rng(0)
     feeds = {}
     for t in network._inputs:
         dt = t.dtype.to_numpy()
         feeds[t.name] = (rng.uniform(-1, 1, shapes[t.name]).astype(dt) if dt.kind == "f"
                          else np.zeros(shapes[t.name], dt))
-    ctx = engine.create_execution_context()
-    engine.backend.use_graphs = False
-    ctx.profiler = _TacticProgress(config, network.num_layers)   # one event per layer timed
-    ctx.execute(feeds)
+    backend = select_backend("cupy", dict(meta, kernels={}))
+    # one progress event per layer timed
+    engine = backend.select_tactics(network, feeds, _TacticProgress(config, network.num_layers))
     out = {}
-    if precision_timing.enabled(config):
-        engine, out = _refine_precisions(network, meta, config, engine, shapes, feeds)
+    if precision_timing_enabled(config):
+        engine, out = refine_precisions(network, meta, config, engine, feeds)
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
     return {**out, "kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
             "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
             "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s}
-
-
-def _refine_precisions(network, meta, config, engine, shapes, feeds):
-    """Precision by timing (engine/precision_timing.py): up to ROUNDS rounds of
-    measure -> decide -> rebuild the engine with the moved layers and select again."""
-    from .runtime import CudaEngine
-    precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
-    report, measured = [], []
-    for _ in range(precision_timing.ROUNDS):
-        alts = precision_timing.alternatives(network, precisions, config)
-        if not alts:
-            break
-        moves = precision_timing.measure(engine, shapes, alts)
-        moved = precision_timing.decide(moves)
-        moved += precision_timing.decide_pairs(network, moves)
-        report += [m.as_dict() for m in moves if m.moved]
-        measured += [m.as_dict() for m in moves]
-        if not moved:
-            break
-        precision_timing.apply(network, precisions, moves)
-        log.info("precision by timing: %d layers moved (%s)", len(moved), ", ".join(moved[:8]))
-        meta["precisions"] = {name: p.name for name, p in precisions.items()}
-        if "int8_layers" in meta:
-            meta["int8_layers"] = sorted(n for n, p in precisions.items() if p == DataType.INT8)
-        cache = engine.backend.cache
-        engine = CudaEngine(network, dict(meta, kernels={}), backend="cupy")
-        engine.backend.cache = cache          # one cache: the second round's hits are free
-        engine.backend.use_graphs = False
-        engine.create_execution_context().execute(feeds)
-    return engine, {"precisions": meta["precisions"], "precision_moves": report,
-                    "precision_timing": measured,
-                    **({"int8_layers": meta["int8_layers"]} if "int8_layers" in meta else {})}

@@ -6,11 +6,11 @@ takes the place of the first layer it absorbs).
 """
 import logging
 
-from . import shape_values
 from .errors import NetworkDefinitionError
 from .layers import classes as L
-from .layers.shape import ShapeLayer
 from .layers.base import MAX_DIMS, Tensor
+from .layers.shape import ShapeLayer
+from .shape_values import propagate as propagate_values
 from .types import DataType
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Network:
             t._shape, t._dtype = shape, dtype
             self._tensors[name] = t
             layer._outputs.append(t)
-        shape_values.propagate(layer)
+        propagate_values(layer)
         self._layers.append(layer)
         return layer
 
@@ -180,7 +180,7 @@ class Network:
         if layer._outputs:     # already in the network: re-check now, others lazily
             for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
                 t._shape, t._dtype = shape, dtype
-            shape_values.propagate(layer)
+            propagate_values(layer)
             self._dirty = True
 
     def _ensure_inferred(self):
@@ -191,7 +191,7 @@ class Network:
             for layer in self._layers:
                 for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
                     t._shape, t._dtype = shape, dtype
-                shape_values.propagate(layer)     # shape tensors: what later rules read
+                propagate_values(layer)     # shape tensors: what later rules read
         except NetworkDefinitionError:
             self._dirty = True
             raise

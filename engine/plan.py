@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import PlanFormatError
 from .layers.base import Layer
+from .network import Network
 from .types import DataType, LayerType
 
 MAGIC = b"CUPYRT\x00P"
@@ -118,7 +119,6 @@ def _all_tensors(network):
 
 
 def decode_network(doc, arrays):
-    from .network import Network
     try:
         net = Network()
         net.name = doc.get("name", "")

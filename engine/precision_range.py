@@ -19,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from . import kernel_table
 from .errors import BuildError
+from .kernel_table import numpy_kernel
 from .types import DataType
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def measure(network, samples):
             # FP32 everywhere: the reference FP16 is judged against
             ins = [x.astype(np.float32) if x is not None and x.dtype == np.float16 else x
                    for x in ins]
-            outs = kernel_table.numpy_kernel(layer)(layer, ins)
+            outs = numpy_kernel(layer)(layer, ins)
             for t, v in zip(layer._outputs, outs):
                 v = np.asarray(v)
                 values[id(t)] = v

@@ -38,6 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backends import select_backend
+from .gpu.device import cupy
+from .gpu.timing import time_ms
+from .int8_exec import TRANSPARENT, consumers as tensor_consumers
 from .types import BuilderFlag, DataType, LayerType
 
 log = logging.getLogger(__name__)
@@ -158,7 +162,6 @@ def apply(network, precisions, moves):
     """Set the moved layers' precisions (in place). An INT8 data-movement layer
     left between a moved layer and the rest loses INT8 too (int8 codes flow only
     between INT8 layers): the same rule as quantization.assign_int8."""
-    from .quantization import TRANSPARENT, _consumers
     for m in moves:
         if m.moved:
             precisions[m.layer] = m.alternative
@@ -166,11 +169,11 @@ def apply(network, precisions, moves):
     if not fallback:
         return precisions
     down = next(iter(fallback.values()))
-    consumers = _consumers(network)
+    users_of = tensor_consumers(network)
     for layer in reversed(network._layers):
         if precisions.get(layer.name) == DataType.INT8 and layer.layer_type in TRANSPARENT:
             src = layer._inputs[0]
-            users = consumers.get(id(layer._outputs[0]), [])
+            users = users_of.get(id(layer._outputs[0]), [])
             if (any(precisions.get(u.name) != DataType.INT8 for u in users)
                     or src.producer is None or precisions.get(src.producer.name) != DataType.INT8):
                 precisions[layer.name] = down
@@ -228,10 +231,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
     serves repeats) and return the list of ``Move``s, undecided. ``xp``/``timer``
     default to CuPy and CUDA-event timing (tests pass stand-ins)."""
     if xp is None:
-        from .gpu.device import cupy
         xp = cupy()
     if timer is None:
-        from .gpu.timing import time_ms as timer
+        timer = time_ms
     cp = xp
     backend = engine.backend
     shapes = engine.infer_shapes(input_shapes)
@@ -292,3 +294,38 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
         moves.append(m)
     return moves
+
+
+# -- the builder's stage ------------------------------------------------------------
+
+def refine_precisions(network, meta, config, engine, feeds):
+    """The builder's precision-by-timing stage: up to ROUNDS rounds of measure ->
+    decide -> select the tactics again with the moved layers (on a fresh CuPy
+    backend sharing the timing cache). ``engine``: the EngineSchedule the first
+    selection ran (``backend.select_tactics``); ``meta`` is updated in place.
+    Returns (the last EngineSchedule, the plan metadata of the moves)."""
+    shapes = {n: a.shape for n, a in feeds.items()}
+    precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
+    report, measured = [], []
+    for _ in range(ROUNDS):
+        alts = alternatives(network, precisions, config)
+        if not alts:
+            break
+        moves = measure(engine, shapes, alts)
+        moved = decide(moves)
+        moved += decide_pairs(network, moves)
+        report += [m.as_dict() for m in moves if m.moved]
+        measured += [m.as_dict() for m in moves]
+        if not moved:
+            break
+        apply(network, precisions, moves)
+        log.info("precision by timing: %d layers moved (%s)", len(moved), ", ".join(moved[:8]))
+        meta["precisions"] = {name: p.name for name, p in precisions.items()}
+        if "int8_layers" in meta:
+            meta["int8_layers"] = sorted(n for n, p in precisions.items() if p == DataType.INT8)
+        backend = select_backend("cupy", dict(meta, kernels={}))
+        backend.cache = engine.backend.cache   # one cache: the second round's hits are free
+        engine = backend.select_tactics(network, feeds)
+    return engine, {"precisions": meta["precisions"], "precision_moves": report,
+                    "precision_timing": measured,
+                    **({"int8_layers": meta["int8_layers"]} if "int8_layers" in meta else {})}

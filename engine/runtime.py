@@ -8,15 +8,15 @@ import enum
 import json
 import logging
 import threading
-import time
 
 import numpy as np
 
-from . import memory, plan as planfile
-from .builder import DATA_MOVEMENT
 from .backends import select_backend
 from .errors import ExecutionError
+from .execution import EngineSchedule, LayerRunner
 from .logger import Logger
+from .memory import lifetimes, plan as plan_memory
+from .plan import decode_network, loads
 from .types import DataType
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class Runtime:
         self.backend = backend        # "numpy" | "cupy" | None: $CUPYRT_BACKEND or the best available
 
     def deserialize_cuda_engine(self, plan_bytes):
-        doc, arrays = planfile.loads(plan_bytes)
-        network = planfile.decode_network(doc.get("network", {}), arrays)
+        doc, arrays = loads(plan_bytes)
+        network = decode_network(doc.get("network", {}), arrays)
         return CudaEngine(network, doc.get("engine", {}), self.logger, self.backend)
 
 
@@ -68,27 +68,18 @@ class LayerInfo:
         return f"<LayerInfo {self.name} {self.type.name} {self.precision.name} {self.kernel}>"
 
 
-class CudaEngine:
+class CudaEngine(EngineSchedule):
+    """ICudaEngine: the optimised network, its backend, and what the builder decided
+    per layer (the schedule itself is engine/execution.py's)."""
+
     def __init__(self, network, meta, logger=None, backend=None):
-        self.network = network
-        self.meta = meta
+        super().__init__(network, meta, select_backend(backend, meta))
         self.logger = logger or Logger()
-        precisions = meta.get("precisions", {})
         kernels = meta.get("kernels", {})
-        self.backend = select_backend(backend, meta)
         default_kernel = "numpy.reference" if self.backend.name == "numpy" else "chosen on first use"
-        self.layers = [LayerInfo(layer, DataType[precisions.get(layer.name, "FLOAT")],
+        self.layers = [LayerInfo(layer, self._precision[layer.name],
                                  kernels.get(layer.name, default_kernel))
                        for layer in network._layers]
-        self._precision = {info.name: info.precision for info in self.layers}
-        # INT8 storage (engine/quantization.py): tensors kept as int8 codes between INT8 layers
-        self._int8_tensors = set()
-        # an INT8 layer's float outputs are stored half under the FP16 flag (the INT8
-        # epilogue writes half directly), float32 otherwise
-        self._int8_float = DataType.HALF if "FP16" in meta.get("flags", ()) else DataType.FLOAT
-        if DataType.INT8 in self._precision.values():
-            from .quantization import int8_tensors
-            self._int8_tensors = int8_tensors(network, self._precision)
         self._io = [t.name for t in network._inputs] + [t.name for t in network._outputs]
         # shapes execute() accepts beyond the declared ones: optimization profiles
         # ({input: (min, opt, max)} each) and the implicit-batch limit, as built
@@ -166,7 +157,7 @@ class CudaEngine:
 
     def _memory_plan(self, shapes):
         keep = set(id(t) for t in self.network._inputs) | set(id(t) for t in self.network._outputs)
-        spans = memory.lifetimes(
+        spans = lifetimes(
             self.network._layers,
             lambda layer: [id(t) for t in layer._inputs if t is not None],
             lambda layer: [id(t) for t in layer._outputs], keep)
@@ -176,56 +167,7 @@ class CudaEngine:
                 if id(t) in spans:
                     dtype = self._storage_dtype(layer, t)
                     sizes[id(t)] = int(np.prod(shapes[id(t)])) * dtype.itemsize
-        return memory.plan(sizes, spans)
-
-    def schedule(self):
-        """(layer, precision, output storage dtypes) per step: fixed for the engine,
-        computed once (the per-call loop should do nothing it can skip)."""
-        if getattr(self, "_schedule", None) is None:
-            self._schedule = [(layer, self._precision[layer.name],
-                               [self._storage_dtype(layer, t) for t in layer._outputs])
-                              for layer in self.network._layers]
-        return self._schedule
-
-    def _storage_dtype(self, layer, t):
-        """How tensor ``t`` (an output of ``layer``) is stored between layers:
-        int8 codes between INT8 layers; half where an FP16 layer wrote it, and where
-        a layer that only moves data (concat, shuffle, slice...) read nothing but
-        half (it changes no value, and a float32 copy would cost a cast on each side);
-        float outputs of INT8 layers half under the FP16 flag;
-        network outputs and explicit output types as declared."""
-        if t.name in self._int8_tensors:
-            return DataType.INT8
-        if t.dtype != DataType.FLOAT or t.is_network_output or layer.output_type_is_set(t.index):
-            return t.dtype
-        p = self._precision.get(layer.name)
-        if p == DataType.HALF:
-            return DataType.HALF
-        if p == DataType.INT8 and layer.layer_type not in DATA_MOVEMENT:
-            return self._int8_float
-        floats = [i for i in layer._inputs if i is not None and i.dtype == DataType.FLOAT]
-        if layer.layer_type in DATA_MOVEMENT and floats and all(
-                i.producer is not None and self._storage_dtype(i.producer, i) == DataType.HALF
-                for i in floats):
-            return DataType.HALF
-        return t.dtype
-
-    def infer_shapes(self, input_shapes):
-        """Concrete shape of every tensor (keyed by id) for these input shapes."""
-        shapes = {}
-        for t in self.network._inputs:
-            shapes[id(t)] = tuple(input_shapes[t.name])
-        for layer in self.network._layers:
-            ins = [None if t is None else shapes[id(t)] for t in layer._inputs]
-            dts = [None if t is None else t.dtype for t in layer._inputs]
-            try:
-                results = self.network._infer_layer(layer, ins, dts)
-            except Exception as e:     # noqa: BLE001  (re-raised with the call's context)
-                raise ExecutionError(f"input shapes {dict(input_shapes)} are not valid for "
-                                     f"{layer.describe()}: {e}") from e
-            for t, (shape, _) in zip(layer._outputs, results):
-                shapes[id(t)] = shape
-        return shapes
+        return plan_memory(sizes, spans)
 
     def create_execution_context(self):
         return ExecutionContext(self)
@@ -275,12 +217,13 @@ class Profiler:
         return "\n".join(rows)
 
 
-class ExecutionContext:
+class ExecutionContext(LayerRunner):
+    """IExecutionContext: per-caller state (the per-shape schedules and the profiler
+    of engine/execution.py's LayerRunner, the active profile, bound tensors)."""
+
     def __init__(self, engine):
-        self.engine = engine
-        self.profiler = None
+        super().__init__(engine)
         self.name = ""
-        self._plans = {}      # input-shape signature -> per-call schedule
         self.active_optimization_profile = 0
 
     def set_optimization_profile_async(self, profile_index, stream=None):
@@ -347,26 +290,6 @@ class ExecutionContext:
             feeds[t.name] = a
         return feeds
 
-    def _schedule(self, feeds):
-        key = tuple(tuple(a.shape) for a in feeds.values())
-        sched = self._plans.get(key)
-        if sched is None:
-            e = self.engine
-            shapes = e.infer_shapes({n: a.shape for n, a in feeds.items()})
-            last_use = {}
-            for step, layer in enumerate(e.network._layers):
-                for t in layer._inputs:
-                    if t is not None:
-                        last_use[id(t)] = step
-            keep = {id(t) for t in e.network._outputs}
-            free_after = [[] for _ in e.network._layers]
-            for tid, step in last_use.items():
-                if tid not in keep:
-                    free_after[step].append(tid)
-            sched = {"shapes": shapes, "free_after": free_after}
-            self._plans[key] = sched
-        return sched
-
     def set_input_shape(self, name, shape):
         """TensorRT's shape-binding call; shapes are taken from the arrays here, so
         this only validates."""
@@ -377,30 +300,11 @@ class ExecutionContext:
         self._check_shape(t, tuple(int(d) for d in shape))
         return True
 
-    def run_layers(self, feeds, sched):
-        """The layer loop, shared by every backend: backend arrays in and out."""
-        e = self.engine
-        backend = e.backend
-        values = {id(t): feeds[t.name] for t in e.network._inputs}
-        profiler = self.profiler
-        for step, (layer, precision, out_dtypes) in enumerate(e.schedule()):
-            ins = [None if t is None else values[id(t)] for t in layer._inputs]
-            t0 = time.perf_counter() if profiler else 0.0
-            outs = backend.run_layer(layer, ins, precision, out_dtypes)
-            if profiler:
-                backend.synchronize()
-                profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))
-            for t, v in zip(layer._outputs, outs):
-                values[id(t)] = v
-            for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
-                values.pop(tid, None)
-        return {t.name: values[id(t)] for t in e.network._outputs}
-
     def execute(self, inputs):
         """Run the engine. ``inputs``: dict name -> array (NumPy, or CuPy on the GPU
         backend). Returns dict name -> NumPy array."""
         feeds = self._check_inputs(inputs)
-        outs = self.engine.backend.execute(self, feeds, self._schedule(feeds))
+        outs = self.run(feeds)
         return {t.name: self.engine.backend.to_output(outs[t.name], t.dtype)
                 for t in self.engine.network._outputs}
 
@@ -431,7 +335,7 @@ class ExecutionContext:
             raise ExecutionError(f"execute_async_v3: no array bound for {missing}; bind each input "
                                  f"and output with set_tensor_address(name, array)")
         feeds = self._check_inputs({n: bound[n] for n in e.input_names})
-        outs = e.backend.execute(self, feeds, self._schedule(feeds), stream=stream)
+        outs = self.run(feeds, stream)
         for t in e.network._outputs:
             dst, src = bound[t.name], outs[t.name]
             if tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:

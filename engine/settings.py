@@ -50,13 +50,12 @@ def _number(kind):
     return parse
 
 
-def _choice(*allowed):
-    def parse(name, text):
-        value = text.strip().lower() or allowed[0]
-        if value not in allowed:
-            raise BuildError(f"{name}={text!r}: expected one of " + ", ".join(allowed))
-        return value
-    return parse
+def _backend(name, text):
+    # the message engine/backends gives for a backend name passed in code, so both say the same
+    value = text.strip().lower() or "auto"
+    if value not in ("auto", "numpy", "cupy"):
+        raise BuildError(f"backend {text!r} is not available ({name}); valid: auto, numpy, cupy")
+    return value
 
 
 def _path(name, text):
@@ -86,7 +85,7 @@ class Switch:
 
 
 SETTINGS = (
-    Switch("backend", _choice("auto", "numpy", "cupy"), "auto",
+    Switch("backend", _backend, "auto",
            "Backend engines run on: `auto` (CuPy with a CUDA device; engine nodes in TensorFlow run "
            "their TensorFlow segment on hosts without one), `numpy` (the reference), `cupy`."),
     Switch("cuda_graphs", _flag, True,

@@ -24,6 +24,7 @@ anything else needs every input value known.
 """
 import numpy as np
 
+from .kernel_table import numpy_kernel
 from .types import DataType, LayerType
 
 MAX_VALUES = 64         # a shape tensor is a few dims; larger INT32 tensors are data
@@ -79,8 +80,6 @@ def propagate(layer):
 
 
 def _evaluate(layer, out):
-    from .kernel_table import numpy_kernel
-
     lt = layer.layer_type
     if lt == LayerType.SHAPE:
         dims = np.asarray(layer._inputs[0]._shape, dtype=np.int64)

@@ -78,6 +78,15 @@ class LayerType(enum.Enum):
     COMBINED_NMS = "combined_nms"  # TF's CombinedNonMaxSuppression (TF-TRT: a plugin)
 
 
+# Layers that only move or select data: they run in whatever type reaches them (the
+# builder gives them no FP16 precision of their own; the runtime stores their output
+# half when only half reached them).
+DATA_MOVEMENT = frozenset({
+    LayerType.SHUFFLE, LayerType.FLATTEN, LayerType.SQUEEZE, LayerType.UNSQUEEZE,
+    LayerType.CONCATENATION, LayerType.SLICE, LayerType.GATHER, LayerType.PADDING,
+    LayerType.IDENTITY, LayerType.CONSTANT, LayerType.CAST, LayerType.SELECT})
+
+
 class ActivationType(enum.Enum):
     RELU = 0
     SIGMOID = 1

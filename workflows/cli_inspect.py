@@ -169,7 +169,7 @@ def debug_precision_command(args, out=None):
     """Rank the layers of a network by the error INT8 adds, and optionally keep the
     worst ones in FP16 until an accuracy budget is met."""
     import engine as rt
-    from engine.quantization import debug_precision, keep_worst_in_fp16
+    from engine.precision_debug import debug_precision, keep_worst_in_fp16
 
     out = out or sys.stdout
     if detect_kind(args.network, "NETWORK") != "network":

@@ -77,7 +77,7 @@ def layer_report(int8_gd, x_eval, workdir, budget=None):
     network with the converted engine's own calibration table). Returns
     (PrecisionReport, kept-in-FP16 names or None, final output error or None)."""
     import engine as rt
-    from engine.quantization import debug_precision, keep_worst_in_fp16
+    from engine.precision_debug import debug_precision, keep_worst_in_fp16
     from tf_integration import export_engines
 
     paths = export_engines(int8_gd, os.path.join(workdir, "engines"))

@@ -12,16 +12,17 @@ already accounted for per layer.
 """
 import logging
 import math
-import os
 import threading
-
+import time
 
 from ..errors import BuildError
+from ..execution import EngineSchedule, LayerRunner
 from ..gpu import tactics as T
 from ..gpu.concat import ConcatElision
-from ..gpu.device import available, gpu_info
+from ..gpu.device import available, cupy, gpu_info
 from ..gpu.timing import (TimingCache, free_device_cache, is_out_of_memory, kernel_switches,
                           layer_signature, time_ms)
+from ..settings import settings
 
 log = logging.getLogger(__name__)
 _caches = {}
@@ -50,14 +51,13 @@ class CupyBackend:
         if not available():
             raise BuildError("the CuPy backend needs a CUDA device and none is available; "
                              "use the NumPy backend (CUPYRT_BACKEND=numpy)")
-        import cupy
-        self.cp = cupy
+        switches = settings()         # read once per backend, not per layer
+        self.cp = cupy()
         self.meta = meta or {}
         self.forced = dict(self.meta.get("kernels", {}))       # layer name -> tactic name
-        self.gpu = "%s %s" % gpu_info(cupy.cuda.Device().id)
-        self.cache = timing_cache(self.meta.get("timing_cache") or
-                                  os.environ.get("CUPYRT_TIMING_CACHE"))
-        self.use_graphs = os.environ.get("CUPYRT_CUDA_GRAPHS", "1") != "0"
+        self.gpu = "%s %s" % gpu_info(self.cp.cuda.Device().id)
+        self.cache = timing_cache(self.meta.get("timing_cache") or switches.timing_cache)
+        self.use_graphs = switches.cuda_graphs
         # short candidates timed inside a CUDA graph (engine/gpu/timing.py); the
         # builder turns use_graphs off while it selects, not this
         self.graph_timing = self.use_graphs
@@ -79,7 +79,7 @@ class CupyBackend:
         # concat elision (engine/gpu/concat.py): the per-engine plan, made on the first
         # run; each run of the layer loop gets a fresh placement (its concat buffers),
         # per thread since execution contexts of one engine may run concurrently
-        self.concat_elision = os.environ.get("CUPYRT_CONCAT_ELISION", "1") != "0"
+        self.concat_elision = switches.concat_elision
         self.elision = None
         self._runs = threading.local()
 
@@ -116,6 +116,22 @@ class CupyBackend:
             return context.run_layers(feeds, sched)
         finally:
             self._runs.placement = None
+
+    # -- the builder's interface ---------------------------------------------------
+    def select_tactics(self, network, feeds, profiler=None):
+        """Choose every layer's tactic by timing: one eager run (no CUDA graph) of
+        ``network`` on ``feeds`` (host arrays, the build shapes) with this backend's
+        plan metadata (precisions, flags). The choices land in ``selected``,
+        ``timings`` and the timing cache; ``profiler.report_layer_time`` hears each
+        layer as it finishes. Returns the EngineSchedule that ran (the builder's
+        precision-by-timing stage measures layers on it)."""
+        engine = EngineSchedule(network, self.meta, self)
+        runner = LayerRunner(engine)
+        runner.profiler = profiler
+        self.use_graphs = False      # selection only: replay is the built engine's business
+        runner.run({name: self.asarray(a) for name, a in feeds.items()})
+        self.synchronize()
+        return engine
 
     # -- tactics -------------------------------------------------------------------
     def _prepared(self, layer, tactic):
@@ -297,7 +313,6 @@ class CupyBackend:
         (cuBLAS through CuPy cannot be captured). At large batches the kernels
         dominate and eager cuBLAS may win; at small ones launch overhead dominates
         and the graph wins."""
-        import time
         cp = self.cp
         self._trace = []
         try:

@@ -19,7 +19,7 @@ import numpy as np
 
 from kernels.gpu.conv_tf32 import C_ALIGN      # NumPy-only at import: safe without a GPU
 
-from .. import kernel_table
+from ..kernel_table import TACTICS as REGISTERED
 from ..types import DataType, LayerType
 from .concat import claim, written
 from .tactics import Tactic, as_nhwc, nchw_view, register
@@ -126,7 +126,7 @@ def register_all():
     second call adds nothing). The plain-TF32 ones have ``tf32 = True``: the
     builder is expected to drop them unless the TF32 flag is set."""
     for layer_type, tactics in all_tactics().items():
-        have = {t.name for t in kernel_table.TACTICS.get(layer_type, ())}
+        have = {t.name for t in REGISTERED.get(layer_type, ())}
         new = [t for t in tactics if t.name not in have]
         if new:
             register(layer_type, *new)

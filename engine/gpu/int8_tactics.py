@@ -46,7 +46,7 @@ class ConvInt8(Tactic):
     def prepare(self, layer):
         from kernels.gpu import conv_int8
 
-        from ..quantization import tensor_scale
+        from ..int8_exec import tensor_scale
         c = layer._inputs[0].shape[1]
         pack = getattr(conv_int8, self.weight_packer)
         wq, s_w = pack(layer.weights(c) if c > 0 else layer.kernel, "KCRS")
@@ -106,7 +106,7 @@ class FcInt8(Tactic):
     def prepare(self, layer):
         from kernels.gpu.conv_int8 import pack_weight_int8_krsc
 
-        from ..quantization import tensor_scale
+        from ..int8_exec import tensor_scale
         shape = layer._inputs[0].shape
         c, h, w = shape[1:] if len(shape) == 4 else (shape[1], 1, 1)
         k = layer.num_output_channels
@@ -145,7 +145,7 @@ class PoolInt8(Tactic):
         return None
 
     def prepare(self, layer):
-        from ..quantization import tensor_scale
+        from ..int8_exec import tensor_scale
         return {"s_in": tensor_scale(layer._inputs[0])}
 
     def run(self, state, layer, inputs, precision, out_dtypes):

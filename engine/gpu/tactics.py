@@ -15,7 +15,7 @@ where the producer wrote another layout.
 """
 import numpy as np
 
-from .. import kernel_table
+from ..kernel_table import TACTICS, numpy_kernel
 from ..types import DataType, LayerType
 from .device import cupy, device_clone
 
@@ -78,7 +78,7 @@ class GenericTactic(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         cp = cupy()
-        outs = kernel_table.numpy_kernel(layer)(state, compute_inputs(inputs, precision))
+        outs = numpy_kernel(layer)(state, compute_inputs(inputs, precision))
         return [cp.asarray(o).astype(d.to_numpy(), copy=False) for o, d in zip(outs, out_dtypes)]
 
 
@@ -89,10 +89,10 @@ class HostTactic(Tactic):
     int8 = None                 # either: the NumPy backend routes INT8 layers itself
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from ..backends.numpy_backend import NumpyBackend
+        from ..layer_exec import run_layer as run_on_host
         cp = cupy()
         host = [None if x is None else cp.asnumpy(x) for x in inputs]
-        outs = NumpyBackend.run_layer(layer, host, precision, out_dtypes)
+        outs = run_on_host(layer, host, precision, out_dtypes)
         return [cp.asarray(o) for o in outs]
 
 
@@ -103,7 +103,7 @@ class Int8Emulation(Tactic):
     int8 = True
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
-        from ..quantization import can_run_int8
+        from ..int8_exec import can_run_int8
         if precision != DataType.INT8 or not can_run_int8(layer):
             return "not an INT8 layer"
         return None
@@ -120,7 +120,7 @@ class Int8Emulation(Tactic):
         return clone
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from ..quantization import run_int8_layer
+        from ..int8_exec import run_int8_layer
         cp = cupy()
         outs = run_int8_layer(state, inputs, out_dtypes)
         return [cp.asarray(o).astype(d.to_numpy(), copy=False) for o, d in zip(outs, out_dtypes)]
@@ -130,7 +130,7 @@ GENERIC, HOST, INT8_EMULATION = GenericTactic(), HostTactic(), Int8Emulation()
 
 
 def register(layer_type, *tactics):
-    kernel_table.TACTICS.setdefault(layer_type, []).extend(tactics)
+    TACTICS.setdefault(layer_type, []).extend(tactics)
 
 
 def candidates(layer, precision=None):
@@ -140,7 +140,7 @@ def candidates(layer, precision=None):
     from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
     from . import rnn_tactics  # noqa: F401
     from . import matmul_tactics, norm_tactics  # noqa: F401  (graph-safe GEMM, fused layer norm)
-    every = list(kernel_table.TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
+    every = list(TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
     if precision is None:
         return every
     want = precision == DataType.INT8

@@ -14,8 +14,10 @@ extra inputs.
 """
 import numpy as np
 
+from kernels.xp import array_module
+
 from ..errors import PlanFormatError
-from ..kernel_table import numpy_impl
+from ..kernel_table import numpy_impl, numpy_kernel
 from ..types import FLOATING, LayerType
 from .base import Attr, Layer
 
@@ -86,8 +88,6 @@ class PointwiseLayer(Layer):
 
 @numpy_impl(LayerType.POINTWISE)
 def _pointwise(layer, inputs):
-    from ..kernel_table import numpy_kernel
-    from kernels.xp import array_module
     v = inputs[0]
     xp = array_module(v)
     for op in layer.chain:

@@ -28,6 +28,8 @@ import threading
 
 import numpy as np
 
+from kernels.xp import array_module
+
 from ..errors import NetworkDefinitionError, PlanFormatError, PluginError
 from ..kernel_table import numpy_impl
 from ..types import DataType, LayerType
@@ -308,7 +310,6 @@ class PluginV2Layer(Layer):
 
 @numpy_impl(LayerType.PLUGIN_V2)
 def _plugin_v2(layer, inputs):
-    from kernels.xp import array_module
     plugin = layer.plugin
     expected = layer.infer([x.shape for x in inputs], [t.dtype for t in layer._inputs])
     xp = array_module(*inputs)

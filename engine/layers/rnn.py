@@ -24,6 +24,7 @@ import re
 import numpy as np
 
 from kernels import rnn as K
+from kernels.xp import array_module
 
 from ..errors import BuildError, ExecutionError
 from ..kernel_table import numpy_impl
@@ -225,7 +226,6 @@ class RNNv2Layer(Layer):
     def kernel_params(self):
         """Per sub-layer dicts of gate-stacked W, R, Wb, Rb for kernels.rnn.rnn."""
         self.check_complete()
-        from kernels.xp import array_module
         h = self.hidden_size
         xp = array_module(*self.weights.values())      # device arrays on a device clone
         zero = xp.zeros(h, np.float32)

@@ -20,9 +20,9 @@ import numpy as np
 from kernels import shape as K
 from kernels.xp import to_host
 
-from .. import shape_values
 from ..errors import ExecutionError
 from ..kernel_table import numpy_impl
+from ..shape_values import get as known_values
 from ..types import DataType, LayerType
 from .base import Array, Bool, EnumAttr, Float, Int, Ints, Layer, normalise_axis
 
@@ -92,7 +92,7 @@ class ShuffleLayer(Layer):
         if dims_dtype != DataType.INT32 or len(dims_shape) != 1 or dims_shape[0] < 0:
             self.fail("input 1", f"a {dims_dtype.name} tensor of shape {tuple(dims_shape)}",
                       "a 1-D INT32 shape tensor of static length")
-        known = shape_values.get(self._inputs[1])
+        known = known_values(self._inputs[1])
         if known is None:
             return (-1,) * dims_shape[0]
         if len(known) != dims_shape[0]:      # shapes at run time, values from the definition
@@ -324,7 +324,7 @@ class SliceLayer(Layer):
             return self.shape
         if runtime_size is not None:
             return tuple(int(d) for d in runtime_size)
-        known = shape_values.get(self._inputs[2])
+        known = known_values(self._inputs[2])
         if known is None or len(known) != rank:
             return (-1,) * rank
         return tuple(-1 if d is None else d for d in known)

@@ -8,6 +8,8 @@ runs every pass on and off and compares).
 """
 import logging
 
+from ..errors import BuildError
+
 from . import (cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_epilogue,
                fuse_matmul_epilogue, fuse_pointwise, shape_tensors)
 
@@ -24,7 +26,6 @@ def optimize(network, disabled=()):
     """Run the enabled passes in order until a whole round changes nothing."""
     unknown = set(disabled) - set(PASS_NAMES)
     if unknown:
-        from ..errors import BuildError
         raise BuildError(f"unknown pass name(s) {sorted(unknown)}; valid: {', '.join(PASS_NAMES)}")
     stats = {name: 0 for name in PASS_NAMES}
     before = network.num_layers

@@ -6,7 +6,7 @@ pass can push into the convolution weights.
 """
 import numpy as np
 
-from .. import kernel_table
+from ..kernel_table import numpy_kernel
 from ..types import LayerType
 from .graph import replace_with_constant
 
@@ -35,7 +35,7 @@ def run(network):
             a = None if t is None else t.producer.weights.reshape(t.shape)
             ins.append(a.astype(np.float32) if a is not None and a.dtype == np.float16 else a)
         out = layer._outputs[0]
-        value = np.asarray(kernel_table.numpy_kernel(layer)(layer, ins)[0])
+        value = np.asarray(numpy_kernel(layer)(layer, ins)[0])
         replace_with_constant(network, layer, value.astype(out.dtype.to_numpy(), copy=False),
                               "_folded")
         folded += 1

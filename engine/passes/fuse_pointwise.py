@@ -7,6 +7,7 @@ or tensors computed before the chain's first layer, so the fused layer can run
 in that first layer's place. Runs after epilogue fusion: an activation that can
 ride on a convolution's epilogue goes there first.
 """
+from ..layers.fused import Op, PointwiseLayer
 from ..types import FLOATING, ElementWiseOperation as EW, LayerType, UnaryOperation as U
 from .graph import single_consumer
 
@@ -52,7 +53,6 @@ def _fusible(layer, value, head_index, network, head=None):
 
 
 def run(network):
-    from ..layers.fused import Op, PointwiseLayer
     fused = 0
     for head in list(network._layers):
         if head not in network._layers or not head._inputs:

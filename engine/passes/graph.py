@@ -1,4 +1,7 @@
 """Graph queries the passes share."""
+from ..layers.classes import ConstantLayer
+
+
 def single_consumer(network, tensor, uses=None):
     """The one (layer, index) reading ``tensor``, or None if it has 0 or several
     readers or is a network output (an output must stay materialised)."""
@@ -14,8 +17,6 @@ def replace_with_constant(network, layer, value, suffix):
     layer order (so topological order holds), and it takes over the layer's output
     tensor and its consumers. The old layer is left without consumers for the
     dead-layer pass. Returns the new layer."""
-    from ..layers.classes import ConstantLayer
-
     out = layer._outputs[0]
     const = ConstantLayer(network, [], shape=out._shape, weights=value)
     const.name = layer.name + suffix

@@ -17,7 +17,7 @@ nothing changes, and the layers compute their shape tensors at run time.
 """
 import numpy as np
 
-from .. import shape_values
+from ..shape_values import array as value_array, is_known as values_known
 from ..types import LayerType
 from .graph import replace_with_constant
 
@@ -35,9 +35,9 @@ def _fold_values(network):
     for layer in list(network._layers):
         if (layer.layer_type in _NEVER or len(layer._outputs) != 1
                 or layer._outputs[0].is_network_output
-                or not shape_values.is_known(layer._outputs[0])):
+                or not values_known(layer._outputs[0])):
             continue
-        replace_with_constant(network, layer, shape_values.array(layer._outputs[0]), "_value")
+        replace_with_constant(network, layer, value_array(layer._outputs[0]), "_value")
         folded += 1
     return folded
 

@@ -1,0 +1,140 @@
+"""What an engine runs, layer by layer, below the runtime's API: each layer's
+precision, how every tensor is stored between layers, concrete shapes for given
+inputs, and the layer loop every backend drives.
+
+``EngineSchedule`` (the base of runtime.CudaEngine) holds the fixed part of an
+engine: network, backend, per-layer precision and output storage types.
+``LayerRunner`` (the base of runtime.ExecutionContext) holds what one caller
+keeps between calls: the per-input-shape plan of when each buffer can be freed,
+and a profiler. The builder's tactic selection runs the same two objects through
+a backend (``CupyBackend.select_tactics``) without the runtime, so a tactic is
+timed on exactly the storage types the built engine will feed it.
+"""
+import time
+
+from .errors import ExecutionError
+from .int8_exec import int8_tensors
+from .types import DATA_MOVEMENT, DataType
+
+
+class EngineSchedule:
+    def __init__(self, network, meta, backend):
+        self.network = network
+        self.meta = meta
+        self.backend = backend
+        precisions = meta.get("precisions", {})
+        self._precision = {layer.name: DataType[precisions.get(layer.name, "FLOAT")]
+                           for layer in network._layers}
+        # INT8 storage (engine/int8_exec.py): tensors kept as int8 codes between INT8 layers
+        self._int8_tensors = set()
+        # an INT8 layer's float outputs are stored half under the FP16 flag (the INT8
+        # epilogue writes half directly), float32 otherwise
+        self._int8_float = DataType.HALF if "FP16" in meta.get("flags", ()) else DataType.FLOAT
+        if DataType.INT8 in self._precision.values():
+            self._int8_tensors = int8_tensors(network, self._precision)
+        self._schedule = None
+
+    def schedule(self):
+        """(layer, precision, output storage dtypes) per step: fixed for the engine,
+        computed once (the per-call loop should do nothing it can skip)."""
+        if self._schedule is None:
+            self._schedule = [(layer, self._precision[layer.name],
+                               [self._storage_dtype(layer, t) for t in layer._outputs])
+                              for layer in self.network._layers]
+        return self._schedule
+
+    def _storage_dtype(self, layer, t):
+        """How tensor ``t`` (an output of ``layer``) is stored between layers:
+        int8 codes between INT8 layers; half where an FP16 layer wrote it, and where
+        a layer that only moves data (concat, shuffle, slice...) read nothing but
+        half (it changes no value, and a float32 copy would cost a cast on each side);
+        float outputs of INT8 layers half under the FP16 flag;
+        network outputs and explicit output types as declared."""
+        if t.name in self._int8_tensors:
+            return DataType.INT8
+        if t.dtype != DataType.FLOAT or t.is_network_output or layer.output_type_is_set(t.index):
+            return t.dtype
+        p = self._precision.get(layer.name)
+        if p == DataType.HALF:
+            return DataType.HALF
+        if p == DataType.INT8 and layer.layer_type not in DATA_MOVEMENT:
+            return self._int8_float
+        floats = [i for i in layer._inputs if i is not None and i.dtype == DataType.FLOAT]
+        if layer.layer_type in DATA_MOVEMENT and floats and all(
+                i.producer is not None and self._storage_dtype(i.producer, i) == DataType.HALF
+                for i in floats):
+            return DataType.HALF
+        return t.dtype
+
+    def infer_shapes(self, input_shapes):
+        """Concrete shape of every tensor (keyed by id) for these input shapes."""
+        shapes = {}
+        for t in self.network._inputs:
+            shapes[id(t)] = tuple(input_shapes[t.name])
+        for layer in self.network._layers:
+            ins = [None if t is None else shapes[id(t)] for t in layer._inputs]
+            dts = [None if t is None else t.dtype for t in layer._inputs]
+            try:
+                results = self.network._infer_layer(layer, ins, dts)
+            except Exception as e:     # noqa: BLE001  (re-raised with the call's context)
+                raise ExecutionError(f"input shapes {dict(input_shapes)} are not valid for "
+                                     f"{layer.describe()}: {e}") from e
+            for t, (shape, _) in zip(layer._outputs, results):
+                shapes[id(t)] = shape
+        return shapes
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {len(self.network._layers)} layers, backend={self.backend.name}>"
+
+
+class LayerRunner:
+    def __init__(self, engine):
+        self.engine = engine
+        self.profiler = None
+        self._plans = {}      # input-shape signature -> per-call schedule
+
+    def _schedule(self, feeds):
+        """Per input shapes (cached): every tensor's shape and, per step, the
+        tensors no later step reads (freed after it)."""
+        key = tuple(tuple(a.shape) for a in feeds.values())
+        sched = self._plans.get(key)
+        if sched is None:
+            e = self.engine
+            shapes = e.infer_shapes({n: a.shape for n, a in feeds.items()})
+            last_use = {}
+            for step, layer in enumerate(e.network._layers):
+                for t in layer._inputs:
+                    if t is not None:
+                        last_use[id(t)] = step
+            keep = {id(t) for t in e.network._outputs}
+            free_after = [[] for _ in e.network._layers]
+            for tid, step in last_use.items():
+                if tid not in keep:
+                    free_after[step].append(tid)
+            sched = {"shapes": shapes, "free_after": free_after}
+            self._plans[key] = sched
+        return sched
+
+    def run_layers(self, feeds, sched):
+        """The layer loop, shared by every backend: backend arrays in and out."""
+        e = self.engine
+        backend = e.backend
+        values = {id(t): feeds[t.name] for t in e.network._inputs}
+        profiler = self.profiler
+        for step, (layer, precision, out_dtypes) in enumerate(e.schedule()):
+            ins = [None if t is None else values[id(t)] for t in layer._inputs]
+            t0 = time.perf_counter() if profiler else 0.0
+            outs = backend.run_layer(layer, ins, precision, out_dtypes)
+            if profiler:
+                backend.synchronize()
+                profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))
+            for t, v in zip(layer._outputs, outs):
+                values[id(t)] = v
+            for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
+                values.pop(tid, None)
+        return {t.name: values[id(t)] for t in e.network._outputs}
+
+    def run(self, feeds, stream=None):
+        """Backend arrays in (already checked), backend arrays out, through the
+        backend's ``execute`` (which may replay a CUDA graph)."""
+        return self.engine.backend.execute(self, feeds, self._schedule(feeds), stream=stream)
