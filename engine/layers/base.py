@@ -444,6 +444,12 @@ class Layer:
 # ----------------------------------------------------------------------------
 # helpers shared by shape rules
 
+def check_float(layer, argument, dtype):
+    """Raise (naming ``argument``) unless ``dtype`` is FLOAT or HALF."""
+    if dtype not in (DataType.FLOAT, DataType.HALF):
+        layer.fail(argument, f"a {dtype.name} tensor", "a FLOAT or HALF tensor")
+
+
 def dim_known(d):
     return d >= 0
 

@@ -1,26 +1,14 @@
-"""GEMM-shaped and reduction layers: FullyConnected, MatrixMultiply, Reduce, SoftMax,
-Normalization."""
+"""GEMM-shaped layers: FullyConnected and MatrixMultiply."""
 import numpy as np
-
-from kernels.xp import array_module
 
 from kernels import gemm as G
 from kernels import pointwise as P
-from kernels import reduce as R
+from kernels.xp import array_module
 
 from ..kernel_table import numpy_impl
-from ..types import ActivationType, DataType, LayerType, MatrixOperation, ReduceOperation
-from .base import (Array, Bool, EnumAttr, Float, Int, Layer, axes_from_mask, broadcast_shapes,
-                   dim_known)
+from ..types import FLOATING as _FLOATS, ActivationType, LayerType, MatrixOperation
+from .base import Array, EnumAttr, Float, Int, Layer, broadcast_shapes, check_float, dim_known
 from .pointwise import _ACT_DEFAULTS
-
-_FLOATS = (DataType.FLOAT, DataType.HALF)
-
-
-def _check_float(layer, argument, dtype):
-    if dtype not in _FLOATS:
-        layer.fail(argument, f"a {dtype.name} tensor", "a FLOAT or HALF tensor")
-
 
 # ----------------------------------------------------------------------------
 # FullyConnected
@@ -56,7 +44,7 @@ class FullyConnectedLayer(Layer):
 
     def infer(self, in_shapes, in_dtypes):
         shape, dtype = in_shapes[0], in_dtypes[0]
-        _check_float(self, "input", dtype)
+        check_float(self, "input", dtype)
         if len(shape) < 2:
             self.fail("input", f"shape {shape}", "a rank-2 (N, C) or rank >= 3 (..., C, H, W) tensor")
         k = self.num_output_channels
@@ -77,7 +65,7 @@ class FullyConnectedLayer(Layer):
         if self.bias is not None and self.bias.size != k:
             self.fail("bias", f"{self.bias.size} values", f"{k} values (one per output channel)")
         if len(in_shapes) > 1 and in_shapes[1] is not None:
-            _check_float(self, "residual", in_dtypes[1])
+            check_float(self, "residual", in_dtypes[1])
             if broadcast_shapes(self, out, in_shapes[1], "residual") != out:
                 self.fail("residual", f"shape {in_shapes[1]}",
                           f"a shape that broadcasts to the output shape {out}")
@@ -171,7 +159,7 @@ class MatrixMultiplyLayer(Layer):
 
     def infer(self, in_shapes, in_dtypes):
         for i in (0, 1):
-            _check_float(self, f"input{i}", in_dtypes[i])
+            check_float(self, f"input{i}", in_dtypes[i])
         ba, m, ka = self._operand(0, in_shapes[0], self.op0)
         bb, n, kb = self._operand(1, in_shapes[1], self.op1)
         if len(ba) != len(bb):
@@ -193,7 +181,7 @@ class MatrixMultiplyLayer(Layer):
                 self.fail("bias", f"{self.bias.size} values",
                           f"{out[-1]} values (one per element of the output's last axis)")
         if len(in_shapes) > 2 and in_shapes[2] is not None:
-            _check_float(self, "residual", in_dtypes[2])
+            check_float(self, "residual", in_dtypes[2])
             res = in_shapes[2]
             # the pass fuses equal declared shapes; a dynamic dim is re-checked with
             # the run's shapes, where a 1 broadcasts as the ElementWise SUM it replaced did
@@ -222,105 +210,3 @@ def _matrix_multiply(layer, inputs):
     if act is not None:
         y = P.activation(y, act.name, alpha, beta)
     return [y]
-
-
-# ----------------------------------------------------------------------------
-# Reduce and SoftMax
-
-class ReduceLayer(Layer):
-    """TensorRT's IReduceLayer: ``axes`` is a bitmask (bit i reduces axis i)."""
-
-    layer_type = LayerType.REDUCE
-    op = EnumAttr(ReduceOperation, ReduceOperation.SUM)
-    axes = Int(1, minimum=1)
-    keep_dims = Bool(False)
-
-    def reduce_axes(self, rank):
-        return axes_from_mask(self, self.axes, rank)
-
-    def infer(self, in_shapes, in_dtypes):
-        shape, dtype = in_shapes[0], in_dtypes[0]
-        if dtype not in (DataType.FLOAT, DataType.HALF, DataType.INT32):
-            self.fail("input", f"a {dtype.name} tensor", "a FLOAT, HALF or INT32 tensor")
-        if dtype == DataType.INT32 and self.op == ReduceOperation.AVG:
-            self.fail("op", "AVG on an INT32 tensor", "SUM, PROD, MAX or MIN for INT32 (or cast first)")
-        axes = self.reduce_axes(len(shape))
-        if self.keep_dims:
-            out = tuple(1 if i in axes else d for i, d in enumerate(shape))
-        else:
-            out = tuple(d for i, d in enumerate(shape) if i not in axes)
-        return [(out, dtype)]
-
-
-@numpy_impl(LayerType.REDUCE)
-def _reduce(layer, inputs):
-    x = inputs[0]
-    return [R.reduce(x, layer.op.name, layer.reduce_axes(x.ndim), layer.keep_dims)]
-
-
-class SoftMaxLayer(Layer):
-    """TensorRT's ISoftMaxLayer: ``axes`` is a bitmask with exactly one bit set."""
-
-    layer_type = LayerType.SOFTMAX
-    axes = Int(1, minimum=1)
-
-    def axis(self, rank):
-        axes = axes_from_mask(self, self.axes, rank)
-        if len(axes) != 1:
-            self.fail("axes", f"bitmask {self.axes:#b} (axes {axes})", "exactly one bit set")
-        return axes[0]
-
-    def infer(self, in_shapes, in_dtypes):
-        _check_float(self, "input", in_dtypes[0])
-        self.axis(len(in_shapes[0]))
-        return [(in_shapes[0], in_dtypes[0])]
-
-
-@numpy_impl(LayerType.SOFTMAX)
-def _softmax(layer, inputs):
-    return [R.softmax(inputs[0], layer.axis(inputs[0].ndim))]
-
-
-# ----------------------------------------------------------------------------
-# Normalization
-
-class NormalizationLayer(Layer):
-    """TensorRT's INormalizationLayer (layer, instance and group norm):
-
-        y = (x - mean) / sqrt(var + epsilon) * scale + bias
-
-    with mean and (biased) variance over the ``axes`` bitmask; with
-    ``num_groups`` > 1 the channel axis (1) is split into groups that are
-    normalised separately (group norm). Inputs: x, scale, bias; scale and bias
-    broadcast to x (same rank).
-    """
-
-    layer_type = LayerType.NORMALIZATION
-    min_inputs = max_inputs = 3
-    axes = Int(1, minimum=1)
-    epsilon = Float(1e-5)
-    num_groups = Int(1, minimum=1)
-
-    def infer(self, in_shapes, in_dtypes):
-        x, scale, bias = in_shapes
-        _check_float(self, "input", in_dtypes[0])
-        for arg, dt in (("scale", in_dtypes[1]), ("bias", in_dtypes[2])):
-            _check_float(self, arg, dt)
-        axes_from_mask(self, self.axes, len(x))
-        if not self.epsilon > 0:
-            self.fail("epsilon", self.epsilon, "a positive number")
-        for arg, s in (("scale", scale), ("bias", bias)):
-            broadcast_shapes(self, x, s, arg)
-            if any(d not in (1, xd) and xd != -1 for d, xd in zip(s, x)):
-                self.fail(arg, f"shape {s}", f"a shape that broadcasts into the input {x}")
-        if self.num_groups > 1:
-            if len(x) < 2 or (dim_known(x[1]) and x[1] % self.num_groups):
-                self.fail("num_groups", self.num_groups, f"a divisor of the channels of {x}")
-        return [(x, in_dtypes[0])]
-
-
-@numpy_impl(LayerType.NORMALIZATION)
-def _normalization(layer, inputs):
-    x, scale, bias = inputs
-    return [R.normalize(x, scale, bias, axes_from_mask(layer, layer.axes, x.ndim),
-                        layer.epsilon, layer.num_groups)]

@@ -1,5 +1,4 @@
-"""Spatial layers: Pooling, LRN, Padding, Resize (convolutions live in conv.py,
-re-exported here so ``classes`` finds every spatial layer in one place)."""
+"""Spatial layers: Pooling, LRN, Padding, Resize (convolutions live in conv.py)."""
 import math
 
 from kernels import pooling as KP
@@ -10,8 +9,7 @@ from ..kernel_table import numpy_impl
 from ..types import (FLOATING, LayerType, PaddingMode, PoolingType,
                      ResizeCoordinateTransformation, ResizeMode, ResizeRoundMode)
 from .base import Attr, Bool, EnumAttr, Int, Ints, Layer
-from .conv import (BoundedFloat, ConvolutionLayer, DeconvolutionLayer,  # noqa: F401
-                   WindowedLayer, check_float_input)
+from .conv import BoundedFloat, WindowedLayer, check_float_input
 
 
 # -- pooling ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ or tensors computed before the chain's first layer, so the fused layer can run
 in that first layer's place. Runs after epilogue fusion: an activation that can
 ride on a convolution's epilogue goes there first.
 """
-from ..layers.fused import Op, PointwiseLayer
+from ..layers.pointwise_chain import Op, PointwiseLayer
 from ..types import FLOATING, ElementWiseOperation as EW, LayerType, UnaryOperation as U
 from .graph import single_consumer
 

@@ -6,7 +6,7 @@ import engine as rt
 from engine import kernel_table
 from engine.layers.base import Layer
 from engine.layers.classes import ActivationLayer, ElementWiseLayer, PointwiseLayer
-from engine.layers.fused import Op
+from engine.layers.pointwise_chain import Op
 
 
 @pytest.fixture

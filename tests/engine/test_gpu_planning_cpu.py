@@ -7,7 +7,7 @@ import engine as rt
 from engine.gpu import pointwise_tactics as PT
 from engine.layers.classes import (ActivationLayer, ElementWiseLayer, PointwiseLayer, ScaleLayer,
                                    UnaryLayer)
-from engine.layers.fused import Op
+from engine.layers.pointwise_chain import Op
 
 E = rt.ElementWiseOperation
 

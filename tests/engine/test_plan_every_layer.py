@@ -85,7 +85,7 @@ def _mm(net, x):
 
 def _pointwise(net, x):
     from engine.layers.classes import ActivationLayer, ElementWiseLayer, PointwiseLayer
-    from engine.layers.fused import Op
+    from engine.layers.pointwise_chain import Op
     act = ActivationLayer(None, [], activation_type=rt.ActivationType.ELU, alpha=0.7)
     add = ElementWiseLayer(None, [], op=rt.ElementWiseOperation.DIV)
     mul = ElementWiseLayer(None, [], op=rt.ElementWiseOperation.PROD)
