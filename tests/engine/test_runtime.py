@@ -7,7 +7,7 @@ import pytest
 
 import engine as rt
 from engine import memory
-from engine.backends import select_backend
+from engine.backends import requested, select_backend
 
 
 def chain_engine(flags=(), shape=(-1, 8)):
@@ -149,6 +149,19 @@ def test_backend_selection(monkeypatch):
     assert select_backend().name in ("numpy", "cupy")
     with pytest.raises(rt.BuildError, match="valid: auto"):
         select_backend("tpu")
+
+
+def test_backend_from_the_environment_goes_through_settings(monkeypatch):
+    """$CUPYRT_BACKEND is read through engine.settings: case and blanks do not matter,
+    and a name that is no backend is refused with the same message as in code."""
+    monkeypatch.setenv("CUPYRT_BACKEND", " NumPy ")
+    assert select_backend().name == "numpy" and requested() == "numpy"
+    monkeypatch.setenv("CUPYRT_BACKEND", "auto")
+    assert requested() is None
+    monkeypatch.setenv("CUPYRT_BACKEND", "tensorrt")
+    with pytest.raises(rt.BuildError, match=r"backend ' ?tensorrt' is not available \(CUPYRT_BACKEND\); "
+                                            r"valid: auto, numpy, cupy"):
+        select_backend()
 
 
 def test_bound_buffers_and_execute_async_v3():

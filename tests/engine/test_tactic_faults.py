@@ -266,3 +266,37 @@ def test_freeing_the_device_cache_without_cupy_is_harmless(monkeypatch):
 def test_eager_timing_of_a_candidate_that_raises_is_infinite_with_the_stand_in(fake_gpu):
     assert timing._eager_ms(lambda: (_ for _ in ()).throw(FakeCupy.OutOfMemoryError("x")),
                             math.inf, warmup=1, reps=3) == math.inf
+
+
+def test_the_builder_times_tactics_through_the_backend_not_the_runtime(fake_gpu, monkeypatch):
+    """The tactic stage runs on ``CupyBackend.select_tactics`` (engine/execution.py's
+    layer loop); building no runtime engine on the way. The selection it makes is the
+    one the plan records, and the storage types it timed on are the engine's."""
+    from engine import runtime
+    seen = []
+    real = cupy_backend.CupyBackend.select_tactics
+
+    def spy(self, network, feeds, profiler=None):
+        engine = real(self, network, feeds, profiler)
+        seen.append(engine)
+        return engine
+
+    def no_runtime(*args, **kwargs):
+        raise AssertionError("the builder built a runtime engine to time tactics")
+    monkeypatch.setattr(cupy_backend.CupyBackend, "select_tactics", spy)
+    with monkeypatch.context() as m:
+        m.setattr(runtime.CudaEngine, "__init__", no_runtime)
+        with pytest.raises(AssertionError, match="built a runtime engine"):
+            runtime.CudaEngine(None, {})                               # the trap is set
+        b, net = conv_net()
+        for layer_type in list(kernel_table.TACTICS):
+            m.setitem(kernel_table.TACTICS, layer_type, [])
+        m.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION,
+                  [Injected("inject.slow", 0.9), Injected("inject.fast", 0.2)])
+        cfg = b.create_builder_config()
+        cfg.backend = "cupy"
+        plan = b.build_serialized_network(net, cfg)
+    meta = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta
+    assert len(seen) == 1 and meta["kernels"][conv_name(meta)] == "inject.fast"
+    assert seen[0].backend.selected == meta["kernels"]
+    assert [layer.name for layer, _, _ in seen[0].schedule()] == list(meta["kernels"])
