@@ -3,21 +3,111 @@
 beside our own kernels and kept only where it is faster.
 
 On when the cuDNN frontend is installed (``pip install 'cupyrt[cudnn]'``) unless
-``CUPYRT_CUDNN=0``; the switch joins the timing-cache key (engine/gpu/timing.py).
-FP16 layers only: cuDNN may run FP32 convolutions on TF32 tensor cores, which our
-FP32 layers promise not to do.
+``CUPYRT_CUDNN=0``. FP16 layers only: cuDNN may run FP32 convolutions on TF32 tensor
+cores, which our FP32 layers promise not to do.
+
+The switches are read here, through engine.settings, and handed to the kernels as
+arguments: CUPYRT_CUDNN, CUPYRT_CUDNN_MAX_PLANS (plans timed per graph),
+CUPYRT_CUDNN_BUILD_BUDGET_S, CUPYRT_CUDNN_PLAN_CACHE (where chosen plans are kept
+between processes; default: the CUPYRT_TIMING_CACHE file), and CUPYRT_PRECOMPILE_WORKERS
+(how many worker processes build plans; 0: all built in this process).
+
+Cold-build time: the first time the builder asks this tactic about a layer of a network,
+every convolution of that network it would accept has its candidate plans queued on the
+worker processes (kernels/gpu/cudnn_workers.py), so their compiles overlap the timing of
+our own kernels; each layer's first run then finds its plans built.
 """
+import json
+import logging
 import os
 
 import numpy as np
 
-from ..types import DataType
+from ..atomic_file import write_bytes
+from ..settings import settings
+from ..types import DataType, LayerType
 from .tactics import Tactic, as_nhwc, cupy, nchw_view
+from .timing import TimingCache
+
+log = logging.getLogger(__name__)
 
 
-def enabled(environ=None):
-    env = os.environ if environ is None else environ
-    return env.get("CUPYRT_CUDNN", "1") != "0"
+def enabled():
+    return settings().cudnn
+
+
+class PlanStore:
+    """Chosen cuDNN plans kept across processes, in a timing-cache file (TimingCache:
+    merged on save, replaced atomically): per graph key the tactic ``cudnn.plan.<index>``
+    and every plan's time; the chosen plan serialized beside it, in
+    ``<file>.cudnn/<key>.plan`` (written whole or not at all), so a later process
+    deserializes it instead of compiling. The kernels call ``get``/``put``."""
+
+    PREFIX = "cudnn.plan."
+
+    def __init__(self, path):
+        self.path = path
+        self.cache = TimingCache(path)
+
+    def key(self, spec, device_name):
+        from kernels.gpu import cudnn_graphs
+        return TimingCache.key(device_name, {"cudnn_conv": spec.to_json(),
+                                             "frontend": cudnn_graphs.frontend_version()})
+
+    def _blob_path(self, key):
+        return os.path.join(self.path + ".cudnn", key + ".plan")
+
+    def get(self, spec, device_name):
+        """(plan index, encoded plan or None) chosen before, or None."""
+        key = self.key(spec, device_name)
+        entry = self.cache.get(key)
+        tactic = (entry or {}).get("tactic") or ""
+        if not tactic.startswith(self.PREFIX):
+            return None
+        try:
+            index = int(tactic[len(self.PREFIX):])
+        except ValueError:
+            log.warning("cuDNN plan cache %s: entry %s names %r; ignored", self.path, key, tactic)
+            return None
+        blob = None
+        try:
+            with open(self._blob_path(key)) as f:
+                blob = json.load(f)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("cuDNN plan %s unreadable (%s); built again", self._blob_path(key), e)
+        return index, blob
+
+    def put(self, spec, device_name, index, times, blob):
+        key = self.key(spec, device_name)
+        self.cache.put(key, f"{self.PREFIX}{index}", {str(i): ms for i, ms in sorted(times.items())})
+        if blob is not None:
+            os.makedirs(os.path.dirname(self._blob_path(key)), exist_ok=True)
+            write_bytes(self._blob_path(key), json.dumps(blob))
+        self.cache.save()
+
+
+_stores = {}
+
+
+def plan_store(path):
+    """One PlanStore per file (None: no file, choices kept in this process only)."""
+    if not path:
+        return None
+    store = _stores.get(path)
+    if store is None:
+        store = _stores[path] = PlanStore(path)
+    return store
+
+
+def plan_options(current=None):
+    """The kernels' arguments, from the settings: plans per graph, the build budget, the
+    plan store, and the worker count (bounded by the CPUs left beside this process)."""
+    s = current or settings()
+    workers = min(s.precompile_workers, max(1, (os.cpu_count() or 2) - 1))
+    return {"max_plans": max(1, s.cudnn_max_plans), "build_budget_s": s.cudnn_build_budget_s,
+            "store": plan_store(s.cudnn_plan_cache or s.timing_cache), "workers": workers}
 
 
 def _window(layer, shape):
@@ -46,6 +136,71 @@ def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
                     residual=len(layer._inputs) > 1 and layer._inputs[1] is not None, out_ldc=out_ldc)
 
 
+def _static_reason(layer, in_shape):
+    """Why the cuDNN graphs cannot take this convolution, from the layer alone (None: they can)."""
+    from kernels.gpu import cudnn_graphs
+    if len(in_shape) != 4 or len(layer.kernel_size_nd) != 2:
+        return "only 2-D convolutions (rank-4 inputs)"
+    if layer.num_groups != 1:
+        return "grouped convolution"
+    if in_shape[1] % 8 or layer.num_output_maps % 8:
+        # cuDNN declined an RGB stem (C=3, FP32 output) outright on an H200; our
+        # small-C stem kernels serve those layers
+        return "channels not multiples of 8 (tensor-core alignment)"
+    act = layer.post_activation
+    if act is not None and act.name not in cudnn_graphs.ACTIVATIONS:
+        return f"activation {act.name} not fused by the cuDNN graphs"
+    return None
+
+
+def _output_dtype(layer):
+    """How the engine stores this FP16 convolution's output (engine/execution.py,
+    _storage_dtype): as declared for a network output or a set output type, else half."""
+    t = layer._outputs[0]
+    if t.is_network_output or layer.output_type_is_set(0):
+        return t.dtype.to_numpy()
+    return np.float16
+
+
+def prefetch_network(layer, batch, options=None, device_id=None):
+    """Queue the plans of every convolution of ``layer``'s network that this tactic would
+    take, at batch ``batch`` (once per network and batch). Returns the number queued.
+
+    Shapes come from the network's inference with a dynamic batch made ``batch``; a layer
+    with another dynamic dimension is left to build on its first run. Layers that run in
+    another precision are not known here (the builder's choice): an INT8 build may queue
+    a few plans it never uses, compiled in the workers and dropped."""
+    from kernels.gpu import cudnn_graphs, cudnn_workers
+    options = options or plan_options()
+    if options["workers"] < 1:
+        return 0
+    net = layer._network
+    done = net.__dict__.setdefault("_cudnn_prefetched", set())
+    if batch in done:
+        return 0
+    done.add(batch)
+    device_id = cupy().cuda.Device().id if device_id is None else device_id
+    workers = cudnn_workers.shared(options["workers"])
+    device_name = None
+    queued = 0
+    for other in net._layers:
+        if other.layer_type != LayerType.CONVOLUTION or not other._inputs or other._inputs[0] is None:
+            continue
+        shape = tuple(other._inputs[0].shape or ())
+        if len(shape) != 4 or shape[0] not in (-1, batch) or min(shape[1:]) < 1:
+            continue
+        shape = (batch,) + shape[1:]
+        if _static_reason(other, shape) is not None or other._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
+            continue
+        if device_name is None and options["store"] is not None:
+            device_name = cudnn_graphs._device_name(device_id)
+        spec = conv_spec(other, shape, _output_dtype(other))
+        queued += cudnn_graphs.prefetch(spec, device_id, workers, options["max_plans"], options["store"],
+                                        device_name)
+    log.info("cuDNN: %d plans of %s queued on %d worker processes", queued, net, options["workers"])
+    return queued
+
+
 class ConvCudnn(Tactic):
     """Convolution + bias + residual + activation as one cuDNN graph (NHWC FP16 in,
     FP32 accumulate), its plans enumerated and timed inside the tactic."""
@@ -55,21 +210,17 @@ class ConvCudnn(Tactic):
         from kernels.gpu import cudnn_graphs
         if precision != DataType.HALF:
             return "the cuDNN graphs run FP16 layers"
-        if len(in_shapes[0]) != 4 or len(layer.kernel_size_nd) != 2:
-            return "only 2-D convolutions (rank-4 inputs)"
-        if layer.num_groups != 1:
-            return "grouped convolution"
-        if in_shapes[0][1] % 8 or layer.num_output_maps % 8:
-            # cuDNN declined an RGB stem (C=3, FP32 output) outright on an H200; our
-            # small-C stem kernels serve those layers
-            return "channels not multiples of 8 (tensor-core alignment)"
+        reason = _static_reason(layer, in_shapes[0])
+        if reason is not None:
+            return reason
         if not enabled():
             return "switched off (CUPYRT_CUDNN=0)"
         if not cudnn_graphs.available():
             return cudnn_graphs.unavailable_reason()
-        act = layer.post_activation
-        if act is not None and act.name not in cudnn_graphs.ACTIVATIONS:
-            return f"activation {act.name} not fused by the cuDNN graphs"
+        try:                # the network's plans start compiling while this layer is timed
+            prefetch_network(layer, in_shapes[0][0])
+        except Exception as e:      # noqa: BLE001  (plans are then built on first run)
+            log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
         return None
 
     def prepare(self, layer):
@@ -99,15 +250,18 @@ class ConvCudnn(Tactic):
         res = _residual(inputs, out_dtype)
         if res is not None and not res.flags.c_contiguous:
             res = cupy().ascontiguousarray(res)
+        opts = plan_options()
+        opts.pop("workers")
         if out is None:
-            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res)
+            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, **opts)
             return [nchw_view(y)]
         from kernels.gpu.errors import UnsupportedError
         if place["out_channel_offset"] % 8 or ldc % 8:
             raise UnsupportedError(f"concat slice at channel {place['out_channel_offset']} of {ldc}: "
                                    "cuDNN wants 16-byte aligned rows")
         try:
-            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, out=out)
+            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, out=out,
+                             **opts)
         except (RuntimeError, ValueError) as e:   # no cuDNN engine for the strided output
             raise UnsupportedError(f"cuDNN graph writing a concat slice: {e}") from e
         return [nchw_view(y)]

@@ -12,25 +12,37 @@ no host synchronisation, so it can be captured into the engine's CUDA graph.
 
 How a graph is chosen (tinygrad's honest loop, inside the one tactic): the frontend's
 heuristics (mode A) rank the engine configurations; up to ``max_plans`` of them are
-built (runtime-fusion engines compile here, seconds each, so building stops once
-``build_budget_s`` is spent and one plan exists); each built plan is timed on the real
-buffers with CUDA events (median of ``reps``) and the fastest kept; a plan that fails
-to build or to run scores infinity. Built graphs live in a per-process cache keyed by
-the shape signature and the device, so every layer of one shape, and the next build
-in the same process, reuse them. Optionally (``CUPYRT_CUDNN_PLAN_CACHE=file.json``) the
-chosen plan index is remembered across processes, so a later build compiles one plan
-instead of several.
+built; each built plan is timed on the real buffers with CUDA events (median of
+``reps``) and the fastest kept; a plan that fails to build or to run scores infinity.
+
+Where the time goes: building a runtime-fusion plan compiles CUDA code (NVRTC inside
+cuDNN, seconds per plan; 35 s of a 56 s ResNet-50 FP16 build, H200). The frontend's
+Python binding holds the GIL through every build (its compiled module never calls
+PyEval_SaveThread; the C++ comment reads "TODO: Add multithreaded support in python"),
+so threads cannot overlap them. Worker *processes* can (kernels/gpu/cudnn_workers.py):
+``prefetch`` queues a graph's candidate plans there as soon as the engine knows the
+layer, each worker builds one plan and returns it serialized (runtime-compiled plans
+serialize with their code), and the first ``conv2d_fused`` of the spec deserializes
+them (no compile) and times them. Without workers, or for a plan a worker could not
+build or serialize, the plan is built here, one after another, as before; building
+stops once ``build_budget_s`` is spent and one plan exists.
+
+Built graphs live in a per-process registry keyed by the spec and the device, so every
+layer of one shape, and the next build in the same process, reuse them. A ``store``
+(the engine passes one backed by its timing cache) remembers the chosen plan, and its
+serialized form, across processes, so a later build compiles nothing for that graph.
 
 This module is a leaf, like the rest of kernels/: plain parameters and arrays in,
-no engine imports. ``available()`` says whether the frontend can be used at all.
+no engine imports, no environment switches read. ``available()`` says whether the
+frontend can be used at all.
 """
+import base64
+import concurrent.futures as futures
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 
@@ -49,6 +61,11 @@ ACTIVATIONS = {
 }
 _DTYPES = ("float16", "float32")
 PLAN_TIMING_REPS = 7
+# fixed tensor uids: a plan built and serialized in a worker process executes here
+# with a variant pack keyed by uid (the deserialized graph has no tensor objects)
+UIDS = {"X": 1, "W": 2, "B": 3, "R": 4, "Y": 5}
+# how long the first plan of a prefetched graph may take before it is built here instead
+FIRST_PLAN_TIMEOUT_S = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +113,14 @@ class ConvSpec:
     def key(self, device_name):
         text = json.dumps([dataclasses.astuple(self), device_name, frontend_version()], default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc):
+        """The spec ``to_json`` gave (JSON turned its tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
 
 
 # -- the frontend, imported once ---------------------------------------------------------
@@ -152,7 +177,72 @@ def _handle(cudnn, device_id):
     return h
 
 
-# -- choosing a plan ------------------------------------------------------------------------
+# -- serialized plans (built in one process, run in another) ---------------------------------
+
+def encode_blob(data):
+    """A serialized plan as JSON-safe text; the frontend returns bytes, a list of byte
+    values, or (older versions) a JSON string."""
+    if isinstance(data, str):
+        return {"str": data}
+    return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
+
+
+def decode_blob(doc):
+    return doc["str"] if "str" in doc else base64.b64decode(doc["b64"])
+
+
+def serialize_plan(graph):
+    """The graph's selected plan, serialized."""
+    try:
+        return graph.serialize(as_bytes=True)
+    except TypeError:                      # frontends before the as_bytes keyword
+        return graph.serialize()
+
+
+# -- one fused convolution graph --------------------------------------------------------------
+
+def _nhwc_stride(c, h, w):
+    """Strides of an (N, C, H, W)-ordered descriptor over NHWC memory."""
+    return [h * w * c, 1, w * c, c]
+
+
+def define_graph(cudnn, spec, handle):
+    """The operation graph of ``spec`` with the heuristics' ranked plan list (no plan
+    built yet: that is the expensive part). Returns (graph, {name: tensor})."""
+    half, fp32 = cudnn.data_type.HALF, cudnn.data_type.FLOAT
+    out_t = half if spec.out_dtype == "float16" else fp32
+    p, q = spec.out_hw()
+    g = cudnn.pygraph(io_data_type=half, intermediate_data_type=fp32, compute_data_type=fp32,
+                      handle=handle)
+    t = {}
+    t["X"] = g.tensor(name="X", dim=[spec.n, spec.c, spec.h, spec.w],
+                      stride=_nhwc_stride(spec.c, spec.h, spec.w), data_type=half)
+    t["W"] = g.tensor(name="W", dim=[spec.k, spec.c, spec.r, spec.s],
+                      stride=_nhwc_stride(spec.c, spec.r, spec.s), data_type=half)
+    y = g.conv_fprop(image=t["X"], weight=t["W"], pre_padding=list(spec.pre_padding),
+                     post_padding=list(spec.post_padding), stride=list(spec.stride),
+                     dilation=list(spec.dilation), compute_data_type=fp32, name="conv")
+    t["B"] = g.tensor(name="B", dim=[1, spec.k, 1, 1], stride=[spec.k, 1, spec.k, spec.k], data_type=fp32)
+    y = g.bias(input=y, bias=t["B"], name="bias")
+    if spec.residual:
+        t["R"] = g.tensor(name="R", dim=[spec.n, spec.k, p, q], stride=_nhwc_stride(spec.k, p, q),
+                          data_type=out_t)
+        y = g.add(a=y, b=t["R"], name="residual")
+    if spec.act is not None:
+        op, params = ACTIVATIONS[spec.act]
+        y = getattr(g, op)(input=y, name="act", **params(spec.alpha, spec.beta))
+    y.set_output(True).set_data_type(out_t)
+    # a concat's slice: pixels ``out_ldc`` channels apart (the pointer carries the offset)
+    y.set_dim([spec.n, spec.k, p, q]).set_stride(_nhwc_stride(spec.out_ldc or spec.k, p, q))
+    t["Y"] = y
+    for name, tensor in t.items():
+        tensor.set_uid(UIDS[name])
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    return g, t
+
 
 def fastest(times):
     """(index, ms) of the smallest finite time in ``{index: ms}``; (None, inf) when none ran."""
@@ -163,71 +253,40 @@ def fastest(times):
     return best, best_ms
 
 
-class PlanChoices:
-    """The chosen plan index per graph key, optionally kept in a JSON file (merged on
-    save and replaced atomically, as the timing cache is), so that a later process
-    builds only the plan that won."""
-
-    def __init__(self, path=None):
-        self.path = path
-        self.entries = {}
-        self._lock = threading.Lock()
-        if path and os.path.exists(path):
-            self.entries.update(self._read(path))
-
-    @staticmethod
-    def _read(path):
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-            return {k: int(v) for k, v in doc.get("plans", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            log.warning("cuDNN plan cache %s unreadable (%s); starting empty", path, e)
-            return {}
-
-    def get(self, key):
-        with self._lock:
-            return self.entries.get(key)
-
-    def put(self, key, index):
-        with self._lock:
-            self.entries[key] = int(index)
-        self.save()
-
-    def save(self):
-        if not self.path:
-            return
-        with self._lock:
-            merged = self._read(self.path) if os.path.exists(self.path) else {}
-            merged.update(self.entries)
-            folder = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"plans": merged}, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.path)
-
-
-_choices = {}
-
-
-def plan_choices():
-    path = os.environ.get("CUPYRT_CUDNN_PLAN_CACHE") or None
-    with _lock:
-        if path not in _choices:
-            _choices[path] = PlanChoices(path)
-        return _choices[path]
-
-
-# -- one fused convolution graph --------------------------------------------------------------
-
-def _nhwc_stride(c, h, w):
-    """Strides of an (N, C, H, W)-ordered descriptor over NHWC memory."""
-    return [h * w * c, 1, w * c, c]
+def collect(pending, budget_s, first_timeout_s=FIRST_PLAN_TIMEOUT_S, clock=time.monotonic):
+    """Worker results of one graph, ``{index: result}``, from ``{index: future}``: waits
+    up to ``first_timeout_s`` for the first plan, then at most ``budget_s`` more for the
+    rest (the serial loop's rule, "stop once the budget is spent and one plan exists").
+    Futures not done by then are cancelled (a running one finishes in its worker and is
+    dropped); one that raised counts as not built."""
+    results, left = {}, dict(pending)
+    deadline = clock() + first_timeout_s
+    while left:
+        done, _ = futures.wait(left.values(), timeout=max(0.0, deadline - clock()),
+                               return_when=futures.FIRST_COMPLETED)
+        if not done:
+            break
+        for index, fut in list(left.items()):
+            if fut in done:
+                del left[index]
+                try:
+                    result = fut.result()
+                except Exception as e:      # noqa: BLE001  (the worker died: built here instead)
+                    result = {"worker_error": f"{type(e).__name__}: {e}"}
+                if "worker_error" in result:
+                    log.info("cuDNN plan %d: worker failed (%s); built here", index, result["worker_error"])
+                else:
+                    results[index] = result
+        if any("error" not in r for r in results.values()) and deadline > clock() + budget_s:
+            deadline = clock() + budget_s   # one plan exists: the budget bounds the rest
+    for fut in left.values():
+        fut.cancel()
+    return results
 
 
 class ConvGraph:
-    """A built cuDNN graph for one ConvSpec; ``run`` executes the chosen plan."""
+    """A cuDNN graph for one ConvSpec: its plans (built here, or built elsewhere and
+    deserialized), their times, and the chosen one, which ``run`` executes."""
 
     def __init__(self, spec, device_id=0, max_plans=4, build_budget_s=6.0):
         reason = spec.reason()
@@ -240,103 +299,144 @@ class ConvGraph:
         self.build_budget_s, self.max_plans = build_budget_s, max_plans
         self.plan_times = {}          # plan index -> ms (inf: failed)
         self.plan_names = {}
-        self.build_seconds = 0.0
+        self.build_seconds = 0.0      # compiling plans, wherever it ran (CPU seconds)
+        self.wait_seconds = 0.0       # this process's wall time to have them (builds + waiting)
+        self.deserialized = 0         # plans that arrived built (workers, the store)
         self.index = None             # the chosen plan
-        self._build_graph()
+        self._plans = {}              # index -> None (built in self.graph) or a deserialized graph
+        self._blobs = {}              # index -> encoded blob of a deserialized plan
+        self.graph, self.tensors = define_graph(cudnn, spec, _handle(cudnn, device_id))
+        self.plan_count = self.graph.get_execution_plan_count()
 
-    def _build_graph(self):
-        cudnn, sp = self.cudnn, self.spec
-        half, fp32 = cudnn.data_type.HALF, cudnn.data_type.FLOAT
-        out_t = half if sp.out_dtype == "float16" else fp32
-        p, q = sp.out_hw()
-        g = cudnn.pygraph(io_data_type=half, intermediate_data_type=fp32, compute_data_type=fp32,
-                          handle=_handle(cudnn, self.device_id))
-        self.X = g.tensor(name="X", dim=[sp.n, sp.c, sp.h, sp.w], stride=_nhwc_stride(sp.c, sp.h, sp.w),
-                          data_type=half)
-        self.W = g.tensor(name="W", dim=[sp.k, sp.c, sp.r, sp.s], stride=_nhwc_stride(sp.c, sp.r, sp.s),
-                          data_type=half)
-        y = g.conv_fprop(image=self.X, weight=self.W, pre_padding=list(sp.pre_padding),
-                         post_padding=list(sp.post_padding), stride=list(sp.stride),
-                         dilation=list(sp.dilation), compute_data_type=fp32, name="conv")
-        self.B = g.tensor(name="B", dim=[1, sp.k, 1, 1], stride=[sp.k, 1, sp.k, sp.k], data_type=fp32)
-        y = g.bias(input=y, bias=self.B, name="bias")
-        self.R = None
-        if sp.residual:
-            self.R = g.tensor(name="R", dim=[sp.n, sp.k, p, q], stride=_nhwc_stride(sp.k, p, q),
-                              data_type=out_t)
-            y = g.add(a=y, b=self.R, name="residual")
-        if sp.act is not None:
-            op, params = ACTIVATIONS[sp.act]
-            y = getattr(g, op)(input=y, name="act", **params(sp.alpha, sp.beta))
-        y.set_output(True).set_data_type(out_t)
-        # a concat's slice: pixels ``out_ldc`` channels apart (the pointer carries the offset)
-        y.set_dim([sp.n, sp.k, p, q]).set_stride(_nhwc_stride(sp.out_ldc or sp.k, p, q))
-        self.Y = y
-        g.validate()
-        g.build_operation_graph()
-        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        g.check_support()
-        self.graph = g
-        self.plan_count = g.get_execution_plan_count()
-
-    def _pack(self, x, w, bias, residual, y):
-        pack = {self.X: x.data.ptr, self.W: w.data.ptr, self.B: bias.data.ptr, self.Y: y.data.ptr}
-        if self.R is not None:
-            pack[self.R] = residual.data.ptr
-        return pack
-
-    def choose(self, x, w, bias, residual, y, known_index=None):
-        """Build plans and keep the fastest on these buffers (``known_index``: a plan
-        chosen earlier, built alone). Returns the chosen index; raises RuntimeError
-        when no plan builds and runs."""
-        import cupy as cp
-        g, cudnn = self.graph, self.cudnn
-        indices = [known_index] if known_index is not None else range(self.plan_count)
-        built, t0 = [], time.perf_counter()
-        for i in indices:
-            if len(built) >= self.max_plans:
-                break
-            if built and time.perf_counter() - t0 > self.build_budget_s:
-                log.info("cuDNN graph %s: build budget %.1f s spent after %d plans", self.spec,
-                         self.build_budget_s, len(built))
-                break
+    # -- having plans -------------------------------------------------------------------
+    def adopt(self, index, blob, name=None, seconds=0.0):
+        """Take a plan built elsewhere (an encoded blob); False when it cannot be loaded."""
+        handle = _handle(self.cudnn, self.device_id)
+        try:
+            g = self.cudnn.pygraph(handle=handle)
+            data = decode_blob(blob)
             try:
-                g.build_plan_at_index(i)
-                self.plan_names[i] = g.get_plan_name_at_index(i)
-                built.append(i)
-            except Exception as e:          # noqa: BLE001  (a plan that does not build is skipped)
-                log.debug("cuDNN plan %d of %s did not build: %s", i, self.spec, e)
-                self.plan_times[i] = math.inf
-        self.build_seconds += time.perf_counter() - t0
-        pack = self._pack(x, w, bias, residual, y)
+                g.deserialize(handle, data)
+            except TypeError:                 # frontends that take a list of byte values
+                g.deserialize(handle, list(data))
+        except Exception as e:                # noqa: BLE001  (built here instead)
+            log.info("cuDNN plan %d of %s did not deserialize (%s: %s)", index, self.spec, type(e).__name__, e)
+            return False
+        self._plans[index], self._blobs[index] = g, blob
+        self.plan_names[index] = name
+        self.build_seconds += seconds
+        self.deserialized += 1
+        return True
+
+    def build_local(self, index):
+        """Build plan ``index`` here; False (and an infinite time) when it does not build."""
+        t0 = time.perf_counter()
+        try:
+            self.graph.build_plan_at_index(index)
+            self.plan_names[index] = self.graph.get_plan_name_at_index(index)
+            self._plans[index] = None
+            return True
+        except Exception as e:          # noqa: BLE001  (a plan that does not build is skipped)
+            log.debug("cuDNN plan %d of %s did not build: %s", index, self.spec, e)
+            self.plan_times[index] = math.inf
+            return False
+        finally:
+            self.build_seconds += time.perf_counter() - t0
+
+    def gather(self, results=None, known=None):
+        """Have the candidate plans: ``known`` = (index, blob or None) chosen by an earlier
+        process (that plan alone); else the workers' ``results`` ({index: result}) first,
+        then plans built here in heuristic order until ``max_plans`` exist or the budget is
+        spent with one built. Returns the indices to time."""
+        t0 = time.perf_counter()
+        if known is not None:
+            index, blob = known
+            got = (blob is not None and self.adopt(index, blob, name="(stored)")) or self.build_local(index)
+            self.wait_seconds += time.perf_counter() - t0
+            return [index] if got else []
+        tried = set()
+        for index, r in sorted((results or {}).items()):
+            if "error" in r:
+                if index < self.plan_count:
+                    tried.add(index)
+                    self.plan_times[index] = math.inf
+                continue
+            if r.get("blob") is not None and self.adopt(index, r["blob"], r.get("name"), r.get("seconds", 0.0)):
+                tried.add(index)
+            # not serializable or not loadable: the loop below builds it here
+        for index in range(self.plan_count):
+            if len(self._plans) >= self.max_plans:
+                break
+            if self._plans and time.perf_counter() - t0 > self.build_budget_s:
+                log.info("cuDNN graph %s: build budget %.1f s spent with %d plans", self.spec,
+                         self.build_budget_s, len(self._plans))
+                break
+            if index not in tried and index not in self._plans:
+                self.build_local(index)
+        self.wait_seconds += time.perf_counter() - t0
+        return sorted(self._plans)
+
+    # -- choosing ------------------------------------------------------------------------
+    def choose(self, x, w, bias, residual, y, results=None, known=None):
+        """Have the plans (``gather``), time them on these buffers and keep the fastest.
+        Returns the chosen index; raises RuntimeError when no plan builds and runs."""
+        import cupy as cp
+        indices = self.gather(results, known)
         stream = cp.cuda.get_current_stream()
-        handle = _handle(cudnn, self.device_id)
-        cudnn.set_stream(handle, stream.ptr)
-        for i in built:
-            self.plan_times[i] = self._time_plan(i, pack, handle, stream)
+        handle = _handle(self.cudnn, self.device_id)
+        self.cudnn.set_stream(handle, stream.ptr)
+        for i in indices:
+            self.plan_times[i] = self._time_plan(i, x, w, bias, residual, y, handle, stream)
         best, best_ms = fastest(self.plan_times)
         if best is None:
             raise RuntimeError(f"no cuDNN plan of {self.plan_count} built and ran for {self.spec}")
-        g.build_plan_at_index(best)        # select it (built already: no compile)
+        if self._plans[best] is None:
+            self.graph.build_plan_at_index(best)        # select it (built already: no compile)
         self.index = best
-        self.workspace = g.get_workspace_size_plan_at_index(best)
+        self.workspace = self._workspace(best)
         log.debug("cuDNN graph %s: plan %d (%s) %.4f ms of %s", self.spec, best,
                   self.plan_names.get(best), best_ms, self.plan_times)
         return best
 
-    def _time_plan(self, index, pack, handle, stream):
+    def chosen_blob(self):
+        """The chosen plan serialized (encoded), or None when it does not serialize."""
+        if self.index in self._blobs:
+            return self._blobs[self.index]
+        try:
+            return encode_blob(serialize_plan(self.graph))   # self.graph has the chosen plan selected
+        except Exception as e:              # noqa: BLE001  (the store keeps the index alone)
+            log.debug("cuDNN plan %s of %s does not serialize: %s", self.index, self.spec, e)
+            return None
+
+    def _workspace(self, index):
+        g = self._plans[index]
+        return g.get_workspace_size() if g is not None else self.graph.get_workspace_size_plan_at_index(index)
+
+    def _pack(self, x, w, bias, residual, y):
+        pack = {UIDS["X"]: x.data.ptr, UIDS["W"]: w.data.ptr, UIDS["B"]: bias.data.ptr, UIDS["Y"]: y.data.ptr}
+        if self.spec.residual:
+            pack[UIDS["R"]] = residual.data.ptr
+        return pack
+
+    def _launch(self, index, pack, ws_ptr, handle):
+        g = self._plans[index]
+        if g is None:
+            self.graph.execute_plan_at_index(pack, ws_ptr, index, handle)
+        else:
+            g.execute(pack, ws_ptr, handle=handle)
+
+    def _time_plan(self, index, x, w, bias, residual, y, handle, stream):
         import cupy as cp
         try:
-            ws_bytes = self.graph.get_workspace_size_plan_at_index(index)
-            ws = cp.empty(max(ws_bytes, 1), cp.uint8)
-            run = lambda: self.graph.execute_plan_at_index(pack, ws.data.ptr, index, handle)  # noqa: E731
-            run()
+            ws = cp.empty(max(self._workspace(index), 1), cp.uint8)
+            pack = self._pack(x, w, bias, residual, y)
+            self._launch(index, pack, ws.data.ptr, handle)
             stream.synchronize()
             times = []
             for _ in range(PLAN_TIMING_REPS):
                 a, b = cp.cuda.Event(), cp.cuda.Event()
                 a.record(stream)
-                run()
+                self._launch(index, pack, ws.data.ptr, handle)
                 b.record(stream)
                 b.synchronize()
                 times.append(cp.cuda.get_elapsed_time(a, b))
@@ -352,11 +452,19 @@ class ConvGraph:
         handle = _handle(self.cudnn, self.device_id)
         self.cudnn.set_stream(handle, stream.ptr)
         ws = cp.empty(max(self.workspace, 1), cp.uint8)
-        self.graph.execute(self._pack(x, w, bias, residual, y), ws.data.ptr, handle=handle)
+        pack = self._pack(x, w, bias, residual, y)
+        g = self._plans[self.index]
+        if g is None:
+            self.graph.execute(pack, ws.data.ptr, handle=handle)
+        else:
+            g.execute(pack, ws.data.ptr, handle=handle)
         return y
 
 
-_graphs = {}
+# -- the per-process registry: built graphs, and plans being built by workers ----------------
+
+_graphs = {}            # (spec, device_id) -> ConvGraph, or the reason it failed
+_pending = {}           # (spec, device_id) -> {plan index: future of a worker result}
 _graphs_lock = threading.Lock()
 
 
@@ -367,15 +475,39 @@ def _device_name(device_id):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=None,
-                 build_budget_s=None):
+def prefetch(spec, device_id, workers, max_plans=4, store=None, device_name=None):
+    """Queue the candidate plans of ``spec`` on ``workers`` (an object with
+    ``submit(spec, device_id, index) -> Future``, kernels/gpu/cudnn_workers.py) so they
+    compile while the caller does other work. Nothing is queued for a graph built or
+    queued already, or whose chosen plan ``store`` holds serialized. Returns the number
+    of plans queued."""
+    if spec.reason() is not None:
+        return 0
+    key = (spec, device_id)
+    known = None
+    if store is not None:
+        known = store.get(spec, device_name or _device_name(device_id))
+    if known is not None and known[1] is not None:
+        return 0
+    indices = [known[0]] if known is not None else range(max_plans)
+    with _graphs_lock:
+        if key in _graphs or key in _pending:
+            return 0
+        _pending[key] = {i: workers.submit(spec, device_id, i) for i in indices}
+    return len(indices)
+
+
+def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=4,
+                 build_budget_s=6.0, store=None):
     """y[n, p, q, k] = act(conv(x) + bias + residual) through a cuDNN graph.
 
     ``x_nhwc`` (N, H, W, C) float16, ``w_krsc`` (K, R, S, C) float16, ``bias`` (K,)
     float32, ``residual`` (N, P, Q, K) of ``spec.out_dtype``, all C-contiguous device
     arrays; ``out`` (N, P, Q, K) may be a channel slice of a wider NHWC buffer whose pixel
-    pitch is ``spec.out_ldc`` channels (concat elision). The first call for a spec (per device and process) builds and times the
-    plans on these buffers; never call that first one inside a CUDA-graph capture."""
+    pitch is ``spec.out_ldc`` channels (concat elision). The first call for a spec (per
+    device and process) has its plans (``prefetch``ed ones from the workers, the rest
+    built here), times them on these buffers and keeps the fastest; never make that first
+    call inside a CUDA-graph capture. ``store``: get/put of chosen plans across processes."""
     import cupy as cp
     device_id = cp.cuda.Device().id
     p, q = spec.out_hw()
@@ -409,30 +541,39 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
             raise RuntimeError(f"cuDNN graph for {spec} not built before CUDA-graph capture")
         with _graphs_lock:
             graph = _graphs.get(key)
-            if graph is None:
-                try:
-                    graph = _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y,
-                                   max_plans, build_budget_s)
-                except Exception as e:
+            pending = _pending.pop(key, None) if graph is None else None
+        if graph is None:
+            # built outside the lock: waiting on workers must not stall other specs
+            try:
+                graph = _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending,
+                               max_plans, build_budget_s, store)
+            except Exception as e:
+                with _graphs_lock:
                     _graphs[key] = f"cuDNN graph for {spec} failed: {type(e).__name__}: {e}"
-                    raise
-                _graphs[key] = graph
-            elif isinstance(graph, str):
-                raise RuntimeError(graph)
+                raise
+            with _graphs_lock:
+                graph = _graphs.setdefault(key, graph)
+        if isinstance(graph, str):
+            raise RuntimeError(graph)
     return graph.run(x_nhwc, w_krsc, bias, residual, y)
 
 
-def _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, max_plans, build_budget_s):
-    graph = ConvGraph(spec, device_id,
-                      max_plans=max_plans or int(os.environ.get("CUPYRT_CUDNN_MAX_PLANS", "4")),
-                      build_budget_s=build_budget_s or float(os.environ.get("CUPYRT_CUDNN_BUILD_BUDGET_S", "6")))
-    choices, ckey = plan_choices(), spec.key(_device_name(device_id))
-    known = choices.get(ckey)
-    if known is not None and not 0 <= known < graph.plan_count:
+def _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending, max_plans, build_budget_s, store):
+    graph = ConvGraph(spec, device_id, max_plans=max_plans, build_budget_s=build_budget_s)
+    name = _device_name(device_id) if store is not None else None
+    known = store.get(spec, name) if store is not None else None
+    if known is not None and not 0 <= known[0] < graph.plan_count:
         known = None
-    chosen = graph.choose(x_nhwc, w_krsc, bias, residual, y, known_index=known)
-    if known is None:
-        choices.put(ckey, chosen)
+    results = None
+    if pending:
+        t0 = time.perf_counter()
+        results = collect(pending, build_budget_s)
+        graph.wait_seconds += time.perf_counter() - t0
+        if known is not None and known[1] is None and known[0] in results and "blob" in results[known[0]]:
+            known = (known[0], results[known[0]]["blob"])
+    chosen = graph.choose(x_nhwc, w_krsc, bias, residual, y, results=results, known=known)
+    if store is not None and (known is None or known[1] is None):
+        store.put(spec, name, chosen, {i: t for i, t in graph.plan_times.items()}, graph.chosen_blob())
     return graph
 
 
@@ -442,7 +583,23 @@ def graph_for(spec, device_id=0):
     return graph if isinstance(graph, ConvGraph) else None
 
 
+def stats():
+    """What this process's cuDNN graphs cost: graphs built and failed, plans timed, the
+    seconds spent compiling plans (wherever they ran) and this process's wall seconds
+    to have them, and how many arrived built (workers, the store)."""
+    graphs = [g for g in _graphs.values() if isinstance(g, ConvGraph)]
+    return {"built": len(graphs), "failed": sum(1 for g in _graphs.values() if isinstance(g, str)),
+            "build_s": round(sum(g.build_seconds for g in graphs), 1),
+            "wait_s": round(sum(g.wait_seconds for g in graphs), 1),
+            "plans_timed": sum(len(g.plan_times) for g in graphs),
+            "deserialized": sum(g.deserialized for g in graphs)}
+
+
 def clear():
-    """Forget built graphs (tests; frees their plans)."""
+    """Forget built graphs and queued plans (tests; frees their plans)."""
     with _graphs_lock:
+        for pending in _pending.values():
+            for fut in pending.values():
+                fut.cancel()
+        _pending.clear()
         _graphs.clear()

@@ -1,10 +1,18 @@
 """engine/gpu/cudnn_tactics.py without a GPU: which layers the cuDNN tactic declines
-and why, the switch, and the spec it derives from a layer."""
+and why, the switches (through engine.settings), the spec it derives from a layer, the
+plan store over the timing cache, and the network-wide prefetch of plans."""
+import concurrent.futures as futures
+import json
+import math
+
 import numpy as np
+import pytest
 
 import engine as rt
 from engine.gpu import cudnn_tactics as CT
+from engine.gpu.timing import KERNEL_VERSION, TimingCache
 from kernels.gpu import cudnn_graphs as G
+from kernels.gpu import cudnn_workers as W
 
 
 def conv_layer(act=None, residual=False, groups=1, pad=(1, 1), stride=(1, 1)):
@@ -44,15 +52,99 @@ def test_declines_what_it_cannot_run_and_says_why(monkeypatch):
     assert "CUPYRT_CUDNN=0" in t.supports(conv_layer(), shapes, dtypes, rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_CUDNN")
     reason = t.supports(conv_layer(act=rt.ActivationType.GELU_TANH), shapes, dtypes, rt.DataType.HALF)
-    if G.available():
-        assert "GELU_TANH" in reason
-        assert t.supports(conv_layer(act=rt.ActivationType.RELU), shapes, dtypes, rt.DataType.HALF) is None
-    else:
-        assert "cupyrt[cudnn]" in reason
+    assert "GELU_TANH" in reason
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "0")      # no worker processes from this test
+    reason = t.supports(conv_layer(act=rt.ActivationType.RELU), shapes, dtypes, rt.DataType.HALF)
+    assert reason is None if G.available() else "cupyrt[cudnn]" in reason
 
 
-def test_switch_defaults_on_and_joins_the_timing_cache_key():
-    from engine.gpu.timing import kernel_switches
-    assert CT.enabled({}) and CT.enabled({"CUPYRT_CUDNN": "1"}) and not CT.enabled({"CUPYRT_CUDNN": "0"})
-    assert kernel_switches({"CUPYRT_CUDNN": "0"}) == {"CUPYRT_CUDNN": False}
-    assert kernel_switches({}) == {}
+def test_switches_are_read_through_the_settings(monkeypatch, tmp_path):
+    from engine.settings import tactic_key
+    assert CT.enabled()
+    monkeypatch.setenv("CUPYRT_CUDNN", "0")
+    assert not CT.enabled() and tactic_key()["CUPYRT_CUDNN"] is False
+    monkeypatch.delenv("CUPYRT_CUDNN")
+    monkeypatch.setenv("CUPYRT_CUDNN_MAX_PLANS", "2")
+    monkeypatch.setenv("CUPYRT_CUDNN_BUILD_BUDGET_S", "1.5")
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "1")
+    monkeypatch.delenv("CUPYRT_TIMING_CACHE", raising=False)
+    monkeypatch.delenv("CUPYRT_CUDNN_PLAN_CACHE", raising=False)
+    opts = CT.plan_options()
+    assert (opts["max_plans"], opts["build_budget_s"], opts["store"], opts["workers"]) == (2, 1.5, None, 1)
+    monkeypatch.setenv("CUPYRT_TIMING_CACHE", str(tmp_path / "t.cache"))
+    assert CT.plan_options()["store"].path == str(tmp_path / "t.cache")     # the timing cache by default
+    monkeypatch.setenv("CUPYRT_CUDNN_PLAN_CACHE", str(tmp_path / "p.cache"))
+    assert CT.plan_options()["store"].path == str(tmp_path / "p.cache")
+
+
+def test_plan_store_round_trip_keeps_other_entries_and_survives_a_bad_blob(tmp_path, caplog):
+    path = str(tmp_path / "timing.cache")
+    other = TimingCache(path)                      # the engine's own entries in the same file
+    other.put("layer-key", "conv.wgmma", {"conv.wgmma": 0.1})
+    other.save()
+    spec = G.ConvSpec(n=2, c=16, h=9, w=11, k=32, r=3, s=3, act="RELU")
+    blob = G.encode_blob(b"\x01plan")
+    CT.PlanStore(path).put(spec, "H200", 2, {0: 0.3, 1: math.inf, 2: 0.1}, blob)
+    wider = G.ConvSpec(**{**spec.to_json(), "k": 48})
+    CT.PlanStore(path).put(wider, "H200", 0, {0: 0.2}, None)      # a plan that does not serialize
+    fresh = CT.PlanStore(path)                     # another process
+    assert fresh.get(spec, "H200") == (2, blob)
+    assert fresh.get(wider, "H200") == (0, None)
+    assert fresh.get(spec, "H100") is None         # per device
+    doc = json.loads(open(path).read())
+    assert doc["version"] == KERNEL_VERSION and doc["entries"]["layer-key"]["tactic"] == "conv.wgmma"
+    entry = doc["entries"][fresh.key(spec, "H200")]
+    assert entry == {"tactic": "cudnn.plan.2", "ms": {"0": 0.3, "1": None, "2": 0.1}}
+    with open(fresh._blob_path(fresh.key(spec, "H200")), "w") as f:
+        f.write("{truncated")
+    with caplog.at_level("WARNING"):
+        assert CT.PlanStore(path).get(spec, "H200") == (2, None)     # the index still serves
+    assert "unreadable" in caplog.text
+    other.put(fresh.key(spec, "H100"), "conv.cudnn", {})          # not a plan entry
+    other.save()
+    assert CT.PlanStore(path).get(spec, "H100") is None
+
+
+class Workers:
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, spec, device_id, index):
+        self.submitted.append((spec, device_id, index))
+        return futures.Future()
+
+
+def test_prefetch_queues_every_convolution_the_tactic_would_take(monkeypatch):
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (-1, 16, 12, 12))
+    rng = np.random.default_rng(1)
+
+    def conv(t, k, c, groups=1, act=None, residual=None):
+        layer = net.add_convolution_nd(t, k, (3, 3), kernel=rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32))
+        layer.padding_nd, layer.num_groups = (1, 1), groups
+        if act is not None:
+            layer.post_activation = act
+        if residual is not None:
+            layer.set_input(1, residual)
+        return layer
+    a = conv(x, 16, 16, act=rt.ActivationType.RELU)
+    b = conv(a.get_output(0), 16, 16, residual=x)
+    conv(b.get_output(0), 16, 16, groups=2)                         # grouped: not a cuDNN graph
+    conv(b.get_output(0), 16, 16, act=rt.ActivationType.GELU_TANH)  # activation not fused
+    d = conv(b.get_output(0), 24, 16)
+    net.mark_output(d.get_output(0))
+    w = Workers()
+    monkeypatch.setattr(W, "shared", lambda n: w)
+    opts = {"max_plans": 2, "build_budget_s": 1.0, "store": None, "workers": 3}
+    try:
+        assert CT.prefetch_network(a, 4, opts, device_id=0) == 6
+        assert CT.prefetch_network(b, 4, opts, device_id=0) == 0         # once per network and batch
+        specs = {s for s, _, _ in w.submitted}
+        assert specs == {CT.conv_spec(a, (4, 16, 12, 12), np.float16),
+                         CT.conv_spec(b, (4, 16, 12, 12), np.float16),
+                         CT.conv_spec(d, (4, 16, 12, 12), np.float32)}   # a network output: as declared
+        assert sorted(i for _, _, i in w.submitted) == [0, 0, 0, 1, 1, 1]
+        assert CT.prefetch_network(a, 8, opts, device_id=0) == 6         # another batch
+        assert CT.prefetch_network(a, 2, dict(opts, workers=0), device_id=0) == 0
+    finally:
+        G.clear()

@@ -167,3 +167,58 @@ def test_writes_a_channel_slice_of_a_wider_nhwc_buffer():
     assert (got[..., :off] == 7).all() and (got[..., off + spec.k:] == 7).all()
     with pytest.raises(ValueError, match="strides"):
         G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), base, residual=cp.asarray(res), out=out)
+
+
+def test_plans_built_in_worker_processes_run_here_and_match_the_reference():
+    """Plans compiled and serialized by worker processes are deserialized and timed
+    here; the graph computes the same as built in-process."""
+    from kernels.gpu.cudnn_workers import PlanWorkers
+    case = CASES[0]
+    spec = _spec(case)
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    res = RNG.standard_normal((spec.n, p, q, spec.k)).astype(np.float16)
+    G.clear()
+    pool = PlanWorkers(2)
+    try:
+        assert G.prefetch(spec, cp.cuda.Device().id, pool, max_plans=3) == 3
+        answers = [f.result(timeout=300) for f in G._pending[(spec, cp.cuda.Device().id)].values()]
+        assert all("worker_error" not in a for a in answers), answers
+        out = poison(cp, (spec.n, p, q, spec.k), np.float16)
+        G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=cp.asarray(res),
+                       out=out, max_plans=3)
+    finally:
+        pool.close()
+    graph = G.graph_for(spec)
+    serialized = sum(1 for a in answers if a.get("blob"))
+    assert graph.deserialized == serialized, (graph.deserialized, answers)
+    assert rel_l2(out.get(), _reference(case, x, wt, bias, res)) <= 1e-2, graph.plan_times
+    for i, g in graph._plans.items():            # every candidate, wherever it was built, is right
+        if np.isfinite(graph.plan_times.get(i, np.inf)):
+            graph.index, graph.workspace = i, graph._workspace(i)
+            out.fill(np.nan)
+            graph.run(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), cp.asarray(res), out)
+            assert rel_l2(out.get(), _reference(case, x, wt, bias, res)) <= 1e-2, (i, graph.plan_names[i])
+
+
+def test_the_chosen_plan_is_stored_and_a_later_process_compiles_nothing(tmp_path):
+    from engine.gpu.cudnn_tactics import PlanStore
+    case = CASES[2]
+    spec = _spec(case)
+    x, wt, bias = _data(spec.n, spec.h, spec.w, spec.c, spec.k, spec.r, spec.s)
+    p, q = spec.out_hw()
+    args = (cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec)
+    G.clear()
+    G.conv2d_fused(*args, max_plans=2, store=PlanStore(str(tmp_path / "t.cache")))
+    first = G.graph_for(spec)
+    G.clear()                                        # as a new process would
+    store = PlanStore(str(tmp_path / "t.cache"))
+    index, blob = store.get(spec, G._device_name(cp.cuda.Device().id))
+    assert index == first.index
+    out = poison(cp, (spec.n, p, q, spec.k), np.float16)
+    G.conv2d_fused(*args, out=out, max_plans=2, store=store)
+    again = G.graph_for(spec)
+    assert again.index == index and list(again.plan_times) == [index]     # that plan alone
+    if blob is not None:                             # it serialized: nothing compiled
+        assert again.deserialized == 1 and again.build_seconds == 0.0
+    assert rel_l2(out.get(), _reference(case, x, wt, bias, None)) <= 1e-2

@@ -1,12 +1,21 @@
 """The CPU-side logic of the cuDNN graph tactics (kernels/gpu/cudnn_graphs.py): graph
-specs, the plan choice, the cross-process plan cache. The graphs themselves run in
-tests/gpu/test_cudnn_gpu.py."""
+specs, which plans are built where (workers' serialized plans, built here, the budget),
+collecting worker results. A stand-in frontend (cudnn_fake.py) plays cuDNN; the graphs
+themselves run in tests/gpu/test_cudnn_gpu.py."""
+import concurrent.futures as futures
 import json
 import math
+import os
+import sys
+import threading
+import time
 
 import pytest
 
 from kernels.gpu import cudnn_graphs as G
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cudnn_fake  # noqa: E402
 
 
 def spec(**kw):
@@ -53,17 +62,146 @@ def test_without_the_frontend_the_graphs_are_off_with_the_reason():
         G.ConvGraph(spec())
 
 
-def test_plan_choices_persist_merge_and_survive_a_bad_file(tmp_path, caplog):
-    path = tmp_path / "plans.json"
-    first = G.PlanChoices(str(path))
-    first.put("a", 3)
-    other = G.PlanChoices(str(path))          # another process wrote meanwhile
-    other.put("b", 1)
-    first.put("c", 0)                          # merges: b is kept
-    assert json.loads(path.read_text())["plans"] == {"a": 3, "b": 1, "c": 0}
-    assert G.PlanChoices(str(path)).get("b") == 1
-    path.write_text("{not json")
-    with caplog.at_level("WARNING"):
-        assert G.PlanChoices(str(path)).entries == {}
-    assert "unreadable" in caplog.text
-    assert G.PlanChoices(None).get("a") is None      # no file: in-process only
+def test_spec_survives_json_and_blobs_round_trip():
+    a = spec(act="CLIP", alpha=0.0, beta=6.0, residual=True, out_ldc=64)
+    assert G.ConvSpec.from_json(json.loads(json.dumps(a.to_json()))) == a
+    for data in (b"\x00\xffplan", [0, 255, 7], bytearray(b"xy")):
+        doc = json.loads(json.dumps(G.encode_blob(data)))
+        assert G.decode_blob(doc) == bytes(data)
+    assert G.decode_blob(G.encode_blob('{"json": 1}')) == '{"json": 1}'
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Install a stand-in frontend; returns a function that configures it."""
+    def install(**kw):
+        f = cudnn_fake.frontend(**kw)
+        monkeypatch.setitem(G._frontend_state, "module", f)
+        return f
+    yield install
+    G.clear()
+
+
+def test_without_workers_plans_build_here_in_heuristic_order_skipping_failures(fake):
+    f = fake(plan_count=6, fail={1})
+    g = G.ConvGraph(spec(), max_plans=3)
+    assert g.gather() == [0, 2, 3]               # a failed plan does not count toward max_plans
+    assert f.builds == [0, 1, 2, 3] and g.plan_times == {1: math.inf}
+    assert g.deserialized == 0 and g.build_seconds >= 0.0
+
+
+def test_the_budget_stops_building_once_one_plan_exists(fake):
+    f = fake(plan_count=6, cost=0.05)
+    g = G.ConvGraph(spec(), max_plans=4, build_budget_s=0.01)
+    assert g.gather() == [0]
+    assert f.builds == [0] and g.wait_seconds >= 0.05
+
+
+def test_worker_plans_are_deserialized_and_only_the_rest_built_here(fake):
+    f = fake(plan_count=6, fail={2})
+    blob = G.encode_blob(json.dumps({"plan": 0}).encode())
+    results = {0: {"index": 0, "name": "eng0", "seconds": 3.0, "blob": blob},
+               1: {"index": 1, "name": "eng1", "seconds": 0.1, "blob": None},    # not serializable
+               2: {"index": 2, "error": "did not build"},
+               3: {"index": 3, "name": "eng3", "seconds": 2.0,
+                   "blob": G.encode_blob(json.dumps({"plan": 3}).encode())}}
+    g = G.ConvGraph(spec(), max_plans=4)
+    assert g.gather(results) == [0, 1, 3, 4]
+    assert f.builds == [1, 4]                    # 0 and 3 arrived built; 2 failed in its worker
+    assert g.deserialized == 2 and g.plan_times == {2: math.inf}
+    assert [g._plans[i].loaded for i in (0, 3)] == [0, 3] and g._plans[1] is None
+    assert g.build_seconds >= 5.0                # the workers' compile seconds are counted
+
+
+def test_a_plan_that_does_not_deserialize_is_built_here(fake):
+    f = fake(plan_count=2)
+    g = G.ConvGraph(spec(), max_plans=1)
+    assert g.gather({0: {"index": 0, "name": "eng0", "blob": {"b64": "bm90IGpzb24="}}}) == [0]
+    assert f.builds == [0] and g.deserialized == 0
+
+
+def test_a_known_plan_is_loaded_or_built_alone(fake):
+    f = fake(plan_count=6)
+    g = G.ConvGraph(spec(), max_plans=4)
+    assert g.gather(known=(3, G.encode_blob(json.dumps({"plan": 3}).encode()))) == [3]
+    assert f.builds == [] and g.deserialized == 1
+    g2 = G.ConvGraph(spec(), max_plans=4)
+    assert g2.gather(known=(3, None)) == [3] and f.builds == [3]
+
+
+def test_chosen_blob_is_the_workers_or_serialized_here(fake):
+    fake(plan_count=3, unserializable={1})
+    g = G.ConvGraph(spec(), max_plans=2)
+    g.gather()
+    g.index = 0
+    g.graph.selected = 0
+    assert G.decode_blob(g.chosen_blob()) == json.dumps({"plan": 0}).encode()
+    g.index = g.graph.selected = 1
+    assert g.chosen_blob() is None
+
+
+class Workers:
+    """Futures the test completes by hand."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, s, device_id, index):
+        fut = futures.Future()
+        self.submitted.append((s, device_id, index, fut))
+        return fut
+
+
+class Store:
+    def __init__(self, known=None):
+        self.known, self.asked = known, []
+
+    def get(self, s, device_name):
+        self.asked.append(device_name)
+        return self.known
+
+
+def test_prefetch_queues_each_graph_once_and_skips_what_the_store_holds():
+    w = Workers()
+    try:
+        assert G.prefetch(spec(), 0, w, max_plans=3) == 3
+        assert G.prefetch(spec(), 0, w, max_plans=3) == 0               # queued already
+        assert [x[2] for x in w.submitted] == [0, 1, 2]
+        assert G.prefetch(spec(act="GELU_TANH"), 0, w) == 0            # no graph for it
+        assert G.prefetch(spec(k=48), 0, w, store=Store((2, {"b64": ""})), device_name="H200") == 0
+        assert G.prefetch(spec(k=64), 0, w, store=Store((2, None)), device_name="H200") == 1
+        assert w.submitted[-1][2] == 2                                   # the known plan alone
+    finally:
+        G.clear()
+    assert all(x[3].cancelled() for x in w.submitted)                   # clear() drops the queue
+
+
+def _done(value):
+    fut = futures.Future()
+    fut.set_result(value)
+    return fut
+
+
+def test_collect_waits_for_the_first_plan_then_the_budget():
+    slow = futures.Future()
+    crashed = futures.Future()
+    crashed.set_exception(RuntimeError("worker exited"))
+    pending = {0: _done({"index": 0, "blob": None}), 1: slow, 2: crashed,
+               3: _done({"index": 3, "worker_error": "ImportError: no cupy"})}
+    t0 = time.monotonic()
+    got = G.collect(pending, budget_s=0.2)
+    assert 0.15 < time.monotonic() - t0 < 5
+    assert list(got) == [0] and slow.cancelled()      # crashed and worker_error: built here
+
+
+def test_collect_gives_up_on_a_first_plan_that_never_comes():
+    never = futures.Future()
+    assert G.collect({0: never}, budget_s=10, first_timeout_s=0.1) == {}
+
+
+def test_collect_returns_as_soon_as_all_are_done():
+    late = futures.Future()
+    threading.Timer(0.1, late.set_result, [{"index": 1, "blob": None}]).start()
+    t0 = time.monotonic()
+    got = G.collect({0: _done({"index": 0, "error": "x"}), 1: late}, budget_s=30)
+    assert sorted(got) == [0, 1] and time.monotonic() - t0 < 5

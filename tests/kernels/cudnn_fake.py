@@ -1,0 +1,109 @@
+"""A stand-in for the cuDNN frontend module (``import cudnn``) with the calls
+kernels/gpu/cudnn_graphs.py makes, so the plan logic (which plans are built where,
+the budget, what arrives serialized) runs without a GPU. Each plan ``i`` of a graph
+builds in ``build_s[i]`` seconds (default ``cost``), fails when ``i`` is in ``fail``,
+and serializes unless ``i`` is in ``unserializable``."""
+import json
+import time
+import types
+
+
+class FakeTensor:
+    def __init__(self, name):
+        self.name, self.uid = name, None
+
+    def set_uid(self, uid):
+        self.uid = uid
+        return self
+
+    def set_output(self, flag):
+        return self
+
+    def set_data_type(self, t):
+        return self
+
+    def set_dim(self, dim):
+        return self
+
+    def set_stride(self, stride):
+        return self
+
+
+class FakeGraph:
+    def __init__(self, frontend, **kw):
+        self.f, self.kw = frontend, kw
+        self.built, self.selected, self.loaded = [], None, None
+        self.executed = []
+
+    def tensor(self, name, **kw):
+        return FakeTensor(name)
+
+    def conv_fprop(self, **kw):
+        return FakeTensor("conv")
+
+    def bias(self, **kw):
+        return FakeTensor("bias")
+
+    def add(self, **kw):
+        return FakeTensor("add")
+
+    def relu(self, **kw):
+        return FakeTensor("relu")
+
+    sigmoid = tanh = relu
+
+    def validate(self):
+        pass
+
+    def build_operation_graph(self):
+        pass
+
+    def create_execution_plans(self, modes):
+        pass
+
+    def check_support(self):
+        pass
+
+    def get_execution_plan_count(self):
+        return self.f.plan_count
+
+    def build_plan_at_index(self, index):
+        self.f.builds.append(index)
+        time.sleep(self.f.build_s.get(index, self.f.cost))
+        if index in self.f.fail:
+            raise RuntimeError(f"plan {index} does not build")
+        self.built.append(index)
+        self.selected = index
+
+    def get_plan_name_at_index(self, index):
+        return f"eng{index}"
+
+    def serialize(self, as_bytes=False):
+        if self.selected in self.f.unserializable:
+            raise RuntimeError("only runtime-compiled plans serialize")
+        data = json.dumps({"plan": self.selected}).encode()
+        return data if as_bytes else list(data)
+
+    def deserialize(self, handle, data):
+        self.f.deserialized.append(data)
+        self.loaded = json.loads(bytes(data))["plan"]
+        self.selected = self.loaded
+
+    def get_workspace_size(self):
+        return 0
+
+    def get_workspace_size_plan_at_index(self, index):
+        return 0
+
+
+def frontend(plan_count=6, cost=0.0, build_s=None, fail=(), unserializable=()):
+    f = types.SimpleNamespace(plan_count=plan_count, cost=cost, build_s=dict(build_s or {}),
+                              fail=set(fail), unserializable=set(unserializable), builds=[],
+                              deserialized=[], __version__="fake", handles=0)
+    f.data_type = types.SimpleNamespace(HALF="half", FLOAT="float")
+    f.heur_mode = types.SimpleNamespace(A="a", FALLBACK="fallback")
+    f.pygraph = lambda **kw: FakeGraph(f, **kw)
+    f.backend_version = lambda: 90000
+    f.create_handle = lambda: object()
+    f.set_stream = lambda handle, ptr: None
+    return f
