@@ -76,6 +76,7 @@ class LayerType(enum.Enum):
     POINTWISE = "pointwise"      # built by the builder: a fused chain of pointwise layers
     TOPK = "topk"                # TensorRT's ITopKLayer: k largest/smallest and their indices
     COMBINED_NMS = "combined_nms"  # TF's CombinedNonMaxSuppression (TF-TRT: a plugin)
+    ATTENTION = "attention"      # built by the builder: softmax(scale * q k^T) v, fused
 
 
 # Layers that only move or select data: they run in whatever type reaches them (the

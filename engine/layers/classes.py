@@ -14,3 +14,4 @@ from .plugin import PluginV2Layer  # noqa: F401
 from .pointwise_chain import PointwiseLayer  # noqa: F401
 from .topk import TopKLayer  # noqa: F401
 from .detection import CombinedNMSLayer  # noqa: F401
+from .attention import AttentionLayer  # noqa: F401

@@ -1,0 +1,141 @@
+"""Attention fusion: the chain a transformer's self-attention arrives as,
+
+    MatMul(q, k^T) -> [PROD by a scalar constant | UNIFORM Scale] -> SoftMax(last axis) -> MatMul(p, v)
+
+becomes one Attention layer (engine/layers/attention.py), whose GPU tactic
+never writes the scores to memory. The scale may already sit in the first
+matmul's alpha (matmul_epilogue_fusion folds a scalar PROD there) or still be
+its own layer; both are taken, and both together multiply.
+
+The rewrite needs every intermediate (scores, scaled scores, probabilities)
+to have exactly one reader and not be a network output (the fused layer
+never materialises them), the first matmul to carry nothing but alpha in its
+epilogue (a bias or a residual there is a mask: not ours), the second none
+at all, q, k and v to share their batch dims, and every layer of the chain
+to carry the same precision constraints (a constrained layer stays its own).
+"""
+import numpy as np
+
+from ..layers.attention import AttentionLayer
+from ..types import ElementWiseOperation as EW, LayerType, MatrixOperation as MO, ScaleMode
+from .graph import single_consumer
+
+NAME = "attention_fusion"
+
+
+def _scalar_constant(t):
+    """The value of ``t`` when a Constant layer makes it and it holds one value, else None."""
+    p = t.producer
+    if p is None or p.layer_type != LayerType.CONSTANT or p.weights is None:
+        return None
+    w = np.asarray(p.weights)
+    return float(w.reshape(())) if w.size == 1 else None
+
+
+def _scaling(layer):
+    """(scores, factor) when ``layer`` only multiplies its input by a constant
+    scalar (ElementWise PROD with a one-value Constant, or a UNIFORM Scale with
+    a scale alone), else None."""
+    if layer.layer_type == LayerType.ELEMENTWISE and layer.op == EW.PROD:
+        a, b = layer._inputs
+        for scores, other in ((a, b), (b, a)):
+            c = _scalar_constant(other)
+            # the constant must not broadcast the scores to a larger shape
+            if c is not None and layer._outputs[0].shape == scores.shape:
+                return scores, c
+        return None
+    if layer.layer_type == LayerType.SCALE and layer.mode == ScaleMode.UNIFORM:
+        if layer.shift is not None or layer.power is not None or layer.scale is None:
+            return None
+        return layer._inputs[0], float(np.asarray(layer.scale).reshape(()))
+    return None
+
+
+def _same_constraints(layers):
+    first = layers[0]
+    return all(x._precision == first._precision and x._output_types == first._output_types
+               for x in layers[1:])
+
+
+def _match(network, sm, uses):
+    """The chain ending in SoftMax ``sm`` as (qk, scale layer or None, pv, scale), or None."""
+    x = sm._inputs[0]
+    rank = len(x.shape)
+    if rank < 2 or sm.axis(rank) != rank - 1:
+        return None
+    pv_use = single_consumer(network, sm._outputs[0], uses)
+    if pv_use is None or pv_use[1] != 0:
+        return None
+    pv = pv_use[0]
+    if (pv.layer_type != LayerType.MATRIX_MULTIPLY or (pv.op0, pv.op1) != (MO.NONE, MO.NONE)
+            or pv.has_epilogue):
+        return None
+    scale, scaler, scores = 1.0, None, x
+    p = x.producer
+    if p is not None and p.layer_type in (LayerType.ELEMENTWISE, LayerType.SCALE):
+        found = _scaling(p)
+        if found is None:
+            return None
+        scaler, (scores, scale) = p, found
+        if single_consumer(network, scores, uses) is None:
+            return None
+        p = scores.producer
+    if single_consumer(network, x, uses) is None:
+        return None
+    qk = p
+    if (qk is None or qk.layer_type != LayerType.MATRIX_MULTIPLY
+            or (qk.op0, qk.op1) != (MO.NONE, MO.TRANSPOSE) or qk.bias is not None
+            or qk.residual is not None or qk.post_activation is not None):
+        return None
+    q, k = qk._inputs[:2]
+    v = pv._inputs[1]
+    if not (len(q.shape) == len(k.shape) == len(v.shape) == rank):
+        return None
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        return None                     # broadcast batches stay unfused (the kernel walks one)
+    chain = [qk] + ([scaler] if scaler is not None else []) + [sm, pv]
+    if not _same_constraints(chain):
+        return None
+    if len({t.dtype for t in (q, k, v, scores, x, sm._outputs[0], pv._outputs[0])}) != 1:
+        return None
+    return qk, scaler, pv, scale * qk.alpha
+
+
+def _unique_name(network, base):
+    taken = {layer.name for layer in network._layers}
+    name = base
+    while name in taken:
+        name += "_"
+    return name
+
+
+def _rewrite(network, sm, qk, scaler, pv, scale):
+    q, k = qk._inputs[:2]
+    att = AttentionLayer(network, [q, k, pv._inputs[1]], scale=scale)
+    att.name = _unique_name(network, sm.name + "_attention")
+    network._add(att)
+    att._precision = qk._precision
+    att._output_types = dict(qk._output_types)
+    # the fused layer runs where the second matmul ran: q, k and v all exist by then
+    network._layers.remove(att)
+    network._layers.insert(network._layers.index(pv), att)
+    network.take_output(att, pv)
+    for dead in (sm, scaler, qk):
+        if dead is not None:
+            network.remove_layer(dead)
+
+
+def run(network):
+    fused = 0
+    uses = network.consumers()
+    for sm in list(network._layers):
+        if sm not in network._layers or sm.layer_type != LayerType.SOFTMAX:
+            continue
+        found = _match(network, sm, uses)
+        if found is None:
+            continue
+        _rewrite(network, sm, *found)
+        network._ensure_inferred()
+        uses = network.consumers()
+        fused += 1
+    return fused

@@ -1,0 +1,302 @@
+"""The Attention layer and the pass that makes it (engine/passes/fuse_attention.py):
+the pass fires on the encoder of workflows/transformer.py (built from random
+stand-in weights, no torch needed) and on hand-built chains in each of their forms,
+the engine equals the unfused network (FP32 1e-5, FP16 2e-2), the pass leaves
+alone what it must, the layer's shape rule refuses bad inputs, plans round-trip,
+and the reference keeps SoftMax's NaN semantics."""
+import collections
+import math
+import types
+
+import numpy as np
+import pytest
+
+import engine as rt
+from engine import passes
+from engine.errors import NetworkDefinitionError
+from engine.layers.attention import AttentionLayer
+from engine.testing import interpret, rel_l2
+from kernels.attention import attention
+
+PASS = "attention_fusion"
+EW = rt.ElementWiseOperation
+MO = rt.MatrixOperation
+
+
+def randn(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+# -- a torch-free stand-in for torch.nn.TransformerEncoder --------------------------
+class _Param:
+    """What workflows/transformer.py reads off a torch parameter."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a, np.float32)
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def float(self):
+        return self
+
+    def numpy(self):
+        return self.a
+
+
+def stand_in_encoder(rng, hidden, heads, ff, n_layers):
+    ns = types.SimpleNamespace
+
+    def lin(o, i):
+        return ns(weight=_Param(randn(rng, o, i, scale=1 / math.sqrt(i))),
+                  bias=_Param(randn(rng, o, scale=0.1)))
+
+    def norm():
+        return ns(weight=_Param(1 + randn(rng, hidden, scale=0.1)),
+                  bias=_Param(randn(rng, hidden, scale=0.1)), eps=1e-5)
+
+    def layer():
+        attn = ns(embed_dim=hidden, num_heads=heads, batch_first=True,
+                  in_proj_weight=_Param(randn(rng, 3 * hidden, hidden, scale=1 / math.sqrt(hidden))),
+                  in_proj_bias=_Param(randn(rng, 3 * hidden, scale=0.1)), out_proj=lin(hidden, hidden))
+        return ns(self_attn=attn, norm_first=False, linear1=lin(ff, hidden), linear2=lin(hidden, ff),
+                  norm1=norm(), norm2=norm(), activation="gelu")
+
+    return ns(layers=[layer() for _ in range(n_layers)])
+
+
+def build(builder, net, disabled=(), fp16=False):
+    cfg = builder.create_builder_config()
+    for name in disabled:
+        cfg.disable_pass(name)
+    if fp16:
+        cfg.set_flag(rt.BuilderFlag.FP16)
+    return builder.build_engine(net, cfg)
+
+
+def run(engine, feeds):
+    return engine.create_execution_context().execute(feeds)
+
+
+def counts(engine):
+    return collections.Counter(i.type for i in engine.layers)
+
+
+# -- the encoder -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoder_net():
+    from workflows.transformer import import_encoder
+    rng = np.random.default_rng(11)
+    enc = stand_in_encoder(rng, hidden=32, heads=4, ff=64, n_layers=2)
+    b, net = import_encoder(enc, seq=8, hidden=32)
+    x = randn(rng, 3, 8, 32)
+    return b, net, {"tokens": x}
+
+
+def test_encoder_attention_fused_once_per_layer_and_equal_to_unfused(encoder_net):
+    b, net, feeds = encoder_net
+    before = passes.COUNTERS[PASS]
+    on = build(b, net)
+    off = build(b, net, [PASS])
+    assert passes.COUNTERS[PASS] - before == 2
+    assert on.meta["pass_stats"][PASS] == 2 and off.meta["pass_stats"][PASS] == 0
+    c_on, c_off = counts(on), counts(off)
+    assert c_on[rt.LayerType.ATTENTION] == 2 and c_off[rt.LayerType.ATTENTION] == 0
+    # per encoder layer the score and context matmuls and the softmax go into one layer
+    assert c_on[rt.LayerType.MATRIX_MULTIPLY] == 2 * 6 and c_off[rt.LayerType.MATRIX_MULTIPLY] == 2 * 8
+    assert c_on[rt.LayerType.SOFTMAX] == 0 and c_off[rt.LayerType.SOFTMAX] == 2
+    ref = interpret(net, feeds)["encoded"]
+    got_on, got_off = run(on, feeds)["encoded"], run(off, feeds)["encoded"]
+    assert rel_l2(got_on, got_off) <= 1e-5
+    assert rel_l2(got_on, ref) <= 1e-5
+    att = [on.network.get_layer(i) for i in range(on.network.num_layers)]
+    att = [a for a in att if a.type == rt.LayerType.ATTENTION]
+    assert all(a.scale == pytest.approx(1 / math.sqrt(8)) for a in att)
+
+
+def test_encoder_fp16_within_2e2_of_fp32(encoder_net):
+    b, net, feeds = encoder_net
+    ref = interpret(net, feeds)["encoded"]
+    fused = build(b, net, fp16=True)
+    unfused = build(b, net, [PASS], fp16=True)
+    assert counts(fused)[rt.LayerType.ATTENTION] == 2
+    got, got_unfused = run(fused, feeds)["encoded"], run(unfused, feeds)["encoded"]
+    assert rel_l2(got, ref) <= 2e-2
+    assert rel_l2(got, got_unfused) <= 2e-2
+
+
+def test_plan_round_trip_keeps_the_attention_layer(encoder_net):
+    b, net, feeds = encoder_net
+    cfg = b.create_builder_config()
+    plan = b.build_serialized_network(net, cfg)
+    engine = rt.Runtime().deserialize_cuda_engine(plan)
+    assert counts(engine)[rt.LayerType.ATTENTION] == 2
+    assert rel_l2(run(engine, feeds)["encoded"], interpret(net, feeds)["encoded"]) <= 1e-5
+
+
+# -- hand-built chains ---------------------------------------------------------------
+
+def chain(scale_form="prod", axis_last=True, extra=None, shapes=((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 6))):
+    """q k^T -> scale -> softmax -> @ v on network inputs. ``scale_form``: "prod"
+    (ElementWise with a scalar Constant), "prod_left" (the constant first),
+    "scale" (a UNIFORM Scale layer), "none". ``extra``: "scores_output",
+    "probs_reader", "mask" (a tensor added to the scores)."""
+    net = rt.Network()
+    q = net.add_input("q", rt.float32, shapes[0])
+    k = net.add_input("k", rt.float32, shapes[1])
+    v = net.add_input("v", rt.float32, shapes[2])
+    s = net.add_matrix_multiply(q, MO.NONE, k, MO.TRANSPOSE).get_output(0)
+    rank = len(shapes[0])
+    if extra == "mask":
+        m = net.add_input("mask", rt.float32, (1,) * (rank - 2) + (shapes[0][-2], shapes[1][-2]))
+        s = net.add_elementwise(s, m, EW.SUM).get_output(0)
+    if extra == "scores_output":
+        net.mark_output(s)
+    c = np.full((1,) * rank, 0.35, np.float32)
+    if scale_form == "prod":
+        s = net.add_elementwise(s, net.add_constant(c.shape, c).get_output(0), EW.PROD).get_output(0)
+    elif scale_form == "prod_left":
+        s = net.add_elementwise(net.add_constant(c.shape, c).get_output(0), s, EW.PROD).get_output(0)
+    elif scale_form == "scale":
+        s = net.add_scale(s, rt.ScaleMode.UNIFORM, scale=np.array([0.35], np.float32)).get_output(0)
+    sm = net.add_softmax(s)
+    sm.axes = 1 << (rank - 1 if axis_last else rank - 2)
+    p = sm.get_output(0)
+    if extra == "probs_reader":
+        net.mark_output(net.add_unary(p, rt.UnaryOperation.EXP).get_output(0))
+    out = net.add_matrix_multiply(p, MO.NONE, v, MO.NONE).get_output(0)
+    out.name = "out"
+    net.mark_output(out)
+    return net
+
+
+def feeds_for(net, rng):
+    return {net.get_input(i).name: randn(rng, *net.get_input(i).shape) for i in range(net.num_inputs)}
+
+
+@pytest.mark.parametrize("form", ["prod", "prod_left", "scale", "none"])
+@pytest.mark.parametrize("matmul_pass", [True, False], ids=["alpha_folded", "scale_layer_kept"])
+def test_each_form_fuses_and_matches(form, matmul_pass):
+    rng = np.random.default_rng(5)
+    net = chain(form)
+    feeds = feeds_for(net, rng)
+    disabled = [] if matmul_pass else ["matmul_epilogue_fusion"]
+    engine = build(rt.Builder(), net, disabled)
+    assert engine.meta["pass_stats"][PASS] == 1
+    c = counts(engine)
+    assert c[rt.LayerType.ATTENTION] == 1
+    assert c[rt.LayerType.MATRIX_MULTIPLY] == c[rt.LayerType.SOFTMAX] == 0
+    assert c[rt.LayerType.ELEMENTWISE] == c[rt.LayerType.SCALE] == 0
+    ref = interpret(net, feeds)["out"]
+    assert rel_l2(run(engine, feeds)["out"], ref) <= 1e-5
+    att = next(engine.network.get_layer(i) for i in range(engine.network.num_layers)
+               if engine.network.get_layer(i).type == rt.LayerType.ATTENTION)
+    assert att.scale == pytest.approx(1.0 if form == "none" else 0.35)
+
+
+def test_rank3_chain_fuses():
+    rng = np.random.default_rng(6)
+    net = chain("prod", shapes=((4, 9, 16), (4, 9, 16), (4, 9, 16)))
+    feeds = feeds_for(net, rng)
+    engine = build(rt.Builder(), net)
+    assert engine.meta["pass_stats"][PASS] == 1
+    assert rel_l2(run(engine, feeds)["out"], interpret(net, feeds)["out"]) <= 1e-5
+
+
+@pytest.mark.parametrize("why, kwargs", [
+    ("scores are a network output", {"extra": "scores_output"}),
+    ("the probabilities have a second reader", {"extra": "probs_reader"}),
+    ("a mask is added to the scores", {"extra": "mask"}),
+    ("softmax over the query axis", {"axis_last": False}),
+    ("k broadcast over the batch", {"shapes": ((2, 3, 5, 8), (1, 3, 7, 8), (2, 3, 7, 6))}),
+])
+def test_pass_leaves_alone(why, kwargs):
+    rng = np.random.default_rng(8)
+    net = chain("prod", **kwargs)
+    feeds = feeds_for(net, rng)
+    engine = build(rt.Builder(), net)
+    assert engine.meta["pass_stats"][PASS] == 0, why
+    assert counts(engine)[rt.LayerType.ATTENTION] == 0, why
+    ref = interpret(net, feeds)
+    got = run(engine, feeds)
+    for name, value in ref.items():
+        assert rel_l2(got[name], value) <= 1e-5, (why, name)
+
+
+def test_pass_leaves_alone_a_constrained_layer():
+    net = chain("prod")
+    sm = next(l for l in net if l.type == rt.LayerType.SOFTMAX)
+    sm.precision = rt.DataType.FLOAT
+    engine = build(rt.Builder(), net)
+    assert engine.meta["pass_stats"][PASS] == 0
+
+
+def test_pass_leaves_alone_a_non_scalar_scale():
+    net = rt.Network()
+    q = net.add_input("q", rt.float32, (2, 5, 8))
+    k = net.add_input("k", rt.float32, (2, 7, 8))
+    v = net.add_input("v", rt.float32, (2, 7, 4))
+    s = net.add_matrix_multiply(q, MO.NONE, k, MO.TRANSPOSE).get_output(0)
+    w = np.linspace(0.5, 1.5, 7, dtype=np.float32).reshape(1, 1, 7)     # one factor per key
+    s = net.add_elementwise(s, net.add_constant(w.shape, w).get_output(0), EW.PROD).get_output(0)
+    p = net.add_softmax(s)
+    p.axes = 1 << 2
+    net.mark_output(net.add_matrix_multiply(p.get_output(0), MO.NONE, v, MO.NONE).get_output(0))
+    engine = build(rt.Builder(), net, ["matmul_epilogue_fusion"])
+    assert engine.meta["pass_stats"][PASS] == 0
+
+
+# -- the layer and its reference ------------------------------------------------------
+
+def _add_attention(shapes, dtypes=None):
+    net = rt.Network()
+    dtypes = dtypes or (rt.float32,) * 3
+    ins = [net.add_input(n, d, s) for n, d, s in zip("qkv", dtypes, shapes)]
+    return net._add(AttentionLayer(net, ins, scale=0.5))
+
+
+def test_layer_shape_rule():
+    layer = _add_attention(((2, 3, 5, 8), (2, 1, 7, 8), (1, 3, 7, 6)))
+    assert layer.get_output(0).shape == (2, 3, 5, 6)
+
+
+@pytest.mark.parametrize("shapes, dtypes, message", [
+    (((5,), (7, 8), (7, 6)), None, "rank >= 2"),
+    (((2, 5, 8), (7, 8), (7, 6)), None, "equal ranks"),
+    (((5, 8), (7, 4), (7, 6)), None, "head dim 8"),
+    (((5, 8), (7, 8), (6, 6)), None, "one row per key: 7"),
+    (((2, 5, 8), (3, 7, 8), (3, 7, 6)), None, "dims equal or 1"),
+    (((5, 8), (7, 8), (7, 6)), (rt.float32, rt.int32, rt.float32), "FLOAT or HALF"),
+])
+def test_layer_refuses(shapes, dtypes, message):
+    with pytest.raises(NetworkDefinitionError, match=message):
+        _add_attention(shapes, dtypes)
+
+
+def test_reference_equals_the_unfused_chain_with_nan_and_inf_rows():
+    rng = np.random.default_rng(9)
+    q, k, v = randn(rng, 2, 6, 8), randn(rng, 2, 5, 8), randn(rng, 2, 5, 3)
+    q[0, 1, 2] = np.nan            # a NaN score row
+    q[1, 2, :] = np.inf            # +Inf scores: that row is NaN (TF's)
+    net = chain("prod", shapes=((2, 6, 8), (2, 5, 8), (2, 5, 3)))     # its scale: 0.35
+    with np.errstate(invalid="ignore"):
+        ref = interpret(net, {"q": q, "k": k, "v": v})["out"]
+        got = attention(q, k, v, np.float32(0.35))
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.isnan(got[0, 1]).all() and np.isnan(got[1, 2]).all()
+    fin = ~np.isnan(ref)
+    assert rel_l2(got[fin], ref[fin]) <= 1e-6
+
+
+def test_minus_inf_scores_weigh_nothing():
+    q = np.ones((1, 2, 4), np.float32)
+    k = np.ones((1, 3, 4), np.float32)
+    k[0, 1] = -np.inf              # key 1 scores -Inf for every query
+    v = np.arange(6, dtype=np.float32).reshape(1, 3, 2)
+    with np.errstate(invalid="ignore"):
+        got = attention(q, k, v, 1.0)
+    np.testing.assert_allclose(got[0], np.tile((v[0, 0] + v[0, 2]) / 2, (2, 1)), rtol=1e-6)
