@@ -20,7 +20,7 @@ from ..types import DataType, LayerType
 from .device import cupy, device_clone
 
 _MATMUL_LAYERS = {LayerType.CONVOLUTION, LayerType.DECONVOLUTION, LayerType.FULLY_CONNECTED,
-                  LayerType.MATRIX_MULTIPLY, LayerType.RNN_V2}
+                  LayerType.MATRIX_MULTIPLY, LayerType.RNN_V2, LayerType.ATTENTION}
 
 
 class Tactic:
@@ -140,6 +140,7 @@ def candidates(layer, precision=None):
     from . import conv_tactics, pointwise_tactics  # noqa: F401  (register the specialised tactics)
     from . import rnn_tactics  # noqa: F401
     from . import matmul_tactics, norm_tactics  # noqa: F401  (graph-safe GEMM, fused layer norm)
+    from . import attention_tactics  # noqa: F401  (fused attention)
     every = list(TACTICS.get(layer.layer_type, ())) + [INT8_EMULATION, GENERIC, HOST]
     if precision is None:
         return every

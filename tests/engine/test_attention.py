@@ -1,12 +1,12 @@
 """The Attention layer and the pass that makes it (engine/passes/fuse_attention.py):
-the pass fires on the encoder of workflows/transformer.py (built from random
-stand-in weights, no torch needed) and on hand-built chains in each of their forms,
-the engine equals the unfused network (FP32 1e-5, FP16 2e-2), the pass leaves
-alone what it must, the layer's shape rule refuses bad inputs, plans round-trip,
-and the reference keeps SoftMax's NaN semantics."""
+the pass fires on the encoder of workflows/transformer.py (weights from
+workflows/random_encoder.py, no torch needed) and on hand-built chains in each of
+their forms, the engine equals the unfused network (FP32 1e-5, FP16 2e-2), the pass
+leaves alone what it must, the layer's shape rule refuses bad inputs, plans
+round-trip, and the reference keeps SoftMax's NaN semantics. The GPU tactics'
+shape rules (no device needed) close the file."""
 import collections
 import math
-import types
 
 import numpy as np
 import pytest
@@ -25,47 +25,6 @@ MO = rt.MatrixOperation
 
 def randn(rng, *shape, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-# -- a torch-free stand-in for torch.nn.TransformerEncoder --------------------------
-class _Param:
-    """What workflows/transformer.py reads off a torch parameter."""
-
-    def __init__(self, a):
-        self.a = np.asarray(a, np.float32)
-
-    def detach(self):
-        return self
-
-    def cpu(self):
-        return self
-
-    def float(self):
-        return self
-
-    def numpy(self):
-        return self.a
-
-
-def stand_in_encoder(rng, hidden, heads, ff, n_layers):
-    ns = types.SimpleNamespace
-
-    def lin(o, i):
-        return ns(weight=_Param(randn(rng, o, i, scale=1 / math.sqrt(i))),
-                  bias=_Param(randn(rng, o, scale=0.1)))
-
-    def norm():
-        return ns(weight=_Param(1 + randn(rng, hidden, scale=0.1)),
-                  bias=_Param(randn(rng, hidden, scale=0.1)), eps=1e-5)
-
-    def layer():
-        attn = ns(embed_dim=hidden, num_heads=heads, batch_first=True,
-                  in_proj_weight=_Param(randn(rng, 3 * hidden, hidden, scale=1 / math.sqrt(hidden))),
-                  in_proj_bias=_Param(randn(rng, 3 * hidden, scale=0.1)), out_proj=lin(hidden, hidden))
-        return ns(self_attn=attn, norm_first=False, linear1=lin(ff, hidden), linear2=lin(hidden, ff),
-                  norm1=norm(), norm2=norm(), activation="gelu")
-
-    return ns(layers=[layer() for _ in range(n_layers)])
 
 
 def build(builder, net, disabled=(), fp16=False):
@@ -89,9 +48,10 @@ def counts(engine):
 
 @pytest.fixture(scope="module")
 def encoder_net():
+    from workflows.random_encoder import random_encoder
     from workflows.transformer import import_encoder
     rng = np.random.default_rng(11)
-    enc = stand_in_encoder(rng, hidden=32, heads=4, ff=64, n_layers=2)
+    enc = random_encoder(hidden=32, heads=4, ff=64, n_layers=2, seed=11)
     b, net = import_encoder(enc, seq=8, hidden=32)
     x = randn(rng, 3, 8, 32)
     return b, net, {"tokens": x}
@@ -300,3 +260,76 @@ def test_minus_inf_scores_weigh_nothing():
     with np.errstate(invalid="ignore"):
         got = attention(q, k, v, 1.0)
     np.testing.assert_allclose(got[0], np.tile((v[0, 0] + v[0, 2]) / 2, (2, 1)), rtol=1e-6)
+
+
+# -- the GPU tactics' shape rules (no device needed) -----------------------------------
+
+def _attention_layer(q=(2, 12, 128, 64), k=None, v=None):
+    return _add_attention((q, k or q, v or q))
+
+
+def test_flash_tactic_takes_bert_shapes_in_half_only():
+    from engine.gpu.attention_tactics import FlashAttention, UnfusedAttention
+    from kernels.gpu.attention import TILES
+    layer = _attention_layer()
+    shapes = [(2, 12, 128, 64)] * 3
+    flash, unfused = FlashAttention(TILES[1]), UnfusedAttention()
+    assert flash.supports(layer, shapes, ["float16"] * 3, rt.DataType.HALF) is None
+    assert "HALF" in flash.supports(layer, shapes, ["float32"] * 3, rt.DataType.FLOAT)
+    assert unfused.supports(layer, shapes, ["float32"] * 3, rt.DataType.FLOAT) is None
+    assert unfused.supports(layer, shapes, ["float16"] * 3, rt.DataType.HALF) is None
+    assert "INT8" in unfused.supports(layer, shapes, ["float32"] * 3, rt.DataType.INT8)
+    assert "floating" in flash.supports(layer, shapes, ["int32"] * 3, rt.DataType.HALF)
+    assert flash.capturable_for(layer) and unfused.capturable_for(layer)
+
+
+@pytest.mark.parametrize("q, k, v, message", [
+    ((2, 12, 128, 48), None, None, "head dim 48"),
+    ((2, 12, 128, 64), None, (2, 12, 128, 32), "key/value head dims"),
+    ((2, 12, 128, 64), (1, 12, 128, 64), (1, 12, 128, 64), "no broadcast"),
+    ((2, 12, 128, 64), (2, 12, 100, 64), (2, 12, 99, 64), "100 keys but 99 values"),
+    ((64,), (64,), (64,), "equal ranks >= 2"),
+])
+def test_flash_tactic_refuses_with_the_reason(q, k, v, message):
+    from engine.gpu.attention_tactics import FlashAttention
+    from kernels.gpu.attention import TILES
+    layer = _attention_layer()
+    reason = FlashAttention(TILES[0]).supports(layer, [q, k or q, v or q], ["float16"] * 3,
+                                               rt.DataType.HALF)
+    assert reason is not None and message in reason
+
+
+def test_unfused_tactic_refuses_too_many_matrices():
+    from engine.gpu.attention_tactics import UnfusedAttention
+    layer = _attention_layer()
+    shapes = [(70000, 4, 8)] * 3
+    assert "batched matrices" in UnfusedAttention().supports(layer, shapes, ["float32"] * 3,
+                                                             rt.DataType.FLOAT)
+    bad = [(2, 4, 8), (2, 4, 9), (2, 4, 8)]
+    assert "inner dims" in UnfusedAttention().supports(layer, bad, ["float32"] * 3,
+                                                       rt.DataType.FLOAT)
+
+
+def test_generic_tactic_is_not_capturable_for_attention():
+    from engine.gpu.tactics import GENERIC
+    assert not GENERIC.capturable_for(_attention_layer())     # cupy.matmul is cuBLAS
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": np.float32}, "query dtype float32"),
+    ({"shape": (1, 2, 16, 48)}, "head dim 48"),
+    ({"out_dtype": np.int8}, "out dtype int8"),
+])
+def test_launcher_refuses_before_any_launch(kwargs, message):
+    from kernels.gpu.attention import attention as launch
+    from kernels.gpu.errors import UnsupportedError
+    x = np.zeros(kwargs.get("shape", (1, 2, 16, 64)), kwargs.get("dtype", np.float16))
+    with pytest.raises(UnsupportedError, match=message):
+        launch(x, x, x, 0.125, out_dtype=kwargs.get("out_dtype"))
+
+
+def test_launcher_tiles_and_shared_memory():
+    from kernels.gpu.attention import TILES, TILES_BY_NAME
+    assert [t.block_m for t in TILES] == [32, 64, 128]
+    assert TILES_BY_NAME["fa_m64"].smem_bytes(64) == (64 + 4 * 64) * 72 * 2     # 46,080: no opt-in
+    assert TILES_BY_NAME["fa_m64"].expression(64, np.float16) == "attention_f16<64,4,64,half_t>"

@@ -1,0 +1,104 @@
+"""GPU tactics for the Attention layer (engine/layers/attention.py), all
+CUDA-graph safe (no cuBLAS), so a transformer engine is captured whole:
+
+    attention.flash.<tile>  HALF layers: one flash-style kernel (kernels/gpu/attention.py),
+                            the scores never written; head dims 32, 64, 128
+    attention.unfused       HALF or FLOAT, any head dim: our GEMM (scale in its
+                            alpha), our softmax kernel, our GEMM again, i.e. what
+                            the unfused network ran, scores rounded as it rounded them
+
+The generic tactic (the reference through CuPy, cuBLAS inside: not capturable)
+and the host tactic stay behind them as the fallback.
+"""
+import math
+
+import numpy as np
+
+from kernels.gpu import attention as fa
+from kernels.gpu import matmul as mm
+from kernels.gpu.errors import UnsupportedError
+from kernels.gpu.softmax import softmax
+
+from ..types import DataType, LayerType
+from .tactics import Tactic, register
+
+_FLOAT_NAMES = ("float32", "float16")
+_COMPUTE = {DataType.FLOAT: np.float32, DataType.HALF: np.float16}
+
+
+def _float_reason(in_dtypes):
+    if any(str(d) not in _FLOAT_NAMES for d in in_dtypes):
+        return f"floating inputs only, not {list(in_dtypes)}"
+    return None
+
+
+def _out_dtype(out_dtypes):
+    """The storage type asked for when a kernel can write it directly, else None."""
+    dt = out_dtypes[0].to_numpy()
+    return dt if np.dtype(dt) in (np.dtype(np.float16), np.dtype(np.float32)) else None
+
+
+class FlashAttention(Tactic):
+    """The fused kernel with one query tile height."""
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.name = f"attention.flash.{tile.name}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.HALF:
+            return "the fused attention kernel runs HALF layers"
+        return _float_reason(in_dtypes) or fa.check_shapes(*in_shapes[:3])
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        # a HALF layer's reference sees its inputs rounded to half: so does the kernel
+        q, k, v = (x.astype(np.float16, copy=False) for x in inputs[:3])
+        want = _out_dtype(out_dtypes)
+        y = fa.attention(q, k, v, layer.scale, out_dtype=want or np.float16, tile=self.tile)
+        return [y if want is not None else y.astype(out_dtypes[0].to_numpy())]
+
+
+class UnfusedAttention(Tactic):
+    """scale * q k^T, softmax, @ v through the engine's own GEMM and softmax kernels."""
+    name = "attention.unfused"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision not in _COMPUTE:
+            return f"runs FLOAT or HALF layers, not {getattr(precision, 'name', precision)}"
+        reason = _float_reason(in_dtypes)
+        if reason:
+            return reason
+        q, k, v = (tuple(s) for s in in_shapes[:3])
+        try:
+            batch, m, n, _ = mm.plan(q, k, "NONE", "TRANSPOSE")
+            mm.plan(batch + (m, n), v, "NONE", "NONE")
+        except UnsupportedError as e:
+            return str(e)
+        nb = math.prod(batch)
+        if nb > mm.MAX_BATCH:
+            return f"{nb} batched matrices (at most {mm.MAX_BATCH})"
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        dt = _COMPUTE[precision]
+        q, k, v = (x.astype(dt, copy=False) for x in inputs[:3])
+        # the scores and probabilities in the compute type, as the unfused layers stored them
+        scores = mm.matmul(q, k, op_b="TRANSPOSE", alpha=layer.scale, out_dtype=dt)
+        probs = softmax(scores, -1)
+        want = _out_dtype(out_dtypes)
+        y = mm.matmul(probs, v, out_dtype=want or dt)
+        return [y if want is not None else y.astype(out_dtypes[0].to_numpy())]
+
+
+_registered = []
+
+
+def register_all():
+    """Register the Attention tactics (once; later calls do nothing)."""
+    if _registered:
+        return
+    register(LayerType.ATTENTION, *[FlashAttention(t) for t in fa.TILES], UnfusedAttention())
+    _registered.append(True)
+
+
+register_all()
