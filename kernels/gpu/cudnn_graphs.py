@@ -191,6 +191,20 @@ def decode_blob(doc):
     return doc["str"] if "str" in doc else base64.b64decode(doc["b64"])
 
 
+def runtime_compiled(cudnn, graph, index):
+    """Whether plan ``index`` is a runtime-compiled (runtime-fusion) engine: only those
+    serialize (frontend 1.1 release notes: "Serialization is only supported on Runtime
+    compiled engines"); a blob of another engine crashed deserialize on an H200
+    (frontend 1.32, cuDNN 9.19), and those build in milliseconds anyway."""
+    try:
+        notes = graph.get_behavior_notes_for_plan_at_index(index)
+    except Exception as e:                  # noqa: BLE001  (unknown: treated as not serializable)
+        log.debug("behaviour notes of plan %d unavailable: %s", index, e)
+        return False
+    want = getattr(getattr(cudnn, "behavior_note", None), "RUNTIME_COMPILATION", None)
+    return any((want is not None and n == want) or "RUNTIME_COMPILATION" in str(n) for n in notes)
+
+
 def serialize_plan(graph):
     """The graph's selected plan, serialized."""
     try:
@@ -347,7 +361,8 @@ class ConvGraph:
         """Have the candidate plans: ``known`` = (index, blob or None) chosen by an earlier
         process (that plan alone); else the workers' ``results`` ({index: result}) first,
         then plans built here in heuristic order until ``max_plans`` exist or the budget is
-        spent with one built. Returns the indices to time."""
+        spent with one built. Returns the indices to time. The handle's stream must be
+        a live one (``choose`` sees to it)."""
         t0 = time.perf_counter()
         if known is not None:
             index, blob = known
@@ -381,10 +396,13 @@ class ConvGraph:
         """Have the plans (``gather``), time them on these buffers and keep the fastest.
         Returns the chosen index; raises RuntimeError when no plan builds and runs."""
         import cupy as cp
-        indices = self.gather(results, known)
         stream = cp.cuda.get_current_stream()
         handle = _handle(self.cudnn, self.device_id)
+        # before anything uses the handle: it may still name a stream that is gone (timing
+        # on a private stream set it, then freed it), and deserializing a plan on such a
+        # handle crashed the process (H200, frontend 1.32, cuDNN 9.19)
         self.cudnn.set_stream(handle, stream.ptr)
+        indices = self.gather(results, known)
         for i in indices:
             self.plan_times[i] = self._time_plan(i, x, w, bias, residual, y, handle, stream)
         best, best_ms = fastest(self.plan_times)
@@ -402,6 +420,8 @@ class ConvGraph:
         """The chosen plan serialized (encoded), or None when it does not serialize."""
         if self.index in self._blobs:
             return self._blobs[self.index]
+        if not runtime_compiled(self.cudnn, self.graph, self.index):
+            return None
         try:
             return encode_blob(serialize_plan(self.graph))   # self.graph has the chosen plan selected
         except Exception as e:              # noqa: BLE001  (the store keeps the index alone)

@@ -162,8 +162,9 @@ def shared(workers):
 def build_serialized(spec, device_id, index):
     """Build plan ``index`` of ``spec``'s graph and return it serialized, as a
     JSON-safe dict: ``index``, ``plan_count``,
-    ``name``, ``seconds`` (the build), ``blob`` (None when the plan does not serialize:
-    the caller builds it itself) or ``error`` (it did not build)."""
+    ``name``, ``seconds`` (the build), ``blob`` (None when the plan is not a
+    runtime-compiled one or does not serialize: the caller builds it itself) or
+    ``error`` (it did not build)."""
     import cupy as cp
 
     from . import cudnn_graphs as G
@@ -181,6 +182,9 @@ def build_serialized(spec, device_id, index):
     except Exception as e:                  # noqa: BLE001  (reported: the plan scores inf)
         return dict(out, seconds=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}".splitlines()[0])
     out.update(seconds=time.perf_counter() - t0, name=g.get_plan_name_at_index(index), blob=None)
+    if not G.runtime_compiled(cudnn, g, index):
+        out["serialize_error"] = "not a runtime-compiled engine (built by the caller, in milliseconds)"
+        return out
     try:
         out["blob"] = G.encode_blob(G.serialize_plan(g))
     except Exception as e:                  # noqa: BLE001  (not serializable: built by the caller)

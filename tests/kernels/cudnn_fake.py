@@ -2,7 +2,8 @@
 kernels/gpu/cudnn_graphs.py makes, so the plan logic (which plans are built where,
 the budget, what arrives serialized) runs without a GPU. Each plan ``i`` of a graph
 builds in ``build_s[i]`` seconds (default ``cost``), fails when ``i`` is in ``fail``,
-and serializes unless ``i`` is in ``unserializable``."""
+serializes unless ``i`` is in ``unserializable``, and is runtime-compiled unless ``i`` is
+in ``precompiled``."""
 import json
 import time
 import types
@@ -75,6 +76,9 @@ class FakeGraph:
         self.built.append(index)
         self.selected = index
 
+    def get_behavior_notes_for_plan_at_index(self, index):
+        return [] if index in self.f.precompiled else [self.f.behavior_note.RUNTIME_COMPILATION]
+
     def get_plan_name_at_index(self, index):
         return f"eng{index}"
 
@@ -96,12 +100,14 @@ class FakeGraph:
         return 0
 
 
-def frontend(plan_count=6, cost=0.0, build_s=None, fail=(), unserializable=()):
+def frontend(plan_count=6, cost=0.0, build_s=None, fail=(), unserializable=(), precompiled=()):
     f = types.SimpleNamespace(plan_count=plan_count, cost=cost, build_s=dict(build_s or {}),
-                              fail=set(fail), unserializable=set(unserializable), builds=[],
+                              fail=set(fail), unserializable=set(unserializable),
+                              precompiled=set(precompiled), builds=[],
                               deserialized=[], __version__="fake", handles=0)
     f.data_type = types.SimpleNamespace(HALF="half", FLOAT="float")
     f.heur_mode = types.SimpleNamespace(A="a", FALLBACK="fallback")
+    f.behavior_note = types.SimpleNamespace(RUNTIME_COMPILATION="runtime")
     f.pygraph = lambda **kw: FakeGraph(f, **kw)
     f.backend_version = lambda: 90000
     f.create_handle = lambda: object()

@@ -129,15 +129,32 @@ def test_a_known_plan_is_loaded_or_built_alone(fake):
     assert g2.gather(known=(3, None)) == [3] and f.builds == [3]
 
 
-def test_chosen_blob_is_the_workers_or_serialized_here(fake):
-    fake(plan_count=3, unserializable={1})
-    g = G.ConvGraph(spec(), max_plans=2)
+def test_chosen_blob_is_the_workers_or_serialized_here_for_runtime_compiled_plans(fake):
+    fake(plan_count=3, unserializable={1}, precompiled={2})
+    g = G.ConvGraph(spec(), max_plans=3)
     g.gather()
     g.index = 0
     g.graph.selected = 0
     assert G.decode_blob(g.chosen_blob()) == json.dumps({"plan": 0}).encode()
     g.index = g.graph.selected = 1
-    assert g.chosen_blob() is None
+    assert g.chosen_blob() is None               # serialize() refused
+    g.index = g.graph.selected = 2
+    assert g.chosen_blob() is None               # not runtime-compiled: never serialized
+
+
+def test_workers_serialize_only_runtime_compiled_plans(fake, monkeypatch):
+    from kernels.gpu import cudnn_workers as W
+    fake(plan_count=3, precompiled={1}, fail={2})
+    cp = type(sys)("cupy")
+    cp.cuda = type(sys)("cuda")
+    cp.cuda.Device = lambda i: type("D", (), {"use": lambda self: None})()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    a = W.build_serialized(spec(), 0, 0)
+    assert a["plan_count"] == 3 and a["name"] == "eng0" and G.decode_blob(a["blob"]) == b'{"plan": 0}'
+    b = W.build_serialized(spec(), 0, 1)
+    assert b["blob"] is None and "not a runtime-compiled engine" in b["serialize_error"]
+    assert "does not build" in W.build_serialized(spec(), 0, 2)["error"]
+    assert "no such plan" in W.build_serialized(spec(), 0, 5)["error"]
 
 
 class Workers:
