@@ -118,7 +118,8 @@ def attention(q, k, v, scale, *, out_dtype=None, tile=TILES[1], stream=None):
     os_ = tuple(s // out.itemsize for s in o4.strides[:3])
     n, heads = q4.shape[:2]
     smem = tile.smem_bytes(d)
-    kern = get_function(SOURCE, tile.expression(d, out_dtype), smem_bytes=smem)
+    kern = get_function(SOURCE, tile.expression(d, out_dtype), name_expressions=_expressions(d),
+                        smem_bytes=smem)
     grid = (n * heads, -(-sq // tile.block_m))
     args = (q4, k4, v4, o4, i32(heads), i32(sq), i32(sk)) + tuple(
         np.int64(s) for s in qs + ks + vs + os_) + (f32(scale * math.log2(math.e)),)
@@ -127,9 +128,16 @@ def attention(q, k, v, scale, *, out_dtype=None, tile=TILES[1], stream=None):
     return out
 
 
-def compile_all(head_dims=HEAD_DIMS, tiles=TILES, out_dtypes=_OUT):
-    """Compile every instantiation asked for (precompile, tests)."""
+def _expressions(head_dim):
+    """Every tile and output type of one head dim: one NVRTC compile serves them all
+    (the builder times every tile)."""
+    return tuple(t.expression(head_dim, od) for t in TILES for od in _OUT)
+
+
+def compile_all(head_dims=HEAD_DIMS):
+    """Compile every instantiation (precompile, tests)."""
     for d in head_dims:
-        for t in tiles:
-            for od in out_dtypes:
-                get_function(SOURCE, t.expression(d, od), smem_bytes=t.smem_bytes(d))
+        for t in TILES:
+            for od in _OUT:
+                get_function(SOURCE, t.expression(d, od), name_expressions=_expressions(d),
+                             smem_bytes=t.smem_bytes(d))
