@@ -6,6 +6,10 @@ q (..., Sq, D), k (..., Sk, D), v (..., Sk, Dv); the leading (batch) dims
 broadcast as np.matmul's do. The softmax is kernels.reduce.softmax itself, so
 the fused layer keeps the unfused network's semantics exactly: a NaN or +Inf
 score makes its whole row NaN (TensorFlow's), -Inf scores weigh 0.
+
+With ``heads`` the operands arrive packed, (..., S, heads * D) as the linear
+projections make them, and the result leaves packed: the heads split and merge
+(two shuffles each way in the unfused network) are part of the layer.
 """
 import numpy as np
 
@@ -13,10 +17,25 @@ from .reduce import softmax
 from .xp import array_module
 
 
-def attention(q, k, v, scale=1.0):
-    """softmax(scale * q @ k^T) @ v in float32."""
+def split_heads(x, heads):
+    """(..., S, heads * D) -> (..., heads, S, D): the heads shuffle, as a view where it can be."""
+    x = x.reshape(x.shape[:-1] + (heads, x.shape[-1] // heads))
+    return x.swapaxes(-2, -3)
+
+
+def merge_heads(x):
+    """(..., heads, S, D) -> (..., S, heads * D): the inverse of ``split_heads``."""
+    x = x.swapaxes(-2, -3)
+    return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+
+
+def attention(q, k, v, scale=1.0, heads=0):
+    """softmax(scale * q @ k^T) @ v in float32. With ``heads`` > 0 the operands are
+    packed (..., S, heads * D) and so is the result: each head attends on its own."""
     xp = array_module(q, k, v)
     q, k, v = (a.astype(np.float32, copy=False) for a in (q, k, v))
+    if heads:
+        return merge_heads(attention(*(split_heads(a, heads) for a in (q, k, v)), scale))
     scores = xp.matmul(q, xp.swapaxes(k, -1, -2))
     if scale != 1.0:
         # the unfused network multiplies the float32 scores by a float32 scale

@@ -7,6 +7,10 @@ CUDA-graph safe (no cuBLAS), so a transformer engine is captured whole:
                             alpha), our softmax kernel, our GEMM again, i.e. what
                             the unfused network ran, scores rounded as it rounded them
 
+A layer with ``heads`` (the pass took the heads shuffles in) gets packed
+(N, S, H * D) operands: the flash kernel reads them and writes the merged
+(N, Sq, H * Dv) result through (n, h, s) strides, with no copy either side.
+
 The generic tactic (the reference through CuPy, cuBLAS inside: not capturable)
 and the host tactic stay behind them as the fallback.
 """
@@ -14,13 +18,14 @@ import math
 
 import numpy as np
 
+from kernels.attention import merge_heads, split_heads
 from kernels.gpu import attention as fa
 from kernels.gpu import matmul as mm
 from kernels.gpu.errors import UnsupportedError
 from kernels.gpu.softmax import softmax
 
 from ..types import DataType, LayerType
-from .tactics import Tactic, register
+from .tactics import Tactic, cupy, register
 
 _FLOAT_NAMES = ("float32", "float16")
 _COMPUTE = {DataType.FLOAT: np.float32, DataType.HALF: np.float16}
@@ -30,6 +35,18 @@ def _float_reason(in_dtypes):
     if any(str(d) not in _FLOAT_NAMES for d in in_dtypes):
         return f"floating inputs only, not {list(in_dtypes)}"
     return None
+
+
+def _per_head_shapes(layer, in_shapes):
+    """The (N, H, S, D) shapes the kernels see: packed shapes split by ``heads``.
+    None when a packed shape does not split (the layer's own rule refuses those)."""
+    h = layer.heads
+    shapes = [tuple(s) for s in in_shapes[:3]]
+    if not h:
+        return shapes
+    if any(len(s) != 3 or s[2] % h for s in shapes):
+        return None
+    return [(s[0], h, s[1], s[2] // h) for s in shapes]
 
 
 def _out_dtype(out_dtypes):
@@ -48,14 +65,24 @@ class FlashAttention(Tactic):
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if precision != DataType.HALF:
             return "the fused attention kernel runs HALF layers"
-        return _float_reason(in_dtypes) or fa.check_shapes(*in_shapes[:3])
+        shapes = _per_head_shapes(layer, in_shapes)
+        if shapes is None:
+            return f"packed shapes {list(in_shapes[:3])} do not split into {layer.heads} heads"
+        return _float_reason(in_dtypes) or fa.check_shapes(*shapes)
 
     def run(self, state, layer, inputs, precision, out_dtypes):
+        cp = cupy()
         # a HALF layer's reference sees its inputs rounded to half: so does the kernel
         q, k, v = (x.astype(np.float16, copy=False) for x in inputs[:3])
-        want = _out_dtype(out_dtypes)
-        y = fa.attention(q, k, v, layer.scale, out_dtype=want or np.float16, tile=self.tile)
-        return [y if want is not None else y.astype(out_dtypes[0].to_numpy())]
+        want = _out_dtype(out_dtypes) or np.float16
+        if layer.heads:
+            q, k, v = (split_heads(x, layer.heads) for x in (q, k, v))     # views: strides only
+            n, h, sq, dv = q.shape[0], q.shape[1], q.shape[2], v.shape[3]
+            y = cp.empty((n, sq, h * dv), want)
+            fa.attention(q, k, v, layer.scale, out=split_heads(y, h), tile=self.tile)
+        else:
+            y = fa.attention(q, k, v, layer.scale, out_dtype=want, tile=self.tile)
+        return [y if _out_dtype(out_dtypes) is not None else y.astype(out_dtypes[0].to_numpy())]
 
 
 class UnfusedAttention(Tactic):
@@ -68,7 +95,10 @@ class UnfusedAttention(Tactic):
         reason = _float_reason(in_dtypes)
         if reason:
             return reason
-        q, k, v = (tuple(s) for s in in_shapes[:3])
+        shapes = _per_head_shapes(layer, in_shapes)
+        if shapes is None:
+            return f"packed shapes {list(in_shapes[:3])} do not split into {layer.heads} heads"
+        q, k, v = shapes
         try:
             batch, m, n, _ = mm.plan(q, k, "NONE", "TRANSPOSE")
             mm.plan(batch + (m, n), v, "NONE", "NONE")
@@ -82,11 +112,15 @@ class UnfusedAttention(Tactic):
     def run(self, state, layer, inputs, precision, out_dtypes):
         dt = _COMPUTE[precision]
         q, k, v = (x.astype(dt, copy=False) for x in inputs[:3])
+        if layer.heads:
+            q, k, v = (split_heads(x, layer.heads) for x in (q, k, v))
         # the scores and probabilities in the compute type, as the unfused layers stored them
         scores = mm.matmul(q, k, op_b="TRANSPOSE", alpha=layer.scale, out_dtype=dt)
         probs = softmax(scores, -1)
         want = _out_dtype(out_dtypes)
         y = mm.matmul(probs, v, out_dtype=want or dt)
+        if layer.heads:
+            y = cupy().ascontiguousarray(merge_heads(y))
         return [y if want is not None else y.astype(out_dtypes[0].to_numpy())]
 
 

@@ -10,12 +10,17 @@ writes the Sq x Sk score matrix (Dao et al., FlashAttention, 2022).
 The leading dims are the batch (N, heads in the layout the heads shuffle
 makes) and broadcast as MatrixMultiply's do. No mask: the pass fuses only
 chains without one.
+
+``heads`` > 0: the pass also took the shuffles around it, so the operands are
+packed rank-3 tensors and so is the result:
+
+    q (N, Sq, heads * D)   k (N, Sk, heads * D)   v (N, Sk, heads * Dv)   ->   (N, Sq, heads * Dv)
 """
 from kernels import attention as A
 
 from ..kernel_table import numpy_impl
 from ..types import LayerType
-from .base import Float, Layer, broadcast_shapes, check_float, dim_known
+from .base import Float, Int, Layer, broadcast_shapes, check_float, dim_known
 
 
 class AttentionLayer(Layer):
@@ -24,8 +29,28 @@ class AttentionLayer(Layer):
     layer_type = LayerType.ATTENTION
     min_inputs = max_inputs = 3
     scale = Float(1.0)
+    heads = Int(0, minimum=0)
 
     def infer(self, in_shapes, in_dtypes):
+        if self.heads:
+            in_shapes = [self._split(name, s) for name, s in zip(("query", "key", "value"), in_shapes)]
+        (shape, dtype), = self._infer_split(in_shapes, in_dtypes)
+        if self.heads:       # (N, heads, Sq, Dv) -> (N, Sq, heads * Dv)
+            n, h, sq, dv = shape
+            shape = (n, sq, h * dv if dim_known(dv) else -1)
+        return [(shape, dtype)]
+
+    def _split(self, name, shape):
+        """A packed (N, S, heads * D) shape as the (N, heads, S, D) one it stands for."""
+        h = self.heads
+        if len(shape) != 3:
+            self.fail(name, f"shape {shape}", f"rank 3 (N, S, heads * D) with heads = {h}")
+        e = shape[2]
+        if dim_known(e) and e % h:
+            self.fail(name, f"last dim {e} (shape {shape})", f"a multiple of heads = {h}")
+        return (shape[0], h, shape[1], e // h if dim_known(e) else -1)
+
+    def _infer_split(self, in_shapes, in_dtypes):
         names = ("query", "key", "value")
         for name, shape, dtype in zip(names, in_shapes, in_dtypes):
             check_float(self, name, dtype)
@@ -44,4 +69,4 @@ class AttentionLayer(Layer):
 
 @numpy_impl(LayerType.ATTENTION)
 def _attention(layer, inputs):
-    return [A.attention(inputs[0], inputs[1], inputs[2], layer.scale)]
+    return [A.attention(inputs[0], inputs[1], inputs[2], layer.scale, layer.heads)]

@@ -13,11 +13,21 @@ never materialises them), the first matmul to carry nothing but alpha in its
 epilogue (a bias or a residual there is a mask: not ours), the second none
 at all, q, k and v to share their batch dims, and every layer of the chain
 to carry the same precision constraints (a constrained layer stays its own).
+
+Then the heads shuffles around an Attention layer go into it too, when all
+four are there and read by nothing else (the layer's ``heads``):
+
+    (N, S, H*D) -reshape (N, S, H, D), transpose (0, 2, 1, 3)-> (N, H, S, D)    x3: q, k, v
+    (N, H, S, D) -transpose (0, 2, 1, 3), reshape (N, S, H*D)-> (N, S, H*D)      the result
+
+so the kernel reads the projections and writes the merged heads in place
+(strides), and four copies per attention block are gone.
 """
 import numpy as np
 
 from ..layers.attention import AttentionLayer
 from ..types import ElementWiseOperation as EW, LayerType, MatrixOperation as MO, ScaleMode
+from ..layers.base import dim_known
 from .graph import single_consumer
 
 NAME = "attention_fusion"
@@ -125,6 +135,79 @@ def _rewrite(network, sm, qk, scaler, pv, scale):
             network.remove_layer(dead)
 
 
+def _placeholder(r, dim, shape, sh):
+    """True when reshape entry ``r`` keeps dim ``dim`` of the (transposed) input:
+    a 0 placeholder, or the same known size."""
+    return (r == 0 and sh.zero_is_placeholder) or (r == shape[dim] and dim_known(r) and r > 0)
+
+
+def _split_heads(sh):
+    """``sh`` as (its input, heads) when it is the heads split
+    (N, S, H*D) -> (N, H, S, D), else None."""
+    if sh.layer_type != LayerType.SHUFFLE or sh.dynamic_reshape or sh.reshape_dims is None:
+        return None
+    if sh.first_transpose not in (None, (0, 1, 2)) or sh.second_transpose != (0, 2, 1, 3):
+        return None
+    x = sh._inputs[0]
+    shape, r = x.shape, sh.reshape_dims
+    if len(shape) != 3 or len(r) != 4 or not dim_known(shape[2]):
+        return None
+    heads, d = sh._outputs[0].shape[1], sh._outputs[0].shape[3]
+    if not (_placeholder(r[0], 0, shape, sh) and _placeholder(r[1], 1, shape, sh)):
+        return None
+    if r[2] != heads or heads <= 0 or r[3] not in (-1, d) or not dim_known(d) or heads * d != shape[2]:
+        return None
+    return x, heads
+
+
+def _merge_heads(sh, heads):
+    """True when ``sh`` is the heads merge (N, H, S, D) -> (N, S, H*D) for ``heads``."""
+    if sh.layer_type != LayerType.SHUFFLE or sh.dynamic_reshape or sh.reshape_dims is None:
+        return False
+    if sh.first_transpose != (0, 2, 1, 3) or sh.second_transpose not in (None, (0, 1, 2)):
+        return False
+    shape = tuple(sh._inputs[0].shape[p] for p in sh.first_transpose)     # (N, S, H, D)
+    r = sh.reshape_dims
+    if len(shape) != 4 or len(r) != 3 or shape[2] != heads or not dim_known(shape[3]):
+        return False
+    return (_placeholder(r[0], 0, shape, sh) and _placeholder(r[1], 1, shape, sh)
+            and r[2] in (-1, heads * shape[3]))
+
+
+def _absorb_heads(network, att, uses):
+    """Take the four heads shuffles around ``att`` into it; False if they are not all there."""
+    if att.heads or len(att._outputs[0].shape) != 4:
+        return False
+    splits = []
+    for t in att._inputs:
+        sh = t.producer
+        if sh is None or single_consumer(network, t, uses) is None:
+            return False
+        found = _split_heads(sh)
+        if found is None:
+            return False
+        splits.append((sh, *found))
+    heads = splits[0][2]
+    if any(h != heads for _, _, h in splits):
+        return False
+    if len({x.shape[0] for _, x, _ in splits}) != 1:
+        return False
+    use = single_consumer(network, att._outputs[0], uses)
+    if use is None or not _merge_heads(use[0], heads):
+        return False
+    merge = use[0]
+    if not _same_constraints([att, merge] + [sh for sh, _, _ in splits]):
+        return False
+    for i, (_, x, _) in enumerate(splits):
+        att._inputs[i] = x
+    att._attrs["heads"] = heads         # inputs and heads change together: no re-check between
+    network._dirty = True
+    network.take_output(att, merge)
+    for sh, _, _ in splits:
+        network.remove_layer(sh)
+    return True
+
+
 def run(network):
     fused = 0
     uses = network.consumers()
@@ -138,4 +221,9 @@ def run(network):
         network._ensure_inferred()
         uses = network.consumers()
         fused += 1
+    for att in list(network._layers):
+        if att.layer_type == LayerType.ATTENTION and _absorb_heads(network, att, uses):
+            network._ensure_inferred()
+            uses = network.consumers()
+            fused += 1
     return fused

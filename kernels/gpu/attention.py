@@ -91,10 +91,26 @@ def _as_nhsd(cp, x):
     return x, tuple(s // item for s in x.strides[:3])
 
 
-def attention(q, k, v, scale, *, out_dtype=None, tile=TILES[1], stream=None):
+def _check_out(out, shape):
+    """A caller's output array: ``shape``, float16/float32, the head dim contiguous
+    and rows on 8 bytes (the kernel stores pairs); any other strides (a view into
+    the merged-heads (N, S, H * D) buffer)."""
+    if tuple(out.shape) != tuple(shape) or out.ndim != 4:
+        raise UnsupportedError(f"attention: out of shape {tuple(out.shape)}; expected rank-4 {tuple(shape)}")
+    if out.dtype not in _OUT:
+        raise UnsupportedError(f"attention: out dtype {out.dtype}; valid: float16, float32")
+    step = 2 * out.itemsize
+    if out.strides[3] != out.itemsize or any(st % step for st in out.strides[:3]) or out.data.ptr % step:
+        raise UnsupportedError(f"attention: out strides {out.strides}; expected the last dim "
+                               f"contiguous and rows on {step} bytes")
+
+
+def attention(q, k, v, scale, *, out=None, out_dtype=None, tile=TILES[1], stream=None):
     """softmax(scale * q @ k^T) @ v on the tensor cores; q, k, v cupy float16
-    (the HALF layer's inputs: callers round float32 first). Returns a new
-    contiguous array of shape q.shape[:-1] + (D,) in ``out_dtype`` (default float16)."""
+    (the HALF layer's inputs: callers round float32 first). Writes ``out`` when
+    given (rank 4, q's shape, any strides with the head dim contiguous: e.g. the
+    heads view of a merged (N, S, H * D) buffer), else returns a new contiguous
+    array of q's shape in ``out_dtype`` (default float16)."""
     import cupy as cp  # optional dependency: CuPy only where a launch happens
     for name, x in (("query", q), ("key", k), ("value", v)):
         if x.dtype != np.float16:
@@ -102,27 +118,30 @@ def attention(q, k, v, scale, *, out_dtype=None, tile=TILES[1], stream=None):
     reason = check_shapes(q.shape, k.shape, v.shape)
     if reason:
         raise UnsupportedError(f"attention: {reason}")
-    out_dtype = np.dtype(out_dtype or np.float16)
-    if out_dtype not in _OUT:
-        raise UnsupportedError(f"attention: out dtype {out_dtype}; valid: float16, float32")
+    if out is not None:
+        _check_out(out, q.shape)
+    else:
+        out_dtype = np.dtype(out_dtype or np.float16)
+        if out_dtype not in _OUT:
+            raise UnsupportedError(f"attention: out dtype {out_dtype}; valid: float16, float32")
+        out = cp.empty(q.shape, out_dtype)
     tile = TILES_BY_NAME[tile] if isinstance(tile, str) else tile
     d, sq, sk = q.shape[-1], q.shape[-2], k.shape[-2]
-    out = cp.empty(q.shape, out_dtype)
     if out.size == 0:
         return out
     if sk == 0:            # softmax over no keys, then a product over no rows: zeros
         out[...] = 0
         return out
     (q4, qs), (k4, ks), (v4, vs) = (_as_nhsd(cp, x) for x in (q, k, v))
-    o4 = out.reshape(q4.shape)
-    os_ = tuple(s // out.itemsize for s in o4.strides[:3])
+    o4 = out if out.ndim == 4 else out.reshape(q4.shape)
+    os_ = tuple(st // out.itemsize for st in o4.strides[:3])
     n, heads = q4.shape[:2]
     smem = tile.smem_bytes(d)
-    kern = get_function(SOURCE, tile.expression(d, out_dtype), name_expressions=_expressions(d),
+    kern = get_function(SOURCE, tile.expression(d, out.dtype), name_expressions=_expressions(d),
                         smem_bytes=smem)
     grid = (n * heads, -(-sq // tile.block_m))
     args = (q4, k4, v4, o4, i32(heads), i32(sq), i32(sk)) + tuple(
-        np.int64(s) for s in qs + ks + vs + os_) + (f32(scale * math.log2(math.e)),)
+        np.int64(st) for st in qs + ks + vs + os_) + (f32(scale * math.log2(math.e)),)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tile.threads,), args, shared_mem=smem)
     return out

@@ -62,20 +62,22 @@ def test_encoder_attention_fused_once_per_layer_and_equal_to_unfused(encoder_net
     before = passes.COUNTERS[PASS]
     on = build(b, net)
     off = build(b, net, [PASS])
-    assert passes.COUNTERS[PASS] - before == 2
-    assert on.meta["pass_stats"][PASS] == 2 and off.meta["pass_stats"][PASS] == 0
+    # per encoder layer: the chain into one Attention layer, then its four heads shuffles into it
+    assert passes.COUNTERS[PASS] - before == 2 * 2
+    assert on.meta["pass_stats"][PASS] == 2 * 2 and off.meta["pass_stats"][PASS] == 0
     c_on, c_off = counts(on), counts(off)
     assert c_on[rt.LayerType.ATTENTION] == 2 and c_off[rt.LayerType.ATTENTION] == 0
     # per encoder layer the score and context matmuls and the softmax go into one layer
     assert c_on[rt.LayerType.MATRIX_MULTIPLY] == 2 * 6 and c_off[rt.LayerType.MATRIX_MULTIPLY] == 2 * 8
     assert c_on[rt.LayerType.SOFTMAX] == 0 and c_off[rt.LayerType.SOFTMAX] == 2
+    assert c_on[rt.LayerType.SHUFFLE] == 0 and c_off[rt.LayerType.SHUFFLE] == 2 * 4
     ref = interpret(net, feeds)["encoded"]
     got_on, got_off = run(on, feeds)["encoded"], run(off, feeds)["encoded"]
     assert rel_l2(got_on, got_off) <= 1e-5
     assert rel_l2(got_on, ref) <= 1e-5
     att = [on.network.get_layer(i) for i in range(on.network.num_layers)]
     att = [a for a in att if a.type == rt.LayerType.ATTENTION]
-    assert all(a.scale == pytest.approx(1 / math.sqrt(8)) for a in att)
+    assert all(a.scale == pytest.approx(1 / math.sqrt(8)) and a.heads == 4 for a in att)
 
 
 def test_encoder_fp16_within_2e2_of_fp32(encoder_net):
@@ -210,18 +212,115 @@ def test_pass_leaves_alone_a_non_scalar_scale():
     assert engine.meta["pass_stats"][PASS] == 0
 
 
+# -- the heads shuffles -------------------------------------------------------------
+
+def heads_block(n=2, s=9, heads=3, d=8, merge_reader=False, split_reader=False, dynamic=False):
+    """Packed q, k, v (N, S, H*D) -> split heads -> attention chain -> merge heads."""
+    net = rt.Network()
+    e = heads * d
+    n_dim = -1 if dynamic else n
+    ins = [net.add_input(name, rt.float32, (n_dim, s, e)) for name in "qkv"]
+    split = []
+    for i, x in enumerate(ins):
+        sh = net.add_shuffle(x)
+        sh.reshape_dims = (0, s, heads, -1)
+        sh.second_transpose = (0, 2, 1, 3)
+        split.append(sh.get_output(0))
+    q, k, v = split
+    if split_reader:
+        net.mark_output(v)
+    sc = net.add_matrix_multiply(q, MO.NONE, k, MO.TRANSPOSE).get_output(0)
+    c = np.full((1, 1, 1, 1), 1 / math.sqrt(d), np.float32)
+    sc = net.add_elementwise(sc, net.add_constant(c.shape, c).get_output(0), EW.PROD).get_output(0)
+    sm = net.add_softmax(sc)
+    sm.axes = 1 << 3
+    ctx = net.add_matrix_multiply(sm.get_output(0), MO.NONE, v, MO.NONE).get_output(0)
+    if merge_reader:
+        net.mark_output(ctx)
+    merge = net.add_shuffle(ctx)
+    merge.first_transpose = (0, 2, 1, 3)
+    merge.reshape_dims = (0, s, e)
+    out = merge.get_output(0)
+    out.name = "out"
+    net.mark_output(out)
+    return net
+
+
+def test_heads_shuffles_go_into_the_layer():
+    rng = np.random.default_rng(12)
+    net = heads_block()
+    feeds = feeds_for(net, rng)
+    engine = build(rt.Builder(), net)
+    assert engine.meta["pass_stats"][PASS] == 2
+    c = counts(engine)
+    assert c[rt.LayerType.SHUFFLE] == 0 and c[rt.LayerType.ATTENTION] == 1
+    att = next(engine.network.get_layer(i) for i in range(engine.network.num_layers)
+               if engine.network.get_layer(i).type == rt.LayerType.ATTENTION)
+    assert att.heads == 3 and att.get_output(0).shape == (2, 9, 24)
+    assert rel_l2(run(engine, feeds)["out"], interpret(net, feeds)["out"]) <= 1e-5
+
+
+def test_heads_shuffles_go_in_with_a_dynamic_batch():
+    rng = np.random.default_rng(13)
+    net = heads_block(dynamic=True)
+    engine = build(rt.Builder(), net)
+    assert counts(engine)[rt.LayerType.SHUFFLE] == 0
+    feeds = {name: randn(rng, 4, 9, 24) for name in "qkv"}
+    assert rel_l2(run(engine, feeds)["out"], interpret(net, feeds)["out"]) <= 1e-5
+
+
+@pytest.mark.parametrize("why, kwargs", [
+    ("the per-head result is also a network output", {"merge_reader": True}),
+    ("the per-head values are also a network output", {"split_reader": True}),
+])
+def test_heads_shuffles_stay_when_not_all_four_fit(why, kwargs):
+    rng = np.random.default_rng(14)
+    net = heads_block(**kwargs)
+    feeds = feeds_for(net, rng)
+    engine = build(rt.Builder(), net)
+    c = counts(engine)
+    assert engine.meta["pass_stats"][PASS] == 1 and c[rt.LayerType.ATTENTION] == 1, why
+    assert c[rt.LayerType.SHUFFLE] == 4, why
+    ref = interpret(net, feeds)
+    got = run(engine, feeds)
+    for name, value in ref.items():
+        assert rel_l2(got[name], value) <= 1e-5, (why, name)
+
+
+def test_packed_reference_equals_per_head():
+    rng = np.random.default_rng(15)
+    q, k, v = randn(rng, 2, 5, 12), randn(rng, 2, 7, 12), randn(rng, 2, 7, 6)
+    packed = attention(q, k, v, 0.5, heads=3)
+    qk_cols = [slice(h * 4, (h + 1) * 4) for h in range(3)]
+    v_cols = [slice(h * 2, (h + 1) * 2) for h in range(3)]
+    per_head = [attention(q[..., a], k[..., a], v[..., b], 0.5) for a, b in zip(qk_cols, v_cols)]
+    assert packed.shape == (2, 5, 6)
+    np.testing.assert_allclose(packed, np.concatenate(per_head, -1), rtol=1e-6, atol=1e-7)
+
+
 # -- the layer and its reference ------------------------------------------------------
 
-def _add_attention(shapes, dtypes=None):
+def _add_attention(shapes, dtypes=None, heads=0):
     net = rt.Network()
     dtypes = dtypes or (rt.float32,) * 3
     ins = [net.add_input(n, d, s) for n, d, s in zip("qkv", dtypes, shapes)]
-    return net._add(AttentionLayer(net, ins, scale=0.5))
+    return net._add(AttentionLayer(net, ins, scale=0.5, heads=heads))
 
 
 def test_layer_shape_rule():
     layer = _add_attention(((2, 3, 5, 8), (2, 1, 7, 8), (1, 3, 7, 6)))
     assert layer.get_output(0).shape == (2, 3, 5, 6)
+    packed = _add_attention(((-1, 5, 24), (-1, 7, 24), (-1, 7, 12)), heads=3)
+    assert packed.get_output(0).shape == (-1, 5, 12)
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 8)), "rank 3"),
+    (((2, 5, 24), (2, 7, 25), (2, 7, 24)), "a multiple of heads = 3"),
+])
+def test_packed_layer_refuses(shapes, message):
+    with pytest.raises(NetworkDefinitionError, match=message):
+        _add_attention(shapes, heads=3)
 
 
 @pytest.mark.parametrize("shapes, dtypes, message", [
@@ -326,6 +425,36 @@ def test_launcher_refuses_before_any_launch(kwargs, message):
     x = np.zeros(kwargs.get("shape", (1, 2, 16, 64)), kwargs.get("dtype", np.float16))
     with pytest.raises(UnsupportedError, match=message):
         launch(x, x, x, 0.125, out_dtype=kwargs.get("out_dtype"))
+
+
+@pytest.mark.parametrize("out, message", [
+    (np.zeros((1, 2, 16, 32), np.float16), "out of shape"),
+    (np.zeros((1, 2, 16, 64), np.int8), "out dtype int8"),
+    (np.zeros((1, 2, 64, 16), np.float16).swapaxes(2, 3), "out strides"),
+])
+def test_launcher_refuses_an_unusable_out(out, message):
+    from kernels.gpu.attention import attention as launch
+    from kernels.gpu.errors import UnsupportedError
+    x = np.zeros((1, 2, 16, 64), np.float16)
+    with pytest.raises(UnsupportedError, match=message):
+        launch(x, x, x, 0.125, out=out)
+
+
+def test_tactics_split_packed_shapes_by_heads():
+    from engine.gpu.attention_tactics import FlashAttention, UnfusedAttention
+    from kernels.gpu.attention import TILES
+    layer = _add_attention(((2, 128, 768), (2, 128, 768), (2, 128, 768)), heads=12)
+    packed = [(2, 128, 768)] * 3
+    flash, unfused = FlashAttention(TILES[1]), UnfusedAttention()
+    assert flash.supports(layer, packed, ["float16"] * 3, rt.DataType.HALF) is None
+    assert unfused.supports(layer, packed, ["float32"] * 3, rt.DataType.FLOAT) is None
+    odd = [(2, 128, 770)] * 3
+    for tactic in (flash, unfused):
+        assert "do not split into 12 heads" in tactic.supports(layer, odd, ["float16"] * 3,
+                                                               rt.DataType.HALF)
+    wide = _add_attention(((2, 128, 12 * 48),) * 3, heads=12)       # head dim 48: no kernel
+    assert "head dim 48" in flash.supports(wide, [(2, 128, 576)] * 3, ["float16"] * 3,
+                                           rt.DataType.HALF)
 
 
 def test_launcher_tiles_and_shared_memory():

@@ -1,7 +1,7 @@
 """The fused attention kernel (kernels/gpu/attention.py) against the NumPy
 reference in float64 (rel L2 <= 2e-3), over head dims, sequence lengths (a
 full tile, 1, 77: partial query and key tiles), batch x heads 1 and 384 (BERT
-b32), every tile, strided views and FP32 output, with SoftMax's NaN semantics;
+b32), every tile, strided views in and out and FP32 output, with SoftMax's NaN semantics;
 then an encoder engine with the attention pass against the same engine without
 it, the fused tactic chosen, and the whole engine captured into a CUDA graph."""
 import collections
@@ -63,6 +63,9 @@ def test_strided_heads_view_and_fp32_output():
     assert rel_l2(cp.asnumpy(got), ref) <= TOL
     same = attention(*(cp.ascontiguousarray(x) for x in views), 0.125, out_dtype=np.float32)
     assert cp.array_equal(got, same)
+    merged = cp.full((n, s, h, d), cp.nan, cp.float16)            # written in place through strides
+    attention(*views, 0.125, out=merged.transpose(0, 2, 1, 3))
+    assert rel_l2(cp.asnumpy(merged).transpose(0, 2, 1, 3), ref) <= TOL
 
 
 def test_nan_rows_and_minus_inf_keys_as_softmax():
@@ -116,6 +119,7 @@ def test_engine_with_the_pass_equals_without_and_is_captured(encoder_net, fp16, 
     unfused = build(encoder_net, fp16, tmp_path, disabled=["attention_fusion"])
     counts = collections.Counter(i.type for i in fused.layers)
     assert counts[rt.LayerType.ATTENTION] == LAYERS and counts[rt.LayerType.SOFTMAX] == 0
+    assert counts[rt.LayerType.SHUFFLE] == 0                    # the heads shuffles went in too
     outs = {}
     for name, engine in (("fused", fused), ("unfused", unfused)):
         ctx = engine.create_execution_context()
