@@ -5,6 +5,7 @@ import pytest
 
 import engine as rt
 from engine import plan as planfile
+from engine.layers.attention import AttentionLayer
 from engine.testing import interpret
 
 RNG = np.random.default_rng(11)
@@ -139,6 +140,7 @@ FACTORIES = {
     rt.LayerType.SHAPE: lambda n, x: n.add_shape(x),
     rt.LayerType.TOPK: lambda n, x: n.add_topk(x, rt.TopKOperation.MIN, 3, 0b1000),
     rt.LayerType.COMBINED_NMS: lambda n, x: _combined_nms(n, x),
+    rt.LayerType.ATTENTION: lambda n, x: n._add(AttentionLayer(n, [x, x, x], scale=0.4)),
 }
 
 
