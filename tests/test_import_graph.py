@@ -27,7 +27,7 @@ inside functions count too):
 
 No module inside engine/ imports the ``engine`` package itself (``from engine import
 X`` or ``from .. import X``): each imports the module that defines what it needs.
-An import inside a function in engine/ or kernels/ carries a comment saying why it
+An import inside a function in engine/, kernels/ or tf_integration/ carries a comment saying why it
 is there (an optional heavy dependency such as cupy, torch, the cuDNN frontend,
 tqdm, psutil; or a measured import cost), on its line or on a comment line right
 above a run of such imports.
@@ -70,7 +70,6 @@ PENDING = {
     "engine.gpu": "engine/gpu's own circle (conv_tactics <-> int8_tactics, tactics <-> the tactic "
                   "families) and its imports inside functions are reworked with the kernel descriptors",
     "kernels": "kernels/gpu's imports inside functions are reworked with the kernel descriptors",
-    "tf_integration": "tf_integration's circles (calibration <-> engine_node, ...) are being removed",
 }
 
 
@@ -259,7 +258,6 @@ def test_no_import_cycle(area):
                                    for c in cycles)
 
 
-@pytest.mark.xfail(strict=False, reason=PENDING["tf_integration"])
 def test_tf_integration_cycles_only_through_the_registry():
     """The converter registry imports the converter modules to register them (and
     they import the registry): that circle is allowed, no other."""
@@ -325,7 +323,8 @@ def _explained(imp, comments, lines):
     return n >= 1 and lines[n - 1].strip().startswith("#") and bool(comments.get(n))
 
 
-@pytest.mark.parametrize("area", [_maybe_pending(a) for a in ("engine", "engine.gpu", "kernels")])
+@pytest.mark.parametrize("area", [_maybe_pending(a) for a in ("engine", "engine.gpu", "kernels",
+                                                                 "tf_integration")])
 def test_every_import_inside_a_function_says_why(area):
     bad = []
     cache = {}

@@ -5,8 +5,10 @@
 
 Importing the package registers the function that runs engine nodes inside
 saved models (saved_model_runtime.py), so ``tf.saved_model.load`` works too.
+Modules of the package import a name from the module that defines it, never
+from this facade (tests/test_import_graph.py checks it).
 """
-from .converter import GraphConverter, TrtGraphConverter  # noqa: F401
+from .graph_converter import GraphConverter, TrtGraphConverter  # noqa: F401
 from .engine_node import EngineFallbackWarning, import_graph_def, wrap_frozen_graph  # noqa: F401
 from .export import export_engines  # noqa: F401
 from .graph_utils import freeze_keras_model  # noqa: F401

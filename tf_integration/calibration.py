@@ -17,8 +17,8 @@ engine node's ``calibration_table`` attribute:
 
 Static engines get their INT8 plan built now; dynamic ones keep the network
 and the table and build INT8 per input shape, replaying the table
-(``TableCalibrator``) instead of calibrating again. A saved .pb is therefore
-self-contained.
+(``TableCalibrator``, calibration_table.py) instead of calibrating again. A
+saved .pb is therefore self-contained.
 """
 import logging
 
@@ -26,47 +26,20 @@ import tensorflow as tf
 
 import engine as rt
 
-from . import conversion, engine_storage
+from .calibration_table import ALGORITHMS
+from .engine_storage import store, stored_network
 from .engine_node import ENGINE_OP, import_with_runners
-from .errors import ConverterArgumentError, TFIntegrationError
+from .errors import ConverterArgumentError
 from .graph_utils import get_attr
+from .segment_to_engine import build_plan, build_serialized_network_plan
 
 logger = logging.getLogger(__name__)
-
-# converter argument -> (engine calibrator class, the algorithm's name in a cache header)
-ALGORITHMS = {
-    "entropy": (rt.EntropyCalibrator2, "EntropyCalibration2"),
-    "minmax": (rt.MinMaxCalibrator, "MinMaxCalibration"),
-    "percentile": (rt.PercentileCalibrator, "PercentileCalibration"),
-}
 
 CAUSES_NO_BATCHES = """\
 engine node {name} received no inputs while calibrate() ran the graph. Likely causes:
   1. fetch_names do not depend on this engine (fetch the model's outputs)
   2. the engine sits in a branch the fed data never takes (tf.cond / Switch)
   3. a different graph was run: calibrate() runs the converter's converted graph"""
-
-
-class TableCalibrator(rt.Calibrator):
-    """Replays a stored calibration table: no batches, the cache is the answer."""
-
-    def __init__(self, table):
-        self.table = bytes(table)
-        head = self.table.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-        for name, (cls, cache_name) in ALGORITHMS.items():
-            if head.endswith("-" + cache_name):
-                self.algorithm = cls.algorithm
-                break
-        else:
-            raise TFIntegrationError(
-                f"calibration table header {head!r}; expected a TensorRT cache header "
-                "ending in one of: " + ", ".join(c for _, c in ALGORITHMS.values()))
-
-    def get_batch(self, names):
-        return None
-
-    def read_calibration_cache(self):
-        return self.table
 
 
 def check_algorithm(name):
@@ -126,34 +99,34 @@ def calibrate_engine_node(node, runs, algorithm="entropy", fp16_range_fallback=F
     kernel run FP16); ``fp16_range_fallback`` keeps those out of range in FP32."""
     cls = ALGORITHMS[algorithm][0]
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-    network = engine_storage.stored_network(node, segment_gd)
+    network = stored_network(node, segment_gd)
     workspace = get_attr(node, "max_workspace_size_bytes", 0)
     static = not get_attr(node, "is_dynamic_op", True)
     batches = [{f"input_{i}": a for i, a in enumerate(arrays)} for arrays in runs]
     if static or network:
         calibrator = cls(batches)
         if network:
-            plan = conversion.build_serialized_network_plan(
+            plan = build_serialized_network_plan(
                 network, "INT8", None, workspace, calibrator, range_inputs=batches,
                 fp16_range_fallback=fp16_range_fallback)
         else:
-            plan = conversion.build_plan(segment_gd, "INT8", None, workspace,
-                                         calibrator=calibrator,
-                                         max_batch_size=get_attr(node, "max_batch_size", 0),
-                                         range_inputs=batches,
-                                         fp16_range_fallback=fp16_range_fallback)
+            plan = build_plan(segment_gd, "INT8", None, workspace,
+                              calibrator=calibrator,
+                              max_batch_size=get_attr(node, "max_batch_size", 0),
+                              range_inputs=batches,
+                              fp16_range_fallback=fp16_range_fallback)
     else:
         # a segment that converts only at concrete shapes: calibrate at the first
         # batch's shapes, on the batches of those shapes
         shapes = [a.shape for a in runs[0]]
         same = [b for b, arrays in zip(batches, runs) if [a.shape for a in arrays] == shapes]
         calibrator = cls(same)
-        plan = conversion.build_plan(segment_gd, "INT8", shapes, workspace, calibrator=calibrator,
-                                     range_inputs=same, fp16_range_fallback=fp16_range_fallback)
+        plan = build_plan(segment_gd, "INT8", shapes, workspace, calibrator=calibrator,
+                          range_inputs=same, fp16_range_fallback=fp16_range_fallback)
     table = calibrator.read_calibration_cache()
     node.attr["calibration_table"].s = table
     # weights stay in the segment only (engine_storage.py), whatever format the node had
-    engine_storage.store(node, plan=plan if static else None, network=network)
+    store(node, plan=plan if static else None, network=network)
     logger.info("engine %s calibrated (%s) on %d batch(es): %d tensor ranges", node.name,
                 algorithm, len(runs), table.count(b"\n") - 1)
     return plan

@@ -13,12 +13,27 @@
 workflows/cli.py defines the options (without importing TensorFlow) and calls
 ``convert_command``, ``export_command`` and ``demo_command`` here.
 """
+import json
 import logging
 import os
 import sys
 import time
 
-from .errors import TFIntegrationError
+import numpy as np
+import tensorflow as tf
+
+from workflows.cli import CliError
+from workflows.cli_models import detect_kind, match_feeds, read_npz
+from workflows.progress import Progress, build_progress
+
+from .cli_models import check_node_names, read_graph_def
+from .engine_node import import_graph_def, runtime_mode
+from .errors import ConverterArgumentError, TFIntegrationError
+from .export import export_engines
+from .graph_converter import TrtGraphConverter
+from .graph_utils import freeze_keras_model
+from .report_html import write_converter_report_html
+from .saved_model import TrtGraphConverterV2
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +51,6 @@ def _calibration_feeds(path, graph_def, inputs):
     Keys name the graph's inputs (node 'x' or tensor 'x:0'); an .npz holding one
     array under another key (np.savez's 'arr_0') goes to the one input named by
     --inputs or, failing that, to the graph's only Placeholder."""
-    import numpy as np
-
-    from .errors import ConverterArgumentError
 
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
@@ -71,9 +83,6 @@ def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None,
     ``batch_size``, showing progress on ``stream`` (a bar on a terminal, lines
     otherwise; ``progress`` as workflows.progress.Progress's mode). Returns the INT8
     GraphDef."""
-    from workflows.progress import Progress
-
-    from .errors import ConverterArgumentError
 
     if batch_size < 1:
         raise ConverterArgumentError("--calib-batch-size", batch_size, "an int >= 1")
@@ -96,8 +105,6 @@ def calibrate_from_npz(conv, path, batch_size, outputs, inputs=(), stream=None,
 
 
 def _check_convert_options(args, kind):
-    from workflows.cli import CliError
-
     if (args.precision == "INT8") != (args.calib_data is not None):
         raise CliError("--calib-data", "missing" if args.calib_data is None else
                        f"given with --precision {args.precision.lower()}",
@@ -127,26 +134,15 @@ def _check_convert_options(args, kind):
 
 def _write_reports(args, report, converter):
     """--report-json: converter.report as JSON; --report-html: the page drawing the
-    conversion (tf_integration/report_html.py, imported only when asked for)."""
-    import json
-
+    conversion (tf_integration/report_html.py)."""
     if args.report_json:
         with open(args.report_json, "w") as f:
             json.dump(report, f, indent=1, sort_keys=True, default=str)
     if args.report_html:
-        try:
-            from .report_html import write_converter_report_html
-        except ImportError as exc:
-            from workflows.cli import CliError
-            raise CliError("--report-html", f"the HTML report is not available ({exc})",
-                           "tf_integration/report_html.py in this installation") from exc
         write_converter_report_html(converter, args.report_html)
 
 
 def _convert_graph_def(args):
-    from .cli_models import check_node_names, read_graph_def
-    from .converter import TrtGraphConverter
-
     gd = read_graph_def(args.model)
     outputs, denylist = _names(args.outputs), _names(args.denylist)
     check_node_names(gd, outputs, "--outputs", args.model)
@@ -174,8 +170,6 @@ def _convert_graph_def(args):
 
 def _signature_batches(conv, path, batch_size, inputs_by_sig):
     """INT8 calibration input for TrtGraphConverterV2: the .npz arrays by signature input."""
-    from workflows.cli_models import match_feeds, read_npz
-
     arrays = read_npz(path, "--calib-data")
     feeds = {key: match_feeds(arrays, specs, path, "--calib-data")
              for key, specs in inputs_by_sig.items()}
@@ -190,9 +184,6 @@ def _signature_batches(conv, path, batch_size, inputs_by_sig):
 
 
 def _sig_inputs(path, signature):
-    import numpy as np
-    import tensorflow as tf
-
     loaded = tf.saved_model.load(path)
     keys = [signature] if signature else sorted(loaded.signatures)
     out = {}
@@ -203,11 +194,6 @@ def _sig_inputs(path, signature):
 
 
 def _convert_saved_model(args):
-    from workflows.cli import CliError
-
-    from .errors import ConverterArgumentError
-    from .saved_model import TrtGraphConverterV2
-
     if args.denylist or args.inputs or args.outputs:
         raise CliError("--denylist/--inputs/--outputs", "given for a SavedModel",
                        "none of them: a SavedModel's signatures name its inputs and outputs "
@@ -243,9 +229,6 @@ def _convert_saved_model(args):
 
 def _build_inputs(conv, batch):
     """Engines built ahead at batch ``batch``: random inputs of the signatures' shapes."""
-    import numpy as np
-
-    from workflows.cli import CliError
 
     fns = {}
     for key, sig in conv._signatures.items():      # noqa: SLF001 - specs of converted sigs
@@ -268,10 +251,6 @@ def _build_inputs(conv, batch):
 
 def convert_command(args):
     """``cupyrt convert``: a .pb to a .pb, a SavedModel directory to a SavedModel directory."""
-    from workflows.cli_models import detect_kind
-    from workflows.progress import build_progress
-
-    from workflows.cli import CliError
 
     kind = detect_kind(args.model)
     if kind not in ("graphdef", "savedmodel"):
@@ -286,9 +265,6 @@ def convert_command(args):
 
 
 def export_command(args):
-    from .cli_models import read_graph_def
-    from .export import export_engines
-
     gd = read_graph_def(args.graph, "GRAPH")
     outputs = [o if ":" in o else f"{o}:0" for o in _names(args.outputs)]
     paths = export_engines(gd, args.outdir, model_outputs=outputs or None)
@@ -299,24 +275,17 @@ def export_command(args):
 def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, out=sys.stdout):
     """The main job: freeze a bundled Keras model, convert it, run both graphs in TF
     sessions; report converted share, max error and both timings. Returns the report."""
-    import numpy as np
-    import tensorflow as tf
-
-
-    from .converter import TrtGraphConverter
-    from .engine_node import import_graph_def
-    from .graph_utils import freeze_keras_model
 
     if legacy_keras:
         try:
-            import tf_keras as keras
+            import tf_keras as keras  # optional dependency (--legacy-keras)
         except ImportError as exc:
             raise TFIntegrationError(
                 f"--legacy-keras: tf_keras is not installed ({exc}); expected it beside TensorFlow: "
                 "`pip install --no-deps \"tf_keras==<TensorFlow's major.minor>.*\"` (its metadata "
                 "asks for the `tensorflow` package, which must not land beside tensorflow-cpu)") from exc
     else:
-        import keras
+        import keras  # Keras 3, TensorFlow's own front end (the default)
     keras.utils.set_random_seed(0)
     net = getattr(keras.applications, model)(weights=None, input_shape=(size, size, 3))
     gd, ins, outs = freeze_keras_model(net)
@@ -366,8 +335,6 @@ def run_demo(model="ResNet50", size=224, batch=4, legacy_keras=False, runs=3, ou
 
 def _backend_name():
     """Where the converted graph's engine nodes run: "cupy", "numpy" or "tensorflow"."""
-    from .engine_node import runtime_mode
-
     return runtime_mode()
 
 

@@ -17,12 +17,15 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from workflows.cli import CliError
+from workflows.cli import _names as split_names
 
 from engine import plan as planfile
 
-from . import engine_storage
-from .engine_node import ENGINE_OP, import_with_runners
+from .engine_node import ENGINE_OP, EngineRunner, build_engine, import_with_runners
+from .engine_storage import SEGMENT, WEIGHTS_ATTR, stored_network, stored_plan
 from .graph_utils import get_attr
+from .saved_model_runtime import (PREBUILT_PLANS, PREBUILT_SHAPES, bound_engine, engine_blobs,
+                                  load_saved_model)
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,6 @@ def _set_backend(backend):
 
 class GraphModel:
     """An original or converted frozen GraphDef, run in one tf.compat.v1.Session."""
-
     kind = "graphdef"
 
     def __init__(self, path, outputs=(), backend="auto", graph_def=None, label=None):
@@ -140,17 +142,14 @@ class GraphModel:
 
 class SavedModelModel:
     """A SavedModel directory (original or converted), one signature."""
-
     kind = "savedmodel"
 
     def __init__(self, path, signature=None, backend="auto", outputs=()):
-        from . import saved_model_runtime as smr
-
         _set_backend(backend)
         self.path = path
         try:
-            self.keys = list(smr.engine_blobs(path))
-            self.loaded = smr.load_saved_model(path)
+            self.keys = list(engine_blobs(path))
+            self.loaded = load_saved_model(path)
         except (OSError, ValueError, DecodeError) as exc:
             raise CliError(f"MODEL {path!r}", f"not a loadable SavedModel ({exc})",
                            "a SavedModel directory written by TensorFlow or cupyrt convert"
@@ -174,7 +173,7 @@ class SavedModelModel:
             raise CliError("--outputs", f"{bad} not outputs of signature {key!r}",
                            f"some of {names}")
         self.output_names = list(outputs) or names
-        self.engines = [smr.bound_engine(k) for k in self.keys]
+        self.engines = [bound_engine(k) for k in self.keys]
         if backend == "tensorflow":
             for e in self.engines:            # the segments' own ops, in this process
                 for r in _runners(e):
@@ -204,8 +203,6 @@ class SavedModelModel:
 def _runners(saved_engine):
     """The EngineRunners of a SavedEngine: its own, and one per engine built ahead
     where those are runners of their own."""
-    from .engine_node import EngineRunner
-
     ahead = getattr(saved_engine, "prebuilt", {}) or {}
     return [saved_engine.runner] + [r for r in ahead.values() if isinstance(r, EngineRunner)]
 
@@ -224,8 +221,7 @@ def open_tf_model(path, kind, args):
 
 
 def _names(values):
-    from workflows.cli import _names as split
-    return split(values)
+    return split_names(values)
 
 
 # ---------------------------------------------------------------------------- inspect
@@ -233,9 +229,8 @@ def _names(values):
 def engine_nodes(path, kind):
     """(engine NodeDefs, {what the model holds besides}) of a .pb or SavedModel."""
     if kind == "savedmodel":
-        from . import saved_model_runtime as smr
         try:
-            blobs = smr.engine_blobs(path)
+            blobs = engine_blobs(path)
         except (OSError, ValueError, DecodeError) as exc:
             raise CliError(f"FILE {path!r}", f"not a readable SavedModel ({exc})",
                            "a SavedModel directory") from exc
@@ -250,8 +245,6 @@ def engine_nodes(path, kind):
 def engine_entries(path, kind, built=False):
     """Per engine node: its attributes and the engine to describe: ("plan", bytes) for a
     static engine (and every plan built ahead), ("network", bytes) for a dynamic one."""
-    from . import saved_model_runtime as smr
-
     nodes, totals = engine_nodes(path, kind)
     entries = []
     for node in nodes:
@@ -264,13 +257,12 @@ def engine_entries(path, kind, built=False):
                  "max_batch_size": get_attr(node, "max_batch_size", 0), "engines": []}
         if entry["static"]:
             entry["engines"].append(("plan", "static plan: the optimised network as built (after "
-                                     "the builder's passes)", engine_storage.stored_plan(node)))
+                                     "the builder's passes)", stored_plan(node)))
         else:
-            net = engine_storage.stored_network(node)
+            net = stored_network(node)
             if net is None:
                 entry["note"] = "converts only at concrete input shapes: built per shape"
             elif built:
-                from .engine_node import build_engine
                 table = node.attr["calibration_table"].s if entry["calibrated"] else None
                 # an INT8 engine not calibrated yet runs FP32 (engine_node.EngineRunner)
                 prec = "FP32" if entry["precision"] == "INT8" and not table else \
@@ -281,16 +273,16 @@ def engine_entries(path, kind, built=False):
             else:
                 entry["engines"].append(("network", "network as converted (before the "
                                          "builder's passes; --built shows it after)", net))
-        shapes = get_attr(node, smr.PREBUILT_SHAPES, [])
-        plans = list(node.attr[smr.PREBUILT_PLANS].list.s) if smr.PREBUILT_PLANS in node.attr \
+        shapes = get_attr(node, PREBUILT_SHAPES, [])
+        plans = list(node.attr[PREBUILT_PLANS].list.s) if PREBUILT_PLANS in node.attr \
             else []
         for s, plan in zip(shapes, plans):
             if planfile.is_stripped(plan):        # stored without weights: from the segment
                 fixed = tf.compat.v1.NodeDef()
                 fixed.CopyFrom(node)
                 fixed.attr["serialized_plan"].s = plan
-                fixed.attr[engine_storage.WEIGHTS_ATTR].s = engine_storage.SEGMENT
-                plan = engine_storage.stored_plan(fixed, segment)
+                fixed.attr[WEIGHTS_ATTR].s = SEGMENT
+                plan = stored_plan(fixed, segment)
             entry["engines"].append(("plan", f"built ahead for input shapes {s} (after the "
                                      "builder's passes)", plan))
         entries.append(entry)

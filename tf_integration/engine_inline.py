@@ -3,7 +3,7 @@
 Where engines do not run (no CUDA device and no backend asked for), the
 fastest thing an engine node can do is to be the TensorFlow ops it replaced:
 no Python call, no copy, and TensorFlow's own graph optimisations across it.
-The segment GraphDef (conversion.py) is spliced back in:
+The segment GraphDef (segment_to_engine.py) is spliced back in:
 
     x --> CupyrtEngine_0 (engine node) --> y
 becomes
@@ -15,14 +15,14 @@ name works unchanged; the engine node's control inputs move onto it.
 """
 import tensorflow as tf
 
-from . import conversion
 from .graph_utils import parse_input, tensor_name
+from .segment_to_engine import segment_io
 
 
 def inline_engine_node(node):
     """The NodeDefs that replace engine node ``node`` (see module docstring)."""
     segment = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-    ins, outs = conversion.segment_io(segment)
+    ins, outs = segment_io(segment)
     data = [i for i in node.input if not i.startswith("^")]
     controls = [i for i in node.input if i.startswith("^")]
     fed = dict(zip(ins, data))              # segment placeholder -> the tensor it stands for

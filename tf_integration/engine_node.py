@@ -3,7 +3,7 @@
 In the GraphDef an engine node is a node of op type ``CupyrtEngineOp`` whose
 attributes carry everything it needs (so a saved .pb is self-contained):
 
-    segment_graph   the segment as its own GraphDef (conversion.py): what TF runs
+    segment_graph   the segment as its own GraphDef (segment_to_engine.py): what TF runs
                     when an engine cannot, and the one copy of the segment's weights
     serialized_network  the converted network (dynamic engines), stored without
                     weights (engine_storage.py); empty when the segment only
@@ -47,14 +47,19 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import script_ops
 
+import engine as rt
 from engine import exchange
+from engine import plan as planfile
 from engine.backends import requested
 from engine.gpu.device import available as cuda_available
 
-from . import conversion, engine_storage, integrity
+from .calibration_table import TableCalibrator
 from .engine_inline import inline_engine_node
+from .engine_storage import plan_with_weights, store, stored_network, stored_plan
 from .errors import EngineNodeError
 from .graph_utils import get_attr
+from .integrity import seal, verify
+from .segment_to_engine import build_plan, build_serialized_network_plan, segment_io
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +77,6 @@ NO_PLAN = "static engine without a plan"
 
 class EngineFallbackWarning(UserWarning):
     """An engine could not be built or run; the TensorFlow segment ran instead."""
-
 
 def runtime_mode():
     """Where engine nodes run in this process: "cupy" or "numpy" when
@@ -104,7 +108,7 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
     node.input.extend(segment.inputs)
     node.input.extend(f"^{c}" for c in segment.control_inputs)
     node.attr["segment_graph"].s = segment_gd.SerializeToString()
-    engine_storage.store(node, plan=plan, network=network)
+    store(node, plan=plan, network=network)
     node.attr["Tin"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.inputs)
     node.attr["Tout"].list.type.extend(graph.dtype(t).as_datatype_enum for t in segment.outputs)
     for key, tensors in (("input_shapes", segment.inputs), ("output_shapes", segment.outputs)):
@@ -116,7 +120,7 @@ def make_engine_node(name, segment, segment_gd, graph, plan, params, network=Non
     node.attr["max_workspace_size_bytes"].i = int(params["max_workspace_size_bytes"] or 0)
     node.attr["use_calibration"].b = bool(params.get("use_calibration", False))
     node.attr["calibration_table"].s = b""
-    return integrity.seal(node)
+    return seal(node)
 
 
 class EngineRunner:
@@ -125,10 +129,9 @@ class EngineRunner:
     ``eager_call`` is what the EagerPyFunc node calls (TF eager tensors in and
     out); calling the runner itself takes and returns host arrays (tools, tests).
     """
-
     def __init__(self, node, mode=None, verified=False):
         if not verified:          # ``verified``: the caller checked this very node already
-            integrity.verify(node)
+            verify(node)
         self.name = node.name
         self.key = engine_key(node)
         self.mode = mode or runtime_mode()
@@ -166,7 +169,7 @@ class EngineRunner:
     def static_plan(self):
         """The static plan with its weights (rebuilt from the segment once), or None."""
         if self._plan is None and self.has_plan:
-            self._plan = engine_storage.stored_plan(self.node, self.segment_gd)
+            self._plan = stored_plan(self.node, self.segment_gd)
         return self._plan
 
     @property
@@ -174,7 +177,7 @@ class EngineRunner:
         """The dynamic engine's network with its weights (derived once), or None when
         the segment converts only at concrete shapes."""
         if self._network is None:
-            self._network = engine_storage.stored_network(self.node, self.segment_gd) or b""
+            self._network = stored_network(self.node, self.segment_gd) or b""
         return self._network or None
 
     # ------------------------------------------------------------------ engines
@@ -188,9 +191,6 @@ class EngineRunner:
     def _ahead_context(self, shapes):
         """The execution context of the engine added for ``shapes``, or None when it
         cannot load (then it is dropped, and the shapes are served as any other)."""
-        import engine as rt
-        from engine import plan as planfile
-
         ctx = self.ahead[shapes]
         if not isinstance(ctx, bytes):
             return ctx
@@ -198,8 +198,8 @@ class EngineRunner:
             plan = ctx
             if planfile.is_stripped(plan):
                 # the donor of the weights is built as the plan was (build_engine)
-                plan = engine_storage.plan_with_weights(self.node, plan, self.segment_gd,
-                                                        shapes, self.network)
+                plan = plan_with_weights(self.node, plan, self.segment_gd,
+                                         shapes, self.network)
             ctx = rt.Runtime(backend=self.mode).deserialize_cuda_engine(
                 plan).create_execution_context()
         except Exception as exc:      # noqa: BLE001 - any failure: serve the shapes as usual
@@ -213,8 +213,6 @@ class EngineRunner:
 
     def _context(self, shapes):
         """An execution context for these input shapes, or None (run natively)."""
-        import engine as rt
-
         if self.pending and self.calibration_inputs is None and not self.stats["pending_warned"]:
             self.stats["pending_warned"] += 1
             logger.warning("engine %s is INT8 but not calibrated yet: it runs FP32 until "
@@ -381,7 +379,7 @@ class EngineRunner:
                 tf.compat.v1.import_graph_def(self.segment_gd, name="")
 
             wrapped = tf.compat.v1.wrap_function(body, [])
-            ins, outs = conversion.segment_io(self.segment_gd)
+            ins, outs = segment_io(self.segment_gd)
             graph = wrapped.graph
             self._native = wrapped.prune([graph.as_graph_element(f"{n}:0") for n in ins],
                                          [graph.as_graph_element(f"{n}:0") for n in outs])
@@ -395,14 +393,13 @@ def build_engine(segment_gd, precision, shapes, workspace, network=None, table=N
     builds replay the stored calibration ``table`` (no calibration at run time)."""
     calibrator = None
     if precision == "INT8" and table:
-        from .calibration import TableCalibrator
         calibrator = TableCalibrator(table)
     if network is not None:
-        return conversion.build_serialized_network_plan(network, precision, input_shapes=shapes,
-                                                        max_workspace_size_bytes=workspace,
-                                                        calibrator=calibrator)
-    return conversion.build_plan(segment_gd, precision, input_shapes=shapes,
-                                 max_workspace_size_bytes=workspace, calibrator=calibrator)
+        return build_serialized_network_plan(network, precision, input_shapes=shapes,
+                                             max_workspace_size_bytes=workspace,
+                                             calibrator=calibrator)
+    return build_plan(segment_gd, precision, input_shapes=shapes,
+                      max_workspace_size_bytes=workspace, calibrator=calibrator)
 
 
 # ---------------------------------------------------------------------------- import
@@ -434,7 +431,7 @@ def runnable_graph_def(graph_def, inline=None):
     """
     for node in graph_def.node:
         if node.op == ENGINE_OP:
-            integrity.verify(node)
+            verify(node)
     mode = runtime_mode()
     if inline is None:
         inline = mode == "tensorflow"

@@ -23,7 +23,9 @@ import tensorflow as tf
 import engine as rt
 from engine import plan as planfile
 
-from . import conversion, integrity
+from .calibration_table import TableCalibrator
+from .integrity import seal
+from .segment_to_engine import build_network, build_plan
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def store(node, plan=None, network=None):
     node.attr["serialized_plan"].s = planfile.strip_weights(plan) if plan else b""
     node.attr["serialized_network"].s = planfile.strip_weights(network) if network else b""
     node.attr[WEIGHTS_ATTR].s = SEGMENT
-    integrity.seal(node)
+    seal(node)
 
 
 def weights_in_segment(node):
@@ -58,7 +60,7 @@ def stored_network(node, segment_gd=None):
         return None
     if not weights_in_segment(node):
         return data
-    _, network = conversion.build_network(_segment(node, segment_gd))
+    _, network = build_network(_segment(node, segment_gd))
     rebuilt = rt.serialize_network(network)
     try:
         return planfile.attach_weights(data, rebuilt)
@@ -95,13 +97,13 @@ def plan_with_weights(node, data, segment_gd=None, input_shapes=None, network=No
     doc, _ = planfile.loads(data)
     flags = doc.get("engine", {}).get("flags", [])
     table = node.attr["calibration_table"].s if "calibration_table" in node.attr else b""
-    calibrator = _table_calibrator(table) if "INT8" in flags and table else None
+    calibrator = TableCalibrator(table) if "INT8" in flags and table else None
     if network is not None:
         network = rt.deserialize_network(network)
         for i, shape in enumerate(input_shapes or ()):
             network.get_tensor(f"input_{i}").shape = tuple(shape)
     else:
-        _, network = conversion.build_network(segment_gd, input_shapes)
+        _, network = build_network(segment_gd, input_shapes)
     builder = rt.Builder()
     config = builder.create_builder_config()
     config.backend = "numpy"            # weights only: no tactic timing on any device
@@ -115,11 +117,7 @@ def plan_with_weights(node, data, segment_gd=None, input_shapes=None, network=No
         logger.warning("engine %s: %s; building the engine again (tactics are timed again)",
                        node.name, exc)
         precision = "INT8" if "INT8" in flags else "FP16" if "FP16" in flags else "FP32"
-        return conversion.build_plan(segment_gd, precision, input_shapes=input_shapes,
-                                     calibrator=calibrator)
+        return build_plan(segment_gd, precision, input_shapes=input_shapes,
+                          calibrator=calibrator)
 
 
-def _table_calibrator(table):
-    # imported here: calibration imports engine_node, which imports this module
-    from .calibration import TableCalibrator
-    return TableCalibrator(table)

@@ -32,10 +32,11 @@ import tensorflow as tf
 import engine as rt
 from engine.atomic_file import write_bytes
 
-from . import conversion, engine_storage
+from .engine_storage import stored_network
 from .engine_node import ENGINE_OP
 from .errors import EngineNodeError
 from .graph_utils import get_attr, parse_input, tensor_name
+from .segment_to_engine import build_network, example_shapes, segment_io
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +47,19 @@ MANIFEST_VERSION = 1
 def engine_network_bytes(node):
     """The engine node's network as engine.serialize_network bytes, and whether
     its input shapes had to be fixed (a segment that converts only at concrete shapes)."""
-    stored = engine_storage.stored_network(node)      # weights rebuilt from the segment
+    stored = stored_network(node)      # weights rebuilt from the segment
     if stored:
         return stored, False
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
     try:
-        _, network = conversion.build_network(segment_gd)
+        _, network = build_network(segment_gd)
         fixed = False
     except rt.NetworkDefinitionError as exc:
         batch = get_attr(node, "max_batch_size", 0) or 1
-        shapes = conversion.example_shapes(segment_gd, batch)
+        shapes = example_shapes(segment_gd, batch)
         logger.warning("engine %s converts only at concrete shapes (%s); exporting it for "
                        "input shapes %s", node.name, exc, shapes)
-        _, network = conversion.build_network(segment_gd, input_shapes=shapes)
+        _, network = build_network(segment_gd, input_shapes=shapes)
         fixed = True
     return rt.serialize_network(network), fixed
 
@@ -81,7 +82,7 @@ def engine_manifest_entry(node, network_bytes, file_name, fixed_shapes=False):
     """What a user needs to run one exported network without TensorFlow."""
     network = rt.deserialize_network(network_bytes)
     segment_gd = tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s)
-    _, out_names = conversion.segment_io(segment_gd)
+    _, out_names = segment_io(segment_gd)
     by_name = {n.name: n for n in segment_gd.node}
     ins = [i for i in node.input if not i.startswith("^")]
     outs = [by_name[n].input[0] for n in out_names]

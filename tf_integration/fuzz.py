@@ -36,8 +36,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from . import fuzz_ops
-from .converter import TrtGraphConverter
+from .fuzz_ops import Builder, control_flow_version
+from .graph_converter import TrtGraphConverter
 from .engine_node import ENGINE_OP, EngineFallbackWarning, import_graph_def
 from .graph_utils import NON_COMPUTE_OPS
 
@@ -128,8 +128,8 @@ def generate(seed, max_ops=8):
     dynamic = bool(rng.random() < 0.6)
     min_seg = int(rng.choice([1, 1, 2, 3]))
     g = tf.Graph()
-    with g.as_default(), fuzz_ops.control_flow_version(rng):
-        builder = fuzz_ops.Builder(rng, exact=precision == "FP32", dynamic=dynamic)
+    with g.as_default(), control_flow_version(rng):
+        builder = Builder(rng, exact=precision == "FP32", dynamic=dynamic)
         builder.add_inputs()
         for _ in range(int(rng.integers(2, max_ops + 1))):
             builder.step()

@@ -15,6 +15,7 @@ import contextlib
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 DIMS = (1, 1, 2, 3, 4, 5, 6, 8)
 
@@ -45,8 +46,6 @@ UNSUPPORTED = ("Cumsum", "ReverseV2", "Atan2", "Cumprod")
 @contextlib.contextmanager
 def control_flow_version(rng):
     """Loops as TF2 functional While ops or as lowered v1 frames, at random."""
-    from tensorflow.python.ops import control_flow_util
-
     was_v2 = control_flow_util.ENABLE_CONTROL_FLOW_V2
     if rng.random() < 0.5:
         tf.compat.v1.disable_control_flow_v2()

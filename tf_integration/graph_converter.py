@@ -30,17 +30,19 @@ import tensorflow as tf
 import engine as rt
 from engine.atomic_file import write_bytes
 
-from . import calibration, conversion, registry
+from .calibration import calibrate_graph, check_algorithm, collect_engine_inputs
 from .converters.quantization import QDQ_OPS
 from .engine_node import ENGINE_OP, make_engine_node, runtime_stats
 from .errors import ConverterArgumentError, TFIntegrationError
 from .graph_utils import (GraphIndex, NON_COMPUTE_OPS, ROOT_FRAME, check_graph_def,
                           check_importable, node_of, parse_input, tensor_name)
+from .loop_frames import drop_unused_functions
+from .registry import Reason, supported_ops, validate
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
-from .loop_frames import drop_unused_functions
-from .registry import Reason
 from .rnn_loops import rewrite_rnn_loops
+from .segment_to_engine import (PRECISIONS, build_network, build_plan, engine_layer_histogram,
+                                engine_precision_histogram, example_shapes, segment_graph_def)
 from .segmenter import histogram, segment_graph
 from .summary import format_summary
 
@@ -67,10 +69,10 @@ class TrtGraphConverter:
         if not isinstance(input_graph_def, tf.compat.v1.GraphDef):
             raise ConverterArgumentError("input_graph_def", type(input_graph_def).__name__,
                                          "a tf.compat.v1.GraphDef (a frozen graph)")
-        if precision_mode not in conversion.PRECISIONS:
+        if precision_mode not in PRECISIONS:
             raise ConverterArgumentError("precision_mode", precision_mode,
-                                         "one of " + ", ".join(conversion.PRECISIONS))
-        calibration.check_algorithm(calibration_algorithm)
+                                         "one of " + ", ".join(PRECISIONS))
+        check_algorithm(calibration_algorithm)
         self.fp16_range_fallback = check_fp16_range_fallback(fp16_range_fallback)
         for arg, value, low in (("minimum_segment_size", minimum_segment_size, -1),
                                 ("maximum_cached_engines", maximum_cached_engines, 1),
@@ -126,7 +128,7 @@ class TrtGraphConverter:
         t0 = time.perf_counter()
         # engine nodes (a graph converted before) and ops a converter is registered for
         # are ours to run even where TensorFlow has no kernel for them
-        check_graph_def(self.input_graph_def, known_ops={ENGINE_OP, *registry.supported_ops()})
+        check_graph_def(self.input_graph_def, known_ops={ENGINE_OP, *supported_ops()})
         known = {n.name for n in self.input_graph_def.node}
         missing = [n for n in self.nodes_denylist if n not in known]
         if missing:
@@ -143,17 +145,17 @@ class TrtGraphConverter:
         check_importable(graph)          # shapes or types that disagree: TF's message, typed
         failed = {}          # node -> why its converter failed: left to TF, segment again
 
-        def validate(node, graph):
+        def validate_unless_failed(node, graph):
             if node.name in failed:
                 return Reason(Reason.CONVERSION_FAILED, failed[node.name])
-            return registry.validate(node, graph)
+            return validate(node, graph)
 
         for attempt in range(MAX_RESEGMENTATIONS + 1):
-            result = segment_graph(graph, validate, keep, self.params["minimum_segment_size"])
+            result = segment_graph(graph, validate_unless_failed, keep, self.params["minimum_segment_size"])
             engines, engine_nodes, reasons = [], [], dict(result.reasons)
             retry = False
             for seg in result.segments:
-                seg_gd = conversion.segment_graph_def(graph, seg)
+                seg_gd = segment_graph_def(graph, seg)
                 try:
                     plan, network = self._check_or_build(seg_gd)
                 except (TFIntegrationError, ValueError, RuntimeError, TypeError) as exc:
@@ -194,19 +196,18 @@ class TrtGraphConverter:
         ``(plan, network bytes)``. Static engines get the built plan; dynamic ones
         the serialized network, built per input shape at run time."""
         if not self.params["is_dynamic_op"]:
-            return conversion.build_plan(seg_gd, self._build_precision,
-                                         max_workspace_size_bytes=self.params[
-                                             "max_workspace_size_bytes"],
-                                         max_batch_size=self.params["max_batch_size"]), None
+            return build_plan(seg_gd, self._build_precision,
+                              max_workspace_size_bytes=self.params["max_workspace_size_bytes"],
+                              max_batch_size=self.params["max_batch_size"]), None
         try:
-            _, network = conversion.build_network(seg_gd)
+            _, network = build_network(seg_gd)
         except rt.NetworkDefinitionError as exc:
             # Some layers need concrete dims (e.g. a slice across the batch dim); a
             # dynamic engine only ever sees concrete shapes, so check with one. Such a
             # network is only valid at those shapes: store none, convert per shape.
-            shapes = conversion.example_shapes(seg_gd, self.params["max_batch_size"])
+            shapes = example_shapes(seg_gd, self.params["max_batch_size"])
             logger.debug("segment needs concrete shapes (%s); checking with %s", exc, shapes)
-            conversion.build_network(seg_gd, input_shapes=shapes)
+            build_network(seg_gd, input_shapes=shapes)
             return None, None
         return None, rt.serialize_network(network)
 
@@ -279,8 +280,8 @@ class TrtGraphConverter:
                "outputs": [_tensor_report(graph, t) for t in seg.outputs],
                "ops": histogram(graph, seg.nodes), "members": list(seg.nodes)}
         if plan is not None:
-            rep["layers"] = conversion.engine_layer_histogram(plan)
-            rep["layer_precisions"] = conversion.engine_precision_histogram(plan)
+            rep["layers"] = engine_layer_histogram(plan)
+            rep["layer_precisions"] = engine_precision_histogram(plan)
             rep["plan_bytes"] = len(plan)
         return rep
 
@@ -341,18 +342,18 @@ class TrtGraphConverter:
             raise TFIntegrationError("calibrate() was already called for this conversion; "
                                      "call convert() again to recalibrate")
         t0 = time.perf_counter()
-        inputs = calibration.collect_engine_inputs(self.converted_graph_def, fetch_names,
-                                                   num_runs, feed_dict_fn, input_map_fn)
-        out, plans = calibration.calibrate_graph(self.converted_graph_def, inputs,
-                                                 self.calibration_algorithm,
-                                                 self.fp16_range_fallback)
+        inputs = collect_engine_inputs(self.converted_graph_def, fetch_names,
+                                       num_runs, feed_dict_fn, input_map_fn)
+        out, plans = calibrate_graph(self.converted_graph_def, inputs,
+                                     self.calibration_algorithm,
+                                     self.fp16_range_fallback)
         self.converted_graph_def, self.calibrated = out, True
         for rep in self.report["engines"]:
             rep["calibration_batches"] = len(inputs.get(rep["name"], ()))
             if rep["name"] in plans:
                 rep["fp16_range"] = fp16_range_findings(plans[rep["name"]])
             if rep["static"]:
-                rep["layer_precisions"] = conversion.engine_precision_histogram(plans[rep["name"]])
+                rep["layer_precisions"] = engine_precision_histogram(plans[rep["name"]])
                 rep["plan_bytes"] = len(plans[rep["name"]])
         self.report["calibration"] = {"algorithm": self.calibration_algorithm,
                                       "num_runs": num_runs,

@@ -6,10 +6,13 @@ they ask over and over (who consumes this tensor, what is its static shape, is
 it a constant) without re-walking the proto.
 """
 import collections
+import heapq
 import logging
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from .errors import GraphError
 
@@ -127,9 +130,6 @@ def freeze_keras_model(model, input_shapes=None):
     takes any batch, as a served model does. ``input_shapes`` overrides the
     model's declared input shapes (a list, one per input, batch included).
     """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
-
     inputs = model.inputs if hasattr(model, "inputs") and model.inputs else None
     if input_shapes is None:
         if inputs is None:
@@ -169,8 +169,6 @@ def for_shape_inference(graph_def):
     any other single-typed op as a Placeholder of unknown shape. TensorFlow then infers
     the shapes of everything else, instead of nothing (an import fails on the first
     unknown op). Nodes whose other outputs are read still fail the import, as before."""
-    from tensorflow.python.framework import op_def_registry
-
     unknown = {n.name for n in graph_def.node if op_def_registry.get(n.op) is None}
     if not unknown:
         return graph_def
@@ -227,7 +225,6 @@ def _called(attrs):
 class Frame:
     """One lowered while loop (TF's executor frame): named by its Enter nodes'
     ``frame_name``; ``parent`` is the enclosing frame (ROOT_FRAME at top level)."""
-
     __slots__ = ("name", "parent", "enters", "exits", "members")
 
     def __init__(self, name, parent):
@@ -245,7 +242,6 @@ class GraphIndex:
     Shapes and dtypes come from importing the graph into a scratch ``tf.Graph``
     (TensorFlow's own shape functions), so every op TF knows gets a shape.
     """
-
     def __init__(self, graph_def, infer_shapes=True):
         self.graph_def = graph_def
         self.nodes = collections.OrderedDict()
@@ -311,7 +307,6 @@ class GraphIndex:
         """
         if self._topo is not None:
             return list(self._topo)
-        import heapq
 
         indeg = {n: sum(1 for i in self.nodes[n].input if not self.is_back_edge(node_of(i)))
                  for n in self.nodes}
@@ -437,7 +432,6 @@ def check_graph_def(graph_def, known_ops=(), what="input_graph_def"):
     missing, or an attribute value outside the op's allowed values. Checked against
     TensorFlow's op registry, not by importing the graph: an import costs as much
     as the shape inference that follows, and its message names one node only."""
-    from tensorflow.python.framework import op_def_registry
     if not graph_def.node:
         raise GraphError(f"{what} has no nodes; expected a frozen graph (e.g. from "
                          "convert_variables_to_constants_v2) with at least one node")
@@ -484,7 +478,6 @@ def check_importable(graph, what="input_graph_def"):
     although every op is known (shapes or types that disagree, e.g. a placeholder of
     width 5 into a 4-row MatMul) is an error; TensorFlow's message names the node.
     Graphs with ops only we run (engine nodes) are imported without shapes, as before."""
-    from tensorflow.python.framework import op_def_registry
     exc = graph.infer_error
     functions = {f.signature.name for f in graph.graph_def.library.function}
     if exc is None or any(op_def_registry.get(n.op) is None and n.op not in functions

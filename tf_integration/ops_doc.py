@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 
-from . import registry, tftrt_ops
+from .registry import lookup, supported_ops, supported_ops_markdown
+from .tftrt_ops import TFTRT_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +37,26 @@ conversion summary says why.
 
 
 def render():
-    ours = set(registry.supported_ops())
-    theirs = set(tftrt_ops.TFTRT_OPS)
+    ours = set(supported_ops())
+    theirs = set(TFTRT_OPS)
     excluded = sorted(theirs - ours)
     totals = [
         f"- {len(ours)} ops registered in cupyrt, in "
-        f"{len({registry.lookup(op).family for op in ours})} families.",
+        f"{len({lookup(op).family for op in ours})} families.",
         f"- {len(theirs)} ops in TF-TRT's converter list; {len(theirs & ours)} of them "
         f"registered here.",
         f"- {len(excluded)} TF-TRT ops not registered: " + (", ".join(excluded) or "none")
         + " (reasons in the table).",
         f"- {len(ours - theirs)} cupyrt ops TF-TRT does not convert.",
     ]
-    return _HEAD + registry.supported_ops_markdown() + "\n## Totals\n\n" + "\n".join(totals) + "\n"
+    return _HEAD + supported_ops_markdown() + "\n## Totals\n\n" + "\n".join(totals) + "\n"
 
 
 def render_families():
     """The README's table: every registered op, grouped by converter family."""
     by_family = {}
-    for op in registry.supported_ops():
-        by_family.setdefault(registry.lookup(op).family, []).append(op)
+    for op in supported_ops():
+        by_family.setdefault(lookup(op).family, []).append(op)
     lines = ["| family | TF ops |", "|---|---|"]
     lines += [f"| {fam} | {', '.join(ops)} |" for fam, ops in sorted(by_family.items())]
     return "\n".join(lines)
@@ -100,7 +101,7 @@ def main(argv=None):
     for path, content in ((args.path, text), (args.readme, readme)):
         with open(path, "w") as f:
             f.write(content)
-    logger.info("wrote %s (%d ops)", args.path, len(registry.supported_ops()))
+    logger.info("wrote %s (%d ops)", args.path, len(supported_ops()))
     return 0
 
 

@@ -14,6 +14,8 @@ import logging
 import tensorflow as tf
 
 from .errors import RegistryError
+from .graph_utils import node_dtype
+from .tftrt_ops import EXCLUDED, TFTRT_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +123,6 @@ def validate(node, graph):
     if entry is None:
         return Reason(Reason.NOT_SUPPORTED, f"no converter for op {node.op}")
     if entry.dtypes is not None:
-        from .graph_utils import node_dtype
-
         dt = node_dtype(node)
         if dt is not None and dt not in entry.dtypes:
             return Reason(Reason.ATTRIBUTE, f"dtype {dt.name} not supported by {node.op}; "
@@ -146,7 +146,6 @@ def supported_ops_markdown():
     """The docs table, generated from the registry: every op cupyrt converts and
     every op TF-TRT converts (tftrt_ops.py), side by side, by family."""
     _ensure_loaded()
-    from .tftrt_ops import EXCLUDED, TFTRT_OPS
 
     def yes(flag):
         return "yes" if flag else "no"
@@ -177,6 +176,8 @@ def _ensure_loaded():
         return
     _loaded = True     # set first: a failed import must not re-register half a family
     try:
-        from . import converters  # noqa: F401  (registers on import)
+        # the one import circle tf_integration keeps: every converter module imports
+        # this module's @converter, so the families are imported here, on first use
+        import tf_integration.converters  # noqa: F401  (registers on import)
     except ImportError as exc:
         logger.warning("op converters unavailable (engine not importable?): %s", exc)

@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 
 from .graph_utils import (FORWARDING_OPS, LOWERED_CONTROL_FLOW_OPS, MERGE_OPS, ROOT_FRAME,
                           SWITCH_OPS, GraphIndex, canonical, get_attr, make_const_node, node_of,
@@ -25,8 +26,6 @@ _UNFOLDABLE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "NoOp", "V
 
 def _is_stateful(op):
     """TF's own flag: stateful ops (random, variables, queues, I/O) may not be folded."""
-    from tensorflow.python.framework import op_def_registry
-
     op_def = op_def_registry.get(op)
     return op_def is None or op_def.is_stateful
 

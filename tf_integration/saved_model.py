@@ -52,15 +52,19 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.python.saved_model import loader_impl
 
 import engine as rt
 
-from . import calibration, conversion
-from . import saved_model_runtime as runtime
-from .converter import TrtGraphConverter, check_fp16_range_fallback, fp16_range_findings
+from .calibration import check_algorithm, collect_engine_inputs
+from .calibration_table import TableCalibrator
 from .errors import ConverterArgumentError, GraphError, TFIntegrationError
-from .summary import fp16_range_line
+from .graph_converter import TrtGraphConverter, check_fp16_range_fallback, fp16_range_findings
 from .graph_utils import node_of
+from .saved_model_runtime import bound_engine, graph_function, record_shapes, runnable_graph_def
+from .segment_to_engine import PRECISIONS, build_plan, build_serialized_network_plan
+from .summary import fp16_range_line
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +80,7 @@ REPORT_FILE = os.path.join("assets.extra", "cupyrt_report.json")
 
 class _Signature:
     """One signature of the source model, from frozen graph to runnable function."""
-
     def __init__(self, key, func):
-        from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2)
-
         self.key = key
         frozen = convert_variables_to_constants_v2(func, lower_control_flow=False)
         self.graph_def = frozen.graph.as_graph_def()
@@ -109,11 +109,11 @@ class _Signature:
         return h.hexdigest()
 
     def make_function(self, allow_build_at_runtime):
-        runnable, self.keys, shapes = runtime.runnable_graph_def(
+        runnable, self.keys, shapes = runnable_graph_def(
             self.converted, self.prebuilt, allow_build_at_runtime)
-        self.function = runtime.graph_function(runnable, self.input_names, self.output_names,
-                                               self.input_specs, self.structured_outputs,
-                                               shapes)
+        self.function = graph_function(runnable, self.input_names, self.output_names,
+                                       self.input_specs, self.structured_outputs,
+                                       shapes)
 
     def feeds(self, item, argument):
         """The arrays of one yielded input (array, list/tuple in input order, or dict)."""
@@ -141,7 +141,6 @@ class _Signature:
 
 class TrtGraphConverterV2:
     """Convert a TF2 SavedModel; parameters mean what they mean in TF-TRT (see module doc)."""
-
     def __init__(self, input_saved_model_dir=None, input_saved_model_tags=None,
                  input_saved_model_signature_key=None, use_dynamic_shape=None,
                  dynamic_shape_profile_strategy=None, max_workspace_size_bytes=1 << 30,
@@ -174,7 +173,7 @@ class TrtGraphConverterV2:
             raise ConverterArgumentError("dynamic_shape_profile_strategy",
                                          dynamic_shape_profile_strategy,
                                          "None or one of " + ", ".join(PROFILE_STRATEGIES))
-        self.calibration_algorithm = calibration.check_algorithm(calibration_algorithm)
+        self.calibration_algorithm = check_algorithm(calibration_algorithm)
         self.fp16_range_fallback = check_fp16_range_fallback(fp16_range_fallback)
         self._signatures = None          # key -> _Signature, after convert()
         self._built = {}                 # key -> number of inputs build() ran
@@ -289,7 +288,7 @@ class TrtGraphConverterV2:
                 for arrays in items:
                     sig.function(*arrays)
             else:
-                with runtime.record_shapes() as seen:
+                with record_shapes() as seen:
                     for arrays in items:
                         sig.function(*arrays)
                 self._build_ahead(sig, seen, self._range_samples(sig, items))
@@ -303,7 +302,7 @@ class TrtGraphConverterV2:
         if self.params["precision_mode"] not in ("FP16", "INT8"):
             return {}
         feeds = iter(items)
-        runs = calibration.collect_engine_inputs(
+        runs = collect_engine_inputs(
             sig.converted, sig.output_names, len(items),
             feed_dict_fn=lambda: dict(zip(sig.input_names, next(feeds))), native=True)
         return {name: [{f"input_{i}": a for i, a in enumerate(arrays)} for arrays in r]
@@ -320,7 +319,7 @@ class TrtGraphConverterV2:
                 logger.warning("engine %s: %d input shapes but maximum_cached_engines=%d; "
                                "not building ahead for %s", name, len(plans) + len(wanted),
                                cap, [list(map(list, s)) for s in wanted[room:]])
-            engine = runtime.bound_engine(key)
+            engine = bound_engine(key)
             for shapes in wanted[:room]:
                 # the samples of this shape: a build is for these shapes only
                 feeds = [f for f in (samples or {}).get(name, [])
@@ -342,14 +341,14 @@ class TrtGraphConverterV2:
     def _build_checked(self, engine, shapes, feeds):
         """The plan engine.build_plan(shapes) makes, range-checked on ``feeds``."""
         r = engine.runner
-        calibrator = (calibration.TableCalibrator(r.table)
+        calibrator = (TableCalibrator(r.table)
                       if r.precision == "INT8" and r.table else None)
         kwargs = dict(input_shapes=[list(s) for s in shapes],
                       max_workspace_size_bytes=r.workspace, calibrator=calibrator,
                       range_inputs=feeds, fp16_range_fallback=self.fp16_range_fallback)
         if r.network is not None:
-            return conversion.build_serialized_network_plan(r.network, r.precision, **kwargs)
-        return conversion.build_plan(r.segment_gd, r.precision, **kwargs)
+            return build_serialized_network_plan(r.network, r.precision, **kwargs)
+        return build_plan(r.segment_gd, r.precision, **kwargs)
 
     # ------------------------------------------------------------------ save
     def save(self, output_saved_model_dir):
@@ -514,9 +513,9 @@ def _conversion_params(conversion_params):
 
 def _check_params(p):
     mode = p["precision_mode"]
-    if not isinstance(mode, str) or mode.upper() not in conversion.PRECISIONS:
+    if not isinstance(mode, str) or mode.upper() not in PRECISIONS:
         raise ConverterArgumentError("precision_mode", mode, "one of "
-                                     + ", ".join(conversion.PRECISIONS) + " (any case)")
+                                     + ", ".join(PRECISIONS) + " (any case)")
     p["precision_mode"] = mode.upper()
     for arg, low in (("minimum_segment_size", -1), ("maximum_cached_engines", 1),
                      ("max_workspace_size_bytes", 0)):
@@ -578,8 +577,6 @@ def _check_tags(tags):
 
 def _signature_keys(path, tags):
     """The signature keys of the meta graph with exactly ``tags`` (read from the proto)."""
-    from tensorflow.python.saved_model import loader_impl
-
     try:
         proto = loader_impl.parse_saved_model(path)
     except (OSError, ValueError) as exc:     # TF says a truncated or foreign file this way

@@ -56,16 +56,18 @@ import warnings
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context
+from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
 from tensorflow.python.ops import script_ops
+from tensorflow.python.saved_model import loader_impl
 
 from engine import plan as planfile
 
-from . import integrity
 from .engine_inline import inline_engine_node
 from .engine_node import (ENGINE_OP, EngineFallbackWarning, EngineRunner, build_engine,
                           runtime_mode)
 from .errors import TFIntegrationError
 from .graph_utils import get_attr, make_const_node, parse_input
+from .integrity import PayloadIntegrityError, seal, verify
 from .loop_frames import drop_unused_functions
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,6 @@ ALLOW_BUILD = "allow_build_at_runtime"
 class SavedModelError(TFIntegrationError, ValueError):
     """A SavedModel could not be read or bound (missing directory, bad engine data)."""
 
-
 # ---------------------------------------------------------------------------- engines
 
 class SavedEngine:
@@ -92,7 +93,6 @@ class SavedEngine:
     With allow_build_at_runtime=False, shapes without an engine built ahead run
     the TensorFlow segment (TF-TRT's rule), said once in the log.
     """
-
     def __init__(self, node):
         base = tf.compat.v1.NodeDef()
         base.CopyFrom(node)
@@ -103,7 +103,7 @@ class SavedEngine:
             base.attr.pop(key, None)
         self.name = node.name
         self.static = bool(base.attr["serialized_plan"].s)     # one plan for every shape
-        integrity.verify(node)            # the whole node: base lacks the plans built ahead
+        verify(node)            # the whole node: base lacks the plans built ahead
         self.runner = EngineRunner(base, verified=True)
         for shape_list, plan in zip(shapes, plans):
             self.runner.add_engine(shape_list, plan)
@@ -174,7 +174,7 @@ _RECORDER = {}
 def engine_node_of(blob, key=None):
     """The engine NodeDef in a blob. ``key``: the blob's key constant, which must be
     its SHA-256; on a mismatch the node's own digests name the changed attribute
-    where they can (integrity.verify), else the error names the blob."""
+    where they can (verify), else the error names the blob."""
     actual = blob_key(blob)
     key = key or actual
     try:
@@ -187,8 +187,8 @@ def engine_node_of(blob, key=None):
         raise SavedModelError(f"engine data {key.decode()[:12]} holds a "
                               f"{node.op!r} node; expected {ENGINE_OP!r}")
     if key != actual:
-        integrity.verify(node)
-        raise integrity.PayloadIntegrityError(
+        verify(node)
+        raise PayloadIntegrityError(
             node.name, BLOB_SUFFIX[1:], f"has sha256 {actual.decode()[:16]}...",
             f"sha256 {key.decode()[:16]}... (its {KEY_SUFFIX[1:]} constant)")
     return node
@@ -196,7 +196,7 @@ def engine_node_of(blob, key=None):
 
 def bind_engine(blob, key=None):
     """The SavedEngine of a blob (made once per key, after its checks:
-    engine_node_of, integrity.verify)."""
+    engine_node_of, verify)."""
     key = key or blob_key(blob)
     engine = _ENGINES.get(key)
     if engine is None:
@@ -227,7 +227,6 @@ class _Dispatch(script_ops.EagerFunc):
     """The function behind TOKEN. TensorFlow's EagerFunc converts outputs to one
     fixed dtype list, but each engine has its own, so ``__call__`` is ours: the
     outputs already have the node's dtypes (EngineRunner returns them so)."""
-
     def __init__(self):
         super().__init__(None, [], False)
 
@@ -257,7 +256,6 @@ class record_shapes:
     ``with record_shapes() as seen: fn(...)`` -> ``seen`` maps engine key to the
     list of input-shape tuples it received, in call order.
     """
-
     def __enter__(self):
         if "shapes" in _RECORDER:
             raise TFIntegrationError("record_shapes() is already active; build() calls "
@@ -275,7 +273,7 @@ class record_shapes:
 def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
     """The blob NodeDef: the engine node plus engines built ahead
     (``prebuilt``: {input shapes: plan bytes}) and the runtime-build rule."""
-    integrity.verify(node)             # never re-seal a node changed since conversion
+    verify(node)             # never re-seal a node changed since conversion
     out = tf.compat.v1.NodeDef()
     out.CopyFrom(node)
     del out.input[:]                   # the EagerPyFunc node carries the edges
@@ -284,7 +282,7 @@ def saved_engine_node(node, prebuilt=None, allow_build_at_runtime=True):
         # without weights: the segment holds them (engine_storage.py), once per engine
         out.attr[PREBUILT_PLANS].list.s.append(planfile.strip_weights(plan))
     out.attr[ALLOW_BUILD].b = bool(allow_build_at_runtime)
-    return integrity.seal(out)
+    return seal(out)
 
 
 def runnable_graph_def(converted, prebuilt=None, allow_build_at_runtime=True):
@@ -362,8 +360,6 @@ def graph_function(graph_def, input_names, output_names, input_specs, structured
 def engine_blobs(export_dir):
     """{key: blob} of every saved engine in a SavedModel directory's saved_model.pb;
     a blob whose key constant is not its SHA-256 raises (engine_node_of)."""
-    from tensorflow.python.saved_model import loader_impl
-
     proto = loader_impl.parse_saved_model(export_dir)
     blobs = {}
     for meta in proto.meta_graphs:
@@ -403,7 +399,7 @@ def load_saved_model(export_dir, tags=None, inline=None):
     blobs = engine_blobs(path)
     if inline:
         for blob in blobs.values():
-            integrity.verify(engine_node_of(blob))
+            verify(engine_node_of(blob))
     loaded = tf.saved_model.load(path, tags=tags)
     if inline:
         rewrapped = {}
@@ -438,7 +434,7 @@ def inline_engine_calls(graph_def):
         blob = nodes[blob_name].attr["value"].tensor.string_val[0]
         key = nodes[key_name].attr["value"].tensor.string_val[0] if key_name in nodes else None
         node = engine_node_of(blob, key)
-        integrity.verify(node)
+        verify(node)
         node.name, node.device = call.name, call.device
         node.input.extend(call.input[2:])
         replaced[call.name] = inline_engine_node(node)
@@ -465,8 +461,6 @@ def inlined_signature(fn):
 
     so the body (a FunctionDef) is turned back into a GraphDef, its engine calls
     inlined, and wrapped again with the signature's inputs and outputs."""
-    from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
-
     if fn.captured_inputs:
         return None
     outer = fn.graph.as_graph_def()

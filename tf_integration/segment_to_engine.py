@@ -18,10 +18,10 @@ import tensorflow as tf
 
 import engine as rt
 
-from . import registry
 from .context import ConversionContext, tf_to_engine_dtype
 from .errors import ConversionError
 from .graph_utils import GraphIndex, functions_called, make_const_node, parse_input, tensor_name
+from .registry import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def build_network(segment_gd, input_shapes=None, graph=None):
         if name in skip or node.op == "Const":
             continue
         ctx.node = node
-        entry = registry.lookup(node.op)
+        entry = lookup(node.op)
         try:
             produced = entry.fn(ctx, node)
         except (ConversionError, rt.NetworkDefinitionError) as exc:

@@ -382,16 +382,6 @@ def test_more_mistakes_are_one_line(saved_model, tmp_path, capsys, argv, message
     assert rc == 1 and message.format(**fill) in err and err.count("\n") == 1, err
 
 
-def test_report_html_missing_is_one_line(tmp_path, capsys, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "tf_integration.report_html", None)   # import fails
-    _, _, src = _cnn_pb(tmp_path)
-    assert main(["convert", str(src), "-o", str(tmp_path / "o.pb"), "--outputs", "out0",
-                 "--report-html", str(tmp_path / "r.html")]) == 1
-    assert "--report-html: the HTML report is not available" in capsys.readouterr().err
-
-
 def test_tensorflow_refusing_inputs_is_a_cli_error(saved_model, tmp_path):
     from tf_integration.cli_models import GraphModel, SavedModelModel
     from workflows.cli import CliError

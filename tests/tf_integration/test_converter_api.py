@@ -11,7 +11,7 @@ import engine as rt
 
 from tf_integration import (EngineFallbackWarning, GraphConverter, TrtGraphConverter,
                             import_graph_def, wrap_frozen_graph)
-from tf_integration import conversion, engine_node, registry
+from tf_integration import engine_node, engine_storage, graph_converter, registry, segment_to_engine
 from tf_integration.engine_node import ENGINE_OP, EngineRunner
 from tf_integration.errors import (ConverterArgumentError, EngineNodeError, RegistryError,
                                    TFIntegrationError)
@@ -142,7 +142,7 @@ def test_dynamic_engines_build_from_the_stored_network(monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("the segment was converted again")
 
-    monkeypatch.setattr(conversion, "build_network", no_conversion)
+    monkeypatch.setattr(engine_storage, "build_network", no_conversion)   # the runner's builds
     for batch in (1, 3):
         x = random_input((batch, 5, 6, 4), seed=batch)
         (got,) = runner(x)
@@ -151,14 +151,15 @@ def test_dynamic_engines_build_from_the_stored_network(monkeypatch):
 
 
 def test_segment_that_needs_concrete_shapes_is_converted_per_shape(monkeypatch):
-    real = conversion.build_network
+    real = segment_to_engine.build_network
 
     def concrete_only(segment_gd, input_shapes=None, graph=None):
         if input_shapes is None:      # as a layer that cannot take a -1 dim would
             raise rt.NetworkDefinitionError("layer", "input", "-1", "concrete dims")
         return real(segment_gd, input_shapes, graph)
 
-    monkeypatch.setattr(conversion, "build_network", concrete_only)
+    for module in (graph_converter, engine_storage):     # at convert() and at run time
+        monkeypatch.setattr(module, "build_network", concrete_only)
     runner, gd = _runner(max_cached=1)
     assert runner.network is None          # a network valid only at one shape is not stored
     x = random_input((3, 5, 6, 4), seed=1)

@@ -274,7 +274,7 @@ def test_a_static_engine_that_cannot_load_runs_tensorflow_and_says_so_once(monke
     def broken(node, segment_gd=None):
         raise rt.PlanFormatError("forced load failure")
 
-    monkeypatch.setattr(engine_storage, "stored_plan", broken)
+    monkeypatch.setattr(engine_node, "stored_plan", broken)     # as engine_node calls it
     x = random_input((2, 5, 6, 4), seed=12)
     gd, outs, _, converted = convert(lambda t: conv_block(t, "a"), is_dynamic_op=False)
     (node,) = [n for n in converted.node if n.op == ENGINE_OP]

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from engine.precision_range import FP16RangeWarning
 from engine.testing import rel_l2
-from tf_integration.converter import TrtGraphConverter
+from tf_integration.graph_converter import TrtGraphConverter
 from tf_integration.engine_node import import_graph_def
 from tf_integration.errors import ConverterArgumentError
 from tf_integration.saved_model import TrtGraphConverterV2

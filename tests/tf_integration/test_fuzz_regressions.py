@@ -153,7 +153,7 @@ def test_split_of_a_reshape_to_a_target_fed_from_outside_the_engine_matches_tens
 
 
 def test_a_reshape_that_already_records_output_shapes_keeps_one_entry():
-    from tf_integration import conversion
+    from tf_integration import segment_to_engine
     from tf_integration.graph_utils import GraphIndex
     from tf_integration.segmenter import Segment
 
@@ -165,8 +165,8 @@ def test_a_reshape_that_already_records_output_shapes_keeps_one_entry():
     gd = g.as_graph_def(add_shapes=True)               # every node carries _output_shapes
     graph = GraphIndex(gd)
     seg = Segment(0, ["r", "mul"], graph)
-    seg_gd = conversion.segment_graph_def(graph, seg)
+    seg_gd = segment_to_engine.segment_graph_def(graph, seg)
     node = {n.name: n for n in seg_gd.node}["r"]
-    assert len(node.attr[conversion.RECORDED_SHAPES].list.shape) == 1
+    assert len(node.attr[segment_to_engine.RECORDED_SHAPES].list.shape) == 1
     with tf.Graph().as_default():
         tf.compat.v1.import_graph_def(seg_gd, name="")   # TF accepts it

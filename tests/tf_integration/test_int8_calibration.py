@@ -10,8 +10,9 @@ import tensorflow as tf
 
 import engine as rt
 from engine.calibration import read_cache
-from tf_integration import TrtGraphConverter, conversion
-from tf_integration.calibration import TableCalibrator, calibrate_graph
+from tf_integration import TrtGraphConverter, segment_to_engine
+from tf_integration.calibration import calibrate_graph
+from tf_integration.calibration_table import TableCalibrator
 from tf_integration.engine_node import ENGINE_OP, engine_runners
 from tf_integration.engine_storage import stored_plan
 from tf_integration.errors import ConversionError, ConverterArgumentError, TFIntegrationError
@@ -133,13 +134,13 @@ def test_an_int8_build_without_ranges_is_fp16(caplog):
     conv.convert()
     seg = tf.compat.v1.GraphDef.FromString(engine_nodes(conv.converted_graph_def)[0]
                                            .attr["segment_graph"].s)
-    _, network = conversion.build_network(seg)
-    with caplog.at_level(logging.WARNING, logger="tf_integration.conversion"):
-        plan = conversion.build_network_plan(network, "INT8")
+    _, network = segment_to_engine.build_network(seg)
+    with caplog.at_level(logging.WARNING, logger="tf_integration.segment_to_engine"):
+        plan = segment_to_engine.build_network_plan(network, "INT8")
     assert "built in FP16" in caplog.text
-    assert "INT8" not in conversion.engine_precision_histogram(plan)
+    assert "INT8" not in segment_to_engine.engine_precision_histogram(plan)
     with pytest.raises(ConversionError, match="'FP8'; expected one of FP32, FP16, INT8"):
-        conversion.build_plan(seg, "FP8")
+        segment_to_engine.build_plan(seg, "FP8")
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -312,10 +312,10 @@ def test_converted_graph_holds_each_rnn_weight_once(lower):
 
 def _rnn_layers(converted):
     """The RNNv2 layers of the converted graph's engines (networks as converted)."""
-    from tf_integration import conversion
+    from tf_integration import segment_to_engine
     out = []
     for node in (n for n in converted.node if n.op == ENGINE_OP):
-        _, network = conversion.build_network(EngineRunner(node).segment_gd)
+        _, network = segment_to_engine.build_network(EngineRunner(node).segment_gd)
         layers = [network.get_layer(i) for i in range(network.num_layers)]
         out.extend(layer for layer in layers if hasattr(layer, "num_directions"))
     return out

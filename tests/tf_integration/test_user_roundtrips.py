@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_integration import (TrtGraphConverter, TrtGraphConverterV2, conversion,
-                            freeze_keras_model)
+from tf_integration import (TrtGraphConverter, TrtGraphConverterV2, freeze_keras_model,
+                            segment_to_engine)
 from tf_integration import saved_model_runtime as runtime
 from tf_integration.graph_utils import node_of
 
@@ -97,7 +97,7 @@ def _saved_engine_layers(saved_dir):
     hists = {}
     for blob in runtime.engine_blobs(saved_dir).values():
         node = tf.compat.v1.NodeDef.FromString(blob)
-        _, network = conversion.build_network(
+        _, network = segment_to_engine.build_network(
             tf.compat.v1.GraphDef.FromString(node.attr["segment_graph"].s))
         hists[node.name] = dict(collections.Counter(
             network.get_layer(i).type.name for i in range(network.num_layers)))

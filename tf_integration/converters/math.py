@@ -7,6 +7,7 @@ import engine as rt
 from ..context import Value, perm_after_removing
 from ..graph_utils import get_attr
 from ..registry import ENGINE_TYPES, FLOAT_TYPES, Reason, converter
+from .layer_norm import convert_layer_norm
 
 EW = rt.ElementWiseOperation
 UN = rt.UnaryOperation
@@ -69,7 +70,6 @@ def convert_add(ctx, node):
     # the last add of a layer norm (Keras 3 and tf_keras spell it out as
     # mean/variance/rsqrt chains) becomes one Normalization layer; the chain's
     # own layers then have no consumer and the builder drops them
-    from .layer_norm import convert_layer_norm
     fused = convert_layer_norm(ctx, node)
     if fused is not None:
         return [fused]

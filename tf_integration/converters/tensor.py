@@ -9,7 +9,7 @@ from ..context import NCHW, Value, identity, perm_after_removing, tf_to_engine_d
 from ..errors import ConversionError
 from ..graph_utils import get_attr, tensor_name
 from ..registry import ENGINE_TYPES, Reason, converter
-from .math import const_input
+from .math import const_input, elementwise
 
 ANY = None     # dtypes=None: the op moves data of any engine type
 
@@ -474,8 +474,6 @@ def zero_pad(ctx, x, pads):
 
 @converter("Pad", "PadV2", validator=_validate_pad, dtypes=ANY)
 def convert_pad(ctx, node):
-    from .math import elementwise
-
     x, pads = ctx.input(node, 0), ctx.const(node, 1, "paddings").astype(np.int64)
     c = ctx.const(node, 2, "constant_values") if node.op == "PadV2" else None
     if c is not None and float(c) != 0.0:
@@ -595,8 +593,6 @@ def fill(ctx, dims, value):
     """A tensor of shape ``dims`` (a Value: constant or shape tensor) holding the scalar
     ``value`` (a Value). Constant dims and value fold; otherwise the scalar is broadcast
     by a stride-0 slice whose size is the shape tensor (TensorRT's fill idiom)."""
-    from .math import elementwise
-
     if dims.is_const:
         shape = tuple(int(d) for d in np.ravel(dims.const))
         if value.is_const:
@@ -645,8 +641,3 @@ def convert_zeros_like(ctx, node):
     if x.is_const:
         return [Value(const=np.full(x.const.shape, value.const))]
     return [fill(ctx, shape_of(ctx, x), value)]
-
-
-# Einsum lives in its own module (matrix-multiply lowering); importing it here
-# registers it with the rest of this family, after the helpers it uses exist.
-from . import einsum  # noqa: E402,F401
