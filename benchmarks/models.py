@@ -214,11 +214,7 @@ def _cudnn_stats():
         from kernels.gpu import cudnn_graphs
     except ImportError:
         return None
-    graphs = [g for g in cudnn_graphs._graphs.values() if isinstance(g, cudnn_graphs.ConvGraph)]
-    failed = sum(1 for g in cudnn_graphs._graphs.values() if isinstance(g, str))
-    return {"built": len(graphs), "failed": failed,
-            "build_s": round(sum(g.build_seconds for g in graphs), 1),
-            "plans_timed": sum(len(g.plan_times) for g in graphs)}
+    return cudnn_graphs.stats()
 
 
 def _count(values):
