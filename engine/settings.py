@@ -169,15 +169,19 @@ def configure(**values):
     global _current, _raw
     with _lock:
         base = from_environ()
+        # every value parsed back first (checked like one from the environment), so a
+        # refused call leaves nothing behind: a bad value in os.environ would make every
+        # later settings() raise
+        parsed = {field: _BY_FIELD[field].default_value() if value is None
+                  else _BY_FIELD[field].parse(_BY_FIELD[field].env, _text(value))
+                  for field, value in values.items()}
         for field, value in values.items():
             s = _BY_FIELD[field]
             if value is None or value == s.default_value():
                 os.environ.pop(s.env, None)
             else:
                 os.environ[s.env] = _text(value)
-            # parsed back so a value given in Python is checked like one from the environment
-            values[field] = s.default_value() if value is None else s.parse(s.env, _text(value))
-        _current, _raw = dataclasses.replace(base, **values), _snapshot()
+        _current, _raw = dataclasses.replace(base, **parsed), _snapshot()
         return _current
 
 

@@ -10,7 +10,6 @@ option or node, what was found and what was expected.
 """
 import difflib
 import logging
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +19,7 @@ from workflows.cli import CliError
 from workflows.cli import _names as split_names
 
 from engine import plan as planfile
+from engine.settings import configure
 
 from .engine_node import ENGINE_OP, EngineRunner, build_engine, import_with_runners
 from .engine_storage import SEGMENT, WEIGHTS_ATTR, stored_network, stored_plan
@@ -74,9 +74,9 @@ def _tensor(name):
 
 
 def _set_backend(backend):
-    """--backend cupy|numpy: engine nodes run there ($CUPYRT_BACKEND, read at import)."""
+    """--backend cupy|numpy: engine nodes run there (for this process and its children)."""
     if backend in ("cupy", "numpy"):
-        os.environ["CUPYRT_BACKEND"] = backend
+        configure(backend=backend)
 
 
 class GraphModel:

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 import engine as rt
 from engine.atomic_file import write_bytes
+from engine.settings import settings
 
 from .calibration import calibrate_graph, check_algorithm, collect_engine_inputs
 from .converters.quantization import QDQ_OPS
@@ -48,7 +49,6 @@ from .summary import format_summary
 
 logger = logging.getLogger(__name__)
 
-REPORT_ENV = "CUPYRT_REPORT_JSON"
 MAX_RESEGMENTATIONS = 16     # nodes whose converter fails are dropped one at a time
 
 
@@ -97,7 +97,7 @@ class TrtGraphConverter:
                            maximum_cached_engines=maximum_cached_engines,
                            use_calibration=bool(use_calibration))
         self.calibration_algorithm = calibration_algorithm
-        self.report_path = report_path or os.environ.get(REPORT_ENV)
+        self.report_path = report_path or settings().report_json
         self.converted_graph_def = None
         self.report = None
         self.calibrated = False

@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 
 import engine as rt
+from engine.settings import settings
 from workflows import run_engines_here
 from workflows.fresh_process import run_in_fresh_process
 
@@ -208,7 +209,7 @@ def report(r, out=None):
               f"registered there): {st['engine_runs']} engine runs, {st['native_runs']} "
               f"TensorFlow fallbacks; vs TensorFlow rel L2 {r['rel_l2']:.2e}, max |diff| "
               f"{r['max_abs']:.2e} ({r['precision']}, backend "
-              f"{os.environ.get('CUPYRT_BACKEND', 'auto')})\n")
+              f"{settings().backend})\n")
 
 
 def main(argv=None):

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from engine.settings import settings
 from workflows import run_engines_here
 from workflows.tensorflow_workflow import digits_split, train_cnn
 
@@ -141,7 +142,7 @@ def report(r, out=None):
     out.write(f"digits CNN trained in {r['train_seconds']:.1f} s; INT8 calibrated "
               f"({r['algorithm']}) on {r['calib_images']} training digits in "
               f"{r['calibration_seconds']:.1f} s: {r['int8_layers']} layers run INT8 (backend "
-              f"{os.environ.get('CUPYRT_BACKEND', 'auto')})\n"
+              f"{settings().backend})\n"
               f"top-1 on {r['n_test']} held-out digits: TensorFlow {100 * r['accuracy_tf']:.1f}%"
               f"   cupyrt FP32 {100 * r['accuracy_fp32']:.1f}% (rel L2 {r['rel_l2_fp32']:.1e})"
               f"   cupyrt INT8 {100 * r['accuracy_int8']:.1f}% (rel L2 {r['rel_l2_int8']:.1e}, "

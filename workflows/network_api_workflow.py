@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from engine.settings import settings
 from workflows import run_engines_here
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def report(r, out=None):
               f"of {len(r['engine_layers'])} layers ({', '.join(r['engine_layers'])}), "
               f"{r['plan_bytes']} bytes, built in {r['build_seconds']:.2f} s: {r['plan']}\n"
               f"plan reloaded and run on {r['n_test']} held-out digits (backend "
-              f"{os.environ.get('CUPYRT_BACKEND', 'auto')}, {1e3 * r['engine_seconds']:.1f} ms; "
+              f"{settings().backend}, {1e3 * r['engine_seconds']:.1f} ms; "
               f"NumPy forward {1e3 * r['numpy_seconds']:.1f} ms)\n"
               f"  rel L2 vs the NumPy forward pass {r['rel_l2']:.2e}; top-1 NumPy "
               f"{100 * r['accuracy_numpy']:.1f}%, engine {100 * r['accuracy_engine']:.1f}%; same "

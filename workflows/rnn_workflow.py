@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from engine.settings import settings
 from workflows import run_engines_here
 from workflows.fresh_process import engine_counters
 from workflows.tensorflow_workflow import digits_split
@@ -173,7 +174,7 @@ def run(epochs=6, cell="LSTM", steps=(4, 8, 16), precisions=("FP32", "FP16"), wo
 def report(r, out=None):
     out = out or sys.stdout        # looked up per call: tests capture it
     out.write(f"digits as sequences of rows: {r['cell']} classifier trained in "
-              f"{r['train_seconds']:.1f} s (backend {os.environ.get('CUPYRT_BACKEND', 'auto')})\n")
+              f"{r['train_seconds']:.1f} s (backend {settings().backend})\n")
     for name, c in r["conversions"].items():
         line = (f"  {name}: {c['engines']} engine(s), {100 * c['share']:.0f}% of compute nodes; "
                 f"TF ops in the engine: {c['ops'][0] if c['ops'] else {}}")

@@ -24,6 +24,9 @@ import time
 
 import numpy as np
 
+from engine.settings import settings
+from workflows import run_engines_here
+
 
 def small_cnn(size, seed=0):
     """The bundled example: a small residual CNN (conv-BN-ReLU, a residual block,
@@ -115,14 +118,7 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="where to write both SavedModels")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if "CUPYRT_BACKEND" not in os.environ:
-        try:
-            import cupy
-            has_gpu = cupy.cuda.is_available()
-        except Exception:          # noqa: BLE001 - no CuPy or no driver: no GPU
-            has_gpu = False
-        if not has_gpu:
-            os.environ["CUPYRT_BACKEND"] = "numpy"
+    run_engines_here()
     result = run(args.model, args.size, args.precision,
                  tuple(int(b) for b in args.batches.split(",")), args.workdir)
     out = sys.stdout
@@ -137,7 +133,7 @@ def main(argv=None):
         out.write(f"{key}: rel L2 {r['rel_l2']:.2e}, max |diff| {r['max_abs']:.2e}, "
                   f"TensorFlow {1e3 * r['tf_seconds']:.1f} ms, cupyrt "
                   f"{1e3 * r['cupyrt_seconds']:.1f} ms (backend "
-                  f"{os.environ.get('CUPYRT_BACKEND', 'auto')})\n")
+                  f"{settings().backend})\n")
     return result
 
 

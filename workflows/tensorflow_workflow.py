@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from engine.settings import settings
 from workflows import run_engines_here
 from workflows.fresh_process import run_in_fresh_process
 
@@ -138,7 +139,7 @@ def report(result, out=None):
               f"{100 * result['share_frozen']:.0f}% of the frozen graph's\n"
               f"loaded and run in a fresh process ({result['fresh_process_seconds']:.1f} s), "
               f"{result['n_test']} held-out digits, backend "
-              f"{os.environ.get('CUPYRT_BACKEND', 'auto')}:\n")
+              f"{settings().backend}:\n")
     out.write(f"  {'model':20s} {'top-1':>7s} {'agrees':>7s} {'rel L2':>9s} {'ms/batch':>9s}"
               f" {'engine/TF runs':>15s}\n")
     for name, m in result["models"].items():

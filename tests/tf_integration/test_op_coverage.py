@@ -46,11 +46,12 @@ def test_supported_ops_doc_is_current():
                                    "`python -m tf_integration.ops_doc`")
 
 
-def test_readme_ops_table_is_current_and_lists_every_op_once():
+def test_readme_tables_are_current_and_list_every_op_once():
     with open(ops_doc.README_PATH) as f:
         readme = f.read()
-    assert readme == ops_doc.readme_with_families(readme), (
-        "README's ops table is stale: regenerate it with `python -m tf_integration.ops_doc`")
+    assert readme == ops_doc.readme_with_tables(readme), (
+        "README's ops or settings table is stale: regenerate them with "
+        "`python -m tf_integration.ops_doc`")
     table = readme.split(ops_doc.README_BEGIN, 1)[1].split(ops_doc.README_END, 1)[0]
     listed = [op.strip() for row in table.strip().splitlines()[2:]
               for op in row.split("|")[2].split(",")]
@@ -59,15 +60,18 @@ def test_readme_ops_table_is_current_and_lists_every_op_once():
 
 def test_readme_without_markers_is_refused_and_check_fails_when_stale(tmp_path):
     with pytest.raises(ValueError, match="no ops table markers"):
-        ops_doc.readme_with_families("# no markers here\n")
+        ops_doc.readme_with_tables("# no markers here\n")
+    with pytest.raises(ValueError, match="no settings table markers"):
+        ops_doc.readme_with_tables(f"{ops_doc.README_BEGIN}\n{ops_doc.README_END}\n")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# R\n{ops_doc.README_BEGIN}\nold\n{ops_doc.README_END}\n")
+    readme.write_text(f"# R\n{ops_doc.README_BEGIN}\nold\n{ops_doc.README_END}\n"
+                      f"{ops_doc.SETTINGS_BEGIN}\nold\n{ops_doc.SETTINGS_END}\n")
     doc = tmp_path / "SUPPORTED_OPS.md"
     doc.write_text(render())
     assert ops_doc.main(["--check", "--path", str(doc), "--readme", str(readme)]) == 1
     assert ops_doc.main(["--path", str(doc), "--readme", str(readme)]) == 0
     assert ops_doc.main(["--check", "--path", str(doc), "--readme", str(readme)]) == 0
-    assert "| comparison |" in readme.read_text()
+    assert "| comparison |" in readme.read_text() and "| `CUPYRT_BACKEND` |" in readme.read_text()
 
 
 def test_doc_lists_both_sides_with_totals():
