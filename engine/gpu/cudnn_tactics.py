@@ -24,10 +24,14 @@ import os
 
 import numpy as np
 
+from kernels.gpu import cudnn_graphs, cudnn_workers
+from kernels.gpu.errors import UnsupportedError
+
 from ..atomic_file import write_bytes
 from ..settings import settings
 from ..types import DataType, LayerType
-from .tactics import Tactic, as_nhwc, cupy, nchw_view
+from .concat import claim
+from .tactics import Tactic, as_nhwc, cupy, nchw_view, register
 from .timing import TimingCache
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,6 @@ class PlanStore:
         self.cache = TimingCache(path)
 
     def key(self, spec, device_name):
-        from kernels.gpu import cudnn_graphs
         return TimingCache.key(device_name, {"cudnn_conv": spec.to_json(),
                                              "frontend": cudnn_graphs.frontend_version()})
 
@@ -127,13 +130,12 @@ def _window(layer, shape):
 def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
     """The kernels-level description of ``layer`` at input ``in_shape`` (n, c, h, w);
     ``out_ldc``: the channel pitch of a concat buffer the output is a slice of."""
-    from kernels.gpu.cudnn_graphs import ConvSpec
     n, c, h, w = in_shape
     _, pre, post = _window(layer, tuple(in_shape))
     act = layer.post_activation
     alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
     r, s = layer.kernel_size_nd
-    return ConvSpec(n=n, c=c, h=h, w=w, k=layer.num_output_maps, r=r, s=s,
+    return cudnn_graphs.ConvSpec(n=n, c=c, h=h, w=w, k=layer.num_output_maps, r=r, s=s,
                     stride=tuple(layer.stride_nd), pre_padding=pre, post_padding=post,
                     dilation=tuple(layer.dilation_nd), out_dtype=np.dtype(out_dtype).name,
                     act=None if act is None else act.name, alpha=float(alpha), beta=float(beta),
@@ -142,7 +144,6 @@ def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
 
 def _static_reason(layer, in_shape):
     """Why the cuDNN graphs cannot take this convolution, from the layer alone (None: they can)."""
-    from kernels.gpu import cudnn_graphs
     if len(in_shape) != 4 or len(layer.kernel_size_nd) != 2:
         return "only 2-D convolutions (rank-4 inputs)"
     if layer.num_groups != 1:
@@ -174,7 +175,6 @@ def prefetch_network(layer, batch, options=None, device_id=None):
     with another dynamic dimension is left to build on its first run. Layers that run in
     another precision are not known here (the builder's choice): an INT8 build may queue
     a few plans it never uses, compiled in the workers and dropped."""
-    from kernels.gpu import cudnn_graphs, cudnn_workers
     options = options or plan_options()
     if options["workers"] < 1:
         return 0
@@ -194,7 +194,8 @@ def prefetch_network(layer, batch, options=None, device_id=None):
         if len(shape) != 4 or shape[0] not in (-1, batch) or min(shape[1:]) < 1:
             continue
         shape = (batch,) + shape[1:]
-        if _static_reason(other, shape) is not None or other._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
+        if _static_reason(other, shape) is not None \
+                or other._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
             continue
         if device_name is None and options["store"] is not None:
             device_name = cudnn_graphs._device_name(device_id)
@@ -211,7 +212,6 @@ class ConvCudnn(Tactic):
     name = "conv.cudnn"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
-        from kernels.gpu import cudnn_graphs
         if precision != DataType.HALF:
             return "the cuDNN graphs run FP16 layers"
         reason = _static_reason(layer, in_shapes[0])
@@ -237,10 +237,7 @@ class ConvCudnn(Tactic):
     writes_into_concat = True      # the output descriptor takes the concat buffer's pitch
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
-        from kernels.gpu.cudnn_graphs import conv2d_fused
-
-        from .concat import claim
-        from .conv_tactics import _residual
+        from .conv_tactics import _residual      # conv_tactics imports this module to register it
         x = inputs[0]
         (p, q), _, _ = _window(layer, tuple(x.shape))
         k = layer.num_output_maps
@@ -256,22 +253,19 @@ class ConvCudnn(Tactic):
             res = cupy().ascontiguousarray(res)
         opts = plan_options()
         opts.pop("workers")
+        x16 = as_nhwc(x, np.float16)
         if out is None:
-            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, **opts)
+            y = cudnn_graphs.conv2d_fused(x16, state["w"], state["bias"], spec, residual=res, **opts)
             return [nchw_view(y)]
-        from kernels.gpu.errors import UnsupportedError
         if place["out_channel_offset"] % 8 or ldc % 8:
             raise UnsupportedError(f"concat slice at channel {place['out_channel_offset']} of {ldc}: "
                                    "cuDNN wants 16-byte aligned rows")
         try:
-            y = conv2d_fused(as_nhwc(x, np.float16), state["w"], state["bias"], spec, residual=res, out=out,
-                             **opts)
+            y = cudnn_graphs.conv2d_fused(x16, state["w"], state["bias"], spec, residual=res, out=out, **opts)
         except (RuntimeError, ValueError) as e:   # no cuDNN engine for the strided output
             raise UnsupportedError(f"cuDNN graph writing a concat slice: {e}") from e
         return [nchw_view(y)]
 
 
 def register_all():
-    from ..types import LayerType
-    from .tactics import register
     register(LayerType.CONVOLUTION, ConvCudnn())

@@ -135,7 +135,7 @@ def _frontend():
         with _lock:
             if "module" not in _frontend_state:
                 try:
-                    import cudnn
+                    import cudnn     # the optional frontend: absent, the tactic is off
                     version = cudnn.backend_version()
                     if version < 90000:
                         raise ImportError(f"cuDNN backend {version} (the graphs here need cuDNN 9)")
@@ -395,7 +395,7 @@ class ConvGraph:
     def choose(self, x, w, bias, residual, y, results=None, known=None):
         """Have the plans (``gather``), time them on these buffers and keep the fastest.
         Returns the chosen index; raises RuntimeError when no plan builds and runs."""
-        import cupy as cp
+        import cupy as cp     # optional: only where a GPU runs the graph
         stream = cp.cuda.get_current_stream()
         handle = _handle(self.cudnn, self.device_id)
         # before anything uses the handle: it may still name a stream that is gone (timing
@@ -446,7 +446,7 @@ class ConvGraph:
             g.execute(pack, ws_ptr, handle=handle)
 
     def _time_plan(self, index, x, w, bias, residual, y, handle, stream):
-        import cupy as cp
+        import cupy as cp     # optional: only where a GPU runs the graph
         try:
             ws = cp.empty(max(self._workspace(index), 1), cp.uint8)
             pack = self._pack(x, w, bias, residual, y)
@@ -467,7 +467,7 @@ class ConvGraph:
 
     def run(self, x, w, bias, residual, y):
         """Execute the chosen plan on the current CuPy stream (capturable: no sync)."""
-        import cupy as cp
+        import cupy as cp     # optional: only where a GPU runs the graph
         stream = cp.cuda.get_current_stream()
         handle = _handle(self.cudnn, self.device_id)
         self.cudnn.set_stream(handle, stream.ptr)
@@ -489,7 +489,7 @@ _graphs_lock = threading.Lock()
 
 
 def _device_name(device_id):
-    import cupy as cp
+    import cupy as cp     # optional: only where a GPU runs the graph
     props = cp.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"]
     return name.decode() if isinstance(name, bytes) else str(name)
@@ -528,7 +528,7 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
     device and process) has its plans (``prefetch``ed ones from the workers, the rest
     built here), times them on these buffers and keeps the fastest; never make that first
     call inside a CUDA-graph capture. ``store``: get/put of chosen plans across processes."""
-    import cupy as cp
+    import cupy as cp     # optional: only where a GPU runs the graph
     device_id = cp.cuda.Device().id
     p, q = spec.out_hw()
     want = {"x": ((spec.n, spec.h, spec.w, spec.c), np.float16, x_nhwc),

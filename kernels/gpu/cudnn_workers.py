@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 
+from . import cudnn_graphs as G
+
 log = logging.getLogger(__name__)
 
 IDLE_S = 60.0
@@ -165,9 +167,7 @@ def build_serialized(spec, device_id, index):
     ``name``, ``seconds`` (the build), ``blob`` (None when the plan is not a
     runtime-compiled one or does not serialize: the caller builds it itself) or
     ``error`` (it did not build)."""
-    import cupy as cp
-
-    from . import cudnn_graphs as G
+    import cupy as cp     # optional: only a worker on a GPU machine gets here
     cudnn = G._frontend()
     if cudnn is None:
         raise RuntimeError(G.unavailable_reason())
@@ -194,8 +194,7 @@ def build_serialized(spec, device_id, index):
 
 def build_request(request):
     """The default builder: one plan of one conv graph."""
-    from .cudnn_graphs import ConvSpec
-    return build_serialized(ConvSpec.from_json(request["spec"]), request["device"], request["index"])
+    return build_serialized(G.ConvSpec.from_json(request["spec"]), request["device"], request["index"])
 
 
 def main(build=None, idle_s=None):

@@ -120,7 +120,8 @@ def test_prefetch_queues_every_convolution_the_tactic_would_take(monkeypatch):
     rng = np.random.default_rng(1)
 
     def conv(t, k, c, groups=1, act=None, residual=None):
-        layer = net.add_convolution_nd(t, k, (3, 3), kernel=rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32))
+        w = rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32)
+        layer = net.add_convolution_nd(t, k, (3, 3), kernel=w)
         layer.padding_nd, layer.num_groups = (1, 1), groups
         if act is not None:
             layer.post_activation = act
