@@ -11,6 +11,10 @@ import sys
 
 import numpy as np
 
+import engine as rt
+from engine.atomic_file import write_bytes
+from engine.precision_debug import debug_precision, keep_worst_in_fp16
+
 from .cli import CliError
 from .cli_models import detect_kind, read_npz
 
@@ -25,8 +29,6 @@ def _array_bytes(attributes):
 
 
 def describe_plan(data, view="plan: the optimised network as built (after the builder's passes)"):
-    import engine as rt
-
     eng = rt.Runtime(backend="numpy").deserialize_cuda_engine(data)
     info = json.loads(eng.create_engine_inspector().get_engine_information())
     meta = eng.meta
@@ -47,7 +49,6 @@ def describe_plan(data, view="plan: the optimised network as built (after the bu
 
 def describe_network(data, view="network as defined (before the builder's passes; --built "
                                 "shows it after them)"):
-    import engine as rt
 
     net = rt.deserialize_network(data)
     layers = []
@@ -71,8 +72,6 @@ def describe_network(data, view="network as defined (before the builder's passes
 
 
 def _built_network(data, precision):
-    import engine as rt
-
     if precision == "INT8":
         raise CliError("--precision with --built", "int8",
                        "fp32 or fp16 (an INT8 build needs calibration data: cupyrt "
@@ -121,9 +120,10 @@ def inspect_file(path, built=False, precision="FP32"):
         else:
             desc = describe_network(data)
         return {"file": path, "kind": kind, "engines": [dict(desc, name=path)]}
+    # TensorFlow only for a .pb or a SavedModel: plan files run on hosts without it
     from .cli import import_tensorflow
     import_tensorflow()
-    from tf_integration import cli_models
+    from tf_integration import cli_models  # (TensorFlow: as above)
     entries, totals = cli_models.engine_entries(path, kind, built=built)
     engines = []
     for e in entries:
@@ -168,9 +168,6 @@ def inspect_command(args, out=None):
 def debug_precision_command(args, out=None):
     """Rank the layers of a network by the error INT8 adds, and optionally keep the
     worst ones in FP16 until an accuracy budget is met."""
-    import engine as rt
-    from engine.precision_debug import debug_precision, keep_worst_in_fp16
-
     out = out or sys.stdout
     if detect_kind(args.network, "NETWORK") != "network":
         raise CliError(f"NETWORK {args.network!r}", "a plan (already built)",
@@ -191,7 +188,6 @@ def debug_precision_command(args, out=None):
         out.write(f"kept in FP16 to meet error <= {args.budget}: {kept or 'none'} "
                   f"(output error {final.max_output_error:.3g})\n")
         if args.output:
-            from engine.atomic_file import write_bytes
             write_bytes(args.output, rt.serialize_network(net))
             out.write(f"network with those precision marks written to {args.output}\n")
     return 0

@@ -12,6 +12,10 @@ import os
 
 import numpy as np
 
+import engine as rt
+from engine import plan as planfile
+from engine.errors import PlanFormatError
+
 from .cli import CliError
 
 KINDS = ("plan", "network", "graphdef", "savedmodel")
@@ -19,8 +23,6 @@ KINDS = ("plan", "network", "graphdef", "savedmodel")
 
 def detect_kind(path, option="MODEL"):
     """What ``path`` holds, from its first bytes (or a directory's saved_model.pb)."""
-    from engine import plan as planfile
-
     if not os.path.exists(path):
         raise CliError(f"{option} {path!r}", "no such file or directory",
                        "a frozen or converted .pb, a SavedModel directory, a plan or a network")
@@ -42,9 +44,6 @@ def detect_kind(path, option="MODEL"):
 
 
 def _load_plan_doc(path, option):
-    from engine import plan as planfile
-    from engine.errors import PlanFormatError
-
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -106,12 +105,9 @@ def match_feeds(arrays, inputs, path, option="--inputs"):
 
 class EngineModel:
     """A plan, or a network built here (``precision``), run on the engine's backend."""
-
     kind = "plan"
 
     def __init__(self, path, kind, precision="FP32", backend=None):
-        import engine as rt
-
         with open(path, "rb") as f:
             data = f.read()
         self.path, self.kind = path, kind
@@ -157,7 +153,8 @@ def open_model(path, args, option="MODEL"):
             raise CliError("--backend", "tensorflow for a " + kind,
                            "auto, cupy or numpy (a plan or network has no TensorFlow graph)")
         return EngineModel(path, kind, args.precision, backend)
+    # TensorFlow only for a .pb or a SavedModel: plan files run on hosts without it
     from .cli import import_tensorflow
     import_tensorflow()
-    from tf_integration import cli_models
+    from tf_integration import cli_models  # (TensorFlow: as above)
     return cli_models.open_tf_model(path, kind, args)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from engine.runtime import Profiler
+
 from .cli import CliError, _names
 from .cli_models import match_feeds, open_model, read_npz
 
@@ -119,8 +121,6 @@ def _format_profile(rows):
 
 def _profile(model, feeds, runs):
     """Per-layer times of every engine this model ran: the engines' own profiler."""
-    from engine.runtime import Profiler
-
     contexts = model.profiled_contexts()
     if not contexts:
         raise CliError("--profile", f"no engine ran on an engine backend for {model.path} "

@@ -74,12 +74,14 @@ class CumSumPlugin(rt.Plugin):
         return [cumsum(np, inputs[0], self.axis, self.exclusive, self.reverse)]
 
     def enqueue_cupy(self, inputs):
+        # optional dependency: CuPy (a GPU host)
         import cupy
         return [cumsum(cupy, inputs[0], self.axis, self.exclusive, self.reverse)]
 
 
 def validate_cumsum(node, graph):
     """axis must be a constant"""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration.registry import Reason
     if not graph.is_const(node.input[1]):
         return Reason(Reason.ATTRIBUTE, f"Cumsum axis {node.input[1]} is computed; expected a "
@@ -89,6 +91,7 @@ def validate_cumsum(node, graph):
 
 def convert_cumsum(ctx, node):
     """TF Cumsum -> the CumSum plugin, on the engine axis that holds TF's axis."""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration.context import Value
     x = ctx.input(node, 0)
     axis = int(np.asarray(ctx.const(node, 1, "axis")))
@@ -102,6 +105,7 @@ def convert_cumsum(ctx, node):
 
 def register():
     """Register the plugin class and the Cumsum converter (no-op where already done)."""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration import converter, registry
     plugins = rt.get_plugin_registry()
     if plugins.get_creator(CumSumPlugin.plugin_type, CumSumPlugin.plugin_version) is None:
@@ -112,6 +116,7 @@ def register():
 
 def unregister():
     """Remove what ``register`` added."""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration import registry
     rt.get_plugin_registry().deregister_creator(CumSumPlugin)
     if registry.is_registered(OP) and registry.lookup(OP).fn is convert_cumsum:
@@ -130,6 +135,7 @@ def registered():
 def export_model(directory, seed=0):
     """A tf.Module: dense-ReLU, an exclusive reversed cumsum over the features,
     dense logits and a plain cumsum of those (two Cumsum ops), random weights."""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -153,6 +159,7 @@ def export_model(directory, seed=0):
 
 
 def _convert(src, precision):
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration import TrtGraphConverterV2
     conv = TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision)
     conv.convert()
@@ -162,6 +169,7 @@ def _convert(src, precision):
 def run(batch=64, precision="FP32", workdir=None, seed=0):
     """Convert without and with the custom converter; save; run in a fresh process.
     Returns a dict of the figures."""
+    # TensorFlow here: the plugin above also loads where there is none (engine only)
     from tf_integration import registry
     if registry.is_registered(OP) and registry.lookup(OP).fn is not convert_cumsum:
         raise registry.RegistryError(f"op {OP!r} already has a converter "

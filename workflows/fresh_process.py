@@ -36,6 +36,7 @@ class FreshProcessError(RuntimeError):
 
 def engine_counters():
     """Engine and TensorFlow-fallback runs of every engine node of this process so far."""
+    # TensorFlow loads in the fresh process only; the side that launches it needs none
     from tf_integration.engine_node import engine_runners
     out = {"engine_runs": 0, "native_runs": 0}
     for r in engine_runners():
@@ -45,8 +46,8 @@ def engine_counters():
 
 
 def _frozen_runner(entry):
+    # TensorFlow loads in the fresh process only; the side that launches it needs none
     import tensorflow as tf
-
     from tf_integration import import_graph_def
 
     gd = tf.compat.v1.GraphDef()
@@ -60,8 +61,8 @@ def _frozen_runner(entry):
 
 
 def _saved_model_runner(entry):
+    # TensorFlow loads in the fresh process only; the side that launches it needs none
     import tensorflow as tf
-
     from tf_integration import load_saved_model
 
     fn = load_saved_model(entry["path"]).signatures[entry.get("signature", "serving_default")]

@@ -125,6 +125,7 @@ def _cat(net, tensors, dim=0):
 def import_module(module, input_shape, name="input", network=None, builder=None):
     """Trace ``module`` and rebuild it. Returns (builder, network) with the
     module's output marked as "output"."""
+    # optional dependency: PyTorch
     import torch
     import torch.fx
 

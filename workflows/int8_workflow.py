@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+import engine as rt
+from engine.precision_debug import debug_precision, keep_worst_in_fp16
 from engine.settings import settings
 from workflows import run_engines_here
 from workflows.tensorflow_workflow import digits_split, train_cnn
@@ -42,6 +44,7 @@ CALIBRATORS = ("entropy", "minmax", "percentile")
 def convert(gd, outs, precision, max_batch, x_calib=None, algorithm="entropy", batch=128):
     """Static engines for up to ``max_batch`` rows; INT8 calibrated on ``x_calib`` in
     batches of ``batch``. Returns (converter, converted GraphDef)."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     from tf_integration import TrtGraphConverter
 
     conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=[o.split(":")[0] for o in outs],
@@ -62,8 +65,8 @@ def conv_input(gd):
 
 
 def predict(graph_def, x, output, converted=True):
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import tensorflow as tf
-
     from tf_integration import import_graph_def
 
     g = tf.Graph()
@@ -77,8 +80,7 @@ def layer_report(int8_gd, x_eval, workdir, budget=None):
     """Per INT8 layer, the error it adds (engine.debug_precision on the exported
     network with the converted engine's own calibration table). Returns
     (PrecisionReport, kept-in-FP16 names or None, final output error or None)."""
-    import engine as rt
-    from engine.precision_debug import debug_precision, keep_worst_in_fp16
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     from tf_integration import export_engines
 
     paths = export_engines(int8_gd, os.path.join(workdir, "engines"))
@@ -102,6 +104,7 @@ def layer_report(int8_gd, x_eval, workdir, budget=None):
 def run(epochs=8, algorithm="entropy", calib_images=512, budget=None, eval_images=128,
         workdir=None, seed=0):
     """Train, convert FP32 and INT8, compare accuracy, per-layer report. Returns a dict."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     from tf_integration import freeze_keras_model
 
     if algorithm not in CALIBRATORS:

@@ -23,6 +23,7 @@ file that file is used instead. Then:
 No TensorFlow anywhere.
 """
 import argparse
+import json
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ import time
 
 import numpy as np
 
+import engine as rt
 from engine.settings import settings
 from workflows import run_engines_here
 
@@ -46,9 +48,9 @@ SHAPES = {"conv1.weight": (6, 1, 3, 3), "conv1.bias": (6,),
 class WeightsFileError(ValueError):
     """The .npz does not hold the weights this network needs."""
 
-
 def digits_nchw(seed=0):
     """sklearn's digits, standardised per pixel, as (n, 1, 8, 8) float32 + labels."""
+    # optional dependency: scikit-learn (the digits data set; the [tf] extras)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -177,8 +179,6 @@ def read_weights(path):
 
 def build_network(params):
     """The LeNet-style network in the engine's API. Returns (builder, network)."""
-    import engine as rt
-
     builder = rt.Builder()
     net = builder.create_network()
     x = net.add_input("image", rt.float32, (-1, 1, 8, 8))
@@ -213,8 +213,6 @@ def build_network(params):
 
 
 def build_plan(params, precision="FP32"):
-    import engine as rt
-
     builder, net = build_network(params)
     config = builder.create_builder_config()
     if precision == "FP16":
@@ -224,8 +222,6 @@ def build_plan(params, precision="FP32"):
 
 def run(weights=None, epochs=30, precision="FP32", plan_path=None, seed=0):
     """Weights (trained here or read), network, plan, reload, compare. Returns a dict."""
-    import engine as rt
-
     x_train, y_train, x_test, y_test = digits_nchw(seed)
     workdir = tempfile.mkdtemp(prefix="cupyrt-network-api-")
     trained_s = None
@@ -265,7 +261,6 @@ def run(weights=None, epochs=30, precision="FP32", plan_path=None, seed=0):
 
 
 def _layer_infos(engine):
-    import json
     return json.loads(engine.create_engine_inspector().get_engine_information())["layers"]
 
 

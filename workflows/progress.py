@@ -18,6 +18,8 @@ import contextlib
 import sys
 import time
 
+from engine import builder
+
 
 def _is_tty(stream):
     isatty = getattr(stream, "isatty", None)
@@ -29,7 +31,7 @@ def _is_tty(stream):
 
 def _tqdm():
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # optional dependency (a plain text bar without it)
     except ImportError:
         return None
     return tqdm
@@ -38,7 +40,6 @@ def _tqdm():
 class Progress:
     """One task of ``total`` steps. ``mode``: "auto" (bar on a terminal, lines
     otherwise), "bar", "lines" or "off"."""
-
     def __init__(self, what, total, stream=None, mode="auto", width=30):
         self.what, self.total, self.done = what, max(int(total), 0), 0
         self.stream = stream or sys.stderr
@@ -104,7 +105,6 @@ class Progress:
 class BuildProgress:
     """Listens to engine.builder's progress events: one line per engine build and,
     while a device times tactics, a per-layer bar."""
-
     def __init__(self, stream=None, mode="auto"):
         self.stream, self.mode = stream or sys.stderr, mode
         self.builds = 0
@@ -138,8 +138,6 @@ class BuildProgress:
 @contextlib.contextmanager
 def build_progress(stream=None, mode="auto"):
     """Show every engine build of this process while the block runs."""
-    from engine import builder
-
     listener = BuildProgress(stream, mode)
     builder.PROGRESS_LISTENERS.append(listener)
     try:

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+import engine as rt
 from engine.settings import settings
 from workflows import run_engines_here
 from workflows.fresh_process import engine_counters
@@ -52,6 +53,7 @@ def resample_rows(images, steps):
 def train_rnn(x_train, y_train, cell="LSTM", units=32, epochs=6, steps=(8,), seed=0):
     """Each epoch passes over the training digits once per length in ``steps`` (the
     images resampled to T rows), so the classifier reads a digit at any of them."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -69,7 +71,7 @@ def train_rnn(x_train, y_train, cell="LSTM", units=32, epochs=6, steps=(8,), see
 def engine_layer_types(graph_def):
     """{engine node: {layer type: count}} of each engine node's network (before the
     builder's passes: what the converters made of the TF ops)."""
-    import engine as rt
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     from tf_integration import engine_storage
     from tf_integration.engine_node import ENGINE_OP
 
@@ -91,8 +93,8 @@ def engine_layer_types(graph_def):
 
 
 def _frozen_predictor(graph_def, x_name, y_name):
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import tensorflow as tf
-
     from tf_integration import import_graph_def
 
     g = tf.Graph()
@@ -103,8 +105,8 @@ def _frozen_predictor(graph_def, x_name, y_name):
 
 
 def _saved_predictor(path):
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import tensorflow as tf
-
     from tf_integration import load_saved_model
 
     fn = load_saved_model(path).signatures["serving_default"]
@@ -115,8 +117,8 @@ def run(epochs=6, cell="LSTM", steps=(4, 8, 16), precisions=("FP32", "FP16"), wo
         seed=0):
     """Train, export, freeze, convert (both ways, each precision), save, reload, compare at
     every T. Returns a dict of the figures."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import tensorflow as tf
-
     from tf_integration import TrtGraphConverter, TrtGraphConverterV2, freeze_keras_model
 
     workdir = workdir or tempfile.mkdtemp(prefix="cupyrt-rnn-")

@@ -22,17 +22,18 @@ import sys
 import tempfile
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from engine.settings import settings
+from tf_integration import TrtGraphConverterV2, load_saved_model
 from workflows import run_engines_here
 
 
 def small_cnn(size, seed=0):
     """The bundled example: a small residual CNN (conv-BN-ReLU, a residual block,
     global pooling, dense logits), random weights with a fixed seed."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     inp = keras.Input((size, size, 3), name="image")
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inp)
@@ -48,8 +49,6 @@ def small_cnn(size, seed=0):
 def export_model(name, size, directory, seed=0):
     """Export the bundled small CNN, or ``keras.applications.<name>`` (random
     weights, logits out), with ``model.export``."""
-    import keras
-
     if name == "small_cnn":
         model = small_cnn(size, seed)
     else:
@@ -62,10 +61,6 @@ def export_model(name, size, directory, seed=0):
 
 def run(model="small_cnn", size=32, precision="FP16", batches=(1, 4), workdir=None):
     """Export, convert, build, save, reload, compare. Returns a dict of the figures."""
-    import tensorflow as tf
-
-    from tf_integration import TrtGraphConverterV2, load_saved_model
-
     workdir = workdir or tempfile.mkdtemp(prefix="cupyrt-saved-model-")
     src = export_model(model, size, os.path.join(workdir, "original"))
     rng = np.random.default_rng(0)

@@ -42,6 +42,8 @@ import threading
 import numpy as np
 
 from engine.errors import CupyrtError
+from workflows.cli import CliError
+from workflows.cli_models import detect_kind, open_model
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +163,6 @@ class ModelReplica:
 
     def __init__(self, model_path, backend="tensorflow", max_batch_size=32, signature=None,
                  outputs=None, pad=True, warmup=False):
-        from workflows.cli import CliError
-        from workflows.cli_models import open_model
-
         self.max_batch_size = int(max_batch_size)
         if self.max_batch_size < 1:
             raise ServingError(f"max_batch_size={max_batch_size}; expected at least 1")
@@ -280,6 +279,7 @@ def _rows(feeds):
 def deployment(max_batch_size=32, batch_wait_timeout_s=0.005):
     """The Ray Serve deployment class: a ModelReplica behind HTTP, ``@serve.batch``-ed.
     ``max_batch_size`` counts rows (``batch_size_fn``), not requests."""
+    # optional dependency: Ray Serve (the [serve] extra), imported by what serves
     from ray import serve
     from starlette.responses import JSONResponse
 
@@ -311,9 +311,6 @@ def deployment(max_batch_size=32, batch_wait_timeout_s=0.005):
 def check_model(model_path):
     """What ``model_path`` holds (workflows.cli_models.detect_kind), or ServingError:
     said here in one line, not as a replica that fails to start on the cluster."""
-    from workflows.cli import CliError
-    from workflows.cli_models import detect_kind
-
     try:
         return detect_kind(model_path)
     except CliError as exc:
@@ -325,7 +322,7 @@ def build_app(model_path, max_batch_size=32, batch_wait_timeout_s=0.005, replica
     """The bound Serve application for ``model_path`` on the running Ray cluster: one
     replica per GPU (num_gpus=1, engines on CuPy, warmed up), else ``replicas`` CPU
     replicas (default 1) with engine nodes on ``cpu_backend``."""
-    import ray
+    import ray  # optional dependency (the [serve] extra)
 
     if cpu_backend not in CPU_BACKENDS:
         raise ServingError(f"cpu_backend={cpu_backend!r}; expected one of {CPU_BACKENDS}")
@@ -371,8 +368,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        import ray
-        from ray import serve
+        import ray  # optional dependency (the [serve] extra): said in one line when missing
+        from ray import serve  # (as above)
     except ImportError:
         print("error: workflows.serving needs Ray Serve; expected it installed: "
               "pip install 'cupyrt[serve]'", file=sys.stderr)

@@ -40,6 +40,7 @@ def digits_split(seed=0):
     (n, 8, 8) float32, standardised per pixel with the training set's mean and
     std (raw digits take only 17 values, which also hurts INT8 calibration), a
     stratified held-out quarter."""
+    # optional dependency: scikit-learn (the digits data set; the [tf] extras)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -54,6 +55,7 @@ def digits_split(seed=0):
 
 def train_cnn(x_train, y_train, epochs=8, seed=0):
     """A small Keras CNN (conv-BN-ReLU, pooling, dense softmax) on (n, 8, 8, 1) images."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -75,8 +77,8 @@ def train_cnn(x_train, y_train, epochs=8, seed=0):
 def run(epochs=8, precision="FP16", workdir=None, repeats=5, seed=0):
     """Train, export, freeze, convert, save, evaluate in a fresh process. Returns a dict:
     accuracy and agreement per model, times, engine counters, conversion shares."""
+    # TensorFlow here, not at import: main() sets TF_CPP_MIN_LOG_LEVEL first
     import tensorflow as tf
-
     from tf_integration import TrtGraphConverter, TrtGraphConverterV2, freeze_keras_model
 
     workdir = workdir or tempfile.mkdtemp(prefix="cupyrt-tf-workflow-")

@@ -20,8 +20,13 @@ import logging
 import sys
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
+from tf_integration import TrtGraphConverter, freeze_keras_model, import_graph_def
 from tf_integration.cli import run_demo
 from workflows import run_engines_here
 
@@ -30,12 +35,6 @@ def train_digits(epochs=8, seed=0):
     """A small Keras CNN trained on sklearn's load_digits (fixed seed, a few seconds),
     frozen. Returns a dict: graph_def, inputs, outputs, x_train, y_train, x_test,
     y_test (the held-out quarter), train_seconds."""
-    import keras
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    from tf_integration import freeze_keras_model
-
     digits = load_digits()
     x = digits.images.astype(np.float32)[..., None]                  # (n, 8, 8, 1), 0..16
     x_train, x_test, y_train, y_test = train_test_split(
@@ -72,8 +71,6 @@ def convert_digits(data, precision="FP32", algorithm="entropy", calib_batch=128,
                    calib_runs=4):
     """Convert the digits graph (static engines); INT8 is calibrated on the first
     ``calib_runs * calib_batch`` training images. Returns (converter, converted GraphDef)."""
-    from tf_integration import TrtGraphConverter
-
     outs = data["outputs"]
     conv = TrtGraphConverter(input_graph_def=data["graph_def"],
                              nodes_denylist=[o.split(":")[0] for o in outs],
@@ -90,10 +87,6 @@ def convert_digits(data, precision="FP32", algorithm="entropy", calib_batch=128,
 
 def predict(data, graph_def, converted=True):
     """Class probabilities of the held-out digits through ``graph_def`` in a TF session."""
-    import tensorflow as tf
-
-    from tf_integration import import_graph_def
-
     g = tf.Graph()
     with g.as_default():
         (import_graph_def if converted else tf.compat.v1.import_graph_def)(graph_def, name="")
