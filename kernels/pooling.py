@@ -7,7 +7,7 @@ Max pooling has TensorFlow's NaN semantics (MaxPool on CPU and GPU, where
 TF_ENABLE_MAXPOOL_NANPROP is off by default): a NaN tap is skipped (fmax, not
 maximum), and the running max starts at the dtype's lowest finite value, so a
 window of only NaN or -inf taps gives -FLT_MAX (-65504 in FP16), not NaN or
--inf. kernels/cuda/pool_softmax.cu does the same (fmaxf from -FLT_MAX).
+-inf. kernels/cuda/pooling.cu does the same (fmaxf from -FLT_MAX).
 
 Padding follows TensorRT's IPoolingLayer: -inf for max, 0 for average. The
 average's denominator is the overlap of the window with the unpadded input

@@ -66,11 +66,7 @@ TENSORFLOW = ("tensorflow", "keras", "tf_keras")
 
 # Areas whose clean-up is still under way in other changes: their checks are
 # xfail(strict=False) until those land (then these marks go).
-PENDING = {
-    "engine.gpu": "engine/gpu's own circle (conv_tactics <-> int8_tactics, tactics <-> the tactic "
-                  "families) and its imports inside functions are reworked with the kernel descriptors",
-    "kernels": "kernels/gpu's imports inside functions are reworked with the kernel descriptors",
-}
+PENDING = {}
 
 
 def _area(module):

@@ -80,7 +80,7 @@ def main():
     import cupy as cp
     import torch
     import torch.nn.functional as F
-    from kernels.gpu import conv_gemm, conv_tc, conv_tf32
+    from kernels.gpu import conv_gemm, conv_igemm, conv_tf32
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = False
@@ -111,7 +111,7 @@ def main():
         wf = cp.random.standard_normal((K, C, R, R), dtype=cp.float32) / np.float32(np.sqrt(C * R * R))
         bias = cp.random.standard_normal(K, dtype=cp.float32) * 0.1
         ones = cp.ones(K, cp.float32)
-        x4 = conv_tc.pad_channels(xf, 4)
+        x4 = conv_igemm.pad_channels(xf, 4)
         w4 = conv_tf32.pack_weight_krsc_f32(wf, "KCRS")
         w_krsc = cp.ascontiguousarray(wf.transpose(0, 2, 3, 1))
 

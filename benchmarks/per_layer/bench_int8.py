@@ -4,7 +4,7 @@ Per layer (benchmarks/bench_kernels.py's RESNET50 list, batch 256 and 1):
 
 * ours INT8  kernels.gpu.conv_int8.conv2d_int8, every INT8_TACTICS tile, int8 in,
              int8 out (bias + ReLU + requantise fused); C padded to 16 (stem 3 -> 16);
-* ours FP16  kernels.gpu.conv_tc.conv2d_igemm, V2 tiles + the large V2 tiles
+* ours FP16  kernels.gpu.conv_igemm.conv2d_igemm, V2 tiles + the large V2 tiles
              (+ the small-C stem kernel on the stem), scale + bias + ReLU, fp16 out;
 * torch FP16 F.conv2d, channels_last, cudnn.benchmark, bare convolution.
 
@@ -48,16 +48,16 @@ def main():
     import cupy as cp
     import torch
     import torch.nn.functional as F
-    from kernels.gpu import conv_int8, conv_tc
+    from kernels.gpu import conv_igemm, conv_int8, quantize_int8
 
     torch.backends.cudnn.benchmark = True
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     card = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    fp16_tactics = [conv_tc.TACTICS_BY_NAME[n] for n in FP16_TACTIC_NAMES]
+    fp16_tactics = [conv_igemm.TACTICS_BY_NAME[n] for n in FP16_TACTIC_NAMES]
     t0 = time.time()
     conv_int8.compile_all()
-    conv_tc.compile_all(fp16_tactics)
-    conv_tc.compile_all(conv_tc.SMALLC_TACTICS[:1])
+    conv_igemm.compile_all(fp16_tactics)
+    conv_igemm.compile_all(conv_igemm.SMALLC_TACTICS[:1])
     compile_s = time.time() - t0
     print(f"{card}; compile {compile_s:.1f} s", flush=True)
 
@@ -74,12 +74,12 @@ def main():
             bias = cp.random.standard_normal(K, dtype=cp.float32) * 0.1
             # INT8 operands
             s_in = np.float32(float(cp.abs(xf).max())) / np.float32(127)
-            xq = conv_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
+            xq = quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
             wq, s_w = conv_int8.pack_weight_int8_krsc(wf)
             s_out = np.float32(4.0) / np.float32(127)
             # FP16 operands
-            x16 = conv_tc.pad_channels(xf.astype(cp.float16), 8)
-            w16 = conv_tc.pack_weight_krsc(wf.astype(cp.float16))
+            x16 = conv_igemm.pad_channels(xf.astype(cp.float16), 8)
+            w16 = conv_igemm.pack_weight_krsc(wf.astype(cp.float16))
             ones = cp.ones(K, cp.float32)
 
             def timer(fn):
@@ -95,15 +95,15 @@ def main():
             f16 = {}
             for t in fp16_tactics:
                 out = cp.empty((N, P, P, K), cp.float16)
-                fn = (lambda t=t, out=out: conv_tc.conv2d_igemm(
+                fn = (lambda t=t, out=out: conv_igemm.conv2d_igemm(
                     x16, w16, stride=st, padding=pad, scale=ones, bias=bias, act="RELU",
                     out=out, tactic=t))
                 f16[t.name] = timer(fn)
             if C <= 4:
-                wsc = conv_tc.pack_weight_smallc(wf.astype(cp.float16))
+                wsc = conv_igemm.pack_weight_smallc(wf.astype(cp.float16))
                 out = cp.empty((N, P, P, K), cp.float16)
-                t = conv_tc.SMALLC_TACTICS[0]
-                f16[t.name] = timer(lambda: conv_tc.conv2d_igemm_smallc(
+                t = conv_igemm.SMALLC_TACTICS[0]
+                f16[t.name] = timer(lambda: conv_igemm.conv2d_igemm_smallc(
                     x16, wsc, stride=st, padding=pad, scale=ones, bias=bias, act="RELU",
                     out=out, tactic=t, kernel_s=R))
             # torch FP16 channels_last

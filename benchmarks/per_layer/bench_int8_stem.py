@@ -7,7 +7,7 @@ FP16: half out):
 * INT8 fast    quantize_nchw_to_nhwc (C 3 -> 4, one pass) + conv2d_int8_smallc (best of
                SMALLC_TACTICS): 208 bytes; also the vectorised quantize_nhwc alone;
 * FP16 peer    nchw_to_nhwc_padded (half, C 3 -> 8) + conv2d_igemm_smallc (best of
-               conv_tc.SMALLC_TACTICS), what the FP16 engine runs.
+               conv_igemm.SMALLC_TACTICS), what the FP16 engine runs.
 
 Each step is timed on its own (CUDA events, median of --reps after 3 warm-ups) and the
 totals are the sums of the best steps. The INT8 fast path's codes and outputs are
@@ -52,7 +52,7 @@ def main():
 
     import cupy as cp
     from kernels import quantize as Q
-    from kernels.gpu import conv_int8, conv_tc
+    from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, quantize_int8
     from kernels.gpu.reformat import nchw_to_nhwc_padded
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -67,27 +67,27 @@ def main():
     s_in = Q.scale_from_amax(float(cp.abs(x).max()))
     s_out = Q.scale_from_amax(4.0)
     wq16, s_w16 = conv_int8.pack_weight_int8_krsc(w)
-    wsc, s_wsc = conv_int8.pack_weight_int8_smallc(w)
-    w16 = conv_tc.pack_weight_smallc(w.astype(np.float16))
+    wsc, s_wsc = conv_int8_smallc.pack_weight_int8_smallc(w)
+    w16 = conv_igemm.pack_weight_smallc(w.astype(np.float16))
     ones = cp.ones(K, cp.float32)
     print(f"{card}; stem batch {N}", flush=True)
 
     # operands, made once (each step below is timed on its own)
     xf = nchw_to_nhwc_padded(x, np.float32, 1)
-    xq16 = conv_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
-    xq4 = conv_int8.quantize_nchw_to_nhwc(x, s_in, c_pad_to=4)
+    xq16 = quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
+    xq4 = quantize_int8.quantize_nchw_to_nhwc(x, s_in, c_pad_to=4)
     x16 = nchw_to_nhwc_padded(x, np.float16, 8)
     out8 = cp.empty((N, P, P, K), cp.int8)
     outh = cp.empty((N, P, P, K), cp.float16)
 
     # bit-exactness first: a fast path that differs is not a result
     exact = {"quantize_nchw": bool((xq4[..., :4] == xq16[..., :4]).all() and not xq4[..., 3].any()),
-             "quantize_vec": bool((conv_int8.quantize_nhwc(xf, s_in, c_pad_to=16, variant="vec")
+             "quantize_vec": bool((quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16, variant="vec")
                                    == xq16).all())}
     ref = conv_int8.conv2d_int8(xq16, wq16, s_in, s_w16, stride=2, padding=3, bias=bias,
                                 act="RELU", s_out=s_out).get()
-    for t in conv_int8.SMALLC_TACTICS:
-        got = conv_int8.conv2d_int8_smallc(xq4, wsc, s_in, s_wsc, kernel_size=7, stride=2,
+    for t in conv_int8_smallc.SMALLC_TACTICS:
+        got = conv_int8_smallc.conv2d_int8_smallc(xq4, wsc, s_in, s_wsc, kernel_size=7, stride=2,
                                            padding=3, bias=bias, act="RELU", s_out=s_out,
                                            tactic=t).get()
         exact[t.name] = bool((got == ref).all())
@@ -96,23 +96,23 @@ def main():
     steps = {}
     steps["reformat_f32"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
         x, np.float32, 1, out=xf)}, args.reps)
-    steps["quantize_scalar_c16"] = _best(cp, {"scalar": lambda: conv_int8.quantize_nhwc(
+    steps["quantize_scalar_c16"] = _best(cp, {"scalar": lambda: quantize_int8.quantize_nhwc(
         xf, s_in, c_pad_to=16, out=xq16)}, args.reps)
-    steps["quantize_vec_c16"] = _best(cp, {"vec": lambda: conv_int8.quantize_nhwc(
+    steps["quantize_vec_c16"] = _best(cp, {"vec": lambda: quantize_int8.quantize_nhwc(
         xf, s_in, c_pad_to=16, out=xq16, variant="vec")}, args.reps)
-    steps["quantize_nchw_c4"] = _best(cp, {"nchw": lambda: conv_int8.quantize_nchw_to_nhwc(
+    steps["quantize_nchw_c4"] = _best(cp, {"nchw": lambda: quantize_int8.quantize_nchw_to_nhwc(
         x, s_in, c_pad_to=4, out=xq4)}, args.reps)
     steps["conv_int8_c16"] = _best(cp, {t.name: (lambda t=t: conv_int8.conv2d_int8(
         xq16, wq16, s_in, s_w16, stride=2, padding=3, bias=bias, act="RELU", s_out=s_out,
         out=out8, tactic=t)) for t in conv_int8.INT8_TACTICS}, args.reps)
-    steps["conv_int8_smallc"] = _best(cp, {t.name: (lambda t=t: conv_int8.conv2d_int8_smallc(
+    steps["conv_int8_smallc"] = _best(cp, {t.name: (lambda t=t: conv_int8_smallc.conv2d_int8_smallc(
         xq4, wsc, s_in, s_wsc, kernel_size=7, stride=2, padding=3, bias=bias, act="RELU",
-        s_out=s_out, out=out8, tactic=t)) for t in conv_int8.SMALLC_TACTICS}, args.reps)
+        s_out=s_out, out=out8, tactic=t)) for t in conv_int8_smallc.SMALLC_TACTICS}, args.reps)
     steps["reformat_f16"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
         x, np.float16, 8, out=x16)}, args.reps)
-    steps["conv_fp16_smallc"] = _best(cp, {t.name: (lambda t=t: conv_tc.conv2d_igemm_smallc(
+    steps["conv_fp16_smallc"] = _best(cp, {t.name: (lambda t=t: conv_igemm.conv2d_igemm_smallc(
         x16, w16, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh, tactic=t,
-        kernel_s=7)) for t in conv_tc.SMALLC_TACTICS}, args.reps)
+        kernel_s=7)) for t in conv_igemm.SMALLC_TACTICS}, args.reps)
 
     def ms(step):
         all_ms, best = steps[step]

@@ -1,6 +1,6 @@
 """Convolution kernel microbenchmark on ResNet-50 layer shapes (FP16, NHWC).
 
-Times every tensor-core implicit-GEMM tactic (kernels/gpu/conv_tc.py) and the
+Times every tensor-core implicit-GEMM tactic (kernels/gpu/conv_igemm.py) and the
 cuBLAS 1x1 tactic (with its epilogue kernel) against
 torch.nn.functional.conv2d on channels_last FP16 with cudnn.benchmark, at
 batch 256 and 1, with CUDA events (median of many runs after warm-up), on
@@ -89,21 +89,21 @@ def main():
     import cupy as cp
     import torch
     import torch.nn.functional as F
-    from kernels.gpu import conv_gemm, conv_tc
+    from kernels.gpu import conv_gemm, conv_igemm
 
     torch.backends.cudnn.benchmark = True
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     card = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    tactics = ([t for t in conv_tc.ALL_TACTICS if t.name in args.tactics] if args.tactics
-               else list(conv_tc.IGEMM_TACTICS))
+    tactics = ([t for t in conv_igemm.ALL_TACTICS if t.name in args.tactics] if args.tactics
+               else list(conv_igemm.IGEMM_TACTICS))
 
     def cp_events():
         a, b = cp.cuda.Event(), cp.cuda.Event()
         return _Ev(a, b, cp)
 
     t0 = time.time()
-    conv_tc.compile_all(tactics)
+    conv_igemm.compile_all(tactics)
     compile_s = time.time() - t0
 
     cp.random.seed(0)
@@ -119,8 +119,8 @@ def main():
                   / np.sqrt(C * R * R)).astype(cp.float16)
             x_t = torch.from_dlpack(xc).permute(0, 3, 1, 2)                   # NCHW view, channels_last
             w_t = torch.from_dlpack(wc).contiguous(memory_format=torch.channels_last)
-            x = conv_tc.pad_channels(xc)
-            w = conv_tc.pack_weight_krsc(wc, "KCRS")
+            x = conv_igemm.pad_channels(xc)
+            w = conv_igemm.pack_weight_krsc(wc, "KCRS")
             scale = cp.ones(K, cp.float32)
             bias = cp.zeros(K, cp.float32)
             P = (H + 2 * pad - R) // st + 1
@@ -136,7 +136,7 @@ def main():
             res = {"batch": N, "layer": name, "count": count, "gflop": flops / 1e9,
                    "torch_ms": ms_t, "tactics": {}, "err": {}}
             out = cp.empty((N, P, P, K), cp.float16)
-            cands = [(t.name, (lambda t=t: conv_tc.conv2d_igemm(
+            cands = [(t.name, (lambda t=t: conv_igemm.conv2d_igemm(
                 x, w, stride=st, padding=pad, scale=scale, bias=bias, act="RELU", out=out, tactic=t)))
                 for t in tactics]
             if R == 1:
@@ -281,7 +281,7 @@ def bench_new(args):
     import cupy as cp
     import torch
     import torch.nn.functional as F
-    from kernels.gpu import conv_tc, pooling
+    from kernels.gpu import conv_igemm, pooling
 
     torch.backends.cudnn.benchmark = True
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -341,7 +341,7 @@ def bench_new(args):
         cp.get_default_memory_pool().free_all_blocks()
 
     # ---- split-K: FC head and batch-1 layers (CUDA-graph replay, 20 calls) ------
-    igemm = [t for t in conv_tc.IGEMM_TACTICS if t.v2]
+    igemm = [t for t in conv_igemm.IGEMM_TACTICS if t.v2]
     small = [("fc_2048_1000 M256", 256, 1, 2048, 1000, 1, 1),
              ("fc_2048_1000 M1", 1, 1, 2048, 1000, 1, 1),
              ("s4_3x3_512 b1", 1, 7, 512, 512, 3, 1),
@@ -361,16 +361,16 @@ def bench_new(args):
         wt = torch.from_dlpack(w).contiguous(memory_format=torch.channels_last)
         bt = torch.from_dlpack(bias).half()
         ref = cp.from_dlpack(F.conv2d(xt, wt, bt, stride=st, padding=pad).permute(0, 2, 3, 1).contiguous())
-        wk = conv_tc.pack_weight_krsc(w, "KCRS")
+        wk = conv_igemm.pack_weight_krsc(w, "KCRS")
         out = cp.empty(ref.shape, cp.float16)
         for t in igemm:
-            f = lambda t=t: conv_tc.conv2d_igemm(x, wk, stride=st, padding=pad, scale=scale, bias=bias,  # noqa: E731
+            f = lambda t=t: conv_igemm.conv2d_igemm(x, wk, stride=st, padding=pad, scale=scale, bias=bias,  # noqa: E731
                                                  out=out, tactic=t)
             safe("smallM", name, t.name, lambda f=f: _cp_graph_ms(cp, f), lambda f=f: rel(f(), ref))
-        for t in conv_tc.SPLITK_TACTICS:
+        for t in conv_igemm.SPLITK_TACTICS:
             P = ref.shape[1]
-            sp = conv_tc.splitk_plan(N * P * P, K, R * R * C, t)
-            f = lambda t=t: conv_tc.conv2d_igemm_splitk(x, wk, stride=st, padding=pad, scale=scale,  # noqa: E731
+            sp = conv_igemm.splitk_plan(N * P * P, K, R * R * C, t)
+            f = lambda t=t: conv_igemm.conv2d_igemm_splitk(x, wk, stride=st, padding=pad, scale=scale,  # noqa: E731
                                                         bias=bias, out=out, tactic=t)
             safe("smallM", name, t.name, lambda f=f: _cp_graph_ms(cp, f), lambda f=f: rel(f(), ref),
                  note=f"splits {sp[0]}")
@@ -392,21 +392,21 @@ def bench_new(args):
         wt = torch.from_dlpack(w3).contiguous(memory_format=torch.channels_last)
         bt = torch.from_dlpack(bias).half()
         ref = cp.from_dlpack(F.conv2d(xt, wt, bt, stride=2, padding=3).permute(0, 2, 3, 1).contiguous())
-        x8 = conv_tc.pad_channels(x3, 8)
-        x4 = conv_tc.pad_channels(x3, 4)
-        w8 = conv_tc.pack_weight_krsc(w3, "KCRS")
-        wp = conv_tc.pack_weight_smallc(w3, "KCRS")
+        x8 = conv_igemm.pad_channels(x3, 8)
+        x4 = conv_igemm.pad_channels(x3, 4)
+        w8 = conv_igemm.pack_weight_krsc(w3, "KCRS")
+        wp = conv_igemm.pack_weight_smallc(w3, "KCRS")
         out = cp.empty(ref.shape, cp.float16)
         reps = 20 if N > 1 else 60
         timer = (lambda f: median_ms(f, ev, 3, reps)[0]) if N > 1 else (lambda f: _cp_graph_ms(cp, f))
         ttimer = (lambda f: median_ms(f, tev, 3, reps)[0]) if N > 1 else (lambda f: _torch_graph_ms(torch, f))
         for t in igemm:
-            f = lambda t=t: conv_tc.conv2d_igemm(x8, w8, stride=2, padding=3, scale=scale, bias=bias,  # noqa: E731
+            f = lambda t=t: conv_igemm.conv2d_igemm(x8, w8, stride=2, padding=3, scale=scale, bias=bias,  # noqa: E731
                                                  out=out, tactic=t)
             safe("stem", f"7x7s2 b{N}", t.name + " C8", lambda f=f: timer(f), lambda f=f: rel(f(), ref))
-        for t in conv_tc.SMALLC_TACTICS:
+        for t in conv_igemm.SMALLC_TACTICS:
             for xs, tag in ((x8, "C8"), (x4, "C4")):
-                f = lambda t=t, xs=xs: conv_tc.conv2d_igemm_smallc(xs, wp, stride=2, padding=3,  # noqa: E731
+                f = lambda t=t, xs=xs: conv_igemm.conv2d_igemm_smallc(xs, wp, stride=2, padding=3,  # noqa: E731
                                                                    out_hw=(112, 112), scale=scale,
                                                                    bias=bias, out=out, tactic=t)
                 safe("stem", f"7x7s2 b{N}", f"{t.name} {tag}", lambda f=f: timer(f), lambda f=f: rel(f(), ref))

@@ -73,18 +73,18 @@ assert sum(c for *_, c in DW_LAYERS) == 17
 
 
 def _old_tiles(batch):
-    from kernels.gpu import conv_tc
-    tiles = list(conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE)
-    return tiles + (list(conv_tc.SPLITK_TACTICS) if batch == 1 else [])
+    from kernels.gpu import conv_igemm
+    tiles = list(conv_igemm.IGEMM_TACTICS + conv_igemm.IGEMM_TACTICS_LARGE)
+    return tiles + (list(conv_igemm.SPLITK_TACTICS) if batch == 1 else [])
 
 
 def _compile_one(name):
-    from kernels.gpu import conv_tc
+    from kernels.gpu import conv_igemm
     from kernels.gpu.compile import get_function
     if name.startswith("dwconv_nhwc_v2<"):
         get_function("conv_dw.cu", name)
     else:
-        conv_tc.compile_all((conv_tc.TACTICS_BY_NAME[name],))
+        conv_igemm.compile_all((conv_igemm.TACTICS_BY_NAME[name],))
     return name
 
 
@@ -97,8 +97,8 @@ DW_NAMES = tuple(f"dwconv_nhwc_v2<{t},{wt},3,3,{sw},{qt}>"
 def precompile(workers=15):
     """Compile every igemm tile in parallel processes: CuPy's on-disk cache then
     serves the tests and the benchmark (NVRTC takes ~5 s per tile, serially)."""
-    from kernels.gpu import conv_tc
-    names = sorted({t.name for t in _old_tiles(1) + list(conv_tc.IGEMM_TACTICS_NARROW)})
+    from kernels.gpu import conv_igemm
+    names = sorted({t.name for t in _old_tiles(1) + list(conv_igemm.IGEMM_TACTICS_NARROW)})
     names += list(DW_NAMES)
     with mp.get_context("spawn").Pool(workers) as pool:
         for n in pool.imap_unordered(_compile_one, names):
@@ -165,7 +165,7 @@ def bench_batch(N, args, results):
     import torch
     import torch.nn.functional as F
 
-    from kernels.gpu import conv_dw, conv_gemm, conv_tc
+    from kernels.gpu import conv_dw, conv_gemm, conv_igemm
     torch.backends.cudnn.benchmark = True
     calls, reps = (args.calls, args.reps) if N > 1 else (20, 10)
     ours = lambda f: _cp_graph_ms(cp, f, calls, reps)            # noqa: E731
@@ -220,9 +220,9 @@ def bench_batch(N, args, results):
         row = {"kind": "pw", "layer": name, "count": count, "N": N,
                "flop": 2.0 * N * H * H * C * K, "t": {}, "err": {}}
         row["t"]["torch"] = theirs(tf)
-        for group, tiles in (("old", _old_tiles(N)), ("new", conv_tc.IGEMM_TACTICS_NARROW)):
+        for group, tiles in (("old", _old_tiles(N)), ("new", conv_igemm.IGEMM_TACTICS_NARROW)):
             for t in tiles:
-                fn = conv_tc.conv2d_igemm_splitk if t.kind == "splitk" else conv_tc.conv2d_igemm
+                fn = conv_igemm.conv2d_igemm_splitk if t.kind == "splitk" else conv_igemm.conv2d_igemm
                 f = (lambda t=t, fn=fn: fn(x, w, scale=scale, bias=bias, out=out, tactic=t))
                 key = f"{group} {t.name}"
                 try:

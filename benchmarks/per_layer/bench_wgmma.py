@@ -3,7 +3,7 @@
 Per distinct ResNet-50 convolution (benchmarks/bench_kernels.py's RESNET50 list):
 
 * FP16  ours wgmma   kernels.gpu.conv_wgmma.conv2d_wgmma, every TACTICS tile
-        ours mma     kernels.gpu.conv_tc.conv2d_igemm, the V2 tiles incl. the large ones
+        ours mma     kernels.gpu.conv_igemm.conv2d_igemm, the V2 tiles incl. the large ones
                      (+ the small-C kernel on the stem)
         torch        F.conv2d channels_last FP16, cudnn.benchmark, bare convolution
   ours: scale + bias + ReLU fused, FP16 out; C padded to 8 (stem 3 -> 8).
@@ -44,11 +44,11 @@ MMA_FP16 = ("igemm2_128x128x32_w2x4_s4", "igemm2_128x64x32_w2x2_s4", "igemm2_256
 
 # ---- parallel compile (fills CuPy's on-disk cache; the main process then only loads) ----
 def _items():
-    from kernels.gpu import conv_int8, conv_tc, conv_wgmma
+    from kernels.gpu import conv_igemm, conv_int8, conv_wgmma, quantize_int8
     items = [("wg16", t.name, d) for t in conv_wgmma.TACTICS for d in ("float16", "float32")]
     items += [("wg8", t.name, d) for t in conv_wgmma.INT8_TACTICS
               for d in ("int8", "float32", "float16")]
-    items += [("tc", n, "") for n in MMA_FP16 + (conv_tc.SMALLC_TACTICS[0].name,)]
+    items += [("tc", n, "") for n in MMA_FP16 + (conv_igemm.SMALLC_TACTICS[0].name,)]
     items += [("i8", t.name, "int8") for t in conv_int8.INT8_TACTICS]
     items += [("i8", conv_int8.INT8_TACTICS[0].name, d) for d in ("float32", "float16")]
     return items
@@ -56,11 +56,11 @@ def _items():
 
 def _compile(item):
     kind, name, dt = item
-    from kernels.gpu import conv_int8, conv_tc, conv_wgmma
+    from kernels.gpu import conv_int8, conv_igemm, conv_wgmma
     if kind in ("wg16", "wg8"):
         conv_wgmma._kernel(conv_wgmma.TACTICS_BY_NAME[name], np.dtype(dt))
     elif kind == "tc":
-        conv_tc.compile_all((conv_tc.TACTICS_BY_NAME[name],))
+        conv_igemm.compile_all((conv_igemm.TACTICS_BY_NAME[name],))
     else:
         conv_int8.compile_all((conv_int8.TACTICS_BY_NAME[name],), out_dtypes=(np.dtype(dt),))
 
@@ -118,7 +118,7 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    from kernels.gpu import conv_int8, conv_tc, conv_wgmma
+    from kernels.gpu import conv_int8, conv_igemm, conv_wgmma
 
     torch.backends.cudnn.benchmark = True
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -128,7 +128,7 @@ def main():
         return
     t0 = time.time()
     conv_wgmma.compile_all()
-    conv_tc.compile_all([conv_tc.TACTICS_BY_NAME[n] for n in MMA_FP16] + [conv_tc.SMALLC_TACTICS[0]])
+    conv_igemm.compile_all([conv_igemm.TACTICS_BY_NAME[n] for n in MMA_FP16] + [conv_igemm.SMALLC_TACTICS[0]])
     conv_int8.compile_all()
     load_s = time.time() - t0
     print(f"{card}; kernel load/compile {load_s:.1f} s", flush=True)
@@ -146,10 +146,10 @@ def main():
         wf = cp.random.standard_normal((K, C, R, R), dtype=cp.float32) / np.sqrt(C * R * R)
         bias = cp.random.standard_normal(K, dtype=cp.float32) * 0.1
         ones = cp.ones(K, cp.float32)
-        x16 = conv_tc.pad_channels(xf.astype(cp.float16), 8)
-        w16 = conv_tc.pack_weight_krsc(wf.astype(cp.float16))
+        x16 = conv_igemm.pad_channels(xf.astype(cp.float16), 8)
+        w16 = conv_igemm.pack_weight_krsc(wf.astype(cp.float16))
         s_in = np.float32(float(cp.abs(xf).max())) / np.float32(127)
-        xq = conv_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
+        xq = quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
         wq, s_w = conv_int8.pack_weight_int8_krsc(wf)
         s_out = np.float32(4.0) / np.float32(127)
         errors, f16, i8 = {}, {"wgmma": {}, "mma": {}}, {"wgmma": {}, "mma": {}}
@@ -173,12 +173,12 @@ def main():
                 d = out16.astype(cp.float32) - ref16
                 check[t.name] = float(cp.linalg.norm(d) / cp.linalg.norm(ref16))
         for n in MMA_FP16:
-            f16["mma"][n] = _try_time(cp, lambda n=n: conv_tc.conv2d_igemm(
+            f16["mma"][n] = _try_time(cp, lambda n=n: conv_igemm.conv2d_igemm(
                 x16, w16, tactic=n, **kw16), args.reps, errors, n)
         if C <= 4:
-            wsc = conv_tc.pack_weight_smallc(wf.astype(cp.float16))
-            t = conv_tc.SMALLC_TACTICS[0]
-            f16["mma"][t.name] = _try_time(cp, lambda: conv_tc.conv2d_igemm_smallc(
+            wsc = conv_igemm.pack_weight_smallc(wf.astype(cp.float16))
+            t = conv_igemm.SMALLC_TACTICS[0]
+            f16["mma"][t.name] = _try_time(cp, lambda: conv_igemm.conv2d_igemm_smallc(
                 x16, wsc, tactic=t, kernel_s=R, **kw16), args.reps, errors, t.name)
 
         conv_int8.conv2d_int8(xq, wq, s_in, s_w, **kw8)

@@ -20,9 +20,9 @@ from ..execution import EngineSchedule, LayerRunner
 from ..gpu import tactics as T
 from ..gpu.concat import ConcatElision
 from ..gpu.device import available, cupy, gpu_info
-from ..gpu.timing import (TimingCache, free_device_cache, is_out_of_memory, kernel_switches,
+from ..gpu.timing import (TimingCache, free_device_cache, is_out_of_memory,
                           layer_signature, time_ms)
-from ..settings import settings
+from ..settings import settings, tactic_key
 
 log = logging.getLogger(__name__)
 _caches = {}
@@ -164,7 +164,7 @@ class CupyBackend:
         sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)
         if self.tf32:                 # another candidate set: another cache entry
             sig["tf32"] = True
-        switches = kernel_switches()  # likewise kernels switched away from their default
+        switches = tactic_key()       # likewise kernels switched away from their default
         if switches:
             sig["switches"] = switches
         return TimingCache.key(self.gpu, sig)

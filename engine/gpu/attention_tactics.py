@@ -25,7 +25,7 @@ from kernels.gpu.errors import UnsupportedError
 from kernels.gpu.softmax import softmax
 
 from ..types import DataType, LayerType
-from .tactics import Tactic, cupy, register
+from .base import Tactic, cupy, register
 
 _FLOAT_NAMES = ("float32", "float16")
 _COMPUTE = {DataType.FLOAT: np.float32, DataType.HALF: np.float16}

@@ -35,8 +35,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from kernels.gpu.errors import UnsupportedError
+from kernels.gpu.reformat import concat_into
+
 from ..types import LayerType
-from .tactics import GENERIC, Tactic, cupy, nchw_view, register
+from .base import GENERIC, Tactic, cupy, nchw_view
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,6 @@ class ConcatPlacement:
         if slot is not None:
             if not getattr(tactic, "writes_into_concat", False) or layer.name in e.refused:
                 return None
-            from kernels.gpu.errors import UnsupportedError
             try:
                 return tactic.run(state, layer, inputs, precision, out_dtypes,
                                   into=ConcatTarget(self, slot))
@@ -260,7 +262,6 @@ class ConcatElided(Tactic):
         return None
 
     def run(self, state, layer, inputs, precision, out_dtypes, buffer=None, copied=None):
-        from kernels.gpu.reformat import concat_into
         dtype = np.dtype(out_dtypes[0].to_numpy())
         if dtype not in FLOATS:           # e.g. INT8 storage: codes need the quantizing path
             return GENERIC.run(GENERIC.prepare(layer), layer, inputs, precision, out_dtypes)
@@ -280,4 +281,3 @@ class ConcatElided(Tactic):
 
 
 ELIDED = ConcatElided()
-register(LayerType.CONCATENATION, ELIDED)

@@ -31,7 +31,8 @@ from ..atomic_file import write_bytes
 from ..settings import settings
 from ..types import DataType, LayerType
 from .concat import claim
-from .tactics import Tactic, as_nhwc, cupy, nchw_view, register
+from .base import Tactic, as_nhwc, cupy, nchw_view, register
+from .conv_common import epilogue_state as _epilogue, residual_nhwc as _residual
 from .timing import TimingCache
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,6 @@ class ConvCudnn(Tactic):
         return None
 
     def prepare(self, layer):
-        from .conv_tactics import _epilogue      # conv_tactics registers this module's tactic
         cp = cupy()
         c = layer._inputs[0].shape[1]
         w = layer.weights(c).transpose(0, 2, 3, 1)          # KCRS -> KRSC (NHWC filter)
@@ -237,7 +237,6 @@ class ConvCudnn(Tactic):
     writes_into_concat = True      # the output descriptor takes the concat buffer's pitch
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
-        from .conv_tactics import _residual      # conv_tactics imports this module to register it
         x = inputs[0]
         (p, q), _, _ = _window(layer, tuple(x.shape))
         k = layer.num_output_maps

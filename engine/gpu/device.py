@@ -6,7 +6,7 @@ import numpy as np
 
 
 def cupy():
-    import cupy as cp
+    import cupy as cp  # optional dependency: the engine imports anywhere, runs here with a GPU
     return cp
 
 

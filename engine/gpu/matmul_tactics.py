@@ -1,13 +1,14 @@
 """GPU tactics for MatrixMultiply: our own batched GEMM (kernels/gpu/matmul.py),
 CUDA-graph safe, so an engine of matmuls (a transformer encoder) can be
-captured whole; cuBLAS (conv_tactics.MatMulCublas) cannot be.
+captured whole; cuBLAS (MatMulCublas) cannot be.
 
-    matmul.<tile>      FP16 layers: tensor cores (mma.sync), one tactic per tile
-    matmul.simt_fp32   FP32 layers: the FP32 SIMT kernel (true FP32, rel L2 1e-5)
-    matmul.conv.<tile> a constant 2-D right operand (a linear layer's weight): the
-                       GEMM as a 1x1 convolution of the (M, K) rows, through the
-                       convolution kernels (wgmma / mma.sync FP16, 3xTF32 FP32)
-                       and their fused epilogue (scale = alpha, bias, residual, act)
+    matmul.<tile>      matmul.matmul                FP16 layers: tensor cores (mma.sync), per tile
+    matmul.simt_fp32   matmul.matmul                FP32 layers: the FP32 SIMT kernel (true FP32)
+    matmul.conv.<tile> conv_wgmma.conv2d_wgmma,     a constant 2-D right operand (a linear
+                       conv_igemm.conv2d_igemm,     layer's weight): the GEMM as a 1x1
+                       conv_tf32.conv2d_tf32        convolution of the (M, K) rows, with the
+                                                    fused epilogue (scale = alpha, bias, ...)
+    matmul.cublas      cupy.matmul (cuBLAS)         no fused epilogue; not capturable
 
 An operand produced by a Constant layer (the weight of a linear layer) is
 uploaded once and shared by every tactic of the layer, in the layout the
@@ -18,8 +19,13 @@ output); its value is simply not read here.
 """
 import numpy as np
 
+from kernels.gpu import conv_igemm, conv_tf32, conv_wgmma, matmul
+from kernels.gpu.errors import UnsupportedError
+
+from ..settings import settings
 from ..types import DataType, LayerType, MatrixOperation as MO
-from .tactics import Tactic, cupy, register
+from .base import Tactic, cupy
+from .conv_common import wgmma_reason
 
 _FLOAT_NAMES = ("float32", "float16")
 
@@ -58,20 +64,18 @@ def device_constants(layer, dtype, k_major_b):
 
 
 def _shape_reason(layer, in_shapes, in_dtypes):
-    from kernels.gpu.errors import UnsupportedError
-    from kernels.gpu.matmul import MAX_BATCH, plan
     if MO.VECTOR in (layer.op0, layer.op1):
         return "VECTOR operands (the GEMM kernel takes matrices)"
     if any(d not in _FLOAT_NAMES for d in in_dtypes):
         return f"floating inputs only, not {in_dtypes}"
     try:
-        batch, m, _, _ = plan(in_shapes[0], in_shapes[1], layer.op0.name, layer.op1.name)
+        batch, m, _, _ = matmul.plan(in_shapes[0], in_shapes[1], layer.op0.name, layer.op1.name)
     except UnsupportedError as e:
         return str(e)
     nb = int(np.prod(batch))
     folds = layer.op0 == MO.NONE and int(np.prod(in_shapes[1][:-2])) == 1
-    if nb > MAX_BATCH and not folds:
-        return f"{nb} batched matrices (at most {MAX_BATCH})"
+    if nb > matmul.MAX_BATCH and not folds:
+        return f"{nb} batched matrices (at most {matmul.MAX_BATCH})"
     return None
 
 
@@ -91,9 +95,8 @@ class MatMulTensorCore(Tactic):
         return device_constants(layer, np.float16, k_major_b=True)
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.matmul import matmul
         (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float16)
-        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
+        return [matmul.matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
                        tactic=self.tile, **_epilogue(state, layer, inputs, np.float16))]
 
 
@@ -110,9 +113,8 @@ class MatMulSimt(Tactic):
         return device_constants(layer, np.float32, k_major_b=False)
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.matmul import matmul
         (a, op_a), (b, op_b) = _operands(state, layer, inputs, np.float32)
-        return [matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
+        return [matmul.matmul(a, b, op_a=op_a, op_b=op_b, out_dtype=out_dtypes[0].to_numpy(),
                        **_epilogue(state, layer, inputs, np.float32))]
 
 
@@ -147,20 +149,22 @@ class MatMulAsConv(Tactic):
     """``act(alpha * A @ W + bias + residual)`` with a constant W (K x N) as the
     1x1 convolution of A's rows: A (..., M, K) is the NHWC image [1, 1, M_all, K],
     W^T the KRSC filter [N, 1, 1, K]; the convolution's per-channel scale carries
-    alpha. The conv kernels are the engine's fastest GEMMs (wgmma on sm_90a)."""
+    alpha. The conv kernels are the engine's fastest GEMMs (wgmma on sm_90a).
+    ``launch``: the convolution kernel it runs (conv_wgmma.conv2d_wgmma,
+    conv_igemm.conv2d_igemm or conv_tf32.conv2d_tf32)."""
 
-    def __init__(self, module, launcher, tile, dtype, c_align, precise=None):
-        self.module, self.launcher, self.tile = module, launcher, tile
+    def __init__(self, launch, tile, dtype, c_align, precise=None):
+        self.launch, self.tile = launch, tile
         self.dtype, self.c_align, self.precise = np.dtype(dtype), c_align, precise
+        self.wgmma = launch is conv_wgmma.conv2d_wgmma
         self.name = f"matmul.conv.{tile.name}"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         want = DataType.HALF if self.dtype == np.float16 else DataType.FLOAT
         if precision != want:
             return f"runs {want.name} layers"
-        if self.module == "conv_wgmma":
-            from .conv_tactics import _wgmma_reason
-            reason = _wgmma_reason()
+        if self.wgmma:
+            reason = wgmma_reason()
             if reason:
                 return reason
         if layer.op0 != MO.NONE or MO.VECTOR == layer.op1:
@@ -189,12 +193,15 @@ class MatMulAsConv(Tactic):
                 else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
         act = layer.post_activation
         a_alpha, a_beta = layer.post_params()
+        kw = {} if self.precise is None else {"precise": self.precise}
+        if self.wgmma:       # the FP16 fast epilogue setting, fixed when the layer is prepared
+            kw["fast_epilogue"] = settings().wgmma_f16_fast_epilogue
         return {"w": cp.asarray(np.ascontiguousarray(wt.reshape(n, 1, 1, -1)), self.dtype),
                 "scale": cp.full(n, layer.alpha, cp.float32), "bias": cp.asarray(bias),
-                "act": None if act is None else act.name, "a_alpha": a_alpha, "a_beta": a_beta}
+                "act": None if act is None else act.name, "a_alpha": a_alpha, "a_beta": a_beta,
+                "options": kw}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from .conv_tactics import _launcher
         cp = cupy()
         a = inputs[0]
         lead, k = a.shape[:-1], a.shape[-1]
@@ -205,36 +212,49 @@ class MatMulAsConv(Tactic):
         res = inputs[2] if len(inputs) > 2 else None
         if res is not None:
             res = cp.ascontiguousarray(res.astype(out_dtype, copy=False)).reshape(1, 1, m, n)
-        launch = _launcher(self.module, self.launcher)
-        kw = {} if self.precise is None else {"precise": self.precise}
-        y = launch(x, state["w"], scale=state["scale"], bias=state["bias"], residual=res,
-                   act=state["act"], alpha=state["a_alpha"], beta=state["a_beta"],
-                   out_dtype=out_dtype, tactic=self.tile, **kw)
+        y = self.launch(x, state["w"], scale=state["scale"], bias=state["bias"], residual=res,
+                        act=state["act"], alpha=state["a_alpha"], beta=state["a_beta"],
+                        out_dtype=out_dtype, tactic=self.tile, **state["options"])
         return [y.reshape(tuple(lead) + (n,))]
 
 
 def conv_backed_tactics():
     """The MatMulAsConv family: wgmma and large mma.sync tiles in FP16, 3xTF32 in FP32."""
-    from kernels.gpu import conv_tc, conv_tf32, conv_wgmma
-    out = [MatMulAsConv("conv_wgmma", "conv2d_wgmma", t, np.float16, 8) for t in conv_wgmma.TACTICS]
-    out += [MatMulAsConv("conv_tc", "conv2d_igemm", t, np.float16, 8)
-            for t in conv_tc.IGEMM_TACTICS_LARGE]
-    out += [MatMulAsConv("conv_tf32", "conv2d_tf32", t, np.float32, 4, precise=True)
-            for t in conv_tf32.tactics_for(True)]
-    return out
+    return ([MatMulAsConv(conv_wgmma.conv2d_wgmma, t, np.float16, 8) for t in conv_wgmma.TACTICS]
+            + [MatMulAsConv(conv_igemm.conv2d_igemm, t, np.float16, 8)
+               for t in conv_igemm.IGEMM_TACTICS_LARGE]
+            + [MatMulAsConv(conv_tf32.conv2d_tf32, t, np.float32, 4, precise=True)
+               for t in conv_tf32.tactics_for(True)])
 
 
-_registered = []
+class MatMulCublas(Tactic):
+    """Batched matrix multiply through cuBLAS in the layer's precision (FP16 in,
+    FP32 accumulate), transposes as strided views (no copies)."""
+    name = "matmul.cublas"
+    capturable = False
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if MO.VECTOR in (layer.op0, layer.op1):
+            return "vector operands"
+        if any(d not in ("float32", "float16") for d in in_dtypes):
+            return "floating inputs only"
+        if layer.has_epilogue:
+            # cp.matmul has no epilogue; the matmul.* tactics fuse it (and the
+            # generic tactic runs it as the reference does, for the shapes they decline)
+            return "a fused epilogue (alpha/bias/residual/activation): the matmul.* tactics"
+        return None
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        cp = cupy()
+        dt = np.float16 if precision == DataType.HALF else np.float32
+        a, b = (x.astype(dt, copy=False) for x in inputs)
+        if layer.op0 == MO.TRANSPOSE:
+            a = a.swapaxes(-1, -2)
+        if layer.op1 == MO.TRANSPOSE:
+            b = b.swapaxes(-1, -2)
+        return [cp.matmul(a, b).astype(out_dtypes[0].to_numpy(), copy=False)]
 
 
-def register_all():
-    """Register the MatrixMultiply tactics (once; later calls do nothing)."""
-    if _registered:
-        return
-    from kernels.gpu.matmul import TILES
-    register(LayerType.MATRIX_MULTIPLY, *[MatMulTensorCore(t) for t in TILES], MatMulSimt(),
-             *conv_backed_tactics())
-    _registered.append(True)
-
-
-register_all()
+# The MATRIX_MULTIPLY tactics, in the order the builder times them.
+TACTICS = (MatMulCublas(), *[MatMulTensorCore(t) for t in matmul.TILES], MatMulSimt(),
+           *conv_backed_tactics())

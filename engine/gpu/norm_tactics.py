@@ -8,10 +8,12 @@ transformer's LayerNorm is). Instance and group norm keep the generic tactic.
 """
 import numpy as np
 
+from kernels.gpu import layernorm
+
 from ..layers.base import axes_from_mask
-from ..types import DataType, LayerType
+from ..types import DataType
+from .base import Tactic
 from .matmul_tactics import constant_operand
-from .tactics import Tactic, register
 
 _COMPUTE = {DataType.FLOAT: np.float32, DataType.HALF: np.float16}
 
@@ -49,7 +51,6 @@ class LayerNormKernel(Tactic):
         return {"const": {i: constant_operand(layer, i) for i in (1, 2)}, "rows": {}}
 
     def _rows(self, state, inputs, norm_shape, dt):
-        from kernels.gpu.layernorm import row_vector
         key = (norm_shape, np.dtype(dt).name)
         hit = state["rows"].get(key)
         if hit is not None:
@@ -59,31 +60,20 @@ class LayerNormKernel(Tactic):
             const = state["const"].get(i)
             v = inputs[i] if const is None else const
             # a HALF layer's reference sees every float input rounded to half
-            vecs.append(row_vector(v.astype(dt, copy=False), norm_shape, what))
+            vecs.append(layernorm.row_vector(v.astype(dt, copy=False), norm_shape, what))
         if all(state["const"].get(i) is not None for i in (1, 2)):
             state["rows"][key] = vecs
         return vecs
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.layernorm import layernorm
         x = inputs[0]
         k = trailing_axes(layer, x.ndim)
         norm_shape = tuple(x.shape[x.ndim - k:])
         dt = _COMPUTE[precision]
         scale, bias = self._rows(state, inputs, norm_shape, dt)
-        return [layernorm(x.astype(dt, copy=False), scale, bias, norm_ndim=k, eps=layer.epsilon,
+        return [layernorm.layernorm(x.astype(dt, copy=False), scale, bias, norm_ndim=k, eps=layer.epsilon,
                           out_dtype=out_dtypes[0].to_numpy())]
 
 
-_registered = []
-
-
-def register_all():
-    """Register the normalization tactic (once; later calls do nothing)."""
-    if _registered:
-        return
-    register(LayerType.NORMALIZATION, LayerNormKernel())
-    _registered.append(True)
-
-
-register_all()
+# The NORMALIZATION tactics.
+TACTICS = (LayerNormKernel(),)

@@ -1,4 +1,4 @@
-"""GPU tactics for the fused pointwise chain (one generated kernel) and softmax.
+"""GPU tactic for the fused pointwise chain: one generated kernel (kernels.gpu.pointwise_gen).
 
 The chain's ops are mapped onto kernels.gpu.pointwise_gen's op tuples once, at
 prepare time; an op that has no single-kernel form (a scale over whole
@@ -12,8 +12,10 @@ contiguous NCHW array with the channel axis at 1.
 """
 import numpy as np
 
+from kernels.gpu import pointwise_gen
+
 from ..types import ElementWiseOperation as EW, LayerType, ScaleMode
-from .tactics import Tactic, as_nhwc, cupy, nchw_view, register
+from .base import Tactic, as_nhwc, cupy, nchw_view
 
 _COMMUTES = {EW.SUM, EW.PROD, EW.MAX, EW.MIN}
 
@@ -46,8 +48,7 @@ def plan_chain(layer, rank):
             alpha, beta = sub.params()
             ops.append(("act", sub.activation_type.name, alpha, beta))
         elif t == LayerType.UNARY:
-            from kernels.gpu.pointwise_gen import _UNARY
-            if sub.op.name not in _UNARY:
+            if sub.op.name not in pointwise_gen.UNARY_OPS:
                 raise Unfusable(f"unary {sub.op.name}")
             ops.append(("unary", sub.op.name))
         elif t == LayerType.SCALE:
@@ -107,7 +108,6 @@ class PointwiseChainKernel(Tactic):
         return plan_chain(layer, len(layer._inputs[0].shape))
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.pointwise_gen import pointwise_chain
         cp = cupy()
         x = inputs[0]
         store = np.float16 if x.dtype == np.float16 else np.float32
@@ -124,55 +124,10 @@ class PointwiseChainKernel(Tactic):
             def same(t):
                 return cp.ascontiguousarray(t)
         ops = [("tensor", op[1], same(inputs[op[2]])) if op[0] == "tensor" else op for op in plan]
-        y = pointwise_chain(phys.astype(store, copy=False), ops,
+        y = pointwise_gen.pointwise_chain(phys.astype(store, copy=False), ops,
                             out_dtype=out_dtypes[0].to_numpy(), channel_axis=axis)
         return [nchw_view(y) if nhwc else y]
 
 
-class SoftmaxKernel(Tactic):
-    name = "softmax.kernel"
-
-    def supports(self, layer, in_shapes, in_dtypes, precision):
-        if in_dtypes[0] not in ("float16", "float32"):
-            return "floating input only"
-        return None
-
-    def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.softmax import softmax
-        x = inputs[0]
-        axis = layer.axes.bit_length() - 1
-        dt = np.float16 if precision.name == "HALF" else np.float32
-        if x.ndim == 4 and axis == 1 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
-            y = nchw_view(softmax(x.transpose(0, 2, 3, 1).astype(dt, copy=False), axis=-1))
-        else:
-            y = softmax(x.astype(dt, copy=False), axis=axis)
-        return [y.astype(out_dtypes[0].to_numpy(), copy=False)]
-
-
-class ConstantResident(Tactic):
-    """A constant uploaded once, in its stored type, and handed out without a copy
-    (the reference copies its weights on every run: for a transformer's weight
-    matrices that is hundreds of MB per inference). Consumers only read their
-    inputs, so one device array serves every run and every CUDA-graph replay."""
-    name = "constant.resident"
-
-    def supports(self, layer, in_shapes, in_dtypes, precision):
-        if layer.weights is None:
-            return "no weights"
-        return None
-
-    def prepare(self, layer):
-        return {}
-
-    def run(self, state, layer, inputs, precision, out_dtypes):
-        dt = out_dtypes[0].to_numpy()
-        y = state.get(dt)
-        if y is None:
-            cp = cupy()
-            y = state[dt] = cp.asarray(layer.weights.reshape(layer.shape).astype(dt))
-        return [y]
-
-
-register(LayerType.POINTWISE, PointwiseChainKernel())
-register(LayerType.SOFTMAX, SoftmaxKernel())
-register(LayerType.CONSTANT, ConstantResident())
+# The POINTWISE tactics (the builder's fused chains).
+TACTICS = (PointwiseChainKernel(),)

@@ -11,9 +11,12 @@ Not CUDA-graph safe: the GEMMs go through cuBLAS via CuPy.
 """
 import numpy as np
 
+from kernels import rnn as rnn_reference
+from kernels.gpu import rnn
+
 from ..errors import ExecutionError
-from ..types import DataType, LayerType, RNNDirection
-from .tactics import Tactic, cupy, register
+from ..types import DataType, RNNDirection
+from .base import Tactic, cupy
 
 _STORAGE = {DataType.FLOAT: np.dtype(np.float32), DataType.HALF: np.dtype(np.float16)}
 
@@ -30,14 +33,12 @@ class RnnFused(Tactic):
         return None
 
     def prepare(self, layer):
-        from kernels.gpu.rnn import pack_params
-        packed = pack_params(layer.kernel_params(), layer.op.name, layer.num_layers,
+        packed = rnn.pack_params(layer.kernel_params(), layer.op.name, layer.num_layers,
                              layer.hidden_size, layer.direction == RNNDirection.BIDIRECTION,
                              np.float32, xp=cupy())
         return {packed.dtype: packed}           # storage dtype -> PackedRNN
 
     def run(self, state, layer, inputs, precision, out_dtypes):
-        from kernels.gpu.rnn import rnn_forward
         cp = cupy()
         dt = _STORAGE[precision]
         packed = state.get(dt)
@@ -58,20 +59,20 @@ class RnnFused(Tactic):
         def initial(s):
             # rounded through the storage dtype, as the reference's inputs are
             return None if s is None else s.astype(dt, copy=False).reshape(states)
-        from kernels.rnn import reverse_sequences
         x = x.reshape(n, steps, -1).astype(dt, copy=False)
         if layer.reverse_input:            # the engine-only flips (engine/layers/rnn.py)
-            x = reverse_sequences(x, lengths)
-        y, h_t, c_t = rnn_forward(x, packed,
-                                  layer.op.name, layer.num_layers, layer.hidden_size,
-                                  layer.direction == RNNDirection.BIDIRECTION,
-                                  initial(h0), initial(c0), lengths, dtype=dt)
+            x = rnn_reference.reverse_sequences(x, lengths)
+        y, h_t, c_t = rnn.rnn_forward(x, packed,
+                                      layer.op.name, layer.num_layers, layer.hidden_size,
+                                      layer.direction == RNNDirection.BIDIRECTION,
+                                      initial(h0), initial(c0), lengths, dtype=dt)
         if layer.reverse_output:
-            y = reverse_sequences(y, lengths)
+            y = rnn_reference.reverse_sequences(y, lengths)
         outs = [y.reshape(batch + y.shape[1:]), h_t.reshape(batch + states[1:])]
         if c_t is not None:
             outs.append(c_t.reshape(batch + states[1:]))
         return [o.astype(d.to_numpy(), copy=False) for o, d in zip(outs, out_dtypes)]
 
 
-register(LayerType.RNN_V2, RnnFused())
+# The RNN_V2 tactics.
+TACTICS = (RnnFused(),)

@@ -13,7 +13,8 @@ ResNet-50 build summed to 11.5 ms for an engine that ran in 7.7 ms (with the spi
 for an engine of 7.4 ms; H100, session 3).
 
 The cache maps a key of (kernel version, GPU name, compute capability,
-precision, layer signature, input shapes and dtypes) to the chosen tactic, in
+precision, layer signature, input shapes and dtypes, and the tactic switches set away
+from their default: engine.settings.tactic_key()) to the chosen tactic, in
 a JSON file shared safely between threads (a lock) and processes (merge on
 save, atomic replace), as Polygraphy does with TensorRT's timing cache.
 """
@@ -47,7 +48,7 @@ _spin_kernels = {}
 
 def _spin(stream):
     """Hold ``stream`` for about SPIN_MS (False when the kernel is not available)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: timing needs a GPU
     dev = cp.cuda.Device().id
     entry = _spin_kernels.get(dev)
     if entry is None:
@@ -83,7 +84,7 @@ def graph_time_ms(fn, inner=10, reps=5):
     graph and replayed (launch overhead out); None when ``fn`` cannot be captured.
     Allocations come from a private pool, rehearsed first so capture allocates
     nothing new (as the engine's own capture does)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: timing needs a GPU
     pool = cp.cuda.MemoryPool()
     stream = cp.cuda.Stream(non_blocking=True)
     try:
@@ -117,7 +118,7 @@ def graph_time_ms(fn, inner=10, reps=5):
 
 
 def _eager_ms(fn, best_so_far, warmup, reps):
-    import cupy as cp
+    import cupy as cp  # optional dependency: timing needs a GPU
     try:
         for _ in range(warmup):
             fn()
@@ -149,35 +150,11 @@ def free_device_cache():
     """Return the cached blocks of CuPy's default memory pools to the device (after a
     candidate ran out of memory, the next one gets what the failed one held)."""
     try:
-        import cupy as cp
+        import cupy as cp  # optional dependency: timing needs a GPU
         cp.get_default_memory_pool().free_all_blocks()
         cp.get_default_pinned_memory_pool().free_all_blocks()
     except Exception as e:       # noqa: BLE001  (nothing to free without CuPy)
         log.debug("memory pools not freed: %s: %s", type(e).__name__, e)
-
-
-# Environment switches that change which tactics exist or how fast one runs (value: is the
-# switch on, given the variable's value or None). Their non-default states join the timing
-# cache key, so tiles timed one way are not reused the other way.
-KERNEL_SWITCHES = {
-    "CUPYRT_WGMMA": (lambda v: v != "0", True),                     # wgmma tactics
-    "CUPYRT_INT8_SMALLC": (lambda v: v != "0", True),               # the INT8 stem tactic
-    "CUPYRT_FAST_QUANTIZE": (lambda v: v != "0", True),             # vectorised quantize
-    "CUPYRT_WGMMA_F16_FAST_EPILOGUE": (lambda v: v == "1", False),  # FP16 residual prefetch
-    "CUPYRT_CUDNN": (lambda v: v != "0", True),                     # cuDNN graph tactics
-}
-
-
-def kernel_switches(environ=None):
-    """{variable: state} of the KERNEL_SWITCHES set away from their default."""
-    env = os.environ if environ is None else environ
-    out = {}
-    for name, (on, default) in KERNEL_SWITCHES.items():
-        value = env.get(name)
-        state = default if value is None else on(value)
-        if state != default:
-            out[name] = state
-    return out
 
 
 def layer_signature(layer, in_shapes, in_dtypes, precision, out_dtypes):

@@ -235,20 +235,6 @@ conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
                                           inv_out, act, alpha, beta);
 }
 
-// float (float32 / float16) NHWC -> int8 codes at scale 1/inv, with the
-// channels zero-padded from C to Cp (Cp >= C): q = clamp(rint(x * inv)).
-template <typename T>
-__global__ void quantize_nhwc(const T* __restrict__ x, i8_t* __restrict__ q,
-                              long long pixels, int C, int Cp, float inv) {
-    const long long total = pixels * Cp;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const long long p = i / Cp;
-        const int c = (int)(i - p * Cp);
-        q[i] = c < C ? (i8_t)cupyrt_int8::q8(__fmul_rn(io<T>::load(x + p * C + c), inv)) : (i8_t)0;
-    }
-}
-
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
 // name_expressions; see kernels/gpu/conv_int8.py for the tactic list).
 #ifdef CUPYRT_NVCC_INSTANTIATE
@@ -264,6 +250,4 @@ template __global__ void conv_int8_igemm<256, 128, 64, 4, 2, 3, 0, 0> CUPYRT_I8_
 template __global__ void conv_int8_igemm<128, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
 template __global__ void conv_int8_igemm<64, 64, 64, 2, 2, 4, 0, 0> CUPYRT_I8_ARGS(i8_t);
 template __global__ void conv_int8_igemm<128, 64, 64, 4, 2, 3, 0, 2> CUPYRT_I8_ARGS(i8_t);
-template __global__ void quantize_nhwc<float>(const float*, i8_t*, long long, int, int, float);
-template __global__ void quantize_nhwc<half_t>(const half_t*, i8_t*, long long, int, int, float);
 #endif

@@ -1,6 +1,6 @@
-// quantize_int8.cu -- float32 / float16 activations -> int8 codes, the vectorised
-// variants of conv_int8.cu's scalar quantize_nhwc (one byte per thread, 64-bit
-// division per element). Per element the arithmetic is that kernel's, so the codes
+// quantize_int8.cu -- float32 / float16 activations -> int8 codes: the scalar
+// quantize_nhwc (one byte per thread, 64-bit division per element) and its vectorised
+// variants. Per element the arithmetic is the scalar kernel's, so the codes
 // are bit-identical:
 //   q = q8(__fmul_rn(x, inv))      saturate(rint(x * inv)), rint half to even
 //   padded channels (c >= C) are 0
@@ -165,9 +165,25 @@ __global__ void quantize_nchw_nhwc(const T* __restrict__ x, i8_t* __restrict__ q
     }
 }
 
+// float (float32 / float16) NHWC -> int8 codes at scale 1/inv, with the
+// channels zero-padded from C to Cp (Cp >= C): q = clamp(rint(x * inv)).
+template <typename T>
+__global__ void quantize_nhwc(const T* __restrict__ x, i8_t* __restrict__ q,
+                              long long pixels, int C, int Cp, float inv) {
+    const long long total = pixels * Cp;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / Cp;
+        const int c = (int)(i - p * Cp);
+        q[i] = c < C ? (i8_t)cupyrt_int8::q8(__fmul_rn(io<T>::load(x + p * C + c), inv)) : (i8_t)0;
+    }
+}
+
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
-// name_expressions; see kernels/gpu/conv_int8.py, quantize_nhwc / quantize_nchw_to_nhwc).
+// name_expressions; see kernels/gpu/quantize_int8.py, quantize_nhwc / quantize_nchw_to_nhwc).
 #ifdef CUPYRT_NVCC_INSTANTIATE
+template __global__ void quantize_nhwc<float>(const float*, i8_t*, long long, int, int, float);
+template __global__ void quantize_nhwc<half_t>(const half_t*, i8_t*, long long, int, int, float);
 #define CUPYRT_QV(T, D, I) template __global__ void quantize_nhwc_vec<T, D, I>(const T*, i8_t*, I, int, int, float);
 #define CUPYRT_QC(T, B, I) template __global__ void quantize_nchw_nhwc<T, B, I>(const T*, i8_t*, int, int, int, int, float, int);
 CUPYRT_QV(float, 0, int) CUPYRT_QV(float, 1, int) CUPYRT_QV(half_t, 0, int) CUPYRT_QV(half_t, 1, int)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 from pathlib import Path
@@ -40,6 +39,19 @@ _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*(?://[^\n]*)?$
 _lock = threading.Lock()
 _modules: dict = {}
 _functions: dict = {}
+_debug = 0           # diagnostics level, set by the engine (set_debug_level)
+
+
+def set_debug_level(level: int) -> None:
+    """Diagnostics level: at 3 or more every compiled source (and every generated
+    pointwise chain) is logged at DEBUG. Kernels read no environment: the engine passes
+    its ``debug`` setting (CUPYRT_DEBUG) here."""
+    global _debug
+    _debug = int(level)
+
+
+def debug_level() -> int:
+    return _debug
 
 
 def read_source(name: str) -> str:
@@ -69,7 +81,7 @@ def source_hash(text: str) -> str:
 
 def device_arch(device=None) -> str:
     """'sm_90' for the current (or given) CuPy device."""
-    import cupy
+    import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     dev = cupy.cuda.Device(device)
     return "sm_" + dev.compute_capability
 
@@ -83,7 +95,7 @@ def _load_text(source: str) -> str:
 
 def get_module(source: str, *, options=(), name_expressions=(), device=None):
     """The compiled ``cupy.RawModule`` for ``source`` (a kernels/cuda file name or CUDA text)."""
-    import cupy
+    import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     text = _load_text(source)
     opts = tuple(DEFAULT_OPTIONS) + tuple(options)
     dev = cupy.cuda.Device(device)
@@ -95,7 +107,7 @@ def get_module(source: str, *, options=(), name_expressions=(), device=None):
         if mod is None:
             log.debug("compiling %s for %s with %s (%d instantiations)",
                       source if len(source) < 80 else "<generated>", arch, opts, len(names))
-            if os.environ.get("CUPYRT_DEBUG", "0") >= "3":
+            if _debug >= 3:
                 log.debug("source:\n%s", text)
             with dev:
                 try:
@@ -122,7 +134,7 @@ def get_function(source: str, name: str, *, options=(), name_expressions=None, d
     default cap of 48 KiB the kernel is opted in to that much (once per kernel and device,
     raised when a later call asks for more).
     """
-    import cupy
+    import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     if name_expressions is None:
         name_expressions = (name,) if "<" in name else ()
     dev_id = cupy.cuda.Device(device).id

@@ -19,8 +19,9 @@ import numpy as np
 from ._launch import check_nhwc
 from .activation import act_code
 from .compile import ctype, f32, get_function, i32
-from .conv_tc import _epilogue_vectors, _pair, conv_out_size, prepare_output
+from .conv_igemm import _epilogue_vectors, _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "conv_dw.cu"
 THREADS = 128
@@ -38,7 +39,7 @@ def pack_weight_dw(w, layout="C1RS", dtype=np.float16):
     ``layout``: "C1RS" (PyTorch / TensorRT [C, 1, R, S]), "RSC1" (TensorFlow
     [R, S, C, 1]) or "RSC". Accepts NumPy or CuPy.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     w = cp.asarray(w)
     if layout == "C1RS" and w.ndim == 4 and w.shape[1] == 1:
         w = w[:, 0].transpose(1, 2, 0)
@@ -67,7 +68,7 @@ def conv2d_depthwise_v2(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=Non
     q_tile:   outputs per thread along W, 1..8 (default ``DEFAULT_Q_TILE``)
     Returns ``out`` ([N, P, Q, C] of x's dtype when allocated here).
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     check_nhwc(x, "conv2d_depthwise_v2")
     N, H, W, C = x.shape
     if C % 8:
@@ -112,3 +113,7 @@ def conv2d_depthwise_v2(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=Non
               i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw), i32(out_ld),
               i32(out_channel_offset), i32(act_code(act)), f32(alpha), f32(beta)))
     return out
+
+
+# compiled on first use (one instantiation per filter size, stride and q_tile)
+FAMILY = KernelFamily(SOURCE, launch=(conv2d_depthwise_v2,))

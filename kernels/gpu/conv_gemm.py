@@ -20,10 +20,11 @@ import numpy as np
 from ._launch import BLOCK, check_nhwc, grid_1d, templated
 from .activation import act_code
 from .compile import f32, i32
-from .conv_tc import _epilogue_vectors, _pair, conv_out_size, prepare_output
+from .conv_igemm import _epilogue_vectors, _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
+from .family import KernelFamily
 
-SOURCE = "conv_misc.cu"
+SOURCE = "conv_gemm.cu"
 
 
 def gemm_epilogue(y, out, *, scale=None, bias=None, residual=None, act=None, alpha=0.0,
@@ -34,7 +35,7 @@ def gemm_epilogue(y, out, *, scale=None, bias=None, residual=None, act=None, alp
     out: [..., Ctot] contiguous with prod(shape[:-1]) == M; residual [M, K]-shaped
     contiguous, dtype of out.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     M, K = y.shape
     if y.strides[1] != y.itemsize:
         raise UnsupportedError("epilogue input needs contiguous columns")
@@ -63,7 +64,7 @@ def conv2d_1x1_cublas(x, w_kc, *, stride=1, scale=None, bias=None, residual=None
     x: [N, H, W, C] float16/float32 contiguous; w_kc: [K, C] (or [K, 1, 1, C]) of x's dtype.
     Output [N, P, Q, K] (P = ceil(H / sh)) in ``out_dtype`` (default x's dtype).
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     check_nhwc(x, "conv2d_1x1_cublas")
     w = w_kc.reshape(w_kc.shape[0], -1)
     N, H, W, C = x.shape
@@ -90,7 +91,7 @@ def fully_connected(x2d, w_kc, **kw):
 
 def im2col(x, R, S, stride, padding, dilation, out_hw, c0=0, cg=None, col=None):
     """[N*P*Q, R*S*cg] columns of NHWC ``x`` channels [c0, c0+cg), KRSC order."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     N, H, W, C = x.shape
     cg = C - c0 if cg is None else cg
     sh, sw = stride
@@ -113,7 +114,7 @@ def conv2d_im2col(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, gr
 
     x: [N, H, W, C] float16/float32; w_krsc: [K, R, S, C // groups] of x's dtype.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     check_nhwc(x, "conv2d_im2col")
     N, H, W, C = x.shape
     K, R, S, Cg = w_krsc.shape
@@ -159,7 +160,7 @@ def conv2d_depthwise(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     [C, 1, R, S] reshaped by the caller), stored float32 on the device.
     Output [N, P, Q, C] of x's dtype.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     check_nhwc(x, "conv2d_depthwise")
     N, H, W, C = x.shape
     if w_rsc.ndim != 3 or w_rsc.shape[2] != C:
@@ -180,3 +181,8 @@ def conv2d_depthwise(x, w_rsc, *, stride=1, padding=0, dilation=1, out_hw=None,
           i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw), i32(out_ld),
           i32(out_channel_offset), i32(act_code(act)), f32(alpha), f32(beta)))
     return out
+
+
+# compiled on first use (one instantiation per dtype)
+FAMILY = KernelFamily(SOURCE, launch=(conv2d_1x1_cublas, fully_connected, conv2d_im2col,
+                                      conv2d_depthwise, gemm_epilogue))

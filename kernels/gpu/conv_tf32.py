@@ -1,7 +1,7 @@
 """FP32 convolution on tensor cores (kernels/cuda/conv_tf32.cu): 3xTF32 or plain TF32.
 
-Layouts as the FP16 implicit GEMM (conv_tc.py): activations NHWC float32 with
-C % 4 == 0 (``conv_tc.pad_channels(x, 4)`` pads RGB 3 -> 4), weights packed
+Layouts as the FP16 implicit GEMM (conv_igemm.py): activations NHWC float32 with
+C % 4 == 0 (``conv_igemm.pad_channels(x, 4)`` pads RGB 3 -> 4), weights packed
 once as KRSC float32 by ``pack_weight_krsc_f32``, output NHWC float32 or
 float16, optionally into a wider buffer at a channel offset (concat elision).
 
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import conv_tc
+from . import conv_igemm
 from .compile import get_function
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "conv_tf32.cu"
 C_ALIGN = 4            # channels per 16-byte cp.async chunk of float32
@@ -191,7 +192,7 @@ def pack_weight_krsc_f32(w, layout="KCRS", c_pad_to=C_ALIGN):
     if c_pad_to < 1 or c_pad_to % C_ALIGN:
         raise UnsupportedError(f"c_pad_to={c_pad_to}; expected a positive multiple of {C_ALIGN} "
                                f"(the kernel reads channels 4 at a time)")
-    return conv_tc.pack_weight_krsc(w, layout, c_pad_to=c_pad_to, dtype=np.float32)
+    return conv_igemm.pack_weight_krsc(w, layout, c_pad_to=c_pad_to, dtype=np.float32)
 
 
 def _tactic(tactic, precise=None):
@@ -217,7 +218,7 @@ def _check_operands(x, w_krsc):
     """The conv_tf32-specific layout checks, made before any device allocation."""
     if x.ndim == 4 and x.shape[3] % C_ALIGN:
         raise UnsupportedError(f"C = {x.shape[3]} is not a multiple of {C_ALIGN}; pad channels "
-                               f"(conv_tc.pad_channels(x, 4), pack_weight_krsc_f32)")
+                               f"(conv_igemm.pad_channels(x, 4), pack_weight_krsc_f32)")
     if x.ndim == 4 and w_krsc.ndim == 4 and w_krsc.shape[3] != x.shape[3]:
         raise UnsupportedError(f"weights {w_krsc.shape}; expected [K, R, S, {x.shape[3]}] "
                                f"(x has {x.shape[3]} channels)")
@@ -232,7 +233,7 @@ def conv2d_tf32(x, w_krsc, *, precise=True, stride=1, padding=0, dilation=1, out
     x:        cupy float32 [N, H, W, C], contiguous, C % 4 == 0
     w_krsc:   cupy float32 [K, R, S, C] (``pack_weight_krsc_f32``)
     precise:  True: 3xTF32 (FP32 accuracy); False: plain TF32 (the TF32 flag)
-    The other arguments are those of ``conv_tc.conv2d_igemm``: stride/dilation
+    The other arguments are those of ``conv_igemm.conv2d_igemm``: stride/dilation
     int or (h, w); padding int or (top, left), bottom/right implied by
     ``out_hw``; scale/bias float32 [K] or None; residual [N, P, Q, K] of the
     output dtype; act by name or code; ``out`` / ``out_channel_offset`` for a
@@ -244,7 +245,7 @@ def conv2d_tf32(x, w_krsc, *, precise=True, stride=1, padding=0, dilation=1, out
         raise UnsupportedError(f"precise={precise!r}; expected True (3xTF32) or False (TF32)")
     tactic = _tactic(tactic_default(precise) if tactic is None else tactic, precise)
     _check_operands(x, w_krsc)
-    g = conv_tc._setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
+    g = conv_igemm._setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                        out_channel_offset, residual, scale, bias, in_dtype=np.float32)
     # cp.async copies and the epilogue's vector stores move 16 bytes at a time
     bufs = {"x": x, "w_krsc": w_krsc, "out": g.out, "residual": residual}
@@ -252,7 +253,7 @@ def conv2d_tf32(x, w_krsc, *, precise=True, stride=1, padding=0, dilation=1, out
     if odd:
         raise UnsupportedError(f"{', '.join(odd)} not 16-byte aligned; expected arrays that start "
                                f"on a 16-byte boundary (a fresh allocation, or a view at such an offset)")
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     kern = _kernel(tactic, g.out_f32)
     grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn),)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
@@ -280,3 +281,6 @@ def compile_all(tactics=TACTICS, precise=(True, False)):
         if t.precise in precise:
             _kernel(t, False)
             _kernel(t, True)
+
+
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_tf32,), tiles=TACTICS)

@@ -2,8 +2,8 @@
 
 Drop-in tactics for the two mma.sync families, same layouts and same fused epilogues:
 
-* ``conv2d_wgmma``      = ``conv_tc.conv2d_igemm``  (x NHWC float16, C % 8 == 0; weights
-  KRSC float16 from ``conv_tc.pack_weight_krsc``; FP32 accumulation; scale, bias,
+* ``conv2d_wgmma``      = ``conv_igemm.conv2d_igemm``  (x NHWC float16, C % 8 == 0; weights
+  KRSC float16 from ``conv_igemm.pack_weight_krsc``; FP32 accumulation; scale, bias,
   residual, activation; float16 / float32 out, concat offset);
 * ``conv2d_wgmma_int8`` = ``conv_int8.conv2d_int8`` (x int8 codes, C % 16 == 0; weights
   from ``conv_int8.pack_weight_int8_krsc``; exact int32 accumulation; the INT8 epilogue of
@@ -21,7 +21,6 @@ a STAGES-deep cp.async ring of 128-byte k-tiles (64 halves / 128 int8 per row).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +28,9 @@ import numpy as np
 from .compile import get_function
 from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes are conv_int8's
 from .conv_int8 import _int8_launch_args, check_int8_args
-from .conv_tc import _setup
+from .conv_igemm import _setup
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "conv_wgmma.cu"
 ARCH_OPTIONS = ("-arch=sm_90a",)
@@ -92,7 +92,7 @@ TACTICS_BY_NAME = {t.name: t for t in TACTICS + INT8_TACTICS}
 def available(device=None) -> bool:
     """True when CuPy sees a CUDA device of compute capability 9.0 (H100 / H200)."""
     try:
-        import cupy as cp
+        import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
         return cp.cuda.Device(device).compute_capability == COMPUTE_CAPABILITY
     except Exception:     # no CuPy, no driver, no device
         return False
@@ -103,12 +103,12 @@ def require_available(device=None):
     if available(device):
         return
     try:
-        import cupy as cp
+        import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
         found = f"compute capability {cp.cuda.Device(device).compute_capability}"
     except Exception as exc:
         found = f"no usable CUDA device ({type(exc).__name__})"
     raise UnsupportedError(f"wgmma convolution needs a compute capability 9.0 device (sm_90a: "
-                           f"H100 / H200); found {found}. Use conv_tc / conv_int8 tactics instead")
+                           f"H100 / H200); found {found}. Use conv_igemm / conv_int8 tactics instead")
 
 
 def _tactic(tactic, kind):
@@ -175,11 +175,12 @@ def residual_prefetch_bytes(tactic, smem, residual):
 
 # ---- FP16 ------------------------------------------------------------------------------
 # The INT8 kernel's residual prefetch and fixed-column epilogue, ported to the FP16 kernel
-# as its FAST = 1 instantiation (has_res bit 2: residual prefetched): written and compiled
-# (no spills), not yet run on a GPU, so used only under CUPYRT_WGMMA_F16_FAST_EPILOGUE=1
-# (tests/gpu/test_conv_wgmma_gpu.py checks it against the default path; make it the default
-# once that has passed). The FAST = 0 instantiation's PTX is the validated kernel's.
-F16_FAST_EPILOGUE = os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1"
+# as its FAST = 1 instantiation (has_res bit 2: residual prefetched), asked for by
+# ``conv2d_wgmma(fast_epilogue=True)``: the engine passes its wgmma_f16_fast_epilogue
+# setting (CUPYRT_WGMMA_F16_FAST_EPILOGUE, off by default). Correct on an H200
+# (tests/gpu/test_conv_wgmma_gpu.py checks it against the default path), speed not yet
+# measured: it stays off until a timed run shows it faster. The FAST = 0 instantiation's
+# PTX is the validated kernel's.
 
 
 def f16_epilogue_flags(tactic, smem, residual, fast):
@@ -201,7 +202,7 @@ def _check_f16(x, w_krsc):
         raise UnsupportedError(f"x {x.shape}, w {w_krsc.shape}; expected NHWC and KRSC, rank 4")
     C = x.shape[3]
     if C % 8:
-        raise UnsupportedError(f"C = {C} is not a multiple of 8; pad channels (conv_tc.pad_channels, "
+        raise UnsupportedError(f"C = {C} is not a multiple of 8; pad channels (conv_igemm.pad_channels, "
                                f"pack_weight_krsc(c_pad_to=8))")
     if w_krsc.shape[3] != C:
         raise UnsupportedError(f"weights {w_krsc.shape}; expected [K, R, S, {C}] (C of x)")
@@ -210,21 +211,22 @@ def _check_f16(x, w_krsc):
 def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
                  scale=None, bias=None, residual=None, act=None, alpha=0.0, beta=0.0,
                  out=None, out_dtype=np.float16, out_channel_offset=0,
-                 tactic=TACTICS[0], stream=None):
+                 tactic=TACTICS[0], stream=None, fast_epilogue=False):
     """out = act((conv(x, w) * scale + bias) + residual) on wgmma, one launch.
 
-    Arguments and result exactly as ``conv_tc.conv2d_igemm`` (x float16 NHWC with
+    Arguments and result exactly as ``conv_igemm.conv2d_igemm`` (x float16 NHWC with
     C % 8 == 0, w KRSC float16, scale/bias float32 [K], residual of the out dtype,
     out_dtype float16/float32, ``out`` + ``out_channel_offset`` for concat elision);
     ``tactic``: a ``WgmmaTactic`` of ``TACTICS`` or its name. Needs compute capability 9.0.
+    ``fast_epilogue``: the FAST = 1 instantiation (residual prefetched into shared memory).
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "wgmma")
     _check_f16(x, w_krsc)
     require_available()
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
-    fast = F16_FAST_EPILOGUE
+    fast = bool(fast_epilogue)
     kern = _kernel(tactic, np.float32 if g.out_f32 else np.float16, fast)
     kr = w_krsc.shape[1] * w_krsc.shape[2] * w_krsc.shape[3]
     smem = tactic.smem_for(2 * kr)
@@ -248,7 +250,7 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     concat offset), bit-identical to it; ``tactic``: one of ``INT8_TACTICS`` or its name.
     Needs compute capability 9.0.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "wgmma_int8")
     g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
                         residual, residual_scale)
@@ -263,3 +265,19 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
         kern(_grid(tactic, g["N"] * g["P"] * g["Q"], g["K"]), (tactic.threads,), args,
              shared_mem=smem + extra)
     return out
+
+
+def _compile_for_builds(tactics, fast_epilogue=False):
+    """What precompile builds: FP16 tiles for float16 and float32 output (and their FAST
+    instantiations when the engine's fast-epilogue setting is on), INT8 tiles for int8,
+    float16 and float32 output."""
+    for t in tactics:
+        if t.kind == "wgmma":
+            compile_all((t,), out_dtypes=(np.float16, np.float32), fast=fast_epilogue)
+        else:
+            compile_all((t,), out_dtypes=(np.int8, np.float16, np.float32))
+
+
+FAMILY = KernelFamily(SOURCE, compile=_compile_for_builds,
+                      launch=(conv2d_wgmma, conv2d_wgmma_int8),
+                      tiles=TACTICS, int8_tiles=INT8_TACTICS, available=available)

@@ -16,6 +16,7 @@ import numpy as np
 from ._launch import templated
 from .compile import f32, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "layernorm.cu"
 WARP_MAX_L = 4096
@@ -25,7 +26,7 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
 def row_vector(v, norm_shape, what="scale"):
     """``v`` (any array broadcasting into ``norm_shape``, leading size-1 dims
     allowed) as a contiguous float32 vector of prod(norm_shape) values."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     shape, norm_shape = tuple(v.shape), tuple(norm_shape)
     lead = shape[:max(0, len(shape) - len(norm_shape))]
     if any(d != 1 for d in lead):
@@ -48,7 +49,7 @@ def layernorm(x, scale, bias, *, norm_ndim=1, eps=1e-5, out_dtype=None, stream=N
     axes. scale, bias: float32 vectors of prod(normalised dims) values
     (``row_vector``). Returns a new array of x's shape in ``out_dtype``
     (default x's dtype)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     if x.dtype not in _FLOATS:
         raise UnsupportedError(f"layernorm: dtype {x.dtype}; valid: float16, float32")
     if not 1 <= norm_ndim <= x.ndim:
@@ -79,3 +80,6 @@ def layernorm(x, scale, bias, *, norm_ndim=1, eps=1e-5, out_dtype=None, stream=N
             kern = templated(SOURCE, "layernorm_block", (x.dtype, out_dtype), "layernorm")
             kern((rows,), (256,), (x, y, scale, bias, np.int64(rows), i32(L), f32(eps)))
     return y
+
+
+FAMILY = KernelFamily(SOURCE, launch=(layernorm,))

@@ -29,6 +29,7 @@ import numpy as np
 from .activation import act_code
 from .compile import f32, get_function, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "matmul.cu"
 OPS = ("NONE", "TRANSPOSE")
@@ -155,7 +156,7 @@ def launch_plan(a, b, op_a="NONE", op_b="NONE", bias=None, residual=None, out_dt
     ``nb_run`` batch elements. ``xp``: the array module (NumPy for the CPU
     tests' emulation of the kernels' indexing, ``emulate``)."""
     if xp is None:
-        import cupy as xp
+        import cupy as xp  # optional dependency: CuPy only where a kernel is compiled or launched
     if a.dtype != b.dtype or a.dtype not in (np.float16, np.float32):
         raise UnsupportedError(f"operands {a.dtype} and {b.dtype}; expected both float16 "
                                f"(tensor cores) or both float32")
@@ -210,7 +211,7 @@ def matmul(a, b, *, op_a="NONE", op_b="NONE", alpha=1.0, bias=None, residual=Non
     out_dtype: float16 or float32 (default: the inputs' dtype)
     Returns ``out`` (or a new contiguous array of shape batch + (M, N)).
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     code = act_code(act)
     t = tile(tactic) if a.dtype == np.float16 else None
     if out is not None:
@@ -311,3 +312,6 @@ def compile_all(tiles=TILES, layouts=((True, True), (True, False))):
         for ak, bk in layouts:
             _kernel_f16(t, ak, bk, True, False)
     _kernel_f32(True)
+
+
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(matmul,), tiles=TILES)

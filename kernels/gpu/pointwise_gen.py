@@ -17,24 +17,24 @@ An op is plain data (a tuple), applied in order to the running value ``v``
 call (default -1, NHWC). The generated source depends only on the op kinds
 and names, not on the constants (passed as arguments), so one kernel serves
 every layer with the same chain shape; kernels are memoized on that
-signature, and the ``CUPYRT_DEBUG>=3`` log shows the generated code.
+signature, and at debug level 3 or more (``compile.set_debug_level``; the engine's
+CUPYRT_DEBUG) the log shows the generated code.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-import os
 
 import numpy as np
 
 from .activation import act_code
-from .compile import read_source
+from .compile import debug_level, read_source
 from .errors import UnsupportedError
 
 log = logging.getLogger("cupyrt.kernels.gpu")
 
-_UNARY = {
+UNARY_OPS = {
     "EXP": "expf(v)", "LOG": "logf(v)", "SQRT": "sqrtf(v)", "RECIP": "1.f / v",
     "ABS": "fabsf(v)", "NEG": "-v", "SIN": "sinf(v)", "COS": "cosf(v)", "TAN": "tanf(v)",
     "SINH": "sinhf(v)", "COSH": "coshf(v)", "ASIN": "asinf(v)", "ACOS": "acosf(v)",
@@ -79,9 +79,9 @@ def generate(ops, in_dtype, out_dtype):
             sig.append(f"act{code}")
         elif kind == "unary":
             try:
-                expr = _UNARY[op[1]]
+                expr = UNARY_OPS[op[1]]
             except KeyError:
-                raise UnsupportedError(f"unary op {op[1]!r}; valid: {', '.join(_UNARY)}") from None
+                raise UnsupportedError(f"unary op {op[1]!r}; valid: {', '.join(UNARY_OPS)}") from None
             body.append(f"v = {expr};")
             sig.append(op[1])
         elif kind in ("const", "rconst"):
@@ -124,7 +124,7 @@ def generate(ops, in_dtype, out_dtype):
 
 def pointwise_chain(x, ops, *, out_dtype=None, channel_axis=-1, out=None):
     """Apply ``ops`` to ``x`` in one kernel. x: float16/float32 CuPy array; returns new array."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     if x.dtype not in (np.float16, np.float32):
         raise UnsupportedError(f"pointwise chain: dtype {x.dtype}; valid: float16, float32")
     out_dtype = np.dtype(out_dtype or x.dtype)
@@ -137,7 +137,7 @@ def pointwise_chain(x, ops, *, out_dtype=None, channel_axis=-1, out=None):
     if kern is None:
         preamble = read_source("common.cuh").replace("#pragma once", "")
         name = "cupyrt_pw_" + hashlib.sha1(repr(sig).encode()).hexdigest()[:12]
-        if os.environ.get("CUPYRT_DEBUG", "0") >= "3":
+        if debug_level() >= 3:
             log.debug("pointwise chain %s:\n%s", sig, body)
         kern = cp.ElementwiseKernel(in_params, out_params, body, name, preamble=preamble)
         _kernels[sig] = kern

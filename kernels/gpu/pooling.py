@@ -1,14 +1,15 @@
-"""Pooling on NHWC (kernels/cuda/pool_softmax.cu): max/average windows and global average."""
+"""Pooling on NHWC (kernels/cuda/pooling.cu): max/average windows and global average."""
 from __future__ import annotations
 
 import numpy as np
 
 from ._launch import BLOCK, check_nhwc, grid_1d, templated
 from .compile import get_function, i32
-from .conv_tc import _pair, conv_out_size, prepare_output
+from .conv_igemm import _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
+from .family import KernelFamily
 
-SOURCE = "pool_softmax.cu"
+SOURCE = "pooling.cu"
 MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
 
 
@@ -81,7 +82,7 @@ def global_avgpool(x, keepdims=False, variant="auto"):
     variant: "auto" (vector kernel, block of 32 channel vectors x 8 HW slices,
     where C is a multiple of 8 halves / 4 floats), "vec" or "scalar".
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     check_nhwc(x, "global_avgpool")
     _check_variant(variant)
     N, H, W, C = x.shape
@@ -98,3 +99,6 @@ def global_avgpool(x, keepdims=False, variant="auto"):
         kern = templated(SOURCE, "global_avgpool_nhwc", (x.dtype,), "global_avgpool")
         kern(grid_1d(N * C), (BLOCK,), (x, out, i32(N), i32(H * W), i32(C)))
     return out.reshape(N, 1, 1, C) if keepdims else out
+
+
+FAMILY = KernelFamily(SOURCE, launch=(pool2d, global_avgpool))

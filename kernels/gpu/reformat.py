@@ -1,7 +1,7 @@
 """Layout reformats (NCHW <-> NHWC) and concat into a preallocated buffer.
 
 The transpose goes through a 32x33 shared-memory tile (kernels/cuda/
-pool_softmax.cu, transpose_brc) so both the read and the write are coalesced.
+reformat.cu, transpose_brc) so both the read and the write are coalesced.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 
 from .compile import get_function, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
-SOURCE = "pool_softmax.cu"
+SOURCE = "reformat.cu"
 _CT = {np.dtype(np.float16): "half_t", np.dtype(np.float32): "float",
        np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
 
@@ -31,7 +32,7 @@ def _transpose_brc(x, B, R, C, out):
 
 def nchw_to_nhwc(x, out=None):
     """[N, C, *spatial] -> [N, *spatial, C] (any rank >= 3), contiguous copy."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     x = cp.ascontiguousarray(x)
     N, C = x.shape[:2]
     sp = x.shape[2:]
@@ -41,7 +42,7 @@ def nchw_to_nhwc(x, out=None):
 
 def nhwc_to_nchw(x, out=None):
     """[N, *spatial, C] -> [N, C, *spatial], contiguous copy."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     x = cp.ascontiguousarray(x)
     N, C = x.shape[0], x.shape[-1]
     sp = x.shape[1:-1]
@@ -62,7 +63,7 @@ def concat_into(out, x, channel_offset):
 
 def concat_buffer(shapes, dtype):
     """Allocate the NHWC concat output for inputs of ``shapes`` and return (buffer, offsets)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     offs, c = [], 0
     for s in shapes:
         if tuple(s[:-1]) != tuple(shapes[0][:-1]):
@@ -81,7 +82,7 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
     cast, the transpose and the padding in one pass (the network input of a
     tensor-core stem convolution, where three separate copies used to cost more
     than the convolution)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     N, C, H, W = x.shape
     Cp = -(-C // c_to) * c_to
     if out is None:
@@ -103,3 +104,7 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
             """, "cupyrt_nchw_to_nhwc_padded_v2")
     kern(x, np.int32(C), np.int32(H), np.int32(W), np.int32(Cp), out)
     return out
+
+
+# the padded NCHW -> NHWC cast is a generated ElementwiseKernel, not of reformat.cu
+FAMILY = KernelFamily(SOURCE, launch=(nchw_to_nhwc, nhwc_to_nchw))

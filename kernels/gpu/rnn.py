@@ -16,7 +16,7 @@ reference launches a dozen elementwise kernels per step. Buffers:
     h, c (D, N, H)     FP32 state; hg = h in the storage dtype (the GEMM operand)
     y    (N, T, D*H)   the layer's output and the next layer's input
 
-The gate kernel is kernels/cuda/rnn_gates.cu. On NumPy arrays the same driver
+The gate kernel is kernels/cuda/rnn.cu. On NumPy arrays the same driver
 runs ``gates_step_numpy``, a line-by-line emulation of that kernel's index
 arithmetic, so the driver is tested on machines without a GPU.
 
@@ -35,9 +35,10 @@ from ..xp import array_module
 from ._launch import BLOCK, grid_1d
 from .compile import ctype, get_function, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
-SOURCE = "rnn_gates.cu"
-OP_CODES = {"RELU": 0, "TANH": 1, "LSTM": 2, "GRU": 3}     # RnnOp in rnn_gates.cu
+SOURCE = "rnn.cu"
+OP_CODES = {"RELU": 0, "TANH": 1, "LSTM": 2, "GRU": 3}     # RnnOp in rnn.cu
 STORAGE = (np.dtype(np.float16), np.dtype(np.float32))
 
 
@@ -127,7 +128,7 @@ def _sigmoid(v):
 
 
 def gates_step_numpy(op, gx, gx_strides, gh, bw, br, h, c, hg, y, lens, n, hidden, steps, t, dirs):
-    """rnn_gates_step of rnn_gates.cu on NumPy arrays, index for index (flat
+    """rnn_gates_step of rnn.cu on NumPy arrays, index for index (flat
     offsets, the same strides), so the driver's layouts are tested on the CPU."""
     gates = len(GATES[op])
     gx_row, gx_dir, gx_gate = gx_strides
@@ -270,3 +271,7 @@ def rnn_forward(x, params, op, num_layers, hidden, bidirectional=False, h0=None,
         inp = y
     return (inp, h_t.astype(dtype, copy=False),
             None if c_t is None else c_t.astype(dtype, copy=False))
+
+
+# the GEMMs are cuBLAS (CuPy); rnn.cu holds the fused gate step
+FAMILY = KernelFamily(SOURCE, launch=(rnn_forward,))

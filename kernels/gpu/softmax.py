@@ -1,4 +1,4 @@
-"""Softmax along any axis (kernels/cuda/pool_softmax.cu), FP32 arithmetic.
+"""Softmax along any axis (kernels/cuda/softmax.cu), FP32 arithmetic.
 
 Last axis: one warp per row. Any other axis: the array is viewed as
 [outer, L, inner] and one thread walks each (outer, inner) column, so
@@ -13,13 +13,14 @@ import numpy as np
 from ._launch import BLOCK, grid_1d, templated
 from .compile import i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
-SOURCE = "pool_softmax.cu"
+SOURCE = "softmax.cu"
 
 
 def softmax(x, axis=-1, out=None):
     """softmax(x) along ``axis``; x float16/float32 (made contiguous); returns same shape/dtype."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     if x.dtype not in (np.float16, np.float32):
         raise UnsupportedError(f"softmax: dtype {x.dtype}; valid: float16, float32")
     if x.ndim == 0:
@@ -45,3 +46,6 @@ def softmax(x, axis=-1, out=None):
         kern = templated(SOURCE, "softmax_strided", (x.dtype,), "softmax")
         kern(grid_1d(outer * inner), (BLOCK,), (x, out, np.int64(outer), i32(L), i32(inner)))
     return out
+
+
+FAMILY = KernelFamily(SOURCE, launch=(softmax,))

@@ -25,8 +25,8 @@ def layer(k=16, n=24, op1=MO.NONE, lead=(1,), const_left=False, residual=False):
 
 
 def tc_tactic(dtype=np.float16, align=8):
-    from kernels.gpu import conv_tc
-    return M.MatMulAsConv("conv_tc", "conv2d_igemm", conv_tc.IGEMM_TACTICS_LARGE[0], dtype, align)
+    from kernels.gpu import conv_igemm
+    return M.MatMulAsConv(conv_igemm.conv2d_igemm, conv_igemm.IGEMM_TACTICS_LARGE[0], dtype, align)
 
 
 def reason(t, mm, precision=DataType.HALF, res_shape=None):
@@ -59,7 +59,7 @@ def test_residual_must_have_the_output_shape():
 
 def test_wgmma_backed_ones_decline_without_an_sm90a_device():
     from kernels.gpu import conv_wgmma
-    t = M.MatMulAsConv("conv_wgmma", "conv2d_wgmma", conv_wgmma.TACTICS[0], np.float16, 8)
+    t = M.MatMulAsConv(conv_wgmma.conv2d_wgmma, conv_wgmma.TACTICS[0], np.float16, 8)
     if conv_wgmma.available():
         pytest.skip("an sm_90a device is present")
     assert "compute capability 9.0" in reason(t, layer())

@@ -472,7 +472,7 @@ def _fused_layer():
 
 
 def test_cublas_tactic_declines_a_fused_layer():
-    from engine.gpu.conv_tactics import MatMulCublas
+    from engine.gpu.matmul_tactics import MatMulCublas
     mm = _fused_layer()
     shapes, dts = ((2, 5, 6), (1, 6, 4), (2, 5, 4)), ("float32", "float32", "float16")
     assert "fused epilogue" in MatMulCublas().supports(mm, shapes, dts, rt.DataType.FLOAT)

@@ -1,19 +1,59 @@
 """The parallel precompile's work list (engine/gpu/precompile.py), checked without a GPU:
-every tile family the builder may time is listed, INT8 only for INT8 builds."""
+read from the kernel families' descriptors, INT8 tiles only for INT8 builds, the FP16
+wgmma FAST instantiations only under the fast-epilogue setting."""
+import pytest
+
 from engine.gpu import precompile
+from engine.settings import from_environ
+from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
+from kernels.gpu.family import KernelFamily
 
 
-def test_work_items_cover_every_tile_family():
-    from kernels.gpu import conv_int8, conv_tc, conv_tf32
+def _names(items, family):
+    return {tile for fam, tile, _ in items if fam == family.name}
+
+
+def test_work_items_cover_every_tile_family(monkeypatch):
+    monkeypatch.setattr(conv_wgmma, "available", lambda device=None: False)
+    monkeypatch.setattr(precompile, "FAMILIES", tuple(
+        KernelFamily(f.source, f.launch, f.compile, f.tiles, f.int8_tiles, conv_wgmma.available)
+        if f is conv_wgmma.FAMILY else f for f in precompile.FAMILIES))
     plain = precompile.work_items(int8=False)
-    kinds = {k for k, _ in plain}
-    # no device here: the wgmma (sm_90a) kinds list nothing
-    assert kinds == set(precompile.KINDS) - {"int8", "wgmma_int8", "wgmma"}
-    assert {n for k, n in plain if k == "fp16"} == set(conv_tc.TACTICS_BY_NAME)
-    assert {n for k, n in plain if k == "tf32"} == set(conv_tf32.TACTICS_BY_NAME)
+    # no sm_90a device: the wgmma family lists nothing
+    assert {fam for fam, _, _ in plain} == {"conv_igemm", "conv_tf32", "matmul"}
+    assert _names(plain, conv_igemm.FAMILY) == set(conv_igemm.TACTICS_BY_NAME)
+    assert _names(plain, conv_tf32.FAMILY) == set(conv_tf32.TACTICS_BY_NAME)
+    assert _names(plain, matmul.FAMILY) == set(matmul.TILES_BY_NAME)
     every = precompile.work_items(int8=True)
-    assert {n for k, n in every if k == "int8"} == set(conv_int8.TACTICS_BY_NAME)
-    assert set(plain) < set(every)
+    assert _names(every, conv_int8.FAMILY) == set(conv_int8.TACTICS_BY_NAME)
+    assert all(item in every for item in plain) and len(every) > len(plain)
+
+
+def test_wgmma_tiles_listed_on_sm90a_and_fast_only_when_asked(monkeypatch):
+    fam = KernelFamily("conv_wgmma.cu", tiles=conv_wgmma.TACTICS, int8_tiles=conv_wgmma.INT8_TACTICS,
+                       compile=conv_wgmma.FAMILY.compile, available=lambda: True)
+    monkeypatch.setattr(precompile, "FAMILIES", (fam,))
+    monkeypatch.setattr(conv_wgmma, "FAMILY", fam)
+    off = precompile.work_items(int8=True, current=from_environ({}))
+    on = precompile.work_items(int8=True, current=from_environ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}))
+    assert {t for _, t, _ in off} == {t.name for t in conv_wgmma.TACTICS + conv_wgmma.INT8_TACTICS}
+    assert {o["fast_epilogue"] for _, _, o in off} == {False}
+    assert {o["fast_epilogue"] for _, _, o in on} == {True}
+
+
+def test_wgmma_compile_builds_fast_only_when_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(conv_wgmma, "compile_all",
+                        lambda tactics, out_dtypes=None, fast=False: calls.append(
+                            (tactics[0].name, tuple(map(str, out_dtypes)), fast)))
+    fp16, int8 = conv_wgmma.TACTICS[0], conv_wgmma.INT8_TACTICS[0]
+    conv_wgmma.FAMILY.compile((fp16, int8))
+    conv_wgmma.FAMILY.compile((fp16,), fast_epilogue=True)
+    f16 = ("<class 'numpy.float16'>", "<class 'numpy.float32'>")
+    assert calls == [(fp16.name, f16, False),
+                     (int8.name, ("<class 'numpy.int8'>", "<class 'numpy.float16'>",
+                                  "<class 'numpy.float32'>"), False),
+                     (fp16.name, f16, True)]
 
 
 def test_precompile_is_off_when_asked(monkeypatch):
@@ -25,11 +65,26 @@ def test_precompile_is_off_when_asked(monkeypatch):
 def test_worker_reports_a_failing_tile_and_goes_on(monkeypatch, capsys):
     done = []
 
-    def fake(name):
-        if name == "bad":
+    class Tile:
+        def __init__(self, name):
+            self.name = name
+
+    def fake(tiles, flag=None):
+        if tiles[0].name == "bad":
             raise RuntimeError("line 1\nx.cu(3): error: something wrong\nmore")
-        done.append(name)
-    monkeypatch.setitem(precompile.KINDS, "fp16", (lambda: ["bad", "good"], fake))
-    precompile._worker([["fp16", "bad"], ["fp16", "good"]])
+        done.append((tiles[0].name, flag))
+    fam = KernelFamily("fake.cu", compile=fake, tiles=(Tile("bad"), Tile("good")))
+    monkeypatch.setitem(precompile._BY_NAME, "fake", fam)
+    precompile._worker([["fake", "bad", {}], ["fake", "good", {"flag": 1}]])
     err = capsys.readouterr().err
-    assert "fp16 bad: RuntimeError: x.cu(3): error: something wrong" in err and done == ["good"]
+    assert "fake bad: RuntimeError: x.cu(3): error: something wrong" in err and done == [("good", 1)]
+
+
+def test_a_family_names_its_tiles():
+    assert conv_igemm.FAMILY.name == "conv_igemm" and conv_igemm.FAMILY.source == "conv_igemm.cu"
+    t = conv_igemm.IGEMM_TACTICS[0]
+    assert conv_igemm.FAMILY.tile(t.name) is t
+    assert conv_int8.FAMILY.tile(conv_int8.INT8_TACTICS[0].name) is conv_int8.INT8_TACTICS[0]
+    from kernels.gpu.errors import UnsupportedError
+    with pytest.raises(UnsupportedError, match="conv_igemm has no tile 'nope'; valid: igemm_128x128x32"):
+        conv_igemm.FAMILY.tile("nope")

@@ -19,7 +19,7 @@ import pytest
 import engine as rt
 from engine import kernel_table
 from engine.backends import cupy_backend
-from engine.gpu import tactics as T
+from engine.gpu import base as T
 from engine.gpu import timing
 from engine.testing import rel_l2
 from engine.types import LayerType

@@ -1,23 +1,58 @@
-"""The GPU tactic modules import in any order (conv_tactics registers the FP32 and
-INT8 families at the end of its import) and register each tactic once."""
+"""The GPU tactic modules import in any order (no family imports another; the table in
+engine/gpu/tactics.py registers them all), each tactic is registered once, and each
+names the kernel it launches as a function of kernels/gpu."""
 import subprocess
 import sys
 
 import pytest
 
 
-@pytest.mark.parametrize("first", ["engine.gpu.int8_tactics", "engine.gpu.fp32_tactics",
-                                   "engine.gpu.conv_tactics", "engine.gpu.matmul_tactics"])
+@pytest.mark.parametrize("first", ["engine.gpu.conv_int8_tactics", "engine.gpu.conv_tf32_tactics",
+                                   "engine.gpu.conv_tactics", "engine.gpu.matmul_tactics",
+                                   "engine.gpu.fc_tactics", "engine.gpu.pool_tactics"])
 def test_import_order_and_single_registration(first):
     code = (f"import {first}\n"
             "from engine import kernel_table\n"
             "from engine.gpu.tactics import candidates\n"
             "from engine.types import LayerType\n"
-            "import engine.gpu.int8_tactics as I\n"
-            "names = [t.name for t in kernel_table.TACTICS[LayerType.CONVOLUTION]]\n"
-            "assert len(names) == len(set(names)), 'registered twice'\n"
+            "import engine.gpu.conv_int8_tactics as I\n"
+            "import engine.gpu.pool_tactics as P\n"
+            "for lt, ts in kernel_table.TACTICS.items():\n"
+            "    names = [t.name for t in ts]\n"
+            "    assert len(names) == len(set(names)), ('registered twice', lt)\n"
             "assert any(isinstance(t, I.ConvInt8) for t in kernel_table.TACTICS[LayerType.CONVOLUTION])\n"
-            "assert any(isinstance(t, I.PoolInt8) for t in kernel_table.TACTICS[LayerType.POOLING])\n"
+            "assert any(isinstance(t, P.PoolInt8) for t in kernel_table.TACTICS[LayerType.POOLING])\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_every_kernel_tactic_names_a_launch_function_of_kernels_gpu():
+    from engine import kernel_table
+    from engine.gpu import tactics  # noqa: F401  (fills the table)
+    launched = [t for ts in kernel_table.TACTICS.values() for t in ts if hasattr(t, "launch")]
+    assert len(launched) > 70
+    for t in launched:
+        assert callable(t.launch) and t.launch.__module__.startswith("kernels.gpu."), t.name
+        family = sys.modules[t.launch.__module__].FAMILY
+        assert t.launch in family.launch, (t.name, t.launch.__name__)
+        assert family.source == t.launch.__module__.rsplit(".", 1)[1] + ".cu"
+
+
+def test_switched_off_tactics_are_no_candidates(monkeypatch):
+    import engine as rt
+    import numpy as np
+    from engine.gpu import conv_int8_tactics as I
+    from engine.gpu import conv_tactics as C
+    from engine.gpu.tactics import candidates
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (1, 3, 8, 8))
+    layer = net.add_convolution_nd(x, 8, (3, 3), kernel=np.ones((8, 3, 3, 3), np.float32))
+
+    def count(kind):
+        return sum(isinstance(t, kind) for t in candidates(layer))
+    monkeypatch.delenv("CUPYRT_WGMMA", raising=False)
+    assert count(C.ConvWgmma) == count(I.ConvWgmmaInt8) == 6
+    monkeypatch.setenv("CUPYRT_WGMMA", "0")
+    assert count(C.ConvWgmma) == count(I.ConvWgmmaInt8) == 0
+    assert count(C.ConvIgemm) > 0

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from engine.gpu import timing
+from engine.settings import from_environ, tactic_key
 
 
 @pytest.mark.parametrize("eager, graph_ok, replayed, expected", [
@@ -81,10 +82,14 @@ def test_a_failing_candidate_scores_infinity(monkeypatch):
      {"CUPYRT_FAST_QUANTIZE": False, "CUPYRT_INT8_SMALLC": False}),
     ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}, {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": True}),
     ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "0"}, {}),
+    ({"CUPYRT_CUDNN": "0"}, {"CUPYRT_CUDNN": False}),
+    ({"CUPYRT_PRECOMPILE": "0", "CUPYRT_CUDA_GRAPHS": "0"}, {}),     # no effect on tactics
     ({"UNRELATED": "0"}, {}),
 ])
-def test_kernel_switches_away_from_default(env, want):
-    assert timing.kernel_switches(env) == want
+def test_tactic_switches_away_from_default_join_the_key(env, want):
+    """The timing-cache key's switch part is engine.settings.tactic_key(): the
+    tactic-changing switches set away from their default, nothing else."""
+    assert tactic_key(from_environ(env)) == want
 
 
 def test_switches_change_the_timing_cache_key(monkeypatch):

@@ -6,7 +6,7 @@ cp = pytest.importorskip("cupy")
 
 from gpu_helpers import TOL, act_ref, conv_nhwc, depthwise_nhwc, poison, rel_l2  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_gemm, conv_tc  # noqa: E402
+from kernels.gpu import conv_gemm, conv_igemm  # noqa: E402
 
 RNG = np.random.default_rng(1234)
 
@@ -31,8 +31,8 @@ def _data(N, H, W, C, K, R, S, dtype=np.float16):
     return x, w, scale, bias
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE
-                         + conv_tc.IGEMM_TACTICS_NARROW,
+@pytest.mark.parametrize("tactic", conv_igemm.IGEMM_TACTICS + conv_igemm.IGEMM_TACTICS_LARGE
+                         + conv_igemm.IGEMM_TACTICS_NARROW,
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
 def test_igemm_matches_reference_fp16_out(tactic, shape):
@@ -41,13 +41,13 @@ def test_igemm_matches_reference_fp16_out(tactic, shape):
     ref = conv_nhwc(x, w, st, pd, dl) * scale + bias
     P, Q = ref.shape[1:3]
     out = poison(cp, (N, P, Q, K), np.float16)
-    conv_tc.conv2d_igemm(cp.asarray(x), cp.asarray(w), stride=st, padding=pd, dilation=dl,
+    conv_igemm.conv2d_igemm(cp.asarray(x), cp.asarray(w), stride=st, padding=pd, dilation=dl,
                          scale=cp.asarray(scale), bias=cp.asarray(bias), out=out, tactic=tactic)
     assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
 
 
-@pytest.mark.parametrize("tactic", conv_tc.IGEMM_TACTICS + conv_tc.IGEMM_TACTICS_LARGE
-                         + conv_tc.IGEMM_TACTICS_NARROW,
+@pytest.mark.parametrize("tactic", conv_igemm.IGEMM_TACTICS + conv_igemm.IGEMM_TACTICS_LARGE
+                         + conv_igemm.IGEMM_TACTICS_NARROW,
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("act", ["RELU", "LEAKY_RELU", "SIGMOID", "CLIP"])
 def test_igemm_epilogue_residual_activation_fp32_out(tactic, act):
@@ -57,7 +57,7 @@ def test_igemm_epilogue_residual_activation_fp32_out(tactic, act):
     alpha, beta = (0.1, 0.0) if act == "LEAKY_RELU" else (-0.5, 0.7)
     ref = act_ref(conv_nhwc(x, w, (1, 1), (1, 1)) * scale + bias + res, act, alpha, beta)
     out = poison(cp, (N, H, W, K), np.float32)
-    conv_tc.conv2d_igemm(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
+    conv_igemm.conv2d_igemm(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
                          residual=cp.asarray(res), act=act, alpha=alpha, beta=beta,
                          out=out, tactic=tactic)
     # FP16 inputs, FP32 accumulation and output: far inside the FP16 tolerance
@@ -70,7 +70,7 @@ def test_igemm_writes_into_concat_buffer_at_channel_offset(tactic, off):
     N, H, W, C, K = 2, 8, 8, 32, 40
     x, w, scale, bias = _data(N, H, W, C, K, 1, 1)
     buf = poison(cp, (N, H, W, 104), np.float16)
-    conv_tc.conv2d_igemm(cp.asarray(x), cp.asarray(w), scale=scale, bias=bias, act="RELU",
+    conv_igemm.conv2d_igemm(cp.asarray(x), cp.asarray(w), scale=scale, bias=bias, act="RELU",
                          out=buf, out_channel_offset=off, tactic=tactic)
     got = buf.get()
     ref = np.maximum(conv_nhwc(x, w) * scale + bias, 0)
@@ -84,7 +84,7 @@ def test_igemm_asymmetric_same_padding_via_out_hw():
     N, H, W, C, K = 2, 8, 8, 16, 32
     x, w, scale, bias = _data(N, H, W, C, K, 3, 3)
     ref = conv_nhwc(x, w, (2, 2), (0, 0), out_hw=(4, 4)) * scale + bias
-    out = conv_tc.conv2d_igemm(cp.asarray(x), cp.asarray(w), stride=2, padding=(0, 0),
+    out = conv_igemm.conv2d_igemm(cp.asarray(x), cp.asarray(w), stride=2, padding=(0, 0),
                                out_hw=(4, 4), scale=scale, bias=bias)
     assert rel_l2(out.get(), ref) <= 1e-2
 
@@ -92,12 +92,12 @@ def test_igemm_asymmetric_same_padding_via_out_hw():
 def test_pack_weight_krsc_from_kcrs_and_pad_channels():
     K, C, R, S = 16, 3, 7, 7
     w = RNG.standard_normal((K, C, R, S)).astype(np.float32)
-    packed = conv_tc.pack_weight_krsc(w, "KCRS").get()
+    packed = conv_igemm.pack_weight_krsc(w, "KCRS").get()
     assert packed.shape == (K, R, S, 8) and packed.dtype == np.float16
     np.testing.assert_array_equal(packed[..., :3], w.transpose(0, 2, 3, 1).astype(np.float16))
     assert not packed[..., 3:].any()
     x = cp.asarray(RNG.standard_normal((1, 5, 5, 3)).astype(np.float16))
-    xp = conv_tc.pad_channels(x).get()
+    xp = conv_igemm.pad_channels(x).get()
     assert xp.shape == (1, 5, 5, 8) and not xp[..., 3:].any()
 
 
@@ -105,17 +105,17 @@ def test_igemm_rejects_channels_not_multiple_of_8():
     x = cp.zeros((1, 4, 4, 12), cp.float16)
     w = cp.zeros((8, 1, 1, 12), cp.float16)
     with pytest.raises(UnsupportedError, match="multiple of 8"):
-        conv_tc.conv2d_igemm(x, w)
+        conv_igemm.conv2d_igemm(x, w)
 
 
 def test_igemm_rejects_float32_input():
     with pytest.raises(UnsupportedError, match="float16"):
-        conv_tc.conv2d_igemm(cp.zeros((1, 4, 4, 8), cp.float32), cp.zeros((8, 1, 1, 8), cp.float32))
+        conv_igemm.conv2d_igemm(cp.zeros((1, 4, 4, 8), cp.float32), cp.zeros((8, 1, 1, 8), cp.float32))
 
 
 def test_igemm_rejects_unknown_tactic():
     with pytest.raises(UnsupportedError, match="valid"):
-        conv_tc.conv2d_igemm(cp.zeros((1, 4, 4, 8), cp.float16), cp.zeros((8, 1, 1, 8), cp.float16),
+        conv_igemm.conv2d_igemm(cp.zeros((1, 4, 4, 8), cp.float16), cp.zeros((8, 1, 1, 8), cp.float16),
                              tactic="nope")
 
 
@@ -185,7 +185,7 @@ SPLITK_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("tactic", conv_tc.SPLITK_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("tactic", conv_igemm.SPLITK_TACTICS, ids=lambda t: t.name)
 @pytest.mark.parametrize("splits", [None, 3, 1000])
 @pytest.mark.parametrize("shape", SPLITK_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
 def test_splitk_matches_reference_fp16_out(tactic, splits, shape):
@@ -194,7 +194,7 @@ def test_splitk_matches_reference_fp16_out(tactic, splits, shape):
     ref = conv_nhwc(x, w, st, pd, dl) * scale + bias
     P, Q = ref.shape[1:3]
     out = poison(cp, (N, P, Q, K), np.float16)
-    conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), stride=st, padding=pd, dilation=dl,
+    conv_igemm.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), stride=st, padding=pd, dilation=dl,
                                 scale=cp.asarray(scale), bias=cp.asarray(bias), out=out,
                                 tactic=tactic, splits=splits)
     assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
@@ -207,7 +207,7 @@ def test_splitk_residual_activation_fp32_out_and_concat_offset(act):
     res = RNG.standard_normal((N, H, W, K)).astype(np.float32)
     ref = act_ref(conv_nhwc(x, w, (1, 1), (1, 1)) * scale + bias + res, act)
     out = poison(cp, (N, H, W, K + 8), np.float32)
-    conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
+    conv_igemm.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
                                 residual=cp.asarray(res), act=act, out=out, out_channel_offset=4,
                                 splits=5)
     got = out.get()
@@ -218,14 +218,14 @@ def test_splitk_residual_activation_fp32_out_and_concat_offset(act):
 def test_splitk_given_workspace_and_plan():
     N, H, W, C, K = 1, 7, 7, 512, 256
     x, w, scale, bias = _data(N, H, W, C, K, 1, 1)
-    splits, per = conv_tc.splitk_plan(49, K, C, conv_tc.SPLITK_TACTICS[0], num_sms=132)
+    splits, per = conv_igemm.splitk_plan(49, K, C, conv_igemm.SPLITK_TACTICS[0], num_sms=132)
     assert splits > 1 and (splits - 1) * per < C // 32 <= splits * per
     ws = cp.empty(splits * 49 * K, cp.float32)
-    out = conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), bias=bias, splits=splits,
+    out = conv_igemm.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), bias=bias, splits=splits,
                                       workspace=ws)
     assert rel_l2(out.get(), conv_nhwc(x, w) + bias) <= TOL[np.dtype(np.float16)]
     with pytest.raises(UnsupportedError, match="workspace"):
-        conv_tc.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), splits=splits, workspace=ws[:10])
+        conv_igemm.conv2d_igemm_splitk(cp.asarray(x), cp.asarray(w), splits=splits, workspace=ws[:10])
 
 
 def test_splitk_replays_in_a_cuda_graph():
@@ -235,10 +235,10 @@ def test_splitk_replays_in_a_cuda_graph():
     pool = cp.cuda.MemoryPool()
     stream = cp.cuda.Stream(non_blocking=True)
     with cp.cuda.using_allocator(pool.malloc), stream:
-        conv_tc.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)   # rehearsal fills the pool
+        conv_igemm.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)   # rehearsal fills the pool
         stream.synchronize()
         stream.begin_capture()
-        out = conv_tc.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)
+        out = conv_igemm.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)
         graph = stream.end_capture()
         out.fill(np.nan)
         graph.launch(stream)
@@ -250,14 +250,14 @@ def test_splitk_rejects_igemm_tactic_and_unpadded_channels():
     x = cp.zeros((1, 4, 4, 8), cp.float16)
     w = cp.zeros((8, 1, 1, 8), cp.float16)
     with pytest.raises(UnsupportedError, match="'splitk' tactics"):
-        conv_tc.conv2d_igemm_splitk(x, w, tactic=conv_tc.IGEMM_TACTICS[0])
+        conv_igemm.conv2d_igemm_splitk(x, w, tactic=conv_igemm.IGEMM_TACTICS[0])
     with pytest.raises(UnsupportedError, match="multiple of 8"):
-        conv_tc.conv2d_igemm_splitk(cp.zeros((1, 4, 4, 12), cp.float16),
+        conv_igemm.conv2d_igemm_splitk(cp.zeros((1, 4, 4, 12), cp.float16),
                                     cp.zeros((8, 1, 1, 12), cp.float16))
 
 
 # ---- small-C stem (taps packed in pairs) -------------------------------------
-@pytest.mark.parametrize("tactic", conv_tc.SMALLC_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("tactic", conv_igemm.SMALLC_TACTICS, ids=lambda t: t.name)
 @pytest.mark.parametrize("cstore,shape", [
     (8, (2, 37, 35, 3, 64, 7, 7, (2, 2), (3, 3), (1, 1))),     # ResNet stem, RGB padded to 8
     (4, (2, 37, 35, 3, 64, 7, 7, (2, 2), (3, 3), (1, 1))),     # RGB padded to 4
@@ -269,11 +269,11 @@ def test_smallc_matches_reference(tactic, cstore, shape):
     x, w, scale, bias = _data(N, H, W, C, K, R, S)
     ref = conv_nhwc(x, w, st, pd, dl) * scale + bias
     P, Q = ref.shape[1:3]
-    xs = conv_tc.pad_channels(cp.asarray(x), cstore)
-    wp = conv_tc.pack_weight_smallc(w, "KRSC")
+    xs = conv_igemm.pad_channels(cp.asarray(x), cstore)
+    wp = conv_igemm.pack_weight_smallc(w, "KRSC")
     assert wp.shape == (K, R, 2 * (-(-S // 2)), 4)
     out = poison(cp, (N, P, Q, K), np.float16)
-    conv_tc.conv2d_igemm_smallc(xs, wp, stride=st, padding=pd, dilation=dl, out_hw=(P, Q),
+    conv_igemm.conv2d_igemm_smallc(xs, wp, stride=st, padding=pd, dilation=dl, out_hw=(P, Q),
                                 scale=cp.asarray(scale), bias=cp.asarray(bias), out=out,
                                 tactic=tactic)
     assert rel_l2(out.get(), ref) <= TOL[np.dtype(np.float16)]
@@ -285,8 +285,8 @@ def test_smallc_default_out_hw_residual_relu_fp32():
     ref0 = conv_nhwc(x, w, (2, 2), (3, 3))
     res = RNG.standard_normal(ref0.shape).astype(np.float32)
     ref = np.maximum(ref0 * scale + bias + res, 0)
-    out = conv_tc.conv2d_igemm_smallc(conv_tc.pad_channels(cp.asarray(x), 8),
-                                      conv_tc.pack_weight_smallc(w, "KRSC"), stride=2, padding=3,
+    out = conv_igemm.conv2d_igemm_smallc(conv_igemm.pad_channels(cp.asarray(x), 8),
+                                      conv_igemm.pack_weight_smallc(w, "KRSC"), stride=2, padding=3,
                                       scale=scale, bias=bias, residual=cp.asarray(res), act="RELU",
                                       out_dtype=np.float32)
     assert out.shape == ref.shape
@@ -295,10 +295,10 @@ def test_smallc_default_out_hw_residual_relu_fp32():
 
 def test_smallc_rejects_wide_inputs():
     with pytest.raises(UnsupportedError, match="C <= 4"):
-        conv_tc.pack_weight_smallc(np.zeros((8, 5, 3, 3), np.float32))
-    w = conv_tc.pack_weight_smallc(np.zeros((8, 3, 3, 3), np.float32))
+        conv_igemm.pack_weight_smallc(np.zeros((8, 5, 3, 3), np.float32))
+    w = conv_igemm.pack_weight_smallc(np.zeros((8, 3, 3, 3), np.float32))
     with pytest.raises(UnsupportedError, match="4 or 8 stored channels"):
-        conv_tc.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 16), cp.float16), w)
+        conv_igemm.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 16), cp.float16), w)
     with pytest.raises(UnsupportedError, match="even S"):
-        conv_tc.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 8), cp.float16),
+        conv_igemm.conv2d_igemm_smallc(cp.zeros((1, 8, 8, 8), cp.float16),
                                     cp.zeros((8, 3, 3, 4), cp.float16))

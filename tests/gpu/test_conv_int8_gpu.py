@@ -8,7 +8,7 @@ cp = pytest.importorskip("cupy")
 
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_int8  # noqa: E402
+from kernels.gpu import conv_int8, quantize_int8  # noqa: E402
 
 TACTICS = conv_int8.INT8_TACTICS
 # float outputs compile two more instantiations per tactic: two tactics cover them
@@ -55,7 +55,7 @@ def _acc_nhwc(c):
 
 
 def _gpu_inputs(c):
-    xq = conv_int8.quantize_nhwc(cp.asarray(c["x"]), c["s_in"], c_pad_to=16)
+    xq = quantize_int8.quantize_nhwc(cp.asarray(c["x"]), c["s_in"], c_pad_to=16)
     wq, s_w = conv_int8.pack_weight_int8_krsc(c["w"])
     return xq, wq, s_w
 
@@ -75,12 +75,12 @@ def test_quantize_nhwc_matches_emulation_bit_exact(in_dtype):
     x = (3 * rng.standard_normal((2, 5, 7, 19))).astype(in_dtype)
     x[0, 0, 0, :4] = [0.5, 1.5, 2.5, -2.5]                          # ties: half to even at s = 1
     for s in (np.float32(1.0), Q.scale_from_amax(2.0)):             # 2.0 < max|x|: saturation
-        got = conv_int8.quantize_nhwc(cp.asarray(x), s, c_pad_to=16).get()
+        got = quantize_int8.quantize_nhwc(cp.asarray(x), s, c_pad_to=16).get()
         ref = Q.quantize(x, s)
         assert got.shape == (2, 5, 7, 32)
         np.testing.assert_array_equal(got[..., :19], ref)
         assert not got[..., 19:].any()
-    assert (conv_int8.quantize_nhwc(cp.asarray(x), Q.scale_from_amax(2.0)).get() == 127).any()
+    assert (quantize_int8.quantize_nhwc(cp.asarray(x), Q.scale_from_amax(2.0)).get() == 127).any()
 
 
 def test_pack_weight_int8_matches_quantize_weights():
@@ -190,7 +190,7 @@ def test_replays_in_a_cuda_graph():
         wq, s_w = conv_int8.pack_weight_int8_krsc(c["w"])
 
         def body():
-            xq = conv_int8.quantize_nhwc(xd, c["s_in"], c_pad_to=16)
+            xq = quantize_int8.quantize_nhwc(xd, c["s_in"], c_pad_to=16)
             return conv_int8.conv2d_int8(xq, wq, c["s_in"], s_w, padding=1, bias=bd,
                                          act="RELU", s_out=s_out)
         body()                                                        # rehearsal: compile, pool

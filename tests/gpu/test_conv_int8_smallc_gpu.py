@@ -9,9 +9,9 @@ cp = pytest.importorskip("cupy")
 
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_int8  # noqa: E402
+from kernels.gpu import conv_int8, conv_int8_smallc, quantize_int8  # noqa: E402
 
-SC = conv_int8.SMALLC_TACTICS
+SC = conv_int8_smallc.SMALLC_TACTICS
 REF_TACTIC = conv_int8.INT8_TACTICS[0]
 
 # (name, H, W, R, S, stride, pad, dil)
@@ -41,7 +41,7 @@ def _case(N, C, K, geom, seed, Cs=4):
 def _both(c, tactic, out_dtype, poison, **kw):
     """(small-C result, conv2d_int8 result on C padded to 16), same arguments."""
     wq16, s_w16 = conv_int8.pack_weight_int8_krsc(c["w"])
-    wsc, s_wsc = conv_int8.pack_weight_int8_smallc(c["w"])
+    wsc, s_wsc = conv_int8_smallc.pack_weight_int8_smallc(c["w"])
     np.testing.assert_array_equal(s_w16.get(), s_wsc.get())
     shape = (c["N"], c["P"], c["Q"], c["K"])
     common = dict(stride=c["st"], padding=c["pd"], dilation=c["dl"], bias=c["bias"],
@@ -49,7 +49,7 @@ def _both(c, tactic, out_dtype, poison, **kw):
     ref = cp.full(shape, poison, out_dtype)
     conv_int8.conv2d_int8(c["x16"], wq16, 0.02, s_w16, out=ref, tactic=REF_TACTIC, **common)
     got = cp.full(shape, poison, out_dtype)
-    conv_int8.conv2d_int8_smallc(c["xs"], wsc, 0.02, s_wsc, kernel_size=(c["R"], c["S"]),
+    conv_int8_smallc.conv2d_int8_smallc(c["xs"], wsc, 0.02, s_wsc, kernel_size=(c["R"], c["S"]),
                                  out=got, tactic=tactic, **common)
     return got.get(), ref.get()
 
@@ -98,9 +98,9 @@ def test_resnet_stem_size_bit_exact_and_concat_offset():
     c = _case(3, 3, 64, ("r50", 224, 224, 7, 7, (2, 2), (3, 3), (1, 1)), seed=11)
     got, ref = _both(c, SC[1], np.int8, 0, act="RELU", s_out=Q.scale_from_amax(4.0))
     np.testing.assert_array_equal(got, ref)
-    wsc, s_w = conv_int8.pack_weight_int8_smallc(c["w"])
+    wsc, s_w = conv_int8_smallc.pack_weight_int8_smallc(c["w"])
     out = cp.full((3, 112, 112, 80), 77, cp.int8)
-    conv_int8.conv2d_int8_smallc(c["xs"], wsc, 0.02, s_w, kernel_size=7, stride=2, padding=3,
+    conv_int8_smallc.conv2d_int8_smallc(c["xs"], wsc, 0.02, s_w, kernel_size=7, stride=2, padding=3,
                                  bias=c["bias"], act="RELU", s_out=Q.scale_from_amax(4.0), out=out,
                                  out_channel_offset=8)
     o = out.get()
@@ -126,10 +126,10 @@ def _float_input(shape, dtype, seed):
 @pytest.mark.parametrize("s", [1.0, 0.05])
 def test_quantize_nhwc_vec_matches_scalar(dtype, shape, c_pad_to, s):
     x = cp.asarray(_float_input(shape, dtype, 1))
-    ref = conv_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="scalar").get()
-    got = conv_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="vec").get()
+    ref = quantize_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="scalar").get()
+    got = quantize_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="vec").get()
     np.testing.assert_array_equal(got, ref)
-    auto = conv_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="auto").get()
+    auto = quantize_int8.quantize_nhwc(x, s, c_pad_to=c_pad_to, variant="auto").get()
     np.testing.assert_array_equal(auto, ref)
     if x.dtype == np.float32:                        # and the NumPy contract, where finite
         xh = x.get()
@@ -140,10 +140,10 @@ def test_quantize_nhwc_vec_matches_scalar(dtype, shape, c_pad_to, s):
 def test_quantize_nhwc_vec_unaligned_input_and_64bit_indices(monkeypatch):
     base = cp.asarray(_float_input((1 + 2 * 6 * 16,), np.float32, 2))
     x = base[1:].reshape(2, 6, 16)                   # dense but 4 bytes off: scalar loads
-    ref = conv_int8.quantize_nhwc(x, 0.1, variant="scalar").get()
-    np.testing.assert_array_equal(conv_int8.quantize_nhwc(x, 0.1, variant="vec").get(), ref)
-    monkeypatch.setattr(conv_int8, "_I32", 16)       # force the long long instantiations
-    np.testing.assert_array_equal(conv_int8.quantize_nhwc(x, 0.1, variant="vec").get(), ref)
+    ref = quantize_int8.quantize_nhwc(x, 0.1, variant="scalar").get()
+    np.testing.assert_array_equal(quantize_int8.quantize_nhwc(x, 0.1, variant="vec").get(), ref)
+    monkeypatch.setattr(quantize_int8, "_I32", 16)       # force the long long instantiations
+    np.testing.assert_array_equal(quantize_int8.quantize_nhwc(x, 0.1, variant="vec").get(), ref)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -152,20 +152,20 @@ def test_quantize_nhwc_vec_unaligned_input_and_64bit_indices(monkeypatch):
     ((2, 4, 5, 5), 4), ((1, 20, 6, 6), 16), ((3, 1, 2, 2), 4), ((2, 6, 3, 5), 4)])
 def test_quantize_nchw_to_nhwc_matches_scalar(dtype, shape, c_pad_to):
     x = cp.asarray(_float_input(shape, dtype, 3))
-    ref = conv_int8.quantize_nhwc(cp.ascontiguousarray(x.transpose(0, 2, 3, 1)), 0.05,
+    ref = quantize_int8.quantize_nhwc(cp.ascontiguousarray(x.transpose(0, 2, 3, 1)), 0.05,
                                   c_pad_to=c_pad_to, variant="scalar").get()
-    got = conv_int8.quantize_nchw_to_nhwc(x, 0.05, c_pad_to=c_pad_to).get()
+    got = quantize_int8.quantize_nchw_to_nhwc(x, 0.05, c_pad_to=c_pad_to).get()
     np.testing.assert_array_equal(got, ref)
 
 
 def test_quantize_nchw_unaligned_input_and_64bit_indices(monkeypatch):
     base = cp.asarray(_float_input((1 + 2 * 3 * 8 * 8,), np.float32, 4))
     x = base[1:].reshape(2, 3, 8, 8)                 # HW % 4 == 0 but 4 bytes off: scalar loads
-    ref = conv_int8.quantize_nhwc(cp.ascontiguousarray(x.transpose(0, 2, 3, 1)), 0.1,
+    ref = quantize_int8.quantize_nhwc(cp.ascontiguousarray(x.transpose(0, 2, 3, 1)), 0.1,
                                   c_pad_to=4, variant="scalar").get()
-    np.testing.assert_array_equal(conv_int8.quantize_nchw_to_nhwc(x, 0.1).get(), ref)
-    monkeypatch.setattr(conv_int8, "_I32", 16)
-    np.testing.assert_array_equal(conv_int8.quantize_nchw_to_nhwc(x, 0.1).get(), ref)
+    np.testing.assert_array_equal(quantize_int8.quantize_nchw_to_nhwc(x, 0.1).get(), ref)
+    monkeypatch.setattr(quantize_int8, "_I32", 16)
+    np.testing.assert_array_equal(quantize_int8.quantize_nchw_to_nhwc(x, 0.1).get(), ref)
 
 
 def test_quantize_vec_rejects_unaligned_out():
@@ -173,10 +173,10 @@ def test_quantize_vec_rejects_unaligned_out():
     buf = cp.zeros(2 * 4 * 4 * 4 + 4, cp.int8)
     out = buf[4:].reshape(2, 4, 4, 4)
     with pytest.raises(UnsupportedError, match="not 16-byte aligned; use variant='scalar'"):
-        conv_int8.quantize_nhwc(x, 1.0, out=out, variant="vec")
-    conv_int8.quantize_nhwc(x, 1.0, out=out, variant="auto")   # auto: scalar, any alignment
+        quantize_int8.quantize_nhwc(x, 1.0, out=out, variant="vec")
+    quantize_int8.quantize_nhwc(x, 1.0, out=out, variant="auto")   # auto: scalar, any alignment
     with pytest.raises(UnsupportedError, match="is not 16-byte aligned"):
-        conv_int8.quantize_nchw_to_nhwc(cp.ones((2, 4, 4, 4), cp.float32), 1.0, out=out)
+        quantize_int8.quantize_nchw_to_nhwc(cp.ones((2, 4, 4, 4), cp.float32), 1.0, out=out)
 
 
 def test_smallc_rejects_unaligned_operands():
@@ -186,9 +186,9 @@ def test_smallc_rejects_unaligned_operands():
     w = wbuf[4:].reshape(8, 12, 4)
     s = cp.ones(8, cp.float32)
     with pytest.raises(UnsupportedError, match="needs x 4-byte and the weights 16-byte aligned"):
-        conv_int8.conv2d_int8_smallc(x, wbuf[:-4].reshape(8, 12, 4), 1.0, s, kernel_size=3, s_out=1.0)
+        conv_int8_smallc.conv2d_int8_smallc(x, wbuf[:-4].reshape(8, 12, 4), 1.0, s, kernel_size=3, s_out=1.0)
     with pytest.raises(UnsupportedError, match="needs x 4-byte and the weights 16-byte aligned"):
-        conv_int8.conv2d_int8_smallc(cp.zeros((1, 8, 8, 4), cp.int8), w, 1.0, s, kernel_size=3,
+        conv_int8_smallc.conv2d_int8_smallc(cp.zeros((1, 8, 8, 4), cp.int8), w, 1.0, s, kernel_size=3,
                                      s_out=1.0)
 
 
@@ -196,7 +196,7 @@ def test_smallc_rejects_bad_scale_vectors():
     x = cp.zeros((1, 8, 8, 4), cp.int8)
     w = cp.zeros((8, 12, 4), cp.int8)
     with pytest.raises(UnsupportedError, match=r"s_w \(4,\); expected \(8,\)"):
-        conv_int8.conv2d_int8_smallc(x, w, 1.0, cp.ones(4, cp.float32), kernel_size=3, s_out=1.0)
+        conv_int8_smallc.conv2d_int8_smallc(x, w, 1.0, cp.ones(4, cp.float32), kernel_size=3, s_out=1.0)
 
 
 # ---- CUDA graph, engine --------------------------------------------------------------------
@@ -210,16 +210,16 @@ def test_quantize_and_smallc_conv_replay_in_a_cuda_graph():
     stream = cp.cuda.Stream(non_blocking=True)
     with cp.cuda.using_allocator(pool.malloc), stream:
         xd = cp.asarray(x)
-        wsc, s_w = conv_int8.pack_weight_int8_smallc(w)
+        wsc, s_w = conv_int8_smallc.pack_weight_int8_smallc(w)
         wq16, s_w16 = conv_int8.pack_weight_int8_krsc(w)
         bias = cp.asarray(rng.standard_normal(64).astype(np.float32))
         ref = conv_int8.conv2d_int8(
-            conv_int8.quantize_nhwc(cp.ascontiguousarray(xd.transpose(0, 2, 3, 1)), s_in, c_pad_to=16),
+            quantize_int8.quantize_nhwc(cp.ascontiguousarray(xd.transpose(0, 2, 3, 1)), s_in, c_pad_to=16),
             wq16, s_in, s_w16, stride=2, padding=3, bias=bias, act="RELU", s_out=s_out).get()
 
         def body():
-            xq = conv_int8.quantize_nchw_to_nhwc(xd, s_in, c_pad_to=4)
-            return conv_int8.conv2d_int8_smallc(xq, wsc, s_in, s_w, kernel_size=7, stride=2,
+            xq = quantize_int8.quantize_nchw_to_nhwc(xd, s_in, c_pad_to=4)
+            return conv_int8_smallc.conv2d_int8_smallc(xq, wsc, s_in, s_w, kernel_size=7, stride=2,
                                                 padding=3, bias=bias, act="RELU", s_out=s_out)
         body()                                                        # rehearsal: compile, pool
         stream.synchronize()
@@ -238,7 +238,7 @@ def test_engine_tactic_matches_conv_int8_on_a_stem(monkeypatch):
     happens at import)."""
     import engine as rt
     from engine import kernel_table
-    from engine.gpu.int8_tactics import ConvInt8SmallC
+    from engine.gpu.conv_int8_tactics import ConvInt8SmallC
     from engine.types import LayerType
     tactics = list(kernel_table.TACTICS[LayerType.CONVOLUTION])
     if not any(isinstance(t, ConvInt8SmallC) for t in tactics):

@@ -11,7 +11,7 @@ Ordered so that a first GPU run pinpoints a bug:
    truncating MMA accumulation, T.gemm_3xtf32_model, predicts ~1.5e-6 there
    with promotion and 3e-5 without), TF32 within 1e-3;
 3. the fused epilogue, output types, concat offsets, CUDA-graph capture;
-4. the engine tactics (engine/gpu/fp32_tactics.py) in small networks, FP32 engines
+4. the engine tactics (engine/gpu/conv_tf32_tactics.py, fc_tactics.py) in small networks, FP32 engines
    on both backends, including the engine's own CUDA-graph replay.
 """
 import functools
@@ -24,7 +24,7 @@ cp = pytest.importorskip("cupy")
 import engine as rt  # noqa: E402
 from engine import kernel_table  # noqa: E402
 from gpu_helpers import act_ref, conv_nhwc, poison, rel_l2  # noqa: E402
-from kernels.gpu import conv_tc  # noqa: E402
+from kernels.gpu import conv_igemm  # noqa: E402
 from kernels.gpu import conv_tf32 as T  # noqa: E402
 
 TOL = {True: 1e-5, False: 1e-3}          # precise (3xTF32) / plain TF32
@@ -121,7 +121,7 @@ def case(shape):
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
     w = rng.standard_normal((K, R, S, C)).astype(np.float32)
     ref = conv_nhwc(x, w, st, pd, dl)
-    xp = conv_tc.pad_channels(cp.asarray(x), 4)
+    xp = conv_igemm.pad_channels(cp.asarray(x), 4)
     wp = T.pack_weight_krsc_f32(w, "KRSC")
     return xp, wp, ref
 
@@ -269,13 +269,12 @@ def test_cuda_graph_capture_equals_eager(precise):
 # ---- 4. engine tactics ----------------------------------------------------------
 @pytest.fixture
 def fp32_tactics_registered():
-    """register_all() for this test only: the builder's TF32 filter is not wired in
-    here, and other test modules must see the tactic table they expect."""
-    from engine.gpu import fp32_tactics
-    from engine.gpu.tactics import candidates  # noqa: F401  (imports the built-in tactics first)
+    """The FP32 tensor-core tactics, registered (engine.gpu.tactics registers every
+    family; the table is restored after, for the other test modules)."""
+    from engine.gpu import conv_tf32_tactics
+    from engine.gpu.tactics import candidates  # noqa: F401  (registers the built-in tactics)
     saved = {k: list(v) for k, v in kernel_table.TACTICS.items()}
-    fp32_tactics.register_all()
-    yield fp32_tactics
+    yield conv_tf32_tactics
     kernel_table.TACTICS.clear()
     kernel_table.TACTICS.update(saved)
 
@@ -370,7 +369,7 @@ def test_engine_tactics_match_the_numpy_backend_and_replay_in_a_graph(
 def test_engine_tactics_refuse_half_and_int8_layers(fp32_tactics_registered):
     net, _ = small_net()
     layer = net.get_layer(0)
-    for t in fp32_tactics_registered.all_tactics()[rt.LayerType.CONVOLUTION]:
+    for t in fp32_tactics_registered.TACTICS:
         assert t.supports(layer, [(3, 12, 10, 10)], ["float32"], rt.float32) is None
         assert "FLOAT layers only" in t.supports(layer, [(3, 12, 10, 10)], ["float32"], rt.float16)
         assert "FLOAT layers only" in t.supports(layer, [(3, 12, 10, 10)], ["float32"], rt.int8)

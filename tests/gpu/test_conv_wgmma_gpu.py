@@ -14,7 +14,7 @@ cp = pytest.importorskip("cupy")
 from gpu_helpers import TOL, act_ref, conv_nhwc, poison, rel_l2  # noqa: E402
 from kernels import quantize as Qz  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_int8, conv_wgmma  # noqa: E402
+from kernels.gpu import conv_int8, conv_wgmma, quantize_int8  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not conv_wgmma.available(),
                                 reason="wgmma kernels need a compute capability 9.0 device")
@@ -106,9 +106,9 @@ def test_fp16_residual_activation_fp32_out(tactic, act):
 @pytest.mark.parametrize("tactic", TACTICS, ids=lambda t: t.name)
 @pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[7], SHAPES[8]], ids=_sid)
-def test_fp16_fast_epilogue_matches_the_default_path(monkeypatch, tactic, out_dtype, shape):
+def test_fp16_fast_epilogue_matches_the_default_path(tactic, out_dtype, shape):
     """The FAST instantiation (residual prefetched into shared memory: has_res bit 2;
-    fixed-column epilogue), behind CUPYRT_WGMMA_F16_FAST_EPILOGUE: the same values as the validated path (the
+    fixed-column epilogue; fast_epilogue=True, the engine's CUPYRT_WGMMA_F16_FAST_EPILOGUE): the same values as the validated path (the
     arithmetic per element is the same expression; 1 ulp allowed for FMA contraction)."""
     N, H, W, C, K, R, S, st, pd, dl = shape
     x, w, scale, bias = _data(N, H, W, C, K, R, S)
@@ -117,12 +117,11 @@ def test_fp16_fast_epilogue_matches_the_default_path(monkeypatch, tactic, out_dt
     res = cp.asarray(RNG.standard_normal((N, P, Q, K)).astype(out_dtype))
     outs = []
     for fast in (False, True):
-        monkeypatch.setattr(conv_wgmma, "F16_FAST_EPILOGUE", fast)
         for r in (None, res):
             out = poison(cp, (N, P, Q, K), out_dtype)
             conv_wgmma.conv2d_wgmma(cp.asarray(x), cp.asarray(w), stride=st, padding=pd,
                                     dilation=dl, scale=scale, bias=bias, residual=r,
-                                    act="RELU", out=out, tactic=tactic)
+                                    act="RELU", out=out, tactic=tactic, fast_epilogue=fast)
             outs.append(out.get())
     for base, fast in ((outs[0], outs[2]), (outs[1], outs[3])):
         assert np.isfinite(fast).all()
@@ -202,7 +201,7 @@ def _i8_case(shape, seed):
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
     w = (rng.standard_normal((K, C, R, S)) / np.sqrt(R * S * C)).astype(np.float32)
     s_in = Qz.scale_from_amax(0.8 * float(np.abs(x).max()))
-    xq = conv_int8.quantize_nhwc(cp.asarray(x), s_in, c_pad_to=16)
+    xq = quantize_int8.quantize_nhwc(cp.asarray(x), s_in, c_pad_to=16)
     wq, s_w = conv_int8.pack_weight_int8_krsc(w)
     bias = cp.asarray((0.5 * rng.standard_normal(K)).astype(np.float32))
     P = (H + 2 * pd[0] - dl[0] * (R - 1) - 1) // st[0] + 1

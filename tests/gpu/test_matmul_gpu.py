@@ -260,7 +260,7 @@ def test_fused_layer_half_residual_into_a_float_layer():
 
 
 def test_cublas_declines_and_ours_take_a_fused_layer():
-    from engine.gpu.conv_tactics import MatMulCublas
+    from engine.gpu.matmul_tactics import MatMulCublas
     layer, _, out_shape = fused_layer((2, 48, 64), (1, 64, 72), rt.MatrixOperation.NONE, None)
     shapes, dts = ((2, 48, 64), (1, 64, 72), out_shape), ("float32",) * 3
     assert "fused epilogue" in MatMulCublas().supports(layer, shapes, dts, rt.DataType.HALF)

@@ -2,8 +2,8 @@
 TensorFlow's: tests/tf_integration/test_nan_semantics.py), through the tactics the
 builder picks, fused epilogues included (issue 11). The CUDA changes these cover:
 common.cuh (apply_act RELU/CLIP/RELU6/HARD_*, ActLin's NaN-keeping clamp with +-inf
-bounds), pointwise_gen MAX/MIN (max_nan/min_nan), pool_softmax.cu (FP16 max-pool
-lowest), rnn_gates.cu (RNN relu)."""
+bounds), pointwise_gen MAX/MIN (max_nan/min_nan), pooling.cu (FP16 max-pool
+lowest), rnn.cu (RNN relu)."""
 import numpy as np
 import pytest
 

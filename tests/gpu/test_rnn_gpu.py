@@ -1,5 +1,5 @@
 """RNN / LSTM / GRU on the GPU (cuBLAS GEMMs + the fused gate kernel of
-kernels/cuda/rnn_gates.cu): kernels.gpu.rnn.rnn_forward against the reference
+kernels/cuda/rnn.cu): kernels.gpu.rnn.rnn_forward against the reference
 kernels.rnn.rnn on the same parameters, and the rnn.fused tactic forced
 through a CuPy-backend engine against the NumPy backend. RELU, TANH, LSTM,
 GRU; uni/bidirectional; 1 and 2 layers; SKIP input; initial states; sequence

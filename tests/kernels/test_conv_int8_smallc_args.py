@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kernels import quantize as Q
-from kernels.gpu import UnsupportedError, conv_int8
+from kernels.gpu import UnsupportedError, conv_int8, conv_int8_smallc, quantize_int8
 
 PERMS = {"KCRS": (0, 3, 1, 2), "RSCK": (1, 2, 3, 0), "KRSC": (0, 1, 2, 3)}   # from KRSC
 
@@ -18,7 +18,7 @@ def _weights(K, C, R, S, seed=0):
 @pytest.mark.parametrize("C, R, S", [(3, 7, 7), (1, 3, 3), (4, 5, 5), (2, 1, 1), (3, 3, 5)])
 def test_packed_layout_matches_a_plain_loop(layout, C, R, S):
     w = _weights(6, C, R, S)
-    got, s_w = conv_int8.pack_weight_int8_smallc(w.transpose(PERMS[layout]), layout, host=True)
+    got, s_w = conv_int8_smallc.pack_weight_int8_smallc(w.transpose(PERMS[layout]), layout, host=True)
     q, s_ref = Q.quantize_weights(w)
     T = -(-R * S // 4) * 4
     ref = np.zeros((6, T, 4), np.int8)
@@ -28,7 +28,7 @@ def test_packed_layout_matches_a_plain_loop(layout, C, R, S):
                 for c in range(C):
                     ref[k, r * S + s, c] = q[k, r, s, c]
     assert got.dtype == np.int8 and got.flags.c_contiguous and got.shape == (6, T, 4)
-    assert conv_int8.smallc_taps(R, S) == T and (T * 4) % 16 == 0
+    assert conv_int8_smallc.smallc_taps(R, S) == T and (T * 4) % 16 == 0
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(s_w, s_ref)
     assert s_w.dtype == np.float32
@@ -42,7 +42,7 @@ def _kernel_accumulators(xq, wp, R, S, stride, pad, dil, P, Qo, tactic):
     K = wp.shape[0]
     BK = tactic.bk
     CH, TAPS = BK // 16, BK // 4
-    Kr = conv_int8.smallc_taps(R, S) * 4
+    Kr = conv_int8_smallc.smallc_taps(R, S) * 4
     wflat = wp.reshape(K, Kr).astype(np.int64)
     n, p, q = np.meshgrid(np.arange(N), np.arange(P), np.arange(Qo), indexing="ij")
     n, h0, w0 = n.ravel(), p.ravel() * stride[0] - pad[0], q.ravel() * stride[1] - pad[1]
@@ -67,7 +67,7 @@ def _kernel_accumulators(xq, wp, R, S, stride, pad, dil, P, Qo, tactic):
     return acc.reshape(N, P, Qo, K)
 
 
-@pytest.mark.parametrize("tactic", conv_int8.SMALLC_TACTICS[:1], ids=lambda t: t.name)
+@pytest.mark.parametrize("tactic", conv_int8_smallc.SMALLC_TACTICS[:1], ids=lambda t: t.name)
 @pytest.mark.parametrize("C, R, S, stride, pad, dil, Cs", [
     (3, 7, 7, (2, 2), (3, 3), (1, 1), 4),        # the ResNet stem
     (4, 3, 3, (1, 1), (1, 1), (1, 1), 8),
@@ -82,7 +82,7 @@ def test_emulated_reduction_order_gives_the_exact_accumulators(tactic, C, R, S, 
     xs = np.zeros((N, H, W, Cs), np.int8)
     xs[..., :C] = x
     xs[..., 4:] = 77                                # stored channels past 4 are never read
-    wp, _ = conv_int8.pack_weight_int8_smallc(_weights(K, C, R, S, 1), "KRSC", host=True)
+    wp, _ = conv_int8_smallc.pack_weight_int8_smallc(_weights(K, C, R, S, 1), "KRSC", host=True)
     wq = np.zeros((K, R, S, C), np.int8)
     wq[:] = wp[:, :R * S, :C].reshape(K, R, S, C)
     P = (H + 2 * pad[0] - dil[0] * (R - 1) - 1) // stride[0] + 1
@@ -97,13 +97,13 @@ def test_emulated_reduction_order_gives_the_exact_accumulators(tactic, C, R, S, 
 
 def test_pack_rejects_wrong_rank_layout_and_channel_count():
     with pytest.raises(UnsupportedError, match="rank 3 in layout 'KCRS'; expected rank 4"):
-        conv_int8.pack_weight_int8_smallc(np.zeros((8, 3, 3), np.float32), host=True)
+        conv_int8_smallc.pack_weight_int8_smallc(np.zeros((8, 3, 3), np.float32), host=True)
     with pytest.raises(UnsupportedError, match="layout 'NCHW'; expected rank 4 in one of KCRS"):
-        conv_int8.pack_weight_int8_smallc(np.zeros((8, 3, 3, 3), np.float32), "NCHW", host=True)
+        conv_int8_smallc.pack_weight_int8_smallc(np.zeros((8, 3, 3, 3), np.float32), "NCHW", host=True)
     with pytest.raises(UnsupportedError, match="1 to 4 input channels; got 5"):
-        conv_int8.pack_weight_int8_smallc(np.zeros((8, 5, 3, 3), np.float32), host=True)
+        conv_int8_smallc.pack_weight_int8_smallc(np.zeros((8, 5, 3, 3), np.float32), host=True)
     with pytest.raises(UnsupportedError, match="1 to 4 input channels; got 0"):
-        conv_int8.pack_weight_int8_smallc(np.zeros((8, 0, 3, 3), np.float32), host=True)
+        conv_int8_smallc.pack_weight_int8_smallc(np.zeros((8, 0, 3, 3), np.float32), host=True)
 
 
 X = np.zeros((1, 8, 8, 4), np.int8)
@@ -114,7 +114,7 @@ S_W = np.ones(8, np.float32)
 def _conv(x=X, w=WP, **kw):
     kw.setdefault("kernel_size", 3)
     kw.setdefault("s_out", 1.0)
-    return conv_int8.conv2d_int8_smallc(x, w, 1.0, S_W, **kw)
+    return conv_int8_smallc.conv2d_int8_smallc(x, w, 1.0, S_W, **kw)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -175,7 +175,7 @@ def test_conv_rejects_bad_residuals(residual, scale, match):
 def test_quantize_variants_are_checked_first():
     x = np.zeros((1, 2, 2, 3), np.float32)
     with pytest.raises(UnsupportedError, match="quantize variant 'fast'; valid: auto, vec, scalar"):
-        conv_int8.quantize_nhwc(x, 1.0, variant="fast")
+        quantize_int8.quantize_nhwc(x, 1.0, variant="fast")
 
 
 class _Out:
@@ -183,14 +183,13 @@ class _Out:
         self.data = type("D", (), {"ptr": ptr})()
 
 
-def test_auto_takes_the_vector_kernel_where_aligned(monkeypatch):
-    monkeypatch.setattr(conv_int8, "FAST_QUANTIZE", False)   # CUPYRT_FAST_QUANTIZE=0
-    assert not conv_int8._use_vec_quantize("auto", _Out(256))
-    assert not conv_int8._use_vec_quantize("scalar", _Out(256))
-    assert conv_int8._use_vec_quantize("vec", _Out(8))   # "vec" checks alignment itself
-    monkeypatch.setattr(conv_int8, "FAST_QUANTIZE", True)
-    assert conv_int8._use_vec_quantize("auto", _Out(256))
-    assert not conv_int8._use_vec_quantize("auto", _Out(8))
+def test_auto_takes_the_vector_kernel_where_aligned_and_fast():
+    # fast: the engine's fast_quantize setting (CUPYRT_FAST_QUANTIZE), passed as an argument
+    assert not quantize_int8._use_vec_quantize("auto", _Out(256), fast=False)
+    assert not quantize_int8._use_vec_quantize("scalar", _Out(256), fast=True)
+    assert quantize_int8._use_vec_quantize("vec", _Out(8), fast=False)   # "vec" checks alignment itself
+    assert quantize_int8._use_vec_quantize("auto", _Out(256), fast=True)
+    assert not quantize_int8._use_vec_quantize("auto", _Out(8), fast=True)
 
 
 @pytest.mark.parametrize("x, kw, match", [
@@ -205,12 +204,14 @@ def test_auto_takes_the_vector_kernel_where_aligned(monkeypatch):
 ])
 def test_quantize_nchw_rejects_bad_arguments(x, kw, match):
     with pytest.raises(UnsupportedError, match=match):
-        conv_int8.quantize_nchw_to_nhwc(x, 1.0, **kw)
+        quantize_int8.quantize_nchw_to_nhwc(x, 1.0, **kw)
 
 
-def test_smallc_tactics_stay_out_of_the_default_lists():
-    """Unvalidated on a GPU: not precompiled, not timed by default."""
-    names = set(conv_int8.SMALLC_TACTICS_BY_NAME)
+def test_smallc_tactics_are_their_own_family():
+    """Tiles of conv_int8_smallc.cu, apart from conv_int8's (and not precompiled)."""
+    names = set(conv_int8_smallc.SMALLC_TACTICS_BY_NAME)
     assert not names & set(conv_int8.TACTICS_BY_NAME)
-    assert all(t.name_expression(np.int8).startswith("conv_int8_smallc<") for t in conv_int8.SMALLC_TACTICS)
-    assert len(conv_int8.SMALLC_TACTICS) == 3
+    assert all(t.name_expression(np.int8).startswith("conv_int8_smallc<") for t in conv_int8_smallc.SMALLC_TACTICS)
+    assert len(conv_int8_smallc.SMALLC_TACTICS) == 3
+    assert conv_int8_smallc.FAMILY.source == "conv_int8_smallc.cu"
+    assert conv_int8_smallc.FAMILY.tiles == () and conv_int8_smallc.FAMILY.int8_tiles == ()

@@ -58,7 +58,7 @@ def test_name_expression_and_smem_formula():
 
 def test_every_tile_is_instantiated_for_nvcc():
     """The CI compile check builds the explicit instantiations: each tile must be there."""
-    src = (T.conv_tc.__file__.rsplit("/", 2)[0] + "/cuda/conv_tf32.cu")
+    src = (T.conv_igemm.__file__.rsplit("/", 2)[0] + "/cuda/conv_tf32.cu")
     text = open(src).read()
     for t in T.TACTICS:
         args = f"{t.bm}, {t.bn}, {t.bk}, {t.wm}, {t.wn}, {t.stages}"
@@ -151,17 +151,19 @@ def test_rejects_a_tile_of_the_other_precision(precise, tile):
         T.conv2d_tf32(x, w, precise=precise, tactic=tile)
 
 
-def test_fp32_tactics_import_first_in_a_fresh_interpreter():
-    """engine.gpu.fp32_tactics and conv_tactics import each other: importing ours
-    first must work (the GPU tests' fixture does; it failed with ImportError)."""
+def test_tf32_tactics_import_first_in_a_fresh_interpreter():
+    """engine.gpu.conv_tf32_tactics imported before anything else of engine.gpu: no
+    circle to trip over (it used to import conv_tactics back)."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", "from engine.gpu import fp32_tactics; "
+    proc = subprocess.run([sys.executable, "-c", "from engine.gpu import conv_tf32_tactics; "
                            "from engine.gpu.tactics import candidates"],
                           cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
 def test_rejects_unknown_tactic_name():
     x, w = x_w()
     with pytest.raises(UnsupportedError, match="valid: 3xtf32_128x64x32"):
@@ -171,7 +173,7 @@ def test_rejects_unknown_tactic_name():
 def test_rejects_a_tactic_of_another_kernel():
     x, w = x_w()
     with pytest.raises(UnsupportedError, match="not a conv_tf32 tactic"):
-        T.conv2d_tf32(x, w, tactic=T.conv_tc.IGEMM_TACTICS[0])
+        T.conv2d_tf32(x, w, tactic=T.conv_igemm.IGEMM_TACTICS[0])
 
 
 @pytest.mark.parametrize("precise", [1, "yes", None])
@@ -229,7 +231,7 @@ def test_rejects_integer_output_dtype():
 
 
 def test_rejects_bad_output_buffer_and_residual():
-    """prepare_output's checks (shared with conv_tc) run before any allocation here."""
+    """prepare_output's checks (shared with conv_igemm) run before any allocation here."""
     pytest.importorskip("cupy")                  # prepare_output imports it (no device needed)
     x, w = x_w(K=16)
     with pytest.raises(UnsupportedError, match="out dtype int32; valid"):
@@ -251,28 +253,19 @@ def test_pack_rejects_padding_not_multiple_of_4():
 
 
 # ---- the engine tactics' bookkeeping (no device: supports() reads attributes only) --
-def test_engine_tactics_register_once_and_mark_plain_tf32():
+def test_engine_tactics_registered_once_and_plain_tf32_marked():
     import engine as rt
-    from engine import kernel_table
-    from engine.gpu import fp32_tactics
+    from engine.gpu import conv_tf32_tactics, fc_tactics
     from engine.gpu.tactics import candidates
     net = rt.Network()
     x = net.add_input("x", rt.float32, (2, 8, 6, 6))
     layer = net.add_convolution_nd(x, 8, (3, 3), kernel=np.ones((8, 8, 3, 3), np.float32))
-    candidates(layer)                                   # the built-in tactics first
-    saved = {k: list(v) for k, v in kernel_table.TACTICS.items()}
-    try:
-        fp32_tactics.register_all()
-        fp32_tactics.register_all()                     # a second call adds nothing
-        ours = [t for t in candidates(layer) if isinstance(t, fp32_tactics.ConvTf32)]
-        assert len(ours) == len(T.TACTICS) == len({t.name for t in ours})
-        for t in ours:
-            assert t.tf32 == (not t.precise) and t.capturable and t.precise == t.tile.precise
-            assert t.name == f"conv.{t.tile.name}"
-            assert t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float32) is None
-            assert "FLOAT layers only" in t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float16)
-        fc = kernel_table.TACTICS[rt.LayerType.FULLY_CONNECTED]
-        assert sum(isinstance(t, fp32_tactics.FcTf32) for t in fc) == len(T.FC_TACTICS)
-    finally:
-        kernel_table.TACTICS.clear()
-        kernel_table.TACTICS.update(saved)
+    ours = [t for t in candidates(layer) if isinstance(t, conv_tf32_tactics.ConvTf32)]
+    assert len(ours) == len(T.TACTICS) == len({t.name for t in ours})
+    for t in ours:
+        assert t.tf32 == (not t.precise) and t.capturable and t.precise == t.tile.precise
+        assert t.name == f"conv.{t.tile.name}"
+        assert t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float32) is None
+        assert "FLOAT layers only" in t.supports(layer, [(2, 8, 6, 6)], ["float32"], rt.float16)
+    fc = [t for t in fc_tactics.TACTICS if isinstance(t, fc_tactics.FcTf32)]
+    assert [t.tile for t in fc] == list(T.FC_TACTICS) and all(t.launch is T.conv2d_tf32 for t in fc)

@@ -99,9 +99,9 @@ def test_int8_tactic_rejected_by_fp16_launcher_and_back():
 
 
 def test_foreign_tactic_object_rejected():
-    from kernels.gpu import conv_tc
+    from kernels.gpu import conv_igemm
     with pytest.raises(UnsupportedError, match="expected a WgmmaTactic"):
-        W.conv2d_wgmma(X16, W16, tactic=conv_tc.IGEMM_TACTICS[0])
+        W.conv2d_wgmma(X16, W16, tactic=conv_igemm.IGEMM_TACTICS[0])
 
 
 # ---- FP16 argument checks (before the device) ------------------------------------------
@@ -159,7 +159,7 @@ def test_valid_arguments_without_sm90_device_raise_unsupported():
         W.conv2d_wgmma(X16, W16)
     with pytest.raises(UnsupportedError, match="compute capability 9.0"):
         W.conv2d_wgmma_int8(X8, W8, 1.0, SW, s_out=1.0)
-    with pytest.raises(UnsupportedError, match="conv_tc / conv_int8"):
+    with pytest.raises(UnsupportedError, match="conv_igemm / conv_int8"):
         W.compile_all()
 
 
@@ -256,9 +256,12 @@ def test_res_flags_land_in_the_int8_kernels_res_kind(monkeypatch):
 
 
 # ---- the FP16 fast epilogue (FAST = 1, has_res bit 2; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
-def test_f16_fast_epilogue_is_off_by_default():
-    import os
-    assert W.F16_FAST_EPILOGUE == (os.environ.get("CUPYRT_WGMMA_F16_FAST_EPILOGUE") == "1")
+def test_f16_fast_epilogue_is_an_argument_off_by_default():
+    """The kernel module reads no switch: the engine passes its setting."""
+    import inspect
+    from pathlib import Path
+    assert inspect.signature(W.conv2d_wgmma).parameters["fast_epilogue"].default is False
+    assert "os.environ" not in Path(W.__file__).read_text()
 
 
 @pytest.mark.parametrize("name, residual, fast, want", [
@@ -276,8 +279,8 @@ def test_f16_epilogue_flags(name, residual, fast, want):
 
 
 def test_res_flags_land_in_the_f16_kernels_has_res():
-    from kernels.gpu import conv_tc
-    g = conv_tc._Geometry()
+    from kernels.gpu import conv_igemm
+    g = conv_igemm._Geometry()
     for k in ("x", "w", "out", "sc", "bi", "res"):
         setattr(g, k, None)
     for k in ("N", "H", "W", "C", "K", "R", "S", "P", "Q", "sh", "sw", "ph", "pw", "dh", "dw",

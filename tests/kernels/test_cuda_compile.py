@@ -40,7 +40,7 @@ def _nvrtc():
 
 
 def test_sources_exist():
-    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu", "rnn_gates.cu", "conv_wgmma.cu",
+    for name in ("conv_igemm.cu", "conv_int8.cu", "conv_dw.cu", "rnn.cu", "conv_wgmma.cu",
                  "attention.cu"):
         assert name in SOURCES
 

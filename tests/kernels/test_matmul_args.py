@@ -208,11 +208,11 @@ def matmul_layer(a_shape, b_shape, op0=MO.NONE, op1=MO.NONE, const_b=True):
 
 
 def test_matmul_tactics_registered_once():
-    from engine.gpu.tactics import candidates
+    from engine.gpu.tactics import candidates, register
     layer = matmul_layer((2, 4, 8), (1, 8, 16))
     names = [t.name for t in candidates(layer)]
-    matmul_tactics.register_all()
-    assert [t.name for t in candidates(layer)] == names
+    register(layer.layer_type, *matmul_tactics.TACTICS)      # again: nothing added
+    assert [t.name for t in candidates(layer)] == names and len(names) == len(set(names))
     assert "matmul.simt_fp32" in names and f"matmul.{MM.TILES[0].name}" in names
 
 
@@ -286,9 +286,9 @@ def test_norm_supports_reasons():
 
 
 def test_norm_tactic_registered():
-    from engine.gpu.tactics import candidates
+    from engine.gpu.tactics import candidates, register
     names = [t.name for t in candidates(norm_layer((2, 5, 8), 0b100))]
-    norm_tactics.register_all()
+    register(rt.LayerType.NORMALIZATION, *norm_tactics.TACTICS)
     assert names.count("norm.layernorm_fused") == 1
     assert [t.name for t in candidates(norm_layer((2, 5, 8), 0b100))] == names
 

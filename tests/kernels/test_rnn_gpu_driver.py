@@ -1,6 +1,6 @@
 """kernels.gpu.rnn without a GPU: the driver (packing, GEMM layouts, directions,
 SKIP input, states, sequence lengths) run on NumPy arrays, where each step goes
-through gates_step_numpy, the index-for-index emulation of rnn_gates.cu,
+through gates_step_numpy, the index-for-index emulation of rnn.cu,
 against the reference kernels.rnn.rnn; and every error the launcher raises."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-// rnn_gates.cu -- the fused gate kernel of one RNN / LSTM / GRU time step.
+// rnn.cu -- the fused gate kernel of one RNN / LSTM / GRU time step.
 //
 // The launcher (kernels/gpu/rnn.py) does the matrix work through cuBLAS:
 //   once per layer:  gx = X W^T        all time steps, both directions

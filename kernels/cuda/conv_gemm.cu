@@ -1,4 +1,4 @@
-// conv_misc.cu -- the convolution tactics around the tensor-core kernel:
+// conv_gemm.cu -- the convolution tactics around the tensor-core kernel:
 //   epilogue_nhwc  : scale/bias/residual/activation/cast after a cuBLAS GEMM
 //   im2col_nhwc    : NHWC -> [M, R*S*Cg] columns, (r, s, c) order = KRSC
 //   dwconv_nhwc    : direct depthwise convolution with fused epilogue

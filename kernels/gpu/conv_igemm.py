@@ -1,12 +1,13 @@
-"""Tensor-core implicit-GEMM convolution tactics (kernels/cuda/conv_igemm.cu).
+"""Tensor-core (mma.sync) implicit-GEMM convolution (kernels/cuda/conv_igemm.cu).
 
 Layouts: activations NHWC float16 with C % 8 == 0 (``pad_channels`` pads the
 network input, e.g. RGB 3 -> 8); weights packed once as KRSC float16 by
 ``pack_weight_krsc``; output NHWC float16 or float32, optionally written into
 a wider buffer at a channel offset (concat elision).
 
-Each ``ConvTactic`` is one tile shape; the builder times them all
-(``IGEMM_TACTICS``) and keeps the fastest per layer. Weights are the same for
+Each ``ConvTactic`` is one tile shape; the builder times the candidates
+(``IGEMM_TACTICS``, ``IGEMM_TACTICS_LARGE``; the narrow, split-K and small-C tiles where
+they apply) and keeps the fastest per layer. Weights are the same for
 every tactic, so switching tactics never repacks.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from .activation import act_code
 from .compile import f32, get_function, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "conv_igemm.cu"
 
@@ -56,7 +58,8 @@ class ConvTactic:
         return f"{base}<{dims},{int(bool(out_f32))},{self.v2},{self.minb}>"
 
 
-ALL_TACTICS = (
+# the candidates the builder times by default
+IGEMM_TACTICS = (
     ConvTactic("igemm_128x128x32_w2x4_s4", 128, 128, 32, 2, 4, 4),
     ConvTactic("igemm_128x128x64_w2x4_s3", 128, 128, 64, 2, 4, 3),
     ConvTactic("igemm_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4),
@@ -66,22 +69,23 @@ ALL_TACTICS = (
     ConvTactic("igemm2_128x128x64_w2x4_s3", 128, 128, 64, 2, 4, 3, v2=1),
     ConvTactic("igemm2_128x64x32_w2x2_s4", 128, 64, 32, 2, 2, 4, v2=1),
     ConvTactic("igemm2_64x64x32_w2x2_s4", 64, 64, 32, 2, 2, 4, v2=1),
-    # never the fastest on ResNet-50 shapes in run 1 (benchmarks/KERNEL_NOTES.md)
+)
+# never the fastest on ResNet-50 shapes in run 1 (benchmarks/KERNEL_NOTES.md): compiled
+# (precompile, benchmarks), not timed
+IGEMM_TACTICS_UNTIMED = (
     ConvTactic("igemm_128x128x32_w2x2_s4", 128, 128, 32, 2, 2, 4),
     ConvTactic("igemm_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3),
-    # larger V2 tiles for the compute-bound 3x3 layers (8 warps, 64x64 warp tiles,
-    # 227-238 registers, no spills; 1 block/SM): candidates, not timed by default
-    # until a device run shows them faster (benchmarks/KERNEL_NOTES.md)
+)
+# larger V2 tiles for the compute-bound 3x3 layers (8 warps, 64x64 warp tiles,
+# 227-238 registers, no spills; 1 block/SM): faster on 15 of 23 ResNet-50 layers at
+# batch 256 in device run 4 (conv total 15.69 -> 14.80 ms), correct against cuDNN there
+# on every layer (benchmarks/KERNEL_NOTES.md)
+IGEMM_TACTICS_LARGE = (
     ConvTactic("igemm2_256x128x32_w4x2_s3", 256, 128, 32, 4, 2, 3, v2=1),
     ConvTactic("igemm2_128x256x32_w2x4_s3", 128, 256, 32, 2, 4, 3, v2=1),
     ConvTactic("igemm2_128x128x64_w2x4_s4", 128, 128, 64, 2, 4, 4, v2=1),
 )
-# the candidates the builder times by default
-IGEMM_TACTICS = ALL_TACTICS[:9]
-# the three larger V2 tiles: faster on 15 of 23 ResNet-50 layers at batch 256 in
-# device run 4 (conv total 15.69 -> 14.80 ms); correct against cuDNN there on
-# every layer, but not yet through tests/gpu: register after a green GPU test run
-IGEMM_TACTICS_LARGE = ALL_TACTICS[11:14]
+ALL_TACTICS = IGEMM_TACTICS + IGEMM_TACTICS_UNTIMED + IGEMM_TACTICS_LARGE
 
 # Narrow tiles (conv2d_igemm) for the 1x1 layers of MobileNet-style networks,
 # whose C or K is 16..384: a 128-wide N tile wastes most of its MMAs when
@@ -118,6 +122,8 @@ SMALLC_TACTICS = (
 )
 TACTICS_BY_NAME = {t.name: t for t in ALL_TACTICS + IGEMM_TACTICS_NARROW + SPLITK_TACTICS
                    + SMALLC_TACTICS}
+# the fully-connected head (M is the batch): the two smaller V2 tiles
+FC_TACTICS = tuple(TACTICS_BY_NAME[n] for n in ("igemm2_128x64x32_w2x2_s4", "igemm2_64x64x32_w2x2_s4"))
 
 
 def conv_out_size(size, k, stride, pad_lo, pad_hi, dil):
@@ -131,7 +137,7 @@ def pack_weight_krsc(w, layout="KCRS", c_pad_to=8, dtype=np.float16):
     ``layout``: "KCRS" (TensorRT / PyTorch), "RSCK" (TensorFlow HWIO) or "KRSC".
     Accepts NumPy or CuPy; returns CuPy.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     w = cp.asarray(w)
     if w.ndim != 4:
         raise UnsupportedError(f"weights of rank {w.ndim}; expected 4 ({layout})")
@@ -148,7 +154,7 @@ def pack_weight_krsc(w, layout="KCRS", c_pad_to=8, dtype=np.float16):
 
 def pad_channels(x, multiple=8):
     """NHWC array with C zero-padded up to a multiple of ``multiple`` (copy only when needed)."""
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     C = x.shape[-1]
     Cp = -(-C // multiple) * multiple
     if Cp == C:
@@ -168,7 +174,7 @@ def _pair(v, what):
 
 
 def _epilogue_vectors(K, scale, bias):
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     def vec(v, fill):
         if v is None:
             return cp.full(K, fill, cp.float32)
@@ -186,7 +192,7 @@ def prepare_output(N, P, Q, K, out, out_dtype, out_channel_offset, residual):
 
     Shared by every conv tactic so that all of them honour the same contract.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     if out is None:
         if out_channel_offset:
             raise UnsupportedError("out_channel_offset needs a preallocated `out`")
@@ -228,7 +234,7 @@ def conv2d_igemm(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     tactic:   a ConvTactic or its name
     Returns ``out``.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "igemm")
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
@@ -315,7 +321,7 @@ _num_sms = {}
 
 
 def _sm_count():
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     dev = cp.cuda.Device().id
     if dev not in _num_sms:
         _num_sms[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
@@ -357,7 +363,7 @@ def conv2d_igemm_splitk(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=No
     workspace), then ``splitk_epilogue`` (adds the splits in a fixed order,
     applies the epilogue, casts). No host sync, no cuBLAS: CUDA-graph safe.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "splitk")
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
@@ -406,7 +412,7 @@ def pack_weight_smallc(w, layout="KCRS", dtype=np.float16):
     Taps are paired along S: (s, s+1) x 4 channels make one 16-byte chunk of
     the reduction; an odd S gets a zero tap S. Accepts NumPy or CuPy.
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     w = cp.asarray(w)
     perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
     if w.ndim != 4 or layout not in perm:
@@ -437,7 +443,7 @@ def conv2d_igemm_smallc(x, w_pairs, *, stride=1, padding=0, dilation=1, out_hw=N
     One launch (same grid/epilogue as conv2d_igemm). The reduction is
     R * Se * 4 (224 for 7x7) instead of R * S * 8 (392).
     """
-    import cupy as cp
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "smallc")
     if w_pairs.ndim == 4 and (w_pairs.shape[3] != 4 or w_pairs.shape[2] % 2):
         raise UnsupportedError(f"weights {w_pairs.shape}; expected [K, R, even S, 4] "
@@ -471,3 +477,8 @@ def compile_all(tactics=IGEMM_TACTICS):
             _kernel(t, True)
         else:
             get_function(SOURCE, _EPI_NAMES[0], name_expressions=_EPI_NAMES)
+
+
+FAMILY = KernelFamily(SOURCE, compile=compile_all,
+                      launch=(conv2d_igemm, conv2d_igemm_splitk, conv2d_igemm_smallc),
+                      tiles=tuple(TACTICS_BY_NAME.values()))
