@@ -1,5 +1,5 @@
 """GPU tactic for RNNv2 layers (RNN with ReLU/tanh, LSTM, GRU): cuBLAS GEMMs and
-one fused gate kernel per time step (kernels/gpu/rnn.py, kernels/cuda/rnn_gates.cu).
+one fused gate kernel per time step (kernels/gpu/rnn.py, kernels/cuda/rnn.cu).
 
 The weights are packed once per layer (gate-stacked, both directions side by
 side, transposed for the GEMMs) and uploaded in FP32; the FP16 copy is made

@@ -56,3 +56,18 @@ def test_switched_off_tactics_are_no_candidates(monkeypatch):
     monkeypatch.setenv("CUPYRT_WGMMA", "0")
     assert count(C.ConvWgmma) == count(I.ConvWgmmaInt8) == 0
     assert count(C.ConvIgemm) > 0
+
+
+def test_candidates_pass_the_debug_setting_to_the_kernels(monkeypatch):
+    import engine as rt
+    from engine.gpu.tactics import candidates
+    from kernels.gpu import compile as kernel_compile
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (1, 4))
+    layer = net.add_softmax(x)
+    monkeypatch.setenv("CUPYRT_DEBUG", "3")
+    candidates(layer)
+    assert kernel_compile.debug_level() == 3
+    monkeypatch.delenv("CUPYRT_DEBUG")
+    candidates(layer)
+    assert kernel_compile.debug_level() == 0
