@@ -2,7 +2,7 @@
 
 The arithmetic is the INT8 contract of kernels/quantize.py, bit for bit:
 
-* activations: NHWC int8 codes at a per-tensor scale s (``quantize_nhwc``:
+* activations: NHWC int8 codes at a per-tensor scale s (``quantize_int8.quantize_nhwc``:
   q = saturate(rint(float32(x) * float32(1/s))), rint half to even);
 * weights: per-output-channel int8 codes from ``kernels.quantize.quantize_weights``,
   packed KRSC with C zero-padded to 16 (``pack_weight_int8_krsc``);
