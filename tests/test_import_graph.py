@@ -64,19 +64,10 @@ LAYERS = [
 # TensorFlow and its Keras front ends: never below tf_integration
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")
 
-# Areas whose clean-up is still under way in other changes: their checks are
-# xfail(strict=False) until those land (then these marks go).
-PENDING = {}
-
 
 def _area(module):
     """engine.gpu, engine (the rest of it), kernels or tf_integration."""
     return "engine.gpu" if module.startswith("engine.gpu") else module.split(".")[0]
-
-
-def _maybe_pending(area):
-    return pytest.param(area, marks=pytest.mark.xfail(strict=False, reason=PENDING[area])) \
-        if area in PENDING else area
 
 
 def _modules():
@@ -245,7 +236,7 @@ def test_engine_never_imports_tensorflow_or_tf_integration():
 
 # -- circles -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("area", ["engine", _maybe_pending("engine.gpu"), "kernels"])
+@pytest.mark.parametrize("area", ["engine", "engine.gpu", "kernels"])
 def test_no_import_cycle(area):
     """No circle touches ``area`` (for "engine": any engine module outside engine/gpu)."""
     package = area.split(".")[0]
@@ -319,7 +310,7 @@ def _explained(imp, comments, lines):
     return n >= 1 and lines[n - 1].strip().startswith("#") and bool(comments.get(n))
 
 
-@pytest.mark.parametrize("area", [_maybe_pending(a) for a in ("engine", "engine.gpu", "kernels",
+@pytest.mark.parametrize("area", [a for a in ("engine", "engine.gpu", "kernels",
                                                                  "tf_integration")])
 def test_every_import_inside_a_function_says_why(area):
     bad = []

@@ -20,6 +20,7 @@ import numpy as np
 
 from .compile import ctype, f32, get_function, i32
 from .errors import UnsupportedError
+from .family import KernelFamily
 
 SOURCE = "attention.cu"
 HEAD_DIMS = (32, 64, 128)
@@ -160,3 +161,8 @@ def compile_all(head_dims=HEAD_DIMS):
             for od in _OUT:
                 get_function(SOURCE, t.expression(d, od), name_expressions=_expressions(d),
                              smem_bytes=t.smem_bytes(d))
+
+
+# Not precompiled (no tiles listed): only transformer builds use it, and compile_all
+# builds one head dim per NVRTC call on first use.
+FAMILY = KernelFamily(SOURCE, launch=(attention,), compile=compile_all)
