@@ -299,6 +299,10 @@ class CupyBackend:
             if entry == "eager":
                 return self.execute(context, feeds, sched, stream)
         run_stream = stream or entry.stream
+        # the feeds were uploaded on the caller's stream; the graph's own stream is
+        # non-blocking, so without this wait its input copies could read a feed whose
+        # upload has not landed (seen on an H200 under load: the previous call's inputs)
+        _after_current_stream(cp, run_stream)
         with run_stream:
             for name, a in feeds.items():
                 cp.copyto(entry.inputs[name], a)
@@ -361,6 +365,7 @@ class CupyBackend:
         cp = self.cp
         pool = cp.cuda.MemoryPool()
         stream = cp.cuda.Stream(non_blocking=True)
+        _after_current_stream(cp, stream)       # the feeds' uploads first (see execute)
         try:
             with cp.cuda.using_allocator(pool.malloc), stream:
                 static = {n: cp.empty_like(a) for n, a in feeds.items()}
@@ -386,3 +391,10 @@ class CupyBackend:
     def save_timing_cache(self):
         self.cache.save()
 
+
+def _after_current_stream(cp, stream):
+    """Make ``stream`` wait for the work queued so far on the current stream (a no-op
+    when they are the same stream)."""
+    current = cp.cuda.get_current_stream()
+    if current.ptr != stream.ptr:
+        stream.wait_event(current.record())

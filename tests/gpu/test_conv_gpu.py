@@ -233,7 +233,8 @@ def test_splitk_replays_in_a_cuda_graph():
     x, w, scale, bias = _data(N, H, W, C, K, 3, 3)
     xd, wd, bd, sd = cp.asarray(x), cp.asarray(w), cp.asarray(bias), cp.ones(K, cp.float32)
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         conv_igemm.conv2d_igemm_splitk(xd, wd, padding=1, scale=sd, bias=bd)   # rehearsal fills the pool
         stream.synchronize()

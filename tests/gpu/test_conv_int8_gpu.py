@@ -184,7 +184,8 @@ def test_replays_in_a_cuda_graph():
     ref = Q.epilogue_int8(acc, c["s_in"], s_w_ref, c["bias"], act="RELU", s_out=s_out,
                           channel_axis=3)
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         xd, bd = cp.asarray(c["x"]), cp.asarray(c["bias"])
         wq, s_w = conv_int8.pack_weight_int8_krsc(c["w"])

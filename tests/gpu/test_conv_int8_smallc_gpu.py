@@ -207,7 +207,8 @@ def test_quantize_and_smallc_conv_replay_in_a_cuda_graph():
     w = rng.standard_normal((64, 3, 7, 7)).astype(np.float32) / 12
     s_in, s_out = Q.scale_from_amax(2.5), Q.scale_from_amax(3.0)
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         xd = cp.asarray(x)
         wsc, s_w = conv_int8_smallc.pack_weight_int8_smallc(w)

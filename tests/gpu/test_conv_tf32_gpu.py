@@ -253,7 +253,8 @@ def test_cuda_graph_capture_equals_eager(precise):
     xd, wd, sd, bd = cp.asarray(x), cp.asarray(w), cp.asarray(scale), cp.asarray(bias)
     eager = T.conv2d_tf32(xd, wd, precise=precise, padding=1, scale=sd, bias=bd, act="RELU").get()
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         T.conv2d_tf32(xd, wd, precise=precise, padding=1, scale=sd, bias=bd, act="RELU")
         stream.synchronize()

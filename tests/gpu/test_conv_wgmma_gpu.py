@@ -160,7 +160,8 @@ def test_fp16_replays_in_a_cuda_graph():
     N, H, W, C, K = 2, 14, 14, 64, 128
     x, w, scale, bias = _data(N, H, W, C, K, 3, 3)
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         # device arrays only: a host->device copy cannot be captured
         xd, wd, sd, bd = cp.asarray(x), cp.asarray(w), cp.asarray(scale), cp.asarray(bias)
@@ -284,7 +285,8 @@ def test_int8_replays_in_a_cuda_graph():
     s_out = Qz.scale_from_amax(3.0)
     ref = conv_int8.conv2d_int8(xq, wq, s_in, s_w, bias=bias, act="RELU", s_out=s_out, **geo).get()
     pool = cp.cuda.MemoryPool()
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with cp.cuda.using_allocator(pool.malloc), stream:
         def body():
             return conv_wgmma.conv2d_wgmma_int8(xq, wq, s_in, s_w, bias=bias, act="RELU",

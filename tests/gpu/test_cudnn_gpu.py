@@ -93,7 +93,8 @@ def test_replays_inside_a_captured_cuda_graph_on_new_inputs():
     xd, wd, bd = cp.asarray(x), cp.asarray(wt), cp.asarray(bias)
     out = poison(cp, (spec.n, p, q, spec.k), np.float16)
     G.conv2d_fused(xd, wd, bd, spec, out=out)              # builds and chooses outside capture
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     pool = cp.cuda.MemoryPool()
     with cp.cuda.using_allocator(pool.malloc), stream:
         G.conv2d_fused(xd, wd, bd, spec, out=out)         # rehearsal: workspace block cached

@@ -136,7 +136,8 @@ def test_depthwise_v2_replays_in_a_cuda_graph():
     x, w, scale, bias = _data(2, 28, 28, 144, 3, 3)
     xd, wd, sd, bd = cp.asarray(x), cp.asarray(w), cp.asarray(scale), cp.asarray(bias)
     out = cp.empty((2, 14, 14, 144), cp.float16)
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     kw = dict(stride=2, padding=1, scale=sd, bias=bd, act="CLIP", alpha=0.0, beta=6.0, out=out)
     with stream:
         conv_dw.conv2d_depthwise_v2(xd, wd, **kw)          # compile outside the capture

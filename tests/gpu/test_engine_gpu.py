@@ -172,7 +172,8 @@ def test_execute_async_v3_with_bound_cupy_arrays():
                 dtype=cp.float32)
     ctx.set_tensor_address("x", x)
     ctx.set_tensor_address(name, y)
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     for _ in range(3):
         ctx.execute_async_v3(stream)
     stream.synchronize()

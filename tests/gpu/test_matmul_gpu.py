@@ -137,7 +137,8 @@ def test_cuda_graph_replay_matches_eager(dtype):
         s = MM.matmul(q, q, op_b="TRANSPOSE", alpha=0.25)
         return y, s
 
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with stream:
         eager = [x.copy() for x in body()]
         body()                          # rehearsal: the pool caches the blocks capture reuses

@@ -58,10 +58,13 @@ def test_row_vector_broadcasts_into_the_normalised_shape():
 
 
 def test_cuda_graph_replay_matches_eager():
-    x = cp.asarray(RNG.standard_normal((64, 768)), cp.float16)
-    s, b = cp.asarray(RNG.uniform(0.5, 1.5, 768), cp.float32), cp.zeros(768, cp.float32)
-    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()   # inputs made on the legacy stream are ready: a
+    stream = cp.cuda.Stream(non_blocking=True)   # non-blocking stream would not wait for them
     with stream:
+        # made on the stream that uses them: a non-blocking stream does not wait for the
+        # legacy default stream (an H200 under load computed `eager` from a half-written x)
+        x = cp.asarray(RNG.standard_normal((64, 768)), cp.float16)
+        s, b = cp.asarray(RNG.uniform(0.5, 1.5, 768), cp.float32), cp.zeros(768, cp.float32)
         eager = LN.layernorm(x, s, b).copy()
         LN.layernorm(x, s, b)
         stream.synchronize()
