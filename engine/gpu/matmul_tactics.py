@@ -157,6 +157,7 @@ class MatMulAsConv(Tactic):
         self.launch, self.tile = launch, tile
         self.dtype, self.c_align, self.precise = np.dtype(dtype), c_align, precise
         self.wgmma = launch is conv_wgmma.conv2d_wgmma
+        self.switch = "wgmma" if self.wgmma else None     # CUPYRT_WGMMA=0 drops these too
         self.name = f"matmul.conv.{tile.name}"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):

@@ -58,6 +58,26 @@ def test_switched_off_tactics_are_no_candidates(monkeypatch):
     assert count(C.ConvIgemm) > 0
 
 
+def test_the_wgmma_switch_also_drops_the_wgmma_backed_matmul_tactics(monkeypatch):
+    import engine as rt
+    import numpy as np
+    from engine.gpu.tactics import candidates
+    net = rt.Network()
+    a = net.add_input("a", rt.float32, (4, 64))
+    w = net.add_constant((64, 32), np.ones((64, 32), np.float32)).get_output(0)
+    layer = net.add_matrix_multiply(a, rt.MatrixOperation.NONE, w, rt.MatrixOperation.NONE)
+
+    def names():
+        return [t.name for t in candidates(layer) if t.name.startswith("matmul.conv.")]
+    monkeypatch.delenv("CUPYRT_WGMMA", raising=False)
+    on = names()
+    monkeypatch.setenv("CUPYRT_WGMMA", "0")
+    off = names()
+    assert len(on) > len(off) > 0                       # the mma.sync and TF32 ones stay
+    assert all(getattr(t, "wgmma", False) is False for t in candidates(layer)
+               if t.name in off)
+
+
 def test_candidates_pass_the_debug_setting_to_the_kernels(monkeypatch):
     import engine as rt
     from engine.gpu.tactics import candidates
