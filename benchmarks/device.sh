@@ -3,6 +3,7 @@
 # Installs carried wheels (.whl/, e.g. the cuDNN frontend), precompiles every kernel
 # family in parallel, runs the GPU tests (--tests; TESTS= picks files, default tests/gpu),
 # then each suite through `python -m benchmarks run`, its JSON and log under $OUT.
+# TESTS= picks test files (a glob), SHARDS= how many pytest processes share the GPU (4).
 # Prints the test summary and each suite's short table last.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -20,11 +21,25 @@ from engine.gpu.precompile import precompile
 print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3; } | tee "$LOG"
 if [ "$1" = "--tests" ]; then
   shift
-  CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
-    ${TESTS:-tests/gpu} > "$OUT/tests_gpu.log" 2>&1
-  TESTS_LINE="== tests rc=$?: $(tail -1 "$OUT/tests_gpu.log")"
+  # SHARDS=N (default 4) pytest processes share the GPU, files dealt round robin by size:
+  # about 100 s instead of 160 s on an H200, and concurrent load exposes stream-ordering races
+  ls -S ${TESTS:-tests/gpu/test_*.py} > "$OUT/test_files.txt"
+  SHARDS=${SHARDS:-4}; rc=0; pids=()
+  for i in $(seq 0 $((SHARDS - 1))); do
+    CUPYRT_PRECOMPILE=0 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q --tb=short -p no:cacheprovider -rf \
+      $(awk -v i=$i -v n=$SHARDS 'NR % n == i' "$OUT/test_files.txt") > "$OUT/tests_gpu_$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+  TESTS_LINE="== tests rc=$rc: $(for i in $(seq 0 $((SHARDS - 1))); do tail -1 "$OUT/tests_gpu_$i.log"; done | python3 -c "
+import re, sys
+tot = {}
+for line in sys.stdin:
+    for n, k in re.findall(r'(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)', line):
+        tot[k] = tot.get(k, 0) + int(n)
+print(', '.join(f'{v} {k}' for k, v in tot.items()))")"
   echo "$TESTS_LINE" | tee -a "$LOG"
-  grep -E "^FAILED|^ERROR" "$OUT/tests_gpu.log" | head -15
+  cat "$OUT"/tests_gpu_*.log | grep -E "^FAILED|^ERROR" | head -15
 fi
 for suite in "$@"; do
   timeout ${SUITE_TIMEOUT:-420} python3 -m benchmarks run "$suite" --out "$OUT" ${SUITE_ARGS} >> "$LOG" 2>&1
