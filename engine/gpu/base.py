@@ -104,7 +104,7 @@ class HostTactic(Tactic):
 
 
 class Int8Emulation(Tactic):
-    """INT8 layers through engine.quantization's exact integer arithmetic, on
+    """INT8 layers through engine.int8_exec's exact integer arithmetic, on
     device arrays (float64 products: exact, slow; the IMMA kernels replace it)."""
     name = "int8.emulation"
     int8 = True
