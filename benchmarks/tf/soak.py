@@ -119,38 +119,9 @@ def soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0
         import_graph_def(converted, name="")
     sess = tf.compat.v1.Session(graph=g)
     out = g.get_tensor_by_name(fetches[0])
-    worst, mismatches, done = 0.0, 0, 0
-    lock = threading.Lock()
-
-    def work(first, count):
-        nonlocal worst, mismatches
-        for i in range(first, first + count):
-            k = i % len(pool)
-            err = rel_l2(sess.run(out, {"x:0": pool[k]}), refs[k])
-            with lock:
-                worst = max(worst, err)
-                mismatches += err > 1e-5
-    samples, device = [], []
-    t0 = time.perf_counter()
-    while done < runs:
-        chunk = min(sample_every, runs - done)
-        if threads == 1:
-            work(done, chunk)
-        else:
-            share = [chunk // threads + (j < chunk % threads) for j in range(threads)]
-            starts = np.cumsum([done] + share[:-1])
-            ts = [threading.Thread(target=work, args=(int(s), n)) for s, n in zip(starts, share)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-        done += chunk
-        samples.append((done, rss_bytes()))
-        if backend == "cupy":
-            device.append((done,) + device_bytes())
-        if log_every and done % log_every < chunk:
-            logging.info("%d runs, RSS %.1f MB", done, samples[-1][1] / 2 ** 20)
-    seconds = time.perf_counter() - t0
+    seconds, samples, device, worst, mismatches = drive(
+        lambda k: sess.run(out, {"x:0": pool[k]}), refs, 1e-5, runs, threads, sample_every,
+        backend, log_every)
     sess.close()
     stats = runtime_stats(converted)
     return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, {
@@ -168,9 +139,8 @@ def engine_model(seed=0):
     builder = rt.Builder()
     net = builder.create_network()
     c = SHAPE[2]
-    x = net.add_input("x", rt.float32, (-1, c, SHAPE[0], SHAPE[1]))
-    t = x
-    for i, act in enumerate((rt.ActivationType.RELU, rt.ActivationType.TANH)):
+    t = net.add_input("x", rt.float32, (-1, c, SHAPE[0], SHAPE[1]))
+    for act in (rt.ActivationType.RELU, rt.ActivationType.TANH):
         w = (rng.standard_normal((8, t.shape[1], 3, 3)) * 0.2).astype(np.float32)
         b = (rng.standard_normal(8) * 0.1).astype(np.float32)
         conv = net.add_convolution_nd(t, 8, (3, 3), kernel=w, bias=b)
@@ -203,19 +173,33 @@ def engine_soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_
     refs = [np.asarray(ref_ctx.execute({"x": a})["y"], np.float32) for a in pool]
     configure(backend=backend)
     tol = 1e-2 if backend == "cupy" else 1e-5
-    contexts = threading.local()
+    contexts = threading.local()          # one execution context per thread
     engine = plans[backend]
+
+    def answer(k):
+        ctx = getattr(contexts, "ctx", None) or engine.create_execution_context()
+        contexts.ctx = ctx
+        got = ctx.execute({"x": pool[k]})["y"]
+        return np.asarray(got.get() if hasattr(got, "get") else got, np.float32)
+    seconds, samples, device, worst, mismatches = drive(
+        answer, refs, tol, runs, threads, sample_every, backend, log_every)
+    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches,
+                     {"mode": "engine-only", "tolerance": tol})
+
+
+def drive(answer, refs, tol, runs, threads, sample_every, backend, log_every):
+    """Run ``answer(k)`` (the output for pool input k) ``runs`` times over ``threads``
+    threads, inputs cycled, each compared with refs[k]; RSS (and device memory on cupy)
+    sampled every ``sample_every`` runs. Returns (seconds, samples, device samples, worst
+    rel. L2, answers off by more than ``tol``)."""
     worst, mismatches, done = 0.0, 0, 0
     lock = threading.Lock()
 
     def work(first, count):
         nonlocal worst, mismatches
-        ctx = getattr(contexts, "ctx", None) or engine.create_execution_context()
-        contexts.ctx = ctx
         for i in range(first, first + count):
-            k = i % len(pool)
-            got = ctx.execute({"x": pool[k]})["y"]
-            err = rel_l2(np.asarray(got.get() if hasattr(got, "get") else got, np.float32), refs[k])
+            k = i % len(refs)
+            err = rel_l2(answer(k), refs[k])
             with lock:
                 worst = max(worst, err)
                 mismatches += err > tol
@@ -239,9 +223,7 @@ def engine_soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_
             device.append((done,) + device_bytes())
         if log_every and done % log_every < chunk:
             logging.info("%d runs, RSS %.1f MB", done, samples[-1][1] / 2 ** 20)
-    seconds = time.perf_counter() - t0
-    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches,
-                     {"mode": "engine-only", "tolerance": tol})
+    return time.perf_counter() - t0, samples, device, worst, mismatches
 
 
 def summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, extra):

@@ -7,7 +7,8 @@ import numpy as np
 from kernels.gpu import conv_wgmma
 
 from ..types import DataType
-from .base import as_nhwc
+from .base import Tactic, as_nhwc
+from .concat import claim, written
 from .device import cupy
 
 # concat elision (engine/gpu/concat.py): an epilogue that casts to either float type
@@ -84,3 +85,41 @@ def float_kind(x):
 def int8_out_dtype(storage):
     """The INT8 epilogue writes the stored type itself: codes, half or float32."""
     return {DataType.INT8: np.int8, DataType.HALF: np.float16}.get(storage, np.float32)
+
+
+class NhwcConvTactic(Tactic):
+    """The calling convention of the implicit-GEMM convolution kernels (conv_igemm,
+    conv_wgmma, conv_tf32): NHWC input of ``dtype`` with channels padded to ``c_align``,
+    KRSC weights packed by ``pack``, the fused epilogue, and concat-buffer writes. A
+    subclass names its kernel (``launch``), its tile and ``supports``; ``options`` adds
+    the kernel's own keyword arguments."""
+    writes_into_concat = True
+    dtype = np.float16
+    c_align = 8
+    pack = None           # staticmethod(pack(weights, "KCRS", c_pad_to=...)) of the kernel
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.name = f"conv.{tile.name}"
+
+    def prepare(self, layer):
+        c = layer._inputs[0].shape[1]
+        w = layer.weights(c) if c > 0 else layer.kernel
+        return {"w": self.pack(w, "KCRS", c_pad_to=self.c_align), **epilogue_state(layer)}
+
+    def options(self, state):
+        """Keyword arguments of this kernel beyond the shared calling convention."""
+        return {}
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
+        x = inputs[0]
+        (p, q), pre = window_geometry(layer, x.shape)
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
+        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        y = self.launch(
+            as_nhwc(x, self.dtype, self.c_align), state["w"], stride=layer.stride_nd, padding=pre,
+            dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
+            residual=residual_nhwc(inputs, out_dtype), act=state["act"], alpha=state["alpha"],
+            beta=state["beta"], out_dtype=out_dtype, tactic=self.tile, **self.options(state), **place)
+        return [written(y, place, k)]

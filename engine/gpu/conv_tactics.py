@@ -23,19 +23,15 @@ from kernels.gpu import conv_dw, conv_gemm, conv_igemm, conv_wgmma
 from ..settings import settings
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .concat import claim, written
-from .conv_common import (ANY_FLOAT, compute_dtype, conv2d_reason, epilogue_state, is_half,
-                          residual_nhwc, wgmma_reason, window_geometry)
+from .conv_common import (ANY_FLOAT, NhwcConvTactic, compute_dtype, conv2d_reason, epilogue_state,
+                          is_half, residual_nhwc, wgmma_reason, window_geometry)
 
 
-class ConvIgemm(Tactic):
+class ConvIgemm(NhwcConvTactic):
     """Tensor-core implicit GEMM (mma.sync), NHWC FP16, fused epilogue; one tile shape.
     Subclasses change the kernel (split-K, small-C, wgmma) and keep the calling convention."""
     launch = staticmethod(conv_igemm.conv2d_igemm)
-    writes_into_concat = True
-
-    def __init__(self, tile):
-        self.tile = tile
-        self.name = f"conv.{tile.name}"
+    pack = staticmethod(conv_igemm.pack_weight_krsc)
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if not is_half(precision):
@@ -43,28 +39,6 @@ class ConvIgemm(Tactic):
         if layer.num_groups != 1:
             return "grouped convolution"
         return conv2d_reason(layer, in_shapes)
-
-    def prepare(self, layer):
-        c = layer._inputs[0].shape[1]
-        w = layer.weights(c) if c > 0 else layer.kernel
-        return {"w": conv_igemm.pack_weight_krsc(w, "KCRS", c_pad_to=8), **epilogue_state(layer)}
-
-    def options(self, state):
-        """Keyword arguments of this kernel beyond the shared calling convention."""
-        return {}
-
-    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
-        x = inputs[0]
-        (p, q), pre = window_geometry(layer, x.shape)
-        k = layer.num_output_maps
-        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
-        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
-        y = self.launch(
-            as_nhwc(x, np.float16, 8), state["w"], stride=layer.stride_nd, padding=pre,
-            dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],
-            residual=residual_nhwc(inputs, out_dtype), act=state["act"], alpha=state["alpha"],
-            beta=state["beta"], out_dtype=out_dtype, tactic=self.tile, **self.options(state), **place)
-        return [written(y, place, k)]
 
 
 class ConvIgemmSplitK(ConvIgemm):

@@ -238,11 +238,7 @@ def conv2d_igemm(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
     tactic = _tactic(tactic, "igemm")
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
-    if g.C % 8:
-        raise UnsupportedError(f"C = {g.C} is not a multiple of 8; pad channels (pad_channels, "
-                               f"pack_weight_krsc(c_pad_to=8))")
-    if w_krsc.shape[3] != g.C:
-        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {g.C}]")
+    _require_c8(g, w_krsc)
     kern = _kernel(tactic, g.out_f32)
     grid = (-(-g.M // tactic.bm) * -(-g.K // tactic.bn),)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
@@ -320,6 +316,15 @@ def _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype, out_cha
 _num_sms = {}
 
 
+def _require_c8(g, w_krsc):
+    """The mma.sync kernels' channel needs: C a multiple of 8, weights [K, R, S, C]."""
+    if g.C % 8:
+        raise UnsupportedError(f"C = {g.C} is not a multiple of 8; pad channels (pad_channels, "
+                               f"pack_weight_krsc(c_pad_to=8))")
+    if w_krsc.shape[3] != g.C:
+        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {g.C}]")
+
+
 def _sm_count():
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     dev = cp.cuda.Device().id
@@ -367,11 +372,7 @@ def conv2d_igemm_splitk(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=No
     tactic = _tactic(tactic, "splitk")
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype,
                out_channel_offset, residual, scale, bias)
-    if g.C % 8:
-        raise UnsupportedError(f"C = {g.C} is not a multiple of 8; pad channels (pad_channels, "
-                               f"pack_weight_krsc(c_pad_to=8))")
-    if w_krsc.shape[3] != g.C:
-        raise UnsupportedError(f"weights {w_krsc.shape}; expected contiguous [K, R, S, {g.C}]")
+    _require_c8(g, w_krsc)
     n_split, per = splitk_plan(g.M, g.K, g.R * g.S * g.C, tactic, splits)
     need = n_split * g.M * g.K
     if workspace is None:
