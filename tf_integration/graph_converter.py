@@ -42,7 +42,7 @@ from .registry import Reason, supported_ops, validate
 from .rewrites import (fold_constants, prune_dead_nodes, rewrite_batch_reshapes,
                        strip_constant_control_edges)
 from .rnn_loops import rewrite_rnn_loops
-from .segment_to_engine import (PRECISIONS, build_network, build_plan, engine_layer_histogram,
+from .segment_to_engine import (PRECISIONS, build_network, build_plan, engine_histograms,
                                 engine_precision_histogram, example_shapes, segment_graph_def)
 from .segmenter import histogram, segment_graph
 from .summary import format_summary
@@ -280,8 +280,7 @@ class TrtGraphConverter:
                "outputs": [_tensor_report(graph, t) for t in seg.outputs],
                "ops": histogram(graph, seg.nodes), "members": list(seg.nodes)}
         if plan is not None:
-            rep["layers"] = engine_layer_histogram(plan)
-            rep["layer_precisions"] = engine_precision_histogram(plan)
+            rep["layers"], rep["layer_precisions"] = engine_histograms(plan)
             rep["plan_bytes"] = len(plan)
         return rep
 

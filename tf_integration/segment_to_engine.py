@@ -12,6 +12,7 @@ TensorFlow when an engine cannot (and is converted again per shape only for
 the rare segment whose network needs concrete input shapes).
 """
 import logging
+from collections import Counter
 
 import numpy as np
 import tensorflow as tf
@@ -222,22 +223,17 @@ def build_network_plan(network, precision_mode="FP32", max_workspace_size_bytes=
     return bytes(plan)
 
 
+def engine_histograms(plan):
+    """(layer types, precisions) of a built plan's layers after the builder's passes,
+    counted from one deserialization (e.g. ({'CONVOLUTION': 3}, {'HALF': 3}))."""
+    layers = rt.Runtime().deserialize_cuda_engine(plan).layers
+    return (dict(sorted(Counter(i.type.name for i in layers).items())),
+            dict(sorted(Counter(i.precision.name for i in layers).items())))
+
+
 def engine_precision_histogram(plan):
     """How many layers of a built plan run in each precision (e.g. {'INT8': 5, 'HALF': 2})."""
-    eng = rt.Runtime().deserialize_cuda_engine(plan)
-    hist = {}
-    for info in eng.layers:
-        hist[info.precision.name] = hist.get(info.precision.name, 0) + 1
-    return dict(sorted(hist.items()))
-
-
-def engine_layer_histogram(plan):
-    """Layer types of a built plan (after the builder's passes), for summaries and tests."""
-    eng = rt.Runtime().deserialize_cuda_engine(plan)
-    hist = {}
-    for info in eng.layers:
-        hist[info.type.name] = hist.get(info.type.name, 0) + 1
-    return dict(sorted(hist.items()))
+    return engine_histograms(plan)[1]
 
 
 def numpy_dtype(tf_dtype):
