@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from engine.metrics import rel_l2  # noqa: E402  (after the repo root joins the path)
 
 BATCHES = (1, 2, 4)
 POOL = 12                    # distinct inputs, cycled
@@ -98,11 +99,6 @@ def run_graph(graph_def, fetches, feeds_list, converted):
         (import_graph_def if converted else tf.compat.v1.import_graph_def)(graph_def, name="")
         with tf.compat.v1.Session(graph=g) as sess:
             return [sess.run(fetches, {"x:0": x})[0] for x in feeds_list]
-
-
-def rel_l2(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0):
