@@ -168,20 +168,19 @@ def configure(**values):
         raise BuildError("unknown setting(s) " + ", ".join(unknown) + "; valid: " + ", ".join(_BY_FIELD))
     global _current, _raw
     with _lock:
-        base = from_environ()
-        # every value parsed back first (checked like one from the environment), so a
-        # refused call leaves nothing behind: a bad value in os.environ would make every
-        # later settings() raise
-        parsed = {field: _BY_FIELD[field].default_value() if value is None
-                  else _BY_FIELD[field].parse(_BY_FIELD[field].env, _text(value))
-                  for field, value in values.items()}
+        # every value checked first, as the environment's would be, so a refused call
+        # leaves nothing behind (a bad value in os.environ would make every later
+        # settings() raise); then the environment is the one record of them
+        for field, value in values.items():
+            if value is not None:
+                _BY_FIELD[field].parse(_BY_FIELD[field].env, _text(value))
         for field, value in values.items():
             s = _BY_FIELD[field]
             if value is None or value == s.default_value():
                 os.environ.pop(s.env, None)
             else:
                 os.environ[s.env] = _text(value)
-        _current, _raw = dataclasses.replace(base, **parsed), _snapshot()
+        _current, _raw = from_environ(), _snapshot()
         return _current
 
 
