@@ -17,7 +17,6 @@ from .execution import EngineSchedule, LayerRunner
 from .logger import Logger
 from .memory import lifetimes, plan as plan_memory
 from .plan import decode_network, loads
-from .types import DataType
 
 log = logging.getLogger(__name__)
 

@@ -328,7 +328,7 @@ def _svg(sec):
            f'<defs><marker id="{p}-arrow" viewBox="0 0 10 10" refX="10" refY="5" '
            'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
            '<path d="M0,0 L10,5 L0,10 z" fill="#8a8a8a"/></marker></defs>',
-           f'<g class="viewport"><g class="edges">']
+           '<g class="viewport"><g class="edges">']
     for k, (a, b) in enumerate(sec.edges):
         out.append(f'<path class="edge" id="{p}-e{k}" marker-end="url(#{p}-arrow)" '
                    f'd="{_curve(sec.units[a], sec.units[b])}"/>')

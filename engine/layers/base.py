@@ -11,7 +11,6 @@ Shapes are tuples of ints; -1 marks a dimension known only at run time. The
 same ``infer`` runs at network construction (with -1s) and at execution (with
 the concrete shapes of the call), so there is one shape rule, not two.
 """
-import enum
 
 import numpy as np
 
