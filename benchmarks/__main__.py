@@ -1,10 +1,12 @@
-"""python -m benchmarks run SUITE [--out DIR] | list | report [--write]
+"""python -m benchmarks run SUITE [--out DIR] | ab MODEL NAME=VALUE [...] | list | report [--write]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
 ``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
 commit, command, versions, rows and builds, then prints a short table. ``report`` prints
 (``--write``: puts into RESULTS.md, and draws results/plot.svg) the tables generated from
-every results file.
+every results file. ``ab`` builds one model twice in one process, as the settings are
+and with ``NAME=VALUE`` settings (engine/settings.py fields) applied, and times the two
+engines in alternating rounds (no peer: the question is which setting is faster).
 """
 import argparse
 import datetime
@@ -101,6 +103,45 @@ def command_line(argv, out):
         a if inside or os.path.abspath(a) != os.path.abspath(out) else "$OUT" for a in argv)
 
 
+def parse_settings(items):
+    """["NAME=VALUE", ...] -> {engine.settings field: value text}; NAME is a field of
+    engine/settings.py, with or without the CUPYRT_ prefix, in either case."""
+    from engine.settings import SETTINGS
+    fields = {s.field for s in SETTINGS}
+    setting = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.lower().removeprefix("cupyrt_")
+        if not sep or key not in fields:
+            raise SystemExit(f"ab: {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
+        setting[key] = value
+    return setting
+
+
+def cmd_ab(args):
+    from . import models
+    setting = parse_settings(args.settings)
+    import torch
+    os.makedirs(args.out, exist_ok=True)
+    card = torch.cuda.get_device_name()
+    started = datetime.datetime.now()
+    rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
+                          args.reps, setting)
+    doc = {"ab": setting, "card": card, "date": started.isoformat(timespec="seconds"), "commit": commit(),
+           "command": command_line(sys.argv[1:], args.out), "rows": rows,
+           "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")}}
+    tag = "_".join(f"{k}-{v}" for k, v in setting.items())
+    path = os.path.join(args.out, f"{started.date().isoformat()}_{card_slug(card)}_ab_{args.model}_{tag}.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    print(f"\nab {args.model} {args.precision}: A = settings as they are, B = {setting}; {card}, "
+          f"{doc['date']}, commit {doc['commit']} -> {path}")
+    print(f"{'batch':>5s} {'A ms':>9s} {'B ms':>9s} {'B/A':>6s} {'rel L2':>9s}")
+    for r in rows:
+        print(f"{r['batch']:5d} {r['A_ms']:9.3f} {r['B_ms']:9.3f} {r['B_over_A']:6.3f} {r['rel_l2_B_vs_A']:9.2e}")
+    return 0
+
+
 def cmd_report(args):
     from .report import PLOT_NAME, load_results, render, render_plot, write_into
     docs = load_results(args.results)
@@ -127,6 +168,13 @@ def main(argv=None):
     r.add_argument("--profile", action="store_true", help="per-layer profile files under --out")
     r.add_argument("--layers", help="kernels suite: comma-separated layer names, or all")
     r.add_argument("--tf-dir", help="tf_path suite: the prepared folder (default benchmarks/tf_path)")
+    ab = sub.add_parser("ab", help="one model, two settings, one process")
+    ab.add_argument("model", choices=("resnet50", "mobilenet_v2"))
+    ab.add_argument("settings", nargs="+", help="NAME=VALUE (CUPYRT_ prefix optional)")
+    ab.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"))
+    ab.add_argument("--batches", default="256", help="comma-separated")
+    ab.add_argument("--reps", type=int, default=20)
+    ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
     rep = sub.add_parser("report", help="RESULTS.md tables from the results files")
     rep.add_argument("--results", default=os.path.join(HERE, "results"))
@@ -136,7 +184,7 @@ def main(argv=None):
         for s in SUITES.values():
             print(f"{s.name:13s} {s.what}; batches {list(s.batches)}, precisions {list(s.precisions)}")
         return 0
-    return cmd_run(args) if args.cmd == "run" else cmd_report(args)
+    return {"run": cmd_run, "ab": cmd_ab, "report": cmd_report}[args.cmd](args)
 
 
 def configure_logging():

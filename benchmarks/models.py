@@ -192,6 +192,7 @@ def bert_rows(precision, batches, reps):
         with torch.no_grad():
             ref = ref_model(torch.as_tensor(xh, device="cuda")).cpu().numpy()
         err = float(np.linalg.norm(cp.asnumpy(y) - ref) / np.linalg.norm(ref))
+        record[f"tactics_b{n}"] = tactic_table(engine.backend)
         ms = median_ms(lambda: ctx.execute_async_v3(stream), cp, reps=reps)
         graphs = ctx.__dict__.get("_cuda_graphs", {}).values()
         rows.append({"system": "cupyrt", "model": "bert_base_encoder", "precision": precision, "batch": n,
@@ -208,6 +209,21 @@ def bert_rows(precision, batches, reps):
     return record, rows, tmodel, make_input
 
 
+def tactic_table(backend):
+    """{layer: {"chosen": tactic, "ms": {tactic: ms}}} of the backend's last selections,
+    and a log line per chosen tactic: how many layers, and their summed timed ms."""
+    table = {name: {"chosen": tactic, "ms": backend.timings.get(name, {})}
+             for name, tactic in backend.selected.items()}
+    by_tactic = {}
+    for row in table.values():
+        ms = row["ms"].get(row["chosen"]) or 0.0
+        n, total = by_tactic.get(row["chosen"], (0, 0.0))
+        by_tactic[row["chosen"]] = (n + 1, total + ms)
+    for tactic, (n, total) in sorted(by_tactic.items(), key=lambda kv: -kv[1][1]):
+        log.info("[tactics] %-40s %4d layers %9.3f ms timed", tactic, n, total)
+    return table
+
+
 def _cudnn_stats():
     """How many cuDNN graphs this process built, and the seconds their plans took to build."""
     try:
@@ -222,3 +238,56 @@ def _count(values):
     for v in values:
         out[v] = out.get(v, 0) + 1
     return out
+
+
+def ab_rows(name, precision, batches, reps, setting, rounds=5):
+    """Same-process A/B of one setting (``python -m benchmarks ab``): engine A is built
+    and run with the settings as they are, engine B with ``setting`` ({field: value})
+    applied through engine.settings.overridden, each with its own empty timing cache.
+    Per batch, A and B are timed in alternating rounds (A B A B ...; ``reps`` calls a
+    round) and the median of the round medians compared; B's output is checked against
+    A's. Returns one dict per batch."""
+    import cupy as cp
+
+    import engine as rt
+    from engine.settings import overridden
+    model = torch_model(name)
+    runs = {}
+    for label, values in (("A", {}), ("B", setting)):
+        with overridden(**values):
+            plan, cold, _ = build(name, model, precision, max(batches),
+                                  os.path.join(tempfile.mkdtemp(), f"ab_{label}.cache"))
+            engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
+            kinds = _count(info.kernel for info in engine.layers)
+            log.info("[ab] %s %s: built in %.1f s, kernels %s", label, values or "as is", cold, kinds)
+            runs[label] = {"values": values, "ctx": engine.create_execution_context(), "cold_s": cold,
+                           "kernels": kinds}
+    rows = []
+    stream = cp.cuda.get_current_stream()
+    for n in batches:
+        x = cp.asarray(np.random.default_rng(n).standard_normal((n, 3, 224, 224)).astype(np.float32))
+        outs, times = {}, {"A": [], "B": []}
+        for label, r in runs.items():
+            ctx = r["ctx"]
+            shape = ctx.engine.infer_shapes({"input": x.shape})[id(ctx.engine.network.get_tensor("output"))]
+            r["y"] = cp.full(shape, cp.nan, cp.float32)
+            ctx.set_tensor_address("input", x)
+            ctx.set_tensor_address("output", r["y"])
+            with overridden(**r["values"]):      # prepared (kernels compiled) in its own settings
+                for _ in range(2):               # the second call captures the CUDA graph
+                    ctx.execute_async_v3(stream)
+            stream.synchronize()
+            outs[label] = cp.asnumpy(r["y"])
+        for _ in range(rounds):
+            for label, r in runs.items():
+                with overridden(**r["values"]):
+                    times[label].append(median_ms(lambda c=r["ctx"]: c.execute_async_v3(stream), cp, reps=reps))
+        a, b = (float(np.median(times[k])) for k in ("A", "B"))
+        err = float(np.linalg.norm(outs["B"] - outs["A"]) / np.linalg.norm(outs["A"]))
+        rows.append({"model": name, "precision": precision, "batch": n, "A_ms": a, "B_ms": b,
+                     "B_over_A": b / a, "rel_l2_B_vs_A": err, "rounds_ms": times,
+                     "setting": setting, "kernels": {k: r["kernels"] for k, r in runs.items()},
+                     "cold_s": {k: r["cold_s"] for k, r in runs.items()}})
+        log.info("[ab] %s %s b%d: A %.3f ms, B %.3f ms (B/A %.3f), rel L2 B vs A %.2e",
+                 name, precision, n, a, b, b / a, err)
+    return rows

@@ -106,3 +106,11 @@ def test_recorded_command_names_a_scratch_output_folder_out(tmp_path):
         "python -m benchmarks run resnet50 --out $OUT --reps 30"
     inside = runner.os.path.join(runner.HERE, "results")
     assert runner.command_line(["run", "int8", "--out", inside], inside).endswith(f"--out {inside}")
+
+
+def test_ab_settings_are_named_like_the_environment_or_the_field():
+    assert runner.parse_settings(["CUPYRT_WGMMA_F16_FAST_EPILOGUE=1", "cudnn=0"]) == {
+        "wgmma_f16_fast_epilogue": "1", "cudnn": "0"}
+    for bad in ("wgmma", "no_such_switch=1", "=1"):
+        with pytest.raises(SystemExit, match="expected NAME=VALUE"):
+            runner.parse_settings([bad])

@@ -181,10 +181,15 @@ def test_disabling_elision_gives_the_same_result():
     engine = build(net, "cupy", True, obey=True)
     engine.backend.use_graphs = False
     with_elision = engine.create_execution_context().execute(feeds)
+    chosen = dict(engine.backend.selected)
     engine.backend.concat_elision = False
     without = engine.create_execution_context().execute(feeds)
+    moved = {k: (v, engine.backend.selected.get(k)) for k, v in chosen.items()
+             if engine.backend.selected.get(k) != v}
     for name in with_elision:
-        np.testing.assert_array_equal(with_elision[name], without[name])
+        np.testing.assert_array_equal(with_elision[name], without[name],
+                                      err_msg=f"tactics with -> without elision that differ: {moved}; "
+                                              f"timings {engine.backend.timings}")
 
 
 @pytest.mark.parametrize("half", [False, True], ids=["fp16", "fp16_half_concat"])
