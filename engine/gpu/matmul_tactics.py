@@ -220,10 +220,14 @@ class MatMulAsConv(Tactic):
 
 
 def conv_backed_tactics():
-    """The MatMulAsConv family: wgmma and large mma.sync tiles in FP16, 3xTF32 in FP32."""
+    """The MatMulAsConv family: wgmma, large mma.sync and split-K tiles in FP16 (split-K:
+    few output tiles over a long reduction, e.g. a transformer's FFN at batch 1), 3xTF32
+    in FP32."""
     return ([MatMulAsConv(conv_wgmma.conv2d_wgmma, t, np.float16, 8) for t in conv_wgmma.TACTICS]
             + [MatMulAsConv(conv_igemm.conv2d_igemm, t, np.float16, 8)
                for t in conv_igemm.IGEMM_TACTICS_LARGE]
+            + [MatMulAsConv(conv_igemm.conv2d_igemm_splitk, t, np.float16, 8)
+               for t in conv_igemm.SPLITK_TACTICS]
             + [MatMulAsConv(conv_tf32.conv2d_tf32, t, np.float32, 4, precise=True)
                for t in conv_tf32.tactics_for(True)])
 

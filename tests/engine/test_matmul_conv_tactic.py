@@ -71,3 +71,4 @@ def test_the_family_is_registered_for_matrix_multiply():
     assert any(n.startswith("matmul.conv.wg_") for n in names)
     assert any(n.startswith("matmul.conv.3xtf32_") for n in names)
     assert any(n.startswith("matmul.conv.igemm2_") for n in names)
+    assert any(n.startswith("matmul.conv.igemmsk_") for n in names)      # split-K (batch-1 FFNs)
