@@ -39,7 +39,10 @@ for line in sys.stdin:
         tot[k] = tot.get(k, 0) + int(n)
 print(', '.join(f'{v} {k}' for k, v in tot.items()))")"
   echo "$TESTS_LINE" | tee -a "$LOG"
-  cat "$OUT"/tests_gpu_*.log | grep -E "^FAILED|^ERROR" | head -15
+  # one file back (the device tool returns at most 8): the shards' logs, one after another
+  for i in $(seq 0 $((SHARDS - 1))); do echo "## shard $i"; cat "$OUT/tests_gpu_$i.log"; done > "$OUT/tests_gpu.log"
+  rm -f "$OUT"/tests_gpu_[0-9]*.log "$OUT/test_files.txt"
+  grep -E "^FAILED|^ERROR" "$OUT/tests_gpu.log" | head -15
 fi
 for suite in "$@"; do
   timeout ${SUITE_TIMEOUT:-420} python3 -m benchmarks run "$suite" --out "$OUT" ${SUITE_ARGS} >> "$LOG" 2>&1
