@@ -175,21 +175,31 @@ def test_an_elided_concat_can_be_the_network_output():
     assert counts["elided"] + counts["partial"] >= 1 and counts["copied"] == 0
 
 
-def test_disabling_elision_gives_the_same_result():
-    net, _ = block(half_concat=True)
-    feeds = {"data": randn(N, CIN, HW, HW)}
-    engine = build(net, "cupy", True, obey=True)
-    engine.backend.use_graphs = False
-    with_elision = engine.create_execution_context().execute(feeds)
-    chosen = dict(engine.backend.selected)
-    engine.backend.concat_elision = False
-    without = engine.create_execution_context().execute(feeds)
-    moved = {k: (v, engine.backend.selected.get(k)) for k, v in chosen.items()
-             if engine.backend.selected.get(k) != v}
+@pytest.mark.parametrize("cudnn", [False, True], ids=["own_kernels", "cudnn_allowed"])
+def test_disabling_elision_gives_the_same_result(cudnn):
+    """Our kernels take the concat buffer as a pitch and offset of the same arithmetic:
+    bit-equal. A cuDNN graph writing into a concat slice is another graph (the output
+    pitch is part of it) whose plan is chosen by timing on its own: it may run another
+    cuDNN engine (seen on an H200 under load: 51 of 16,384 values 3e-4 apart), so
+    there the two agree to FP16 rounding."""
+    from engine.settings import overridden
+    with overridden(cudnn=cudnn):
+        net, _ = block(half_concat=True)
+        feeds = {"data": randn(N, CIN, HW, HW)}
+        engine = build(net, "cupy", True, obey=True)
+        engine.backend.use_graphs = False
+        with_elision = engine.create_execution_context().execute(feeds)
+        chosen = dict(engine.backend.selected)
+        engine.backend.concat_elision = False
+        without = engine.create_execution_context().execute(feeds)
+    assert engine.backend.selected == chosen
+    if not cudnn:
+        assert "conv.cudnn" not in chosen.values()
     for name in with_elision:
-        np.testing.assert_array_equal(with_elision[name], without[name],
-                                      err_msg=f"tactics with -> without elision that differ: {moved}; "
-                                              f"timings {engine.backend.timings}")
+        if cudnn and "conv.cudnn" in chosen.values():
+            assert rel_l2(with_elision[name], without[name]) <= 1e-3
+        else:
+            np.testing.assert_array_equal(with_elision[name], without[name])
 
 
 @pytest.mark.parametrize("half", [False, True], ids=["fp16", "fp16_half_concat"])
