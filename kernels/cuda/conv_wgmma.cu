@@ -282,10 +282,11 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     const int n0 = (blockIdx.x % n_tiles) * BN;
     const int M = N * P * Q;
 
-    // FAST = 1 (kernels/gpu/conv_wgmma.py, only under CUPYRT_WGMMA_F16_FAST_EPILOGUE=1 until a
-    // GPU run has validated it): the INT8 kernel's residual prefetch (has_res bit 2: the
-    // BM x BN residual tile in shared memory past the ring) and fixed-column epilogue.
-    // FAST = 0 compiles to the validated kernel (has_res 0 / 1; the same PTX as before).
+    // FAST = 1 (the default; CUPYRT_WGMMA_F16_FAST_EPILOGUE=0 turns it off): the INT8
+    // kernel's residual prefetch (has_res bit 2: the BM x BN residual tile in shared memory
+    // past the ring) and fixed-column epilogue; ResNet-50 FP16 b256 0.94x the time of
+    // FAST = 0, bit-equal outputs (H200, benchmarks/RESULTS.md). FAST = 0: has_res 0 / 1,
+    // the residual read from global memory per row.
     const int hres = FAST ? (has_res & 1) : has_res;
     const bool res_pf = FAST && hres && (has_res & 2) != 0;
     int res_off = 0;

@@ -211,14 +211,16 @@ def _check_f16(x, w_krsc):
 def conv2d_wgmma(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
                  scale=None, bias=None, residual=None, act=None, alpha=0.0, beta=0.0,
                  out=None, out_dtype=np.float16, out_channel_offset=0,
-                 tactic=TACTICS[0], stream=None, fast_epilogue=False):
+                 tactic=TACTICS[0], stream=None, fast_epilogue=True):
     """out = act((conv(x, w) * scale + bias) + residual) on wgmma, one launch.
 
     Arguments and result exactly as ``conv_igemm.conv2d_igemm`` (x float16 NHWC with
     C % 8 == 0, w KRSC float16, scale/bias float32 [K], residual of the out dtype,
     out_dtype float16/float32, ``out`` + ``out_channel_offset`` for concat elision);
     ``tactic``: a ``WgmmaTactic`` of ``TACTICS`` or its name. Needs compute capability 9.0.
-    ``fast_epilogue``: the FAST = 1 instantiation (residual prefetched into shared memory).
+    ``fast_epilogue``: the FAST = 1 instantiation (residual prefetched into shared memory,
+    fixed-column epilogue; the engine's default, CUPYRT_WGMMA_F16_FAST_EPILOGUE); False:
+    the FAST = 0 one (the residual read from global memory per row).
     """
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     tactic = _tactic(tactic, "wgmma")

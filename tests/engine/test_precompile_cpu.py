@@ -29,13 +29,13 @@ def test_work_items_cover_every_tile_family(monkeypatch):
     assert all(item in every for item in plain) and len(every) > len(plain)
 
 
-def test_wgmma_tiles_listed_on_sm90a_and_fast_only_when_asked(monkeypatch):
+def test_wgmma_tiles_listed_on_sm90a_fast_unless_switched_off(monkeypatch):
     fam = KernelFamily("conv_wgmma.cu", tiles=conv_wgmma.TACTICS, int8_tiles=conv_wgmma.INT8_TACTICS,
                        compile=conv_wgmma.FAMILY.compile, available=lambda: True)
     monkeypatch.setattr(precompile, "FAMILIES", (fam,))
     monkeypatch.setattr(conv_wgmma, "FAMILY", fam)
-    off = precompile.work_items(int8=True, current=from_environ({}))
-    on = precompile.work_items(int8=True, current=from_environ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}))
+    off = precompile.work_items(int8=True, current=from_environ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "0"}))
+    on = precompile.work_items(int8=True, current=from_environ({}))         # the default
     assert {t for _, t, _ in off} == {t.name for t in conv_wgmma.TACTICS + conv_wgmma.INT8_TACTICS}
     assert {o["fast_epilogue"] for _, _, o in off} == {False}
     assert {o["fast_epilogue"] for _, _, o in on} == {True}

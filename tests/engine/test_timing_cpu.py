@@ -80,8 +80,8 @@ def test_a_failing_candidate_scores_infinity(monkeypatch):
     ({"CUPYRT_WGMMA": "0"}, {"CUPYRT_WGMMA": False}),
     ({"CUPYRT_FAST_QUANTIZE": "0", "CUPYRT_INT8_SMALLC": "0"},
      {"CUPYRT_FAST_QUANTIZE": False, "CUPYRT_INT8_SMALLC": False}),
-    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}, {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": True}),
-    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "0"}, {}),
+    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "0"}, {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": False}),
+    ({"CUPYRT_WGMMA_F16_FAST_EPILOGUE": "1"}, {}),
     ({"CUPYRT_CUDNN": "0"}, {"CUPYRT_CUDNN": False}),
     ({"CUPYRT_PRECOMPILE": "0", "CUPYRT_CUDA_GRAPHS": "0"}, {}),     # no effect on tactics
     ({"UNRELATED": "0"}, {}),
@@ -98,11 +98,11 @@ def test_switches_change_the_timing_cache_key(monkeypatch):
     monkeypatch.setattr(cb, "layer_signature", lambda *a: {"type": "CONVOLUTION"})
     monkeypatch.setattr(cb.TimingCache, "key", staticmethod(lambda gpu, sig: seen.append(dict(sig))))
     fake = type("B", (), {"tf32": False, "gpu": "H100"})()
-    for value in (None, "1"):
+    for value in (None, "0"):
         if value is None:
             monkeypatch.delenv("CUPYRT_WGMMA_F16_FAST_EPILOGUE", raising=False)
         else:
             monkeypatch.setenv("CUPYRT_WGMMA_F16_FAST_EPILOGUE", value)
         cb.CupyBackend._signature_key(fake, None, (), (), None, ())
     assert seen == [{"type": "CONVOLUTION"},
-                    {"type": "CONVOLUTION", "switches": {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": True}}]
+                    {"type": "CONVOLUTION", "switches": {"CUPYRT_WGMMA_F16_FAST_EPILOGUE": False}}]

@@ -255,12 +255,12 @@ def test_res_flags_land_in_the_int8_kernels_res_kind(monkeypatch):
     assert args[params.index("res_kind")] == g["res_kind"] | 4 == 7
 
 
-# ---- the FP16 fast epilogue (FAST = 1, has_res bit 2; off unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=1)
-def test_f16_fast_epilogue_is_an_argument_off_by_default():
+# ---- the FP16 fast epilogue (FAST = 1, has_res bit 2; on unless CUPYRT_WGMMA_F16_FAST_EPILOGUE=0)
+def test_f16_fast_epilogue_is_an_argument_on_by_default():
     """The kernel module reads no switch: the engine passes its setting."""
     import inspect
     from pathlib import Path
-    assert inspect.signature(W.conv2d_wgmma).parameters["fast_epilogue"].default is False
+    assert inspect.signature(W.conv2d_wgmma).parameters["fast_epilogue"].default is True
     assert "os.environ" not in Path(W.__file__).read_text()
 
 
