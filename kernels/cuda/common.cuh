@@ -104,6 +104,23 @@ __device__ __noinline__ float apply_act_outline(float x, int code, float alpha, 
     return apply_act(x, code, alpha, beta);
 }
 
+// Eight values at once, for the vectorised epilogue of the wgmma kernel (the one the
+// transformer GEMMs run; elsewhere the array's trip through local memory cost 25% more
+// compile time for conv_igemm.cu's 66 instantiations): one call per eight elements
+// instead of eight, the switch taken once, and the eight independent evaluations
+// free to overlap. GELU has its own loop: a transformer FFN's epilogue applies it to
+// every element, and one call per element cost BERT's 3072-wide GEMM about a third
+// of its time (H200, batch 32: 91 us against 61 us for the same GEMM without it).
+__device__ __noinline__ void apply_act8_outline(float* v, int code, float alpha, float beta) {
+    if (code == ACT_GELU_ERF) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = 0.5f * v[e] * (1.f + erff(v[e] * 0.70710678118654752f));
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = apply_act(v[e], code, alpha, beta);
+}
+
 // Piecewise-linear activations as v -> clamp(v >= 0 ? v : slope * v, lo, hi).
 struct ActLin {
     bool lin; float slope, lo, hi; int code; float alpha, beta;
@@ -124,5 +141,13 @@ struct ActLin {
     __device__ __forceinline__ float operator()(float v) const {
         if (lin) return clamp_nan(v >= 0.f ? v : slope * v, lo, hi);
         return apply_act_outline(v, code, alpha, beta);
+    }
+    __device__ __forceinline__ void apply8(float (&v)[8]) const {
+        if (lin) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = clamp_nan(v[e] >= 0.f ? v[e] : slope * v[e], lo, hi);
+        } else {
+            apply_act8_outline(v, code, alpha, beta);
+        }
     }
 };

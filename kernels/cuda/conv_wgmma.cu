@@ -351,8 +351,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
 #pragma unroll
                 for (int e = 0; e < 8; ++e) v[e] += rv[e];
             }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+            actf.apply8(v);
             store8(out + (long long)m * out_ld + out_off + col, v);
         }
         return;
@@ -381,8 +380,7 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
 #pragma unroll
                 for (int e = 0; e < 8; ++e) v[e] += rv[e];
             }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
+            actf.apply8(v);
             store8(o, v);
         } else {
 #pragma unroll

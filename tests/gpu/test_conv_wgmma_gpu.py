@@ -91,15 +91,17 @@ def test_fp16_matches_reference_scale_bias_relu(tactic, shape):
 
 
 @pytest.mark.parametrize("tactic", TACTICS, ids=lambda t: t.name)
-@pytest.mark.parametrize("act", ["RELU", "SIGMOID"])
-def test_fp16_residual_activation_fp32_out(tactic, act):
+@pytest.mark.parametrize("act", ["RELU", "SIGMOID", "GELU_ERF"])   # GELU: its own 8-wide loop
+@pytest.mark.parametrize("fast", [False, True], ids=["plain_epilogue", "fast_epilogue"])
+def test_fp16_residual_activation_fp32_out(tactic, act, fast):
     N, H, W, C, K, R, S = 2, 10, 10, 48, 96, 3, 3
     x, w, scale, bias = _data(N, H, W, C, K, R, S)
     res = RNG.standard_normal((N, H, W, K)).astype(np.float32)
     ref = act_ref(conv_nhwc(x, w, (1, 1), (1, 1)) * scale + bias + res, act)
     out = poison(cp, (N, H, W, K), np.float32)
     conv_wgmma.conv2d_wgmma(cp.asarray(x), cp.asarray(w), padding=1, scale=scale, bias=bias,
-                            residual=cp.asarray(res), act=act, out=out, tactic=tactic)
+                            residual=cp.asarray(res), act=act, out=out, tactic=tactic,
+                            fast_epilogue=fast)
     assert rel_l2(out.get(), ref) <= 2e-3
 
 
