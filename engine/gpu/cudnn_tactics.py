@@ -24,15 +24,16 @@ import os
 
 import numpy as np
 
-from kernels.gpu import cudnn_graphs, cudnn_workers
+from kernels.gpu import cudnn_graphs, cudnn_matmul, cudnn_workers
 from kernels.gpu.errors import UnsupportedError
 
 from ..atomic_file import write_bytes
 from ..settings import settings
-from ..types import DataType, LayerType
+from ..types import DataType, LayerType, MatrixOperation as MO
 from .concat import claim
-from .base import Tactic, as_nhwc, cupy, nchw_view, register
+from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import epilogue_state as _epilogue, residual_nhwc as _residual
+from .matmul_tactics import constant_operand
 from .timing import TimingCache
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class PlanStore:
         self.cache = TimingCache(path)
 
     def key(self, spec, device_name):
-        return TimingCache.key(device_name, {"cudnn_conv": spec.to_json(),
+        kind = getattr(spec, "kind", "conv")       # "cudnn_conv": the keys of earlier caches
+        return TimingCache.key(device_name, {f"cudnn_{kind}": spec.to_json(),
                                              "frontend": cudnn_graphs.frontend_version()})
 
     def _blob_path(self, key):
@@ -266,5 +268,69 @@ class ConvCudnn(Tactic):
         return [nchw_view(y)]
 
 
-def register_all():
-    register(LayerType.CONVOLUTION, ConvCudnn())
+class MatMulCudnn(Tactic):
+    """``act(alpha * A @ W + bias + residual)`` with a constant 2-D W (a linear layer's
+    weight) as one cuDNN graph (kernels/gpu/cudnn_matmul.py): the GEMMs of a transformer's
+    projections and feed-forward block with their epilogue, capturable; plans timed inside.
+    alpha is folded into the FP16 weight (one rounding of alpha * W instead of two)."""
+    name = "matmul.cudnn"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.HALF:
+            return "the cuDNN graphs run FP16 layers"
+        if layer.op0 != MO.NONE or layer.op1 == MO.VECTOR:
+            return "a plain left operand and a matrix right operand only"
+        w = constant_operand(layer, 1)
+        if w is None or constant_operand(layer, 0) is not None:
+            return "the right operand alone must be a Constant"
+        if any(d != 1 for d in w.shape[:-2]):
+            return f"a 2-D constant (leading dims 1), not {w.shape}"
+        if any(d not in ("float32", "float16") for d in in_dtypes[:1]):
+            return f"a floating left operand, not {in_dtypes[0]}"
+        a = tuple(in_shapes[0])
+        n = w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2]
+        if len(in_shapes) > 2 and in_shapes[2] is not None and tuple(in_shapes[2]) != a[:-1] + (n,):
+            return f"a residual of the output's shape {a[:-1] + (n,)} only, not {tuple(in_shapes[2])}"
+        act = layer.post_activation
+        spec = cudnn_matmul.MatmulSpec(m=max(1, int(np.prod(a[:-1]))), n=int(n), k=int(a[-1]),
+                                       act=None if act is None else act.name)
+        reason = spec.reason()
+        if reason is not None:
+            return reason
+        if not enabled():
+            return "switched off (CUPYRT_CUDNN=0)"
+        if not cudnn_graphs.available():
+            return cudnn_graphs.unavailable_reason()
+        return None
+
+    def prepare(self, layer):
+        cp = cupy()
+        w = constant_operand(layer, 1)
+        w = w.reshape(w.shape[-2:]).astype(np.float64)
+        wt = w.T if layer.op1 == MO.NONE else w          # (n, k)
+        n = wt.shape[0]
+        bias = (np.zeros(n, np.float32) if layer.bias is None
+                else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
+        act = layer.post_activation
+        alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
+        return {"w": cp.asarray(np.ascontiguousarray(wt * layer.alpha), cp.float16),
+                "bias": cp.asarray(bias), "act": None if act is None else act.name,
+                "a_alpha": float(alpha), "a_beta": float(beta)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes):
+        cp = cupy()
+        a = inputs[0]
+        lead, k = tuple(a.shape[:-1]), a.shape[-1]
+        m = int(np.prod(lead))
+        n = state["w"].shape[0]
+        out_dtype = out_dtypes[0].to_numpy()
+        x = cp.ascontiguousarray(a.astype(np.float16, copy=False)).reshape(m, k)
+        res = inputs[2] if len(inputs) > 2 else None
+        if res is not None:
+            res = cp.ascontiguousarray(res.astype(out_dtype, copy=False)).reshape(m, n)
+        spec = cudnn_matmul.MatmulSpec(m=m, n=n, k=k, out_dtype=np.dtype(out_dtype).name, act=state["act"],
+                                       alpha=state["a_alpha"], beta=state["a_beta"], residual=res is not None)
+        opts = plan_options()
+        opts.pop("workers")
+        y = cudnn_matmul.matmul_fused(x, state["w"], state["bias"], spec, residual=res, **opts)
+        return [y.reshape(lead + (n,))]

@@ -26,7 +26,7 @@ __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", 
 register(LayerType.CONVOLUTION, *conv_tactics.TACTICS, *conv_int8_tactics.TACTICS,
          cudnn_tactics.ConvCudnn(), *conv_tf32_tactics.TACTICS)
 register(LayerType.FULLY_CONNECTED, *fc_tactics.TACTICS)
-register(LayerType.MATRIX_MULTIPLY, *matmul_tactics.TACTICS)
+register(LayerType.MATRIX_MULTIPLY, *matmul_tactics.TACTICS, cudnn_tactics.MatMulCudnn())
 register(LayerType.POOLING, *pool_tactics.POOLING_TACTICS)
 register(LayerType.REDUCE, *pool_tactics.REDUCE_TACTICS)
 register(LayerType.NORMALIZATION, *norm_tactics.TACTICS)

@@ -50,6 +50,8 @@ ACTIVATIONS = {
     "CLIP": ("relu", lambda a, b: {"lower_clip": float(a), "upper_clip": float(b)}),
     "SIGMOID": ("sigmoid", lambda a, b: {}),
     "TANH": ("tanh", lambda a, b: {}),
+    "GELU_ERF": ("gelu", lambda a, b: {}),                    # cuDNN's GELU is the erf form
+    "GELU_TANH": ("gelu_approx_tanh", lambda a, b: {}),
 }
 _DTYPES = ("float16", "float32")
 PLAN_TIMING_REPS = 7
@@ -112,7 +114,20 @@ class ConvSpec:
     @classmethod
     def from_json(cls, doc):
         """The spec ``to_json`` gave (JSON turned its tuples into lists)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items() if k != "kind"})
+
+
+# spec kinds by the "kind" their to_json writes (none: a ConvSpec); other kinds add
+# themselves (kernels/gpu/cudnn_matmul.py), each with a ``define(cudnn, handle)``
+SPEC_KINDS = {"conv": ConvSpec}
+
+
+def spec_from_json(doc):
+    """A spec of any kind from its ``to_json``; ValueError for an unknown kind."""
+    kind = doc.get("kind", "conv")
+    if kind not in SPEC_KINDS:
+        raise ValueError(f"cuDNN graph spec of kind {kind!r}: expected one of {sorted(SPEC_KINDS)}")
+    return SPEC_KINDS[kind].from_json(doc)
 
 
 # -- the frontend, imported once ---------------------------------------------------------
@@ -215,6 +230,8 @@ def _nhwc_stride(c, h, w):
 def define_graph(cudnn, spec, handle):
     """The operation graph of ``spec`` with the heuristics' ranked plan list (no plan
     built yet: that is the expensive part). Returns (graph, {name: tensor})."""
+    if not isinstance(spec, ConvSpec):
+        return spec.define(cudnn, handle)
     half, fp32 = cudnn.data_type.HALF, cudnn.data_type.FLOAT
     out_t = half if spec.out_dtype == "float16" else fp32
     p, q = spec.out_hw()
@@ -241,13 +258,18 @@ def define_graph(cudnn, spec, handle):
     # a concat's slice: pixels ``out_ldc`` channels apart (the pointer carries the offset)
     y.set_dim([spec.n, spec.k, p, q]).set_stride(_nhwc_stride(spec.out_ldc or spec.k, p, q))
     t["Y"] = y
-    for name, tensor in t.items():
+    return finish_graph(cudnn, g, t)
+
+
+def finish_graph(cudnn, g, tensors):
+    """Give the graph's tensors their fixed uids, check it and rank its plans (none built)."""
+    for name, tensor in tensors.items():
         tensor.set_uid(UIDS[name])
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     g.check_support()
-    return g, t
+    return g, tensors
 
 
 def fastest(times):
@@ -521,7 +543,6 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
     built here), times them on these buffers and keeps the fastest; never make that first
     call inside a CUDA-graph capture. ``store``: get/put of chosen plans across processes."""
     import cupy as cp     # optional: only where a GPU runs the graph
-    device_id = cp.cuda.Device().id
     p, q = spec.out_hw()
     want = {"x": ((spec.n, spec.h, spec.w, spec.c), np.float16, x_nhwc),
             "w": ((spec.k, spec.r, spec.s, spec.c), np.float16, w_krsc),
@@ -530,11 +551,7 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
         want["residual"] = ((spec.n, p, q, spec.k), np.dtype(spec.out_dtype), residual)
     elif residual is not None:
         raise ValueError("a residual was given to a graph built without one (spec.residual False)")
-    for name, (shape, dtype, arr) in want.items():
-        if arr is None or tuple(arr.shape) != shape or arr.dtype != dtype or not arr.flags.c_contiguous:
-            found = "None" if arr is None else f"{arr.dtype} {tuple(arr.shape)} contiguous={arr.flags.c_contiguous}"
-            raise ValueError(f"cuDNN conv {name}: found {found}, expected C-contiguous "
-                             f"{np.dtype(dtype).name} {shape}")
+    check_operands("conv", want)
     if out is not None:
         ldc = spec.out_ldc or spec.k
         item = np.dtype(spec.out_dtype).itemsize
@@ -544,6 +561,25 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
             raise ValueError(f"cuDNN conv out: found {out.dtype} {tuple(out.shape)} strides {out.strides}, "
                              f"expected {spec.out_dtype} {(spec.n, p, q, spec.k)} strides {pitch}")
     y = out if out is not None else cp.empty((spec.n, p, q, spec.k), spec.out_dtype)
+    return run_graph(spec, x_nhwc, w_krsc, bias, residual, y, max_plans, build_budget_s, store)
+
+
+def check_operands(kind, want):
+    """ValueError naming the first of ``want`` ({name: (shape, dtype, array)}) that is not a
+    C-contiguous array of that shape and dtype."""
+    for name, (shape, dtype, arr) in want.items():
+        if arr is None or tuple(arr.shape) != shape or arr.dtype != dtype or not arr.flags.c_contiguous:
+            found = "None" if arr is None else f"{arr.dtype} {tuple(arr.shape)} contiguous={arr.flags.c_contiguous}"
+            raise ValueError(f"cuDNN {kind} {name}: found {found}, expected C-contiguous "
+                             f"{np.dtype(dtype).name} {shape}")
+
+
+def run_graph(spec, x, w, bias, residual, y, max_plans=4, build_budget_s=6.0, store=None):
+    """Run ``spec``'s graph on checked operands (roles by uid: x, w, bias, residual, out
+    ``y``) with this process's built graph of it; the first call per spec and device has
+    its plans, times them on these buffers and keeps the fastest (not inside a capture)."""
+    import cupy as cp     # optional: only where a GPU runs the graph
+    device_id = cp.cuda.Device().id
     key = (spec, device_id)
     graph = _graphs.get(key)
     if isinstance(graph, str):               # failed before: do not compile it again
@@ -557,7 +593,7 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
         if graph is None:
             # built outside the lock: waiting on workers must not stall other specs
             try:
-                graph = _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending,
+                graph = _build(spec, device_id, x, w, bias, residual, y, pending,
                                max_plans, build_budget_s, store)
             except Exception as e:
                 with _graphs_lock:
@@ -567,7 +603,7 @@ def conv2d_fused(x_nhwc, w_krsc, bias, spec, residual=None, out=None, max_plans=
                 graph = _graphs.setdefault(key, graph)
         if isinstance(graph, str):
             raise RuntimeError(graph)
-    return graph.run(x_nhwc, w_krsc, bias, residual, y)
+    return graph.run(x, w, bias, residual, y)
 
 
 def _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending, max_plans, build_budget_s, store):

@@ -27,6 +27,7 @@ import threading
 import time
 
 from . import cudnn_graphs as G
+from . import cudnn_matmul  # noqa: F401  (registers the matmul spec kind for spec_from_json)
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def build_serialized(spec, device_id, index):
 
 def build_request(request):
     """The default builder: one plan of one conv graph."""
-    return build_serialized(G.ConvSpec.from_json(request["spec"]), request["device"], request["index"])
+    return build_serialized(G.spec_from_json(request["spec"]), request["device"], request["index"])
 
 
 def main(build=None, idle_s=None):

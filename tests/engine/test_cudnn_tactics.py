@@ -51,8 +51,8 @@ def test_declines_what_it_cannot_run_and_says_why(monkeypatch):
     monkeypatch.setenv("CUPYRT_CUDNN", "0")
     assert "CUPYRT_CUDNN=0" in t.supports(conv_layer(), shapes, dtypes, rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_CUDNN")
-    reason = t.supports(conv_layer(act=rt.ActivationType.GELU_TANH), shapes, dtypes, rt.DataType.HALF)
-    assert "GELU_TANH" in reason
+    reason = t.supports(conv_layer(act=rt.ActivationType.SELU), shapes, dtypes, rt.DataType.HALF)
+    assert "SELU" in reason
     monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "0")      # no worker processes from this test
     reason = t.supports(conv_layer(act=rt.ActivationType.RELU), shapes, dtypes, rt.DataType.HALF)
     assert reason is None if G.available() else "cupyrt[cudnn]" in reason
@@ -131,7 +131,7 @@ def test_prefetch_queues_every_convolution_the_tactic_would_take(monkeypatch):
     a = conv(x, 16, 16, act=rt.ActivationType.RELU)
     b = conv(a.get_output(0), 16, 16, residual=x)
     conv(b.get_output(0), 16, 16, groups=2)                         # grouped: not a cuDNN graph
-    conv(b.get_output(0), 16, 16, act=rt.ActivationType.GELU_TANH)  # activation not fused
+    conv(b.get_output(0), 16, 16, act=rt.ActivationType.SELU)  # activation not fused
     d = conv(b.get_output(0), 24, 16)
     net.mark_output(d.get_output(0))
     w = Workers()
@@ -149,3 +149,57 @@ def test_prefetch_queues_every_convolution_the_tactic_would_take(monkeypatch):
         assert CT.prefetch_network(a, 2, dict(opts, workers=0), device_id=0) == 0
     finally:
         G.clear()
+
+
+def matmul_layer(k=16, n=24, op1=rt.MatrixOperation.NONE, lead=(1,), const_left=False, act=None):
+    rng = np.random.default_rng(5)
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, 5, k))
+    wshape = lead + ((k, n) if op1 == rt.MatrixOperation.NONE else (n, k))
+    w = net.add_constant(wshape, rng.standard_normal(wshape).astype(np.float32)).get_output(0)
+    left = net.add_constant((2, 5, k), rng.standard_normal((2, 5, k)).astype(np.float32)).get_output(0) \
+        if const_left else x
+    mm = net.add_matrix_multiply(left, rt.MatrixOperation.NONE, w, op1)
+    if act is not None:
+        mm.post_activation = act
+    net.mark_output(mm.get_output(0))
+    return mm
+
+
+@pytest.mark.parametrize("kw, shapes_extra, precision, words", [
+    ({}, [], rt.DataType.FLOAT, "FP16"),
+    ({"lead": (2,)}, [], rt.DataType.HALF, "a 2-D constant"),
+    ({"const_left": True}, [], rt.DataType.HALF, "the right operand alone must be a Constant"),
+    ({"k": 12}, [], rt.DataType.HALF, "multiples of 8"),
+    ({"n": 20}, [], rt.DataType.HALF, "multiples of 8"),
+    ({"act": rt.ActivationType.SELU}, [], rt.DataType.HALF, "activation SELU not fused"),
+    ({}, [(1, 5, 24)], rt.DataType.HALF, "a residual of the output's shape"),
+])
+def test_matmul_tactic_declines_what_a_graph_cannot_run(kw, shapes_extra, precision, words):
+    mm = matmul_layer(**kw)
+    shapes = [tuple(mm.get_input(0).shape), tuple(mm.get_input(1).shape)] + shapes_extra
+    assert words in CT.MatMulCudnn().supports(mm, shapes, ["float32"] * len(shapes), precision)
+
+
+def test_matmul_tactic_takes_a_linear_layer_with_gelu_where_the_frontend_is(monkeypatch):
+    t = CT.MatMulCudnn()
+    for op1 in (rt.MatrixOperation.NONE, rt.MatrixOperation.TRANSPOSE):
+        mm = matmul_layer(op1=op1, act=rt.ActivationType.GELU_ERF)
+        shapes = [tuple(mm.get_input(0).shape), tuple(mm.get_input(1).shape), (2, 5, 24)]
+        reason = t.supports(mm, shapes, ["float32"] * 3, rt.DataType.HALF)
+        assert reason is None if G.available() else "cupyrt[cudnn]" in reason
+    monkeypatch.setenv("CUPYRT_CUDNN", "0")
+    assert "CUPYRT_CUDNN=0" in t.supports(mm, shapes[:2], ["float32"] * 2, rt.DataType.HALF)
+
+
+def test_matmul_tactic_is_a_candidate_of_every_matrix_multiply():
+    from engine.gpu.tactics import candidates
+    assert "matmul.cudnn" in [c.name for c in candidates(matmul_layer())]
+
+
+def test_matmul_plans_are_stored_under_their_own_kind(tmp_path):
+    from kernels.gpu.cudnn_matmul import MatmulSpec
+    store = CT.PlanStore(str(tmp_path / "cache"))
+    m, c = MatmulSpec(m=8, n=16, k=32), G.ConvSpec(n=1, c=8, h=4, w=4, k=8, r=1, s=1)
+    store.put(m, "H200", 2, {0: 0.5, 2: 0.25}, None)
+    assert store.get(m, "H200") == (2, None) and store.get(c, "H200") is None

@@ -3,6 +3,8 @@ GPU with the cuDNN frontend installed: fused conv + bias + residual + activation
 a float64 NumPy reference on random data, NaN-poisoned outputs; the plan loop; replay
 inside a captured CUDA graph; the engine choosing between cuDNN and its own kernels.
 Skipped without CUDA or without the frontend (``pip install 'cupyrt[cudnn]'``)."""
+import math
+
 import numpy as np
 import pytest
 
@@ -223,3 +225,82 @@ def test_the_chosen_plan_is_stored_and_a_later_process_compiles_nothing(tmp_path
     if blob is not None:                             # it serialized: nothing compiled
         assert again.deserialized == 1 and again.build_seconds == 0.0
     assert rel_l2(out.get(), _reference(case, x, wt, bias, None)) <= 1e-2
+
+
+# -- fused matmul graphs (kernels/gpu/cudnn_matmul.py, the matmul.cudnn tactic) --------------
+
+# (m, n, k, act, residual, out dtype): BERT-base's GEMMs at batch 1 and a ragged small one
+MM_CASES = [
+    (128, 768, 768, None, False, "float16"),           # a projection
+    (128, 768, 768, None, True, "float16"),            # attention output + residual
+    (256, 3072, 768, "GELU_ERF", False, "float16"),    # FFN in
+    (128, 768, 3072, None, True, "float16"),           # FFN out + residual
+    (40, 48, 64, "RELU", True, "float32"),             # FP32 out and residual
+    (24, 16, 8, "GELU_TANH", False, "float16"),
+]
+
+
+def _mm_reference(a, w_nk, bias, res, act):
+    v = a.astype(np.float64) @ w_nk.astype(np.float64).T + bias
+    if res is not None:
+        v = v + res.astype(np.float64)
+    if act == "GELU_TANH":
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+    return act_ref(v, act)
+
+
+@pytest.mark.parametrize("case", MM_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-{c[3]}-res{int(c[4])}-{c[5]}")
+def test_fused_matmul_graph_matches_float64_reference(case):
+    from kernels.gpu import cudnn_matmul as CM
+    m, n, k, act, has_res, out = case
+    spec = CM.MatmulSpec(m=m, n=n, k=k, act=act, residual=has_res, out_dtype=out)
+    a = RNG.standard_normal((m, k)).astype(np.float16)
+    w = (RNG.standard_normal((n, k)) / np.sqrt(k)).astype(np.float16)
+    bias = RNG.standard_normal(n).astype(np.float32)
+    res = RNG.standard_normal((m, n)).astype(out) if has_res else None
+    y = CM.matmul_fused(cp.asarray(a), cp.asarray(w), cp.asarray(bias), spec,
+                        residual=None if res is None else cp.asarray(res))
+    assert y.dtype == np.dtype(out) and y.shape == (m, n)
+    assert rel_l2(y.get(), _mm_reference(a, w, bias, res, act)) <= 2e-3
+    graph = G.graph_for(spec)
+    assert graph is not None and graph.index is not None and math.isfinite(graph.plan_times[graph.index])
+
+
+def test_fused_matmul_replays_inside_a_captured_cuda_graph():
+    from kernels.gpu import cudnn_matmul as CM
+    spec = CM.MatmulSpec(m=128, n=3072, k=768, act="GELU_ERF")
+    a = cp.asarray(RNG.standard_normal((128, 768)).astype(np.float16))
+    w = (RNG.standard_normal((3072, 768)) / 28).astype(np.float16)
+    bias = RNG.standard_normal(3072).astype(np.float32)
+    wd, bd = cp.asarray(w), cp.asarray(bias)
+    CM.matmul_fused(a, wd, bd, spec)                        # plans chosen outside the capture
+    cp.cuda.Device().synchronize()
+    stream, pool = cp.cuda.Stream(non_blocking=True), cp.cuda.MemoryPool()
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        CM.matmul_fused(a, wd, bd, spec)
+        stream.synchronize()
+        stream.begin_capture()
+        y = CM.matmul_fused(a, wd, bd, spec)
+        graph = stream.end_capture()
+        a2 = RNG.standard_normal((128, 768)).astype(np.float16)
+        a.set(a2)
+        y.fill(np.nan)
+        graph.launch(stream)
+        stream.synchronize()
+    assert rel_l2(y.get(), _mm_reference(a2, w, bias, None, "GELU_ERF")) <= 2e-3
+
+
+@pytest.mark.parametrize("op1", ["NONE", "TRANSPOSE"])
+def test_engine_linear_layers_through_the_cudnn_matmul_graph_match_numpy(op1):
+    import engine as rt
+    from test_matmul_conv_gpu import build as mm_build, out as mm_out
+    op = getattr(rt.MatrixOperation, op1)
+    ref = mm_out(mm_build("numpy", False, op))
+    probe = mm_build("cupy", True, op)
+    mms = [la for la in probe.network._layers if la.layer_type == rt.LayerType.MATRIX_MULTIPLY]
+    assert len(mms) == 2 and all(la.has_epilogue for la in mms)    # bias + GELU, residual fused
+    e = mm_build("cupy", True, op, forced={la.name: "matmul.cudnn" for la in mms})
+    got = mm_out(e)
+    assert all(e.backend.selected[la.name] == "matmul.cudnn" for la in mms), e.backend.selected
+    assert rel_l2(got, ref) <= 1e-2
+    np.testing.assert_array_equal(mm_out(e), got)                  # CUDA-graph replay

@@ -10,8 +10,8 @@ import types
 
 
 class FakeTensor:
-    def __init__(self, name):
-        self.name, self.uid = name, None
+    def __init__(self, name, dim=None, stride=None):
+        self.name, self.uid, self.dim, self.stride = name, None, dim, stride
 
     def set_uid(self, uid):
         self.uid = uid
@@ -24,9 +24,11 @@ class FakeTensor:
         return self
 
     def set_dim(self, dim):
+        self.dim = dim
         return self
 
     def set_stride(self, stride):
+        self.stride = stride
         return self
 
 
@@ -35,23 +37,38 @@ class FakeGraph:
         self.f, self.kw = frontend, kw
         self.built, self.selected, self.loaded = [], None, None
         self.executed = []
+        self.ops = []             # (operation, its keyword arguments) in the order defined
 
-    def tensor(self, name, **kw):
-        return FakeTensor(name)
+    def _op(self, op, **kw):
+        self.ops.append((op, kw))
+        return FakeTensor(op)
+
+    def tensor(self, name, dim=None, stride=None, **kw):
+        return FakeTensor(name, dim, stride)
 
     def conv_fprop(self, **kw):
-        return FakeTensor("conv")
+        return self._op("conv", **kw)
+
+    def matmul(self, **kw):
+        return self._op("matmul", **kw)
 
     def bias(self, **kw):
-        return FakeTensor("bias")
+        return self._op("bias", **kw)
 
     def add(self, **kw):
-        return FakeTensor("add")
+        return self._op("add", **kw)
 
     def relu(self, **kw):
-        return FakeTensor("relu")
+        return self._op("relu", **kw)
 
-    sigmoid = tanh = relu
+    def sigmoid(self, **kw):
+        return self._op("sigmoid", **kw)
+
+    def tanh(self, **kw):
+        return self._op("tanh", **kw)
+
+    def gelu(self, **kw):
+        return self._op("gelu", **kw)
 
     def validate(self):
         pass

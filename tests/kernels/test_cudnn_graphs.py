@@ -31,7 +31,7 @@ def test_output_size_follows_explicit_pre_and_post_padding():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(act="GELU_TANH"), "activation GELU_TANH not fused"),
+    (dict(act="SELU"), "activation SELU not fused"),
     (dict(out_dtype="int8"), "output dtype int8"),
     (dict(h=1, w=1, r=7, s=7, pre_padding=(0, 0), post_padding=(0, 0)), "empty output"),
     (dict(out_ldc=16), "row pitch 16 channels"),
@@ -184,7 +184,7 @@ def test_prefetch_queues_each_graph_once_and_skips_what_the_store_holds():
         assert G.prefetch(spec(), 0, w, max_plans=3) == 3
         assert G.prefetch(spec(), 0, w, max_plans=3) == 0               # queued already
         assert [x[2] for x in w.submitted] == [0, 1, 2]
-        assert G.prefetch(spec(act="GELU_TANH"), 0, w) == 0            # no graph for it
+        assert G.prefetch(spec(act="SELU"), 0, w) == 0                 # no graph for it
         assert G.prefetch(spec(k=48), 0, w, store=Store((2, {"b64": ""})), device_name="H200") == 0
         assert G.prefetch(spec(k=64), 0, w, store=Store((2, None)), device_name="H200") == 1
         assert w.submitted[-1][2] == 2                                   # the known plan alone
@@ -222,3 +222,64 @@ def test_collect_returns_as_soon_as_all_are_done():
     t0 = time.monotonic()
     got = G.collect({0: _done({"index": 0, "error": "x"}), 1: late}, budget_s=30)
     assert sorted(got) == [0, 1] and time.monotonic() - t0 < 5
+
+
+# -- matmul graphs (kernels/gpu/cudnn_matmul.py) -------------------------------------------
+
+def mspec(**kw):
+    from kernels.gpu.cudnn_matmul import MatmulSpec
+    return MatmulSpec(**{**dict(m=128, n=768, k=3072), **kw})
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(k=3070), "multiples of 8"),
+    (dict(n=12), "multiples of 8"),
+    (dict(m=0), "empty matmul"),
+    (dict(act="SELU"), "activation SELU not fused"),
+    (dict(out_dtype="int8"), "output dtype int8"),
+])
+def test_matmul_specs_a_graph_cannot_express_say_why(kw, words):
+    assert words in mspec(**kw).reason()
+    assert mspec().reason() is None and mspec(act="GELU_ERF", residual=True).reason() is None
+
+
+def test_matmul_spec_kind_survives_json_and_keys_differ_from_convs():
+    a = mspec(act="GELU_ERF", residual=True, out_dtype="float32")
+    doc = json.loads(json.dumps(a.to_json()))
+    assert doc["kind"] == "matmul" and G.spec_from_json(doc) == a
+    c = spec(act="RELU")
+    assert G.spec_from_json(json.loads(json.dumps(c.to_json()))) == c       # no kind: a conv
+    assert len({a.key("H200"), mspec().key("H200"), a.key("H100"), c.key("H200")}) == 4
+    with pytest.raises(ValueError, match="kind 'pool'"):
+        G.spec_from_json({"kind": "pool"})
+
+
+def test_matmul_graph_reads_the_nk_weight_transposed_and_fuses_its_epilogue(fake):
+    fake()
+    g = G.ConvGraph(mspec(m=64, n=96, k=32, act="GELU_ERF", residual=True))
+    t = g.tensors
+    assert (t["X"].dim, t["X"].stride) == ([1, 64, 32], [64 * 32, 32, 1])
+    assert (t["W"].dim, t["W"].stride) == ([1, 32, 96], [96 * 32, 1, 32])    # (n, k) memory
+    assert (t["B"].dim, t["R"].dim, t["Y"].dim) == ([1, 1, 96], [1, 64, 96], [1, 64, 96])
+    assert [op for op, _ in g.graph.ops] == ["matmul", "add", "add", "gelu"]
+    assert {n: x.uid for n, x in t.items()} == {n: G.UIDS[n] for n in t}
+    plain = G.ConvGraph(mspec(m=64, n=96, k=32))
+    assert [op for op, _ in plain.graph.ops] == ["matmul", "add"] and "R" not in plain.tensors
+
+
+def test_matmul_fused_refuses_bad_operands_before_touching_a_gpu():
+    import numpy as np
+    from kernels.gpu import cudnn_matmul as CM
+    s = mspec(m=4, n=8, k=16)
+    a, w, b = (np.zeros(shape, dt) for shape, dt in (((4, 16), np.float16), ((8, 16), np.float16),
+                                                       ((8,), np.float32)))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        CM.matmul_fused(a, w, b, mspec(m=4, n=8, k=12))
+    with pytest.raises(ValueError, match=r"cuDNN matmul w: found float16 \(16, 8\)"):
+        CM.matmul_fused(a, np.zeros((16, 8), np.float16), b, s)
+    with pytest.raises(ValueError, match="a: found float32"):
+        CM.matmul_fused(a.astype(np.float32), w, b, s)
+    with pytest.raises(ValueError, match="residual was given"):
+        CM.matmul_fused(a, w, b, s, residual=np.zeros((4, 8), np.float16))
+    with pytest.raises(ValueError, match="cuDNN matmul residual: found None"):
+        CM.matmul_fused(a, w, b, mspec(m=4, n=8, k=16, residual=True))
