@@ -72,9 +72,10 @@ def test_encoder_matches_torch_and_is_captured(encoder, fp16, tmp_path):
     kinds = {info.type.name: set() for info in engine.layers}
     for info in engine.layers:
         kinds[info.type.name].add(engine.backend.selected.get(info.name))
-    # graph-safe GEMMs of the layer's precision: ours (mm_* / simt) or the conv-backed
-    # linear-layer ones (wgmma / mma.sync in FP16, 3xTF32 in FP32); never cuBLAS
-    own = ("matmul.mm_", "matmul.conv.wg_", "matmul.conv.igemm") if fp16 else \
+    # graph-safe GEMMs of the layer's precision: ours (mm_* / simt), the conv-backed
+    # linear-layer ones (wgmma / mma.sync in FP16, 3xTF32 in FP32) or, in FP16, a cuDNN
+    # matmul graph (runs on the handle's stream: captured); never cuBLAS
+    own = ("matmul.mm_", "matmul.conv.wg_", "matmul.conv.igemm", "matmul.cudnn") if fp16 else \
         ("matmul.simt", "matmul.conv.3xtf32_")
     assert all(k.startswith(own) for k in kinds["MATRIX_MULTIPLY"]), kinds["MATRIX_MULTIPLY"]
     assert kinds["NORMALIZATION"] == {"norm.layernorm_fused"}, kinds["NORMALIZATION"]

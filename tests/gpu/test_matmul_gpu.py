@@ -314,10 +314,11 @@ def test_fused_engine_matches_the_numpy_backend(fp16, tmp_path):
         y = ctx.execute({"x": x})["y"]
     picked = {engine.backend.selected.get(i.name) for i in engine.layers
               if i.type == rt.LayerType.MATRIX_MULTIPLY}
-    # our GEMMs or the conv-backed ones (cuBLAS declines a fused layer; the generic tactic is
-    # the slow fallback)
-    assert all(p.startswith(("matmul.mm_", "matmul.conv.")) or p == "matmul.simt_fp32"
+    # our GEMMs, the conv-backed ones or a cuDNN matmul graph (FP16; capturable): cuBLAS
+    # declines a fused layer, the generic tactic is the slow fallback
+    assert all(p.startswith(("matmul.mm_", "matmul.conv.")) or p in ("matmul.simt_fp32", "matmul.cudnn")
                for p in picked), picked
+    assert fp16 or "matmul.cudnn" not in picked
     cpu = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan)
     y_cpu = cpu.create_execution_context().execute({"x": x})["y"]
     assert rel_l2(y, y_cpu) <= (1e-2 if fp16 else 1e-5)
