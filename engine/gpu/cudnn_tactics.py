@@ -161,6 +161,30 @@ def _static_reason(layer, in_shape):
     return None
 
 
+def _prefetch_spec(layer, batch):
+    """The graph spec a cuDNN tactic would run ``layer`` with at batch ``batch`` (the
+    network's shapes with a dynamic batch made ``batch``), or None: not a layer for it,
+    another dimension unknown, or a spec it declines."""
+    if layer.layer_type not in (LayerType.CONVOLUTION, LayerType.MATRIX_MULTIPLY) \
+            or not layer._inputs or layer._inputs[0] is None \
+            or layer._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
+        return None
+    shape = tuple(layer._inputs[0].shape or ())
+    if not shape or shape[0] not in (-1, batch) or (len(shape) > 1 and min(shape[1:]) < 1):
+        return None
+    shape = (batch,) + shape[1:]
+    if layer.layer_type == LayerType.CONVOLUTION:
+        if len(shape) != 4 or _static_reason(layer, shape) is not None:
+            return None
+        return conv_spec(layer, shape, _output_dtype(layer))
+    shapes = [shape] + [tuple(t.shape) if t is not None else None for t in layer._inputs[1:]]
+    if len(shapes) > 2 and shapes[2] is not None:
+        shapes[2] = shape[:-1] + tuple(shapes[2][-1:])      # the residual has the output's batch
+    if MatMulCudnn.static_reason(layer, shapes) is not None:
+        return None
+    return matmul_spec(layer, shape, _output_dtype(layer), residual=len(shapes) > 2 and shapes[2] is not None)
+
+
 def _output_dtype(layer):
     """How the engine stores this FP16 convolution's output (engine/execution.py,
     _storage_dtype): as declared for a network output or a set output type, else half."""
@@ -171,8 +195,9 @@ def _output_dtype(layer):
 
 
 def prefetch_network(layer, batch, options=None, device_id=None):
-    """Queue the plans of every convolution of ``layer``'s network that this tactic would
-    take, at batch ``batch`` (once per network and batch). Returns the number queued.
+    """Queue the plans of every convolution and linear layer of ``layer``'s network that
+    the cuDNN tactics would take, at batch ``batch`` (once per network and batch). Returns
+    the number queued.
 
     Shapes come from the network's inference with a dynamic batch made ``batch``; a layer
     with another dynamic dimension is left to build on its first run. Layers that run in
@@ -191,18 +216,11 @@ def prefetch_network(layer, batch, options=None, device_id=None):
     device_name = None
     queued = 0
     for other in net._layers:
-        if other.layer_type != LayerType.CONVOLUTION or not other._inputs or other._inputs[0] is None:
-            continue
-        shape = tuple(other._inputs[0].shape or ())
-        if len(shape) != 4 or shape[0] not in (-1, batch) or min(shape[1:]) < 1:
-            continue
-        shape = (batch,) + shape[1:]
-        if _static_reason(other, shape) is not None \
-                or other._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
+        spec = _prefetch_spec(other, batch)
+        if spec is None:
             continue
         if device_name is None and options["store"] is not None:
             device_name = cudnn_graphs._device_name(device_id)
-        spec = conv_spec(other, shape, _output_dtype(other))
         queued += cudnn_graphs.prefetch(spec, device_id, workers, options["max_plans"], options["store"],
                                         device_name)
     log.info("cuDNN: %d plans of %s queued on %d worker processes", queued, net, options["workers"])
@@ -268,6 +286,18 @@ class ConvCudnn(Tactic):
         return [nchw_view(y)]
 
 
+def matmul_spec(layer, in_shape, out_dtype, residual=False):
+    """The kernels-level description of linear ``layer`` (constant right operand) at left
+    operand shape ``in_shape``."""
+    w = constant_operand(layer, 1)
+    n = w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2]
+    act = layer.post_activation
+    alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
+    return cudnn_matmul.MatmulSpec(m=max(1, int(np.prod(in_shape[:-1]))), n=int(n), k=int(in_shape[-1]),
+                                   out_dtype=np.dtype(out_dtype).name, act=None if act is None else act.name,
+                                   alpha=float(alpha), beta=float(beta), residual=residual)
+
+
 class MatMulCudnn(Tactic):
     """``act(alpha * A @ W + bias + residual)`` with a constant 2-D W (a linear layer's
     weight) as one cuDNN graph (kernels/gpu/cudnn_matmul.py): the GEMMs of a transformer's
@@ -278,6 +308,24 @@ class MatMulCudnn(Tactic):
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if precision != DataType.HALF:
             return "the cuDNN graphs run FP16 layers"
+        if any(d not in ("float32", "float16") for d in in_dtypes[:1]):
+            return f"a floating left operand, not {in_dtypes[0]}"
+        reason = self.static_reason(layer, in_shapes)
+        if reason is not None:
+            return reason
+        if not enabled():
+            return "switched off (CUPYRT_CUDNN=0)"
+        if not cudnn_graphs.available():
+            return cudnn_graphs.unavailable_reason()
+        try:                # the network's plans start compiling while this layer is timed
+            prefetch_network(layer, in_shapes[0][0])
+        except Exception as e:      # noqa: BLE001  (plans are then built on first run)
+            log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
+        return None
+
+    @staticmethod
+    def static_reason(layer, in_shapes):
+        """Why no cuDNN matmul graph can run ``layer`` at ``in_shapes`` (None: one can)."""
         if layer.op0 != MO.NONE or layer.op1 == MO.VECTOR:
             return "a plain left operand and a matrix right operand only"
         w = constant_operand(layer, 1)
@@ -285,23 +333,11 @@ class MatMulCudnn(Tactic):
             return "the right operand alone must be a Constant"
         if any(d != 1 for d in w.shape[:-2]):
             return f"a 2-D constant (leading dims 1), not {w.shape}"
-        if any(d not in ("float32", "float16") for d in in_dtypes[:1]):
-            return f"a floating left operand, not {in_dtypes[0]}"
         a = tuple(in_shapes[0])
         n = w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2]
         if len(in_shapes) > 2 and in_shapes[2] is not None and tuple(in_shapes[2]) != a[:-1] + (n,):
             return f"a residual of the output's shape {a[:-1] + (n,)} only, not {tuple(in_shapes[2])}"
-        act = layer.post_activation
-        spec = cudnn_matmul.MatmulSpec(m=max(1, int(np.prod(a[:-1]))), n=int(n), k=int(a[-1]),
-                                       act=None if act is None else act.name)
-        reason = spec.reason()
-        if reason is not None:
-            return reason
-        if not enabled():
-            return "switched off (CUPYRT_CUDNN=0)"
-        if not cudnn_graphs.available():
-            return cudnn_graphs.unavailable_reason()
-        return None
+        return matmul_spec(layer, a, np.float16).reason()
 
     def prepare(self, layer):
         cp = cupy()
@@ -311,11 +347,7 @@ class MatMulCudnn(Tactic):
         n = wt.shape[0]
         bias = (np.zeros(n, np.float32) if layer.bias is None
                 else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
-        act = layer.post_activation
-        alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
-        return {"w": cp.asarray(np.ascontiguousarray(wt * layer.alpha), cp.float16),
-                "bias": cp.asarray(bias), "act": None if act is None else act.name,
-                "a_alpha": float(alpha), "a_beta": float(beta)}
+        return {"w": cp.asarray(np.ascontiguousarray(wt * layer.alpha), cp.float16), "bias": cp.asarray(bias)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         cp = cupy()
@@ -328,8 +360,7 @@ class MatMulCudnn(Tactic):
         res = inputs[2] if len(inputs) > 2 else None
         if res is not None:
             res = cp.ascontiguousarray(res.astype(out_dtype, copy=False)).reshape(m, n)
-        spec = cudnn_matmul.MatmulSpec(m=m, n=n, k=k, out_dtype=np.dtype(out_dtype).name, act=state["act"],
-                                       alpha=state["a_alpha"], beta=state["a_beta"], residual=res is not None)
+        spec = matmul_spec(layer, tuple(a.shape), out_dtype, residual=res is not None)
         opts = plan_options()
         opts.pop("workers")
         y = cudnn_matmul.matmul_fused(x, state["w"], state["bias"], spec, residual=res, **opts)

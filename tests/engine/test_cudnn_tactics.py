@@ -203,3 +203,42 @@ def test_matmul_plans_are_stored_under_their_own_kind(tmp_path):
     m, c = MatmulSpec(m=8, n=16, k=32), G.ConvSpec(n=1, c=8, h=4, w=4, k=8, r=1, s=1)
     store.put(m, "H200", 2, {0: 0.5, 2: 0.25}, None)
     assert store.get(m, "H200") == (2, None) and store.get(c, "H200") is None
+
+
+def test_prefetch_queues_the_linear_layers_a_matmul_graph_would_take(monkeypatch):
+    """A transformer block with a dynamic batch: each linear layer's spec at the asked
+    batch (m = batch x sequence), its epilogue, its stored dtype; non-constant and
+    misaligned matmuls are left alone."""
+    MO = rt.MatrixOperation
+    rng = np.random.default_rng(3)
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (-1, 8, 32))
+
+    def linear(t, k, n, act=None, residual=None):
+        w = net.add_constant((1, k, n), rng.standard_normal((1, k, n)).astype(np.float32)).get_output(0)
+        mm = net.add_matrix_multiply(t, MO.NONE, w, MO.NONE)
+        if act is not None:
+            mm.post_activation = act
+        if residual is not None:
+            mm.set_input(2, residual)
+        return mm
+    up = linear(x, 32, 64, act=rt.ActivationType.GELU_ERF)
+    down = linear(up.get_output(0), 64, 32, residual=x)
+    odd = linear(down.get_output(0), 32, 12)                        # n = 12: not 16-byte rows
+    both = net.add_matrix_multiply(down.get_output(0), MO.NONE, down.get_output(0), MO.TRANSPOSE)
+    net.mark_output(odd.get_output(0))
+    net.mark_output(both.get_output(0))
+    w = Workers()
+    monkeypatch.setattr(W, "shared", lambda n: w)
+    opts = {"max_plans": 2, "build_budget_s": 1.0, "store": None, "workers": 3}
+    try:
+        assert CT.prefetch_network(up, 4, opts, device_id=0) == 4
+        specs = {s for s, _, _ in w.submitted}
+        assert specs == {CT.matmul_spec(up, (4, 8, 32), np.float16),
+                         CT.matmul_spec(down, (4, 8, 64), np.float16, residual=True)}
+        got = {s.n: s for s in specs}
+        assert (got[64].m, got[64].k, got[64].act, got[64].residual) == (32, 32, "GELU_ERF", False)
+        assert (got[32].m, got[32].k, got[32].act, got[32].residual) == (32, 64, None, True)
+        assert all(s.to_json()["kind"] == "matmul" for s in specs)
+    finally:
+        G.clear()
