@@ -125,6 +125,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
                      "cuda_graph": any(not isinstance(v, str) for v in graphs)})
         log.info("[run] %s %s b%d: cupyrt %.3f ms, rel L2 %.2e, top-1 %.3f", name, precision, n, ms, err, top1)
     record["graph_notes"] = list(engine.backend.graph_notes)
+    record["tactics"] = {"build": tactic_table_of(engine.meta.get("kernels", {}), engine.meta.get("tactic_ms", {})),
+                         "last_run": tactic_table(engine.backend)}
     record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if v == "conv.cudnn")
     record["cudnn_graphs"] = _cudnn_stats()
     if profile:
@@ -212,8 +214,13 @@ def bert_rows(precision, batches, reps):
 def tactic_table(backend):
     """{layer: {"chosen": tactic, "ms": {tactic: ms}}} of the backend's last selections,
     and a log line per chosen tactic: how many layers, and their summed timed ms."""
-    table = {name: {"chosen": tactic, "ms": backend.timings.get(name, {})}
-             for name, tactic in backend.selected.items()}
+    return tactic_table_of(backend.selected, backend.timings)
+
+
+def tactic_table_of(selected, timings):
+    """tactic_table over a {layer: tactic} choice and {layer: {tactic: ms}} timings (the
+    backend's, or the ones a plan records from its build)."""
+    table = {name: {"chosen": tactic, "ms": timings.get(name) or {}} for name, tactic in selected.items()}
     by_tactic = {}
     for row in table.values():
         ms = row["ms"].get(row["chosen"]) or 0.0
