@@ -1,6 +1,7 @@
-"""cuDNN as a tactic source (kernels/gpu/cudnn_graphs.py): a fused convolution
-(conv + bias + residual + activation) as one cuDNN graph, timed by the builder
-beside our own kernels and kept only where it is faster.
+"""cuDNN as a tactic source (kernels/gpu/cudnn_graphs.py, cudnn_matmul.py): a fused
+convolution (conv + bias + residual + activation, ConvCudnn) or linear layer (matmul with a
+constant weight + bias + residual + activation, MatMulCudnn) as one cuDNN graph, timed by
+the builder beside our own kernels and kept only where it is faster.
 
 On when the cuDNN frontend is installed (``pip install 'cupyrt[cudnn]'``) unless
 ``CUPYRT_CUDNN=0``. FP16 layers only: cuDNN may run FP32 convolutions on TF32 tensor
@@ -13,8 +14,8 @@ between processes; default: the CUPYRT_TIMING_CACHE file), and CUPYRT_PRECOMPILE
 (bounds how many worker processes build plans, at most half the CPUs; 0: all plans are
 built in this process, one after another).
 
-Cold-build time: the first time the builder asks this tactic about a layer of a network,
-every convolution of that network it would accept has its candidate plans queued on the
+Cold-build time: the first time the builder asks these tactics about a layer of a network,
+every convolution and linear layer of that network they would accept has its candidate plans queued on the
 worker processes (kernels/gpu/cudnn_workers.py), so their compiles overlap the timing of
 our own kernels; each layer's first run then finds its plans built.
 """
@@ -186,7 +187,7 @@ def _prefetch_spec(layer, batch):
 
 
 def _output_dtype(layer):
-    """How the engine stores this FP16 convolution's output (engine/execution.py,
+    """How the engine stores this FP16 layer's output (engine/execution.py,
     _storage_dtype): as declared for a network output or a set output type, else half."""
     t = layer._outputs[0]
     if t.is_network_output or layer.output_type_is_set(0):
