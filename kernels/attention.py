@@ -10,6 +10,9 @@ score makes its whole row NaN (TensorFlow's), -Inf scores weigh 0.
 With ``heads`` the operands arrive packed, (..., S, heads * D) as the linear
 projections make them, and the result leaves packed: the heads split and merge
 (two shuffles each way in the unfused network) are part of the layer.
+
+``attention_packed`` takes self-attention's q, k and v as one (..., S, 3 * E)
+array, the column blocks [q | k | v] one merged projection GEMM writes.
 """
 import numpy as np
 
@@ -41,3 +44,15 @@ def attention(q, k, v, scale=1.0, heads=0):
         # the unfused network multiplies the float32 scores by a float32 scale
         scores = scores * np.float32(scale)
     return xp.matmul(softmax(scores, scores.ndim - 1), v)
+
+
+def unpack_qkv(qkv):
+    """(..., S, 3 * E) -> the views q, k, v (..., S, E) of its three column blocks (no copy)."""
+    e = qkv.shape[-1] // 3
+    return qkv[..., :e], qkv[..., e:2 * e], qkv[..., 2 * e:]
+
+
+def attention_packed(qkv, scale=1.0, heads=1):
+    """``attention`` on the q | k | v column blocks of one packed (..., S, 3 * heads * D)
+    array; the result is (..., S, heads * D)."""
+    return attention(*unpack_qkv(qkv), scale, heads)

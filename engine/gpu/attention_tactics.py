@@ -10,6 +10,11 @@ CUDA-graph safe (no cuBLAS), so a transformer engine is captured whole:
 A layer with ``heads`` (the pass took the heads shuffles in) gets packed
 (N, S, H * D) operands: the flash kernel reads them and writes the merged
 (N, Sq, H * Dv) result through (n, h, s) strides, with no copy either side.
+A layer with ``packed_qkv`` (engine/passes/merge_qkv.py) has one input, the
+merged projection (N, S, 3 * H * D); q, k and v are its column blocks, taken
+as views (strides again), so the merge costs the kernels nothing:
+
+    row stride 3 * H * D:  [ q: h0 .. h(H-1) | k: h0 .. | v: h0 .. ]
 
 The generic tactic (the reference through CuPy, cuBLAS inside: not capturable)
 and the host tactic stay behind them as the fallback.
@@ -18,7 +23,7 @@ import math
 
 import numpy as np
 
-from kernels.attention import merge_heads, split_heads
+from kernels.attention import merge_heads, split_heads, unpack_qkv
 from kernels.gpu import attention as fa
 from kernels.gpu import matmul as mm
 from kernels.gpu.errors import UnsupportedError
@@ -42,11 +47,29 @@ def _per_head_shapes(layer, in_shapes):
     None when a packed shape does not split (the layer's own rule refuses those)."""
     h = layer.heads
     shapes = [tuple(s) for s in in_shapes[:3]]
+    if layer.packed_qkv:
+        s = shapes[0]
+        if not h or len(s) != 3 or s[2] % (3 * h):
+            return None
+        shapes = [s[:2] + (s[2] // 3,)] * 3
     if not h:
         return shapes
     if any(len(s) != 3 or s[2] % h for s in shapes):
         return None
     return [(s[0], h, s[1], s[2] // h) for s in shapes]
+
+
+def _operands(layer, inputs, dtype):
+    """q, k, v in ``dtype``: the packed input's three column blocks as views, else the inputs."""
+    if layer.packed_qkv:
+        # one cast of the whole packed array (a no-op when it is already ``dtype``), then views
+        return unpack_qkv(inputs[0].astype(dtype, copy=False))
+    return [x.astype(dtype, copy=False) for x in inputs[:3]]
+
+
+def _packed_reason(layer, in_shapes):
+    return (f"packed shapes {[tuple(s) for s in in_shapes]} do not split into "
+            f"{'3 x ' if layer.packed_qkv else ''}{layer.heads} heads")
 
 
 def _out_dtype(out_dtypes):
@@ -67,13 +90,13 @@ class FlashAttention(Tactic):
             return "the fused attention kernel runs HALF layers"
         shapes = _per_head_shapes(layer, in_shapes)
         if shapes is None:
-            return f"packed shapes {list(in_shapes[:3])} do not split into {layer.heads} heads"
+            return _packed_reason(layer, in_shapes)
         return _float_reason(in_dtypes) or fa.check_shapes(*shapes)
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         cp = cupy()
         # a HALF layer's reference sees its inputs rounded to half: so does the kernel
-        q, k, v = (x.astype(np.float16, copy=False) for x in inputs[:3])
+        q, k, v = _operands(layer, inputs, np.float16)
         want = _out_dtype(out_dtypes) or np.float16
         if layer.heads:
             q, k, v = (split_heads(x, layer.heads) for x in (q, k, v))     # views: strides only
@@ -97,7 +120,7 @@ class UnfusedAttention(Tactic):
             return reason
         shapes = _per_head_shapes(layer, in_shapes)
         if shapes is None:
-            return f"packed shapes {list(in_shapes[:3])} do not split into {layer.heads} heads"
+            return _packed_reason(layer, in_shapes)
         q, k, v = shapes
         try:
             batch, m, n, _ = mm.plan(q, k, "NONE", "TRANSPOSE")
@@ -111,7 +134,7 @@ class UnfusedAttention(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         dt = _COMPUTE[precision]
-        q, k, v = (x.astype(dt, copy=False) for x in inputs[:3])
+        q, k, v = _operands(layer, inputs, dt)
         if layer.heads:
             q, k, v = (split_heads(x, layer.heads) for x in (q, k, v))
         # the scores and probabilities in the compute type, as the unfused layers stored them

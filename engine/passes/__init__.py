@@ -11,12 +11,12 @@ import logging
 from ..errors import BuildError
 
 from . import (cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_attention,
-               fuse_epilogue, fuse_matmul_epilogue, fuse_pointwise, shape_tensors)
+               fuse_epilogue, fuse_matmul_epilogue, fuse_pointwise, merge_qkv, shape_tensors)
 
 log = logging.getLogger(__name__)
 
 PASSES = [constant_folding, shape_tensors, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue,
-          fuse_matmul_epilogue, fuse_attention, fuse_pointwise]
+          fuse_matmul_epilogue, fuse_attention, merge_qkv, fuse_pointwise]
 PASS_NAMES = [p.NAME for p in PASSES]
 COUNTERS = {name: 0 for name in PASS_NAMES}
 MAX_ROUNDS = 50
