@@ -305,6 +305,16 @@ def test_packed_reference_equals_three_inputs():
     np.testing.assert_array_equal(got, want)
 
 
+def test_packed_blocks_and_heads_are_views():
+    """What the GPU tactics do to the packed input: slices, then the heads split, no copy."""
+    from kernels.attention import split_heads, unpack_qkv
+    qkv = randn(np.random.default_rng(16), 2, 5, 3 * 12)
+    for i, block in enumerate(unpack_qkv(qkv)):
+        heads = split_heads(block, 3)
+        assert heads.shape == (2, 3, 5, 4) and np.shares_memory(heads, qkv)
+        np.testing.assert_array_equal(heads[:, 1], qkv[..., 12 * i + 4:12 * i + 8])
+
+
 def _add_packed(shape, heads=2, n_inputs=1, packed=True, dtype=rt.float32):
     net = rt.Network()
     ins = [net.add_input(f"in{i}", dtype, shape) for i in range(n_inputs)]
