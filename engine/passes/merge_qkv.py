@@ -19,9 +19,10 @@ The three matmuls must be interchangeable but for their weights: the same left
 operand (op0 NONE), a constant right operand each (leading dims 1, op1 NONE or
 TRANSPOSE, the same K and the same width E), a bias on all or none, no residual,
 the same fused activation, the same precision constraints, each output read by
-the attention alone (not a network output, no INT8 dynamic range). Different
-alphas are folded into the weights (in float64, one rounding to the weights'
-type); the epilogue adds the bias after alpha, so the bias is untouched.
+the attention alone (not a network output), no INT8 dynamic range on an output
+or on the weights. Different alphas are folded into the weights (in float64,
+one rounding to the weights' type); the epilogue adds the bias after alpha, so
+the bias is untouched.
 """
 import numpy as np
 
@@ -35,6 +36,8 @@ NAME = "qkv_merge"
 def _weight(mm):
     """(K, E) view of the matmul's constant right operand, the Constant layer, its
     leading (all 1) dims, or None when the operand is not such a constant."""
+    if mm._inputs[1].dynamic_range is not None:      # an INT8 range of these weights alone
+        return None
     c = mm._inputs[1].producer
     if c is None or c.layer_type != LayerType.CONSTANT or c.weights is None:
         return None

@@ -97,7 +97,8 @@ def block(seed=0, specs=(None, None, None), second_input=False, op0=MO.NONE, ext
     overrides for ``projection`` per q, k, v), heads split, the attention chain,
     heads merge. ``second_input``: k and v project "y" instead (cross-attention).
     ``extra``: "q_output" (the q projection is also a network output), "k_reader"
-    (the k projection has a second reader), "dynamic_range" (one on v's projection)."""
+    (the k projection has a second reader), "dynamic_range" (one on v's projection),
+    "weight_range" (one on k's weights)."""
     rng = np.random.default_rng(seed)
     net = rt.Network()
     x = net.add_input("x", rt.float32, (N, K, S) if op0 == MO.TRANSPOSE else (N, S, K))
@@ -114,6 +115,9 @@ def block(seed=0, specs=(None, None, None), second_input=False, op0=MO.NONE, ext
         net.mark_output(net.add_unary(proj[1], rt.UnaryOperation.EXP).get_output(0))
     if extra == "dynamic_range":
         proj[2].set_dynamic_range(-4.0, 4.0)
+    if extra == "weight_range":
+        mm = [la for la in net if la.type == rt.LayerType.MATRIX_MULTIPLY][1]
+        mm.get_input(1).set_dynamic_range(-1.0, 1.0)
     widths = [(spec or {}).get("width", E) for spec in specs]
     q, k, v = (split_heads(net, t) for t in proj)
     s = net.add_matrix_multiply(q, MO.NONE, k, MO.TRANSPOSE).get_output(0)
@@ -219,6 +223,7 @@ def test_fp16_merged_within_2e2():
     ("the q projection is a network output", {"extra": "q_output"}),
     ("the k projection has a second reader", {"extra": "k_reader"}),
     ("an INT8 dynamic range on the v projection", {"extra": "dynamic_range"}),
+    ("an INT8 dynamic range on the k weights", {"extra": "weight_range"}),
 ])
 def test_pass_leaves_alone(why, kwargs):
     net = block(seed=6, **kwargs)
