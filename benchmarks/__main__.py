@@ -1,12 +1,13 @@
-"""python -m benchmarks run SUITE [--out DIR] | ab MODEL NAME=VALUE [...] | list | report [--write]
+"""python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME] | list | report
 
 ``run`` times one suite (benchmarks/suites.py) and writes
 ``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
 commit, command, versions, rows and builds, then prints a short table. ``report`` prints
 (``--write``: puts into RESULTS.md, and draws results/plot.svg) the tables generated from
-every results file. ``ab`` builds one model twice in one process, as the settings are
-and with ``NAME=VALUE`` settings (engine/settings.py fields) applied, and times the two
-engines in alternating rounds (no peer: the question is which setting is faster).
+every results file. ``ab`` builds one model twice in one process, as the settings are and
+with ``NAME=VALUE`` settings (engine/settings.py fields) applied and/or builder passes left
+out (``--disable-pass``), and times the two engines in alternating rounds (no peer: the
+question is which variant is faster), e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``.
 """
 import argparse
 import datetime
@@ -118,23 +119,35 @@ def parse_settings(items):
     return setting
 
 
+def check_passes(names):
+    """SystemExit naming the first of ``names`` that is no builder pass."""
+    from engine.passes import PASS_NAMES
+    for name in names:
+        if name not in PASS_NAMES:
+            raise SystemExit(f"ab: --disable-pass {name!r}: expected one of {', '.join(PASS_NAMES)}")
+
+
 def cmd_ab(args):
     from . import models
     setting = parse_settings(args.settings)
+    check_passes(args.disable_pass)
+    if not setting and not args.disable_pass:
+        raise SystemExit("ab: nothing to compare: give NAME=VALUE settings and/or --disable-pass NAME for B")
     import torch
     os.makedirs(args.out, exist_ok=True)
     card = torch.cuda.get_device_name()
     started = datetime.datetime.now()
     rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
-                          args.reps, setting)
-    doc = {"ab": setting, "card": card, "date": started.isoformat(timespec="seconds"), "commit": commit(),
+                          args.reps, setting, disabled_passes=args.disable_pass)
+    doc = {"ab": setting, "disabled_passes": args.disable_pass, "card": card, "date": started.isoformat(timespec="seconds"), "commit": commit(),
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
            "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")}}
-    tag = "_".join(f"{k}-{v}" for k, v in setting.items())
+    tag = "_".join([f"{k}-{v}" for k, v in setting.items()] + [f"no-{p}" for p in args.disable_pass])
     path = os.path.join(args.out, f"{started.date().isoformat()}_{card_slug(card)}_ab_{args.model}_{tag}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)
-    print(f"\nab {args.model} {args.precision}: A = settings as they are, B = {setting}; {card}, "
+    print(f"\nab {args.model} {args.precision}: A = settings as they are, B = {setting}"
+          f"{' without ' + ', '.join(args.disable_pass) if args.disable_pass else ''}; {card}, "
           f"{doc['date']}, commit {doc['commit']} -> {path}")
     print(f"{'batch':>5s} {'A ms':>9s} {'B ms':>9s} {'B/A':>6s} {'rel L2':>9s}")
     for r in rows:
@@ -169,8 +182,10 @@ def main(argv=None):
     r.add_argument("--layers", help="kernels suite: comma-separated layer names, or all")
     r.add_argument("--tf-dir", help="tf_path suite: the prepared folder (default benchmarks/tf_path)")
     ab = sub.add_parser("ab", help="one model, two settings, one process")
-    ab.add_argument("model", choices=("resnet50", "mobilenet_v2"))
-    ab.add_argument("settings", nargs="+", help="NAME=VALUE (CUPYRT_ prefix optional)")
+    ab.add_argument("model", choices=("resnet50", "mobilenet_v2", "bert"))
+    ab.add_argument("settings", nargs="*", help="NAME=VALUE for B (CUPYRT_ prefix optional)")
+    ab.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
+                    help="a builder pass B is built without (engine.passes.PASS_NAMES)")
     ab.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"))
     ab.add_argument("--batches", default="256", help="comma-separated")
     ab.add_argument("--reps", type=int, default=20)

@@ -24,6 +24,7 @@ import numpy as np
 os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="cupyrt_bench_cupy_cache_"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("benchmarks")
+BERT_SEQ, BERT_HIDDEN = 128, 768
 
 
 def median_ms(fn, cp, reps=30, warmup=5):
@@ -56,11 +57,13 @@ def torch_model(name):
     return model
 
 
-def build(name, model, precision, max_batch, cache):
+def build(name, model, precision, max_batch, cache, disabled_passes=()):
     import engine as rt
     from workflows.from_torch import import_module
     b, net = import_module(model, (-1, 3, 224, 224))
     cfg = b.create_builder_config()
+    for p in disabled_passes:
+        cfg.disable_pass(p)
     cfg.backend = "cupy"
     cfg.timing_cache_path = cache
     if precision in ("fp16", "int8"):
@@ -164,11 +167,8 @@ def bert_rows(precision, batches, reps):
 
     import engine as rt
     from workflows.transformer import import_encoder
-    seq, hidden = 128, 768
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(hidden, 12, 3072, dropout=0.0, activation="gelu",
-                                             batch_first=True)
-    enc = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+    seq, hidden = BERT_SEQ, BERT_HIDDEN
+    enc = bert_encoder()
     ref_model = copy.deepcopy(enc).cuda()
     b, net = import_encoder(enc, seq, hidden)
     cfg = b.create_builder_config()
@@ -247,39 +247,75 @@ def _count(values):
     return out
 
 
-def ab_rows(name, precision, batches, reps, setting, rounds=5):
-    """Same-process A/B of one setting (``python -m benchmarks ab``): engine A is built
-    and run with the settings as they are, engine B with ``setting`` ({field: value})
-    applied through engine.settings.overridden, each with its own empty timing cache.
-    Per batch, A and B are timed in alternating rounds (A B A B ...; ``reps`` calls a
-    round) and the median of the round medians compared; B's output is checked against
-    A's. Returns one dict per batch."""
+def bert_encoder():
+    """The BERT-base-sized torch encoder of the bert suite (12 x 768, 12 heads, FFN 3072,
+    GELU), seeded: the same weights on every call."""
+    import torch
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(BERT_HIDDEN, 12, 3072, dropout=0.0, activation="gelu",
+                                             batch_first=True)
+    return torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+
+
+def _bert_build(precision, cache, disabled_passes=()):
+    """The bert suite's encoder built for the A/B: (plan, seconds)."""
+    import engine as rt
+    from workflows.transformer import import_encoder
+    b, net = import_encoder(bert_encoder(), BERT_SEQ, BERT_HIDDEN)
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    cfg.timing_cache_path = cache
+    if precision == "fp16":
+        cfg.set_flag(rt.BuilderFlag.FP16)
+    for p in disabled_passes:
+        cfg.disable_pass(p)
+    t0 = time.perf_counter()
+    plan = b.build_serialized_network(net, cfg)
+    return plan, time.perf_counter() - t0
+
+
+# per model: (input name, output name, one input's shape after the batch)
+AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input", "output", (3, 224, 224)),
+         "bert": ("tokens", "encoded", (BERT_SEQ, BERT_HIDDEN))}
+
+
+def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=()):
+    """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
+    settings as they are, engine B with ``setting`` ({field: value}) applied through
+    engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
+    its own empty timing cache. Per batch, A and B are timed in alternating rounds
+    (A B A B ...; ``reps`` calls a round) and the median of the round medians compared;
+    B's output is checked against A's. Returns one dict per batch."""
     import cupy as cp
 
     import engine as rt
     from engine.settings import overridden
-    model = torch_model(name)
+    in_name, out_name, item_shape = AB_IO[name]
+    model = torch_model(name) if name != "bert" else None
     runs = {}
-    for label, values in (("A", {}), ("B", setting)):
+    for label, values, off in (("A", {}, ()), ("B", setting, tuple(disabled_passes))):
         with overridden(**values):
-            plan, cold, _ = build(name, model, precision, max(batches),
-                                  os.path.join(tempfile.mkdtemp(), f"ab_{label}.cache"))
+            cache = os.path.join(tempfile.mkdtemp(), f"ab_{label}.cache")
+            if model is None:
+                plan, cold = _bert_build(precision, cache, off)
+            else:
+                plan, cold, _ = build(name, model, precision, max(batches), cache, off)
             engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
             kinds = _count(info.kernel for info in engine.layers)
             log.info("[ab] %s %s: built in %.1f s, kernels %s", label, values or "as is", cold, kinds)
             runs[label] = {"values": values, "ctx": engine.create_execution_context(), "cold_s": cold,
-                           "kernels": kinds}
+                           "kernels": kinds, "layers": engine.num_layers}
     rows = []
     stream = cp.cuda.get_current_stream()
     for n in batches:
-        x = cp.asarray(np.random.default_rng(n).standard_normal((n, 3, 224, 224)).astype(np.float32))
+        x = cp.asarray(np.random.default_rng(n).standard_normal((n,) + item_shape).astype(np.float32))
         outs, times = {}, {"A": [], "B": []}
         for label, r in runs.items():
             ctx = r["ctx"]
-            shape = ctx.engine.infer_shapes({"input": x.shape})[id(ctx.engine.network.get_tensor("output"))]
+            shape = ctx.engine.infer_shapes({in_name: x.shape})[id(ctx.engine.network.get_tensor(out_name))]
             r["y"] = cp.full(shape, cp.nan, cp.float32)
-            ctx.set_tensor_address("input", x)
-            ctx.set_tensor_address("output", r["y"])
+            ctx.set_tensor_address(in_name, x)
+            ctx.set_tensor_address(out_name, r["y"])
             with overridden(**r["values"]):      # prepared (kernels compiled) in its own settings
                 for _ in range(2):               # the second call captures the CUDA graph
                     ctx.execute_async_v3(stream)
@@ -293,7 +329,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5):
         err = float(np.linalg.norm(outs["B"] - outs["A"]) / np.linalg.norm(outs["A"]))
         rows.append({"model": name, "precision": precision, "batch": n, "A_ms": a, "B_ms": b,
                      "B_over_A": b / a, "rel_l2_B_vs_A": err, "rounds_ms": times,
-                     "setting": setting, "kernels": {k: r["kernels"] for k, r in runs.items()},
+                     "setting": setting, "disabled_passes": list(disabled_passes),
+                     "layers": {k: r["layers"] for k, r in runs.items()},
+                     "kernels": {k: r["kernels"] for k, r in runs.items()},
                      "cold_s": {k: r["cold_s"] for k, r in runs.items()}})
         log.info("[ab] %s %s b%d: A %.3f ms, B %.3f ms (B/A %.3f), rel L2 B vs A %.2e",
                  name, precision, n, a, b, b / a, err)

@@ -114,3 +114,14 @@ def test_ab_settings_are_named_like_the_environment_or_the_field():
     for bad in ("wgmma", "no_such_switch=1", "=1"):
         with pytest.raises(SystemExit, match="expected NAME=VALUE"):
             runner.parse_settings([bad])
+
+
+def test_ab_passes_left_out_of_b_must_be_builder_passes():
+    runner.check_passes(["qkv_merge", "attention_fusion"])
+    with pytest.raises(SystemExit, match="--disable-pass 'no_such_pass'"):
+        runner.check_passes(["qkv_merge", "no_such_pass"])
+
+
+def test_ab_without_anything_to_compare_says_so():
+    with pytest.raises(SystemExit, match="nothing to compare"):
+        runner.main(["ab", "bert"])
