@@ -34,7 +34,7 @@ from ..types import DataType, LayerType, MatrixOperation as MO
 from .concat import claim
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import epilogue_state as _epilogue, residual_nhwc as _residual
-from .matmul_tactics import constant_operand
+from .matmul_tactics import constant_operand, linear_reason, linear_weight
 from .timing import TimingCache
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,21 @@ def _prefetch_spec(layer, batch):
     return matmul_spec(layer, shape, _output_dtype(layer), residual=len(shapes) > 2 and shapes[2] is not None)
 
 
+def _runtime_reason(layer, batch):
+    """Why no cuDNN graph runs now (switched off, frontend unusable), else None, having
+    queued the plans of ``layer``'s network at ``batch`` on the workers, so they compile
+    while the builder times this layer."""
+    if not enabled():
+        return "switched off (CUPYRT_CUDNN=0)"
+    if not cudnn_graphs.available():
+        return cudnn_graphs.unavailable_reason()
+    try:
+        prefetch_network(layer, batch)
+    except Exception as e:      # noqa: BLE001  (plans are then built on first run)
+        log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
+    return None
+
+
 def _output_dtype(layer):
     """How the engine stores this FP16 layer's output (engine/execution.py,
     _storage_dtype): as declared for a network output or a set output type, else half."""
@@ -236,18 +251,7 @@ class ConvCudnn(Tactic):
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if precision != DataType.HALF:
             return "the cuDNN graphs run FP16 layers"
-        reason = _static_reason(layer, in_shapes[0])
-        if reason is not None:
-            return reason
-        if not enabled():
-            return "switched off (CUPYRT_CUDNN=0)"
-        if not cudnn_graphs.available():
-            return cudnn_graphs.unavailable_reason()
-        try:                # the network's plans start compiling while this layer is timed
-            prefetch_network(layer, in_shapes[0][0])
-        except Exception as e:      # noqa: BLE001  (plans are then built on first run)
-            log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
-        return None
+        return _static_reason(layer, in_shapes[0]) or _runtime_reason(layer, in_shapes[0][0])
 
     def prepare(self, layer):
         cp = cupy()
@@ -311,44 +315,18 @@ class MatMulCudnn(Tactic):
             return "the cuDNN graphs run FP16 layers"
         if any(d not in ("float32", "float16") for d in in_dtypes[:1]):
             return f"a floating left operand, not {in_dtypes[0]}"
-        reason = self.static_reason(layer, in_shapes)
-        if reason is not None:
-            return reason
-        if not enabled():
-            return "switched off (CUPYRT_CUDNN=0)"
-        if not cudnn_graphs.available():
-            return cudnn_graphs.unavailable_reason()
-        try:                # the network's plans start compiling while this layer is timed
-            prefetch_network(layer, in_shapes[0][0])
-        except Exception as e:      # noqa: BLE001  (plans are then built on first run)
-            log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
-        return None
+        return self.static_reason(layer, in_shapes) or _runtime_reason(layer, in_shapes[0][0])
 
     @staticmethod
     def static_reason(layer, in_shapes):
         """Why no cuDNN matmul graph can run ``layer`` at ``in_shapes`` (None: one can)."""
-        if layer.op0 != MO.NONE or layer.op1 == MO.VECTOR:
-            return "a plain left operand and a matrix right operand only"
-        w = constant_operand(layer, 1)
-        if w is None or constant_operand(layer, 0) is not None:
-            return "the right operand alone must be a Constant"
-        if any(d != 1 for d in w.shape[:-2]):
-            return f"a 2-D constant (leading dims 1), not {w.shape}"
-        a = tuple(in_shapes[0])
-        n = w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2]
-        if len(in_shapes) > 2 and in_shapes[2] is not None and tuple(in_shapes[2]) != a[:-1] + (n,):
-            return f"a residual of the output's shape {a[:-1] + (n,)} only, not {tuple(in_shapes[2])}"
-        return matmul_spec(layer, a, np.float16).reason()
+        return linear_reason(layer, in_shapes) or matmul_spec(layer, tuple(in_shapes[0]), np.float16).reason()
 
     def prepare(self, layer):
         cp = cupy()
-        w = constant_operand(layer, 1)
-        w = w.reshape(w.shape[-2:]).astype(np.float64)
-        wt = w.T if layer.op1 == MO.NONE else w          # (n, k)
-        n = wt.shape[0]
-        bias = (np.zeros(n, np.float32) if layer.bias is None
-                else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
-        return {"w": cp.asarray(np.ascontiguousarray(wt * layer.alpha), cp.float16), "bias": cp.asarray(bias)}
+        wt, bias = linear_weight(layer)
+        wt = np.ascontiguousarray(wt.astype(np.float64) * layer.alpha)
+        return {"w": cp.asarray(wt, cp.float16), "bias": cp.asarray(bias)}
 
     def run(self, state, layer, inputs, precision, out_dtypes):
         cp = cupy()

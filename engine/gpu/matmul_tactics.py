@@ -39,6 +39,35 @@ def constant_operand(layer, i):
     return np.asarray(p.weights).reshape(tuple(p.shape))
 
 
+def linear_reason(layer, in_shapes):
+    """Why ``layer`` is not a linear layer the weight-GEMM tactics take (a plain left
+    operand, a constant 2-D right operand, a residual of the output's shape); None when it is."""
+    if layer.op0 != MO.NONE or MO.VECTOR == layer.op1:
+        return "a plain left operand and a matrix right operand only"
+    w = constant_operand(layer, 1)
+    if w is None or constant_operand(layer, 0) is not None:
+        return "the right operand alone must be a Constant"
+    if any(d != 1 for d in w.shape[:-2]):
+        return f"a 2-D constant (leading dims 1), not {w.shape}"
+    if len(in_shapes) > 2 and in_shapes[2] is not None:
+        out = tuple(in_shapes[0][:-1]) + (w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2],)
+        if tuple(in_shapes[2]) != out:
+            return f"a residual of the output's shape {out} only, not {in_shapes[2]}"
+    return None
+
+
+def linear_weight(layer):
+    """A linear layer's weight as (N, K) NumPy (the transposed right operand: the KRSC
+    filter of a 1x1 convolution) and its bias as float32 (N,) (zeros when it has none)."""
+    w = constant_operand(layer, 1)
+    w = w.reshape(w.shape[-2:])
+    wt = w.T if layer.op1 == MO.NONE else w
+    n = wt.shape[0]
+    bias = (np.zeros(n, np.float32) if layer.bias is None
+            else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
+    return wt, bias
+
+
 def device_constants(layer, dtype, k_major_b):
     """{input index: (device array, op name)} for the constant operands, made once
     per layer and dtype and memoised on the layer (engine layers are not
@@ -168,30 +197,15 @@ class MatMulAsConv(Tactic):
             reason = wgmma_reason()
             if reason:
                 return reason
-        if layer.op0 != MO.NONE or MO.VECTOR == layer.op1:
-            return "a plain left operand and a matrix right operand only"
-        w = constant_operand(layer, 1)
-        if w is None or constant_operand(layer, 0) is not None:
-            return "the right operand alone must be a Constant"
-        if any(d != 1 for d in w.shape[:-2]):
-            return f"a 2-D constant (leading dims 1), not {w.shape}"
-        a = in_shapes[0]
-        k = a[-1]
+        k = in_shapes[0][-1]
         if k % self.c_align:
             return f"K = {k} is not a multiple of {self.c_align}"
-        if len(in_shapes) > 2 and in_shapes[2] is not None:
-            out = tuple(a[:-1]) + (w.shape[-1] if layer.op1 == MO.NONE else w.shape[-2],)
-            if tuple(in_shapes[2]) != out:
-                return f"a residual of the output's shape {out} only, not {in_shapes[2]}"
-        return None
+        return linear_reason(layer, in_shapes)
 
     def prepare(self, layer):
         cp = cupy()
-        w = constant_operand(layer, 1).reshape(constant_operand(layer, 1).shape[-2:])
-        wt = w.T if layer.op1 == MO.NONE else w          # (N, K)
+        wt, bias = linear_weight(layer)
         n = wt.shape[0]
-        bias = (np.zeros(n, np.float32) if layer.bias is None
-                else np.ascontiguousarray(layer.bias, np.float32).reshape(-1))
         act = layer.post_activation
         a_alpha, a_beta = layer.post_params()
         kw = {} if self.precise is None else {"precise": self.precise}
