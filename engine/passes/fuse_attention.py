@@ -28,7 +28,7 @@ import numpy as np
 from ..layers.attention import AttentionLayer
 from ..types import ElementWiseOperation as EW, LayerType, MatrixOperation as MO, ScaleMode
 from ..layers.base import dim_known
-from .graph import single_consumer
+from .graph import rewrite_matches, single_consumer, unique_name
 
 NAME = "attention_fusion"
 
@@ -111,18 +111,10 @@ def _match(network, sm, uses):
     return qk, scaler, pv, scale * qk.alpha
 
 
-def _unique_name(network, base):
-    taken = {layer.name for layer in network._layers}
-    name = base
-    while name in taken:
-        name += "_"
-    return name
-
-
 def _rewrite(network, sm, qk, scaler, pv, scale):
     q, k = qk._inputs[:2]
     att = AttentionLayer(network, [q, k, pv._inputs[1]], scale=scale)
-    att.name = _unique_name(network, sm.name + "_attention")
+    att.name = unique_name(network, sm.name + "_attention")
     network._add(att)
     att._precision = qk._precision
     att._output_types = dict(qk._output_types)
@@ -209,18 +201,8 @@ def _absorb_heads(network, att, uses):
 
 
 def run(network):
-    fused = 0
-    uses = network.consumers()
-    for sm in list(network._layers):
-        if sm not in network._layers or sm.layer_type != LayerType.SOFTMAX:
-            continue
-        found = _match(network, sm, uses)
-        if found is None:
-            continue
-        _rewrite(network, sm, *found)
-        network._ensure_inferred()
-        uses = network.consumers()
-        fused += 1
+    fused, uses = rewrite_matches(network, LayerType.SOFTMAX, _match,
+                                  lambda net, sm, found: _rewrite(net, sm, *found))
     for att in list(network._layers):
         if att.layer_type == LayerType.ATTENTION and _absorb_heads(network, att, uses):
             network._ensure_inferred()

@@ -25,3 +25,32 @@ def replace_with_constant(network, layer, value, suffix):
     network._layers.insert(network._layers.index(layer), const)
     network.take_output(const, layer)
     return const
+
+
+def unique_name(network, base):
+    """``base``, or ``base`` with underscores appended until no layer of ``network`` has it."""
+    taken = {layer.name for layer in network._layers}
+    name = base
+    while name in taken:
+        name += "_"
+    return name
+
+
+def rewrite_matches(network, layer_type, match, rewrite):
+    """For each layer of ``layer_type`` still in ``network``: ``match(network, layer,
+    uses)`` gives what to rewrite (None: leave it), ``rewrite(network, layer, found)``
+    does it; the network is re-inferred and its consumers recomputed after each rewrite.
+    Returns (rewrites, the consumers map of the final network)."""
+    done = 0
+    uses = network.consumers()
+    for layer in list(network._layers):
+        if layer not in network._layers or layer.layer_type != layer_type:
+            continue
+        found = match(network, layer, uses)
+        if found is None:
+            continue
+        rewrite(network, layer, found)
+        network._ensure_inferred()
+        uses = network.consumers()
+        done += 1
+    return done, uses

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..layers.classes import MatrixMultiplyLayer
 from ..types import LayerType, MatrixOperation as MO
-from .graph import single_consumer
+from .graph import rewrite_matches, single_consumer, unique_name
 
 NAME = "qkv_merge"
 
@@ -89,14 +89,6 @@ def _match(network, att, uses):
     return found
 
 
-def _unique_name(network, base):
-    taken = {layer.name for layer in network._layers}
-    name = base
-    while name in taken:
-        name += "_"
-    return name
-
-
 def _move_before(network, layer, anchor):
     network._layers.remove(layer)
     network._layers.insert(network._layers.index(anchor), layer)
@@ -118,7 +110,7 @@ def _rewrite(network, att, found):
         w = w.T
     w = np.ascontiguousarray(w).reshape(tuple(lead) + w.shape)
     const = network.add_constant(w.shape, w)
-    const.name = _unique_name(network, first.name + "_qkv_weights")
+    const.name = unique_name(network, first.name + "_qkv_weights")
     const._precision = found[0][2]._precision
     const._output_types = dict(found[0][2]._output_types)
     bias = None
@@ -127,7 +119,7 @@ def _rewrite(network, att, found):
     merged = MatrixMultiplyLayer(network, [first._inputs[0], const.get_output(0)], op0=MO.NONE, op1=op1,
                                  alpha=alpha, bias=bias, post_activation=first.post_activation,
                                  post_alpha=first.post_alpha, post_beta=first.post_beta)
-    merged.name = _unique_name(network, first.name + "_qkv")
+    merged.name = unique_name(network, first.name + "_qkv")
     merged._precision = first._precision
     merged._output_types = dict(first._output_types)
     network._add(merged)
@@ -144,16 +136,5 @@ def _rewrite(network, att, found):
 
 
 def run(network):
-    merged = 0
-    uses = network.consumers()
-    for att in list(network._layers):
-        if att not in network._layers or att.layer_type != LayerType.ATTENTION:
-            continue
-        found = _match(network, att, uses)
-        if found is None:
-            continue
-        _rewrite(network, att, found)
-        network._ensure_inferred()
-        uses = network.consumers()
-        merged += 1
+    merged, _ = rewrite_matches(network, LayerType.ATTENTION, _match, _rewrite)
     return merged
