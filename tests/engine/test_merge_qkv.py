@@ -5,8 +5,9 @@ no torch needed) and on hand-built self-attention blocks in each of their forms
 merged engine equals the unmerged one (FP32 1e-5, FP16 2e-2), every refusal
 leaves the graph as it was, plans round-trip, and the packed layer's shape rule
 refuses bad inputs. The GPU tactics' rules for the packed form close the file."""
-import collections
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from engine.errors import NetworkDefinitionError
 from engine.layers.attention import AttentionLayer
 from engine.testing import interpret, rel_l2
 from kernels.attention import attention, attention_packed
+sys.path.insert(0, os.path.dirname(__file__))
+from test_attention import build as build_with, counts, run  # noqa: E402  (this folder's helpers)
 
 PASS = "qkv_merge"
 EW = rt.ElementWiseOperation
@@ -30,21 +33,7 @@ def randn(rng, *shape, scale=1.0):
 
 
 def build(net, disabled=(), fp16=False):
-    builder = rt.Builder()
-    cfg = builder.create_builder_config()
-    for name in disabled:
-        cfg.disable_pass(name)
-    if fp16:
-        cfg.set_flag(rt.BuilderFlag.FP16)
-    return builder.build_engine(net, cfg)
-
-
-def run(engine, feeds):
-    return engine.create_execution_context().execute(feeds)
-
-
-def counts(engine):
-    return collections.Counter(i.type for i in engine.layers)
+    return build_with(rt.Builder(), net, disabled, fp16)
 
 
 def layers_of(engine, kind):

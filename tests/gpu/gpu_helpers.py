@@ -108,3 +108,13 @@ def softmax(x, axis):
     x = np.asarray(x, np.float64)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def captured_runs(cp, engine, feeds, output, label=""):
+    """Three executions of one context (select, capture, replay) of ``output`` as NumPy
+    arrays; asserts the context captured a CUDA graph."""
+    ctx = engine.create_execution_context()
+    runs = [cp.asnumpy(cp.asarray(ctx.execute(feeds)[output])) for _ in range(3)]
+    graphs = list(ctx.__dict__.get("_cuda_graphs", {}).values())
+    assert any(not isinstance(g, str) for g in graphs), (label, graphs, engine.backend.graph_notes)
+    return runs
