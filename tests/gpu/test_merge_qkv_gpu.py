@@ -119,7 +119,8 @@ def test_cuda_graph_replay_equals_eager(index):
 
 # -- the engine -------------------------------------------------------------------
 
-SEQ, HIDDEN, HEADS, FF, LAYERS = 77, 128, 2, 256, 2         # head dim 64, partial tiles
+# the attention GPU tests' encoder shapes (head dim 64, partial tiles) and engine build
+from test_attention_gpu import FF, HEADS, HIDDEN, LAYERS, SEQ, build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +128,6 @@ def encoder_net():
     from workflows.random_encoder import random_encoder
     from workflows.transformer import import_encoder
     return import_encoder(random_encoder(HIDDEN, HEADS, FF, LAYERS, seed=5), SEQ, HIDDEN)
-
-
-def build(net_builder, fp16, tmp_path, disabled=()):
-    b, net = net_builder
-    cfg = b.create_builder_config()
-    cfg.backend = "cupy"
-    cfg.timing_cache_path = str(tmp_path / f"qkv_{fp16}_{len(disabled)}.cache")
-    for name in disabled:
-        cfg.disable_pass(name)
-    if fp16:
-        cfg.set_flag(rt.BuilderFlag.FP16)
-    return rt.Runtime(backend="cupy").deserialize_cuda_engine(b.build_serialized_network(net, cfg))
 
 
 @pytest.mark.parametrize("fp16", [True, False], ids=["fp16", "fp32"])
