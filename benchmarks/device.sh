@@ -17,8 +17,8 @@ LOG="$OUT/suites.log"
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader; date -Iseconds
   python3 -c "from kernels.gpu import cudnn_graphs as G; print('cuDNN graphs:', G.frontend_version() or G.unavailable_reason())"
   timeout ${COMPILE_TIMEOUT:-150} python3 -c "
-from engine.gpu.precompile import precompile
-print('precompile s', round(precompile(int8=True), 1))" 2>&1 | tail -3; } | tee "$LOG"
+from engine.gpu.precompile import precompile, report_lines
+print('precompile s', round(precompile(int8=True), 1)); print(*report_lines(), sep=chr(10))" 2>&1 | tail -8; } | tee "$LOG"
 if [ "$1" = "--tests" ]; then
   shift
   # SHARDS=N (default 4) pytest processes share the GPU, files dealt round robin by size:

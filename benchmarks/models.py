@@ -93,6 +93,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     gpu_fp32 = copy.deepcopy(model).cuda().float()
     cache = os.path.join(tempfile.mkdtemp(), f"{name}_{precision}.cache")
     plan, cold, src_layers = build(name, model, precision, max(batches), cache)
+    from engine.gpu import precompile
+    compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()
     _, warm, _ = build(name, model, precision, max(batches), cache)
     engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
@@ -101,7 +103,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "layers_in": src_layers, "layers_out": engine.num_layers, "plan_mb": len(plan) / 2**20,
               "kernels": kinds, "phases": engine.meta.get("build_seconds"),
               "precisions": _count(engine.meta.get("precisions", {}).values()),
-              "precision_moves": engine.meta.get("precision_moves", [])}
+              "precision_moves": engine.meta.get("precision_moves", []),
+              "precompile_s": compiled}
     log.info("[build] %s %s: %d -> %d layers, cold %.1f s, cached %.1f s, kernels %s, cuDNN graphs %s",
              name, precision, src_layers, engine.num_layers, cold, warm, kinds, _cudnn_stats())
     ctx = engine.create_execution_context()

@@ -59,17 +59,39 @@ def work_items(int8=False, current=None):
             if f.available() for t in tiles]
 
 
+# what the last precompile cost: {"family tile": seconds} of its compiles (a cache
+# load takes milliseconds), and the wall seconds of the whole
+last_report = {"seconds": 0.0, "items": {}}
+_TIMED = "compiled-in"
+
+
 def _worker(items):
     """One subprocess: compile each item; a failure is reported (family, tile, the
-    compiler's first error lines) and the rest still compile."""
+    compiler's first error lines) and the rest still compile. Each item's seconds go
+    to stderr as ``compiled-in <seconds> <family> <tile>``."""
     kernel_compile.set_debug_level(settings().debug)
     for family_name, tile_name, options in items:
+        t0 = time.perf_counter()
         try:
             family = _BY_NAME[family_name]
             family.compile((family.tile(tile_name),), **options)
         except Exception as e:        # noqa: BLE001  (reported; compiles again on first use)
             errs = [ln for ln in str(e).splitlines() if "error" in ln][:2] or str(e).splitlines()[:2]
             print(f"{family_name} {tile_name}: {type(e).__name__}: {' | '.join(errs)}", file=sys.stderr)
+            continue
+        print(f"{_TIMED} {time.perf_counter() - t0:.2f} {family_name} {tile_name}", file=sys.stderr)
+
+
+def report_lines(report=None):
+    """The per-family compile seconds of a precompile report, slowest family first."""
+    report = report or last_report
+    fams = {}
+    for item, sec in report["items"].items():
+        fam = item.split(" ", 1)[0]
+        n, total = fams.get(fam, (0, 0.0))
+        fams[fam] = (n + 1, total + sec)
+    return [f"{fam}: {n} tiles, {total:.1f} s of compile" for fam, (n, total)
+            in sorted(fams.items(), key=lambda kv: -kv[1][1])]
 
 
 def precompile(int8=False):
@@ -82,6 +104,7 @@ def precompile(int8=False):
              for item in ([f.name, t.name, compile_options(f, s)] for t in tiles)]
     workers = s.precompile_workers
     t0 = time.perf_counter()
+    timed = {}
     if workers > 1 and len(items) > 1:
         # plain subprocesses, not multiprocessing: a spawned pool re-imports the
         # user's __main__ module, which would run an unguarded script again per worker
@@ -98,12 +121,16 @@ def precompile(int8=False):
             lines = err.decode(errors="replace").strip().splitlines()
             if proc.returncode:           # compiling on first use still works
                 log.warning("precompile worker failed (%s); its kernels compile on first use",
-                            lines[-1:] or "")
+                            [ln for ln in lines if not ln.startswith(_TIMED)][-1:] or "")
             for line in lines:
-                if ": " in line and line.split(" ", 1)[0] in _BY_NAME:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == _TIMED:
+                    timed[f"{parts[2]} {parts[3]}"] = float(parts[1])
+                elif ": " in line and line.split(" ", 1)[0] in _BY_NAME:
                     log.warning("precompile: %s (compiles again on first use)", line)
     _done.update(todo)
     seconds = time.perf_counter() - t0
+    last_report.update(seconds=seconds, items=timed)
     log.info("precompiled %d tile shapes in %.1f s with %d processes", len(items), seconds, workers)
     return seconds
 

@@ -21,7 +21,8 @@ GIL throughout, so worker *processes* build them (kernels/gpu/cudnn_workers.py):
 ``prefetch`` queues a graph's candidates as soon as the engine knows the layer; the first
 ``conv2d_fused`` of the spec deserializes what they built (no compile) and times it; what
 they could not build or serialize is built here, in order, within ``build_budget_s``.
-Built graphs live in a per-process registry keyed by spec and device; a ``store`` (the
+Built graphs live in a per-process registry keyed by spec, device and plan count (an
+A/B of ``max_plans`` in one process builds each side's own); a ``store`` (the
 engine's, over its timing cache) keeps the chosen plan serialized across processes.
 
 This module is a leaf, like the rest of kernels/: plain parameters and arrays in,
@@ -497,8 +498,8 @@ class ConvGraph:
 
 # -- the per-process registry: built graphs, and plans being built by workers ----------------
 
-_graphs = {}            # (spec, device_id) -> ConvGraph, or the reason it failed
-_pending = {}           # (spec, device_id) -> {plan index: future of a worker result}
+_graphs = {}            # (spec, device_id, max_plans) -> ConvGraph, or the reason it failed
+_pending = {}           # (spec, device_id, max_plans) -> {plan index: future of a worker result}
 _graphs_lock = threading.Lock()
 
 
@@ -517,13 +518,13 @@ def prefetch(spec, device_id, workers, max_plans=4, store=None, device_name=None
     of plans queued."""
     if spec.reason() is not None:
         return 0
-    key = (spec, device_id)
     known = None
     if store is not None:
         known = store.get(spec, device_name or _device_name(device_id))
     if known is not None and known[1] is not None:
         return 0
     indices = [known[0]] if known is not None else range(max_plans)
+    key = (spec, device_id, max_plans)
     with _graphs_lock:
         if key in _graphs or key in _pending:
             return 0
@@ -580,7 +581,7 @@ def run_graph(spec, x, w, bias, residual, y, max_plans=4, build_budget_s=6.0, st
     its plans, times them on these buffers and keeps the fastest (not inside a capture)."""
     import cupy as cp     # optional: only where a GPU runs the graph
     device_id = cp.cuda.Device().id
-    key = (spec, device_id)
+    key = (spec, device_id, max_plans)
     graph = _graphs.get(key)
     if isinstance(graph, str):               # failed before: do not compile it again
         raise RuntimeError(graph)
@@ -626,9 +627,12 @@ def _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending, max_plan
 
 
 def graph_for(spec, device_id=0):
-    """The built graph of ``spec`` in this process (None before its first run)."""
-    graph = _graphs.get((spec, device_id))
-    return graph if isinstance(graph, ConvGraph) else None
+    """The built graph of ``spec`` in this process (None before its first run; of several
+    plan counts, the one built first)."""
+    for (s, d, _), graph in list(_graphs.items()):
+        if s == spec and d == device_id and isinstance(graph, ConvGraph):
+            return graph
+    return None
 
 
 def stats():

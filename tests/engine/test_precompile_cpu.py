@@ -78,6 +78,16 @@ def test_worker_reports_a_failing_tile_and_goes_on(monkeypatch, capsys):
     precompile._worker([["fake", "bad", {}], ["fake", "good", {"flag": 1}]])
     err = capsys.readouterr().err
     assert "fake bad: RuntimeError: x.cu(3): error: something wrong" in err and done == [("good", 1)]
+    timed = [ln.split() for ln in err.splitlines() if ln.startswith("compiled-in")]
+    assert [t[2:] for t in timed] == [["fake", "good"]] and float(timed[0][1]) >= 0.0
+
+
+def test_report_sums_compile_seconds_per_family_slowest_first():
+    report = {"seconds": 9.0, "items": {"conv_igemm a": 2.0, "conv_igemm b": 3.5, "matmul m": 4.0,
+                                        "conv_wgmma w": 6.25}}
+    assert precompile.report_lines(report) == ["conv_wgmma: 1 tiles, 6.2 s of compile",
+                                               "conv_igemm: 2 tiles, 5.5 s of compile",
+                                               "matmul: 1 tiles, 4.0 s of compile"]
 
 
 def test_a_family_names_its_tiles():

@@ -185,7 +185,7 @@ def test_plans_built_in_worker_processes_run_here_and_match_the_reference():
     pool = PlanWorkers(2)
     try:
         assert G.prefetch(spec, cp.cuda.Device().id, pool, max_plans=3) == 3
-        answers = [f.result(timeout=300) for f in G._pending[(spec, cp.cuda.Device().id)].values()]
+        answers = [f.result(timeout=300) for f in G._pending[(spec, cp.cuda.Device().id, 3)].values()]
         assert all("worker_error" not in a for a in answers), answers
         out = poison(cp, (spec.n, p, q, spec.k), np.float16)
         G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=cp.asarray(res),

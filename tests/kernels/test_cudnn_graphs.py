@@ -184,6 +184,10 @@ def test_prefetch_queues_each_graph_once_and_skips_what_the_store_holds():
         assert G.prefetch(spec(), 0, w, max_plans=3) == 3
         assert G.prefetch(spec(), 0, w, max_plans=3) == 0               # queued already
         assert [x[2] for x in w.submitted] == [0, 1, 2]
+        # another plan count is another graph (an A/B of cudnn_max_plans in one process)
+        assert G.prefetch(spec(), 0, w, max_plans=5) == 5
+        assert [x[2] for x in w.submitted[3:]] == [0, 1, 2, 3, 4]
+        del w.submitted[3:]
         assert G.prefetch(spec(act="SELU"), 0, w) == 0                 # no graph for it
         assert G.prefetch(spec(k=48), 0, w, store=Store((2, {"b64": ""})), device_name="H200") == 0
         assert G.prefetch(spec(k=64), 0, w, store=Store((2, None)), device_name="H200") == 1
