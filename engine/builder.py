@@ -20,7 +20,8 @@ from .network import Network
 from .passes import PASS_NAMES, optimize
 from .plan import ArrayTable, decode_network, dumps, encode_network
 from .precision_range import check as check_fp16_range
-from .precision_timing import enabled as precision_timing_enabled, refine_precisions
+from .precision_timing import (alternatives as precision_alternatives, enabled as precision_timing_enabled,
+                               refine_precisions)
 from .quantization import prepare as prepare_int8
 from .runtime import Runtime
 from .types import DATA_MOVEMENT, BuilderFlag, DataType, MemoryPoolType, ProfilingVerbosity
@@ -304,7 +305,12 @@ def select_gpu_tactics(network, meta, config):
         log.info("dynamic input shapes without an optimisation profile: tactics are chosen "
                  "on first use of each shape")
         return {}
-    compile_s = kernel_precompile.precompile(int8=config.get_flag(BuilderFlag.INT8))
+    # the tiles this build times, compiled in parallel first; FP32 alternatives of precision
+    # by timing (timed only for layers slow enough in FP16) compile meanwhile in the background
+    refine = precision_timing_enabled(config)
+    now, later = _refine_alternatives(network, meta, config) if refine else ({}, {})
+    compile_s = kernel_precompile.precompile_for(network, meta, shapes, alternatives=now)
+    background = kernel_precompile.start_for(network, meta, shapes, later)
     rng = np.random.default_rng(0)
     feeds = {}
     for t in network._inputs:
@@ -315,10 +321,35 @@ def select_gpu_tactics(network, meta, config):
     # one progress event per layer timed
     engine = backend.select_tactics(network, feeds, _TacticProgress(config, network.num_layers))
     out = {}
-    if precision_timing_enabled(config):
+    if refine:
+        background.wait()
         engine, out = refine_precisions(network, meta, config, engine, feeds)
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
     return {**out, "kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
             "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
-            "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s}
+            "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s,
+            "precompile_tiles": _precompile_counts()}
+
+
+def _precompile_counts():
+    """How many tiles precompile listed for this build (and how many of them it compiled:
+    not compiled in this process before), of how many the kernel families have, and how
+    many of other precisions it compiled in the background, from its last report."""
+    r = kernel_precompile.last_report
+    return {k: r[k] for k in ("tiles", "compiled", "of", "later_tiles", "later_seconds") if k in r}
+
+
+def _refine_alternatives(network, meta, config):
+    """The precisions precision by timing (engine/precision_timing.py) may time layers in
+    besides their own, as two maps {layer name: precision}: INT8 -> HALF, timed for every
+    such layer (compiled with the build's own tiles), and FLOAT, timed only for layers
+    too slow in their precision to rule FP32 out (compiled in the background), including
+    the second round's FLOAT of a layer the first moved INT8 -> HALF."""
+    precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
+    first = precision_alternatives(network, precisions, config)
+    moved = {name: first.get(name, p) if p == DataType.INT8 else p for name, p in precisions.items()}
+    second = precision_alternatives(network, moved, config)
+    now = {name: p for name, p in first.items() if p != DataType.FLOAT}
+    later = {name: p for alts in (first, second) for name, p in alts.items() if p == DataType.FLOAT}
+    return now, later

@@ -156,9 +156,7 @@ class CupyBackend:
         return tactic
 
     def _candidates(self, layer, shapes, dtypes, precision):
-        return [t for t in T.candidates(layer, precision)
-                if (self.tf32 or not getattr(t, "tf32", False))
-                and t.supports(layer, shapes, dtypes, precision) is None]
+        return T.supported(layer, shapes, dtypes, precision, self.tf32)
 
     def _signature_key(self, layer, shapes, dtypes, precision, out_dtypes):
         sig = layer_signature(layer, shapes, dtypes, precision, out_dtypes)

@@ -1,36 +1,61 @@
-"""Compile every tensor-core tile in parallel before tactic timing.
+"""Compile tensor-core tiles in parallel before tactic timing.
 
 NVRTC takes seconds per tile shape and the builder offers dozens; compiled one
 after another on first use, a cold build would spend minutes compiling. A pool
 of spawned processes fills CuPy's on-disk kernel cache (shared through
-CUPY_CACHE_DIR) so the builder's own compiles become cache loads. Done once per
-process; the precompile setting (CUPYRT_PRECOMPILE=0) turns it off,
-precompile_workers (CUPYRT_PRECOMPILE_WORKERS) sets the pool size.
+CUPY_CACHE_DIR) so the builder's own compiles become cache loads. The precompile
+setting (CUPYRT_PRECOMPILE=0) turns it off, precompile_workers
+(CUPYRT_PRECOMPILE_WORKERS) sets the pool size.
 
-What is compiled is read from the kernel families' descriptors (kernels/gpu/family.py):
-each family's ``tiles``, and its ``int8_tiles`` for INT8 builds, through the family's
-own ``compile``; a family the device cannot run (``available``: wgmma off sm_90a)
-compiles nothing.
+Two entry points:
+
+- ``precompile_for(network, meta, input_shapes)``: the builder's. Only the tiles the
+  build will time: for every layer at the build shapes, in its precision and on the
+  storage types the engine feeds it (engine/execution.py's schedule, the one tactic
+  selection runs), the candidates whose ``supports`` accepts it
+  (engine/gpu/tactics.py ``supported``) that launch a tile of a family below. A
+  ResNet-50 FP16 build lists no FP32 (tf32) and no matmul tile, the small-C stem
+  tiles only for the stem. ``alternatives`` adds layers in another precision
+  (precision by timing); ``start_for`` compiles such a list in the background.
+- ``precompile(int8=...)``: every tile of every family (benchmarks, tests).
+
+What a family builds is read from its descriptor (kernels/gpu/family.py): its
+``tiles`` and ``int8_tiles``, through its own ``compile``; a family the device cannot
+run (``available``: wgmma off sm_90a) compiles nothing. Tiles of other kernels
+(attention, the INT8 small-C stem) and tactics without tiles (cuBLAS, cuDNN,
+generic, pointwise) compile on first use, as before.
 """
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+
+import numpy as np
 
 from kernels.gpu import compile as kernel_compile
 from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
 
+from ..execution import EngineSchedule
 from ..settings import settings
+from ..types import DataType
+from . import tactics as T
 
 log = logging.getLogger(__name__)
 
-# the families with tiles to build ahead of the first build
+# the families with tiles to build ahead of the first build; a worker takes the next
+# unclaimed tile, so the families that run several NVRTC compiles per tile (one per
+# output type: int8, wgmma) go first and the pool ends on the short ones
 FAMILIES = (conv_igemm.FAMILY, conv_tf32.FAMILY, matmul.FAMILY, conv_wgmma.FAMILY,
             conv_int8.FAMILY)
+_FIRST = ("conv_int8", "conv_wgmma", "matmul", "conv_tf32", "conv_igemm")
 _BY_NAME = {f.name: f for f in FAMILIES}
-_done = set()
+_done = set()           # precompile(): the groups (family, family.int8) compiled
+_compiled = set()       # every entry point: the items compiled in this process
 
 
 def compile_options(family, current=None):
@@ -59,18 +84,108 @@ def work_items(int8=False, current=None):
             if f.available() for t in tiles]
 
 
+# -- the tiles one network's build times ------------------------------------------------
+
+def _tile_key(tile):
+    # tile types differ per family (ConvTactic, Int8Tactic, ...); names are unique in one
+    return type(tile), getattr(tile, "name", None)
+
+
+def _tile_index():
+    return {_tile_key(t): f for f in FAMILIES for t in f.tiles + f.int8_tiles}
+
+
+def tactic_tile(tactic, index=None):
+    """(family, tile) of a tactic that launches a tile precompile builds, else None."""
+    tile = getattr(tactic, "tile", None)
+    if tile is None:
+        return None
+    f = (index if index is not None else _tile_index()).get(_tile_key(tile))
+    return None if f is None else (f, tile)
+
+
+def layer_items(layer, in_shapes, in_dtypes, precision, tf32=False, current=None, index=None):
+    """The items (as ``work_items``) of the tiles the builder would time for ``layer`` at
+    these input shapes and dtype names in ``precision``."""
+    s = current or settings()
+    index = index if index is not None else _tile_index()
+    out = []
+    for t in T.supported(layer, in_shapes, in_dtypes, precision, tf32,
+                         where=lambda t: tactic_tile(t, index) is not None):
+        f, tile = tactic_tile(t, index)
+        if f.available():
+            out.append([f.name, tile.name, compile_options(f, s)])
+    return out
+
+
+def _float_storage(precision):
+    """What int8 codes become when a layer is timed out of INT8 (as precision by timing
+    feeds it: a producer keeping INT8 writes floats for it instead)."""
+    return DataType.HALF if precision in (DataType.HALF, DataType.INT8) else DataType.FLOAT
+
+
+def network_items(network, meta, input_shapes, alternatives=None, scheduled=True, current=None):
+    """The items of every tile the build of ``network`` times at ``input_shapes``
+    ({input name: shape}) under the plan metadata ``meta`` (precisions, flags): each
+    layer in its precision on the storage types the engine feeds it; with
+    ``alternatives`` ({layer name: precision}) also those layers in that precision
+    (``scheduled=False``: only those). Each item once, in the order first met."""
+    s = current or settings()
+    engine = EngineSchedule(network, meta, backend=None)
+    shapes = engine.infer_shapes(input_shapes)
+    tf32 = "TF32" in meta.get("flags", ())
+    alternatives = alternatives or {}
+    index = _tile_index()
+    stored = {id(t): t.dtype for t in network._inputs}
+    items, seen = [], set()
+    for layer, precision, out_dtypes in engine.schedule():
+        for t, d in zip(layer._outputs, out_dtypes):
+            stored[id(t)] = d
+        in_shapes = tuple(None if t is None else shapes[id(t)] for t in layer._inputs)
+        dtypes = [None if t is None else stored[id(t)] for t in layer._inputs]
+        runs = [(precision, dtypes)] if scheduled else []
+        alt = alternatives.get(layer.name)
+        if alt is not None and alt != precision:
+            flt = _float_storage(alt)
+            runs.append((alt, [flt if d == DataType.INT8 else d for d in dtypes]))
+        for p, ds in runs:
+            names = tuple(None if d is None else np.dtype(d.to_numpy()).name for d in ds)
+            for item in layer_items(layer, in_shapes, names, p, tf32, s, index):
+                key = _item_key(item)
+                if key not in seen:
+                    seen.add(key)
+                    items.append(item)
+    return items
+
+
+def _item_key(item):
+    return item[0], item[1], json.dumps(item[2], sort_keys=True)
+
+
+# -- compiling: a pool of subprocesses --------------------------------------------------
+
 # what the last precompile cost: {"family tile": seconds} of its compiles (a cache
-# load takes milliseconds), and the wall seconds of the whole
+# load takes milliseconds), the wall seconds of the whole, and (precompile_for) the
+# tiles it listed ("tiles") of how many the families have ("of"), how many were not
+# compiled in this process before ("compiled"), and what the background list added
+# ("later_tiles", "later_seconds": how long the build waited for it)
 last_report = {"seconds": 0.0, "items": {}}
 _TIMED = "compiled-in"
 
 
-def _worker(items):
+def _worker(items, claims=None):
     """One subprocess: compile each item; a failure is reported (family, tile, the
     compiler's first error lines) and the rest still compile. Each item's seconds go
-    to stderr as ``compiled-in <seconds> <family> <tile>``."""
+    to stderr as ``compiled-in <seconds> <family> <tile>``. ``claims``: a folder the
+    workers share; an item is compiled by the worker that first creates its file
+    there, so a worker done early takes the items others have not reached."""
     kernel_compile.set_debug_level(settings().debug)
-    for family_name, tile_name, options in items:
+    for i, (family_name, tile_name, options) in enumerate(items):
+        if claims is not None:
+            try:
+                os.close(os.open(os.path.join(claims, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
         t0 = time.perf_counter()
         try:
             family = _BY_NAME[family_name]
@@ -80,6 +195,73 @@ def _worker(items):
             print(f"{family_name} {tile_name}: {type(e).__name__}: {' | '.join(errs)}", file=sys.stderr)
             continue
         print(f"{_TIMED} {time.perf_counter() - t0:.2f} {family_name} {tile_name}", file=sys.stderr)
+
+
+def _ordered(items):
+    """Longest first (families with several NVRTC compiles per tile), stable within."""
+    rank = {name: i for i, name in enumerate(_FIRST)}
+    return sorted(items, key=lambda it: rank.get(it[0], len(rank)))
+
+
+class _Pool:
+    """Worker subprocesses compiling ``items`` (each claimed once); ``wait`` collects
+    their per-tile seconds. A reader thread drains their stderr as they go, so a
+    worker never stalls on a full pipe while the builder does other work."""
+
+    def __init__(self, items, workers):
+        self.items, self.timed, self.seconds = _ordered(items), {}, 0.0
+        self._t0 = time.perf_counter()
+        self._claims = tempfile.mkdtemp(prefix="cupyrt_precompile_")
+        # plain subprocesses, not multiprocessing: a spawned pool re-imports the
+        # user's __main__ module, which would run an unguarded script again per worker
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        code = ("import json, sys; from engine.gpu.precompile import _worker; "
+                "_worker(json.loads(sys.argv[1]), sys.argv[2])")
+        self._procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(self.items),
+                                         self._claims], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+                       for _ in range(min(workers, len(self.items)))]
+        self._reader = threading.Thread(target=self._collect, name="precompile", daemon=True)
+        self._reader.start()
+
+    def _collect(self):
+        for proc in self._procs:
+            _, err = proc.communicate()
+            lines = err.decode(errors="replace").strip().splitlines()
+            if proc.returncode:           # compiling on first use still works
+                log.warning("precompile worker failed (%s); its kernels compile on first use",
+                            [ln for ln in lines if not ln.startswith(_TIMED)][-1:] or "")
+            for line in lines:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == _TIMED:
+                    self.timed[f"{parts[2]} {parts[3]}"] = float(parts[1])
+                elif ": " in line and line.split(" ", 1)[0] in _BY_NAME:
+                    log.warning("precompile: %s (compiles again on first use)", line)
+        shutil.rmtree(self._claims, ignore_errors=True)
+        self.seconds = time.perf_counter() - self._t0
+
+    def wait(self):
+        """Seconds spent waiting here for the workers to finish."""
+        t0 = time.perf_counter()
+        self._reader.join()
+        return time.perf_counter() - t0
+
+
+def _compile(items, workers):
+    """Compile ``items`` now in ``workers`` processes: ({"family tile": seconds}, wall
+    seconds). One item or one worker: nothing (it compiles on first use all the same)."""
+    if workers <= 1 or len(items) <= 1:
+        return {}, 0.0
+    pool = _Pool(items, workers)
+    pool.wait()
+    return pool.timed, pool.seconds
+
+
+def _new(items):
+    """The items not compiled in this process before, marked as compiled now."""
+    out = [it for it in items if _item_key(it) not in _compiled]
+    _compiled.update(_item_key(it) for it in out)
+    return out
 
 
 def report_lines(report=None):
@@ -100,37 +282,65 @@ def precompile(int8=False):
     todo = {key for key, _, _ in _groups(int8)} - _done
     if not todo or not s.precompile:
         return 0.0
-    items = [item for key, f, tiles in _groups(int8) if key in todo and f.available()
-             for item in ([f.name, t.name, compile_options(f, s)] for t in tiles)]
-    workers = s.precompile_workers
-    t0 = time.perf_counter()
-    timed = {}
-    if workers > 1 and len(items) > 1:
-        # plain subprocesses, not multiprocessing: a spawned pool re-imports the
-        # user's __main__ module, which would run an unguarded script again per worker
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        chunks = [items[i::workers] for i in range(min(workers, len(items)))]
-        procs = [subprocess.Popen([sys.executable, "-c",
-                                   "import json, sys; from engine.gpu.precompile import _worker; "
-                                   "_worker(json.loads(sys.argv[1]))",
-                                   json.dumps(chunk)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)
-                 for chunk in chunks]
-        for proc in procs:
-            _, err = proc.communicate()
-            lines = err.decode(errors="replace").strip().splitlines()
-            if proc.returncode:           # compiling on first use still works
-                log.warning("precompile worker failed (%s); its kernels compile on first use",
-                            [ln for ln in lines if not ln.startswith(_TIMED)][-1:] or "")
-            for line in lines:
-                parts = line.split()
-                if len(parts) == 4 and parts[0] == _TIMED:
-                    timed[f"{parts[2]} {parts[3]}"] = float(parts[1])
-                elif ": " in line and line.split(" ", 1)[0] in _BY_NAME:
-                    log.warning("precompile: %s (compiles again on first use)", line)
+    items = _new([item for key, f, tiles in _groups(int8) if key in todo and f.available()
+                  for item in ([f.name, t.name, compile_options(f, s)] for t in tiles)])
+    timed, seconds = _compile(items, s.precompile_workers)
     _done.update(todo)
-    seconds = time.perf_counter() - t0
+    last_report.clear()
     last_report.update(seconds=seconds, items=timed)
-    log.info("precompiled %d tile shapes in %.1f s with %d processes", len(items), seconds, workers)
+    log.info("precompiled %d tile shapes in %.1f s with %d processes", len(items), seconds,
+             s.precompile_workers)
     return seconds
 
+
+def precompile_for(network, meta, input_shapes, alternatives=None):
+    """Fill the kernel cache with the tiles the build of ``network`` times at
+    ``input_shapes`` (``network_items``; ``alternatives``: layers timed in another
+    precision too) and return the wall seconds it took. Fills ``last_report``."""
+    s = settings()
+    last_report.clear()
+    last_report.update(seconds=0.0, items={})
+    if not s.precompile:
+        return 0.0
+    listed = network_items(network, meta, input_shapes, alternatives, current=s)
+    items = _new(listed)
+    timed, seconds = _compile(items, s.precompile_workers)
+    last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items),
+                       of=len(work_items(int8=True, current=s)), later_tiles=0, later_seconds=0.0)
+    log.info("precompiled %d of the %d tiles this build times (%d exist) in %.1f s with %d "
+             "processes", len(items), len(listed), last_report["of"], seconds, s.precompile_workers)
+    return seconds
+
+
+class _Later:
+    """A background compile started by ``start_for``; ``wait`` joins it."""
+
+    def __init__(self, pool=None, count=0):
+        self.pool, self.count = pool, count
+
+    def wait(self):
+        """Seconds waited for the background compile (0 when there was none); its
+        per-tile seconds join ``last_report``."""
+        if self.pool is None:
+            return 0.0
+        waited = self.pool.wait()
+        last_report.setdefault("items", {}).update(self.pool.timed)
+        last_report.update(later_tiles=self.count, later_seconds=waited)
+        self.pool = None
+        return waited
+
+
+def start_for(network, meta, input_shapes, alternatives):
+    """Start compiling, in the background, the tiles of ``alternatives`` ({layer name:
+    precision}: layers the build may time in another precision later) that nothing
+    compiled yet; ``wait()`` on the result before timing them. With no worker
+    processes to spare (or precompile off) nothing starts: they compile on first use."""
+    s = settings()
+    if not s.precompile or not alternatives or s.precompile_workers <= 1:
+        return _Later()
+    items = _new(network_items(network, meta, input_shapes, alternatives, scheduled=False,
+                               current=s))
+    if not items:
+        return _Later()
+    log.info("compiling %d tiles of other precisions in the background", len(items))
+    return _Later(_Pool(items, s.precompile_workers), len(items))

@@ -21,7 +21,7 @@ from . import (attention_tactics, concat, constant_tactics, conv_int8_tactics, c
 from .base import GENERIC, HOST, INT8_EMULATION, Tactic, as_nhwc, nchw_view, register
 
 __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", "candidates",
-           "nchw_view", "register"]
+           "nchw_view", "register", "supported"]
 
 register(LayerType.CONVOLUTION, *conv_tactics.TACTICS, *conv_int8_tactics.TACTICS,
          cudnn_tactics.ConvCudnn(), *conv_tf32_tactics.TACTICS)
@@ -52,6 +52,17 @@ def candidates(layer, precision=None):
         return every
     want = precision == DataType.INT8
     return [t for t in every if t.int8 is None or t.int8 == want]
+
+
+def supported(layer, shapes, dtypes, precision, tf32=False, where=None):
+    """The candidates the builder times for ``layer`` at these input shapes and dtype
+    names: those computing in ``precision`` whose ``supports`` accepts them; plain-TF32
+    tactics only under the TF32 flag. ``where``: a filter applied before ``supports``
+    (precompile asks only the tactics that launch a precompiled tile: the cuDNN tactic's
+    check queues its plan builds)."""
+    return [t for t in candidates(layer, precision)
+            if (where is None or where(t)) and (tf32 or not getattr(t, "tf32", False))
+            and t.supports(layer, shapes, dtypes, precision) is None]
 
 
 def by_name(layer, name):

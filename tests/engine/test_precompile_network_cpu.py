@@ -1,0 +1,291 @@
+"""The builder's precompile list (engine/gpu/precompile.py ``network_items``, ``precompile_for``,
+``start_for``), checked without a GPU: only the tiles a network's build times, read from
+the candidates each layer has at the build shapes in its precision (FP16 convolutions:
+mma.sync tiles, the small-C stem tiles only for a C <= 4 convolution, no FP32 or matmul
+tile; INT8: the INT8 tiles, the FP16 alternatives precision by timing always times, the
+FP32 ones in the background; matmul layers: the matmul tiles; wgmma only on sm_90a); each
+tile compiled once per process, by one worker, and counted in the build's metadata."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import engine as rt
+from engine import builder as B
+from engine import kernel_table
+from engine.gpu import precompile
+from engine.types import DataType, LayerType
+from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
+from kernels.gpu.family import KernelFamily
+sys.path.insert(0, os.path.dirname(__file__))
+from test_tactic_faults import Injected, conv_net, fake_gpu  # noqa: E402,F401  (this folder's stand-in GPU)
+
+SHAPE = (2, 3, 8, 8)
+
+
+def names(*tiles):
+    return {t.name for group in tiles for t in group}
+
+
+def listed(items, family=None):
+    return {tile for fam, tile, _ in items if family is None or fam == family.name}
+
+
+def conv_network(c_in=3, one_by_one=True, fc=True, ranges=False, seed=5):
+    """conv 3x3 (c_in -> 16, relu) [-> conv 1x1 16 -> 32] -> conv 3x3 -> [FC 10]."""
+    rng = np.random.default_rng(seed)
+
+    def randn(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("x", rt.float32, (2, c_in, 8, 8))
+    tensors = [x]
+    c1 = net.add_convolution_nd(x, 16, (3, 3), randn(16, c_in, 3, 3), randn(16), padding_nd=(1, 1))
+    t = net.add_activation(c1.get_output(0), rt.ActivationType.RELU).get_output(0)
+    tensors += [c1.get_output(0), t]
+    if one_by_one:
+        t = net.add_convolution_nd(t, 32, (1, 1), randn(32, 16, 1, 1), randn(32)).get_output(0)
+        tensors.append(t)
+    c = t.shape[1]
+    t = net.add_convolution_nd(t, 16, (3, 3), randn(16, c, 3, 3), randn(16), padding_nd=(1, 1)).get_output(0)
+    tensors.append(t)
+    if fc:
+        t = net.add_fully_connected(t, 10, randn(10, 16 * 8 * 8), randn(10)).get_output(0)
+        tensors.append(t)
+    net.mark_output(t)
+    if ranges:
+        for i, tensor in enumerate(tensors):
+            tensor.set_dynamic_range(-4.0 * (i + 1), 4.0 * (i + 1))
+    return b, net
+
+
+def built(b, net, *flags):
+    cfg = b.create_builder_config()
+    cfg.backend = "numpy"
+    for f in flags:
+        cfg.set_flag(f)
+    e = b.build_engine(net, cfg)
+    return e, cfg
+
+
+@pytest.fixture
+def no_wgmma(monkeypatch):
+    monkeypatch.setattr(conv_wgmma, "available", lambda device=None: False)
+
+
+@pytest.fixture
+def sm90a(monkeypatch):
+    """A device that runs wgmma: the tactics and the family say so."""
+    monkeypatch.setattr(conv_wgmma, "available", lambda device=None: True)
+    fam = KernelFamily("conv_wgmma.cu", tiles=conv_wgmma.TACTICS, int8_tiles=conv_wgmma.INT8_TACTICS,
+                       compile=conv_wgmma.FAMILY.compile, available=lambda: True)
+    monkeypatch.setattr(precompile, "FAMILIES", tuple(
+        fam if f is conv_wgmma.FAMILY else f for f in precompile.FAMILIES))
+    monkeypatch.setattr(conv_wgmma, "FAMILY", fam)
+
+
+FP16_CONV = names(conv_igemm.IGEMM_TACTICS, conv_igemm.IGEMM_TACTICS_LARGE, conv_igemm.SPLITK_TACTICS)
+
+
+def test_fp16_conv_net_lists_mma_tiles_only_and_the_stem_tiles_for_a_small_c_stem(no_wgmma):
+    e, _ = built(*conv_network(c_in=3), rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"x": SHAPE})
+    assert {fam for fam, _, _ in items} == {"conv_igemm"}        # no tf32, no matmul tile
+    assert listed(items) == FP16_CONV | names(conv_igemm.SMALLC_TACTICS, conv_igemm.IGEMM_TACTICS_NARROW)
+    assert not listed(items) & names(conv_igemm.IGEMM_TACTICS_UNTIMED)   # never timed: never built
+    assert len(items) == len({(f, t) for f, t, _ in items})      # each tile once
+    e16, _ = built(*conv_network(c_in=16), rt.BuilderFlag.FP16)
+    wide = precompile.network_items(e16.network, e16.meta, {"x": (2, 16, 8, 8)})
+    assert listed(wide) == FP16_CONV | names(conv_igemm.IGEMM_TACTICS_NARROW)   # no stem tiles
+
+
+def test_narrow_tiles_only_with_a_narrow_1x1_convolution(no_wgmma):
+    e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
+    assert listed(precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})) == FP16_CONV
+
+
+def test_wgmma_tiles_listed_only_where_the_device_runs_them(sm90a):
+    e, _ = built(*conv_network(c_in=16, one_by_one=False, fc=False), rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})
+    wg = [item for item in items if item[0] == "conv_wgmma"]
+    assert {t for _, t, _ in wg} == names(conv_wgmma.TACTICS)    # FP16 tiles, no INT8 ones
+    assert {o["fast_epilogue"] for _, _, o in wg} == {True}      # the setting's default
+    assert listed(items, conv_igemm.FAMILY) == FP16_CONV
+
+
+def test_fp32_conv_net_lists_3xtf32_tiles_and_plain_tf32_only_under_the_tf32_flag(no_wgmma):
+    b, net = conv_network(c_in=16, one_by_one=False)
+    e, _ = built(b, net)
+    items = precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})
+    assert listed(items) == names(conv_tf32.tactics_for(True))
+    b, net = conv_network(c_in=16, one_by_one=False)
+    e, _ = built(b, net, rt.BuilderFlag.TF32)
+    items = precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})
+    assert listed(items) == names(conv_tf32.TACTICS)
+
+
+def test_int8_net_lists_int8_tiles_then_its_fp16_and_fp32_alternatives(no_wgmma):
+    b, net = conv_network(c_in=16, one_by_one=False, ranges=True)
+    e, cfg = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)
+    precisions = e.meta["precisions"]
+    convs = [layer.name for layer in e.network._layers if layer.layer_type == LayerType.CONVOLUTION]
+    assert convs and all(precisions[n] == "INT8" for n in convs)
+    shapes = {"x": (2, 16, 8, 8)}
+    items = precompile.network_items(e.network, e.meta, shapes)
+    assert listed(items, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    assert not listed(items, conv_tf32.FAMILY)
+    now, later = B._refine_alternatives(e.network, e.meta, cfg)
+    assert set(now) >= set(convs) and set(now.values()) == {DataType.HALF}
+    # FLOAT: the first round's HALF layers, and the second's after an INT8 -> HALF move
+    assert set(later) >= set(convs) and set(later.values()) == {DataType.FLOAT}
+    with_now = precompile.network_items(e.network, e.meta, shapes, now)
+    assert listed(with_now, conv_igemm.FAMILY) >= FP16_CONV      # INT8 -> HALF: always timed
+    assert listed(with_now, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    only_later = precompile.network_items(e.network, e.meta, shapes, later, scheduled=False)
+    assert listed(only_later) == names(conv_tf32.tactics_for(True))
+
+
+def test_fp16_build_times_fp32_only_in_the_background():
+    b, net = conv_network()
+    e, cfg = built(b, net, rt.BuilderFlag.FP16)
+    now, later = B._refine_alternatives(e.network, e.meta, cfg)
+    matrix = {layer.name for layer in e.network._layers
+              if layer.layer_type in (LayerType.CONVOLUTION, LayerType.FULLY_CONNECTED)}
+    assert now == {} and later == {n: DataType.FLOAT for n in matrix}
+
+
+def matmul_network(constant_b):
+    rng = np.random.default_rng(2)
+    b = rt.Builder()
+    net = b.create_network()
+    a = net.add_input("a", rt.float32, (2, 16, 32))
+    if constant_b:
+        rhs = net.add_constant((1, 32, 24), rng.standard_normal((1, 32, 24)).astype(np.float32)).get_output(0)
+    else:
+        rhs = net.add_input("b", rt.float32, (2, 32, 24))
+    mm = net.add_matrix_multiply(a, rt.MatrixOperation.NONE, rhs, rt.MatrixOperation.NONE)
+    net.mark_output(mm.get_output(0))
+    return b, net
+
+
+def test_matmul_net_lists_the_matmul_tiles_and_the_conv_backed_ones_for_a_constant_weight(no_wgmma):
+    e, _ = built(*matmul_network(constant_b=False), rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"a": (2, 16, 32), "b": (2, 32, 24)})
+    assert listed(items) == names(matmul.TILES)
+    e, _ = built(*matmul_network(constant_b=True), rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"a": (2, 16, 32)})
+    assert listed(items, matmul.FAMILY) == names(matmul.TILES)
+    assert listed(items, conv_igemm.FAMILY) == names(conv_igemm.IGEMM_TACTICS_LARGE,
+                                                      conv_igemm.SPLITK_TACTICS)
+
+
+def test_precompile_for_compiles_each_tile_once_per_process_and_reports_counts(no_wgmma, monkeypatch):
+    calls = []
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setattr(precompile, "_compile", lambda items, workers: (
+        calls.append([tuple(i[:2]) for i in items]), ({f"{i[0]} {i[1]}": 1.5 for i in items}, 2.0))[1])
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "4")
+    e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
+    assert precompile.precompile_for(e.network, e.meta, {"x": (2, 16, 8, 8)}) == 2.0
+    assert {t for _, t in calls[0]} == FP16_CONV
+    r = precompile.last_report
+    assert (r["tiles"], r["compiled"], r["of"]) == (len(FP16_CONV), len(FP16_CONV),
+                                                   len(precompile.work_items(int8=True)))
+    assert r["items"] == {f"conv_igemm {t}": 1.5 for t in FP16_CONV}
+    e3, _ = built(*conv_network(c_in=3, one_by_one=False), rt.BuilderFlag.FP16)
+    precompile.precompile_for(e3.network, e3.meta, {"x": SHAPE})
+    assert {t for _, t in calls[1]} == names(conv_igemm.SMALLC_TACTICS)   # only what is new
+    assert (precompile.last_report["tiles"], precompile.last_report["compiled"]) == \
+        (len(FP16_CONV) + 3, 3)
+    monkeypatch.setenv("CUPYRT_PRECOMPILE", "0")
+    assert precompile.precompile_for(e3.network, e3.meta, {"x": SHAPE}) == 0.0
+    assert len(calls) == 2 and precompile.last_report == {"seconds": 0.0, "items": {}}
+
+
+def test_background_compile_joins_the_report_when_waited_for(no_wgmma, monkeypatch):
+    started = []
+
+    class Pool:
+        def __init__(self, items, workers):
+            started.append((len(items), workers))
+            self.timed = {f"{i[0]} {i[1]}": 0.5 for i in items}
+
+        def wait(self):
+            return 0.25
+    monkeypatch.setattr(precompile, "_Pool", Pool)
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "3")
+    b, net = conv_network(c_in=16, one_by_one=False)
+    e, cfg = built(b, net, rt.BuilderFlag.FP16)
+    _, later = B._refine_alternatives(e.network, e.meta, cfg)
+    precompile.last_report.update(items={"conv_igemm x": 1.0})
+    pending = precompile.start_for(e.network, e.meta, {"x": (2, 16, 8, 8)}, later)
+    assert started == [(len(conv_tf32.tactics_for(True)), 3)]
+    assert pending.wait() == 0.25 and pending.wait() == 0.0       # joined once
+    r = precompile.last_report
+    assert r["later_tiles"] == 4 and r["items"]["conv_igemm x"] == 1.0
+    assert {k for k in r["items"] if k.startswith("conv_tf32")} == \
+        {f"conv_tf32 {t}" for t in names(conv_tf32.tactics_for(True))}
+    # nothing new, one worker or precompile off: nothing starts
+    assert precompile.start_for(e.network, e.meta, {"x": (2, 16, 8, 8)}, later).wait() == 0.0
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "1")
+    assert precompile.start_for(e.network, e.meta, {"x": (2, 16, 8, 8)}, later).wait() == 0.0
+    assert len(started) == 1
+
+
+def test_workers_sharing_a_claims_folder_compile_each_tile_once(monkeypatch, tmp_path, capsys):
+    done = []
+
+    class Tile:
+        def __init__(self, name):
+            self.name = name
+    fam = KernelFamily("fake.cu", compile=lambda tiles: done.append(tiles[0].name),
+                       tiles=(Tile("a"), Tile("b"), Tile("c")))
+    monkeypatch.setitem(precompile._BY_NAME, "fake", fam)
+    items = [["fake", "a", {}], ["fake", "b", {}], ["fake", "c", {}]]
+    (tmp_path / "1").touch()                 # another worker took "b"
+    precompile._worker(items, str(tmp_path))
+    precompile._worker(items, str(tmp_path))  # a second worker finds everything claimed
+    assert done == ["a", "c"]
+    assert sorted(ln.split()[3] for ln in capsys.readouterr().err.splitlines()) == ["a", "c"]
+
+
+def test_pool_reports_a_tile_that_fails_in_its_worker(monkeypatch, caplog):
+    # real worker processes; wgmma tiles fail at once without an sm_90a device
+    # (kernels.gpu.conv_wgmma.require_available), which the pool logs and goes on
+    items = [["conv_wgmma", t.name, {"fast_epilogue": False}] for t in conv_wgmma.TACTICS[:2]]
+    with caplog.at_level("WARNING", logger="engine.gpu.precompile"):
+        pool = precompile._Pool(items, 2)
+        assert pool.wait() >= 0.0
+    assert pool.timed == {}
+    failed = sorted(r.getMessage().split()[2].rstrip(":") for r in caplog.records
+                    if "UnsupportedError" in r.getMessage())
+    assert failed == sorted(t for _, t, _ in items)
+
+
+class TileTactic(Injected):
+    """A stand-in candidate that launches a precompiled tile."""
+    tile = conv_igemm.IGEMM_TACTICS[0]
+
+
+def test_build_meta_counts_the_tiles_precompiled(fake_gpu, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setattr(precompile, "_compile",
+                        lambda items, workers: (compiled.extend(items), ({}, 0.5))[1])
+    for layer_type in list(kernel_table.TACTICS):
+        monkeypatch.setitem(kernel_table.TACTICS, layer_type, [])
+    monkeypatch.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION,
+                        [TileTactic("inject.tile", 0.2), Injected("inject.plain", 0.3)])
+    b, net = conv_net()
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    plan = b.build_serialized_network(net, cfg)
+    meta = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta
+    assert compiled == [["conv_igemm", conv_igemm.IGEMM_TACTICS[0].name, {}]]
+    assert meta["precompile_seconds"] == 0.5
+    assert meta["precompile_tiles"] == {"tiles": 1, "compiled": 1, "of": len(precompile.work_items(int8=True)),
+                                        "later_tiles": 0, "later_seconds": 0.0}
