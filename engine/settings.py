@@ -95,7 +95,7 @@ SETTINGS = (
     Switch("timing_cache", _path, None,
            "Timing-cache file shared by builds (`config.timing_cache_path` takes precedence)."),
     Switch("precompile", _flag, True,
-           "Compile every kernel family in parallel before the first build times tactics."),
+           "Compile the kernel tiles a build will time, in parallel, before it times tactics."),
     Switch("precompile_workers", _number(int), _default_workers,
            "Processes precompile uses (default: the CPU count, at most 16)."),
     Switch("wgmma", _flag, True, "Hopper wgmma convolution tactics.", tactics=True),

@@ -23,6 +23,6 @@ names the kernels/gpu function it launches:
     rnn_tactics.py        RNNv2
     concat.py             Concatenation and concat elision
     timing.py             tactic timing and the timing cache
-    precompile.py         every kernel family's tiles compiled before the first build
+    precompile.py         the tiles a build times, compiled in parallel before timing
     device.py             device copies of layers, GPU identity
 """
