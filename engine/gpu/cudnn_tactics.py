@@ -131,20 +131,10 @@ def _window(layer, shape):
     return hit
 
 
-def padded_channels(c):
-    """Input channels as the graph sees them: a multiple of 8 (16-byte NHWC pixels, what
-    cuDNN's tensor-core engines want). An RGB stem (C=3) runs as C=8 with zero channels:
-    the input reformat it needs anyway (NCHW float -> NHWC half) writes the padding, and
-    the filter gets zero taps there."""
-    return -(-c // 8) * 8
-
-
 def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
-    """The kernels-level description of ``layer`` at input ``in_shape`` (n, c, h, w), its
-    channels padded (``padded_channels``); ``out_ldc``: the channel pitch of a concat
-    buffer the output is a slice of."""
+    """The kernels-level description of ``layer`` at input ``in_shape`` (n, c, h, w);
+    ``out_ldc``: the channel pitch of a concat buffer the output is a slice of."""
     n, c, h, w = in_shape
-    c = padded_channels(c)
     _, pre, post = _window(layer, tuple(in_shape))
     act = layer.post_activation
     alpha, beta = layer.post_params() if act is not None else (0.0, 0.0)
@@ -162,12 +152,11 @@ def _static_reason(layer, in_shape):
         return "only 2-D convolutions (rank-4 inputs)"
     if layer.num_groups != 1:
         return "grouped convolution"
-    if layer.num_output_maps % 8:
-        return "output channels not a multiple of 8 (tensor-core alignment)"
-    if in_shape[1] % 8 and in_shape[1] > 8:
-        # padding a wide odd-channel tensor would cost a full copy per run; a stem's input
-        # (C <= 8) is reformatted anyway
-        return f"{in_shape[1]} input channels: not a multiple of 8, nor 8 or fewer (padded to 8)"
+    if in_shape[1] % 8 or layer.num_output_maps % 8:
+        # an RGB stem is ours: cuDNN declined C=3 with an FP32 output outright, and padded
+        # it was slower than our small-C kernel (ResNet-50 stem, b256, H200, best plan:
+        # C=3 3.16 ms, C=4 1.75, C=8 2.37, against 1.33 for conv.igemmsc incl. its reformat)
+        return "channels not multiples of 8 (tensor-core alignment)"
     act = layer.post_activation
     if act is not None and act.name not in cudnn_graphs.ACTIVATIONS:
         return f"activation {act.name} not fused by the cuDNN graphs"
@@ -269,8 +258,6 @@ class ConvCudnn(Tactic):
         cp = cupy()
         c = layer._inputs[0].shape[1]
         w = layer.weights(c).transpose(0, 2, 3, 1)          # KCRS -> KRSC (NHWC filter)
-        if padded_channels(c) != c:                         # zero taps for the padding channels
-            w = np.pad(w, ((0, 0), (0, 0), (0, 0), (0, padded_channels(c) - c)))
         return {"w": cp.asarray(np.ascontiguousarray(w), cp.float16), **_epilogue(layer)}
 
     writes_into_concat = True      # the output descriptor takes the concat buffer's pitch
@@ -291,7 +278,7 @@ class ConvCudnn(Tactic):
             res = cupy().ascontiguousarray(res)
         opts = plan_options()
         opts.pop("workers")
-        x16 = as_nhwc(x, np.float16, channels_to=8)
+        x16 = as_nhwc(x, np.float16)
         if out is None:
             y = cudnn_graphs.conv2d_fused(x16, state["w"], state["bias"], spec, residual=res, **opts)
             return [nchw_view(y)]

@@ -153,35 +153,6 @@ def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
     assert timed.get("conv.cudnn") is not None, timed      # timed, whether or not it won
 
 
-def test_an_rgb_stem_runs_through_cudnn_padded_to_eight_channels_and_matches_numpy():
-    """The engine's cuDNN tactic on a C=3 stem (7x7/2 + bias + ReLU, FP16): the input
-    padded to 8 zero channels in its reformat, the filter with zero taps there."""
-    import engine as rt
-    from engine.gpu import cudnn_tactics as CT
-    from engine.types import DataType
-    net = rt.Network()
-    x = net.add_input("x", rt.float32, (2, 3, 40, 40))
-    w = (RNG.standard_normal((64, 3, 7, 7)) / 12).astype(np.float32)
-    conv = net.add_convolution_nd(x, 64, (7, 7), kernel=w, bias=RNG.standard_normal(64).astype(np.float32))
-    conv.padding_nd, conv.stride_nd = (3, 3), (2, 2)
-    conv.post_activation = rt.ActivationType.RELU
-    net.mark_output(conv.get_output(0))
-    xv = RNG.standard_normal((2, 3, 40, 40)).astype(np.float32)
-    cfg = rt.Builder().create_builder_config()
-    cfg.backend = "numpy"
-    cfg.set_flag(rt.BuilderFlag.FP16)
-    ref = rt.Runtime(backend="numpy").deserialize_cuda_engine(
-        rt.Builder().build_serialized_network(net, cfg)).create_execution_context().execute({"x": xv})
-    t = CT.ConvCudnn()
-    assert t.supports(conv, [(2, 3, 40, 40)], ["float32"], DataType.HALF) is None
-    state = t.prepare(conv)
-    assert state["w"].shape == (64, 7, 7, 8)
-    out = t.run(state, conv, [cp.asarray(xv)], DataType.HALF, [DataType.HALF])[0]
-    assert out.shape == (2, 64, 20, 20)
-    got = cp.asnumpy(out).astype(np.float32)
-    assert rel_l2(got, next(iter(ref.values()))) <= 1e-2
-
-
 def test_writes_a_channel_slice_of_a_wider_nhwc_buffer():
     """Concat elision: the output descriptor carries the buffer's pixel pitch, the pointer
     its channel offset; the channels around the slice stay untouched."""
