@@ -92,6 +92,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     import torch
     gpu_fp32 = copy.deepcopy(model).cuda().float()
     cache = os.path.join(tempfile.mkdtemp(), f"{name}_{precision}.cache")
+    kernel_dir = os.environ.get("CUPY_CACHE_DIR", "")
+    empty_kernel_cache = not (os.path.isdir(kernel_dir) and os.listdir(kernel_dir))
     plan, cold, src_layers = build(name, model, precision, max(batches), cache)
     from engine.gpu import precompile
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
@@ -104,7 +106,7 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "kernels": kinds, "phases": engine.meta.get("build_seconds"),
               "precisions": _count(engine.meta.get("precisions", {}).values()),
               "precision_moves": engine.meta.get("precision_moves", []),
-              "precompile_s": compiled}
+              "precompile_s": compiled, "kernel_cache_empty": empty_kernel_cache}
     log.info("[build] %s %s: %d -> %d layers, cold %.1f s, cached %.1f s, kernels %s, cuDNN graphs %s",
              name, precision, src_layers, engine.num_layers, cold, warm, kinds, _cudnn_stats())
     ctx = engine.create_execution_context()

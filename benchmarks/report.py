@@ -77,11 +77,12 @@ def render_doc(doc):
     for r in errors:
         out.append(f"\n{r['system']} {r['model']} b{r['batch']} did not run: {r['error']}")
     if doc.get("builds"):
-        out += ["", "| model | precision | build s (kernels precompiled) | with timing cache s | layers "
-                "| layers on cuDNN graphs |", "|---|---|---:|---:|---|---:|"]
+        out += ["", "| model | precision | cold build s (empty timing cache) | kernel cache at start "
+                "| with timing cache s | layers | layers on cuDNN graphs |", "|---|---|---:|---|---:|---|---:|"]
         for b in doc["builds"]:
             layers = f"{b['layers_in']} -> {b['layers_out']}" if "layers_out" in b else str(b.get("layers_in"))
-            out.append(f"| {b['model']} | {b['precision']} | {_f(b.get('cold_s'), '.1f')} | "
+            kc = {True: "empty (NVRTC inside)", False: "warm"}.get(b.get("kernel_cache_empty"), "–")
+            out.append(f"| {b['model']} | {b['precision']} | {_f(b.get('cold_s'), '.1f')} | {kc} | "
                        f"{_f(b.get('cached_s'), '.1f')} | {layers} | {b.get('cudnn_layers', '–')} |")
     return "\n".join(out)
 
