@@ -1,7 +1,10 @@
 """Layout reformats (NCHW <-> NHWC) and concat into a preallocated buffer.
 
 The transpose goes through a 32x33 shared-memory tile (kernels/cuda/
-reformat.cu, transpose_brc) so both the read and the write are coalesced.
+reformat.cu, transpose_brc) so both the read and the write are coalesced. The
+network input of a tensor-core stem (NCHW float -> NHWC half, channels padded to 4 or
+8) has its own kernel there (nchw_to_nhwc_pad: cast, transpose and padding in one
+pass, vector loads of each plane, 16-byte stores).
 """
 from __future__ import annotations
 
@@ -74,6 +77,44 @@ def concat_buffer(shapes, dtype):
 
 
 _TO_NHWC_PADDED = {}
+_PAD_KERNEL_IN = {np.dtype(np.float32): "float", np.dtype(np.float16): "half_t"}
+
+
+def padded_kernel_reason(x, dtype, Cp, out=None):
+    """None when ``nchw_to_nhwc_pad`` (reformat.cu) takes this reformat, else why the
+    generic kernel does it: the dedicated one reads C-contiguous NCHW float32/float16
+    and writes contiguous NHWC float16 with 4 or 8 channels, 32-bit offsets per image.
+    Shape and flag checks only (NumPy arrays answer the same as CuPy ones)."""
+    if x.ndim != 4:
+        return f"rank {x.ndim}; expected NCHW rank 4"
+    if x.dtype not in _PAD_KERNEL_IN:
+        return f"input dtype {x.dtype}; expected float32 or float16"
+    if np.dtype(dtype) != np.float16:
+        return f"output dtype {np.dtype(dtype)}; expected float16"
+    if Cp not in (4, 8):
+        return f"{Cp} padded channels; expected 4 or 8"
+    if not x.flags.c_contiguous:
+        return f"input strides {x.strides} are not C-contiguous NCHW"
+    N, C, H, W = x.shape
+    if N > 65535 or C * H * W >= 2**31 or H * W * Cp >= 2**31:
+        return f"shape {x.shape}: batch > 65535 or an image of 2**31 elements or more"
+    if out is not None and (out.dtype != np.float16 or not out.flags.c_contiguous
+                            or out.shape != (N, H, W, Cp)):
+        return f"out {out.shape} {out.dtype}; expected contiguous ({N}, {H}, {W}, {Cp}) float16"
+    return None
+
+
+def _pad_kernel(x, Cp, out):
+    """The dedicated kernel (``padded_kernel_reason`` said yes): 4 pixels per thread,
+    16-byte (float) / 8-byte (half) plane loads when H*W % 4 == 0 and the planes are
+    aligned, 16-byte NHWC stores."""
+    N, C, H, W = x.shape
+    HW = H * W
+    vec = int(HW % 4 == 0 and x.data.ptr % (4 * x.dtype.itemsize) == 0)
+    kern = get_function(SOURCE, f"nchw_to_nhwc_pad<{_PAD_KERNEL_IN[x.dtype]},{Cp},{vec}>")
+    if N and HW:
+        kern((-(-HW // 1024), N), (256,), (x, out, i32(C), i32(HW)))
+    return out
 
 
 def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
@@ -81,10 +122,16 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
     ``dtype`` with Cp = C rounded up to ``c_to`` and the extra channels zero: the
     cast, the transpose and the padding in one pass (the network input of a
     tensor-core stem convolution, where three separate copies used to cost more
-    than the convolution)."""
+    than the convolution).
+
+    C-contiguous float32/float16 input to float16 with Cp = 4 or 8 (the stem's case)
+    takes reformat.cu's ``nchw_to_nhwc_pad``; anything else the generic elementwise
+    kernel, which applies any strides itself."""
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     N, C, H, W = x.shape
     Cp = -(-C // c_to) * c_to
+    if padded_kernel_reason(x, dtype, Cp, out) is None:
+        return _pad_kernel(x, Cp, out if out is not None else cp.empty((N, H, W, Cp), np.float16))
     if out is None:
         out = cp.empty((N, H, W, Cp), dtype=dtype)
     key = (x.dtype.name, np.dtype(dtype).name)
@@ -106,5 +153,5 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
     return out
 
 
-# the padded NCHW -> NHWC cast is a generated ElementwiseKernel, not of reformat.cu
-FAMILY = KernelFamily(SOURCE, launch=(nchw_to_nhwc, nhwc_to_nchw))
+# the padded NCHW -> NHWC cast of other layouts is a generated ElementwiseKernel
+FAMILY = KernelFamily(SOURCE, launch=(nchw_to_nhwc, nhwc_to_nchw, nchw_to_nhwc_padded))
