@@ -187,16 +187,17 @@ def _prefetch_spec(layer, batch):
     return matmul_spec(layer, shape, _output_dtype(layer), residual=len(shapes) > 2 and shapes[2] is not None)
 
 
-def _runtime_reason(layer, batch):
+def _runtime_reason(layer, batch, prefetch=None):
     """Why no cuDNN graph runs now (switched off, frontend unusable), else None, having
     queued the plans of ``layer``'s network at ``batch`` on the workers, so they compile
-    while the builder times this layer."""
+    while the builder times this layer. ``prefetch``: the queueing step (default
+    ``prefetch_network``; the INT8 tactic queues its INT8 graphs instead)."""
     if not enabled():
         return "switched off (CUPYRT_CUDNN=0)"
     if not cudnn_graphs.available():
         return cudnn_graphs.unavailable_reason()
     try:
-        prefetch_network(layer, batch)
+        (prefetch or prefetch_network)(layer, batch)
     except Exception as e:      # noqa: BLE001  (plans are then built on first run)
         log.info("cuDNN plan prefetch failed (%s: %s); plans build on first use", type(e).__name__, e)
     return None

@@ -16,15 +16,15 @@ from ..kernel_table import TACTICS
 from ..settings import settings
 from ..types import DataType, LayerType
 from . import (attention_tactics, concat, constant_tactics, conv_int8_tactics, conv_tactics,
-               conv_tf32_tactics, cudnn_tactics, fc_tactics, matmul_tactics, norm_tactics,
-               pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
+               conv_tf32_tactics, cudnn_int8_tactics, cudnn_tactics, fc_tactics, matmul_tactics,
+               norm_tactics, pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
 from .base import GENERIC, HOST, INT8_EMULATION, Tactic, as_nhwc, nchw_view, register
 
 __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", "candidates",
            "nchw_view", "register", "supported"]
 
 register(LayerType.CONVOLUTION, *conv_tactics.TACTICS, *conv_int8_tactics.TACTICS,
-         cudnn_tactics.ConvCudnn(), *conv_tf32_tactics.TACTICS)
+         cudnn_tactics.ConvCudnn(), cudnn_int8_tactics.ConvCudnnInt8(), *conv_tf32_tactics.TACTICS)
 register(LayerType.FULLY_CONNECTED, *fc_tactics.TACTICS)
 register(LayerType.MATRIX_MULTIPLY, *matmul_tactics.TACTICS, cudnn_tactics.MatMulCudnn())
 register(LayerType.POOLING, *pool_tactics.POOLING_TACTICS)

@@ -448,6 +448,8 @@ class ConvGraph:
         return g.get_workspace_size() if g is not None else self.graph.get_workspace_size_plan_at_index(index)
 
     def _pack(self, x, w, bias, residual, y):
+        if hasattr(self.spec, "variant_pack"):      # a kind with operands of its own (cudnn_int8)
+            return self.spec.variant_pack(x, w, bias, residual, y)
         pack = {UIDS["X"]: x.data.ptr, UIDS["W"]: w.data.ptr, UIDS["B"]: bias.data.ptr, UIDS["Y"]: y.data.ptr}
         if self.spec.residual:
             pack[UIDS["R"]] = residual.data.ptr

@@ -28,6 +28,7 @@ import time
 
 from . import cudnn_graphs as G
 from . import cudnn_matmul  # noqa: F401  (registers the matmul spec kind for spec_from_json)
+from . import cudnn_int8  # noqa: F401  (registers the INT8 conv spec kind for spec_from_json)
 
 log = logging.getLogger(__name__)
 

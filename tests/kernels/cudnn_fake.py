@@ -10,8 +10,9 @@ import types
 
 
 class FakeTensor:
-    def __init__(self, name, dim=None, stride=None):
+    def __init__(self, name, dim=None, stride=None, data_type=None):
         self.name, self.uid, self.dim, self.stride = name, None, dim, stride
+        self.data_type = data_type
 
     def set_uid(self, uid):
         self.uid = uid
@@ -21,6 +22,7 @@ class FakeTensor:
         return self
 
     def set_data_type(self, t):
+        self.data_type = t
         return self
 
     def set_dim(self, dim):
@@ -43,8 +45,8 @@ class FakeGraph:
         self.ops.append((op, kw))
         return FakeTensor(op)
 
-    def tensor(self, name, dim=None, stride=None, **kw):
-        return FakeTensor(name, dim, stride)
+    def tensor(self, name, dim=None, stride=None, data_type=None, **kw):
+        return FakeTensor(name, dim, stride, data_type)
 
     def conv_fprop(self, **kw):
         return self._op("conv", **kw)
@@ -57,6 +59,9 @@ class FakeGraph:
 
     def add(self, **kw):
         return self._op("add", **kw)
+
+    def mul(self, **kw):
+        return self._op("mul", **kw)
 
     def relu(self, **kw):
         return self._op("relu", **kw)
@@ -122,7 +127,7 @@ def frontend(plan_count=6, cost=0.0, build_s=None, fail=(), unserializable=(), p
                               fail=set(fail), unserializable=set(unserializable),
                               precompiled=set(precompiled), builds=[],
                               deserialized=[], __version__="fake", handles=0)
-    f.data_type = types.SimpleNamespace(HALF="half", FLOAT="float")
+    f.data_type = types.SimpleNamespace(HALF="half", FLOAT="float", INT8="int8", INT32="int32")
     f.heur_mode = types.SimpleNamespace(A="a", FALLBACK="fallback")
     f.behavior_note = types.SimpleNamespace(RUNTIME_COMPILATION="runtime")
     f.pygraph = lambda **kw: FakeGraph(f, **kw)
