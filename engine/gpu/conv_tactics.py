@@ -5,6 +5,8 @@ only maps an engine layer (attributes, fused epilogue, formats) onto it.
     conv.igemm*_<tile>        conv_igemm.conv2d_igemm         mma.sync implicit GEMM, FP16
     conv.igemmsk_<tile>       conv_igemm.conv2d_igemm_splitk  the same, reduction split over CTAs
     conv.igemmsc_<tile>       conv_igemm.conv2d_igemm_smallc  C <= 4 (RGB stem), taps in pairs
+    conv.stem_<tile>[_nchw]   conv_stem.conv2d_stem           C <= 4, patch in shared memory
+                                                              (stem_kernel setting, off by default)
     conv.wg_<tile>            conv_wgmma.conv2d_wgmma         Hopper wgmma (sm_90a), FP16
     conv.depthwise_v2_q<n>    conv_dw.conv2d_depthwise_v2     register-blocked depthwise
     conv.cublas_1x1           conv_gemm.conv2d_1x1_cublas     one cuBLAS GEMM + epilogue kernel
@@ -18,7 +20,7 @@ Concat elision (engine/gpu/concat.py): tactics with ``writes_into_concat`` take 
 """
 import numpy as np
 
-from kernels.gpu import conv_dw, conv_gemm, conv_igemm, conv_wgmma
+from kernels.gpu import conv_dw, conv_gemm, conv_igemm, conv_stem, conv_wgmma
 
 from ..settings import settings
 from .base import Tactic, as_nhwc, cupy, nchw_view
@@ -74,6 +76,64 @@ class ConvStemSmallC(ConvIgemm):
     def prepare(self, layer):
         c = layer._inputs[0].shape[1]
         return {"w": conv_igemm.pack_weight_smallc(layer.weights(c), "KCRS"), **epilogue_state(layer)}
+
+
+class ConvStem(Tactic):
+    """The FP16 stem for C <= 4 input channels (kernels/cuda/conv_stem.cu): each output
+    tile's input patch loaded once into shared memory, the filter resident there, persistent
+    CTAs. ``direct``: the network input (C-contiguous NCHW float32/float16) is read as it is,
+    no reformat pass; any other input (and the plain flavour always) goes through the
+    reformat to NHWC half with 4 channels. The builder times both flavours."""
+    switch = "stem_kernel"
+    writes_into_concat = True
+
+    def __init__(self, tile, direct=False):
+        self.tile = tile
+        self.direct = direct
+        self.name = f"conv.{tile.name}{'_nchw' if direct else ''}"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if not is_half(precision):
+            return "the stem kernel runs in FP16"
+        if layer.num_groups != 1:
+            return "grouped convolution"
+        reason = conv2d_reason(layer, in_shapes)
+        if reason is not None:
+            return reason
+        if not 0 < in_shapes[0][1] <= 4:
+            return f"{in_shapes[0][1]} input channels; the stem kernel takes 1 to 4"
+        if layer.num_output_maps % 8:
+            return f"{layer.num_output_maps} output channels; the stem kernel takes multiples of 8"
+        if tuple(layer.dilation_nd) != (1, 1):
+            return "dilated convolution"
+        if max(layer.kernel_size_nd) > conv_stem.MAX_FILTER:
+            return f"filter {tuple(layer.kernel_size_nd)} larger than {conv_stem.MAX_FILTER}x{conv_stem.MAX_FILTER}"
+        if any(s not in (1, 2) for s in layer.stride_nd):
+            return f"stride {tuple(layer.stride_nd)}; the stem kernel takes 1 or 2"
+        if len(in_shapes) > 1 and in_shapes[1] is not None:
+            return "residual not fused by the stem kernel"
+        return None
+
+    def prepare(self, layer):
+        c = layer._inputs[0].shape[1]
+        return {"w": conv_stem.pack_weight_stem(layer.weights(c), "KCRS"), **epilogue_state(layer)}
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
+        x = inputs[0]
+        (p, q), pre = window_geometry(layer, x.shape)
+        k = layer.num_output_maps
+        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
+        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        if self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16):
+            x_in, layout = x, "NCHW"
+        else:
+            x_in, layout = as_nhwc(x, np.float16, 4), "NHWC"
+        y = conv_stem.conv2d_stem(
+            x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
+            out_hw=(p, q), scale=state["scale"], bias=state["bias"], act=state["act"],
+            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype, layout=layout,
+            tactic=self.tile, **place)
+        return [written(y, place, k)]
 
 
 class ConvWgmma(ConvIgemm):
@@ -235,6 +295,7 @@ TACTICS = (
     *[ConvIgemm(t) for t in conv_igemm.IGEMM_TACTICS + conv_igemm.IGEMM_TACTICS_LARGE],
     *[ConvIgemmSplitK(t) for t in conv_igemm.SPLITK_TACTICS],
     *[ConvStemSmallC(t) for t in conv_igemm.SMALLC_TACTICS],
+    *[ConvStem(t, direct) for t in conv_stem.STEM_TILES for direct in (False, True)],
     *[ConvIgemmNarrow(t) for t in conv_igemm.IGEMM_TACTICS_NARROW],
     *[ConvDepthwiseV2(q) for q in conv_dw.Q_TILES],
     Conv1x1Cublas(), ConvDepthwise(), ConvIm2col(),

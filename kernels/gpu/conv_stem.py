@@ -1,0 +1,208 @@
+"""The FP16 stem convolution for C <= 4 input channels (kernels/cuda/conv_stem.cu): each
+output tile's input patch staged once in shared memory, the A operand of mma.sync built
+from it, the filter resident in shared memory, persistent CTAs.
+
+Layouts: x NHWC float16 with 4 or 8 stored channels (channels 0..3 read; the reformat
+``nchw_to_nhwc_padded(x, float16, 4)`` makes it), or the network input itself, NCHW
+float32/float16 C-contiguous with C <= 4 (``layout="NCHW"``: no reformat pass at all);
+weights packed once by ``pack_weight_stem`` as [K, T, 4] float16 (taps flattened over
+(r, s), T = 4 * ceil(R*S / 4)); output NHWC float16 or float32, optionally written into a
+wider buffer at a channel offset (concat elision). Dilation 1, strides 1 or 2, filters
+up to 7x7, K a multiple of 8 (64 output channels per CTA, more through grid.y).
+
+Each ``StemTile`` is one CTA shape (TP output rows x 16 columns); the builder times them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activation import act_code
+from .compile import f32, get_function, i32
+from .conv_igemm import _epilogue_vectors, _pair, _sm_count, conv_out_size, prepare_output
+from .errors import UnsupportedError
+from .family import KernelFamily
+
+SOURCE = "conv_stem.cu"
+TQ, BN = 16, 64          # output columns per tile, output channels per CTA (conv_stem.cu)
+MAX_FILTER = 7
+LAYOUTS = {"NHWC": 0, "NCHW": None}      # NCHW: 1 (float32) or 2 (float16), by dtype
+
+
+@dataclass(frozen=True)
+class StemTile:
+    """One CTA shape of conv_stem_f16 (plain data, as the builder stores it)."""
+    name: str
+    tp: int          # output rows per tile (16 columns each)
+    warps: int       # warps per CTA; each takes tp / warps rows x 64 channels
+    minb: int        # CTAs per SM (__launch_bounds__ and the persistent grid)
+
+    @property
+    def threads(self) -> int:
+        return self.warps * 32
+
+    def smem_bytes(self, R, S, sh, sw, out_f32) -> int:
+        """conv_stem.cu's Geo::SMEM: weights, two patch buffers, half staging, vectors."""
+        ks = -(-R * S // 4)
+        w_bytes = BN * (ks * 16 + 8) * 2
+        ph, pw = (self.tp - 1) * sh + R, (TQ - 1) * sw + S
+        x_bytes = -(-ph * pw * 8 // 16) * 16
+        c_bytes = 0 if out_f32 else self.tp * 16 * (BN + 8) * 2
+        return w_bytes + 2 * x_bytes + c_bytes + 2 * BN * 4
+
+    def name_expression(self, R, S, sh, sw, in_kind, out_f32) -> str:
+        return (f"conv_stem_f16<{R},{S},{sh},{sw},{self.tp},{self.warps},{in_kind},"
+                f"{int(bool(out_f32))},{self.minb}>")
+
+
+# ptxas (sm_90): 168 / 210 registers (250 for t16w4 reading NCHW), no spills
+STEM_TILES = (
+    StemTile("stem_t8w4", 8, 4, 3),
+    StemTile("stem_t16w4", 16, 4, 2),
+)
+TILES_BY_NAME = {t.name: t for t in STEM_TILES}
+
+
+def stem_taps(R, S):
+    """Taps of the packed filter: R*S rounded up to a whole k16 step (4 taps)."""
+    return -(-R * S // 4) * 4
+
+
+def pack_weight_stem(w, layout="KCRS", dtype=np.float16, host=False):
+    """Weights -> contiguous [K, T, 4] for ``conv2d_stem``: tap t = r*S + s, channel c
+    (zeros for c >= C and t >= R*S). ``layout``: "KCRS", "RSCK" (TensorFlow) or "KRSC".
+    Returns CuPy (NumPy with ``host=True``)."""
+    if host:
+        xp = np
+    else:
+        import cupy as xp  # optional dependency: CuPy only where a kernel is compiled or launched
+    w = xp.asarray(w)
+    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
+    if w.ndim != 4 or layout not in perm:
+        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 in "
+                               f"one of {', '.join(perm)}")
+    w = w.transpose(perm[layout])
+    K, R, S, C = w.shape
+    if not 0 < C <= 4:
+        raise UnsupportedError(f"the stem kernel takes 1 to 4 input channels; got {C}")
+    out = xp.zeros((K, stem_taps(R, S), 4), dtype=dtype)
+    out[:, :R * S, :C] = w.reshape(K, R * S, C).astype(dtype)
+    return out
+
+
+def _tile(tactic):
+    if isinstance(tactic, StemTile):
+        return tactic
+    try:
+        return TILES_BY_NAME[tactic]
+    except (KeyError, TypeError):
+        raise UnsupportedError(f"stem tile {tactic!r}; valid: {', '.join(TILES_BY_NAME)}") from None
+
+
+def _input_kind(x, layout):
+    """(kernel input kind, true channels C, per-pixel or per-plane channel count the kernel
+    indexes with, N, H, W) after checking x against ``layout``."""
+    if layout not in LAYOUTS:
+        raise UnsupportedError(f"layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if x.ndim != 4 or not x.flags.c_contiguous:
+        raise UnsupportedError(f"x {x.shape} (contiguous={x.flags.c_contiguous}); expected a "
+                               f"contiguous rank-4 {layout} array")
+    if layout == "NHWC":
+        N, H, W, Cs = x.shape
+        if x.dtype != np.float16 or Cs not in (4, 8):
+            raise UnsupportedError(f"NHWC x {x.dtype} with {Cs} stored channels; expected float16 "
+                                   f"with 4 or 8 (channels 0..3 read)")
+        if H * W * Cs >= 2**31:
+            raise UnsupportedError(f"an image of {H * W * Cs} elements; the kernel indexes one "
+                                   f"with 32 bits")
+        return 0, Cs, N, H, W
+    N, C, H, W = x.shape
+    if x.dtype not in (np.float32, np.float16):
+        raise UnsupportedError(f"NCHW x {x.dtype}; expected float32 or float16")
+    if not 0 < C <= 4:
+        raise UnsupportedError(f"NCHW x with {C} channels; expected 1 to 4")
+    if C * H * W >= 2**31:
+        raise UnsupportedError(f"an image of {C * H * W} elements; the kernel indexes one with 32 bits")
+    return (1 if x.dtype == np.float32 else 2), C, N, H, W
+
+
+def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, out_hw=None,
+                scale=None, bias=None, act=None, alpha=0.0, beta=0.0, out=None,
+                out_dtype=np.float16, out_channel_offset=0, layout="NHWC",
+                tactic=STEM_TILES[0], num_sms=None, stream=None):
+    """out = act(conv(x, w) * scale + bias) for C <= 4 input channels, one launch.
+
+    x:           NHWC float16 [N, H, W, 4 or 8] (``layout="NHWC"``), or NCHW float32 /
+                 float16 [N, C <= 4, H, W] C-contiguous (``layout="NCHW"``)
+    w_packed:    ``pack_weight_stem`` output [K, T, 4] float16, K % 8 == 0
+    kernel_size: (R, S) or an int, at most 7; stride 1 or 2 per dim; dilation 1
+    padding:     (top, left) or an int; bottom/right follow from ``out_hw``
+    scale, bias: float32 [K] or None (1 / 0); act: activation name or code
+    out:         optional preallocated NHWC [N, P, Q, Ctot] (float16: Ctot and the offset
+                 multiples of 8; float32: even); result in channels [offset, offset + K)
+    tactic:      a StemTile or its name; num_sms: the persistent grid's SM count
+                 (default: the device's)
+    Returns ``out``.
+    """
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
+    tile = _tile(tactic)
+    in_kind, C, N, H, W = _input_kind(x, layout)
+    R, S = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if _pair(dilation, "dilation") != (1, 1):
+        raise UnsupportedError(f"dilation {dilation}; the stem kernel takes 1")
+    if not (1 <= R <= MAX_FILTER and 1 <= S <= MAX_FILTER):
+        raise UnsupportedError(f"filter {R}x{S}; the stem kernel takes 1..{MAX_FILTER} per dim")
+    if sh not in (1, 2) or sw not in (1, 2):
+        raise UnsupportedError(f"stride {(sh, sw)}; the stem kernel takes 1 or 2 per dim")
+    if w_packed.dtype != np.float16 or w_packed.ndim != 3 or not w_packed.flags.c_contiguous \
+            or w_packed.shape[1:] != (stem_taps(R, S), 4):
+        raise UnsupportedError(f"weights {w_packed.shape} {w_packed.dtype}; expected contiguous "
+                               f"float16 [K, {stem_taps(R, S)}, 4] (pack_weight_stem, {R}x{S})")
+    K = w_packed.shape[0]
+    if K % 8 or K == 0:
+        raise UnsupportedError(f"{K} output channels; the stem kernel takes a positive multiple of 8")
+    if out_hw is None:
+        P, Q = conv_out_size(H, R, sh, ph, ph, 1), conv_out_size(W, S, sw, pw, pw, 1)
+    else:
+        P, Q = out_hw
+    if P <= 0 or Q <= 0:
+        raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
+    dt = np.dtype(out.dtype if out is not None else out_dtype)
+    if dt not in (np.float16, np.float32):
+        raise UnsupportedError(f"out dtype {dt}; valid: float16, float32")
+    out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
+    align = 8 if dt == np.float16 else 2
+    if (out_ld | out_channel_offset) % align:
+        raise UnsupportedError(f"out with {out_ld} channels at offset {out_channel_offset}; the "
+                               f"{dt} epilogue stores {align} channels at once: both multiples "
+                               f"of {align}")
+    out_f32 = dt == np.float32
+    sc, bi = _epilogue_vectors(K, scale, bias)
+    tiles = N * -(-P // tile.tp) * -(-Q // TQ)
+    grid = (max(1, min(tiles, (num_sms or _sm_count()) * tile.minb)), -(-K // BN))
+    smem = tile.smem_bytes(R, S, sh, sw, out_f32)
+    names = tuple(tile.name_expression(R, S, sh, sw, in_kind, f) for f in (False, True))
+    kern = get_function(SOURCE, names[int(out_f32)], name_expressions=names, smem_bytes=smem)
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tile.threads,),
+             (x, w_packed, out, sc, bi, i32(N), i32(H), i32(W), i32(C), i32(K), i32(P), i32(Q),
+              i32(ph), i32(pw), i32(out_ld), i32(out_channel_offset), i32(act_code(act)),
+              f32(alpha), f32(beta)),
+             shared_mem=smem)
+    return out
+
+
+def compile_all(tiles=STEM_TILES, geometry=(7, 7, 2, 2), in_kinds=(0, 1)):
+    """Compile tiles for one filter geometry (R, S, stride_h, stride_w) now; the stem is one
+    layer per network, so the engine compiles it on first use instead."""
+    for t in tiles:
+        for k in in_kinds:
+            names = tuple(t.name_expression(*geometry, k, f) for f in (False, True))
+            get_function(SOURCE, names[0], name_expressions=names,
+                         smem_bytes=t.smem_bytes(*geometry, False))
+
+
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_stem,))
