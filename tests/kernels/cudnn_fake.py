@@ -40,10 +40,12 @@ class FakeGraph:
         self.built, self.selected, self.loaded = [], None, None
         self.executed = []
         self.ops = []             # (operation, its keyword arguments) in the order defined
+        self.outputs = []         # the tensor each of ``ops`` returned
 
     def _op(self, op, **kw):
         self.ops.append((op, kw))
-        return FakeTensor(op)
+        self.outputs.append(FakeTensor(op))
+        return self.outputs[-1]
 
     def tensor(self, name, dim=None, stride=None, data_type=None, **kw):
         return FakeTensor(name, dim, stride, data_type)
