@@ -5,7 +5,8 @@ the builder beside our own kernels and kept only where it is faster.
 
 On when the cuDNN frontend is installed (``pip install 'cupyrt[cudnn]'``) unless
 ``CUPYRT_CUDNN=0``. FP16 layers only: cuDNN may run FP32 convolutions on TF32 tensor
-cores, which our FP32 layers promise not to do.
+cores, which our FP32 layers promise not to do. INT8 convolutions have their own cuDNN
+tactic (engine/gpu/cudnn_int8_tactics.py), under the same switches.
 
 The switches are read here, through engine.settings, and handed to the kernels as
 arguments: CUPYRT_CUDNN, CUPYRT_CUDNN_MAX_PLANS (plans timed per graph),
