@@ -7,13 +7,17 @@ FP16: half out):
 * INT8 fast    quantize_nchw_to_nhwc (C 3 -> 4, one pass) + conv2d_int8_smallc (best of
                SMALLC_TACTICS): 208 bytes; also the vectorised quantize_nhwc alone;
 * FP16 peer    nchw_to_nhwc_padded (half, C 3 -> 8) + conv2d_igemm_smallc (best of
-               conv_igemm.SMALLC_TACTICS), what the FP16 engine runs.
+               conv_igemm.SMALLC_TACTICS), what the FP16 engine runs; also with the generic
+               elementwise reformat it used before reformat.cu's nchw_to_nhwc_pad;
+* FP16 stem    nchw_to_nhwc_padded (half, C 3 -> 4) + conv2d_stem (conv_stem.cu, best of
+               STEM_TILES), and conv2d_stem reading the float32 NCHW input directly (no
+               reformat); both checked against the FP16 peer's output (rel L2) first.
 
 Each step is timed on its own (CUDA events, median of --reps after 3 warm-ups) and the
 totals are the sums of the best steps. The INT8 fast path's codes and outputs are
 compared with the INT8 path's (they must be equal, bit for bit) before any timing.
 
-    python3 benchmarks/bench_int8_stem.py [--out DIR] [--batch 256] [--reps 20]
+    python3 benchmarks/per_layer/bench_int8_stem.py [--out DIR] [--batch 256] [--reps 20]
 """
 from __future__ import annotations
 
@@ -52,8 +56,8 @@ def main():
 
     import cupy as cp
     from kernels import quantize as Q
-    from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, quantize_int8
-    from kernels.gpu.reformat import nchw_to_nhwc_padded
+    from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_stem, quantize_int8
+    from kernels.gpu.reformat import generic_padded, nchw_to_nhwc_padded
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     card = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -69,6 +73,7 @@ def main():
     wq16, s_w16 = conv_int8.pack_weight_int8_krsc(w)
     wsc, s_wsc = conv_int8_smallc.pack_weight_int8_smallc(w)
     w16 = conv_igemm.pack_weight_smallc(w.astype(np.float16))
+    wstem = conv_stem.pack_weight_stem(w.astype(np.float16))
     ones = cp.ones(K, cp.float32)
     print(f"{card}; stem batch {N}", flush=True)
 
@@ -77,6 +82,7 @@ def main():
     xq16 = quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
     xq4 = quantize_int8.quantize_nchw_to_nhwc(x, s_in, c_pad_to=4)
     x16 = nchw_to_nhwc_padded(x, np.float16, 8)
+    x4 = nchw_to_nhwc_padded(x, np.float16, 4)
     out8 = cp.empty((N, P, P, K), cp.int8)
     outh = cp.empty((N, P, P, K), cp.float16)
 
@@ -92,6 +98,15 @@ def main():
                                            tactic=t).get()
         exact[t.name] = bool((got == ref).all())
     print("bit-exact vs the padded INT8 path:", exact, flush=True)
+    peer = conv_igemm.conv2d_igemm_smallc(x16, w16, stride=2, padding=3, scale=ones, bias=bias,
+                                          act="RELU", kernel_s=7).get().astype(np.float64)
+    fp16_rel_l2 = {}
+    for t in conv_stem.STEM_TILES:
+        for layout, xin in (("NHWC", x4), ("NCHW", x)):
+            got = conv_stem.conv2d_stem(xin, wstem, kernel_size=7, stride=2, padding=3, scale=ones,
+                                        bias=bias, act="RELU", layout=layout, tactic=t).get()
+            fp16_rel_l2[f"{t.name}_{layout}"] = float(np.linalg.norm(got - peer) / np.linalg.norm(peer))
+    print("FP16 stem rel L2 vs conv2d_igemm_smallc:", fp16_rel_l2, flush=True)
 
     steps = {}
     steps["reformat_f32"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
@@ -113,6 +128,16 @@ def main():
     steps["conv_fp16_smallc"] = _best(cp, {t.name: (lambda t=t: conv_igemm.conv2d_igemm_smallc(
         x16, w16, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh, tactic=t,
         kernel_s=7)) for t in conv_igemm.SMALLC_TACTICS}, args.reps)
+    steps["reformat_f16_generic"] = _best(cp, {"generic_padded": lambda: generic_padded(
+        x, np.float16, 8, out=x16)}, args.reps)
+    steps["reformat_f16_c4"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
+        x, np.float16, 4, out=x4)}, args.reps)
+    steps["conv_fp16_stem"] = _best(cp, {t.name: (lambda t=t: conv_stem.conv2d_stem(
+        x4, wstem, kernel_size=7, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh,
+        tactic=t)) for t in conv_stem.STEM_TILES}, args.reps)
+    steps["conv_fp16_stem_nchw"] = _best(cp, {t.name: (lambda t=t: conv_stem.conv2d_stem(
+        x, wstem, kernel_size=7, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh,
+        layout="NCHW", tactic=t)) for t in conv_stem.STEM_TILES}, args.reps)
 
     def ms(step):
         all_ms, best = steps[step]
@@ -122,6 +147,9 @@ def main():
         "int8_vec_quantize": ms("reformat_f32") + ms("quantize_vec_c16") + ms("conv_int8_c16"),
         "int8_fast": ms("quantize_nchw_c4") + ms("conv_int8_smallc"),
         "fp16_peer": ms("reformat_f16") + ms("conv_fp16_smallc"),
+        "fp16_peer_generic_reformat": ms("reformat_f16_generic") + ms("conv_fp16_smallc"),
+        "fp16_stem": ms("reformat_f16_c4") + ms("conv_fp16_stem"),
+        "fp16_stem_direct": ms("conv_fp16_stem_nchw"),
     }
     print(f"\n{'step':22s} {'ms':>8s}  best (all)")
     for step, (all_ms, best) in steps.items():
@@ -134,6 +162,7 @@ def main():
     with open(os.path.join(args.out, "bench_int8_stem.json"), "w") as f:
         json.dump(dict(card=card, date=datetime.datetime.now().isoformat(timespec="seconds"),
                        cupy=cp.__version__, batch=N, reps=args.reps, exact=exact,
+                       fp16_stem_rel_l2=fp16_rel_l2,
                        steps={k: {"best": b, "ms": m} for k, (m, b) in steps.items()},
                        paths=paths), f, indent=1)
 

@@ -132,6 +132,14 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
     Cp = -(-C // c_to) * c_to
     if padded_kernel_reason(x, dtype, Cp, out) is None:
         return _pad_kernel(x, Cp, out if out is not None else cp.empty((N, H, W, Cp), np.float16))
+    return generic_padded(x, dtype, Cp, out)
+
+
+def generic_padded(x, dtype, Cp, out=None):
+    """``nchw_to_nhwc_padded`` through the generic elementwise kernel (any strides, any
+    dtypes; one thread per output element); public for benchmarks that compare the two."""
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
+    N, C, H, W = x.shape
     if out is None:
         out = cp.empty((N, H, W, Cp), dtype=dtype)
     key = (x.dtype.name, np.dtype(dtype).name)
