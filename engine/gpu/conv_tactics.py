@@ -124,7 +124,8 @@ class ConvStem(Tactic):
         k = layer.num_output_maps
         place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
         out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
-        if self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16):
+        if (self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16)
+                and (np.dtype(out_dtype) == np.float16 or self.tile.nchw_f32_out)):
             x_in, layout = x, "NCHW"
         else:
             x_in, layout = as_nhwc(x, np.float16, 4), "NHWC"

@@ -325,6 +325,8 @@ template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 1, 0, 3>(STEM_ARGS);
 template __global__ void conv_stem_f16<7, 7, 2, 2, 16, 4, 1, 0, 2>(STEM_ARGS);
 template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 2, 0, 3>(STEM_ARGS);
 template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 0, 1, 3>(STEM_ARGS_F32);
+template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 1, 1, 3>(STEM_ARGS_F32);
+template __global__ void conv_stem_f16<7, 7, 2, 2, 16, 4, 0, 1, 2>(STEM_ARGS_F32);
 template __global__ void conv_stem_f16<3, 3, 1, 1, 8, 4, 0, 0, 3>(STEM_ARGS);
 template __global__ void conv_stem_f16<5, 5, 2, 1, 8, 4, 1, 1, 3>(STEM_ARGS_F32);
 #undef STEM_ARGS

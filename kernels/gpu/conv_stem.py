@@ -37,6 +37,7 @@ class StemTile:
     tp: int          # output rows per tile (16 columns each)
     warps: int       # warps per CTA; each takes tp / warps rows x 64 channels
     minb: int        # CTAs per SM (__launch_bounds__ and the persistent grid)
+    nchw_f32_out: bool = True   # reads NCHW into a float32 output without register spills
 
     @property
     def threads(self) -> int:
@@ -56,10 +57,11 @@ class StemTile:
                 f"{int(bool(out_f32))},{self.minb}>")
 
 
-# ptxas (sm_90): 168 / 210 registers (250 for t16w4 reading NCHW), no spills
+# ptxas (sm_90, 7x7/2): t8w4 164-168 registers, t16w4 210-250, no spills -- except t16w4
+# reading NCHW (44 prefetch registers) into float32 (255 + 32 bytes of spills): refused
 STEM_TILES = (
     StemTile("stem_t8w4", 8, 4, 3),
-    StemTile("stem_t16w4", 16, 4, 2),
+    StemTile("stem_t16w4", 16, 4, 2, nchw_f32_out=False),
 )
 TILES_BY_NAME = {t.name: t for t in STEM_TILES}
 
@@ -173,6 +175,10 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     dt = np.dtype(out.dtype if out is not None else out_dtype)
     if dt not in (np.float16, np.float32):
         raise UnsupportedError(f"out dtype {dt}; valid: float16, float32")
+    if in_kind and dt == np.float32 and not tile.nchw_f32_out:
+        raise UnsupportedError(f"stem tile {tile.name} does not write float32 from an NCHW input "
+                               f"(its registers would spill); valid: the NHWC layout, or tiles "
+                               f"{', '.join(t.name for t in STEM_TILES if t.nchw_f32_out)}")
     out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
     align = 8 if dt == np.float16 else 2
     if (out_ld | out_channel_offset) % align:

@@ -114,6 +114,11 @@ def test_stem_matches_reference_half_out(tile, geom, kind, N, C, K):
 def test_stem_float_out_and_other_activations(tile, kind, act, alpha):
     x, w, bias = _case(3, 3, 29, 31, 64, 7, 7, seed=11)
     xin, layout = _input(x, kind)
+    if layout == "NCHW" and not tile.nchw_f32_out:
+        with pytest.raises(UnsupportedError, match="does not write float32 from an NCHW input"):
+            conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w), kernel_size=7, layout=layout,
+                                  out_dtype=np.float32, tactic=tile)
+        return
     got = conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w), kernel_size=7, stride=2,
                                 padding=3, bias=cp.asarray(bias), act=act, alpha=alpha,
                                 out=poison(cp, (3, 15, 16, 64), cp.float32), layout=layout, tactic=tile)
@@ -125,9 +130,11 @@ def test_stem_float_out_and_other_activations(tile, kind, act, alpha):
 def test_stem_writes_into_a_concat_buffer_and_nothing_else(tile, dtype, off):
     x, w, bias = _case(2, 3, 23, 21, 64, 7, 7, seed=5)
     buf = cp.full((2, 12, 11, 136), 3.5, dtype)
-    conv_stem.conv2d_stem(cp.asarray(x.astype(np.float32)), conv_stem.pack_weight_stem(w),
+    kind = "NCHW32" if dtype == np.float16 or tile.nchw_f32_out else "NHWC4"
+    xin, layout = _input(x, kind)
+    conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w),
                           kernel_size=7, stride=2, padding=3, bias=cp.asarray(bias), act="RELU",
-                          out=buf, out_channel_offset=off, layout="NCHW", tactic=tile)
+                          out=buf, out_channel_offset=off, layout=layout, tactic=tile)
     host = buf.get()
     assert rel_l2(host[..., off:off + 64], _ref(x, w, bias, (2, 2), (3, 3), "RELU")) < 2e-3
     assert (host[..., :off] == 3.5).all() and (host[..., off + 64:] == 3.5).all()

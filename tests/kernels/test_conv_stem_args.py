@@ -198,6 +198,8 @@ def _conv(x=X, w=WP, **kw):
     (dict(out=np.zeros((1, 5, 5, 12), np.float16)), "out with 12 channels at offset 0; the float16 epilogue stores 8"),
     (dict(out=np.zeros((1, 5, 5, 24), np.float16), out_channel_offset=4), "at offset 4; the float16 epilogue"),
     (dict(out=np.zeros((1, 5, 5, 9), np.float32), out_channel_offset=1), "at offset 1; the float32 epilogue stores 2"),
+    (dict(x=np.zeros((1, 3, 10, 10), np.float32), layout="NCHW", out_dtype=np.float32, tactic="stem_t16w4"),
+     "stem tile stem_t16w4 does not write float32 from an NCHW input .* valid: the NHWC layout, or tiles stem_t8w4"),
 ])
 def test_launcher_rejects_bad_arguments_before_any_device_work(args, match):
     with pytest.raises(UnsupportedError, match=match):
