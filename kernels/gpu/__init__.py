@@ -12,6 +12,7 @@ argument. Importing this package never needs a GPU (CuPy is imported lazily).
     conv_tf32        FP32 convolution on tensor cores (3xTF32 / TF32)
     conv_int8        INT8 implicit-GEMM convolution with the requantising epilogue
     conv_int8_smallc INT8 stem convolution for C <= 4
+    conv_stem        FP16 stem convolution for C <= 4 (input patch in shared memory)
     quantize_int8    FP32 / FP16 -> INT8 codes (scalar and vectorised)
     conv_gemm        cuBLAS 1x1 / FC, im2col + GEMM fallback, direct depthwise, epilogue
     conv_dw          register-blocked depthwise convolution
