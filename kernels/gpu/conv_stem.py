@@ -190,8 +190,9 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     tiles = N * -(-P // tile.tp) * -(-Q // TQ)
     grid = (max(1, min(tiles, (num_sms or _sm_count()) * tile.minb)), -(-K // BN))
     smem = tile.smem_bytes(R, S, sh, sw, out_f32)
-    names = tuple(tile.name_expression(R, S, sh, sw, in_kind, f) for f in (False, True))
-    kern = get_function(SOURCE, names[int(out_f32)], name_expressions=names, smem_bytes=smem)
+    # one instantiation per NVRTC run: a stem writes half almost always, and the build
+    # compiles it on first use (about a second each), not in precompile's pool
+    kern = get_function(SOURCE, tile.name_expression(R, S, sh, sw, in_kind, out_f32), smem_bytes=smem)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tile.threads,),
              (x, w_packed, out, sc, bi, i32(N), i32(H), i32(W), i32(C), i32(K), i32(P), i32(Q),
@@ -206,8 +207,7 @@ def compile_all(tiles=STEM_TILES, geometry=(7, 7, 2, 2), in_kinds=(0, 1)):
     layer per network, so the engine compiles it on first use instead."""
     for t in tiles:
         for k in in_kinds:
-            names = tuple(t.name_expression(*geometry, k, f) for f in (False, True))
-            get_function(SOURCE, names[0], name_expressions=names,
+            get_function(SOURCE, t.name_expression(*geometry, k, False),
                          smem_bytes=t.smem_bytes(*geometry, False))
 
 
