@@ -102,14 +102,17 @@ SETTINGS = (
     Switch("int8_smallc", _flag, True, "The INT8 stem tactic for convolutions with C <= 4.", tactics=True),
     Switch("stem_kernel", _flag, False,
            "FP16 stem tactics for convolutions with C <= 4 (kernels/cuda/conv_stem.cu: the input patch "
-           "of each tile in shared memory, the NCHW network input read directly); off until its GPU "
-           "tests have passed.", tactics=True),
+           "of each tile in shared memory, the NCHW network input read directly) and the dedicated "
+           "NCHW -> padded NHWC input reformat; off until their GPU tests have passed.", tactics=True),
     Switch("fast_quantize", _flag, True, "Vectorised FP16 -> INT8 quantize kernel.", tactics=True),
     Switch("wgmma_f16_fast_epilogue", _flag, True,
            "FP16 wgmma epilogue that prefetches the residual into shared memory (ResNet-50 FP16 "
            "b256 0.94x the time of the plain epilogue, same outputs; H200 A/B).", tactics=True),
     Switch("cudnn", _flag, True, "cuDNN frontend fused graphs as tactics (when the frontend is installed).",
            tactics=True),
+    Switch("cudnn_int8", _flag, False,
+           "cuDNN INT8 convolution graphs as INT8 tactics (conv.cudnn_i8; needs cudnn on); off until "
+           "their GPU tests have passed.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),

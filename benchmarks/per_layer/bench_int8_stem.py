@@ -81,8 +81,8 @@ def main():
     xf = nchw_to_nhwc_padded(x, np.float32, 1)
     xq16 = quantize_int8.quantize_nhwc(xf, s_in, c_pad_to=16)
     xq4 = quantize_int8.quantize_nchw_to_nhwc(x, s_in, c_pad_to=4)
-    x16 = nchw_to_nhwc_padded(x, np.float16, 8)
-    x4 = nchw_to_nhwc_padded(x, np.float16, 4)
+    x16 = nchw_to_nhwc_padded(x, np.float16, 8, dedicated=True)
+    x4 = nchw_to_nhwc_padded(x, np.float16, 4, dedicated=True)
     out8 = cp.empty((N, P, P, K), cp.int8)
     outh = cp.empty((N, P, P, K), cp.float16)
 
@@ -124,14 +124,14 @@ def main():
         xq4, wsc, s_in, s_wsc, kernel_size=7, stride=2, padding=3, bias=bias, act="RELU",
         s_out=s_out, out=out8, tactic=t)) for t in conv_int8_smallc.SMALLC_TACTICS}, args.reps)
     steps["reformat_f16"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
-        x, np.float16, 8, out=x16)}, args.reps)
+        x, np.float16, 8, out=x16, dedicated=True)}, args.reps)
     steps["conv_fp16_smallc"] = _best(cp, {t.name: (lambda t=t: conv_igemm.conv2d_igemm_smallc(
         x16, w16, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh, tactic=t,
         kernel_s=7)) for t in conv_igemm.SMALLC_TACTICS}, args.reps)
     steps["reformat_f16_generic"] = _best(cp, {"generic_padded": lambda: generic_padded(
         x, np.float16, 8, out=x16)}, args.reps)
     steps["reformat_f16_c4"] = _best(cp, {"nchw_to_nhwc_padded": lambda: nchw_to_nhwc_padded(
-        x, np.float16, 4, out=x4)}, args.reps)
+        x, np.float16, 4, out=x4, dedicated=True)}, args.reps)
     steps["conv_fp16_stem"] = _best(cp, {t.name: (lambda t=t: conv_stem.conv2d_stem(
         x4, wstem, kernel_size=7, stride=2, padding=3, scale=ones, bias=bias, act="RELU", out=outh,
         tactic=t)) for t in conv_stem.STEM_TILES}, args.reps)

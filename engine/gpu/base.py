@@ -22,6 +22,7 @@ from kernels.quantize import quantize_weights
 
 from ..int8_exec import can_run_int8, run_int8_layer
 from ..kernel_table import TACTICS, numpy_kernel
+from ..settings import settings
 from ..layer_exec import run_layer as run_on_host
 from ..types import DataType, LayerType
 from .device import cupy, device_clone
@@ -152,7 +153,7 @@ def as_nhwc(x, dtype, channels_to=1):
     v = x.transpose(0, 2, 3, 1)
     if v.dtype == dtype and v.flags.c_contiguous and v.shape[3] % channels_to == 0:
         return v
-    return nchw_to_nhwc_padded(x, dtype, channels_to)
+    return nchw_to_nhwc_padded(x, dtype, channels_to, dedicated=settings().stem_kernel)
 
 
 def nchw_view(y_nhwc):

@@ -302,7 +302,13 @@ def precompile_for(network, meta, input_shapes, alternatives=None):
     last_report.update(seconds=0.0, items={})
     if not s.precompile:
         return 0.0
-    listed = network_items(network, meta, input_shapes, alternatives, current=s)
+    try:
+        listed = network_items(network, meta, input_shapes, alternatives, current=s)
+    except Exception as e:     # noqa: BLE001  (a listing bug must not fail the build)
+        int8 = any(str(p).endswith("INT8") for p in (meta.get("precisions") or {}).values())
+        log.warning("precompile: the tiles of this build could not be listed (%s: %s); compiling "
+                    "every tile%s", type(e).__name__, e, " (INT8 ones too)" if int8 else "")
+        listed = work_items(int8=int8, current=s)
     items = _new(listed)
     timed, seconds = _compile(items, s.precompile_workers)
     last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items),
@@ -338,8 +344,13 @@ def start_for(network, meta, input_shapes, alternatives):
     s = settings()
     if not s.precompile or not alternatives or s.precompile_workers <= 1:
         return _Later()
-    items = _new(network_items(network, meta, input_shapes, alternatives, scheduled=False,
-                               current=s))
+    try:
+        items = _new(network_items(network, meta, input_shapes, alternatives, scheduled=False,
+                                   current=s))
+    except Exception as e:     # noqa: BLE001  (they compile on first use instead)
+        log.warning("precompile: the other precisions' tiles could not be listed (%s: %s); they "
+                    "compile on first use", type(e).__name__, e)
+        items = []
     if not items:
         return _Later()
     log.info("compiling %d tiles of other precisions in the background", len(items))

@@ -117,20 +117,22 @@ def _pad_kernel(x, Cp, out):
     return out
 
 
-def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None):
+def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None, dedicated=False):
     """[N, C, H, W] (any strides, any float dtype) -> contiguous [N, H, W, Cp] of
     ``dtype`` with Cp = C rounded up to ``c_to`` and the extra channels zero: the
     cast, the transpose and the padding in one pass (the network input of a
     tensor-core stem convolution, where three separate copies used to cost more
     than the convolution).
 
-    C-contiguous float32/float16 input to float16 with Cp = 4 or 8 (the stem's case)
-    takes reformat.cu's ``nchw_to_nhwc_pad``; anything else the generic elementwise
-    kernel, which applies any strides itself."""
+    With ``dedicated``, C-contiguous float32/float16 input to float16 with Cp = 4 or 8
+    (the stem's case) takes reformat.cu's ``nchw_to_nhwc_pad``; anything else, and every
+    call without it, the generic elementwise kernel, which applies any strides itself.
+    (The engine asks for the dedicated kernel under its stem_kernel setting: not yet
+    run on a GPU.)"""
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     N, C, H, W = x.shape
     Cp = -(-C // c_to) * c_to
-    if padded_kernel_reason(x, dtype, Cp, out) is None:
+    if dedicated and padded_kernel_reason(x, dtype, Cp, out) is None:
         return _pad_kernel(x, Cp, out if out is not None else cp.empty((N, H, W, Cp), np.float16))
     return generic_padded(x, dtype, Cp, out)
 

@@ -290,3 +290,26 @@ def test_build_meta_counts_the_tiles_precompiled(fake_gpu, monkeypatch):
     every = len(precompile.work_items(int8=True))
     assert meta["precompile_tiles"] == {"tiles": 1, "compiled": 1, "of": every, "later_tiles": 0,
                                         "later_seconds": 0.0}
+
+
+def test_a_listing_failure_falls_back_to_every_tile_and_never_fails_the_build(no_wgmma, monkeypatch, caplog):
+    """A bug in listing a network's tiles must not fail its build: the up-front compile
+    takes every tile (the INT8 ones for an INT8 build), the background one nothing."""
+    calls = []
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setattr(precompile, "_compile", lambda items, workers: (
+        calls.append({tuple(i[:2]) for i in items}), ({}, 1.0))[1])
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "4")
+
+    def broken(*a, **k):
+        raise KeyError("no such layer")
+    monkeypatch.setattr(precompile, "network_items", broken)
+    e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
+    with caplog.at_level("WARNING"):
+        assert precompile.precompile_for(e.network, e.meta, {"x": (2, 16, 8, 8)}) == 1.0
+        assert precompile.start_for(e.network, e.meta, {"x": (2, 16, 8, 8)}, {"conv": "FLOAT"}).wait() == 0.0
+    assert calls == [{tuple(i[:2]) for i in precompile.work_items(int8=False)}]
+    assert "could not be listed (KeyError" in caplog.text and "compiling every tile" in caplog.text
+    monkeypatch.setattr(precompile, "_compiled", set())
+    precompile.precompile_for(e.network, {"precisions": {"conv": "DataType.INT8"}}, {"x": (2, 16, 8, 8)})
+    assert calls[1] == {tuple(i[:2]) for i in precompile.work_items(int8=True)}

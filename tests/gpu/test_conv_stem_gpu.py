@@ -26,7 +26,7 @@ def test_padded_reformat_kernel_equals_numpy(dtype, Cp, N, C, H, W):
     x = np.random.default_rng(N * C + H).standard_normal((N, C, H, W)).astype(dtype)
     assert padded_kernel_reason(x, np.float16, Cp) is None          # the dedicated kernel
     out = cp.full((N, H, W, Cp), np.nan, cp.float16)
-    got = nchw_to_nhwc_padded(cp.asarray(x), np.float16, Cp, out=out)
+    got = nchw_to_nhwc_padded(cp.asarray(x), np.float16, Cp, out=out, dedicated=True)
     assert got is out
     ref = np.zeros((N, H, W, Cp), np.float16)
     ref[..., :C] = x.transpose(0, 2, 3, 1).astype(np.float16)
@@ -41,12 +41,12 @@ def test_padded_reformat_misaligned_planes_and_the_generic_fallback():
     assert padded_kernel_reason(xd, np.float16, 4) is None      # the kernel, scalar loads
     ref = np.zeros((2, 4, 5, 4), np.float16)
     ref[..., :3] = x.transpose(0, 2, 3, 1).astype(np.float16)
-    np.testing.assert_array_equal(nchw_to_nhwc_padded(xd, np.float16, 4).get(), ref)
+    np.testing.assert_array_equal(nchw_to_nhwc_padded(xd, np.float16, 4, dedicated=True).get(), ref)
     # strided input: the generic kernel, same values; and the generic kernel on the
     # contiguous input equals the dedicated one
     xs = cp.asarray(x.transpose(0, 2, 3, 1).copy()).transpose(0, 3, 1, 2)
     assert padded_kernel_reason(xs, np.float16, 4) is not None
-    np.testing.assert_array_equal(nchw_to_nhwc_padded(xs, np.float16, 4).get(), ref)
+    np.testing.assert_array_equal(nchw_to_nhwc_padded(xs, np.float16, 4, dedicated=True).get(), ref)
     np.testing.assert_array_equal(generic_padded(cp.asarray(x), np.float16, 4).get(), ref)
 
 

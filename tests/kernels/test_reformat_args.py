@@ -48,3 +48,29 @@ def test_huge_images_and_batches_are_left_to_the_generic_kernel():
     assert "2**31" in padded_kernel_reason(Big((1, 3, 32768, 32768)), np.float16, 4)
     assert "batch > 65535" in padded_kernel_reason(Big((65536, 3, 8, 8)), np.float16, 4)
     assert padded_kernel_reason(Big((65535, 3, 224, 224)), np.float16, 8) is None
+
+
+def test_the_dedicated_kernel_runs_only_when_asked(monkeypatch):
+    """Without ``dedicated`` every reformat takes the generic kernel (the dedicated one has
+    not run on a GPU yet); with it, the cases the rule admits take the dedicated kernel."""
+    from kernels.gpu import reformat as R
+    calls = []
+    monkeypatch.setattr(R, "_pad_kernel", lambda x, Cp, out: calls.append(("dedicated", Cp)) or out)
+    monkeypatch.setattr(R, "generic_padded", lambda x, dtype, Cp, out=None: calls.append(("generic", Cp)) or out)
+    out4, out8 = np.empty((2, 5, 7, 4), np.float16), np.empty((2, 5, 7, 8), np.float16)
+    assert R.nchw_to_nhwc_padded(_x(), np.float16, 4, out=out4) is out4
+    assert R.nchw_to_nhwc_padded(_x(), np.float16, 8, out=out8, dedicated=True) is out8
+    R.nchw_to_nhwc_padded(_x(dtype=np.float64), np.float16, 4, out=out4, dedicated=True)
+    assert calls == [("generic", 4), ("dedicated", 8), ("generic", 4)]
+
+
+def test_the_engine_asks_for_it_under_the_stem_kernel_setting(monkeypatch):
+    from engine.gpu import base
+    seen = []
+    monkeypatch.setattr(base, "nchw_to_nhwc_padded",
+                        lambda x, dtype, c_to, dedicated=False: seen.append(dedicated))
+    x = _x()
+    base.as_nhwc(x, np.float16, 4)
+    monkeypatch.setenv("CUPYRT_STEM_KERNEL", "1")
+    base.as_nhwc(x, np.float16, 4)
+    assert seen == [False, True]
