@@ -23,7 +23,7 @@ import logging
 
 import numpy as np
 
-from kernels.gpu import conv_int8, cudnn_graphs, cudnn_int8, cudnn_workers
+from kernels.gpu import conv_int8, cudnn_int8
 
 from ..execution import EngineSchedule
 from ..int8_exec import TRANSPARENT, can_run_int8, consumers
@@ -31,7 +31,7 @@ from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import float_kind, int8_out_dtype
 from .conv_int8_tactics import ConvInt8
-from .cudnn_tactics import _runtime_reason, _window, plan_options
+from .cudnn_tactics import _runtime_reason, _window, plan_options, queue_network_once
 
 log = logging.getLogger(__name__)
 
@@ -160,24 +160,6 @@ def prefetch_int8_network(layer, batch, options=None, device_id=None, fp16=True)
     """Queue the INT8 graph plans of every convolution of ``layer``'s network that an INT8
     build would run through this tactic (``int8_specs``), once per network and batch;
     returns the number of plans queued."""
-    options = options or plan_options()
-    if options["workers"] < 1:
-        return 0
     net = layer._network
-    done = net.__dict__.setdefault("_cudnn_int8_prefetched", set())
-    if batch in done:
-        return 0
-    done.add(batch)
-    specs = int8_specs(net, batch, fp16)
-    if not specs:
-        return 0
-    device_id = cupy().cuda.Device().id if device_id is None else device_id
-    workers = cudnn_workers.shared(options["workers"])
-    device_name = None
-    if options["store"] is not None:
-        device_name = cudnn_graphs._device_name(device_id)
-    queued = sum(cudnn_graphs.prefetch(spec, device_id, workers, options["max_plans"], options["store"],
-                                       device_name) for spec in specs)
-    log.info("cuDNN INT8: %d plans of %d graphs of %s queued on %d worker processes", queued, len(specs),
-             net, options["workers"])
-    return queued
+    return queue_network_once(net, batch, "int8", lambda: int8_specs(net, batch, fp16), options, device_id,
+                              "cuDNN INT8")

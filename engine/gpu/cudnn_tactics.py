@@ -222,27 +222,34 @@ def prefetch_network(layer, batch, options=None, device_id=None):
     with another dynamic dimension is left to build on its first run. Layers that run in
     another precision are not known here (the builder's choice): an INT8 build may queue
     a few plans it never uses, compiled in the workers and dropped."""
+    net = layer._network
+    return queue_network_once(
+        net, batch, "fp16", lambda: [spec for spec in (_prefetch_spec(other, batch) for other in net._layers)
+                                     if spec is not None],
+        options, device_id, "cuDNN")
+
+
+def queue_network_once(net, batch, tag, make_specs, options=None, device_id=None, what="cuDNN"):
+    """Queue on the plan workers the plans of the graph specs ``make_specs()`` lists for
+    ``net`` at ``batch``, once per network, batch and ``tag`` (the FP16 and the INT8
+    tactics each queue their own); returns the number of plans queued."""
     options = options or plan_options()
     if options["workers"] < 1:
         return 0
-    net = layer._network
     done = net.__dict__.setdefault("_cudnn_prefetched", set())
-    if batch in done:
+    if (tag, batch) in done:
         return 0
-    done.add(batch)
+    done.add((tag, batch))
+    specs = make_specs()
+    if not specs:
+        return 0
     device_id = cupy().cuda.Device().id if device_id is None else device_id
     workers = cudnn_workers.shared(options["workers"])
-    device_name = None
-    queued = 0
-    for other in net._layers:
-        spec = _prefetch_spec(other, batch)
-        if spec is None:
-            continue
-        if device_name is None and options["store"] is not None:
-            device_name = cudnn_graphs._device_name(device_id)
-        queued += cudnn_graphs.prefetch(spec, device_id, workers, options["max_plans"], options["store"],
-                                        device_name)
-    log.info("cuDNN: %d plans of %s queued on %d worker processes", queued, net, options["workers"])
+    device_name = cudnn_graphs._device_name(device_id) if options["store"] is not None else None
+    queued = sum(cudnn_graphs.prefetch(spec, device_id, workers, options["max_plans"], options["store"],
+                                       device_name) for spec in specs)
+    log.info("%s: %d plans of %d graphs of %s queued on %d worker processes", what, queued, len(specs),
+             net, options["workers"])
     return queued
 
 

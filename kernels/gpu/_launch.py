@@ -6,6 +6,17 @@ from .errors import UnsupportedError
 
 BLOCK = 256
 MAX_BLOCKS = 1 << 20   # grid-stride loops cover the rest
+# filter layouts the weight packers take -> the transpose to KRSC (the NHWC filter)
+WEIGHT_LAYOUTS = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
+
+
+def to_krsc(w, layout):
+    """A rank-4 filter in ``layout`` (KCRS, TensorFlow's RSCK, or KRSC) as a KRSC view
+    (NumPy or CuPy, no copy); UnsupportedError for another rank or layout."""
+    if w.ndim != 4 or layout not in WEIGHT_LAYOUTS:
+        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 in "
+                               f"one of {', '.join(WEIGHT_LAYOUTS)}")
+    return w.transpose(WEIGHT_LAYOUTS[layout])
 
 
 def grid_1d(total, block=BLOCK):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activation import act_code
+from ._launch import to_krsc
 from .compile import f32, get_function, i32
 from .errors import UnsupportedError
 from .family import KernelFamily
@@ -138,13 +139,7 @@ def pack_weight_krsc(w, layout="KCRS", c_pad_to=8, dtype=np.float16):
     Accepts NumPy or CuPy; returns CuPy.
     """
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
-    w = cp.asarray(w)
-    if w.ndim != 4:
-        raise UnsupportedError(f"weights of rank {w.ndim}; expected 4 ({layout})")
-    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
-    if layout not in perm:
-        raise UnsupportedError(f"weight layout {layout!r}; valid: {', '.join(perm)}")
-    w = w.transpose(perm[layout])
+    w = to_krsc(cp.asarray(w), layout)
     K, R, S, C = w.shape
     Cp = -(-C // c_pad_to) * c_pad_to
     out = cp.zeros((K, R, S, Cp), dtype=dtype)
@@ -414,12 +409,7 @@ def pack_weight_smallc(w, layout="KCRS", dtype=np.float16):
     the reduction; an odd S gets a zero tap S. Accepts NumPy or CuPy.
     """
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
-    w = cp.asarray(w)
-    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
-    if w.ndim != 4 or layout not in perm:
-        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 in "
-                               f"one of {', '.join(perm)}")
-    w = w.transpose(perm[layout])
+    w = to_krsc(cp.asarray(w), layout)
     K, R, S, C = w.shape
     if C > 4:
         raise UnsupportedError(f"small-C convolution takes C <= 4 input channels; got {C} "

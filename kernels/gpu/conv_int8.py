@@ -29,6 +29,7 @@ import numpy as np
 
 from ..quantize import quantize_weights
 from .activation import act_code
+from ._launch import to_krsc
 from .compile import f32, get_function, i32
 from .conv_igemm import _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
@@ -116,12 +117,7 @@ def pack_weight_int8_krsc(w, layout="KCRS", c_pad_to=C_ALIGN):
     """
     import cupy as cp  # optional dependency: only where the weights go to the device
     w = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float32)
-    if w.ndim != 4:
-        raise UnsupportedError(f"weights of rank {w.ndim}; expected 4 ({layout})")
-    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
-    if layout not in perm:
-        raise UnsupportedError(f"weight layout {layout!r}; valid: {', '.join(perm)}")
-    w = np.ascontiguousarray(w.transpose(perm[layout]))       # KRSC
+    w = np.ascontiguousarray(to_krsc(w, layout))
     q, s = quantize_weights(w)                                # per axis 0 = K
     K, R, S, C = q.shape
     Cp = -(-C // c_pad_to) * c_pad_to

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quantize import quantize_weights
+from ._launch import to_krsc
 from .compile import get_function
 from .conv_igemm import _pair
 from .conv_int8 import OUT_CODES, Int8Tactic, _int8_launch_args, int8_geometry
@@ -87,11 +88,7 @@ def pack_weight_int8_smallc(w, layout="KCRS", host=False):
     "RSCK" or "KRSC". ``host=True`` returns NumPy arrays (no device).
     """
     w = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float32)
-    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
-    if w.ndim != 4 or layout not in perm:
-        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 "
-                               f"in one of {', '.join(perm)}")
-    w = np.ascontiguousarray(w.transpose(perm[layout]))       # KRSC
+    w = np.ascontiguousarray(to_krsc(w, layout))
     K, R, S, C = w.shape
     if not 0 < C <= 4:
         raise UnsupportedError(f"small-C convolution takes 1 to 4 input channels; got {C} "

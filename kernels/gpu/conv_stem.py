@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activation import act_code
+from ._launch import to_krsc
 from .compile import f32, get_function, i32
 from .conv_igemm import _epilogue_vectors, _pair, _sm_count, conv_out_size, prepare_output
 from .errors import UnsupportedError
@@ -79,12 +80,7 @@ def pack_weight_stem(w, layout="KCRS", dtype=np.float16, host=False):
         xp = np
     else:
         import cupy as xp  # optional dependency: CuPy only where a kernel is compiled or launched
-    w = xp.asarray(w)
-    perm = {"KCRS": (0, 2, 3, 1), "RSCK": (3, 0, 1, 2), "KRSC": (0, 1, 2, 3)}
-    if w.ndim != 4 or layout not in perm:
-        raise UnsupportedError(f"weights of rank {w.ndim} in layout {layout!r}; expected rank 4 in "
-                               f"one of {', '.join(perm)}")
-    w = w.transpose(perm[layout])
+    w = to_krsc(xp.asarray(w), layout)
     K, R, S, C = w.shape
     if not 0 < C <= 4:
         raise UnsupportedError(f"the stem kernel takes 1 to 4 input channels; got {C}")

@@ -2,7 +2,7 @@
 why, that it is an INT8 candidate of every convolution, the state it shares with ConvInt8
 (weight codes, scales, the epilogue vectors), and which INT8 graphs an INT8 build queues
 ahead (layers expected in INT8, their output and residual storage)."""
-import concurrent.futures as futures
+import os
 import sys
 import types
 
@@ -15,6 +15,8 @@ from engine.types import DataType
 from kernels import quantize as Q
 from kernels.gpu import cudnn_graphs as G
 from kernels.gpu import cudnn_workers as W
+sys.path.insert(0, os.path.dirname(__file__))
+from test_cudnn_tactics import Workers  # noqa: E402  (this folder's stand-in plan workers)
 
 RNG = np.random.default_rng(11)
 
@@ -197,15 +199,6 @@ def test_expected_int8_layers_keep_data_movement_only_between_int8_layers():
     drop.get_output(0).set_dynamic_range(-2.0, 2.0)
     net.mark_output(net.add_activation(drop.get_output(0), rt.ActivationType.SIGMOID).get_output(0))
     assert CIT.expected_int8_layers(net) == {a.name, keep.name, b.name}
-
-
-class Workers:
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, spec, device_id, index):
-        self.submitted.append((spec, device_id, index))
-        return futures.Future()
 
 
 def test_prefetch_queues_the_int8_graphs_once_per_network_and_batch(monkeypatch):
