@@ -94,7 +94,14 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     cache = os.path.join(tempfile.mkdtemp(), f"{name}_{precision}.cache")
     kernel_dir = os.environ.get("CUPY_CACHE_DIR", "")
     empty_kernel_cache = not (os.path.isdir(kernel_dir) and os.listdir(kernel_dir))
+    if profile:                       # where the cold build's seconds go (cProfile adds a little)
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
     plan, cold, src_layers = build(name, model, precision, max(batches), cache)
+    if profile:
+        prof.disable()
+        write_build_profile(prof, os.path.join(out_dir, f"build_profile_{name}_{precision}.txt"))
     from engine.gpu import precompile
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()
@@ -106,7 +113,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "kernels": kinds, "phases": engine.meta.get("build_seconds"),
               "precisions": _count(engine.meta.get("precisions", {}).values()),
               "precision_moves": engine.meta.get("precision_moves", []),
-              "precompile_s": compiled, "kernel_cache_empty": empty_kernel_cache}
+              "precompile_s": compiled, "kernel_cache_empty": empty_kernel_cache,
+              "cold_build_profiled": bool(profile)}
     log.info("[build] %s %s: %d -> %d layers, cold %.1f s, cached %.1f s, kernels %s, cuDNN graphs %s",
              name, precision, src_layers, engine.num_layers, cold, warm, kinds, _cudnn_stats())
     ctx = engine.create_execution_context()
@@ -146,6 +154,18 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
         with open(os.path.join(out_dir, f"profile_{name}_{precision}.txt"), "w") as f:
             f.write(ctx2.profiler.table())
     return record, rows
+
+
+def write_build_profile(prof, path, lines=45):
+    """A build's cProfile as text: the functions by cumulative time, then by own time."""
+    import io
+    import pstats
+    with open(path, "w") as f:
+        for key in ("cumulative", "tottime"):
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats(key).print_stats(lines)
+            f.write(f"## by {key}\n{text.getvalue()}\n")
+    log.info("build profile: %s", path)
 
 
 def torch_input(n, precision):

@@ -125,3 +125,20 @@ def test_ab_passes_left_out_of_b_must_be_builder_passes():
 def test_ab_without_anything_to_compare_says_so():
     with pytest.raises(SystemExit, match="nothing to compare"):
         runner.main(["ab", "bert"])
+
+
+def test_build_profile_lists_the_slow_function_by_cumulative_and_own_time(tmp_path):
+    import cProfile
+    from benchmarks import models
+
+    def slow_builder_step():
+        return sum(i * i for i in range(200_000))
+    prof = cProfile.Profile()
+    prof.enable()
+    slow_builder_step()
+    prof.disable()
+    path = tmp_path / "build_profile.txt"
+    models.write_build_profile(prof, str(path), lines=10)
+    text = path.read_text()
+    assert text.index("## by cumulative") < text.index("## by tottime")
+    assert text.count("slow_builder_step") == 2
