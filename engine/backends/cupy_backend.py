@@ -248,6 +248,10 @@ class CupyBackend:
                 self._capturable[key] = min(capt, key=lambda t: ms[t.name])
             for t in cands:
                 if t.name == hit["tactic"]:
+                    # the cached measurements stand for this layer's too (a repeated block's
+                    # layers, a rebuild from the timing cache): reports read them per layer
+                    self.timings[layer.name] = {k: (None if v is None or math.isinf(v) else v)
+                                                for k, v in ms.items()}
                     return t
         fast = [t for t in cands if t is not T.HOST]
         if len(fast) == 1 and fast[0] in (T.GENERIC, T.INT8_EMULATION):

@@ -300,3 +300,32 @@ def test_the_builder_times_tactics_through_the_backend_not_the_runtime(fake_gpu,
     assert len(seen) == 1 and meta["kernels"][conv_name(meta)] == "inject.fast"
     assert seen[0].backend.selected == meta["kernels"]
     assert [layer.name for layer, _, _ in seen[0].schedule()] == list(meta["kernels"])
+
+
+def test_a_build_served_from_the_timing_cache_still_reports_the_measurements(fake_gpu, monkeypatch,
+                                                                             tmp_path):
+    """The second build takes its choice from the timing cache (nothing timed again) and
+    its meta carries the cached per-tactic milliseconds, as the first build's does."""
+    for layer_type in list(kernel_table.TACTICS):
+        monkeypatch.setitem(kernel_table.TACTICS, layer_type, [])
+    monkeypatch.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION,
+                        [Injected("inject.slow", 0.7), Injected("inject.fast", 0.2),
+                         Injected("inject.bad", 0.1, "launch")])
+    metas = []
+    for _ in range(2):
+        b, net = conv_net()
+        cfg = b.create_builder_config()
+        cfg.backend = "cupy"
+        cfg.timing_cache_path = str(tmp_path / "t.cache")
+        plan = b.build_serialized_network(net, cfg)
+        metas.append(rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta)
+        monkeypatch.setattr(cupy_backend, "_caches", {})          # a new process would read the file
+    first, second = metas
+    layer = conv_name(first)
+    assert second["kernels"][layer] == first["kernels"][layer] == "inject.fast"
+    assert second["timing_cache_hits"] >= 1 and second["timing_cache_misses"] == 0
+    assert second["tactic_ms"][layer].keys() == first["tactic_ms"][layer].keys()
+    for name, ms in first["tactic_ms"][layer].items():     # the cache keeps them rounded
+        assert second["tactic_ms"][layer][name] == (None if ms is None else pytest.approx(ms, abs=1e-6))
+    assert second["tactic_ms"][layer]["inject.fast"] == pytest.approx(0.2)
+    assert second["tactic_ms"][layer]["inject.bad"] is None
