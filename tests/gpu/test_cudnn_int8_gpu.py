@@ -212,7 +212,13 @@ def _one_code(engine, name):
     return float(Q.scale_from_amax(max(abs(lo), abs(hi))))
 
 
-def test_int8_engine_times_cudnn_beside_its_own_kernels_and_matches_the_emulation():
+@pytest.fixture
+def cudnn_int8_on(monkeypatch):
+    """The tactic is off by default (the cudnn_int8 setting) until these tests have passed."""
+    monkeypatch.setenv("CUPYRT_CUDNN_INT8", "1")
+
+
+def test_int8_engine_times_cudnn_beside_its_own_kernels_and_matches_the_emulation(cudnn_int8_on):
     import engine as rt
     net, data, feeds = _int8_network()
     ref = _build(net, data, "numpy").create_execution_context().execute(feeds)
@@ -231,7 +237,7 @@ def test_int8_engine_times_cudnn_beside_its_own_kernels_and_matches_the_emulatio
         assert d.max() <= _one_code(eng, name), (name, d.max(), eng.backend.selected)
 
 
-def test_int8_engine_with_cudnn_forced_matches_the_emulation_and_replays():
+def test_int8_engine_with_cudnn_forced_matches_the_emulation_and_replays(cudnn_int8_on):
     import engine as rt
     net, data, feeds = _int8_network()
     ref = _build(net, data, "numpy").create_execution_context().execute(feeds)
