@@ -132,6 +132,7 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
     (``scheduled=False``: only those). Each item once, in the order first met."""
     s = current or settings()
     engine = EngineSchedule(network, meta, backend=None)
+    stores = {}        # item key -> the output dtypes its layers store (families that take them)
     shapes = engine.infer_shapes(input_shapes)
     tf32 = "TF32" in meta.get("flags", ())
     alternatives = alternatives or {}
@@ -143,19 +144,34 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
             stored[id(t)] = d
         in_shapes = tuple(None if t is None else shapes[id(t)] for t in layer._inputs)
         dtypes = [None if t is None else stored[id(t)] for t in layer._inputs]
-        runs = [(precision, dtypes)] if scheduled else []
+        outs = {np.dtype(d.to_numpy()).name for d in out_dtypes[:1]}
+        runs = [(precision, dtypes, outs)] if scheduled else []
         alt = alternatives.get(layer.name)
         if alt is not None and alt != precision:
             flt = _float_storage(alt)
-            runs.append((alt, [flt if d == DataType.INT8 else d for d in dtypes]))
-        for p, ds in runs:
+            # out of its precision a layer may store either float type (its consumers decide)
+            runs.append((alt, [flt if d == DataType.INT8 else d for d in dtypes], {"float16", "float32"}))
+        for p, ds, out_names in runs:
             names = tuple(None if d is None else np.dtype(d.to_numpy()).name for d in ds)
             for item in layer_items(layer, in_shapes, names, p, tf32, s, index):
                 key = _item_key(item)
                 if key not in seen:
                     seen.add(key)
                     items.append(item)
+                stores.setdefault(key, set()).update(out_names)
+    for item in items:
+        if item[0] in _BY_OUTPUT:
+            item[2] = dict(item[2], out_dtypes=_BY_OUTPUT[item[0]](stores[_item_key(item)]))
     return items
+
+
+def _float_outputs(names):
+    return sorted(n for n in names if n in ("float16", "float32")) or ["float16"]
+
+
+# families whose compile takes the output dtypes to build (one NVRTC run each): the
+# dtypes a network's layers store, as that family's tiles can write them
+_BY_OUTPUT = {"conv_igemm": _float_outputs, "conv_wgmma": lambda names: sorted(names) or ["float16"]}
 
 
 def _item_key(item):

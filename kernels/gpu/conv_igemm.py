@@ -452,22 +452,23 @@ def conv2d_igemm_smallc(x, w_pairs, *, stride=1, padding=0, dilation=1, out_hw=N
 
 
 def _kernel(tactic: ConvTactic, out_f32: bool):
-    name = tactic.name_expression(out_f32)
-    # compile both output types in one module: one NVRTC run per tile shape
-    # (split-K: one FP32-partials kernel)
-    names = ((name,) if tactic.kind == "splitk"
-             else (tactic.name_expression(False), tactic.name_expression(True)))
-    return get_function(SOURCE, name, name_expressions=names, smem_bytes=tactic.smem_bytes)
+    # one instantiation per NVRTC run: an FP16 network's layers almost all store half, and
+    # compiling the float32-output instantiation beside it doubled the work of every tile
+    # (split-K: one FP32-partials kernel whatever the output)
+    name = tactic.name_expression(out_f32 and tactic.kind != "splitk")
+    return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=tactic.smem_bytes)
 
 
-def compile_all(tactics=IGEMM_TACTICS):
-    """Compile every tactic now (build time rather than first use)."""
+def compile_all(tactics=IGEMM_TACTICS, out_dtypes=(np.float16, np.float32)):
+    """Compile these tactics for these output dtypes now (build time rather than first
+    use); split-K tiles compile their one kernel and the shared epilogue module."""
     for t in tactics:
-        _kernel(t, False)
-        if t.kind != "splitk":
-            _kernel(t, True)
-        else:
+        if t.kind == "splitk":
+            _kernel(t, False)
             get_function(SOURCE, _EPI_NAMES[0], name_expressions=_EPI_NAMES)
+            continue
+        for dt in out_dtypes:
+            _kernel(t, np.dtype(dt) == np.float32)
 
 
 FAMILY = KernelFamily(SOURCE, compile=compile_all,

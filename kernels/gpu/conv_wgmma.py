@@ -141,15 +141,15 @@ def compile_all(tactics=TACTICS + INT8_TACTICS, out_dtypes=None, fast=False):
     """Compile the given tactics now (build time rather than first use).
 
     ``out_dtypes`` default: float16 for the FP16 tactics, int8 for the INT8 ones;
-    ``fast``: the FP16 tactics' FAST instantiations too.
+    ``fast``: the FP16 tactics' FAST instantiations instead of the plain ones (a launch
+    with ``fast_epilogue`` runs the FAST one only: compiling both cost the precompile
+    twice the FP16 modules).
     """
     require_available()
     for t in tactics:
         dts = out_dtypes or ((np.float16,) if t.kind == "wgmma" else (np.int8,))
         for dt in dts:
-            _kernel(t, dt)
-            if fast and t.kind == "wgmma":
-                _kernel(t, dt, fast=True)
+            _kernel(t, dt, fast=fast and t.kind == "wgmma")
 
 
 def _grid(tactic, M, K):
@@ -269,15 +269,16 @@ def conv2d_wgmma_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, o
     return out
 
 
-def _compile_for_builds(tactics, fast_epilogue=False):
-    """What precompile builds: FP16 tiles for float16 and float32 output (and their FAST
-    instantiations when the engine's fast-epilogue setting is on), INT8 tiles for int8,
-    float16 and float32 output."""
+def _compile_for_builds(tactics, fast_epilogue=False, out_dtypes=None):
+    """What precompile builds: FP16 tiles (the FAST instantiations when the engine's
+    fast-epilogue setting is on) for ``out_dtypes`` (default float16 and float32), INT8
+    tiles for those of ``out_dtypes`` an INT8 tile writes (default int8, float16, float32)."""
     for t in tactics:
         if t.kind == "wgmma":
-            compile_all((t,), out_dtypes=(np.float16, np.float32), fast=fast_epilogue)
+            dts = [d for d in (out_dtypes or (np.float16, np.float32)) if np.dtype(d) != np.int8]
+            compile_all((t,), out_dtypes=dts, fast=fast_epilogue)
         else:
-            compile_all((t,), out_dtypes=(np.int8, np.float16, np.float32))
+            compile_all((t,), out_dtypes=out_dtypes or (np.int8, np.float16, np.float32))
 
 
 FAMILY = KernelFamily(SOURCE, compile=_compile_for_builds,

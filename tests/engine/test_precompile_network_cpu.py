@@ -101,6 +101,30 @@ def test_fp16_conv_net_lists_mma_tiles_only_and_the_stem_tiles_for_a_small_c_ste
     assert listed(wide) == FP16_CONV | names(conv_igemm.IGEMM_TACTICS_NARROW)   # no stem tiles
 
 
+def test_conv_tiles_compile_only_the_output_dtypes_their_layers_store(no_wgmma):
+    """FP16 convolutions store half, the network's output conv float32 (as declared):
+    a tile both can run compiles both, the stem and narrow tiles only their layer's."""
+    e, _ = built(*conv_network(c_in=3, fc=False), rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"x": SHAPE})
+    outs = {tile: opts["out_dtypes"] for fam, tile, opts in items}
+    assert {tuple(v) for v in outs.values()} == {("float16",), ("float16", "float32")}
+    assert {t: outs[t] for t in names(conv_igemm.SMALLC_TACTICS, conv_igemm.IGEMM_TACTICS_NARROW)} == \
+        {t: ["float16"] for t in names(conv_igemm.SMALLC_TACTICS, conv_igemm.IGEMM_TACTICS_NARROW)}
+    assert all(outs[t] == ["float16", "float32"] for t in names(conv_igemm.IGEMM_TACTICS))
+    # what the family's compile then builds: one NVRTC run per (tile, output dtype)
+    runs = []
+    import kernels.gpu.conv_igemm as CI
+    orig = CI._kernel
+    try:
+        CI._kernel = lambda t, out_f32: runs.append((t.name, out_f32))
+        CI.compile_all((conv_igemm.IGEMM_TACTICS[0],), out_dtypes=["float16"])
+        CI.compile_all((conv_igemm.IGEMM_TACTICS[0],), out_dtypes=["float16", "float32"])
+    finally:
+        CI._kernel = orig
+    name = conv_igemm.IGEMM_TACTICS[0].name
+    assert runs == [(name, False), (name, False), (name, True)]
+
+
 def test_narrow_tiles_only_with_a_narrow_1x1_convolution(no_wgmma):
     e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
     assert listed(precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})) == FP16_CONV
@@ -112,7 +136,13 @@ def test_wgmma_tiles_listed_only_where_the_device_runs_them(sm90a):
     wg = [item for item in items if item[0] == "conv_wgmma"]
     assert {t for _, t, _ in wg} == names(conv_wgmma.TACTICS)    # FP16 tiles, no INT8 ones
     assert {o["fast_epilogue"] for _, _, o in wg} == {True}      # the setting's default
+    assert {tuple(o["out_dtypes"]) for _, _, o in wg} == {("float16", "float32")}  # half, the output float
     assert listed(items, conv_igemm.FAMILY) == FP16_CONV
+    b, net = conv_network(c_in=16, one_by_one=False, fc=False, ranges=True)
+    e8, _ = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)
+    i8 = {tuple(o["out_dtypes"]) for f, t, o in precompile.network_items(e8.network, e8.meta, {"x": (2, 16, 8, 8)})
+          if f == "conv_wgmma" and t in names(conv_wgmma.INT8_TACTICS)}
+    assert i8 == {("float32", "int8")}          # int8 codes between the convs, float32 out of the last
 
 
 def test_fp32_conv_net_lists_3xtf32_tiles_and_plain_tf32_only_under_the_tf32_flag(no_wgmma):
@@ -285,7 +315,7 @@ def test_build_meta_counts_the_tiles_precompiled(fake_gpu, monkeypatch):
     cfg.backend = "cupy"
     plan = b.build_serialized_network(net, cfg)
     meta = rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta
-    assert compiled == [["conv_igemm", conv_igemm.IGEMM_TACTICS[0].name, {}]]
+    assert compiled == [["conv_igemm", conv_igemm.IGEMM_TACTICS[0].name, {"out_dtypes": ["float32"]}]]
     assert meta["precompile_seconds"] == 0.5
     every = len(precompile.work_items(int8=True))
     assert meta["precompile_tiles"] == {"tiles": 1, "compiled": 1, "of": every, "later_tiles": 0,

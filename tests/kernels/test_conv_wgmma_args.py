@@ -291,3 +291,17 @@ def test_res_flags_land_in_the_f16_kernels_has_res():
     args = g.args("RELU", 0.0, 0.0, res_flags=3)
     assert len(args) == len(params) and args[params.index("has_res")] == 3
     assert g.args("RELU", 0.0, 0.0)[params.index("has_res")] == 1
+
+
+def test_compile_all_builds_the_fast_or_the_plain_fp16_instantiations_not_both(monkeypatch):
+    """A launch with fast_epilogue runs the FAST instantiation only, so a precompile for
+    it builds those alone; INT8 tiles have one kind."""
+    built = []
+    monkeypatch.setattr(W, "require_available", lambda: None)
+    monkeypatch.setattr(W, "_kernel", lambda t, dt, fast=False: built.append((t.kind, np.dtype(dt).name, fast)))
+    W.compile_all(W.TACTICS[:1] + W.INT8_TACTICS[:1], out_dtypes=(np.float16, np.float32), fast=True)
+    assert built == [("wgmma", "float16", True), ("wgmma", "float32", True),
+                     ("wgmma_int8", "float16", False), ("wgmma_int8", "float32", False)]
+    built.clear()
+    W.compile_all(W.TACTICS[:1])
+    assert built == [("wgmma", "float16", False)]
