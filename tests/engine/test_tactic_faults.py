@@ -174,7 +174,7 @@ def test_a_failing_candidate_is_skipped_and_the_build_takes_the_next(fake_gpu, m
     assert meta["kernels"][layer] == "inject.good"
     assert meta["tactic_ms"][layer]["inject.bad"] is None            # scored infinity
     assert meta["tactic_ms"][layer]["inject.good"] == pytest.approx(0.4)
-    assert meta["tactic_ms"][layer]["cupy.generic"] == pytest.approx(5.0)
+    assert "cupy.generic" not in meta["tactic_ms"][layer]           # a specialised one ran: no fallback timed
     said = [r.getMessage() for r in caplog.records if "inject.bad skipped" in r.getMessage()]
     assert len(said) == 1 and layer in said[0]
     kind = {"compile": "CompileException", "launch": "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
@@ -202,6 +202,31 @@ def test_every_specialised_candidate_failing_leaves_the_generic_tactic(fake_gpu,
     layer = conv_name(meta)
     assert meta["kernels"][layer] == "cupy.generic"
     assert all(meta["tactic_ms"][layer][f"inject.{f}"] is None for f in FAULTS)
+
+
+def test_the_generic_fallback_is_timed_only_when_it_could_matter(fake_gpu, monkeypatch):
+    """Timed when every specialised candidate failed (above), or when those that ran
+    cannot be captured into a CUDA graph while the generic tactic can; then it is the
+    layer's capturable choice, and it wins where it is faster."""
+    class Uncapturable(Injected):
+        capturable = False
+    # a layer type whose generic code a graph can capture (a convolution's goes through cuBLAS)
+    monkeypatch.setattr(T.GenericTactic, "capturable_for", lambda self, layer: True)
+    meta, _ = build(monkeypatch, [Uncapturable("inject.eager", 0.3)])
+    layer = conv_name(meta)
+    assert meta["tactic_ms"][layer]["inject.eager"] == pytest.approx(0.3)
+    assert meta["tactic_ms"][layer]["cupy.generic"] == pytest.approx(5.0)
+    assert meta["kernels"][layer] == "inject.eager"
+    monkeypatch.setattr(cupy_backend, "_caches", {})      # each build times afresh
+    meta, _ = build(monkeypatch, [Uncapturable("inject.eager", 9.0)])
+    assert meta["kernels"][conv_name(meta)] == "cupy.generic"
+    monkeypatch.setattr(cupy_backend, "_caches", {})
+    meta, _ = build(monkeypatch, [Injected("inject.capturable", 9.0)])
+    assert "cupy.generic" not in meta["tactic_ms"][conv_name(meta)]
+    monkeypatch.setattr(T.GenericTactic, "capturable_for", lambda self, layer: False)
+    monkeypatch.setattr(cupy_backend, "_caches", {})
+    meta, _ = build(monkeypatch, [Uncapturable("inject.eager", 0.3)])   # nothing a graph could take either
+    assert "cupy.generic" not in meta["tactic_ms"][conv_name(meta)]
 
 
 def test_every_device_candidate_failing_runs_the_layer_on_the_host(fake_gpu, monkeypatch, caplog):
