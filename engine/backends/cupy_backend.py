@@ -214,13 +214,14 @@ class CupyBackend:
         return timed, best, best_ms
 
     def _time_with_fallbacks(self, layer, cands, inputs, precision, out_dtypes):
-        """``_time`` over the specialised candidates first; the fallbacks (the generic
-        tactic, NumPy adapter code on CuPy arrays, and the INT8 emulation) only when none
-        of those ran, or none a CUDA graph can capture did while a fallback could. They
-        never won where a specialised kernel ran (ResNet-50 b256: a generic convolution
-        7-17 ms against 0.1-1.3 ms, H200), and timing them cost a cold build their runs
-        and the CuPy kernels they compile. Returns ({tactic: ms}, fastest or None)."""
-        fallbacks = [t for t in cands if t in (T.GENERIC, T.INT8_EMULATION)]
+        """``_time`` over the specialised candidates first; the fallbacks (``fallback``
+        tactics: the generic one, NumPy adapter code on CuPy arrays; the INT8 emulation;
+        im2col + cuBLAS for convolutions) only when none of those ran, or none a CUDA
+        graph can capture did while a fallback could. They never won where a specialised
+        kernel ran (ResNet-50 b256, BERT b1/b32 records, H200: a generic convolution 7-17
+        ms against 0.1-1.3 ms), and timing them cost a cold build their runs and the CuPy
+        kernels they compile. Returns ({tactic: ms}, fastest or None)."""
+        fallbacks = [t for t in cands if t.fallback]
         special = [t for t in cands if t not in fallbacks]
         timed, best, best_ms = self._time(layer, special, inputs, precision, out_dtypes)
         ran_capturable = any(t.capturable_for(layer) and timed[t.name] < math.inf for t in special)

@@ -36,6 +36,7 @@ class Tactic:
     capturable = True           # no cuBLAS or host sync inside: CUDA-graph safe
     int8 = False                # runs INT8 layers (int8 codes + scales), and only those
     switch = None               # a Settings field that must be on for it to be a candidate
+    fallback = False            # timed only when no specialised candidate could serve (the backend)
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         return None
@@ -71,6 +72,7 @@ def compute_inputs(xs, precision):
 
 class GenericTactic(Tactic):
     """The layer's NumPy adapter over CuPy arrays."""
+    fallback = True
     name = "cupy.generic"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
@@ -107,6 +109,7 @@ class HostTactic(Tactic):
 class Int8Emulation(Tactic):
     """INT8 layers through engine.int8_exec's exact integer arithmetic, on
     device arrays (float64 products: exact, slow; the IMMA kernels replace it)."""
+    fallback = True
     name = "int8.emulation"
     int8 = True
 

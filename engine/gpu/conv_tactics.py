@@ -193,6 +193,7 @@ class ConvIm2col(Tactic):
     name = "conv.im2col"
     capturable = False
     writes_into_concat = True
+    fallback = True             # the convolution any other kernel declines; never won where one ran
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         return conv2d_reason(layer, in_shapes)

@@ -208,6 +208,10 @@ def test_the_generic_fallback_is_timed_only_when_it_could_matter(fake_gpu, monke
     """Timed when every specialised candidate failed (above), or when those that ran
     cannot be captured into a CUDA graph while the generic tactic can; then it is the
     layer's capturable choice, and it wins where it is faster."""
+    from engine.gpu.tactics import candidates
+    tier = [t.name for t in candidates(conv_net()[1].get_layer(0)) if t.fallback]
+    assert tier == ["conv.im2col", "int8.emulation", "cupy.generic"]   # the fallback tier
+
     class Uncapturable(Injected):
         capturable = False
     # a layer type whose generic code a graph can capture (a convolution's goes through cuBLAS)
