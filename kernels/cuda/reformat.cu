@@ -83,8 +83,9 @@ nchw_to_nhwc_pad(const TI* __restrict__ x, half_t* __restrict__ y, int C, int HW
     for (int e = 0; e < 4; ++e)
 #pragma unroll
         for (int k = 0; k < CP / 2; ++k) u[e][k] = pack_h2(v[2 * k][e], v[2 * k + 1][e]);
-    if (np == 4) {
-        // 16-byte stores: y + p0 * CP halves is 32-byte aligned (p0 % 4 == 0)
+    // 16-byte stores only where yn is 16-byte aligned: p0 % 4 == 0, but with CP = 4 the
+    // image base n * HW * 8 bytes is only 8-byte aligned when H*W and n are odd
+    if (np == 4 && (reinterpret_cast<unsigned long long>(yn) & 15) == 0) {
         uint4* o = reinterpret_cast<uint4*>(yn);
         if constexpr (CP == 4) {
             o[0] = make_uint4(u[0][0], u[0][1], u[1][0], u[1][1]);
@@ -94,13 +95,13 @@ nchw_to_nhwc_pad(const TI* __restrict__ x, half_t* __restrict__ y, int C, int HW
             for (int e = 0; e < 4; ++e) o[e] = make_uint4(u[e][0], u[e][1], u[e][2], u[e][3]);
         }
     } else {
-        for (int e = 0; e < np; ++e) {
-            if constexpr (CP == 4) {
-                reinterpret_cast<uint2*>(yn)[e] = make_uint2(u[e][0], u[e][1]);
-            } else {
-                reinterpret_cast<uint4*>(yn)[e] = make_uint4(u[e][0], u[e][1], u[e][2], u[e][3]);
-            }
-        }
+        // 8-byte stores, 4 channels each (the last partial group, or an 8-byte-aligned yn)
+        uint2* o = reinterpret_cast<uint2*>(yn);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+#pragma unroll
+            for (int k = 0; k < CP / 4; ++k)
+                if (e < np) o[e * (CP / 4) + k] = make_uint2(u[e][2 * k], u[e][2 * k + 1]);
     }
 }
 

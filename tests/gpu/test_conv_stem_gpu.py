@@ -50,6 +50,21 @@ def test_padded_reformat_misaligned_planes_and_the_generic_fallback():
     np.testing.assert_array_equal(generic_padded(cp.asarray(x), np.float16, 4).get(), ref)
 
 
+@pytest.mark.parametrize("Cp", [4, 8])
+def test_padded_reformat_into_an_out_view_8_bytes_past_alignment(Cp):
+    """16-byte stores only where y is 16-byte aligned: an odd H*W at odd n (Cp = 4) and an
+    ``out`` view 8 bytes past alignment take the 8-byte stores."""
+    x = np.random.default_rng(7).standard_normal((3, 3, 7, 9)).astype(np.float32)
+    flat = cp.full(3 * 7 * 9 * Cp + 4, np.nan, cp.float16)
+    out = flat[4:].reshape(3, 7, 9, Cp)
+    assert out.data.ptr % 16 == 8 and padded_kernel_reason(x, np.float16, Cp, out) is None
+    nchw_to_nhwc_padded(cp.asarray(x), np.float16, Cp, out=out, dedicated=True)
+    ref = np.zeros((3, 7, 9, Cp), np.float16)
+    ref[..., :3] = x.transpose(0, 2, 3, 1).astype(np.float16)
+    np.testing.assert_array_equal(out.get(), ref)
+    assert np.isnan(flat[:4].get()).all()
+
+
 # ---- the convolution --------------------------------------------------------------------
 
 def _case(N, C, H, W, K, R, S, seed):
