@@ -125,6 +125,12 @@ def _input_kind(x, layout):
     return (1 if x.dtype == np.float32 else 2), C, N, H, W
 
 
+def _address(a):
+    """Device address of a CuPy array, host address of a NumPy one (argument checks)."""
+    ptr = getattr(a.data, "ptr", None)
+    return a.ctypes.data if ptr is None else ptr
+
+
 def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, out_hw=None,
                 scale=None, bias=None, act=None, alpha=0.0, beta=0.0, out=None,
                 out_dtype=np.float16, out_channel_offset=0, layout="NHWC",
@@ -181,6 +187,14 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
         raise UnsupportedError(f"out with {out_ld} channels at offset {out_channel_offset}; the "
                                f"{dt} epilogue stores {align} channels at once: both multiples "
                                f"of {align}")
+    # the kernel's vector accesses need their base addresses aligned (a misaligned one is a
+    # sticky fault of the whole CUDA context): cp.async 8-byte pixels of NHWC x, 16-byte
+    # weight rows, 16-byte (half) / 8-byte (float) output stores
+    for what, a, need in (("x", x, 8 if in_kind == 0 else x.dtype.itemsize),
+                          ("w_packed", w_packed, 16), ("out", out, 16 if dt == np.float16 else 8)):
+        if _address(a) % need:
+            raise UnsupportedError(f"{what} at address {_address(a):#x}; the stem kernel needs it "
+                                   f"{need}-byte aligned")
     out_f32 = dt == np.float32
     sc, bi = _epilogue_vectors(K, scale, bias)
     tiles = N * -(-P // tile.tp) * -(-Q // TQ)

@@ -206,6 +206,30 @@ def test_launcher_rejects_bad_arguments_before_any_device_work(args, match):
         _conv(**args)
 
 
+def _offset(shape, dtype, nbytes):
+    """A C-contiguous array ``nbytes`` past a 64-byte-aligned address."""
+    dt = np.dtype(dtype)
+    raw = np.zeros(int(np.prod(shape)) * dt.itemsize + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + nbytes
+    return raw[start:start + int(np.prod(shape)) * dt.itemsize].view(dt).reshape(shape)
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(x=_offset((1, 10, 10, 4), np.float16, 4)), "x at address .*; the stem kernel needs it 8-byte"),
+    (dict(x=_offset((1, 3, 10, 10), np.float32, 2), layout="NCHW"), "x at address .* 4-byte aligned"),
+    (dict(w=_offset((8, 52, 4), np.float16, 8)), "w_packed at address .* 16-byte aligned"),
+    (dict(out=_offset((1, 5, 5, 8), np.float16, 8)), "out at address .* 16-byte aligned"),
+    (dict(out=_offset((1, 5, 5, 8), np.float32, 4)), "out at address .* 8-byte aligned"),
+])
+def test_launcher_rejects_misaligned_arrays(args, match):
+    """A misaligned vector access would be a sticky fault of the CUDA context."""
+    kw = dict(x=_offset((1, 10, 10, 4), np.float16, 0), w=_offset((8, 52, 4), np.float16, 0),
+              out=_offset((1, 5, 5, 8), np.float16, 0))
+    kw.update(args)
+    with pytest.raises(UnsupportedError, match=match):
+        _conv(**kw)
+
+
 def test_launcher_rejects_images_too_large_for_32_bit_offsets():
     class Big:                                   # shape and flags only: no 2**31 allocation
         ndim = 4
