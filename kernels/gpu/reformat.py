@@ -101,6 +101,11 @@ def padded_kernel_reason(x, dtype, Cp, out=None):
     if out is not None and (out.dtype != np.float16 or not out.flags.c_contiguous
                             or out.shape != (N, H, W, Cp)):
         return f"out {out.shape} {out.dtype}; expected contiguous ({N}, {H}, {W}, {Cp}) float16"
+    if out is not None:
+        ptr = getattr(out.data, "ptr", None)                  # CuPy; NumPy: ctypes
+        ptr = out.ctypes.data if ptr is None else ptr
+        if ptr % 8:
+            return f"out at address {ptr:#x}; the kernel's stores need 8-byte alignment"
     return None
 
 

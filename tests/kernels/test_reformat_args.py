@@ -38,6 +38,14 @@ def test_other_reformats_go_to_the_generic_kernel_with_the_reason(x, dtype, Cp, 
     assert re.search(match, reason), reason
 
 
+def test_an_out_view_off_8_byte_alignment_goes_to_the_generic_kernel():
+    raw = np.zeros(2 * 5 * 7 * 4 + 16, np.float16)
+    start = (-raw.ctypes.data % 16) // 2                   # raw[start] 16-byte aligned
+    view = lambda off: raw[start + off:start + off + 2 * 5 * 7 * 4].reshape(2, 5, 7, 4)  # noqa: E731
+    assert padded_kernel_reason(_x(), np.float16, 4, view(4)) is None      # 8 bytes past: 8-byte stores
+    assert "8-byte alignment" in padded_kernel_reason(_x(), np.float16, 4, view(1))
+
+
 def test_huge_images_and_batches_are_left_to_the_generic_kernel():
     class Big:                                   # shape and flags only: no 2**31 allocation
         ndim, dtype = 4, np.dtype(np.float32)
