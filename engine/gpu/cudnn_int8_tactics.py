@@ -26,7 +26,8 @@ import numpy as np
 from kernels.gpu import conv_int8, cudnn_int8
 
 from ..execution import EngineSchedule
-from ..int8_exec import TRANSPARENT, can_run_int8, consumers
+from ..int8_exec import can_run_int8
+from ..quantization import keep_movement_between_int8
 from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import float_kind, int8_out_dtype
@@ -115,15 +116,7 @@ def expected_int8_layers(net):
     redone from the network as it stands after that stage (dynamic ranges set, pooling
     outputs' ranges propagated): those that can run INT8, data-movement layers only where
     every consumer does too. Precision constraints are not seen here."""
-    chosen = {layer.name for layer in net._layers if can_run_int8(layer)}
-    users_of = consumers(net)
-    for layer in reversed(net._layers):
-        if layer.name in chosen and layer.layer_type in TRANSPARENT:
-            t = layer._outputs[0]
-            users = users_of.get(id(t), [])
-            if t.is_network_output or not users or any(u.name not in chosen for u in users):
-                chosen.discard(layer.name)
-    return chosen
+    return keep_movement_between_int8(net, {layer.name for layer in net._layers if can_run_int8(layer)})
 
 
 def int8_specs(net, batch, fp16=True):
