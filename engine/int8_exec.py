@@ -136,3 +136,17 @@ def run_int8_layer(layer, inputs, out_dtypes):
             res = np.broadcast_to(res, shape).reshape(-1, k)
     y = Q.epilogue_int8(acc, s_in, sw, layer.bias, res, act, alpha, beta, s_out)
     return [y.reshape(shape)]
+
+
+def keep_movement_between_int8(network, chosen):
+    """Drop from ``chosen`` (layer names, in place) the data-movement layers not feeding
+    INT8 layers only: one stays INT8 only if all its consumers do and its output is not a
+    network output (reverse order, so chains of them resolve). Returns ``chosen``."""
+    users_of = consumers(network)
+    for layer in reversed(network._layers):
+        if layer.name in chosen and layer.layer_type in TRANSPARENT:
+            t = layer._outputs[0]
+            users = users_of.get(id(t), [])
+            if t.is_network_output or not users or any(u.name not in chosen for u in users):
+                chosen.discard(layer.name)
+    return chosen

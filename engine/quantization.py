@@ -28,7 +28,7 @@ import logging
 
 from .calibration import calibrate
 from .errors import BuildError
-from .int8_exec import COMPUTE, TRANSPARENT, can_run_int8, consumers
+from .int8_exec import COMPUTE, TRANSPARENT, can_run_int8, keep_movement_between_int8
 from .types import BuilderFlag, DataType, LayerType
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,6 @@ def assign_int8(network, config, precisions):
                         layer.describe(), "FP16" if fp16 else "FP32")
             precisions[layer.name] = DataType.HALF if fp16 else DataType.FLOAT
     log.info("INT8: %d of %d layers", len(chosen), network.num_layers)
-    return chosen
-
-
-def keep_movement_between_int8(network, chosen):
-    """Drop from ``chosen`` (layer names, in place) the data-movement layers not feeding
-    INT8 layers only: one stays INT8 only if all its consumers do and its output is not a
-    network output (reverse order, so chains of them resolve). Returns ``chosen``."""
-    users_of = consumers(network)
-    for layer in reversed(network._layers):
-        if layer.name in chosen and layer.layer_type in TRANSPARENT:
-            t = layer._outputs[0]
-            users = users_of.get(id(t), [])
-            if t.is_network_output or not users or any(u.name not in chosen for u in users):
-                chosen.discard(layer.name)
     return chosen
 
 

@@ -26,8 +26,7 @@ import numpy as np
 from kernels.gpu import conv_int8, cudnn_int8
 
 from ..execution import EngineSchedule
-from ..int8_exec import can_run_int8
-from ..quantization import keep_movement_between_int8
+from ..int8_exec import can_run_int8, keep_movement_between_int8
 from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import float_kind, int8_out_dtype
