@@ -83,8 +83,9 @@ def test_plans_are_enumerated_timed_and_the_fastest_kept():
     assert graph.index == min(finite, key=finite.get)
     # a second call with the same spec reuses the built graph (no new plan timing)
     before = dict(graph.plan_times)
-    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=res)
+    G.conv2d_fused(cp.asarray(x), cp.asarray(wt), cp.asarray(bias), spec, residual=res, max_plans=3)
     assert G.graph_for(spec) is graph and graph.plan_times == before
+    assert [key for key in G._graphs if key[0] == spec] == [(spec, cp.cuda.Device().id, 3)]
 
 
 def test_replays_inside_a_captured_cuda_graph_on_new_inputs():

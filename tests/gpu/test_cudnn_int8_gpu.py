@@ -140,8 +140,9 @@ def test_plans_are_enumerated_timed_and_the_fastest_kept():
     assert graph.plan_count >= 1 and finite, graph.plan_times
     assert graph.index == min(finite, key=finite.get)
     before = dict(graph.plan_times)
-    _run(spec, o)                                      # reused: no new plan timing
+    _run(spec, o, max_plans=3)                         # reused: no new plan timing
     assert G.graph_for(spec) is graph and graph.plan_times == before
+    assert [key for key in G._graphs if key[0] == spec] == [(spec, cp.cuda.Device().id, 3)]
 
 
 def test_replays_inside_a_captured_cuda_graph_on_new_inputs():
