@@ -54,6 +54,16 @@ def window_geometry(layer, shape):
     return hit
 
 
+def conv_output(layer, x, into, out_dtypes):
+    """Where a convolution of ``x`` (logical NCHW) writes: ((P, Q), leading padding, K,
+    the concat slot ``claim`` gave it (keyword arguments of the launcher; empty: a buffer
+    of its own), and the dtype it writes: the slot's, else the layer's storage type)."""
+    (p, q), pre = window_geometry(layer, x.shape)
+    k = layer.num_output_maps
+    place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
+    return (p, q), pre, k, place, place["out"].dtype if place else out_dtypes[0].to_numpy()
+
+
 def residual_nhwc(inputs, dtype):
     r = inputs[1] if len(inputs) > 1 else None
     return None if r is None else as_nhwc(r, dtype)
@@ -113,10 +123,7 @@ class NhwcConvTactic(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         x = inputs[0]
-        (p, q), pre = window_geometry(layer, x.shape)
-        k = layer.num_output_maps
-        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
-        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        (p, q), pre, k, place, out_dtype = conv_output(layer, x, into, out_dtypes)
         y = self.launch(
             as_nhwc(x, self.dtype, self.c_align), state["w"], stride=layer.stride_nd, padding=pre,
             dilation=layer.dilation_nd, out_hw=(p, q), bias=state["bias"], scale=state["scale"],

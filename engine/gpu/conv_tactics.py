@@ -25,7 +25,7 @@ from kernels.gpu import conv_dw, conv_gemm, conv_igemm, conv_stem, conv_wgmma
 from ..settings import settings
 from .base import Tactic, as_nhwc, cupy, nchw_view
 from .concat import claim, written
-from .conv_common import (ANY_FLOAT, NhwcConvTactic, compute_dtype, conv2d_reason, epilogue_state,
+from .conv_common import (NhwcConvTactic, compute_dtype, conv2d_reason, conv_output, epilogue_state,
                           is_half, residual_nhwc, wgmma_reason, window_geometry)
 
 
@@ -120,10 +120,7 @@ class ConvStem(Tactic):
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         x = inputs[0]
-        (p, q), pre = window_geometry(layer, x.shape)
-        k = layer.num_output_maps
-        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
-        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        (p, q), pre, k, place, out_dtype = conv_output(layer, x, into, out_dtypes)
         if (self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16)
                 and (np.dtype(out_dtype) == np.float16 or self.tile.nchw_f32_out)):
             x_in, layout = x, "NCHW"
@@ -177,10 +174,7 @@ class Conv1x1Cublas(Tactic):
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         dt = compute_dtype(precision)
         x = inputs[0]
-        (p, q), _ = window_geometry(layer, x.shape)
-        k = layer.num_output_maps
-        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
-        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        _, _, k, place, out_dtype = conv_output(layer, x, into, out_dtypes)
         y = conv_gemm.conv2d_1x1_cublas(
             as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"], stride=layer.stride_nd,
             bias=state["bias"], scale=state["scale"], residual=residual_nhwc(inputs, out_dtype),
@@ -209,10 +203,7 @@ class ConvIm2col(Tactic):
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         dt = compute_dtype(precision)
         x = inputs[0]
-        (p, q), pre = window_geometry(layer, x.shape)
-        k = layer.num_output_maps
-        place = claim(into, (x.shape[0], p, q, k), ANY_FLOAT)
-        out_dtype = place["out"].dtype if place else out_dtypes[0].to_numpy()
+        (p, q), pre, k, place, out_dtype = conv_output(layer, x, into, out_dtypes)
         y = conv_gemm.conv2d_im2col(
             as_nhwc(x, dt), state["w16" if dt == np.float16 else "w32"], stride=layer.stride_nd,
             padding=pre, dilation=layer.dilation_nd, out_hw=(p, q), groups=layer.num_groups,

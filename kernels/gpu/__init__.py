@@ -25,6 +25,8 @@ argument. Importing this package never needs a GPU (CuPy is imported lazily).
     rnn              RNN / LSTM / GRU: cuBLAS GEMMs + one fused gate kernel per step
     pointwise_gen    fused pointwise chains (generated kernels, no .cu of their own)
     cudnn_graphs     cuDNN frontend fused graphs (optional dependency)
+    cudnn_matmul     cuDNN matmul graphs (bias, residual, GELU fused)
+    cudnn_int8       cuDNN INT8 convolution graphs with the INT8 epilogue
 """
 from .activation import ACT_CODES, act_code
 from .errors import KernelError, UnsupportedError

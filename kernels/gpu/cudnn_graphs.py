@@ -64,9 +64,9 @@ FIRST_PLAN_TIMEOUT_S = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvSpec:
-    """Everything a conv graph depends on (weights' values excluded). Shapes in the
-    engine's logical order: input (n, c, h, w), filter (k, c, r, s); memory is NHWC / KRSC."""
+class ConvWindow:
+    """A 2-D convolution's shapes and window, as every conv graph spec starts: input
+    (n, c, h, w) and filter (k, c, r, s) in the engine's logical order."""
     n: int
     c: int
     h: int
@@ -78,12 +78,6 @@ class ConvSpec:
     pre_padding: tuple = (0, 0)
     post_padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
-    out_dtype: str = "float16"
-    act: str = None
-    alpha: float = 0.0
-    beta: float = 0.0
-    residual: bool = False
-    out_ldc: int = 0          # channels between pixels of the output (0: packed, k); a concat's total
 
     def out_hw(self):
         """(P, Q) as cross-correlation with explicit pre/post padding gives them."""
@@ -92,6 +86,17 @@ class ConvSpec:
             span = self.dilation[i] * ((self.r, self.s)[i] - 1) + 1
             out.append((size + self.pre_padding[i] + self.post_padding[i] - span) // self.stride[i] + 1)
         return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec(ConvWindow):
+    """Everything a conv graph depends on (weights' values excluded); memory is NHWC / KRSC."""
+    out_dtype: str = "float16"
+    act: str = None
+    alpha: float = 0.0
+    beta: float = 0.0
+    residual: bool = False
+    out_ldc: int = 0          # channels between pixels of the output (0: packed, k); a concat's total
 
     def reason(self):
         """None when a cuDNN graph can express this convolution, else why not."""

@@ -43,22 +43,10 @@ CHANNEL_ALIGN = 16
 
 
 @dataclasses.dataclass(frozen=True)
-class Int8ConvSpec:
-    """Everything an INT8 conv graph depends on (weights' and scales' values excluded).
-    Shapes in the engine's logical order: input (n, c, h, w), filter (k, c, r, s); memory
-    is NHWC / KRSC int8. ``residual``: None or the residual's dtype name (int8 codes are
-    dequantised in the graph, float ones added as they are)."""
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    r: int
-    s: int
-    stride: tuple = (1, 1)
-    pre_padding: tuple = (0, 0)
-    post_padding: tuple = (0, 0)
-    dilation: tuple = (1, 1)
+class Int8ConvSpec(G.ConvWindow):
+    """Everything an INT8 conv graph depends on (weights' and scales' values excluded);
+    memory is NHWC / KRSC int8. ``residual``: None or the residual's dtype name (int8
+    codes are dequantised in the graph, float ones added as they are)."""
     out_dtype: str = "int8"
     act: str = None
     alpha: float = 0.0
@@ -66,7 +54,6 @@ class Int8ConvSpec:
     residual: str = None
 
     kind = "conv_int8"
-    out_hw = G.ConvSpec.out_hw          # the same window arithmetic as the FP16 graphs
 
     def reason(self):
         """None when a cuDNN INT8 graph can express this convolution, else why not."""

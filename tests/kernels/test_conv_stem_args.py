@@ -2,16 +2,15 @@
 kernel's patch / fragment / epilogue index arithmetic emulated in NumPy against a direct
 convolution, the shared-memory budget of each tile, and every argument check of the
 launcher before any device work (NumPy arrays stand in)."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from kernels.gpu import UnsupportedError, conv_stem
-
-PERMS = {"KCRS": (0, 3, 1, 2), "RSCK": (1, 2, 3, 0), "KRSC": (0, 1, 2, 3)}   # from KRSC
-
-
-def _weights(K, C, R, S, seed=0):
-    return np.random.default_rng(seed).standard_normal((K, R, S, C)).astype(np.float32)  # KRSC
+sys.path.insert(0, os.path.dirname(__file__))
+from test_conv_int8_smallc_args import PERMS, _weights  # noqa: E402  (this folder's weight helpers)
 
 
 @pytest.mark.parametrize("layout", list(PERMS))
