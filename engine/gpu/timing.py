@@ -35,6 +35,13 @@ KERNEL_VERSION = 4        # bump when any tactic's code changes what it computes
 # costs ~10-20 us): a capturable candidate is re-timed inside a CUDA graph, as an
 # engine replayed as a graph runs it
 GRAPH_TIMING_BELOW_MS = 0.25
+# ... and only when it is a contender: eager within this factor of the best score so far.
+# The spin below keeps host launch time out of the eager figure, so eager and in-graph
+# times differ by the GPU's per-launch gaps (microseconds), not by 2x; a candidate twice
+# as slow as the best cannot win by replay. Re-timing every short candidate in a graph
+# (10 rehearsal calls, a capture, 50 replays each) was most of the timing a b1 or b32
+# first use paid, and of the short layers of a b256 build.
+GRAPH_CONTENDER = 2.0
 SPIN_MS = 0.5             # how long the stream is held before each eager timed call
 
 _SPIN_SOURCE = r"""
@@ -69,10 +76,11 @@ def _spin(stream):
 
 def time_ms(fn, best_so_far=math.inf, warmup=2, reps=9, graph=False):
     """Median milliseconds of ``fn()`` on the current stream; inf if it raises.
-    ``graph``: ``fn`` is CUDA-graph safe; when it is short, its time per call inside
-    a captured graph is returned instead (``graph_time_ms``)."""
+    ``graph``: ``fn`` is CUDA-graph safe; when it is short and within GRAPH_CONTENDER
+    of ``best_so_far``, its time per call inside a captured graph is returned instead
+    (``graph_time_ms``)."""
     eager = _eager_ms(fn, best_so_far, warmup, reps)
-    if graph and eager < GRAPH_TIMING_BELOW_MS:
+    if graph and eager < GRAPH_TIMING_BELOW_MS and eager <= GRAPH_CONTENDER * best_so_far:
         replayed = graph_time_ms(fn)
         if replayed is not None:
             return replayed

@@ -22,6 +22,20 @@ def test_time_ms_picks_the_clock(monkeypatch, eager, graph_ok, replayed, expecte
     assert bool(calls) == (graph_ok and eager < timing.GRAPH_TIMING_BELOW_MS)
 
 
+@pytest.mark.parametrize("eager, best, replayed_expected", [
+    (0.05, 0.03, True),             # within GRAPH_CONTENDER of the best: it may win in a graph
+    (0.05, 0.025, True),            # exactly at the factor still counts
+    (0.05, 0.02, False),            # more than twice the best: eager stands, no capture
+    (0.05, math.inf, True)])        # the first candidate has nothing to lose to
+def test_only_contenders_are_re_timed_in_a_graph(monkeypatch, eager, best, replayed_expected):
+    calls = []
+    monkeypatch.setattr(timing, "_eager_ms", lambda fn, best, warmup, reps: eager)
+    monkeypatch.setattr(timing, "graph_time_ms", lambda fn: calls.append(fn) or 0.04)
+    got = timing.time_ms(lambda: None, best_so_far=best, graph=True)
+    assert bool(calls) == replayed_expected
+    assert got == (0.04 if replayed_expected else eager)
+
+
 class _FakeCupy:
     """Just enough of cupy for _eager_ms: events and a stream that log what they do."""
     def __init__(self, log, gpu_ms):
