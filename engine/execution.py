@@ -115,8 +115,10 @@ class LayerRunner:
             self._plans[key] = sched
         return sched
 
-    def run_layers(self, feeds, sched):
-        """The layer loop, shared by every backend: backend arrays in and out."""
+    def run_layers(self, feeds, sched, visit=None):
+        """The layer loop, shared by every backend: backend arrays in and out.
+        ``visit(tensor, value)``, when given, sees every layer output as it is made
+        (INT8 calibration's statistics, engine/calibration.py)."""
         e = self.engine
         backend = e.backend
         values = {id(t): feeds[t.name] for t in e.network._inputs}
@@ -130,6 +132,8 @@ class LayerRunner:
                 profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))
             for t, v in zip(layer._outputs, outs):
                 values[id(t)] = v
+                if visit is not None:
+                    visit(t, v)
             for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
                 values.pop(tid, None)
         return {t.name: values[id(t)] for t in e.network._outputs}

@@ -26,9 +26,11 @@ flag and no calibrator, the builder uses exactly those ranges.
 """
 import logging
 
+from .backends import resolve
 from .calibration import calibrate
 from .errors import BuildError
 from .int8_exec import COMPUTE, TRANSPARENT, can_run_int8, keep_movement_between_int8
+from .settings import settings
 from .types import BuilderFlag, DataType, LayerType
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def prepare(network, config, precisions):
     assign INT8 precisions. Returns the plan metadata for INT8."""
     calib = config.int8_calibrator
     if calib is not None:
-        calibrate(network, calib)
+        calibrate(network, calib, on_gpu=calibrate_on_gpu(config))
     elif not any(t.dynamic_range is not None for t in all_tensors(network)):
         raise BuildError("the INT8 flag is set but there is neither config.int8_calibrator nor "
                          "any tensor dynamic range: set a calibrator (EntropyCalibrator2, "
@@ -86,6 +88,12 @@ def prepare(network, config, precisions):
                          "tensor.set_dynamic_range(lo, hi)")
     chosen = assign_int8(network, config, precisions)
     return {"int8_layers": sorted(chosen)}
+
+
+def calibrate_on_gpu(config):
+    """Whether the calibration passes run on the GPU: when the build itself does (the
+    CuPy backend) and CUPYRT_CALIBRATE_ON_GPU is on."""
+    return settings().calibrate_on_gpu and resolve(config.backend) == "cupy"
 
 
 def all_tensors(network):

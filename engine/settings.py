@@ -108,6 +108,9 @@ SETTINGS = (
     Switch("wgmma_f16_fast_epilogue", _flag, True,
            "FP16 wgmma epilogue that prefetches the residual into shared memory (ResNet-50 FP16 "
            "b256 0.94x the time of the plain epilogue, same outputs; H200 A/B).", tactics=True),
+    Switch("calibrate_on_gpu", _flag, True,
+           "INT8 calibration runs the network in FP32 on the GPU when the build does (maxima and "
+           "histograms taken there); 0: NumPy on the host."),
     Switch("cudnn", _flag, True, "cuDNN frontend fused graphs as tactics (when the frontend is installed).",
            tactics=True),
     Switch("cudnn_int8", _flag, False,

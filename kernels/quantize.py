@@ -48,7 +48,7 @@ QMIN, QMAX = -128, 127
 
 
 # ----------------------------------------------------------------------------
-# calibration statistics (NumPy)
+# calibration statistics (NumPy or CuPy arrays in, host numbers out)
 
 def abs_histogram(x, amax, bins=NUM_BINS, drop_zeros=False):
     """Counts of |x| in ``bins`` equal bins over [0, amax]; values at or above
@@ -61,15 +61,26 @@ def abs_histogram(x, amax, bins=NUM_BINS, drop_zeros=False):
     Exact zeros quantize exactly at every scale, so they carry no information
     about the threshold (pytorch-quantization patches bin 0 for the same reason).
     """
-    a = np.abs(np.asarray(x, dtype=np.float32)).ravel()
+    xp = array_module(x)            # CuPy arrays are counted on the device; counts come back
+    a = xp.abs(xp.asarray(x, dtype=xp.float32)).ravel()
     if drop_zeros:
         a = a[a != 0]
     if amax <= 0:
         out = np.zeros(bins, np.int64)
         out[0] = a.size
         return out
-    idx = np.minimum((a * np.float32(bins / amax)).astype(np.int64), bins - 1)
-    return np.bincount(idx, minlength=bins).astype(np.int64)
+    idx = xp.minimum((a * np.float32(bins / amax)).astype(xp.int64), bins - 1)
+    counts = xp.bincount(idx, minlength=bins)
+    return np.asarray(counts if xp is np else counts.get()).astype(np.int64)
+
+
+def abs_max(x):
+    """max |x| as a Python float (0.0 for an empty array; nan when x holds one), on the
+    array's own device."""
+    if x.size == 0:
+        return 0.0
+    xp = array_module(x)
+    return float(xp.max(xp.abs(x)))
 
 
 def _smooth(p, eps=KL_EPS):

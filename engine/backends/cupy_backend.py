@@ -63,7 +63,7 @@ class CupyBackend:
         self.graph_timing = self.use_graphs
         # TF32 tactics (plain TF32 tensor-core math for FLOAT layers) only under the TF32 flag
         self.tf32 = "TF32" in self.meta.get("flags", ())
-        self.autotune = True
+        self.autotune = True         # False: each layer on the first tactic that runs, untimed
         self._choice = {}            # (layer name, shapes, dtypes) -> tactic
         self._capturable = {}        # same key -> fastest CUDA-graph-safe tactic (or None)
         self._trace = None           # when a list: the keys of the layers that run
@@ -232,6 +232,18 @@ class CupyBackend:
                 best = other
         return timed, best
 
+    def _first_that_runs(self, layer, cands, inputs, precision, out_dtypes):
+        """The first of ``cands`` (specialised tactics before the fallbacks) that runs on
+        these inputs, untimed and not cached; the host tactic when none does."""
+        for t in sorted(cands, key=lambda t: bool(t.fallback)):
+            try:
+                t.run(self._prepared(layer, t), layer, inputs, precision, out_dtypes)
+                return t
+            except Exception as e:     # noqa: BLE001  (said by _tactic_failed; the next one runs)
+                self._tactic_failed(layer, t, e)
+        log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
+        return T.HOST
+
     def _tactic_failed(self, layer, tactic, exc):
         """A candidate that failed to compile, launch or allocate scores infinity: say
         why, and give back what it held (after an out-of-memory error the next
@@ -274,6 +286,9 @@ class CupyBackend:
                                                 for k, v in ms.items()}
                     return t
         fast = [t for t in cands if t is not T.HOST]
+        if not self.autotune:                 # values wanted, not speed (INT8 calibration)
+            self._capturable[key] = None
+            return self._first_that_runs(layer, fast, inputs, precision, out_dtypes)
         if len(fast) == 1 and fast[0] in (T.GENERIC, T.INT8_EMULATION):
             # nothing to choose between: no timing, but it must run (a layer whose
             # reference code is NumPy-only raises on device arrays: host tactic)
@@ -288,8 +303,7 @@ class CupyBackend:
                 log.info("%s: host tactic", layer.name)
                 timed, best = {only.name: math.inf}, T.HOST
         else:
-            timed, best = self._time_with_fallbacks(layer, fast if self.autotune else fast[:1], inputs,
-                                                    precision, out_dtypes)
+            timed, best = self._time_with_fallbacks(layer, fast, inputs, precision, out_dtypes)
             if best is None:
                 log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
                 best = T.HOST
