@@ -71,8 +71,11 @@ def build(name, model, precision, max_batch, cache, disabled_passes=()):
     if precision == "int8":          # INT8 where a kernel exists, FP16 elsewhere
         cfg.set_flag(rt.BuilderFlag.INT8)
         rng = np.random.default_rng(100)
+        # the calibration cache lives beside the timing cache: the cold build (both files new)
+        # calibrates, the rebuild reads both, as a TensorRT user's rebuild does
         cfg.int8_calibrator = rt.EntropyCalibrator2(
-            [rng.standard_normal((4, 3, 224, 224)).astype(np.float32) for _ in range(2)])
+            [rng.standard_normal((4, 3, 224, 224)).astype(np.float32) for _ in range(2)],
+            cache_file=cache + ".calibration")
     prof = b.create_optimization_profile()
     prof.set_shape("input", (1, 3, 224, 224), (max_batch, 3, 224, 224), (max_batch, 3, 224, 224))
     cfg.add_optimization_profile(prof)
