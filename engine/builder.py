@@ -307,17 +307,19 @@ def select_gpu_tactics(network, meta, config):
         return {}
     # the tiles this build times, compiled in parallel first; FP32 alternatives of precision
     # by timing (timed only for layers slow enough in FP16) compile meanwhile in the background
+    # (what the timing cache already chose is the only tile of its layer compiled)
     refine = precision_timing_enabled(config)
     now, later = _refine_alternatives(network, meta, config) if refine else ({}, {})
-    compile_s = kernel_precompile.precompile_for(network, meta, shapes, alternatives=now)
-    background = kernel_precompile.start_for(network, meta, shapes, later)
+    backend = select_backend("cupy", dict(meta, kernels={}))
+    compile_s = kernel_precompile.precompile_for(network, meta, shapes, alternatives=now,
+                                                 cached=backend.cached_tactics)
+    background = kernel_precompile.start_for(network, meta, shapes, later, cached=backend.cached_tactics)
     rng = np.random.default_rng(0)
     feeds = {}
     for t in network._inputs:
         dt = t.dtype.to_numpy()
         feeds[t.name] = (rng.uniform(-1, 1, shapes[t.name]).astype(dt) if dt.kind == "f"
                          else np.zeros(shapes[t.name], dt))
-    backend = select_backend("cupy", dict(meta, kernels={}))
     # one progress event per layer timed
     engine = backend.select_tactics(network, feeds, _TacticProgress(config, network.num_layers))
     out = {}

@@ -87,6 +87,20 @@ class EngineSchedule:
         return f"<{type(self).__name__} {len(self.network._layers)} layers, backend={self.backend.name}>"
 
 
+def moved_storage(layer, in_dtypes, out_dtypes, precision):
+    """(input, output) storage types of ``layer`` timed in ``precision`` instead of its
+    own (precision by timing; engine/precision_timing.py), from the ones the engine
+    feeds it now. Float storage out of INT8 or HALF is half, else float32: int8 codes
+    flow only between INT8 layers, so a producer that keeps INT8 writes that float type
+    for this layer instead; float outputs take it too, except network outputs and
+    outputs whose type is declared."""
+    flt = DataType.HALF if precision in (DataType.HALF, DataType.INT8) else DataType.FLOAT
+    ins = [flt if d == DataType.INT8 else d for d in in_dtypes]
+    outs = [d if t.is_network_output or layer.output_type_is_set(t.index) or t.dtype != DataType.FLOAT
+            else flt for t, d in zip(layer._outputs, out_dtypes)]
+    return ins, outs
+
+
 class LayerRunner:
     def __init__(self, engine):
         self.engine = engine

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import select_backend
+from .execution import moved_storage
 from .gpu.device import cupy
 from .gpu.timing import time_ms
 from .int8_exec import TRANSPARENT, consumers as tensor_consumers
@@ -221,10 +222,6 @@ def _input(xp, t, shape, dtype, rng):
     return _random(xp, shape, dtype, rng)
 
 
-def _float_storage(alt):
-    return DataType.HALF if alt in (DataType.HALF, DataType.INT8) else DataType.FLOAT
-
-
 def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
     """Time every layer of ``alts`` in its current and its alternative precision on
     the engine's backend (``backend.measure``; the CuPy backend's timing cache
@@ -263,13 +260,7 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
         cur, cur_out = sched[layer.name]
         ins = [t for t in layer._inputs]
         cur_in = [None if t is None else _storage(engine, t) for t in ins]
-        flt = _float_storage(alt)
-        # a producer keeps its storage, except int8 codes: those flow only between INT8
-        # layers, so a producer feeding a layer that leaves INT8 writes floats instead
-        alt_in = [flt if d == DataType.INT8 else d for d in cur_in]
-        alt_out = [d if t.is_network_output or layer.output_type_is_set(t.index)
-                   or t.dtype != DataType.FLOAT else flt
-                   for t, d in zip(layer._outputs, cur_out)]
+        alt_in, alt_out = moved_storage(layer, cur_in, cur_out, alt)
         m = Move(layer.name, cur, alt)
         try:
             xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]

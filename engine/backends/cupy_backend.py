@@ -167,6 +167,25 @@ class CupyBackend:
             sig["switches"] = switches
         return TimingCache.key(self.gpu, sig)
 
+    def cached_tactics(self, layer, shapes, dtypes, precision, out_dtypes):
+        """The names of the tactics a selection of ``layer`` at these input shapes and
+        dtype names would run when the timing cache answers it: the chosen one and, when
+        that one cannot be captured in a CUDA graph, the fastest capturable one timed with
+        it (``_select``'s two picks); None when the cache has no entry (it will be timed).
+        Asks no tactic's ``supports`` (the cuDNN tactic's would queue plan builds)."""
+        hit = self.cache.peek(self._signature_key(layer, shapes, dtypes, precision, out_dtypes))
+        if not hit:
+            return None
+        names = {hit["tactic"]}
+        ms = hit.get("ms", {})
+        by_name = {t.name: t for t in T.candidates(layer, precision)}
+        chosen = by_name.get(hit["tactic"])
+        if chosen is None or not chosen.capturable_for(layer):
+            capt = [t for name, t in by_name.items() if ms.get(name) is not None and t.capturable_for(layer)]
+            if capt:
+                names.add(min(capt, key=lambda t: ms[t.name]).name)
+        return names
+
     def measure(self, layer, inputs, precision, out_dtypes):
         """(best tactic name, its ms) for ``layer`` on these device inputs, without
         choosing it for execution (the builder's precision-by-timing stage asks

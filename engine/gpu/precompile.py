@@ -40,9 +40,8 @@ import numpy as np
 from kernels.gpu import compile as kernel_compile
 from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
 
-from ..execution import EngineSchedule
+from ..execution import EngineSchedule, moved_storage
 from ..settings import settings
-from ..types import DataType
 from . import tactics as T
 
 log = logging.getLogger(__name__)
@@ -104,32 +103,33 @@ def tactic_tile(tactic, index=None):
     return None if f is None else (f, tile)
 
 
-def layer_items(layer, in_shapes, in_dtypes, precision, tf32=False, current=None, index=None):
+def layer_items(layer, in_shapes, in_dtypes, precision, tf32=False, current=None, index=None, only=None):
     """The items (as ``work_items``) of the tiles the builder would time for ``layer`` at
-    these input shapes and dtype names in ``precision``."""
+    these input shapes and dtype names in ``precision``; ``only``: a set of tactic names
+    (those the timing cache already chose: nothing else runs)."""
     s = current or settings()
     index = index if index is not None else _tile_index()
     out = []
     for t in T.supported(layer, in_shapes, in_dtypes, precision, tf32,
-                         where=lambda t: tactic_tile(t, index) is not None):
+                         where=lambda t: (only is None or t.name in only)
+                         and tactic_tile(t, index) is not None):
         f, tile = tactic_tile(t, index)
         if f.available():
             out.append([f.name, tile.name, compile_options(f, s)])
     return out
 
 
-def _float_storage(precision):
-    """What int8 codes become when a layer is timed out of INT8 (as precision by timing
-    feeds it: a producer keeping INT8 writes floats for it instead)."""
-    return DataType.HALF if precision in (DataType.HALF, DataType.INT8) else DataType.FLOAT
-
-
-def network_items(network, meta, input_shapes, alternatives=None, scheduled=True, current=None):
+def network_items(network, meta, input_shapes, alternatives=None, scheduled=True, current=None,
+                  cached=None):
     """The items of every tile the build of ``network`` times at ``input_shapes``
     ({input name: shape}) under the plan metadata ``meta`` (precisions, flags): each
     layer in its precision on the storage types the engine feeds it; with
     ``alternatives`` ({layer name: precision}) also those layers in that precision
-    (``scheduled=False``: only those). Each item once, in the order first met."""
+    (``scheduled=False``: only those). ``cached(layer, in_shapes, dtype names, precision,
+    out dtypes)``: the tactic names the timing cache holds for that selection (the
+    backend's ``cached_tactics``), or None; a layer the cache answers lists only the tiles
+    of those (a rebuild from the timing cache compiles the chosen tiles, not every one).
+    Each item once, in the order first met."""
     s = current or settings()
     engine = EngineSchedule(network, meta, backend=None)
     stores = {}        # item key -> the output dtypes its layers store (families that take them)
@@ -145,15 +145,16 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
         in_shapes = tuple(None if t is None else shapes[id(t)] for t in layer._inputs)
         dtypes = [None if t is None else stored[id(t)] for t in layer._inputs]
         outs = {np.dtype(d.to_numpy()).name for d in out_dtypes[:1]}
-        runs = [(precision, dtypes, outs)] if scheduled else []
+        runs = [(precision, dtypes, out_dtypes, outs)] if scheduled else []
         alt = alternatives.get(layer.name)
         if alt is not None and alt != precision:
-            flt = _float_storage(alt)
+            alt_in, alt_out = moved_storage(layer, dtypes, out_dtypes, alt)
             # out of its precision a layer may store either float type (its consumers decide)
-            runs.append((alt, [flt if d == DataType.INT8 else d for d in dtypes], {"float16", "float32"}))
-        for p, ds, out_names in runs:
+            runs.append((alt, alt_in, alt_out, {"float16", "float32"}))
+        for p, ds, stores_as, out_names in runs:
             names = tuple(None if d is None else np.dtype(d.to_numpy()).name for d in ds)
-            for item in layer_items(layer, in_shapes, names, p, tf32, s, index):
+            only = cached(layer, in_shapes, names, p, stores_as) if cached is not None else None
+            for item in layer_items(layer, in_shapes, names, p, tf32, s, index, only):
                 key = _item_key(item)
                 if key not in seen:
                     seen.add(key)
@@ -309,17 +310,18 @@ def precompile(int8=False):
     return seconds
 
 
-def precompile_for(network, meta, input_shapes, alternatives=None):
+def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
     """Fill the kernel cache with the tiles the build of ``network`` times at
     ``input_shapes`` (``network_items``; ``alternatives``: layers timed in another
-    precision too) and return the wall seconds it took. Fills ``last_report``."""
+    precision too; ``cached``: what the timing cache already chose) and return the wall
+    seconds it took. Fills ``last_report``."""
     s = settings()
     last_report.clear()
     last_report.update(seconds=0.0, items={})
     if not s.precompile:
         return 0.0
     try:
-        listed = network_items(network, meta, input_shapes, alternatives, current=s)
+        listed = network_items(network, meta, input_shapes, alternatives, current=s, cached=cached)
     except Exception as e:     # noqa: BLE001  (a listing bug must not fail the build)
         int8 = any(str(p).endswith("INT8") for p in (meta.get("precisions") or {}).values())
         log.warning("precompile: the tiles of this build could not be listed (%s: %s); compiling "
@@ -352,7 +354,7 @@ class _Later:
         return waited
 
 
-def start_for(network, meta, input_shapes, alternatives):
+def start_for(network, meta, input_shapes, alternatives, cached=None):
     """Start compiling, in the background, the tiles of ``alternatives`` ({layer name:
     precision}: layers the build may time in another precision later) that nothing
     compiled yet; ``wait()`` on the result before timing them. With no worker
@@ -362,7 +364,7 @@ def start_for(network, meta, input_shapes, alternatives):
         return _Later()
     try:
         items = _new(network_items(network, meta, input_shapes, alternatives, scheduled=False,
-                                   current=s))
+                                   current=s, cached=cached))
     except Exception as e:     # noqa: BLE001  (they compile on first use instead)
         log.warning("precompile: the other precisions' tiles could not be listed (%s: %s); they "
                     "compile on first use", type(e).__name__, e)

@@ -221,6 +221,11 @@ class TimingCache:
                 self.hits += 1
             return entry
 
+    def peek(self, key):
+        """The entry of ``key`` or None, not counted as a hit or miss (for planning)."""
+        with self._lock:
+            return self.entries.get(key)
+
     def put(self, key, tactic, times):
         with self._lock:
             self.entries[key] = {"tactic": tactic,

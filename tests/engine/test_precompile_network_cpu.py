@@ -14,6 +14,7 @@ import pytest
 import engine as rt
 from engine import builder as B
 from engine import kernel_table
+from engine.backends import cupy_backend
 from engine.gpu import precompile
 from engine.types import DataType, LayerType
 from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
@@ -343,3 +344,46 @@ def test_a_listing_failure_falls_back_to_every_tile_and_never_fails_the_build(no
     monkeypatch.setattr(precompile, "_compiled", set())
     precompile.precompile_for(e.network, {"precisions": {"conv": "DataType.INT8"}}, {"x": (2, 16, 8, 8)})
     assert calls[1] == {tuple(i[:2]) for i in precompile.work_items(int8=True)}
+
+
+def test_a_rebuild_from_the_timing_cache_compiles_only_the_chosen_tiles(fake_gpu, monkeypatch, tmp_path):
+    """First build: every candidate's tile is listed and timed. Rebuild in a fresh
+    process (the timing cache file only): the layer is answered by the cache, so only the
+    chosen tactic's tile is compiled; a non-capturable choice brings the fastest
+    capturable one timed beside it (what a CUDA-graph run of the engine launches)."""
+    compiled = []
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setattr(precompile, "_compile",
+                        lambda items, workers: (compiled.append({i[1] for i in items}), ({}, 0.5))[1])
+    for layer_type in list(kernel_table.TACTICS):
+        monkeypatch.setitem(kernel_table.TACTICS, layer_type, [])
+    tiles = conv_igemm.IGEMM_TACTICS[:3]
+    cands = [TileTactic(f"inject.t{i}", ms) for i, ms in enumerate((0.4, 0.2, 0.3))]
+    for t, tile in zip(cands, tiles):
+        t.tile = tile
+    cands[1].capturable = False              # the fastest cannot be captured: t2 (0.3) can
+    monkeypatch.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION, cands)
+    cache = str(tmp_path / "timing.cache")
+
+    def build():
+        b, net = conv_net()
+        cfg = b.create_builder_config()
+        cfg.backend = "cupy"
+        cfg.timing_cache_path = cache
+        plan = b.build_serialized_network(net, cfg)
+        return rt.Runtime(backend="numpy").deserialize_cuda_engine(plan).meta
+    first = build()
+    assert compiled == [{t.name for t in tiles}]
+    conv = next(n for n, k in first["kernels"].items() if k.startswith("inject."))
+    assert first["kernels"][conv] == "inject.t1"
+    monkeypatch.setattr(precompile, "_compiled", set())     # a fresh process
+    monkeypatch.setattr(cupy_backend, "_caches", {})
+    again = build()
+    assert again["kernels"][conv] == "inject.t1" and again["timing_cache_hits"] >= 1
+    assert compiled[1] == {tiles[1].name, tiles[2].name}     # chosen + fastest capturable
+    assert again["precompile_tiles"]["tiles"] == 2
+    cands[1].capturable = True               # a capturable choice: its tile alone
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setattr(cupy_backend, "_caches", {})
+    build()
+    assert compiled[2] == {tiles[1].name}
