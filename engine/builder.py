@@ -328,7 +328,9 @@ def select_gpu_tactics(network, meta, config):
         engine, out = refine_precisions(network, meta, config, engine, feeds)
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
-    return {**out, "kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
+    plans = engine.backend.cudnn_plans.entries     # serialized: a deserialized engine loads, not compiles
+    return {**out, **({"cudnn_plans": dict(plans)} if plans else {}),
+            "kernels": dict(engine.backend.selected), "tactic_ms": engine.backend.timings,
             "timing_cache_hits": cache.hits, "timing_cache_misses": cache.misses,
             "build_shapes": {k: list(v) for k, v in shapes.items()}, "precompile_seconds": compile_s,
             "precompile_tiles": _precompile_counts()}

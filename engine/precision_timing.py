@@ -316,6 +316,7 @@ def refine_precisions(network, meta, config, engine, feeds):
             meta["int8_layers"] = sorted(n for n, p in precisions.items() if p == DataType.INT8)
         backend = select_backend("cupy", dict(meta, kernels={}))
         backend.cache = engine.backend.cache   # one cache: the second round's hits are free
+        backend.cudnn_plans = engine.backend.cudnn_plans    # and one set of cuDNN plans
         engine = backend.select_tactics(network, feeds)
     return engine, {"precisions": meta["precisions"], "precision_moves": report,
                     "precision_timing": measured,

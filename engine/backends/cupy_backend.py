@@ -17,6 +17,7 @@ import time
 
 from ..errors import BuildError
 from ..execution import EngineSchedule, LayerRunner
+from ..gpu import cudnn_tactics
 from ..gpu import tactics as T
 from ..gpu.concat import ConcatElision
 from ..gpu.device import available, cupy, gpu_info
@@ -57,6 +58,11 @@ class CupyBackend:
         self.forced = dict(self.meta.get("kernels", {}))       # layer name -> tactic name
         self.gpu = "%s %s" % gpu_info(self.cp.cuda.Device().id)
         self.cache = timing_cache(self.meta.get("timing_cache") or switches.timing_cache)
+        # the cuDNN plans this engine runs: those its plan file carries, then the file store
+        # beside its timing cache (engine/gpu/cudnn_tactics.py EnginePlans)
+        self.cudnn_plans = cudnn_tactics.EnginePlans(
+            self.meta.get("cudnn_plans"), cudnn_tactics.plan_store(
+                switches.cudnn_plan_cache or self.meta.get("timing_cache") or switches.timing_cache))
         self.use_graphs = switches.cuda_graphs
         # short candidates timed inside a CUDA graph (engine/gpu/timing.py); the
         # builder turns use_graphs off while it selects, not this
@@ -129,8 +135,9 @@ class CupyBackend:
         runner = LayerRunner(engine)
         runner.profiler = profiler
         self.use_graphs = False      # selection only: replay is the built engine's business
-        runner.run({name: self.asarray(a) for name, a in feeds.items()})
-        self.synchronize()
+        with cudnn_tactics.plans_in_use(self.cudnn_plans):
+            runner.run({name: self.asarray(a) for name, a in feeds.items()})
+            self.synchronize()
         return engine
 
     # -- tactics -------------------------------------------------------------------
@@ -200,7 +207,8 @@ class CupyBackend:
             if ms:                    # 0.0 / None: an untimed single-tactic entry
                 return hit["tactic"], ms
         cands = [t for t in self._candidates(layer, shapes, dtypes, precision) if t is not T.HOST]
-        timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
+        with cudnn_tactics.plans_in_use(self.cudnn_plans):
+            timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
         if best is None:
             return None, math.inf
         self.cache.put(ckey, best.name, timed)
@@ -335,6 +343,10 @@ class CupyBackend:
 
     # -- whole-engine execution with CUDA graphs -------------------------------------
     def execute(self, context, feeds, sched, stream=None):
+        with cudnn_tactics.plans_in_use(self.cudnn_plans):
+            return self._execute(context, feeds, sched, stream)
+
+    def _execute(self, context, feeds, sched, stream=None):
         cp = self.cp
         self._at_build_shapes = bool(self._build_shapes) and all(
             self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())

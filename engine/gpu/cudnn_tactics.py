@@ -11,7 +11,7 @@ tactic (engine/gpu/cudnn_int8_tactics.py), under the same switches.
 The switches are read here, through engine.settings, and handed to the kernels as
 arguments: CUPYRT_CUDNN, CUPYRT_CUDNN_MAX_PLANS (plans timed per graph),
 CUPYRT_CUDNN_BUILD_BUDGET_S, CUPYRT_CUDNN_PLAN_CACHE (where chosen plans are kept
-between processes; default: the CUPYRT_TIMING_CACHE file), and CUPYRT_PRECOMPILE_WORKERS
+between processes; default: the build's timing cache file), and CUPYRT_PRECOMPILE_WORKERS
 (bounds how many worker processes build plans, at most half the CPUs; 0: all plans are
 built in this process, one after another).
 
@@ -19,10 +19,19 @@ Cold-build time: the first time the builder asks these tactics about a layer of 
 every convolution and linear layer of that network they would accept has its candidate plans queued on the
 worker processes (kernels/gpu/cudnn_workers.py), so their compiles overlap the timing of
 our own kernels; each layer's first run then finds its plans built.
+
+Chosen plans travel with the engine: the CuPy backend running a build or an engine makes
+its ``EnginePlans`` the store these tactics use (``plans_in_use``); the builder writes the
+plans it chose into the plan file (meta ``cudnn_plans``), so an engine deserialized in
+another process loads its graphs instead of compiling them (seconds per graph) on its first
+run. Behind it, the file store of the timing cache keeps them for rebuilds.
 """
+import contextlib
+import contextvars
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -59,9 +68,7 @@ class PlanStore:
         self.cache = TimingCache(path)
 
     def key(self, spec, device_name):
-        kind = getattr(spec, "kind", "conv")       # "cudnn_conv": the keys of earlier caches
-        return TimingCache.key(device_name, {f"cudnn_{kind}": spec.to_json(),
-                                             "frontend": cudnn_graphs.frontend_version()})
+        return plan_key(spec, device_name)
 
     def _blob_path(self, key):
         return os.path.join(self.path + ".cudnn", key + ".plan")
@@ -91,10 +98,64 @@ class PlanStore:
     def put(self, spec, device_name, index, times, blob):
         key = self.key(spec, device_name)
         self.cache.put(key, f"{self.PREFIX}{index}", {str(i): ms for i, ms in sorted(times.items())})
+        try:
+            if blob is not None:
+                os.makedirs(os.path.dirname(self._blob_path(key)), exist_ok=True)
+                write_bytes(self._blob_path(key), json.dumps(blob))
+            self.cache.save()
+        except OSError as e:      # a store where this process cannot write: the plan still runs
+            log.warning("cuDNN plan cache %s not written (%s: %s)", self.path, type(e).__name__, e)
+
+
+def plan_key(spec, device_name):
+    """The key of ``spec``'s chosen plan on ``device_name`` (with the frontend's version)."""
+    kind = getattr(spec, "kind", "conv")           # "cudnn_conv": the keys of earlier caches
+    return TimingCache.key(device_name, {f"cudnn_{kind}": spec.to_json(),
+                                         "frontend": cudnn_graphs.frontend_version()})
+
+
+class EnginePlans:
+    """The cuDNN plans one engine runs, kept in its plan file (meta ``cudnn_plans``:
+    {plan key: {"index", "blob"}}), in front of a file store (``PlanStore`` or None)
+    that it reads through and writes to. The kernels' store interface (``get``/``put``);
+    only serialized plans are kept (an index alone still means compiling)."""
+
+    def __init__(self, entries=None, file_store=None):
+        self.entries = dict(entries or {})
+        self.file = file_store
+        self._lock = threading.Lock()
+
+    def get(self, spec, device_name):
+        key = plan_key(spec, device_name)
+        hit = self.entries.get(key)
+        if hit is not None:
+            return hit["index"], hit["blob"]
+        known = self.file.get(spec, device_name) if self.file is not None else None
+        if known is not None and known[1] is not None:
+            with self._lock:
+                self.entries[key] = {"index": known[0], "blob": known[1]}
+        return known
+
+    def put(self, spec, device_name, index, times, blob):
         if blob is not None:
-            os.makedirs(os.path.dirname(self._blob_path(key)), exist_ok=True)
-            write_bytes(self._blob_path(key), json.dumps(blob))
-        self.cache.save()
+            with self._lock:
+                self.entries[plan_key(spec, device_name)] = {"index": index, "blob": blob}
+        if self.file is not None:
+            self.file.put(spec, device_name, index, times, blob)
+
+
+_in_use = contextvars.ContextVar("cupyrt_cudnn_plans", default=None)
+
+
+@contextlib.contextmanager
+def plans_in_use(plans):
+    """Within the block (this thread), the cuDNN tactics keep and find plans in ``plans``
+    (an ``EnginePlans``: the running engine's) instead of the settings' file store."""
+    token = _in_use.set(plans)
+    try:
+        yield plans
+    finally:
+        _in_use.reset(token)
 
 
 _stores = {}
@@ -118,8 +179,11 @@ def plan_options(current=None):
     15 workers 26.5 s; the plans' compiles took 68-73 CPU seconds either way)."""
     s = current or settings()
     workers = min(s.precompile_workers, max(1, (os.cpu_count() or 2) // 2))
+    store = _in_use.get()
+    if store is None:
+        store = plan_store(s.cudnn_plan_cache or s.timing_cache)
     return {"max_plans": max(1, s.cudnn_max_plans), "build_budget_s": s.cudnn_build_budget_s,
-            "store": plan_store(s.cudnn_plan_cache or s.timing_cache), "workers": workers}
+            "store": store, "workers": workers}
 
 
 def _window(layer, shape):

@@ -37,6 +37,7 @@ def _backend(log, current):
         copyto=lambda dst, src: log.append(("copy", dst, src)))
     backend = CupyBackend.__new__(CupyBackend)
     backend.cp, backend._build_shapes, backend.use_graphs = cp, {}, True
+    backend.cudnn_plans = None           # no engine plans: the settings' store, as before
     return backend, graph
 
 
