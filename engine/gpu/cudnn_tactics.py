@@ -22,7 +22,8 @@ our own kernels; each layer's first run then finds its plans built.
 
 Chosen plans travel with the engine: the CuPy backend running a build or an engine makes
 its ``EnginePlans`` the store these tactics use (``plans_in_use``); the builder writes the
-plans it chose into the plan file (meta ``cudnn_plans``), so an engine deserialized in
+plans its build chose for each graph it ran into the plan file (meta ``cudnn_plans``; also
+those of layers that ended on another tactic: ~90 KB a graph), so an engine deserialized in
 another process loads its graphs instead of compiling them (seconds per graph) on its first
 run. Behind it, the file store of the timing cache keeps them for rebuilds.
 """
