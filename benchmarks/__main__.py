@@ -1,4 +1,5 @@
 """python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME] | list | report
+| layers NAME [...]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
 ``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
@@ -8,6 +9,7 @@ every results file. ``ab`` builds one model twice in one process, as the setting
 with ``NAME=VALUE`` settings (engine/settings.py fields) applied and/or builder passes left
 out (``--disable-pass``), and times the two engines in alternating rounds (no peer: the
 question is which variant is faster), e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``.
+``layers`` runs one per-layer kernel measurement (benchmarks/layers.py; ``layers --help``).
 """
 import argparse
 import datetime
@@ -67,7 +69,9 @@ def short_table(rows):
 
 
 def cmd_run(args):
+    from .models import use_empty_kernel_cache
     from .suites import SUITES
+    use_empty_kernel_cache()
     suite = SUITES[args.suite]
     args.batches = [int(b) for b in args.batches.split(",")] if args.batches else list(suite.batches)
     os.makedirs(args.out, exist_ok=True)
@@ -129,6 +133,7 @@ def check_passes(names):
 
 def cmd_ab(args):
     from . import models
+    models.use_empty_kernel_cache()
     setting = parse_settings(args.settings)
     check_passes(args.disable_pass)
     if not setting and not args.disable_pass:
@@ -169,6 +174,11 @@ def cmd_report(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["layers"]:
+        # its own parser (``layers --help``), and the kernel cache as it is: no suite's cold build here
+        from . import layers
+        return layers.main(argv[1:])
     from .suites import SUITES
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -192,6 +202,7 @@ def main(argv=None):
     ab.add_argument("--reps", type=int, default=20)
     ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
+    sub.add_parser("layers", help="one per-layer kernel measurement (layers --help)")
     rep = sub.add_parser("report", help="RESULTS.md tables from the results files")
     rep.add_argument("--results", default=os.path.join(HERE, "results"))
     rep.add_argument("--write", action="store_true", help="replace the generated part of RESULTS.md")

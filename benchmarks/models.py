@@ -1,5 +1,7 @@
-"""ResNet-50 and MobileNetV2 from torchvision (and a BERT-base-sized encoder), rebuilt
-through cupyrt's network API: the cupyrt side of the model suites (benchmarks/suites.py).
+"""What the model suites (benchmarks/suites.py) time, both sides, and how: ResNet-50 and
+MobileNetV2 from torchvision (and a BERT-base-sized encoder) rebuilt through cupyrt's
+network API; the PyTorch peers timed beside them (torch_rows); the CUDA-event and
+CUDA-graph timing loops every benchmark here uses (median_ms, graph_ms).
 
 For each model and precision: one engine with a dynamic batch, tactics timed at the
 largest batch (optimisation profile), built cold (empty timing cache) and again with
@@ -19,27 +21,65 @@ import time
 
 import numpy as np
 
-# a cold build compiles every kernel: start from an empty CuPy kernel cache so the
-# "cold" build time includes NVRTC, as on a fresh machine
-os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="cupyrt_bench_cupy_cache_"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("benchmarks")
 BERT_SEQ, BERT_HIDDEN = 128, 768
+SYSTEMS = ("torch.eager", "torch.compile", "torch.compile.reduce-overhead")
 
 
-def median_ms(fn, cp, reps=30, warmup=5):
+def use_empty_kernel_cache():
+    """A cold build compiles every kernel: a suite starts from an empty CuPy kernel cache
+    (unless CUPY_CACHE_DIR names one) so the "cold" build time includes NVRTC, as on a
+    fresh machine. Called by the suite runner before anything compiles."""
+    os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="cupyrt_bench_cupy_cache_"))
+
+
+def median_ms(fn, lib, reps=30, warmup=5):
+    """Median ms of ``fn()`` between two CUDA events on the current stream, after
+    ``warmup`` calls; ``lib`` is the cupy or the torch module (whose events these are)."""
     for _ in range(warmup):
         fn()
-    stream = cp.cuda.get_current_stream()
+    is_torch = lib.__name__ == "torch"
     times = []
     for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(stream)
+        a, b = (lib.cuda.Event(enable_timing=True) if is_torch else lib.cuda.Event() for _ in range(2))
+        a.record()
         fn()
-        b.record(stream)
+        b.record()
         b.synchronize()
-        times.append(cp.cuda.get_elapsed_time(a, b))
+        times.append(a.elapsed_time(b) if is_torch else lib.cuda.get_elapsed_time(a, b))
     return float(np.median(times))
+
+
+def graph_ms(fn, lib, calls=20, reps=10):
+    """Per-call ms of ``fn`` captured ``calls`` times into one CUDA graph and replayed
+    ``reps`` times (median), so the Python launch path is out: CuPy through stream
+    capture with a private pool, as the engine captures; torch through torch.cuda.graph."""
+    if lib.__name__ == "torch":
+        side = lib.cuda.Stream()
+        side.wait_stream(lib.cuda.current_stream())
+        with lib.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        lib.cuda.current_stream().wait_stream(side)
+        graph = lib.cuda.CUDAGraph()
+        with lib.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        return median_ms(graph.replay, lib, reps, warmup=1) / calls
+    pool, stream = lib.cuda.MemoryPool(), lib.cuda.Stream(non_blocking=True)
+    with lib.cuda.using_allocator(pool.malloc), stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        for _ in range(calls):
+            fn()
+        graph = stream.end_capture()
+        graph.upload(stream)
+        ms = median_ms(lambda: graph.launch(stream), lib, reps, warmup=1) / calls
+    graph = None                  # the graph holds its pool's blocks until it goes
+    pool.free_all_blocks()
+    return ms
 
 
 def torch_model(name):
@@ -363,4 +403,54 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                      "cold_s": {k: r["cold_s"] for k, r in runs.items()}})
         log.info("[ab] %s %s b%d: A %.3f ms, B %.3f ms (B/A %.3f), rel L2 B vs A %.2e",
                  name, precision, n, a, b, b / a, err)
+    return rows
+
+
+# ---- the PyTorch peers ---------------------------------------------------------------------
+# Every suite times them beside cupyrt, in the same process on the same card: eager,
+# torch.compile (default mode) and, at batch 1, torch.compile(mode="reduce-overhead") (CUDA
+# graphs: the fair peer of our graph replay at small batch). Each compiled peer is a fresh
+# ``torch.compile(module, dynamic=False)`` per batch, so a shape is compiled for itself (as a
+# user serving one batch size would), warmed up until compilation (and, for reduce-overhead,
+# graph recording) is done, then timed like ours. A peer that fails to compile gives a row
+# with ``error`` and no time, never a crash.
+def torch_rows(module, make_input, model, precision, batches, reps, compile_modes=True):
+    """Rows for ``module`` (already on the GPU, eval) at each batch: eager, compiled
+    default, and compiled reduce-overhead at batch 1. ``make_input(n)`` -> tensor."""
+    import cupy as cp         # events on the default stream both share: timed as ours are
+    import torch
+    torch.backends.cudnn.benchmark = True
+    # FP32 against FP32: PyTorch would otherwise run FP32 convolutions on TF32 tensor cores
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = []
+    for n in batches:
+        x = make_input(n)
+        modes = [("torch.eager", None)]
+        if compile_modes:
+            modes.append(("torch.compile", "default"))
+            if n == 1:
+                modes.append(("torch.compile.reduce-overhead", "reduce-overhead"))
+        for system, mode in modes:
+            row = {"system": system, "model": model, "precision": precision, "batch": n}
+            try:
+                fn, compile_s = module, 0.0
+                if mode is not None:
+                    t0 = time.perf_counter()
+                    fn = torch.compile(module, mode=mode, dynamic=False)
+                    with torch.no_grad():
+                        for _ in range(3):         # compile, then (reduce-overhead) record graphs
+                            fn(x)
+                    torch.cuda.synchronize()
+                    compile_s = time.perf_counter() - t0
+                with torch.no_grad():
+                    ms = median_ms(lambda: fn(x), cp, reps=reps)
+                row.update(ms=ms, img_s=n / ms * 1e3)
+                if mode is not None:
+                    row["compile_s"] = round(compile_s, 1)
+            except Exception as e:          # noqa: BLE001  (a peer that cannot run is reported)
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            rows.append(row)
+            log.info("[peer] %s %s b%d %s: %s", model, precision, n, system,
+                     f"{row['ms']:.3f} ms" if "ms" in row else row["error"])
     return rows

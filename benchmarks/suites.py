@@ -10,7 +10,7 @@ import logging
 import os
 
 from . import models
-from .peers import torch_rows
+from .models import torch_rows
 
 log = logging.getLogger("benchmarks")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,13 +53,6 @@ def _bert(args):
     return rows, builds
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 KERNEL_LAYERS = ("stem7x7", "s1_3x3_64", "s2_1x1_128_512", "s3_3x3_256", "s3_1x1_1024_256", "s4_3x3_512")
 
 
@@ -70,10 +63,10 @@ def _kernels(args):
     import torch
 
     import engine as rt
-    table = _load_script(os.path.join(HERE, "per_layer", "bench_kernels.py"), "bench_kernels").RESNET50
+    from .layers import RESNET50
     wanted = None if args.layers == "all" else set((args.layers or ",".join(KERNEL_LAYERS)).split(","))
     rows, builds = [], []
-    for name, h, c, k, r, stride, _count in table:
+    for name, h, c, k, r, stride, _count in RESNET50:
         if wanted is not None and name not in wanted:
             continue
         rng = np.random.default_rng(len(name))
@@ -110,6 +103,13 @@ def _kernels(args):
             rows += torch_rows(module, lambda m: torch.randn(m, c, h, h, device="cuda").half().to(
                 memory_format=torch.channels_last), f"resnet50.{name}", "fp16", [n], args.reps)
     return rows, builds
+
+
+def _load_script(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _tf_path(args):

@@ -45,7 +45,7 @@ def test_ratios_use_the_peer_of_the_same_run_batch_and_precision():
 
 
 def runner_systems():
-    from benchmarks.peers import SYSTEMS
+    from benchmarks.models import SYSTEMS
     return SYSTEMS
 
 
