@@ -5,7 +5,6 @@ batch, ms, ...}`` with ``system`` one of ``cupyrt``, ``torch.eager``, ``torch.co
 ``torch.compile.reduce-overhead``, all timed in this one process on this one card.
 """
 import dataclasses
-import importlib.util
 import logging
 import os
 
@@ -105,18 +104,11 @@ def _kernels(args):
     return rows, builds
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _tf_path(args):
-    """The TensorFlow path (carry benchmarks/tf_path, made by benchmarks/tf/tf_path_prepare.py
-    where TensorFlow is): exported Keras engines built and checked against TF's outputs.
-    No PyTorch peer exists for these Keras models; the rows carry accuracy, not a ratio."""
-    tf_run = _load_script(os.path.join(HERE, "tf", "tf_path_run.py"), "tf_path_run")
+    """The TensorFlow path (carry benchmarks/tf_path, made by ``python benchmarks/tf_path.py
+    prepare`` where TensorFlow is): exported Keras engines built and checked against TF's
+    outputs. No PyTorch peer exists for these Keras models; the rows carry accuracy, not a ratio."""
+    from . import tf_path as tf_run
     folder = args.tf_dir or os.path.join(HERE, "tf_path")
     rows = []
     for sub in tf_run.model_folders(folder):

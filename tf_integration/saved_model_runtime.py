@@ -42,7 +42,7 @@ SavedModel function cannot hold an op type TensorFlow has no definition for;
 EagerPyFunc is the one op that calls back into Python from a saved graph.
 Each engine call crosses into Python once; with plain ``tf.saved_model.load``
 on a CPU host that call runs the TensorFlow segment (measured at >= 0.9x the
-original on ResNet50: benchmarks/tf/cpu_host_resnet50.py --saved-model).
+original on ResNet50: benchmarks/host.py resnet50 --saved-model).
 """
 import collections
 import hashlib

@@ -3,7 +3,7 @@ x 200 runs through one shared tf.compat.v1.Session and through a session per thr
 give exactly the single-threaded answers; a short soak (1,000 runs) keeps host RSS
 flat after warm-up; an engine that fails at run time inside a session falls back to
 its TensorFlow segment, from many threads, with every fallback counted in summary().
-NumPy backend (tests/conftest.py). The 10,000-run soak: benchmarks/tf/soak.py."""
+NumPy backend (tests/conftest.py). The 10,000-run soak: `python benchmarks/host.py soak`."""
 import os
 import sys
 import threading

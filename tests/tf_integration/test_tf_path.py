@@ -1,7 +1,6 @@
-"""benchmarks/tf/tf_path_prepare.py and tf_path_run.py on the CPU: prepare a tiny Keras
+"""benchmarks/tf_path.py (prepare, run) on the CPU: prepare a tiny Keras
 model, then build and run the exported networks on the NumPy backend (the GPU
 machine runs the same script with --backend cupy)."""
-import importlib.util
 import json
 import os
 
@@ -9,18 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import tf_path
 
-
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "tf",
-                                                                     f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_mod, run_mod = _module("tf_path_prepare"), _module("tf_path_run")
+prepare_mod = run_mod = tf_path
 
 
 def tiny_model(split=False):
@@ -52,7 +42,7 @@ def test_prepare_then_run_on_the_numpy_backend(tmp_path, split, capsys):
     assert x.shape == (3, 16, 16, 3) and np.abs(x).min() > 0
 
     out = tmp_path / "results.json"
-    assert run_mod.main(["--dir", str(tmp_path), "--backend", "numpy", "--reps", "1",
+    assert run_mod.main(["run", "--dir", str(tmp_path), "--backend", "numpy", "--reps", "1",
                          "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "rel L2" in text and "NumPy backend" in text
@@ -69,4 +59,4 @@ def test_run_reports_a_missing_engine_input(tmp_path):
     prepare_mod.prepare(tiny_model(True), str(tmp_path), batch=2, seed=1)
     os.remove(tmp_path / "engine_inputs.npz")
     with pytest.raises(KeyError, match="no value for engine input"):
-        run_mod.main(["--dir", str(tmp_path), "--backend", "numpy", "--reps", "1"])
+        run_mod.main(["run", "--dir", str(tmp_path), "--backend", "numpy", "--reps", "1"])

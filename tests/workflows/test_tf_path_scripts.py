@@ -1,8 +1,7 @@
-"""benchmarks/tf/tf_path_prepare.py and tf_path_run.py with several models: one folder
+"""benchmarks/tf_path.py (prepare, run) with several models: one folder
 per model, carried inputs with labels, top-1 agreement and accuracy in the report.
 (tests/tf_integration/test_tf_path.py covers one model in a flat folder.)"""
 import argparse
-import importlib.util
 import json
 import os
 
@@ -11,18 +10,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import tf_path  # noqa: E402  (after the skip: it needs TensorFlow to prepare)
 
-
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "tf",
-                                                                     f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_mod, run_mod = _module("tf_path_prepare"), _module("tf_path_run")
+prepare_mod = run_mod = tf_path
 
 
 def classifier(seed=0, classes=4):
@@ -65,7 +55,7 @@ def test_run_goes_through_every_model_folder_and_scores_against_labels(tmp_path,
         assert np.array_equal(data[data.files[0]], x)
 
     out = tmp_path / "results.json"
-    assert run_mod.main(["--dir", str(tmp_path), "--backend", "numpy", "--reps", "1",
+    assert run_mod.main(["run", "--dir", str(tmp_path), "--backend", "numpy", "--reps", "1",
                          "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "trained: clf0, TF accuracy 0.5000" in text and "probabilities" in text
@@ -96,7 +86,7 @@ def test_classes_scores_only_batch_by_class_outputs():
 def test_run_names_the_folder_that_holds_no_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        run_mod.main(["--dir", str(tmp_path), "--backend", "numpy"])
+        run_mod.main(["run", "--dir", str(tmp_path), "--backend", "numpy"])
 
 
 def test_prepare_rejects_labels_that_do_not_match_the_batch(tmp_path):
@@ -120,7 +110,7 @@ def test_main_writes_each_model_into_its_folder_and_drops_a_flat_layout(tmp_path
         (tmp_path / f).write_text("old")
     monkeypatch.setattr(prepare_mod, "MODELS", {
         "tiny": lambda args: dict(model=classifier(args.seed), batch=2, seed=args.seed)})
-    assert prepare_mod.main(["--out", str(tmp_path), "--models", "tiny"]) == 0
+    assert prepare_mod.main(["prepare", "--out", str(tmp_path), "--models", "tiny"]) == 0
     assert sorted(os.listdir(tmp_path)) == ["tiny"]
     assert "manifest.json" in os.listdir(tmp_path / "tiny")
     assert "MiB) in all" in capsys.readouterr().out
@@ -128,7 +118,7 @@ def test_main_writes_each_model_into_its_folder_and_drops_a_flat_layout(tmp_path
 
 def test_main_lists_the_valid_models(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        prepare_mod.main(["--out", str(tmp_path), "--models", "random224,mnist"])
+        prepare_mod.main(["prepare", "--out", str(tmp_path), "--models", "random224,mnist"])
     assert "unknown ['mnist']; valid: random224, digits" in capsys.readouterr().err
 
 

@@ -1,0 +1,444 @@
+"""A converted graph on the host, two checks (TensorFlow where the machine has it):
+
+    python benchmarks/host.py soak --runs 10000 [--threads 8] [--backend numpy|cupy]
+                                   [--sample-every 100] [--json out.json]
+    python benchmarks/host.py soak --engine-only --backend cupy --runs 100000
+    unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE CUPYRT_BACKEND
+    python benchmarks/host.py resnet50 [--saved-model] [--batches 1,8] [--reps 5] [--json out.json]
+
+``soak`` (issue 11, "Concurrency and soak"): one converted graph run many times in one
+tf.compat.v1.Session; host memory (RSS) sampled as it runs must stay flat after warm-up,
+and every answer must match TensorFlow's. The graph: conv + bias + relu, a cumsum left to
+TensorFlow, conv + bias + tanh: two engine nodes with TensorFlow between them, dynamic
+engines (is_dynamic_op) over batches 1, 2 and 4 (three cached engines per node). Each run
+feeds one of a fixed pool of inputs and compares the output with the original graph's
+(rel. L2 <= 1e-5). RSS comes from psutil when installed, else /proc/self/statm (Linux).
+``--threads`` shares the session between threads; runs are counted over all of them.
+``--backend cupy`` (a GPU host) also samples device memory: CuPy's pool (used and held
+bytes) and the driver's free memory (cudaMemGetInfo). ``--engine-only`` needs no
+TensorFlow (the GPU machine has none): the same two convolutions built with the engine's
+network API (one engine, dynamic batch 1-4, FP16 on the GPU) run through one execution
+context, each answer compared with the NumPy backend's answer for that input (rel. L2 <=
+1e-2 in FP16); the same RSS and device samples. This is the GPU half of the soak.
+
+``resnet50`` (issue 10, points 6 and 8): a converted model on a host without a CUDA
+device is as fast as TensorFlow and no larger than 1.5x on disk. Keras ResNet50
+(weights=None, fixed seed, 128x128x3) is frozen, converted with default settings
+(TrtGraphConverter: FP32 and FP16, static engines) and saved; the original and the
+converted graph are then timed in one process, each in its own tf.compat.v1.Session, runs
+interleaved, median of --reps runs per batch size. With no CUDA device and no
+CUPYRT_BACKEND, engine nodes run their TensorFlow segments (inlined at import): the
+converted graph must run at >= 0.9x TF. With --saved-model the same holds for the TF2
+path: the model is exported with ``model.export``, converted with TrtGraphConverterV2
+(FP32 and FP16, each without and with build() at every batch size given), saved, and the
+directory sizes compared with the original's; the original SavedModel is then timed
+against the converted FP32 one loaded through ``load_saved_model`` (engine nodes inlined
+as their TF ops) and through plain ``tf.saved_model.load`` after ``import
+tf_integration`` (engine nodes called through EagerPyFunc, running their TF segment),
+runs interleaved, median of --reps.
+"""
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.tf_path import folder_bytes  # noqa: E402  (after the repo root joins the path)
+from engine.metrics import rel_l2  # noqa: E402
+
+log = logging.getLogger("benchmarks.host")
+
+
+# ---- soak ----------------------------------------------------------------------------------
+BATCHES = (1, 2, 4)
+POOL = 12                    # distinct inputs, cycled
+SHAPE = (8, 8, 4)            # NHWC after the batch
+
+
+def rss_bytes():
+    """Resident set size of this process in bytes."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def device_bytes():
+    """(pool used, pool held, driver free) in bytes on the current device."""
+    import cupy as cp
+    pool = cp.get_default_memory_pool()
+    free, _ = cp.cuda.runtime.memGetInfo()
+    return pool.used_bytes(), pool.total_bytes(), free
+
+
+def make_model(seed=0):
+    """(original GraphDef, converted GraphDef, converter, output names); the seed
+    picks the weights, so two models never share engine-node statistics."""
+    import tensorflow as tf
+
+    from tf_integration import TrtGraphConverter
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((3, 3, 4, 6)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((3, 3, 6, 5)) * 0.3).astype(np.float32)
+    b1, b2 = (rng.standard_normal(6).astype(np.float32), rng.standard_normal(5).astype(np.float32))
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None,) + SHAPE, name="x")
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, w1, 1, "SAME"), b1))
+        y = tf.math.cumsum(y, axis=1, name="left_to_tf")
+        y = tf.nn.tanh(tf.nn.bias_add(tf.nn.conv2d(y, w2, 1, "SAME"), b2))
+        out = tf.identity(y, name="out")
+    gd = g.as_graph_def()
+    conv = TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"], minimum_segment_size=1,
+                             is_dynamic_op=True, maximum_cached_engines=len(BATCHES),
+                             max_batch_size=max(BATCHES))
+    return gd, conv.convert(), conv, [out.name]
+
+
+def input_pool(seed=1, size=POOL):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((BATCHES[i % len(BATCHES)],) + SHAPE).astype(np.float32)
+            for i in range(size)]
+
+
+def run_graph(graph_def, fetches, feeds_list, converted):
+    """Outputs of ``graph_def`` for each feed of ``feeds_list``, single-threaded."""
+    import tensorflow as tf
+
+    from tf_integration import import_graph_def
+    g = tf.Graph()
+    with g.as_default():
+        (import_graph_def if converted else tf.compat.v1.import_graph_def)(graph_def, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            return [sess.run(fetches, {"x:0": x})[0] for x in feeds_list]
+
+
+def soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0):
+    """Run the converted model ``runs`` times; returns a dict of figures (see main)."""
+    import tensorflow as tf
+
+    from tf_integration import import_graph_def
+    from tf_integration.engine_node import runtime_stats
+    gd, converted, conv, fetches = make_model(seed)
+    pool = input_pool(seed + 1)
+    refs = run_graph(gd, fetches, pool, converted=False)
+    g = tf.Graph()
+    with g.as_default():
+        import_graph_def(converted, name="")
+    sess = tf.compat.v1.Session(graph=g)
+    out = g.get_tensor_by_name(fetches[0])
+    seconds, samples, device, worst, mismatches = drive(
+        lambda k: sess.run(out, {"x:0": pool[k]}), refs, 1e-5, runs, threads, sample_every,
+        backend, log_every)
+    sess.close()
+    stats = runtime_stats(converted)
+    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, {
+        "engine_runs": sum(s["engine_runs"] for s in stats.values()),
+        "native_runs": sum(s["native_runs"] for s in stats.values()),
+        "engines_built": sum(s["engines_built"] for s in stats.values()),
+        "fallbacks": {n: s["fallbacks"] for n, s in stats.items() if s["fallbacks"]}})
+
+
+def engine_model(seed=0):
+    """An engine network: conv 3x3 + bias + relu, conv 3x3 + bias + tanh, NCHW,
+    dynamic batch 1-4 (the engine-only stand-in for make_model's two engine nodes)."""
+    import engine as rt
+    rng = np.random.default_rng(seed)
+    builder = rt.Builder()
+    net = builder.create_network()
+    c = SHAPE[2]
+    t = net.add_input("x", rt.float32, (-1, c, SHAPE[0], SHAPE[1]))
+    for act in (rt.ActivationType.RELU, rt.ActivationType.TANH):
+        w = (rng.standard_normal((8, t.shape[1], 3, 3)) * 0.2).astype(np.float32)
+        b = (rng.standard_normal(8) * 0.1).astype(np.float32)
+        conv = net.add_convolution_nd(t, 8, (3, 3), kernel=w, bias=b)
+        conv.padding_nd = (1, 1)
+        t = net.add_activation(conv.get_output(0), act).get_output(0)
+    t.name = "y"
+    net.mark_output(t)
+    return builder, net
+
+
+def engine_soak(runs, threads=1, sample_every=100, seed=0, backend="numpy", log_every=0):
+    """The engine-only soak (see the module text); returns figures like soak()."""
+    import engine as rt
+    from engine.settings import configure
+    pool = [np.moveaxis(a, -1, 1).copy() for a in input_pool(seed + 1)]
+    plans = {}
+    for name in ("numpy", backend):
+        configure(backend=name)
+        builder, net = engine_model(seed)
+        config = builder.create_builder_config()
+        if name == "cupy":
+            config.set_flag(rt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        profile.set_shape("x", (1,) + pool[0].shape[1:], (BATCHES[-1],) + pool[0].shape[1:],
+                          (BATCHES[-1],) + pool[0].shape[1:])
+        config.add_optimization_profile(profile)
+        plans[name] = rt.Runtime().deserialize_cuda_engine(builder.build_serialized_network(net, config))
+    configure(backend="numpy")
+    ref_ctx = plans["numpy"].create_execution_context()
+    refs = [np.asarray(ref_ctx.execute({"x": a})["y"], np.float32) for a in pool]
+    configure(backend=backend)
+    tol = 1e-2 if backend == "cupy" else 1e-5
+    contexts = threading.local()          # one execution context per thread
+    engine = plans[backend]
+
+    def answer(k):
+        ctx = getattr(contexts, "ctx", None) or engine.create_execution_context()
+        contexts.ctx = ctx
+        got = ctx.execute({"x": pool[k]})["y"]
+        return np.asarray(got.get() if hasattr(got, "get") else got, np.float32)
+    seconds, samples, device, worst, mismatches = drive(
+        answer, refs, tol, runs, threads, sample_every, backend, log_every)
+    return summarise(runs, threads, backend, seconds, samples, device, worst, mismatches,
+                     {"mode": "engine-only", "tolerance": tol})
+
+
+def drive(answer, refs, tol, runs, threads, sample_every, backend, log_every):
+    """Run ``answer(k)`` (the output for pool input k) ``runs`` times over ``threads``
+    threads, inputs cycled, each compared with refs[k]; RSS (and device memory on cupy)
+    sampled every ``sample_every`` runs. Returns (seconds, samples, device samples, worst
+    rel. L2, answers off by more than ``tol``)."""
+    worst, mismatches, done = 0.0, 0, 0
+    lock = threading.Lock()
+
+    def work(first, count):
+        nonlocal worst, mismatches
+        for i in range(first, first + count):
+            k = i % len(refs)
+            err = rel_l2(answer(k), refs[k])
+            with lock:
+                worst = max(worst, err)
+                mismatches += err > tol
+    samples, device = [], []
+    t0 = time.perf_counter()
+    while done < runs:
+        chunk = min(sample_every, runs - done)
+        if threads == 1:
+            work(done, chunk)
+        else:
+            share = [chunk // threads + (j < chunk % threads) for j in range(threads)]
+            starts = np.cumsum([done] + share[:-1])
+            ts = [threading.Thread(target=work, args=(int(s), n)) for s, n in zip(starts, share)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        done += chunk
+        samples.append((done, rss_bytes()))
+        if backend == "cupy":
+            device.append((done,) + device_bytes())
+        if log_every and done % log_every < chunk:
+            log.info("%d runs, RSS %.1f MB", done, samples[-1][1] / 2 ** 20)
+    return time.perf_counter() - t0, samples, device, worst, mismatches
+
+
+def summarise(runs, threads, backend, seconds, samples, device, worst, mismatches, extra):
+    """The figures both soaks report (RSS after the first 20% of runs, device pool)."""
+    after = [r for n, r in samples if n > runs // 5] or [samples[-1][1]]
+    at_20 = min(samples, key=lambda s: abs(s[0] - runs // 5))[1]
+    result = {
+        "runs": runs, "threads": threads, "backend": backend, "seconds": round(seconds, 2),
+        "runs_per_s": round(runs / seconds, 1),
+        "rss_mb_first_sample": round(samples[0][1] / 2 ** 20, 2),
+        "rss_mb_at_20pct": round(at_20 / 2 ** 20, 2),
+        "rss_mb_end": round(samples[-1][1] / 2 ** 20, 2),
+        "growth_mb_last_80pct": round((samples[-1][1] - at_20) / 2 ** 20, 3),
+        "spread_mb_last_80pct": round((max(after) - min(after)) / 2 ** 20, 3),
+        "max_rel_l2": worst, "mismatches": int(mismatches)} | extra
+    result["samples"] = [(n, round(r / 2 ** 20, 2)) for n, r in samples]
+    if device:
+        used = [d[1] for d in device if d[0] > runs // 5]
+        result["device_pool_used_mb_end"] = round(device[-1][1] / 2 ** 20, 2)
+        result["device_pool_used_growth_mb_last_80pct"] = round(
+            (max(used) - min(used)) / 2 ** 20, 3)
+        result["device_free_mb_end"] = round(device[-1][3] / 2 ** 20, 1)
+        free = [d[3] for d in device if d[0] > runs // 5]
+        result["device_free_spread_mb_last_80pct"] = round((max(free) - min(free)) / 2 ** 20, 1)
+    return result
+
+
+# ---- a converted ResNet50 on a host without CUDA (TensorFlow) --------------------------
+def model_graph(size):
+    import keras
+
+    from tf_integration import freeze_keras_model
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
+    return freeze_keras_model(model)
+
+
+def session(graph_def, converted):
+    import tensorflow as tf
+
+    from tf_integration import import_graph_def
+    g = tf.Graph()
+    with g.as_default():
+        (import_graph_def if converted else tf.compat.v1.import_graph_def)(graph_def, name="")
+    return tf.compat.v1.Session(graph=g)
+
+
+def interleaved_ms(fns, reps):
+    """Median run time (ms) of each callable (a session run, a SavedModel signature call),
+    runs interleaved (ABBA...) so that the load of a shared host falls on all alike."""
+    for fn in fns:
+        fn()                                    # warm-up: graph optimisation, allocation
+    times = [[] for _ in fns]
+    for i in range(reps):
+        order = list(enumerate(fns))
+        for k, fn in (order if i % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(1e3 * (time.perf_counter() - t0))
+    return [statistics.median(t) for t in times]
+
+
+def saved_model_main(args, batches):
+    """``resnet50 --saved-model`` (module docstring): sizes and speeds, as a dict."""
+    import keras
+    import tensorflow as tf
+
+    from tf_integration import TrtGraphConverterV2, load_saved_model
+    from tf_integration.engine_node import runtime_mode
+
+    tmp = tempfile.mkdtemp(prefix="host_resnet50_")
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3))
+    src = os.path.join(tmp, "src")
+    model.export(src, verbose=False)
+    del model
+    result = {"model": f"ResNet50 weights=None {args.size}x{args.size}, model.export",
+              "tensorflow": tf.__version__, "mode": runtime_mode(),
+              "original_dir_bytes": folder_bytes(src), "sizes": {}, "speed": {}}
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.uniform(-1, 1, (b, args.size, args.size, 3)).astype(np.float32)
+              for b in batches}
+    for precision in ("FP32", "FP16"):
+        for build in (False, True):
+            t0 = time.perf_counter()
+            conv = TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
+                                       maximum_cached_engines=max(1, len(batches)))
+            conv.convert()
+            if build:
+                conv.build(lambda: iter([inputs[b] for b in batches]))
+            out = conv.save(os.path.join(tmp, f"{precision}{'_built' if build else ''}"))
+            size = folder_bytes(out)
+            label = f"{precision}" + (f" built b{'+'.join(map(str, batches))}" if build else "")
+            report = conv.report["serving_default"]
+            result["sizes"][label] = {"dir_bytes": size,
+                                      "ratio": size / result["original_dir_bytes"],
+                                      "engines": len(report["engines"]),
+                                      "seconds": round(time.perf_counter() - t0, 1)}
+            log.warning("%s: %s", label, result["sizes"][label])
+    key = "serving_default"
+    ref = tf.saved_model.load(src).signatures[key]
+    conv_dir = os.path.join(tmp, "FP32")
+    inlined = load_saved_model(conv_dir).signatures[key]
+    plain = tf.saved_model.load(conv_dir).signatures[key]
+    for batch in batches:
+        x = tf.constant(inputs[batch])
+        (name,) = ref.structured_input_signature[1]
+        fns = [lambda f=f: f(**{name: x}) for f in (ref, inlined, plain)]
+        t, c_inl, c_plain = interleaved_ms(fns, args.reps)
+        want = tf.nest.flatten(fns[0]())[0].numpy()
+        errs = [float(np.linalg.norm(tf.nest.flatten(fn())[0].numpy() - want)
+                      / np.linalg.norm(want)) for fn in fns[1:]]
+        result["speed"][batch] = {
+            "tf_ms": t, "load_saved_model_ms": c_inl, "tf_saved_model_load_ms": c_plain,
+            "speed_vs_tf": {"load_saved_model": t / c_inl, "tf_saved_model_load": t / c_plain},
+            "rel_l2": {"load_saved_model": errs[0], "tf_saved_model_load": errs[1]}}
+        log.warning("batch %d: %s", batch, result["speed"][batch])
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+def frozen_graph_main(args, batches):
+    """``resnet50`` (module docstring): the frozen graph's sizes and speeds, as a dict."""
+    import tensorflow as tf
+
+    from tf_integration import TrtGraphConverter
+    from tf_integration.engine_node import runtime_mode
+    gd, ins, outs = model_graph(args.size)
+    result = {"model": f"ResNet50 weights=None {args.size}x{args.size}",
+              "tensorflow": tf.__version__, "mode": runtime_mode(),
+              "original_pb_bytes": len(gd.SerializeToString()), "sizes": {}, "speed": {}}
+    converted = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("FP32", "FP16"):
+            conv = TrtGraphConverter(input_graph_def=gd, precision_mode=precision)
+            converted[precision] = conv.convert()
+            path = conv.save(os.path.join(tmp, f"{precision}.pb"))
+            size = os.path.getsize(path)
+            result["sizes"][precision] = {"pb_bytes": size,
+                                          "ratio": size / result["original_pb_bytes"],
+                                          "engines": len(conv.report["engines"])}
+    rng = np.random.default_rng(0)
+    ref_sess, conv_sess = session(gd, False), session(converted["FP32"], True)
+    for batch in batches:
+        x = rng.uniform(-1, 1, (batch, args.size, args.size, 3)).astype(np.float32)
+        feeds = {ins[0]: x}
+        t, c = interleaved_ms([lambda s=s: s.run(outs[0], feeds) for s in (ref_sess, conv_sess)], args.reps)
+        ref, got = ref_sess.run(outs[0], feeds), conv_sess.run(outs[0], feeds)
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        result["speed"][batch] = {"tf_ms": t, "converted_ms": c, "speed_vs_tf": t / c,
+                                  "rel_l2": err}
+    return result
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="check", required=True)
+    s = sub.add_parser("soak", help="one converted graph run many times: memory flat, answers right")
+    s.add_argument("--runs", type=int, default=10000)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--sample-every", type=int, default=100)
+    s.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="where the engines run (CUPYRT_BACKEND); cupy needs a CUDA device")
+    s.add_argument("--engine-only", action="store_true",
+                   help="no TensorFlow: the same convolutions as one engine, run by the engine API")
+    s.add_argument("--json", help="write the figures (with every RSS sample) here")
+    r = sub.add_parser("resnet50", help="Keras ResNet50 converted, on a host without CUDA: size and speed vs TF")
+    r.add_argument("--size", type=int, default=128)
+    r.add_argument("--batches", default="1,8")
+    r.add_argument("--reps", type=int, default=5)
+    r.add_argument("--json", help="write the figures here")
+    r.add_argument("--saved-model", action="store_true",
+                   help="the TF2 SavedModel path (module docstring) instead of frozen graphs")
+    return p, s
+
+
+def main(argv=None):
+    p, soak_parser = parser()
+    args = p.parse_args(argv)
+    if args.check == "soak":
+        if args.runs < 1 or args.threads < 1 or args.sample_every < 1:
+            soak_parser.error("--runs, --threads and --sample-every must be >= 1")
+        os.environ["CUPYRT_BACKEND"] = args.backend
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        result = (engine_soak if args.engine_only else soak)(
+            args.runs, args.threads, args.sample_every, backend=args.backend, log_every=max(args.runs // 10, 1))
+        shown = {k: v for k, v in result.items() if k != "samples"}
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        batches = [int(b) for b in args.batches.split(",")]
+        result = shown = (saved_model_main if args.saved_model else frozen_graph_main)(args, batches)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    print(json.dumps(shown, indent=1))
+    return 0 if result.get("mismatches", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
