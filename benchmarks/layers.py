@@ -284,10 +284,10 @@ def conv(args, preset, table=None, layers=None, batches=None):
     import torch
     spec, ci = PRESETS[preset], _gpu("conv_igemm")
     torch.backends.cudnn.benchmark = True
-    # FP32 against FP32: cuDNN would otherwise run FP32 convolutions on TF32 tensor cores
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = "torch32" not in spec["families"]
-    wanted = layers or args.layers or spec.get("layers") or [r[0] for r in RESNET50]
     families = args.families or spec["families"]
+    # FP32 against FP32: cuDNN would otherwise run FP32 convolutions on TF32 tensor cores
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = "torch32" not in families
+    wanted = layers or args.layers or spec.get("layers") or [r[0] for r in RESNET50]
     tiles = args.tactics or spec.get("tiles", MMA_FP16)
     tiles = tiles(ci) if callable(tiles) else [ci.TACTICS_BY_NAME[n] for n in tiles]
     cp.random.seed(0)
