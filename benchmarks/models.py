@@ -13,8 +13,9 @@ GPU machine has no network to fetch pretrained files) and batch-norm statistics
 randomised, so every folded constant is non-trivial.
 """
 import copy
-import os
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +126,32 @@ def build(name, model, precision, max_batch, cache, disabled_passes=()):
     return plan, seconds, net.num_layers
 
 
+def fresh_process_build_s(name, precision, max_batch, cache):
+    """Seconds of the same build in a new Python process reading the timing cache (and,
+    for INT8, the calibration cache) the cold build wrote, as a user's rebuild would:
+    nothing this process built or compiled is reused except CuPy's on-disk kernel cache
+    (the same machine). Interpreter and torch imports are outside the figure. None (and a
+    warning) when that process fails."""
+    code = ("import json\n"
+            "from benchmarks import models\n"
+            f"_, s, _ = models.build({name!r}, models.torch_model({name!r}), {precision!r}, "
+            f"{int(max_batch)}, {cache!r})\n"
+            "print('FRESH_BUILD_S', json.dumps(s))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        log.warning("[build] %s %s: the rebuild in a new process took over 900 s", name, precision)
+        return None
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("FRESH_BUILD_S "):
+            return float(line.split()[1])
+    log.warning("[build] %s %s: the rebuild in a new process failed (exit %s): %s", name, precision,
+                done.returncode, done.stderr[-800:])
+    return None
+
+
 def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     """Build ``model`` in ``precision`` (cold, then with the timing cache) and time it at
     each batch. Returns (build record, [row per batch]); rows carry system "cupyrt"."""
@@ -149,9 +176,11 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()
     _, warm, _ = build(name, model, precision, max(batches), cache)
+    fresh = fresh_process_build_s(name, precision, max(batches), cache)
     engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
     kinds = _count(info.kernel for info in engine.layers)
     record = {"model": name, "precision": precision, "cold_s": cold, "cached_s": warm,
+              "fresh_process_cached_s": fresh,
               "layers_in": src_layers, "layers_out": engine.num_layers, "plan_mb": len(plan) / 2**20,
               "kernels": kinds, "phases": engine.meta.get("build_seconds"),
               "precisions": _count(engine.meta.get("precisions", {}).values()),
