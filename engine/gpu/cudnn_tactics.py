@@ -289,9 +289,15 @@ def prefetch_network(layer, batch, options=None, device_id=None):
     a few plans it never uses, compiled in the workers and dropped."""
     net = layer._network
     return queue_network_once(
-        net, batch, "fp16", lambda: [spec for spec in (_prefetch_spec(other, batch) for other in net._layers)
-                                     if spec is not None],
+        net, batch, "fp16", lambda: [spec for other in net._layers for make in PREFETCH_SPECS
+                                     for spec in (make(other, batch),) if spec is not None],
         options, device_id, "cuDNN")
+
+
+# what prefetch_network asks of each layer: (layer, batch) -> a graph spec or None. The
+# FP16 tactics here; engine/gpu/cudnn_s2d_tactics.py adds its stem's spec on import (it
+# imports this module, so this one cannot import it)
+PREFETCH_SPECS = [_prefetch_spec]
 
 
 def queue_network_once(net, batch, tag, make_specs, options=None, device_id=None, what="cuDNN"):

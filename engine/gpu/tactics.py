@@ -16,8 +16,8 @@ from ..kernel_table import TACTICS
 from ..settings import settings
 from ..types import DataType, LayerType
 from . import (attention_tactics, concat, constant_tactics, conv_int8_tactics, conv_tactics,
-               conv_tf32_tactics, cudnn_int8_tactics, cudnn_tactics, fc_tactics, matmul_tactics,
-               norm_tactics, pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
+               conv_tf32_tactics, cudnn_int8_tactics, cudnn_s2d_tactics, cudnn_tactics, fc_tactics,
+               matmul_tactics, norm_tactics, pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
 from .base import GENERIC, HOST, INT8_EMULATION, Tactic, as_nhwc, nchw_view, register
 
 __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", "candidates",
@@ -27,7 +27,8 @@ __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", 
 # convolutions, all 72 BERT linear layers in the H200 records), and the time of the first
 # candidate is what the others are stopped early against (engine/gpu/timing.py: a candidate
 # 1.5x slower stops after 3 runs, one 2x slower is not re-timed in a CUDA graph)
-register(LayerType.CONVOLUTION, cudnn_tactics.ConvCudnn(), cudnn_int8_tactics.ConvCudnnInt8(),
+register(LayerType.CONVOLUTION, cudnn_tactics.ConvCudnn(), cudnn_s2d_tactics.ConvCudnnS2d(),
+         cudnn_int8_tactics.ConvCudnnInt8(),
          *conv_tactics.TACTICS, *conv_int8_tactics.TACTICS, *conv_tf32_tactics.TACTICS)
 register(LayerType.FULLY_CONNECTED, *fc_tactics.TACTICS)
 register(LayerType.MATRIX_MULTIPLY, cudnn_tactics.MatMulCudnn(), *matmul_tactics.TACTICS)
