@@ -1,8 +1,6 @@
 """engine/gpu/cudnn_s2d_tactics.py without a GPU: which convolutions conv.cudnn_s2d
 declines and why, the stride-1 spec it builds for ResNet's stem, that it is a candidate
 beside conv.cudnn, and that the network-wide plan prefetch queues its spec."""
-import concurrent.futures as futures
-
 import numpy as np
 import pytest
 
@@ -105,15 +103,6 @@ def test_is_a_candidate_beside_conv_cudnn_and_names_its_kernel():
     assert not S2D.ConvCudnnS2d.writes_into_concat
 
 
-class Workers:
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, spec, device_id, index):
-        self.submitted.append((spec, device_id, index))
-        return futures.Future()
-
-
 def test_prefetch_queues_the_stem_spec_beside_conv_cudnns(monkeypatch):
     net = rt.Network()
     x = net.add_input("x", rt.float32, (-1, 3, 32, 32))
@@ -123,15 +112,13 @@ def test_prefetch_queues_the_stem_spec_beside_conv_cudnns(monkeypatch):
                                kernel=RNG.standard_normal((16, 16, 3, 3)).astype(np.float32))
     b.padding_nd = (1, 1)
     net.mark_output(b.get_output(0))
-    w = Workers()
-    monkeypatch.setattr(W, "shared", lambda n: w)
+    queued = []          # what reaches the kernels' prefetch (plans per spec: max_plans)
+    monkeypatch.setattr(W, "shared", lambda n: "workers")
+    monkeypatch.setattr(G, "prefetch", lambda spec, dev, workers, plans, store, name:
+                        queued.append((spec, dev, workers)) or plans)
     opts = {"max_plans": 2, "build_budget_s": 1.0, "store": None, "workers": 3}
-    try:
-        assert CT.prefetch_network(a, 4, opts, device_id=0) == 4
-        specs = {s for s, _, _ in w.submitted}
-        assert specs == {S2D.s2d_spec(a, (4, 3, 32, 32), np.float16),       # the stem, rewritten
-                         CT.conv_spec(b, (4, 16, 16, 16), np.float32)}      # conv.cudnn's as before
-        assert S2D.prefetch_spec(b, 4) is None and CT._prefetch_spec(a, 4) is None
-        assert S2D.prefetch_spec(a, 8) is not None and S2D.prefetch_spec(a, 8).n == 8
-    finally:
-        G.clear()
+    assert CT.prefetch_network(a, 4, opts, device_id=0) == 4
+    assert queued == [(S2D.s2d_spec(a, (4, 3, 32, 32), np.float16), 0, "workers"),    # the stem, rewritten
+                      (CT.conv_spec(b, (4, 16, 16, 16), np.float32), 0, "workers")]   # conv.cudnn's as before
+    assert S2D.prefetch_spec(b, 4) is None and CT._prefetch_spec(a, 4) is None
+    assert S2D.prefetch_spec(a, 8).n == 8
