@@ -116,6 +116,10 @@ SETTINGS = (
     Switch("cudnn_int8", _flag, False,
            "cuDNN INT8 convolution graphs as INT8 tactics (conv.cudnn_i8; needs cudnn on); off until "
            "their GPU tests have passed.", tactics=True),
+    Switch("cudnn_s2d", _flag, False,
+           "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
+           "stride-1 cuDNN graph (conv.cudnn_s2d; needs cudnn on); off until its GPU tests have passed.",
+           tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),

@@ -10,7 +10,8 @@ pass (kernels/cuda/space_to_depth.cu) does the FP32 -> FP16 cast and the NHWC re
 the stem needed anyway, so the tactic reads the network input once.
 
 Not measured yet: the builder times it beside conv.igemmsc and the others and keeps it
-only where it is faster. Switches, plan options and the plan prefetch are
+only where it is faster; off (CUPYRT_CUDNN_S2D=0) until its GPU tests have passed. The
+other switches, plan options and the plan prefetch are
 engine/gpu/cudnn_tactics.py's (CUPYRT_CUDNN and the rest): this tactic adds its spec to
 what that module's ``prefetch_network`` queues.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from kernels.gpu import cudnn_graphs, space_to_depth
 
+from ..settings import settings
 from ..types import DataType, LayerType
 from . import cudnn_tactics
 from .base import Tactic, cupy, nchw_view
@@ -88,6 +90,8 @@ def s2d_spec(layer, in_shape, out_dtype):
 def prefetch_spec(layer, batch):
     """The graph spec this tactic would run ``layer`` with at batch ``batch``, for
     cudnn_tactics.prefetch_network (None: not a layer it takes, or a shape not known)."""
+    if not settings().cudnn_s2d:
+        return None                  # switched off: no plans to compile
     if layer.layer_type != LayerType.CONVOLUTION or not layer._inputs or layer._inputs[0] is None \
             or layer._outputs[0].dtype not in (DataType.FLOAT, DataType.HALF):
         return None
@@ -109,6 +113,7 @@ class ConvCudnnS2d(Tactic):
     kernel (cast, reformat, 2x2 blocks to channels), then the stride-1 convolution as a
     cuDNN graph (FP16 in, FP32 accumulate), its plans timed inside like conv.cudnn's."""
     name = "conv.cudnn_s2d"
+    switch = "cudnn_s2d"            # off until its GPU tests have passed (engine/settings.py)
     launch = staticmethod(space_to_depth.space_to_depth_nhwc)
     writes_into_concat = False      # a stem writes a buffer of its own
 

@@ -30,7 +30,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KERNEL_VERSION = 4        # bump when any tactic's code changes what it computes or how fast
+KERNEL_VERSION = 5        # bump when any tactic's code changes what it computes or how fast
 # below this eager median a kernel hides behind its launch (CuPy's Python launch path
 # costs ~10-20 us): a capturable candidate is re-timed inside a CUDA graph, as an
 # engine replayed as a graph runs it

@@ -93,9 +93,12 @@ def test_switch_and_missing_frontend_say_why(monkeypatch):
     assert reason is not None and "cupyrt[cudnn]" in reason and "no cudnn" in reason
 
 
-def test_is_a_candidate_beside_conv_cudnn_and_names_its_kernel():
+def test_is_a_candidate_beside_conv_cudnn_and_names_its_kernel(monkeypatch):
     from engine.gpu.tactics import candidates
     from kernels.gpu import space_to_depth
+    monkeypatch.delenv("CUPYRT_CUDNN_S2D", raising=False)
+    assert "conv.cudnn_s2d" not in [t.name for t in candidates(stem(batch=2, hw=32))]   # off by default
+    monkeypatch.setenv("CUPYRT_CUDNN_S2D", "1")
     names = [t.name for t in candidates(stem(batch=2, hw=32))]
     # timed right after conv.cudnn, before our own kernels (the first time bounds the rest)
     assert names[:2] == ["conv.cudnn", "conv.cudnn_s2d"]
@@ -117,6 +120,9 @@ def test_prefetch_queues_the_stem_spec_beside_conv_cudnns(monkeypatch):
     monkeypatch.setattr(G, "prefetch", lambda spec, dev, workers, plans, store, name:
                         queued.append((spec, dev, workers)) or plans)
     opts = {"max_plans": 2, "build_budget_s": 1.0, "store": None, "workers": 3}
+    monkeypatch.delenv("CUPYRT_CUDNN_S2D", raising=False)
+    assert S2D.prefetch_spec(a, 4) is None                  # switched off: nothing queued for it
+    monkeypatch.setenv("CUPYRT_CUDNN_S2D", "1")
     assert CT.prefetch_network(a, 4, opts, device_id=0) == 4
     assert queued == [(S2D.s2d_spec(a, (4, 3, 32, 32), np.float16), 0, "workers"),    # the stem, rewritten
                       (CT.conv_spec(b, (4, 16, 16, 16), np.float32), 0, "workers")]   # conv.cudnn's as before

@@ -139,9 +139,10 @@ def test_tactic_replays_inside_a_captured_cuda_graph_on_new_inputs():
 
 
 @needs_frontend
-def test_engine_times_the_s2d_tactic_for_a_stem_and_matches_float64():
+def test_engine_times_the_s2d_tactic_for_a_stem_and_matches_float64(monkeypatch):
     import engine as rt
     from engine.gpu.tactics import candidates
+    monkeypatch.setenv("CUPYRT_CUDNN_S2D", "1")          # off by default until these tests pass
     net, conv, wt, bias = _stem_layer(4, 3, 64, 64, 64, 7, 3)
     host = RNG.standard_normal((4, 3, 64, 64)).astype(np.float32)
     cfg = rt.Builder().create_builder_config()
