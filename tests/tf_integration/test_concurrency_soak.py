@@ -20,7 +20,7 @@ from tf_integration.engine_node import runtime_stats
 from tfi_helpers import rel_l2
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from benchmarks.tf import soak  # noqa: E402
+from benchmarks import host  # noqa: E402
 
 THREADS, RUNS = 8, 200
 
@@ -60,10 +60,10 @@ def hammer(sessions, pool, runs=RUNS, threads=THREADS):
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-session", "session-per-thread"])
 def test_eight_threads_give_the_single_threaded_results(shared):
-    gd, converted, _, fetches = soak.make_model(seed=21 + shared)
-    pool = soak.input_pool(seed=5)
-    single = soak.run_graph(converted, fetches, pool, converted=True)
-    tf_ref = soak.run_graph(gd, fetches, pool, converted=False)
+    gd, converted, _, fetches = host.make_model(seed=21 + shared)
+    pool = host.input_pool(seed=5)
+    single = host.run_graph(converted, fetches, pool, converted=True)
+    tf_ref = host.run_graph(gd, fetches, pool, converted=False)
     assert all(rel_l2(s, r) <= 1e-5 for s, r in zip(single, tf_ref))
     sessions = ([converted_session(converted)] * THREADS if shared
                 else [converted_session(converted) for _ in range(THREADS)])
@@ -81,14 +81,14 @@ def test_eight_threads_give_the_single_threaded_results(shared):
     for st in stats.values():
         assert st["native_runs"] == 0 and st["fallbacks"] == {}
         # one engine per batch size and import, never one per thread
-        assert st["engines_built"] == len(soak.BATCHES) * (2 if shared else 1 + THREADS)
+        assert st["engines_built"] == len(host.BATCHES) * (2 if shared else 1 + THREADS)
 
 
 def test_short_soak_keeps_host_memory_flat():
-    result = soak.soak(1000, sample_every=50, seed=31)
+    result = host.soak(1000, sample_every=50, seed=31)
     assert result["mismatches"] == 0 and result["max_rel_l2"] <= 1e-5
     assert result["engine_runs"] == 2 * 1000 and result["native_runs"] == 0
-    assert result["engines_built"] == 2 * len(soak.BATCHES)
+    assert result["engines_built"] == 2 * len(host.BATCHES)
     # after warm-up (the first 20%) RSS moves by less than a few MB; a leak of one
     # 8x8x6 float32 activation per run would already add 1.5 MB over these 800 runs
     assert abs(result["growth_mb_last_80pct"]) < 3.0, result["samples"]
@@ -97,26 +97,26 @@ def test_short_soak_keeps_host_memory_flat():
 
 
 def test_threaded_soak_counts_runs_over_every_thread():
-    result = soak.soak(120, threads=4, sample_every=50, seed=41)
+    result = host.soak(120, threads=4, sample_every=50, seed=41)
     assert [n for n, _ in result["samples"]] == [50, 100, 120]
     assert result["engine_runs"] == 2 * 120 and result["mismatches"] == 0
 
 
 def test_soak_runner_command_line(tmp_path, capsys):
     out = tmp_path / "soak.json"
-    assert soak.main(["--runs", "30", "--sample-every", "10", "--json", str(out)]) == 0
+    assert host.main(["soak", "--runs", "30", "--sample-every", "10", "--json", str(out)]) == 0
     assert '"runs": 30' in capsys.readouterr().out
     assert out.exists() and len(__import__("json").loads(out.read_text())["samples"]) == 3
     with pytest.raises(SystemExit):
-        soak.main(["--runs", "0"])
+        host.main(["soak", "--runs", "0"])
 
 
 def test_an_engine_failing_at_run_time_falls_back_from_every_thread_and_is_counted(monkeypatch):
     """Every run at batch 2 fails inside the engine (as a device fault would): those
     runs take the TensorFlow segment, answers stay right, and summary() counts them."""
-    gd, converted, conv, fetches = soak.make_model(seed=51)
-    pool = soak.input_pool(seed=6)
-    tf_ref = soak.run_graph(gd, fetches, pool, converted=False)
+    gd, converted, conv, fetches = host.make_model(seed=51)
+    pool = host.input_pool(seed=6)
+    tf_ref = host.run_graph(gd, fetches, pool, converted=False)
     real = NumpyBackend.run_layer
 
     def faulty(layer, inputs, precision, out_dtypes):
@@ -155,7 +155,7 @@ def test_an_engine_failing_at_run_time_falls_back_from_every_thread_and_is_count
 def test_engine_only_soak_runs_the_engine_api_from_threads_and_checks_each_answer():
     """The GPU machine's soak (no TensorFlow there): one engine, dynamic batch,
     answers against the NumPy backend's; here both sides are NumPy, so exact."""
-    result = soak.engine_soak(240, threads=3, sample_every=80, seed=7)
+    result = host.engine_soak(240, threads=3, sample_every=80, seed=7)
     assert result["mode"] == "engine-only" and result["mismatches"] == 0
     assert result["max_rel_l2"] == 0.0 and result["tolerance"] == 1e-5
     assert [n for n, _ in result["samples"]] == [80, 160, 240]
@@ -164,19 +164,19 @@ def test_engine_only_soak_runs_the_engine_api_from_threads_and_checks_each_answe
 
 def test_engine_only_soak_counts_wrong_answers(monkeypatch):
     """A run whose answer differs from the reference is counted (the check can fail)."""
-    real = soak.rel_l2
+    real = host.rel_l2
     calls = []
 
     def off_every_fifth(a, b):
         calls.append(1)
         return real(a, b) + (0.5 if len(calls) % 5 == 0 else 0.0)
-    monkeypatch.setattr(soak, "rel_l2", off_every_fifth)
-    result = soak.engine_soak(50, sample_every=25, seed=8)
+    monkeypatch.setattr(host, "rel_l2", off_every_fifth)
+    result = host.engine_soak(50, sample_every=25, seed=8)
     assert result["mismatches"] == 10 and result["max_rel_l2"] == 0.5
 
 
 def test_engine_only_soak_command_line(tmp_path, capsys):
     out = tmp_path / "engine_soak.json"
-    assert soak.main(["--engine-only", "--runs", "20", "--sample-every", "10", "--json", str(out)]) == 0
+    assert host.main(["soak", "--engine-only", "--runs", "20", "--sample-every", "10", "--json", str(out)]) == 0
     assert '"mode": "engine-only"' in capsys.readouterr().out
     assert len(__import__("json").loads(out.read_text())["samples"]) == 2
