@@ -126,6 +126,9 @@ def build(name, model, precision, max_batch, cache, disabled_passes=()):
     return plan, seconds, net.num_layers
 
 
+FRESH_BUILD_TIMEOUT_S = 240
+
+
 def fresh_process_build_s(name, precision, max_batch, cache):
     """Seconds of the same build in a new Python process reading the timing cache (and,
     for INT8, the calibration cache) the cold build wrote, as a user's rebuild would:
@@ -139,10 +142,12 @@ def fresh_process_build_s(name, precision, max_batch, cache):
             "print('FRESH_BUILD_S', json.dumps(s))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
+        # bounded well inside a 10-minute device call (a cold build took 34-68 s)
         done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                              timeout=900)
+                              timeout=FRESH_BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        log.warning("[build] %s %s: the rebuild in a new process took over 900 s", name, precision)
+        log.warning("[build] %s %s: the rebuild in a new process took over %d s", name, precision,
+                    FRESH_BUILD_TIMEOUT_S)
         return None
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("FRESH_BUILD_S "):

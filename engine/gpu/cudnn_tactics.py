@@ -127,15 +127,22 @@ class EnginePlans:
         self._lock = threading.Lock()
 
     def get(self, spec, device_name):
+        """The plan chosen for ``spec`` before (this engine's, else the file's, which the
+        engine then carries too), or None: what a graph about to run asks."""
         key = plan_key(spec, device_name)
-        hit = self.entries.get(key)
-        if hit is not None:
-            return hit["index"], hit["blob"]
-        known = self.file.get(spec, device_name) if self.file is not None else None
-        if known is not None and known[1] is not None:
+        known = self.peek(spec, device_name)
+        if known is not None and known[1] is not None and key not in self.entries:
             with self._lock:
                 self.entries[key] = {"index": known[0], "blob": known[1]}
         return known
+
+    def peek(self, spec, device_name):
+        """As ``get``, without the engine keeping what it found (the plan prefetch asks
+        about every graph the network might run)."""
+        hit = self.entries.get(plan_key(spec, device_name))
+        if hit is not None:
+            return hit["index"], hit["blob"]
+        return self.file.get(spec, device_name) if self.file is not None else None
 
     def put(self, spec, device_name, index, times, blob):
         if blob is not None:

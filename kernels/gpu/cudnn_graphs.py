@@ -339,6 +339,7 @@ class ConvGraph:
         self.index = None             # the chosen plan
         self._plans = {}              # index -> None (built in self.graph) or a deserialized graph
         self._blobs = {}              # index -> encoded blob of a deserialized plan
+        self.known_failed = False     # the plan chosen before did not load, build or run here
         self.graph, self.tensors = define_graph(cudnn, spec, _handle(cudnn, device_id))
         self.plan_count = self.graph.get_execution_plan_count()
 
@@ -386,7 +387,10 @@ class ConvGraph:
         t0 = time.perf_counter()
         if known is not None:
             index, blob = known
-            got = (blob is not None and self.adopt(index, blob, name="(stored)")) or self.build_local(index)
+            adopted = blob is not None and self.adopt(index, blob, name="(stored)")
+            if blob is not None and not adopted:
+                self.known_failed = True          # its blob is no good here: the store gets a new one
+            got = adopted or self.build_local(index)
             self.wait_seconds += time.perf_counter() - t0
             return [index] if got else []
         tried = set()
@@ -426,6 +430,15 @@ class ConvGraph:
         for i in indices:
             self.plan_times[i] = self._time_plan(i, x, w, bias, residual, y, handle, stream)
         best, best_ms = fastest(self.plan_times)
+        if best is None and known is not None:
+            # the plan chosen before (another process, an engine's plan file) does not load,
+            # build or run here (another cuDNN, driver or heuristics): choose again as if new
+            log.info("cuDNN graph %s: stored plan %d unusable here; choosing again", self.spec, known[0])
+            self.known_failed = True
+            for i in self.gather(results, None):
+                if i not in self.plan_times:          # the failed one keeps its infinite time
+                    self.plan_times[i] = self._time_plan(i, x, w, bias, residual, y, handle, stream)
+            best, best_ms = fastest(self.plan_times)
         if best is None:
             raise RuntimeError(f"no cuDNN plan of {self.plan_count} built and ran for {self.spec}")
         if self._plans[best] is None:
@@ -527,7 +540,9 @@ def prefetch(spec, device_id, workers, max_plans=4, store=None, device_name=None
         return 0
     known = None
     if store is not None:
-        known = store.get(spec, device_name or _device_name(device_id))
+        # a look only (a store may offer ``peek``: the engine's records the plans it runs)
+        look = getattr(store, "peek", None) or store.get
+        known = look(spec, device_name or _device_name(device_id))
     if known is not None and known[1] is not None:
         return 0
     indices = [known[0]] if known is not None else range(max_plans)
@@ -628,7 +643,7 @@ def _build(spec, device_id, x_nhwc, w_krsc, bias, residual, y, pending, max_plan
         if known is not None and known[1] is None and known[0] in results and "blob" in results[known[0]]:
             known = (known[0], results[known[0]]["blob"])
     chosen = graph.choose(x_nhwc, w_krsc, bias, residual, y, results=results, known=known)
-    if store is not None and (known is None or known[1] is None):
+    if store is not None and (known is None or known[1] is None or graph.known_failed):
         store.put(spec, name, chosen, {i: t for i, t in graph.plan_times.items()}, graph.chosen_blob())
     return graph
 

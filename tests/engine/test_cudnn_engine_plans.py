@@ -123,3 +123,11 @@ def test_a_deserialized_engine_loads_the_plans_its_build_chose(fake_gpu, monkeyp
 def test_a_build_without_cudnn_plans_writes_none(fake_gpu, monkeypatch):
     meta, _ = build(monkeypatch, [Injected("inject.a", 0.2)])
     assert "cudnn_plans" not in meta
+
+
+def test_a_prefetch_look_does_not_make_the_engine_carry_a_plan(tmp_path):
+    path = str(tmp_path / "timing.cache")
+    CT.PlanStore(path).put(SPEC, "H200", 3, {3: 0.1}, BLOB)
+    plans = CT.EnginePlans({}, CT.plan_store(path))
+    assert plans.peek(SPEC, "H200") == (3, BLOB) and plans.entries == {}     # looked at only
+    assert plans.get(SPEC, "H200") == (3, BLOB) and len(plans.entries) == 1  # about to run: kept

@@ -287,3 +287,48 @@ def test_matmul_fused_refuses_bad_operands_before_touching_a_gpu():
         CM.matmul_fused(a, w, b, s, residual=np.zeros((4, 8), np.float16))
     with pytest.raises(ValueError, match="cuDNN matmul residual: found None"):
         CM.matmul_fused(a, w, b, mspec(m=4, n=8, k=16, residual=True))
+
+
+def test_a_known_plan_whose_blob_does_not_load_is_built_and_marked_for_replacing(fake):
+    f = fake(plan_count=6)
+    g = G.ConvGraph(spec(), max_plans=4)
+    assert g.gather(known=(2, {"b64": "bm90IGpzb24="})) == [2]       # "not json": does not deserialize
+    assert f.builds == [2] and g.deserialized == 0 and g.known_failed
+    ok = G.ConvGraph(spec(), max_plans=4)
+    assert ok.gather(known=(2, G.encode_blob(json.dumps({"plan": 2}).encode()))) == [2]
+    assert not ok.known_failed
+
+
+class _Stream:
+    ptr = 0
+
+
+@pytest.mark.parametrize("known_runs", [True, False])
+def test_a_stored_plan_that_cannot_run_here_is_replaced_by_choosing_again(fake, monkeypatch, known_runs):
+    """The plan an earlier process (or an engine's plan file) chose fails here: the graph
+    is chosen again from the heuristics' plans, and the store is told the new choice."""
+    import sys
+    import types
+    fake(plan_count=4)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(
+        cuda=types.SimpleNamespace(get_current_stream=lambda: _Stream())))
+    times = {0: 0.30, 1: 0.10, 2: 0.20 if known_runs else math.inf, 3: 0.40}
+    monkeypatch.setattr(G.ConvGraph, "_time_plan", lambda self, i, *a: times[i])
+
+    class Store:
+        def __init__(self):
+            self.puts = []
+
+        def get(self, spec, name):
+            return 2, G.encode_blob(json.dumps({"plan": 2}).encode())
+
+        def put(self, spec, name, index, plan_times, blob):
+            self.puts.append(index)
+    monkeypatch.setattr(G, "_device_name", lambda device_id: "Fake GPU")
+    store = Store()
+    graph = G._build(spec(), 0, None, None, None, None, None, None, 4, 6.0, store)
+    if known_runs:                     # the stored plan alone, as before: nothing to tell the store
+        assert graph.index == 2 and list(graph.plan_times) == [2] and store.puts == []
+    else:
+        assert graph.index == 1 and graph.known_failed and store.puts == [1]
+        assert graph.plan_times[2] == math.inf and set(graph.plan_times) == {0, 1, 2, 3}
