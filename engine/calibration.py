@@ -316,8 +316,11 @@ def device_runner(network):
     """A LayerRunner computing every layer of ``network`` in FP32 on the GPU backend,
     each layer on the first of its tactics that runs (``CupyBackend.autotune`` off: no
     timing, nothing written to a timing cache). Raises BuildError without a CUDA device."""
-    from .backends.cupy_backend import CupyBackend     # the GPU path only (imports CuPy)
+    # the GPU path only (the backend imports CuPy)
+    from .backends.cupy_backend import CupyBackend
+    from .gpu.timing import TimingCache
     backend = CupyBackend({"precisions": {layer.name: "FLOAT" for layer in network._layers}})
+    backend.cache = TimingCache()     # its lookups stay out of the build's cache statistics
     backend.autotune = False
     backend.use_graphs = backend.graph_timing = False
     return LayerRunner(EngineSchedule(network, backend.meta, backend))
