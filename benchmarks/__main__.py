@@ -1,4 +1,5 @@
-"""python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME] | list | report
+"""python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME]
+[--also NAME=VALUE[,...]] | list | report
 | layers NAME [...]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
@@ -8,7 +9,9 @@ commit, command, versions, rows and builds, then prints a short table. ``report`
 every results file. ``ab`` builds one model twice in one process, as the settings are and
 with ``NAME=VALUE`` settings (engine/settings.py fields) applied and/or builder passes left
 out (``--disable-pass``), and times the two engines in alternating rounds (no peer: the
-question is which variant is faster), e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``.
+question is which variant is faster), e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``;
+``--also`` adds engines C, D, ... to the same rounds (one A for all), e.g. ``ab resnet50
+cudnn_s2d=1 --also stem_kernel=1``.
 ``layers`` runs one per-layer kernel measurement (benchmarks/layers.py; ``layers --help``).
 """
 import argparse
@@ -138,13 +141,15 @@ def cmd_ab(args):
     check_passes(args.disable_pass)
     if not setting and not args.disable_pass:
         raise SystemExit("ab: nothing to compare: give NAME=VALUE settings and/or --disable-pass NAME for B")
+    more = [parse_settings(group.split(",")) for group in args.also]
     import torch
     os.makedirs(args.out, exist_ok=True)
     card = torch.cuda.get_device_name()
     started = datetime.datetime.now()
     rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
-                          args.reps, setting, disabled_passes=args.disable_pass)
-    doc = {"ab": setting, "disabled_passes": args.disable_pass, "card": card, "date": started.isoformat(timespec="seconds"), "commit": commit(),
+                          args.reps, setting, disabled_passes=args.disable_pass, more=more)
+    doc = {"ab": setting, "also": more, "disabled_passes": args.disable_pass, "card": card,
+           "date": started.isoformat(timespec="seconds"), "commit": commit(),
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
            "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")}}
     tag = "_".join([f"{k}-{v}" for k, v in setting.items()] + [f"no-{p}" for p in args.disable_pass])
@@ -154,9 +159,14 @@ def cmd_ab(args):
     print(f"\nab {args.model} {args.precision}: A = settings as they are, B = {setting}"
           f"{' without ' + ', '.join(args.disable_pass) if args.disable_pass else ''}; {card}, "
           f"{doc['date']}, commit {doc['commit']} -> {path}")
-    print(f"{'batch':>5s} {'A ms':>9s} {'B ms':>9s} {'B/A':>6s} {'rel L2':>9s}")
+    for i, values in enumerate(more):
+        print(f"{chr(ord('C') + i)} = {values}")
+    print(f"{'batch':>5s} {'A ms':>9s} {'B ms':>9s} {'B/A':>6s} {'rel L2':>9s}"
+          + "".join(f" {k + ' ms':>9s} {k + '/A':>6s} {'rel L2':>9s}" for k in (rows[0].get("variants") or {})))
     for r in rows:
-        print(f"{r['batch']:5d} {r['A_ms']:9.3f} {r['B_ms']:9.3f} {r['B_over_A']:6.3f} {r['rel_l2_B_vs_A']:9.2e}")
+        print(f"{r['batch']:5d} {r['A_ms']:9.3f} {r['B_ms']:9.3f} {r['B_over_A']:6.3f} {r['rel_l2_B_vs_A']:9.2e}"
+              + "".join(f" {v['ms']:9.3f} {v['over_A']:6.3f} {v['rel_l2_vs_A']:9.2e}"
+                        for v in (r.get("variants") or {}).values()))
     return 0
 
 
@@ -200,6 +210,8 @@ def main(argv=None):
     ab.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"))
     ab.add_argument("--batches", default="256", help="comma-separated")
     ab.add_argument("--reps", type=int, default=20)
+    ab.add_argument("--also", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="one more engine (C, D, ...) with these settings, compared in the same rounds")
     ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
     sub.add_parser("layers", help="one per-layer kernel measurement (layers --help)")

@@ -381,13 +381,15 @@ AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input
          "bert": ("tokens", "encoded", (BERT_SEQ, BERT_HIDDEN))}
 
 
-def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=()):
+def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=()):
     """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
     settings as they are, engine B with ``setting`` ({field: value}) applied through
     engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
-    its own empty timing cache. Per batch, A and B are timed in alternating rounds
-    (A B A B ...; ``reps`` calls a round) and the median of the round medians compared;
-    B's output is checked against A's. Returns one dict per batch."""
+    its own empty timing cache; ``more``: further settings, engines C, D, ... (one A for
+    all: each comparison in one process and one device call). Per batch, the engines are
+    timed in alternating rounds (A B C A B C ...; ``reps`` calls a round) and the median of
+    the round medians compared; each output is checked against A's. Returns one dict per
+    batch (C, D, ... under ``variants``)."""
     import cupy as cp
 
     import engine as rt
@@ -395,7 +397,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     in_name, out_name, item_shape = AB_IO[name]
     model = torch_model(name) if name != "bert" else None
     runs = {}
-    for label, values, off in (("A", {}, ()), ("B", setting, tuple(disabled_passes))):
+    engines = [("A", {}, ()), ("B", setting, tuple(disabled_passes))]
+    engines += [(chr(ord("C") + i), values, ()) for i, values in enumerate(more)]
+    for label, values, off in engines:
         with overridden(**values):
             cache = os.path.join(tempfile.mkdtemp(), f"ab_{label}.cache")
             if model is None:
@@ -411,7 +415,7 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     stream = cp.cuda.get_current_stream()
     for n in batches:
         x = cp.asarray(np.random.default_rng(n).standard_normal((n,) + item_shape).astype(np.float32))
-        outs, times = {}, {"A": [], "B": []}
+        outs, times = {}, {label: [] for label in runs}
         for label, r in runs.items():
             ctx = r["ctx"]
             shape = ctx.engine.infer_shapes({in_name: x.shape})[id(ctx.engine.network.get_tensor(out_name))]
@@ -427,16 +431,21 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             for label, r in runs.items():
                 with overridden(**r["values"]):
                     times[label].append(median_ms(lambda c=r["ctx"]: c.execute_async_v3(stream), cp, reps=reps))
-        a, b = (float(np.median(times[k])) for k in ("A", "B"))
-        err = float(np.linalg.norm(outs["B"] - outs["A"]) / np.linalg.norm(outs["A"]))
-        rows.append({"model": name, "precision": precision, "batch": n, "A_ms": a, "B_ms": b,
-                     "B_over_A": b / a, "rel_l2_B_vs_A": err, "rounds_ms": times,
-                     "setting": setting, "disabled_passes": list(disabled_passes),
-                     "layers": {k: r["layers"] for k, r in runs.items()},
-                     "kernels": {k: r["kernels"] for k, r in runs.items()},
-                     "cold_s": {k: r["cold_s"] for k, r in runs.items()}})
-        log.info("[ab] %s %s b%d: A %.3f ms, B %.3f ms (B/A %.3f), rel L2 B vs A %.2e",
-                 name, precision, n, a, b, b / a, err)
+        ms = {k: float(np.median(v)) for k, v in times.items()}
+        err = {k: float(np.linalg.norm(outs[k] - outs["A"]) / np.linalg.norm(outs["A"])) for k in runs}
+        a, b = ms["A"], ms["B"]
+        row = {"model": name, "precision": precision, "batch": n, "A_ms": a, "B_ms": b,
+               "B_over_A": b / a, "rel_l2_B_vs_A": err["B"], "rounds_ms": times,
+               "setting": setting, "disabled_passes": list(disabled_passes),
+               "layers": {k: r["layers"] for k, r in runs.items()},
+               "kernels": {k: r["kernels"] for k, r in runs.items()},
+               "cold_s": {k: r["cold_s"] for k, r in runs.items()}}
+        if more:
+            row["variants"] = {k: {"setting": runs[k]["values"], "ms": ms[k], "over_A": ms[k] / a,
+                                   "rel_l2_vs_A": err[k]} for k in runs if k not in ("A", "B")}
+        rows.append(row)
+        log.info("[ab] %s %s b%d: %s", name, precision, n, ", ".join(
+            f"{k} {ms[k]:.3f} ms ({ms[k] / a:.3f}x A, rel L2 {err[k]:.2e})" for k in runs))
     return rows
 
 

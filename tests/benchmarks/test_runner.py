@@ -142,3 +142,13 @@ def test_build_profile_lists_the_slow_function_by_cumulative_and_own_time(tmp_pa
     text = path.read_text()
     assert text.index("## by cumulative") < text.index("## by tottime")
     assert text.count("slow_builder_step") == 2
+
+
+def test_ab_also_adds_engines_whose_settings_are_checked_before_anything_runs(monkeypatch):
+    import sys
+    with pytest.raises(SystemExit, match="'bad'"):
+        runner.main(["ab", "resnet50", "cudnn_s2d=1", "--also", "stem_kernel=1,cudnn_max_plans=8",
+                     "--also", "bad"])
+    monkeypatch.setitem(sys.modules, "torch", None)      # valid: the command goes on to the GPU part
+    with pytest.raises(ImportError):
+        runner.main(["ab", "resnet50", "cudnn_s2d=1", "--also", "stem_kernel=1,cudnn_max_plans=8"])
