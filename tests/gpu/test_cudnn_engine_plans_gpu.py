@@ -40,8 +40,7 @@ def test_a_deserialized_engine_runs_its_cudnn_plans_without_compiling(monkeypatc
     if not first.meta.get("cudnn_plans"):
         # cuDNN serializes runtime-compiled plans only (kernels/gpu/cudnn_graphs.py); the wiring
         # itself is tests/engine/test_cudnn_engine_plans.py's
-        pytest.skip(f"the chosen plan {first.backend.cudnn_plans.entries or ''} is not runtime-compiled: "
-                    "nothing to carry")
+        pytest.skip("the chosen plan is not runtime-compiled: nothing to carry")
     feeds = {"x": rng.standard_normal((8, 64, 14, 14)).astype(np.float32)}
     want = first.create_execution_context().execute(feeds)
     G.clear()                                        # as a new process: nothing built
