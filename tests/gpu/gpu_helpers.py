@@ -118,3 +118,48 @@ def captured_runs(cp, engine, feeds, output, label=""):
     graphs = list(ctx.__dict__.get("_cuda_graphs", {}).values())
     assert any(not isinstance(g, str) for g in graphs), (label, graphs, engine.backend.graph_notes)
     return runs
+
+
+def stem_net(n, h, w, seed=4, tail_k=None):
+    """ResNet's stem on an (n, 3, h, w) input: a 7x7/2 convolution to 64 channels (pad 3,
+    bias) and ReLU, then, with ``tail_k``, a 3x3 convolution to ``tail_k`` channels. Returns
+    (network, randn): ``randn(*shape)`` draws more float32 data from the same generator."""
+    import engine as rt
+    rng = np.random.default_rng(seed)
+
+    def randn(*s):
+        return rng.standard_normal(s).astype(np.float32)
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (n, 3, h, w))
+    c1 = net.add_convolution_nd(x, 64, (7, 7), kernel=randn(64, 3, 7, 7) * 0.1, bias=randn(64),
+                                stride_nd=(2, 2), padding_nd=(3, 3))
+    out = net.add_activation(c1.get_output(0), rt.ActivationType.RELU).get_output(0)
+    if tail_k is not None:
+        out = net.add_convolution_nd(out, tail_k, (3, 3), kernel=randn(tail_k, 64, 3, 3) * 0.05,
+                                     bias=randn(tail_k), padding_nd=(1, 1)).get_output(0)
+    net.mark_output(out)
+    return net, randn
+
+
+def forced_outputs(plan, names, feeds, check_layer=None, index=0):
+    """{tactic name: outputs} of the engine ``plan`` (CuPy backend, a fresh engine each) with
+    layer ``index`` forced onto each of ``names`` at the shapes of ``feeds``; asserts the
+    forced tactic is what ran, and ``check_layer(layer)`` first when given."""
+    import engine as rt
+    outs = {}
+    for name in names:
+        engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
+        layer = engine.network.get_layer(index)
+        if check_layer is not None:
+            check_layer(layer)
+        engine.backend.forced[layer.name] = name
+        engine.backend._build_shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        outs[name] = engine.create_execution_context().execute(feeds)
+        assert engine.backend.selected[layer.name] == name
+    return outs
+
+
+def check_is_stem(layer):
+    """For ``forced_outputs``: the forced layer is the 7x7 stem convolution."""
+    from engine.types import LayerType
+    assert layer.layer_type == LayerType.CONVOLUTION and layer.kernel_size_nd == (7, 7)

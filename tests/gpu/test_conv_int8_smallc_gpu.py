@@ -9,6 +9,7 @@ cp = pytest.importorskip("cupy")
 
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
+from gpu_helpers import check_is_stem, forced_outputs, stem_net  # noqa: E402
 from kernels.gpu import conv_int8, conv_int8_smallc, quantize_int8  # noqa: E402
 
 SC = conv_int8_smallc.SMALLC_TACTICS
@@ -245,18 +246,7 @@ def test_engine_tactic_matches_conv_int8_on_a_stem(monkeypatch):
     if not any(isinstance(t, ConvInt8SmallC) for t in tactics):
         tactics += [ConvInt8SmallC(t) for t in SC]
     monkeypatch.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION, tactics)
-    rng = np.random.default_rng(4)
-
-    def randn(*s):
-        return rng.standard_normal(s).astype(np.float32)
-    net = rt.Network()
-    x = net.add_input("x", rt.float32, (2, 3, 40, 40))
-    c1 = net.add_convolution_nd(x, 64, (7, 7), kernel=randn(64, 3, 7, 7) * 0.1, bias=randn(64),
-                                stride_nd=(2, 2), padding_nd=(3, 3))
-    r1 = net.add_activation(c1.get_output(0), rt.ActivationType.RELU).get_output(0)
-    c2 = net.add_convolution_nd(r1, 16, (3, 3), kernel=randn(16, 64, 3, 3) * 0.05, bias=randn(16),
-                                padding_nd=(1, 1))
-    net.mark_output(c2.get_output(0))
+    net, randn = stem_net(2, 40, 40, tail_k=16)
     data = [randn(2, 3, 40, 40) for _ in range(3)]
     feeds = {"x": randn(2, 3, 40, 40)}
     b = rt.Builder()
@@ -266,15 +256,7 @@ def test_engine_tactic_matches_conv_int8_on_a_stem(monkeypatch):
     cfg.set_flag(rt.BuilderFlag.INT8)
     cfg.int8_calibrator = rt.MinMaxCalibrator(data)
     plan = b.build_serialized_network(net, cfg)
-    outs = {}
-    for name in ("conv." + SC[0].name, "conv." + REF_TACTIC.name):
-        engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
-        stem = engine.network.get_layer(0)
-        assert stem.layer_type == LayerType.CONVOLUTION and stem.kernel_size_nd == (7, 7)
-        engine.backend.forced[stem.name] = name
-        engine.backend._build_shapes = {"x": feeds["x"].shape}
-        outs[name] = engine.create_execution_context().execute(feeds)
-        assert engine.backend.selected[stem.name] == name
+    outs = forced_outputs(plan, ("conv." + SC[0].name, "conv." + REF_TACTIC.name), feeds, check_is_stem)
     a, b_ = outs.values()                            # host arrays (execute's outputs)
     for k in a:
         np.testing.assert_array_equal(a[k], b_[k])

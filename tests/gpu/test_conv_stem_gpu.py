@@ -10,7 +10,7 @@ import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import act_ref, conv_nhwc, poison, rel_l2  # noqa: E402
+from gpu_helpers import act_ref, check_is_stem, conv_nhwc, forced_outputs, poison, rel_l2, stem_net  # noqa: E402
 from kernels.gpu import UnsupportedError, conv_stem  # noqa: E402
 from kernels.gpu.reformat import generic_padded, nchw_to_nhwc_padded, padded_kernel_reason  # noqa: E402
 
@@ -206,19 +206,9 @@ def test_engine_stem_tactics_match_the_igemm_small_c_tactic(monkeypatch):
     """Each ConvStem tactic (both flavours) forced on the stem of an FP16 engine, against
     the igemm small-C tactic forced there (CUPYRT_STEM_KERNEL=1 makes them candidates)."""
     import engine as rt
-    from engine.types import LayerType
     from kernels.gpu import conv_igemm
     monkeypatch.setenv("CUPYRT_STEM_KERNEL", "1")
-    rng = np.random.default_rng(4)
-
-    def randn(*s):
-        return rng.standard_normal(s).astype(np.float32)
-    net = rt.Network()
-    x = net.add_input("x", rt.float32, (3, 3, 45, 43))
-    c1 = net.add_convolution_nd(x, 64, (7, 7), kernel=randn(64, 3, 7, 7) * 0.1, bias=randn(64),
-                                stride_nd=(2, 2), padding_nd=(3, 3))
-    r1 = net.add_activation(c1.get_output(0), rt.ActivationType.RELU).get_output(0)
-    net.mark_output(r1)
+    net, randn = stem_net(3, 45, 43)
     feeds = {"x": randn(3, 3, 45, 43)}
     b = rt.Builder()
     cfg = b.create_builder_config()
@@ -228,15 +218,7 @@ def test_engine_stem_tactics_match_the_igemm_small_c_tactic(monkeypatch):
     plan = b.build_serialized_network(net, cfg)
     names = ["conv." + conv_igemm.SMALLC_TACTICS[0].name] + [
         f"conv.{t.name}{s}" for t in TILES for s in ("", "_nchw")]
-    outs = {}
-    for name in names:
-        engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
-        stem = engine.network.get_layer(0)
-        assert stem.layer_type == LayerType.CONVOLUTION and stem.kernel_size_nd == (7, 7)
-        engine.backend.forced[stem.name] = name
-        engine.backend._build_shapes = {"x": feeds["x"].shape}
-        outs[name] = engine.create_execution_context().execute(feeds)
-        assert engine.backend.selected[stem.name] == name
+    outs = forced_outputs(plan, names, feeds, check_is_stem)
     ref = outs.pop(names[0])
     for name, out in outs.items():
         for k in ref:
