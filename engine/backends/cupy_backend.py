@@ -114,12 +114,15 @@ class CupyBackend:
         return tactic.run(state, layer, inputs, precision, out_dtypes)
 
     def _run_layers(self, context, feeds, sched):
-        """The engine's layer loop with a fresh concat placement for this run."""
+        """The engine's layer loop with a fresh concat placement for this run, the cuDNN
+        tactics keeping and finding plans in this engine's (a graph replay runs no tactic
+        and skips all of this)."""
         if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
             self.elision = ConcatElision(context.engine)
         self._runs.placement = self.elision.placement() if self.concat_elision else None
         try:
-            return context.run_layers(feeds, sched)
+            with cudnn_tactics.plans_in_use(self.cudnn_plans):
+                return context.run_layers(feeds, sched)
         finally:
             self._runs.placement = None
 
@@ -135,9 +138,8 @@ class CupyBackend:
         runner = LayerRunner(engine)
         runner.profiler = profiler
         self.use_graphs = False      # selection only: replay is the built engine's business
-        with cudnn_tactics.plans_in_use(self.cudnn_plans):
-            runner.run({name: self.asarray(a) for name, a in feeds.items()})
-            self.synchronize()
+        runner.run({name: self.asarray(a) for name, a in feeds.items()})
+        self.synchronize()
         return engine
 
     # -- tactics -------------------------------------------------------------------
@@ -343,10 +345,6 @@ class CupyBackend:
 
     # -- whole-engine execution with CUDA graphs -------------------------------------
     def execute(self, context, feeds, sched, stream=None):
-        with cudnn_tactics.plans_in_use(self.cudnn_plans):
-            return self._execute(context, feeds, sched, stream)
-
-    def _execute(self, context, feeds, sched, stream=None):
         cp = self.cp
         self._at_build_shapes = bool(self._build_shapes) and all(
             self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
