@@ -100,10 +100,11 @@ SETTINGS = (
            "Processes precompile uses (default: the CPU count, at most 16)."),
     Switch("wgmma", _flag, True, "Hopper wgmma convolution tactics.", tactics=True),
     Switch("int8_smallc", _flag, True, "The INT8 stem tactic for convolutions with C <= 4.", tactics=True),
-    Switch("stem_kernel", _flag, False,
+    Switch("stem_kernel", _flag, True,
            "FP16 stem tactics for convolutions with C <= 4 (kernels/cuda/conv_stem.cu: the input patch "
            "of each tile in shared memory, the NCHW network input read directly) and the dedicated "
-           "NCHW -> padded NHWC input reformat; off until their GPU tests have passed.", tactics=True),
+           "NCHW -> padded NHWC input reformat (ResNet-50 FP16 b256 0.896x the time without; H200 A/B).",
+           tactics=True),
     Switch("fast_quantize", _flag, True, "Vectorised FP16 -> INT8 quantize kernel.", tactics=True),
     Switch("wgmma_f16_fast_epilogue", _flag, True,
            "FP16 wgmma epilogue that prefetches the residual into shared memory (ResNet-50 FP16 "

@@ -6,7 +6,7 @@ only maps an engine layer (attributes, fused epilogue, formats) onto it.
     conv.igemmsk_<tile>       conv_igemm.conv2d_igemm_splitk  the same, reduction split over CTAs
     conv.igemmsc_<tile>       conv_igemm.conv2d_igemm_smallc  C <= 4 (RGB stem), taps in pairs
     conv.stem_<tile>[_nchw]   conv_stem.conv2d_stem           C <= 4, patch in shared memory
-                                                              (stem_kernel setting, off by default)
+                                                              (stem_kernel setting)
     conv.wg_<tile>            conv_wgmma.conv2d_wgmma         Hopper wgmma (sm_90a), FP16
     conv.depthwise_v2_q<n>    conv_dw.conv2d_depthwise_v2     register-blocked depthwise
     conv.cublas_1x1           conv_gemm.conv2d_1x1_cublas     one cuBLAS GEMM + epilogue kernel

@@ -132,8 +132,7 @@ def nchw_to_nhwc_padded(x, dtype, c_to=8, out=None, dedicated=False):
     With ``dedicated``, C-contiguous float32/float16 input to float16 with Cp = 4 or 8
     (the stem's case) takes reformat.cu's ``nchw_to_nhwc_pad``; anything else, and every
     call without it, the generic elementwise kernel, which applies any strides itself.
-    (The engine asks for the dedicated kernel under its stem_kernel setting: not yet
-    run on a GPU.)"""
+    (The engine asks for the dedicated kernel under its stem_kernel setting.)"""
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
     N, C, H, W = x.shape
     Cp = -(-C // c_to) * c_to

@@ -1,6 +1,6 @@
 """The FP16 stem tactic (ConvStem, kernels/gpu/conv_stem.py) on the CPU: registered once
-per tile and input flavour, a candidate only with CUPYRT_STEM_KERNEL=1 (off by default
-until its GPU tests pass), and the layers it refuses, each with its reason."""
+per tile and input flavour, a candidate unless CUPYRT_STEM_KERNEL=0 (on by default since
+its GPU tests passed), and the layers it refuses, each with its reason."""
 import re
 
 import numpy as np
@@ -36,12 +36,10 @@ def test_registered_once_per_tile_and_flavour():
     assert {t.direct for t in registered} == {False, True}
 
 
-def test_a_candidate_only_when_the_setting_is_on(monkeypatch):
+def test_a_candidate_unless_the_setting_is_off(monkeypatch):
     layer = _conv()
     monkeypatch.delenv("CUPYRT_STEM_KERNEL", raising=False)
-    assert _stems(layer) == []                                   # off by default
-    monkeypatch.setenv("CUPYRT_STEM_KERNEL", "1")
-    stems = _stems(layer)
+    stems = _stems(layer)                                        # on by default
     assert len(stems) == 2 * len(conv_stem.STEM_TILES)
     assert all(t.supports(layer, ((2, 3, 32, 32),), ("float32",), HALF) is None for t in stems)
     assert _stems(layer, rt.DataType.INT8) == []                 # float tactics: no INT8 layer

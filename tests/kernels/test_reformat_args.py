@@ -78,7 +78,7 @@ def test_the_engine_asks_for_it_under_the_stem_kernel_setting(monkeypatch):
     monkeypatch.setattr(base, "nchw_to_nhwc_padded",
                         lambda x, dtype, c_to, dedicated=False: seen.append(dedicated))
     x = _x()
+    base.as_nhwc(x, np.float16, 4)                       # on by default
+    monkeypatch.setenv("CUPYRT_STEM_KERNEL", "0")
     base.as_nhwc(x, np.float16, 4)
-    monkeypatch.setenv("CUPYRT_STEM_KERNEL", "1")
-    base.as_nhwc(x, np.float16, 4)
-    assert seen == [False, True]
+    assert seen == [True, False]
