@@ -121,6 +121,10 @@ SETTINGS = (
            "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
            "stride-1 cuDNN graph (conv.cudnn_s2d; needs cudnn on); off until its GPU tests have passed.",
            tactics=True),
+    Switch("pw_persistent", _flag, False,
+           "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
+           "reductions (conv.pwi8_*: ResNet's bottleneck expand layers); off until its GPU tests "
+           "have passed.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),

@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from kernels.gpu import compile as kernel_compile
-from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import conv_igemm, conv_int8, conv_pw, conv_tf32, conv_wgmma, matmul
 
 from ..execution import EngineSchedule, moved_storage
 from ..settings import settings
@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 # unclaimed tile, so the families that run several NVRTC compiles per tile (one per
 # output type: int8, wgmma) go first and the pool ends on the short ones
 FAMILIES = (conv_igemm.FAMILY, conv_tf32.FAMILY, matmul.FAMILY, conv_wgmma.FAMILY,
-            conv_int8.FAMILY)
-_FIRST = ("conv_int8", "conv_wgmma", "matmul", "conv_tf32", "conv_igemm")
+            conv_int8.FAMILY, conv_pw.FAMILY)
+_FIRST = ("conv_int8", "conv_pw", "conv_wgmma", "matmul", "conv_tf32", "conv_igemm")
 _BY_NAME = {f.name: f for f in FAMILIES}
 _done = set()           # precompile(): the groups (family, family.int8) compiled
 _compiled = set()       # every entry point: the items compiled in this process

@@ -1,0 +1,197 @@
+// conv_pw.cu -- persistent, weight-resident 1x1 stride-1 INT8 convolution for short
+// reductions (C <= 512): ResNet's bottleneck expand layers, C -> 4C plus residual and ReLU.
+//
+// GEMM view in NHWC: out[M, K] = X[M, C] * W[K, C]^T, M = N*H*W (rows contiguous, C bytes).
+// With C of 64..512 a CTA's k-loop is 1-16 k32 steps: a one-tile-per-CTA kernel spends its
+// life waiting for its loads and its epilogue, nothing overlaps them. Here:
+//
+//   grid.x = K / BN slices        a CTA loads its BN x C weight slice into shared memory
+//   grid.y = CTAs per slice       once, then walks M tiles t = blockIdx.y, += gridDim.y
+//
+//   shared: [ sC: one 16 x (WTN + 8) int32 staging tile per warp ]
+//           [ sW: BN rows x LDS bytes (LDS = C + 16: the 8 row addresses of an ldmatrix
+//                 phase fall in 8 distinct 16-byte bank groups when C % 32 == 0) ]
+//           [ ring, STAGES x { X tile BM x LDS bytes | residual tile BM x BN elements } ]
+//
+// The loads of tiles i+1 .. i+STAGES-1 (cp.async) are in flight while tile i is multiplied
+// and its epilogue runs, so the SM streams memory without gaps. One __syncthreads per tile:
+// stage (i-1) % STAGES, read by every warp in tile i-1, is refilled only after it.
+// The epilogue is per warp (16 rows of its warp tile at a time, staged through the warp's
+// own sC; no CTA barrier) and is int8_epilogue.cuh's epilogue_staged, so the numerics are
+// those of conv_int8.cu / conv_wgmma.cu bit for bit. The residual tile sits in the ring
+// blocked per warp ([WM*WN][WTM][WTN] elements), so a warp's 16-row slice of it is a plain
+// row-major tile for epilogue_staged's sR.
+//
+// C % 32 == 16: the last k32 step reads the 16 pad bytes of every row; the W slice's pad
+// bytes are zeroed, so whatever the X pad holds contributes exact zeros.
+#include "int8_epilogue.cuh"   // OutSel, epilogue_staged (the one copy of the INT8 numerics)
+#include "ptx.cuh"             // smem_u32, cp.async, ldmatrix, mma.sync m16n8k32
+
+// Launch: grid = (ceil(K / BN), CTAs per slice), block = WM*WN*32 threads, dynamic shared
+// memory = kernels/gpu/conv_pw.py PwTactic.smem_bytes(C, residual bytes if prefetched).
+// res_kind: 1 int8 / 2 float32 / 3 float16, | 4 when the residual tile is prefetched into
+// the ring (K * element size % 16 == 0 and a 16-byte-aligned residual: decided on the host).
+template <int BM, int BN, int WM, int WN, int STAGES, int OUT, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
+conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
+             const i8_t* __restrict__ w,          // [K, C] int8 codes
+             typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
+             const float* __restrict__ s_w,       // [K] weight scales
+             const float* __restrict__ bias,      // [K] (if has_bias)
+             const void* __restrict__ res,        // [M, res_ld] (res_kind != 0)
+             int M, int C, int K, int out_ld, int out_off, int res_ld, int res_kind,
+             int has_bias, float s_in, float res_scale, float inv_out,
+             int act, float alpha, float beta) {
+    using namespace cupyrt_int8;
+    using namespace cupyrt_ptx;
+    constexpr int THREADS = WM * WN * 32;
+    constexpr int WTM = BM / WM, WTN = BN / WN;
+    constexpr int MT = WTM / 16, NT = WTN / 8;
+    constexpr int LDC = WTN + 8;                      // staging row, int32 words
+    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
+    static_assert(STAGES >= 2, "a ring of two stages at least");
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WN, wn = warp % WN;
+    const int LDS = C + 16;                           // bytes (C % 16 == 0)
+    const int CCH = C >> 4;                           // 16-byte chunks per X / W row
+    const int pre = res_kind & 4, rkind = res_kind & 3;
+    const int resb = rkind == 0 ? 0 : rkind == 1 ? 1 : rkind == 2 ? 4 : 2;
+    const int res_tile = pre ? BM * BN * resb : 0;    // bytes per stage
+    const int stage_bytes = BM * LDS + res_tile;
+
+    int* sC = reinterpret_cast<int*>(smem_raw) + warp * 16 * LDC;
+    unsigned char* sW = smem_raw + (THREADS / 32) * 16 * LDC * 4;
+    unsigned char* ring = sW + BN * LDS;
+    const unsigned sW_u = smem_u32(sW), ring_u = smem_u32(ring);
+
+    const int n0 = blockIdx.x * BN;
+    const int m_tiles = (M + BM - 1) / BM;
+
+    // ---- the weight slice, once (rows past K and the pad bytes: zeros) --------------------
+    for (int idx = tid; idx < BN * CCH; idx += THREADS) {
+        const int r = idx / CCH, c = idx - r * CCH;
+        const bool ok = n0 + r < K;
+        cp_async16(sW_u + (unsigned)(r * LDS + c * 16), ok ? w + (long long)(n0 + r) * C + c * 16 : w,
+                   ok ? 16 : 0);
+    }
+    for (int r = tid; r < BN; r += THREADS)
+        *reinterpret_cast<uint4*>(sW + r * LDS + C) = make_uint4(0u, 0u, 0u, 0u);
+
+    // ---- one ring stage: the X tile (and the residual tile) of this CTA's i-th M tile -----
+    auto load_stage = [&](int i) {
+        const int t = blockIdx.y + i * gridDim.y;
+        if (t >= m_tiles) return;
+        const int m0 = t * BM;
+        const unsigned st = ring_u + (unsigned)((i % STAGES) * stage_bytes);
+        for (int idx = tid; idx < BM * CCH; idx += THREADS) {
+            const int r = idx / CCH, c = idx - r * CCH;
+            const bool ok = m0 + r < M;
+            cp_async16(st + (unsigned)(r * LDS + c * 16),
+                       ok ? x + (long long)(m0 + r) * C + c * 16 : x, ok ? 16 : 0);
+        }
+        if (pre) {
+            // chunk (row r, bytes [16 j, 16 j + 16) of its BN * resb) -> the warp block of
+            // (r / WTM, col / WTN): K * resb % 16 == 0, so a chunk is wholly in or past K
+            const int rch = BN * resb / 16, per = 16 / resb;
+            const unsigned rs = st + (unsigned)(BM * LDS);
+            for (int idx = tid; idx < BM * rch; idx += THREADS) {
+                const int r = idx / rch, col = (idx - r * rch) * per;
+                const bool ok = m0 + r < M && n0 + col < K;
+                const int blk = (r / WTM) * WN + col / WTN;
+                const int off = blk * WTM * WTN + (r % WTM) * WTN + col % WTN;
+                const char* src = reinterpret_cast<const char*>(res) +
+                                  ((long long)(m0 + r) * res_ld + n0 + col) * resb;
+                cp_async16(rs + (unsigned)(off * resb), ok ? src : res, ok ? 16 : 0);
+            }
+        }
+    };
+
+    load_stage(0);
+    cp_async_commit();                                // group 0: W slice + the first tile
+#pragma unroll
+    for (int s = 1; s < STAGES - 1; ++s) {
+        load_stage(s);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane offsets (bytes), as conv_int8.cu
+    const int a_lrow = wm * WTM + (lane & 15), a_lcol = (lane >> 4) * 16;
+    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3), b_lcol = ((lane >> 3) & 1) * 16;
+    const int KS = (C + 31) >> 5;                     // k32 steps
+
+    int i = 0;
+    for (int t = blockIdx.y; t < m_tiles; t += gridDim.y, ++i) {
+        cp_async_wait<STAGES - 2>();                  // tile i (and the W slice) landed ...
+        __syncthreads();                              // ... for every thread; stage i-1 is free
+        load_stage(i + STAGES - 1);
+        cp_async_commit();                            // always: the wait counts groups
+
+        const int stage = i % STAGES;
+        const unsigned sX_u = ring_u + (unsigned)(stage * stage_bytes);
+        int acc[MT][NT][4];
+#pragma unroll
+        for (int a = 0; a < MT; ++a)
+#pragma unroll
+            for (int b = 0; b < NT; ++b)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[a][b][e] = 0;
+        const unsigned a_base = sX_u + (unsigned)(a_lrow * LDS + a_lcol);
+        const unsigned b_base = sW_u + (unsigned)(b_lrow * LDS + b_lcol);
+#pragma unroll 2
+        for (int k = 0; k < KS; ++k) {
+            unsigned af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int a = 0; a < MT; ++a)
+                ldmatrix_x4(af[a], a_base + (unsigned)(a * 16 * LDS + k * 32));
+#pragma unroll
+            for (int b = 0; b < NT / 2; ++b) {
+                unsigned q[4];
+                ldmatrix_x4(q, b_base + (unsigned)(b * 16 * LDS + k * 32));
+                bf[2 * b][0] = q[0]; bf[2 * b][1] = q[1];
+                bf[2 * b + 1][0] = q[2]; bf[2 * b + 1][1] = q[3];
+            }
+#pragma unroll
+            for (int a = 0; a < MT; ++a)
+#pragma unroll
+                for (int b = 0; b < NT; ++b) mma_16832(acc[a][b], af[a], bf[b][0], bf[b][1]);
+        }
+
+        // ---- epilogue, per warp, 16 rows at a time -----------------------------------------
+        const int m0 = t * BM + wm * WTM, nw = n0 + wn * WTN;
+        const unsigned char* sRw = pre ? ring + stage * stage_bytes + BM * LDS +
+                                         (long long)(wm * WN + wn) * WTM * WTN * resb
+                                       : nullptr;
+#pragma unroll
+        for (int a = 0; a < MT; ++a) {
+#pragma unroll
+            for (int b = 0; b < NT; ++b)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int r = (lane >> 2) + hh * 8, cc = b * 8 + (lane & 3) * 2;
+                    *reinterpret_cast<int2*>(sC + r * LDC + cc) =
+                        make_int2(acc[a][b][2 * hh], acc[a][b][2 * hh + 1]);
+                }
+            __syncwarp();
+            epilogue_staged<16, WTN, 32, OUT>(
+                sC, lane, m0 + a * 16, nw, M, K, out, s_w, bias, res, out_ld, out_off, res_ld,
+                rkind, has_bias, s_in, res_scale, inv_out, act, alpha, beta,
+                pre ? sRw + a * 16 * WTN * resb : nullptr);
+            __syncwarp();                             // sC is rewritten by the next 16 rows
+        }
+    }
+    cp_async_wait<0>();                               // nothing left in flight at exit
+}
+
+// Instantiations for nvcc's CI compile check (NVRTC instantiates through name_expressions;
+// kernels/gpu/conv_pw.py lists the tactics).
+#ifdef CUPYRT_NVCC_INSTANTIATE
+#define CUPYRT_PW_ARGS(OT) (const i8_t*, const i8_t*, OT*, const float*, const float*, const void*, \
+    int, int, int, int, int, int, int, int, float, float, float, int, float, float)
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW_ARGS(i8_t);
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW_ARGS(float);
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 0> CUPYRT_PW_ARGS(half_t);
+template __global__ void conv_pw_int8<128, 128, 4, 2, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
+template __global__ void conv_pw_int8<64, 256, 2, 4, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
+#endif

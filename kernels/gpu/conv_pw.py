@@ -1,0 +1,200 @@
+"""Persistent, weight-resident 1x1 stride-1 INT8 convolution (kernels/cuda/conv_pw.cu).
+
+For the short-reduction 1x1 layers (ResNet's bottleneck expand: C -> 4C with C of 64..512,
+a residual add and ReLU): a CTA keeps a BN x C slice of the weights in shared memory and
+walks M tiles through a cp.async ring of X tiles (and residual tiles), so loads stream
+while earlier tiles are multiplied and written. Same calling convention, same numerics
+(int8_epilogue.cuh), same weight packing as ``conv_int8.conv2d_int8``; bit-identical to it.
+
+The grid is (K / BN weight slices) x (CTAs per slice): as many CTAs as fit on the device
+at once (``ctas_per_sm`` from the tile's shared memory, threads and registers), divided
+among the slices; each CTA then takes every ``gridDim.y``-th M tile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compile import get_function, i32
+from .conv_igemm import _sm_count
+from .conv_int8 import OUT_CODES, _int8_launch_args, check_int8_args
+from .errors import UnsupportedError
+from .family import KernelFamily
+
+SOURCE = "conv_pw.cu"
+C_ALIGN = 16
+# sm_90 (H100 / H200): what one SM holds; the kernel is built for that family only
+SMEM_LIMIT = 227 * 1024          # dynamic shared memory one CTA may opt in to
+SMEM_PER_SM = 228 * 1024
+SMEM_RESERVED = 1024             # the runtime's share of every resident CTA
+THREADS_PER_SM = 2048
+REGS_PER_SM = 65536
+RES_BYTES = {np.dtype(np.int8): 1, np.dtype(np.float32): 4, np.dtype(np.float16): 2}
+
+
+@dataclass(frozen=True)
+class PwTactic:
+    """One tile configuration of conv_pw_int8 (plain data, as the builder stores it)."""
+    name: str
+    bm: int
+    bn: int
+    wm: int
+    wn: int
+    stages: int
+    minb: int = 0
+    kind: str = "pw_int8"
+
+    @property
+    def threads(self) -> int:
+        return self.wm * self.wn * 32
+
+    def smem_bytes(self, C, res_bytes=0):
+        """Dynamic shared memory for C input channels (a multiple of 16) with a prefetched
+        residual of ``res_bytes`` per element (0: none): the warps' staging tiles, the
+        weight slice, and the ring (conv_pw.cu's layout)."""
+        lds = C + 16
+        staging = self.wm * self.wn * 16 * (self.bn // self.wn + 8) * 4
+        return staging + self.bn * lds + self.stages * (self.bm * lds + self.bm * self.bn * res_bytes)
+
+    def max_channels(self, res_bytes=0):
+        """The largest C (multiple of 16) whose weight slice and ring fit SMEM_LIMIT."""
+        c = 0
+        while self.smem_bytes(c + C_ALIGN, res_bytes) <= SMEM_LIMIT:
+            c += C_ALIGN
+        return c
+
+    def name_expression(self, out_dtype) -> str:
+        code = OUT_CODES[np.dtype(out_dtype)]
+        return (f"conv_pw_int8<{self.bm},{self.bn},{self.wm},{self.wn},{self.stages},{code},"
+                f"{self.minb}>")
+
+
+PW_TACTICS = (
+    PwTactic("pwi8_64x128_s3", 64, 128, 2, 2, 3),      # 4 warps: 2-3 CTAs per SM up to C = 128
+    PwTactic("pwi8_128x128_s2", 128, 128, 4, 2, 2),    # 8 warps, half the W-slice traffic per row
+    PwTactic("pwi8_64x256_s2", 64, 256, 2, 4, 2),      # X tile read by half as many slices
+)
+TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS}
+
+
+def _tactic(tactic):
+    if isinstance(tactic, str):
+        try:
+            return TACTICS_BY_NAME[tactic]
+        except KeyError:
+            raise UnsupportedError(f"pointwise INT8 tactic {tactic!r}; valid: "
+                                   f"{', '.join(TACTICS_BY_NAME)}") from None
+    if not isinstance(tactic, PwTactic):
+        raise UnsupportedError(f"tactic {tactic!r}; expected a PwTactic or one of "
+                               f"{', '.join(TACTICS_BY_NAME)}")
+    return tactic
+
+
+def ctas_per_sm(smem, threads, regs):
+    """How many CTAs of ``threads`` threads, ``regs`` registers each and ``smem`` bytes of
+    dynamic shared memory one sm_90 SM holds at once (at least 1: a launch still runs)."""
+    by_smem = SMEM_PER_SM // (smem + SMEM_RESERVED)
+    by_threads = THREADS_PER_SM // threads
+    by_regs = REGS_PER_SM // (threads * max(-(-regs // 8) * 8, 1))
+    return max(1, min(by_smem, by_threads, by_regs, 32))
+
+
+def grid_for(M, K, tactic, per_sm, num_sms, ctas_per_slice=None):
+    """(slices, CTAs per slice): the K / BN weight slices, each with as many CTAs as the
+    device holds at once divided among the slices, never more than there are M tiles.
+    ``ctas_per_slice`` forces the count (tests: more M tiles than CTAs)."""
+    slices = -(-K // tactic.bn)
+    m_tiles = -(-M // tactic.bm)
+    if ctas_per_slice is None:
+        ctas_per_slice = (num_sms * per_sm) // slices
+    return slices, max(1, min(m_tiles, int(ctas_per_slice)))
+
+
+def pointwise_reason(tactic, C, K, R, S, stride, padding, dilation, res_bytes=0):
+    """Why this kernel cannot run a convolution (None: it can): 1x1, stride 1, no padding,
+    no dilation, C a multiple of 16 within what the tile's shared memory holds."""
+    if (R, S) != (1, 1):
+        return f"{R}x{S} filter; this kernel runs 1x1 convolutions only"
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or tuple(padding) != (0, 0):
+        return (f"stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}; "
+                f"expected stride 1, no padding, dilation 1")
+    if C % C_ALIGN:
+        return f"C = {C} is not a multiple of {C_ALIGN}"
+    if tactic.smem_bytes(C, res_bytes) > SMEM_LIMIT:
+        return (f"C = {C}: weight slice and ring take {tactic.smem_bytes(C, res_bytes)} bytes of "
+                f"shared memory, more than {SMEM_LIMIT} ({tactic.name} holds C <= "
+                f"{tactic.max_channels(res_bytes)})")
+    return None
+
+
+def residual_prefetch_bytes(tactic, C, K, residual):
+    """Bytes per residual element the ring prefetches (0: the epilogue reads the residual
+    from global memory): rows of whole 16-byte chunks, a 16-byte-aligned pointer, and room
+    for the residual tiles in shared memory."""
+    if residual is None:
+        return 0
+    b = RES_BYTES[np.dtype(residual.dtype)]
+    if (K * b) % 16 or residual.data.ptr % 16 or tactic.smem_bytes(C, b) > SMEM_LIMIT:
+        return 0
+    return b
+
+
+def _kernel(tactic, out_dtype, smem=SMEM_LIMIT):
+    name = tactic.name_expression(out_dtype)
+    return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=smem)
+
+
+def compile_all(tactics=PW_TACTICS, out_dtypes=tuple(OUT_CODES)):
+    """Compile the given tactics now for the given output types."""
+    for t in tactics:
+        for dt in out_dtypes:
+            _kernel(t, dt)
+
+
+def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
+                   bias=None, residual=None, residual_scale=None, act=None, alpha=0.0, beta=0.0,
+                   s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
+                   tactic=PW_TACTICS[0], stream=None, ctas_per_slice=None):
+    """1x1 stride-1 INT8 convolution, persistent and weight-resident, one launch.
+
+    Arguments and result exactly as ``conv_int8.conv2d_int8`` (x int8 NHWC codes with
+    C % 16 == 0 at ``s_in``; w int8 [K, 1, 1, C] from ``pack_weight_int8_krsc``; bias;
+    int8 / float32 / float16 residual; activation; int8 output at ``s_out`` or float32 /
+    float16; channel slice of a wider ``out``), bit-identical to it, for 1x1 filters,
+    stride 1, no padding, dilation 1 only. ``ctas_per_slice``: force the CTAs that walk
+    each weight slice's M tiles (default: what fills the device).
+    """
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
+    tactic = _tactic(tactic)
+    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                        residual, residual_scale)
+    reason = pointwise_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
+                              (g["ph"], g["pw"]), (g["dh"], g["dw"]))
+    if reason is None and (g["P"], g["Q"]) != (g["H"], g["W"]):
+        reason = f"output {g['P']}x{g['Q']} from input {g['H']}x{g['W']}; a 1x1 stride-1 " \
+                 f"convolution keeps the size"
+    if reason is not None:
+        raise UnsupportedError(f"conv2d_pw_int8: {reason}")
+    M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
+    pre = residual_prefetch_bytes(tactic, C, K, residual)
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta,
+                                  res_flags=4 if pre else 0)
+    # conv_int8's argument list minus the window geometry: (x, w, out, s_w, bias, res),
+    # then M, C, K, and from out_ld on the same values
+    args = args[:6] + (i32(M), i32(C), i32(K)) + args[21:]
+    smem = tactic.smem_bytes(C, pre)
+    kern = _kernel(tactic, g["dt"], smem)
+    per_sm = ctas_per_sm(smem, tactic.threads, getattr(kern, "num_regs", 128))
+    grid = grid_for(M, K, tactic, per_sm, _sm_count(), ctas_per_slice)
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tactic.threads,), args, shared_mem=smem)
+    return out
+
+
+# every build may precompile them; only INT8 builds time them
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8,), int8_tiles=PW_TACTICS)
+
+__all__ = ["PW_TACTICS", "PwTactic", "conv2d_pw_int8", "ctas_per_sm", "grid_for",
+           "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]

@@ -1,0 +1,82 @@
+"""The persistent 1x1 INT8 tactics (conv.pwi8_*): registered once, a candidate only when
+CUPYRT_PW_PERSISTENT is on, and declining, with a reason, every convolution the kernel
+cannot run."""
+import numpy as np
+import pytest
+
+import engine as rt
+from engine import kernel_table
+from engine.gpu import conv_int8_tactics as I
+from engine.gpu import conv_pw_tactics as PW
+from engine.gpu.tactics import candidates
+from engine.types import LayerType
+from kernels.gpu import conv_int8, conv_pw
+
+RNG = np.random.default_rng(5)
+
+
+def _conv(c=64, k=256, rs=(1, 1), hw=(14, 14), **attrs):
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (2, c, *hw))
+    w = RNG.standard_normal((k, c, *rs)).astype(np.float32)
+    layer = net.add_convolution_nd(x, k, rs, kernel=w)
+    for name, value in attrs.items():
+        setattr(layer, name, value)
+    return layer
+
+
+def _reason(tactic, layer, precision=rt.DataType.INT8):
+    shape = tuple(layer._inputs[0].shape)
+    return tactic.supports(layer, (shape,), ("int8",), precision)
+
+
+def _count(layer):
+    return sum(isinstance(t, PW.ConvPwInt8) for t in candidates(layer, rt.DataType.INT8))
+
+
+def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
+    registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION] if isinstance(t, PW.ConvPwInt8)]
+    assert [t.name for t in registered] == [f"conv.{t.name}" for t in conv_pw.PW_TACTICS]
+    layer = _conv()
+    monkeypatch.delenv("CUPYRT_PW_PERSISTENT", raising=False)
+    assert _count(layer) == 0
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")
+    assert _count(layer) == len(conv_pw.PW_TACTICS)
+    assert not any(isinstance(t, PW.ConvPwInt8) for t in candidates(layer, rt.DataType.HALF))
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "0")
+    assert _count(layer) == 0
+
+
+def test_shares_conv_int8_weights_and_run():
+    assert PW.ConvPwInt8.launch is conv_pw.conv2d_pw_int8
+    assert PW.ConvPwInt8.pack_weights is conv_int8.pack_weight_int8_krsc
+    assert PW.ConvPwInt8.run is I.ConvInt8.run and PW.ConvPwInt8.prepare is I.ConvInt8.prepare
+
+
+@pytest.mark.parametrize("c, k, hw", [(64, 256, (56, 56)), (128, 512, (28, 28)),
+                                      (256, 1024, (14, 14)), (512, 2048, (7, 7)),
+                                      (40, 72, (5, 9))])      # C padded to 48, odd sizes
+def test_accepts_resnet_expand_layers_and_odd_channels(c, k, hw):
+    assert _reason(PW.TACTICS[0], _conv(c, k, hw=hw)) is None
+
+
+@pytest.mark.parametrize("build, precision, match", [
+    (lambda: _conv(), rt.DataType.HALF, "INT8 tactic"),
+    (lambda: _conv(64, 64, num_groups=2), rt.DataType.INT8, "ungrouped"),
+    (lambda: _conv(rs=(3, 3), padding_nd=(1, 1)), rt.DataType.INT8, "1x1 convolutions only"),
+    (lambda: _conv(stride_nd=(2, 2)), rt.DataType.INT8, "expected stride 1"),
+    (lambda: _conv(padding_nd=(1, 1)), rt.DataType.INT8, "no padding"),
+    (lambda: _conv(dilation_nd=(2, 2)), rt.DataType.INT8, "dilation 1"),
+    (lambda: _conv(1024, 256, hw=(4, 4)), rt.DataType.INT8, "holds C <= 640"),
+])
+def test_declines_with_a_reason(build, precision, match):
+    reason = _reason(PW.TACTICS[0], build(), precision)
+    assert reason is not None and match in reason, reason
+
+
+def test_bigger_tiles_decline_c512_the_first_takes_it():
+    layer = _conv(512, 2048, hw=(7, 7))
+    by_name = {t.tile.name: t for t in PW.TACTICS}
+    assert _reason(by_name["pwi8_64x128_s3"], layer) is None
+    for name in ("pwi8_128x128_s2", "pwi8_64x256_s2"):
+        assert "shared memory" in _reason(by_name[name], layer)

@@ -1,0 +1,140 @@
+"""The persistent 1x1 INT8 kernel without a GPU: tile / shared-memory arithmetic, the grid,
+residual prefetch rules, and the launcher's argument checks (NumPy arrays stand in for CuPy
+ones: every check runs before the device is touched). The CUDA source itself is compiled
+by test_cuda_compile (every kernels/cuda source, its explicit instantiations, no spills)."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels.gpu import UnsupportedError
+from kernels.gpu import conv_pw as P
+
+CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
+# ResNet-50's bottleneck expand layers: (C, K)
+EXPAND = ((64, 256), (128, 512), (256, 1024), (512, 2048))
+
+
+# ---- tiles and shared memory -----------------------------------------------------------
+def test_tactic_names_unique():
+    names = [t.name for t in P.PW_TACTICS]
+    assert len(names) == len(set(names)) == len(P.TACTICS_BY_NAME)
+    assert all(n.startswith("pwi8_") for n in names)
+
+
+def test_smem_layout_example():
+    t = P.TACTICS_BY_NAME["pwi8_64x128_s3"]
+    staging = 4 * 16 * (64 + 8) * 4                 # 4 warps, 16 rows of 64 + 8 int32 each
+    wslice = 128 * (64 + 16)                        # 128 rows of C + 16 bytes
+    ring = 3 * (64 * 80 + 64 * 128)                 # X tile + int8 residual tile, 3 stages
+    assert t.smem_bytes(64, 1) == staging + wslice + ring == 68608
+    assert t.smem_bytes(64) == staging + wslice + 3 * 64 * 80
+
+
+@pytest.mark.parametrize("t", P.PW_TACTICS, ids=lambda t: t.name)
+def test_max_channels_is_the_fit_boundary(t):
+    for rb in (0, 1, 2, 4):
+        c = t.max_channels(rb)
+        assert c % 16 == 0 and c >= 64
+        assert t.smem_bytes(c, rb) <= P.SMEM_LIMIT < t.smem_bytes(c + 16, rb)
+
+
+def test_first_tile_holds_every_resnet_expand_layer_with_an_int8_residual():
+    t = P.PW_TACTICS[0]
+    for c, _ in EXPAND:
+        assert t.smem_bytes(c, 1) <= P.SMEM_LIMIT
+    assert P.pointwise_reason(t, 512, 2048, 1, 1, (1, 1), (0, 0), (1, 1)) is None
+
+
+def test_name_expressions_and_nvcc_instantiations():
+    t = P.TACTICS_BY_NAME["pwi8_128x128_s2"]
+    assert [t.name_expression(d) for d in (np.int8, np.float32, np.float16)] == [
+        "conv_pw_int8<128,128,4,2,2,0,0>", "conv_pw_int8<128,128,4,2,2,1,0>",
+        "conv_pw_int8<128,128,4,2,2,2,0>"]
+    # the CI compile check (test_cuda_compile) only sees the explicit instantiations
+    block = (CUDA_DIR / P.SOURCE).read_text().split("#ifdef CUPYRT_NVCC_INSTANTIATE", 1)[1]
+    inst = {re.sub(r"\s", "", m) for m in re.findall(r"template __global__ void (\w+<[^>]*>)", block)}
+    for t in P.PW_TACTICS:
+        assert t.name_expression(np.int8) in inst, t.name
+
+
+# ---- occupancy and grid ----------------------------------------------------------------
+def test_ctas_per_sm_takes_the_tightest_resource():
+    assert P.ctas_per_sm(68608, 128, 128) == 3           # shared memory: 3 x 69632 <= 233472
+    assert P.ctas_per_sm(20000, 128, 128) == 4           # registers: 65536 / (128 * 128)
+    assert P.ctas_per_sm(8000, 64, 32) == 25             # shared memory: 233472 // 9000
+    assert P.ctas_per_sm(1000, 32, 16) == 32             # the hardware's 32 CTAs per SM
+    assert P.ctas_per_sm(1000, 1024, 16) == 2            # 2048 threads per SM
+    assert P.ctas_per_sm(P.SMEM_LIMIT, 256, 255) == 1    # never below one
+
+
+def test_grid_divides_the_resident_ctas_among_weight_slices():
+    t = P.TACTICS_BY_NAME["pwi8_64x128_s3"]
+    # ResNet-50 s1 expand at b256: M = 256 * 56 * 56, K = 256 -> 2 slices
+    assert P.grid_for(256 * 3136, 256, t, per_sm=3, num_sms=132) == (2, 198)
+    # s4 expand: 16 slices, one CTA per SM -> 8 per slice (128 CTAs resident)
+    assert P.grid_for(256 * 49, 2048, t, per_sm=1, num_sms=132) == (16, 8)
+    # few M tiles: no CTA without a tile; K not a multiple of BN: one more slice
+    assert P.grid_for(100, 200, t, per_sm=3, num_sms=132) == (2, 2)
+    # more slices than resident CTAs: still one CTA per slice
+    assert P.grid_for(640, 128 * 500, t, per_sm=1, num_sms=132) == (500, 1)
+    # forced (tests): more M tiles than CTAs, the persistent loop wraps
+    assert P.grid_for(64 * 10, 256, t, per_sm=3, num_sms=132, ctas_per_slice=3) == (2, 3)
+
+
+# ---- residual prefetch -------------------------------------------------------------------
+class _Res:
+    """Stands in for a CuPy residual: dtype and device pointer only."""
+    def __init__(self, dtype, ptr=1 << 20):
+        self.dtype = np.dtype(dtype)
+        self.data = type("D", (), {"ptr": ptr})()
+
+
+@pytest.mark.parametrize("C, K, dtype, ptr, want", [
+    (64, 256, np.int8, 1 << 20, 1),
+    (64, 256, np.float16, 1 << 20, 2),
+    (64, 256, np.float32, 1 << 20, 4),
+    (64, 72, np.int8, 1 << 20, 0),          # 72-byte rows: chunks would straddle K
+    (64, 72, np.float16, 1 << 20, 2),       # 144-byte rows do not
+    (64, 256, np.int8, (1 << 20) + 8, 0),   # misaligned pointer
+    (512, 2048, np.int8, 1 << 20, 1),       # 207 KiB: fits
+    (512, 2048, np.float16, 1 << 20, 0),    # 231 KiB: does not
+])
+def test_residual_prefetch_bytes(C, K, dtype, ptr, want):
+    t = P.TACTICS_BY_NAME["pwi8_64x128_s3"]
+    assert P.residual_prefetch_bytes(t, C, K, _Res(dtype, ptr)) == want
+    assert P.residual_prefetch_bytes(t, C, K, None) == 0
+
+
+# ---- argument checks (before the device) ------------------------------------------------
+X8 = np.zeros((1, 4, 4, 16), np.int8)
+W8 = np.zeros((8, 1, 1, 16), np.int8)
+SW = np.ones(8, np.float32)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tactic="nope"), "valid: pwi8_64x128_s3"),
+    (dict(tactic=object()), "expected a PwTactic"),
+    (dict(w_q=np.zeros((8, 3, 3, 16), np.int8), padding=1), "1x1 convolutions only"),
+    (dict(stride=2), "expected stride 1"),
+    (dict(padding=1), "expected stride 1, no padding"),
+    (dict(dilation=2), "dilation 1"),
+    (dict(out_hw=(3, 3)), "keeps the size"),
+    (dict(x_q=np.zeros((1, 2, 2, 1024), np.int8), w_q=np.zeros((8, 1, 1, 1024), np.int8)),
+     r"C = 1024: .* holds C <= 640"),
+    # conv_int8's own rules, shared
+    (dict(x_q=np.zeros((1, 4, 4, 8), np.int8), w_q=np.zeros((8, 1, 1, 8), np.int8)), "multiple of 16"),
+    (dict(s_out=None), "needs s_out"),
+])
+def test_argument_errors(kw, match):
+    args = dict(x_q=X8, w_q=W8, s_out=1.0)
+    args.update(kw)
+    x, w = args.pop("x_q"), args.pop("w_q")
+    with pytest.raises(UnsupportedError, match=match):
+        P.conv2d_pw_int8(x, w, 1.0, SW, **args)
+
+
+def test_pointwise_reason_c_not_multiple_of_16():
+    t = P.PW_TACTICS[0]
+    assert "multiple of 16" in P.pointwise_reason(t, 40, 64, 1, 1, (1, 1), (0, 0), (1, 1))
