@@ -6,6 +6,8 @@ against PyTorch (cuDNN), in one process on one card.
     kernels    ResNet-50 convolutions: FP16 mma.sync tiles (--tactics) and cuBLAS 1x1  b256, b1
     int8       ResNet-50 convolutions: INT8 mma.sync against FP16 mma.sync              b256, b1
     wgmma      ResNet-50 convolutions: wgmma FP16 and INT8 against mma.sync             b256
+    expand     ResNet-50's 1x1 expand layers, INT8 + int8 residual: persistent (pw8)    b256
+               against wgmma and mma.sync
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
@@ -130,6 +132,13 @@ class ConvCase:
         self.out = {kind: cp.empty((n, self.p, self.p, self.k), dt)
                     for kind, dt in (("f16", cp.float16), ("i8", cp.int8), ("f32", cp.float32))}
         self.geo, self.refs, self.tiles = dict(stride=self.stride, padding=self.pad), {}, ()
+        self.res_kw = {}                  # INT8 candidates' residual (the expand preset's)
+
+    def int8_residual(self):
+        """An int8 residual at the output's shape and its scale: a bottleneck's skip input."""
+        r = self.cp.random.standard_normal((self.n, self.p, self.p, self.k), dtype=self.cp.float32)
+        s = np.float32(4.0) / np.float32(127)
+        return dict(residual=_gpu("quantize_int8").quantize_nhwc(r, s), residual_scale=s)
 
     @cached_property
     def x16(self):
@@ -159,7 +168,7 @@ class ConvCase:
         if kind == "i8":
             xq, wq, s_in, s_w, s_out = self.int8
             return _gpu("conv_int8").conv2d_int8(xq, wq, s_in, s_w, bias=self.bias, act="RELU",
-                                                 s_out=s_out, **self.geo).copy()
+                                                 s_out=s_out, **self.geo, **self.res_kw).copy()
         F, dt = self.torch.nn.functional, (self.cp.float16 if kind == "f16" else self.cp.float32)
         x = self.torch_view(self.x16 if kind == "f16" else self.xf)
         y = F.conv2d(x, self.torch_weight(dt), stride=self.stride, padding=self.pad).float()
@@ -198,7 +207,7 @@ def _mma16(c):
 
 def _i8(c, launch, tactics):
     xq, wq, s_in, s_w, s_out = c.int8
-    kw = dict(bias=c.bias, act="RELU", s_out=s_out, out=c.out["i8"], **c.geo)
+    kw = dict(bias=c.bias, act="RELU", s_out=s_out, out=c.out["i8"], **c.geo, **c.res_kw)
     return {t.name: (lambda t=t: launch(xq, wq, s_in, s_w, tactic=t, **kw), "i8") for t in tactics}
 
 
@@ -246,6 +255,9 @@ FAMILIES = {
     "wgmma16": lambda c: _f16(c, _gpu("conv_wgmma").conv2d_wgmma, _gpu("conv_wgmma").TACTICS),
     "mma8": lambda c: _i8(c, _gpu("conv_int8").conv2d_int8, _gpu("conv_int8").INT8_TACTICS),
     "wgmma8": lambda c: _i8(c, _gpu("conv_wgmma").conv2d_wgmma_int8, _gpu("conv_wgmma").INT8_TACTICS),
+    # the persistent 1x1 kernel: stride-1 1x1 layers only
+    "pw8": lambda c: _i8(c, _gpu("conv_pw").conv2d_pw_int8, _gpu("conv_pw").PW_TACTICS)
+    if (c.r, c.stride) == (1, 1) else {},
     "tf32x3": lambda c: _tf32(c, True),
     "tf32": lambda c: _tf32(c, False),
     "sgemm32": lambda c: _cublas(c, c.cp.float32),
@@ -267,6 +279,9 @@ PRESETS = {
     "int8": dict(families=("mma8", "mma16", "torch16"), batches=(256, 1)),
     "wgmma": dict(families=("wgmma16", "mma16", "torch16", "wgmma8", "mma8"), batches=(256,)),
     "fp32": dict(families=("tf32x3", "tf32", "sgemm32", "torch32"), batches=(256,)),
+    # the bottleneck expand layers as ResNet runs them: bias + int8 residual + ReLU, int8 out
+    "expand": dict(families=("pw8", "wgmma8", "mma8"), batches=(256,), residual=True,
+                   layers=("s1_1x1_64_256", "s2_1x1_128_512", "s3_1x1_256_1024", "s4_1x1_512_2048")),
     # run 3's comparisons: split-K at small M, the small-C stem against the channel-padded tiles
     "splitk": dict(families=("mma16", "splitk16", "torch16", "linear16"), batches=(1,), graph=True,
                    layers=SPLITK_LAYERS, tiles=_v2),
@@ -297,6 +312,8 @@ def conv(args, preset, table=None, layers=None, batches=None):
         for layer in (row for row in (table or RESNET50 + [FC]) if row[0] in wanted):
             c = ConvCase(cp, torch, layer, n)
             c.tiles = tiles
+            if spec.get("residual"):
+                c.res_kw = c.int8_residual()
             row = {"layer": c.name, "batch": n, "count": c.count, "macs": c.macs, "ms": {}, "best": {},
                    "check": {}, "errors": {}}
             for fam in families:
@@ -539,7 +556,7 @@ def attention(args):
 
 def _measure(args):
     """{part: rows} for ``args.name``."""
-    if args.name in ("kernels", "int8", "wgmma", "fp32"):
+    if args.name in ("kernels", "int8", "wgmma", "fp32", "expand"):
         return {"conv": conv(args, args.name)}
     if args.name == "new":
         return {"pooling": pooling(args), "splitk_b1": conv(args, "splitk"),
@@ -550,7 +567,7 @@ def _measure(args):
     return {args.name: {"int8_stem": int8_stem, "attention": attention}[args.name](args)}
 
 
-NAMES = ("kernels", "int8", "wgmma", "fp32", "new", "mobilenet", "int8_stem", "attention")
+NAMES = ("kernels", "int8", "wgmma", "expand", "fp32", "new", "mobilenet", "int8_stem", "attention")
 
 
 def parser():
