@@ -140,6 +140,9 @@ def residual_prefetch_bytes(tactic, C, K, residual):
     return b
 
 
+_per_sm = {}              # (kernel, shared memory bytes) -> CTAs one SM holds
+
+
 def _kernel(tactic, out_dtype, smem=SMEM_LIMIT):
     name = tactic.name_expression(out_dtype)
     return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=smem)
@@ -186,7 +189,10 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
     args = args[:6] + (i32(M), i32(C), i32(K)) + args[21:]
     smem = tactic.smem_bytes(C, pre)
     kern = _kernel(tactic, g["dt"], smem)
-    per_sm = ctas_per_sm(smem, tactic.threads, getattr(kern, "num_regs", 128))
+    key = (id(kern), smem)
+    per_sm = _per_sm.get(key)
+    if per_sm is None:        # a driver query: once per kernel and size, not per launch
+        per_sm = _per_sm[key] = ctas_per_sm(smem, tactic.threads, kern.num_regs)
     grid = grid_for(M, K, tactic, per_sm, _sm_count(), ctas_per_slice)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tactic.threads,), args, shared_mem=smem)
