@@ -121,6 +121,10 @@ SETTINGS = (
            "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
            "stride-1 cuDNN graph (conv.cudnn_s2d; needs cudnn on); off until its GPU tests have passed.",
            tactics=True),
+    Switch("s2d_stem", _flag, False,
+           "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
+           "stride-1 convolution on our own INT8 / FP16 kernels (conv.s2d_*; no cuDNN); off until "
+           "its GPU tests have passed.", tactics=True),
     Switch("pw_persistent", _flag, False,
            "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
            "reductions (conv.pwi8_*: ResNet's bottleneck expand layers); off until its GPU tests "

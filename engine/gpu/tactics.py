@@ -8,7 +8,8 @@ also has the fallbacks of engine/gpu/base.py: the INT8 emulation, the generic ta
 
 Switches (engine.settings) take tactics out of a layer's candidates when they are asked
 for, not when modules are imported: a tactic whose ``switch`` names a setting that is
-off is no candidate (``wgmma``, ``int8_smallc``, ``pw_persistent``); the cuDNN tactic declines itself.
+off is no candidate (``wgmma``, ``int8_smallc``, ``pw_persistent``, ``s2d_stem``); the cuDNN
+tactic declines itself.
 """
 from kernels.gpu import compile as kernel_compile
 
@@ -16,8 +17,9 @@ from ..kernel_table import TACTICS
 from ..settings import settings
 from ..types import DataType, LayerType
 from . import (attention_tactics, concat, constant_tactics, conv_int8_tactics, conv_pw_tactics,
-               conv_tactics, conv_tf32_tactics, cudnn_int8_tactics, cudnn_s2d_tactics, cudnn_tactics, fc_tactics,
-               matmul_tactics, norm_tactics, pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
+               conv_s2d_tactics, conv_tactics, conv_tf32_tactics, cudnn_int8_tactics,
+               cudnn_s2d_tactics, cudnn_tactics, fc_tactics, matmul_tactics, norm_tactics,
+               pointwise_tactics, pool_tactics, rnn_tactics, softmax_tactics)
 from .base import GENERIC, HOST, INT8_EMULATION, Tactic, as_nhwc, nchw_view, register
 
 __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", "candidates",
@@ -28,7 +30,7 @@ __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", 
 # candidate is what the others are stopped early against (engine/gpu/timing.py: a candidate
 # 1.5x slower stops after 3 runs, one 2x slower is not re-timed in a CUDA graph)
 register(LayerType.CONVOLUTION, cudnn_tactics.ConvCudnn(), cudnn_s2d_tactics.ConvCudnnS2d(),
-         cudnn_int8_tactics.ConvCudnnInt8(),
+         cudnn_int8_tactics.ConvCudnnInt8(), *conv_s2d_tactics.TACTICS,
          *conv_tactics.TACTICS, *conv_int8_tactics.TACTICS, *conv_pw_tactics.TACTICS,
          *conv_tf32_tactics.TACTICS)
 register(LayerType.FULLY_CONNECTED, *fc_tactics.TACTICS)

@@ -17,9 +17,17 @@ after, output 112x112 as before. The literature calls it the space-to-depth stem
 (e.g. "TResNet", Ridnik et al. 2021, and MLPerf ResNet submissions on TPUs).
 
 Here: the geometry (``s2d_geometry``), the filter transform (``s2d_filter``, on the
-host at prepare time), the NumPy reference of the input transform (``s2d_reference``)
-and its GPU kernel (``space_to_depth_nhwc``, kernels/cuda/space_to_depth.cu: the cast
-to half fused in). The convolution itself is a cuDNN graph (kernels/gpu/cudnn_graphs.py).
+host at prepare time), the NumPy references of the input transform (``s2d_reference``;
+``s2d_int8_reference`` with the INT8 quantisation) and their GPU kernels
+(kernels/cuda/space_to_depth.cu): ``space_to_depth_nhwc`` (the cast to half fused in)
+and ``space_to_depth_int8`` (the INT8 input quantisation fused in, or int8 codes
+folded as they are). The convolution itself is a cuDNN graph (kernels/gpu/cudnn_graphs.py)
+or one of our implicit GEMMs (engine/gpu/conv_s2d_tactics.py).
+
+INT8: the s2d filter holds the original's weights and zeros, so its per-output-channel
+max |w|, scale and codes are the original's (kernels.quantize.quantize_weights), the
+input codes are the original's codes moved, and the int32 sums add the same products
+plus zeros: the rewritten INT8 convolution is bit-exact with the direct one.
 """
 from __future__ import annotations
 
@@ -27,12 +35,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .compile import get_function, i32
+from ..quantize import quantize
+from .compile import f32, get_function, i32
 from .errors import UnsupportedError
 from .family import KernelFamily
 
 SOURCE = "space_to_depth.cu"
 _IN = {np.dtype(np.float32): "float", np.dtype(np.float16): "half_t"}
+_IN_Q8 = {**_IN, np.dtype(np.int8): "i8_t"}
+Q8_C_PAD = 16           # the INT8 convolutions take C % 16 == 0: one 16-byte chunk per pixel
 C_PADS = (8, 16)        # the kernel's channel counts: 4*C must fit (C <= 2 or C <= 4)
 
 
@@ -121,13 +132,22 @@ def s2d_reference(x_nchw, hs, ws, c_pad=16):
     return out
 
 
-def launch_reason(x, hs, ws, c_pad=16, out=None):
-    """None when ``space_to_depth_nhwc`` takes these arguments, else why not (shape,
-    dtype and flag checks only: NumPy arrays answer the same as CuPy ones)."""
+def s2d_int8_reference(x_nchw, s, hs, ws):
+    """NumPy reference of ``space_to_depth_int8``: float x quantised at scale ``s`` by
+    kernels.quantize.quantize (the INT8 contract), int8 x taken as codes (``s`` unused),
+    then folded: (N, C, H, W) -> int8 (N, hs, ws, 16), zero codes outside x and in
+    channels 4*C..15."""
+    x = np.asarray(x_nchw)
+    codes = x if x.dtype == np.int8 else quantize(x, s)
+    return s2d_reference(codes, hs, ws, Q8_C_PAD)
+
+
+def _shape_reason(x, hs, ws, c_pad, dtypes):
+    """Input checks both launchers share (rank, dtype, channels, output size, strides)."""
     if x.ndim != 4:
         return f"input of rank {x.ndim}; expected NCHW rank 4"
-    if x.dtype not in _IN:
-        return f"input dtype {x.dtype}; expected float32 or float16"
+    if x.dtype not in dtypes:
+        return f"input dtype {x.dtype}; expected {' or '.join(d.name for d in dtypes)}"
     if c_pad not in C_PADS:
         return f"c_pad {c_pad}; valid: {C_PADS}"
     n, c, h, w = x.shape
@@ -139,6 +159,16 @@ def launch_reason(x, hs, ws, c_pad=16, out=None):
         return f"batch {n} > 65535 or {hs}x{ws} pixels of 2**31 or more"
     if any(st < 0 for st in x.strides):
         return f"negative strides {x.strides}"
+    return None
+
+
+def launch_reason(x, hs, ws, c_pad=16, out=None):
+    """None when ``space_to_depth_nhwc`` takes these arguments, else why not (shape,
+    dtype and flag checks only: NumPy arrays answer the same as CuPy ones)."""
+    reason = _shape_reason(x, hs, ws, c_pad, tuple(_IN))
+    if reason is not None:
+        return reason
+    n = x.shape[0]
     if out is not None and (out.dtype != np.float16 or not out.flags.c_contiguous
                             or out.shape != (n, hs, ws, c_pad)):
         return f"out {out.shape} {out.dtype}; expected contiguous ({n}, {hs}, {ws}, {c_pad}) float16"
@@ -160,12 +190,7 @@ def space_to_depth_nhwc(x, c_pad=16, out=None, hs=None, ws=None):
         raise UnsupportedError(f"space_to_depth_nhwc: {reason}")
     if out is None:
         out = cp.empty((n, hs, ws, c_pad), np.float16)
-    item = x.dtype.itemsize
-    sn, sc, sh, sw = (st // item for st in x.strides)
-    # the pair loads: unit w-stride, every pair starting at an even element (W even, the
-    # other strides even) of a base aligned to the pair
-    vec = int(sw == 1 and w % 2 == 0 and sn % 2 == 0 and sc % 2 == 0 and sh % 2 == 0
-              and x.data.ptr % (2 * item) == 0)
+    (sn, sc, sh, sw), vec = _strides_and_vec(x)
     kern = get_function(SOURCE, f"space_to_depth_pad<{_IN[x.dtype]},{c_pad},{vec}>")
     if n:
         kern((-(-(hs * ws) // 256), n), (256,),
@@ -174,4 +199,62 @@ def space_to_depth_nhwc(x, c_pad=16, out=None, hs=None, ws=None):
     return out
 
 
-FAMILY = KernelFamily(SOURCE, launch=(space_to_depth_nhwc,))
+def _strides_and_vec(x):
+    """(element strides, VEC): the pair loads take unit w-stride, W even, the other
+    strides even and a base aligned to the pair (then every pair is aligned)."""
+    item = x.dtype.itemsize
+    sn, sc, sh, sw = (st // item for st in x.strides)
+    vec = int(sw == 1 and x.shape[3] % 2 == 0 and sn % 2 == 0 and sc % 2 == 0 and sh % 2 == 0
+              and x.data.ptr % (2 * item) == 0)
+    return (sn, sc, sh, sw), vec
+
+
+def _address(a):
+    """The first element's address of a CuPy or NumPy array (the checks serve both)."""
+    ptr = getattr(a.data, "ptr", None)
+    return a.ctypes.data if ptr is None else ptr
+
+
+def int8_launch_reason(x, s, hs, ws, out=None):
+    """None when ``space_to_depth_int8`` takes these arguments, else why not (shape,
+    dtype, scale and flag checks only: NumPy arrays answer the same as CuPy ones)."""
+    reason = _shape_reason(x, hs, ws, Q8_C_PAD, tuple(_IN_Q8))
+    if reason is not None:
+        return reason
+    if x.dtype != np.int8 and not (s is not None and np.isfinite(s) and s > 0):
+        return f"scale {s} for {x.dtype} input; expected a positive finite float (int8 input: codes, any)"
+    shape = (x.shape[0], hs, ws, Q8_C_PAD)
+    if out is not None and (out.dtype != np.int8 or not out.flags.c_contiguous or out.shape != shape
+                            or _address(out) % 16):
+        return f"out {out.shape} {out.dtype}; expected contiguous 16-byte aligned {shape} int8"
+    return None
+
+
+def space_to_depth_int8(x, s=None, out=None, hs=None, ws=None):
+    """(N, C, H, W) CuPy array, C <= 4, any element strides -> contiguous int8 (N, hs, ws,
+    16) codes of the space-to-depth input (the INT8 convolutions' C % 16 == 0 layout).
+    float32/float16 x is quantised at scale ``s`` exactly as the INT8 input path does
+    (``quantize_int8.quantize_nchw_to_nhwc``: saturate(rint(x * float32(1/s)))); int8 x
+    holds codes already and is only folded (``s`` unused). Zero codes outside x and in
+    channels 4*C..15. ``hs``/``ws``: ``s2d_geometry``'s (default ceil(H/2), ceil(W/2))."""
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
+    n, c, h, w = x.shape if x.ndim == 4 else (0, 0, 0, 0)
+    hs = -(-h // 2) if hs is None else hs
+    ws = -(-w // 2) if ws is None else ws
+    reason = int8_launch_reason(x, s, hs, ws, out)
+    if reason is not None:
+        raise UnsupportedError(f"space_to_depth_int8: {reason}")
+    if out is None:
+        out = cp.empty((n, hs, ws, Q8_C_PAD), np.int8)
+    # the host arithmetic of quantize_int8 (float32 reciprocal), so the codes match it
+    inv = np.float32(0.0) if x.dtype == np.int8 else np.float32(1.0) / np.float32(s)
+    (sn, sc, sh, sw), vec = _strides_and_vec(x)
+    kern = get_function(SOURCE, f"space_to_depth_q8<{_IN_Q8[x.dtype]},{vec}>")
+    if n:
+        kern((-(-(hs * ws) // 256), n), (256,),
+             (x, out, i32(c), i32(h), i32(w), i32(hs), i32(ws),
+              np.int64(sn), np.int64(sc), np.int64(sh), np.int64(sw), f32(inv)))
+    return out
+
+
+FAMILY = KernelFamily(SOURCE, launch=(space_to_depth_nhwc, space_to_depth_int8))
