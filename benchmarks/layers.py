@@ -12,6 +12,8 @@ against PyTorch (cuDNN), in one process on one card.
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
+    s2d_stem   the ResNet-50 stem, whole paths: small-C kernels against space-to-depth +
+               our stride-1 INT8 / FP16 kernels (benchmarks/layers_s2d.py)        b256
     attention  the flash attention tiles at BERT-base shapes against the unfused path
 
 The four convolution names are one measurement (``conv``, PRESETS) over kernel families:
@@ -564,10 +566,14 @@ def _measure(args):
                 "stem": conv(args, "stem")}
     if args.name == "mobilenet":
         return {"depthwise": depthwise(args), "pointwise": conv(args, "pointwise", table=MOBILENET_PW)}
+    if args.name == "s2d_stem":
+        from benchmarks.layers_s2d import s2d_stem
+        return {"s2d_stem": s2d_stem(args)}
     return {args.name: {"int8_stem": int8_stem, "attention": attention}[args.name](args)}
 
 
-NAMES = ("kernels", "int8", "wgmma", "expand", "fp32", "new", "mobilenet", "int8_stem", "attention")
+NAMES = ("kernels", "int8", "wgmma", "expand", "fp32", "new", "mobilenet", "int8_stem", "s2d_stem",
+         "attention")
 
 
 def parser():
@@ -609,7 +615,7 @@ def main(argv=None):
         print(f"\n## {part}")
         if part in ("conv", "pointwise", "stem") or part.startswith("splitk"):
             print(conv_table(rows))
-        elif isinstance(rows, dict):         # int8_stem: steps and paths
+        elif isinstance(rows, dict):         # int8_stem, s2d_stem: steps and paths
             print(json.dumps(rows, indent=1, default=str))
         else:
             print(*(json.dumps(r, default=str) for r in rows), sep="\n")
