@@ -30,7 +30,7 @@ from kernels import quantize as Q
 from ..int8_exec import tensor_scale
 from ..settings import settings
 from ..types import DataType, LayerType
-from .base import Tactic, cupy, nchw_view
+from .base import Tactic, nchw_view
 from .conv_common import epilogue_state, int8_out_dtype, is_half, wgmma_reason
 
 MAX_CHANNELS = 4       # 4*C channels of the folded input: 16 at most
