@@ -24,8 +24,8 @@ Off (CUPYRT_S2D_STEM=0) until the GPU tests (tests/gpu/test_conv_s2d_gpu.py) hav
 """
 import numpy as np
 
-from kernels.gpu import conv_igemm, conv_int8, conv_wgmma, space_to_depth
 from kernels import quantize as Q
+from kernels.gpu import conv_igemm, conv_int8, conv_wgmma, space_to_depth
 
 from ..int8_exec import tensor_scale
 from ..settings import settings
