@@ -126,9 +126,9 @@ SETTINGS = (
            "stride-1 convolution on our own INT8 / FP16 kernels (conv.s2d_*; no cuDNN); off until "
            "its GPU tests have passed.", tactics=True),
     Switch("pw_persistent", _flag, False,
-           "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
-           "reductions (conv.pwi8_*: ResNet's bottleneck expand layers); off until its GPU tests "
-           "have passed.", tactics=True),
+           "Persistent, weight-resident kernel for 1x1 stride-1 convolutions with short "
+           "reductions (conv.pwi8_* INT8, conv.pw16_* FP16: ResNet's bottleneck expand layers); "
+           "off until its GPU tests have passed.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),

@@ -1,5 +1,5 @@
-// conv_pw.cu -- persistent, weight-resident 1x1 stride-1 INT8 convolution for short
-// reductions (C <= 512): ResNet's bottleneck expand layers, C -> 4C plus residual and ReLU.
+// conv_pw.cu -- persistent, weight-resident 1x1 stride-1 convolution for short reductions
+// (C <= 512), INT8 and FP16: ResNet's bottleneck expand layers, C -> 4C plus residual and ReLU.
 //
 // GEMM view in NHWC: out[M, K] = X[M, C] * W[K, C]^T, M = N*H*W (rows contiguous, C bytes).
 // With C of 64..512 a CTA's k-loop is 1-16 k32 steps: a one-tile-per-CTA kernel spends its
@@ -8,9 +8,10 @@
 //   grid.x = K / BN slices        a CTA loads its BN x C weight slice into shared memory
 //   grid.y = CTAs per slice       once, then walks M tiles t = blockIdx.y, += gridDim.y
 //
-//   shared: [ sC: one 16 x (WTN + 8) int32 staging tile per warp ]
-//           [ sW: BN rows x LDS bytes (LDS = C + 16: the 8 row addresses of an ldmatrix
-//                 phase fall in 8 distinct 16-byte bank groups when C % 32 == 0) ]
+//   shared: [ sC: one 16 x (WTN + 8) int32 / float32 staging tile per warp ]
+//           [ sW: BN rows x LDS bytes (LDS = row bytes + 16: the 8 row addresses of an
+//                 ldmatrix phase fall in 8 distinct 16-byte bank groups when the row
+//                 bytes are a multiple of 32) ]
 //           [ ring, STAGES x { X tile BM x LDS bytes | residual tile BM x BN elements } ]
 //
 // The loads of tiles i+1 .. i+STAGES-1 (cp.async) are in flight while tile i is multiplied
@@ -22,46 +23,62 @@
 // blocked per warp ([WM*WN][WTM][WTN] elements), so a warp's 16-row slice of it is a plain
 // row-major tile for epilogue_staged's sR.
 //
-// C % 32 == 16: the last k32 step reads the 16 pad bytes of every row; the W slice's pad
-// bytes are zeroed, so whatever the X pad holds contributes exact zeros.
+// Row bytes % 32 == 16 (int8 C % 32 == 16, half C % 16 == 8): the last 32-byte k-step reads
+// the 16 pad bytes of every row. Both pads (W slice and every ring stage's X rows) are zeroed
+// once and never written again, so they add exact zeros (a garbage half could be NaN).
 #include "int8_epilogue.cuh"   // OutSel, epilogue_staged (the one copy of the INT8 numerics)
-#include "ptx.cuh"             // smem_u32, cp.async, ldmatrix, mma.sync m16n8k32
+#include "f16_epilogue.cuh"    // epilogue_staged_f16 (conv_igemm.cu's FP16 epilogue)
+#include "ptx.cuh"             // smem_u32, cp.async, ldmatrix, mma.sync
 
-// Launch: grid = (ceil(K / BN), CTAs per slice), block = WM*WN*32 threads, dynamic shared
-// memory = kernels/gpu/conv_pw.py PwTactic.smem_bytes(C, residual bytes if prefetched).
-// res_kind: 1 int8 / 2 float32 / 3 float16, | 4 when the residual tile is prefetched into
-// the ring (K * element size % 16 == 0 and a 16-byte-aligned residual: decided on the host).
-template <int BM, int BN, int WM, int WN, int STAGES, int OUT, int MINB>
-__global__ void __launch_bounds__(WM * WN * 32, MINB)
-conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
-             const i8_t* __restrict__ w,          // [K, C] int8 codes
-             typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
-             const float* __restrict__ s_w,       // [K] weight scales
-             const float* __restrict__ bias,      // [K] (if has_bias)
-             const void* __restrict__ res,        // [M, res_ld] (res_kind != 0)
-             int M, int C, int K, int out_ld, int out_off, int res_ld, int res_kind,
-             int has_bias, float s_in, float res_scale, float inv_out,
-             int act, float alpha, float beta) {
-    using namespace cupyrt_int8;
-    using namespace cupyrt_ptx;
+namespace cupyrt_pw {
+
+using namespace cupyrt_ptx;
+
+// The tensor-core step per element type. In bytes the fragments of m16n8k32 s8 and
+// m16n8k16 f16 are laid out alike (conv_int8.cu's header), so one k-step is 32 bytes of a
+// row either way and the ldmatrix addressing below serves both.
+struct MmaS8 {
+    typedef int Acc;
+    static __device__ __forceinline__ void mma(int (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                               unsigned b1) { mma_16832(d, a, b0, b1); }
+};
+// a 4-byte accumulator's bits, for 8-byte stores of two of them
+__device__ __forceinline__ unsigned bits(int v) { return (unsigned)v; }
+__device__ __forceinline__ unsigned bits(float v) { return __float_as_uint(v); }
+
+struct MmaF16 {
+    typedef float Acc;
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                               unsigned b1) { mma_16816(d, a, b0, b1); }
+};
+
+// The persistent mainloop (layout and protocol: the header above). x [M, CB bytes] and
+// w [K, CB bytes] rows; CB % 16 == 0. resb: bytes per residual element when the host asked
+// for the residual tile in the ring, else 0. epi(sC, lane, m0, n0, sR): the epilogue of 16
+// rows x WTN channels of one warp, accumulators at sC (row stride WTN + 8), residual at sR
+// (16 x WTN row-major, nullptr when not prefetched).
+template <int BM, int BN, int WM, int WN, int STAGES, typename Mma, typename Epi>
+__device__ __forceinline__ void
+persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict__ w,
+           int M, int CB, int K, const void* __restrict__ res, int res_ld, int resb,
+           const Epi& epi) {
+    typedef typename Mma::Acc Acc;
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM, WTN = BN / WN;
     constexpr int MT = WTM / 16, NT = WTN / 8;
-    constexpr int LDC = WTN + 8;                      // staging row, int32 words
+    constexpr int LDC = WTN + 8;                      // staging row, 4-byte words
     static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
     static_assert(STAGES >= 2, "a ring of two stages at least");
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
-    const int LDS = C + 16;                           // bytes (C % 16 == 0)
-    const int CCH = C >> 4;                           // 16-byte chunks per X / W row
-    const int pre = res_kind & 4, rkind = res_kind & 3;
-    const int resb = rkind == 0 ? 0 : rkind == 1 ? 1 : rkind == 2 ? 4 : 2;
-    const int res_tile = pre ? BM * BN * resb : 0;    // bytes per stage
+    const int LDS = CB + 16;                          // bytes
+    const int CCH = CB >> 4;                          // 16-byte chunks per X / W row
+    const int res_tile = BM * BN * resb;              // bytes per stage (0: not prefetched)
     const int stage_bytes = BM * LDS + res_tile;
 
-    int* sC = reinterpret_cast<int*>(smem_raw) + warp * 16 * LDC;
+    Acc* sC = reinterpret_cast<Acc*>(smem_raw) + warp * 16 * LDC;
     unsigned char* sW = smem_raw + (THREADS / 32) * 16 * LDC * 4;
     unsigned char* ring = sW + BN * LDS;
     const unsigned sW_u = smem_u32(sW), ring_u = smem_u32(ring);
@@ -73,11 +90,14 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
     for (int idx = tid; idx < BN * CCH; idx += THREADS) {
         const int r = idx / CCH, c = idx - r * CCH;
         const bool ok = n0 + r < K;
-        cp_async16(sW_u + (unsigned)(r * LDS + c * 16), ok ? w + (long long)(n0 + r) * C + c * 16 : w,
-                   ok ? 16 : 0);
+        cp_async16(sW_u + (unsigned)(r * LDS + c * 16),
+                   ok ? w + (long long)(n0 + r) * CB + c * 16 : w, ok ? 16 : 0);
     }
     for (int r = tid; r < BN; r += THREADS)
-        *reinterpret_cast<uint4*>(sW + r * LDS + C) = make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<uint4*>(sW + r * LDS + CB) = make_uint4(0u, 0u, 0u, 0u);
+    for (int r = tid; r < STAGES * BM; r += THREADS)
+        *reinterpret_cast<uint4*>(ring + (r / BM) * stage_bytes + (r % BM) * LDS + CB) =
+            make_uint4(0u, 0u, 0u, 0u);
 
     // ---- one ring stage: the X tile (and the residual tile) of this CTA's i-th M tile -----
     auto load_stage = [&](int i) {
@@ -89,9 +109,9 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
             const int r = idx / CCH, c = idx - r * CCH;
             const bool ok = m0 + r < M;
             cp_async16(st + (unsigned)(r * LDS + c * 16),
-                       ok ? x + (long long)(m0 + r) * C + c * 16 : x, ok ? 16 : 0);
+                       ok ? x + (long long)(m0 + r) * CB + c * 16 : x, ok ? 16 : 0);
         }
-        if (pre) {
+        if (resb) {
             // chunk (row r, bytes [16 j, 16 j + 16) of its BN * resb) -> the warp block of
             // (r / WTM, col / WTN): K * resb % 16 == 0, so a chunk is wholly in or past K
             const int rch = BN * resb / 16, per = 16 / resb;
@@ -119,7 +139,7 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
     // ldmatrix lane offsets (bytes), as conv_int8.cu
     const int a_lrow = wm * WTM + (lane & 15), a_lcol = (lane >> 4) * 16;
     const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3), b_lcol = ((lane >> 3) & 1) * 16;
-    const int KS = (C + 31) >> 5;                     // k32 steps
+    const int KS = (CB + 31) >> 5;                    // 32-byte k-steps
 
     int i = 0;
     for (int t = blockIdx.y; t < m_tiles; t += gridDim.y, ++i) {
@@ -130,7 +150,7 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
 
         const int stage = i % STAGES;
         const unsigned sX_u = ring_u + (unsigned)(stage * stage_bytes);
-        int acc[MT][NT][4];
+        Acc acc[MT][NT][4];
 #pragma unroll
         for (int a = 0; a < MT; ++a)
 #pragma unroll
@@ -155,14 +175,13 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
 #pragma unroll
             for (int a = 0; a < MT; ++a)
 #pragma unroll
-                for (int b = 0; b < NT; ++b) mma_16832(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                for (int b = 0; b < NT; ++b) Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
         }
 
         // ---- epilogue, per warp, 16 rows at a time -----------------------------------------
         const int m0 = t * BM + wm * WTM, nw = n0 + wn * WTN;
-        const unsigned char* sRw = pre ? ring + stage * stage_bytes + BM * LDS +
-                                         (long long)(wm * WN + wn) * WTM * WTN * resb
-                                       : nullptr;
+        const unsigned char* sRw =
+            resb ? ring + stage * stage_bytes + BM * LDS + (wm * WN + wn) * WTM * WTN * resb : nullptr;
 #pragma unroll
         for (int a = 0; a < MT; ++a) {
 #pragma unroll
@@ -170,18 +189,75 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     const int r = (lane >> 2) + hh * 8, cc = b * 8 + (lane & 3) * 2;
-                    *reinterpret_cast<int2*>(sC + r * LDC + cc) =
-                        make_int2(acc[a][b][2 * hh], acc[a][b][2 * hh + 1]);
+                    *reinterpret_cast<uint2*>(sC + r * LDC + cc) =
+                        make_uint2(bits(acc[a][b][2 * hh]), bits(acc[a][b][2 * hh + 1]));
                 }
             __syncwarp();
-            epilogue_staged<16, WTN, 32, OUT>(
-                sC, lane, m0 + a * 16, nw, M, K, out, s_w, bias, res, out_ld, out_off, res_ld,
-                rkind, has_bias, s_in, res_scale, inv_out, act, alpha, beta,
-                pre ? sRw + a * 16 * WTN * resb : nullptr);
+            epi(sC, lane, m0 + a * 16, nw, resb ? sRw + a * 16 * WTN * resb : nullptr);
             __syncwarp();                             // sC is rewritten by the next 16 rows
         }
     }
     cp_async_wait<0>();                               // nothing left in flight at exit
+}
+
+}  // namespace cupyrt_pw
+
+// Launch (both kernels): grid = (ceil(K / BN), CTAs per slice), block = WM*WN*32 threads,
+// dynamic shared memory = kernels/gpu/conv_pw.py PwTactic.smem_bytes(C, residual bytes if
+// prefetched).
+
+// INT8: int8 codes in, exact int32 accumulation, int8_epilogue.cuh's epilogue (conv_int8.cu's
+// numerics and argument list past the window geometry). res_kind: 1 int8 / 2 float32 /
+// 3 float16, | 4 when the residual tile is prefetched into the ring (K * element size % 16 == 0
+// and a 16-byte-aligned residual: decided on the host). OUT 0 int8 / 1 float32 / 2 float16.
+template <int BM, int BN, int WM, int WN, int STAGES, int OUT, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
+conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
+             const i8_t* __restrict__ w,          // [K, C] int8 codes
+             typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
+             const float* __restrict__ s_w,       // [K] weight scales
+             const float* __restrict__ bias,      // [K] (if has_bias)
+             const void* __restrict__ res,        // [M, res_ld] (res_kind != 0)
+             int M, int C, int K, int out_ld, int out_off, int res_ld, int res_kind,
+             int has_bias, float s_in, float res_scale, float inv_out,
+             int act, float alpha, float beta) {
+    constexpr int WTN = BN / WN;
+    const int rkind = res_kind & 3;
+    const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
+    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
+        cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
+            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
+            s_in, res_scale, inv_out, act, alpha, beta, sR);
+    };
+    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaS8>(
+        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
+        K, res, res_ld, resb, epi);
+}
+
+// FP16: half in, float32 accumulation, f16_epilogue.cuh's epilogue (conv_igemm.cu's numerics;
+// argument list of conv_igemm_f16 past the window geometry). has_res: 1 residual (the output's
+// type), | 4 prefetched into the ring. OUT_F32 0 float16 / 1 float32 output.
+template <int BM, int BN, int WM, int WN, int STAGES, int OUT_F32, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
+conv_pw_f16(const half_t* __restrict__ x,         // [M, C] (NHWC), C % 8 == 0
+            const half_t* __restrict__ w,         // [K, C]
+            typename cupyrt_f16::OutSel<OUT_F32>::T* __restrict__ out,
+            const float* __restrict__ scale,      // [K]
+            const float* __restrict__ bias,       // [K]
+            const typename cupyrt_f16::OutSel<OUT_F32>::T* __restrict__ res,   // [M, res_ld]
+            int M, int C, int K, int out_ld, int out_off, int res_ld, int has_res,
+            int act, float alpha, float beta) {
+    typedef typename cupyrt_f16::OutSel<OUT_F32>::T OutT;
+    constexpr int WTN = BN / WN;
+    const int resb = (has_res & 5) == 5 ? (int)sizeof(OutT) : 0;
+    auto epi = [=](const float* sC, int lane, int m0, int n0, const unsigned char* sR) {
+        cupyrt_f16::epilogue_staged_f16<16, WTN, 32, OutT>(
+            sC, lane, m0, n0, M, K, out, scale, bias, res, out_ld, out_off, res_ld, has_res & 1,
+            act, alpha, beta, reinterpret_cast<const OutT*>(sR));
+    };
+    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaF16>(
+        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M,
+        C * 2, K, res, res_ld, resb, epi);
 }
 
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through name_expressions;
@@ -189,9 +265,17 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
 #ifdef CUPYRT_NVCC_INSTANTIATE
 #define CUPYRT_PW_ARGS(OT) (const i8_t*, const i8_t*, OT*, const float*, const float*, const void*, \
     int, int, int, int, int, int, int, int, float, float, float, int, float, float)
+#define CUPYRT_PW16_ARGS(OT) (const half_t*, const half_t*, OT*, const float*, const float*, \
+    const OT*, int, int, int, int, int, int, int, int, float, float)
 template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW_ARGS(float);
 template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 0> CUPYRT_PW_ARGS(half_t);
 template __global__ void conv_pw_int8<128, 128, 4, 2, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_int8<64, 256, 2, 4, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
+template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW16_ARGS(half_t);
+template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW16_ARGS(float);
+template __global__ void conv_pw_f16<128, 64, 4, 1, 2, 0, 0> CUPYRT_PW16_ARGS(half_t);
+template __global__ void conv_pw_f16<128, 64, 4, 1, 2, 1, 0> CUPYRT_PW16_ARGS(float);
+template __global__ void conv_pw_f16<64, 64, 2, 2, 2, 0, 0> CUPYRT_PW16_ARGS(half_t);
+template __global__ void conv_pw_f16<64, 64, 2, 2, 2, 1, 0> CUPYRT_PW16_ARGS(float);
 #endif

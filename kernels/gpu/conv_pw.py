@@ -1,10 +1,14 @@
-"""Persistent, weight-resident 1x1 stride-1 INT8 convolution (kernels/cuda/conv_pw.cu).
+"""Persistent, weight-resident 1x1 stride-1 convolution (kernels/cuda/conv_pw.cu), INT8 and FP16.
 
 For the short-reduction 1x1 layers (ResNet's bottleneck expand: C -> 4C with C of 64..512,
 a residual add and ReLU): a CTA keeps a BN x C slice of the weights in shared memory and
 walks M tiles through a cp.async ring of X tiles (and residual tiles), so loads stream
-while earlier tiles are multiplied and written. Same calling convention, same numerics
-(int8_epilogue.cuh), same weight packing as ``conv_int8.conv2d_int8``; bit-identical to it.
+while earlier tiles are multiplied and written.
+
+    conv2d_pw_int8   calling convention, numerics (int8_epilogue.cuh) and weight packing of
+                     ``conv_int8.conv2d_int8``; bit-identical to it       (PW_TACTICS)
+    conv2d_pw_f16    those of ``conv_igemm.conv2d_igemm`` (f16_epilogue.cuh: its epilogue,
+                     float32 accumulation in the same k order)           (PW16_TACTICS)
 
 The grid is (K / BN weight slices) x (CTAs per slice): as many CTAs as fit on the device
 at once (``ctas_per_sm`` from the tile's shared memory, threads and registers), divided
@@ -17,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compile import get_function, i32
-from .conv_igemm import _sm_count
+from .conv_igemm import _pair, _require_c8, _setup, _sm_count, conv_out_size
 from .conv_int8 import OUT_CODES, _int8_launch_args, check_int8_args
 from .errors import UnsupportedError
 from .family import KernelFamily
 
 SOURCE = "conv_pw.cu"
-C_ALIGN = 16
+C_ALIGN = 16                     # int8 channels; FP16: 8 (16-byte rows either way)
 # sm_90 (H100 / H200): what one SM holds; the kernel is built for that family only
 SMEM_LIMIT = 227 * 1024          # dynamic shared memory one CTA may opt in to
 SMEM_PER_SM = 228 * 1024
@@ -35,7 +39,8 @@ RES_BYTES = {np.dtype(np.int8): 1, np.dtype(np.float32): 4, np.dtype(np.float16)
 
 @dataclass(frozen=True)
 class PwTactic:
-    """One tile configuration of conv_pw_int8 (plain data, as the builder stores it)."""
+    """One tile configuration of conv_pw_int8 (kind pw_int8) or conv_pw_f16 (pw_f16), plain
+    data as the builder stores it."""
     name: str
     bm: int
     bn: int
@@ -49,25 +54,46 @@ class PwTactic:
     def threads(self) -> int:
         return self.wm * self.wn * 32
 
+    @property
+    def elem(self) -> int:
+        """Bytes per input element."""
+        return 1 if self.kind == "pw_int8" else 2
+
+    @property
+    def c_align(self) -> int:
+        """Channels per 16-byte chunk: C must be a multiple of it."""
+        return 16 // self.elem
+
     def smem_bytes(self, C, res_bytes=0):
-        """Dynamic shared memory for C input channels (a multiple of 16) with a prefetched
-        residual of ``res_bytes`` per element (0: none): the warps' staging tiles, the
-        weight slice, and the ring (conv_pw.cu's layout)."""
-        lds = C + 16
+        """Dynamic shared memory for C input channels (a multiple of ``c_align``) with a
+        prefetched residual of ``res_bytes`` per element (0: none): the warps' staging
+        tiles, the weight slice, and the ring (conv_pw.cu's layout)."""
+        lds = C * self.elem + 16
         staging = self.wm * self.wn * 16 * (self.bn // self.wn + 8) * 4
         return staging + self.bn * lds + self.stages * (self.bm * lds + self.bm * self.bn * res_bytes)
 
     def max_channels(self, res_bytes=0):
-        """The largest C (multiple of 16) whose weight slice and ring fit SMEM_LIMIT."""
+        """The largest C (multiple of ``c_align``) whose weight slice and ring fit SMEM_LIMIT."""
         c = 0
-        while self.smem_bytes(c + C_ALIGN, res_bytes) <= SMEM_LIMIT:
-            c += C_ALIGN
+        while self.smem_bytes(c + self.c_align, res_bytes) <= SMEM_LIMIT:
+            c += self.c_align
         return c
 
+    @property
+    def out_dtypes(self):
+        """The output types this kind writes (an instantiation each)."""
+        return tuple(OUT_CODES) if self.kind == "pw_int8" else (np.dtype(np.float16), np.dtype(np.float32))
+
     def name_expression(self, out_dtype) -> str:
-        code = OUT_CODES[np.dtype(out_dtype)]
-        return (f"conv_pw_int8<{self.bm},{self.bn},{self.wm},{self.wn},{self.stages},{code},"
-                f"{self.minb}>")
+        dt = np.dtype(out_dtype)
+        if dt not in self.out_dtypes:
+            raise UnsupportedError(f"{self.name}: out dtype {dt}; valid: "
+                                   f"{', '.join(d.name for d in self.out_dtypes)}")
+        if self.kind == "pw_int8":
+            fn, code = "conv_pw_int8", OUT_CODES[dt]
+        else:
+            fn, code = "conv_pw_f16", int(dt == np.float32)
+        return f"{fn}<{self.bm},{self.bn},{self.wm},{self.wn},{self.stages},{code},{self.minb}>"
 
 
 PW_TACTICS = (
@@ -75,19 +101,29 @@ PW_TACTICS = (
     PwTactic("pwi8_128x128_s2", 128, 128, 4, 2, 2),    # 8 warps, half the W-slice traffic per row
     PwTactic("pwi8_64x256_s2", 64, 256, 2, 4, 2),      # X tile read by half as many slices
 )
-TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS}
+# FP16 rows are twice as long: narrower weight slices keep C = 512 in shared memory
+PW16_TACTICS = (
+    PwTactic("pw16_64x128_s3", 64, 128, 2, 2, 3, kind="pw_f16"),    # C <= 192 with a residual
+    PwTactic("pw16_128x64_s2", 128, 64, 4, 1, 2, kind="pw_f16"),    # C <= 256
+    PwTactic("pw16_64x64_s2", 64, 64, 2, 2, 2, kind="pw_f16"),      # C <= 512
+)
+TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS + PW16_TACTICS}
 
 
-def _tactic(tactic):
+def _tactic(tactic, kind):
     if isinstance(tactic, str):
         try:
-            return TACTICS_BY_NAME[tactic]
+            tactic = TACTICS_BY_NAME[tactic]
         except KeyError:
-            raise UnsupportedError(f"pointwise INT8 tactic {tactic!r}; valid: "
+            raise UnsupportedError(f"pointwise tactic {tactic!r}; valid: "
                                    f"{', '.join(TACTICS_BY_NAME)}") from None
     if not isinstance(tactic, PwTactic):
         raise UnsupportedError(f"tactic {tactic!r}; expected a PwTactic or one of "
                                f"{', '.join(TACTICS_BY_NAME)}")
+    if tactic.kind != kind:
+        valid = [t.name for t in TACTICS_BY_NAME.values() if t.kind == kind]
+        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
+                               f"takes {kind!r} tactics: {', '.join(valid)}")
     return tactic
 
 
@@ -113,14 +149,14 @@ def grid_for(M, K, tactic, per_sm, num_sms, ctas_per_slice=None):
 
 def pointwise_reason(tactic, C, K, R, S, stride, padding, dilation, res_bytes=0):
     """Why this kernel cannot run a convolution (None: it can): 1x1, stride 1, no padding,
-    no dilation, C a multiple of 16 within what the tile's shared memory holds."""
+    no dilation, C a multiple of the tile's ``c_align`` within what its shared memory holds."""
     if (R, S) != (1, 1):
         return f"{R}x{S} filter; this kernel runs 1x1 convolutions only"
     if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or tuple(padding) != (0, 0):
         return (f"stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}; "
                 f"expected stride 1, no padding, dilation 1")
-    if C % C_ALIGN:
-        return f"C = {C} is not a multiple of {C_ALIGN}"
+    if C % tactic.c_align:
+        return f"C = {C} is not a multiple of {tactic.c_align}"
     if tactic.smem_bytes(C, res_bytes) > SMEM_LIMIT:
         return (f"C = {C}: weight slice and ring take {tactic.smem_bytes(C, res_bytes)} bytes of "
                 f"shared memory, more than {SMEM_LIMIT} ({tactic.name} holds C <= "
@@ -148,11 +184,35 @@ def _kernel(tactic, out_dtype, smem=SMEM_LIMIT):
     return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=smem)
 
 
-def compile_all(tactics=PW_TACTICS, out_dtypes=tuple(OUT_CODES)):
-    """Compile the given tactics now for the given output types."""
+def compile_all(tactics=PW_TACTICS + PW16_TACTICS):
+    """Compile the given tactics now, for every output type each writes."""
     for t in tactics:
-        for dt in out_dtypes:
+        for dt in t.out_dtypes:
             _kernel(t, dt)
+
+
+def _launch(tactic, args, M, C, K, pre, out_dtype, stream, ctas_per_slice):
+    """Launch with ``args``, the igemm-family argument list (x, w, out, two [K] vectors,
+    residual, the window geometry, then out_ld ...): the kernel takes M, C, K in the
+    geometry's place."""
+    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
+    args = args[:6] + (i32(M), i32(C), i32(K)) + args[21:]
+    smem = tactic.smem_bytes(C, pre)
+    kern = _kernel(tactic, out_dtype, smem)
+    key = (id(kern), smem)
+    per_sm = _per_sm.get(key)
+    if per_sm is None:        # a driver query: once per kernel and size, not per launch
+        per_sm = _per_sm[key] = ctas_per_sm(smem, tactic.threads, kern.num_regs)
+    grid = grid_for(M, K, tactic, per_sm, _sm_count(), ctas_per_slice)
+    with (stream if stream is not None else cp.cuda.get_current_stream()):
+        kern(grid, (tactic.threads,), args, shared_mem=smem)
+
+
+def _window_reason(tactic, C, K, R, S, stride, padding, dilation, P, Q, H, W):
+    reason = pointwise_reason(tactic, C, K, R, S, stride, padding, dilation)
+    if reason is None and (P, Q) != (H, W):
+        reason = f"output {P}x{Q} from input {H}x{W}; a 1x1 stride-1 convolution keeps the size"
+    return reason
 
 
 def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=None,
@@ -168,15 +228,11 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
     stride 1, no padding, dilation 1 only. ``ctas_per_slice``: force the CTAs that walk
     each weight slice's M tiles (default: what fills the device).
     """
-    import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
-    tactic = _tactic(tactic)
+    tactic = _tactic(tactic, "pw_int8")
     g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
                         residual, residual_scale)
-    reason = pointwise_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
-                              (g["ph"], g["pw"]), (g["dh"], g["dw"]))
-    if reason is None and (g["P"], g["Q"]) != (g["H"], g["W"]):
-        reason = f"output {g['P']}x{g['Q']} from input {g['H']}x{g['W']}; a 1x1 stride-1 " \
-                 f"convolution keeps the size"
+    reason = _window_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
+                            (g["ph"], g["pw"]), (g["dh"], g["dw"]), g["P"], g["Q"], g["H"], g["W"])
     if reason is not None:
         raise UnsupportedError(f"conv2d_pw_int8: {reason}")
     M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
@@ -184,23 +240,43 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
     out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
                                   residual, residual_scale, act, alpha, beta,
                                   res_flags=4 if pre else 0)
-    # conv_int8's argument list minus the window geometry: (x, w, out, s_w, bias, res),
-    # then M, C, K, and from out_ld on the same values
-    args = args[:6] + (i32(M), i32(C), i32(K)) + args[21:]
-    smem = tactic.smem_bytes(C, pre)
-    kern = _kernel(tactic, g["dt"], smem)
-    key = (id(kern), smem)
-    per_sm = _per_sm.get(key)
-    if per_sm is None:        # a driver query: once per kernel and size, not per launch
-        per_sm = _per_sm[key] = ctas_per_sm(smem, tactic.threads, kern.num_regs)
-    grid = grid_for(M, K, tactic, per_sm, _sm_count(), ctas_per_slice)
-    with (stream if stream is not None else cp.cuda.get_current_stream()):
-        kern(grid, (tactic.threads,), args, shared_mem=smem)
+    _launch(tactic, args, M, C, K, pre, g["dt"], stream, ctas_per_slice)
     return out
 
 
-# every build may precompile them; only INT8 builds time them
-FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8,), int8_tiles=PW_TACTICS)
+def conv2d_pw_f16(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, scale=None,
+                  bias=None, residual=None, act=None, alpha=0.0, beta=0.0, out=None,
+                  out_dtype=np.float16, out_channel_offset=0, tactic=PW16_TACTICS[0], stream=None,
+                  ctas_per_slice=None):
+    """1x1 stride-1 FP16 convolution, persistent and weight-resident, one launch.
 
-__all__ = ["PW_TACTICS", "PwTactic", "conv2d_pw_int8", "ctas_per_sm", "grid_for",
-           "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]
+    Arguments and result exactly as ``conv_igemm.conv2d_igemm`` (x float16 NHWC with
+    C % 8 == 0; w float16 [K, 1, 1, C] from ``pack_weight_krsc``; scale, bias; residual of
+    the output's type; activation; float16 / float32 output, a channel slice of a wider
+    ``out``), the same epilogue, for 1x1 filters, stride 1, no padding, dilation 1 only.
+    ``ctas_per_slice`` as ``conv2d_pw_int8``.
+    """
+    tactic = _tactic(tactic, "pw_f16")
+    if x.dtype == np.float16 and x.ndim == 4 and w_krsc.ndim == 4:
+        # the window first, from the shapes: _setup allocates the output
+        (_, H, W, C), (K, R, S, _) = x.shape, w_krsc.shape
+        st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+        P, Q = out_hw if out_hw is not None else (
+            conv_out_size(H, R, st[0], pd[0], pd[0], dl[0]), conv_out_size(W, S, st[1], pd[1], pd[1], dl[1]))
+        reason = _window_reason(tactic, C, K, R, S, st, pd, dl, P, Q, H, W)
+        if reason is not None:
+            raise UnsupportedError(f"conv2d_pw_f16: {reason}")
+    g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype, out_channel_offset,
+               residual, scale, bias)
+    _require_c8(g, w_krsc)
+    pre = residual_prefetch_bytes(tactic, g.C, g.K, residual)
+    _launch(tactic, g.args(act, alpha, beta, res_flags=4 if pre else 0), g.M, g.C, g.K, pre,
+            g.out.dtype, stream, ctas_per_slice)
+    return g.out
+
+
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8, conv2d_pw_f16),
+                      tiles=PW16_TACTICS, int8_tiles=PW_TACTICS)
+
+__all__ = ["PW_TACTICS", "PW16_TACTICS", "PwTactic", "conv2d_pw_f16", "conv2d_pw_int8",
+           "ctas_per_sm", "grid_for", "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]

@@ -1,6 +1,6 @@
-"""The persistent 1x1 INT8 tactics (conv.pwi8_*): registered once, a candidate only when
-CUPYRT_PW_PERSISTENT is on, and declining, with a reason, every convolution the kernel
-cannot run."""
+"""The persistent 1x1 tactics (conv.pwi8_* INT8, conv.pw16_* FP16): registered once,
+candidates only when CUPYRT_PW_PERSISTENT is on, and declining, with a reason, every
+convolution the kernel cannot run."""
 import numpy as np
 import pytest
 
@@ -8,9 +8,10 @@ import engine as rt
 from engine import kernel_table
 from engine.gpu import conv_int8_tactics as I
 from engine.gpu import conv_pw_tactics as PW
+from engine.gpu.conv_tactics import ConvIgemm
 from engine.gpu.tactics import candidates
 from engine.types import LayerType
-from kernels.gpu import conv_int8, conv_pw
+from kernels.gpu import conv_igemm, conv_int8, conv_pw
 
 RNG = np.random.default_rng(5)
 
@@ -30,27 +31,33 @@ def _reason(tactic, layer, precision=rt.DataType.INT8):
     return tactic.supports(layer, (shape,), ("int8",), precision)
 
 
-def _count(layer):
-    return sum(isinstance(t, PW.ConvPwInt8) for t in candidates(layer, rt.DataType.INT8))
+def _count(layer, kind=PW.ConvPwInt8, precision=rt.DataType.INT8):
+    return sum(isinstance(t, kind) for t in candidates(layer, precision))
 
 
 def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
-    registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION] if isinstance(t, PW.ConvPwInt8)]
-    assert [t.name for t in registered] == [f"conv.{t.name}" for t in conv_pw.PW_TACTICS]
+    registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
+                  if isinstance(t, (PW.ConvPwInt8, PW.ConvPwF16))]
+    assert [t.name for t in registered] == [f"conv.{t.name}" for t in
+                                            conv_pw.PW_TACTICS + conv_pw.PW16_TACTICS]
     layer = _conv()
+    half = dict(kind=PW.ConvPwF16, precision=rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_PW_PERSISTENT", raising=False)
-    assert _count(layer) == 0
+    assert _count(layer) == _count(layer, **half) == 0
     monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")
     assert _count(layer) == len(conv_pw.PW_TACTICS)
-    assert not any(isinstance(t, PW.ConvPwInt8) for t in candidates(layer, rt.DataType.HALF))
+    assert _count(layer, **half) == len(conv_pw.PW16_TACTICS)
+    assert _count(layer, PW.ConvPwInt8, rt.DataType.HALF) == _count(layer, PW.ConvPwF16) == 0
     monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "0")
-    assert _count(layer) == 0
+    assert _count(layer) == _count(layer, **half) == 0
 
 
 def test_shares_conv_int8_weights_and_run():
     assert PW.ConvPwInt8.launch is conv_pw.conv2d_pw_int8
     assert PW.ConvPwInt8.pack_weights is conv_int8.pack_weight_int8_krsc
     assert PW.ConvPwInt8.run is I.ConvInt8.run and PW.ConvPwInt8.prepare is I.ConvInt8.prepare
+    assert PW.ConvPwF16.launch is conv_pw.conv2d_pw_f16
+    assert PW.ConvPwF16.pack is conv_igemm.pack_weight_krsc and PW.ConvPwF16.run is ConvIgemm.run
 
 
 @pytest.mark.parametrize("c, k, hw", [(64, 256, (56, 56)), (128, 512, (28, 28)),
@@ -80,3 +87,34 @@ def test_bigger_tiles_decline_c512_the_first_takes_it():
     assert _reason(by_name["pwi8_64x128_s3"], layer) is None
     for name in ("pwi8_128x128_s2", "pwi8_64x256_s2"):
         assert "shared memory" in _reason(by_name[name], layer)
+
+
+F16 = {t.tile.name: t for t in PW.TACTICS if isinstance(t, PW.ConvPwF16)}
+
+
+@pytest.mark.parametrize("c, k, hw, fits", [
+    (64, 256, (56, 56), {"pw16_64x128_s3", "pw16_128x64_s2", "pw16_64x64_s2"}),
+    (256, 1024, (14, 14), {"pw16_64x128_s3", "pw16_128x64_s2", "pw16_64x64_s2"}),   # no residual
+    (512, 2048, (7, 7), {"pw16_64x64_s2"}),
+    (20, 40, (5, 9), {"pw16_64x128_s3", "pw16_128x64_s2", "pw16_64x64_s2"}),   # C padded to 24
+])
+def test_fp16_tiles_take_the_channels_their_shared_memory_holds(c, k, hw, fits):
+    layer = _conv(c, k, hw=hw)
+    got = {name for name, t in F16.items()
+           if t.supports(layer, (tuple(layer._inputs[0].shape),), ("float16",), rt.DataType.HALF) is None}
+    assert got == fits
+    for name in set(F16) - fits:
+        reason = F16[name].supports(layer, (tuple(layer._inputs[0].shape),), ("float16",), rt.DataType.HALF)
+        assert "shared memory" in reason, reason
+
+
+@pytest.mark.parametrize("build, precision, match", [
+    (lambda: _conv(), rt.DataType.INT8, "runs in FP16"),
+    (lambda: _conv(64, 64, num_groups=2), rt.DataType.HALF, "grouped"),
+    (lambda: _conv(stride_nd=(2, 2)), rt.DataType.HALF, "expected stride 1"),
+    (lambda: _conv(rs=(3, 3), padding_nd=(1, 1)), rt.DataType.HALF, "1x1 convolutions only"),
+])
+def test_fp16_declines_with_a_reason(build, precision, match):
+    layer = build()
+    reason = F16["pw16_64x64_s2"].supports(layer, (tuple(layer._inputs[0].shape),), ("float16",), precision)
+    assert reason is not None and match in reason, reason

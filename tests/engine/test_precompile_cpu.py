@@ -5,7 +5,7 @@ import pytest
 
 from engine.gpu import precompile
 from engine.settings import from_environ
-from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import conv_igemm, conv_int8, conv_pw, conv_tf32, conv_wgmma, matmul
 from kernels.gpu.family import KernelFamily
 
 
@@ -20,12 +20,14 @@ def test_work_items_cover_every_tile_family(monkeypatch):
         if f is conv_wgmma.FAMILY else f for f in precompile.FAMILIES))
     plain = precompile.work_items(int8=False)
     # no sm_90a device: the wgmma family lists nothing
-    assert {fam for fam, _, _ in plain} == {"conv_igemm", "conv_tf32", "matmul"}
+    assert {fam for fam, _, _ in plain} == {"conv_igemm", "conv_tf32", "matmul", "conv_pw"}
     assert _names(plain, conv_igemm.FAMILY) == set(conv_igemm.TACTICS_BY_NAME)
     assert _names(plain, conv_tf32.FAMILY) == set(conv_tf32.TACTICS_BY_NAME)
     assert _names(plain, matmul.FAMILY) == set(matmul.TILES_BY_NAME)
+    assert _names(plain, conv_pw.FAMILY) == {t.name for t in conv_pw.PW16_TACTICS}
     every = precompile.work_items(int8=True)
     assert _names(every, conv_int8.FAMILY) == set(conv_int8.TACTICS_BY_NAME)
+    assert _names(every, conv_pw.FAMILY) == set(conv_pw.TACTICS_BY_NAME)
     assert all(item in every for item in plain) and len(every) > len(plain)
 
 

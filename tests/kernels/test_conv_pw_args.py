@@ -17,10 +17,12 @@ EXPAND = ((64, 256), (128, 512), (256, 1024), (512, 2048))
 
 
 # ---- tiles and shared memory -----------------------------------------------------------
-def test_tactic_names_unique():
-    names = [t.name for t in P.PW_TACTICS]
+def test_tactic_names_unique_and_kinds_split():
+    names = [t.name for t in P.PW_TACTICS + P.PW16_TACTICS]
     assert len(names) == len(set(names)) == len(P.TACTICS_BY_NAME)
-    assert all(n.startswith("pwi8_") for n in names)
+    assert all(t.name.startswith("pwi8_") and t.kind == "pw_int8" for t in P.PW_TACTICS)
+    assert all(t.name.startswith("pw16_") and t.kind == "pw_f16" for t in P.PW16_TACTICS)
+    assert (P.PW_TACTICS[0].c_align, P.PW16_TACTICS[0].c_align) == (16, 8)
 
 
 def test_smem_layout_example():
@@ -30,14 +32,17 @@ def test_smem_layout_example():
     ring = 3 * (64 * 80 + 64 * 128)                 # X tile + int8 residual tile, 3 stages
     assert t.smem_bytes(64, 1) == staging + wslice + ring == 68608
     assert t.smem_bytes(64) == staging + wslice + 3 * 64 * 80
+    t = P.TACTICS_BY_NAME["pw16_64x64_s2"]               # FP16: rows of 2 C + 16 bytes
+    staging, wslice, ring = 4 * 16 * (32 + 8) * 4, 64 * 1040, 2 * (64 * 1040 + 64 * 64 * 2)
+    assert t.smem_bytes(512, 2) == staging + wslice + ring == 226304 <= P.SMEM_LIMIT
 
 
-@pytest.mark.parametrize("t", P.PW_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", P.PW_TACTICS + P.PW16_TACTICS, ids=lambda t: t.name)
 def test_max_channels_is_the_fit_boundary(t):
     for rb in (0, 1, 2, 4):
         c = t.max_channels(rb)
-        assert c % 16 == 0 and c >= 64
-        assert t.smem_bytes(c, rb) <= P.SMEM_LIMIT < t.smem_bytes(c + 16, rb)
+        assert c % t.c_align == 0 and c >= 64
+        assert t.smem_bytes(c, rb) <= P.SMEM_LIMIT < t.smem_bytes(c + t.c_align, rb)
 
 
 def test_first_tile_holds_every_resnet_expand_layer_with_an_int8_residual():
@@ -45,6 +50,8 @@ def test_first_tile_holds_every_resnet_expand_layer_with_an_int8_residual():
     for c, _ in EXPAND:
         assert t.smem_bytes(c, 1) <= P.SMEM_LIMIT
     assert P.pointwise_reason(t, 512, 2048, 1, 1, (1, 1), (0, 0), (1, 1)) is None
+    t16 = P.TACTICS_BY_NAME["pw16_64x64_s2"]                # and with a float16 residual
+    assert all(t16.smem_bytes(c, 2) <= P.SMEM_LIMIT for c, _ in EXPAND)
 
 
 def test_name_expressions_and_nvcc_instantiations():
@@ -52,11 +59,17 @@ def test_name_expressions_and_nvcc_instantiations():
     assert [t.name_expression(d) for d in (np.int8, np.float32, np.float16)] == [
         "conv_pw_int8<128,128,4,2,2,0,0>", "conv_pw_int8<128,128,4,2,2,1,0>",
         "conv_pw_int8<128,128,4,2,2,2,0>"]
+    t = P.TACTICS_BY_NAME["pw16_128x64_s2"]
+    assert [t.name_expression(d) for d in (np.float16, np.float32)] == [
+        "conv_pw_f16<128,64,4,1,2,0,0>", "conv_pw_f16<128,64,4,1,2,1,0>"]
+    with pytest.raises(UnsupportedError, match="out dtype int8; valid: float16, float32"):
+        t.name_expression(np.int8)
     # the CI compile check (test_cuda_compile) only sees the explicit instantiations
     block = (CUDA_DIR / P.SOURCE).read_text().split("#ifdef CUPYRT_NVCC_INSTANTIATE", 1)[1]
     inst = {re.sub(r"\s", "", m) for m in re.findall(r"template __global__ void (\w+<[^>]*>)", block)}
-    for t in P.PW_TACTICS:
-        assert t.name_expression(np.int8) in inst, t.name
+    for t in P.PW_TACTICS + P.PW16_TACTICS:
+        for dt in (t.out_dtypes if t.kind == "pw_f16" else (np.int8,)):
+            assert t.name_expression(dt) in inst, (t.name, dt)
 
 
 # ---- occupancy and grid ----------------------------------------------------------------
@@ -116,6 +129,7 @@ SW = np.ones(8, np.float32)
 @pytest.mark.parametrize("kw, match", [
     (dict(tactic="nope"), "valid: pwi8_64x128_s3"),
     (dict(tactic=object()), "expected a PwTactic"),
+    (dict(tactic="pw16_64x64_s2"), "'pw_f16' tactic; this function takes 'pw_int8' tactics: pwi8_"),
     (dict(w_q=np.zeros((8, 3, 3, 16), np.int8), padding=1), "1x1 convolutions only"),
     (dict(stride=2), "expected stride 1"),
     (dict(padding=1), "expected stride 1, no padding"),
@@ -138,3 +152,26 @@ def test_argument_errors(kw, match):
 def test_pointwise_reason_c_not_multiple_of_16():
     t = P.PW_TACTICS[0]
     assert "multiple of 16" in P.pointwise_reason(t, 40, 64, 1, 1, (1, 1), (0, 0), (1, 1))
+
+
+X16 = np.zeros((1, 4, 4, 8), np.float16)
+W16 = np.zeros((8, 1, 1, 8), np.float16)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tactic="pwi8_64x128_s3"), "takes 'pw_f16' tactics: pw16_"),
+    (dict(x=X16.astype(np.float32)), "takes float16"),
+    (dict(x=np.zeros((1, 4, 4, 12), np.float16), w=np.zeros((8, 1, 1, 12), np.float16)), "multiple of 8"),
+    (dict(w=np.zeros((8, 3, 3, 8), np.float16), padding=1), "conv2d_pw_f16: 3x3 filter"),
+    (dict(stride=2), "expected stride 1"),
+    (dict(out_hw=(5, 5)), "keeps the size"),
+    (dict(out_dtype=np.int8), "valid: float16, float32"),
+    (dict(x=np.zeros((1, 2, 2, 1024), np.float16), w=np.zeros((8, 1, 1, 1024), np.float16)),
+     r"C = 1024: .* holds C <= "),
+])
+def test_f16_argument_errors(kw, match):
+    args = dict(x=X16, w=W16)
+    args.update(kw)
+    x, w = args.pop("x"), args.pop("w")
+    with pytest.raises(UnsupportedError, match=match):
+        P.conv2d_pw_f16(x, w, **args)
