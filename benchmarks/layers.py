@@ -6,8 +6,8 @@ against PyTorch (cuDNN), in one process on one card.
     kernels    ResNet-50 convolutions: FP16 mma.sync tiles (--tactics) and cuBLAS 1x1  b256, b1
     int8       ResNet-50 convolutions: INT8 mma.sync against FP16 mma.sync              b256, b1
     wgmma      ResNet-50 convolutions: wgmma FP16 and INT8 against mma.sync             b256
-    expand     ResNet-50's 1x1 expand layers, INT8 + int8 residual: persistent (pw8)    b256
-               against wgmma and mma.sync
+    expand     ResNet-50's 1x1 expand layers with their residual, the persistent kernel b256
+               (pw8, pw16) against wgmma and mma.sync, INT8 and FP16
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
@@ -134,13 +134,15 @@ class ConvCase:
         self.out = {kind: cp.empty((n, self.p, self.p, self.k), dt)
                     for kind, dt in (("f16", cp.float16), ("i8", cp.int8), ("f32", cp.float32))}
         self.geo, self.refs, self.tiles = dict(stride=self.stride, padding=self.pad), {}, ()
-        self.res_kw = {}                  # INT8 candidates' residual (the expand preset's)
+        self.res_kw, self.res16_kw = {}, {}   # the residual INT8 / FP16 candidates add (expand)
 
-    def int8_residual(self):
-        """An int8 residual at the output's shape and its scale: a bottleneck's skip input."""
+    def add_residuals(self):
+        """A bottleneck's skip input at the output's shape: int8 codes (and their scale) for
+        the INT8 candidates, float16 for the FP16 ones and their reference."""
         r = self.cp.random.standard_normal((self.n, self.p, self.p, self.k), dtype=self.cp.float32)
         s = np.float32(4.0) / np.float32(127)
-        return dict(residual=_gpu("quantize_int8").quantize_nhwc(r, s), residual_scale=s)
+        self.res_kw = dict(residual=_gpu("quantize_int8").quantize_nhwc(r, s), residual_scale=s)
+        self.res16_kw = dict(residual=r.astype(self.cp.float16))
 
     @cached_property
     def x16(self):
@@ -174,7 +176,10 @@ class ConvCase:
         F, dt = self.torch.nn.functional, (self.cp.float16 if kind == "f16" else self.cp.float32)
         x = self.torch_view(self.x16 if kind == "f16" else self.xf)
         y = F.conv2d(x, self.torch_weight(dt), stride=self.stride, padding=self.pad).float()
-        y = self.torch.relu(y + self.torch.from_dlpack(self.bias)[None, :, None, None])
+        y = y + self.torch.from_dlpack(self.bias)[None, :, None, None]
+        if kind == "f16" and self.res16_kw:
+            y = y + self.torch.from_dlpack(self.res16_kw["residual"]).permute(0, 3, 1, 2).float()
+        y = self.torch.relu(y)
         return self.cp.from_dlpack(y.permute(0, 2, 3, 1).contiguous())
 
     def check(self, kind, fn):
@@ -191,7 +196,7 @@ class ConvCase:
 
 # A family: case -> {candidate: (fn writing case.out[dtype], check kind, or None for a peer)}.
 def _f16(c, launch, tactics, x=None):
-    kw = dict(scale=c.ones, bias=c.bias, act="RELU", out=c.out["f16"], **c.geo)
+    kw = dict(scale=c.ones, bias=c.bias, act="RELU", out=c.out["f16"], **c.geo, **c.res16_kw)
     return {t.name: (lambda t=t: launch(c.x16 if x is None else x, c.w16, tactic=t, **kw), "f16") for t in tactics}
 
 
@@ -260,6 +265,8 @@ FAMILIES = {
     # the persistent 1x1 kernel: stride-1 1x1 layers only
     "pw8": lambda c: _i8(c, _gpu("conv_pw").conv2d_pw_int8, _gpu("conv_pw").PW_TACTICS)
     if (c.r, c.stride) == (1, 1) else {},
+    "pw16": lambda c: _f16(c, _gpu("conv_pw").conv2d_pw_f16, _gpu("conv_pw").PW16_TACTICS)
+    if (c.r, c.stride) == (1, 1) else {},
     "tf32x3": lambda c: _tf32(c, True),
     "tf32": lambda c: _tf32(c, False),
     "sgemm32": lambda c: _cublas(c, c.cp.float32),
@@ -281,8 +288,10 @@ PRESETS = {
     "int8": dict(families=("mma8", "mma16", "torch16"), batches=(256, 1)),
     "wgmma": dict(families=("wgmma16", "mma16", "torch16", "wgmma8", "mma8"), batches=(256,)),
     "fp32": dict(families=("tf32x3", "tf32", "sgemm32", "torch32"), batches=(256,)),
-    # the bottleneck expand layers as ResNet runs them: bias + int8 residual + ReLU, int8 out
-    "expand": dict(families=("pw8", "wgmma8", "mma8"), batches=(256,), residual=True,
+    # the bottleneck expand layers as ResNet runs them: bias + residual + ReLU (torch16: the
+    # bare convolution); families that take no residual would fail their check here
+    "expand": dict(families=("pw8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
+                   batches=(256,), residual=True,
                    layers=("s1_1x1_64_256", "s2_1x1_128_512", "s3_1x1_256_1024", "s4_1x1_512_2048")),
     # run 3's comparisons: split-K at small M, the small-C stem against the channel-padded tiles
     "splitk": dict(families=("mma16", "splitk16", "torch16", "linear16"), batches=(1,), graph=True,
@@ -315,7 +324,7 @@ def conv(args, preset, table=None, layers=None, batches=None):
             c = ConvCase(cp, torch, layer, n)
             c.tiles = tiles
             if spec.get("residual"):
-                c.res_kw = c.int8_residual()
+                c.add_residuals()
             row = {"layer": c.name, "batch": n, "count": c.count, "macs": c.macs, "ms": {}, "best": {},
                    "check": {}, "errors": {}}
             for fam in families:

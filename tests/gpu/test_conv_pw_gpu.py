@@ -1,18 +1,21 @@
-"""The persistent 1x1 INT8 kernel (conv_pw.conv2d_pw_int8) on the GPU: bit-identical to the
-mma.sync INT8 kernel (conv_int8.conv2d_int8, itself bit-exact with kernels/quantize.py's
-emulation) on random non-zero data: ResNet-50's four expand shapes, with and without an
-int8 / float16 / float32 residual, ReLU and none, int8 / float16 / float32 output, a channel
-slice of a wider output, M not a multiple of BM, more M tiles than CTAs; then the tactic in
-an INT8 engine with a bottleneck block, forced onto the expand layer against conv.i8_*."""
+"""The persistent 1x1 kernel (kernels/gpu/conv_pw.py) on the GPU, on random non-zero data.
+
+INT8 (conv2d_pw_int8): bit-identical to the mma.sync INT8 kernel (conv_int8.conv2d_int8,
+itself bit-exact with kernels/quantize.py's emulation): ResNet-50's four expand shapes, with
+and without an int8 / float16 / float32 residual, ReLU and none, int8 / float16 / float32
+output, a channel slice of a wider output, M not a multiple of BM, more M tiles than CTAs.
+FP16 (conv2d_pw_f16): within FP16 tolerance of a float64 reference and equal to conv_igemm's
+V2 tile (same epilogue, same k order of float32 accumulation). Then both tactics in engines
+with a bottleneck block, forced onto the expand layer against conv.i8_* / conv.igemm2_*."""
 import numpy as np
 import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import forced_outputs  # noqa: E402
+from gpu_helpers import TOL, conv_nhwc, forced_outputs, rel_l2  # noqa: E402
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_int8, conv_pw, quantize_int8  # noqa: E402
+from kernels.gpu import conv_igemm, conv_int8, conv_pw, quantize_int8  # noqa: E402
 
 REF = conv_int8.INT8_TACTICS[0]
 PW = conv_pw.PW_TACTICS
@@ -161,6 +164,63 @@ def test_replays_in_a_cuda_graph():
     np.testing.assert_array_equal(out.get(), ref)
 
 
+# -- FP16 ------------------------------------------------------------------------------------
+REF16 = conv_igemm.TACTICS_BY_NAME["igemm2_128x128x32_w2x4_s4"]     # V2: the staged epilogue
+PW16 = conv_pw.PW16_TACTICS
+# (name, N, H, W, C, K): the expand shapes, C % 16 == 8 (the X and W pads), tiny M, odd K
+SHAPES16 = EXPAND + [("c24_k72_m35", 1, 5, 7, 24, 72), ("c8_k20_m130", 2, 5, 13, 8, 20)]
+
+
+def _inputs16(N, H, W, C, K, seed, out_dtype, res):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    w = (rng.standard_normal((K, C, 1, 1)) / np.sqrt(C)).astype(np.float16)
+    scale = (1 + 0.1 * rng.standard_normal(K)).astype(np.float32)
+    bias = (0.5 * rng.standard_normal(K)).astype(np.float32)
+    r = rng.standard_normal((N, H, W, K)).astype(out_dtype) if res else None
+    ref = conv_nhwc(x, w.transpose(0, 2, 3, 1)) * scale + bias + (0 if r is None else r)
+    dev = dict(scale=cp.asarray(scale), bias=cp.asarray(bias),
+               residual=None if r is None else cp.asarray(r))
+    return cp.asarray(x), conv_igemm.pack_weight_krsc(w), dev, ref
+
+
+@pytest.mark.parametrize("t", PW16, ids=lambda t: t.name)
+@pytest.mark.parametrize("case", SHAPES16, ids=lambda c: c[0])
+@pytest.mark.parametrize("out_dtype, res, act", [(np.float16, True, "RELU"), (np.float32, True, None),
+                                                 (np.float16, False, None)])
+def test_fp16_matches_reference_and_conv_igemm(t, case, out_dtype, res, act):
+    _, N, H, W, C, K = case
+    if t.smem_bytes(-(-C // 8) * 8) > conv_pw.SMEM_LIMIT:
+        with pytest.raises(UnsupportedError, match="shared memory"):
+            conv_pw.conv2d_pw_f16(*_inputs16(N, H, W, C, K, 5, out_dtype, res)[:2], tactic=t)
+        return
+    x, w, dev, ref = _inputs16(N, H, W, C, K, 5, out_dtype, res)
+    if act == "RELU":
+        ref = np.maximum(ref, 0)
+    outs = []
+    for launch, tac in ((conv_pw.conv2d_pw_f16, t), (conv_igemm.conv2d_igemm, REF16)):
+        out = cp.full((N, H, W, K), np.nan, out_dtype)
+        launch(x, w, act=act, out=out, tactic=tac, **dev)
+        outs.append(out.get())
+    assert rel_l2(outs[0], ref) <= TOL[np.dtype(out_dtype)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("t", PW16, ids=lambda t: t.name)
+def test_fp16_loop_wraps_and_channel_slice(t):
+    N, H, W, C, K = 2, 14, 14, 64, 256
+    x, w, dev, _ = _inputs16(N, H, W, C, K, 8, np.float16, True)
+    ref = conv_igemm.conv2d_igemm(x, w, act="RELU", tactic=REF16, **dev).get()
+    got = conv_pw.conv2d_pw_f16(x, w, act="RELU", tactic=t, ctas_per_slice=2, **dev).get()
+    np.testing.assert_array_equal(got, ref)
+    for offset in (8, 3):                                   # 3: the element-by-element path
+        out = cp.full((N, H, W, K + 16), 7, cp.float16)
+        conv_pw.conv2d_pw_f16(x, w, act="RELU", tactic=t, out=out, out_channel_offset=offset, **dev)
+        got = out.get()
+        np.testing.assert_array_equal(got[..., offset:offset + K], ref)
+        assert (got[..., :offset] == 7).all() and (got[..., offset + K:] == 7).all()
+
+
 # -- the engine: a bottleneck block, conv.pwi8_* forced on its expand layer ------------------
 
 def _bottleneck(rng):
@@ -184,7 +244,8 @@ def _bottleneck(rng):
     return net
 
 
-def test_engine_times_the_tactic_and_forced_matches_conv_int8(monkeypatch):
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "fp16"])
+def test_engine_times_the_tactic_and_forced_matches_the_mma_sync_kernel(monkeypatch, int8):
     import engine as rt
     from engine.types import LayerType
     monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")
@@ -195,9 +256,11 @@ def test_engine_times_the_tactic_and_forced_matches_conv_int8(monkeypatch):
     b = rt.Builder()
     cfg = b.create_builder_config()
     cfg.backend = "cupy"
-    cfg.precision_by_timing = False              # the layers stay INT8: the tactics are compared
-    cfg.set_flag(rt.BuilderFlag.INT8)
-    cfg.int8_calibrator = rt.MinMaxCalibrator(data)
+    cfg.set_flag(rt.BuilderFlag.FP16)
+    if int8:
+        cfg.precision_by_timing = False          # the layers stay INT8: the tactics are compared
+        cfg.set_flag(rt.BuilderFlag.INT8)
+        cfg.int8_calibrator = rt.MinMaxCalibrator(data)
     plan = b.build_serialized_network(net, cfg)
     eng = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
     layers = eng.network._layers
@@ -205,15 +268,16 @@ def test_engine_times_the_tactic_and_forced_matches_conv_int8(monkeypatch):
               and la.kernel_size_nd == (1, 1) and len(la._inputs) == 2]
     assert len(expand) == 1, [(la.name, la.layer_type) for la in layers]
     name = layers[expand[0]].name
-    assert eng.meta["precisions"][name] == "INT8"
+    assert eng.meta["precisions"][name] == ("INT8" if int8 else "HALF")
+    ours, ref_name = (PW, f"conv.{REF.name}") if int8 else (PW16, f"conv.{REF16.name}")
     timed = eng.meta.get("tactic_ms", {}).get(name, {})
-    assert all(timed.get(f"conv.{t.name}") is not None for t in PW), timed   # each ran
+    assert all(timed.get(f"conv.{t.name}") is not None for t in ours), timed   # each ran
 
     def is_expand(layer):
         assert layer.kernel_size_nd == (1, 1) and len(layer._inputs) == 2
-    names = [f"conv.{t.name}" for t in PW] + [f"conv.{REF.name}"]
+    names = [f"conv.{t.name}" for t in ours] + [ref_name]
     outs = forced_outputs(plan, names, feeds, is_expand, index=expand[0])
-    ref = outs.pop(f"conv.{REF.name}")
+    ref = outs.pop(ref_name)
     for tactic, got in outs.items():
         for k in ref:
             np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(ref[k]), err_msg=tactic)
