@@ -122,13 +122,19 @@ SETTINGS = (
            "stride-1 cuDNN graph (conv.cudnn_s2d; needs cudnn on); off until its GPU tests have passed.",
            tactics=True),
     Switch("s2d_stem", _flag, False,
-           "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
-           "stride-1 convolution on our own INT8 / FP16 kernels (conv.s2d_*; no cuDNN); off until "
-           "its GPU tests have passed.", tactics=True),
+           "The INT8 RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass "
+           "and a stride-1 convolution on our own INT8 kernels (conv.s2d_wgi8_*, conv.s2d_i8_*; no "
+           "cuDNN); off until its GPU tests have passed.", tactics=True),
+    Switch("s2d_stem_f16", _flag, False,
+           "The same space-to-depth stem on our FP16 kernels (conv.s2d_wg_*, conv.s2d_igemm2_*); off "
+           "until a whole-network A/B against the FP16 stem kernel.", tactics=True),
     Switch("pw_persistent", _flag, False,
-           "Persistent, weight-resident kernel for 1x1 stride-1 convolutions with short "
-           "reductions (conv.pwi8_* INT8, conv.pw16_* FP16: ResNet's bottleneck expand layers); "
-           "off until its GPU tests have passed.", tactics=True),
+           "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
+           "reductions (conv.pwi8_*: ResNet's bottleneck expand layers); off until its GPU tests "
+           "have passed.", tactics=True),
+    Switch("pw_persistent_f16", _flag, False,
+           "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
+           "against cuDNN's FP16 graphs.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),

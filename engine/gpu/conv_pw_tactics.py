@@ -8,8 +8,8 @@
 
 For 1x1, stride 1, no padding, ungrouped convolutions whose weight slice and cp.async ring
 fit shared memory (the tile says up to which C): ResNet's bottleneck expand layers, where the
-one-tile-per-CTA kernels wait on memory. Candidates only when the pw_persistent setting is on
-(CUPYRT_PW_PERSISTENT=1), off until their GPU tests pass.
+one-tile-per-CTA kernels wait on memory. Candidates only when their setting is on:
+pw_persistent (CUPYRT_PW_PERSISTENT) for INT8, pw_persistent_f16 for FP16.
 """
 from kernels.gpu import conv_pw
 
@@ -46,7 +46,7 @@ class ConvPwF16(ConvIgemm):
     """FP16 1x1 convolution on the same persistent kernel (m16n8k16, float32 accumulation),
     conv_igemm's epilogue."""
     launch = staticmethod(conv_pw.conv2d_pw_f16)
-    switch = "pw_persistent"
+    switch = "pw_persistent_f16"
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         return (super().supports(layer, in_shapes, in_dtypes, precision)

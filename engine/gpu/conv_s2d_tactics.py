@@ -20,7 +20,7 @@ the epilogue are the same (tests/engine/test_conv_s2d_tactics.py proves it on th
 emulation). The tiles are those of the plain tactics (N = 64 output channels: bn = 64),
 so precompile lists them through their families (engine/gpu/precompile.py tactic_tile).
 
-Off (CUPYRT_S2D_STEM=0) until the GPU tests (tests/gpu/test_conv_s2d_gpu.py) have passed.
+Settings: s2d_stem (CUPYRT_S2D_STEM) for the INT8 tactics, s2d_stem_f16 for the FP16 ones.
 """
 import numpy as np
 
@@ -205,6 +205,7 @@ class ConvS2dHalf(_S2dTactic):
     """FP16 stem: the space-to-depth pass (cast to half fused in), then the FP16 implicit
     GEMM (mma.sync) with bias and activation fused; FP32 accumulation."""
     launch = staticmethod(conv_igemm.conv2d_igemm)
+    switch = "s2d_stem_f16"          # its own: the FP16 stem kernel is the one to beat
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if not is_half(precision):

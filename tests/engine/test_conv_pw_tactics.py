@@ -43,13 +43,18 @@ def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
     layer = _conv()
     half = dict(kind=PW.ConvPwF16, precision=rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_PW_PERSISTENT", raising=False)
+    monkeypatch.delenv("CUPYRT_PW_PERSISTENT_F16", raising=False)
     assert _count(layer) == _count(layer, **half) == 0
-    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")              # INT8 only
     assert _count(layer) == len(conv_pw.PW_TACTICS)
+    assert _count(layer, **half) == 0
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT_F16", "1")
     assert _count(layer, **half) == len(conv_pw.PW16_TACTICS)
     assert _count(layer, PW.ConvPwInt8, rt.DataType.HALF) == _count(layer, PW.ConvPwF16) == 0
     monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "0")
-    assert _count(layer) == _count(layer, **half) == 0
+    assert _count(layer) == 0 and _count(layer, **half) == len(conv_pw.PW16_TACTICS)
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT_F16", "0")
+    assert _count(layer, **half) == 0
 
 
 def test_shares_conv_int8_weights_and_run():

@@ -131,8 +131,12 @@ def test_candidates_only_when_switched_on_and_named_after_their_tiles(monkeypatc
     from engine.gpu.tactics import candidates
     from kernels.gpu import conv_igemm, conv_int8, conv_wgmma
     monkeypatch.delenv("CUPYRT_S2D_STEM", raising=False)
+    monkeypatch.delenv("CUPYRT_S2D_STEM_F16", raising=False)
     assert not [t for t in candidates(stem()) if t.name.startswith("conv.s2d_")]    # off by default
-    monkeypatch.setenv("CUPYRT_S2D_STEM", "1")
+    monkeypatch.setenv("CUPYRT_S2D_STEM", "1")                                     # INT8 only
+    assert [t.name for t in candidates(stem()) if t.name.startswith("conv.s2d_")] == [
+        "conv.s2d_wgi8_128x64_s4", "conv.s2d_wgi8_64x64_s4", "conv.s2d_i8_128x64x64_w2x2_s4"]
+    monkeypatch.setenv("CUPYRT_S2D_STEM_F16", "1")
     names = [t.name for t in candidates(stem()) if t.name.startswith("conv.s2d_")]
     assert names == ["conv.s2d_wgi8_128x64_s4", "conv.s2d_wgi8_64x64_s4", "conv.s2d_i8_128x64x64_w2x2_s4",
                      "conv.s2d_wg_128x64_s4", "conv.s2d_wg_64x64_s4", "conv.s2d_igemm2_128x64x32_w2x2_s4"]

@@ -248,7 +248,7 @@ def _bottleneck(rng):
 def test_engine_times_the_tactic_and_forced_matches_the_mma_sync_kernel(monkeypatch, int8):
     import engine as rt
     from engine.types import LayerType
-    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT" if int8 else "CUPYRT_PW_PERSISTENT_F16", "1")
     rng = np.random.default_rng(7)
     net = _bottleneck(rng)
     data = [rng.uniform(-2, 2, (2, 16, 14, 14)).astype(np.float32) for _ in range(3)]

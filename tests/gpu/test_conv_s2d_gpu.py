@@ -240,7 +240,7 @@ def test_int8_engine_with_the_stem_forced_onto_each_s2d_tactic_is_bit_exact(monk
 
 def test_fp16_engine_with_the_stem_forced_onto_each_s2d_tactic(monkeypatch):
     from kernels.gpu import conv_igemm
-    monkeypatch.setenv("CUPYRT_S2D_STEM", "1")
+    monkeypatch.setenv("CUPYRT_S2D_STEM_F16", "1")
     net, randn = stem_net(3, 45, 43)
     feeds = {"x": randn(3, 3, 45, 43)}
     plan = _plan(net, rt.BuilderFlag.FP16)
