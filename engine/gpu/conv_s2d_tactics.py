@@ -54,8 +54,13 @@ def s2d_geometry(layer, shape):
     memo = layer.__dict__.setdefault("_s2d_ours_memo", {})
     hit = memo.get(shape)
     if hit is None:
-        _, pre, post = layer.geometry(shape)
+        out, pre, post = layer.geometry(shape)
         r, s = layer.kernel_size_nd
+        # EXPLICIT_ROUND_UP counts a last window that reaches past the declared post padding
+        # (ceil); the post padding that window reads makes s2d_geometry's floor rule give the
+        # layer's output size (the direct tactics read those rows as zeros, through out_hw)
+        post = [max(a, (o - 1) * 2 + k - i - b)
+                for a, o, k, i, b in zip(post, out, (r, s), shape[2:], pre)]
         hit = memo[shape] = space_to_depth.s2d_geometry(shape[2], shape[3], r, s, pre[0], pre[1],
                                                         post[0], post[1])
     return hit

@@ -43,6 +43,10 @@ GEOMS = [
     (2, 12, 12, 3, (0, 0), rt.PaddingMode.SAME_UPPER, rt.ActivationType.CLIP),  # pad after only
     (4, 15, 16, 5, (2, 2), None, rt.ActivationType.LEAKY_RELU),
     (3, 9, 11, 1, (0, 0), None, None),
+    # ceil mode: the last window reaches past the post padding (one more output row and
+    # column than the floor rule; the second: only the columns)
+    (3, 16, 18, 3, (1, 1), rt.PaddingMode.EXPLICIT_ROUND_UP, rt.ActivationType.RELU),
+    (3, 17, 16, 7, (3, 3), rt.PaddingMode.EXPLICIT_ROUND_UP, None),
 ]
 
 
