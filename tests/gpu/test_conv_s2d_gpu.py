@@ -152,6 +152,20 @@ def test_int8_tactic_is_bit_exact_with_the_small_c_and_direct_tactics(tactic, ca
 
 
 @pytest.mark.parametrize("tactic", INT8_TACTICS, ids=lambda t: t.name)
+def test_int8_tactic_in_ceil_mode_writes_the_layers_output_size(tactic):
+    """EXPLICIT_ROUND_UP: 224 rows with pad 3 give 113 outputs (the last window past the post
+    padding), one more than the floor rule (225 columns: 113 either way); the rows past the
+    folded input read as zeros."""
+    layer, _ = _layer(2, 3, 224, 225, seed=13)
+    layer.padding_mode = rt.PaddingMode.EXPLICIT_ROUND_UP
+    x = cp.asarray((1.2 * RNG.standard_normal((2, 3, 224, 225))).astype(np.float32))
+    got = _run(tactic, layer, x, rt.DataType.INT8)
+    assert got.shape == (2, 64, 113, 113)
+    ref = _run(ConvInt8SmallC(conv_int8_smallc.SMALLC_TACTICS[0]), layer, x, rt.DataType.INT8)
+    np.testing.assert_array_equal(got.get(), ref.get())
+
+
+@pytest.mark.parametrize("tactic", INT8_TACTICS, ids=lambda t: t.name)
 def test_int8_tactic_folds_int8_codes_like_the_small_c_tactic(tactic):
     layer, _ = _layer(2, 3, 40, 38, k=64, seed=5)
     codes = RNG.integers(-128, 128, (2, 40, 38, 3), dtype=np.int8)
