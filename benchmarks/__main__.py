@@ -1,5 +1,5 @@
 """python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME]
-[--also NAME=VALUE[,...]] | list | report
+[--also NAME=VALUE[,...]] [--peer] | list | report
 | layers NAME [...]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
@@ -8,8 +8,10 @@ commit, command, versions, rows and builds, then prints a short table. ``report`
 (``--write``: puts into RESULTS.md, and draws results/plot.svg) the tables generated from
 every results file. ``ab`` builds one model twice in one process, as the settings are and
 with ``NAME=VALUE`` settings (engine/settings.py fields) applied and/or builder passes left
-out (``--disable-pass``), and times the two engines in alternating rounds (no peer: the
-question is which variant is faster), e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``;
+out (``--disable-pass``), and times the two engines in alternating rounds (by default no
+peer: the question is which variant is faster; ``--peer`` adds PyTorch eager and torch.compile, timed
+after the engines in the same process), each engine's output checked against A's and against
+the model in FP32, e.g. ``ab bert --disable-pass qkv_merge --batches 1,32``;
 ``--also`` adds engines C, D, ... to the same rounds (one A for all), e.g. ``ab resnet50
 cudnn_s2d=1 --also stem_kernel=1``.
 ``layers`` runs one per-layer kernel measurement (benchmarks/layers.py; ``layers --help``).
@@ -147,7 +149,7 @@ def cmd_ab(args):
     card = torch.cuda.get_device_name()
     started = datetime.datetime.now()
     rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
-                          args.reps, setting, disabled_passes=args.disable_pass, more=more)
+                          args.reps, setting, disabled_passes=args.disable_pass, more=more, peer=args.peer)
     doc = {"ab": setting, "also": more, "disabled_passes": args.disable_pass, "card": card,
            "date": started.isoformat(timespec="seconds"), "commit": commit(),
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
@@ -161,13 +163,31 @@ def cmd_ab(args):
           f"{doc['date']}, commit {doc['commit']} -> {path}")
     for i, values in enumerate(more):
         print(f"{chr(ord('C') + i)} = {values}")
-    print(f"{'batch':>5s} {'A ms':>9s} {'B ms':>9s} {'B/A':>6s} {'rel L2':>9s}"
-          + "".join(f" {k + ' ms':>9s} {k + '/A':>6s} {'rel L2':>9s}" for k in (rows[0].get("variants") or {})))
-    for r in rows:
-        print(f"{r['batch']:5d} {r['A_ms']:9.3f} {r['B_ms']:9.3f} {r['B_over_A']:6.3f} {r['rel_l2_B_vs_A']:9.2e}"
-              + "".join(f" {v['ms']:9.3f} {v['over_A']:6.3f} {v['rel_l2_vs_A']:9.2e}"
-                        for v in (r.get("variants") or {}).values()))
+    print(ab_table(rows))
     return 0
+
+
+def ab_table(rows):
+    """The A/B summary, one line per batch and engine: ms, ratio to A, rel L2 against A
+    and against FP32, top-1 agreement with FP32 where the model classifies, and, when the
+    run timed PyTorch (``--peer``), torch.compile's ms over ours (> 1: we are faster)."""
+    peer_cols = any(r.get("peers") for r in rows)
+    lines = [f"{'batch':>5s} {'engine':>6s} {'ms':>9s} {'x A':>6s} {'L2 vs A':>9s} {'L2 vs FP32':>10s}"
+             f" {'top-1':>6s}" + (f" {'compile ms':>10s} {'x compile':>9s}" if peer_cols else "")]
+    for r in rows:
+        engines = {"A": (r["A_ms"], 0.0), "B": (r["B_ms"], r["rel_l2_B_vs_A"])}
+        engines.update({k: (v["ms"], v["rel_l2_vs_A"]) for k, v in (r.get("variants") or {}).items()})
+        compiled = (r.get("peers") or {}).get("torch.compile")
+        for label, (ms, vs_a) in engines.items():
+            acc = (r.get("vs_fp32") or {}).get(label) or {}
+            top1 = acc.get("top1_agreement")
+            line = (f"{r['batch']:5d} {label:>6s} {ms:9.3f} {ms / r['A_ms']:6.3f} {vs_a:9.2e}"
+                    f" {acc['rel_l2'] if 'rel_l2' in acc else float('nan'):10.2e}"
+                    f" {'-' if top1 is None else format(top1, '.3f'):>6s}")
+            if peer_cols:
+                line += (f" {compiled:10.3f} {compiled / ms:9.2f}" if compiled else f" {'-':>10s} {'-':>9s}")
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def cmd_report(args):
@@ -212,6 +232,8 @@ def main(argv=None):
     ab.add_argument("--reps", type=int, default=20)
     ab.add_argument("--also", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
                     help="one more engine (C, D, ...) with these settings, compared in the same rounds")
+    ab.add_argument("--peer", action="store_true",
+                    help="time PyTorch eager and torch.compile too, in the same process (INT8 against FP16)")
     ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
     sub.add_parser("layers", help="one per-layer kernel measurement (layers --help)")

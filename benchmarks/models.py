@@ -381,21 +381,25 @@ AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input
          "bert": ("tokens", "encoded", (BERT_SEQ, BERT_HIDDEN))}
 
 
-def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=()):
+def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=(), peer=False):
     """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
     settings as they are, engine B with ``setting`` ({field: value}) applied through
     engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
     its own empty timing cache; ``more``: further settings, engines C, D, ... (one A for
     all: each comparison in one process and one device call). Per batch, the engines are
     timed in alternating rounds (A B C A B C ...; ``reps`` calls a round) and the median of
-    the round medians compared; each output is checked against A's. Returns one dict per
-    batch (C, D, ... under ``variants``)."""
+    the round medians compared; each output is checked against A's and against the model in
+    FP32 (PyTorch on the GPU: rel L2, and top-1 agreement for the classifiers), so a faster
+    variant's accuracy comes from the same run. ``peer``: PyTorch eager and torch.compile are
+    timed too, in the same process (``torch_rows``), under ``peers`` in each row. Returns one
+    dict per batch (C, D, ... under ``variants``)."""
     import cupy as cp
 
     import engine as rt
     from engine.settings import overridden
     in_name, out_name, item_shape = AB_IO[name]
     model = torch_model(name) if name != "bert" else None
+    reference = fp32_reference(name, model)
     runs = {}
     engines = [("A", {}, ()), ("B", setting, tuple(disabled_passes))]
     engines += [(chr(ord("C") + i), values, ()) for i, values in enumerate(more)]
@@ -433,9 +437,11 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                     times[label].append(median_ms(lambda c=r["ctx"]: c.execute_async_v3(stream), cp, reps=reps))
         ms = {k: float(np.median(v)) for k, v in times.items()}
         err = {k: float(np.linalg.norm(outs[k] - outs["A"]) / np.linalg.norm(outs["A"])) for k in runs}
+        ref = reference(cp.asnumpy(x))
+        acc = {k: accuracy_against(outs[k], ref) for k in runs}
         a, b = ms["A"], ms["B"]
         row = {"model": name, "precision": precision, "batch": n, "A_ms": a, "B_ms": b,
-               "B_over_A": b / a, "rel_l2_B_vs_A": err["B"], "rounds_ms": times,
+               "B_over_A": b / a, "rel_l2_B_vs_A": err["B"], "vs_fp32": acc, "rounds_ms": times,
                "setting": setting, "disabled_passes": list(disabled_passes),
                "layers": {k: r["layers"] for k, r in runs.items()},
                "kernels": {k: r["kernels"] for k, r in runs.items()},
@@ -445,8 +451,57 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                                    "rel_l2_vs_A": err[k]} for k in runs if k not in ("A", "B")}
         rows.append(row)
         log.info("[ab] %s %s b%d: %s", name, precision, n, ", ".join(
-            f"{k} {ms[k]:.3f} ms ({ms[k] / a:.3f}x A, rel L2 {err[k]:.2e})" for k in runs))
+            f"{k} {ms[k]:.3f} ms ({ms[k] / a:.3f}x A, rel L2 {err[k]:.2e} vs A, {acc[k]['rel_l2']:.2e} vs FP32)"
+            for k in runs))
+    if peer:
+        runs.clear()                       # the engines' memory goes before PyTorch's compiles
+        peers = ab_peer_rows(name, precision, batches, reps)
+        for row in rows:
+            row["peers"] = {p["system"]: p.get("ms") for p in peers if p["batch"] == row["batch"]}
     return rows
+
+
+def fp32_reference(name, model):
+    """x (NumPy, float32) -> the model's output in FP32, computed by PyTorch on the GPU
+    (TF32 off): the yardstick every A/B engine's accuracy is measured against."""
+    import torch
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    module = (copy.deepcopy(model) if model is not None else bert_encoder()).cuda().float().eval()
+
+    def run(xh):
+        with torch.no_grad():
+            return module(torch.as_tensor(xh, device="cuda")).float().cpu().numpy()
+    return run
+
+
+def accuracy_against(got, ref):
+    """{"rel_l2": ||got - ref|| / ||ref||, "top1_agreement": share of rows whose arg-max
+    agrees (2-D outputs, the classifiers; None otherwise)}."""
+    got = np.asarray(got, np.float64).reshape(np.shape(ref))
+    ref = np.asarray(ref, np.float64)
+    denom = np.linalg.norm(ref)
+    if not np.isfinite(got).all() or denom == 0:
+        return {"rel_l2": float("inf"), "top1_agreement": None if ref.ndim != 2 else 0.0}
+    top1 = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.ndim == 2 else None
+    return {"rel_l2": float(np.linalg.norm(got - ref) / denom), "top1_agreement": top1}
+
+
+def ab_peer_rows(name, precision, batches, reps):
+    """PyTorch's rows for an A/B run with ``--peer`` (INT8 engines against PyTorch FP16)."""
+    if name == "bert":
+        import torch
+        module = bert_encoder().cuda()
+        if precision != "fp32":
+            module = module.half()
+
+        def make_input(n):
+            xh = np.random.default_rng(n).standard_normal((n, BERT_SEQ, BERT_HIDDEN)).astype(np.float32)
+            tx = torch.as_tensor(xh, device="cuda")
+            return tx if precision == "fp32" else tx.half()
+        return torch_rows(module, make_input, "bert_base_encoder", precision, batches, reps)
+    return torch_rows(torch_peer(name, precision), lambda n: torch_input(n, precision), name, precision,
+                      batches, reps)
 
 
 # ---- the PyTorch peers ---------------------------------------------------------------------

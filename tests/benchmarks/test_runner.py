@@ -152,3 +152,38 @@ def test_ab_also_adds_engines_whose_settings_are_checked_before_anything_runs(mo
     monkeypatch.setitem(sys.modules, "torch", None)      # valid: the command goes on to the GPU part
     with pytest.raises(ImportError):
         runner.main(["ab", "resnet50", "cudnn_s2d=1", "--also", "stem_kernel=1,cudnn_max_plans=8"])
+
+
+def test_ab_accuracy_is_rel_l2_and_top1_against_fp32():
+    import numpy as np
+    from benchmarks import models
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((8, 10)).astype(np.float32)
+    got = ref.copy()
+    got[0] = -ref[0]                                    # one row's arg-max moves (its values negated)
+    acc = models.accuracy_against(got, ref)
+    assert acc["rel_l2"] == pytest.approx(2 * np.linalg.norm(ref[0]) / np.linalg.norm(ref), rel=1e-6)
+    assert acc["top1_agreement"] == pytest.approx(7 / 8)
+    # an encoder's 3-D output: rel L2 only; a flat output of the same size is reshaped to the reference's
+    enc = rng.standard_normal((2, 4, 6))
+    assert models.accuracy_against((enc * 1.01).ravel(), enc) == {"rel_l2": pytest.approx(0.01),
+                                                                   "top1_agreement": None}
+    nan = got.copy()
+    nan[1, 2] = np.nan                                  # a NaN is never a small error
+    assert models.accuracy_against(nan, ref) == {"rel_l2": float("inf"), "top1_agreement": 0.0}
+
+
+def test_ab_table_shows_every_engine_against_a_fp32_and_the_same_run_torch_compile():
+    row = {"batch": 256, "A_ms": 8.0, "B_ms": 6.0, "rel_l2_B_vs_A": 1e-2,
+           "variants": {"C": {"ms": 5.0, "rel_l2_vs_A": 2e-2}},
+           "vs_fp32": {"A": {"rel_l2": 1.5e-2, "top1_agreement": 0.99},
+                       "B": {"rel_l2": 1.8e-2, "top1_agreement": 0.98},
+                       "C": {"rel_l2": 2.5e-2, "top1_agreement": 0.97}}}
+    plain = runner.ab_table([row]).splitlines()
+    assert "compile" not in plain[0] and len(plain) == 4
+    assert plain[2].split() == ["256", "B", "6.000", "0.750", "1.00e-02", "1.80e-02", "0.980"]
+    timed = runner.ab_table([dict(row, peers={"torch.eager": 15.0, "torch.compile": 10.0})]).splitlines()
+    assert timed[3].split()[-2:] == ["10.000", "2.00"]         # C: 10.0 / 5.0
+    assert timed[1].split()[-2:] == ["10.000", "1.25"]         # A: 10.0 / 8.0
+    failed = runner.ab_table([dict(row, peers={"torch.eager": 15.0, "torch.compile": None})]).splitlines()
+    assert failed[1].split()[-2:] == ["-", "-"]                # a peer that failed has no ratio
