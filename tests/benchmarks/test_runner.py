@@ -187,3 +187,11 @@ def test_ab_table_shows_every_engine_against_a_fp32_and_the_same_run_torch_compi
     assert timed[1].split()[-2:] == ["10.000", "1.25"]         # A: 10.0 / 8.0
     failed = runner.ab_table([dict(row, peers={"torch.eager": 15.0, "torch.compile": None})]).splitlines()
     assert failed[1].split()[-2:] == ["-", "-"]                # a peer that failed has no ratio
+
+
+def test_benchmarks_folder_holds_at_most_a_dozen_files():
+    """Issue 14: one runner, no one-off scripts; results/ holds the suite files."""
+    from pathlib import Path
+    root = Path(runner.HERE)
+    files = [p.name for p in root.iterdir() if p.is_file() and p.name != ".gitignore"]
+    assert len(files) <= 12, sorted(files)
