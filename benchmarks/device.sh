@@ -4,7 +4,9 @@
 # family in parallel, runs the GPU tests (--tests; TESTS= picks files, default tests/gpu),
 # then each suite through `python -m benchmarks run`, its JSON and log under $OUT.
 # TESTS= picks test files (a glob), SHARDS= how many pytest processes share the GPU (4).
-# Prints the test summary and each suite's short table last.
+# AB="ARGS[;ARGS...]" runs `python -m benchmarks ab ARGS` for each, after the tests and
+# before the suites (e.g. AB="resnet50 cudnn_int8=1 --precision int8 --peer").
+# Prints the test summary, each A/B table and each suite's short table last.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"
@@ -44,11 +46,19 @@ print(', '.join(f'{v} {k}' for k, v in tot.items()))")"
   rm -f "$OUT"/tests_gpu_[0-9]*.log "$OUT/test_files.txt"
   grep -E "^FAILED|^ERROR" "$OUT/tests_gpu.log" | head -15
 fi
+IFS=';' read -ra ABS <<< "${AB:-}"
+for ab in "${ABS[@]}"; do
+  [ -z "${ab// }" ] && continue
+  # shellcheck disable=SC2086  (the arguments split as on a command line)
+  env -u CUPY_CACHE_DIR timeout ${AB_TIMEOUT:-300} python3 -m benchmarks ab $ab --out "$OUT" >> "$LOG" 2>&1
+  echo "== ab $ab rc=$?" | tee -a "$LOG"
+done
 for suite in "$@"; do
   # without the tests' kernel cache: a suite's cold build starts from an empty one (benchmarks/models.py)
   env -u CUPY_CACHE_DIR timeout ${SUITE_TIMEOUT:-420} python3 -m benchmarks run "$suite" --out "$OUT" ${SUITE_ARGS} >> "$LOG" 2>&1
   echo "== suite $suite rc=$?" | tee -a "$LOG"
 done
 echo; [ -n "$TESTS_LINE" ] && echo "$TESTS_LINE"
+awk '/^ab [a-z0-9_]+ [a-z0-9]+: A = /{p=1} p{print} /^== ab /{p=0}' "$LOG"
 grep -E "^\[build\]|^\[graph\]" "$LOG" | tail -6
 awk '/^[a-z0-9_]+: .*commit/{p=1} p{print} /^== suite/{p=0}' "$LOG"
