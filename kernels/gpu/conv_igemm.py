@@ -20,7 +20,7 @@ from .activation import act_code
 from ._launch import to_krsc
 from .compile import f32, get_function, i32
 from .errors import UnsupportedError
-from .family import KernelFamily
+from .family import KernelFamily, resolve_tactic
 
 SOURCE = "conv_igemm.cu"
 
@@ -242,16 +242,7 @@ def conv2d_igemm(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None,
 
 
 def _tactic(tactic, kind):
-    if isinstance(tactic, str):
-        try:
-            tactic = TACTICS_BY_NAME[tactic]
-        except KeyError:
-            raise UnsupportedError(f"tactic {tactic!r}; valid: {', '.join(TACTICS_BY_NAME)}") from None
-    if tactic.kind != kind:
-        valid = [t.name for t in TACTICS_BY_NAME.values() if t.kind == kind]
-        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
-                               f"takes {kind!r} tactics: {', '.join(valid)}")
-    return tactic
+    return resolve_tactic(tactic, TACTICS_BY_NAME, ConvTactic, "igemm", kind)
 
 
 class _Geometry:

@@ -33,7 +33,7 @@ from ._launch import to_krsc
 from .compile import f32, get_function, i32
 from .conv_igemm import _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
-from .family import KernelFamily
+from .family import KernelFamily, resolve_tactic
 
 SOURCE = "conv_int8.cu"
 C_ALIGN = 16
@@ -84,15 +84,7 @@ TACTICS_BY_NAME = {t.name: t for t in INT8_TACTICS}
 
 
 def _tactic(tactic):
-    if isinstance(tactic, str):
-        try:
-            return TACTICS_BY_NAME[tactic]
-        except KeyError:
-            raise UnsupportedError(f"INT8 tactic {tactic!r}; valid: {', '.join(TACTICS_BY_NAME)}") from None
-    if not isinstance(tactic, Int8Tactic):
-        raise UnsupportedError(f"tactic {tactic!r}; expected an Int8Tactic or one of "
-                               f"{', '.join(TACTICS_BY_NAME)}")
-    return tactic
+    return resolve_tactic(tactic, TACTICS_BY_NAME, Int8Tactic, "INT8")
 
 
 def _kernel(tactic: Int8Tactic, out_dtype):

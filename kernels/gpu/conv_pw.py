@@ -24,7 +24,7 @@ from .compile import get_function, i32
 from .conv_igemm import _pair, _require_c8, _setup, _sm_count, conv_out_size
 from .conv_int8 import OUT_CODES, _int8_launch_args, check_int8_args
 from .errors import UnsupportedError
-from .family import KernelFamily
+from .family import KernelFamily, resolve_tactic
 
 SOURCE = "conv_pw.cu"
 C_ALIGN = 16                     # int8 channels; FP16: 8 (16-byte rows either way)
@@ -111,20 +111,7 @@ TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS + PW16_TACTICS}
 
 
 def _tactic(tactic, kind):
-    if isinstance(tactic, str):
-        try:
-            tactic = TACTICS_BY_NAME[tactic]
-        except KeyError:
-            raise UnsupportedError(f"pointwise tactic {tactic!r}; valid: "
-                                   f"{', '.join(TACTICS_BY_NAME)}") from None
-    if not isinstance(tactic, PwTactic):
-        raise UnsupportedError(f"tactic {tactic!r}; expected a PwTactic or one of "
-                               f"{', '.join(TACTICS_BY_NAME)}")
-    if tactic.kind != kind:
-        valid = [t.name for t in TACTICS_BY_NAME.values() if t.kind == kind]
-        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
-                               f"takes {kind!r} tactics: {', '.join(valid)}")
-    return tactic
+    return resolve_tactic(tactic, TACTICS_BY_NAME, PwTactic, "pointwise", kind)
 
 
 def ctas_per_sm(smem, threads, regs):

@@ -30,7 +30,7 @@ from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes
 from .conv_int8 import _int8_launch_args, check_int8_args
 from .conv_igemm import _setup
 from .errors import UnsupportedError
-from .family import KernelFamily
+from .family import KernelFamily, resolve_tactic
 
 SOURCE = "conv_wgmma.cu"
 ARCH_OPTIONS = ("-arch=sm_90a",)
@@ -112,20 +112,7 @@ def require_available(device=None):
 
 
 def _tactic(tactic, kind):
-    if isinstance(tactic, str):
-        try:
-            tactic = TACTICS_BY_NAME[tactic]
-        except KeyError:
-            raise UnsupportedError(f"wgmma tactic {tactic!r}; valid: "
-                                   f"{', '.join(TACTICS_BY_NAME)}") from None
-    if not isinstance(tactic, WgmmaTactic):
-        raise UnsupportedError(f"tactic {tactic!r}; expected a WgmmaTactic or one of "
-                               f"{', '.join(TACTICS_BY_NAME)}")
-    if tactic.kind != kind:
-        valid = [t.name for t in TACTICS_BY_NAME.values() if t.kind == kind]
-        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
-                               f"takes {kind!r} tactics: {', '.join(valid)}")
-    return tactic
+    return resolve_tactic(tactic, TACTICS_BY_NAME, WgmmaTactic, "wgmma", kind)
 
 
 def _kernel(tactic: WgmmaTactic, out_dtype, fast=False):

@@ -46,3 +46,22 @@ class KernelFamily:
                 return t
         valid = ", ".join(t.name for t in self.tiles + self.int8_tiles) or "none"
         raise UnsupportedError(f"{self.name} has no tile {name!r}; valid: {valid}")
+
+
+def resolve_tactic(tactic, by_name, cls, what, kind=None):
+    """``tactic`` (an instance of ``cls`` or the name of one in ``by_name``) as the instance;
+    ``kind``: it must also be of that ``kind`` (families whose launchers each take one kind of
+    tile). ``what`` names the family in the error (``"wgmma"``: "wgmma tactic 'x'; valid: ...").
+    UnsupportedError, listing the valid names, for anything else."""
+    if isinstance(tactic, str):
+        try:
+            tactic = by_name[tactic]
+        except KeyError:
+            raise UnsupportedError(f"{what} tactic {tactic!r}; valid: {', '.join(by_name)}") from None
+    if not isinstance(tactic, cls):
+        raise UnsupportedError(f"tactic {tactic!r}; expected a {cls.__name__} or one of {', '.join(by_name)}")
+    if kind is not None and tactic.kind != kind:
+        valid = [t.name for t in by_name.values() if t.kind == kind]
+        raise UnsupportedError(f"tactic {tactic.name!r} is a {tactic.kind!r} tactic; this function "
+                               f"takes {kind!r} tactics: {', '.join(valid)}")
+    return tactic

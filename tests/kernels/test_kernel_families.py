@@ -37,3 +37,20 @@ def test_kernels_read_no_switch():
     bad = [str(p.relative_to(ROOT)) for p in (ROOT / "kernels").rglob("*.py")
            if reads.search(p.read_text())]
     assert not bad, f"kernel modules reading the environment: {bad}"
+
+
+def test_resolve_tactic_by_name_instance_class_and_kind():
+    from kernels.gpu import UnsupportedError
+    from kernels.gpu import conv_igemm, conv_pw
+    from kernels.gpu.family import resolve_tactic
+    by_name = conv_pw.TACTICS_BY_NAME
+    t = conv_pw.PW_TACTICS[1]
+    assert resolve_tactic(t.name, by_name, conv_pw.PwTactic, "pointwise") is t
+    assert resolve_tactic(t, by_name, conv_pw.PwTactic, "pointwise", "pw_int8") is t
+    with pytest.raises(UnsupportedError, match=r"pointwise tactic 'pwi8_nope'; valid: pwi8_64x128_s3, "):
+        resolve_tactic("pwi8_nope", by_name, conv_pw.PwTactic, "pointwise")
+    with pytest.raises(UnsupportedError, match="expected a PwTactic or one of pwi8_"):
+        resolve_tactic(conv_igemm.IGEMM_TACTICS[0], by_name, conv_pw.PwTactic, "pointwise")
+    with pytest.raises(UnsupportedError, match="'pw_int8' tactic; this function takes 'pw_f16' tactics: "
+                                               "pw16_64x128_s3, pw16_128x64_s2, pw16_64x64_s2$"):
+        resolve_tactic(t, by_name, conv_pw.PwTactic, "pointwise", "pw_f16")
