@@ -27,7 +27,7 @@
 // the 16 pad bytes of every row. Both pads (W slice and every ring stage's X rows) are zeroed
 // once and never written again, so they add exact zeros (a garbage half could be NaN).
 #include "int8_epilogue.cuh"   // OutSel, epilogue_staged (the one copy of the INT8 numerics)
-#include "f16_epilogue.cuh"    // epilogue_staged_f16 (conv_igemm.cu's FP16 epilogue)
+#include "f16_epilogue.cuh"    // store_tile: the FP16 convolutions' epilogue (conv_igemm.cu's)
 #include "ptx.cuh"             // smem_u32, cp.async, ldmatrix, mma.sync
 
 namespace cupyrt_pw {
@@ -251,9 +251,9 @@ conv_pw_f16(const half_t* __restrict__ x,         // [M, C] (NHWC), C % 8 == 0
     constexpr int WTN = BN / WN;
     const int resb = (has_res & 5) == 5 ? (int)sizeof(OutT) : 0;
     auto epi = [=](const float* sC, int lane, int m0, int n0, const unsigned char* sR) {
-        cupyrt_f16::epilogue_staged_f16<16, WTN, 32, OutT>(
-            sC, lane, m0, n0, M, K, out, scale, bias, res, out_ld, out_off, res_ld, has_res & 1,
-            act, alpha, beta, reinterpret_cast<const OutT*>(sR));
+        cupyrt_f16::store_tile<16, WTN, 32, 7, false, true>(
+            sC, lane, m0, n0, M, K, out, scale, bias, res, reinterpret_cast<const OutT*>(sR), out_ld,
+            out_off, res_ld, has_res & 1, ActLin(act, alpha, beta));
     };
     cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaF16>(
         reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M,

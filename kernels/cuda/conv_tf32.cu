@@ -57,6 +57,7 @@
 //   v = act(v);  out[m*out_ld + out_off + k] = v   (float or half)
 #include "common.cuh"
 #include "ptx.cuh"
+#include "f16_epilogue.cuh"   // OutSel, store_tile (the FP16 convolutions' epilogue)
 
 // The shared PTX wrappers come from ptx.cuh; the TF32 conversions below are this file's.
 namespace cupyrt_tf32 {
@@ -95,35 +96,8 @@ __device__ __forceinline__ void mma_1688_zc(float (&d)[4], const unsigned (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
 }
 
-template <int F32> struct OutSel { typedef half_t T; };
-template <> struct OutSel<1> { typedef float T; };
+using cupyrt_f16::OutSel;
 
-// Eight adjacent channels: 16 bytes (half) or 32 bytes (float), aligned.
-__device__ __forceinline__ void store8(half_t* p, const float (&v)[8]) {
-    uint4 u;
-    u.x = pack_h2(v[0], v[1]); u.y = pack_h2(v[2], v[3]);
-    u.z = pack_h2(v[4], v[5]); u.w = pack_h2(v[6], v[7]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
-__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-__device__ __forceinline__ void load8(const half_t* p, float (&v)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        v[2 * e] = h2f((half_t)(w[e] & 0xffffu));
-        v[2 * e + 1] = h2f((half_t)(w[e] >> 16));
-    }
-}
-__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
-    const float4 a = reinterpret_cast<const float4*>(p)[0];
-    const float4 b = reinterpret_cast<const float4*>(p)[1];
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-}
 
 }  // namespace cupyrt_tf32
 
@@ -377,50 +351,11 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
                     make_float2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
             }
     __syncthreads();
-    const ActLin actf(act, alpha, beta);
     // 8 channels = 32 bytes (float) / 16 bytes (half): rows and offsets must keep
     // every group aligned to its vector width
-    constexpr int VEC_MASK = OUT_F32 ? 3 : 7;
-    const bool vec8 = ((out_ld | out_off | (has_res ? res_ld : 0)) & VEC_MASK) == 0;
-    constexpr int CPR = BN / 8;          // 8-channel groups per row
-    for (int idx = tid; idx < BM * CPR; idx += THREADS) {
-        const int r = idx / CPR, cg = idx - r * CPR;
-        const int m = m0 + r, col = n0 + cg * 8;
-        if (m >= M || col >= K) continue;
-        const float4 a0 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8);
-        const float4 a1 = *reinterpret_cast<const float4*>(sC + r * LDC + cg * 8 + 4);
-        float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-        OutT* o = out + (long long)m * out_ld + out_off + col;
-        const OutT* rp = res + (long long)m * res_ld + col;
-        if (vec8 && col + 8 <= K) {
-            const float4 s0 = *reinterpret_cast<const float4*>(scale + col);
-            const float4 s1 = *reinterpret_cast<const float4*>(scale + col + 4);
-            const float4 b0 = *reinterpret_cast<const float4*>(bias + col);
-            const float4 b1 = *reinterpret_cast<const float4*>(bias + col + 4);
-            const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-            const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = v[e] * sc[e] + bi[e];
-            if (has_res) {
-                float rv[8];
-                load8(rp, rv);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] += rv[e];
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = actf(v[e]);
-            store8(o, v);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (col + e < K) {
-                    float t = v[e] * scale[col + e] + bias[col + e];
-                    if (has_res) t += io<OutT>::load(rp + e);
-                    io<OutT>::store(o + e, actf(t));
-                }
-            }
-        }
-    }
+    cupyrt_f16::store_tile<BM, BN, THREADS, OUT_F32 ? 3 : 7, false>(
+        sC, tid, m0, n0, M, K, out, scale, bias, res, static_cast<const OutT*>(nullptr), out_ld, out_off,
+        res_ld, has_res, ActLin(act, alpha, beta));
 }
 
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
