@@ -163,6 +163,19 @@ def residual_prefetch_bytes(tactic, C, K, residual):
     return b
 
 
+def check_aligned(fn, **arrays):
+    """UnsupportedError naming the first of ``arrays`` (None: absent) whose device address is
+    not a multiple of 16: the kernel moves rows in 16-byte chunks (cp.async, vector loads and
+    stores), and a row offset that is aligned only helps from an aligned base. Arrays without
+    a device pointer (the NumPy stand-ins of the CPU tests) pass."""
+    for name, a in arrays.items():
+        ptr = getattr(getattr(a, "data", None), "ptr", None)
+        if ptr is not None and ptr % 16:
+            raise UnsupportedError(f"{fn}: {name} starts at address {ptr:#x}, not a multiple of 16 bytes; "
+                                   f"the kernel moves 16-byte chunks: pass an array that starts on a "
+                                   f"16-byte boundary (a fresh allocation, or a whole-image batch slice)")
+
+
 _per_sm = {}              # (kernel, shared memory bytes) -> CTAs one SM holds
 
 
@@ -222,6 +235,7 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
                             (g["ph"], g["pw"]), (g["dh"], g["dw"]), g["P"], g["Q"], g["H"], g["W"])
     if reason is not None:
         raise UnsupportedError(f"conv2d_pw_int8: {reason}")
+    check_aligned("conv2d_pw_int8", x_q=x_q, w_q=w_q, out=out, residual=residual)
     M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
     pre = residual_prefetch_bytes(tactic, C, K, residual)
     out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
@@ -253,6 +267,7 @@ def conv2d_pw_f16(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, sc
         reason = _window_reason(tactic, C, K, R, S, st, pd, dl, P, Q, H, W)
         if reason is not None:
             raise UnsupportedError(f"conv2d_pw_f16: {reason}")
+    check_aligned("conv2d_pw_f16", x=x, w_krsc=w_krsc, out=out, residual=residual)
     g = _setup(x, w_krsc, stride, padding, dilation, out_hw, out, out_dtype, out_channel_offset,
                residual, scale, bias)
     _require_c8(g, w_krsc)
@@ -266,4 +281,4 @@ FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8, conv2
                       tiles=PW16_TACTICS, int8_tiles=PW_TACTICS)
 
 __all__ = ["PW_TACTICS", "PW16_TACTICS", "PwTactic", "conv2d_pw_f16", "conv2d_pw_int8",
-           "ctas_per_sm", "grid_for", "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]
+           "check_aligned", "ctas_per_sm", "grid_for", "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]

@@ -175,3 +175,42 @@ def test_f16_argument_errors(kw, match):
     x, w = args.pop("x"), args.pop("w")
     with pytest.raises(UnsupportedError, match=match):
         P.conv2d_pw_f16(x, w, **args)
+
+
+# ---- 16-byte aligned device addresses -------------------------------------------------------
+class _Dev(np.ndarray):
+    """A NumPy array that reports a device address (``.data.ptr``), as a CuPy array does."""
+    @property
+    def data(self):
+        return type("D", (), {"ptr": self.ptr})()
+
+
+def _dev(a, ptr):
+    d = np.asarray(a).view(_Dev)
+    d.ptr = ptr
+    return d
+
+
+def test_check_aligned_names_the_first_misaligned_array():
+    P.check_aligned("f", x=_dev(X8, 256), w=_dev(W8, 4096), out=None)       # aligned, absent: pass
+    P.check_aligned("f", x=X8)                                               # no device pointer: pass
+    with pytest.raises(UnsupportedError, match=r"f: w starts at address 0x1008, not a multiple of 16"):
+        P.check_aligned("f", x=_dev(X8, 256), w=_dev(W8, 0x1008), out=_dev(X8, 3))
+
+
+@pytest.mark.parametrize("which", ["x_q", "w_q", "residual"])
+def test_int8_launcher_refuses_a_misaligned_array_before_the_device(which):
+    args = dict(x_q=_dev(X8, 1 << 20), w_q=_dev(W8, 1 << 21), residual=None)
+    if which == "residual":
+        args["residual"] = _dev(np.zeros((1, 4, 4, 8), np.int8), (1 << 22) + 4)
+    else:
+        args[which] = _dev(args[which], (1 << 23) + 8)
+    x, w = args.pop("x_q"), args.pop("w_q")
+    with pytest.raises(UnsupportedError, match=f"conv2d_pw_int8: {which} starts at address"):
+        P.conv2d_pw_int8(x, w, 1.0, SW, s_out=1.0, residual_scale=1.0 if args["residual"] is not None else None,
+                         **args)
+
+
+def test_f16_launcher_refuses_a_misaligned_input_before_the_device():
+    with pytest.raises(UnsupportedError, match="conv2d_pw_f16: x starts at address 0x102"):
+        P.conv2d_pw_f16(_dev(X16, 0x102), _dev(W16, 0x200))
