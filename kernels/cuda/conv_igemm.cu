@@ -30,6 +30,7 @@
 #include "common.cuh"
 #include "ptx.cuh"
 #include "f16_epilogue.cuh"   // OutSel, load8 / store8, store_tile (the FP16 epilogue)
+#include "mma_mainloop.cuh"   // the V2 tiles' mainloop and accumulator staging
 
 namespace cupyrt_igemm {
 
@@ -224,75 +225,27 @@ conv_igemm_body(const half_t* __restrict__ x,        // [N, H, W, C]
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.f;
-
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < KT) load_tile(st);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane offsets (halves) inside a stage
-    const int a_lrow = wm * WTM + (lane & 15);
-    const int a_lcol = (lane >> 4) * 8;
-    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
-    const int b_lcol = ((lane >> 3) & 1) * 8;
-
     if constexpr (V2) {
-        // Fragments double-buffered in registers: the ldmatrix of step k16+1
-        // is issued before the mma of step k16 (source order is issue order:
-        // the asm statements are volatile). The wait + barrier for tile kt+1
-        // sits in the last step of tile kt, so the first fragments of the
-        // next tile are loaded before the last mma of this one (CUTLASS's
-        // multistage mainloop).
-        constexpr int KS = BK / 16;
-        unsigned af[2][MT][4];
-        unsigned bf[2][NT][2];
-        auto load_frags = [&](int buf, int stage, int k16) {
-            const unsigned a_base = sA_u + 2u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k16 * 16);
-            const unsigned b_base = sB_u + 2u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k16 * 16);
-#pragma unroll
-            for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + 2u * (unsigned)(i * 16 * LDS));
-#pragma unroll
-            for (int j = 0; j < NT / 2; ++j) {
-                unsigned t[4];
-                ldmatrix_x4(t, b_base + 2u * (unsigned)(j * 16 * LDS));
-                bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
-                bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
-            }
-        };
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        load_frags(0, 0, 0);
-        for (int kt = 0; kt < KT; ++kt) {
-            const int stage = kt % STAGES;
-            // refill the slot of tile kt-1 (every thread passed the barrier
-            // that followed its last fragment load)
-            if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
-            cp_async_commit();
-#pragma unroll
-            for (int k16 = 0; k16 < KS; ++k16) {
-                const int cur = k16 & 1;
-                if (k16 + 1 < KS) {
-                    load_frags(cur ^ 1, stage, k16 + 1);
-                } else {
-                    cp_async_wait<STAGES - 2>();
-                    __syncthreads();
-                    if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
-                }
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int j = 0; j < NT; ++j)
-                        mma_16816(acc[i][j], af[cur][i], bf[cur][j][0], bf[cur][j][1]);
-            }
-        }
+        // mma_mainloop.cuh: fragments double-buffered in registers
+        cupyrt_mma::mainloop<BM, BN, BK, WM, WN, STAGES, cupyrt_mma::MmaF16>(sA_u, sB_u, KT, lane, wm, wn,
+                                                                          load_tile, acc);
     } else {
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.f;
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; ++st) {
+            if (st < KT) load_tile(st);
+            cp_async_commit();
+        }
+        // ldmatrix lane offsets (halves) inside a stage
+        const int a_lrow = wm * WTM + (lane & 15);
+        const int a_lcol = (lane >> 4) * 8;
+        const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
+        const int b_lcol = ((lane >> 3) & 1) * 8;
         for (int kt = 0; kt < KT; ++kt) {
             cp_async_wait<STAGES - 2>();
             __syncthreads();
@@ -324,8 +277,8 @@ conv_igemm_body(const half_t* __restrict__ x,        // [N, H, W, C]
                         mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
             }
         }
+        cp_async_wait<0>();
     }
-    cp_async_wait<0>();
 
     // ---- MODE 1: raw FP32 partial sums to ws[split][M][K] ---------------
     if constexpr (MODE == 1) {
@@ -355,21 +308,8 @@ conv_igemm_body(const half_t* __restrict__ x,        // [N, H, W, C]
 
     // ---- V2 epilogue: accumulators -> shared tile -> 16-byte coalesced stores
     if constexpr (V2) {
-        constexpr int LDC = BN + 8;      // floats; +8 keeps 64-bit writes conflict-free
-        float* sC = reinterpret_cast<float*>(smem_raw);
-        __syncthreads();                 // every warp is done with the pipeline smem
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
-                    const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
-                    *reinterpret_cast<float2*>(sC + r * LDC + cc) =
-                        make_float2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
-                }
-        __syncthreads();
+        // the accumulators as a BM x (BN + 8) float tile (+8 keeps 64-bit writes conflict-free)
+        const float* sC = cupyrt_mma::stage_acc<BM, BN, WM, WN>(smem_raw, lane, wm, wn, acc);
         cupyrt_f16::store_tile<BM, BN, THREADS, 7, false>(
             sC, tid, m0, n0, M, K, out, scale, bias, res, static_cast<const OutT*>(nullptr), out_ld, out_off,
             res_ld, has_res, ActLin(act, alpha, beta));

@@ -27,17 +27,8 @@
 //   OUT 0: q = clamp(rint(y * inv_out), -128, 127)   (rint: half to even)
 //   OUT 1: float32 y;  OUT 2: float16 (cvt.rn) of y
 #include "int8_epilogue.cuh"   // q8, put/put8, res_at/res8, epilogue_staged
+#include "mma_mainloop.cuh"    // mainloop, stage_acc (shared with conv_igemm.cu, conv_int8_smallc.cu)
 #include "ptx.cuh"
-
-namespace cupyrt_int8 {
-
-using namespace cupyrt_ptx;   // smem_u32, cp.async, ldmatrix, mma.sync (ptx.cuh)
-
-
-
-
-
-}  // namespace cupyrt_int8
 
 // Launch: grid = (ceil(M/BM) * ceil(K/BN),), block = WM*WN*32 threads,
 // dynamic shared memory = max(STAGES * (BM + BN) * (BK + 16), BM * (BN + 8) * 4) bytes.
@@ -58,6 +49,7 @@ conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
                 float s_in, float res_scale, float inv_out,
                 int act, float alpha, float beta) {
     using namespace cupyrt_int8;
+    using namespace cupyrt_ptx;      // smem_u32, cp.async (ptx.cuh)
     typedef typename OutSel<OUT>::T OutT;
     constexpr int THREADS = WM * WN * 32;
     constexpr int LDS = BK + 16;         // padded row, bytes
@@ -65,13 +57,8 @@ conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
     constexpr int ROWS_PER_PASS = THREADS / CH;
     constexpr int A_IT = BM / ROWS_PER_PASS;
     constexpr int B_IT = BN / ROWS_PER_PASS;
-    constexpr int WTM = BM / WM, WTN = BN / WN;
-    constexpr int MT = WTM / 16, NT = WTN / 8;
-    constexpr int KS = BK / 32;          // mma k-steps per tile
     static_assert(THREADS % CH == 0, "threads must cover whole rows");
     static_assert(BM % ROWS_PER_PASS == 0 && BN % ROWS_PER_PASS == 0, "tile/threads");
-    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
-    static_assert(BK % 64 == 0, "BK multiple of 64 bytes (even number of k32 steps)");
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     i8_t* sA = reinterpret_cast<i8_t*>(smem_raw);
@@ -152,84 +139,11 @@ conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
         }
     };
 
-    int acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0;
-
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < KT) load_tile(st);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane offsets (bytes) inside a stage
-    const int a_lrow = wm * WTM + (lane & 15);
-    const int a_lcol = (lane >> 4) * 16;
-    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
-    const int b_lcol = ((lane >> 3) & 1) * 16;
-
-    // fragments double-buffered in registers (conv_igemm.cu's V2 mainloop)
-    unsigned af[2][MT][4];
-    unsigned bf[2][NT][2];
-    auto load_frags = [&](int buf, int stage, int k32) {
-        const unsigned a_base = sA_u + (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k32 * 32);
-        const unsigned b_base = sB_u + (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k32 * 32);
-#pragma unroll
-        for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + (unsigned)(i * 16 * LDS));
-#pragma unroll
-        for (int j = 0; j < NT / 2; ++j) {
-            unsigned t[4];
-            ldmatrix_x4(t, b_base + (unsigned)(j * 16 * LDS));
-            bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
-            bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
-        }
-    };
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    load_frags(0, 0, 0);
-    for (int kt = 0; kt < KT; ++kt) {
-        const int stage = kt % STAGES;
-        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
-        cp_async_commit();
-#pragma unroll
-        for (int k32 = 0; k32 < KS; ++k32) {
-            const int cur = k32 & 1;
-            if (k32 + 1 < KS) {
-                load_frags(cur ^ 1, stage, k32 + 1);
-            } else {
-                cp_async_wait<STAGES - 2>();
-                __syncthreads();
-                if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
-            }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    mma_16832(acc[i][j], af[cur][i], bf[cur][j][0], bf[cur][j][1]);
-        }
-    }
-    cp_async_wait<0>();
-
-    // ---- epilogue: int32 accumulators -> shared tile -> 8 channels per thread
-    constexpr int LDC = BN + 8;          // int32 words
-    int* sC = reinterpret_cast<int*>(smem_raw);
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
-                const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
-                *reinterpret_cast<int2*>(sC + r * LDC + cc) =
-                    make_int2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
-            }
-    __syncthreads();
+    static_assert(BK % 64 == 0, "BK multiple of 64 bytes (even number of k32 steps)");
+    int acc[BM / WM / 16][BN / WN / 8][4];
+    cupyrt_mma::mainloop<BM, BN, BK, WM, WN, STAGES, cupyrt_mma::MmaS8>(sA_u, sB_u, KT, lane, wm, wn,
+                                                                         load_tile, acc);
+    int* sC = cupyrt_mma::stage_acc<BM, BN, WM, WN>(smem_raw, lane, wm, wn, acc);
     epilogue_staged<BM, BN, THREADS, OUT>(sC, tid, m0, n0, M, K, out, s_w, bias, res, out_ld,
                                           out_off, res_ld, res_kind, has_bias, s_in, res_scale,
                                           inv_out, act, alpha, beta);

@@ -29,28 +29,20 @@
 #include "int8_epilogue.cuh"   // OutSel, epilogue_staged (the one copy of the INT8 numerics)
 #include "f16_epilogue.cuh"    // store_tile: the FP16 convolutions' epilogue (conv_igemm.cu's)
 #include "ptx.cuh"             // smem_u32, cp.async, ldmatrix, mma.sync
+#include "mma_mainloop.cuh"    // MmaS8 / MmaF16: the tensor-core step per element type
 
 namespace cupyrt_pw {
 
 using namespace cupyrt_ptx;
 
-// The tensor-core step per element type. In bytes the fragments of m16n8k32 s8 and
-// m16n8k16 f16 are laid out alike (conv_int8.cu's header), so one k-step is 32 bytes of a
-// row either way and the ldmatrix addressing below serves both.
-struct MmaS8 {
-    typedef int Acc;
-    static __device__ __forceinline__ void mma(int (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                               unsigned b1) { mma_16832(d, a, b0, b1); }
-};
+// The tensor-core step per element type (mma_mainloop.cuh): in bytes the fragments of
+// m16n8k32 s8 and m16n8k16 f16 are laid out alike, so one k-step is 32 bytes of a row either
+// way and the ldmatrix addressing below serves both.
+using cupyrt_mma::MmaS8;
+using cupyrt_mma::MmaF16;
 // a 4-byte accumulator's bits, for 8-byte stores of two of them
 __device__ __forceinline__ unsigned bits(int v) { return (unsigned)v; }
 __device__ __forceinline__ unsigned bits(float v) { return __float_as_uint(v); }
-
-struct MmaF16 {
-    typedef float Acc;
-    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                               unsigned b1) { mma_16816(d, a, b0, b1); }
-};
 
 // The persistent mainloop (layout and protocol: the header above). x [M, CB bytes] and
 // w [K, CB bytes] rows; CB % 16 == 0. resb: bytes per residual element when the host asked
