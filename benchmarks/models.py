@@ -98,7 +98,10 @@ def torch_model(name):
     return model
 
 
-def build(name, model, precision, max_batch, cache, disabled_passes=()):
+def build(name, model, precision, max_batch, cache, disabled_passes=(), calibration_cache=None):
+    """(plan, seconds, source layers) of ``model`` built through the network API with the
+    timing cache at ``cache``; INT8 calibrates once into ``calibration_cache`` (default: beside
+    the timing cache) and later builds read it, as a TensorRT user's rebuild does."""
     import engine as rt
     from workflows.from_torch import import_module
     b, net = import_module(model, (-1, 3, 224, 224))
@@ -116,7 +119,7 @@ def build(name, model, precision, max_batch, cache, disabled_passes=()):
         # calibrates, the rebuild reads both, as a TensorRT user's rebuild does
         cfg.int8_calibrator = rt.EntropyCalibrator2(
             [rng.standard_normal((4, 3, 224, 224)).astype(np.float32) for _ in range(2)],
-            cache_file=cache + ".calibration")
+            cache_file=calibration_cache or cache + ".calibration")
     prof = b.create_optimization_profile()
     prof.set_shape("input", (1, 3, 224, 224), (max_batch, 3, 224, 224), (max_batch, 3, 224, 224))
     cfg.add_optimization_profile(prof)
@@ -390,7 +393,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     timed in alternating rounds (A B C A B C ...; ``reps`` calls a round) and the median of
     the round medians compared; each output is checked against A's and against the model in
     FP32 (PyTorch on the GPU: rel L2, and top-1 agreement for the classifiers), so a faster
-    variant's accuracy comes from the same run. ``peer``: PyTorch eager and torch.compile are
+    variant's accuracy comes from the same run. INT8: every engine reads the ranges A
+    calibrated (so the engines differ in kernels and tactics only; B's, C's cold builds then
+    leave calibration out). ``peer``: PyTorch eager and torch.compile are
     timed too, in the same process (``torch_rows``), under ``peers`` in each row. Returns one
     dict per batch (C, D, ... under ``variants``)."""
     import cupy as cp
@@ -401,6 +406,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     model = torch_model(name) if name != "bert" else None
     reference = fp32_reference(name, model)
     runs = {}
+    # one calibration for every engine (A's, read by B, C, ...): INT8 engines then differ in
+    # their kernels and tactics only, not in ranges calibrated apart
+    calibration = os.path.join(tempfile.mkdtemp(), "ab.calibration")
     engines = [("A", {}, ()), ("B", setting, tuple(disabled_passes))]
     engines += [(chr(ord("C") + i), values, ()) for i, values in enumerate(more)]
     for label, values, off in engines:
@@ -409,7 +417,7 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             if model is None:
                 plan, cold = _bert_build(precision, cache, off)
             else:
-                plan, cold, _ = build(name, model, precision, max(batches), cache, off)
+                plan, cold, _ = build(name, model, precision, max(batches), cache, off, calibration)
             engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
             kinds = _count(info.kernel for info in engine.layers)
             log.info("[ab] %s %s: built in %.1f s, kernels %s", label, values or "as is", cold, kinds)
