@@ -448,6 +448,20 @@ def depthwise(args):
     return rows
 
 
+def _stem_problem(args):
+    """ResNet-50's stem at batch --batches[0] (256): (n, K, x float32 NCHW on the GPU, w float32
+    KCRS, bias, ones, s_in from x's range, s_out for outputs up to 4), the same in every stem
+    measurement."""
+    import cupy as cp
+    from kernels import quantize as Q
+    n, k = (args.batches or [256])[0], 64
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((n, 3, 224, 224), dtype=np.float32))
+    w = rng.standard_normal((k, 3, 7, 7)).astype(np.float32) / np.sqrt(147)
+    bias, ones = cp.asarray(0.1 * rng.standard_normal(k).astype(np.float32)), cp.ones(k, cp.float32)
+    return n, k, x, w, bias, ones, Q.scale_from_amax(float(cp.abs(x).max())), Q.scale_from_amax(4.0)
+
+
 def int8_stem(args):
     """The stem (7x7/2, 3 -> 64, 224x224) from the float32 NCHW network input, each step
     timed alone, paths summed: INT8 now (reformat + quantize to C16 + conv_int8), INT8 fast
@@ -455,16 +469,10 @@ def int8_stem(args):
     FP16 stem kernel (conv_stem.cu, also reading NCHW directly). Fast paths are checked bit
     for bit (INT8) or by rel L2 against the FP16 peer before any timing."""
     import cupy as cp
-    from kernels import quantize as Q
     ci, i8, sc, stem, qz = (_gpu(m) for m in ("conv_igemm", "conv_int8", "conv_int8_smallc", "conv_stem",
                                               "quantize_int8"))
     from kernels.gpu.reformat import generic_padded, nchw_to_nhwc_padded
-    n, k = (args.batches or [256])[0], 64
-    rng = np.random.default_rng(0)
-    x = cp.asarray(rng.standard_normal((n, 3, 224, 224), dtype=np.float32))
-    w = rng.standard_normal((k, 3, 7, 7)).astype(np.float32) / np.sqrt(147)
-    bias, ones = cp.asarray(0.1 * rng.standard_normal(k).astype(np.float32)), cp.ones(k, cp.float32)
-    s_in, s_out = Q.scale_from_amax(float(cp.abs(x).max())), Q.scale_from_amax(4.0)
+    n, k, x, w, bias, ones, s_in, s_out = _stem_problem(args)
     (wq16, s_w16), (wsc, s_wsc) = i8.pack_weight_int8_krsc(w), sc.pack_weight_int8_smallc(w)
     w16, wstem = ci.pack_weight_smallc(w.astype(np.float16)), stem.pack_weight_stem(w.astype(np.float16))
     xf, x16, x4 = (nchw_to_nhwc_padded(x, np.float32, 1), nchw_to_nhwc_padded(x, np.float16, 8, dedicated=True),
@@ -584,17 +592,11 @@ def s2d_stem(args):
     """
     import cupy as cp
     from engine.gpu import conv_s2d_tactics as T
-    from kernels import quantize as Q
     from kernels.gpu.reformat import nchw_to_nhwc_padded
     ci, i8, sc, stem, qz, wg, s2d = (_gpu(m) for m in (
         "conv_igemm", "conv_int8", "conv_int8_smallc", "conv_stem", "quantize_int8", "conv_wgmma",
         "space_to_depth"))
-    n, k = (args.batches or [256])[0], 64
-    rng = np.random.default_rng(0)
-    x = cp.asarray(rng.standard_normal((n, 3, 224, 224), dtype=np.float32))
-    w = rng.standard_normal((k, 3, 7, 7)).astype(np.float32) / np.sqrt(147)
-    bias, ones = cp.asarray(0.1 * rng.standard_normal(k).astype(np.float32)), cp.ones(k, cp.float32)
-    s_in, s_out = Q.scale_from_amax(float(cp.abs(x).max())), Q.scale_from_amax(4.0)
+    n, k, x, w, bias, ones, s_in, s_out = _stem_problem(args)
     g = s2d.s2d_geometry(224, 224, 7, 7, 3, 3)
     ws2d = T.s2d_weights(w, (3, 3), 16)                     # KRSC (64, 4, 4, 16)
     wsc, s_wsc = sc.pack_weight_int8_smallc(w)
