@@ -58,6 +58,7 @@
 #include "common.cuh"
 #include "ptx.cuh"
 #include "f16_epilogue.cuh"   // OutSel, store_tile (the FP16 convolutions' epilogue)
+#include "mma_mainloop.cuh"   // pipeline: the cp.async ring and double-buffered fragments
 
 // The shared PTX wrappers come from ptx.cuh; the TF32 conversions below are this file's.
 namespace cupyrt_tf32 {
@@ -228,49 +229,23 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 #pragma unroll
             for (int t = 0; t < 4; ++t) acc[i][j][t] = 0.f;
 
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < KT) load_tile(st);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane addresses (floats) inside a stage: see the header
-    const int a_lrow = wm * WTM + (lane & 15);
-    const int a_lcol = (lane >> 4) * 4;
-    const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3);
-    const int b_lcol = ((lane >> 3) & 1) * 4;
-
-    unsigned af[2][MT][4];               // raw FP32 bits, double-buffered
-    unsigned bf[2][NT][2];
-    auto load_frags = [&](int buf, int stage, int k8) {
-        const unsigned a_base = sA_u + 4u * (unsigned)((stage * BM + a_lrow) * LDS + a_lcol + k8 * 8);
-        const unsigned b_base = sB_u + 4u * (unsigned)((stage * BN + b_lrow) * LDS + b_lcol + k8 * 8);
-#pragma unroll
-        for (int i = 0; i < MT; ++i) ldmatrix_x4(af[buf][i], a_base + 4u * (unsigned)(i * 16 * LDS));
-#pragma unroll
-        for (int j = 0; j < NT / 2; ++j) {
-            unsigned t[4];
-            ldmatrix_x4(t, b_base + 4u * (unsigned)(j * 16 * LDS));
-            bf[buf][2 * j][0] = t[0]; bf[buf][2 * j][1] = t[1];
-            bf[buf][2 * j + 1][0] = t[2]; bf[buf][2 * j + 1][1] = t[3];
-        }
-    };
-    // One k8 step on fragment buffer `buf` into accumulator set `c`; `fresh`: the
-    // step's first MMA takes C = 0 (a promotion window starts; a compile-time
-    // constant once the k8 loop is unrolled). Each pass runs all MT x NT MMAs, so
-    // consecutive MMAs into one accumulator are MT*NT instructions apart.
-    auto mma_step = [&](int buf, float (&c)[MT][NT][4], bool fresh) {
+    // One k8 step on fragments af, bf (raw FP32 bits) into accumulator set `c`; `fresh`: the
+    // step's first MMA takes C = 0 (a promotion window starts; a compile-time constant once
+    // the k8 loop is unrolled). Each pass runs all MT x NT MMAs, so consecutive MMAs into one
+    // accumulator are MT*NT instructions apart.
+    auto mma_step = [&](const unsigned (&af)[MT][4], const unsigned (&bf)[NT][2], float (&c)[MT][NT][4],
+                        bool fresh) {
         unsigned ab[MT][4], bb[NT][2];
         if constexpr (PRECISE) {
             unsigned as[MT][4], bs[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) split_tf32(af[buf][i][e], ab[i][e], as[i][e]);
+                for (int e = 0; e < 4; ++e) split_tf32(af[i][e], ab[i][e], as[i][e]);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) split_tf32(bf[buf][j][e], bb[j][e], bs[j][e]);
+                for (int e = 0; e < 2; ++e) split_tf32(bf[j][e], bb[j][e], bs[j][e]);
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -286,11 +261,11 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) ab[i][e] = to_tf32(af[buf][i][e]);
+                for (int e = 0; e < 4; ++e) ab[i][e] = to_tf32(af[i][e]);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) bb[j][e] = to_tf32(bf[buf][j][e]);
+                for (int e = 0; e < 2; ++e) bb[j][e] = to_tf32(bf[j][e]);
         }
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -299,58 +274,27 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
     };
     float part[PROMOTE ? MT : 1][PROMOTE ? NT : 1][4];   // the promotion window's sum
 
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    load_frags(0, 0, 0);
-    for (int kt = 0; kt < KT; ++kt) {
-        const int stage = kt % STAGES;
-        // refill the slot of tile kt-1 (every thread passed the barrier that
-        // followed its last fragment load from it)
-        if (kt + STAGES - 1 < KT) load_tile((kt + STAGES - 1) % STAGES);
-        cp_async_commit();
+    // the ring and the fragments: mma_mainloop.cuh's pipeline (ldmatrix of 4-byte elements, the
+    // rows' 16-byte padding as every mma.sync kernel's)
+    auto step = [&](const unsigned (&af)[MT][4], const unsigned (&bf)[NT][2], int k8) {
+        if constexpr (PROMOTE) {
+            mma_step(af, bf, part, k8 % PROMOTE == 0);
+            if (k8 % PROMOTE == PROMOTE - 1) {
 #pragma unroll
-        for (int k8 = 0; k8 < KS; ++k8) {
-            const int cur = k8 & 1;
-            if (k8 + 1 < KS) {
-                load_frags(cur ^ 1, stage, k8 + 1);
-            } else {
-                cp_async_wait<STAGES - 2>();
-                __syncthreads();
-                if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+#pragma unroll
+                        for (int t = 0; t < 4; ++t) acc[i][j][t] += part[i][j][t];
             }
-            if constexpr (PROMOTE) {
-                mma_step(cur, part, k8 % PROMOTE == 0);
-                if (k8 % PROMOTE == PROMOTE - 1) {
-#pragma unroll
-                    for (int i = 0; i < MT; ++i)
-#pragma unroll
-                        for (int j = 0; j < NT; ++j)
-#pragma unroll
-                            for (int t = 0; t < 4; ++t) acc[i][j][t] += part[i][j][t];
-                }
-            } else {
-                mma_step(cur, acc, false);
-            }
+        } else {
+            mma_step(af, bf, acc, false);
         }
-    }
-    cp_async_wait<0>();
+    };
+    cupyrt_mma::pipeline<BM, BN, BK, WM, WN, STAGES, 4>(sA_u, sB_u, KT, lane, wm, wn, load_tile, step);
 
-    // ---- epilogue: accumulators -> shared tile -> 8-channel coalesced stores
-    constexpr int LDC = BN + 8;          // floats; +8 keeps 64-bit writes conflict-free
-    float* sC = reinterpret_cast<float*>(smem_raw);
-    __syncthreads();                     // every warp is done with the pipeline smem
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int r = wm * WTM + i * 16 + (lane >> 2) + hh * 8;
-                const int cc = wn * WTN + j * 8 + (lane & 3) * 2;
-                *reinterpret_cast<float2*>(sC + r * LDC + cc) =
-                    make_float2(acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
-            }
-    __syncthreads();
+    // ---- epilogue: accumulators -> shared tile (BN + 8 floats a row) -> 8-channel stores
+    const float* sC = cupyrt_mma::stage_acc<BM, BN, WM, WN>(smem_raw, lane, wm, wn, acc);
     // 8 channels = 32 bytes (float) / 16 bytes (half): rows and offsets must keep
     // every group aligned to its vector width
     cupyrt_f16::store_tile<BM, BN, THREADS, OUT_F32 ? 3 : 7, false>(

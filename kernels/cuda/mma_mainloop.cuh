@@ -47,24 +47,18 @@ struct MmaTile {
     static_assert(BK % KE == 0, "a k-tile is whole 32-byte mma k-steps");
 };
 
-// acc = A[m0.., :] * B[n0.., :]^T over KT k-tiles through the STAGES-deep cp.async ring.
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, typename Mma, typename LoadTile>
+// The ring: the first STAGES - 1 k-tiles loaded, then per k-tile kt the refill of the slot
+// tile kt - 1 left, and its KS k-steps, each on fragments loaded one step ahead:
+// step(a, b, ks) gets the A fragments [MT][4] and B fragments [NT][2] of k-step ks (ldmatrix
+// of ESZ-byte elements: raw bits for the kernel's MMA, or to convert first, as TF32 does).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int ESZ_, typename LoadTile, typename Step>
 __device__ __forceinline__ void
-mainloop(unsigned sA_u, unsigned sB_u, int KT, int lane, int wm, int wn, LoadTile& load_tile,
-         typename Mma::Acc (&acc)[MmaTile<BM, BN, BK, WM, WN, Mma::ESZ>::MT]
-                                 [MmaTile<BM, BN, BK, WM, WN, Mma::ESZ>::NT][4]) {
+pipeline(unsigned sA_u, unsigned sB_u, int KT, int lane, int wm, int wn, LoadTile& load_tile, Step& step) {
     using namespace cupyrt_ptx;
-    typedef MmaTile<BM, BN, BK, WM, WN, Mma::ESZ> T;
+    typedef MmaTile<BM, BN, BK, WM, WN, ESZ_> T;
     constexpr int LDS = T::LDS, WTM = T::WTM, WTN = T::WTN, MT = T::MT, NT = T::NT, KS = T::KS;
-    constexpr int KE = T::KE, E16 = 16 / Mma::ESZ;
-    constexpr unsigned ESZ = Mma::ESZ;
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0;
-
+    constexpr int KE = T::KE, E16 = 16 / ESZ_;
+    constexpr unsigned ESZ = ESZ_;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
         if (st < KT) load_tile(st);
@@ -109,14 +103,34 @@ mainloop(unsigned sA_u, unsigned sB_u, int KT, int lane, int wm, int wn, LoadTil
                 __syncthreads();
                 if (kt + 1 < KT) load_frags(cur ^ 1, (kt + 1) % STAGES, 0);
             }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    Mma::mma(acc[i][j], af[cur][i], bf[cur][j][0], bf[cur][j][1]);
+            step(af[cur], bf[cur], ks);
         }
     }
     cp_async_wait<0>();
+}
+
+// acc = A[m0.., :] * B[n0.., :]^T over KT k-tiles: the pipeline with the policy's MMA.
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, typename Mma, typename LoadTile>
+__device__ __forceinline__ void
+mainloop(unsigned sA_u, unsigned sB_u, int KT, int lane, int wm, int wn, LoadTile& load_tile,
+         typename Mma::Acc (&acc)[MmaTile<BM, BN, BK, WM, WN, Mma::ESZ>::MT]
+                                 [MmaTile<BM, BN, BK, WM, WN, Mma::ESZ>::NT][4]) {
+    typedef MmaTile<BM, BN, BK, WM, WN, Mma::ESZ> T;
+    constexpr int MT = T::MT, NT = T::NT;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) acc[i][j][t] = 0;
+    auto step = [&](const unsigned (&a)[MT][4], const unsigned (&b)[NT][2], int) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                Mma::mma(acc[i][j], a[i], b[j][0], b[j][1]);
+    };
+    pipeline<BM, BN, BK, WM, WN, STAGES, Mma::ESZ>(sA_u, sB_u, KT, lane, wm, wn, load_tile, step);
 }
 
 // two accumulators as one 8-byte store
