@@ -1,5 +1,5 @@
 """python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME]
-[--also NAME=VALUE[,...]] [--peer] | list | report
+[--also NAME=VALUE[,...]] [--peer] [--layerwise N] | list | report
 | layers NAME [...]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
@@ -149,7 +149,8 @@ def cmd_ab(args):
     card = torch.cuda.get_device_name()
     started = datetime.datetime.now()
     rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
-                          args.reps, setting, disabled_passes=args.disable_pass, more=more, peer=args.peer)
+                          args.reps, setting, disabled_passes=args.disable_pass, more=more, peer=args.peer,
+                          layerwise=args.layerwise)
     doc = {"ab": setting, "also": more, "disabled_passes": args.disable_pass, "card": card,
            "date": started.isoformat(timespec="seconds"), "commit": commit(),
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
@@ -164,6 +165,11 @@ def cmd_ab(args):
     for i, values in enumerate(more):
         print(f"{chr(ord('C') + i)} = {values}")
     print(ab_table(rows))
+    for label, t in (rows[0].get("layerwise") or {}).items() if rows else ():
+        first = t["first_over_1e-3"]
+        print(f"layerwise {label} vs A ({t['compared']} tensors): first over 1e-3: "
+              + (f"{first['tensor']} {first['rel_l2']:.2e}" if first else "none")
+              + "; worst: " + ", ".join(f"{r['tensor']} {r['rel_l2']:.2e}" for r in t["worst"][:4]))
     return 0
 
 
@@ -234,6 +240,8 @@ def main(argv=None):
                     help="one more engine (C, D, ...) with these settings, compared in the same rounds")
     ab.add_argument("--peer", action="store_true",
                     help="time PyTorch eager and torch.compile too, in the same process (INT8 against FP16)")
+    ab.add_argument("--layerwise", type=int, default=0, metavar="N",
+                    help="compare every layer output of B, C, ... with A's on N images (where they part)")
     ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
     sub.add_parser("layers", help="one per-layer kernel measurement (layers --help)")

@@ -384,7 +384,8 @@ AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input
          "bert": ("tokens", "encoded", (BERT_SEQ, BERT_HIDDEN))}
 
 
-def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=(), peer=False):
+def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=(), peer=False,
+            layerwise=0):
     """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
     settings as they are, engine B with ``setting`` ({field: value}) applied through
     engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
@@ -396,8 +397,11 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     variant's accuracy comes from the same run. INT8: every engine reads the ranges A
     calibrated (so the engines differ in kernels and tactics only; B's, C's cold builds then
     leave calibration out). ``peer``: PyTorch eager and torch.compile are
-    timed too, in the same process (``torch_rows``), under ``peers`` in each row. Returns one
-    dict per batch (C, D, ... under ``variants``)."""
+    timed too, in the same process (``torch_rows``), under ``peers`` in each row.
+    ``layerwise`` (a batch size, 0: off): every engine's layer outputs on that many images
+    compared with A's tensor by tensor (``layerwise_rows``), under ``layerwise`` in the
+    first row: where a variant parts from A. Returns one dict per batch (C, D, ... under
+    ``variants``)."""
     import cupy as cp
 
     import engine as rt
@@ -461,12 +465,35 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
         log.info("[ab] %s %s b%d: %s", name, precision, n, ", ".join(
             f"{k} {ms[k]:.3f} ms ({ms[k] / a:.3f}x A, rel L2 {err[k]:.2e} vs A, {acc[k]['rel_l2']:.2e} vs FP32)"
             for k in runs))
+    if layerwise and rows:
+        xs = np.random.default_rng(0).standard_normal((layerwise,) + item_shape).astype(np.float32)
+        rows[0]["layerwise"] = layerwise_rows({k: r["ctx"].engine for k, r in runs.items()}, in_name, xs)
     if peer:
         runs.clear()                       # the engines' memory goes before PyTorch's compiles
         peers = ab_peer_rows(name, precision, batches, reps)
         for row in rows:
             row["peers"] = {p["system"]: p.get("ms") for p in peers if p["batch"] == row["batch"]}
     return rows
+
+
+def layerwise_rows(engines, in_name, x, worst=8):
+    """{label: {"first_over_1e-3", "worst": [rows]}} for every engine but A: its layer
+    outputs on ``x`` (ExecutionContext.layer_outputs, float64, int8 dequantized) against A's,
+    tensor by tensor (engine.metrics.compare_tensors), in layer order: the first tensor
+    whose rel L2 passes 1e-3 and the ``worst`` largest."""
+    from engine.metrics import compare_tensors
+    outs = {k: e.create_execution_context().layer_outputs({in_name: x}) for k, e in engines.items()}
+    table = {}
+    for label, values in outs.items():
+        if label == "A":
+            continue
+        rows = compare_tensors(values, outs["A"])
+        first = next((r for r in rows if r["rel_l2"] > 1e-3), None)
+        table[label] = {"compared": len(rows), "first_over_1e-3": first,
+                        "worst": sorted(rows, key=lambda r: -r["rel_l2"])[:worst]}
+        log.info("[ab] layerwise %s vs A: %d tensors, first over 1e-3: %s", label, len(rows),
+                 first and f"{first['tensor']} ({first['rel_l2']:.2e})")
+    return table
 
 
 def fp32_reference(name, model):

@@ -1,5 +1,6 @@
 """Error measures between an array and its reference, shared by the tests
-(engine/testing.py) and the INT8 precision debugger (engine/precision_debug.py)."""
+(engine/testing.py), the INT8 precision debugger (engine/precision_debug.py) and
+layerwise comparisons of two engines (ExecutionContext.layer_outputs)."""
 import numpy as np
 
 
@@ -17,3 +18,17 @@ def rel_l2(got, ref):
 def max_abs(got, ref):
     """The largest absolute difference, in float64."""
     return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))))
+
+
+def compare_tensors(values, reference):
+    """Rows {"tensor", "rel_l2", "max_abs"} for the tensors of ``values`` ({name: array}, in
+    layer order, as ExecutionContext.layer_outputs gives them) that ``reference`` holds with
+    the same shape, in that order: where two engines' tensors part shows as the first row
+    whose error jumps. Names only one side has, or of other shapes, are left out."""
+    rows = []
+    for name, got in values.items():
+        ref = reference.get(name)
+        if ref is None or np.shape(ref) != np.shape(got):
+            continue
+        rows.append({"tensor": name, "rel_l2": rel_l2(got, ref), "max_abs": max_abs(got, ref)})
+    return rows

@@ -17,6 +17,7 @@ from .execution import EngineSchedule, LayerRunner
 from .logger import Logger
 from .memory import lifetimes, plan as plan_memory
 from .plan import decode_network, loads
+from .types import DataType
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,24 @@ class ExecutionContext(LayerRunner):
         outs = self.run(feeds)
         return {t.name: self.engine.backend.to_output(outs[t.name], t.dtype)
                 for t in self.engine.network._outputs}
+
+    def layer_outputs(self, inputs):
+        """Every tensor the engine's layers make on ``inputs``, {tensor name: float64 NumPy
+        array} in layer order, int8 codes dequantized at their tensor's scale: the layers
+        run eagerly one by one (no CUDA graph, no concat elision), each output copied to the
+        host as it is made. For comparing two engines, or an engine and its reference,
+        tensor by tensor (Polygraphy's layerwise comparison, without marking every tensor
+        an output and rebuilding); ``engine.metrics.compare_tensors`` ranks the differences."""
+        from .int8_exec import tensor_scale      # the INT8 helpers load with this debugging call only
+        feeds = self._check_inputs(inputs)
+        backend = self.engine.backend
+        values = {}
+
+        def visit(t, v):
+            host = np.asarray(backend.to_output(v, DataType.FLOAT), np.float64)
+            values[t.name] = host * float(tensor_scale(t)) if str(v.dtype) == "int8" else host
+        backend.run_visiting(self, feeds, self._schedule(feeds), visit)
+        return values
 
     # -- TensorRT's enqueue style: bound device buffers, a stream -----------------
     def set_tensor_address(self, name, array):

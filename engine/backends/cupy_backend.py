@@ -126,6 +126,15 @@ class CupyBackend:
         finally:
             self._runs.placement = None
 
+    def run_visiting(self, context, feeds, sched, visit):
+        """The layers eagerly on the current stream, ``visit(tensor, value)`` after each
+        (ExecutionContext.layer_outputs): no CUDA graph and no concat placement, so every
+        layer writes a tensor of its own; the cuDNN plans of this engine as in a run."""
+        self._at_build_shapes = bool(self._build_shapes) and all(
+            self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
+        with cudnn_tactics.plans_in_use(self.cudnn_plans):
+            return context.run_layers(feeds, sched, visit)
+
     # -- the builder's interface ---------------------------------------------------
     def select_tactics(self, network, feeds, profiler=None):
         """Choose every layer's tactic by timing: one eager run (no CUDA graph) of

@@ -25,6 +25,11 @@ class NumpyBackend:
         return context.run_layers(feeds, sched)
 
     @staticmethod
+    def run_visiting(context, feeds, sched, visit):
+        """The layers one by one, ``visit(tensor, value)`` after each (ExecutionContext.layer_outputs)."""
+        return context.run_layers(feeds, sched, visit)
+
+    @staticmethod
     def copy_into(dst, src, stream=None):
         np.copyto(dst, src)
 

@@ -195,3 +195,37 @@ def test_benchmarks_folder_holds_at_most_a_dozen_files():
     root = Path(runner.HERE)
     files = [p.name for p in root.iterdir() if p.is_file() and p.name != ".gitignore"]
     assert len(files) <= 12, sorted(files)
+
+
+def _two_conv_engine(scale2=1.0):
+    import numpy as np
+
+    import engine as rt
+    rng = np.random.default_rng(2)
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("input", rt.float32, (-1, 4, 6, 6))
+    c1 = net.add_convolution_nd(x, 8, (3, 3), kernel=rng.standard_normal((8, 4, 3, 3)).astype(np.float32))
+    c1.get_output(0).name = "c1"
+    r = net.add_activation(c1.get_output(0), rt.ActivationType.RELU).get_output(0)
+    r.name = "r1"
+    w2 = rng.standard_normal((6, 8, 1, 1)).astype(np.float32) * np.float32(scale2)
+    c2 = net.add_convolution_nd(r, 6, (1, 1), kernel=w2)
+    c2.get_output(0).name = "c2"
+    net.mark_output(c2.get_output(0))
+    cfg = b.create_builder_config()
+    cfg.backend = "numpy"
+    return rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg))
+
+
+def test_ab_layerwise_names_where_a_variant_parts_from_a():
+    import numpy as np
+    from benchmarks import models
+    x = np.random.default_rng(3).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    table = models.layerwise_rows({"A": _two_conv_engine(), "B": _two_conv_engine(),
+                                   "C": _two_conv_engine(scale2=1.01)}, "input", x, worst=2)
+    assert set(table) == {"B", "C"}
+    assert table["B"]["first_over_1e-3"] is None and table["B"]["compared"] >= 2
+    first = table["C"]["first_over_1e-3"]
+    assert first["tensor"] == "c2" and first["rel_l2"] == pytest.approx(0.01, rel=1e-3)
+    assert [r["tensor"] for r in table["C"]["worst"]][0] == "c2" and len(table["C"]["worst"]) == 2
