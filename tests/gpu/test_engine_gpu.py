@@ -193,10 +193,9 @@ def test_timing_cache_is_reused(tmp_path):
     assert second.meta["kernels"] == first.meta["kernels"]
 
 
-def test_int8_engine_on_the_gpu_matches_the_numpy_emulation(monkeypatch):
-    # bit for bit is the point: our INT8 kernels only (cuDNN's INT8 graphs, conv.cudnn_i8,
-    # may put a code one off; tests/gpu/test_cudnn_int8_gpu.py holds them to that)
-    monkeypatch.setenv("CUPYRT_CUDNN", "0")
+def _int8_engines():
+    """A small INT8 network (conv-relu-conv-maxpool-FC) built on both backends from one
+    calibration: {"numpy": engine, "cupy": engine}."""
     net = rt.Network()
     x = net.add_input("x", rt.float32, (4, 8, 10, 10))
     c1 = net.add_convolution_nd(x, 16, (3, 3), kernel=randn(16, 8, 3, 3) * 0.2, bias=randn(16),
@@ -218,12 +217,39 @@ def test_int8_engine_on_the_gpu_matches_the_numpy_emulation(monkeypatch):
         cfg.int8_calibrator = rt.MinMaxCalibrator(data)
         engines[backend] = rt.Runtime(backend=backend).deserialize_cuda_engine(
             b.build_serialized_network(net, cfg))
+    return engines
+
+
+def test_int8_engine_on_the_gpu_matches_the_numpy_emulation(monkeypatch):
+    # bit for bit is the point: our INT8 kernels only (cuDNN's INT8 graphs, conv.cudnn_i8,
+    # may put a code one off; tests/gpu/test_cudnn_int8_gpu.py holds them to that)
+    monkeypatch.setenv("CUPYRT_CUDNN", "0")
+    engines = _int8_engines()
     assert any(i.precision == rt.int8 for i in engines["cupy"].layers)
     feeds = {"x": randn(4, 8, 10, 10)}
     ref = engines["numpy"].create_execution_context().execute(feeds)
     got = engines["cupy"].create_execution_context().execute(feeds)
     for name in ref:
         assert rel_l2(got[name], ref[name]) <= 1e-6, engines["cupy"].backend.selected
+
+
+def test_layer_outputs_of_the_gpu_int8_engine_equal_the_emulation_tensor_by_tensor(monkeypatch):
+    """ExecutionContext.layer_outputs on the CuPy backend (eager, no concat elision, the
+    engine's cuDNN plans): every tensor equals the NumPy engine's, int8 ones dequantized."""
+    from engine.metrics import compare_tensors
+    monkeypatch.setenv("CUPYRT_CUDNN", "0")
+    engines = _int8_engines()
+    feeds = {"x": randn(4, 8, 10, 10)}
+    ref = engines["numpy"].create_execution_context().layer_outputs(feeds)
+    ctx = engines["cupy"].create_execution_context()
+    got = ctx.layer_outputs({"x": cp.asarray(feeds["x"])})
+    assert list(got) == list(ref)
+    rows = compare_tensors(got, ref)
+    assert len(rows) == len(ref) and all(r["rel_l2"] <= 1e-6 for r in rows), rows
+    assert "_cuda_graphs" not in ctx.__dict__          # eager: nothing captured
+    out = ctx.execute(feeds)                           # and the context still runs as before
+    name = next(iter(out))
+    assert rel_l2(out[name], ref[name]) <= 1e-6
 
 
 def _fc_tactics():
