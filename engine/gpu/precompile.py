@@ -120,7 +120,7 @@ def layer_items(layer, in_shapes, in_dtypes, precision, tf32=False, current=None
 
 
 def network_items(network, meta, input_shapes, alternatives=None, scheduled=True, current=None,
-                  cached=None):
+                  cached=None, answered=None):
     """The items of every tile the build of ``network`` times at ``input_shapes``
     ({input name: shape}) under the plan metadata ``meta`` (precisions, flags): each
     layer in its precision on the storage types the engine feeds it; with
@@ -129,7 +129,9 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
     out dtypes)``: the tactic names the timing cache holds for that selection (the
     backend's ``cached_tactics``), or None; a layer the cache answers lists only the tiles
     of those (a rebuild from the timing cache compiles the chosen tiles, not every one).
-    Each item once, in the order first met."""
+    ``answered`` (a dict, optional) gets "selections" and "cached": how many layer
+    selections the build makes and how many of them the cache answers. Each item once, in
+    the order first met."""
     s = current or settings()
     engine = EngineSchedule(network, meta, backend=None)
     stores = {}        # item key -> the output dtypes its layers store (families that take them)
@@ -154,6 +156,9 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
         for p, ds, stores_as, out_names in runs:
             names = tuple(None if d is None else np.dtype(d.to_numpy()).name for d in ds)
             only = cached(layer, in_shapes, names, p, stores_as) if cached is not None else None
+            if answered is not None:
+                answered["selections"] = answered.get("selections", 0) + 1
+                answered["cached"] = answered.get("cached", 0) + (only is not None)
             for item in layer_items(layer, in_shapes, names, p, tf32, s, index, only):
                 key = _item_key(item)
                 if key not in seen:
@@ -274,6 +279,48 @@ def _compile(items, workers):
     return pool.timed, pool.seconds
 
 
+# a tile whose compile returns faster than this came from CuPy's on-disk kernel cache
+CACHE_LOAD_S = 0.3
+
+
+def _compile_here(item):
+    """Compile one item in this process; its seconds, or None when it failed (it compiles
+    again on first use, where the error surfaces)."""
+    family_name, tile_name, options = item
+    t0 = time.perf_counter()
+    try:
+        family = _BY_NAME[family_name]
+        family.compile((family.tile(tile_name),), **options)
+    except Exception as e:        # noqa: BLE001  (reported; compiles again on first use)
+        log.warning("precompile: %s %s: %s: %s", family_name, tile_name, type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "")
+        return None
+    return time.perf_counter() - t0
+
+
+def _compile_cached(items, workers):
+    """``_compile`` for a rebuild whose every selection the timing cache answers: the few
+    chosen tiles are most likely in CuPy's on-disk kernel cache already (the same machine),
+    where loading one takes milliseconds and starting worker processes (a Python with
+    CuPy imported, each) would cost more than everything else. So they load here, one by
+    one, until one takes CACHE_LOAD_S or more (a real compile: another machine, or a
+    cleared cache); the rest then go to the worker pool as in a cold build."""
+    t0 = time.perf_counter()
+    timed = {}
+    for i, item in enumerate(items):
+        sec = _compile_here(item)
+        if sec is None:
+            continue
+        timed[f"{item[0]} {item[1]}"] = sec
+        if sec >= CACHE_LOAD_S and i + 1 < len(items):
+            log.info("precompile: %s %s compiled (%.1f s), not loaded: the other %d tiles go to "
+                     "worker processes", item[0], item[1], sec, len(items) - i - 1)
+            rest, _ = _compile(items[i + 1:], workers)
+            timed.update(rest)
+            break
+    return timed, time.perf_counter() - t0
+
+
 def _new(items):
     """The items not compiled in this process before, marked as compiled now."""
     out = [it for it in items if _item_key(it) not in _compiled]
@@ -320,15 +367,19 @@ def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
     last_report.update(seconds=0.0, items={})
     if not s.precompile:
         return 0.0
+    answered = {}
     try:
-        listed = network_items(network, meta, input_shapes, alternatives, current=s, cached=cached)
+        listed = network_items(network, meta, input_shapes, alternatives, current=s, cached=cached,
+                               answered=answered)
     except Exception as e:     # noqa: BLE001  (a listing bug must not fail the build)
         int8 = any(str(p).endswith("INT8") for p in (meta.get("precisions") or {}).values())
         log.warning("precompile: the tiles of this build could not be listed (%s: %s); compiling "
                     "every tile%s", type(e).__name__, e, " (INT8 ones too)" if int8 else "")
         listed = work_items(int8=int8, current=s)
     items = _new(listed)
-    timed, seconds = _compile(items, s.precompile_workers)
+    rebuild = bool(answered.get("selections")) and answered.get("cached") == answered["selections"]
+    compile_items = _compile_cached if rebuild else _compile
+    timed, seconds = compile_items(items, s.precompile_workers)
     last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items),
                        of=len(work_items(int8=True, current=s)), later_tiles=0, later_seconds=0.0)
     log.info("precompiled %d of the %d tiles this build times (%d exist) in %.1f s with %d "

@@ -351,10 +351,14 @@ def test_a_rebuild_from_the_timing_cache_compiles_only_the_chosen_tiles(fake_gpu
     process (the timing cache file only): the layer is answered by the cache, so only the
     chosen tactic's tile is compiled; a non-capturable choice brings the fastest
     capturable one timed beside it (what a CUDA-graph run of the engine launches)."""
-    compiled = []
+    compiled, how = [], []
     monkeypatch.setattr(precompile, "_compiled", set())
     monkeypatch.setattr(precompile, "_compile",
-                        lambda items, workers: (compiled.append({i[1] for i in items}), ({}, 0.5))[1])
+                        lambda items, workers: (compiled.append({i[1] for i in items}), how.append("pool"),
+                                                ({}, 0.5))[2])
+    monkeypatch.setattr(precompile, "_compile_cached",
+                        lambda items, workers: (compiled.append({i[1] for i in items}), how.append("here"),
+                                                ({}, 0.01))[2])
     for layer_type in list(kernel_table.TACTICS):
         monkeypatch.setitem(kernel_table.TACTICS, layer_type, [])
     tiles = conv_igemm.IGEMM_TACTICS[:3]
@@ -382,8 +386,62 @@ def test_a_rebuild_from_the_timing_cache_compiles_only_the_chosen_tiles(fake_gpu
     assert again["kernels"][conv] == "inject.t1" and again["timing_cache_hits"] >= 1
     assert compiled[1] == {tiles[1].name, tiles[2].name}     # chosen + fastest capturable
     assert again["precompile_tiles"]["tiles"] == 2
+    assert how == ["pool", "here"]     # the cold build's tiles in workers; the rebuild's loaded here
     cands[1].capturable = True               # a capturable choice: its tile alone
     monkeypatch.setattr(precompile, "_compiled", set())
     monkeypatch.setattr(cupy_backend, "_caches", {})
     build()
     assert compiled[2] == {tiles[1].name}
+
+
+def test_network_items_counts_the_selections_the_timing_cache_answers(no_wgmma):
+    e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
+    convs = {la.name for la in e.network._layers if la.layer_type == LayerType.CONVOLUTION}
+    chosen = conv_igemm.IGEMM_TACTICS[0]
+    answered = {}
+    items = precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)}, answered=answered,
+                                     cached=lambda layer, *a: {f"conv.{chosen.name}"} if layer.name in convs
+                                     else set())
+    assert answered["selections"] == answered["cached"] == len(list(e.schedule())) > len(convs)
+    assert [i[1] for i in items] == [chosen.name]          # only the chosen tile, once
+    answered = {}
+    precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)}, answered=answered,
+                             cached=lambda layer, *a: None if layer.name in convs else set())
+    assert answered["cached"] == answered["selections"] - len(convs)
+
+
+class _Family:
+    """A kernel family whose compile records the tile and takes ``seconds[tile]``."""
+    def __init__(self, seconds, fail=()):
+        self.seconds, self.fail, self.done = seconds, fail, []
+
+    def tile(self, name):
+        return name
+
+    def compile(self, tiles, **options):
+        (name,) = tiles
+        if name in self.fail:
+            raise RuntimeError(f"NVRTC error: {name} does not build")
+        self.done.append(name)
+        precompile_clock[0] += self.seconds.get(name, 0.001)
+
+
+precompile_clock = [0.0]
+
+
+def test_a_rebuild_loads_its_tiles_here_until_one_really_compiles(monkeypatch, caplog):
+    fam = _Family({"t2": 2.5}, fail=("t1",))
+    monkeypatch.setitem(precompile._BY_NAME, "fake", fam)
+    monkeypatch.setattr(precompile.time, "perf_counter", lambda: precompile_clock[0])
+    pools = []
+    monkeypatch.setattr(precompile, "_compile", lambda items, workers: (
+        pools.append(([i[1] for i in items], workers)), ({f"fake {i[1]}": 3.0 for i in items}, 3.0))[1])
+    items = [["fake", t, {}] for t in ("t0", "t1", "t2", "t3", "t4")]
+    timed, _ = precompile._compile_cached(items[:2] + items[3:], 8)   # every one a cache load
+    assert fam.done == ["t0", "t3", "t4"] and pools == []             # no worker processes
+    assert set(timed) == {"fake t0", "fake t3", "fake t4"}            # t1 failed: first use reports it
+    assert "fake t1: RuntimeError: NVRTC error: t1 does not build" in caplog.text
+    fam.done.clear()
+    timed, _ = precompile._compile_cached(items, 8)                   # t2 is a real compile
+    assert fam.done == ["t0", "t2"] and pools == [(["t3", "t4"], 8)]  # the rest go to the pool
+    assert timed["fake t2"] == pytest.approx(2.5) and timed["fake t4"] == 3.0
