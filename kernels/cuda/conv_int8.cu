@@ -79,30 +79,11 @@ conv_int8_igemm(const i8_t* __restrict__ x,          // [N, H, W, C] int8 codes
     const int row0 = tid / CH;
     const i8_t* a_ptr[A_IT];
     int a_h0[A_IT], a_w0[A_IT];
-    const int PQ = P * Q;
-#pragma unroll
-    for (int i = 0; i < A_IT; ++i) {
-        int m = m0 + row0 + i * ROWS_PER_PASS;
-        if (m < M) {
-            int n = m / PQ, pq = m - n * PQ;
-            int p = pq / Q, q = pq - p * Q;
-            a_ptr[i] = x + (long long)n * H * W * C;
-            a_h0[i] = p * stride_h - pad_h;
-            a_w0[i] = q * stride_w - pad_w;
-        } else {
-            a_ptr[i] = x;
-            a_h0[i] = -(1 << 28);
-            a_w0[i] = 0;
-        }
-    }
+    cupyrt_mma::pixel_rows<A_IT, ROWS_PER_PASS>(x, m0, row0, M, P, Q, H, W, C, stride_h, stride_w, pad_h,
+                                                pad_w, a_ptr, a_h0, a_w0);
     const i8_t* b_ptr[B_IT];
     bool b_ok[B_IT];
-#pragma unroll
-    for (int i = 0; i < B_IT; ++i) {
-        int kout = n0 + row0 + i * ROWS_PER_PASS;
-        b_ok[i] = kout < K;
-        b_ptr[i] = w + (long long)(b_ok[i] ? kout : 0) * Kr;
-    }
+    cupyrt_mma::filter_rows<B_IT, ROWS_PER_PASS>(w, n0, row0, K, Kr, b_ptr, b_ok);
     const int KT = (Kr + BK - 1) / BK;
     int kk = kc * 16;
     int c_ = kk % C;

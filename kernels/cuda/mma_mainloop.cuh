@@ -47,6 +47,42 @@ struct MmaTile {
     static_assert(BK % KE == 0, "a k-tile is whole 32-byte mma k-steps");
 };
 
+// The implicit GEMM's rows a thread loads (rows row0, row0 + ROWS_PER_PASS, ...): of A, output
+// pixels m0 + row as (image base, top-left input corner), h0 far out of range past M so every
+// tap reads zeros; of B, output channels n0 + row as weight rows of Kr elements, and whether
+// they exist (row 0 stands in for the others).
+template <int IT, int ROWS_PER_PASS, typename T>
+__device__ __forceinline__ void
+pixel_rows(const T* x, int m0, int row0, int M, int P, int Q, int H, int W, int C, int stride_h,
+           int stride_w, int pad_h, int pad_w, const T* (&a_ptr)[IT], int (&a_h0)[IT], int (&a_w0)[IT]) {
+    const int PQ = P * Q;
+#pragma unroll
+    for (int i = 0; i < IT; ++i) {
+        int m = m0 + row0 + i * ROWS_PER_PASS;
+        if (m < M) {
+            int n = m / PQ, pq = m - n * PQ;
+            int p = pq / Q, q = pq - p * Q;
+            a_ptr[i] = x + (long long)n * H * W * C;
+            a_h0[i] = p * stride_h - pad_h;
+            a_w0[i] = q * stride_w - pad_w;
+        } else {
+            a_ptr[i] = x;
+            a_h0[i] = -(1 << 28);        // every tap out of bounds
+            a_w0[i] = 0;
+        }
+    }
+}
+template <int IT, int ROWS_PER_PASS, typename T>
+__device__ __forceinline__ void
+filter_rows(const T* w, int n0, int row0, int K, int Kr, const T* (&b_ptr)[IT], bool (&b_ok)[IT]) {
+#pragma unroll
+    for (int i = 0; i < IT; ++i) {
+        int kout = n0 + row0 + i * ROWS_PER_PASS;
+        b_ok[i] = kout < K;
+        b_ptr[i] = w + (long long)(b_ok[i] ? kout : 0) * Kr;
+    }
+}
+
 // The ring: the first STAGES - 1 k-tiles loaded, then per k-tile kt the refill of the slot
 // tile kt - 1 left, and its KS k-steps, each on fragments loaded one step ahead:
 // step(a, b, ks) gets the A fragments [MT][4] and B fragments [NT][2] of k-step ks (ldmatrix
