@@ -31,6 +31,7 @@
 // Requirements (checked by kernels/gpu/conv_dw.py): C % 8 == 0; H*W*C and
 // P*Q*out_ld < 2^31 (per-image offsets are 32-bit, the image base 64-bit).
 #include "common.cuh"
+#include "f16_epilogue.cuh"   // store8
 
 namespace cupyrt_dw {
 
@@ -50,16 +51,7 @@ __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
     v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
     v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
 }
-__device__ __forceinline__ void store8(half_t* p, const float (&v)[8]) {
-    uint4 u;
-    u.x = pack_h2(v[0], v[1]); u.y = pack_h2(v[2], v[3]);
-    u.z = pack_h2(v[4], v[5]); u.w = pack_h2(v[6], v[7]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
-__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
+using cupyrt_f16::store8;           // the FP16 convolutions' 8-channel stores
 
 }  // namespace cupyrt_dw
 

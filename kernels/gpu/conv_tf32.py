@@ -32,7 +32,7 @@ import numpy as np
 from . import conv_igemm
 from .compile import get_function
 from .errors import UnsupportedError
-from .family import KernelFamily
+from .family import KernelFamily, resolve_tactic
 
 SOURCE = "conv_tf32.cu"
 C_ALIGN = 4            # channels per 16-byte cp.async chunk of float32
@@ -197,14 +197,7 @@ def pack_weight_krsc_f32(w, layout="KCRS", c_pad_to=C_ALIGN):
 
 def _tactic(tactic, precise=None):
     """A Tf32Tactic from itself or its name; with ``precise``, of that precision."""
-    if isinstance(tactic, str):
-        try:
-            tactic = TACTICS_BY_NAME[tactic]
-        except KeyError:
-            raise UnsupportedError(f"tactic {tactic!r}; valid: {', '.join(TACTICS_BY_NAME)}") from None
-    if not isinstance(tactic, Tf32Tactic):
-        raise UnsupportedError(f"tactic {tactic!r} is not a conv_tf32 tactic; valid: "
-                               f"{', '.join(TACTICS_BY_NAME)}")
+    tactic = resolve_tactic(tactic, TACTICS_BY_NAME, Tf32Tactic, "conv_tf32")
     if precise is not None and tactic.precise != bool(precise):
         kind = "3xTF32" if precise else "TF32"
         raise UnsupportedError(

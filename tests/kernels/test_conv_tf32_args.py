@@ -172,7 +172,7 @@ def test_rejects_unknown_tactic_name():
 
 def test_rejects_a_tactic_of_another_kernel():
     x, w = x_w()
-    with pytest.raises(UnsupportedError, match="not a conv_tf32 tactic"):
+    with pytest.raises(UnsupportedError, match="expected a Tf32Tactic or one of "):
         T.conv2d_tf32(x, w, tactic=T.conv_igemm.IGEMM_TACTICS[0])
 
 
