@@ -199,7 +199,9 @@ def test_nvrtc_builds_tactic_with_cupy_option_order(t):
         pytest.fail(f"NVRTC failed on {names}: {exc}\n{nvrtc.getProgramLog(prog)}")
     finally:
         nvrtc.destroyProgram(prog)
-    spills = [ln for ln in log.splitlines() if re.search(r"[1-9]\d* bytes (spill|stack)", ln)]
+    # spills only: a stack frame without spills is the 8 values handed to the out-of-line
+    # activation (common.cuh apply_act8_outline, non-linear codes only), by design
+    spills = [ln for ln in log.splitlines() if re.search(r"[1-9]\d* bytes spill (stores|loads)", ln)]
     assert not spills, "\n".join(spills)
 
 
