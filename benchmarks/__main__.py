@@ -169,7 +169,8 @@ def cmd_ab(args):
         first = t["first_over_1e-3"]
         print(f"layerwise {label} vs A ({t['compared']} tensors): first over 1e-3: "
               + (f"{first['tensor']} {first['rel_l2']:.2e}" if first else "none")
-              + "; worst: " + ", ".join(f"{r['tensor']} {r['rel_l2']:.2e}" for r in t["worst"][:4]))
+              + "; worst: " + ", ".join(f"{r['tensor']} {r['rel_l2']:.2e}" for r in t["worst"][:4])
+              + f"; {len(t.get('kernels') or {})} layers ran other kernels than A's")
     return 0
 
 

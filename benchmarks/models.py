@@ -410,9 +410,11 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     model = torch_model(name) if name != "bert" else None
     reference = fp32_reference(name, model)
     runs = {}
-    # one calibration for every engine (A's, read by B, C, ...): INT8 engines then differ in
-    # their kernels and tactics only, not in ranges calibrated apart
-    calibration = os.path.join(tempfile.mkdtemp(), "ab.calibration")
+    # one calibration for every engine built from the same graph (A's, read by B, C, ...):
+    # INT8 engines then differ in kernels and tactics only, not in ranges calibrated apart. An
+    # engine with a pass left out has other tensors (calibration runs on the optimised
+    # network): it calibrates itself, or its layers missing from A's file would stay FP16
+    shared = os.path.join(tempfile.mkdtemp(), "ab.calibration")
     engines = [("A", {}, ()), ("B", setting, tuple(disabled_passes))]
     engines += [(chr(ord("C") + i), values, ()) for i, values in enumerate(more)]
     for label, values, off in engines:
@@ -421,12 +423,13 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             if model is None:
                 plan, cold = _bert_build(precision, cache, off)
             else:
-                plan, cold, _ = build(name, model, precision, max(batches), cache, off, calibration)
+                plan, cold, _ = build(name, model, precision, max(batches), cache, off, None if off else shared)
             engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
             kinds = _count(info.kernel for info in engine.layers)
             log.info("[ab] %s %s: built in %.1f s, kernels %s", label, values or "as is", cold, kinds)
             runs[label] = {"values": values, "ctx": engine.create_execution_context(), "cold_s": cold,
-                           "kernels": kinds, "layers": engine.num_layers}
+                           "kernels": kinds, "layers": engine.num_layers,
+                           "precisions": _count(engine.meta.get("precisions", {}).values())}
     rows = []
     stream = cp.cuda.get_current_stream()
     for n in batches:
@@ -457,6 +460,7 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                "setting": setting, "disabled_passes": list(disabled_passes),
                "layers": {k: r["layers"] for k, r in runs.items()},
                "kernels": {k: r["kernels"] for k, r in runs.items()},
+               "precisions": {k: r["precisions"] for k, r in runs.items()},
                "cold_s": {k: r["cold_s"] for k, r in runs.items()}}
         if more:
             row["variants"] = {k: {"setting": runs[k]["values"], "ms": ms[k], "over_A": ms[k] / a,
@@ -467,7 +471,8 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             for k in runs))
     if layerwise and rows:
         xs = np.random.default_rng(0).standard_normal((layerwise,) + item_shape).astype(np.float32)
-        rows[0]["layerwise"] = layerwise_rows({k: r["ctx"].engine for k, r in runs.items()}, in_name, xs)
+        rows[0]["layerwise"] = layerwise_rows({k: (r["ctx"].engine, r["values"]) for k, r in runs.items()},
+                                              in_name, xs)
     if peer:
         runs.clear()                       # the engines' memory goes before PyTorch's compiles
         peers = ab_peer_rows(name, precision, batches, reps)
@@ -477,12 +482,20 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
 
 
 def layerwise_rows(engines, in_name, x, worst=8):
-    """{label: {"first_over_1e-3", "worst": [rows]}} for every engine but A: its layer
-    outputs on ``x`` (ExecutionContext.layer_outputs, float64, int8 dequantized) against A's,
-    tensor by tensor (engine.metrics.compare_tensors), in layer order: the first tensor
-    whose rel L2 passes 1e-3 and the ``worst`` largest."""
+    """{label: {"first_over_1e-3", "worst": [rows], "kernels"}} for every engine but A
+    (``engines``: {label: (engine, settings)}): its layer outputs on ``x``
+    (ExecutionContext.layer_outputs, float64, int8 dequantized), run under its own settings
+    (a switched-off tactic is no candidate), against A's, tensor by tensor
+    (engine.metrics.compare_tensors), in layer order: the first tensor whose rel L2 passes
+    1e-3 (an infinite error, a NaN, included), the ``worst`` largest, and the kernels that
+    ran, per layer, where they differ from A's."""
     from engine.metrics import compare_tensors
-    outs = {k: e.create_execution_context().layer_outputs({in_name: x}) for k, e in engines.items()}
+    from engine.settings import overridden
+    outs, ran = {}, {}
+    for k, (e, values) in engines.items():
+        with overridden(**values):
+            outs[k] = e.create_execution_context().layer_outputs({in_name: x})
+        ran[k] = dict(getattr(e.backend, "selected", {}))     # the NumPy backend has one kernel a layer
     table = {}
     for label, values in outs.items():
         if label == "A":
@@ -490,7 +503,8 @@ def layerwise_rows(engines, in_name, x, worst=8):
         rows = compare_tensors(values, outs["A"])
         first = next((r for r in rows if r["rel_l2"] > 1e-3), None)
         table[label] = {"compared": len(rows), "first_over_1e-3": first,
-                        "worst": sorted(rows, key=lambda r: -r["rel_l2"])[:worst]}
+                        "worst": sorted(rows, key=lambda r: -r["rel_l2"])[:worst],
+                        "kernels": {n: (ran["A"].get(n), t) for n, t in ran[label].items() if ran["A"].get(n) != t}}
         log.info("[ab] layerwise %s vs A: %d tensors, first over 1e-3: %s", label, len(rows),
                  first and f"{first['tensor']} ({first['rel_l2']:.2e})")
     return table

@@ -24,11 +24,18 @@ def compare_tensors(values, reference):
     """Rows {"tensor", "rel_l2", "max_abs"} for the tensors of ``values`` ({name: array}, in
     layer order, as ExecutionContext.layer_outputs gives them) that ``reference`` holds with
     the same shape, in that order: where two engines' tensors part shows as the first row
-    whose error jumps. Names only one side has, or of other shapes, are left out."""
+    whose error jumps. A NaN or infinity on either side counts as an infinite error; an empty
+    tensor as none. Names only one side has, or of other shapes, are left out."""
     rows = []
     for name, got in values.items():
         ref = reference.get(name)
         if ref is None or np.shape(ref) != np.shape(got):
             continue
-        rows.append({"tensor": name, "rel_l2": rel_l2(got, ref), "max_abs": max_abs(got, ref)})
+        if np.size(got) == 0:
+            rows.append({"tensor": name, "rel_l2": 0.0, "max_abs": 0.0})
+            continue
+        finite = bool(np.isfinite(got).all() and np.isfinite(ref).all())
+        # a NaN or an infinity on either side is never a small difference
+        rows.append({"tensor": name, "rel_l2": rel_l2(got, ref) if finite else float("inf"),
+                     "max_abs": max_abs(got, ref) if finite else float("inf")})
     return rows

@@ -310,19 +310,25 @@ class ExecutionContext(LayerRunner):
 
     def layer_outputs(self, inputs):
         """Every tensor the engine's layers make on ``inputs``, {tensor name: float64 NumPy
-        array} in layer order, int8 codes dequantized at their tensor's scale: the layers
-        run eagerly one by one (no CUDA graph, no concat elision), each output copied to the
-        host as it is made. For comparing two engines, or an engine and its reference,
+        array} in layer order: the layers run eagerly one by one (no CUDA graph, no concat
+        elision), each output copied to the host as it is made, the int8 codes of tensors
+        stored so between INT8 layers dequantized at their scale (a tensor whose own type is
+        INT8 keeps its integers). For comparing two engines, or an engine and its reference,
         tensor by tensor (Polygraphy's layerwise comparison, without marking every tensor
         an output and rebuilding); ``engine.metrics.compare_tensors`` ranks the differences."""
         from .int8_exec import tensor_scale      # the INT8 helpers load with this debugging call only
         feeds = self._check_inputs(inputs)
         backend = self.engine.backend
+        codes = self.engine._int8_tensors       # stored as int8 codes between INT8 layers
         values = {}
 
         def visit(t, v):
-            host = np.asarray(backend.to_output(v, DataType.FLOAT), np.float64)
-            values[t.name] = host * float(tensor_scale(t)) if str(v.dtype) == "int8" else host
+            try:                                 # the host copy in the value's own type (int32 exact)
+                kind = DataType.from_numpy(v.dtype)
+            except TypeError:
+                kind = DataType.FLOAT
+            host = np.asarray(backend.to_output(v, kind), np.float64)
+            values[t.name] = host * float(tensor_scale(t)) if t.name in codes else host
         backend.run_visiting(self, feeds, self._schedule(feeds), visit)
         return values
 

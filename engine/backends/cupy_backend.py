@@ -132,6 +132,11 @@ class CupyBackend:
         layer writes a tensor of its own; the cuDNN plans of this engine as in a run."""
         self._at_build_shapes = bool(self._build_shapes) and all(
             self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
+        # the concat plan exists as for a run (a tactic chosen now is kept for later runs, and
+        # must be the elided one where the plan elides), but no placement: own outputs each
+        if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
+            self.elision = ConcatElision(context.engine)
+        self._runs.placement = None
         with cudnn_tactics.plans_in_use(self.cudnn_plans):
             return context.run_layers(feeds, sched, visit)
 

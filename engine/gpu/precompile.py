@@ -130,8 +130,9 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
     backend's ``cached_tactics``), or None; a layer the cache answers lists only the tiles
     of those (a rebuild from the timing cache compiles the chosen tiles, not every one).
     ``answered`` (a dict, optional) gets "selections" and "cached": how many layer
-    selections the build makes and how many of them the cache answers. Each item once, in
-    the order first met."""
+    selections the build makes and how many of them need no compile from this list (the
+    cache answers them, or the layer has no tile candidate). Each item once, in the order
+    first met."""
     s = current or settings()
     engine = EngineSchedule(network, meta, backend=None)
     stores = {}        # item key -> the output dtypes its layers store (families that take them)
@@ -156,10 +157,13 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
         for p, ds, stores_as, out_names in runs:
             names = tuple(None if d is None else np.dtype(d.to_numpy()).name for d in ds)
             only = cached(layer, in_shapes, names, p, stores_as) if cached is not None else None
+            layer_tiles = layer_items(layer, in_shapes, names, p, tf32, s, index, only)
             if answered is not None:
+                # answered: the cache chose, or the layer has no tile to compile either way (a
+                # pooling layer; a concat the engine elides, which the cache never records)
                 answered["selections"] = answered.get("selections", 0) + 1
-                answered["cached"] = answered.get("cached", 0) + (only is not None)
-            for item in layer_items(layer, in_shapes, names, p, tf32, s, index, only):
+                answered["cached"] = answered.get("cached", 0) + (only is not None or not layer_tiles)
+            for item in layer_tiles:
                 key = _item_key(item)
                 if key not in seen:
                     seen.add(key)
@@ -372,6 +376,7 @@ def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
         listed = network_items(network, meta, input_shapes, alternatives, current=s, cached=cached,
                                answered=answered)
     except Exception as e:     # noqa: BLE001  (a listing bug must not fail the build)
+        answered.clear()       # partial counts: not a rebuild's short list (every tile follows)
         int8 = any(str(p).endswith("INT8") for p in (meta.get("precisions") or {}).values())
         log.warning("precompile: the tiles of this build could not be listed (%s: %s); compiling "
                     "every tile%s", type(e).__name__, e, " (INT8 ones too)" if int8 else "")
@@ -380,7 +385,7 @@ def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
     rebuild = bool(answered.get("selections")) and answered.get("cached") == answered["selections"]
     compile_items = _compile_cached if rebuild else _compile
     timed, seconds = compile_items(items, s.precompile_workers)
-    last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items),
+    last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items), rebuild=rebuild,
                        of=len(work_items(int8=True, current=s)), later_tiles=0, later_seconds=0.0)
     log.info("precompiled %d of the %d tiles this build times (%d exist) in %.1f s with %d "
              "processes", len(items), len(listed), last_report["of"], seconds, s.precompile_workers)
@@ -413,6 +418,11 @@ def start_for(network, meta, input_shapes, alternatives, cached=None):
     s = settings()
     if not s.precompile or not alternatives or s.precompile_workers <= 1:
         return _Later()
+    if last_report.get("rebuild"):
+        # the timing cache answered the build's own selections: the alternatives it timed
+        # are cached too, and those it ruled out from those times are ruled out again, so
+        # nothing here is likely to run; what does compiles on first use (no worker start)
+        return _Later()
     try:
         items = _new(network_items(network, meta, input_shapes, alternatives, scheduled=False,
                                    current=s, cached=cached))
@@ -420,7 +430,7 @@ def start_for(network, meta, input_shapes, alternatives, cached=None):
         log.warning("precompile: the other precisions' tiles could not be listed (%s: %s); they "
                     "compile on first use", type(e).__name__, e)
         items = []
-    if not items:
+    if len(items) <= 1:        # one tile: compiled on first use beats starting a worker
         return _Later()
     log.info("compiling %d tiles of other precisions in the background", len(items))
     return _Later(_Pool(items, s.precompile_workers), len(items))

@@ -95,6 +95,9 @@ pipeline(unsigned sA_u, unsigned sB_u, int KT, int lane, int wm, int wn, LoadTil
     constexpr int LDS = T::LDS, WTM = T::WTM, WTN = T::WTN, MT = T::MT, NT = T::NT, KS = T::KS;
     constexpr int KE = T::KE, E16 = 16 / ESZ_;
     constexpr unsigned ESZ = ESZ_;
+    // the fragment buffer of k-step ks is ks & 1 in every tile: the next tile's first
+    // fragments (loaded in the last step) land in buffer 0 only when KS is even
+    static_assert(KS % 2 == 0, "an even number of mma k-steps per k-tile");
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
         if (st < KT) load_tile(st);

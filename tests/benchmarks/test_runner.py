@@ -222,10 +222,11 @@ def test_ab_layerwise_names_where_a_variant_parts_from_a():
     import numpy as np
     from benchmarks import models
     x = np.random.default_rng(3).standard_normal((2, 4, 6, 6)).astype(np.float32)
-    table = models.layerwise_rows({"A": _two_conv_engine(), "B": _two_conv_engine(),
-                                   "C": _two_conv_engine(scale2=1.01)}, "input", x, worst=2)
+    table = models.layerwise_rows({"A": (_two_conv_engine(), {}), "B": (_two_conv_engine(), {"debug": 0}),
+                                   "C": (_two_conv_engine(scale2=1.01), {})}, "input", x, worst=2)
     assert set(table) == {"B", "C"}
     assert table["B"]["first_over_1e-3"] is None and table["B"]["compared"] >= 2
     first = table["C"]["first_over_1e-3"]
     assert first["tensor"] == "c2" and first["rel_l2"] == pytest.approx(0.01, rel=1e-3)
     assert [r["tensor"] for r in table["C"]["worst"]][0] == "c2" and len(table["C"]["worst"]) == 2
+    assert table["B"]["kernels"] == {}                         # the same kernels ran (NumPy's)

@@ -99,6 +99,38 @@ def test_two_engines_part_at_the_layer_that_differs():
     assert all(r["rel_l2"] == 0 for r in rows[:[r["tensor"] for r in rows].index("conv2")])
 
 
+def test_a_tensor_of_type_int8_keeps_its_integers():
+    """Only tensors stored as int8 codes between INT8 layers are dequantized: a Cast to INT8
+    in an FP32 engine gives integers (and has no dynamic range to scale by)."""
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("x", rt.float32, (2, 5))
+    c = net.add_cast(x, rt.int8)
+    c.get_output(0).name = "as_int8"
+    back = net.add_cast(c.get_output(0), rt.float32)
+    back.get_output(0).name = "back"
+    net.mark_output(back.get_output(0))
+    cfg = b.create_builder_config()
+    cfg.backend = "numpy"
+    e = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg))
+    feeds = {"x": np.array([[1.7, -3.2, 0.0, 100.4, -7.9]] * 2, np.float32)}
+    values = e.create_execution_context().layer_outputs(feeds)
+    want = e.create_execution_context().execute(feeds)["back"]
+    np.testing.assert_array_equal(values["back"], want)
+    np.testing.assert_array_equal(values["as_int8"], want)
+
+
+def test_compare_counts_a_nan_as_an_infinite_error_and_an_empty_tensor_as_none():
+    ref = {"a": np.ones(4), "b": np.ones(4), "c": np.ones(4), "e": np.zeros((0, 3))}
+    got = {"a": np.ones(4), "e": np.zeros((0, 3)), "b": np.array([1.0, np.nan, 1.0, 1.0]), "c": 2 * np.ones(4)}
+    rows = {r["tensor"]: r for r in compare_tensors(got, ref)}
+    assert rows["a"]["rel_l2"] == 0 and rows["e"] == {"tensor": "e", "rel_l2": 0.0, "max_abs": 0.0}
+    assert rows["b"]["rel_l2"] == float("inf") and rows["b"]["max_abs"] == float("inf")
+    assert rows["c"]["rel_l2"] == pytest.approx(1.0)
+    first = next(r["tensor"] for r in compare_tensors(got, ref) if r["rel_l2"] > 1e-3)
+    assert first == "b"                                  # the NaN is where they part, before c
+
+
 def test_compare_leaves_out_names_one_side_lacks_and_other_shapes():
     a = {"t0": np.ones(3), "t1": np.ones((2, 2)), "t2": np.arange(4.0) + 1}
     b = {"t1": np.ones(4), "t2": np.arange(4.0) + 2, "t9": np.zeros(1)}
@@ -119,20 +151,24 @@ def test_layer_outputs_checks_its_inputs_like_execute():
 def test_cupy_backend_runs_eagerly_with_its_plans_and_no_concat_placement(monkeypatch):
     """The CuPy backend's run_visiting: every layer through run_layers with the visitor, inside
     the engine's cuDNN plans, at-build-shapes decided as execute decides it."""
+    from engine.backends import cupy_backend
     from engine.gpu import cudnn_tactics
     seen = []
     monkeypatch.setattr(cudnn_tactics, "plans_in_use", lambda plans: _Recording(seen, plans))
+    monkeypatch.setattr(cupy_backend, "ConcatElision", lambda engine: types.SimpleNamespace(engine=engine))
     backend = CupyBackend.__new__(CupyBackend)
     backend._build_shapes, backend.cudnn_plans = {"x": (4, 3, 10, 10)}, "PLANS"
-    backend._runs = types.SimpleNamespace()
+    backend._runs = types.SimpleNamespace(placement="left from a run")
+    backend.concat_elision, backend.elision = True, None
     calls = []
-    context = types.SimpleNamespace(run_layers=lambda feeds, sched, visit: calls.append((feeds, sched, visit))
-                                    or {"y": 1})
+    context = types.SimpleNamespace(engine="ENGINE", run_layers=lambda feeds, sched, visit: calls.append(
+        (feeds, sched, visit, backend._runs.placement)) or {"y": 1})
     visit = object()
     assert backend.run_visiting(context, {"x": np.zeros((4, 3, 10, 10))}, "SCHED", visit) == {"y": 1}
-    assert calls[0][1:] == ("SCHED", visit) and seen == ["enter PLANS", "exit"]
+    assert calls[0][1:] == ("SCHED", visit, None) and seen == ["enter PLANS", "exit"]
     assert backend._at_build_shapes is True
-    assert getattr(backend._runs, "placement", None) is None
+    # the concat plan exists for tactic choices made now (kept for later runs), placement does not
+    assert backend.elision.engine == "ENGINE"
     backend.run_visiting(context, {"x": np.zeros((2, 3, 10, 10))}, "SCHED", visit)
     assert backend._at_build_shapes is False
 

@@ -410,6 +410,20 @@ def test_network_items_counts_the_selections_the_timing_cache_answers(no_wgmma):
     assert answered["cached"] == answered["selections"] - len(convs)
 
 
+def test_a_layer_with_no_tile_to_compile_needs_no_timing_cache_answer(no_wgmma, monkeypatch):
+    """A pooling layer, or a concat the engine elides (the cache never records those): nothing
+    of theirs is precompiled, so they do not keep a rebuild off its short list."""
+    e, _ = built(*conv_network(c_in=16, one_by_one=False), rt.BuilderFlag.FP16)
+    convs = {la.name for la in e.network._layers if la.layer_type == LayerType.CONVOLUTION}
+    tiles = precompile.layer_items
+    monkeypatch.setattr(precompile, "layer_items", lambda layer, *a: tiles(layer, *a) if layer.name in convs
+                        else [])
+    answered = {}
+    precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)}, answered=answered,
+                             cached=lambda layer, *a: None)
+    assert answered["cached"] == answered["selections"] - len(convs) == 1
+
+
 class _Family:
     """A kernel family whose compile records the tile and takes ``seconds[tile]``."""
     def __init__(self, seconds, fail=()):
@@ -445,3 +459,24 @@ def test_a_rebuild_loads_its_tiles_here_until_one_really_compiles(monkeypatch, c
     timed, _ = precompile._compile_cached(items, 8)                   # t2 is a real compile
     assert fam.done == ["t0", "t2"] and pools == [(["t3", "t4"], 8)]  # the rest go to the pool
     assert timed["fake t2"] == pytest.approx(2.5) and timed["fake t4"] == 3.0
+
+
+def test_background_compile_starts_no_worker_for_a_rebuild_or_a_single_tile(no_wgmma, monkeypatch):
+    started = []
+    monkeypatch.setattr(precompile, "_Pool", lambda items, workers: started.append(len(items)))
+    monkeypatch.setattr(precompile, "_compiled", set())
+    monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "3")
+    b, net = conv_network(c_in=16, one_by_one=False)
+    e, cfg = built(b, net, rt.BuilderFlag.FP16)
+    _, later = B._refine_alternatives(e.network, e.meta, cfg)
+    shapes = {"x": (2, 16, 8, 8)}
+    precompile.last_report.update(rebuild=True)          # the build's own selections were cached
+    assert precompile.start_for(e.network, e.meta, shapes, later).wait() == 0.0 and started == []
+    precompile.last_report.update(rebuild=False)
+    one = dict(list(later.items())[:1])
+    monkeypatch.setattr(precompile, "network_items", lambda *a, **k: [["conv_tf32", "t", {}]])
+    assert precompile.start_for(e.network, e.meta, shapes, one).wait() == 0.0 and started == []
+    monkeypatch.setattr(precompile, "network_items", lambda *a, **k: [["conv_tf32", "t1", {}],
+                                                                      ["conv_tf32", "t2", {}]])
+    precompile.start_for(e.network, e.meta, shapes, later)
+    assert started == [2]                                  # two or more: the pool, as before
