@@ -426,7 +426,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                 plan, cold, _ = build(name, model, precision, max(batches), cache, off, None if off else shared)
             engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
             kinds = _count(info.kernel for info in engine.layers)
-            log.info("[ab] %s %s: built in %.1f s, kernels %s", label, values or "as is", cold, kinds)
+            log.info("[ab] %s %s: built in %.1f s%s, kernels %s", label, values or "as is", cold,
+                     " (A's INT8 calibration read, not redone)" if precision == "int8" and label != "A" and not off
+                     else "", kinds)
             runs[label] = {"values": values, "ctx": engine.create_execution_context(), "cold_s": cold,
                            "kernels": kinds, "layers": engine.num_layers,
                            "precisions": _count(engine.meta.get("precisions", {}).values())}
