@@ -147,4 +147,7 @@ def conv2d_int8_smallc(x_q, w_q, s_in, s_w, *, kernel_size, stride=1, padding=0,
     return out
 
 
-FAMILY = KernelFamily(SOURCE, compile=compile_smallc, launch=(conv2d_int8_smallc,))
+# INT8 builds precompile these with the other INT8 tiles (for the output types the stem's
+# layer stores: int8 before an INT8 pooling layer, the usual case)
+FAMILY = KernelFamily(SOURCE, compile=compile_smallc, launch=(conv2d_int8_smallc,),
+                      int8_tiles=SMALLC_TACTICS)

@@ -17,7 +17,7 @@ from engine import kernel_table
 from engine.backends import cupy_backend
 from engine.gpu import precompile
 from engine.types import DataType, LayerType
-from kernels.gpu import conv_igemm, conv_int8, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_tf32, conv_wgmma, matmul
 from kernels.gpu.family import KernelFamily
 sys.path.insert(0, os.path.dirname(__file__))
 from test_tactic_faults import Injected, conv_net, fake_gpu  # noqa: E402,F401  (this folder's stand-in GPU)
@@ -480,3 +480,18 @@ def test_background_compile_starts_no_worker_for_a_rebuild_or_a_single_tile(no_w
                                                                       ["conv_tf32", "t2", {}]])
     precompile.start_for(e.network, e.meta, shapes, later)
     assert started == [2]                                  # two or more: the pool, as before
+
+
+def test_an_int8_rgb_stem_lists_the_small_c_int8_tiles_for_the_type_it_stores(no_wgmma):
+    b, net = conv_network(c_in=3, one_by_one=False, ranges=True)
+    e, _ = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)
+    stem = next(la for la in e.network._layers if la.layer_type == LayerType.CONVOLUTION)
+    assert e.meta["precisions"][stem.name] == "INT8"
+    items = precompile.network_items(e.network, e.meta, {"x": SHAPE})
+    smallc = [i for i in items if i[0] == "conv_int8_smallc"]
+    assert {i[1] for i in smallc} == names(conv_int8_smallc.SMALLC_TACTICS)
+    stored = {np.dtype(d.to_numpy()).name for la, _, dts in e.schedule() if la is stem for d in dts}
+    assert all(i[2] == {"out_dtypes": sorted(stored)} for i in smallc), (smallc, stored)
+    every = precompile.work_items(int8=True)
+    assert {t for f, t, _ in every if f == "conv_int8_smallc"} == names(conv_int8_smallc.SMALLC_TACTICS)
+    assert not [f for f, _, _ in precompile.work_items(int8=False) if f == "conv_int8_smallc"]

@@ -208,10 +208,11 @@ def test_quantize_nchw_rejects_bad_arguments(x, kw, match):
 
 
 def test_smallc_tactics_are_their_own_family():
-    """Tiles of conv_int8_smallc.cu, apart from conv_int8's (and not precompiled)."""
+    """Tiles of conv_int8_smallc.cu, apart from conv_int8's, precompiled for INT8 builds only."""
     names = set(conv_int8_smallc.SMALLC_TACTICS_BY_NAME)
     assert not names & set(conv_int8.TACTICS_BY_NAME)
     assert all(t.name_expression(np.int8).startswith("conv_int8_smallc<") for t in conv_int8_smallc.SMALLC_TACTICS)
     assert len(conv_int8_smallc.SMALLC_TACTICS) == 3
     assert conv_int8_smallc.FAMILY.source == "conv_int8_smallc.cu"
-    assert conv_int8_smallc.FAMILY.tiles == () and conv_int8_smallc.FAMILY.int8_tiles == ()
+    assert conv_int8_smallc.FAMILY.tiles == ()
+    assert conv_int8_smallc.FAMILY.int8_tiles == conv_int8_smallc.SMALLC_TACTICS
