@@ -114,6 +114,15 @@ class ConvStem(Tactic):
             return "residual not fused by the stem kernel"
         return None
 
+    def compile_options(self, layer, in_shapes, in_dtypes):
+        """What precompile builds for this layer (conv_stem.compile_all): its filter geometry
+        and the input kind ``run`` will read: the network input as it is (NCHW float32 / float16)
+        for the direct flavour, else the NHWC half reformat."""
+        kind = 0
+        if self.direct:
+            kind = {"float32": 1, "float16": 2}.get(str(in_dtypes[0]), 0)
+        return {"geometry": [*layer.kernel_size_nd, *layer.stride_nd], "in_kinds": [kind]}
+
     def prepare(self, layer):
         c = layer._inputs[0].shape[1]
         return {"w": conv_stem.pack_weight_stem(layer.weights(c), "KCRS"), **epilogue_state(layer)}

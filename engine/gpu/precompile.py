@@ -22,7 +22,7 @@ Two entry points:
 What a family builds is read from its descriptor (kernels/gpu/family.py): its
 ``tiles`` and ``int8_tiles``, through its own ``compile``; a family the device cannot
 run (``available``: wgmma off sm_90a) compiles nothing. Tiles of other kernels
-(attention, the FP16 stem kernel) and tactics without tiles (cuBLAS, cuDNN,
+(attention) and tactics without tiles (cuBLAS, cuDNN,
 generic, pointwise) compile on first use, as before.
 """
 import json
@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from kernels.gpu import compile as kernel_compile
-from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_pw, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_pw, conv_stem, conv_tf32, conv_wgmma, matmul
 
 from ..execution import EngineSchedule, moved_storage
 from ..settings import settings
@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 # unclaimed tile, so the families that run several NVRTC compiles per tile (one per
 # output type: int8, wgmma) go first and the pool ends on the short ones
 FAMILIES = (conv_igemm.FAMILY, conv_tf32.FAMILY, matmul.FAMILY, conv_wgmma.FAMILY,
-            conv_int8.FAMILY, conv_int8_smallc.FAMILY, conv_pw.FAMILY)
-_FIRST = ("conv_int8", "conv_pw", "conv_wgmma", "matmul", "conv_int8_smallc", "conv_tf32", "conv_igemm")
+            conv_int8.FAMILY, conv_int8_smallc.FAMILY, conv_pw.FAMILY, conv_stem.FAMILY)
+_FIRST = ("conv_int8", "conv_pw", "conv_wgmma", "matmul", "conv_stem", "conv_int8_smallc", "conv_tf32",
+          "conv_igemm")
 _BY_NAME = {f.name: f for f in FAMILIES}
 _done = set()           # precompile(): the groups (family, family.int8) compiled
 _compiled = set()       # every entry point: the items compiled in this process
@@ -115,7 +116,11 @@ def layer_items(layer, in_shapes, in_dtypes, precision, tf32=False, current=None
                          and tactic_tile(t, index) is not None):
         f, tile = tactic_tile(t, index)
         if f.available():
-            out.append([f.name, tile.name, compile_options(f, s)])
+            options = compile_options(f, s)
+            per_layer = getattr(t, "compile_options", None)    # a tile built per layer geometry
+            if per_layer is not None:
+                options = dict(options, **per_layer(layer, in_shapes, in_dtypes))
+            out.append([f.name, tile.name, options])
     return out
 
 
@@ -182,7 +187,7 @@ def _float_outputs(names):
 # families whose compile takes the output dtypes to build (one NVRTC run each): the
 # dtypes a network's layers store, as that family's tiles can write them
 _BY_OUTPUT = {"conv_igemm": _float_outputs, "conv_wgmma": lambda names: sorted(names) or ["float16"],
-              "conv_int8_smallc": lambda names: sorted(names) or ["int8"]}
+              "conv_int8_smallc": lambda names: sorted(names) or ["int8"], "conv_stem": _float_outputs}
 
 
 def _item_key(item):

@@ -200,8 +200,8 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     tiles = N * -(-P // tile.tp) * -(-Q // TQ)
     grid = (max(1, min(tiles, (num_sms or _sm_count()) * tile.minb)), -(-K // BN))
     smem = tile.smem_bytes(R, S, sh, sw, out_f32)
-    # one instantiation per NVRTC run: a stem writes half almost always, and the build
-    # compiles it on first use (about a second each), not in precompile's pool
+    # one instantiation per NVRTC run (precompile builds the ones the stem layer will run:
+    # compile_all with its geometry, input kind and output type)
     kern = get_function(SOURCE, tile.name_expression(R, S, sh, sw, in_kind, out_f32), smem_bytes=smem)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tile.threads,),
@@ -212,13 +212,20 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     return out
 
 
-def compile_all(tiles=STEM_TILES, geometry=(7, 7, 2, 2), in_kinds=(0, 1)):
-    """Compile tiles for one filter geometry (R, S, stride_h, stride_w) now; the stem is one
-    layer per network, so the engine compiles it on first use instead."""
+def compile_all(tiles=STEM_TILES, geometry=(7, 7, 2, 2), in_kinds=(0, 1), out_dtypes=("float16",)):
+    """Compile tiles now for one filter geometry (R, S, stride_h, stride_w), the input kinds
+    (0 NHWC half, 1 / 2 NCHW float32 / float16) and output types given (the builder's
+    precompile passes the stem layer's own: engine/gpu/conv_tactics.py ConvStem), skipping
+    what ``conv2d_stem`` refuses (an NCHW input into float32 on a tile without that form)."""
     for t in tiles:
         for k in in_kinds:
-            get_function(SOURCE, t.name_expression(*geometry, k, False),
-                         smem_bytes=t.smem_bytes(*geometry, False))
+            for dt in out_dtypes:
+                out_f32 = np.dtype(dt) == np.float32
+                if k and out_f32 and not t.nchw_f32_out:
+                    continue
+                get_function(SOURCE, t.name_expression(*geometry, k, out_f32),
+                             smem_bytes=t.smem_bytes(*geometry, out_f32))
 
 
-FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_stem,))
+# precompiled for every FP16 build with an RGB stem, one NVRTC run per geometry and input kind
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_stem,), tiles=STEM_TILES)

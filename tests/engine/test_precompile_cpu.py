@@ -20,7 +20,7 @@ def test_work_items_cover_every_tile_family(monkeypatch):
         if f is conv_wgmma.FAMILY else f for f in precompile.FAMILIES))
     plain = precompile.work_items(int8=False)
     # no sm_90a device: the wgmma family lists nothing
-    assert {fam for fam, _, _ in plain} == {"conv_igemm", "conv_tf32", "matmul", "conv_pw"}
+    assert {fam for fam, _, _ in plain} == {"conv_igemm", "conv_tf32", "matmul", "conv_pw", "conv_stem"}
     assert _names(plain, conv_igemm.FAMILY) == set(conv_igemm.TACTICS_BY_NAME)
     assert _names(plain, conv_tf32.FAMILY) == set(conv_tf32.TACTICS_BY_NAME)
     assert _names(plain, matmul.FAMILY) == set(matmul.TILES_BY_NAME)

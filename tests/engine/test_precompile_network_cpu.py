@@ -17,7 +17,7 @@ from engine import kernel_table
 from engine.backends import cupy_backend
 from engine.gpu import precompile
 from engine.types import DataType, LayerType
-from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_stem, conv_tf32, conv_wgmma, matmul
 from kernels.gpu.family import KernelFamily
 sys.path.insert(0, os.path.dirname(__file__))
 from test_tactic_faults import Injected, conv_net, fake_gpu  # noqa: E402,F401  (this folder's stand-in GPU)
@@ -93,10 +93,17 @@ FP16_CONV = names(conv_igemm.IGEMM_TACTICS, conv_igemm.IGEMM_TACTICS_LARGE, conv
 def test_fp16_conv_net_lists_mma_tiles_only_and_the_stem_tiles_for_a_small_c_stem(no_wgmma):
     e, _ = built(*conv_network(c_in=3), rt.BuilderFlag.FP16)
     items = precompile.network_items(e.network, e.meta, {"x": SHAPE})
-    assert {fam for fam, _, _ in items} == {"conv_igemm"}        # no tf32, no matmul tile
-    assert listed(items) == FP16_CONV | names(conv_igemm.SMALLC_TACTICS, conv_igemm.IGEMM_TACTICS_NARROW)
+    assert {fam for fam, _, _ in items} == {"conv_igemm", "conv_stem"}    # no tf32, no matmul tile
+    assert listed(items, conv_igemm.FAMILY) == FP16_CONV | names(conv_igemm.SMALLC_TACTICS,
+                                                                 conv_igemm.IGEMM_TACTICS_NARROW)
     assert not listed(items) & names(conv_igemm.IGEMM_TACTICS_UNTIMED)   # never timed: never built
-    assert len(items) == len({(f, t) for f, t, _ in items})      # each tile once
+    igemm = [(f, t) for f, t, _ in items if f == "conv_igemm"]
+    assert len(igemm) == len(set(igemm))                                 # each tile once
+    # the stem kernel's tiles for this layer: its 3x3/1 geometry, the network input read as it
+    # is (NCHW float32, kind 1: the direct flavour) and through the NHWC reformat (kind 0)
+    stem = sorted((t, o["in_kinds"][0], tuple(o["geometry"]), tuple(o["out_dtypes"]))
+                  for f, t, o in items if f == "conv_stem")
+    assert stem == sorted((t.name, k, (3, 3, 1, 1), ("float16",)) for t in conv_stem.STEM_TILES for k in (0, 1))
     e16, _ = built(*conv_network(c_in=16), rt.BuilderFlag.FP16)
     wide = precompile.network_items(e16.network, e16.meta, {"x": (2, 16, 8, 8)})
     assert listed(wide) == FP16_CONV | names(conv_igemm.IGEMM_TACTICS_NARROW)   # no stem tiles
@@ -227,9 +234,9 @@ def test_precompile_for_compiles_each_tile_once_per_process_and_reports_counts(n
     assert r["items"] == {f"conv_igemm {t}": 1.5 for t in FP16_CONV}
     e3, _ = built(*conv_network(c_in=3, one_by_one=False), rt.BuilderFlag.FP16)
     precompile.precompile_for(e3.network, e3.meta, {"x": SHAPE})
-    assert {t for _, t in calls[1]} == names(conv_igemm.SMALLC_TACTICS)   # only what is new
+    assert {t for _, t in calls[1]} == names(conv_igemm.SMALLC_TACTICS, conv_stem.STEM_TILES)   # only the new
     assert (precompile.last_report["tiles"], precompile.last_report["compiled"]) == \
-        (len(FP16_CONV) + 3, 3)
+        (len(FP16_CONV) + 3 + 4, 3 + 4)          # + 4: two stem tiles, direct and through the reformat
     monkeypatch.setenv("CUPYRT_PRECOMPILE", "0")
     assert precompile.precompile_for(e3.network, e3.meta, {"x": SHAPE}) == 0.0
     assert len(calls) == 2 and precompile.last_report == {"seconds": 0.0, "items": {}}

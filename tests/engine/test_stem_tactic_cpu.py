@@ -82,3 +82,22 @@ def test_refuses_with_the_reason(make, shapes, precision, reason):
         layer.num_groups = 2
     got = _reason(layer, shapes, precision)
     assert got is not None and re.search(reason, got), got
+
+
+def test_precompile_builds_the_layers_geometry_and_the_input_kind_each_flavour_reads(monkeypatch):
+    layer = _conv(k=(5, 3))
+    layer.stride_nd = (2, 1)
+    by = {(t.tile.name, t.direct): t for t in _stems(layer)}
+    plain, direct = by[("stem_t8w4", False)], by[("stem_t8w4", True)]
+    shapes = [(2, 3, 32, 32)]
+    assert plain.compile_options(layer, shapes, ["float32"]) == {"geometry": [5, 3, 2, 1], "in_kinds": [0]}
+    assert direct.compile_options(layer, shapes, ["float32"])["in_kinds"] == [1]    # NCHW float32
+    assert direct.compile_options(layer, shapes, ["float16"])["in_kinds"] == [2]    # NCHW float16
+    built = []
+    monkeypatch.setattr(conv_stem, "get_function", lambda src, name, **kw: built.append(name))
+    conv_stem.compile_all((conv_stem.TILES_BY_NAME["stem_t16w4"],), geometry=[5, 3, 2, 1], in_kinds=[0, 1],
+                          out_dtypes=["float16", "float32"])
+    tile = conv_stem.TILES_BY_NAME["stem_t16w4"]
+    # t16w4 does not read NCHW into float32 (its registers would spill): that one is left out
+    assert built == [tile.name_expression(5, 3, 2, 1, 0, False), tile.name_expression(5, 3, 2, 1, 0, True),
+                     tile.name_expression(5, 3, 2, 1, 1, False)]
