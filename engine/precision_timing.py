@@ -74,6 +74,7 @@ class Move:
     alternative_ms: float = math.nan
     boundary_ms: float = 0.0
     moved: bool = False
+    pair: str = ""                                    # moved only together with this layer
     in_edges: dict = field(default_factory=dict)     # tensor name -> cast ms (part of boundary_ms)
     out_edges: dict = field(default_factory=dict)
 
@@ -82,7 +83,8 @@ class Move:
             return None if not math.isfinite(v) else round(v, 5)
         return {"layer": self.layer, "from": self.current.name, "to": self.alternative.name,
                 "ms": ms(self.current_ms), "alt_ms": ms(self.alternative_ms),
-                "boundary_ms": ms(self.boundary_ms), "moved": bool(self.moved)}
+                "boundary_ms": ms(self.boundary_ms), "moved": bool(self.moved),
+                **({"pair": self.pair} if self.pair else {})}
 
 
 def enabled(config):
@@ -155,6 +157,7 @@ def decide_pairs(network, moves, margin=MARGIN):
                + sum(v for k, v in cm.in_edges.items() if k != t.name))
         if all(math.isfinite(v) for v in (cur, alt)) and alt < margin * cur:
             lm.moved = cm.moved = True
+            lm.pair, cm.pair = cm.layer, lm.layer
             moved += [lm.layer, cm.layer]
     return moved
 

@@ -114,9 +114,9 @@ SETTINGS = (
            "histograms taken there); 0: NumPy on the host."),
     Switch("cudnn", _flag, True, "cuDNN frontend fused graphs as tactics (when the frontend is installed).",
            tactics=True),
-    Switch("cudnn_int8", _flag, False,
-           "cuDNN INT8 convolution graphs as INT8 tactics (conv.cudnn_i8; needs cudnn on); off until "
-           "their GPU tests have passed.", tactics=True),
+    Switch("cudnn_int8", _flag, True,
+           "cuDNN INT8 convolution graphs as INT8 tactics (conv.cudnn_i8; needs cudnn on), timed beside "
+           "our INT8 kernels; 0: ours only.", tactics=True),
     Switch("cudnn_s2d", _flag, False,
            "The RGB stem (stride-2 convolutions over 1-4 channels) as a space-to-depth pass and a "
            "stride-1 cuDNN graph (conv.cudnn_s2d; needs cudnn on); off until its GPU tests have passed.",

@@ -76,7 +76,7 @@ class ConvCudnnInt8(Tactic):
     graph (int8 NHWC in, int32 accumulate, the epilogue in float32), plans timed inside."""
     name = "conv.cudnn_i8"
     int8 = True
-    switch = "cudnn_int8"          # off by default until the GPU tests have run on a device
+    switch = "cudnn_int8"          # on by default: GPU tests and an A/B against FP32 (RESULTS.md, session 10)
     # ConvInt8's state and quantised input, so both see the same codes and scales; its
     # ``launch`` is not taken over: this tactic launches no kernel family of ours
     pack_weights = staticmethod(conv_int8.pack_weight_int8_krsc)

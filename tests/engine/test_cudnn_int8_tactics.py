@@ -90,11 +90,13 @@ def test_takes_an_int8_convolution_unless_switched_off_or_without_the_frontend(m
     assert "cupyrt[cudnn]" in t.supports(layer, *args)
 
 
-def test_is_an_int8_candidate_of_every_convolution_once_switched_on_and_launches_no_family_kernel(
+def test_is_an_int8_candidate_of_every_convolution_unless_switched_off_and_launches_no_family_kernel(
         monkeypatch):
     from engine.gpu.tactics import candidates
     layer = conv_layer()
-    # off by default until its GPU tests have run on a device
+    # on by default since its GPU tests and an A/B against FP32 passed on a device
+    assert "conv.cudnn_i8" in [c.name for c in candidates(layer, DataType.INT8)]
+    monkeypatch.setenv("CUPYRT_CUDNN_INT8", "0")
     assert "conv.cudnn_i8" not in [c.name for c in candidates(layer, DataType.INT8)]
     monkeypatch.setenv("CUPYRT_CUDNN_INT8", "1")
     assert "conv.cudnn_i8" in [c.name for c in candidates(layer, DataType.INT8)]

@@ -264,6 +264,8 @@ def test_a_pair_that_pays_only_together_moves_together():
     assert pt.decide([lm, cm]) == []                       # alone neither pays: 2.3 > 1.8, 2.6 > 1.98
     assert pt.decide_pairs(e.network, [lm, cm]) == [conv1.name, pool.name]   # 2.9 < 3.78
     assert lm.moved and cm.moved
+    # the plan's record says each paid only with the other (alone, 2.3 is not < 0.9 x 2.0)
+    assert lm.as_dict()["pair"] == pool.name and cm.as_dict()["pair"] == conv1.name
 
 
 @pytest.mark.parametrize("case", ["other_target", "too_slow", "already_moved", "not_measured"])

@@ -51,8 +51,13 @@ def test_measured_build_records_its_moves_and_stays_correct(flags):
     moves = e.meta["precision_moves"]
     assert isinstance(moves, list)
     last = {}
+    pairs = {m["layer"]: m for m in moves if m.get("pair")}
     for m in moves:                                   # only winners are recorded
-        assert m["moved"] and m["alt_ms"] + m["boundary_ms"] < pt.MARGIN * m["ms"]
+        if m.get("pair"):                             # paid only with its partner (decide_pairs)
+            partner = pairs[m["pair"]]
+            assert m["moved"] and partner["pair"] == m["layer"] and partner["to"] == m["to"]
+        else:
+            assert m["moved"] and m["alt_ms"] + m["boundary_ms"] < pt.MARGIN * m["ms"]
         last[m["layer"]] = m["to"]                    # a layer may move twice: INT8, HALF, FLOAT
     for name, to in last.items():
         assert e.meta["precisions"][name] == to
