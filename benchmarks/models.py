@@ -305,15 +305,22 @@ def bert_rows(precision, batches, reps):
         rows.append({"system": "cupyrt", "model": "bert_base_encoder", "precision": precision, "batch": n,
                      "ms": ms, "img_s": n / ms * 1e3, "rel_l2_vs_torch_fp32": err,
                      "cuda_graph": any(not isinstance(v, str) for v in graphs)})
-    tmodel = copy.deepcopy(enc).cuda()
-    if precision == "fp16":
-        tmodel = tmodel.half()
+    return (record, rows) + bert_peer(precision, copy.deepcopy(enc))
+
+
+def bert_peer(precision, module=None):
+    """The bert suite's PyTorch peer: (the encoder on the GPU, half unless FP32; n -> its input,
+    the same values as ours). ``module``: the encoder (default: ``bert_encoder()``)."""
+    import torch
+    module = (module if module is not None else bert_encoder()).cuda()
+    if precision != "fp32":
+        module = module.half()
 
     def make_input(n):
-        xh = np.random.default_rng(n).standard_normal((n, seq, hidden)).astype(np.float32)
+        xh = np.random.default_rng(n).standard_normal((n, BERT_SEQ, BERT_HIDDEN)).astype(np.float32)
         tx = torch.as_tensor(xh, device="cuda")
-        return tx.half() if precision == "fp16" else tx
-    return record, rows, tmodel, make_input
+        return tx if precision == "fp32" else tx.half()
+    return module, make_input
 
 
 def tactic_table(backend):
@@ -529,28 +536,19 @@ def fp32_reference(name, model):
 def accuracy_against(got, ref):
     """{"rel_l2": ||got - ref|| / ||ref||, "top1_agreement": share of rows whose arg-max
     agrees (2-D outputs, the classifiers; None otherwise)}."""
+    from engine.metrics import rel_l2
     got = np.asarray(got, np.float64).reshape(np.shape(ref))
     ref = np.asarray(ref, np.float64)
-    denom = np.linalg.norm(ref)
-    if not np.isfinite(got).all() or denom == 0:
+    if not np.isfinite(got).all() or not np.linalg.norm(ref):
         return {"rel_l2": float("inf"), "top1_agreement": None if ref.ndim != 2 else 0.0}
     top1 = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.ndim == 2 else None
-    return {"rel_l2": float(np.linalg.norm(got - ref) / denom), "top1_agreement": top1}
+    return {"rel_l2": rel_l2(got, ref), "top1_agreement": top1}
 
 
 def ab_peer_rows(name, precision, batches, reps):
     """PyTorch's rows for an A/B run with ``--peer`` (INT8 engines against PyTorch FP16)."""
     if name == "bert":
-        import torch
-        module = bert_encoder().cuda()
-        if precision != "fp32":
-            module = module.half()
-
-        def make_input(n):
-            xh = np.random.default_rng(n).standard_normal((n, BERT_SEQ, BERT_HIDDEN)).astype(np.float32)
-            tx = torch.as_tensor(xh, device="cuda")
-            return tx if precision == "fp32" else tx.half()
-        return torch_rows(module, make_input, "bert_base_encoder", precision, batches, reps)
+        return torch_rows(*bert_peer(precision), "bert_base_encoder", precision, batches, reps)
     return torch_rows(torch_peer(name, precision), lambda n: torch_input(n, precision), name, precision,
                       batches, reps)
 

@@ -117,8 +117,7 @@ class CupyBackend:
         """The engine's layer loop with a fresh concat placement for this run, the cuDNN
         tactics keeping and finding plans in this engine's (a graph replay runs no tactic
         and skips all of this)."""
-        if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
-            self.elision = ConcatElision(context.engine)
+        self._concat_plan(context)
         self._runs.placement = self.elision.placement() if self.concat_elision else None
         try:
             with cudnn_tactics.plans_in_use(self.cudnn_plans):
@@ -126,16 +125,24 @@ class CupyBackend:
         finally:
             self._runs.placement = None
 
+    def _note_shapes(self, feeds):
+        """Whether this run is at the build shapes (where the plan's forced tactics apply)."""
+        self._at_build_shapes = bool(self._build_shapes) and all(
+            self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
+
+    def _concat_plan(self, context):
+        """This engine's concat elision plan, made once per engine (when elision is on)."""
+        if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
+            self.elision = ConcatElision(context.engine)
+
     def run_visiting(self, context, feeds, sched, visit):
         """The layers eagerly on the current stream, ``visit(tensor, value)`` after each
         (ExecutionContext.layer_outputs): no CUDA graph and no concat placement, so every
         layer writes a tensor of its own; the cuDNN plans of this engine as in a run."""
-        self._at_build_shapes = bool(self._build_shapes) and all(
-            self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
+        self._note_shapes(feeds)
         # the concat plan exists as for a run (a tactic chosen now is kept for later runs, and
         # must be the elided one where the plan elides), but no placement: own outputs each
-        if self.concat_elision and getattr(self.elision, "engine", None) is not context.engine:
-            self.elision = ConcatElision(context.engine)
+        self._concat_plan(context)
         self._runs.placement = None
         with cudnn_tactics.plans_in_use(self.cudnn_plans):
             return context.run_layers(feeds, sched, visit)
@@ -360,8 +367,7 @@ class CupyBackend:
     # -- whole-engine execution with CUDA graphs -------------------------------------
     def execute(self, context, feeds, sched, stream=None):
         cp = self.cp
-        self._at_build_shapes = bool(self._build_shapes) and all(
-            self._build_shapes.get(n) == tuple(a.shape) for n, a in feeds.items())
+        self._note_shapes(feeds)
         key = tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items())
         graphs = context.__dict__.setdefault("_cuda_graphs", {})
         entry = graphs.get(key)

@@ -205,6 +205,19 @@ last_report = {"seconds": 0.0, "items": {}}
 _TIMED = "compiled-in"
 
 
+def _build(item):
+    """Compile one item (family name, tile name, options) in this process."""
+    family_name, tile_name, options = item
+    family = _BY_NAME[family_name]
+    family.compile((family.tile(tile_name),), **options)
+
+
+def _failure(e):
+    """A failed compile in one line: the exception's type and its first compiler error lines."""
+    errs = [ln for ln in str(e).splitlines() if "error" in ln][:2] or str(e).splitlines()[:2]
+    return f"{type(e).__name__}: {' | '.join(errs)}"
+
+
 def _worker(items, claims=None):
     """One subprocess: compile each item; a failure is reported (family, tile, the
     compiler's first error lines) and the rest still compile. Each item's seconds go
@@ -220,11 +233,9 @@ def _worker(items, claims=None):
                 continue
         t0 = time.perf_counter()
         try:
-            family = _BY_NAME[family_name]
-            family.compile((family.tile(tile_name),), **options)
+            _build((family_name, tile_name, options))
         except Exception as e:        # noqa: BLE001  (reported; compiles again on first use)
-            errs = [ln for ln in str(e).splitlines() if "error" in ln][:2] or str(e).splitlines()[:2]
-            print(f"{family_name} {tile_name}: {type(e).__name__}: {' | '.join(errs)}", file=sys.stderr)
+            print(f"{family_name} {tile_name}: {_failure(e)}", file=sys.stderr)
             continue
         print(f"{_TIMED} {time.perf_counter() - t0:.2f} {family_name} {tile_name}", file=sys.stderr)
 
@@ -296,14 +307,11 @@ CACHE_LOAD_S = 0.3
 def _compile_here(item):
     """Compile one item in this process; its seconds, or None when it failed (it compiles
     again on first use, where the error surfaces)."""
-    family_name, tile_name, options = item
     t0 = time.perf_counter()
     try:
-        family = _BY_NAME[family_name]
-        family.compile((family.tile(tile_name),), **options)
+        _build(item)
     except Exception as e:        # noqa: BLE001  (reported; compiles again on first use)
-        log.warning("precompile: %s %s: %s: %s", family_name, tile_name, type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "")
+        log.warning("precompile: %s %s: %s", item[0], item[1], _failure(e))
         return None
     return time.perf_counter() - t0
 
