@@ -225,14 +225,18 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
                          "last_run": tactic_table(engine.backend)}
     record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if v == "conv.cudnn")
     record["cudnn_graphs"] = _cudnn_stats()
-    if profile:
-        ctx2 = engine.create_execution_context()
-        ctx2.profiler = rt.Profiler()
-        xp = cp.asarray(np.random.default_rng(0).standard_normal((max(batches), 3, 224, 224)).astype(np.float32))
-        for _ in range(3):
-            ctx2.execute({"input": xp})
-        with open(os.path.join(out_dir, f"profile_{name}_{precision}.txt"), "w") as f:
-            f.write(ctx2.profiler.table())
+    if profile:                       # per layer on the device (CUDA events), mean of 3 runs per batch
+        record["layer_ms"] = {}
+        for n in batches:
+            ctx2 = engine.create_execution_context()
+            xp = cp.asarray(np.random.default_rng(0).standard_normal((n, 3, 224, 224)).astype(np.float32))
+            ctx2.execute({"input": xp})                 # tactics of a new batch chosen before timing
+            ctx2.profiler = rt.Profiler()
+            for _ in range(3):
+                ctx2.execute({"input": xp})
+            record["layer_ms"][n] = {k: v / 3 for k, v in ctx2.profiler.times.items()}
+            with open(os.path.join(out_dir, f"profile_{name}_{precision}_b{n}.txt"), "w") as f:
+                f.write(ctx2.profiler.table())
     return record, rows
 
 

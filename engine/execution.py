@@ -10,7 +10,6 @@ and a profiler. The builder's tactic selection runs the same two objects through
 a backend (``CupyBackend.select_tactics``) without the runtime, so a tactic is
 timed on exactly the storage types the built engine will feed it.
 """
-import time
 
 from .errors import ExecutionError
 from .int8_exec import int8_tensors
@@ -137,19 +136,21 @@ class LayerRunner:
         backend = e.backend
         values = {id(t): feeds[t.name] for t in e.network._inputs}
         profiler = self.profiler
+        marks = []                    # (layer name, start mark, end mark): read after the loop
         for step, (layer, precision, out_dtypes) in enumerate(e.schedule()):
             ins = [None if t is None else values[id(t)] for t in layer._inputs]
-            t0 = time.perf_counter() if profiler else 0.0
+            t0 = backend.mark() if profiler else None
             outs = backend.run_layer(layer, ins, precision, out_dtypes)
             if profiler:
-                backend.synchronize()
-                profiler.report_layer_time(layer.name, 1e3 * (time.perf_counter() - t0))
+                marks.append((layer.name, t0, backend.mark()))
             for t, v in zip(layer._outputs, outs):
                 values[id(t)] = v
                 if visit is not None:
                     visit(t, v)
             for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
                 values.pop(tid, None)
+        for name, t0, t1 in marks:
+            profiler.report_layer_time(name, backend.elapsed_ms(t0, t1))
         return {t.name: values[id(t)] for t in e.network._outputs}
 
     def run(self, feeds, stream=None):

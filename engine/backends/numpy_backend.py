@@ -2,6 +2,8 @@
 (engine/layer_exec.py: FP16 emulated by rounding around FP32 compute, INT8 in
 exact integer arithmetic). The reference the GPU backend is tested against, and
 the CPU runtime."""
+import time
+
 import numpy as np
 
 from ..layer_exec import run_layer
@@ -17,6 +19,15 @@ class NumpyBackend:
     @staticmethod
     def synchronize():
         pass
+
+    @staticmethod
+    def mark():
+        """A point in time for the profiler (``elapsed_ms`` between two)."""
+        return time.perf_counter()
+
+    @staticmethod
+    def elapsed_ms(start, end):
+        return 1e3 * (end - start)
 
     run_layer = staticmethod(run_layer)
 

@@ -66,3 +66,23 @@ def test_replay_on_the_callers_own_stream_needs_no_wait():
     # execute_async_v3 with the stream the feeds were uploaded on: no event, no sync
     log, _ = _replay(lambda log: Stream(log, 1))
     assert [e[0] for e in log] == ["copy", "launch"]
+
+
+def test_profiler_marks_are_events_on_the_current_stream_read_after_a_sync():
+    log = []
+
+    class Event:
+        def record(self, stream=None):
+            log.append(("record", stream))
+            self.t = len(log)
+
+        def synchronize(self):
+            log.append(("sync", self.t))
+
+    backend = CupyBackend.__new__(CupyBackend)
+    backend.cp = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: float(b.t - a.t)))
+    start, end = backend.mark(), backend.mark()
+    assert log == [("record", None), ("record", None)]      # None: CuPy's current stream
+    assert backend.elapsed_ms(start, end) == 1.0
+    assert log[-1] == ("sync", 2)                           # the end event waited for

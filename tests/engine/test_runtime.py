@@ -94,6 +94,36 @@ def test_profiler_reports_every_layer():
     assert engine.layers[0].name in ctx.profiler.table()
 
 
+def test_profiler_times_layers_with_the_backends_clock_after_the_loop():
+    """Layer times come from the backend's marks (CUDA events on the GPU: device time,
+    no host sync per layer), read once the last layer is issued."""
+    from engine.backends.numpy_backend import NumpyBackend
+
+    class Clocked(NumpyBackend):
+        def __init__(self):
+            self.clock, self.read = 0.0, []
+            self.cost = iter([0.5, 1.25, 2.0, 4.0])
+
+        def mark(self):
+            return self.clock
+
+        def run_layer(self, *args):
+            self.clock += next(self.cost)
+            return NumpyBackend.run_layer(*args)
+
+        def elapsed_ms(self, start, end):
+            self.read.append(self.clock)
+            return end - start
+
+    engine = chain_engine()
+    engine.backend = backend = Clocked()
+    ctx = engine.create_execution_context()
+    ctx.profiler = rt.Profiler()
+    ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert [ctx.profiler.times[info.name] for info in engine.layers] == [0.5, 1.25, 2.0, 4.0]
+    assert backend.read == [7.75] * 4          # every layer issued before the first read
+
+
 def test_engine_inspection():
     engine = chain_engine()
     assert engine.num_layers == 4 and engine.num_io_tensors == 2
