@@ -14,13 +14,14 @@ in doubt.
 """
 import numpy as np
 
-from kernels.gpu import conv_int8, conv_int8_smallc, conv_wgmma, quantize_int8
+from kernels.gpu import conv_int8, conv_int8_smallc, conv_stem, conv_wgmma, quantize_int8
 
 from ..int8_exec import tensor_scale
 from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, nchw_view
 from .conv_common import (conv2d_reason, epilogue_state, float_kind, int8_out_dtype, wgmma_reason,
                           window_geometry)
+from .conv_tactics import ConvStem
 
 
 class ConvInt8(Tactic):
@@ -116,9 +117,59 @@ class ConvInt8SmallC(ConvInt8):
         return {"kernel_size": layer.kernel_size_nd}
 
 
+class ConvStemInt8(ConvStem):
+    """An INT8 stem layer (C <= 4, calibrated) computed in FP16 by the stem kernel from the
+    float input itself, writing the INT8 output codes (or half / float32 where the consumer
+    is not INT8) in its epilogue: no quantize pass over the input and no input rounding to
+    8 bits. Not bit-exact with engine.int8_exec (FP16 products of the unquantised input;
+    the codes agree to within rounding); the builder times it beside the INT8 kernels."""
+    int8 = True
+    switch = "stem_int8"
+    writes_into_concat = False
+
+    def __init__(self, tile, direct=False):
+        super().__init__(tile, direct)
+        self.name += "_i8"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if precision != DataType.INT8:
+            return "INT8 tactic"
+        if str(in_dtypes[0]) not in ("float32", "float16"):
+            return f"input {in_dtypes[0]}; the INT8 stem tactic reads the float input"
+        reason = super().supports(layer, in_shapes, in_dtypes, DataType.HALF)
+        if reason is None and layer.num_output_maps % 16:
+            return f"{layer.num_output_maps} output channels; int8 codes are stored 16 at once"
+        return reason
+
+    def compile_options(self, layer, in_shapes, in_dtypes):
+        return dict(super().compile_options(layer, in_shapes, in_dtypes), out_dtypes=["int8"])
+
+    def prepare(self, layer):
+        out = layer._outputs[0]
+        return {**super().prepare(layer), "s_out": tensor_scale(out) if out.dynamic_range else None}
+
+    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
+        x = inputs[0]
+        (p, q), pre = window_geometry(layer, x.shape)
+        int8_out = out_dtypes[0] == DataType.INT8
+        out_dtype = int8_out_dtype(out_dtypes[0])
+        if (self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16)
+                and (out_dtype != np.float32 or self.tile.nchw_f32_out)):
+            x_in, layout = x, "NCHW"
+        else:
+            x_in, layout = as_nhwc(x, np.float16, 4), "NHWC"
+        y = conv_stem.conv2d_stem(
+            x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
+            out_hw=(p, q), scale=state["scale"], bias=state["bias"], act=state["act"],
+            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
+            s_out=state["s_out"] if int8_out else None, layout=layout, tactic=self.tile)
+        return [nchw_view(y)]
+
+
 # The INT8 CONVOLUTION tactics, in the order the builder times them.
 TACTICS = (
     *[ConvInt8(t) for t in conv_int8.INT8_TACTICS],
     *[ConvWgmmaInt8(t) for t in conv_wgmma.INT8_TACTICS],
     *[ConvInt8SmallC(t) for t in conv_int8_smallc.SMALLC_TACTICS],
+    *[ConvStemInt8(t, direct) for t in conv_stem.STEM_TILES for direct in (False, True)],
 )

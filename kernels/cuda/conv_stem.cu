@@ -27,9 +27,12 @@
 // Taps past R*S read pixel 0 and are zeroed (the weights there are zero too, but a NaN
 // or inf in the input must not leak into 0 * x).
 //
-// Epilogue: v = act(acc * scale[k] + bias[k]) (ActLin: ReLU & co inline), half: packed
-// into a per-warp shared tile, then 16-byte stores (the 16 pixels of an output row are
-// contiguous in NHWC); float32: float2 stores straight from the accumulators.
+// Epilogue: v = act(acc * scale[k] + bias[k]) (ActLin: ReLU & co inline). OUT 0, half:
+// packed into a per-warp shared tile, then 16-byte stores (the 16 pixels of an output row
+// are contiguous in NHWC); OUT 1, float32: float2 stores straight from the accumulators;
+// OUT 2, int8 codes q = sat(rint(v * inv_out)) (int8_epilogue.cuh's q8_byte: an INT8
+// layer's output computed in FP16 from the float input, no input quantisation), staged
+// like half, 16 channels per 16-byte store (K % 16 == 0).
 // out[((n*P + p)*Q + q) * out_ld + out_off + k]: out_ld / out_off place it in a wider
 // (concat) buffer.
 //
@@ -42,15 +45,16 @@
 //
 // Launch: grid (min(tiles, persistent CTAs), ceil(K / 64)), block WARPS*32,
 // dynamic shared memory conv_stem.py's stem_smem_bytes (the layout below).
-#include "common.cuh"
+#include "int8_epilogue.cuh"   // i8_t, q8_byte
 #include "ptx.cuh"
 
 namespace cupyrt_stem {
 
 using namespace cupyrt_ptx;
 
-template <int OUT_F32> struct OutSel { typedef half_t T; };
+template <int OUT> struct OutSel { typedef half_t T; };   // OUT 0: half
 template <> struct OutSel<1> { typedef float T; };
+template <> struct OutSel<2> { typedef i8_t T; };
 
 template <typename T> struct InLd;
 template <> struct InLd<float> {
@@ -61,7 +65,7 @@ template <> struct InLd<half_t> {
 };
 
 // The shape constants shared by the kernel and (as arithmetic) conv_stem.py.
-template <int R, int S, int SH, int SW, int TP, int WARPS, int OUT_F32>
+template <int R, int S, int SH, int SW, int TP, int WARPS, int OUT>
 struct Geo {
     static constexpr int TQ = 16;                        // output columns per tile
     static constexpr int BN = 64;                        // output channels per CTA
@@ -74,9 +78,10 @@ struct Geo {
                                                          // 16 bytes apart mod 128 (no conflicts)
     static constexpr int MT = TP / WARPS;                // m16 fragments (output rows) per warp
     static constexpr int LDC = BN + 8;                   // staging row stride (halves)
+    static constexpr int LDC8 = BN + 16;                 // int8 staging row stride (bytes)
     static constexpr int W_BYTES = BN * LDB * 2;
     static constexpr int X_BYTES = (PH * PW * 8 + 15) / 16 * 16;
-    static constexpr int C_BYTES = OUT_F32 ? 0 : WARPS * MT * 16 * LDC * 2;
+    static constexpr int C_BYTES = OUT == 1 ? 0 : WARPS * MT * 16 * (OUT == 2 ? LDC8 : LDC * 2);
     static constexpr int SMEM = W_BYTES + 2 * X_BYTES + C_BYTES + 2 * BN * 4;
 };
 
@@ -88,18 +93,19 @@ __device__ __forceinline__ constexpr int tap_off(int tap) {
 
 }  // namespace cupyrt_stem
 
-template <int R, int S, int SH, int SW, int TP, int WARPS, int IN, int OUT_F32, int MINB>
+template <int R, int S, int SH, int SW, int TP, int WARPS, int IN, int OUT, int MINB>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
 conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half; 1/2: [N,C,H,W]
               const half_t* __restrict__ w,             // [K, KR] packed (pack_weight_stem)
-              typename cupyrt_stem::OutSel<OUT_F32>::T* __restrict__ out,
+              typename cupyrt_stem::OutSel<OUT>::T* __restrict__ out,
               const float* __restrict__ scale,          // [K]
               const float* __restrict__ bias,           // [K]
               int N, int H, int W, int C, int K, int P, int Q, int pad_h, int pad_w,
-              int out_ld, int out_off, int act, float alpha, float beta) {
+              int out_ld, int out_off, int act, float alpha, float beta,
+              float inv_out) {                          // OUT 2: 1 / the output's scale
     using namespace cupyrt_stem;
-    typedef Geo<R, S, SH, SW, TP, WARPS, OUT_F32> G;
-    typedef typename OutSel<OUT_F32>::T OutT;
+    typedef Geo<R, S, SH, SW, TP, WARPS, OUT> G;
+    typedef typename OutSel<OUT>::T OutT;
     typedef typename cupyrt_stem::OutSel<IN == 1>::T InT;   // IN 1: float, else half
     constexpr int THREADS = WARPS * 32;
     constexpr int TQ = G::TQ, BN = G::BN, PH = G::PH, PW = G::PW, KS = G::KS, KR = G::KR;
@@ -108,11 +114,12 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     constexpr int PF = IN ? (PIX + THREADS - 1) / THREADS : 1;   // prefetched pixels / thread
     static_assert(TP % WARPS == 0, "whole output rows per warp");
     static_assert(IN >= 0 && IN <= 2, "input kind 0, 1 or 2");
+    static_assert(OUT >= 0 && OUT <= 2, "output half, float32 or int8");
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     half_t* sW = reinterpret_cast<half_t*>(smem_raw);
     unsigned char* sX = smem_raw + G::W_BYTES;                       // two patch buffers
-    half_t* sC = reinterpret_cast<half_t*>(sX + 2 * G::X_BYTES);     // per-warp staging
+    unsigned char* sC = sX + 2 * G::X_BYTES;                         // per-warp staging
     float* sScale = reinterpret_cast<float*>(sX + 2 * G::X_BYTES + G::C_BYTES);
     float* sBias = sScale + BN;
 
@@ -263,7 +270,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
         int n, p0, q0;
         decode(tile, n, p0, q0);
         const int pw0 = p0 + warp * MT;                  // this warp's first output row
-        if constexpr (OUT_F32) {
+        if constexpr (OUT == 1) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int c = j * 8 + 2 * t;
@@ -280,8 +287,43 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
                             actf(acc[i][j][2 * hh] * s0 + b0), actf(acc[i][j][2 * hh + 1] * s1 + b1));
                     }
             }
+        } else if constexpr (OUT == 2) {
+            constexpr int LDC8 = G::LDC8;
+            unsigned char* cw = sC + warp * (MT * 16 * LDC8);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int c = j * 8 + 2 * t;
+                const float s0 = sScale[c], s1 = sScale[c + 1], b0 = sBias[c], b1 = sBias[c + 1];
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh) {
+                        const int r = i * 16 + g + 8 * hh;
+                        const unsigned qa = cupyrt_int8::q8_byte(
+                            __fmul_rn(actf(acc[i][j][2 * hh] * s0 + b0), inv_out));
+                        const unsigned qb = cupyrt_int8::q8_byte(
+                            __fmul_rn(actf(acc[i][j][2 * hh + 1] * s1 + b1), inv_out));
+                        *reinterpret_cast<unsigned short*>(cw + r * LDC8 + c) =
+                            (unsigned short)((qa & 0xffu) | (qb << 8));
+                    }
+            }
+            __syncwarp();
+            // 4 lanes per output pixel (16 bytes each): a warp writes 8 pixels = 512
+            // contiguous bytes when out_ld == 64
+#pragma unroll
+            for (int k = 0; k < MT * 16 * 4 / 32; ++k) {
+                const int idx = k * 32 + lane;
+                const int r = idx >> 2, ch = idx & 3;
+                const int p = pw0 + (r >> 4), q = q0 + (r & 15);
+                if (p < P && q < Q && ch * 16 < kn) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(cw + r * LDC8 + ch * 16);
+                    *reinterpret_cast<uint4*>(out + ((long long)(n * P + p) * Q + q) * out_ld
+                                              + out_off + n0 + ch * 16) = v;
+                }
+            }
+            __syncwarp();
         } else {
-            half_t* cw = sC + warp * (MT * 16 * LDC);
+            half_t* cw = reinterpret_cast<half_t*>(sC) + warp * (MT * 16 * LDC);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int c = j * 8 + 2 * t;
@@ -317,8 +359,10 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
 }
 
 #ifdef CUPYRT_NVCC_INSTANTIATE
-#define STEM_ARGS const void*, const half_t*, half_t*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, float, float
-#define STEM_ARGS_F32 const void*, const half_t*, float*, const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, float, float
+#define STEM_TAIL const float*, const float*, int, int, int, int, int, int, int, int, int, int, int, int, float, float, float
+#define STEM_ARGS const void*, const half_t*, half_t*, STEM_TAIL
+#define STEM_ARGS_F32 const void*, const half_t*, float*, STEM_TAIL
+#define STEM_ARGS_I8 const void*, const half_t*, i8_t*, STEM_TAIL
 template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 0, 0, 3>(STEM_ARGS);
 template __global__ void conv_stem_f16<7, 7, 2, 2, 16, 4, 0, 0, 2>(STEM_ARGS);
 template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 1, 0, 3>(STEM_ARGS);
@@ -329,6 +373,11 @@ template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 1, 1, 3>(STEM_ARGS_F32)
 template __global__ void conv_stem_f16<7, 7, 2, 2, 16, 4, 0, 1, 2>(STEM_ARGS_F32);
 template __global__ void conv_stem_f16<3, 3, 1, 1, 8, 4, 0, 0, 3>(STEM_ARGS);
 template __global__ void conv_stem_f16<5, 5, 2, 1, 8, 4, 1, 1, 3>(STEM_ARGS_F32);
+template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 1, 2, 3>(STEM_ARGS_I8);
+template __global__ void conv_stem_f16<7, 7, 2, 2, 16, 4, 1, 2, 2>(STEM_ARGS_I8);
+template __global__ void conv_stem_f16<7, 7, 2, 2, 8, 4, 0, 2, 3>(STEM_ARGS_I8);
 #undef STEM_ARGS
 #undef STEM_ARGS_F32
+#undef STEM_ARGS_I8
+#undef STEM_TAIL
 #endif

@@ -6,8 +6,9 @@ Layouts: x NHWC float16 with 4 or 8 stored channels (channels 0..3 read; the ref
 ``nchw_to_nhwc_padded(x, float16, 4)`` makes it), or the network input itself, NCHW
 float32/float16 C-contiguous with C <= 4 (``layout="NCHW"``: no reformat pass at all);
 weights packed once by ``pack_weight_stem`` as [K, T, 4] float16 (taps flattened over
-(r, s), T = 4 * ceil(R*S / 4)); output NHWC float16 or float32, optionally written into a
-wider buffer at a channel offset (concat elision). Dilation 1, strides 1 or 2, filters
+(r, s), T = 4 * ceil(R*S / 4)); output NHWC float16, float32 or int8 codes (an INT8
+layer's output computed in FP16 from the float input: ``s_out``), optionally written into
+a wider buffer at a channel offset (concat elision). Dilation 1, strides 1 or 2, filters
 up to 7x7, K a multiple of 8 (64 output channels per CTA, more through grid.y).
 
 Each ``StemTile`` is one CTA shape (TP output rows x 16 columns); the builder times them.
@@ -29,6 +30,8 @@ SOURCE = "conv_stem.cu"
 TQ, BN = 16, 64          # output columns per tile, output channels per CTA (conv_stem.cu)
 MAX_FILTER = 7
 LAYOUTS = {"NHWC": 0, "NCHW": None}      # NCHW: 1 (float32) or 2 (float16), by dtype
+OUT_KINDS = {"float16": 0, "float32": 1, "int8": 2}     # conv_stem.cu's OUT
+STORE_CHANNELS = {"float16": 8, "float32": 2, "int8": 16}   # channels per epilogue store
 
 
 @dataclass(frozen=True)
@@ -44,18 +47,19 @@ class StemTile:
     def threads(self) -> int:
         return self.warps * 32
 
-    def smem_bytes(self, R, S, sh, sw, out_f32) -> int:
-        """conv_stem.cu's Geo::SMEM: weights, two patch buffers, half staging, vectors."""
+    def smem_bytes(self, R, S, sh, sw, out_kind) -> int:
+        """conv_stem.cu's Geo::SMEM: weights, two patch buffers, staging (half or int8;
+        none for float32), vectors. ``out_kind``: OUT_KINDS' value."""
         ks = -(-R * S // 4)
         w_bytes = BN * (ks * 16 + 8) * 2
         ph, pw = (self.tp - 1) * sh + R, (TQ - 1) * sw + S
         x_bytes = -(-ph * pw * 8 // 16) * 16
-        c_bytes = 0 if out_f32 else self.tp * 16 * (BN + 8) * 2
+        c_bytes = {0: self.tp * 16 * (BN + 8) * 2, 1: 0, 2: self.tp * 16 * (BN + 16)}[int(out_kind)]
         return w_bytes + 2 * x_bytes + c_bytes + 2 * BN * 4
 
-    def name_expression(self, R, S, sh, sw, in_kind, out_f32) -> str:
+    def name_expression(self, R, S, sh, sw, in_kind, out_kind) -> str:
         return (f"conv_stem_f16<{R},{S},{sh},{sw},{self.tp},{self.warps},{in_kind},"
-                f"{int(bool(out_f32))},{self.minb}>")
+                f"{int(out_kind)},{self.minb}>")
 
 
 # ptxas (sm_90, 7x7/2): t8w4 164-168 registers, t16w4 210-250, no spills -- except t16w4
@@ -133,9 +137,10 @@ def _address(a):
 
 def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, out_hw=None,
                 scale=None, bias=None, act=None, alpha=0.0, beta=0.0, out=None,
-                out_dtype=np.float16, out_channel_offset=0, layout="NHWC",
+                out_dtype=np.float16, out_channel_offset=0, layout="NHWC", s_out=None,
                 tactic=STEM_TILES[0], num_sms=None, stream=None):
-    """out = act(conv(x, w) * scale + bias) for C <= 4 input channels, one launch.
+    """out = act(conv(x, w) * scale + bias) for C <= 4 input channels, one launch; int8
+    output: the codes sat(rint(out / s_out)) (round half to even, [-128, 127]).
 
     x:           NHWC float16 [N, H, W, 4 or 8] (``layout="NHWC"``), or NCHW float32 /
                  float16 [N, C <= 4, H, W] C-contiguous (``layout="NCHW"``)
@@ -143,8 +148,10 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     kernel_size: (R, S) or an int, at most 7; stride 1 or 2 per dim; dilation 1
     padding:     (top, left) or an int; bottom/right follow from ``out_hw``
     scale, bias: float32 [K] or None (1 / 0); act: activation name or code
-    out:         optional preallocated NHWC [N, P, Q, Ctot] (float16: Ctot and the offset
-                 multiples of 8; float32: even); result in channels [offset, offset + K)
+    out:         optional preallocated NHWC [N, P, Q, Ctot] (Ctot and the offset multiples
+                 of 8 for float16, 2 for float32, 16 for int8); result in channels
+                 [offset, offset + K)
+    s_out:       the output's scale, required for (and only with) int8 output
     tactic:      a StemTile or its name; num_sms: the persistent grid's SM count
                  (default: the device's)
     Returns ``out``.
@@ -175,14 +182,22 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     if P <= 0 or Q <= 0:
         raise UnsupportedError(f"output size {P}x{Q} from input {H}x{W}; expected positive")
     dt = np.dtype(out.dtype if out is not None else out_dtype)
-    if dt not in (np.float16, np.float32):
-        raise UnsupportedError(f"out dtype {dt}; valid: float16, float32")
+    if dt.name not in OUT_KINDS:
+        raise UnsupportedError(f"out dtype {dt}; valid: {', '.join(OUT_KINDS)}")
+    out_kind = OUT_KINDS[dt.name]
+    if (dt == np.int8) != (s_out is not None):
+        raise UnsupportedError("s_out goes with int8 output, and int8 output needs it"
+                               f" (out {dt}, s_out {s_out!r})")
+    if s_out is not None and not (np.isfinite(s_out) and s_out > 0):
+        raise UnsupportedError(f"s_out {s_out!r}; expected a positive finite scale")
+    if dt == np.int8 and K % 16:
+        raise UnsupportedError(f"{K} output channels into int8; the int8 epilogue stores 16 at once")
     if in_kind and dt == np.float32 and not tile.nchw_f32_out:
         raise UnsupportedError(f"stem tile {tile.name} does not write float32 from an NCHW input "
                                f"(its registers would spill); valid: the NHWC layout, or tiles "
                                f"{', '.join(t.name for t in STEM_TILES if t.nchw_f32_out)}")
     out, out_ld, _ = prepare_output(N, P, Q, K, out, dt, out_channel_offset, None)
-    align = 8 if dt == np.float16 else 2
+    align = STORE_CHANNELS[dt.name]
     if (out_ld | out_channel_offset) % align:
         raise UnsupportedError(f"out with {out_ld} channels at offset {out_channel_offset}; the "
                                f"{dt} epilogue stores {align} channels at once: both multiples "
@@ -191,23 +206,22 @@ def conv2d_stem(x, w_packed, *, kernel_size, stride=2, padding=3, dilation=1, ou
     # sticky fault of the whole CUDA context): cp.async 8-byte pixels of NHWC x, 16-byte
     # weight rows, 16-byte (half) / 8-byte (float) output stores
     for what, a, need in (("x", x, 8 if in_kind == 0 else x.dtype.itemsize),
-                          ("w_packed", w_packed, 16), ("out", out, 16 if dt == np.float16 else 8)):
+                          ("w_packed", w_packed, 16), ("out", out, 8 if dt == np.float32 else 16)):
         if _address(a) % need:
             raise UnsupportedError(f"{what} at address {_address(a):#x}; the stem kernel needs it "
                                    f"{need}-byte aligned")
-    out_f32 = dt == np.float32
     sc, bi = _epilogue_vectors(K, scale, bias)
     tiles = N * -(-P // tile.tp) * -(-Q // TQ)
     grid = (max(1, min(tiles, (num_sms or _sm_count()) * tile.minb)), -(-K // BN))
-    smem = tile.smem_bytes(R, S, sh, sw, out_f32)
+    smem = tile.smem_bytes(R, S, sh, sw, out_kind)
     # one instantiation per NVRTC run (precompile builds the ones the stem layer will run:
     # compile_all with its geometry, input kind and output type)
-    kern = get_function(SOURCE, tile.name_expression(R, S, sh, sw, in_kind, out_f32), smem_bytes=smem)
+    kern = get_function(SOURCE, tile.name_expression(R, S, sh, sw, in_kind, out_kind), smem_bytes=smem)
     with (stream if stream is not None else cp.cuda.get_current_stream()):
         kern(grid, (tile.threads,),
              (x, w_packed, out, sc, bi, i32(N), i32(H), i32(W), i32(C), i32(K), i32(P), i32(Q),
               i32(ph), i32(pw), i32(out_ld), i32(out_channel_offset), i32(act_code(act)),
-              f32(alpha), f32(beta)),
+              f32(alpha), f32(beta), f32(np.float32(1) / np.float32(s_out) if s_out is not None else 1)),
              shared_mem=smem)
     return out
 
@@ -220,11 +234,11 @@ def compile_all(tiles=STEM_TILES, geometry=(7, 7, 2, 2), in_kinds=(0, 1), out_dt
     for t in tiles:
         for k in in_kinds:
             for dt in out_dtypes:
-                out_f32 = np.dtype(dt) == np.float32
-                if k and out_f32 and not t.nchw_f32_out:
+                out_kind = OUT_KINDS[np.dtype(dt).name]
+                if k and out_kind == 1 and not t.nchw_f32_out:
                     continue
-                get_function(SOURCE, t.name_expression(*geometry, k, out_f32),
-                             smem_bytes=t.smem_bytes(*geometry, out_f32))
+                get_function(SOURCE, t.name_expression(*geometry, k, out_kind),
+                             smem_bytes=t.smem_bytes(*geometry, out_kind))
 
 
 # precompiled for every FP16 build with an RGB stem, one NVRTC run per geometry and input kind

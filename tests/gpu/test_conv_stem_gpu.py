@@ -223,3 +223,80 @@ def test_engine_stem_tactics_match_the_igemm_small_c_tactic(monkeypatch):
     for name, out in outs.items():
         for k in ref:
             assert rel_l2(out[k], ref[k]) < 2e-3, name
+
+
+# ---- int8 output (an INT8 stem computed in FP16 from the float input) ---------------------
+
+def _codes(v, s_out):
+    return np.clip(np.rint(v * (np.float32(1) / np.float32(s_out)).astype(np.float64)), -128, 127)
+
+
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: t.name)
+@pytest.mark.parametrize("kind", ["NCHW32", "NCHW16", "NHWC4"])
+@pytest.mark.parametrize("N, H, W, K", [(2, 224, 224, 64), (3, 37, 35, 32), (1, 29, 31, 128)])
+def test_stem_int8_out_codes_match_the_rounded_reference(tile, kind, N, H, W, K):
+    if H == 224 and kind != "NCHW32":
+        pytest.skip("the 224x224 case reads the network input (NCHW float32) only")
+    x, w, bias = _case(N, 3, H, W, K, 7, 7, seed=H + K)
+    xin, layout = _input(x, kind)
+    ref = _ref(x, w, bias, (2, 2), (3, 3), "RELU")
+    s_out = float(np.percentile(ref, 99.0)) / 127          # about 1 % of the codes saturate
+    P, Q = ref.shape[1:3]
+    out = cp.full((N, P, Q, K), 85, cp.int8)                # a code the epilogue must overwrite
+    got = conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w), kernel_size=7, stride=2,
+                                padding=3, bias=cp.asarray(bias), act="RELU", out=out, s_out=s_out,
+                                layout=layout, tactic=tile)
+    assert got is out and got.dtype == np.int8
+    q = got.get().astype(np.int32)
+    want = _codes(ref, s_out)
+    assert (want == 127).any() and (want == 0).any() and ((want > 0) & (want < 127)).any()
+    diff = np.abs(q - want)
+    assert diff.max() <= 1                                  # float32 sums vs float64: ties only
+    assert (diff != 0).mean() < 2e-2
+
+
+def test_stem_int8_out_into_a_wider_buffer_leaves_the_other_channels():
+    x, w, bias = _case(2, 3, 21, 19, 32, 7, 7, seed=5)
+    xin, layout = _input(x, "NCHW32")
+    ref = _ref(x, w, bias, (2, 2), (3, 3), "NONE")
+    s_out = float(np.abs(ref).max()) / 127
+    P, Q = ref.shape[1:3]
+    buf = cp.full((2, P, Q, 64), 85, cp.int8)
+    conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w), kernel_size=7, stride=2, padding=3,
+                          bias=cp.asarray(bias), out=buf, out_channel_offset=16, s_out=s_out,
+                          layout=layout)
+    h = buf.get().astype(np.int32)
+    assert (h[..., :16] == 85).all() and (h[..., 48:] == 85).all()
+    assert np.abs(h[..., 16:48] - _codes(ref, s_out)).max() <= 1
+    assert (h[..., 16:48] < 0).any()                        # no activation: negative codes too
+
+
+def test_engine_int8_stem_on_the_fp16_kernel_against_the_int8_small_c_tactic():
+    """Each ConvStemInt8 tactic forced on the stem of an INT8 engine (stem + ReLU + a 3x3
+    INT8 convolution): close to the INT8 small-C tactic there (the one does not quantise
+    the input, so they agree to INT8 accuracy, not bit for bit), and closer to the float
+    network than it."""
+    import engine as rt
+    from kernels.gpu import conv_int8_smallc
+    net, randn = stem_net(2, 40, 40, tail_k=16)
+    data = [randn(2, 3, 40, 40) for _ in range(3)]
+    feeds = {"x": randn(2, 3, 40, 40)}
+    b = rt.Builder()
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    cfg.precision_by_timing = False
+    cfg.set_flag(rt.BuilderFlag.INT8)
+    cfg.int8_calibrator = rt.MinMaxCalibrator(data)
+    plan = b.build_serialized_network(net, cfg)
+    names = ["conv." + conv_int8_smallc.SMALLC_TACTICS[0].name] + [
+        f"conv.{t.name}{s}_i8" for t in TILES for s in ("", "_nchw")]
+    outs = forced_outputs(plan, names, feeds, check_is_stem)
+    cfg32 = b.create_builder_config()
+    cfg32.backend = "numpy"
+    exact = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg32))
+    f32 = exact.create_execution_context().execute(feeds)
+    ref = outs.pop(names[0])
+    for name, out in outs.items():
+        for k in ref:
+            assert rel_l2(out[k], ref[k]) < 3e-2, name
+            assert rel_l2(out[k], f32[k]) <= rel_l2(ref[k], f32[k]) * 1.05, name

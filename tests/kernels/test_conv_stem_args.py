@@ -145,11 +145,11 @@ def test_emulated_kernel_indexing_gives_the_convolution(tile, C, R, S, stride, p
 
 
 @pytest.mark.parametrize("tile", conv_stem.STEM_TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("out_f32", [False, True])
-def test_each_tile_fits_its_ctas_per_sm_in_shared_memory(tile, out_f32):
+@pytest.mark.parametrize("out_kind", [0, 1, 2])
+def test_each_tile_fits_its_ctas_per_sm_in_shared_memory(tile, out_kind):
     """H100/H200: 227 KiB of shared memory per CTA at most, 228 KiB per SM with 1 KiB
     reserved per CTA."""
-    smem = tile.smem_bytes(7, 7, 2, 2, out_f32)
+    smem = tile.smem_bytes(7, 7, 2, 2, out_kind)
     assert smem <= 227 * 1024
     assert tile.minb * (smem + 1024) <= 228 * 1024
     # the resident filter, two 21x37 (37x37) pixel patches, half staging
@@ -159,6 +159,25 @@ def test_each_tile_fits_its_ctas_per_sm_in_shared_memory(tile, out_f32):
 def test_name_expression_names_every_template_argument():
     t = conv_stem.STEM_TILES[0]
     assert t.name_expression(7, 7, 2, 2, 1, True) == f"conv_stem_f16<7,7,2,2,{t.tp},{t.warps},1,1,{t.minb}>"
+    assert t.name_expression(7, 7, 2, 2, 2, 2) == f"conv_stem_f16<7,7,2,2,{t.tp},{t.warps},2,2,{t.minb}>"
+
+
+@pytest.mark.parametrize("tile", conv_stem.STEM_TILES, ids=lambda t: t.name)
+def test_int8_epilogue_stores_every_row_and_16_channel_chunk_of_a_warp_once(tile):
+    """conv_stem.cu OUT 2: lane l of store step k takes staged row idx >> 2, chunk idx & 3
+    (idx = 32k + l); the warp's MT * 16 rows x 64 channels are written exactly once, and
+    the four lanes of one row write its 64 contiguous bytes."""
+    mt = tile.tp // tile.warps
+    seen = {}
+    for k in range(mt * 16 * 4 // 32):
+        for lane in range(32):
+            idx = k * 32 + lane
+            seen.setdefault((idx >> 2, idx & 3), []).append(lane)
+    assert sorted(seen) == [(r, c) for r in range(mt * 16) for c in range(4)]
+    assert all(len(v) == 1 for v in seen.values())
+    # the staged bytes of one lane (two channels, one 16-bit store) stay inside one row
+    LDC8 = 64 + 16
+    assert LDC8 % 16 == 0 and all((8 * j + 2 * t) + 1 < 64 for j in range(8) for t in range(4))
 
 
 # ---- argument checks --------------------------------------------------------------------
@@ -192,7 +211,16 @@ def _conv(x=X, w=WP, **kw):
     (dict(w=np.zeros((12, 52, 4), np.float16)), "12 output channels; the stem kernel takes a positive multiple of 8"),
     (dict(w=np.zeros((0, 52, 4), np.float16)), "0 output channels"),
     (dict(x=np.zeros((1, 3, 3, 4), np.float16), padding=0), "output size -1x-1 from input 3x3; expected positive"),
-    (dict(out_dtype=np.int8), "out dtype int8; valid: float16, float32"),
+    (dict(out_dtype=np.float64), "out dtype float64; valid: float16, float32, int8"),
+    (dict(out_dtype=np.int8), r"s_out goes with int8 output, and int8 output needs it \(out int8, s_out None\)"),
+    (dict(s_out=0.5), r"\(out float16, s_out 0.5\)"),
+    (dict(out_dtype=np.int8, s_out=0.0), "s_out 0.0; expected a positive finite scale"),
+    (dict(out_dtype=np.int8, s_out=float("nan")), "s_out nan; expected a positive finite scale"),
+    (dict(out_dtype=np.int8, s_out=0.1), "8 output channels into int8; the int8 epilogue stores 16 at once"),
+    (dict(w=np.zeros((16, 52, 4), np.float16), out=np.zeros((1, 2, 2, 24), np.int8), s_out=0.1),
+     r"out \(1, 2, 2, 24\)"),
+    (dict(w=np.zeros((16, 52, 4), np.float16), out=np.zeros((1, 5, 5, 40), np.int8), s_out=0.1,
+          out_channel_offset=8), "out with 40 channels at offset 8; the int8 epilogue stores 16"),
     (dict(out=np.zeros((1, 2, 2, 8), np.float16)), r"out \(1, 2, 2, 8\)"),
     (dict(out=np.zeros((1, 5, 5, 12), np.float16)), "out with 12 channels at offset 0; the float16 epilogue stores 8"),
     (dict(out=np.zeros((1, 5, 5, 24), np.float16), out_channel_offset=4), "at offset 4; the float16 epilogue"),
@@ -219,6 +247,8 @@ def _offset(shape, dtype, nbytes):
     (dict(w=_offset((8, 52, 4), np.float16, 8)), "w_packed at address .* 16-byte aligned"),
     (dict(out=_offset((1, 5, 5, 8), np.float16, 8)), "out at address .* 16-byte aligned"),
     (dict(out=_offset((1, 5, 5, 8), np.float32, 4)), "out at address .* 8-byte aligned"),
+    (dict(w=_offset((16, 52, 4), np.float16, 0), out=_offset((1, 5, 5, 16), np.int8, 8), s_out=0.1),
+     "out at address .* 16-byte aligned"),
 ])
 def test_launcher_rejects_misaligned_arrays(args, match):
     """A misaligned vector access would be a sticky fault of the CUDA context."""
