@@ -56,13 +56,15 @@ def _stem_int8(layer):
     return [t for t in candidates(layer, rt.DataType.INT8) if isinstance(t, I.ConvStemInt8)]
 
 
-def test_fp16_stem_kernel_for_int8_stems_is_a_candidate_unless_switched_off(monkeypatch):
+def test_fp16_stem_kernel_for_int8_stems_is_a_candidate_when_switched_on(monkeypatch):
     registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION] if isinstance(t, I.ConvStemInt8)]
     assert len(registered) == 2 * len(conv_stem.STEM_TILES)
     assert len({t.name for t in registered}) == len(registered)
     assert all(t.name.startswith("conv.stem_") and t.name.endswith("_i8") and t.int8 for t in registered)
     layer = _stem_k(64)
     monkeypatch.delenv("CUPYRT_STEM_INT8", raising=False)
+    assert _stem_int8(layer) == []                      # off by default until its GPU run
+    monkeypatch.setenv("CUPYRT_STEM_INT8", "1")
     assert len(_stem_int8(layer)) == len(registered)
     assert not [t for t in candidates(layer, rt.DataType.HALF) if isinstance(t, I.ConvStemInt8)]
     monkeypatch.setenv("CUPYRT_STEM_INT8", "0")

@@ -271,13 +271,14 @@ def test_stem_int8_out_into_a_wider_buffer_leaves_the_other_channels():
     assert (h[..., 16:48] < 0).any()                        # no activation: negative codes too
 
 
-def test_engine_int8_stem_on_the_fp16_kernel_against_the_int8_small_c_tactic():
+def test_engine_int8_stem_on_the_fp16_kernel_against_the_int8_small_c_tactic(monkeypatch):
     """Each ConvStemInt8 tactic forced on the stem of an INT8 engine (stem + ReLU + a 3x3
     INT8 convolution): close to the INT8 small-C tactic there (the one does not quantise
     the input, so they agree to INT8 accuracy, not bit for bit), and closer to the float
     network than it."""
     import engine as rt
     from kernels.gpu import conv_int8_smallc
+    monkeypatch.setenv("CUPYRT_STEM_INT8", "1")
     net, randn = stem_net(2, 40, 40, tail_k=16)
     data = [randn(2, 3, 40, 40) for _ in range(3)]
     feeds = {"x": randn(2, 3, 40, 40)}
