@@ -154,11 +154,7 @@ class ConvStemInt8(ConvStem):
         (p, q), pre = window_geometry(layer, x.shape)
         int8_out = out_dtypes[0] == DataType.INT8
         out_dtype = int8_out_dtype(out_dtypes[0])
-        if (self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16)
-                and (out_dtype != np.float32 or self.tile.nchw_f32_out)):
-            x_in, layout = x, "NCHW"
-        else:
-            x_in, layout = as_nhwc(x, np.float16, 4), "NHWC"
+        x_in, layout = self.stem_input(x, out_dtype)
         y = conv_stem.conv2d_stem(
             x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
             out_hw=(p, q), scale=state["scale"], bias=state["bias"], act=state["act"],

@@ -287,43 +287,15 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
                             actf(acc[i][j][2 * hh] * s0 + b0), actf(acc[i][j][2 * hh + 1] * s1 + b1));
                     }
             }
-        } else if constexpr (OUT == 2) {
-            constexpr int LDC8 = G::LDC8;
-            unsigned char* cw = sC + warp * (MT * 16 * LDC8);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int c = j * 8 + 2 * t;
-                const float s0 = sScale[c], s1 = sScale[c + 1], b0 = sBias[c], b1 = sBias[c + 1];
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int hh = 0; hh < 2; ++hh) {
-                        const int r = i * 16 + g + 8 * hh;
-                        const unsigned qa = cupyrt_int8::q8_byte(
-                            __fmul_rn(actf(acc[i][j][2 * hh] * s0 + b0), inv_out));
-                        const unsigned qb = cupyrt_int8::q8_byte(
-                            __fmul_rn(actf(acc[i][j][2 * hh + 1] * s1 + b1), inv_out));
-                        *reinterpret_cast<unsigned short*>(cw + r * LDC8 + c) =
-                            (unsigned short)((qa & 0xffu) | (qb << 8));
-                    }
-            }
-            __syncwarp();
-            // 4 lanes per output pixel (16 bytes each): a warp writes 8 pixels = 512
-            // contiguous bytes when out_ld == 64
-#pragma unroll
-            for (int k = 0; k < MT * 16 * 4 / 32; ++k) {
-                const int idx = k * 32 + lane;
-                const int r = idx >> 2, ch = idx & 3;
-                const int p = pw0 + (r >> 4), q = q0 + (r & 15);
-                if (p < P && q < Q && ch * 16 < kn) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(cw + r * LDC8 + ch * 16);
-                    *reinterpret_cast<uint4*>(out + ((long long)(n * P + p) * Q + q) * out_ld
-                                              + out_off + n0 + ch * 16) = v;
-                }
-            }
-            __syncwarp();
         } else {
-            half_t* cw = reinterpret_cast<half_t*>(sC) + warp * (MT * 16 * LDC);
+            // staged: OUT 0 half (2 bytes a channel), OUT 2 int8 codes (1 byte); a staged row
+            // is one output pixel's 64 channels, then 16-byte chunks of it stored by
+            // consecutive lanes (half: 8 lanes a pixel, int8: 4), 512 contiguous bytes per
+            // warp instruction when out_ld == 64
+            constexpr int EB = OUT == 2 ? 1 : 2;                 // bytes per channel
+            constexpr int ROWB = OUT == 2 ? G::LDC8 : G::LDC * 2; // staged row stride (bytes)
+            constexpr int CPR = BN * EB / 16;                     // 16-byte chunks per row
+            unsigned char* cw = sC + warp * (MT * 16 * ROWB);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int c = j * 8 + 2 * t;
@@ -333,22 +305,28 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
 #pragma unroll
                     for (int hh = 0; hh < 2; ++hh) {
                         const int r = i * 16 + g + 8 * hh;
-                        *reinterpret_cast<unsigned*>(cw + r * LDC + c) = pack_h2(
-                            actf(acc[i][j][2 * hh] * s0 + b0), actf(acc[i][j][2 * hh + 1] * s1 + b1));
+                        const float v0 = actf(acc[i][j][2 * hh] * s0 + b0);
+                        const float v1 = actf(acc[i][j][2 * hh + 1] * s1 + b1);
+                        unsigned char* dst = cw + r * ROWB + c * EB;
+                        if constexpr (OUT == 2) {
+                            const unsigned qa = cupyrt_int8::q8_byte(__fmul_rn(v0, inv_out));
+                            const unsigned qb = cupyrt_int8::q8_byte(__fmul_rn(v1, inv_out));
+                            *reinterpret_cast<unsigned short*>(dst) = (unsigned short)((qa & 0xffu) | (qb << 8));
+                        } else {
+                            *reinterpret_cast<unsigned*>(dst) = pack_h2(v0, v1);
+                        }
                     }
             }
             __syncwarp();
-            // 8 lanes per output pixel (16 bytes each): a warp writes 4 pixels = 512
-            // contiguous bytes when out_ld == 64
 #pragma unroll
-            for (int k = 0; k < MT * 16 * 8 / 32; ++k) {
+            for (int k = 0; k < MT * 16 * CPR / 32; ++k) {
                 const int idx = k * 32 + lane;
-                const int r = idx >> 3, ch = idx & 7;
+                const int r = idx / CPR, ch = idx % CPR;
                 const int p = pw0 + (r >> 4), q = q0 + (r & 15);
-                if (p < P && q < Q && ch * 8 < kn) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(cw + r * LDC + ch * 8);
+                if (p < P && q < Q && ch * (16 / EB) < kn) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(cw + r * ROWB + ch * 16);
                     *reinterpret_cast<uint4*>(out + ((long long)(n * P + p) * Q + q) * out_ld
-                                              + out_off + n0 + ch * 8) = v;
+                                              + out_off + n0 + ch * (16 / EB)) = v;
                 }
             }
             __syncwarp();

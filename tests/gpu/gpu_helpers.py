@@ -141,6 +141,21 @@ def stem_net(n, h, w, seed=4, tail_k=None):
     return net, randn
 
 
+def fixed_precision_plan(net, flag, calibration=None):
+    """A CuPy-backend plan of ``net`` under one builder flag (FP16 / INT8), every layer kept
+    in the precision the flag gives it (no precision by timing); INT8 calibrated by
+    MinMaxCalibrator on the batches ``calibration``."""
+    import engine as rt
+    b = rt.Builder()
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    cfg.precision_by_timing = False
+    cfg.set_flag(flag)
+    if calibration is not None:
+        cfg.int8_calibrator = rt.MinMaxCalibrator(calibration)
+    return b.build_serialized_network(net, cfg)
+
+
 def forced_outputs(plan, names, feeds, check_layer=None, index=0):
     """{tactic name: outputs} of the engine ``plan`` (CuPy backend, a fresh engine each) with
     layer ``index`` forced onto each of ``names`` at the shapes of ``feeds``; asserts the

@@ -9,7 +9,7 @@ cp = pytest.importorskip("cupy")
 
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from gpu_helpers import check_is_stem, forced_outputs, stem_net  # noqa: E402
+from gpu_helpers import check_is_stem, fixed_precision_plan, forced_outputs, stem_net  # noqa: E402
 from kernels.gpu import conv_int8, conv_int8_smallc, quantize_int8  # noqa: E402
 
 SC = conv_int8_smallc.SMALLC_TACTICS
@@ -249,13 +249,7 @@ def test_engine_tactic_matches_conv_int8_on_a_stem(monkeypatch):
     net, randn = stem_net(2, 40, 40, tail_k=16)
     data = [randn(2, 3, 40, 40) for _ in range(3)]
     feeds = {"x": randn(2, 3, 40, 40)}
-    b = rt.Builder()
-    cfg = b.create_builder_config()
-    cfg.backend = "cupy"
-    cfg.precision_by_timing = False
-    cfg.set_flag(rt.BuilderFlag.INT8)
-    cfg.int8_calibrator = rt.MinMaxCalibrator(data)
-    plan = b.build_serialized_network(net, cfg)
+    plan = fixed_precision_plan(net, rt.BuilderFlag.INT8, data)
     outs = forced_outputs(plan, ("conv." + SC[0].name, "conv." + REF_TACTIC.name), feeds, check_is_stem)
     a, b_ = outs.values()                            # host arrays (execute's outputs)
     for k in a:

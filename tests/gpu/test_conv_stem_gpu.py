@@ -10,7 +10,8 @@ import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import act_ref, check_is_stem, conv_nhwc, forced_outputs, poison, rel_l2, stem_net  # noqa: E402
+from gpu_helpers import (act_ref, check_is_stem, conv_nhwc, fixed_precision_plan, forced_outputs, poison,  # noqa: E402
+                         rel_l2, stem_net)
 from kernels.gpu import UnsupportedError, conv_stem  # noqa: E402
 from kernels.gpu.reformat import generic_padded, nchw_to_nhwc_padded, padded_kernel_reason  # noqa: E402
 
@@ -210,12 +211,7 @@ def test_engine_stem_tactics_match_the_igemm_small_c_tactic(monkeypatch):
     monkeypatch.setenv("CUPYRT_STEM_KERNEL", "1")
     net, randn = stem_net(3, 45, 43)
     feeds = {"x": randn(3, 3, 45, 43)}
-    b = rt.Builder()
-    cfg = b.create_builder_config()
-    cfg.backend = "cupy"
-    cfg.precision_by_timing = False
-    cfg.set_flag(rt.BuilderFlag.FP16)
-    plan = b.build_serialized_network(net, cfg)
+    plan = fixed_precision_plan(net, rt.BuilderFlag.FP16)
     names = ["conv." + conv_igemm.SMALLC_TACTICS[0].name] + [
         f"conv.{t.name}{s}" for t in TILES for s in ("", "_nchw")]
     outs = forced_outputs(plan, names, feeds, check_is_stem)
@@ -282,16 +278,11 @@ def test_engine_int8_stem_on_the_fp16_kernel_against_the_int8_small_c_tactic(mon
     net, randn = stem_net(2, 40, 40, tail_k=16)
     data = [randn(2, 3, 40, 40) for _ in range(3)]
     feeds = {"x": randn(2, 3, 40, 40)}
-    b = rt.Builder()
-    cfg = b.create_builder_config()
-    cfg.backend = "cupy"
-    cfg.precision_by_timing = False
-    cfg.set_flag(rt.BuilderFlag.INT8)
-    cfg.int8_calibrator = rt.MinMaxCalibrator(data)
-    plan = b.build_serialized_network(net, cfg)
+    plan = fixed_precision_plan(net, rt.BuilderFlag.INT8, data)
     names = ["conv." + conv_int8_smallc.SMALLC_TACTICS[0].name] + [
         f"conv.{t.name}{s}_i8" for t in TILES for s in ("", "_nchw")]
     outs = forced_outputs(plan, names, feeds, check_is_stem)
+    b = rt.Builder()
     cfg32 = b.create_builder_config()
     cfg32.backend = "numpy"
     exact = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg32))
