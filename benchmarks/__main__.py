@@ -198,7 +198,11 @@ def ab_table(rows):
 
 
 def cmd_report(args):
-    from .report import PLOT_NAME, load_results, render, render_plot, write_into
+    from .report import PLOT_NAME, load_results, render, render_layers, render_plot, write_into
+    if args.layers:
+        with open(args.layers) as f:
+            print(render_layers(json.load(f)))
+        return 0
     docs = load_results(args.results)
     text = render(docs)
     if args.write:
@@ -249,6 +253,8 @@ def main(argv=None):
     rep = sub.add_parser("report", help="RESULTS.md tables from the results files")
     rep.add_argument("--results", default=os.path.join(HERE, "results"))
     rep.add_argument("--write", action="store_true", help="replace the generated part of RESULTS.md")
+    rep.add_argument("--layers", metavar="FILE",
+                     help="per-layer times of a `run --profile` file: each batch against the largest")
     args = p.parse_args(argv)
     if args.cmd == "list":
         for s in SUITES.values():

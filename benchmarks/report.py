@@ -1,6 +1,7 @@
 """RESULTS.md's generated tables, from the suite files under benchmarks/results/.
 
     python -m benchmarks report [--write]
+    python -m benchmarks report --layers FILE     (a `run --profile` file: per layer, per batch)
 
 Every ratio compares rows of one file: cupyrt and its PyTorch peers timed in one process
 on one card (INT8 rows against PyTorch's FP16, as the issue asks).
@@ -167,3 +168,32 @@ def render_plot(docs, width=720):
                            f'<text x="{x1 + 3:.1f}" y="{y + dy + 9}" font-size="10">{value:.2f}x</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def layer_batches(doc):
+    """Per-layer device times of a ``run --profile`` suite file, as
+    [(model, precision, {batch: {layer: ms}})] (batches as ints)."""
+    return [(b["model"], b["precision"], {int(n): t for n, t in b["layer_ms"].items()})
+            for b in doc.get("builds", []) if b.get("layer_ms")]
+
+
+def render_layers(doc):
+    """The largest batch's layer times beside a smaller batch's scaled to the same images,
+    and what running each layer at the better of the two would sum to: how much a
+    batch-tiled schedule (a smaller batch's activations stay in L2) could take."""
+    lines = []
+    for model, precision, per in layer_batches(doc):
+        big = max(per)
+        lines.append(f"{model} {precision} ({doc.get('card', '?')}, {doc.get('commit', '?')}): "
+                     f"per-layer ms on the device, CUDA events")
+        for small in sorted(n for n in per if n < big):
+            k = big / small
+            a, b = per[big], per[small]
+            best = sum(min(v, b.get(name, float("inf")) * k) for name, v in a.items())
+            lines.append(f"  b{big}: {sum(a.values()):.3f} ms; b{small} x {k:g}: "
+                         f"{sum(b.values()) * k:.3f} ms; the better per layer: {best:.3f} ms")
+            lines.append(f"  {'layer':32s} {'b%d' % big:>9s} {'b%d x %g' % (small, k):>11s}")
+            for name, v in a.items():
+                w = b.get(name)
+                lines.append(f"  {name[:32]:32s} {v:9.3f} {'' if w is None else f'{w * k:11.3f}'}")
+    return "\n".join(lines) if lines else "no per-layer times (a `run --profile` file has them)"

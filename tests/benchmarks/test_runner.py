@@ -230,3 +230,23 @@ def test_ab_layerwise_names_where_a_variant_parts_from_a():
     assert first["tensor"] == "c2" and first["rel_l2"] == pytest.approx(0.01, rel=1e-3)
     assert [r["tensor"] for r in table["C"]["worst"]][0] == "c2" and len(table["C"]["worst"]) == 2
     assert table["B"]["kernels"] == {}                         # the same kernels ran (NumPy's)
+
+
+def test_report_layers_sets_each_batch_against_the_largest(tmp_path, capsys):
+    doc = {"card": "H", "commit": "abc", "builds": [
+        {"model": "resnet50", "precision": "int8",
+         # JSON keys are strings; schedule order kept
+         "layer_ms": {"256": {"stem": 0.5, "conv_a": 0.2, "fc": 0.01},
+                      "32": {"stem": 0.05, "conv_a": 0.03, "fc": 0.005}}},
+        {"model": "bert", "precision": "fp16"}]}            # no profile: left out
+    text = report.render_layers(doc)
+    # b256 0.71; b32 x 8: 0.68; the better per layer: 0.4 (stem) + 0.2 + 0.01
+    assert "b256: 0.710 ms; b32 x 8: 0.680 ms; the better per layer: 0.610 ms" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("stem", "conv_a", "fc"))]
+    assert [r[0] for r in rows] == ["stem", "conv_a", "fc"]
+    assert [float(r[2]) for r in rows] == [0.4, 0.24, 0.04]
+    assert report.render_layers({"builds": [{"model": "m"}]}).startswith("no per-layer times")
+    path = tmp_path / "int8.json"
+    path.write_text(json.dumps(doc))
+    assert runner.main(["report", "--layers", str(path)]) == 0
+    assert "the better per layer: 0.610 ms" in capsys.readouterr().out
