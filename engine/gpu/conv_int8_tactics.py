@@ -149,7 +149,7 @@ class ConvStemInt8(ConvStem):
         out = layer._outputs[0]
         return {**super().prepare(layer), "s_out": tensor_scale(out) if out.dynamic_range else None}
 
-    def run(self, state, layer, inputs, precision, out_dtypes, into=None):
+    def run(self, state, layer, inputs, precision, out_dtypes):
         x = inputs[0]
         (p, q), pre = window_geometry(layer, x.shape)
         int8_out = out_dtypes[0] == DataType.INT8
