@@ -15,7 +15,8 @@ import engine as rt  # noqa: E402
 from engine.gpu import conv_s2d_tactics as T  # noqa: E402
 from engine.gpu.conv_int8_tactics import ConvInt8, ConvInt8SmallC  # noqa: E402
 from engine.int8_exec import tensor_scale  # noqa: E402
-from gpu_helpers import act_ref, check_is_stem, conv_nhwc, forced_outputs, rel_l2, stem_net  # noqa: E402
+from gpu_helpers import (act_ref, check_is_stem, conv_nhwc, fixed_precision_plan, forced_outputs, rel_l2,  # noqa: E402
+                         stem_net)
 from kernels.gpu import conv_int8, conv_int8_smallc, conv_wgmma, quantize_int8  # noqa: E402
 from kernels.gpu import space_to_depth as S  # noqa: E402
 
@@ -227,23 +228,12 @@ def test_int8_tactic_replays_inside_a_captured_cuda_graph_on_new_inputs():
 
 # -- engines ------------------------------------------------------------------------------
 
-def _plan(net, flag, data=None):
-    b = rt.Builder()
-    cfg = b.create_builder_config()
-    cfg.backend = "cupy"
-    cfg.precision_by_timing = False
-    cfg.set_flag(flag)
-    if data is not None:
-        cfg.int8_calibrator = rt.MinMaxCalibrator(data)
-    return b.build_serialized_network(net, cfg)
-
-
 def test_int8_engine_with_the_stem_forced_onto_each_s2d_tactic_is_bit_exact(monkeypatch):
     monkeypatch.setenv("CUPYRT_S2D_STEM", "1")             # off by default until these tests pass
     net, randn = stem_net(2, 57, 61, tail_k=16)
     data = [randn(2, 3, 57, 61) for _ in range(3)]
     feeds = {"x": randn(2, 3, 57, 61)}
-    plan = _plan(net, rt.BuilderFlag.INT8, data)
+    plan = fixed_precision_plan(net, rt.BuilderFlag.INT8, data)
     names = ["conv." + conv_int8_smallc.SMALLC_TACTICS[0].name] + [t.name for t in INT8_TACTICS]
     outs = forced_outputs(plan, names, feeds, check_is_stem)
     ref = outs.pop(names[0])
@@ -257,7 +247,7 @@ def test_fp16_engine_with_the_stem_forced_onto_each_s2d_tactic(monkeypatch):
     monkeypatch.setenv("CUPYRT_S2D_STEM_F16", "1")
     net, randn = stem_net(3, 45, 43)
     feeds = {"x": randn(3, 3, 45, 43)}
-    plan = _plan(net, rt.BuilderFlag.FP16)
+    plan = fixed_precision_plan(net, rt.BuilderFlag.FP16)
     names = ["conv." + conv_igemm.SMALLC_TACTICS[0].name] + [t.name for t in HALF_TACTICS]
     outs = forced_outputs(plan, names, feeds, check_is_stem)
     ref = outs.pop(names[0])
