@@ -140,6 +140,12 @@ SETTINGS = (
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
+    Switch("batch_tiles", _number(int), 0,
+           "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "
+           "joined where that prefix ends, so a chunk's activations can stay in L2 (0 or 1: off; "
+           "experimental, not yet measured on a GPU). Read when an execution context is created."),
+    Switch("batch_tile_layers", _number(int), 0,
+           "The most leading layers batch_tiles runs in chunks (0: as many as are batch-local)."),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
            "Seconds one layer may spend compiling cuDNN plans before the rest are skipped.", tactics=True),
     Switch("cudnn_plan_cache", _path, None, "File of cuDNN plan choices kept between processes."),

@@ -96,6 +96,22 @@ class CupyBackend:
     def synchronize(self):
         self.cp.cuda.get_current_stream().synchronize()
 
+    @staticmethod
+    def batch_slice(x, start, stop):
+        """Images [start, stop) of a batch-major array: a view, also of an NCHW view of
+        NHWC storage (the batch axis is outermost in both)."""
+        return x[start:stop]
+
+    def join_batch(self, parts):
+        """Batch chunks back into one array, in order. Chunks that are NCHW views of NHWC
+        storage (what the NHWC kernels return) are joined as that storage and viewed again,
+        so the next layer reads NHWC without a reformat."""
+        cp = self.cp
+        if all(p.ndim == 4 and not p.flags.c_contiguous and p.transpose(0, 2, 3, 1).flags.c_contiguous
+               for p in parts):
+            return cp.concatenate([p.transpose(0, 2, 3, 1) for p in parts], axis=0).transpose(0, 3, 1, 2)
+        return cp.concatenate(parts, axis=0)
+
     def mark(self):
         """An event recorded on the current stream: the profiler times each layer on the
         device between two, with nothing synchronised inside the layer loop (a host clock
