@@ -134,7 +134,7 @@ def batch_tiling(network, shapes, tiles, max_steps=0):
         if (layer.layer_type not in BATCH_LOCAL
                 or any(t is not None and id(t) not in made for t in layer._inputs)
                 or any(t is not None and shapes[id(t)][0] != n for t in layer._inputs)
-                or any(shapes[o][0] != n or o in concat_read for o in outs)):
+                or any(not shapes[o] or shapes[o][0] != n or o in concat_read for o in outs)):
             break
         made.update(outs)
         steps += 1
