@@ -135,6 +135,9 @@ def format_runtime(runtime):
         lines.append(f"    {name}: {st['engine_runs']} engine run(s), {st['native_runs']} "
                      f"TensorFlow run(s), {st['engines_built']} engine(s) built per shape; "
                      f"backend {', '.join(st['modes'])}")
+        if st["inlined"]:        # other imports of the same node found no CUDA device
+            lines.append(f"      also inlined as its TensorFlow ops in {st['inlined']} import(s) "
+                         "(no CUDA device)")
         for reason, n in sorted(st["fallbacks"].items()):
             lines.append(f"      fallback: {reason}: {n} call(s)")
     return lines

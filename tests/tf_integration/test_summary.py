@@ -73,3 +73,18 @@ def test_segmenter_reasons_of_one_frame_become_one_phrase_and_others_are_counted
     assert "cond/Switch (Switch) - Switch of a lowered cond" in text     # alone: as before
     assert "relu (X) - no converter for op Relu6x" in text
     assert sum("frame" in x for x in text.splitlines()) == 2   # header + the frame
+
+
+def test_runtime_lines_say_both_engine_runs_and_inlined_imports_of_one_node():
+    """An engine node imported where it ran and, in the same process, where no CUDA device
+    made it inline its TensorFlow ops: the summary says both (it used to show only the runs)."""
+    from tf_integration.summary import format_runtime
+    st = {"modes": ["numpy"], "imports": 1, "inlined": 2, "engine_runs": 3, "native_runs": 0,
+          "engines_built": 1, "fallbacks": {}}
+    lines = format_runtime({"CupyrtEngine_0": st})
+    assert lines[1] == ("    CupyrtEngine_0: 3 engine run(s), 0 TensorFlow run(s), 1 engine(s) built per "
+                        "shape; backend numpy")
+    assert lines[2] == "      also inlined as its TensorFlow ops in 2 import(s) (no CUDA device)"
+    assert len(format_runtime({"E": dict(st, inlined=0)})) == 2
+    only = format_runtime({"E": dict(st, imports=0)})
+    assert only[1].startswith("    E: inlined as its TensorFlow ops in 2 import(s)")
