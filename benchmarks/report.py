@@ -177,6 +177,22 @@ def layer_batches(doc):
             for b in doc.get("builds", []) if b.get("layer_ms")]
 
 
+def best_prefix(big, small, k):
+    """(K, ms): the first K layers (schedule order) at the small batch times k, the rest at the
+    big one, with K the fastest; what batch tiling (engine/execution.py) can reach, if those
+    layers are batch-local. A layer the small batch lacks ends the candidates."""
+    names = list(big)
+    best_k, best = 0, sum(big.values())
+    total = best
+    for i, name in enumerate(names):
+        if name not in small:
+            break
+        total += small[name] * k - big[name]
+        if total < best:
+            best_k, best = i + 1, total
+    return best_k, best
+
+
 def render_layers(doc):
     """The largest batch's layer times beside a smaller batch's scaled to the same images,
     and what running each layer at the better of the two would sum to: how much a
@@ -192,6 +208,9 @@ def render_layers(doc):
             best = sum(min(v, b.get(name, float("inf")) * k) for name, v in a.items())
             lines.append(f"  b{big}: {sum(a.values()):.3f} ms; b{small} x {k:g}: "
                          f"{sum(b.values()) * k:.3f} ms; the better per layer: {best:.3f} ms")
+            steps, ms = best_prefix(a, b, k)
+            lines.append(f"  the best leading run of layers at b{small} x {k:g}: the first {steps} "
+                         f"(batch_tiles={k:g} batch_tile_layers={steps}), {ms:.3f} ms")
             lines.append(f"  {'layer':32s} {'b%d' % big:>9s} {'b%d x %g' % (small, k):>11s}")
             for name, v in a.items():
                 w = b.get(name)

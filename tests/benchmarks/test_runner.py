@@ -242,6 +242,11 @@ def test_report_layers_sets_each_batch_against_the_largest(tmp_path, capsys):
     text = report.render_layers(doc)
     # b256 0.71; b32 x 8: 0.68; the better per layer: 0.4 (stem) + 0.2 + 0.01
     assert "b256: 0.710 ms; b32 x 8: 0.680 ms; the better per layer: 0.610 ms" in text
+    # prefixes: none 0.71; stem 0.4+0.2+0.01 = 0.61; stem+conv_a 0.4+0.24+0.01 = 0.65; all 0.68
+    assert "the first 1 (batch_tiles=8 batch_tile_layers=1), 0.610 ms" in text
+    assert report.best_prefix({"a": 1.0, "b": 1.0}, {"a": 0.2, "b": 0.3}, 4) == (1, pytest.approx(1.8))
+    assert report.best_prefix({"a": 1.0}, {"a": 0.3}, 4) == (0, pytest.approx(1.0))
+    assert report.best_prefix({"a": 1.0, "b": 2.0}, {"b": 0.1}, 4) == (0, pytest.approx(3.0))  # no "a": stop
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(("stem", "conv_a", "fc"))]
     assert [r[0] for r in rows] == ["stem", "conv_a", "fc"]
     assert [float(r[2]) for r in rows] == [0.4, 0.24, 0.04]
