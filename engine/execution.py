@@ -141,8 +141,8 @@ def batch_tiling(network, shapes, tiles, max_steps=0):
     if steps == 0:
         return None
     later = {id(t) for layer in layers[steps:] for t in layer._inputs if t is not None}
-    boundary = [t for t in made - {id(t) for t in ins}
-                if t in later or t in {id(o) for o in network._outputs}]
+    later |= {id(t) for t in network._outputs}
+    boundary = [t for t in made - {id(t) for t in ins} if t in later]
     sizes = [n // tiles + (i < n % tiles) for i in range(tiles)]
     return sizes, steps, boundary
 
@@ -196,7 +196,7 @@ class LayerRunner:
             keep = set(boundary)
             start = 0
             for size in sizes:                        # the prefix, one batch chunk at a time
-                chunk = {tid: backend.batch_slice(v, start, start + size) for tid, v in values.items()}
+                chunk = {tid: v[start:start + size] for tid, v in values.items()}   # views
                 self._steps(schedule, 0, first, chunk, sched, marks, None, keep)
                 for tid in boundary:
                     parts[tid].append(chunk[tid])

@@ -96,12 +96,6 @@ class CupyBackend:
     def synchronize(self):
         self.cp.cuda.get_current_stream().synchronize()
 
-    @staticmethod
-    def batch_slice(x, start, stop):
-        """Images [start, stop) of a batch-major array: a view, also of an NCHW view of
-        NHWC storage (the batch axis is outermost in both)."""
-        return x[start:stop]
-
     def join_batch(self, parts):
         """Batch chunks back into one array, in order. Chunks that are NCHW views of NHWC
         storage (what the NHWC kernels return) are joined as that storage and viewed again,

@@ -21,11 +21,6 @@ class NumpyBackend:
         pass
 
     @staticmethod
-    def batch_slice(x, start, stop):
-        """Images [start, stop) of a batch-major array (a view)."""
-        return x[start:stop]
-
-    @staticmethod
     def join_batch(parts):
         """Batch chunks back into one array, in order."""
         return np.concatenate(parts, axis=0)

@@ -153,13 +153,8 @@ class ConvStemInt8(ConvStem):
         x = inputs[0]
         (p, q), pre = window_geometry(layer, x.shape)
         int8_out = out_dtypes[0] == DataType.INT8
-        out_dtype = int8_out_dtype(out_dtypes[0])
-        x_in, layout = self.stem_input(x, out_dtype)
-        y = conv_stem.conv2d_stem(
-            x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
-            out_hw=(p, q), scale=state["scale"], bias=state["bias"], act=state["act"],
-            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype,
-            s_out=state["s_out"] if int8_out else None, layout=layout, tactic=self.tile)
+        y = self.launch_stem(state, layer, x, pre, (p, q), int8_out_dtype(out_dtypes[0]),
+                             s_out=state["s_out"] if int8_out else None)
         return [nchw_view(y)]
 
 

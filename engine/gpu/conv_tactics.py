@@ -127,25 +127,25 @@ class ConvStem(Tactic):
         c = layer._inputs[0].shape[1]
         return {"w": conv_stem.pack_weight_stem(layer.weights(c), "KCRS"), **epilogue_state(layer)}
 
-    def stem_input(self, x, out_dtype):
-        """(array, layout) the kernel reads: the network input itself (direct flavour, an
-        NCHW float array, unless the tile cannot write float32 from it), else the NHWC half
-        reformat with 4 channels."""
+    def launch_stem(self, state, layer, x, pre, out_hw, out_dtype, **kw):
+        """The stem kernel on ``x``: the network input itself (direct flavour, an NCHW float
+        array, unless the tile cannot write float32 from it), else the NHWC half reformat
+        with 4 channels; ``kw``: the output's placement or scale."""
         if (self.direct and x.flags.c_contiguous and x.dtype in (np.float32, np.float16)
                 and (np.dtype(out_dtype) != np.float32 or self.tile.nchw_f32_out)):
-            return x, "NCHW"
-        return as_nhwc(x, np.float16, 4), "NHWC"
+            x_in, layout = x, "NCHW"
+        else:
+            x_in, layout = as_nhwc(x, np.float16, 4), "NHWC"
+        return conv_stem.conv2d_stem(
+            x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
+            out_hw=out_hw, scale=state["scale"], bias=state["bias"], act=state["act"],
+            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype, layout=layout,
+            tactic=self.tile, **kw)
 
     def run(self, state, layer, inputs, precision, out_dtypes, into=None):
         x = inputs[0]
         (p, q), pre, k, place, out_dtype = conv_output(layer, x, into, out_dtypes)
-        x_in, layout = self.stem_input(x, out_dtype)
-        y = conv_stem.conv2d_stem(
-            x_in, state["w"], kernel_size=layer.kernel_size_nd, stride=layer.stride_nd, padding=pre,
-            out_hw=(p, q), scale=state["scale"], bias=state["bias"], act=state["act"],
-            alpha=state["alpha"], beta=state["beta"], out_dtype=out_dtype, layout=layout,
-            tactic=self.tile, **place)
-        return [written(y, place, k)]
+        return [written(self.launch_stem(state, layer, x, pre, (p, q), out_dtype, **place), place, k)]
 
 
 class ConvWgmma(ConvIgemm):

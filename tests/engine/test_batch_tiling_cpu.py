@@ -172,7 +172,7 @@ def test_the_gpu_join_keeps_nhwc_storage_nhwc():
     backend = CupyBackend.__new__(CupyBackend)
     backend.cp = types.SimpleNamespace(concatenate=np.concatenate)
     nhwc = randn(5, 4, 3, 6)
-    views = [backend.batch_slice(nhwc.transpose(0, 3, 1, 2), a, b) for a, b in ((0, 2), (2, 5))]
+    views = [nhwc.transpose(0, 3, 1, 2)[a:b] for a, b in ((0, 2), (2, 5))]
     joined = backend.join_batch(views)
     np.testing.assert_array_equal(joined, nhwc.transpose(0, 3, 1, 2))
     assert joined.transpose(0, 2, 3, 1).flags.c_contiguous and not joined.flags.c_contiguous
