@@ -122,8 +122,8 @@ class ConvStemInt8(ConvStem):
     float input itself, writing the INT8 output codes (or half / float32 where the consumer
     is not INT8) in its epilogue: no quantize pass over the input and no input rounding to
     8 bits. Not bit-exact with engine.int8_exec (FP16 products of the unquantised input;
-    the codes agree to within rounding); the builder times it beside the INT8 kernels when
-    the stem_int8 setting is on (off until its GPU tests have run)."""
+    the codes agree to within rounding); the builder times it beside the INT8 kernels unless
+    the stem_int8 setting is off."""
     int8 = True
     switch = "stem_int8"
     writes_into_concat = False
