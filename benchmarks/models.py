@@ -225,8 +225,9 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
                          "last_run": tactic_table(engine.backend)}
     record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if v == "conv.cudnn")
     record["cudnn_graphs"] = _cudnn_stats()
-    if profile:                       # per layer on the device (CUDA events), mean of 3 runs per batch
-        record["layer_ms"] = {}
+    if profile:                       # per layer on the device (CUDA events), mean of 3 runs per batch,
+        record["layer_ms"] = {}       # each issued behind a device hold (no launch gaps timed)
+        record["profile_launch_gaps"] = {}
         for n in batches:
             ctx2 = engine.create_execution_context()
             xp = cp.asarray(np.random.default_rng(0).standard_normal((n, 3, 224, 224)).astype(np.float32))
@@ -235,8 +236,15 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
             for _ in range(3):
                 ctx2.execute({"input": xp})
             record["layer_ms"][n] = {k: v / 3 for k, v in ctx2.profiler.times.items()}
+            record["profile_launch_gaps"][n] = ctx2.launch_gaps
             with open(os.path.join(out_dir, f"profile_{name}_{precision}_b{n}.txt"), "w") as f:
+                if ctx2.launch_gaps:
+                    f.write("# the device hold expired (a layer synchronised the host): later times "
+                            "include launch gaps\n")
                 f.write(ctx2.profiler.table())
+                f.write("\n\nin layer order, with the plan's kernel (chosen at the build batch)\n")
+                f.writelines(f"{info.name[:40]:40s} {ctx2.profiler.times.get(info.name, 0.0) / 3:10.4f}  "
+                             f"{info.kernel}\n" for info in engine.layers)
     return record, rows
 
 

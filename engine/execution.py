@@ -151,6 +151,9 @@ class LayerRunner:
     def __init__(self, engine):
         self.engine = engine
         self.profiler = None
+        # the last profiled run's device hold expired before every layer was issued (a layer
+        # synchronised the host): the times after that point include launch gaps
+        self.launch_gaps = False
         self._plans = {}      # input-shape signature -> per-call schedule
         # read once per context (run_layers is the per-call path)
         s = settings()
@@ -183,10 +186,26 @@ class LayerRunner:
         """The layer loop, shared by every backend: backend arrays in and out.
         ``visit(tensor, value)``, when given, sees every layer output as it is made
         (INT8 calibration's statistics, engine/calibration.py)."""
+        backend = self.engine.backend
+        marks = []                    # (layer name, start mark, end mark): read after the loop
+        # profiled: the device waits until every layer is issued, so the marks time its work
+        # and not the launch path (kernels/gpu/device_hold.py)
+        hold = backend.hold() if self.profiler else None
+        try:
+            outs = self._layer_loop(feeds, sched, visit, marks)
+        finally:
+            if hold is not None:
+                hold.release()
+        for name, t0, t1 in marks:
+            self.profiler.report_layer_time(name, backend.elapsed_ms(t0, t1))
+        # read once the marks are: the stream has passed the hold by then
+        self.launch_gaps = bool(hold is not None and marks and hold.expired)
+        return outs
+
+    def _layer_loop(self, feeds, sched, visit, marks):
         e = self.engine
         backend = e.backend
         values = {id(t): feeds[t.name] for t in e.network._inputs}
-        marks = []                    # (layer name, start mark, end mark): read after the loop
         schedule = e.schedule()
         first = 0
         tiling = sched.get("tiling") if visit is None else None    # calibration sees whole tensors
@@ -208,8 +227,6 @@ class LayerRunner:
                     if tid not in keep:
                         values.pop(tid, None)
         self._steps(schedule, first, len(schedule), values, sched, marks, visit)
-        for name, t0, t1 in marks:
-            self.profiler.report_layer_time(name, backend.elapsed_ms(t0, t1))
         return {t.name: values[id(t)] for t in e.network._outputs}
 
     def _steps(self, schedule, begin, end, values, sched, marks, visit, keep=()):

@@ -31,6 +31,11 @@ class NumpyBackend:
         return time.perf_counter()
 
     @staticmethod
+    def hold():
+        """Nothing to hold: the host clock times the work itself."""
+        return None
+
+    @staticmethod
     def elapsed_ms(start, end):
         return 1e3 * (end - start)
 

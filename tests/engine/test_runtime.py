@@ -124,6 +124,71 @@ def test_profiler_times_layers_with_the_backends_clock_after_the_loop():
     assert backend.read == [7.75] * 4          # every layer issued before the first read
 
 
+class _Hold:
+    def __init__(self, log, expired):
+        self.log, self.expired = log, expired
+
+    def release(self):
+        self.log.append("release")
+
+
+def _held_engine(expired=False, fail_at=None):
+    """A chain engine on a NumPy backend that logs its hold, each layer and each read."""
+    from engine.backends.numpy_backend import NumpyBackend
+
+    class Held(NumpyBackend):
+        def __init__(self):
+            self.log = []
+
+        def hold(self):
+            self.log.append("hold")
+            return _Hold(self.log, expired)
+
+        def run_layer(self, *args):
+            self.log.append("layer")
+            if len([e for e in self.log if e == "layer"]) == fail_at:
+                raise RuntimeError("layer failed")
+            return NumpyBackend.run_layer(*args)
+
+        def elapsed_ms(self, start, end):
+            self.log.append("read")
+            return 1.0
+
+    engine = chain_engine()
+    engine.backend = Held()
+    ctx = engine.create_execution_context()
+    return engine, ctx
+
+
+def test_profiled_run_holds_the_device_until_every_layer_is_issued():
+    """The hold comes first, its release after the last layer and before the first read
+    (kernels/gpu/device_hold.py): the device then runs the queue without launch gaps."""
+    engine, ctx = _held_engine()
+    ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert engine.backend.log == ["layer"] * 4           # no profiler: no hold, no reads
+    engine.backend.log.clear()
+    ctx.profiler = rt.Profiler()
+    ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert engine.backend.log == ["hold"] + ["layer"] * 4 + ["release"] + ["read"] * 4
+    assert ctx.launch_gaps is False
+
+
+def test_an_expired_hold_is_reported_as_launch_gaps():
+    engine, ctx = _held_engine(expired=True)
+    ctx.profiler = rt.Profiler()
+    ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert ctx.launch_gaps is True
+    assert set(ctx.profiler.times) == {info.name for info in engine.layers}
+
+
+def test_a_failing_layer_still_releases_the_hold():
+    engine, ctx = _held_engine(fail_at=2)
+    ctx.profiler = rt.Profiler()
+    with pytest.raises(RuntimeError, match="layer failed"):
+        ctx.execute({"x": np.ones((2, 8), np.float32)})
+    assert engine.backend.log == ["hold", "layer", "layer", "release"]
+
+
 def test_engine_inspection():
     engine = chain_engine()
     assert engine.num_layers == 4 and engine.num_io_tensors == 2
