@@ -154,6 +154,9 @@ class LayerRunner:
         # the last profiled run's device hold expired before every layer was issued (a layer
         # synchronised the host): the times after that point include launch gaps
         self.launch_gaps = False
+        # tactic selection times candidates with a host sync inside each layer: it must not
+        # issue behind a hold (engine/backends/cupy_backend.py select_tactics)
+        self.hold_when_profiled = True
         self._plans = {}      # input-shape signature -> per-call schedule
         # read once per context (run_layers is the per-call path)
         s = settings()
@@ -190,7 +193,7 @@ class LayerRunner:
         marks = []                    # (layer name, start mark, end mark): read after the loop
         # profiled: the device waits until every layer is issued, so the marks time its work
         # and not the launch path (kernels/gpu/device_hold.py)
-        hold = backend.hold() if self.profiler else None
+        hold = backend.hold() if self.profiler and self.hold_when_profiled else None
         try:
             outs = self._layer_loop(feeds, sched, visit, marks)
         finally:

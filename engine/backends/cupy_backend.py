@@ -189,7 +189,8 @@ class CupyBackend:
         precision-by-timing stage measures layers on it)."""
         engine = EngineSchedule(network, self.meta, self)
         runner = LayerRunner(engine)
-        runner.profiler = profiler
+        runner.profiler = profiler       # the builder's progress, not a timing
+        runner.hold_when_profiled = False
         self.use_graphs = False      # selection only: replay is the built engine's business
         runner.run({name: self.asarray(a) for name, a in feeds.items()})
         self.synchronize()

@@ -358,3 +358,27 @@ def test_a_build_served_from_the_timing_cache_still_reports_the_measurements(fak
         assert second["tactic_ms"][layer][name] == (None if ms is None else pytest.approx(ms, abs=1e-6))
     assert second["tactic_ms"][layer]["inject.fast"] == pytest.approx(0.2)
     assert second["tactic_ms"][layer]["inject.bad"] is None
+
+
+def test_tactic_selection_does_not_hold_the_device_but_a_profiled_run_does(fake_gpu, monkeypatch):
+    """Selection times candidates with a host sync inside each layer: behind a device hold
+    each would wait for the hold to expire. A profiled run of the built engine holds."""
+    holds = []
+
+    class Hold:
+        expired = False
+
+        def release(self):
+            holds.append("release")
+
+    def hold(self):
+        holds.append("hold")
+        return Hold()
+
+    monkeypatch.setattr(cupy_backend.CupyBackend, "hold", hold)
+    _, plan = build(monkeypatch, [Injected("inject.a", 0.2)])
+    assert holds == []                       # the builder's progress profiler, no hold
+    ctx = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan).create_execution_context()
+    ctx.profiler = rt.Profiler()
+    ctx.execute({"x": np.random.default_rng(2).standard_normal((2, 3, 9, 9)).astype(np.float32)})
+    assert holds == ["hold", "release"] and ctx.launch_gaps is False
