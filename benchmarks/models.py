@@ -225,27 +225,37 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
                          "last_run": tactic_table(engine.backend)}
     record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if v == "conv.cudnn")
     record["cudnn_graphs"] = _cudnn_stats()
-    if profile:                       # per layer on the device (CUDA events), mean of 3 runs per batch,
-        record["layer_ms"] = {}       # each issued behind a device hold (no launch gaps timed)
-        record["profile_launch_gaps"] = {}
+    if profile:
+        record["layer_ms"], record["profile_launch_gaps"] = {}, {}
         for n in batches:
-            ctx2 = engine.create_execution_context()
-            xp = cp.asarray(np.random.default_rng(0).standard_normal((n, 3, 224, 224)).astype(np.float32))
-            ctx2.execute({"input": xp})                 # tactics of a new batch chosen before timing
-            ctx2.profiler = rt.Profiler()
-            for _ in range(3):
-                ctx2.execute({"input": xp})
-            record["layer_ms"][n] = {k: v / 3 for k, v in ctx2.profiler.times.items()}
-            record["profile_launch_gaps"][n] = ctx2.launch_gaps
-            with open(os.path.join(out_dir, f"profile_{name}_{precision}_b{n}.txt"), "w") as f:
-                if ctx2.launch_gaps:
-                    f.write("# the device hold expired (a layer synchronised the host): later times "
-                            "include launch gaps\n")
-                f.write(ctx2.profiler.table())
-                f.write("\n\nin layer order, with the plan's kernel (chosen at the build batch)\n")
-                f.writelines(f"{info.name[:40]:40s} {ctx2.profiler.times.get(info.name, 0.0) / 3:10.4f}  "
-                             f"{info.kernel}\n" for info in engine.layers)
+            x = cp.asarray(np.random.default_rng(0).standard_normal((n, 3, 224, 224)).astype(np.float32))
+            record["layer_ms"][n], record["profile_launch_gaps"][n] = write_layer_profile(
+                engine, "input", x, os.path.join(out_dir, f"profile_{name}_{precision}_b{n}.txt"))
     return record, rows
+
+
+def write_layer_profile(engine, in_name, x, path, runs=3):
+    """Per layer on the device (CUDA events, each run issued behind a device hold: no
+    launch gaps timed), the mean of ``runs`` eager runs on ``x``, written to ``path``: the
+    slowest first, then in layer order with the plan's kernel. Returns ({layer: ms},
+    launch_gaps)."""
+    import engine as rt
+    ctx = engine.create_execution_context()
+    ctx.execute({in_name: x})                 # tactics of a new batch chosen before timing
+    ctx.profiler = rt.Profiler()
+    for _ in range(runs):
+        ctx.execute({in_name: x})
+    ms = {k: v / runs for k, v in ctx.profiler.times.items()}
+    with open(path, "w") as f:
+        if ctx.launch_gaps:
+            f.write("# the device hold expired (a layer synchronised the host): later times "
+                    "include launch gaps\n")
+        f.write(ctx.profiler.table())
+        f.write(f"\n\nin layer order (ms a run, mean of {runs}), with the plan's kernel "
+                f"(chosen at the build batch); sum {sum(ms.values()):.3f} ms\n")
+        f.writelines(f"{info.name[:40]:40s} {ms.get(info.name, 0.0):10.4f}  {info.kernel}\n"
+                     for info in engine.layers)
+    return ms, ctx.launch_gaps
 
 
 def write_build_profile(prof, path, lines=45):
@@ -404,7 +414,7 @@ AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input
 
 
 def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=(), peer=False,
-            layerwise=0):
+            layerwise=0, profile_dir=None):
     """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
     settings as they are, engine B with ``setting`` ({field: value}) applied through
     engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
@@ -420,7 +430,8 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     ``layerwise`` (a batch size, 0: off): every engine's layer outputs on that many images
     compared with A's tensor by tensor (``layerwise_rows``), under ``layerwise`` in the
     first row: where a variant parts from A. Returns one dict per batch (C, D, ... under
-    ``variants``)."""
+    ``variants``). ``profile_dir``: every engine's per-layer device times at every batch
+    (``write_layer_profile``) as ``profile_ab_<label>_<model>_<precision>_b<N>.txt`` there."""
     import cupy as cp
 
     import engine as rt
@@ -471,6 +482,11 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             for label, r in runs.items():
                 with overridden(**r["values"]):
                     times[label].append(median_ms(lambda c=r["ctx"]: c.execute_async_v3(stream), cp, reps=reps))
+        if profile_dir:
+            for label, r in runs.items():
+                with overridden(**r["values"]):
+                    write_layer_profile(r["ctx"].engine, in_name, x, os.path.join(
+                        profile_dir, f"profile_ab_{label}_{name}_{precision}_b{n}.txt"))
         ms = {k: float(np.median(v)) for k, v in times.items()}
         err = {k: float(np.linalg.norm(outs[k] - outs["A"]) / np.linalg.norm(outs["A"])) for k in runs}
         ref = reference(cp.asnumpy(x))

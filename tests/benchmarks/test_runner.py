@@ -255,3 +255,31 @@ def test_report_layers_sets_each_batch_against_the_largest(tmp_path, capsys):
     path.write_text(json.dumps(doc))
     assert runner.main(["report", "--layers", str(path)]) == 0
     assert "the better per layer: 0.610 ms" in capsys.readouterr().out
+
+
+def test_layer_profile_file_lists_every_layer_slowest_first_then_in_order_with_its_kernel(tmp_path):
+    import numpy as np
+
+    import engine as rt
+    from benchmarks import models
+    b = rt.Builder()
+    net = b.create_network()
+    t = net.add_input("x", rt.float32, (-1, 8))
+    for kind in (rt.ActivationType.SIGMOID, rt.ActivationType.TANH, rt.ActivationType.RELU):
+        t = net.add_activation(t, kind).get_output(0)
+    net.mark_output(t)
+    cfg = b.create_builder_config()
+    cfg.disable_pass("pointwise_fusion")
+    engine = b.build_engine(net, cfg)
+    path = tmp_path / "profile.txt"
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    ms, gaps = models.write_layer_profile(engine, "x", x, str(path), runs=2)
+    names = [info.name for info in engine.layers]
+    assert set(ms) == set(names) and all(v > 0 for v in ms.values()) and gaps is False
+    text = path.read_text()
+    ordered = text.split("in layer order")[1].splitlines()[1:]
+    assert [line.split()[0] for line in ordered] == names
+    assert all(line.split()[2] == "numpy.reference" for line in ordered)
+    assert f"sum {sum(ms.values()):.3f} ms" in text
+    slowest = text.splitlines()[1].split()[0]
+    assert ms[slowest] == max(ms.values())
