@@ -15,6 +15,8 @@ import math
 import threading
 import time
 
+from kernels.gpu.device_hold import hold_stream
+
 from ..errors import BuildError
 from ..execution import EngineSchedule, LayerRunner
 from ..gpu import cudnn_tactics
@@ -121,7 +123,6 @@ class CupyBackend:
         """Hold the current stream until the returned hold's ``release()`` (at most
         PROFILE_HOLD_MS): the profiler issues every layer and its events behind it, so the
         events time the device's work and not the Python launch path."""
-        from kernels.gpu.device_hold import hold_stream
         return hold_stream(PROFILE_HOLD_MS)
 
     def elapsed_ms(self, start, end):
