@@ -10,7 +10,11 @@ events then time the device's work only.
 
 The hold gives up after ``max_ms`` (a layer that synchronises the host inside the loop
 would otherwise wait for a release that comes only after it); ``expired`` then says so,
-and the times after that point include launch gaps again.
+and the times after that point include launch gaps again. Hold only warm work: under
+CUDA's lazy module loading a kernel's first launch may wait for the kernels running on
+the device, the hold among them (one such wait is the likely cause of the one GPU test
+failure seen, whose kernels ran for the first time behind the hold), and so may a
+first device allocation.
 """
 from __future__ import annotations
 

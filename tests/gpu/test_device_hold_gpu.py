@@ -12,6 +12,10 @@ from kernels.gpu.device_hold import hold_stream  # noqa: E402
 def test_held_stream_runs_nothing_until_released_then_times_without_the_host_gap():
     stream = cp.cuda.Stream(non_blocking=True)
     x = cp.arange(1 << 20, dtype=cp.float32)
+    # the kernels run once before the hold: CUDA's lazy loading may make a kernel's first
+    # launch wait for the running (holding) kernel, which only a release ends
+    (x * 2 + 1).sum()
+    cp.cuda.Device().synchronize()
     with stream:
         hold = hold_stream(2000.0)
         e0 = cp.cuda.Event(); e0.record()
