@@ -1,6 +1,6 @@
 """python -m benchmarks run SUITE [--out DIR] | ab MODEL [NAME=VALUE ...] [--disable-pass NAME]
-[--also NAME=VALUE[,...]] [--peer] [--layerwise N] [--profile] | list | report
-| layers NAME [...]
+[--also NAME=VALUE[,...]] [--peer] [--layerwise N] [--profile] [--trace] | list
+| report | layers NAME [...]
 
 ``run`` times one suite (benchmarks/suites.py) and writes
 ``<out>/<date>_<card>_<suite>.json`` (default out: benchmarks/results) with the card, date,
@@ -150,7 +150,8 @@ def cmd_ab(args):
     started = datetime.datetime.now()
     rows = models.ab_rows(args.model, args.precision, [int(b) for b in args.batches.split(",")],
                           args.reps, setting, disabled_passes=args.disable_pass, more=more, peer=args.peer,
-                          layerwise=args.layerwise, profile_dir=args.out if args.profile else None)
+                          layerwise=args.layerwise, profile_dir=args.out if args.profile else None,
+                          trace_dir=args.out if args.trace else None)
     doc = {"ab": setting, "also": more, "disabled_passes": args.disable_pass, "card": card,
            "date": started.isoformat(timespec="seconds"), "commit": commit(),
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
@@ -249,6 +250,9 @@ def main(argv=None):
                     help="compare every layer output of B, C, ... with A's on N images (where they part)")
     ab.add_argument("--profile", action="store_true",
                     help="every engine's per-layer device times at every batch, files under --out")
+    ab.add_argument("--trace", action="store_true",
+                    help="every engine's GPU kernels (torch.profiler, CUDA-graph replay) at every batch, "
+                         "files under --out")
     ab.add_argument("--out", default=os.path.join(HERE, "results", "ab"))
     sub.add_parser("list", help="the suites")
     sub.add_parser("layers", help="one per-layer kernel measurement (layers --help)")

@@ -258,6 +258,43 @@ def write_layer_profile(engine, in_name, x, path, runs=3):
     return ms, ctx.launch_gaps
 
 
+def kernel_rows(events, calls):
+    """[(kernel, launches a call, us a call)], the most time first, from profiler
+    averages (``torch.profiler``'s ``key_averages()``: ``key``, ``count`` and the device
+    time in us, ``self_device_time_total``; events with none, the host's, are left out)."""
+    rows = []
+    for e in events:
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:                                   # torch before 2.4 named it after CUDA
+            us = getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((e.key, e.count / calls, us / calls))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def write_kernel_trace(fn, path, calls=10):
+    """Every GPU kernel ``fn()`` runs (``calls`` calls, CUDA-graph replays included: CUPTI
+    sees the kernels of every library in the process, CuPy's and cuDNN's too) by name,
+    with its launches and device time a call, under ``torch.profiler``; written to
+    ``path``. Returns kernel_rows."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = kernel_rows(prof.key_averages(), calls)
+    total = sum(r[2] for r in rows)
+    with open(path, "w") as f:
+        f.write(f"{'us a call':>10s} {'launches':>8s} {'%':>6s}  kernel (mean of {calls} calls; "
+                f"sum {total:.1f} us)\n")
+        f.writelines(f"{us:10.1f} {n:8.2f} {100 * us / (total or 1):6.1f}  {name}\n"
+                     for name, n, us in rows)
+    return rows
+
+
 def write_build_profile(prof, path, lines=45):
     """A build's cProfile as text: the functions by cumulative time, then by own time."""
     import io
@@ -414,7 +451,7 @@ AB_IO = {"resnet50": ("input", "output", (3, 224, 224)), "mobilenet_v2": ("input
 
 
 def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(), more=(), peer=False,
-            layerwise=0, profile_dir=None):
+            layerwise=0, profile_dir=None, trace_dir=None):
     """Same-process A/B (``python -m benchmarks ab``): engine A is built and run with the
     settings as they are, engine B with ``setting`` ({field: value}) applied through
     engine.settings.overridden and the builder passes ``disabled_passes`` off, each with
@@ -431,7 +468,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
     compared with A's tensor by tensor (``layerwise_rows``), under ``layerwise`` in the
     first row: where a variant parts from A. Returns one dict per batch (C, D, ... under
     ``variants``). ``profile_dir``: every engine's per-layer device times at every batch
-    (``write_layer_profile``) as ``profile_ab_<label>_<model>_<precision>_b<N>.txt`` there."""
+    (``write_layer_profile``) as ``profile_ab_<label>_<model>_<precision>_b<N>.txt`` there.
+    ``trace_dir``: every engine's GPU kernels at every batch, replayed as timed
+    (``write_kernel_trace``), as ``trace_ab_<label>_<model>_<precision>_b<N>.txt`` there."""
     import cupy as cp
 
     import engine as rt
@@ -487,6 +526,11 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                 with overridden(**r["values"]):
                     write_layer_profile(r["ctx"].engine, in_name, x, os.path.join(
                         profile_dir, f"profile_ab_{label}_{name}_{precision}_b{n}.txt"))
+        if trace_dir:
+            for label, r in runs.items():
+                with overridden(**r["values"]):
+                    write_kernel_trace(lambda c=r["ctx"]: c.execute_async_v3(stream), os.path.join(
+                        trace_dir, f"trace_ab_{label}_{name}_{precision}_b{n}.txt"))
         ms = {k: float(np.median(v)) for k, v in times.items()}
         err = {k: float(np.linalg.norm(outs[k] - outs["A"]) / np.linalg.norm(outs["A"])) for k in runs}
         ref = reference(cp.asnumpy(x))

@@ -283,3 +283,16 @@ def test_layer_profile_file_lists_every_layer_slowest_first_then_in_order_with_i
     assert f"sum {sum(ms.values()):.3f} ms" in text
     slowest = text.splitlines()[1].split()[0]
     assert ms[slowest] == max(ms.values())
+
+
+def test_kernel_rows_keep_device_events_per_call_most_time_first():
+    from types import SimpleNamespace as E
+
+    from benchmarks import models
+    events = [E(key="cudaLaunchKernel", count=40, self_device_time_total=0),     # host side
+              E(key="conv_stem_f16<...>", count=10, self_device_time_total=3890.0),
+              E(key="sm90_xmma_fprop_imma", count=520, self_device_time_total=41000.0),
+              E(key="pool_int8", count=10, self_cuda_time_total=1700.0)]      # older torch's name
+    rows = models.kernel_rows(events, calls=10)
+    assert rows == [("sm90_xmma_fprop_imma", 52.0, 4100.0), ("conv_stem_f16<...>", 1.0, 389.0),
+                    ("pool_int8", 1.0, 170.0)]
