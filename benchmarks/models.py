@@ -237,8 +237,9 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
 def write_layer_profile(engine, in_name, x, path, runs=3):
     """Per layer on the device (CUDA events, each run issued behind a device hold: no
     launch gaps timed), the mean of ``runs`` eager runs on ``x``, written to ``path``: the
-    slowest first, then in layer order with the plan's kernel. Returns ({layer: ms},
-    launch_gaps)."""
+    slowest first, then in layer order with the plan's kernel and the next fastest
+    candidates the build timed for it (the plan's ``tactic_ms``: how close other kernel
+    families came). Returns ({layer: ms}, launch_gaps)."""
     import engine as rt
     ctx = engine.create_execution_context()
     ctx.execute({in_name: x})                 # tactics of a new batch chosen before timing
@@ -253,9 +254,23 @@ def write_layer_profile(engine, in_name, x, path, runs=3):
         f.write(ctx.profiler.table())
         f.write(f"\n\nin layer order (ms a run, mean of {runs}), with the plan's kernel "
                 f"(chosen at the build batch); sum {sum(ms.values()):.3f} ms\n")
-        f.writelines(f"{info.name[:40]:40s} {ms.get(info.name, 0.0):10.4f}  {info.kernel}\n"
-                     for info in engine.layers)
+        timed = engine.meta.get("tactic_ms", {})
+        f.writelines(f"{info.name[:40]:40s} {ms.get(info.name, 0.0):10.4f}  {info.kernel}"
+                     f"{runners_up(timed.get(info.name, {}), info.kernel)}\n" for info in engine.layers)
     return ms, ctx.launch_gaps
+
+
+def runners_up(timed, chosen, n=3):
+    """``  (build: chosen 0.1 ms; then a 0.2, b 0.3)``: the build's timing of ``chosen``
+    and the ``n`` next fastest candidates that ran (``timed``: {tactic: ms or None}); "" when
+    nothing was timed."""
+    ran = sorted((v, k) for k, v in timed.items() if v is not None and k != chosen)
+    if chosen not in timed and not ran:
+        return ""
+    mine = timed.get(chosen)
+    head = f"chosen {mine:.4f} ms" if mine is not None else "chosen untimed"
+    rest = ", ".join(f"{k} {v:.4f}" for v, k in ran[:n])
+    return f"  (build: {head}" + (f"; then {rest})" if rest else ")")
 
 
 def kernel_rows(events, calls):

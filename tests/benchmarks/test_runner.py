@@ -296,3 +296,14 @@ def test_kernel_rows_keep_device_events_per_call_most_time_first():
     rows = models.kernel_rows(events, calls=10)
     assert rows == [("sm90_xmma_fprop_imma", 52.0, 4100.0), ("conv_stem_f16<...>", 1.0, 389.0),
                     ("pool_int8", 1.0, 170.0)]
+
+
+def test_runners_up_name_the_chosen_time_and_the_next_fastest_that_ran():
+    from benchmarks import models
+    timed = {"conv.cudnn_i8": 0.377, "conv.pwi8_a": 0.41, "conv.wgi8_b": 0.52, "conv.i8_c": None,
+             "conv.i8_d": 0.9, "conv.i8_e": 1.2}
+    assert models.runners_up(timed, "conv.cudnn_i8") == \
+        "  (build: chosen 0.3770 ms; then conv.pwi8_a 0.4100, conv.wgi8_b 0.5200, conv.i8_d 0.9000)"
+    assert models.runners_up({"x": None}, "y") == ""
+    assert models.runners_up({"y": 0.5}, "y") == "  (build: chosen 0.5000 ms)"
+    assert models.runners_up({"x": 0.2}, "y") == "  (build: chosen untimed; then x 0.2000)"
