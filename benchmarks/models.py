@@ -302,6 +302,8 @@ def write_kernel_trace(fn, path, calls=10):
         torch.cuda.synchronize()
     rows = kernel_rows(prof.key_averages(), calls)
     total = sum(r[2] for r in rows)
+    if not rows:
+        log.warning("kernel trace %s: the profiler recorded no GPU kernel (CUPTI unavailable?)", path)
     with open(path, "w") as f:
         f.write(f"{'us a call':>10s} {'launches':>8s} {'%':>6s}  kernel (mean of {calls} calls; "
                 f"sum {total:.1f} us)\n")
