@@ -538,16 +538,14 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
             for label, r in runs.items():
                 with overridden(**r["values"]):
                     times[label].append(median_ms(lambda c=r["ctx"]: c.execute_async_v3(stream), cp, reps=reps))
-        if profile_dir:
-            for label, r in runs.items():
-                with overridden(**r["values"]):
-                    write_layer_profile(r["ctx"].engine, in_name, x, os.path.join(
-                        profile_dir, f"profile_ab_{label}_{name}_{precision}_b{n}.txt"))
-        if trace_dir:
-            for label, r in runs.items():
-                with overridden(**r["values"]):
-                    write_kernel_trace(lambda c=r["ctx"]: c.execute_async_v3(stream), os.path.join(
-                        trace_dir, f"trace_ab_{label}_{name}_{precision}_b{n}.txt"))
+        for label, r in runs.items() if profile_dir or trace_dir else ():
+            tag = f"ab_{label}_{name}_{precision}_b{n}.txt"
+            with overridden(**r["values"]):
+                if profile_dir:
+                    write_layer_profile(r["ctx"].engine, in_name, x, os.path.join(profile_dir, "profile_" + tag))
+                if trace_dir:
+                    write_kernel_trace(lambda c=r["ctx"]: c.execute_async_v3(stream),
+                                       os.path.join(trace_dir, "trace_" + tag))
         ms = {k: float(np.median(v)) for k, v in times.items()}
         err = {k: float(np.linalg.norm(outs[k] - outs["A"]) / np.linalg.norm(outs["A"])) for k in runs}
         ref = reference(cp.asnumpy(x))

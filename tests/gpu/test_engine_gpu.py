@@ -162,38 +162,35 @@ def test_cuda_graph_replay_matches_eager():
     assert outs
 
 
+def _profiled(hw, n, calls=3):
+    """(engine, context, wall ms of ``calls`` profiled eager calls) of conv_net at that
+    size, built in FP16 and run once before the profiler is attached (tactics chosen,
+    kernels compiled)."""
+    import time
+    net, feeds = conv_net(k=64, c=64, hw=hw, n=n)
+    engine = build(net, "cupy", fp16=True)
+    ctx = engine.create_execution_context()
+    ctx.execute(feeds)
+    ctx.profiler = rt.Profiler()
+    cp.cuda.get_current_stream().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        ctx.execute(feeds)
+    return engine, ctx, 1e3 * (time.perf_counter() - t0)
+
+
 def test_profiler_times_layers_on_the_device_within_the_calls_wall_time():
     """Per-layer device times (CUDA events): every layer reported, each positive, and their
     sum within the wall time of the profiled calls (a host clock per layer counted the
     launch path too). A bigger convolution's layer takes longer than a small one's. At
     batch 1 the device hold keeps the Python launch path out: the layers' device times
     are a fraction of the eager call's wall time, and no hold expires."""
-    import time
-    import cupy as cp
-    net, feeds = conv_net(k=64, c=64, hw=56, n=32)
-    engine = build(net, "cupy", fp16=True)
-    ctx = engine.create_execution_context()
-    ctx.execute(feeds)                               # tactics chosen, kernels compiled
-    ctx.profiler = rt.Profiler()
-    cp.cuda.get_current_stream().synchronize()
-    t0 = time.perf_counter()
-    for _ in range(3):
-        ctx.execute(feeds)
-    wall_ms = 1e3 * (time.perf_counter() - t0)
+    engine, ctx, wall_ms = _profiled(hw=56, n=32)
     times = ctx.profiler.times
     assert set(times) == {info.name for info in engine.layers}
     assert all(ms > 0 for ms in times.values()), times
     assert sum(times.values()) < wall_ms
-    small, small_feeds = conv_net(k=64, c=64, hw=7, n=1)
-    e2 = build(small, "cupy", fp16=True)
-    c2 = e2.create_execution_context()
-    c2.execute(small_feeds)
-    c2.profiler = rt.Profiler()
-    cp.cuda.get_current_stream().synchronize()
-    t0 = time.perf_counter()
-    for _ in range(3):
-        c2.execute(small_feeds)
-    small_wall_ms = 1e3 * (time.perf_counter() - t0)
+    _, c2, small_wall_ms = _profiled(hw=7, n=1)
     assert ctx.launch_gaps is False and c2.launch_gaps is False
     assert max(times.values()) > max(c2.profiler.times.values())
     assert sum(c2.profiler.times.values()) < 0.5 * small_wall_ms, (c2.profiler.times, small_wall_ms)
