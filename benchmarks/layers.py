@@ -75,7 +75,9 @@ MOBILENET_PW = [(f"pw{h}_{c}_{k}", h, c, k, 1, 1, n) for h, c, k, n in (
 # the mma.sync FP16 tiles the INT8 and wgmma comparisons time (the V2 ones, large included)
 MMA_FP16 = ("igemm2_128x128x32_w2x4_s4", "igemm2_128x64x32_w2x2_s4", "igemm2_256x128x32_w4x2_s3",
             "igemm2_128x256x32_w2x4_s3", "igemm2_128x128x64_w2x4_s4")
-TOLERANCE = {"f16": 1e-2, "f32": 1e-5, "tf32": 1e-3, "i8": 0}
+# i8: codes differing from conv_int8's; i8~ (cuDNN's INT8 graphs, which round a rare tie the
+# other way): the fraction of codes that differ
+TOLERANCE = {"f16": 1e-2, "f32": 1e-5, "tf32": 1e-3, "i8": 0, "i8~": 1e-4}
 INF = float("inf")
 
 
@@ -185,13 +187,17 @@ class ConvCase:
     def check(self, kind, fn):
         """Run ``fn`` into a poisoned output: its rel L2 against the reference of ``kind``
         (i8: how many codes differ)."""
-        out = self.out["f32" if kind == "tf32" else kind]
-        out.fill(0 if kind == "i8" else np.nan)
+        store = {"tf32": "f32", "i8~": "i8"}.get(kind, kind)
+        out = self.out[store]
+        out.fill(0 if store == "i8" else np.nan)
         fn()
-        if kind not in self.refs:
-            self.refs[kind] = self.reference(kind)
-        ref = self.refs[kind]
-        return int(self.cp.count_nonzero(out != ref)) if kind == "i8" else rel_l2(self.cp, out, ref)
+        if store not in self.refs:
+            self.refs[store] = self.reference(store)
+        ref = self.refs[store]
+        if store != "i8":
+            return rel_l2(self.cp, out, ref)
+        wrong = int(self.cp.count_nonzero(out != ref))
+        return wrong if kind == "i8" else wrong / out.size
 
 
 # A family: case -> {candidate: (fn writing case.out[dtype], check kind, or None for a peer)}.
@@ -216,6 +222,22 @@ def _i8(c, launch, tactics):
     xq, wq, s_in, s_w, s_out = c.int8
     kw = dict(bias=c.bias, act="RELU", s_out=s_out, out=c.out["i8"], **c.geo, **c.res_kw)
     return {t.name: (lambda t=t: launch(xq, wq, s_in, s_w, tactic=t, **kw), "i8") for t in tactics}
+
+
+def _cudnn8(c):
+    """cuDNN's INT8 graph (conv + bias + residual + ReLU + requantisation), the engine's
+    conv.cudnn_i8; none when the frontend is not installed."""
+    ci8 = _gpu("cudnn_int8")
+    xq, wq, s_in, s_w, s_out = c.int8
+    if not _gpu("cudnn_graphs").available():
+        return {}
+    res = c.res_kw.get("residual")
+    vectors = ci8.epilogue_vectors(s_in, s_w, c.bias, c.res_kw.get("residual_scale"), s_out, xp=c.cp)
+    spec = ci8.Int8ConvSpec(n=c.n, c=xq.shape[-1], h=c.h, w=c.h, k=c.k, r=c.r, s=c.r,
+                            stride=(c.stride,) * 2, pre_padding=(c.pad,) * 2, post_padding=(c.pad,) * 2,
+                            out_dtype="int8", act="RELU", residual=None if res is None else "int8")
+    return {"cudnn_i8": (lambda: ci8.conv2d_int8_graph(xq, wq, vectors, spec, residual=res, out=c.out["i8"]),
+                         "i8~")}
 
 
 def _tf32(c, precise):
@@ -260,6 +282,7 @@ FAMILIES = {
     "narrow16": lambda c: _f16(c, _gpu("conv_igemm").conv2d_igemm, _gpu("conv_igemm").IGEMM_TACTICS_NARROW),
     "cublas16": lambda c: _cublas(c, c.cp.float16),
     "wgmma16": lambda c: _f16(c, _gpu("conv_wgmma").conv2d_wgmma, _gpu("conv_wgmma").TACTICS),
+    "cudnn8": _cudnn8,
     "mma8": lambda c: _i8(c, _gpu("conv_int8").conv2d_int8, _gpu("conv_int8").INT8_TACTICS),
     "wgmma8": lambda c: _i8(c, _gpu("conv_wgmma").conv2d_wgmma_int8, _gpu("conv_wgmma").INT8_TACTICS),
     # the persistent 1x1 kernel: stride-1 1x1 layers only
@@ -290,7 +313,7 @@ PRESETS = {
     "fp32": dict(families=("tf32x3", "tf32", "sgemm32", "torch32"), batches=(256,)),
     # the bottleneck expand layers as ResNet runs them: bias + residual + ReLU (torch16: the
     # bare convolution); families that take no residual would fail their check here
-    "expand": dict(families=("pw8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
+    "expand": dict(families=("pw8", "cudnn8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
                    batches=(256,), residual=True,
                    layers=("s1_1x1_64_256", "s2_1x1_128_512", "s3_1x1_256_1024", "s4_1x1_512_2048")),
     # run 3's comparisons: split-K at small M, the small-C stem against the channel-padded tiles
@@ -327,6 +350,8 @@ def conv(args, preset, table=None, layers=None, batches=None):
                 c.add_residuals()
             row = {"layer": c.name, "batch": n, "count": c.count, "macs": c.macs, "ms": {}, "best": {},
                    "check": {}, "errors": {}}
+            if spec.get("residual"):       # int8 traffic: x, residual and output once each
+                row["bytes"] = n * c.p * c.p * (2 * c.k + c.c * c.stride * c.stride)
             for fam in families:
                 ms = {}
                 for cand, (fn, kind) in FAMILIES[fam](c).items():
@@ -374,13 +399,18 @@ def conv_table(rows):
     lines = []
     for n, tot in conv_totals(rows).items():
         fams = [f for f in tot if f != "ours"]
-        lines += [f"\nbatch {n}: ms per layer (TFLOP/s or TOPS on the true MACs), best candidate per family",
+        rate = "GB/s of x, residual and output" if any("bytes" in r for r in rows) else \
+            "TFLOP/s or TOPS on the true MACs"
+        lines += [f"\nbatch {n}: ms per layer ({rate}), best candidate per family",
                   f"{'layer':18s} {'x':>2s} " + " ".join(f"{f:>15s}" for f in fams) + "  best of ours"]
         for r in (r for r in rows if r["batch"] == n):
             cells = []
             for f in fams:
                 v = r["ms"].get(f, {}).get(r["best"].get(f), INF)
-                cells.append(f"{v:8.4f} ({2 * r['macs'] / v / 1e9:4.0f})" if v < INF else f"{'-':>15s}")
+                # FP16 families move two bytes an element
+                per = (r["bytes"] * (2 if f.endswith("16") else 1) / v / 1e6 if "bytes" in r
+                       else 2 * r["macs"] / v / 1e9)
+                cells.append(f"{v:8.4f} ({per:4.0f})" if v < INF else f"{'-':>15s}")
             ours = [f"{f}:{b}" for f, b in r["best"].items() if f not in PEERS]
             lines.append(f"{r['layer'][:18]:18s} {r['count']:2d} " + " ".join(cells) + "  " + ", ".join(ours))
         lines.append("total x count, ms: " + ", ".join(f"{f} {v:.3f}" for f, v in tot.items()))

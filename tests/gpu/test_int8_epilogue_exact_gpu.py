@@ -1,0 +1,94 @@
+"""The INT8 epilogue's conversion-free paths (int8_epilogue.cuh acc_to_float, code_to_float)
+at their limits, in every kernel family that runs it (mma.sync, wgmma, the persistent 1x1).
+
+With C * R * S <= 256 the launcher flags the accumulators as within [-2^22, 2^22] and the
+epilogue turns them into floats through a float's exponent; an int8 residual always goes
+that way. Float32 output with unit scales shows the converted values themselves:
+- the extremes: every code -128 times -128 (acc = +2^22, where the mantissa carries into the
+  exponent) and 127 times -128 (acc = -4161536), at C = 256, the largest flagged C;
+- C = 272, just past the flag: the conversion unit, acc = 272 * 16384 exactly;
+- an int8 residual holding every one of the 256 codes, dequantised and added;
+- random codes against NumPy's exact int64 sums."""
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+
+from kernels.gpu import conv_int8, conv_pw, conv_wgmma  # noqa: E402
+from kernels.gpu.conv_int8 import acc22_bound  # noqa: E402
+
+FAMILIES = {
+    "mma": (conv_int8.conv2d_int8, conv_int8.INT8_TACTICS[0]),
+    "wgmma": (conv_wgmma.conv2d_wgmma_int8, conv_wgmma.INT8_TACTICS[0]),
+    "pw": (conv_pw.conv2d_pw_int8, conv_pw.PW_TACTICS[0]),
+}
+
+
+def _wgmma_ok():
+    return int(cp.cuda.Device().compute_capability) >= 90
+
+
+def _run(family, xq, wq, **kw):
+    if family == "wgmma" and not _wgmma_ok():
+        pytest.skip("wgmma needs compute capability 9.0")
+    fn, tactic = FAMILIES[family]
+    K = wq.shape[0]
+    ones = cp.ones(K, cp.float32)
+    out = cp.full(xq.shape[:3] + (K,), cp.nan, cp.float32)
+    fn(xq, wq, np.float32(1.0), ones, out_dtype=np.float32, out=out, tactic=tactic, **kw)
+    return out.get()
+
+
+def _codes(shape, value):
+    return cp.full(shape, value, cp.int8)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("xv, wv, want", [(-128, -128, 1 << 22), (127, -128, -4161536), (-128, 127, -4161536)])
+def test_extreme_accumulators_at_the_flag_limit(family, xv, wv, want):
+    xq, wq = _codes((2, 4, 5, 256), xv), _codes((32, 1, 1, 256), wv)
+    assert acc22_bound(dict(C=256, R=1, S=1))
+    y = _run(family, xq, wq)
+    assert np.all(y == np.float32(want)), (np.unique(y), want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_past_the_flag_the_conversion_unit_keeps_it_exact(family):
+    xq, wq = _codes((1, 3, 7, 272), -128), _codes((16, 1, 1, 272), -128)
+    assert not acc22_bound(dict(C=272, R=1, S=1))
+    y = _run(family, xq, wq)
+    assert np.all(y == np.float32(272 * 16384))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_residual_code_dequantised_exactly(family):
+    rng = np.random.default_rng(5)
+    N, H, W, C, K = 2, 8, 16, 64, 128              # 256 pixels x 128 channels: every code 128 times
+    x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
+    w = rng.integers(-128, 128, (K, 1, 1, C), dtype=np.int8)
+    codes = np.resize(np.arange(-128, 128, dtype=np.int8), N * H * W * K)
+    res = rng.permutation(codes).reshape(N, H, W, K)
+    rs = np.float32(0.037)
+    y = _run(family, cp.asarray(x), cp.asarray(w), residual=cp.asarray(res), residual_scale=rs)
+    acc = np.einsum("nhwc,kc->nhwk", x.astype(np.int64), w[:, 0, 0, :].astype(np.int64))
+    # the epilogue's order: float(acc) * (1 * 1), then + float(code) * rs, each rounded
+    want = acc.astype(np.float32) * np.float32(1.0) + res.astype(np.float32) * rs
+    assert np.array_equal(y, want.astype(np.float32))
+    assert set(np.unique(res)) == set(range(-128, 128))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("C, R", [(64, 1), (256, 1), (16, 3), (64, 3)])
+def test_random_codes_equal_exact_sums(family, C, R):
+    if family == "pw" and R != 1:
+        pytest.skip("the persistent kernel runs 1x1 convolutions")
+    rng = np.random.default_rng(C + R)
+    N, H, W, K = 2, 9, 11, 48
+    x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
+    w = rng.integers(-128, 128, (K, R, R, C), dtype=np.int8)
+    y = _run(family, cp.asarray(x), cp.asarray(w), padding=R // 2)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (R // 2, R // 2), (R // 2, R // 2), (0, 0)))
+    acc = sum(np.einsum("nhwc,kc->nhwk", xp[:, i:i + H, j:j + W], w[:, i, j, :].astype(np.int64))
+              for i in range(R) for j in range(R))
+    assert acc22_bound(dict(C=C, R=R, S=R)) == (C * R * R <= 256)
+    assert np.array_equal(y, acc.astype(np.float32))
