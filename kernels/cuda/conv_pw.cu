@@ -218,7 +218,7 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
     const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
     auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
         cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
-            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, res_kind & ~4, has_bias,
+            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
             s_in, res_scale, inv_out, act, alpha, beta, sR);
     };
     cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaS8>(
@@ -264,10 +264,6 @@ template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW_ARGS(flo
 template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 0> CUPYRT_PW_ARGS(half_t);
 template __global__ void conv_pw_int8<128, 128, 4, 2, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_int8<64, 256, 2, 4, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
-template __global__ void conv_pw_int8<64, 256, 2, 4, 6, 0, 1> CUPYRT_PW_ARGS(i8_t);
-template __global__ void conv_pw_int8<64, 256, 2, 4, 4, 0, 1> CUPYRT_PW_ARGS(i8_t);
-template __global__ void conv_pw_int8<128, 128, 4, 2, 4, 0, 1> CUPYRT_PW_ARGS(i8_t);
-template __global__ void conv_pw_int8<64, 128, 2, 2, 6, 0, 2> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW16_ARGS(half_t);
 template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW16_ARGS(float);
 template __global__ void conv_pw_f16<128, 64, 4, 1, 2, 0, 0> CUPYRT_PW16_ARGS(half_t);

@@ -400,7 +400,7 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
     stage_acc<BM, BN>(sC, acc);
     __syncthreads();
     cupyrt_int8::epilogue_staged<BM, BN, BM * 2, OUT>(
-        sC, threadIdx.x, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, res_kind & ~4,
+        sC, threadIdx.x, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rk,
         has_bias, s_in, res_scale, inv_out, act, alpha, beta, res_pf ? smem + res_off : nullptr);
 }
 

@@ -21,30 +21,6 @@ __device__ __forceinline__ int q8(float v) {
     return min(max(i, -128), 127);
 }
 
-// res_kind bits past the residual's type (0 none, 1 int8, 2 float32, 3 float16): 4 is the
-// kernels' own (residual prefetched), EPI_ACC22 says every accumulator lies in [-2^22, 2^22]
-// (the launcher sets it when C * R * S <= 256: 256 * 128 * 128 = 2^22), so acc_to_float may
-// skip the conversion unit.
-constexpr int EPI_ACC22 = 8;
-
-// The conversion unit (I2F, F2I) issues a quarter as many lanes a clock as the integer ALU
-// and an eighth of the FP32 pipe on sm_90. With a short reduction (a 1x1 layer, C <= 256)
-// the epilogue's conversions, not memory, bound the layer (ResNet-50's expand layers), so
-// two of an element's three go through the exponent of a float instead, exactly:
-//   int32 v in [-2^22, 2^22]: the bits 0x4B400000 + v are the float 1.5 * 2^23 + v (at
-//   v = 2^22 the mantissa carries into the exponent: 2^24, still 1.5 * 2^23 + v), so one
-//   integer add and one exact float subtraction give float(v) (exact: |v| < 2^24).
-__device__ __forceinline__ float acc_to_float(int v) {
-    return __fsub_rn(__int_as_float(v + 0x4B400000), 12582912.0f);
-}
-//   int8 code e (0..3) of word w: its byte with the sign bit flipped is b + 128 in 0..255;
-//   under the exponent byte 0x4B that is the float 2^23 + b + 128 (one byte permute), and
-//   subtracting 2^23 + 128 gives float(b) exactly.
-__device__ __forceinline__ float code_to_float(unsigned w, int e) {
-    const unsigned biased = __byte_perm(w ^ 0x80808080u, 0x4B000000u, 0x7540 | e);
-    return __fsub_rn(__uint_as_float(biased), 8388736.0f);
-}
-
 template <int OUT> struct OutSel { typedef i8_t T; };
 template <> struct OutSel<1> { typedef float T; };
 template <> struct OutSel<2> { typedef half_t T; };
@@ -99,7 +75,8 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
         const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const i8_t*>(res) + i);
         const unsigned w[2] = {u.x, u.y};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) r[e] = __fmul_rn(code_to_float(w[e >> 2], e & 3), rs);
+        for (int e = 0; e < 8; ++e)
+            r[e] = __fmul_rn((float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu), rs);
     } else if (kind == 2) {
         const float* p = reinterpret_cast<const float*>(res) + i;
         const float4 a = reinterpret_cast<const float4*>(p)[0];
@@ -135,8 +112,6 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
                 const void* sR = nullptr) {
     typedef typename OutSel<OUT>::T OutT;
     constexpr int LDC = BN + 8;          // int32 words
-    const bool acc22 = (res_kind & EPI_ACC22) != 0;
-    res_kind &= 3;
     const ActLin actf(act, alpha, beta);
     const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;
@@ -169,13 +144,8 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
             const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
             const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
             float y[8];
-            if (acc22) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(acc_to_float(ai[e]), sc[e]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
-            }
+            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
             if (has_bias) {
 #pragma unroll
                 for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);

@@ -186,23 +186,12 @@ def check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype,
                          residual, residual_scale)
 
 
-ACC22 = 8                 # int8_epilogue.cuh EPI_ACC22
-
-
-def acc22_bound(g):
-    """Whether every int32 accumulator of the convolution ``g`` (``int8_geometry``) lies in
-    [-2^22, 2^22]: at most C * R * S products of int8 codes, each within [-16256, 16384]."""
-    return g["C"] * g["R"] * g["S"] * 128 * 128 <= 1 << 22
-
-
 def _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset, residual,
                       residual_scale, act, alpha, beta, res_flags=0):
     """(out, kernel arguments) of every INT8 conv kernel (conv_int8_igemm,
     conv_int8_smallc, conv_wgmma_s8 share one argument list); ``g`` from
     ``int8_geometry``; ``res_flags`` ORed into res_kind (conv_wgmma_s8's 4: residual
-    prefetched). res_kind also carries ACC22 where no accumulator can leave [-2^22, 2^22]
-    (C * R * S codes of at most 128 x 128 each): the epilogue then converts them to float
-    without the conversion unit (int8_epilogue.cuh, acc_to_float), exactly."""
+    prefetched)."""
     N, P, Q, K = g["N"], g["P"], g["Q"], g["K"]
     out, out_ld, _ = prepare_output(N, P, Q, K, out, g["dt"], out_channel_offset, None)
     res_ld, res = (K, residual) if residual is not None else (0, out)
@@ -215,8 +204,7 @@ def _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offs
                  i32(N), i32(g["H"]), i32(g["W"]), i32(g["C"]), i32(K), i32(g["R"]), i32(g["S"]),
                  i32(P), i32(Q), i32(g["sh"]), i32(g["sw"]), i32(g["ph"]), i32(g["pw"]),
                  i32(g["dh"]), i32(g["dw"]),
-                 i32(out_ld), i32(out_channel_offset), i32(res_ld),
-                 i32(g["res_kind"] | res_flags | (ACC22 if acc22_bound(g) else 0)),
+                 i32(out_ld), i32(out_channel_offset), i32(res_ld), i32(g["res_kind"] | res_flags),
                  i32(has_bias), f32(s_in), rs, f32(inv_out), i32(act_code(act)), f32(alpha),
                  f32(beta))
 

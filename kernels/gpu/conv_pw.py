@@ -100,11 +100,6 @@ PW_TACTICS = (
     PwTactic("pwi8_64x128_s3", 64, 128, 2, 2, 3),      # 4 warps: 2-3 CTAs per SM up to C = 128
     PwTactic("pwi8_128x128_s2", 128, 128, 4, 2, 2),    # 8 warps, half the W-slice traffic per row
     PwTactic("pwi8_64x256_s2", 64, 256, 2, 4, 2),      # X tile read by half as many slices
-    # deeper rings, one CTA per SM: more tiles' loads in flight while one is written
-    PwTactic("pwi8_64x256_s6", 64, 256, 2, 4, 6, 1),   # C <= 128 with an int8 residual
-    PwTactic("pwi8_64x256_s4", 64, 256, 2, 4, 4, 1),   # C <= 192
-    PwTactic("pwi8_128x128_s4", 128, 128, 4, 2, 4, 1),  # C <= 256
-    PwTactic("pwi8_64x128_s6", 64, 128, 2, 2, 6, 2),   # 4 warps, two CTAs per SM at C = 64
 )
 # FP16 rows are twice as long: narrower weight slices keep C = 512 in shared memory
 PW16_TACTICS = (

@@ -39,12 +39,10 @@ def test_smem_layout_example():
 
 @pytest.mark.parametrize("t", P.PW_TACTICS + P.PW16_TACTICS, ids=lambda t: t.name)
 def test_max_channels_is_the_fit_boundary(t):
-    assert t.max_channels(0) >= 64                  # without a prefetched residual, every tile
-    for rb in (0, 1, 2, 4):                         # deep rings hold no wide residual: C = 0
+    for rb in (0, 1, 2, 4):
         c = t.max_channels(rb)
-        assert c % t.c_align == 0 and c >= 0
-        assert c == 0 or t.smem_bytes(c, rb) <= P.SMEM_LIMIT
-        assert P.SMEM_LIMIT < t.smem_bytes(c + t.c_align, rb)
+        assert c % t.c_align == 0 and c >= 64
+        assert t.smem_bytes(c, rb) <= P.SMEM_LIMIT < t.smem_bytes(c + t.c_align, rb)
 
 
 def test_first_tile_holds_every_resnet_expand_layer_with_an_int8_residual():
