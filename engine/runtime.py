@@ -225,6 +225,9 @@ class ExecutionContext(LayerRunner):
         super().__init__(engine)
         self.name = ""
         self.active_optimization_profile = 0
+        # during execute_async_v3: the bound input arrays, by name; the CuPy backend may
+        # capture its CUDA graph reading them in place (engine/backends/cupy_backend.py)
+        self.bound_feeds = {}
 
     def set_optimization_profile_async(self, profile_index, stream=None):
         """Select the profile whose (min, max) shapes execute() accepts (TensorRT's call;
@@ -351,15 +354,21 @@ class ExecutionContext(LayerRunner):
     def execute_async_v3(self, stream=None):
         """Run with the bound tensors on ``stream`` (a CuPy stream; None = current).
         Outputs are written into the bound output arrays; nothing is copied to the
-        host and the call does not wait for the GPU."""
+        host and the call does not wait for the GPU. A CUDA graph may read the bound
+        inputs in place: change them on ``stream``, or once it has passed this call."""
         bound = getattr(self, "_bound", {})
         e = self.engine
         missing = [n for n in e.input_names + e.output_names if n not in bound]
         if missing:
             raise ExecutionError(f"execute_async_v3: no array bound for {missing}; bind each input "
                                  f"and output with set_tensor_address(name, array)")
-        feeds = self._check_inputs({n: bound[n] for n in e.input_names})
-        outs = self.run(feeds, stream)
+        inputs = {n: bound[n] for n in e.input_names}
+        feeds = self._check_inputs(inputs)
+        self.bound_feeds = inputs
+        try:
+            outs = self.run(feeds, stream)
+        finally:
+            self.bound_feeds = {}
         for t in e.network._outputs:
             dst, src = bound[t.name], outs[t.name]
             if tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:

@@ -9,6 +9,13 @@ a shape (the first call selects tactics, compiles and uploads weights); if any
 chosen tactic cannot be captured (cuBLAS through CuPy refuses capture) the
 engine keeps running eagerly for that shape, which the builder's timing
 already accounted for per layer.
+
+Inputs bound with execute_async_v3 are captured as they are: the graph reads the
+caller's arrays in place, and a replay on the same memory copies nothing (TensorRT
+reads bound addresses too). Other feeds are copied into the graph's private input
+buffers on each replay. When a later call feeds another array where the graph
+reads in place, the graph is captured again on private buffers and copies from
+then on: the caller's earlier array is never written.
 """
 import logging
 import math
@@ -44,11 +51,14 @@ def timing_cache(path):
 
 
 class _Graph:
-    """One captured engine run: static inputs, static outputs, private memory."""
+    """One captured engine run: static inputs, static outputs, private memory.
+    ``in_place``: the inputs the graph reads from the caller's bound arrays (held in
+    ``inputs`` so their memory stays valid); the others are private buffers."""
 
-    def __init__(self, graph, inputs, outputs, pool, stream):
+    def __init__(self, graph, inputs, outputs, pool, stream, in_place=()):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
         self.pool, self.stream = pool, stream
+        self.in_place = frozenset(in_place)
 
 
 class CupyBackend:
@@ -415,28 +425,38 @@ class CupyBackend:
             graphs[key] = "warm"
             return outs
         if entry == "warm":
-            entry = graphs[key] = self._graph_or_eager(context, feeds, sched)
-            if entry == "eager":
-                return self.execute(context, feeds, sched, stream)
+            in_place, copied = self._in_place(context, feeds)
+            entry = graphs[key] = self._graph_or_eager(context, feeds, sched, in_place)
+            if entry != "eager":
+                self._note_inputs(key, entry, copied)
+        else:
+            moved = [n for n in sorted(entry.in_place) if not _same_memory(feeds[n], entry.inputs[n])]
+            if moved:
+                del entry            # the old graph's last reference is _recapture's to drop
+                entry = self._recapture(context, feeds, sched, graphs, key, moved)
+        if entry == "eager":
+            return self.execute(context, feeds, sched, stream)
         run_stream = stream or entry.stream
         # the feeds were uploaded on the caller's stream; the graph's own stream is
-        # non-blocking, so without this wait its input copies could read a feed whose
-        # upload has not landed (seen on an H200 under load: the previous call's inputs)
+        # non-blocking, so without this wait its input copies (or its first layers, on
+        # inputs read in place) could read a feed whose upload has not landed (seen on
+        # an H200 under load: the previous call's inputs)
         _after_current_stream(cp, run_stream)
         with run_stream:
             for name, a in feeds.items():
-                cp.copyto(entry.inputs[name], a)
+                if name not in entry.in_place:   # read in place: the same memory (checked above)
+                    cp.copyto(entry.inputs[name], a)
             entry.graph.launch(run_stream)
         if stream is None:
             run_stream.synchronize()
         return entry.outputs
 
-    def _graph_or_eager(self, context, feeds, sched):
+    def _graph_or_eager(self, context, feeds, sched, in_place=None):
         """Decide, by measuring, between eager execution with the fastest tactic per
         layer and CUDA-graph replay with the fastest *capturable* tactic per layer
         (cuBLAS through CuPy cannot be captured). At large batches the kernels
         dominate and eager cuBLAS may win; at small ones launch overhead dominates
-        and the graph wins."""
+        and the graph wins. The graph reads ``in_place`` ({name: feed}) as it is."""
         cp = self.cp
         self._trace = []
         try:
@@ -462,7 +482,7 @@ class CupyBackend:
         eager_s = wall(lambda: self._run_layers(context, feeds, sched)) if swaps else None
         saved = {k: self._choice[k] for k in swaps}
         self._choice.update(swaps)
-        graph = self._capture(context, feeds, sched)
+        graph = self._capture(context, feeds, sched, in_place)
         if graph == "eager":
             self._choice.update(saved)
             self.graph_notes.append(f"eager: capture failed ({self._capture_error})")
@@ -481,16 +501,21 @@ class CupyBackend:
             self.selected[k[0]] = self._choice[k].name
         return graph
 
-    def _capture(self, context, feeds, sched):
+    def _capture(self, context, feeds, sched, in_place=None):
+        """The engine captured on ``feeds``: ``in_place`` ({name: feed}) read as it is,
+        the other feeds copied into private buffers, all under a private memory pool."""
         cp = self.cp
+        in_place = in_place or {}
         pool = cp.cuda.MemoryPool()
         stream = cp.cuda.Stream(non_blocking=True)
         _after_current_stream(cp, stream)       # the feeds' uploads first (see execute)
         try:
             with cp.cuda.using_allocator(pool.malloc), stream:
-                static = {n: cp.empty_like(a) for n, a in feeds.items()}
+                static = {n: in_place[n] if n in in_place else cp.empty_like(a)
+                          for n, a in feeds.items()}
                 for n, a in feeds.items():
-                    cp.copyto(static[n], a)
+                    if n not in in_place:
+                        cp.copyto(static[n], a)
                 # a rehearsal under the private pool caches exactly the blocks the
                 # captured run will ask for, so capture allocates nothing new
                 self._run_layers(context, static, sched)
@@ -506,10 +531,70 @@ class CupyBackend:
             log.info("engine not captured into a CUDA graph (%s: %s); running eagerly",
                      type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return "eager"
-        return _Graph(graph, static, outs, pool, stream)
+        return _Graph(graph, static, outs, pool, stream, in_place)
+
+    def _in_place(self, context, feeds):
+        """({name: feed} a graph may read in place, {name: why not} for the rest): a feed
+        that is the caller's bound array itself (execute_async_v3; not a copy
+        ``_check_inputs`` converted), C-contiguous (what a private buffer would be), on
+        this device."""
+        bound = getattr(context, "bound_feeds", None) or {}
+        device = self.cp.cuda.Device().id
+        take, why = {}, {}
+        for n, a in feeds.items():
+            if n not in bound:
+                why[n] = "not a bound array"
+            elif bound[n] is not a:
+                why[n] = "converted from the bound array"
+            elif not a.flags.c_contiguous:
+                why[n] = "not C-contiguous"
+            elif a.data.device_id != device:
+                why[n] = f"on device {a.data.device_id}, not {device}"
+            else:
+                take[n] = a
+        return take, why
+
+    def _recapture(self, context, feeds, sched, graphs, key, moved):
+        """The graph of ``key`` read ``moved`` in place and this call feeds other memory
+        there. The caller's earlier arrays are never written, so the graph is dropped
+        and captured again on private buffers, copied into on every replay from now on
+        (once per shape). Returns the new graph, or "eager" when capture fails."""
+        old = graphs.pop(key)
+        # the old graph may still run on an earlier call's stream: wait for it before
+        # its pool is freed and the caller's arrays it held are let go
+        self.cp.cuda.Device().synchronize()
+        pool = old.pool
+        del old
+        pool.free_all_blocks()
+        self.graph_notes.append(f"{_shapes(key)}: {', '.join(moved)} fed from another array than "
+                                "the bound one read in place; graph captured again, copies "
+                                "every input from now on")
+        graph = graphs[key] = self._capture(context, feeds, sched)
+        if graph == "eager":
+            self.graph_notes.append(f"eager: capture failed ({self._capture_error})")
+        return graph
+
+    def _note_inputs(self, key, graph, copied):
+        """graph_notes: which inputs this shape's graph reads in place, which it copies and why."""
+        parts = []
+        if graph.in_place:
+            parts.append(f"reads {', '.join(sorted(graph.in_place))} in place (zero-copy)")
+        parts += [f"copies {n} ({copied[n]})" for n in sorted(set(graph.inputs) - graph.in_place)]
+        self.graph_notes.append(f"{_shapes(key)}: graph " + "; ".join(parts))
 
     def save_timing_cache(self):
         self.cache.save()
+
+
+def _shapes(key):
+    """A graph key ((name, shape, dtype name), ...) as 'x (2, 3) float32, ...'."""
+    return ", ".join(f"{n} {shape} {dtype}" for n, shape, dtype in key)
+
+
+def _same_memory(a, b):
+    """Whether ``a`` is the memory ``b`` is: the array objects may differ (a view)."""
+    return (a.data.ptr == b.data.ptr and a.shape == b.shape and a.dtype == b.dtype
+            and a.strides == b.strides)
 
 
 def _after_current_stream(cp, stream):
