@@ -113,6 +113,11 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
     typedef typename OutSel<OUT>::T OutT;
     constexpr int LDC = BN + 8;          // int32 words
     const ActLin actf(act, alpha, beta);
+    // Into int8 codes, ReLU is max(y, 0) and no activation is y itself: ActLin's general
+    // form (a slope and a NaN-keeping clamp, 7 instructions an element) differs from them
+    // only on NaN and -0, which both become code 0 either way (cvt.rni.sat.s8 takes NaN to
+    // 0). The expand layers are bound by the epilogue's instruction count.
+    const int code_act = OUT != 0 ? 0 : act == ACT_RELU ? 1 : act == ACT_NONE ? 2 : 0;
     const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;
     // Aligned case: thread tid keeps one 8-channel group (cg = tid % CPR) for every row it
@@ -157,8 +162,13 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
 #pragma unroll
                 for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
             }
+            if (code_act == 1) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+                for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
+            } else if (code_act == 0) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+            }
             put8(out + (long long)m * out_ld + out_off + col, y, inv_out);
         }
         return;

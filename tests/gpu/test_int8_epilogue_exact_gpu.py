@@ -86,3 +86,35 @@ def test_random_codes_equal_exact_sums(family, C, R):
     acc = sum(np.einsum("nhwc,kc->nhwk", xp[:, i:i + H, j:j + W], w[:, i, j, :].astype(np.int64))
               for i in range(R) for j in range(R))
     assert np.array_equal(y, acc.astype(np.float32))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("act, alpha, beta", [(None, 0.0, 0.0), ("RELU", 0.0, 0.0), ("CLIP", -1.0, 3.0),
+                                              ("LEAKY_RELU", 0.25, 0.0)])
+def test_int8_codes_for_each_activation_form(family, act, alpha, beta):
+    """ReLU and no activation into int8 codes take the short forms (int8_epilogue.cuh
+    code_act), CLIP and leaky ReLU the general one: all equal the emulation's codes, with
+    negative, saturating and zero values present."""
+    from kernels import quantize as Q
+    if family == "wgmma" and not _wgmma_ok():
+        pytest.skip("wgmma needs compute capability 9.0")
+    rng = np.random.default_rng(17)
+    N, H, W, C, K = 2, 7, 9, 64, 96
+    x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
+    w = rng.integers(-128, 128, (K, 1, 1, C), dtype=np.int8)
+    s_in, s_w = np.float32(0.02), (0.001 + 0.01 * rng.random(K)).astype(np.float32)
+    bias = rng.standard_normal(K).astype(np.float32)
+    rq, s_r = rng.integers(-128, 128, (N, H, W, K), dtype=np.int8), np.float32(0.05)
+    acc = np.einsum("nhwc,kc->nhwk", x.astype(np.int64), w[:, 0, 0, :].astype(np.int64))
+    s_out = np.float32(6.0 / 127)
+    ref = Q.epilogue_int8(acc, s_in, s_w, bias, (rq, s_r), act, alpha, beta, s_out=s_out,
+                          channel_axis=3)
+    assert (ref == 127).any() == (act != "CLIP") and (ref == 0).any()
+    if act is None:
+        assert (ref == -128).any() and (ref < 0).mean() > 0.2
+    fn, tactic = FAMILIES[family]
+    out = cp.full((N, H, W, K), 99, cp.int8)
+    fn(cp.asarray(x), cp.asarray(w), s_in, cp.asarray(s_w), bias=cp.asarray(bias),
+       residual=cp.asarray(rq), residual_scale=s_r, act=act, alpha=alpha, beta=beta, s_out=s_out,
+       out=out, tactic=tactic)
+    np.testing.assert_array_equal(out.get(), ref)
