@@ -259,9 +259,9 @@ conv_pw_f16(const half_t* __restrict__ x,         // [M, C] (NHWC), C % 8 == 0
     int, int, int, int, int, int, int, int, float, float, float, int, float, float)
 #define CUPYRT_PW16_ARGS(OT) (const half_t*, const half_t*, OT*, const float*, const float*, \
     const OT*, int, int, int, int, int, int, int, int, float, float)
-template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW_ARGS(i8_t);
-template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW_ARGS(float);
-template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 0> CUPYRT_PW_ARGS(half_t);
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 0, 1> CUPYRT_PW_ARGS(i8_t);
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 1> CUPYRT_PW_ARGS(float);
+template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 1> CUPYRT_PW_ARGS(half_t);
 template __global__ void conv_pw_int8<128, 128, 4, 2, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_int8<64, 256, 2, 4, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW16_ARGS(half_t);

@@ -33,10 +33,11 @@ __device__ __forceinline__ void put(float* p, float y, float) { *p = y; }
 __device__ __forceinline__ void put(half_t* p, float y, float) { *p = f2h(y); }
 
 // float -> int8 code in one conversion: the same rint-half-even and saturation as q8
-// (cvt to .s8 clamps to [-128, 127]; NaN -> 0), the code in the low byte
+// (cvt to .s8 clamps to [-128, 127]; NaN -> 0), the code in the low byte. Into a 32-bit
+// register: through a 16-bit one the compiler adds two byte permutes an element.
 __device__ __forceinline__ unsigned q8_byte(float v) {
-    unsigned short s;
-    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(s) : "f"(v));
+    unsigned s;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(s) : "f"(v));
     return s;
 }
 // four codes -> one word, byte e = code e (two byte permutes)
@@ -62,6 +63,20 @@ __device__ __forceinline__ void put8(half_t* p, const float (&y)[8], float) {
     u.z = pack_h2(y[4], y[5]); u.w = pack_h2(y[6], y[7]);
     *reinterpret_cast<uint4*>(p) = u;
 }
+
+// int8 code e (0..3) of the word w as a float: one byte permute sign-extends it (PTX prmt's
+// generic mode: a selector nibble with its top bit set replicates that byte's sign;
+// __byte_perm masks the nibbles to 3 bits, so no sign there), and the int32 -> float32
+// conversion then runs on the ALU (I2FP), not the conversion unit
+__device__ __forceinline__ float code_float(unsigned w, int e) {
+    int v;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(v) : "r"(w), "r"(e | ((e | 8) * 0x1110)));
+    return __int2float_rn(v);
+}
+
+// epilogue_staged's row loop, specialised on the residual
+enum { RES_NONE = 0, RES_SMEM_I8 = 1, RES_ANY = 2 };
+template <int V> struct ResTag { static constexpr int value = V; };
 
 // residual element e of a row: res_kind 1 int8 (dequantised), 2 float32, 3 float16
 __device__ __forceinline__ float res_at(const void* res, long long i, int kind, float rs) {
@@ -140,37 +155,57 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
             bi[0] = b0.x; bi[1] = b0.y; bi[2] = b0.z; bi[3] = b0.w;
             bi[4] = b1.x; bi[5] = b1.y; bi[6] = b1.z; bi[7] = b1.w;
         }
-        const void* rb = sR ? sR : res;
-#pragma unroll 2
-        for (int r = tid / CPR; r < BM; r += RSTEP) {
-            const int m = m0 + r;
-            if (m >= M) break;                   // rows only grow
-            const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
-            const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
-            const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            float y[8];
+        // The row loop, specialised on the residual: none, int8 codes in shared memory (the
+        // expand layers' case: a shared-memory load and no per-row dispatch on its type), or
+        // any other (res8 picks the type per row). Same operations, in the same order.
+        auto rows = [&](auto tag) {
+            constexpr int RT = decltype(tag)::value;
+            const void* rb = sR ? sR : res;
+            constexpr int UNROLL = RT == RES_SMEM_I8 ? 2 : 1;   // the general path: registers
+#pragma unroll UNROLL
+            for (int r = tid / CPR; r < BM; r += RSTEP) {
+                const int m = m0 + r;
+                if (m >= M) break;                   // rows only grow
+                const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
+                const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
+                const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+                float y[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
-            if (has_bias) {
+                for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
+                if (has_bias) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
+                    for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
+                }
+                if constexpr (RT == RES_SMEM_I8) {
+                    const uint2 u = *reinterpret_cast<const uint2*>(
+                        reinterpret_cast<const i8_t*>(sR) + r * BN + cg * 8);
+                    const unsigned w[2] = {u.x, u.y};
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                        y[e] = __fadd_rn(y[e], __fmul_rn(code_float(w[e >> 2], e & 3), res_scale));
+                } else if constexpr (RT == RES_ANY) {
+                    float rv[8];
+                    res8(rb, sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col,
+                         res_kind, res_scale, rv);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
+                }
+                if (code_act == 1) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
+                } else if (code_act == 0) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+                }
+                put8(out + (long long)m * out_ld + out_off + col, y, inv_out);
             }
-            if (res_kind) {
-                float rv[8];
-                res8(rb, sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col,
-                     res_kind, res_scale, rv);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
-            }
-            if (code_act == 1) {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
-            } else if (code_act == 0) {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
-            }
-            put8(out + (long long)m * out_ld + out_off + col, y, inv_out);
-        }
+        };
+        if (!res_kind)
+            rows(ResTag<RES_NONE>());
+        else if (res_kind == 1 && sR && __isShared(sR))
+            rows(ResTag<RES_SMEM_I8>());
+        else
+            rows(ResTag<RES_ANY>());
         return;
     }
     for (int idx = tid; idx < BM * CPR; idx += THREADS) {     // unaligned rows / channels

@@ -97,7 +97,9 @@ class PwTactic:
 
 
 PW_TACTICS = (
-    PwTactic("pwi8_64x128_s3", 64, 128, 2, 2, 3),      # 4 warps: 2-3 CTAs per SM up to C = 128
+    # 4 warps: 2-3 CTAs per SM up to C = 128; min 1 CTA an SM lifts ptxas's 128-register
+    # cap, under which the epilogue's specialised row loops spilled
+    PwTactic("pwi8_64x128_s3", 64, 128, 2, 2, 3, 1),
     PwTactic("pwi8_128x128_s2", 128, 128, 4, 2, 2),    # 8 warps, half the W-slice traffic per row
     PwTactic("pwi8_64x256_s2", 64, 256, 2, 4, 2),      # X tile read by half as many slices
 )
