@@ -7,7 +7,9 @@ against PyTorch (cuDNN), in one process on one card.
     int8       ResNet-50 convolutions: INT8 mma.sync against FP16 mma.sync              b256, b1
     wgmma      ResNet-50 convolutions: wgmma FP16 and INT8 against mma.sync             b256
     expand     ResNet-50's 1x1 expand layers with their residual, the persistent kernel b256
-               (pw8, pw16) against wgmma and mma.sync, INT8 and FP16
+               (pw8, pw16) against cuDNN's INT8 graph (cudnn8), wgmma and mma.sync, INT8
+               and FP16, and the DRAM floor (dram8: the layer's bytes streamed once);
+               CUDA-graph timed, GB/s
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
@@ -240,6 +242,37 @@ def _cudnn8(c):
                          "i8~")}
 
 
+_STREAM = r"""
+extern "C" __global__ void stream_bound(const int4* x, const int4* r, int4* y, long long rows,
+                                        int x16, int y16) {
+    // every row: its x bytes and residual bytes read once, output bytes written once
+    long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    for (; t < rows * y16; t += (long long)gridDim.x * blockDim.x) {
+        const long long m = t / y16;
+        const int j = (int)(t - m * y16);
+        int4 a = r[t];
+        if (j < x16) { const int4 b = x[m * x16 + j]; a.x ^= b.x; a.y ^= b.y; a.z ^= b.z; a.w ^= b.w; }
+        y[t] = a;
+    }
+}"""
+
+
+def _dram8(c):
+    """The layer's DRAM floor: a streaming kernel that reads the int8 input and residual and
+    writes the int8 output once each (16-byte vectors, no arithmetic); no check."""
+    if c.stride != 1 or c.k % 16 or c.int8[0].shape[-1] % 16:
+        return {}
+    cp = c.cp
+    xq, res, y = c.int8[0], c.res_kw.get("residual"), c.out["i8"]
+    if res is None:
+        return {}
+    kern = cp.RawKernel(_STREAM, "stream_bound")
+    rows = np.int64(xq.size // xq.shape[-1])
+    grid = (cp.cuda.Device().attributes["MultiProcessorCount"] * 8,)
+    args = (xq, res, y, rows, np.int32(xq.shape[-1] // 16), np.int32(c.k // 16))
+    return {"stream": (lambda: kern(grid, (256,), args), None)}
+
+
 def _tf32(c, precise):
     tf = _gpu("conv_tf32")
     x4, w4 = _gpu("conv_igemm").pad_channels(c.xf, 4), tf.pack_weight_krsc_f32(c.wf, "KCRS")
@@ -283,6 +316,7 @@ FAMILIES = {
     "cublas16": lambda c: _cublas(c, c.cp.float16),
     "wgmma16": lambda c: _f16(c, _gpu("conv_wgmma").conv2d_wgmma, _gpu("conv_wgmma").TACTICS),
     "cudnn8": _cudnn8,
+    "dram8": _dram8,
     "mma8": lambda c: _i8(c, _gpu("conv_int8").conv2d_int8, _gpu("conv_int8").INT8_TACTICS),
     "wgmma8": lambda c: _i8(c, _gpu("conv_wgmma").conv2d_wgmma_int8, _gpu("conv_wgmma").INT8_TACTICS),
     # the persistent 1x1 kernel: stride-1 1x1 layers only
@@ -298,6 +332,7 @@ FAMILIES = {
     "linear16": lambda c: _torch(c, c.cp.float16, linear=True),
 }
 PEERS = ("torch16", "torch32", "linear16")
+BOUNDS = ("dram8",)          # floors, neither ours nor a peer
 
 
 def _v2(ci):
@@ -313,7 +348,7 @@ PRESETS = {
     "fp32": dict(families=("tf32x3", "tf32", "sgemm32", "torch32"), batches=(256,)),
     # the bottleneck expand layers as ResNet runs them: bias + residual + ReLU (torch16: the
     # bare convolution); families that take no residual would fail their check here
-    "expand": dict(families=("pw8", "cudnn8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
+    "expand": dict(families=("dram8", "pw8", "cudnn8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
                    batches=(256,), residual=True, graph=True,   # cuDNN's host path out of its time
                    layers=("s1_1x1_64_256", "s2_1x1_128_512", "s3_1x1_256_1024", "s4_1x1_512_2048")),
     # run 3's comparisons: split-K at small M, the small-C stem against the channel-padded tiles
@@ -386,7 +421,7 @@ def conv_totals(rows):
     totals = {}
     for r in rows:
         best = {f: r["ms"][f][b] for f, b in r["best"].items()}
-        ours = min((v for f, v in best.items() if f not in PEERS), default=INF)
+        ours = min((v for f, v in best.items() if f not in PEERS + BOUNDS), default=INF)
         peer = min((v for f, v in best.items() if f in PEERS), default=INF)
         t = totals.setdefault(r["batch"], {})
         for f in sorted({f for x in rows if x["batch"] == r["batch"] for f in x["best"]}, key=list(FAMILIES).index):
@@ -411,7 +446,7 @@ def conv_table(rows):
                 per = (r["bytes"] * (2 if f.endswith("16") else 1) / v / 1e6 if "bytes" in r
                        else 2 * r["macs"] / v / 1e9)
                 cells.append(f"{v:8.4f} ({per:4.0f})" if v < INF else f"{'-':>15s}")
-            ours = [f"{f}:{b}" for f, b in r["best"].items() if f not in PEERS]
+            ours = [f"{f}:{b}" for f, b in r["best"].items() if f not in PEERS + BOUNDS]
             lines.append(f"{r['layer'][:18]:18s} {r['count']:2d} " + " ".join(cells) + "  " + ", ".join(ours))
         lines.append("total x count, ms: " + ", ".join(f"{f} {v:.3f}" for f, v in tot.items()))
     return "\n".join(lines)

@@ -100,6 +100,21 @@ def test_totals_sum_the_best_per_family_times_count_and_fill_a_missing_family():
     assert "b_3x3" in text and "mma16:t1" in text
 
 
+def test_a_bound_is_neither_ours_nor_a_peer_and_expand_rows_print_bandwidth():
+    # the DRAM floor (dram8) faster than every kernel must not become "ours"; rows with
+    # bytes print GB/s (FP16 families at two bytes an element), not TFLOP/s
+    rows = [_row("s1_1x1_64_256", 256, 4, dram8={"stream": 0.2}, pw8={"p": 0.4}, cudnn8={"c": 0.5},
+                 pw16={"h": 1.0}, torch16={"conv2d": 0.8})]
+    rows[0]["bytes"] = 4.0e8
+    t = layers.conv_totals(rows)
+    assert t[256] == pytest.approx({"dram8": 0.8, "pw8": 1.6, "cudnn8": 2.0, "pw16": 4.0,
+                                    "torch16": 3.2, "ours": 1.6})
+    text = layers.conv_table(rows)
+    assert "GB/s of x, residual and output" in text and "TFLOP/s" not in text
+    assert "0.2000 (2000)" in text and "0.4000 (1000)" in text and "1.0000 ( 800)" in text
+    assert "dram8:" not in text and "pw8:p" in text
+
+
 def test_time_all_scores_a_failing_candidate_infinite_and_keeps_timing_the_rest():
     def boom():
         raise RuntimeError("no kernel for this shape")
