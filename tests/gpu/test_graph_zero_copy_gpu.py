@@ -97,13 +97,18 @@ def writes(calls, a):
     return [c for c in calls if isinstance(c[0], cp.ndarray) and cp.may_share_memory(c[0], a)]
 
 
-def test_replays_read_the_bound_input_in_place_and_follow_its_contents(engines, copies):
+def start(engines):
+    """(CuPy engine, NumPy reference context, a fresh context with a random input bound,
+    that input, the bound output, a non-blocking stream)."""
     ref_engine, engine = engines
-    ref = ref_engine.create_execution_context()
     ctx = engine.create_execution_context()
     x = cp.asarray(randn(*SHAPE))
-    y = bind(ctx, x)
     stream = cp.cuda.Stream(non_blocking=True)
+    return engine, ref_engine.create_execution_context(), ctx, x, bind(ctx, x), stream
+
+
+def test_replays_read_the_bound_input_in_place_and_follow_its_contents(engines, copies):
+    engine, ref, ctx, x, y, stream = start(engines)
     notes = len(engine.backend.graph_notes)
     enqueue(ctx, ref, x, y, stream, 2)            # eager (tactics), then capture and replay
     graph = graph_of(ctx)
@@ -119,12 +124,7 @@ def test_replays_read_the_bound_input_in_place_and_follow_its_contents(engines, 
 
 def test_another_bound_array_captures_once_on_private_buffers_and_the_first_is_not_written(
         engines, copies):
-    ref_engine, engine = engines
-    ref = ref_engine.create_execution_context()
-    ctx = engine.create_execution_context()
-    x = cp.asarray(randn(*SHAPE))
-    y = bind(ctx, x)
-    stream = cp.cuda.Stream(non_blocking=True)
+    engine, ref, ctx, x, y, stream = start(engines)
     enqueue(ctx, ref, x, y, stream, 3)
     old = graph_of(ctx)
     assert old.in_place == {"x"}, engine.backend.graph_notes

@@ -41,7 +41,8 @@ def _codes(shape, value):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("xv, wv, want", [(-128, -128, 1 << 22), (127, -128, -4161536), (-128, 127, -4161536)])
+@pytest.mark.parametrize("xv, wv, want", [(-128, -128, 1 << 22), (127, -128, -4161536),
+                                          (-128, 127, -4161536)])
 def test_extreme_accumulators_convert_exactly(family, xv, wv, want):
     xq, wq = _codes((2, 4, 5, 256), xv), _codes((32, 1, 1, 256), wv)
     y = _run(family, xq, wq)
