@@ -348,7 +348,8 @@ PRESETS = {
     "fp32": dict(families=("tf32x3", "tf32", "sgemm32", "torch32"), batches=(256,)),
     # the bottleneck expand layers as ResNet runs them: bias + residual + ReLU (torch16: the
     # bare convolution); families that take no residual would fail their check here
-    "expand": dict(families=("dram8", "pw8", "cudnn8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16", "torch16"),
+    "expand": dict(families=("dram8", "pw8", "cudnn8", "wgmma8", "mma8", "pw16", "wgmma16", "mma16",
+                             "torch16"),
                    batches=(256,), residual=True, graph=True,   # cuDNN's host path out of its time
                    layers=("s1_1x1_64_256", "s2_1x1_128_512", "s3_1x1_256_1024", "s4_1x1_512_2048")),
     # run 3's comparisons: split-K at small M, the small-C stem against the channel-padded tiles
