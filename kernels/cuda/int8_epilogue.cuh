@@ -74,6 +74,14 @@ __device__ __forceinline__ float code_float(unsigned w, int e) {
     return __int2float_rn(v);
 }
 
+// eight adjacent int8 residual codes (8-byte aligned), dequantised: float(code) * rs each
+__device__ __forceinline__ void codes8(const i8_t* p, float rs, float (&r)[8]) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const unsigned w[2] = {u.x, u.y};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r[e] = __fmul_rn(code_float(w[e >> 2], e & 3), rs);
+}
+
 // epilogue_staged's row loop, specialised on the residual
 enum { RES_NONE = 0, RES_SMEM_I8 = 1, RES_ANY = 2 };
 template <int V> struct ResTag { static constexpr int value = V; };
@@ -87,11 +95,7 @@ __device__ __forceinline__ float res_at(const void* res, long long i, int kind, 
 __device__ __forceinline__ void res8(const void* res, long long i, int kind, float rs,
                                      float (&r)[8]) {
     if (kind == 1) {
-        const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const i8_t*>(res) + i);
-        const unsigned w[2] = {u.x, u.y};
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-            r[e] = __fmul_rn((float)(int)(signed char)((w[e >> 2] >> (8 * (e & 3))) & 0xffu), rs);
+        codes8(reinterpret_cast<const i8_t*>(res) + i, rs, r);
     } else if (kind == 2) {
         const float* p = reinterpret_cast<const float*>(res) + i;
         const float4 a = reinterpret_cast<const float4*>(p)[0];
@@ -132,7 +136,8 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
     // form (a slope and a NaN-keeping clamp, 7 instructions an element) differs from them
     // only on NaN and -0, which both become code 0 either way (cvt.rni.sat.s8 takes NaN to
     // 0). The expand layers are bound by the epilogue's instruction count.
-    const int code_act = OUT != 0 ? 0 : act == ACT_RELU ? 1 : act == ACT_NONE ? 2 : 0;
+    const bool relu_to_code = OUT == 0 && act == ACT_RELU;
+    const bool general_act = !(OUT == 0 && (act == ACT_RELU || act == ACT_NONE));
     const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;
     // Aligned case: thread tid keeps one 8-channel group (cg = tid % CPR) for every row it
@@ -160,7 +165,6 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
         // any other (res8 picks the type per row). Same operations, in the same order.
         auto rows = [&](auto tag) {
             constexpr int RT = decltype(tag)::value;
-            const void* rb = sR ? sR : res;
             constexpr int UNROLL = RT == RES_SMEM_I8 ? 2 : 1;   // the general path: registers
 #pragma unroll UNROLL
             for (int r = tid / CPR; r < BM; r += RSTEP) {
@@ -176,24 +180,20 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
                 }
-                if constexpr (RT == RES_SMEM_I8) {
-                    const uint2 u = *reinterpret_cast<const uint2*>(
-                        reinterpret_cast<const i8_t*>(sR) + r * BN + cg * 8);
-                    const unsigned w[2] = {u.x, u.y};
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                        y[e] = __fadd_rn(y[e], __fmul_rn(code_float(w[e >> 2], e & 3), res_scale));
-                } else if constexpr (RT == RES_ANY) {
+                if constexpr (RT != RES_NONE) {
                     float rv[8];
-                    res8(rb, sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col,
-                         res_kind, res_scale, rv);
+                    const long long ri = sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col;
+                    if constexpr (RT == RES_SMEM_I8)
+                        codes8(reinterpret_cast<const i8_t*>(sR) + ri, res_scale, rv);
+                    else
+                        res8(sR ? sR : res, ri, res_kind, res_scale, rv);
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
                 }
-                if (code_act == 1) {
+                if (relu_to_code) {
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
-                } else if (code_act == 0) {
+                } else if (general_act) {
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
                 }

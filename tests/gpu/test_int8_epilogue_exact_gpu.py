@@ -94,7 +94,7 @@ def test_random_codes_equal_exact_sums(family, C, R):
                                               ("LEAKY_RELU", 0.25, 0.0)])
 def test_int8_codes_for_each_activation_form(family, act, alpha, beta):
     """ReLU and no activation into int8 codes take the short forms (int8_epilogue.cuh
-    code_act), CLIP and leaky ReLU the general one: all equal the emulation's codes, with
+    relu_to_code), CLIP and leaky ReLU the general one: all equal the emulation's codes, with
     negative, saturating and zero values present."""
     from kernels import quantize as Q
     if family == "wgmma" and not _wgmma_ok():
