@@ -132,10 +132,10 @@ SETTINGS = (
     Switch("s2d_stem_f16", _flag, False,
            "The same space-to-depth stem on our FP16 kernels (conv.s2d_wg_*, conv.s2d_igemm2_*); off "
            "until a whole-network A/B against the FP16 stem kernel.", tactics=True),
-    Switch("pw_persistent", _flag, False,
+    Switch("pw_persistent", _flag, True,
            "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
-           "reductions (conv.pwi8_*: ResNet's bottleneck expand layers); off until its GPU tests "
-           "have passed.", tactics=True),
+           "reductions (conv.pwi8_*: ResNet's bottleneck expand layers), timed beside the other "
+           "INT8 tactics; 0: not a candidate.", tactics=True),
     Switch("pw_persistent_f16", _flag, False,
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),

@@ -9,7 +9,7 @@
 For 1x1, stride 1, no padding, ungrouped convolutions whose weight slice and cp.async ring
 fit shared memory (the tile says up to which C): ResNet's bottleneck expand layers, where the
 one-tile-per-CTA kernels wait on memory. Candidates only when their setting is on:
-pw_persistent (CUPYRT_PW_PERSISTENT) for INT8, pw_persistent_f16 for FP16.
+pw_persistent (CUPYRT_PW_PERSISTENT, on by default) for INT8, pw_persistent_f16 (off) for FP16.
 """
 from kernels.gpu import conv_pw
 

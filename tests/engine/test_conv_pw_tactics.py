@@ -35,7 +35,7 @@ def _count(layer, kind=PW.ConvPwInt8, precision=rt.DataType.INT8):
     return sum(isinstance(t, kind) for t in candidates(layer, precision))
 
 
-def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
+def test_registered_once_int8_on_by_default_fp16_only_when_switched_on(monkeypatch):
     registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
                   if isinstance(t, (PW.ConvPwInt8, PW.ConvPwF16))]
     assert [t.name for t in registered] == [f"conv.{t.name}" for t in
@@ -44,6 +44,9 @@ def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
     half = dict(kind=PW.ConvPwF16, precision=rt.DataType.HALF)
     monkeypatch.delenv("CUPYRT_PW_PERSISTENT", raising=False)
     monkeypatch.delenv("CUPYRT_PW_PERSISTENT_F16", raising=False)
+    assert _count(layer) == len(conv_pw.PW_TACTICS)              # INT8 on by default, FP16 off
+    assert _count(layer, **half) == 0
+    monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "0")
     assert _count(layer) == _count(layer, **half) == 0
     monkeypatch.setenv("CUPYRT_PW_PERSISTENT", "1")              # INT8 only
     assert _count(layer) == len(conv_pw.PW_TACTICS)
