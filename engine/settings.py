@@ -136,6 +136,10 @@ SETTINGS = (
            "Persistent, weight-resident INT8 kernel for 1x1 stride-1 convolutions with short "
            "reductions (conv.pwi8_*: ResNet's bottleneck expand layers), timed beside the other "
            "INT8 tactics; 0: not a candidate.", tactics=True),
+    Switch("pw3_persistent", _flag, False,
+           "The persistent INT8 kernel for 3x3 stride-1 padding-1 convolutions with C % 32 == 0 "
+           "(conv.pw3i8_*: a stage holds the tile's rows and a one-row halo, read by all nine "
+           "taps; ResNet's stage-1 3x3); off until its GPU tests have passed.", tactics=True),
     Switch("pw_persistent_f16", _flag, False,
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),

@@ -23,6 +23,14 @@
 // blocked per warp ([WM*WN][WTM][WTN] elements), so a warp's 16-row slice of it is a plain
 // row-major tile for epilogue_staged's sR.
 //
+// TAPS = 3 (conv_pw3_int8): 3x3, stride 1, padding 1, INT8. In NHWC a tap (r, s) of output
+// pixel m reads input pixel m + (r - 1) W + (s - 1) of the same image whenever that pixel is
+// inside the image, so a stage holds the rows [m0 - W - 1, m0 + BM + W + 1) once (BM + 2W + 2
+// rows: a halo of one image row and one pixel each side) and the nine taps read it at nine
+// row offsets, instead of nine im2col tiles of BM rows from L2. The weight slice is BN rows of
+// 9C bytes (KRSC). Each lane's ldmatrix row address is masked per tap: a row whose tap falls
+// outside the image (or past M) reads a zeroed row instead, which is the zero padding.
+//
 // Row bytes % 32 == 16 (int8 C % 32 == 16, half C % 16 == 8): the last 32-byte k-step reads
 // the 16 pad bytes of every row. Both pads (W slice and every ring stage's X rows) are zeroed
 // once and never written again, so they add exact zeros (a garbage half could be NaN).
@@ -45,14 +53,15 @@ __device__ __forceinline__ unsigned bits(int v) { return (unsigned)v; }
 __device__ __forceinline__ unsigned bits(float v) { return __float_as_uint(v); }
 
 // The persistent mainloop (layout and protocol: the header above). x [M, CB bytes] and
-// w [K, CB bytes] rows; CB % 16 == 0. resb: bytes per residual element when the host asked
-// for the residual tile in the ring, else 0. epi(sC, lane, m0, n0, sR): the epilogue of 16
-// rows x WTN channels of one warp, accumulators at sC (row stride WTN + 8), residual at sR
-// (16 x WTN row-major, nullptr when not prefetched).
-template <int BM, int BN, int WM, int WN, int STAGES, typename Mma, typename Epi>
+// w [K, TAPS * TAPS * CB bytes] rows; CB % 16 == 0 (TAPS = 3: CB % 32 == 0, so no k-step
+// crosses a tap). H, W: the image (TAPS = 3 only). resb: bytes per residual element when the
+// host asked for the residual tile in the ring, else 0. epi(sC, lane, m0, n0, sR): the
+// epilogue of 16 rows x WTN channels of one warp, accumulators at sC (row stride WTN + 8),
+// residual at sR (16 x WTN row-major, nullptr when not prefetched).
+template <int BM, int BN, int WM, int WN, int STAGES, int TAPS, typename Mma, typename Epi>
 __device__ __forceinline__ void
 persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict__ w,
-           int M, int CB, int K, const void* __restrict__ res, int res_ld, int resb,
+           int M, int CB, int K, int H, int W, const void* __restrict__ res, int res_ld, int resb,
            const Epi& epi) {
     typedef typename Mma::Acc Acc;
     constexpr int THREADS = WM * WN * 32;
@@ -61,53 +70,63 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
     constexpr int LDC = WTN + 8;                      // staging row, 4-byte words
     static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16x16 multiples");
     static_assert(STAGES >= 2, "a ring of two stages at least");
+    static_assert(TAPS == 1 || TAPS == 3, "1x1 or 3x3 windows");
+    constexpr int NTAP = TAPS * TAPS;
 
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
-    const int LDS = CB + 16;                          // bytes
-    const int CCH = CB >> 4;                          // 16-byte chunks per X / W row
+    const int LDS = CB + 16;                          // bytes per X row
+    const int LDW = NTAP * CB + 16;                   // bytes per weight row
+    const int CCH = CB >> 4;                          // 16-byte chunks per X row
+    const int WCH = NTAP * CCH;                       // ... per weight row
+    const int halo = TAPS == 3 ? W + 1 : 0;           // rows of the stage before m0 (and past the tile)
+    const int XR = BM + 2 * halo;                     // X rows per stage
     const int res_tile = BM * BN * resb;              // bytes per stage (0: not prefetched)
-    const int stage_bytes = BM * LDS + res_tile;
+    const int stage_bytes = XR * LDS + res_tile;
 
     Acc* sC = reinterpret_cast<Acc*>(smem_raw) + warp * 16 * LDC;
     unsigned char* sW = smem_raw + (THREADS / 32) * 16 * LDC * 4;
-    unsigned char* ring = sW + BN * LDS;
-    const unsigned sW_u = smem_u32(sW), ring_u = smem_u32(ring);
+    unsigned char* sZ = sW + BN * LDW;                // TAPS = 3: one zero row (LDS bytes)
+    unsigned char* ring = sZ + (TAPS == 3 ? LDS : 0);
+    const unsigned sW_u = smem_u32(sW), ring_u = smem_u32(ring), sZ_u = smem_u32(sZ);
 
     const int n0 = blockIdx.x * BN;
     const int m_tiles = (M + BM - 1) / BM;
 
     // ---- the weight slice, once (rows past K and the pad bytes: zeros) --------------------
-    for (int idx = tid; idx < BN * CCH; idx += THREADS) {
-        const int r = idx / CCH, c = idx - r * CCH;
+    for (int idx = tid; idx < BN * WCH; idx += THREADS) {
+        const int r = idx / WCH, c = idx - r * WCH;
         const bool ok = n0 + r < K;
-        cp_async16(sW_u + (unsigned)(r * LDS + c * 16),
-                   ok ? w + (long long)(n0 + r) * CB + c * 16 : w, ok ? 16 : 0);
+        cp_async16(sW_u + (unsigned)(r * LDW + c * 16),
+                   ok ? w + (long long)(n0 + r) * (NTAP * CB) + c * 16 : w, ok ? 16 : 0);
     }
     for (int r = tid; r < BN; r += THREADS)
-        *reinterpret_cast<uint4*>(sW + r * LDS + CB) = make_uint4(0u, 0u, 0u, 0u);
-    for (int r = tid; r < STAGES * BM; r += THREADS)
-        *reinterpret_cast<uint4*>(ring + (r / BM) * stage_bytes + (r % BM) * LDS + CB) =
+        *reinterpret_cast<uint4*>(sW + r * LDW + NTAP * CB) = make_uint4(0u, 0u, 0u, 0u);
+    for (int r = tid; r < STAGES * XR; r += THREADS)
+        *reinterpret_cast<uint4*>(ring + (r / XR) * stage_bytes + (r % XR) * LDS + CB) =
             make_uint4(0u, 0u, 0u, 0u);
+    if (TAPS == 3)
+        for (int c = tid; c < LDS / 16; c += THREADS)
+            *reinterpret_cast<uint4*>(sZ + c * 16) = make_uint4(0u, 0u, 0u, 0u);
 
-    // ---- one ring stage: the X tile (and the residual tile) of this CTA's i-th M tile -----
+    // ---- one ring stage: the X rows (and the residual tile) of this CTA's i-th M tile -----
     auto load_stage = [&](int i) {
         const int t = blockIdx.y + i * gridDim.y;
         if (t >= m_tiles) return;
-        const int m0 = t * BM;
+        const int m0 = t * BM, g0 = m0 - halo;        // the pixel of the stage's row 0
         const unsigned st = ring_u + (unsigned)((i % STAGES) * stage_bytes);
-        for (int idx = tid; idx < BM * CCH; idx += THREADS) {
+        for (int idx = tid; idx < XR * CCH; idx += THREADS) {
             const int r = idx / CCH, c = idx - r * CCH;
-            const bool ok = m0 + r < M;
+            const bool ok = g0 + r >= 0 && g0 + r < M;
             cp_async16(st + (unsigned)(r * LDS + c * 16),
-                       ok ? x + (long long)(m0 + r) * CB + c * 16 : x, ok ? 16 : 0);
+                       ok ? x + (long long)(g0 + r) * CB + c * 16 : x, ok ? 16 : 0);
         }
         if (resb) {
             // chunk (row r, bytes [16 j, 16 j + 16) of its BN * resb) -> the warp block of
             // (r / WTM, col / WTN): K * resb % 16 == 0, so a chunk is wholly in or past K
             const int rch = BN * resb / 16, per = 16 / resb;
-            const unsigned rs = st + (unsigned)(BM * LDS);
+            const unsigned rs = st + (unsigned)(XR * LDS);
             for (int idx = tid; idx < BM * rch; idx += THREADS) {
                 const int r = idx / rch, col = (idx - r * rch) * per;
                 const bool ok = m0 + r < M && n0 + col < K;
@@ -131,7 +150,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
     // ldmatrix lane offsets (bytes), as conv_int8.cu
     const int a_lrow = wm * WTM + (lane & 15), a_lcol = (lane >> 4) * 16;
     const int b_lrow = wn * WTN + (lane & 7) + ((lane >> 4) << 3), b_lcol = ((lane >> 3) & 1) * 16;
-    const int KS = (CB + 31) >> 5;                    // 32-byte k-steps
+    const int KS = (CB + 31) >> 5;                    // 32-byte k-steps (per tap)
 
     int i = 0;
     for (int t = blockIdx.y; t < m_tiles; t += gridDim.y, ++i) {
@@ -149,18 +168,17 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             for (int b = 0; b < NT; ++b)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[a][b][e] = 0;
-        const unsigned a_base = sX_u + (unsigned)(a_lrow * LDS + a_lcol);
-        const unsigned b_base = sW_u + (unsigned)(b_lrow * LDS + b_lcol);
-#pragma unroll 2
-        for (int k = 0; k < KS; ++k) {
+        const unsigned a_base = sX_u + (unsigned)((a_lrow + halo) * LDS + a_lcol);
+        const unsigned b_base = sW_u + (unsigned)(b_lrow * LDW + b_lcol);
+        // one k-step: A rows at a_row[a] (+ the k offset), B at the tap's columns
+        auto kstep = [&](const unsigned (&a_row)[MT], int kb, int k) {
             unsigned af[MT][4], bf[NT][2];
 #pragma unroll
-            for (int a = 0; a < MT; ++a)
-                ldmatrix_x4(af[a], a_base + (unsigned)(a * 16 * LDS + k * 32));
+            for (int a = 0; a < MT; ++a) ldmatrix_x4(af[a], a_row[a] + (unsigned)(k * 32));
 #pragma unroll
             for (int b = 0; b < NT / 2; ++b) {
                 unsigned q[4];
-                ldmatrix_x4(q, b_base + (unsigned)(b * 16 * LDS + k * 32));
+                ldmatrix_x4(q, b_base + (unsigned)(b * 16 * LDW + kb + k * 32));
                 bf[2 * b][0] = q[0]; bf[2 * b][1] = q[1];
                 bf[2 * b + 1][0] = q[2]; bf[2 * b + 1][1] = q[3];
             }
@@ -168,6 +186,39 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             for (int a = 0; a < MT; ++a)
 #pragma unroll
                 for (int b = 0; b < NT; ++b) Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
+        };
+        if (TAPS == 1) {
+            unsigned a_row[MT];
+#pragma unroll
+            for (int a = 0; a < MT; ++a) a_row[a] = a_base + (unsigned)(a * 16 * LDS);
+#pragma unroll 2
+            for (int k = 0; k < KS; ++k) kstep(a_row, 0, k);
+        } else {
+            // per ldmatrix row of this lane: which of the 3 row taps and 3 column taps stay
+            // inside the image (bit r of vh, bit s of vw); rows past M read zeros
+            unsigned vh[MT], vw[MT];
+#pragma unroll
+            for (int a = 0; a < MT; ++a) {
+                const int m = t * BM + a_lrow + a * 16;
+                const int p = m % (H * W), h = p / W, c = p - h * W;
+                vh[a] = m < M ? (h > 0 ? 1u : 0u) | 2u | (h < H - 1 ? 4u : 0u) : 0u;
+                vw[a] = (c > 0 ? 1u : 0u) | 2u | (c < W - 1 ? 4u : 0u);
+            }
+            const unsigned z_row = sZ_u + (unsigned)a_lcol;
+#pragma unroll
+            for (int r = 0; r < 3; ++r)
+#pragma unroll
+                for (int s = 0; s < 3; ++s) {
+                    const int shift = ((r - 1) * W + (s - 1)) * LDS;
+                    unsigned a_row[MT];
+#pragma unroll
+                    for (int a = 0; a < MT; ++a)
+                        a_row[a] = ((vh[a] >> r) & (vw[a] >> s) & 1u)
+                                       ? a_base + (unsigned)(a * 16 * LDS + shift) : z_row;
+                    const int kb = (r * 3 + s) * CB;
+#pragma unroll 2
+                    for (int k = 0; k < KS; ++k) kstep(a_row, kb, k);
+                }
         }
 
         // ---- epilogue, per warp, 16 rows at a time -----------------------------------------
@@ -221,9 +272,34 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
             sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
             s_in, res_scale, inv_out, act, alpha, beta, sR);
     };
-    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaS8>(
+    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, 1, cupyrt_pw::MmaS8>(
         reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
-        K, res, res_ld, resb, epi);
+        K, 0, 0, res, res_ld, resb, epi);
+}
+
+// INT8 3x3, stride 1, padding 1, dilation 1 (TAPS = 3): conv_pw_int8's arguments and numerics,
+// the image's H and W after K; w [K, 3, 3, C] codes (KRSC), C % 32 == 0; out [N, H, W, ...].
+template <int BM, int BN, int WM, int WN, int STAGES, int OUT, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB)
+conv_pw3_int8(const i8_t* __restrict__ x,         // [M, C] int8 codes (NHWC), M = N H W
+              const i8_t* __restrict__ w,         // [K, 3, 3, C] int8 codes
+              typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
+              const float* __restrict__ s_w, const float* __restrict__ bias,
+              const void* __restrict__ res,
+              int M, int C, int K, int H, int W, int out_ld, int out_off, int res_ld, int res_kind,
+              int has_bias, float s_in, float res_scale, float inv_out,
+              int act, float alpha, float beta) {
+    constexpr int WTN = BN / WN;
+    const int rkind = res_kind & 3;
+    const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
+    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
+        cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
+            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
+            s_in, res_scale, inv_out, act, alpha, beta, sR);
+    };
+    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, 3, cupyrt_pw::MmaS8>(
+        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
+        K, H, W, res, res_ld, resb, epi);
 }
 
 // FP16: half in, float32 accumulation, f16_epilogue.cuh's epilogue (conv_igemm.cu's numerics;
@@ -247,9 +323,9 @@ conv_pw_f16(const half_t* __restrict__ x,         // [M, C] (NHWC), C % 8 == 0
             sC, lane, m0, n0, M, K, out, scale, bias, res, reinterpret_cast<const OutT*>(sR), out_ld,
             out_off, res_ld, has_res & 1, ActLin(act, alpha, beta));
     };
-    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, cupyrt_pw::MmaF16>(
+    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, 1, cupyrt_pw::MmaF16>(
         reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M,
-        C * 2, K, res, res_ld, resb, epi);
+        C * 2, K, 0, 0, res, res_ld, resb, epi);
 }
 
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through name_expressions;
@@ -264,6 +340,12 @@ template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 1, 1> CUPYRT_PW_ARGS(flo
 template __global__ void conv_pw_int8<64, 128, 2, 2, 3, 2, 1> CUPYRT_PW_ARGS(half_t);
 template __global__ void conv_pw_int8<128, 128, 4, 2, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
 template __global__ void conv_pw_int8<64, 256, 2, 4, 2, 0, 0> CUPYRT_PW_ARGS(i8_t);
+#define CUPYRT_PW3_ARGS(OT) (const i8_t*, const i8_t*, OT*, const float*, const float*, const void*, \
+    int, int, int, int, int, int, int, int, int, int, float, float, float, int, float, float)
+template __global__ void conv_pw3_int8<128, 64, 2, 2, 3, 0, 1> CUPYRT_PW3_ARGS(i8_t);
+template __global__ void conv_pw3_int8<128, 64, 2, 2, 3, 1, 1> CUPYRT_PW3_ARGS(float);
+template __global__ void conv_pw3_int8<256, 64, 4, 2, 2, 0, 1> CUPYRT_PW3_ARGS(i8_t);
+template __global__ void conv_pw3_int8<64, 64, 2, 2, 4, 0, 1> CUPYRT_PW3_ARGS(i8_t);
 template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 0, 0> CUPYRT_PW16_ARGS(half_t);
 template __global__ void conv_pw_f16<64, 128, 2, 2, 3, 1, 0> CUPYRT_PW16_ARGS(float);
 template __global__ void conv_pw_f16<128, 64, 4, 1, 2, 0, 0> CUPYRT_PW16_ARGS(half_t);

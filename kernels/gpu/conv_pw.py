@@ -9,6 +9,9 @@ while earlier tiles are multiplied and written.
                      ``conv_int8.conv2d_int8``; bit-identical to it       (PW_TACTICS)
     conv2d_pw_f16    those of ``conv_igemm.conv2d_igemm`` (f16_epilogue.cuh: its epilogue,
                      float32 accumulation in the same k order)           (PW16_TACTICS)
+    conv2d_pw3_int8  ``conv2d_pw_int8`` for 3x3, stride 1, padding 1: a stage holds the tile's
+                     rows and a halo of one image row each side, read by all nine taps
+                     (C % 32 == 0, the weight slice 9C bytes a row)      (PW3_TACTICS)
 
 The grid is (K / BN weight slices) x (CTAs per slice): as many CTAs as fit on the device
 at once (``ctas_per_sm`` from the tile's shared memory, threads and registers), divided
@@ -48,49 +51,58 @@ class PwTactic:
     wn: int
     stages: int
     minb: int = 0
-    kind: str = "pw_int8"
+    kind: str = "pw_int8"       # pw_int8 / pw_f16 (1x1), pw3_int8 (3x3, padding 1)
 
     @property
     def threads(self) -> int:
         return self.wm * self.wn * 32
 
     @property
+    def taps(self) -> int:
+        """The filter's side: 1 (1x1) or 3 (3x3, padding 1)."""
+        return 3 if self.kind == "pw3_int8" else 1
+
+    @property
     def elem(self) -> int:
         """Bytes per input element."""
-        return 1 if self.kind == "pw_int8" else 2
+        return 2 if self.kind == "pw_f16" else 1
 
     @property
     def c_align(self) -> int:
-        """Channels per 16-byte chunk: C must be a multiple of it."""
-        return 16 // self.elem
+        """C must be a multiple of it: channels per 16-byte chunk (1x1), per 32-byte k-step
+        (3x3: no k-step crosses a tap of the weight row)."""
+        return (16 if self.taps == 1 else 32) // self.elem
 
-    def smem_bytes(self, C, res_bytes=0):
+    def smem_bytes(self, C, res_bytes=0, W=0):
         """Dynamic shared memory for C input channels (a multiple of ``c_align``) with a
-        prefetched residual of ``res_bytes`` per element (0: none): the warps' staging
-        tiles, the weight slice, and the ring (conv_pw.cu's layout)."""
+        prefetched residual of ``res_bytes`` per element (0: none), images W pixels wide
+        (3x3 only): the warps' staging tiles, the weight slice, the zero row (3x3) and the
+        ring (conv_pw.cu's layout)."""
         lds = C * self.elem + 16
         staging = self.wm * self.wn * 16 * (self.bn // self.wn + 8) * 4
-        return staging + self.bn * lds + self.stages * (self.bm * lds + self.bm * self.bn * res_bytes)
+        weights = self.bn * (self.taps ** 2 * C * self.elem + 16)
+        rows, zero = (self.bm, 0) if self.taps == 1 else (self.bm + 2 * (W + 1), lds)
+        return staging + weights + zero + self.stages * (rows * lds + self.bm * self.bn * res_bytes)
 
-    def max_channels(self, res_bytes=0):
+    def max_channels(self, res_bytes=0, W=0):
         """The largest C (multiple of ``c_align``) whose weight slice and ring fit SMEM_LIMIT."""
         c = 0
-        while self.smem_bytes(c + self.c_align, res_bytes) <= SMEM_LIMIT:
+        while self.smem_bytes(c + self.c_align, res_bytes, W) <= SMEM_LIMIT:
             c += self.c_align
         return c
 
     @property
     def out_dtypes(self):
         """The output types this kind writes (an instantiation each)."""
-        return tuple(OUT_CODES) if self.kind == "pw_int8" else (np.dtype(np.float16), np.dtype(np.float32))
+        return tuple(OUT_CODES) if self.elem == 1 else (np.dtype(np.float16), np.dtype(np.float32))
 
     def name_expression(self, out_dtype) -> str:
         dt = np.dtype(out_dtype)
         if dt not in self.out_dtypes:
             raise UnsupportedError(f"{self.name}: out dtype {dt}; valid: "
                                    f"{', '.join(d.name for d in self.out_dtypes)}")
-        if self.kind == "pw_int8":
-            fn, code = "conv_pw_int8", OUT_CODES[dt]
+        if self.elem == 1:
+            fn, code = ("conv_pw_int8" if self.taps == 1 else "conv_pw3_int8"), OUT_CODES[dt]
         else:
             fn, code = "conv_pw_f16", int(dt == np.float32)
         return f"{fn}<{self.bm},{self.bn},{self.wm},{self.wn},{self.stages},{code},{self.minb}>"
@@ -109,7 +121,13 @@ PW16_TACTICS = (
     PwTactic("pw16_128x64_s2", 128, 64, 4, 1, 2, kind="pw_f16"),    # C <= 256
     PwTactic("pw16_64x64_s2", 64, 64, 2, 2, 2, kind="pw_f16"),      # C <= 512
 )
-TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS + PW16_TACTICS}
+# 3x3: the weight slice is 9C bytes a row (BN = 64: ResNet's stage-1 3x3, C = K = 64, fits
+# twice an SM); a stage is BM + 2W + 2 rows, so a taller tile re-reads less of its halo
+PW3_TACTICS = (
+    PwTactic("pw3i8_128x64_s3", 128, 64, 2, 2, 3, 1, kind="pw3_int8"),
+    PwTactic("pw3i8_256x64_s2", 256, 64, 4, 2, 2, 1, kind="pw3_int8"),    # 8 warps, 1 CTA an SM
+)
+TACTICS_BY_NAME = {t.name: t for t in PW_TACTICS + PW16_TACTICS + PW3_TACTICS}
 
 
 def _tactic(tactic, kind):
@@ -153,14 +171,14 @@ def pointwise_reason(tactic, C, K, R, S, stride, padding, dilation, res_bytes=0)
     return None
 
 
-def residual_prefetch_bytes(tactic, C, K, residual):
+def residual_prefetch_bytes(tactic, C, K, residual, W=0):
     """Bytes per residual element the ring prefetches (0: the epilogue reads the residual
     from global memory): rows of whole 16-byte chunks, a 16-byte-aligned pointer, and room
-    for the residual tiles in shared memory."""
+    for the residual tiles in shared memory (3x3: at image width W)."""
     if residual is None:
         return 0
     b = RES_BYTES[np.dtype(residual.dtype)]
-    if (K * b) % 16 or residual.data.ptr % 16 or tactic.smem_bytes(C, b) > SMEM_LIMIT:
+    if (K * b) % 16 or residual.data.ptr % 16 or tactic.smem_bytes(C, b, W) > SMEM_LIMIT:
         return 0
     return b
 
@@ -186,20 +204,21 @@ def _kernel(tactic, out_dtype, smem=SMEM_LIMIT):
     return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=smem)
 
 
-def compile_all(tactics=PW_TACTICS + PW16_TACTICS):
+def compile_all(tactics=PW_TACTICS + PW16_TACTICS + PW3_TACTICS):
     """Compile the given tactics now, for every output type each writes."""
     for t in tactics:
         for dt in t.out_dtypes:
             _kernel(t, dt)
 
 
-def _launch(tactic, args, M, C, K, pre, out_dtype, stream, ctas_per_slice):
+def _launch(tactic, args, M, C, K, pre, out_dtype, stream, ctas_per_slice, H=0, W=0):
     """Launch with ``args``, the igemm-family argument list (x, w, out, two [K] vectors,
-    residual, the window geometry, then out_ld ...): the kernel takes M, C, K in the
-    geometry's place."""
+    residual, the window geometry, then out_ld ...): the kernel takes M, C, K (3x3: and the
+    image's H, W) in the geometry's place."""
     import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
-    args = args[:6] + (i32(M), i32(C), i32(K)) + args[21:]
-    smem = tactic.smem_bytes(C, pre)
+    image = (i32(H), i32(W)) if tactic.taps == 3 else ()
+    args = args[:6] + (i32(M), i32(C), i32(K)) + image + args[21:]
+    smem = tactic.smem_bytes(C, pre, W)
     kern = _kernel(tactic, out_dtype, smem)
     key = (id(kern), smem)
     per_sm = _per_sm.get(key)
@@ -247,6 +266,53 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
     return out
 
 
+def pointwise3_reason(tactic, C, K, R, S, stride, padding, dilation, H, W, P, Q, res_bytes=0):
+    """Why the 3x3 kernel cannot run a convolution (None: it can): 3x3, stride 1, padding 1
+    on every side (output H x W), no dilation, C a multiple of 32 within what its shared
+    memory holds at this image width."""
+    if (R, S) != (3, 3):
+        return f"{R}x{S} filter; this kernel runs 3x3 convolutions only"
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or tuple(padding) != (1, 1):
+        return (f"stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}; "
+                f"expected stride 1, padding 1, dilation 1")
+    if (P, Q) != (H, W):
+        return f"output {P}x{Q} from input {H}x{W}; padding 1 on every side keeps the size"
+    if C % tactic.c_align:
+        return f"C = {C} is not a multiple of {tactic.c_align}"
+    if tactic.smem_bytes(C, res_bytes, W) > SMEM_LIMIT:
+        return (f"C = {C}, W = {W}: weight slice and ring take {tactic.smem_bytes(C, res_bytes, W)} "
+                f"bytes of shared memory, more than {SMEM_LIMIT} ({tactic.name} holds C <= "
+                f"{tactic.max_channels(res_bytes, W)} at this width)")
+    return None
+
+
+def conv2d_pw3_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=1, dilation=1, out_hw=None,
+                    bias=None, residual=None, residual_scale=None, act=None, alpha=0.0, beta=0.0,
+                    s_out=None, out_dtype=np.int8, out=None, out_channel_offset=0,
+                    tactic=PW3_TACTICS[0], stream=None, ctas_per_slice=None):
+    """3x3 stride-1 padding-1 INT8 convolution, persistent and weight-resident, one launch.
+
+    Arguments and result exactly as ``conv_int8.conv2d_int8`` (w int8 [K, 3, 3, C] from
+    ``pack_weight_int8_krsc``), bit-identical to it, for 3x3 filters, stride 1, padding 1,
+    dilation 1 and C % 32 == 0 only. ``ctas_per_slice`` as ``conv2d_pw_int8``.
+    """
+    tactic = _tactic(tactic, "pw3_int8")
+    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
+                        residual, residual_scale)
+    reason = pointwise3_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
+                               (g["ph"], g["pw"]), (g["dh"], g["dw"]), g["H"], g["W"], g["P"], g["Q"])
+    if reason is not None:
+        raise UnsupportedError(f"conv2d_pw3_int8: {reason}")
+    check_aligned("conv2d_pw3_int8", x_q=x_q, w_q=w_q, out=out, residual=residual)
+    M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
+    pre = residual_prefetch_bytes(tactic, C, K, residual, g["W"])
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
+                                  residual, residual_scale, act, alpha, beta,
+                                  res_flags=4 if pre else 0)
+    _launch(tactic, args, M, C, K, pre, g["dt"], stream, ctas_per_slice, g["H"], g["W"])
+    return out
+
+
 def conv2d_pw_f16(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, scale=None,
                   bias=None, residual=None, act=None, alpha=0.0, beta=0.0, out=None,
                   out_dtype=np.float16, out_channel_offset=0, tactic=PW16_TACTICS[0], stream=None,
@@ -279,8 +345,9 @@ def conv2d_pw_f16(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, sc
     return g.out
 
 
-FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8, conv2d_pw_f16),
-                      tiles=PW16_TACTICS, int8_tiles=PW_TACTICS)
+FAMILY = KernelFamily(SOURCE, compile=compile_all, launch=(conv2d_pw_int8, conv2d_pw_f16, conv2d_pw3_int8),
+                      tiles=PW16_TACTICS, int8_tiles=PW_TACTICS + PW3_TACTICS)
 
-__all__ = ["PW_TACTICS", "PW16_TACTICS", "PwTactic", "conv2d_pw_f16", "conv2d_pw_int8",
-           "check_aligned", "ctas_per_sm", "grid_for", "pointwise_reason", "residual_prefetch_bytes", "FAMILY"]
+__all__ = ["PW_TACTICS", "PW16_TACTICS", "PW3_TACTICS", "PwTactic", "conv2d_pw_f16", "conv2d_pw_int8",
+           "conv2d_pw3_int8", "check_aligned", "ctas_per_sm", "grid_for", "pointwise_reason",
+           "pointwise3_reason", "residual_prefetch_bytes", "FAMILY"]

@@ -126,3 +126,43 @@ def test_fp16_declines_with_a_reason(build, precision, match):
     layer = build()
     reason = F16["pw16_64x64_s2"].supports(layer, (tuple(layer._inputs[0].shape),), ("float16",), precision)
     assert reason is not None and match in reason, reason
+
+
+# -- the 3x3 tactics (conv.pw3i8_*) ----------------------------------------------------------
+PW3 = [t for t in PW.TACTICS if isinstance(t, PW.ConvPw3Int8)]
+
+
+def test_3x3_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
+    assert [t.name for t in PW3] == [f"conv.{t.name}" for t in conv_pw.PW3_TACTICS]
+    assert PW.ConvPw3Int8.launch is conv_pw.conv2d_pw3_int8
+    assert PW.ConvPw3Int8.pack_weights is conv_int8.pack_weight_int8_krsc
+    assert PW.ConvPw3Int8.run is I.ConvInt8.run
+    layer = _conv(64, 64, rs=(3, 3), hw=(56, 56), padding_nd=(1, 1))
+    monkeypatch.delenv("CUPYRT_PW3_PERSISTENT", raising=False)
+    assert _count(layer, PW.ConvPw3Int8) == 0                       # off by default
+    monkeypatch.setenv("CUPYRT_PW3_PERSISTENT", "1")
+    assert _count(layer, PW.ConvPw3Int8) == len(conv_pw.PW3_TACTICS)
+    assert _count(layer, PW.ConvPw3Int8, rt.DataType.HALF) == 0
+
+
+@pytest.mark.parametrize("c, k, hw", [(64, 64, (56, 56)), (128, 128, (28, 28)), (32, 72, (5, 9)),
+                                      (20, 64, (6, 6))])            # C = 20 padded to 32
+def test_3x3_accepts_resnet_stage_1_and_2_and_odd_sizes(c, k, hw):
+    for t in PW3:
+        assert _reason(t, _conv(c, k, rs=(3, 3), hw=hw, padding_nd=(1, 1))) is None
+
+
+@pytest.mark.parametrize("build, precision, match", [
+    (lambda: _conv(64, 64, rs=(3, 3), padding_nd=(1, 1)), rt.DataType.HALF, "INT8 tactic"),
+    (lambda: _conv(64, 64, rs=(3, 3), padding_nd=(1, 1), num_groups=2), rt.DataType.INT8, "ungrouped"),
+    (lambda: _conv(64, 64), rt.DataType.INT8, "3x3 convolutions only"),
+    (lambda: _conv(64, 64, rs=(3, 3), padding_nd=(1, 1), stride_nd=(2, 2)), rt.DataType.INT8,
+     "expected stride 1, padding 1"),
+    (lambda: _conv(64, 64, rs=(3, 3)), rt.DataType.INT8, "expected stride 1, padding 1"),
+    (lambda: _conv(48, 64, rs=(3, 3), padding_nd=(1, 1)), rt.DataType.INT8, "not a multiple of 32"),
+    (lambda: _conv(512, 512, rs=(3, 3), hw=(7, 7), padding_nd=(1, 1)), rt.DataType.INT8,
+     "shared memory"),
+])
+def test_3x3_declines_with_a_reason(build, precision, match):
+    reason = _reason(PW3[0], build(), precision)
+    assert reason is not None and match in reason, reason

@@ -18,11 +18,14 @@ EXPAND = ((64, 256), (128, 512), (256, 1024), (512, 2048))
 
 # ---- tiles and shared memory -----------------------------------------------------------
 def test_tactic_names_unique_and_kinds_split():
-    names = [t.name for t in P.PW_TACTICS + P.PW16_TACTICS]
+    names = [t.name for t in P.PW_TACTICS + P.PW16_TACTICS + P.PW3_TACTICS]
     assert len(names) == len(set(names)) == len(P.TACTICS_BY_NAME)
     assert all(t.name.startswith("pwi8_") and t.kind == "pw_int8" for t in P.PW_TACTICS)
     assert all(t.name.startswith("pw16_") and t.kind == "pw_f16" for t in P.PW16_TACTICS)
-    assert (P.PW_TACTICS[0].c_align, P.PW16_TACTICS[0].c_align) == (16, 8)
+    assert all(t.name.startswith("pw3i8_") and t.kind == "pw3_int8" for t in P.PW3_TACTICS)
+    assert (P.PW_TACTICS[0].c_align, P.PW16_TACTICS[0].c_align, P.PW3_TACTICS[0].c_align) == (16, 8, 32)
+    assert [t.taps for t in (P.PW_TACTICS[0], P.PW16_TACTICS[0], P.PW3_TACTICS[0])] == [1, 1, 3]
+    assert set(P.FAMILY.int8_tiles) == set(P.PW_TACTICS + P.PW3_TACTICS)
 
 
 def test_smem_layout_example():
@@ -37,12 +40,30 @@ def test_smem_layout_example():
     assert t.smem_bytes(512, 2) == staging + wslice + ring == 226304 <= P.SMEM_LIMIT
 
 
-@pytest.mark.parametrize("t", P.PW_TACTICS + P.PW16_TACTICS, ids=lambda t: t.name)
+def test_smem_layout_example_3x3():
+    t = P.TACTICS_BY_NAME["pw3i8_128x64_s3"]
+    staging = 4 * 16 * (32 + 8) * 4                 # 4 warps, 16 rows of 32 + 8 int32 each
+    wslice = 64 * (9 * 64 + 16)                     # 64 rows of 9 C + 16 bytes
+    zero = 64 + 16                                  # the masked taps' zero row
+    ring = 3 * ((128 + 2 * 57) * 80)                # 128 rows and a 57-row halo each side
+    assert t.smem_bytes(64, 0, 56) == staging + wslice + zero + ring == 106288
+    assert t.smem_bytes(64, 1, 56) == 106288 + 3 * 128 * 64       # + an int8 residual tile
+
+
+@pytest.mark.parametrize("t", P.PW_TACTICS + P.PW16_TACTICS + P.PW3_TACTICS, ids=lambda t: t.name)
 def test_max_channels_is_the_fit_boundary(t):
     for rb in (0, 1, 2, 4):
-        c = t.max_channels(rb)
-        assert c % t.c_align == 0 and c >= 64
-        assert t.smem_bytes(c, rb) <= P.SMEM_LIMIT < t.smem_bytes(c + t.c_align, rb)
+        for w in ((0,) if t.taps == 1 else (7, 56)):
+            c = t.max_channels(rb, w)
+            assert c % t.c_align == 0 and c >= (64 if rb <= 1 else t.c_align)
+            assert t.smem_bytes(c, rb, w) <= P.SMEM_LIMIT < t.smem_bytes(c + t.c_align, rb, w)
+
+
+@pytest.mark.parametrize("t", P.PW3_TACTICS, ids=lambda t: t.name)
+def test_3x3_tiles_hold_resnet_stage_1_and_2(t):
+    assert P.pointwise3_reason(t, 64, 64, 3, 3, (1, 1), (1, 1), (1, 1), 56, 56, 56, 56) is None
+    assert P.pointwise3_reason(t, 128, 128, 3, 3, (1, 1), (1, 1), (1, 1), 28, 28, 28, 28) is None
+    assert "shared memory" in P.pointwise3_reason(t, 512, 512, 3, 3, (1, 1), (1, 1), (1, 1), 7, 7, 7, 7)
 
 
 def test_first_tile_holds_every_resnet_expand_layer_with_an_int8_residual():
@@ -67,9 +88,13 @@ def test_name_expressions_and_nvcc_instantiations():
     # the CI compile check (test_cuda_compile) only sees the explicit instantiations
     block = (CUDA_DIR / P.SOURCE).read_text().split("#ifdef CUPYRT_NVCC_INSTANTIATE", 1)[1]
     inst = {re.sub(r"\s", "", m) for m in re.findall(r"template __global__ void (\w+<[^>]*>)", block)}
-    for t in P.PW_TACTICS + P.PW16_TACTICS:
+    for t in P.PW_TACTICS + P.PW16_TACTICS + P.PW3_TACTICS:
         for dt in (t.out_dtypes if t.kind == "pw_f16" else (np.int8,)):
             assert t.name_expression(dt) in inst, (t.name, dt)
+    t = P.TACTICS_BY_NAME["pw3i8_256x64_s2"]
+    assert [t.name_expression(d) for d in (np.int8, np.float32, np.float16)] == [
+        "conv_pw3_int8<256,64,4,2,2,0,1>", "conv_pw3_int8<256,64,4,2,2,1,1>",
+        "conv_pw3_int8<256,64,4,2,2,2,1>"]
 
 
 # ---- occupancy and grid ----------------------------------------------------------------
@@ -147,6 +172,37 @@ def test_argument_errors(kw, match):
     x, w = args.pop("x_q"), args.pop("w_q")
     with pytest.raises(UnsupportedError, match=match):
         P.conv2d_pw_int8(x, w, 1.0, SW, **args)
+
+
+X32 = np.zeros((1, 4, 4, 32), np.int8)
+W32 = np.zeros((8, 3, 3, 32), np.int8)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tactic="pwi8_64x128_s3"), "'pw_int8' tactic; this function takes 'pw3_int8' tactics: pw3i8_"),
+    (dict(w_q=np.zeros((8, 1, 1, 32), np.int8), padding=0), "3x3 convolutions only"),
+    (dict(w_q=np.zeros((8, 5, 5, 32), np.int8), padding=2), "5x5 filter"),
+    (dict(stride=2), "expected stride 1, padding 1"),
+    (dict(padding=0), "expected stride 1, padding 1"),
+    (dict(dilation=2, padding=2), "dilation 1"),
+    (dict(out_hw=(3, 3)), "padding 1 on every side keeps the size"),
+    (dict(x_q=np.zeros((1, 4, 4, 48), np.int8), w_q=np.zeros((8, 3, 3, 48), np.int8)), "C = 48 is not a multiple of 32"),
+    (dict(x_q=np.zeros((1, 4, 4, 512), np.int8), w_q=np.zeros((8, 3, 3, 512), np.int8)),
+     r"C = 512, W = 4: .* bytes of shared memory.* holds C <= \d+ at this width"),
+    (dict(s_out=None), "needs s_out"),                   # conv_int8's own rules, shared
+])
+def test_3x3_argument_errors(kw, match):
+    args = dict(x_q=X32, w_q=W32, s_out=1.0)
+    args.update(kw)
+    x, w = args.pop("x_q"), args.pop("w_q")
+    with pytest.raises(UnsupportedError, match=match):
+        P.conv2d_pw3_int8(x, w, 1.0, SW, **args)
+
+
+def test_3x3_launcher_refuses_a_misaligned_output_before_the_device():
+    with pytest.raises(UnsupportedError, match="conv2d_pw3_int8: out starts at address"):
+        P.conv2d_pw3_int8(_dev(X32, 1 << 20), _dev(W32, 1 << 21), 1.0, SW, s_out=1.0,
+                          out=_dev(np.zeros((1, 4, 4, 8), np.int8), (1 << 22) + 4))
 
 
 def test_pointwise_reason_c_not_multiple_of_16():
