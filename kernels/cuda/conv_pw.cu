@@ -224,7 +224,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
         // ---- epilogue, per warp, 16 rows at a time -----------------------------------------
         const int m0 = t * BM + wm * WTM, nw = n0 + wn * WTN;
         const unsigned char* sRw =
-            resb ? ring + stage * stage_bytes + BM * LDS + (wm * WN + wn) * WTM * WTN * resb : nullptr;
+            resb ? ring + stage * stage_bytes + XR * LDS + (wm * WN + wn) * WTM * WTN * resb : nullptr;
 #pragma unroll
         for (int a = 0; a < MT; ++a) {
 #pragma unroll

@@ -105,24 +105,6 @@ template <> struct Vec16<float> {
     }
 };
 
-// int8 codes (max pooling of an INT8 tensor: the max of integers is exact in float,
-// and the codes keep their scale), 16 channels per 16-byte load
-template <> struct Vec16<signed char> {
-    static constexpr int N = 16;
-    static __device__ __forceinline__ void load(const signed char* p, float (&v)[16]) {
-        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-        const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int e = 0; e < 16; ++e) v[e] = (float)(signed char)((w[e / 4] >> (8 * (e % 4))) & 0xffu);
-    }
-    static __device__ __forceinline__ void store(signed char* p, const float (&v)[16]) {
-        unsigned w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-        for (int e = 0; e < 16; ++e) w[e / 4] |= ((unsigned)(int)v[e] & 0xffu) << (8 * (e % 4));
-        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-};
-
 // Launch: grid_1d(N*P*Q*C/VEC), any block size. Needs C, out_ld, out_off
 // multiples of VEC and 16-byte aligned x / out.
 template <typename T>
@@ -174,6 +156,41 @@ __global__ void pool2d_nhwc_vec(const T* __restrict__ x, T* __restrict__ out,
     }
 }
 
+// Max pooling of int8 codes (an INT8 tensor: the codes keep their scale), 16 channels per
+// thread as four 32-bit words: the max is taken on the packed bytes (__vmaxs4, signed per
+// byte), so a window tap costs one 16-byte load and four instructions (the float path
+// unpacked and converted 16 bytes a tap). An empty window (padding >= the window) writes
+// code 0. Launch and requirements as pool2d_nhwc_vec.
+extern "C" __global__ void maxpool2d_nhwc_i8(const signed char* __restrict__ x, signed char* __restrict__ out,
+                                             int N, int H, int W, int C, int R, int S, int P, int Q,
+                                             int sh, int sw, int ph, int pw, int out_ld, int out_off) {
+    const int CV = C / 16;
+    const int total = N * P * Q * CV;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int cv = i % CV;
+        const int m = i / CV;
+        const int q = m % Q;
+        const int t = m / Q;
+        const int p = t % P;
+        const int n = t / P;
+        const int h0 = p * sh - ph, w0 = q * sw - pw;
+        const int hb = max(h0, 0), he = min(h0 + R, H);
+        const int wb = max(w0, 0), we = min(w0 + S, W);
+        const signed char* xn = x + (long long)n * H * W * C + cv * 16;
+        uint4 acc = make_uint4(0x80808080u, 0x80808080u, 0x80808080u, 0x80808080u);
+        for (int h = hb; h < he; ++h) {
+            const signed char* xr = xn + (long long)h * W * C;
+            for (int w = wb; w < we; ++w) {
+                const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + (long long)w * C));
+                acc.x = __vmaxs4(acc.x, v.x); acc.y = __vmaxs4(acc.y, v.y);
+                acc.z = __vmaxs4(acc.z, v.z); acc.w = __vmaxs4(acc.w, v.w);
+            }
+        }
+        if (hb >= he || wb >= we) acc = make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<uint4*>(out + (long long)m * out_ld + out_off + cv * 16) = acc;
+    }
+}
+
 // Global average over HW, vectorised: block (32, 8) = 32 channel vectors x 8
 // slices of HW; grid (ceil(C / VEC / 32), N). FP32 accumulation, the 8 partial
 // sums of a channel vector added in shared memory in a fixed order (deterministic).
@@ -221,7 +238,6 @@ template __global__ void global_avgpool_nhwc<half_t>(const half_t*, half_t*, int
 template __global__ void global_avgpool_nhwc<float>(const float*, float*, int, int, int);
 template __global__ void pool2d_nhwc_vec<half_t>(const half_t*, half_t*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void pool2d_nhwc_vec<float>(const float*, float*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
-template __global__ void pool2d_nhwc_vec<signed char>(const signed char*, signed char*, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void global_avgpool_nhwc_vec<half_t>(const half_t*, half_t*, int, int, int);
 template __global__ void global_avgpool_nhwc_vec<float>(const float*, float*, int, int, int);
 #endif

@@ -38,8 +38,8 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
     one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
-    int8 codes: MAX only, through the vector kernel (C a multiple of 16); the
-    codes keep their scale.
+    int8 codes: MAX only, on packed bytes (maxpool2d_nhwc_i8: C, the output's
+    channel count and offset multiples of 16); the codes keep their scale.
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
     check_nhwc(x, "pool2d", dtypes=(np.float16, np.float32, np.int8))
@@ -66,12 +66,17 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
         raise UnsupportedError(f"pool2d variant 'vec' needs C ({C}), the output's channel count "
                                f"({out_ld}) and offset ({out_channel_offset}) multiples of {vec} "
                                f"and 16-byte aligned arrays")
+    geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
+                i32(sh), i32(sw), i32(ph), i32(pw))
+    if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
+        kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
+        kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
+             (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
+        return out
     name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
-    kern = (get_function(SOURCE, f"{name}<signed char>") if x.dtype == np.int8
-            else templated(SOURCE, name, (x.dtype,), "pool2d"))
+    kern = templated(SOURCE, name, (x.dtype,), "pool2d")
     kern(grid_1d(N * P * Q * (C // vec if use_vec else C)), (BLOCK,),
-         (x, out, i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
-          i32(sh), i32(sw), i32(ph), i32(pw), i32(code), i32(bool(exclude_padding)),
+         (x, out, *geometry, i32(code), i32(bool(exclude_padding)),
           i32(out_ld), i32(out_channel_offset)))
     return out
 

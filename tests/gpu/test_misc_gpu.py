@@ -167,6 +167,36 @@ def test_pool2d_int8_codes_max_is_exact(win, stride, pad):
     np.testing.assert_array_equal(got, ref)
 
 
+def _maxpool_ref(x, win, stride, pad):
+    """NumPy max pooling of NHWC int8 with padding that never wins (-129)."""
+    N, H, W, C = x.shape
+    P, Q = (H + 2 * pad - win) // stride + 1, (W + 2 * pad - win) // stride + 1
+    xp = np.full((N, H + 2 * pad, W + 2 * pad, C), -129, np.int16)
+    xp[:, pad:pad + H, pad:pad + W] = x
+    out = np.full((N, P, Q, C), -129, np.int16)
+    for r in range(win):
+        for s in range(win):
+            out = np.maximum(out, xp[:, r:r + stride * (P - 1) + 1:stride, s:s + stride * (Q - 1) + 1:stride])
+    return out.astype(np.int8)
+
+
+def test_pool2d_int8_resnet_stem_pool_and_a_channel_slice_against_numpy():
+    """ResNet's 3x3/2 pool after the stem (112 -> 56, 64 channels), every code from -128 to
+    127 present, then written into channels 16..79 of a wider output."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (2, 112, 112, 64)).astype(np.int8)
+    x[0, :, :, 5] = -128                                  # a channel at the bottom code only
+    ref = _maxpool_ref(x, 3, 2, 1)
+    got = pooling.pool2d(cp.asarray(x), "MAX", 3, stride=2, padding=1).get()
+    np.testing.assert_array_equal(got, ref)
+    assert (got[0, :, :, 5] == -128).all() and (got == 127).any()
+    out = cp.full((2, 56, 56, 96), 7, cp.int8)
+    pooling.pool2d(cp.asarray(x), "MAX", 3, stride=2, padding=1, out=out, out_channel_offset=16)
+    o = out.get()
+    np.testing.assert_array_equal(o[..., 16:80], ref)
+    assert (o[..., :16] == 7).all() and (o[..., 80:] == 7).all()
+
+
 def test_pool2d_int8_refuses_average_scalar_and_unaligned_channels():
     x = cp.zeros((1, 4, 4, 32), cp.int8)
     with pytest.raises(UnsupportedError, match="int8 pooling: MAX"):
