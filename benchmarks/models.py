@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from . import report
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("benchmarks")
 BERT_SEQ, BERT_HIDDEN = 128, 768
@@ -223,7 +225,7 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     record["graph_notes"] = list(engine.backend.graph_notes)
     record["tactics"] = {"build": tactic_table_of(engine.meta.get("kernels", {}), engine.meta.get("tactic_ms", {})),
                          "last_run": tactic_table(engine.backend)}
-    record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if v == "conv.cudnn")
+    record["cudnn_layers"] = sum(1 for v in engine.backend.selected.values() if report.is_cudnn(v))
     record["cudnn_graphs"] = _cudnn_stats()
     if profile:
         record["layer_ms"], record["profile_launch_gaps"] = {}, {}

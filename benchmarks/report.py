@@ -86,8 +86,23 @@ def render_doc(doc):
             kc = {True: "empty (NVRTC inside)", False: "warm"}.get(b.get("kernel_cache_empty"), "–")
             out.append(f"| {b['model']} | {b['precision']} | {_f(b.get('cold_s'), '.1f')} | {kc} | "
                        f"{_f(b.get('cached_s'), '.1f')} | {_f(b.get('fresh_process_cached_s'), '.1f')} | "
-                       f"{layers} | {b.get('cudnn_layers', '–')} |")
+                       f"{layers} | {cudnn_layers(b)} |")
     return "\n".join(out)
+
+
+def is_cudnn(tactic):
+    """Whether a tactic name is one of the cuDNN graph tactics (conv.cudnn, conv.cudnn_i8,
+    conv.cudnn_s2d, matmul.cudnn)."""
+    return tactic.split(".", 1)[-1].startswith("cudnn")
+
+
+def cudnn_layers(build):
+    """Layers a build put on cuDNN graphs, from its kernel counts (every cuDNN tactic, INT8
+    included); files without them: their recorded count."""
+    kernels = build.get("kernels")
+    if kernels:
+        return sum(n for name, n in kernels.items() if is_cudnn(name))
+    return build.get("cudnn_layers", "–")
 
 
 def render(docs):

@@ -307,3 +307,13 @@ def test_runners_up_name_the_chosen_time_and_the_next_fastest_that_ran():
     assert models.runners_up({"x": None}, "y") == ""
     assert models.runners_up({"y": 0.5}, "y") == "  (build: chosen 0.5000 ms)"
     assert models.runners_up({"x": 0.2}, "y") == "  (build: chosen untimed; then x 0.2000)"
+
+
+def test_cudnn_layer_count_takes_every_cudnn_tactic_from_the_kernel_counts():
+    build = {"kernels": {"conv.cudnn_i8": 37, "conv.cudnn": 2, "matmul.cudnn": 3, "conv.cudnn_s2d": 1,
+                         "conv.wgi8_128x64_s4": 3, "pool.int8_nhwc": 1}, "cudnn_layers": 0}
+    assert report.cudnn_layers(build) == 43
+    assert report.cudnn_layers({"cudnn_layers": 5}) == 5          # older files: as recorded
+    assert report.cudnn_layers({}) == "–"
+    assert [report.is_cudnn(t) for t in ("conv.cudnn_i8", "matmul.cudnn", "conv.i8_64x64", "cudnn")] == [
+        True, True, False, True]
