@@ -231,7 +231,8 @@ def main(argv=None):
     r.add_argument("--precisions", help="comma-separated fp16,fp32,int8 (default: the suite's)")
     r.add_argument("--reps", type=int, default=30)
     r.add_argument("--profile", action="store_true",
-                   help="profile files under --out: per layer at run time, and the cold build under cProfile")
+                   help="profile files under --out: per layer at run time, and the cold build and the "
+                        "new-process rebuild under cProfile")
     r.add_argument("--layers", help="kernels suite: comma-separated layer names, or all")
     r.add_argument("--tf-dir", help="tf_path suite: the prepared folder (default benchmarks/tf_path)")
     ab = sub.add_parser("ab", help="one model, two settings, one process")

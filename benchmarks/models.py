@@ -134,16 +134,27 @@ def build(name, model, precision, max_batch, cache, disabled_passes=(), calibrat
 FRESH_BUILD_TIMEOUT_S = 240
 
 
-def fresh_process_build_s(name, precision, max_batch, cache):
+def fresh_process_build_s(name, precision, max_batch, cache, profile_path=None):
     """Seconds of the same build in a new Python process reading the timing cache (and,
     for INT8, the calibration cache) the cold build wrote, as a user's rebuild would:
     nothing this process built or compiled is reused except CuPy's on-disk kernel cache
     (the same machine). Interpreter and torch imports are outside the figure. None (and a
-    warning) when that process fails."""
+    warning) when that process fails. ``profile_path``: the child runs the build under
+    cProfile and writes it there (``write_build_profile``)."""
+    build = (f"models.build({name!r}, models.torch_model({name!r}), {precision!r}, "
+             f"{int(max_batch)}, {cache!r})")
+    if profile_path is None:
+        body = f"_, s, _ = {build}\n"
+    else:
+        body = ("import cProfile\n"
+                "prof = cProfile.Profile()\n"
+                "prof.enable()\n"
+                f"_, s, _ = {build}\n"
+                "prof.disable()\n"
+                f"models.write_build_profile(prof, {profile_path!r})\n")
     code = ("import json\n"
             "from benchmarks import models\n"
-            f"_, s, _ = models.build({name!r}, models.torch_model({name!r}), {precision!r}, "
-            f"{int(max_batch)}, {cache!r})\n"
+            f"{body}"
             "print('FRESH_BUILD_S', json.dumps(s))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
@@ -186,7 +197,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()
     _, warm, _ = build(name, model, precision, max(batches), cache)
-    fresh = fresh_process_build_s(name, precision, max(batches), cache)
+    fresh = fresh_process_build_s(name, precision, max(batches), cache, profile_path=(
+        os.path.join(out_dir, f"build_profile_fresh_{name}_{precision}.txt") if profile else None))
     engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
     kinds = _count(info.kernel for info in engine.layers)
     record = {"model": name, "precision": precision, "cold_s": cold, "cached_s": warm,

@@ -39,3 +39,29 @@ def test_a_failing_or_hanging_child_gives_none_and_says_why(monkeypatch, caplog)
     with caplog.at_level(logging.WARNING, logger="benchmarks"):
         assert models.fresh_process_build_s("resnet50", "fp16", 256, "c") is None
     assert "over 240 s" in caplog.text
+
+
+def test_profiled_child_writes_its_cprofile_where_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", _fake_run(calls, stdout="FRESH_BUILD_S 3.2\n"))
+    assert models.fresh_process_build_s("resnet50", "fp16", 256, "c", profile_path="/o/p.txt") == 3.2
+    code = calls[0][0][-1]
+    assert "prof.enable()" in code and "models.write_build_profile(prof, '/o/p.txt')" in code
+    assert code.index("prof.enable()") < code.index("models.build(") < code.index("prof.disable()")
+    models.fresh_process_build_s("resnet50", "fp16", 256, "c")
+    assert "cProfile" not in calls[1][0][-1]                       # not asked: no profiler
+
+
+def test_profiled_child_code_runs_and_writes_the_profile(tmp_path, monkeypatch, capsys):
+    """The child's code itself, run here with the build replaced: it must be valid Python
+    that leaves the profile file and prints the figure."""
+    calls = []
+    monkeypatch.setattr(subprocess, "run", _fake_run(calls, stdout="FRESH_BUILD_S 1.0\n"))
+    path = str(tmp_path / "fresh.txt")
+    models.fresh_process_build_s("resnet50", "fp16", 8, "c", profile_path=path)
+    code = calls[0][0][-1]
+    monkeypatch.setattr(models, "torch_model", lambda name: None)
+    monkeypatch.setattr(models, "build", lambda *a: (b"", 0.5, 3))
+    exec(compile(code, "<child>", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1] == "FRESH_BUILD_S 0.5"
+    assert "cumulative" in open(path).read()
