@@ -178,3 +178,44 @@ def check_is_stem(layer):
     """For ``forced_outputs``: the forced layer is the 7x7 stem convolution."""
     from engine.types import LayerType
     assert layer.layer_type == LayerType.CONVOLUTION and layer.kernel_size_nd == (7, 7)
+
+
+# -- INT8 convolutions: inputs, residuals, and two launches side by side --------------------
+
+def int8_conv_inputs(cp, N, H, W, C, K, seed, rs=1):
+    """(rng, x codes NHWC padded to 16 channels, w codes KRSC, s_w, bias, s_in) for an
+    ``rs`` x ``rs`` INT8 convolution on random data whose top input values saturate."""
+    from kernels import quantize as Q
+    from kernels.gpu import conv_int8, quantize_int8
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = (rng.standard_normal((K, C, rs, rs)) / np.sqrt(rs * rs * C)).astype(np.float32)
+    bias = (0.5 * rng.standard_normal(K)).astype(np.float32)
+    s_in = Q.scale_from_amax(0.8 * float(np.abs(x).max()))
+    xq = quantize_int8.quantize_nhwc(cp.asarray(x), s_in, c_pad_to=16)
+    wq, s_w = conv_int8.pack_weight_int8_krsc(w)
+    return rng, xq, wq, s_w, cp.asarray(bias), s_in
+
+
+def int8_residual(cp, rng, shape, kind):
+    """Keyword arguments of a residual of ``shape``: none (kind None), int8 codes with their
+    scale ("int8"), or a float16 / float32 array (kind: that dtype)."""
+    from kernels import quantize as Q
+    r = rng.standard_normal(shape).astype(np.float32)
+    if kind is None:
+        return {}
+    if kind == "int8":
+        s_r = Q.scale_from_amax(float(np.abs(r).max()))
+        return {"residual": cp.asarray(Q.quantize(r, s_r)), "residual_scale": s_r}
+    return {"residual": cp.asarray(r.astype(kind))}
+
+
+def both_outputs(cp, launches, xq, wq, s_w, s_in, shape, dtype, fill, **kw):
+    """Host copies of what each (launch, tactic) of ``launches`` writes into a buffer of
+    ``shape`` filled with ``fill`` first (so an unwritten element shows)."""
+    outs = []
+    for launch, tactic in launches:
+        out = cp.full(shape, fill, dtype=dtype)
+        launch(xq, wq, s_in, s_w, out=out, tactic=tactic, **kw)
+        outs.append(out.get())
+    return outs

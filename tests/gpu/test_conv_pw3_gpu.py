@@ -10,10 +10,10 @@ import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import forced_outputs  # noqa: E402
+from gpu_helpers import both_outputs, forced_outputs, int8_conv_inputs, int8_residual  # noqa: E402
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_int8, conv_pw, quantize_int8  # noqa: E402
+from kernels.gpu import conv_int8, conv_pw  # noqa: E402
 
 REF = conv_int8.INT8_TACTICS[0]
 PW3 = conv_pw.PW3_TACTICS
@@ -27,34 +27,17 @@ ODD = [("c32_k72_5x7", 1, 5, 7, 32, 72),        # K past BN, one image smaller t
 
 
 def _inputs(N, H, W, C, K, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
-    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
-    bias = (0.5 * rng.standard_normal(K)).astype(np.float32)
-    s_in = Q.scale_from_amax(0.8 * float(np.abs(x).max()))          # the top values saturate
-    xq = quantize_int8.quantize_nhwc(cp.asarray(x), s_in, c_pad_to=16)
-    wq, s_w = conv_int8.pack_weight_int8_krsc(w)
-    return rng, xq, wq, s_w, cp.asarray(bias), s_in
+    return int8_conv_inputs(cp, N, H, W, C, K, seed, rs=3)
 
 
 def _residual(rng, shape, kind):
-    if kind is None:
-        return {}
-    r = rng.standard_normal(shape).astype(np.float32)
-    if kind == "int8":
-        s_r = Q.scale_from_amax(float(np.abs(r).max()))
-        return {"residual": cp.asarray(Q.quantize(r, s_r)), "residual_scale": s_r}
-    return {"residual": cp.asarray(r.astype(kind))}
+    return int8_residual(cp, rng, shape, kind)
 
 
 def _both(t, xq, wq, s_w, s_in, shape, dtype, poison, **kw):
-    """(ours, reference) outputs in poisoned buffers of ``shape``."""
-    outs = []
-    for launch, tac in ((conv_pw.conv2d_pw3_int8, t), (conv_int8.conv2d_int8, REF)):
-        out = cp.full(shape, poison, dtype=dtype)
-        launch(xq, wq, s_in, s_w, padding=1, out=out, tactic=tac, **kw)
-        outs.append(out.get())
-    return outs
+    """(ours, reference) outputs in poisoned buffers of ``shape``, padding 1."""
+    return both_outputs(cp, ((conv_pw.conv2d_pw3_int8, t), (conv_int8.conv2d_int8, REF)),
+                        xq, wq, s_w, s_in, shape, dtype, poison, padding=1, **kw)
 
 
 @pytest.mark.parametrize("t", PW3, ids=lambda t: t.name)

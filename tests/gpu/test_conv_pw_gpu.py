@@ -12,10 +12,11 @@ import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import TOL, conv_nhwc, forced_outputs, rel_l2  # noqa: E402
+from gpu_helpers import (TOL, both_outputs, conv_nhwc, forced_outputs, int8_conv_inputs,  # noqa: E402
+                         int8_residual, rel_l2)
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
-from kernels.gpu import conv_igemm, conv_int8, conv_pw, quantize_int8  # noqa: E402
+from kernels.gpu import conv_igemm, conv_int8, conv_pw  # noqa: E402
 
 REF = conv_int8.INT8_TACTICS[0]
 PW = conv_pw.PW_TACTICS
@@ -32,34 +33,17 @@ def _fits(t, C):
 
 
 def _inputs(N, H, W, C, K, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
-    w = (rng.standard_normal((K, C, 1, 1)) / np.sqrt(C)).astype(np.float32)
-    bias = (0.5 * rng.standard_normal(K)).astype(np.float32)
-    s_in = Q.scale_from_amax(0.8 * float(np.abs(x).max()))          # the top values saturate
-    xq = quantize_int8.quantize_nhwc(cp.asarray(x), s_in, c_pad_to=16)
-    wq, s_w = conv_int8.pack_weight_int8_krsc(w)
-    return rng, xq, wq, s_w, cp.asarray(bias), s_in
+    return int8_conv_inputs(cp, N, H, W, C, K, seed)
 
 
 def _residual(rng, shape, kind):
-    r = rng.standard_normal(shape).astype(np.float32)
-    if kind is None:
-        return {}
-    if kind == "int8":
-        s_r = Q.scale_from_amax(float(np.abs(r).max()))
-        return {"residual": cp.asarray(Q.quantize(r, s_r)), "residual_scale": s_r}
-    return {"residual": cp.asarray(r.astype(kind))}
+    return int8_residual(cp, rng, shape, kind)
 
 
 def _both(t, xq, wq, s_w, s_in, shape, dtype, poison, **kw):
     """(ours, reference) outputs in poisoned buffers of ``shape``."""
-    outs = []
-    for launch, tac in ((conv_pw.conv2d_pw_int8, t), (conv_int8.conv2d_int8, REF)):
-        out = cp.full(shape, poison, dtype=dtype)
-        launch(xq, wq, s_in, s_w, out=out, tactic=tac, **kw)
-        outs.append(out.get())
-    return outs
+    return both_outputs(cp, ((conv_pw.conv2d_pw_int8, t), (conv_int8.conv2d_int8, REF)),
+                        xq, wq, s_w, s_in, shape, dtype, poison, **kw)
 
 
 @pytest.mark.parametrize("t", PW, ids=lambda t: t.name)
