@@ -219,3 +219,21 @@ def both_outputs(cp, launches, xq, wq, s_w, s_in, shape, dtype, fill, **kw):
         launch(xq, wq, s_in, s_w, out=out, tactic=tactic, **kw)
         outs.append(out.get())
     return outs
+
+
+def replayed_in_graph(cp, run, out, fill):
+    """Host copy of ``out`` after ``run()`` (which writes it) was captured into a CUDA graph on
+    a non-blocking stream and the graph replayed over ``out`` refilled with ``fill``: a kernel
+    that cannot be captured, or whose capture does not write ``out``, fails the caller's
+    comparison. ``run`` is called once before, so compiles happen outside the capture."""
+    run()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        run()
+        graph = stream.end_capture()
+        out.fill(fill)
+        graph.launch(stream)
+        stream.synchronize()
+    return out.get()

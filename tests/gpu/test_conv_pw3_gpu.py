@@ -10,7 +10,8 @@ import pytest
 
 cp = pytest.importorskip("cupy")
 
-from gpu_helpers import both_outputs, forced_outputs, int8_conv_inputs, int8_residual  # noqa: E402
+from gpu_helpers import (both_outputs, forced_outputs, int8_conv_inputs, int8_residual,  # noqa: E402
+                         replayed_in_graph)
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
 from kernels.gpu import conv_int8, conv_pw  # noqa: E402
@@ -133,17 +134,9 @@ def test_replays_in_a_cuda_graph():
               **_residual(rng, (N, H, W, K), "int8"))
     ref = conv_int8.conv2d_int8(xq, wq, s_in, s_w, padding=1, tactic=REF, **kw).get()
     out = cp.empty((N, H, W, K), cp.int8)
-    conv_pw.conv2d_pw3_int8(xq, wq, s_in, s_w, out=out, **kw)         # compile outside capture
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        conv_pw.conv2d_pw3_int8(xq, wq, s_in, s_w, out=out, **kw)
-        graph = stream.end_capture()
-        out.fill(100)
-        graph.launch(stream)
-        stream.synchronize()
-    np.testing.assert_array_equal(out.get(), ref)
+    got = replayed_in_graph(cp, lambda: conv_pw.conv2d_pw3_int8(xq, wq, s_in, s_w, out=out, **kw),
+                            out, 100)
+    np.testing.assert_array_equal(got, ref)
 
 
 def _block(rng):

@@ -13,7 +13,7 @@ import pytest
 cp = pytest.importorskip("cupy")
 
 from gpu_helpers import (TOL, both_outputs, conv_nhwc, forced_outputs, int8_conv_inputs,  # noqa: E402
-                         int8_residual, rel_l2)
+                         int8_residual, rel_l2, replayed_in_graph)
 from kernels import quantize as Q  # noqa: E402
 from kernels.gpu import UnsupportedError  # noqa: E402
 from kernels.gpu import conv_igemm, conv_int8, conv_pw  # noqa: E402
@@ -135,17 +135,9 @@ def test_replays_in_a_cuda_graph():
               **_residual(rng, (N, H, W, K), "int8"))
     ref = conv_int8.conv2d_int8(xq, wq, s_in, s_w, tactic=REF, **kw).get()
     out = cp.empty((N, H, W, K), cp.int8)
-    conv_pw.conv2d_pw_int8(xq, wq, s_in, s_w, out=out, **kw)          # compile outside capture
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        conv_pw.conv2d_pw_int8(xq, wq, s_in, s_w, out=out, **kw)
-        graph = stream.end_capture()
-        out.fill(100)
-        graph.launch(stream)
-        stream.synchronize()
-    np.testing.assert_array_equal(out.get(), ref)
+    got = replayed_in_graph(cp, lambda: conv_pw.conv2d_pw_int8(xq, wq, s_in, s_w, out=out, **kw),
+                            out, 100)
+    np.testing.assert_array_equal(got, ref)
 
 
 # -- FP16 ------------------------------------------------------------------------------------
