@@ -249,6 +249,31 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
 // dynamic shared memory = kernels/gpu/conv_pw.py PwTactic.smem_bytes(C, residual bytes if
 // prefetched).
 
+namespace cupyrt_pw {
+
+// The INT8 kernels' body (TAPS 1 or 3): int8_epilogue.cuh's epilogue on the persistent mainloop.
+template <int BM, int BN, int WM, int WN, int STAGES, int TAPS, int OUT>
+__device__ __forceinline__ void
+int8_body(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
+          typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out, const float* __restrict__ s_w,
+          const float* __restrict__ bias, const void* __restrict__ res, int M, int C, int K, int H,
+          int W, int out_ld, int out_off, int res_ld, int res_kind, int has_bias, float s_in,
+          float res_scale, float inv_out, int act, float alpha, float beta) {
+    constexpr int WTN = BN / WN;
+    const int rkind = res_kind & 3;
+    const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
+    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
+        cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
+            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
+            s_in, res_scale, inv_out, act, alpha, beta, sR);
+    };
+    persistent<BM, BN, WM, WN, STAGES, TAPS, MmaS8>(
+        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
+        K, H, W, res, res_ld, resb, epi);
+}
+
+}  // namespace cupyrt_pw
+
 // INT8: int8 codes in, exact int32 accumulation, int8_epilogue.cuh's epilogue (conv_int8.cu's
 // numerics and argument list past the window geometry). res_kind: 1 int8 / 2 float32 /
 // 3 float16, | 4 when the residual tile is prefetched into the ring (K * element size % 16 == 0
@@ -264,17 +289,9 @@ conv_pw_int8(const i8_t* __restrict__ x,          // [M, C] int8 codes (NHWC)
              int M, int C, int K, int out_ld, int out_off, int res_ld, int res_kind,
              int has_bias, float s_in, float res_scale, float inv_out,
              int act, float alpha, float beta) {
-    constexpr int WTN = BN / WN;
-    const int rkind = res_kind & 3;
-    const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
-    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
-        cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
-            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
-            s_in, res_scale, inv_out, act, alpha, beta, sR);
-    };
-    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, 1, cupyrt_pw::MmaS8>(
-        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
-        K, 0, 0, res, res_ld, resb, epi);
+    cupyrt_pw::int8_body<BM, BN, WM, WN, STAGES, 1, OUT>(
+        x, w, out, s_w, bias, res, M, C, K, 0, 0, out_ld, out_off, res_ld, res_kind, has_bias, s_in,
+        res_scale, inv_out, act, alpha, beta);
 }
 
 // INT8 3x3, stride 1, padding 1, dilation 1 (TAPS = 3): conv_pw_int8's arguments and numerics,
@@ -289,17 +306,9 @@ conv_pw3_int8(const i8_t* __restrict__ x,         // [M, C] int8 codes (NHWC), M
               int M, int C, int K, int H, int W, int out_ld, int out_off, int res_ld, int res_kind,
               int has_bias, float s_in, float res_scale, float inv_out,
               int act, float alpha, float beta) {
-    constexpr int WTN = BN / WN;
-    const int rkind = res_kind & 3;
-    const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
-    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
-        cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
-            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
-            s_in, res_scale, inv_out, act, alpha, beta, sR);
-    };
-    cupyrt_pw::persistent<BM, BN, WM, WN, STAGES, 3, cupyrt_pw::MmaS8>(
-        reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
-        K, H, W, res, res_ld, resb, epi);
+    cupyrt_pw::int8_body<BM, BN, WM, WN, STAGES, 3, OUT>(
+        x, w, out, s_w, bias, res, M, C, K, H, W, out_ld, out_off, res_ld, res_kind, has_bias, s_in,
+        res_scale, inv_out, act, alpha, beta);
 }
 
 // FP16: half in, float32 accumulation, f16_epilogue.cuh's epilogue (conv_igemm.cu's numerics;

@@ -105,6 +105,24 @@ template <> struct Vec16<float> {
     }
 };
 
+// Thread i of the vector kernels: output pixel m = (n, p, q) and channel vector cv of CV, and
+// the window's rows [hb, he) and columns [wb, we) clipped to the input.
+struct VecWindow { int m, cv, n, hb, he, wb, we; };
+
+__device__ __forceinline__ VecWindow vec_window(int i, int CV, int H, int W, int R, int S, int P,
+                                                int Q, int sh, int sw, int ph, int pw) {
+    VecWindow v;
+    v.cv = i % CV;
+    v.m = i / CV;
+    const int q = v.m % Q, t = v.m / Q;
+    const int p = t % P;
+    v.n = t / P;
+    const int h0 = p * sh - ph, w0 = q * sw - pw;
+    v.hb = max(h0, 0); v.he = min(h0 + R, H);
+    v.wb = max(w0, 0); v.we = min(w0 + S, W);
+    return v;
+}
+
 // Launch: grid_1d(N*P*Q*C/VEC), any block size. Needs C, out_ld, out_off
 // multiples of VEC and 16-byte aligned x / out.
 template <typename T>
@@ -116,16 +134,9 @@ __global__ void pool2d_nhwc_vec(const T* __restrict__ x, T* __restrict__ out,
     const int CV = C / VEC;
     const int total = N * P * Q * CV;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int cv = i % CV;
-        const int m = i / CV;
-        const int q = m % Q;
-        const int t = m / Q;
-        const int p = t % P;
-        const int n = t / P;
-        const int h0 = p * sh - ph, w0 = q * sw - pw;
-        const int hb = max(h0, 0), he = min(h0 + R, H);
-        const int wb = max(w0, 0), we = min(w0 + S, W);
-        const T* xn = x + (long long)n * H * W * C + cv * VEC;
+        const VecWindow v0 = vec_window(i, CV, H, W, R, S, P, Q, sh, sw, ph, pw);
+        const int m = v0.m, cv = v0.cv, hb = v0.hb, he = v0.he, wb = v0.wb, we = v0.we;
+        const T* xn = x + (long long)v0.n * H * W * C + cv * VEC;
         float acc[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[e] = mode == 0 ? -3.402823466e38f : 0.f;
@@ -167,16 +178,9 @@ extern "C" __global__ void maxpool2d_nhwc_i8(const signed char* __restrict__ x, 
     const int CV = C / 16;
     const int total = N * P * Q * CV;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int cv = i % CV;
-        const int m = i / CV;
-        const int q = m % Q;
-        const int t = m / Q;
-        const int p = t % P;
-        const int n = t / P;
-        const int h0 = p * sh - ph, w0 = q * sw - pw;
-        const int hb = max(h0, 0), he = min(h0 + R, H);
-        const int wb = max(w0, 0), we = min(w0 + S, W);
-        const signed char* xn = x + (long long)n * H * W * C + cv * 16;
+        const VecWindow v0 = vec_window(i, CV, H, W, R, S, P, Q, sh, sw, ph, pw);
+        const int m = v0.m, cv = v0.cv, hb = v0.hb, he = v0.he, wb = v0.wb, we = v0.we;
+        const signed char* xn = x + (long long)v0.n * H * W * C + cv * 16;
         uint4 acc = make_uint4(0x80808080u, 0x80808080u, 0x80808080u, 0x80808080u);
         for (int h = hb; h < he; ++h) {
             const signed char* xr = xn + (long long)h * W * C;
