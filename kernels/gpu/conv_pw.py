@@ -249,20 +249,32 @@ def conv2d_pw_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_
     stride 1, no padding, dilation 1 only. ``ctas_per_slice``: force the CTAs that walk
     each weight slice's M tiles (default: what fills the device).
     """
-    tactic = _tactic(tactic, "pw_int8")
-    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
-                        residual, residual_scale)
-    reason = _window_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
-                            (g["ph"], g["pw"]), (g["dh"], g["dw"]), g["P"], g["Q"], g["H"], g["W"])
+    return _int8(
+        "conv2d_pw_int8", _tactic(tactic, "pw_int8"), x_q, w_q, s_in, s_w,
+        dict(stride=stride, padding=padding, dilation=dilation, out_hw=out_hw, bias=bias,
+             residual=residual, residual_scale=residual_scale, act=act, alpha=alpha, beta=beta,
+             s_out=s_out, out_dtype=out_dtype, out=out, out_channel_offset=out_channel_offset),
+        stream, ctas_per_slice)
+
+
+def _int8(fn, tactic, x_q, w_q, s_in, s_w, kw, stream, ctas_per_slice):
+    """The INT8 launchers' common path: conv_int8's argument checks, this kernel's window
+    rule (1x1 or 3x3 by the tactic), aligned arrays, residual prefetch, one launch."""
+    g = check_int8_args(x_q, w_q, kw["stride"], kw["padding"], kw["dilation"], kw["out_hw"],
+                        kw["out"], kw["out_dtype"], kw["s_out"], kw["residual"], kw["residual_scale"])
+    window = (g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]), (g["ph"], g["pw"]), (g["dh"], g["dw"]))
+    reason = (_window_reason(tactic, *window, g["P"], g["Q"], g["H"], g["W"]) if tactic.taps == 1
+              else pointwise3_reason(tactic, *window, g["H"], g["W"], g["P"], g["Q"]))
     if reason is not None:
-        raise UnsupportedError(f"conv2d_pw_int8: {reason}")
-    check_aligned("conv2d_pw_int8", x_q=x_q, w_q=w_q, out=out, residual=residual)
+        raise UnsupportedError(f"{fn}: {reason}")
+    residual = kw["residual"]
+    check_aligned(fn, x_q=x_q, w_q=w_q, out=kw["out"], residual=residual)
     M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
-    pre = residual_prefetch_bytes(tactic, C, K, residual)
-    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
-                                  residual, residual_scale, act, alpha, beta,
-                                  res_flags=4 if pre else 0)
-    _launch(tactic, args, M, C, K, pre, g["dt"], stream, ctas_per_slice)
+    pre = residual_prefetch_bytes(tactic, C, K, residual, g["W"] if tactic.taps == 3 else 0)
+    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, kw["bias"], kw["s_out"], kw["out"],
+                                  kw["out_channel_offset"], residual, kw["residual_scale"], kw["act"],
+                                  kw["alpha"], kw["beta"], res_flags=4 if pre else 0)
+    _launch(tactic, args, M, C, K, pre, g["dt"], stream, ctas_per_slice, g["H"], g["W"])
     return out
 
 
@@ -296,21 +308,12 @@ def conv2d_pw3_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=1, dilation=1, out
     ``pack_weight_int8_krsc``), bit-identical to it, for 3x3 filters, stride 1, padding 1,
     dilation 1 and C % 32 == 0 only. ``ctas_per_slice`` as ``conv2d_pw_int8``.
     """
-    tactic = _tactic(tactic, "pw3_int8")
-    g = check_int8_args(x_q, w_q, stride, padding, dilation, out_hw, out, out_dtype, s_out,
-                        residual, residual_scale)
-    reason = pointwise3_reason(tactic, g["C"], g["K"], g["R"], g["S"], (g["sh"], g["sw"]),
-                               (g["ph"], g["pw"]), (g["dh"], g["dw"]), g["H"], g["W"], g["P"], g["Q"])
-    if reason is not None:
-        raise UnsupportedError(f"conv2d_pw3_int8: {reason}")
-    check_aligned("conv2d_pw3_int8", x_q=x_q, w_q=w_q, out=out, residual=residual)
-    M, C, K = g["N"] * g["H"] * g["W"], g["C"], g["K"]
-    pre = residual_prefetch_bytes(tactic, C, K, residual, g["W"])
-    out, args = _int8_launch_args(x_q, w_q, g, s_in, s_w, bias, s_out, out, out_channel_offset,
-                                  residual, residual_scale, act, alpha, beta,
-                                  res_flags=4 if pre else 0)
-    _launch(tactic, args, M, C, K, pre, g["dt"], stream, ctas_per_slice, g["H"], g["W"])
-    return out
+    return _int8(
+        "conv2d_pw3_int8", _tactic(tactic, "pw3_int8"), x_q, w_q, s_in, s_w,
+        dict(stride=stride, padding=padding, dilation=dilation, out_hw=out_hw, bias=bias,
+             residual=residual, residual_scale=residual_scale, act=act, alpha=alpha, beta=beta,
+             s_out=s_out, out_dtype=out_dtype, out=out, out_channel_offset=out_channel_offset),
+        stream, ctas_per_slice)
 
 
 def conv2d_pw_f16(x, w_krsc, *, stride=1, padding=0, dilation=1, out_hw=None, scale=None,
