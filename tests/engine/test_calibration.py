@@ -65,6 +65,43 @@ def test_kl_divergences_match_a_brute_force_loop(seed):
     assert Q.kl_threshold(hist, 0.5, start=8, levels=4) == (i + 0.5) * 0.5
 
 
+def per_candidate_kl(hist, start, levels):
+    """The two distributions of each candidate, built and compared one at a time."""
+    return np.array([Q.kl_divergence(*Q.candidate_distributions(hist, i, levels))
+                     for i in range(start, len(hist) + 1)])
+
+
+def _histograms():
+    rng = np.random.default_rng(5)
+    relu = np.maximum(rng.standard_normal(300_000) * 1.7, 0)
+    relu[rng.integers(0, relu.size, 4)] = 30.0                     # outliers: a long empty tail
+    coarse = np.round(rng.uniform(0, 1, 50_000) * 16) / 16          # 17 values: mostly empty bins
+    for x in (np.abs(rng.standard_normal(200_000)), relu, coarse, rng.exponential(1.0, 100_000)):
+        yield Q.abs_histogram(x, float(np.abs(x).max()), drop_zeros=True)
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_kl_divergences_equal_the_per_candidate_distributions_on_2048_bins(k):
+    hist = list(_histograms())[k]
+    got, ref = Q.kl_divergences(hist), per_candidate_kl(hist, Q.START_BIN, Q.NUM_LEVELS)
+    assert got.shape == ref.shape == (Q.NUM_BINS - Q.START_BIN + 1,)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    # the chosen candidate is a minimum of the reference too (ties within rounding aside)
+    assert ref[int(np.argmin(got))] <= ref.min() + 1e-12
+
+
+def test_kl_divergences_edge_cases_against_the_per_candidate_form():
+    empty_head = np.zeros(300)
+    empty_head[250:] = np.arange(1, 51)                             # the first candidates see no counts
+    last_empty = np.arange(1, 301, dtype=float)
+    last_empty[140:160] = 0                                         # candidates ending on empty bins
+    for hist in (empty_head, last_empty):
+        np.testing.assert_allclose(Q.kl_divergences(hist, 128, 128), per_candidate_kl(hist, 128, 128),
+                                   rtol=1e-10, atol=1e-12)
+    assert Q.kl_divergences(np.zeros(200), 128, 128).tolist() == [0.0] * 73   # nothing counted
+    assert Q.kl_divergences(np.ones(100), 128, 128).shape == (0,)            # no candidate
+
+
 def test_entropy_clips_an_outlier_and_minmax_does_not():
     x = RNG.standard_normal(100_000).astype(np.float32)
     x[0] = 100.0
