@@ -1,10 +1,12 @@
-"""A converted graph on the host, two checks (TensorFlow where the machine has it):
+"""Host-side checks: a converted graph (TensorFlow where the machine has it), and entropy
+calibration's thresholds:
 
     python benchmarks/host.py soak --runs 10000 [--threads 8] [--backend numpy|cupy]
                                    [--sample-every 100] [--json out.json]
     python benchmarks/host.py soak --engine-only --backend cupy --runs 100000
     unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE CUPYRT_BACKEND
     python benchmarks/host.py resnet50 [--saved-model] [--batches 1,8] [--reps 5] [--json out.json]
+    python benchmarks/host.py calibration [--tensors 120] [--json out.json]
 
 ``soak`` (issue 11, "Concurrency and soak"): one converted graph run many times in one
 tf.compat.v1.Session; host memory (RSS) sampled as it runs must stay flat after warm-up,
@@ -36,6 +38,12 @@ against the converted FP32 one loaded through ``load_saved_model`` (engine nodes
 as their TF ops) and through plain ``tf.saved_model.load`` after ``import
 tf_integration`` (engine nodes called through EagerPyFunc, running their TF segment),
 runs interleaved, median of --reps.
+
+``calibration``: entropy calibration's thresholds on the host (kernels/quantize.py
+``kl_threshold``) over --tensors histograms of 2,048 bins (100k-value samples: |normal|
+and scaled ReLU'd normal, three values of each multiplied by 8: outliers past an empty
+stretch), timed against the definition (two distributions built and compared per
+candidate threshold); reports both times and how many thresholds agree.
 """
 import argparse
 import json
@@ -395,6 +403,34 @@ def frozen_graph_main(args, batches):
     return result
 
 
+def calibration_main(tensors, seed=1):
+    """Seconds of ``kl_threshold`` over ``tensors`` histograms, against the per-candidate
+    definition, and how many thresholds the two agree on (the others: exact ties, which
+    the prefix-sum form breaks toward the first candidate)."""
+    from kernels import quantize as Q
+    rng = np.random.default_rng(seed)
+    hists = []
+    for k in range(tensors):
+        x = (np.maximum(rng.standard_normal(100_000) * rng.uniform(0.3, 3), 0) if k % 2
+             else np.abs(rng.standard_normal(100_000)))
+        x[rng.integers(0, x.size, 3)] *= 8
+        hists.append(Q.abs_histogram(x, float(x.max()), drop_zeros=True))
+
+    def definition(hist):
+        cum = np.cumsum(hist)
+        start = max(Q.START_BIN, min(int(np.searchsorted(cum, (1.0 - Q.MAX_CLIPPED) * cum[-1])), len(hist) - 1))
+        div = [Q.kl_divergence(*Q.candidate_distributions(hist, i, Q.NUM_LEVELS))
+               for i in range(start, len(hist) + 1)]
+        return start + int(np.argmin(div)) + 0.5
+    t0 = time.perf_counter()
+    ref = [definition(h) for h in hists]
+    t1 = time.perf_counter()
+    got = [Q.kl_threshold(h, 1.0) for h in hists]
+    t2 = time.perf_counter()
+    return {"tensors": tensors, "bins": Q.NUM_BINS, "definition_s": round(t1 - t0, 3),
+            "kl_threshold_s": round(t2 - t1, 3), "thresholds_equal": sum(a == b for a, b in zip(ref, got))}
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,6 +451,9 @@ def parser():
     r.add_argument("--json", help="write the figures here")
     r.add_argument("--saved-model", action="store_true",
                    help="the TF2 SavedModel path (module docstring) instead of frozen graphs")
+    c = sub.add_parser("calibration", help="entropy thresholds on the host: time against the definition")
+    c.add_argument("--tensors", type=int, default=120)
+    c.add_argument("--json", help="write the figures here")
     return p, s
 
 
@@ -429,6 +468,8 @@ def main(argv=None):
         result = (engine_soak if args.engine_only else soak)(
             args.runs, args.threads, args.sample_every, backend=args.backend, log_every=max(args.runs // 10, 1))
         shown = {k: v for k, v in result.items() if k != "samples"}
+    elif args.check == "calibration":
+        result = shown = calibration_main(args.tensors)
     else:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         batches = [int(b) for b in args.batches.split(",")]

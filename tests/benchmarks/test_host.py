@@ -1,6 +1,7 @@
 """benchmarks/host.py's command line on the CPU: the engine-only soak (no TensorFlow needed)
 runs, checks every answer against the NumPy backend and reports its memory samples; bad
-counts are refused. (The TensorFlow soak and the ResNet50 comparison take minutes.)"""
+counts are refused; the calibration timing runs and agrees with the definition. (The TensorFlow
+soak and the ResNet50 comparison take minutes.)"""
 import json
 
 import pytest
@@ -24,3 +25,13 @@ def test_soak_refuses_counts_below_one(flag, capsys):
     with pytest.raises(SystemExit) as e:
         host.main(["soak", flag, "0"])
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_calibration_times_kl_threshold_against_the_definition(capsys):
+    assert host.main(["calibration", "--tensors", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tensors"] == 4 and out["bins"] == 2048
+    assert out["definition_s"] > 0 and out["kl_threshold_s"] > 0
+    assert 0 <= out["thresholds_equal"] <= 4
+    r = host.calibration_main(6, seed=3)
+    assert r["thresholds_equal"] >= 3          # only exact ties may differ
