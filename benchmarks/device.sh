@@ -60,6 +60,10 @@ for suite in "$@"; do
   env -u CUPY_CACHE_DIR timeout ${SUITE_TIMEOUT:-420} python3 -m benchmarks run "$suite" --out "$OUT" ${SUITE_ARGS} >> "$LOG" 2>&1
   echo "== suite $suite rc=$?" | tee -a "$LOG"
 done
+# the device tool returns at most 8 files: past that, the profiles go back as one archive
+if [ "$(find "$OUT" -maxdepth 1 -type f | wc -l)" -gt 8 ]; then
+  (cd "$OUT" && ls -- *profile*.txt >/dev/null 2>&1 && tar czf profiles.tar.gz -- *profile*.txt && rm -f -- *profile*.txt)
+fi
 echo; [ -n "$TESTS_LINE" ] && echo "$TESTS_LINE"
 awk '/^ab [a-z0-9_]+ [a-z0-9]+: A = /{p=1} p{print} /^== ab /{p=0}' "$LOG"
 grep -E "^\[build\]|^\[graph\]" "$LOG" | tail -6
