@@ -241,9 +241,11 @@ def conv2d_int8(x_q, w_q, s_in, s_w, *, stride=1, padding=0, dilation=1, out_hw=
     return out
 
 
-def _compile_every_output(tactics=INT8_TACTICS):
-    """What precompile builds: each tile for int8, float32 and float16 output."""
-    compile_all(tactics, out_dtypes=tuple(OUT_CODES))
+def _compile_every_output(tactics=INT8_TACTICS, out_dtypes=None):
+    """What precompile builds: each tile for the output types a network's layers store
+    (``out_dtypes``; engine/gpu/precompile.py passes them), else for int8, float32 and
+    float16 output."""
+    compile_all(tactics, out_dtypes=tuple(out_dtypes) if out_dtypes else tuple(OUT_CODES))
 
 
 # INT8 tiles: precompiled for INT8 builds only

@@ -204,11 +204,14 @@ def _kernel(tactic, out_dtype, smem=SMEM_LIMIT):
     return get_function(SOURCE, name, name_expressions=(name,), smem_bytes=smem)
 
 
-def compile_all(tactics=PW_TACTICS + PW16_TACTICS + PW3_TACTICS):
-    """Compile the given tactics now, for every output type each writes."""
+def compile_all(tactics=PW_TACTICS + PW16_TACTICS + PW3_TACTICS, out_dtypes=None):
+    """Compile the given tactics now, for the output types in ``out_dtypes`` each can
+    write (a network's stored types: engine/gpu/precompile.py), else for every one."""
+    want = None if not out_dtypes else {np.dtype(d) for d in out_dtypes}
     for t in tactics:
         for dt in t.out_dtypes:
-            _kernel(t, dt)
+            if want is None or dt in want:
+                _kernel(t, dt)
 
 
 def _launch(tactic, args, M, C, K, pre, out_dtype, stream, ctas_per_slice, H=0, W=0):

@@ -17,7 +17,8 @@ from engine import kernel_table
 from engine.backends import cupy_backend
 from engine.gpu import precompile
 from engine.types import DataType, LayerType
-from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_stem, conv_tf32, conv_wgmma, matmul
+from kernels.gpu import (conv_igemm, conv_int8, conv_int8_smallc, conv_pw, conv_stem, conv_tf32, conv_wgmma,
+                         matmul)
 from kernels.gpu.family import KernelFamily
 sys.path.insert(0, os.path.dirname(__file__))
 from test_tactic_faults import Injected, conv_net, fake_gpu  # noqa: E402,F401  (this folder's stand-in GPU)
@@ -502,3 +503,35 @@ def test_an_int8_rgb_stem_lists_the_small_c_int8_tiles_for_the_type_it_stores(no
     every = precompile.work_items(int8=True)
     assert {t for f, t, _ in every if f == "conv_int8_smallc"} == names(conv_int8_smallc.SMALLC_TACTICS)
     assert not [f for f, _, _ in precompile.work_items(int8=False) if f == "conv_int8_smallc"]
+
+
+def test_int8_mma_and_persistent_tiles_list_only_the_types_their_layers_store(no_wgmma):
+    """conv_int8 and conv_pw compile one NVRTC module per output type: a build lists the
+    types its INT8 layers store (int8 codes between the convolutions, float32 out of the
+    last), not all three."""
+    b, net = conv_network(c_in=16, one_by_one=True, fc=False, ranges=True)
+    e, _ = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)
+    items = precompile.network_items(e.network, e.meta, {"x": (2, 16, 8, 8)})
+    stored = {}
+    for la, prec, dts in e.schedule():
+        if la.layer_type == LayerType.CONVOLUTION and prec == rt.DataType.INT8:
+            stored.setdefault(la.kernel_size_nd, set()).add(np.dtype(dts[0].to_numpy()).name)
+    i8 = {tuple(o["out_dtypes"]) for f, t, o in items if f == "conv_int8"}
+    assert i8 == {tuple(sorted(set().union(*stored.values())))} == {("float32", "int8")}
+    pw = {t: tuple(o["out_dtypes"]) for f, t, o in items if f == "conv_pw"}
+    assert set(pw) == names(conv_pw.PW_TACTICS)                  # pw_persistent: on by default
+    assert set(pw.values()) == {tuple(sorted(stored[(1, 1)]))} == {("int8",)}   # the 1x1 stores codes
+
+
+def test_int8_families_compile_only_the_output_types_asked(monkeypatch):
+    built_names = []
+    monkeypatch.setattr(conv_int8, "_kernel", lambda t, dt: built_names.append((t.name, np.dtype(dt).name)))
+    monkeypatch.setattr(conv_pw, "_kernel", lambda t, dt: built_names.append((t.name, np.dtype(dt).name)))
+    t8, tpw, t16 = conv_int8.INT8_TACTICS[0], conv_pw.PW_TACTICS[0], conv_pw.PW16_TACTICS[0]
+    conv_int8.FAMILY.compile((t8,), out_dtypes=["int8"])
+    conv_int8.FAMILY.compile((t8,))                                    # not told: every type
+    conv_pw.FAMILY.compile((tpw, t16), out_dtypes=["int8", "float32"])
+    conv_pw.FAMILY.compile((tpw,))
+    assert built_names == [(t8.name, "int8"), (t8.name, "int8"), (t8.name, "float32"), (t8.name, "float16"),
+                           (tpw.name, "int8"), (tpw.name, "float32"), (t16.name, "float32"),
+                           (tpw.name, "int8"), (tpw.name, "float32"), (tpw.name, "float16")]
