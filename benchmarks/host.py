@@ -415,15 +415,8 @@ def calibration_main(tensors, seed=1):
              else np.abs(rng.standard_normal(100_000)))
         x[rng.integers(0, x.size, 3)] *= 8
         hists.append(Q.abs_histogram(x, float(x.max()), drop_zeros=True))
-
-    def definition(hist):
-        cum = np.cumsum(hist)
-        start = max(Q.START_BIN, min(int(np.searchsorted(cum, (1.0 - Q.MAX_CLIPPED) * cum[-1])), len(hist) - 1))
-        div = [Q.kl_divergence(*Q.candidate_distributions(hist, i, Q.NUM_LEVELS))
-               for i in range(start, len(hist) + 1)]
-        return start + int(np.argmin(div)) + 0.5
     t0 = time.perf_counter()
-    ref = [definition(h) for h in hists]
+    ref = [Q.kl_threshold(h, 1.0, divergences=Q.kl_divergences_by_definition) for h in hists]
     t1 = time.perf_counter()
     got = [Q.kl_threshold(h, 1.0) for h in hists]
     t2 = time.perf_counter()

@@ -433,10 +433,10 @@ def conv_totals(rows):
 
 def conv_table(rows):
     lines = []
+    rate = "GB/s of x, residual and output" if any("bytes" in r for r in rows) else \
+        "TFLOP/s or TOPS on the true MACs"
     for n, tot in conv_totals(rows).items():
         fams = [f for f in tot if f != "ours"]
-        rate = "GB/s of x, residual and output" if any("bytes" in r for r in rows) else \
-            "TFLOP/s or TOPS on the true MACs"
         lines += [f"\nbatch {n}: ms per layer ({rate}), best candidate per family",
                   f"{'layer':18s} {'x':>2s} " + " ".join(f"{f:>15s}" for f in fams) + "  best of ours"]
         for r in (r for r in rows if r["batch"] == n):

@@ -97,7 +97,6 @@ class CupyBackend:
         self.timings = {}            # layer name -> {tactic: ms} of the last selection
         self.tactic_failures = {}    # layer name -> {tactic: why it failed while timed}
         self.graph_notes = []        # why each shape runs eagerly or replays a graph
-        self._capture_error = ""
         # concat elision (engine/gpu/concat.py): the per-engine plan, made on the first
         # run; each run of the layer loop gets a fresh placement (its concat buffers),
         # per thread since execution contexts of one engine may run concurrently
@@ -485,7 +484,6 @@ class CupyBackend:
         graph = self._capture(context, feeds, sched, in_place)
         if graph == "eager":
             self._choice.update(saved)
-            self.graph_notes.append(f"eager: capture failed ({self._capture_error})")
             return "eager"
         if swaps:
             def replay():
@@ -527,9 +525,9 @@ class CupyBackend:
                     graph = stream.end_capture()
                 graph.upload(stream)
         except Exception as e:     # noqa: BLE001  (cuBLAS or a host sync inside: stay eager)
-            self._capture_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.info("engine not captured into a CUDA graph (%s: %s); running eagerly",
-                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log.info("engine not captured into a CUDA graph (%s); running eagerly", why)
+            self.graph_notes.append(f"eager: capture failed ({why})")
             return "eager"
         return _Graph(graph, static, outs, pool, stream, in_place)
 
@@ -569,10 +567,8 @@ class CupyBackend:
         self.graph_notes.append(f"{_shapes(key)}: {', '.join(moved)} fed from another array than "
                                 "the bound one read in place; graph captured again, copies "
                                 "every input from now on")
-        graph = graphs[key] = self._capture(context, feeds, sched)
-        if graph == "eager":
-            self.graph_notes.append(f"eager: capture failed ({self._capture_error})")
-        return graph
+        graphs[key] = self._capture(context, feeds, sched)
+        return graphs[key]
 
     def _note_inputs(self, key, graph, copied):
         """graph_notes: which inputs this shape's graph reads in place, which it copies and why."""

@@ -184,14 +184,17 @@ def _float_outputs(names):
     return sorted(n for n in names if n in ("float16", "float32")) or ["float16"]
 
 
+def _int8_outputs(names):
+    return sorted(names) or ["int8"]
+
+
 # families whose compile takes the output dtypes to build (one NVRTC run each): the
-# dtypes a network's layers store, as that family's tiles can write them
+# dtypes a network's layers store, as that family's tiles can write them. INT8 layers
+# store int8 codes but where a float layer reads them: one NVRTC run a tile instead of
+# three (the persistent 1x1 tiles took about 10 s each for three)
 _BY_OUTPUT = {"conv_igemm": _float_outputs, "conv_wgmma": lambda names: sorted(names) or ["float16"],
-              "conv_int8_smallc": lambda names: sorted(names) or ["int8"], "conv_stem": _float_outputs,
-              # INT8 layers store int8 codes but where a float layer reads them: one NVRTC run a
-              # tile instead of three (the persistent 1x1 tiles took about 10 s each for three)
-              "conv_int8": lambda names: sorted(names) or ["int8"],
-              "conv_pw": lambda names: sorted(names) or ["int8"]}
+              "conv_int8_smallc": _int8_outputs, "conv_stem": _float_outputs,
+              "conv_int8": _int8_outputs, "conv_pw": _int8_outputs}
 
 
 def _item_key(item):

@@ -65,10 +65,7 @@ def test_kl_divergences_match_a_brute_force_loop(seed):
     assert Q.kl_threshold(hist, 0.5, start=8, levels=4) == (i + 0.5) * 0.5
 
 
-def per_candidate_kl(hist, start, levels):
-    """The two distributions of each candidate, built and compared one at a time."""
-    return np.array([Q.kl_divergence(*Q.candidate_distributions(hist, i, levels))
-                     for i in range(start, len(hist) + 1)])
+per_candidate_kl = Q.kl_divergences_by_definition     # each candidate's two distributions, one at a time
 
 
 def _histograms():

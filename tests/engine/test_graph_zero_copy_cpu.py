@@ -149,7 +149,7 @@ def gpu_engine(cp):
     backend.cp, backend._build_shapes, backend.use_graphs = cp, {}, True
     backend.cudnn_plans, backend.concat_elision, backend._runs = None, False, threading.local()
     backend._choice, backend._capturable, backend._trace = {}, {}, None
-    backend.selected, backend.graph_notes, backend._capture_error = {}, [], ""
+    backend.selected, backend.graph_notes = {}, []
 
     def run(layer, inputs, precision, out_dtypes):
         outs = [device(v) for v in run_layer(layer, inputs, precision, out_dtypes)]
