@@ -84,7 +84,7 @@ class FakeGraph:
         pass
 
     def create_execution_plans(self, modes):
-        pass
+        self.f.heuristics += 1
 
     def check_support(self):
         pass
@@ -128,7 +128,7 @@ def frontend(plan_count=6, cost=0.0, build_s=None, fail=(), unserializable=(), p
     f = types.SimpleNamespace(plan_count=plan_count, cost=cost, build_s=dict(build_s or {}),
                               fail=set(fail), unserializable=set(unserializable),
                               precompiled=set(precompiled), builds=[],
-                              deserialized=[], __version__="fake", handles=0)
+                              deserialized=[], __version__="fake", handles=0, heuristics=0)
     f.data_type = types.SimpleNamespace(HALF="half", FLOAT="float", INT8="int8", INT32="int32")
     f.heur_mode = types.SimpleNamespace(A="a", FALLBACK="fallback")
     f.behavior_note = types.SimpleNamespace(RUNTIME_COMPILATION="runtime")

@@ -295,8 +295,17 @@ def test_a_known_plan_whose_blob_does_not_load_is_built_and_marked_for_replacing
     assert g.gather(known=(2, {"b64": "bm90IGpzb24="})) == [2]       # "not json": does not deserialize
     assert f.builds == [2] and g.deserialized == 0 and g.known_failed
     ok = G.ConvGraph(spec(), max_plans=4)
+    queried = f.heuristics
     assert ok.gather(known=(2, G.encode_blob(json.dumps({"plan": 2}).encode()))) == [2]
     assert not ok.known_failed
+    # a stored plan that loads needs no operation graph and no heuristics query
+    assert f.heuristics == queried and ok._defined is None
+
+
+def test_a_known_plan_index_past_the_heuristics_list_without_a_blob_gets_nothing(fake):
+    fake(plan_count=3)
+    g = G.ConvGraph(spec(), max_plans=4)
+    assert g.gather(known=(5, None)) == [] and g.plan_times == {}
 
 
 class _Stream:
