@@ -148,10 +148,11 @@ def fresh_process_build_s(name, precision, max_batch, cache, profile_path=None):
     else:
         body = ("import cProfile\n"
                 "prof = cProfile.Profile()\n"
-                "prof.enable()\n"
-                f"_, s, _ = {build}\n"
-                "prof.disable()\n"
-                f"models.write_build_profile(prof, {profile_path!r})\n")
+                "with models.CompileTrace() as trace:\n"
+                "    prof.enable()\n"
+                f"    _, s, _ = {build}\n"
+                "    prof.disable()\n"
+                f"models.write_build_profile(prof, {profile_path!r}, compiles=trace.records)\n")
     code = ("import json\n"
             "from benchmarks import models\n"
             f"{body}"
@@ -188,11 +189,17 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     if profile:                       # where the cold build's seconds go (cProfile adds a little)
         import cProfile
         prof = cProfile.Profile()
+        trace = CompileTrace().__enter__()
         prof.enable()
-    plan, cold, src_layers = build(name, model, precision, max(batches), cache)
+    try:
+        plan, cold, src_layers = build(name, model, precision, max(batches), cache)
+    finally:
+        if profile:
+            prof.disable()
+            trace.__exit__(None, None, None)
     if profile:
-        prof.disable()
-        write_build_profile(prof, os.path.join(out_dir, f"build_profile_{name}_{precision}.txt"))
+        write_build_profile(prof, os.path.join(out_dir, f"build_profile_{name}_{precision}.txt"),
+                            compiles=trace.records)
     from engine.gpu import precompile
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()
@@ -326,8 +333,58 @@ def write_kernel_trace(fn, path, calls=10):
     return rows
 
 
-def write_build_profile(prof, path, lines=45):
-    """A build's cProfile as text: the functions by cumulative time, then by own time."""
+class CompileTrace:
+    """Every NVRTC run of this process while active (``with CompileTrace() as trace``):
+    ``trace.records``, [(seconds, kernel, where)], where is the innermost frame of ours
+    and the engine frame that led to it. A cold build's own compiles are what precompile
+    did not cover: each one runs serially in the builder."""
+
+    def __enter__(self):
+        import cupy.cuda.compiler as compiler
+        self.records, self._cls = [], compiler._NVRTCProgram
+        self._orig = orig = self._cls.compile
+        records = self.records
+
+        def traced(prog, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return orig(prog, *args, **kwargs)
+            finally:
+                records.append((time.perf_counter() - t0, _kernel_label(prog), _our_frames()))
+        self._cls.compile = traced
+        return self
+
+    def __exit__(self, *exc):
+        self._cls.compile = self._orig
+        return False
+
+
+def _kernel_label(prog):
+    names = getattr(prog, "name_expressions", None)
+    if names:
+        return str(names[0])[:90]
+    import re
+    m = re.search(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)", getattr(prog, "src", "") or "")
+    return m.group(1)[:90] if m else "?"
+
+
+def _our_frames():
+    import traceback
+    ours = [f for f in traceback.extract_stack()[:-2]
+            if "/site-packages/" not in f.filename and os.sep + "benchmarks" + os.sep not in f.filename
+            and (os.sep + "engine" + os.sep in f.filename or os.sep + "kernels" + os.sep in f.filename)]
+    if not ours:
+        return "?"
+    short = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in ours]
+    engine = [s for s, f in zip(short, ours) if os.sep + "engine" + os.sep in f.filename]
+    outer = engine[-1] if engine else short[0]
+    return short[-1] if outer == short[-1] else f"{short[-1]} < {outer}"
+
+
+def write_build_profile(prof, path, lines=60, compiles=None):
+    """A build's cProfile as text: the functions by cumulative time, then by own time;
+    then ``compiles`` (``CompileTrace.records``), the NVRTC runs of the build's own
+    process, slowest first, and their seconds by where they came from."""
     import io
     import pstats
     with open(path, "w") as f:
@@ -335,6 +392,18 @@ def write_build_profile(prof, path, lines=45):
             text = io.StringIO()
             pstats.Stats(prof, stream=text).sort_stats(key).print_stats(lines)
             f.write(f"## by {key}\n{text.getvalue()}\n")
+        if compiles is not None:
+            f.write(f"## NVRTC runs in the build's process: {len(compiles)}, "
+                    f"{sum(r[0] for r in compiles):.2f} s\n")
+            by_site = {}
+            for sec, _, where in compiles:
+                n, tot = by_site.get(where, (0, 0.0))
+                by_site[where] = (n + 1, tot + sec)
+            for where, (n, tot) in sorted(by_site.items(), key=lambda kv: -kv[1][1]):
+                f.write(f"{tot:8.2f} s {n:4d}x  {where}\n")
+            f.write("\n")
+            for sec, kernel, where in sorted(compiles, key=lambda r: -r[0]):
+                f.write(f"{sec:7.3f}  {kernel}  [{where}]\n")
     log.info("build profile: %s", path)
 
 

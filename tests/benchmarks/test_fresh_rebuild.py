@@ -46,7 +46,7 @@ def test_profiled_child_writes_its_cprofile_where_asked(monkeypatch):
     monkeypatch.setattr(subprocess, "run", _fake_run(calls, stdout="FRESH_BUILD_S 3.2\n"))
     assert models.fresh_process_build_s("resnet50", "fp16", 256, "c", profile_path="/o/p.txt") == 3.2
     code = calls[0][0][-1]
-    assert "prof.enable()" in code and "models.write_build_profile(prof, '/o/p.txt')" in code
+    assert "prof.enable()" in code and "models.write_build_profile(prof, '/o/p.txt', compiles=trace.records)" in code
     assert code.index("prof.enable()") < code.index("models.build(") < code.index("prof.disable()")
     models.fresh_process_build_s("resnet50", "fp16", 256, "c")
     assert "cProfile" not in calls[1][0][-1]                       # not asked: no profiler

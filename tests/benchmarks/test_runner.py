@@ -1,6 +1,7 @@
 """The benchmark runner's CPU-side logic: result file names, peer matching, ratios and
 the RESULTS.md tables generated from results files (the suites themselves run on a GPU)."""
 import json
+import time
 
 import pytest
 
@@ -142,6 +143,41 @@ def test_build_profile_lists_the_slow_function_by_cumulative_and_own_time(tmp_pa
     text = path.read_text()
     assert text.index("## by cumulative") < text.index("## by tottime")
     assert text.count("slow_builder_step") == 2
+
+
+def test_compile_trace_records_each_nvrtc_run_with_its_kernel_and_our_caller(tmp_path, monkeypatch):
+    """Every NVRTC run while the trace is on: its seconds, the kernel (name expression, else
+    the source's first __global__) and the frame of ours that asked; the profile file lists
+    them by call site; the compiler is restored after."""
+    import cProfile
+    import types
+    import cupy.cuda.compiler as compiler
+    from benchmarks import models
+    from kernels.gpu import compile as kc
+
+    def fake_compile(prog, options=(), log_stream=None):
+        time.sleep(0.01)
+        return b"cubin", None
+    monkeypatch.setattr(compiler._NVRTCProgram, "compile", fake_compile)
+    templated = types.SimpleNamespace(name_expressions=["conv_x<128,64>"], src="")
+    plain = types.SimpleNamespace(name_expressions=None,
+                                  src='extern "C" __global__ void __launch_bounds__(128) cupy_add(int n) {}')
+    monkeypatch.setattr(kc, "debug_level", lambda: compiler._NVRTCProgram.compile(templated))
+    with models.CompileTrace() as trace:
+        kc.debug_level()                                 # a call of ours that compiles
+        compiler._NVRTCProgram.compile(plain)
+    assert compiler._NVRTCProgram.compile is fake_compile
+    assert [r[1] for r in trace.records] == ["conv_x<128,64>", "cupy_add"]
+    assert all(r[0] >= 0.01 for r in trace.records)
+    prof = cProfile.Profile()
+    prof.enable()
+    sum(range(1000))
+    prof.disable()
+    path = tmp_path / "p.txt"
+    models.write_build_profile(prof, str(path), lines=5, compiles=trace.records)
+    text = path.read_text()
+    assert "## NVRTC runs in the build's process: 2," in text
+    assert text.index("conv_x<128,64>") > text.index("## NVRTC runs")
 
 
 def test_ab_also_adds_engines_whose_settings_are_checked_before_anything_runs(monkeypatch):
