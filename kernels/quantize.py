@@ -61,17 +61,21 @@ def abs_histogram(x, amax, bins=NUM_BINS, drop_zeros=False):
     Exact zeros quantize exactly at every scale, so they carry no information
     about the threshold (pytorch-quantization patches bin 0 for the same reason).
     """
-    xp = array_module(x)            # CuPy arrays are counted on the device; counts come back
-    a = xp.abs(xp.asarray(x, dtype=xp.float32)).ravel()
+    if array_module(x) is not np:
+        if amax > 0 and x.dtype in (np.float32, np.float16) and bins <= 8192:
+            # counted on the device in one kernel; the counts come back
+            from .gpu.quantize_int8 import abs_histogram as on_device
+            return on_device(x, amax, bins, drop_zeros)
+        x = x.get()                 # the rare rest (an all-zero tensor) on the host
+    a = np.abs(np.asarray(x, dtype=np.float32)).ravel()
     if drop_zeros:
         a = a[a != 0]
     if amax <= 0:
         out = np.zeros(bins, np.int64)
         out[0] = a.size
         return out
-    idx = xp.minimum((a * np.float32(bins / amax)).astype(xp.int64), bins - 1)
-    counts = xp.bincount(idx, minlength=bins)
-    return np.asarray(counts if xp is np else counts.get()).astype(np.int64)
+    idx = np.minimum((a * np.float32(bins / amax)).astype(np.int64), bins - 1)
+    return np.bincount(idx, minlength=bins).astype(np.int64)
 
 
 def abs_max(x):

@@ -179,11 +179,37 @@ __global__ void quantize_nhwc(const T* __restrict__ x, i8_t* __restrict__ q,
     }
 }
 
+// Calibration: counts of |x| in `bins` equal bins over [0, amax) (bin = trunc(|x| * scale),
+// scale = bins / amax, float32 math as the NumPy reference; at or past the last bin, inf
+// included, in the last; NaN in bin 0); exact zeros left out when skip_zeros. Each block
+// counts into shared memory (bins 32-bit counters), then adds its counts to the 64-bit totals.
+template <typename T>
+__global__ void abs_histogram(const T* __restrict__ x, long long n, float scale, int bins,
+                              int skip_zeros, unsigned long long* __restrict__ counts) {
+    extern __shared__ unsigned int hist[];
+    for (int i = threadIdx.x; i < bins; i += blockDim.x) hist[i] = 0u;
+    __syncthreads();
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float a = fabsf(io<T>::load(x + i));
+        if (skip_zeros && a == 0.0f) continue;
+        const float f = __fmul_rn(a, scale);
+        // the saturating float -> int conversion sends inf past the last bin, NaN to 0
+        const int b = f >= (float)bins ? bins - 1 : (int)f;
+        atomicAdd(&hist[b], 1u);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < bins; i += blockDim.x)
+        if (hist[i]) atomicAdd(&counts[i], (unsigned long long)hist[i]);
+}
+
 // Instantiations for nvcc's CI compile check (NVRTC instantiates through
 // name_expressions; see kernels/gpu/quantize_int8.py, quantize_nhwc / quantize_nchw_to_nhwc).
 #ifdef CUPYRT_NVCC_INSTANTIATE
 template __global__ void quantize_nhwc<float>(const float*, i8_t*, long long, int, int, float);
 template __global__ void quantize_nhwc<half_t>(const half_t*, i8_t*, long long, int, int, float);
+template __global__ void abs_histogram<float>(const float*, long long, float, int, int, unsigned long long*);
+template __global__ void abs_histogram<half_t>(const half_t*, long long, float, int, int, unsigned long long*);
 #define CUPYRT_QV(T, D, I) template __global__ void quantize_nhwc_vec<T, D, I>(const T*, i8_t*, I, int, int, float);
 #define CUPYRT_QC(T, B, I) template __global__ void quantize_nchw_nhwc<T, B, I>(const T*, i8_t*, int, int, int, int, float, int);
 CUPYRT_QV(float, 0, int) CUPYRT_QV(float, 1, int) CUPYRT_QV(half_t, 0, int) CUPYRT_QV(half_t, 1, int)

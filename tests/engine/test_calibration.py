@@ -16,6 +16,19 @@ RNG = np.random.default_rng(11)
 
 # -- thresholds -----------------------------------------------------------------
 
+def test_device_histogram_refuses_what_its_kernel_cannot_count():
+    """kernels/gpu/quantize_int8.abs_histogram checks before touching a device: an integer
+    array, amax <= 0 and more bins than a block's shared memory holds each say why."""
+    from kernels.gpu import quantize_int8 as QG
+    from kernels.gpu.errors import UnsupportedError
+    with pytest.raises(UnsupportedError, match="expected float32 or float16"):
+        QG.abs_histogram(np.zeros(4, np.int32), 1.0, 16)
+    with pytest.raises(UnsupportedError, match="amax 0.0"):
+        QG.abs_histogram(np.zeros(4, np.float32), 0.0, 16)
+    with pytest.raises(UnsupportedError, match="bins 9000"):
+        QG.abs_histogram(np.zeros(4, np.float32), 1.0, 9000)
+
+
 def test_abs_histogram_matches_numpy_and_drops_zeros():
     x = RNG.standard_normal(5000).astype(np.float32)
     amax = float(np.abs(x).max())

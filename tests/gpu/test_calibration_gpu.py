@@ -32,6 +32,34 @@ def test_device_histogram_equals_the_host_one(drop_zeros):
     assert Q.abs_max(cp.asarray(x)) == amax
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "nhwc_view", "strided"])
+@pytest.mark.parametrize("drop_zeros", [False, True])
+def test_histogram_kernel_counts_as_the_numpy_definition(dtype, layout, drop_zeros):
+    """The one-kernel histogram (kernels/gpu/quantize_int8.py) against NumPy's bincount on
+    the same values: signed values, exact zeros, values exactly at and past amax (amax
+    below the true maximum: the last bin takes them), float16, and the three layouts the
+    calibration hands it (contiguous, an NCHW view of NHWC storage, a strided slice)."""
+    import cupy as cp
+    from kernels.gpu import quantize_int8 as QG
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((6, 40, 9, 16)) * 3).astype(dtype)
+    x[x > 2.5] = 0                                     # zeros beside negative values
+    amax = float(np.abs(x.astype(np.float32)).max()) * 0.8
+    x.flat[5] = dtype(amax)                            # exactly at amax: the last bin
+    dev = cp.asarray(x)
+    if layout == "nhwc_view":
+        dev = cp.ascontiguousarray(dev.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        dev, x = dev[:, ::2], x[:, ::2]
+    want = Q.abs_histogram(x, amax, bins=2048, drop_zeros=drop_zeros)
+    got = QG.abs_histogram(dev, amax, 2048, drop_zeros)
+    assert got.dtype == np.int64 and got[-1] > 0 and want.sum() == x.size - drop_zeros * int((x == 0).sum())
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(Q.abs_histogram(dev, amax, 2048, drop_zeros), want)   # the dispatch
+    assert QG.abs_histogram(cp.zeros((0, 3), dtype), 1.0, 16).tolist() == [0] * 16
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_thresholds_on_the_gpu_match_the_host(algo):
     net = conv_net()
