@@ -500,6 +500,12 @@ def test_an_int8_rgb_stem_lists_the_small_c_int8_tiles_for_the_type_it_stores(no
     assert {i[1] for i in smallc} == names(conv_int8_smallc.SMALLC_TACTICS)
     stored = {np.dtype(d.to_numpy()).name for la, _, dts in e.schedule() if la is stem for d in dts}
     assert all(i[2] == {"out_dtypes": sorted(stored)} for i in smallc), (smallc, stored)
+    # the stem kernel's INT8 flavour: its tiles for the codes it writes, for the input kind
+    # each flavour reads (the network's float32 NCHW input, or the NHWC half reformat)
+    stems = [i for i in items if i[0] == "conv_stem"]
+    assert {i[1] for i in stems} == {t.name for t in conv_stem.STEM_TILES}
+    assert all(i[2]["out_dtypes"] == sorted(stored) == ["int8"] for i in stems), (stems, stored)
+    assert sorted(i[2]["in_kinds"][0] for i in stems) == [0, 0, 1, 1]
     every = precompile.work_items(int8=True)
     assert {t for f, t, _ in every if f == "conv_int8_smallc"} == names(conv_int8_smallc.SMALLC_TACTICS)
     assert not [f for f, _, _ in precompile.work_items(int8=False) if f == "conv_int8_smallc"]
