@@ -40,7 +40,7 @@ import numpy as np
 
 from .backends import select_backend
 from .execution import moved_storage
-from .gpu.device import cupy
+from .gpu.device import cupy, memory_system
 from .gpu.timing import time_ms
 from .int8_exec import TRANSPARENT, consumers as tensor_consumers
 from .types import BuilderFlag, DataType, LayerType
@@ -194,9 +194,11 @@ def _storage(engine, t):
 
 def _random(xp, shape, dtype, rng):
     """Timing inputs made where they are used (host RNG of ResNet-sized batches took
-    most of a build); ``rng`` is ``xp.random.RandomState``."""
+    most of a build); ``rng`` is ``xp.random.RandomState``. INT8 codes are uniform floats
+    cast (truncated): CuPy's randint compiled ten kernels on first use, 0.8 s of a ResNet-50
+    INT8 build (H100)."""
     if dtype == DataType.INT8:
-        return rng.randint(-127, 128, size=shape).astype(np.int8)
+        return rng.uniform(-127.99, 127.99, size=shape).astype(np.int8)
     if dtype.to_numpy().kind != "f":
         return xp.zeros(shape, dtype.to_numpy())
     return rng.uniform(-1, 1, size=shape).astype(dtype.to_numpy())
@@ -214,6 +216,31 @@ def matmul_flops(layer, in_shape, out_shape):
     return None
 
 
+def cannot_win_floor_ms(layer, alt, shapes, dtypes, memory):
+    """The least milliseconds ``layer`` could take in ``alt`` whatever its kernel, from the
+    ``shapes`` of its inputs then outputs stored as ``dtypes`` there: its bytes' time
+    (``traffic_floor_ms``) and, in FLOAT, its FLOPs at FP32_CEILING_FLOPS. At or past
+    MARGIN x its time in the current precision, the move cannot be taken: not timed."""
+    floor = traffic_floor_ms(shapes, dtypes, memory)
+    n_in = len(layer._inputs)
+    flops = matmul_flops(layer, shapes[0], shapes[n_in]) if shapes and shapes[0] is not None else None
+    if alt == DataType.FLOAT and flops:
+        floor = max(floor, flops / FP32_CEILING_FLOPS * 1e3)
+    return floor
+
+
+def traffic_floor_ms(shapes, dtypes, memory):
+    """The least milliseconds a layer could take that reads and writes tensors of these
+    ``shapes`` stored as ``dtypes`` (DataType), whatever its kernel: their bytes beyond what
+    the L2 cache could hold, at the peak DRAM rate. ``memory``: (bytes/s, L2 bytes), as
+    ``memory_system`` gives them. A memory-bound HALF layer (depthwise, 1x1, pooling) that
+    already runs near its own bytes' rate cannot win in FLOAT, which moves twice as many."""
+    bandwidth, l2 = memory
+    total = sum(int(np.prod(s)) * np.dtype(d.to_numpy()).itemsize
+                for s, d in zip(shapes, dtypes) if s is not None and d is not None)
+    return max(0.0, total - l2) / bandwidth * 1e3
+
+
 def _input(xp, t, shape, dtype, rng):
     """A timing input laid out as the engine hands it over: a rank-4 tensor some
     layer wrote is an NHWC buffer seen as NCHW (the tensor-core and pooling tactics
@@ -225,15 +252,19 @@ def _input(xp, t, shape, dtype, rng):
     return _random(xp, shape, dtype, rng)
 
 
-def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
+def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None):
     """Time every layer of ``alts`` in its current and its alternative precision on
     the engine's backend (``backend.measure``; the CuPy backend's timing cache
-    serves repeats) and return the list of ``Move``s, undecided. ``xp``/``timer``
-    default to CuPy and CUDA-event timing (tests pass stand-ins)."""
+    serves repeats) and return the list of ``Move``s, undecided. A layer whose
+    alternative cannot win (``cannot_win``) is not timed in it. ``xp``/``timer``/
+    ``memory`` default to CuPy, CUDA-event timing and the device's memory system
+    (tests pass stand-ins)."""
     if xp is None:
         xp = cupy()
     if timer is None:
         timer = time_ms
+    if memory is None:
+        memory = memory_system(xp.cuda.Device().id)
     cp = xp
     backend = engine.backend
     shapes = engine.infer_shapes(input_shapes)
@@ -268,9 +299,10 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None):
         try:
             xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
-            flops = matmul_flops(layer, shapes[id(ins[0])], shapes[id(layer._outputs[0])])
-            if (alt == DataType.FLOAT and flops
-                    and m.current_ms * 1e-3 < flops / FP32_CEILING_FLOPS):
+            tensors = ins + list(layer._outputs)
+            floor_ms = cannot_win_floor_ms(layer, alt, [None if t is None else shapes[id(t)] for t in tensors],
+                                           list(alt_in) + list(alt_out), memory)
+            if floor_ms >= MARGIN * m.current_ms:
                 m.alternative_ms = math.inf          # cannot win: not worth timing
                 moves.append(m)
                 continue

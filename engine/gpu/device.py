@@ -1,6 +1,8 @@
-"""Device copies of layers, and what the GPU is (for timing-cache keys)."""
+"""Device copies of layers, and what the GPU is (for timing-cache keys and the builder's
+bounds on what a kernel could do)."""
 import copy
 import functools
+import math
 
 import numpy as np
 
@@ -24,6 +26,18 @@ def gpu_info(device_id=0):
     props = cp.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return name, f"sm_{props['major']}{props['minor']}"
+
+
+@functools.lru_cache(maxsize=None)
+def memory_system(device_id=0):
+    """(peak DRAM bytes per second, L2 bytes) of a device, from its attributes: two transfers
+    a memory clock over the bus width (the CUDA samples' figure: 3.35e12 on an H100 SXM);
+    (inf, 0) where the driver does not say (nothing is then bounded by memory traffic)."""
+    attrs = cupy().cuda.Device(device_id).attributes
+    clock_khz, bus_bits = attrs.get("MemoryClockRate"), attrs.get("GlobalMemoryBusWidth")
+    if not clock_khz or not bus_bits:
+        return math.inf, 0
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8, attrs.get("L2CacheSize") or 0
 
 
 def device_clone(layer, xp):

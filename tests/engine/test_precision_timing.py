@@ -156,6 +156,9 @@ class FakeBackend:
         return "fake", ms
 
 
+NO_FLOOR = (math.inf, 0)        # measure's memory system stand-in: no traffic floor
+
+
 def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
     e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
     conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
@@ -174,7 +177,8 @@ def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
         casts.append(fn().dtype)                                 # the cast runs (numpy stands in)
         return 0.25
 
-    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=timer)}
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=timer,
+                                                       memory=NO_FLOOR)}
     assert set(moves) == set(alts)
     # the first conv reads the network input (float32 either way); INT8 writes codes
     # for the INT8 pool, FP16 would write half that the pool must quantize: one cast
@@ -222,12 +226,44 @@ def test_a_half_layer_faster_than_any_fp32_kernel_could_be_is_not_timed_in_fp32(
     fake = FakeBackend(ms)
     e.backend = fake
     moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
-                                           timer=lambda fn, reps: 0.0)}
+                                           timer=lambda fn, reps: 0.0, memory=NO_FLOOR)}
     assert moves[conv.name].alternative_ms == math.inf
     assert (conv.name, DataType.FLOAT) not in fake.fed
     others = [n for n in alts if n != conv.name]
     assert others and all(moves[n].alternative_ms == 0.1 for n in others)
     assert set(pt.decide(list(moves.values()))) == set(others)
+
+
+@pytest.mark.parametrize("flags, alt, widths", [((rt.BuilderFlag.FP16,), DataType.FLOAT, (2, 4)),
+                                                ((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16), DataType.HALF, (2, 2))])
+def test_a_layer_faster_than_its_alternative_could_move_its_bytes_is_not_timed_there(flags, alt, widths):
+    """The traffic floor: a layer already faster than its inputs and outputs, stored as the
+    alternative stores them, could stream through DRAM (beyond what the L2 holds) keeps its
+    precision untimed; the same layer slower than that floor / MARGIN is timed. The floor
+    counts each tensor as the move would store it (``widths``: bytes of an input and an output
+    element; a FLOAT layer reads its HALF producer's storage and writes float32)."""
+    e, prec = built(flags)
+    b = rt.Builder()
+    alts = pt.alternatives(e.network, prec, config(b, *flags))
+    conv = by_type(e, rt.LayerType.CONVOLUTION)[1]
+    assert alts[conv.name] == alt
+    cur = prec[conv.name]
+    shape = (2, 8, 4, 4)                                  # the conv's input and output (pooled)
+    l2, bandwidth = 100, 1e9                              # bytes, bytes/s
+    floor_ms = (int(np.prod(shape)) * sum(widths) - l2) / bandwidth * 1e3
+    for cur_ms, timed in ((0.99 * floor_ms / pt.MARGIN, False), (1.01 * floor_ms / pt.MARGIN, True)):
+        ms = {}
+        for name in alts:
+            ms[(name, prec[name])], ms[(name, alts[name])] = 1e3, 1.0       # the others: timed
+        ms[(conv.name, cur)], ms[(conv.name, alt)] = cur_ms, 1e-6
+        fake = FakeBackend(ms)
+        e.backend = fake
+        moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
+                                               timer=lambda fn, reps: 0.0, memory=(bandwidth, l2))}
+        assert ((conv.name, alt) in fake.fed) == timed
+        assert (moves[conv.name].alternative_ms == math.inf) != timed
+    assert pt.traffic_floor_ms([(10,), None], [DataType.HALF, None], (1e9, 100)) == 0.0   # all in L2
+    assert pt.traffic_floor_ms([(1000,)], [DataType.INT8], (1e6, 0)) == 1.0
 
 
 def test_timing_inputs_are_laid_out_as_the_engine_hands_them_over():
@@ -241,7 +277,7 @@ def test_timing_inputs_are_laid_out_as_the_engine_hands_them_over():
             seen[layer.name] = inputs[0]
             return "fake", 1.0
     e.backend = Recorder({})
-    pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=lambda fn, reps: 0.0)
+    pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=lambda fn, reps: 0.0, memory=NO_FLOOR)
     conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
     assert seen[conv1.name].flags.c_contiguous                 # the network input: NCHW
     x2 = seen[conv2.name]                                       # a pooling output: NHWC underneath
@@ -285,3 +321,25 @@ def test_pairs_that_do_not_pay_or_do_not_match_stay(case):
         cm.alternative_ms = math.nan
     assert pt.decide_pairs(e.network, [lm, cm]) == []
     assert cm.moved is False
+
+
+def test_memory_system_from_the_device_attributes(monkeypatch):
+    """Two transfers a memory clock over the bus (kHz, bits -> bytes/s) and the L2 size; a
+    driver that does not report the clock bounds nothing (infinite rate, no L2)."""
+    import types
+    from engine.gpu import device
+
+    def fake(attrs):
+        dev = types.SimpleNamespace(attributes=attrs)
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: dev))
+    monkeypatch.setattr(device, "cupy", lambda: fake({"MemoryClockRate": 2_619_000, "GlobalMemoryBusWidth": 5120,
+                                                      "L2CacheSize": 50 * 2**20}))
+    assert device.memory_system.__wrapped__(0) == (2 * 2.619e9 * 640, 50 * 2**20)
+    monkeypatch.setattr(device, "cupy", lambda: fake({"GlobalMemoryBusWidth": 5120}))
+    assert device.memory_system.__wrapped__(0) == (math.inf, 0)
+    assert pt.traffic_floor_ms([(10**6,)], [DataType.FLOAT], (math.inf, 0)) == 0.0
+
+
+def test_int8_timing_inputs_span_the_code_range():
+    x = pt._random(np, (4000,), DataType.INT8, np.random.RandomState(3))
+    assert x.dtype == np.int8 and x.min() == -127 and x.max() == 127 and len(np.unique(x)) == 255

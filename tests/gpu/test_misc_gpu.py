@@ -205,3 +205,12 @@ def test_pool2d_int8_refuses_average_scalar_and_unaligned_channels():
         pooling.pool2d(x, "MAX", 2, variant="scalar")
     with pytest.raises(UnsupportedError, match="multiples of 16"):
         pooling.pool2d(cp.zeros((1, 4, 4, 24), cp.int8), "MAX", 2)
+
+
+def test_memory_system_reports_the_cards_dram_rate_and_l2():
+    """engine/gpu/device.memory_system: the precision timing's traffic floor divides by this
+    rate, so it must be the card's (H100 SXM 3.35e12 B/s, H200 4.8e12; 50 MB of L2)."""
+    from engine.gpu.device import memory_system
+    bandwidth, l2 = memory_system(cp.cuda.Device().id)
+    assert 1e12 < bandwidth < 2e13, bandwidth
+    assert 8 * 2**20 <= l2 <= 512 * 2**20, l2
