@@ -15,8 +15,8 @@ Two entry points:
   selection runs), the candidates whose ``supports`` accepts it
   (engine/gpu/tactics.py ``supported``) that launch a tile of a family below. A
   ResNet-50 FP16 build lists no FP32 (tf32) and no matmul tile, the small-C stem
-  tiles only for the stem. ``alternatives`` adds layers in another precision
-  (precision by timing); ``start_for`` compiles such a list in the background.
+  tiles only for the stem. ``start_for`` compiles, in the background, the tiles of the
+  layers precision by timing times in other precisions after that selection.
 - ``precompile(int8=...)``: every tile of every family (benchmarks, tests).
 
 What a family builds is read from its descriptor (kernels/gpu/family.py): its
@@ -42,6 +42,7 @@ from kernels.gpu import conv_igemm, conv_int8, conv_int8_smallc, conv_pw, conv_s
 
 from ..execution import EngineSchedule, moved_storage
 from ..settings import settings
+from ..types import DataType
 from . import tactics as T
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
     """The items of every tile the build of ``network`` times at ``input_shapes``
     ({input name: shape}) under the plan metadata ``meta`` (precisions, flags): each
     layer in its precision on the storage types the engine feeds it; with
-    ``alternatives`` ({layer name: precision}) also those layers in that precision
-    (``scheduled=False``: only those). ``cached(layer, in_shapes, dtype names, precision,
+    ``alternatives`` ({layer name: a precision or a list of them}) also those layers in
+    those precisions (``scheduled=False``: only those). ``cached(layer, in_shapes, dtype names, precision,
     out dtypes)``: the tactic names the timing cache holds for that selection (the
     backend's ``cached_tactics``), or None; a layer the cache answers lists only the tiles
     of those (a rebuild from the timing cache compiles the chosen tiles, not every one).
@@ -154,8 +155,10 @@ def network_items(network, meta, input_shapes, alternatives=None, scheduled=True
         dtypes = [None if t is None else stored[id(t)] for t in layer._inputs]
         outs = {np.dtype(d.to_numpy()).name for d in out_dtypes[:1]}
         runs = [(precision, dtypes, out_dtypes, outs)] if scheduled else []
-        alt = alternatives.get(layer.name)
-        if alt is not None and alt != precision:
+        alts = alternatives.get(layer.name, ())
+        for alt in (alts,) if isinstance(alts, DataType) else alts:
+            if alt == precision:
+                continue
             alt_in, alt_out = moved_storage(layer, dtypes, out_dtypes, alt)
             # out of its precision a layer may store either float type (its consumers decide)
             runs.append((alt, alt_in, alt_out, {"float16", "float32"}))
@@ -384,10 +387,10 @@ def precompile(int8=False):
     return seconds
 
 
-def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
+def precompile_for(network, meta, input_shapes, cached=None):
     """Fill the kernel cache with the tiles the build of ``network`` times at
-    ``input_shapes`` (``network_items``; ``alternatives``: layers timed in another
-    precision too; ``cached``: what the timing cache already chose) and return the wall
+    ``input_shapes`` (``network_items``; ``cached``: what the timing cache already
+    chose) and return the wall
     seconds it took. Fills ``last_report``."""
     s = settings()
     last_report.clear()
@@ -396,8 +399,7 @@ def precompile_for(network, meta, input_shapes, alternatives=None, cached=None):
         return 0.0
     answered = {}
     try:
-        listed = network_items(network, meta, input_shapes, alternatives, current=s, cached=cached,
-                               answered=answered)
+        listed = network_items(network, meta, input_shapes, current=s, cached=cached, answered=answered)
     except Exception as e:     # noqa: BLE001  (a listing bug must not fail the build)
         answered.clear()       # partial counts: not a rebuild's short list (every tile follows)
         int8 = any(str(p).endswith("INT8") for p in (meta.get("precisions") or {}).values())
@@ -434,8 +436,8 @@ class _Later:
 
 
 def start_for(network, meta, input_shapes, alternatives, cached=None):
-    """Start compiling, in the background, the tiles of ``alternatives`` ({layer name:
-    precision}: layers the build may time in another precision later) that nothing
+    """Start compiling, in the background, the tiles of ``alternatives`` ({layer name: a
+    precision or a list}: layers the build may time in other precisions later) that nothing
     compiled yet; ``wait()`` on the result before timing them. With no worker
     processes to spare (or precompile off) nothing starts: they compile on first use."""
     s = settings()

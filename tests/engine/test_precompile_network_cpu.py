@@ -175,24 +175,29 @@ def test_int8_net_lists_int8_tiles_then_its_fp16_and_fp32_alternatives(no_wgmma)
     items = precompile.network_items(e.network, e.meta, shapes)
     assert listed(items, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
     assert not listed(items, conv_tf32.FAMILY)
-    now, later = B._refine_alternatives(e.network, e.meta, cfg)
-    assert set(now) >= set(convs) and set(now.values()) == {DataType.HALF}
-    # FLOAT: the first round's HALF layers, and the second's after an INT8 -> HALF move
-    assert set(later) >= set(convs) and set(later.values()) == {DataType.FLOAT}
-    with_now = precompile.network_items(e.network, e.meta, shapes, now)
-    assert listed(with_now, conv_igemm.FAMILY) >= FP16_CONV      # INT8 -> HALF: always timed
-    assert listed(with_now, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    later = B._refine_alternatives(e.network, e.meta, cfg)
+    # INT8 -> HALF (first round), then FLOAT: the second round's after an INT8 -> HALF move
+    assert set(later) >= set(convs) and all(later[n] == [DataType.HALF, DataType.FLOAT] for n in convs)
     only_later = precompile.network_items(e.network, e.meta, shapes, later, scheduled=False)
-    assert listed(only_later) == names(conv_tf32.tactics_for(True))
+    assert listed(only_later, conv_igemm.FAMILY) >= FP16_CONV      # INT8 -> HALF: always timed
+    assert listed(only_later, conv_tf32.FAMILY) == names(conv_tf32.tactics_for(True))
+    assert not listed(only_later, conv_int8.FAMILY)                # the build's own: compiled first
+    with_later = precompile.network_items(e.network, e.meta, shapes, later)
+    assert listed(with_later, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    assert listed(with_later, conv_igemm.FAMILY) == listed(only_later, conv_igemm.FAMILY)
+    # one precision is still accepted as it was
+    one = {n: DataType.HALF for n in convs}
+    assert precompile.network_items(e.network, e.meta, shapes, one, scheduled=False) == \
+        precompile.network_items(e.network, e.meta, shapes, {n: [DataType.HALF] for n in convs}, scheduled=False)
 
 
 def test_fp16_build_times_fp32_only_in_the_background():
     b, net = conv_network()
     e, cfg = built(b, net, rt.BuilderFlag.FP16)
-    now, later = B._refine_alternatives(e.network, e.meta, cfg)
+    later = B._refine_alternatives(e.network, e.meta, cfg)
     matrix = {layer.name for layer in e.network._layers
               if layer.layer_type in (LayerType.CONVOLUTION, LayerType.FULLY_CONNECTED)}
-    assert now == {} and later == {n: DataType.FLOAT for n in matrix}
+    assert later == {n: [DataType.FLOAT] for n in matrix}
 
 
 def matmul_network(constant_b):
@@ -258,7 +263,7 @@ def test_background_compile_joins_the_report_when_waited_for(no_wgmma, monkeypat
     monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "3")
     b, net = conv_network(c_in=16, one_by_one=False)
     e, cfg = built(b, net, rt.BuilderFlag.FP16)
-    _, later = B._refine_alternatives(e.network, e.meta, cfg)
+    later = B._refine_alternatives(e.network, e.meta, cfg)
     precompile.last_report.update(items={"conv_igemm x": 1.0})
     pending = precompile.start_for(e.network, e.meta, {"x": (2, 16, 8, 8)}, later)
     assert started == [(len(conv_tf32.tactics_for(True)), 3)]
@@ -476,7 +481,7 @@ def test_background_compile_starts_no_worker_for_a_rebuild_or_a_single_tile(no_w
     monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "3")
     b, net = conv_network(c_in=16, one_by_one=False)
     e, cfg = built(b, net, rt.BuilderFlag.FP16)
-    _, later = B._refine_alternatives(e.network, e.meta, cfg)
+    later = B._refine_alternatives(e.network, e.meta, cfg)
     shapes = {"x": (2, 16, 8, 8)}
     precompile.last_report.update(rebuild=True)          # the build's own selections were cached
     assert precompile.start_for(e.network, e.meta, shapes, later).wait() == 0.0 and started == []
