@@ -324,7 +324,10 @@ def select_gpu_tactics(network, meta, config):
     out = {}
     if refine:
         background.wait()
-        engine, out = refine_precisions(network, meta, config, engine, feeds)
+        engine, out = refine_precisions(
+            network, meta, config, engine, feeds,
+            compile_round=lambda alts: kernel_precompile.start_for(
+                network, meta, shapes, alts, cached=engine.backend.cached_tactics).wait())
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
     plans = engine.backend.cudnn_plans.entries     # serialized: a deserialized engine loads, not compiles
@@ -344,20 +347,14 @@ def _precompile_counts():
 
 
 def _refine_alternatives(network, meta, config):
-    """The precisions precision by timing (engine/precision_timing.py) may time layers in
-    besides their own, {layer name: [precision, ...]}: the first round's (INT8 -> HALF,
-    HALF -> FLOAT) and the second round's FLOAT of a layer the first moved INT8 -> HALF.
-    All are timed after the build's own selection, so they compile in the background
-    while it runs: in a ResNet-50 INT8 build the HALF alternatives' tiles were 72 of the
-    160 CPU seconds of compiles the build waited for before timing anything (H100,
-    session 15)."""
+    """The precisions the first round of precision by timing (engine/precision_timing.py)
+    times layers in besides their own, {layer name: precision} (INT8 -> HALF, HALF ->
+    FLOAT). They are timed after the build's own selection, so they compile in the
+    background while it runs: in a ResNet-50 INT8 build the HALF alternatives' tiles were
+    72 of the 160 CPU seconds of compiles the build waited for before timing anything
+    (H100, session 15). A second round (the FLOAT of a layer the first moved INT8 ->
+    HALF) compiles its tiles when it comes (``refine_precisions``' ``compile_round``):
+    listed up front, its FP32 tiles were compiled for every INT8 layer of every build,
+    and no ResNet-50 INT8 build has moved a layer yet."""
     precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
-    first = precision_alternatives(network, precisions, config)
-    moved = {name: first.get(name, p) if p == DataType.INT8 else p for name, p in precisions.items()}
-    second = precision_alternatives(network, moved, config)
-    out = {}
-    for alts in (first, second):
-        for name, p in alts.items():
-            if p not in out.setdefault(name, []):
-                out[name].append(p)
-    return out
+    return precision_alternatives(network, precisions, config)

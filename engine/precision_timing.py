@@ -324,19 +324,24 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
 
 # -- the builder's stage ------------------------------------------------------------
 
-def refine_precisions(network, meta, config, engine, feeds):
+def refine_precisions(network, meta, config, engine, feeds, compile_round=None):
     """The builder's precision-by-timing stage: up to ROUNDS rounds of measure ->
     decide -> select the tactics again with the moved layers (on a fresh CuPy
     backend sharing the timing cache). ``engine``: the EngineSchedule the first
     selection ran (``backend.select_tactics``); ``meta`` is updated in place.
+    ``compile_round(alts)``: called before each round after the first with the layers
+    that round times in other precisions ({layer name: precision}; the builder compiles
+    their tiles then: only a first round that moved layers has a second).
     Returns (the last EngineSchedule, the plan metadata of the moves)."""
     shapes = {n: a.shape for n, a in feeds.items()}
     precisions = {name: DataType[p] for name, p in meta["precisions"].items()}
     report, measured = [], []
-    for _ in range(ROUNDS):
+    for round_no in range(ROUNDS):
         alts = alternatives(network, precisions, config)
         if not alts:
             break
+        if round_no and compile_round is not None:
+            compile_round(alts)
         moves = measure(engine, shapes, alts)
         moved = decide(moves)
         moved += decide_pairs(network, moves)

@@ -430,7 +430,9 @@ class _Later:
             return 0.0
         waited = self.pool.wait()
         last_report.setdefault("items", {}).update(self.pool.timed)
-        last_report.update(later_tiles=self.count, later_seconds=waited)
+        # summed over the build's background compiles (precision by timing's rounds)
+        last_report.update(later_tiles=last_report.get("later_tiles", 0) + self.count,
+                           later_seconds=last_report.get("later_seconds", 0.0) + waited)
         self.pool = None
         return waited
 

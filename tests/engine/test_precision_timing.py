@@ -343,3 +343,37 @@ def test_memory_system_from_the_device_attributes(monkeypatch):
 def test_int8_timing_inputs_span_the_code_range():
     x = pt._random(np, (4000,), DataType.INT8, np.random.RandomState(3))
     assert x.dtype == np.int8 and x.min() == -127 and x.max() == 127 and len(np.unique(x)) == 255
+
+
+@pytest.mark.parametrize("first_round_moves", [True, False])
+def test_a_second_round_compiles_its_alternatives_only_when_the_first_moved_layers(monkeypatch, first_round_moves):
+    """refine_precisions calls ``compile_round`` before every round after the first, with
+    that round's alternatives (the moved INT8 layer is timed in FLOAT then); a first round
+    that moves nothing ends the stage and compiles nothing more."""
+    import types
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    b = rt.Builder()
+    cfg = config(b, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)
+    conv1 = by_type(e, rt.LayerType.CONVOLUTION)[0]
+    rounds = []
+
+    def fake_measure(engine, shapes, alts):
+        rounds.append(dict(alts))
+        fast = first_round_moves and len(rounds) == 1
+        return [pt.Move(name, prec.get(name, DataType.INT8), alt, current_ms=1.0,
+                        alternative_ms=0.1 if fast and name == conv1.name else 5.0) for name, alt in alts.items()]
+    monkeypatch.setattr(pt, "measure", fake_measure)
+    selected = types.SimpleNamespace(backend=types.SimpleNamespace(cache=None, cudnn_plans=None))
+    backend = types.SimpleNamespace(select_tactics=lambda network, feeds: selected)
+    monkeypatch.setattr(pt, "select_backend", lambda name, meta: backend)
+    compiled = []
+    meta = dict(e.meta)
+    engine = types.SimpleNamespace(backend=types.SimpleNamespace(cache=None, cudnn_plans=None))
+    pt.refine_precisions(e.network, meta, cfg, engine, {"x": np.zeros((2, 3, 8, 8), np.float32)},
+                         compile_round=compiled.append)
+    assert rounds[0][conv1.name] == DataType.HALF
+    if first_round_moves:
+        assert len(rounds) == 2 and compiled == [rounds[1]]
+        assert rounds[1][conv1.name] == DataType.FLOAT and meta["precisions"][conv1.name] == "HALF"
+    else:
+        assert len(rounds) == 1 and compiled == []
