@@ -143,6 +143,16 @@ SETTINGS = (
     Switch("pw_persistent_f16", _flag, False,
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),
+    Switch("mma_sync_where_wgmma", _flag, True,
+           "Time the plain mma.sync convolution tiles (conv.igemm_*, conv.igemm2_*, conv.i8_*) also for "
+           "layers the wgmma tactic of the same precision takes; 0: only where wgmma declines (split-K, "
+           "small-C, narrow and persistent tiles are timed either way). wgmma was ahead on 12 of 14 "
+           "ResNet-50 layer classes (H200, FP16 and INT8), and the ResNet-50 and MobileNetV2 builds at batch "
+           "256 recorded since session 7 picked none of them (one INT8 layer in session 6); at 0 a ResNet-50 INT8 "
+           "build leaves out its 12 plain FP16 igemm and 6-7 conv_int8 tiles (about 60 of the 290 "
+           "CPU-seconds of compiles of one H100 build). Not yet measured on a GPU: 1 (time them) until "
+           "an A/B of the picks and the build and run times.",
+           tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "

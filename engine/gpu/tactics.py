@@ -62,15 +62,27 @@ def candidates(layer, precision=None):
     return [t for t in every if t.int8 is None or t.int8 == want]
 
 
+# a plain mma.sync tile family -> the wgmma family of the same precision that outran it
+# (the mma_sync_where_wgmma switch: at 0 the first is no candidate where the second is one).
+# Exact types: split-K, small-C, narrow and persistent subclasses are not dominated.
+DOMINATED = {conv_tactics.ConvIgemm: conv_tactics.ConvWgmma,
+             conv_int8_tactics.ConvInt8: conv_int8_tactics.ConvWgmmaInt8}
+
+
 def supported(layer, shapes, dtypes, precision, tf32=False, where=None):
     """The candidates the builder times for ``layer`` at these input shapes and dtype
     names: those computing in ``precision`` whose ``supports`` accepts them; plain-TF32
-    tactics only under the TF32 flag. ``where``: a filter applied before ``supports``
-    (precompile asks only the tactics that launch a precompiled tile: the cuDNN tactic's
-    check queues its plan builds)."""
-    return [t for t in candidates(layer, precision)
-            if (where is None or where(t)) and (tf32 or not getattr(t, "tf32", False))
-            and t.supports(layer, shapes, dtypes, precision) is None]
+    tactics only under the TF32 flag; with mma_sync_where_wgmma off, no ``DOMINATED``
+    tile where its dominating family is a candidate. ``where``: a filter applied before
+    ``supports`` (precompile asks only the tactics that launch a precompiled tile: the
+    cuDNN tactic's check queues its plan builds)."""
+    out = [t for t in candidates(layer, precision)
+           if (where is None or where(t)) and (tf32 or not getattr(t, "tf32", False))
+           and t.supports(layer, shapes, dtypes, precision) is None]
+    if not settings().mma_sync_where_wgmma:
+        present = {type(t) for t in out}
+        out = [t for t in out if DOMINATED.get(type(t)) not in present]
+    return out
 
 
 def by_name(layer, name):

@@ -154,6 +154,35 @@ def test_wgmma_tiles_listed_only_where_the_device_runs_them(sm90a):
     assert i8 == {("float32", "int8")}          # int8 codes between the convs, float32 out of the last
 
 
+def test_without_mma_sync_where_wgmma_the_plain_mma_sync_tiles_go_where_wgmma_runs(sm90a, monkeypatch):
+    """mma_sync_where_wgmma=0: a layer wgmma takes lists no plain mma.sync tile (FP16 igemm,
+    INT8 conv_int8) but keeps split-K and small-C; a device without wgmma keeps them all; the
+    switch joins the timing-cache key (another candidate set)."""
+    from engine.gpu import tactics as T
+    from engine.settings import tactic_key
+    fp16 = built(*conv_network(c_in=16, one_by_one=False, fc=False), rt.BuilderFlag.FP16)[0]
+    b, net = conv_network(c_in=16, one_by_one=False, fc=False, ranges=True)
+    int8 = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)[0]
+    shape = {"x": (2, 16, 8, 8)}
+    before16 = precompile.network_items(fp16.network, fp16.meta, shape)
+    before8 = precompile.network_items(int8.network, int8.meta, shape)
+    assert listed(before16, conv_igemm.FAMILY) == FP16_CONV
+    assert listed(before8, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "0")
+    after16 = precompile.network_items(fp16.network, fp16.meta, shape)
+    after8 = precompile.network_items(int8.network, int8.meta, shape)
+    assert listed(after16, conv_igemm.FAMILY) == names(conv_igemm.SPLITK_TACTICS)
+    assert listed(after16, conv_wgmma.FAMILY) == listed(before16, conv_wgmma.FAMILY) == names(conv_wgmma.TACTICS)
+    assert not listed(after8, conv_int8.FAMILY)
+    assert listed(after8, conv_wgmma.FAMILY) == listed(before8, conv_wgmma.FAMILY)
+    assert tactic_key() == {"CUPYRT_MMA_SYNC_WHERE_WGMMA": False}
+    conv = next(la for la in fp16.network._layers if la.layer_type == LayerType.CONVOLUTION)
+    cands = T.supported(conv, [(2, 16, 8, 8)], ["float16"], DataType.HALF)
+    assert not [t for t in cands if type(t) in T.DOMINATED]
+    monkeypatch.setattr(conv_wgmma, "available", lambda device=None: False)      # no wgmma: all stay
+    assert listed(precompile.network_items(fp16.network, fp16.meta, shape), conv_igemm.FAMILY) == FP16_CONV
+
+
 def test_fp32_conv_net_lists_3xtf32_tiles_and_plain_tf32_only_under_the_tf32_flag(no_wgmma):
     b, net = conv_network(c_in=16, one_by_one=False)
     e, _ = built(b, net)
