@@ -189,17 +189,12 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
     if profile:                       # where the cold build's seconds go (cProfile adds a little)
         import cProfile
         prof = cProfile.Profile()
-        trace = CompileTrace().__enter__()
-        prof.enable()
-    try:
-        plan, cold, src_layers = build(name, model, precision, max(batches), cache)
-    finally:
-        if profile:
-            prof.disable()
-            trace.__exit__(None, None, None)
-    if profile:
+        with CompileTrace() as trace:
+            plan, cold, src_layers = prof.runcall(build, name, model, precision, max(batches), cache)
         write_build_profile(prof, os.path.join(out_dir, f"build_profile_{name}_{precision}.txt"),
                             compiles=trace.records)
+    else:
+        plan, cold, src_layers = build(name, model, precision, max(batches), cache)
     from engine.gpu import precompile
     compiled = dict(precompile.last_report["items"])     # the cold build's compiles, per tile
     cupy_backend._caches.clear()

@@ -191,14 +191,18 @@ def _int8_outputs(names):
     return sorted(names) or ["int8"]
 
 
+def _stored_outputs(names):
+    return sorted(names) or ["float16"]
+
+
 # families whose compile takes the output dtypes to build (one NVRTC run each): the
 # dtypes a network's layers store, as that family's tiles can write them (the stem's
 # INT8 flavour writes codes: listed as float16 it compiled 3.5 s in an INT8 build's own
 # process, H100, session 15). INT8 layers
 # store int8 codes but where a float layer reads them: one NVRTC run a tile instead of
 # three (the persistent 1x1 tiles took about 10 s each for three)
-_BY_OUTPUT = {"conv_igemm": _float_outputs, "conv_wgmma": lambda names: sorted(names) or ["float16"],
-              "conv_int8_smallc": _int8_outputs, "conv_stem": lambda names: sorted(names) or ["float16"],
+_BY_OUTPUT = {"conv_igemm": _float_outputs, "conv_wgmma": _stored_outputs,
+              "conv_int8_smallc": _int8_outputs, "conv_stem": _stored_outputs,
               "conv_int8": _int8_outputs, "conv_pw": _int8_outputs}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compile import f32, get_function, i32
+from .conv_igemm import _sm_count
 from .errors import UnsupportedError
 from .family import KernelFamily
 
@@ -160,8 +161,7 @@ def abs_histogram(x, amax, bins, drop_zeros=False, stream=None):
     if x.size:
         name = f"abs_histogram<{_CTYPE[x.dtype]}>"
         fn = get_function(SOURCE, name)
-        sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-        blocks = max(1, min(-(-x.size // 256), sms * HIST_BLOCKS_PER_SM))
+        blocks = max(1, min(-(-x.size // 256), _sm_count() * HIST_BLOCKS_PER_SM))
         with (stream if stream is not None else cp.cuda.get_current_stream()):
             fn((blocks,), (256,), (x, np.int64(x.size), f32(np.float32(bins / amax)), i32(bins),
                                    i32(bool(drop_zeros)), counts), shared_mem=4 * bins)
