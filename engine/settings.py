@@ -153,6 +153,15 @@ SETTINGS = (
            "CPU-seconds of compiles of one H100 build). Not yet measured on a GPU: 1 (time them) until "
            "an A/B of the picks and the build and run times.",
            tactics=True),
+    Switch("tiles_where_specialised", _flag, True,
+           "Time our general FP16 convolution tiles (conv.igemm*, conv.wg_*) also for convolutions a kernel "
+           "that outran them takes: cuDNN's FP16 graphs (channels multiples of 8) and our stem kernel (C <= 4); "
+           "0: only where neither does, or where neither then runs the layer (every cuDNN plan failed: the "
+           "tiles are timed after all). In the FP16 records (ResNet-50, MobileNetV2; H100 and H200, sessions "
+           "7-15) cuDNN won 544 of the 546 convolutions both could run and these tiles none (the closest 1.04x "
+           "behind), and the stem kernel beat them on every stem by 2.3x or more; at 0 a ResNet-50 FP16 build "
+           "times and compiles none of them, an INT8 build none for its FP16 alternatives. Not yet measured on "
+           "a GPU: 1 (time them) until an A/B of the picks and the build and run times.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "

@@ -275,7 +275,7 @@ class CupyBackend:
                 return hit["tactic"], ms
         cands = [t for t in self._candidates(layer, shapes, dtypes, precision) if t is not T.HOST]
         with cudnn_tactics.plans_in_use(self.cudnn_plans):
-            timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
+            timed, best, best_ms, _ = self._time_or_held_back(layer, cands, inputs, precision, out_dtypes)
         if best is None:
             return None, math.inf
         self.cache.put(ckey, best.name, timed)
@@ -307,6 +307,28 @@ class CupyBackend:
                 best, best_ms = t, ms
         return timed, best, best_ms
 
+    def _time_or_held_back(self, layer, cands, inputs, precision, out_dtypes):
+        """``_time`` over ``cands``; then, where our general FP16 tiles were held back for
+        kernels that outrun them (tiles_where_specialised off: ``T.held_back``) but none of
+        those ran (every cuDNN plan failed, say), over those tiles too (they compile here:
+        precompile did not list them). Returns ({tactic name: ms}, fastest or None, its ms,
+        the tactics timed)."""
+        timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
+        if any(getattr(t, "outruns_general_tiles", False) and timed.get(t.name, math.inf) < math.inf
+               for t in cands):
+            return timed, best, best_ms, list(cands)
+        shapes = tuple(None if x is None else tuple(x.shape) for x in inputs)
+        dtypes = tuple(None if x is None else x.dtype.name for x in inputs)
+        held = [t for t in T.held_back(layer, shapes, dtypes, precision, self.tf32) if t.name not in timed]
+        if held:
+            log.info("%s: no kernel the general tiles were held back for ran it; timing those %d tiles",
+                     layer.name, len(held))
+            more, other, other_ms = self._time(layer, held, inputs, precision, out_dtypes, best_ms)
+            timed.update(more)
+            if other_ms < best_ms:
+                best, best_ms = other, other_ms
+        return timed, best, best_ms, list(cands) + held
+
     def _time_with_fallbacks(self, layer, cands, inputs, precision, out_dtypes):
         """``_time`` over the specialised candidates first; the fallbacks (``fallback``
         tactics: the generic one, NumPy adapter code on CuPy arrays; the INT8 emulation;
@@ -314,17 +336,26 @@ class CupyBackend:
         graph can capture did while a fallback could. They never won where a specialised
         kernel ran (ResNet-50 b256, BERT b1/b32 records, H200: a generic convolution 7-17
         ms against 0.1-1.3 ms), and timing them cost a cold build their runs and the CuPy
-        kernels they compile. Returns ({tactic: ms}, fastest or None)."""
+        kernels they compile. Returns ({tactic: ms}, fastest or None, the tactics timed)."""
         fallbacks = [t for t in cands if t.fallback]
         special = [t for t in cands if t not in fallbacks]
-        timed, best, best_ms = self._time(layer, special, inputs, precision, out_dtypes)
+        timed, best, best_ms, special = self._time_or_held_back(layer, special, inputs, precision, out_dtypes)
         ran_capturable = any(t.capturable_for(layer) and timed[t.name] < math.inf for t in special)
         if best is None or (not ran_capturable and any(t.capturable_for(layer) for t in fallbacks)):
             more, other, other_ms = self._time(layer, fallbacks, inputs, precision, out_dtypes, best_ms)
             timed.update(more)
             if other_ms < best_ms:
                 best = other
-        return timed, best
+        return timed, best, special + fallbacks
+
+    def _with_held_back(self, layer, cands, shapes, dtypes, precision, *chosen):
+        """``cands`` and, when a ``chosen`` name (the plan's, the timing cache's) is none of
+        them, the general tiles held back (``T.held_back``): a layer whose cuDNN plans all
+        failed chose among those."""
+        names = {t.name for t in cands}
+        if all(not n or n in names for n in chosen):
+            return cands
+        return cands + [t for t in T.held_back(layer, shapes, dtypes, precision, self.tf32) if t.name not in names]
 
     def _first_that_runs(self, layer, cands, inputs, precision, out_dtypes):
         """The first of ``cands`` (specialised tactics before the fallbacks) that runs on
@@ -358,21 +389,23 @@ class CupyBackend:
             return elided
         forced = self.forced.get(layer.name) if self._at_build_shapes else None
         if forced:
+            named = self._with_held_back(layer, cands, shapes, dtypes, precision, forced)
             ms = self.meta.get("tactic_ms", {}).get(layer.name, {})
-            capt = [t for t in cands if t.capturable_for(layer) and ms.get(t.name) is not None]
+            capt = [t for t in named if t.capturable_for(layer) and ms.get(t.name) is not None]
             if capt:
                 self._capturable[key] = min(capt, key=lambda t: ms[t.name])
-            for t in cands:
+            for t in named:
                 if t.name == forced:
                     return t
         ckey = self._signature_key(layer, shapes, dtypes, precision, out_dtypes)
         hit = self.cache.get(ckey)
         if hit:
+            named = self._with_held_back(layer, cands, shapes, dtypes, precision, hit["tactic"])
             ms = hit.get("ms", {})
-            capt = [t for t in cands if t.capturable_for(layer) and ms.get(t.name) is not None]
+            capt = [t for t in named if t.capturable_for(layer) and ms.get(t.name) is not None]
             if capt:
                 self._capturable[key] = min(capt, key=lambda t: ms[t.name])
-            for t in cands:
+            for t in named:
                 if t.name == hit["tactic"]:
                     # the cached measurements stand for this layer's too (a repeated block's
                     # layers, a rebuild from the timing cache): reports read them per layer
@@ -397,7 +430,7 @@ class CupyBackend:
                 log.info("%s: host tactic", layer.name)
                 timed, best = {only.name: math.inf}, T.HOST
         else:
-            timed, best = self._time_with_fallbacks(layer, fast, inputs, precision, out_dtypes)
+            timed, best, fast = self._time_with_fallbacks(layer, fast, inputs, precision, out_dtypes)
             if best is None:
                 log.warning("%s: every GPU tactic failed; running it on the host", layer.describe())
                 best = T.HOST

@@ -34,6 +34,9 @@ class ConvIgemm(NhwcConvTactic):
     Subclasses change the kernel (split-K, small-C, wgmma) and keep the calling convention."""
     launch = staticmethod(conv_igemm.conv2d_igemm)
     pack = staticmethod(conv_igemm.pack_weight_krsc)
+    # a general FP16 tile: with tiles_where_specialised off it is no candidate where a
+    # specialised kernel takes the layer (engine/gpu/tactics.py ``supported``)
+    general_tile = True
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if not is_half(precision):
@@ -86,6 +89,7 @@ class ConvStem(Tactic):
     reformat to NHWC half with 4 channels. The builder times both flavours."""
     switch = "stem_kernel"
     writes_into_concat = True
+    outruns_general_tiles = True    # they yield to it (tiles_where_specialised off)
 
     def __init__(self, tile, direct=False):
         self.tile = tile

@@ -236,6 +236,15 @@ def _static_reason(layer, in_shape):
     return None
 
 
+def takes_statically(layer, in_shapes, precision):
+    """Whether the FP16 cuDNN convolution tactic would take ``layer`` at these input shapes,
+    judged from the layer, the settings and the frontend alone: no plan is queued (its
+    ``supports`` queues the network's plans). Its plans may still fail to build or run."""
+    return (layer.layer_type == LayerType.CONVOLUTION and precision == DataType.HALF and enabled()
+            and bool(in_shapes) and in_shapes[0] is not None and cudnn_graphs.available()
+            and _static_reason(layer, in_shapes[0]) is None)
+
+
 def _prefetch_spec(layer, batch):
     """The graph spec a cuDNN tactic would run ``layer`` with at batch ``batch`` (the
     network's shapes with a dynamic batch made ``batch``), or None: not a layer for it,
@@ -335,6 +344,7 @@ class ConvCudnn(Tactic):
     """Convolution + bias + residual + activation as one cuDNN graph (NHWC FP16 in,
     FP32 accumulate), its plans enumerated and timed inside the tactic."""
     name = "conv.cudnn"
+    outruns_general_tiles = True    # they yield to it (tiles_where_specialised off)
 
     def supports(self, layer, in_shapes, in_dtypes, precision):
         if precision != DataType.HALF:

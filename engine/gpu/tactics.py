@@ -23,7 +23,7 @@ from . import (attention_tactics, concat, constant_tactics, conv_int8_tactics, c
 from .base import GENERIC, HOST, INT8_EMULATION, Tactic, as_nhwc, nchw_view, register
 
 __all__ = ["GENERIC", "HOST", "INT8_EMULATION", "Tactic", "as_nhwc", "by_name", "candidates",
-           "nchw_view", "register", "supported"]
+           "held_back", "nchw_view", "outruns_general", "register", "supported"]
 
 # cuDNN's graphs first: where they run they are usually fastest (52 of ResNet-50's 53
 # convolutions, all 72 BERT linear layers in the H200 records), and the time of the first
@@ -73,16 +73,56 @@ def supported(layer, shapes, dtypes, precision, tf32=False, where=None):
     """The candidates the builder times for ``layer`` at these input shapes and dtype
     names: those computing in ``precision`` whose ``supports`` accepts them; plain-TF32
     tactics only under the TF32 flag; with mma_sync_where_wgmma off, no ``DOMINATED``
-    tile where its dominating family is a candidate. ``where``: a filter applied before
+    tile where its dominating family is a candidate; with tiles_where_specialised off, no
+    general FP16 tile (``general_tile``) where a kernel that outran them takes the layer
+    (``outruns_general``; ``held_back`` lists those). ``where``: a filter applied before
     ``supports`` (precompile asks only the tactics that launch a precompiled tile: the
     cuDNN tactic's check queues its plan builds)."""
+    hold = not settings().tiles_where_specialised and _outrun(layer, shapes, dtypes, precision)
+    return _supported(layer, shapes, dtypes, precision, tf32,
+                      lambda t: (where is None or where(t)) and not (hold and getattr(t, "general_tile", False)))
+
+
+def held_back(layer, shapes, dtypes, precision, tf32=False):
+    """The general FP16 tiles ``supported`` leaves out for ``layer`` (tiles_where_specialised
+    off; none when it is on): what the builder times when no kernel that outruns them then
+    runs the layer (every cuDNN plan failed, say). mma_sync_where_wgmma applies among them
+    as in ``supported``."""
+    if settings().tiles_where_specialised or not _outrun(layer, shapes, dtypes, precision):
+        return []
+    return _supported(layer, shapes, dtypes, precision, tf32, lambda t: getattr(t, "general_tile", False))
+
+
+def _supported(layer, shapes, dtypes, precision, tf32, where):
     out = [t for t in candidates(layer, precision)
-           if (where is None or where(t)) and (tf32 or not getattr(t, "tf32", False))
+           if where(t) and (tf32 or not getattr(t, "tf32", False))
            and t.supports(layer, shapes, dtypes, precision) is None]
     if not settings().mma_sync_where_wgmma:
         present = {type(t) for t in out}
         out = [t for t in out if DOMINATED.get(type(t)) not in present]
     return out
+
+
+def outruns_general(layer, shapes, dtypes, precision):
+    """The names of the candidates of ``layer`` that our general FP16 tiles yield to
+    (``outruns_general_tiles``): the cuDNN FP16 graphs where they take the layer (judged
+    statically: no plan queued) and our stem kernel where it does. In the FP16 records
+    (ResNet-50, MobileNetV2; H100 and H200, sessions 7-15) cuDNN won 544 of the 546
+    convolutions both could run, the general tiles none (the closest 1.04x behind), and
+    the stem kernel beat every general tile on every stem since it exists (2.3x or more)."""
+    if precision != DataType.HALF or layer.layer_type != LayerType.CONVOLUTION or not shapes or shapes[0] is None:
+        return []
+    out = []
+    if cudnn_tactics.takes_statically(layer, shapes, precision):
+        out.append(cudnn_tactics.ConvCudnn.name)
+    out += [t.name for t in candidates(layer, precision)
+            if getattr(t, "outruns_general_tiles", False) and t.name not in out
+            and t.name != cudnn_tactics.ConvCudnn.name and t.supports(layer, shapes, dtypes, precision) is None]
+    return out
+
+
+def _outrun(layer, shapes, dtypes, precision):
+    return bool(outruns_general(layer, shapes, dtypes, precision))
 
 
 def by_name(layer, name):
