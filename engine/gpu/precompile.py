@@ -219,6 +219,7 @@ def _item_key(item):
 # ("later_tiles", "later_seconds": how long the build waited for it)
 last_report = {"seconds": 0.0, "items": {}}
 _TIMED = "compiled-in"
+_NICENESS = "worker-niceness"
 
 
 def _build(item):
@@ -241,6 +242,7 @@ def _worker(items, claims=None):
     workers share; an item is compiled by the worker that first creates its file
     there, so a worker done early takes the items others have not reached."""
     kernel_compile.set_debug_level(settings().debug)
+    print(f"{_NICENESS} {os.nice(0)}", file=sys.stderr)
     for i, (family_name, tile_name, options) in enumerate(items):
         if claims is not None:
             try:
@@ -262,22 +264,31 @@ def _ordered(items):
     return sorted(items, key=lambda it: rank.get(it[0], len(rank)))
 
 
+# the niceness of a background compile's workers (``start_for``): they compile tiles needed
+# only after the build's own selection, which meanwhile times candidates and waits for the
+# cuDNN plan workers on the same cores (16 compile workers beside 8 plan workers on 16 CPUs
+# in an H100 INT8 build), so they take what CPU time those leave
+BACKGROUND_NICE = 10
+
+
 class _Pool:
     """Worker subprocesses compiling ``items`` (each claimed once); ``wait`` collects
     their per-tile seconds. A reader thread drains their stderr as they go, so a
-    worker never stalls on a full pipe while the builder does other work."""
+    worker never stalls on a full pipe while the builder does other work. ``nice``: the
+    workers lower their own CPU priority by that much first (0: as the builder's)."""
 
-    def __init__(self, items, workers):
+    def __init__(self, items, workers, nice=0):
         self.items, self.timed, self.seconds = _ordered(items), {}, 0.0
+        self.niceness = set()        # what the workers said they run at
         self._t0 = time.perf_counter()
         self._claims = tempfile.mkdtemp(prefix="cupyrt_precompile_")
         # plain subprocesses, not multiprocessing: a spawned pool re-imports the
         # user's __main__ module, which would run an unguarded script again per worker
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        code = ("import json, sys; from engine.gpu.precompile import _worker; "
+        code = ("import json, os, sys; os.nice(int(sys.argv[3])); from engine.gpu.precompile import _worker; "
                 "_worker(json.loads(sys.argv[1]), sys.argv[2])")
         self._procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(self.items),
-                                         self._claims], env=env, stdout=subprocess.DEVNULL,
+                                         self._claims, str(int(nice))], env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
                        for _ in range(min(workers, len(self.items)))]
         self._reader = threading.Thread(target=self._collect, name="precompile", daemon=True)
@@ -289,11 +300,13 @@ class _Pool:
             lines = err.decode(errors="replace").strip().splitlines()
             if proc.returncode:           # compiling on first use still works
                 log.warning("precompile worker failed (%s); its kernels compile on first use",
-                            [ln for ln in lines if not ln.startswith(_TIMED)][-1:] or "")
+                            [ln for ln in lines if not ln.startswith((_TIMED, _NICENESS))][-1:] or "")
             for line in lines:
                 parts = line.split()
                 if len(parts) == 4 and parts[0] == _TIMED:
                     self.timed[f"{parts[2]} {parts[3]}"] = float(parts[1])
+                elif len(parts) == 2 and parts[0] == _NICENESS:
+                    self.niceness.add(int(parts[1]))
                 elif ": " in line and line.split(" ", 1)[0] in _BY_NAME:
                     log.warning("precompile: %s (compiles again on first use)", line)
         shutil.rmtree(self._claims, ignore_errors=True)
@@ -463,5 +476,6 @@ def start_for(network, meta, input_shapes, alternatives, cached=None):
         items = []
     if len(items) <= 1:        # one tile: compiled on first use beats starting a worker
         return _Later()
-    log.info("compiling %d tiles of other precisions in the background", len(items))
-    return _Later(_Pool(items, s.precompile_workers), len(items))
+    log.info("compiling %d tiles of other precisions in the background (niceness +%d)", len(items),
+             BACKGROUND_NICE)
+    return _Later(_Pool(items, s.precompile_workers, nice=BACKGROUND_NICE), len(items))

@@ -284,8 +284,9 @@ def test_background_compile_joins_the_report_when_waited_for(no_wgmma, monkeypat
     started = []
 
     class Pool:
-        def __init__(self, items, workers):
+        def __init__(self, items, workers, nice=0):
             started.append((len(items), workers))
+            assert nice == precompile.BACKGROUND_NICE > 0     # behind the build's own work
             self.timed = {f"{i[0]} {i[1]}": 0.5 for i in items}
 
         def wait(self):
@@ -326,7 +327,9 @@ def test_workers_sharing_a_claims_folder_compile_each_tile_once(monkeypatch, tmp
     precompile._worker(items, str(tmp_path))
     precompile._worker(items, str(tmp_path))  # a second worker finds everything claimed
     assert done == ["a", "c"]
-    assert sorted(ln.split()[3] for ln in capsys.readouterr().err.splitlines()) == ["a", "c"]
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(ln.split()[3] for ln in err if ln.startswith("compiled-in")) == ["a", "c"]
+    assert [ln.split()[0] for ln in err if not ln.startswith("compiled-in")] == ["worker-niceness"] * 2
 
 
 def test_pool_reports_a_tile_that_fails_in_its_worker(caplog):
@@ -340,6 +343,18 @@ def test_pool_reports_a_tile_that_fails_in_its_worker(caplog):
     failed = sorted(r.getMessage().split()[2].rstrip(":") for r in caplog.records
                     if "UnsupportedError: conv_igemm has no tile" in r.getMessage())
     assert failed == ["nope_a", "nope_b", "nope_c"]        # each once, by one of the two workers
+
+
+def test_pool_workers_lower_their_priority_by_the_niceness_asked():
+    """Real worker processes (tiles no family has: nothing compiles) report the niceness
+    they run at: the builder's own, or that plus what the pool asked (the background)."""
+    own = os.nice(0)
+    items = [["conv_igemm", "nope_a", {}], ["conv_igemm", "nope_b", {}]]
+    for nice, want in ((0, own), (precompile.BACKGROUND_NICE, min(19, own + precompile.BACKGROUND_NICE))):
+        pool = precompile._Pool(items, 2, nice=nice)
+        pool.wait()
+        assert pool.niceness == {want}
+    assert own < precompile.BACKGROUND_NICE
 
 
 class TileTactic(Injected):
@@ -508,7 +523,7 @@ def test_a_rebuild_loads_its_tiles_here_until_one_really_compiles(monkeypatch, c
 
 def test_background_compile_starts_no_worker_for_a_rebuild_or_a_single_tile(no_wgmma, monkeypatch):
     started = []
-    monkeypatch.setattr(precompile, "_Pool", lambda items, workers: started.append(len(items)))
+    monkeypatch.setattr(precompile, "_Pool", lambda items, workers, nice=0: started.append(len(items)))
     monkeypatch.setattr(precompile, "_compiled", set())
     monkeypatch.setenv("CUPYRT_PRECOMPILE_WORKERS", "3")
     b, net = conv_network(c_in=16, one_by_one=False)
