@@ -678,13 +678,27 @@ def graph_for(spec, device_id=0):
 def stats():
     """What this process's cuDNN graphs cost: graphs built and failed, plans timed, the
     seconds spent compiling plans (wherever they ran) and this process's wall seconds
-    to have them, and how many arrived built (workers, the store)."""
+    to have them, and how many arrived built (workers, the store); and which plan won:
+    ``chosen`` {spec kind: {plan index (the heuristics' order): graphs}} over the graphs
+    that timed more than one plan, the evidence for how many plans a graph needs."""
     graphs = [g for g in _graphs.values() if isinstance(g, ConvGraph)]
+    chosen = {}
+    for g in graphs:
+        if g.index is not None and len(g.plan_times) > 1:
+            kind = chosen.setdefault(_spec_kind(g.spec), {})
+            kind[g.index] = kind.get(g.index, 0) + 1
     return {"built": len(graphs), "failed": sum(1 for g in _graphs.values() if isinstance(g, str)),
             "build_s": round(sum(g.build_seconds for g in graphs), 1),
             "wait_s": round(sum(g.wait_seconds for g in graphs), 1),
             "plans_timed": sum(len(g.plan_times) for g in graphs),
-            "deserialized": sum(g.deserialized for g in graphs)}
+            "deserialized": sum(g.deserialized for g in graphs),
+            "chosen": {k: dict(sorted(v.items())) for k, v in sorted(chosen.items())}}
+
+
+def _spec_kind(spec):
+    """A graph's kind for the chosen-plan counts: its spec class and output type
+    (``ConvSpec float16``, ``Int8ConvSpec int8``)."""
+    return f"{type(spec).__name__} {getattr(spec, 'out_dtype', '')}".strip()
 
 
 def clear():

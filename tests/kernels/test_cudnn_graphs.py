@@ -341,3 +341,25 @@ def test_a_stored_plan_that_cannot_run_here_is_replaced_by_choosing_again(fake, 
     else:
         assert graph.index == 1 and graph.known_failed and store.puts == [1]
         assert graph.plan_times[2] == math.inf and set(graph.plan_times) == {0, 1, 2, 3}
+
+
+def test_stats_count_the_chosen_plan_index_per_graph_kind(fake, monkeypatch):
+    """Which plan of the heuristics' order won, per spec kind, over graphs that timed more
+    than one plan (a stored plan loaded alone says nothing about the others)."""
+    fake(plan_count=6)
+    monkeypatch.setattr(G, "_graphs", {})
+    graphs = []
+    for i, (out, times, index) in enumerate([("float16", {0: 2.0, 1: 1.0, 2: 3.0}, 1),
+                                             ("float16", {0: 1.0, 1: 2.0}, 0),
+                                             ("float32", {0: 5.0, 3: 1.0, 1: math.inf}, 3),
+                                             ("float16", {2: 1.0}, 2),           # one plan: not counted
+                                             ("float16", {}, None)]):            # not chosen yet
+        g = G.ConvGraph(spec(out_dtype=out, k=8 * (i + 1)))
+        g.plan_times, g.index = times, index
+        G._graphs[(g.spec, 0, 4)] = g
+        graphs.append(g)
+    G._graphs[(spec(k=64), 0, 4)] = "no plan built"                               # a failed graph
+    st = G.stats()
+    assert st["built"] == 5 and st["failed"] == 1 and st["plans_timed"] == 9
+    assert st["chosen"] == {"ConvSpec float16": {0: 1, 1: 1}, "ConvSpec float32": {3: 1}}
+    assert list(st["chosen"]["ConvSpec float16"]) == [0, 1]                        # by index
