@@ -44,6 +44,19 @@ runs interleaved, median of --reps.
 and scaled ReLU'd normal, three values of each multiplied by 8: outliers past an empty
 stretch), timed against the definition (two distributions built and compared per
 candidate threshold); reports both times and how many thresholds agree.
+
+``compiles`` (issue 14, the cold build): what a cold build of the suites' ResNet-50 or
+MobileNetV2 (torchvision's layer shapes, built here through the network API with random
+weights; INT8 calibrated on the NumPy backend as the int8 suite does) compiles for an
+H100's arch with the cuDNN frontend present (``--no-cudnn``: without), and with ``--time``
+each of those NVRTC runs timed on this machine's CPU, one after another
+(kernels/gpu/compile.py ``offline``; no GPU needed). The list is precompile's: the tiles
+the build's own selection times (``own``) and those compiled in the background for
+precision by timing (``background``). ``--set name=value`` applies a setting
+(engine/settings.py) first, so the cost of a switch is read on a CPU before a device run:
+
+    python benchmarks/host.py compiles --model resnet50 --precision int8 --time
+    python benchmarks/host.py compiles --precision int8 --time --set tiles_where_specialised=0
 """
 import argparse
 import json
@@ -424,6 +437,154 @@ def calibration_main(tensors, seed=1):
             "kl_threshold_s": round(t2 - t1, 3), "thresholds_equal": sum(a == b for a, b in zip(ref, got))}
 
 
+# ---- compiles ------------------------------------------------------------------------------
+def _conv_bn(net, rng, h, k, ks, stride=1, groups=1, act=None):
+    """conv (no bias) -> batch norm as a per-channel scale -> ``act`` ("relu", "relu6")."""
+    import engine as rt
+    c = h.shape[1]
+    w = rng.standard_normal((k, c // groups, ks, ks)) * np.sqrt(2.0 / (c // groups * ks * ks))
+    conv = net.add_convolution_nd(h, k, (ks, ks), kernel=w.astype(np.float32), bias=None)
+    conv.stride_nd, conv.padding_nd, conv.num_groups = (stride, stride), (ks // 2, ks // 2), groups
+    scale = (rng.random(k) * 0.5 + 0.75).astype(np.float32)
+    shift = (rng.standard_normal(k) * 0.1).astype(np.float32)
+    y = net.add_scale(conv.get_output(0), rt.ScaleMode.CHANNEL, shift, scale, None).get_output(0)
+    if act == "relu":
+        y = net.add_activation(y, rt.ActivationType.RELU).get_output(0)
+    elif act == "relu6":
+        clip = net.add_activation(y, rt.ActivationType.CLIP)
+        clip.alpha, clip.beta = 0.0, 6.0
+        y = clip.get_output(0)
+    return y
+
+
+def _classifier(net, rng, h):
+    import engine as rt
+    g = net.add_reduce(h, rt.ReduceOperation.AVG, 0b1100, True).get_output(0)
+    c = g.shape[1]
+    fc = net.add_fully_connected(g, 1000, (rng.standard_normal((1000, c)) * 0.02).astype(np.float32),
+                                 np.zeros(1000, np.float32)).get_output(0)
+    fc.name = "output"
+    net.mark_output(fc)
+
+
+def resnet50_network(net, x, rng):
+    """torchvision's ResNet-50 (v1.5: the stride on the 3x3), batch norms as scales."""
+    import engine as rt
+    h = _conv_bn(net, rng, x, 64, 7, 2, act="relu")
+    pool = net.add_pooling_nd(h, rt.PoolingType.MAX, (3, 3))
+    pool.stride_nd, pool.padding_nd = (2, 2), (1, 1)
+    h = pool.get_output(0)
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            y = _conv_bn(net, rng, h, width, 1, act="relu")
+            y = _conv_bn(net, rng, y, width, 3, s, act="relu")
+            y = _conv_bn(net, rng, y, width * 4, 1)
+            skip = _conv_bn(net, rng, h, width * 4, 1, s) if i == 0 else h
+            h = net.add_elementwise(y, skip, rt.ElementWiseOperation.SUM).get_output(0)
+            h = net.add_activation(h, rt.ActivationType.RELU).get_output(0)
+    _classifier(net, rng, h)
+
+
+def mobilenet_v2_network(net, x, rng):
+    """torchvision's MobileNetV2 (width 1.0): inverted residuals, ReLU6, batch norms as scales."""
+    import engine as rt
+    h, c = _conv_bn(net, rng, x, 32, 3, 2, act="relu6"), 32
+    for t, out, n, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                              (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(n):
+            s = stride if i == 0 else 1
+            y = _conv_bn(net, rng, h, c * t, 1, act="relu6") if t != 1 else h
+            y = _conv_bn(net, rng, y, c * t, 3, s, groups=c * t, act="relu6")
+            y = _conv_bn(net, rng, y, out, 1)
+            h = net.add_elementwise(y, h, rt.ElementWiseOperation.SUM).get_output(0) if s == 1 and c == out else y
+            c = out
+    _classifier(net, rng, _conv_bn(net, rng, h, 1280, 1, act="relu6"))
+
+
+COMPILE_MODELS = {"resnet50": resnet50_network, "mobilenet_v2": mobilenet_v2_network}
+
+
+def compile_list(model, precision, batch, arch="sm_90a", cudnn=True):
+    """(own, background): precompile's items ([family, tile, options]) for a cold build of
+    ``model`` in ``precision`` ("fp16", "int8") at batch ``batch`` on a device of ``arch``
+    (with the cuDNN frontend or not): the tiles its own selection times, then those compiled
+    in the background for precision by timing (not already in the first list)."""
+    import engine as rt
+    from engine import builder as B
+    from engine.gpu import precompile
+    from engine.precision_timing import enabled as precision_timing_enabled
+    from kernels.gpu import compile as kernel_compile
+    rng = np.random.default_rng(0)
+    b = rt.Builder()
+    net = b.create_network()
+    x = net.add_input("input", rt.float32, (-1, 3, 224, 224))
+    COMPILE_MODELS[model](net, x, rng)
+    cfg = b.create_builder_config()
+    cfg.backend = "numpy"          # the engine's precisions and layers, no device
+    cfg.set_flag(rt.BuilderFlag.FP16)
+    if precision == "int8":        # as the int8 suite: INT8 where a kernel exists, FP16 elsewhere
+        cfg.set_flag(rt.BuilderFlag.INT8)
+        data = np.random.default_rng(100)
+        cfg.int8_calibrator = rt.EntropyCalibrator2(
+            [data.standard_normal((4, 3, 224, 224)).astype(np.float32) for _ in range(2)],
+            cache_file=os.path.join(tempfile.mkdtemp(), "calibration"))
+    prof = b.create_optimization_profile()
+    prof.set_shape("input", (1, 3, 224, 224), (batch, 3, 224, 224), (batch, 3, 224, 224))
+    cfg.add_optimization_profile(prof)
+    e = b.build_engine(net, cfg)
+    shapes = {"input": (batch, 3, 224, 224)}
+    with kernel_compile.offline(arch, cudnn):
+        own = precompile.network_items(e.network, e.meta, shapes)
+        later = B._refine_alternatives(e.network, e.meta, cfg) if precision_timing_enabled(cfg) else {}
+        extra = precompile.network_items(e.network, e.meta, shapes, later, scheduled=False) if later else []
+    seen = {precompile._item_key(i) for i in own}
+    return own, [i for i in extra if precompile._item_key(i) not in seen]
+
+
+def time_compiles(items, arch="sm_90a", cudnn=True):
+    """Each item's NVRTC runs, compiled one after another on this CPU: a list of
+    {family, tile, options, seconds, runs}."""
+    from engine.gpu import precompile
+    from kernels.gpu import compile as kernel_compile
+    out = []
+    with kernel_compile.offline(arch, cudnn) as off:
+        for item in items:
+            first = len(off.runs)
+            precompile._build(item)
+            runs = off.runs[first:]
+            out.append({"family": item[0], "tile": item[1], "options": item[2],
+                        "seconds": round(sum(r[0] for r in runs), 3), "runs": len(runs)})
+    return out
+
+
+def compiles_main(args):
+    from engine.settings import overridden, tactic_key
+    values = dict(v.split("=", 1) for v in args.set)
+    with overridden(**values):
+        own, background = compile_list(args.model, args.precision, args.batch, args.arch, not args.no_cudnn)
+        switches = tactic_key()
+        rows = []
+        for where, items in (("own", own), ("background", background)):
+            timed = time_compiles(items, args.arch, not args.no_cudnn) if args.time else \
+                [{"family": f, "tile": t, "options": o} for f, t, o in items]
+            rows += [dict(r, list=where) for r in timed]
+    result = {"model": args.model, "precision": args.precision, "batch": args.batch, "arch": args.arch,
+              "cudnn": not args.no_cudnn, "settings": values, "switches": switches,
+              "tiles": {"own": len(own), "background": len(background)}, "items": rows}
+    if args.time:
+        fams = {}
+        for r in rows:
+            n, runs, sec = fams.get((r["list"], r["family"]), (0, 0, 0.0))
+            fams[(r["list"], r["family"])] = (n + 1, runs + r["runs"], sec + r["seconds"])
+        result["families"] = [{"list": k[0], "family": k[1], "tiles": v[0], "nvrtc_runs": v[1],
+                               "seconds": round(v[2], 1)} for k, v in sorted(fams.items())]
+        result["seconds"] = {w: round(sum(r["seconds"] for r in rows if r["list"] == w), 1)
+                             for w in ("own", "background")}
+        result["nvrtc_runs"] = sum(r["runs"] for r in rows)
+    return result
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -447,6 +608,16 @@ def parser():
     c = sub.add_parser("calibration", help="entropy thresholds on the host: time against the definition")
     c.add_argument("--tensors", type=int, default=120)
     c.add_argument("--json", help="write the figures here")
+    k = sub.add_parser("compiles", help="what a cold build compiles for an H100, timed on this CPU (no GPU)")
+    k.add_argument("--model", choices=sorted(COMPILE_MODELS), default="resnet50")
+    k.add_argument("--precision", choices=("fp16", "int8"), default="int8")
+    k.add_argument("--batch", type=int, default=256)
+    k.add_argument("--arch", default="sm_90a", help="the device's arch (sm_90a: H100 / H200)")
+    k.add_argument("--no-cudnn", action="store_true", help="a device without the cuDNN frontend")
+    k.add_argument("--time", action="store_true", help="compile each tile with NVRTC here, one after another")
+    k.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of engine/settings.py for this listing (repeatable)")
+    k.add_argument("--json", help="write the figures (every tile) here")
     return p, s
 
 
@@ -463,6 +634,13 @@ def main(argv=None):
         shown = {k: v for k, v in result.items() if k != "samples"}
     elif args.check == "calibration":
         result = shown = calibration_main(args.tensors)
+    elif args.check == "compiles":
+        bad = [v for v in args.set if "=" not in v]
+        if bad or args.batch < 1:
+            p.error(f"--set takes NAME=VALUE (got {bad}) and --batch must be >= 1" if bad else "--batch must be >= 1")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        result = compiles_main(args)
+        shown = {k: v for k, v in result.items() if k != "items"}
     else:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         batches = [int(b) for b in args.batches.split(",")]

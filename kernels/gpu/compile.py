@@ -16,6 +16,7 @@ instantiation, with an error listing the valid dtypes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -93,8 +94,87 @@ def _load_text(source: str) -> str:
     return source
 
 
+class OfflineCompiles:
+    """What ``offline`` compiled: ``runs``, one (seconds, source, name expressions, cubin
+    bytes) per NVRTC run, in order."""
+
+    def __init__(self, arch, cudnn=True):
+        self.arch, self.cudnn = arch, cudnn
+        self.runs = []
+
+    def compile(self, source, options, name_expressions):
+        """One NVRTC run as CuPy makes it on a device of ``arch`` (our options, then its
+        ``-arch``, its default execution space and, on NVRTC 12.8 or newer, ``--pch``)."""
+        import time
+
+        from cupy_backends.cuda.libs import nvrtc
+        text = _load_text(source)
+        opts = list(DEFAULT_OPTIONS) + list(options) + [f"-arch={self.arch}", "--device-as-default-execution-space"]
+        if nvrtc.getVersion() >= (12, 8):
+            opts.append("--pch")
+        label = source if text is not source else "<generated>"
+        prog = nvrtc.createProgram(text, label if text is not source else "generated.cu", (), ())
+        try:
+            for name in name_expressions:
+                nvrtc.addNameExpression(prog, name)
+            t0 = time.perf_counter()
+            try:
+                nvrtc.compileProgram(prog, opts)
+            except Exception as exc:        # noqa: BLE001  (NVRTC's own type: re-raised as ours)
+                raise KernelError(f"compiling {label} for {self.arch} failed:\n"
+                                  f"{nvrtc.getProgramLog(prog)}") from exc
+            seconds = time.perf_counter() - t0
+            size = len(nvrtc.getCUBIN(prog))
+        finally:
+            nvrtc.destroyProgram(prog)
+        self.runs.append((seconds, label, tuple(name_expressions), size))
+
+    @property
+    def seconds(self):
+        return sum(r[0] for r in self.runs)
+
+
+_offline = None       # an OfflineCompiles while ``offline`` is on
+
+
+@contextlib.contextmanager
+def offline(arch="sm_90", cudnn=True):
+    """Compile without a device: inside, ``get_module`` and ``get_function`` run NVRTC for
+    ``arch`` directly (no cache, the CuPy binding of the NVRTC library only), record each run
+    in the yielded ``OfflineCompiles`` and return None; the availability checks answer for
+    such a device (``offline_arch``), with the cuDNN frontend installed or not (``cudnn``).
+    What a build on that device would compile, timed on this machine's CPU
+    (benchmarks/host.py ``compiles``)."""
+    global _offline
+    with _lock:
+        if _offline is not None:
+            raise KernelError("offline compiles do not nest")
+        _offline = OfflineCompiles(arch, cudnn)
+    try:
+        yield _offline
+    finally:
+        _offline = None
+
+
+def offline_arch():
+    """The arch ``offline`` compiles for while it is on, else None (availability checks of
+    arch-specific kernels answer for it instead of asking the device)."""
+    off = _offline
+    return None if off is None else off.arch
+
+
+def offline_cudnn():
+    """While ``offline`` is on, whether the device it stands for has the cuDNN frontend;
+    else None (ask the frontend)."""
+    off = _offline
+    return None if off is None else off.cudnn
+
+
 def get_module(source: str, *, options=(), name_expressions=(), device=None):
     """The compiled ``cupy.RawModule`` for ``source`` (a kernels/cuda file name or CUDA text)."""
+    if _offline is not None:
+        _offline.compile(source, options, name_expressions)
+        return None
     import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     text = _load_text(source)
     opts = tuple(DEFAULT_OPTIONS) + tuple(options)
@@ -134,9 +214,12 @@ def get_function(source: str, name: str, *, options=(), name_expressions=None, d
     default cap of 48 KiB the kernel is opted in to that much (once per kernel and device,
     raised when a later call asks for more).
     """
-    import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     if name_expressions is None:
         name_expressions = (name,) if "<" in name else ()
+    if _offline is not None:
+        _offline.compile(source, options, name_expressions)
+        return None
+    import cupy  # optional dependency: CuPy only where a kernel is compiled or launched
     dev_id = cupy.cuda.Device(device).id
     key = (source, name, tuple(options), tuple(name_expressions), dev_id)
     fn = _functions.get(key)

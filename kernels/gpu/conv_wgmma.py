@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compile import get_function
+from .compile import get_function, offline_arch
 from .conv_int8 import OUT_CODES as INT8_OUT_CODES   # conv_wgmma_s8's OUT codes are conv_int8's
 from .conv_int8 import _int8_launch_args, check_int8_args
 from .conv_igemm import _setup
@@ -90,7 +90,11 @@ TACTICS_BY_NAME = {t.name: t for t in TACTICS + INT8_TACTICS}
 
 
 def available(device=None) -> bool:
-    """True when CuPy sees a CUDA device of compute capability 9.0 (H100 / H200)."""
+    """True when CuPy sees a CUDA device of compute capability 9.0 (H100 / H200), or the
+    device-free compiles (``compile.offline``) are for one."""
+    arch = offline_arch()
+    if arch is not None:
+        return arch.startswith("sm_" + COMPUTE_CAPABILITY)
     try:
         import cupy as cp  # optional dependency: CuPy only where a kernel is compiled or launched
         return cp.cuda.Device(device).compute_capability == COMPUTE_CAPABILITY

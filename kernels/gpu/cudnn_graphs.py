@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+from .compile import offline_cudnn
+
 log = logging.getLogger(__name__)
 
 # fused activations a graph can end with: cupyrt's ActivationType name -> how the
@@ -160,6 +162,11 @@ def _frontend():
 
 
 def available():
+    """Whether the frontend loads (under ``compile.offline``: whether the device it stands
+    for has it)."""
+    assumed = offline_cudnn()
+    if assumed is not None:
+        return assumed
     return _frontend() is not None
 
 

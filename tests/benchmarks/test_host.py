@@ -7,6 +7,7 @@ import json
 import pytest
 
 from benchmarks import host
+from kernels.gpu import conv_igemm
 
 
 def test_engine_only_soak_runs_checks_and_samples(monkeypatch, tmp_path, capsys):
@@ -35,3 +36,71 @@ def test_calibration_times_kl_threshold_against_the_definition(capsys):
     assert 0 <= out["thresholds_equal"] <= 4
     r = host.calibration_main(6, seed=3)
     assert r["thresholds_equal"] >= 3          # only exact ties may differ
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return True
+    except Exception:  # no CuPy, or no libnvrtc to load
+        return False
+
+
+def test_compiles_lists_the_tiles_a_cold_build_compiles_and_the_switches_cut_them():
+    """ResNet-50 FP16 as for an H100 with cuDNN: the stem kernel's tiles, the general tiles
+    and the classifier's; with tiles_where_specialised=0 the general conv tiles go (cuDNN and
+    the stem kernel take every convolution), the classifier's stay; without cuDNN they stay
+    too; the background list is precision by timing's FP32 tiles."""
+    from engine.settings import overridden
+    own, background = host.compile_list("resnet50", "fp16", 8)
+    fams = {f for f, _, _ in own}
+    assert {"conv_stem", "conv_igemm", "conv_wgmma"} <= fams and {f for f, _, _ in background} == {"conv_tf32"}
+    stem = [i for i in own if i[0] == "conv_stem"]
+    assert {tuple(o["geometry"]) for _, _, o in stem} == {(7, 7, 2, 2)}       # the 7x7/2 RGB stem
+    with overridden(tiles_where_specialised=0):
+        held_own, held_bg = host.compile_list("resnet50", "fp16", 8)
+        no_cudnn, _ = host.compile_list("resnet50", "fp16", 8, cudnn=False)
+    assert not [i for i in held_own if i[0] == "conv_wgmma"] and held_bg == background
+    assert [i for i in held_own if i[0] == "conv_stem"] == stem
+    fc = [i for i in held_own if i[0] == "conv_igemm"]
+    assert fc and all(o["out_dtypes"] == ["float32"] for _, _, o in fc)         # the classifier's, float32 out
+    # without cuDNN only the stem kernel takes a layer: the small-C tiles (the stem's alone) go
+    assert {t for f, t, _ in own if (f, t) not in {(g, u) for g, u, _ in no_cudnn}} == \
+        {t.name for t in conv_igemm.SMALLC_TACTICS}
+    assert len(held_own) < len(no_cudnn) < len(own)
+
+
+def test_compiles_int8_lists_int8_tiles_and_fp16_alternatives_in_the_background():
+    own, background = host.compile_list("resnet50", "int8", 16)
+    assert {"conv_int8", "conv_pw", "conv_stem", "conv_wgmma"} <= {f for f, _, _ in own}
+    assert all("int8" in o.get("out_dtypes", ["int8"]) or f == "conv_int8" for f, _, o in own)
+    assert {f for f, _, _ in background} >= {"conv_igemm", "conv_stem"}
+    keys = [(f, t, json.dumps(o, sort_keys=True)) for f, t, o in own + background]
+    assert len(keys) == len(set(keys))                                          # each tile once
+
+
+@pytest.mark.skipif(not _nvrtc(), reason="no NVRTC library to compile with")
+def test_compiles_times_each_nvrtc_run_on_the_cpu(capsys, tmp_path):
+    rows = host.time_compiles([["conv_stem", "stem_t8w4", {"geometry": [7, 7, 2, 2], "in_kinds": [1],
+                                                          "out_dtypes": ["float16", "int8"]}]])
+    assert len(rows) == 1 and rows[0]["runs"] == 2 and rows[0]["seconds"] > 0
+    out = tmp_path / "c.json"
+    assert host.main(["compiles", "--model", "mobilenet_v2", "--precision", "fp16", "--batch", "4",
+                      "--set", "tiles_where_specialised=0", "--set", "mma_sync_where_wgmma=0",
+                      "--time", "--json", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert shown["switches"] == {"CUPYRT_TILES_WHERE_SPECIALISED": False, "CUPYRT_MMA_SYNC_WHERE_WGMMA": False}
+    assert shown["nvrtc_runs"] == sum(r["runs"] for r in saved["items"]) > 0
+    assert shown["seconds"]["own"] == pytest.approx(sum(r["seconds"] for r in saved["items"] if r["list"] == "own"),
+                                                    abs=0.1)
+    assert {f["family"] for f in shown["families"]} == {r["family"] for r in saved["items"]}
+
+
+@pytest.mark.parametrize("argv, words", [(["--set", "tiles_where_specialised"], "NAME=VALUE"),
+                                         (["--batch", "0"], "--batch must be >= 1")])
+def test_compiles_refuses_bad_arguments(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        host.main(["compiles", *argv])
+    assert e.value.code == 2 and words in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""kernels/gpu/compile.py ``offline``: compiling without a device (NVRTC directly, the
+arch given), what it records, what the availability checks answer inside it, and its errors."""
+import pytest
+
+from kernels.gpu import compile as C
+from kernels.gpu import conv_wgmma, cudnn_graphs
+from kernels.gpu.errors import KernelError
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return True
+    except Exception:  # no CuPy, or no libnvrtc to load
+        return False
+
+
+needs_nvrtc = pytest.mark.skipif(not _nvrtc(), reason="no NVRTC library to compile with")
+
+
+def test_availability_answers_for_the_offline_device():
+    assert C.offline_arch() is None and C.offline_cudnn() is None
+    with C.offline("sm_90a", cudnn=True):
+        assert C.offline_arch() == "sm_90a" and conv_wgmma.available() and cudnn_graphs.available()
+    with C.offline("sm_80", cudnn=False):
+        assert not conv_wgmma.available() and not cudnn_graphs.available()
+    assert C.offline_arch() is None
+
+
+def test_offline_does_not_nest():
+    with C.offline():
+        with pytest.raises(KernelError, match="do not nest"):
+            with C.offline():
+                pass
+    assert C.offline_arch() is None
+
+
+@needs_nvrtc
+def test_offline_compiles_record_each_run_and_return_no_module():
+    src = "template <int N> __global__ void k(float* y) { y[threadIdx.x] *= N; }\n"
+    with C.offline("sm_90") as off:
+        assert C.get_module(src, name_expressions=("k<2>", "k<3>")) is None
+        assert C.get_function(src, "k<4>") is None
+    assert [r[2] for r in off.runs] == [("k<2>", "k<3>"), ("k<4>",)]
+    assert all(r[0] > 0 and r[1] == "<generated>" and r[3] > 0 for r in off.runs)
+    assert off.seconds == pytest.approx(sum(r[0] for r in off.runs))
+
+
+@needs_nvrtc
+def test_offline_compile_errors_carry_the_compiler_log():
+    with C.offline("sm_90"):
+        with pytest.raises(KernelError, match="undefined_thing"):
+            C.get_module("__global__ void k() { undefined_thing(); }\n")
