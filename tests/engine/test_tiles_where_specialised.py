@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import engine as rt
-from engine import kernel_table
 from engine.gpu import cudnn_tactics as CT
 from engine.gpu import precompile
 from engine.gpu import tactics as T
