@@ -154,14 +154,15 @@ SETTINGS = (
            "an A/B of the picks and the build and run times.",
            tactics=True),
     Switch("tiles_where_specialised", _flag, True,
-           "Time our general FP16 convolution tiles (conv.igemm*, conv.wg_*) also for convolutions a kernel "
-           "that outran them takes: cuDNN's FP16 graphs (channels multiples of 8) and our stem kernel (C <= 4); "
-           "0: only where neither does, or where neither then runs the layer (every cuDNN plan failed: the "
-           "tiles are timed after all). In the FP16 records (ResNet-50, MobileNetV2; H100 and H200, sessions "
-           "7-15) cuDNN won 544 of the 546 convolutions both could run and these tiles none (the closest 1.04x "
-           "behind), and the stem kernel beat them on every stem by 2.3x or more; at 0 a ResNet-50 FP16 build "
-           "times and compiles none of them, an INT8 build none for its FP16 alternatives. Not yet measured on "
-           "a GPU: 1 (time them) until an A/B of the picks and the build and run times.", tactics=True),
+           "Time our general convolution tiles (FP16: conv.igemm*, conv.wg_*; INT8: conv.i8*, conv.wgi8_*) also "
+           "for convolutions a kernel that outran them takes: in FP16 cuDNN's graphs (channels multiples of 8), in "
+           "FP16 and INT8 our stem kernel (C <= 4); 0: only where none does, or where none then runs the layer "
+           "(every cuDNN plan failed: the tiles are timed after all). In the FP16 records (ResNet-50, MobileNetV2; "
+           "H100 and H200, sessions 7-15) cuDNN won 544 of the 546 convolutions both could run and these tiles "
+           "none (the closest 1.04x behind); the stem kernel beat them on every stem (FP16 by 2.3x or more, INT8 "
+           "by 1.69x or more). At 0 a ResNet-50 FP16 build lists 14 tiles to compile instead of 41 and an INT8 "
+           "build 30 instead of 60 (`python benchmarks/host.py compiles`). Not yet measured on a GPU: 1 (time them) until "
+           "an A/B of the picks and the build and run times.", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "

@@ -30,6 +30,9 @@ class ConvInt8(Tactic):
     int8 = True
     launch = staticmethod(conv_int8.conv2d_int8)
     pack_weights = staticmethod(conv_int8.pack_weight_int8_krsc)
+    # a general INT8 tile: with tiles_where_specialised off it is no candidate where a kernel
+    # that outran these takes the layer (the INT8 stem kernel; engine/gpu/tactics.py ``supported``)
+    general_tile = True
 
     def __init__(self, tile):
         self.tile, self.name = tile, f"conv.{tile.name}"

@@ -74,7 +74,7 @@ def supported(layer, shapes, dtypes, precision, tf32=False, where=None):
     names: those computing in ``precision`` whose ``supports`` accepts them; plain-TF32
     tactics only under the TF32 flag; with mma_sync_where_wgmma off, no ``DOMINATED``
     tile where its dominating family is a candidate; with tiles_where_specialised off, no
-    general FP16 tile (``general_tile``) where a kernel that outran them takes the layer
+    general tile (``general_tile``) where a kernel that outran them takes the layer
     (``outruns_general``; ``held_back`` lists those). ``where``: a filter applied before
     ``supports`` (precompile asks only the tactics that launch a precompiled tile: the
     cuDNN tactic's check queues its plan builds)."""
@@ -84,7 +84,7 @@ def supported(layer, shapes, dtypes, precision, tf32=False, where=None):
 
 
 def held_back(layer, shapes, dtypes, precision, tf32=False):
-    """The general FP16 tiles ``supported`` leaves out for ``layer`` (tiles_where_specialised
+    """The general tiles ``supported`` leaves out for ``layer`` (tiles_where_specialised
     off; none when it is on): what the builder times when no kernel that outruns them then
     runs the layer (every cuDNN plan failed, say). mma_sync_where_wgmma applies among them
     as in ``supported``."""
@@ -104,13 +104,16 @@ def _supported(layer, shapes, dtypes, precision, tf32, where):
 
 
 def outruns_general(layer, shapes, dtypes, precision):
-    """The names of the candidates of ``layer`` that our general FP16 tiles yield to
-    (``outruns_general_tiles``): the cuDNN FP16 graphs where they take the layer (judged
-    statically: no plan queued) and our stem kernel where it does. In the FP16 records
-    (ResNet-50, MobileNetV2; H100 and H200, sessions 7-15) cuDNN won 544 of the 546
-    convolutions both could run, the general tiles none (the closest 1.04x behind), and
-    the stem kernel beat every general tile on every stem since it exists (2.3x or more)."""
-    if precision != DataType.HALF or layer.layer_type != LayerType.CONVOLUTION or not shapes or shapes[0] is None:
+    """The names of the candidates of ``layer`` that our general convolution tiles yield to
+    (``outruns_general_tiles``): in FP16 the cuDNN graphs where they take the layer (judged
+    statically: no plan queued), in FP16 and INT8 our stem kernel where it does. In the FP16
+    records (ResNet-50, MobileNetV2; H100 and H200, sessions 7-15) cuDNN won 544 of the 546
+    convolutions both could run, the general tiles none (the closest 1.04x behind); the stem
+    kernel beat every general tile on every stem since it exists (FP16 by 2.3x or more, INT8
+    by 1.69x or more: five ResNet-50 INT8 builds, sessions 14-15). cuDNN's INT8 graphs do not
+    outrun our INT8 tiles (wgmma and the persistent 1x1 took 15 of ResNet-50's 53 layers)."""
+    if precision not in (DataType.HALF, DataType.INT8) or layer.layer_type != LayerType.CONVOLUTION \
+            or not shapes or shapes[0] is None:
         return []
     out = []
     if cudnn_tactics.takes_statically(layer, shapes, precision):

@@ -16,7 +16,7 @@ from engine.gpu import precompile
 from engine.gpu import tactics as T
 from engine.settings import tactic_key
 from engine.types import DataType, LayerType
-from kernels.gpu import conv_igemm, conv_stem, conv_wgmma
+from kernels.gpu import conv_igemm, conv_int8_smallc, conv_stem, conv_wgmma
 from kernels.gpu import cudnn_graphs as G
 sys.path.insert(0, os.path.dirname(__file__))
 from test_precompile_network_cpu import built, conv_network, listed, names, sm90a  # noqa: E402,F401
@@ -122,11 +122,24 @@ def test_the_general_tiles_yield_to_the_stem_kernel_and_stay_where_nothing_outru
     after = T.supported(stem, shapes, ["float32"], DataType.HALF)
     assert not yielding(after) and {t.name for t in after} == {t.name for t in before} - yielding(before)
     assert {t.name for t in T.held_back(stem, shapes, ["float32"], DataType.HALF)} == yielding(before)
+    # INT8: the INT8 stem kernel outruns the INT8 tiles on the stem (cuDNN's INT8 graphs outrun nothing)
+    int8_before = T.supported(stem, shapes, ["float32"], DataType.INT8)
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
+    int8_all = T.supported(stem, shapes, ["float32"], DataType.INT8)
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "0")
+    assert [n for n in T.outruns_general(stem, shapes, ["float32"], DataType.INT8)] and \
+        all(n.endswith("_i8") for n in T.outruns_general(stem, shapes, ["float32"], DataType.INT8))
+    assert {"conv." + t.name for t in conv_int8_smallc.SMALLC_TACTICS} <= yielding(int8_all)
+    assert not yielding(int8_before) and {t.name for t in int8_before} == {t.name for t in int8_all} - yielding(int8_all)
+    assert T.outruns_general(conv(), [(2, 16, 8, 8)], ["int8"], DataType.INT8) == []
+    monkeypatch.setenv("CUPYRT_STEM_INT8", "0")                               # bit-exact INT8: tiles stay
+    assert yielding(T.supported(stem, shapes, ["float32"], DataType.INT8))
+    monkeypatch.delenv("CUPYRT_STEM_INT8")
     odd = conv(c_in=3, k=12)                                                  # neither stem nor cuDNN
     assert yielding(T.supported(odd, shapes, ["float32"], DataType.HALF))
     assert T.held_back(odd, shapes, ["float32"], DataType.HALF) == []
     layer = conv()
-    for p in (DataType.FLOAT, DataType.INT8):                                # other precisions: as before
+    for p in (DataType.FLOAT, DataType.INT8):                # other precisions, layers: as before
         with_switch = {t.name for t in T.supported(layer, [(2, 16, 8, 8)], ["float32"], p)}
         monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
         assert with_switch == {t.name for t in T.supported(layer, [(2, 16, 8, 8)], ["float32"], p)}
@@ -137,7 +150,7 @@ def test_the_general_tiles_yield_to_the_stem_kernel_and_stay_where_nothing_outru
 
 def test_precompile_lists_no_general_fp16_tile_where_a_faster_kernel_takes_the_layer(sm90a, cudnn_here, monkeypatch):
     """An FP16 build lists only the stem kernel's tiles (cuDNN takes the rest); an INT8
-    build's FP16 alternatives likewise, its own INT8 list unchanged."""
+    build's FP16 alternatives likewise; its own INT8 list loses the stem's small-C tiles."""
     fp16 = built(*conv_network(c_in=3, one_by_one=False, fc=False), rt.BuilderFlag.FP16)[0]
     b, net = conv_network(c_in=3, one_by_one=False, fc=False, ranges=True)
     int8 = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)[0]
@@ -156,7 +169,11 @@ def test_precompile_lists_no_general_fp16_tile_where_a_faster_kernel_takes_the_l
     for items, before in ((after16, before16), (after8, before8)):
         assert {f for f, _, _ in items} == {"conv_stem"}
         assert [it for it in items if it[0] == "conv_stem"] == [it for it in before if it[0] == "conv_stem"]
-    assert precompile.network_items(int8.network, int8.meta, shape) == own8   # INT8's own list: unchanged
+    # INT8's own list: the small-C INT8 tiles (the stem's alone) go; the INT8 stem kernel takes it
+    pairs = lambda items: {(f, t) for f, t, _ in items}                       # noqa: E731
+    after_own8 = precompile.network_items(int8.network, int8.meta, shape)
+    assert pairs(own8) - pairs(after_own8) == {("conv_int8_smallc", t.name) for t in conv_int8_smallc.SMALLC_TACTICS}
+    assert pairs(after_own8) < pairs(own8) and ("conv_stem", "stem_t8w4") in pairs(after_own8)
 
 
 class Yielding(Injected):
