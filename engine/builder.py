@@ -311,8 +311,10 @@ def select_gpu_tactics(network, meta, config):
     refine = precision_timing_enabled(config)
     later = _refine_alternatives(network, meta, config) if refine else {}
     backend = select_backend("cupy", dict(meta, kernels={}))
+    parts, t0 = {}, time.perf_counter()      # the tactic stage's wall seconds, part by part
     compile_s = kernel_precompile.precompile_for(network, meta, shapes, cached=backend.cached_tactics)
     background = kernel_precompile.start_for(network, meta, shapes, later, cached=backend.cached_tactics)
+    parts["precompile"], t0 = time.perf_counter() - t0, time.perf_counter()
     rng = np.random.default_rng(0)
     feeds = {}
     for t in network._inputs:
@@ -321,13 +323,18 @@ def select_gpu_tactics(network, meta, config):
                          else np.zeros(shapes[t.name], dt))
     # one progress event per layer timed
     engine = backend.select_tactics(network, feeds, _TacticProgress(config, network.num_layers))
+    parts["selection"], t0 = time.perf_counter() - t0, time.perf_counter()
     out = {}
     if refine:
         background.wait()
+        parts["background_wait"], t0 = time.perf_counter() - t0, time.perf_counter()
         engine, out = refine_precisions(
             network, meta, config, engine, feeds,
             compile_round=lambda alts: kernel_precompile.start_for(
                 network, meta, shapes, alts, cached=engine.backend.cached_tactics).wait())
+        parts["precision_timing"] = time.perf_counter() - t0
+    # in the plan's build_seconds beside "tactics", which they add up to (less saving the caches)
+    meta.setdefault("build_seconds", {}).update({f"tactics.{k}": v for k, v in parts.items()})
     engine.backend.save_timing_cache()
     cache = engine.backend.cache
     plans = engine.backend.cudnn_plans.entries     # serialized: a deserialized engine loads, not compiles

@@ -383,6 +383,31 @@ def test_build_meta_counts_the_tiles_precompiled(fake_gpu, monkeypatch):
                                         "later_seconds": 0.0}
 
 
+@pytest.mark.parametrize("fp16", [False, True])
+def test_build_meta_times_the_tactic_stage_part_by_part(fake_gpu, monkeypatch, fp16):
+    """build_seconds splits "tactics" into the precompile, the selection and, when precision by
+    timing runs (FP16 flag), the wait for the background compile and the timing itself."""
+    monkeypatch.setattr(precompile, "_compile", lambda items, workers: ({}, 0.0))
+    for layer_type in list(kernel_table.TACTICS):
+        monkeypatch.setitem(kernel_table.TACTICS, layer_type, [])
+    monkeypatch.setitem(kernel_table.TACTICS, LayerType.CONVOLUTION, [Injected("inject.plain", 0.3)])
+    b, net = conv_net()
+    cfg = b.create_builder_config()
+    cfg.backend = "cupy"
+    if fp16:
+        cfg.set_flag(rt.BuilderFlag.FP16)
+        from engine import precision_timing
+        monkeypatch.setattr(precision_timing, "memory_system", lambda device=0: (3.0e12, 50e6))
+    seconds = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg)) \
+        .meta["build_seconds"]
+    parts = {k: v for k, v in seconds.items() if k.startswith("tactics.")}
+    want = {"tactics.precompile", "tactics.selection"}
+    if fp16:
+        want |= {"tactics.background_wait", "tactics.precision_timing"}
+    assert set(parts) == want and all(v >= 0.0 for v in parts.values())
+    assert sum(parts.values()) <= seconds["tactics"] + 1e-6
+
+
 def test_a_listing_failure_falls_back_to_every_tile_and_never_fails_the_build(no_wgmma, monkeypatch, caplog):
     """A bug in listing a network's tiles must not fail its build: the up-front compile
     takes every tile (the INT8 ones for an INT8 build), the background one nothing."""
