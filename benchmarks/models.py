@@ -209,6 +209,7 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "kernels": kinds, "phases": engine.meta.get("build_seconds"),
               "precisions": _count(engine.meta.get("precisions", {}).values()),
               "precision_moves": engine.meta.get("precision_moves", []),
+              "precision_timing": precision_timing_summary(engine.meta.get("precision_timing", [])),
               "precompile_s": compiled, "kernel_cache_empty": empty_kernel_cache,
               "cold_build_profiled": bool(profile)}
     log.info("[build] %s %s: %d -> %d layers, cold %.1f s, cached %.1f s, kernels %s, cuDNN graphs %s",
@@ -495,6 +496,26 @@ def tactic_table_of(selected, timings):
     for tactic, (n, total) in sorted(by_tactic.items(), key=lambda kv: -kv[1][1]):
         log.info("[tactics] %-40s %4d layers %9.3f ms timed", tactic, n, total)
     return table
+
+
+def precision_timing_summary(measured, closest=5):
+    """How near precision by timing came to moving layers, per direction ("INT8->HALF"): how
+    many layers it timed in the other precision, how many it did not (their alternative
+    could not win on its bytes alone, or failed), how many moved, and the ``closest`` ratios
+    (alternative + boundary casts) / current, lowest first (a layer moves under 0.9).
+    ``measured``: the plan's ``precision_timing`` (``Move.as_dict``s)."""
+    out = {}
+    for m in measured:
+        d = out.setdefault(f"{m['from']}->{m['to']}", {"timed": 0, "not_timed": 0, "moved": 0, "closest": []})
+        if m.get("alt_ms") is None or not m.get("ms"):
+            d["not_timed"] += 1
+            continue
+        d["timed"] += 1
+        d["moved"] += bool(m.get("moved"))
+        d["closest"].append([m["layer"], round((m["alt_ms"] + (m.get("boundary_ms") or 0.0)) / m["ms"], 3)])
+    for d in out.values():
+        d["closest"] = sorted(d["closest"], key=lambda c: c[1])[:closest]
+    return out
 
 
 def _cudnn_stats():

@@ -65,3 +65,17 @@ def test_profiled_child_code_runs_and_writes_the_profile(tmp_path, monkeypatch, 
     exec(compile(code, "<child>", "exec"), {})
     assert capsys.readouterr().out.splitlines()[-1] == "FRESH_BUILD_S 0.5"
     assert "cumulative" in open(path).read()
+
+
+def test_precision_timing_summary_counts_and_ranks_the_closest_moves():
+    measured = [
+        {"layer": "a", "from": "INT8", "to": "HALF", "ms": 0.2, "alt_ms": 0.3, "boundary_ms": 0.02, "moved": False},
+        {"layer": "b", "from": "INT8", "to": "HALF", "ms": 0.1, "alt_ms": 0.08, "boundary_ms": 0.0, "moved": True},
+        {"layer": "c", "from": "INT8", "to": "HALF", "ms": 0.1, "alt_ms": None, "boundary_ms": 0.0, "moved": False},
+        {"layer": "d", "from": "HALF", "to": "FLOAT", "ms": 0.05, "alt_ms": 0.2, "boundary_ms": None, "moved": False},
+        {"layer": "e", "from": "INT8", "to": "HALF", "ms": None, "alt_ms": 0.1, "boundary_ms": 0.0, "moved": False},
+    ]
+    got = models.precision_timing_summary(measured, closest=2)
+    assert got == {"INT8->HALF": {"timed": 2, "not_timed": 2, "moved": 1, "closest": [["b", 0.8], ["a", 1.6]]},
+                   "HALF->FLOAT": {"timed": 1, "not_timed": 0, "moved": 0, "closest": [["d", 4.0]]}}
+    assert models.precision_timing_summary([]) == {}
