@@ -21,6 +21,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,7 @@ class OfflineCompiles:
     def compile(self, source, options, name_expressions):
         """One NVRTC run as CuPy makes it on a device of ``arch`` (our options, then its
         ``-arch``, its default execution space and, on NVRTC 12.8 or newer, ``--pch``)."""
-        import time
-
+        # optional dependency: CuPy's binding of the NVRTC library, only where a kernel is compiled
         from cupy_backends.cuda.libs import nvrtc
         text = _load_text(source)
         opts = list(DEFAULT_OPTIONS) + list(options) + [f"-arch={self.arch}", "--device-as-default-execution-space"]
