@@ -12,6 +12,7 @@ import numpy as np
 
 from .backends import resolve, select_backend
 from .errors import BuildError
+from .gpu import cudnn_int8_tactics, cudnn_tactics
 from .gpu import precompile as kernel_precompile
 from .kernel_table import numpy_kernel
 from .layers import classes  # noqa: F401  (registers the layer classes and kernels)
@@ -22,9 +23,10 @@ from .plan import ArrayTable, decode_network, dumps, encode_network
 from .precision_range import check as check_fp16_range
 from .precision_timing import (alternatives as precision_alternatives, enabled as precision_timing_enabled,
                                refine_precisions)
-from .quantization import prepare as prepare_int8
+from .quantization import all_tensors, assign_int8, prepare as prepare_int8
 from .runtime import Runtime
-from .types import DATA_MOVEMENT, BuilderFlag, DataType, MemoryPoolType, ProfilingVerbosity
+from .settings import settings
+from .types import DATA_MOVEMENT, BuilderFlag, DataType, LayerType, MemoryPoolType, ProfilingVerbosity
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +198,11 @@ class Builder:
         if config.range_check_inputs is not None and config.get_flag(BuilderFlag.FP16):
             fp16_range = check_fp16_range(work, precisions, config)
         # -- INT8 (engine/quantization.py): calibrate the optimised network, pick INT8 layers
-        int8_meta = {}
+        int8_meta, early = {}, None
         if config.get_flag(BuilderFlag.INT8):
             _emit(config, "stage", name="int8")
+            if resolve(config.backend) != "numpy":
+                early = precompile_before_calibration(work, config, precisions)
             int8_meta = prepare_int8(work, config, precisions)
         # -- end INT8
         for layer in work._layers:
@@ -227,7 +231,7 @@ class Builder:
         else:
             t4 = time.perf_counter()
             _emit(config, "stage", name="tactics")
-            meta.update(select_gpu_tactics(work, meta, config))
+            meta.update(select_gpu_tactics(work, meta, config, early))
             meta["build_seconds"]["tactics"] = time.perf_counter() - t4
         out = ArrayTable()
         data = dumps({"network": encode_network(work, out), "engine": meta}, out)
@@ -295,7 +299,65 @@ def build_shapes(network, config):
     return shapes
 
 
-def select_gpu_tactics(network, meta, config):
+def precompile_before_calibration(network, config, precisions):
+    """Start compiling the tiles this INT8 build will time while calibration runs (CPU work
+    beside the calibration passes' GPU work): listed with the precisions and int8 tensors
+    calibration is expected to leave, every float tensor given a stand-in range for the
+    listing (``quantization.assign_int8``, ranges put back after). A wrong guess costs a few
+    tiles compiled for nothing or compiled later by ``precompile_for``, never a wrong plan.
+    Returns what ``select_gpu_tactics`` joins (precompile.finish_early), or None."""
+    if not settings().precompile_during_calibration:
+        return None
+    shapes = build_shapes(network, config)
+    if shapes is None:
+        return None
+    tensors = list(all_tensors(network))
+    saved = [t.dynamic_range for t in tensors]
+    quiet = logging.getLogger("engine.quantization")
+    level = quiet.level
+    try:
+        for t in tensors:
+            if t.dynamic_range is None and t.dtype in (DataType.FLOAT, DataType.HALF):
+                t.dynamic_range = (-1.0, 1.0)
+        guess = dict(precisions)
+        quiet.setLevel(logging.ERROR)            # the real assignment says it all after calibration
+        chosen = assign_int8(network, config, guess)
+        quiet.setLevel(level)
+        meta = {"precisions": {n: p.name for n, p in guess.items()}, "int8_layers": sorted(chosen),
+                "flags": sorted(f.name for f in config._flags),
+                **({"timing_cache": str(config.timing_cache_path)} if config.timing_cache_path else {})}
+        backend = select_backend("cupy", dict(meta, kernels={}))
+        early = kernel_precompile.start_early(network, meta, shapes, cached=backend.cached_tactics)
+        if early.pool is not None:      # a cold build: cuDNN's INT8 plans compile meanwhile too
+            _prefetch_int8_plans(network, config, chosen, shapes)
+        return early
+    except Exception as e:     # noqa: BLE001  (the build's own precompile lists and compiles them)
+        log.info("precompile before calibration skipped (%s: %s)", type(e).__name__, e)
+        return None
+    finally:
+        quiet.setLevel(level)
+        for t, r in zip(tensors, saved):
+            t.dynamic_range = r
+
+
+def _prefetch_int8_plans(network, config, int8_layers, shapes):
+    """Queue the cuDNN INT8 graphs' plans of ``network`` on the plan workers now (they are
+    otherwise queued when the selection first asks the cuDNN INT8 tactic; the selection then
+    waited for them: 9.1 s of an H100 INT8 cold build, session 15), with the stand-in ranges
+    in place. Once per network and batch: the selection's own request then queues nothing.
+    Skipped where the cuDNN INT8 tactic is off or the frontend missing."""
+    s = settings()
+    if not (s.cudnn and s.cudnn_int8 and cudnn_tactics.enabled()) or not cudnn_tactics.cudnn_graphs.available():
+        return 0
+    layer = next((la for la in network._layers if la.name in int8_layers
+                  and la.layer_type == LayerType.CONVOLUTION), None)
+    if layer is None or not network._inputs:
+        return 0
+    batch = shapes[network._inputs[0].name][0]
+    return cudnn_int8_tactics.prefetch_int8_network(layer, batch, fp16=config.get_flag(BuilderFlag.FP16))
+
+
+def select_gpu_tactics(network, meta, config, early=None):
     """Time every layer's candidate kernels on the device at the build shapes and
     record the winners in the plan (and the timing cache). The CuPy backend does
     the timing (``select_tactics``: one eager run of the network that chooses each
@@ -313,6 +375,8 @@ def select_gpu_tactics(network, meta, config):
     backend = select_backend("cupy", dict(meta, kernels={}))
     parts, t0 = {}, time.perf_counter()      # the tactic stage's wall seconds, part by part
     compile_s = kernel_precompile.precompile_for(network, meta, shapes, cached=backend.cached_tactics)
+    if early is not None:      # the compile started before calibration (precompile_before_calibration)
+        compile_s += kernel_precompile.finish_early(early)
     background = kernel_precompile.start_for(network, meta, shapes, later, cached=backend.cached_tactics)
     parts["precompile"], t0 = time.perf_counter() - t0, time.perf_counter()
     rng = np.random.default_rng(0)
@@ -350,7 +414,8 @@ def _precompile_counts():
     not compiled in this process before), of how many the kernel families have, and how
     many of other precisions it compiled in the background, from its last report."""
     r = kernel_precompile.last_report
-    return {k: r[k] for k in ("tiles", "compiled", "of", "later_tiles", "later_seconds") if k in r}
+    return {k: r[k] for k in ("tiles", "compiled", "of", "later_tiles", "later_seconds", "early_tiles",
+                              "early_wait_seconds") if k in r}
 
 
 def _refine_alternatives(network, meta, config):

@@ -96,6 +96,10 @@ SETTINGS = (
            "Timing-cache file shared by builds (`config.timing_cache_path` takes precedence)."),
     Switch("precompile", _flag, True,
            "Compile the kernel tiles a build will time, in parallel, before it times tactics."),
+    Switch("precompile_during_calibration", _flag, True,
+           "An INT8 build starts compiling the tiles it will time while its calibration passes run, listed "
+           "with the precisions calibration is expected to leave (a wrong guess only moves a compile); 0: "
+           "after calibration, as before. Scheduling only: the plan is the same either way."),
     Switch("precompile_workers", _number(int), _default_workers,
            "Processes precompile uses (default: the CPU count, at most 16)."),
     Switch("wgmma", _flag, True, "Hopper wgmma convolution tactics.", tactics=True),

@@ -434,6 +434,45 @@ def precompile_for(network, meta, input_shapes, cached=None):
     return seconds
 
 
+def start_early(network, meta, input_shapes, cached=None):
+    """Start compiling, in the background, the tiles of ``network_items(network, meta,
+    input_shapes)`` that nothing compiled yet: the builder's, before INT8 calibration, with
+    the precisions calibration is expected to leave (``meta``), so the compile overlaps the
+    calibration passes. ``precompile_for`` then compiles only what the guess missed, and the
+    builder joins this with ``finish_early``. Nothing starts where the timing cache answers
+    every selection (a rebuild loads its few tiles in-process), with no worker processes to
+    spare or precompile off, or for one tile."""
+    s = settings()
+    if not s.precompile or s.precompile_workers <= 1:
+        return _Later()
+    answered = {}
+    try:
+        listed = network_items(network, meta, input_shapes, current=s, cached=cached, answered=answered)
+    except Exception as e:     # noqa: BLE001  (precompile_for lists and compiles them instead)
+        log.info("precompile: the tiles could not be listed before calibration (%s: %s)", type(e).__name__, e)
+        return _Later()
+    if answered.get("selections") and answered.get("cached") == answered["selections"]:
+        return _Later()
+    items = _new(listed)
+    if len(items) <= 1:
+        _compiled.difference_update(_item_key(it) for it in items)
+        return _Later()
+    log.info("compiling %d tiles while the INT8 calibration runs", len(items))
+    return _Later(_Pool(items, s.precompile_workers), len(items))
+
+
+def finish_early(early):
+    """Wait for ``start_early``'s compile and add it to ``last_report`` (its tiles' seconds,
+    ``early_tiles`` and ``early_wait_seconds``: how long the build waited for it). Seconds."""
+    if early.pool is None:
+        return 0.0
+    waited = early.pool.wait()
+    last_report.setdefault("items", {}).update(early.pool.timed)
+    last_report.update(early_tiles=early.count, early_wait_seconds=waited)
+    early.pool = None
+    return waited
+
+
 class _Later:
     """A background compile started by ``start_for``; ``wait`` joins it."""
 
