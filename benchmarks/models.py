@@ -210,7 +210,8 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "precisions": _count(engine.meta.get("precisions", {}).values()),
               "precision_moves": engine.meta.get("precision_moves", []),
               "precision_timing": precision_timing_summary(engine.meta.get("precision_timing", [])),
-              "precompile_s": compiled, "kernel_cache_empty": empty_kernel_cache,
+              "precompile_s": compiled, "precompile_tiles": engine.meta.get("precompile_tiles"),
+              "kernel_cache_empty": empty_kernel_cache,
               "cold_build_profiled": bool(profile)}
     log.info("[build] %s %s: %d -> %d layers, cold %.1f s, cached %.1f s, kernels %s, cuDNN graphs %s",
              name, precision, src_layers, engine.num_layers, cold, warm, kinds, _cudnn_stats())
