@@ -52,7 +52,9 @@ H100's arch with the cuDNN frontend present (``--no-cudnn``: without), and with 
 each of those NVRTC runs timed on this machine's CPU, one after another
 (kernels/gpu/compile.py ``offline``; no GPU needed). The list is precompile's: the tiles
 the build's own selection times (``own``) and those compiled in the background for
-precision by timing (``background``). ``--set name=value`` applies a setting
+precision by timing (``background``), and the cuDNN graphs it queues on its plan workers
+(``cudnn_graphs``: each compiles up to ``cudnn_max_plans`` plans, in the workers, which this
+cannot time without a GPU). ``--set name=value`` applies a setting
 (engine/settings.py) first, so the cost of a switch is read on a CPU before a device run:
 
     python benchmarks/host.py compiles --model resnet50 --precision int8 --time
@@ -510,11 +512,43 @@ def compile_list(model, precision, batch, arch="sm_90a", cudnn=True):
     ``model`` in ``precision`` ("fp16", "int8") at batch ``batch`` on a device of ``arch``
     (with the cuDNN frontend or not): the tiles its own selection times, then those compiled
     in the background for precision by timing (not already in the first list)."""
-    import engine as rt
     from engine import builder as B
     from engine.gpu import precompile
     from engine.precision_timing import enabled as precision_timing_enabled
     from kernels.gpu import compile as kernel_compile
+    e, cfg = _listing_engine(model, precision, batch)
+    shapes = {"input": (batch, 3, 224, 224)}
+    with kernel_compile.offline(arch, cudnn):
+        own = precompile.network_items(e.network, e.meta, shapes)
+        later = B._refine_alternatives(e.network, e.meta, cfg) if precision_timing_enabled(cfg) else {}
+        extra = precompile.network_items(e.network, e.meta, shapes, later, scheduled=False) if later else []
+    seen = {precompile._item_key(i) for i in own}
+    return own, [i for i in extra if precompile._item_key(i) not in seen]
+
+
+def cudnn_graphs_listed(model, precision, batch):
+    """{"int8": graphs, "fp16": graphs}: the distinct cuDNN graphs a cold build of ``model``
+    queues on its plan workers (each compiles ``cudnn_max_plans`` plans): an INT8 build its
+    INT8 convolutions' (engine/gpu/cudnn_int8_tactics.py ``int8_specs``) and, once precision
+    by timing asks about FP16, every convolution's FP16 graph, as an FP16 build does
+    (engine/gpu/cudnn_tactics.py ``PREFETCH_SPECS``)."""
+    from engine.gpu import cudnn_int8_tactics, cudnn_tactics
+    from engine.types import BuilderFlag
+    from kernels.gpu import compile as kernel_compile
+    e, cfg = _listing_engine(model, precision, batch)
+    net = e.network
+    with kernel_compile.offline("sm_90a", True):
+        fp16 = {spec for layer in net._layers for make in cudnn_tactics.PREFETCH_SPECS
+                for spec in (make(layer, batch),) if spec is not None}
+        int8 = set(cudnn_int8_tactics.int8_specs(net, batch, cfg.get_flag(BuilderFlag.FP16))) \
+            if precision == "int8" else set()
+    return {"int8": len(int8), "fp16": len(fp16)}
+
+
+def _listing_engine(model, precision, batch):
+    """(engine built on the NumPy backend, its config): ``model``'s optimised network with
+    the precisions (and, for INT8, the calibrated ranges) a GPU build of it would have."""
+    import engine as rt
     rng = np.random.default_rng(0)
     b = rt.Builder()
     net = b.create_network()
@@ -532,14 +566,7 @@ def compile_list(model, precision, batch, arch="sm_90a", cudnn=True):
     prof = b.create_optimization_profile()
     prof.set_shape("input", (1, 3, 224, 224), (batch, 3, 224, 224), (batch, 3, 224, 224))
     cfg.add_optimization_profile(prof)
-    e = b.build_engine(net, cfg)
-    shapes = {"input": (batch, 3, 224, 224)}
-    with kernel_compile.offline(arch, cudnn):
-        own = precompile.network_items(e.network, e.meta, shapes)
-        later = B._refine_alternatives(e.network, e.meta, cfg) if precision_timing_enabled(cfg) else {}
-        extra = precompile.network_items(e.network, e.meta, shapes, later, scheduled=False) if later else []
-    seen = {precompile._item_key(i) for i in own}
-    return own, [i for i in extra if precompile._item_key(i) not in seen]
+    return b.build_engine(net, cfg), cfg
 
 
 def time_compiles(items, arch="sm_90a", cudnn=True):
@@ -559,7 +586,7 @@ def time_compiles(items, arch="sm_90a", cudnn=True):
 
 
 def compiles_main(args):
-    from engine.settings import overridden, tactic_key
+    from engine.settings import overridden, settings, tactic_key
     values = dict(v.split("=", 1) for v in args.set)
     with overridden(**values):
         own, background = compile_list(args.model, args.precision, args.batch, args.arch, not args.no_cudnn)
@@ -569,9 +596,13 @@ def compiles_main(args):
             timed = time_compiles(items, args.arch, not args.no_cudnn) if args.time else \
                 [{"family": f, "tile": t, "options": o} for f, t, o in items]
             rows += [dict(r, list=where) for r in timed]
+        graphs = None
+        if not args.no_cudnn and settings().cudnn:
+            graphs = cudnn_graphs_listed(args.model, args.precision, args.batch)
+            graphs["plans_at_most"] = (graphs["int8"] + graphs["fp16"]) * settings().cudnn_max_plans
     result = {"model": args.model, "precision": args.precision, "batch": args.batch, "arch": args.arch,
               "cudnn": not args.no_cudnn, "settings": values, "switches": switches,
-              "tiles": {"own": len(own), "background": len(background)}, "items": rows}
+              "tiles": {"own": len(own), "background": len(background)}, "cudnn_graphs": graphs, "items": rows}
     if args.time:
         fams = {}
         for r in rows:

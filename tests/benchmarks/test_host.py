@@ -78,6 +78,9 @@ def test_compiles_int8_lists_int8_tiles_and_fp16_alternatives_in_the_background(
     assert {f for f, _, _ in background} >= {"conv_igemm", "conv_stem"}
     keys = [(f, t, json.dumps(o, sort_keys=True)) for f, t, o in own + background]
     assert len(keys) == len(set(keys))                                          # each tile once
+    # the cuDNN graphs it queues: ResNet-50's 26 distinct convolutions in FP16 (as an FP16 build,
+    # call 4: 26 built) and 27 INT8 ones (the stem is ours: C = 3)
+    assert host.cudnn_graphs_listed("resnet50", "int8", 16) == {"int8": 27, "fp16": 26}
 
 
 @pytest.mark.skipif(not _nvrtc(), reason="no NVRTC library to compile with")
@@ -96,6 +99,7 @@ def test_compiles_times_each_nvrtc_run_on_the_cpu(capsys, tmp_path):
     assert shown["seconds"]["own"] == pytest.approx(sum(r["seconds"] for r in saved["items"] if r["list"] == "own"),
                                                     abs=0.1)
     assert {f["family"] for f in shown["families"]} == {r["family"] for r in saved["items"]}
+    assert shown["cudnn_graphs"] == {"int8": 0, "fp16": 19, "plans_at_most": 76}   # call 4's build: 19
 
 
 @pytest.mark.parametrize("argv, words", [(["--set", "tiles_where_specialised"], "NAME=VALUE"),
