@@ -40,6 +40,7 @@ import numpy as np
 
 from .backends import select_backend
 from .execution import moved_storage
+from .gpu.cudnn_tactics import prefetch_only
 from .gpu.device import cupy, memory_system
 from .gpu.timing import time_ms
 from .int8_exec import TRANSPARENT, consumers as tensor_consumers
@@ -286,7 +287,10 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
         return cast_ms[key]
 
     sched = {layer.name: (p, outs) for layer, p, outs in engine.schedule()}
-    moves = []
+    # first every layer in its own precision (the selection's timing cache answers), and
+    # whether its alternative could win at all; then the alternatives worth timing, with the
+    # cuDNN plans queued for those layers only (cudnn_tactics.prefetch_only)
+    moves, todo = [], []
     for layer in engine.network._layers:
         alt = alts.get(layer.name)
         if alt is None:
@@ -296,29 +300,35 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
         cur_in = [None if t is None else _storage(engine, t) for t in ins]
         alt_in, alt_out = moved_storage(layer, cur_in, cur_out, alt)
         m = Move(layer.name, cur, alt)
+        moves.append(m)
         try:
             xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
             tensors = ins + list(layer._outputs)
             floor_ms = cannot_win_floor_ms(layer, alt, [None if t is None else shapes[id(t)] for t in tensors],
                                            list(alt_in) + list(alt_out), memory)
-            if floor_ms >= MARGIN * m.current_ms:
-                m.alternative_ms = math.inf          # cannot win: not worth timing
-                moves.append(m)
-                continue
-            xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
-            m.alternative_ms = backend.measure(layer, xs, alt, alt_out)[1]
-            for t, a, c in zip(ins, alt_in, cur_in):
-                if t is not None and a != c:
-                    m.in_edges[t.name] = m.in_edges.get(t.name, 0.0) + cast(shapes[id(t)], c, a)
-            for t, a, c in zip(layer._outputs, alt_out, cur_out):
-                keep = [u for u in consumers.get(id(t), []) if sched[u.name][0] == cur]
-                if a != c and keep:
-                    m.out_edges[t.name] = cast(shapes[id(t)], a, c)
-            m.boundary_ms = sum(m.in_edges.values()) + sum(m.out_edges.values())
         except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
-        moves.append(m)
+            continue
+        if floor_ms >= MARGIN * m.current_ms:
+            m.alternative_ms = math.inf          # cannot win: not worth timing
+            continue
+        todo.append((layer, m, ins, cur_in, cur_out, alt_in, alt_out))
+    with prefetch_only(m.layer for _, m, *_ in todo):
+        for layer, m, ins, cur_in, cur_out, alt_in, alt_out in todo:
+            try:
+                xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
+                m.alternative_ms = backend.measure(layer, xs, m.alternative, alt_out)[1]
+                for t, a, c in zip(ins, alt_in, cur_in):
+                    if t is not None and a != c:
+                        m.in_edges[t.name] = m.in_edges.get(t.name, 0.0) + cast(shapes[id(t)], c, a)
+                for t, a, c in zip(layer._outputs, alt_out, cur_out):
+                    keep = [u for u in consumers.get(id(t), []) if sched[u.name][0] == m.current]
+                    if a != c and keep:
+                        m.out_edges[t.name] = cast(shapes[id(t)], a, c)
+                m.boundary_ms = sum(m.in_edges.values()) + sum(m.out_edges.values())
+            except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
+                log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
     return moves
 
 

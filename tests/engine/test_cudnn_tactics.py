@@ -147,6 +147,18 @@ def test_prefetch_queues_every_convolution_the_tactic_would_take(monkeypatch):
         assert sorted(i for _, _, i in w.submitted) == [0, 0, 0, 1, 1, 1]
         assert CT.prefetch_network(a, 8, opts, device_id=0) == 6         # another batch
         assert CT.prefetch_network(a, 2, dict(opts, workers=0), device_id=0) == 0
+        # inside prefetch_only: those layers' graphs only, once per set; the others later,
+        # when an unscoped request comes, and nothing twice
+        G.clear()
+        w.submitted.clear()
+        with CT.prefetch_only([d.name]):
+            assert CT.prefetch_network(a, 16, opts, device_id=0) == 2
+            assert CT.prefetch_network(b, 16, opts, device_id=0) == 0
+        assert {s for s, _, _ in w.submitted} == {CT.conv_spec(d, (16, 16, 12, 12), np.float32)}
+        with CT.prefetch_only([a.name, d.name]):
+            assert CT.prefetch_network(a, 16, opts, device_id=0) == 2     # d's queued already
+        assert CT.prefetch_network(a, 16, opts, device_id=0) == 2         # b's, at last
+        assert len(w.submitted) == 6 and len({s for s, _, _ in w.submitted}) == 3
     finally:
         G.clear()
 

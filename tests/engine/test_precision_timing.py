@@ -201,6 +201,39 @@ def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
     assert set(casts) <= {np.dtype(np.int8), np.dtype(np.float16)} and casts
 
 
+def test_alternatives_are_timed_after_every_current_time_with_plans_queued_for_those_layers_only():
+    """measure times every layer in its own precision first; then, with the cuDNN prefetch
+    scoped to the layers whose alternative could win (``cudnn_tactics.prefetch_only``), those
+    alternatives: a layer the floor rules out is neither timed nor in the scope."""
+    from engine.gpu import cudnn_tactics
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    alts = pt.alternatives(e.network, prec, config(rt.Builder(), rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
+    ms = {}
+    for name in alts:
+        ms[(name, prec[name])], ms[(name, alts[name])] = 1.0, 0.5
+    ms[(conv2.name, prec[conv2.name])] = 1e-9                 # already faster than its bytes: ruled out
+    order, scopes = [], {}
+
+    class Recording(FakeBackend):
+        def measure(self, layer, inputs, precision, out_dtypes):
+            order.append((layer.name, precision == prec[layer.name]))
+            if precision != prec[layer.name]:
+                scopes[layer.name] = cudnn_tactics._prefetch_scope.get()
+            return super().measure(layer, inputs, precision, out_dtypes)
+    e.backend = Recording(ms)
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
+                                           timer=lambda fn, reps: 0.0, memory=(1e9, 0))}
+    first_alt = next(i for i, (_, own) in enumerate(order) if not own)
+    assert all(own for _, own in order[:first_alt]) and not any(own for _, own in order[first_alt:])
+    assert {n for n, own in order if own} == set(alts)         # every layer in its own precision
+    timed = {n for n, own in order if not own}
+    assert conv2.name not in timed and moves[conv2.name].alternative_ms == math.inf
+    assert conv1.name in timed and set(scopes) == timed
+    assert all(scope == frozenset(timed) for scope in scopes.values())
+    assert cudnn_tactics._prefetch_scope.get() is None         # reset after
+
+
 def test_matmul_flops_counts_multiply_adds():
     e, _ = built((rt.BuilderFlag.FP16,))
     conv = by_type(e, rt.LayerType.CONVOLUTION)[0]
