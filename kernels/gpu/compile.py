@@ -95,6 +95,19 @@ def _load_text(source: str) -> str:
     return source
 
 
+def nvrtc_library():
+    """CuPy's binding of the NVRTC library, loaded (its version read), or None where there
+    is none to load: no CuPy, or no libnvrtc (the nvidia-cuda-nvrtc wheel on a host without
+    the CUDA toolkit). What ``offline`` compiles with; tests skip on None."""
+    try:
+        # optional dependency: CuPy's binding of the NVRTC library, only where a kernel is compiled
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:  # noqa: BLE001  (no CuPy, or no libnvrtc to load: said by returning None)
+        return None
+
+
 class OfflineCompiles:
     """What ``offline`` compiled: ``runs``, one (seconds, source, name expressions, cubin
     bytes) per NVRTC run, in order."""
@@ -106,8 +119,9 @@ class OfflineCompiles:
     def compile(self, source, options, name_expressions):
         """One NVRTC run as CuPy makes it on a device of ``arch`` (our options, then its
         ``-arch``, its default execution space and, on NVRTC 12.8 or newer, ``--pch``)."""
-        # optional dependency: CuPy's binding of the NVRTC library, only where a kernel is compiled
-        from cupy_backends.cuda.libs import nvrtc
+        nvrtc = nvrtc_library()
+        if nvrtc is None:
+            raise KernelError("offline compiles need the NVRTC library (CuPy and the nvidia-cuda-nvrtc wheel)")
         text = _load_text(source)
         opts = list(DEFAULT_OPTIONS) + list(options) + [f"-arch={self.arch}", "--device-as-default-execution-space"]
         if nvrtc.getVersion() >= (12, 8):

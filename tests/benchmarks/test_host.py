@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import host
 from kernels.gpu import conv_igemm
+from kernels.gpu.compile import nvrtc_library
 
 
 def test_engine_only_soak_runs_checks_and_samples(monkeypatch, tmp_path, capsys):
@@ -39,12 +40,7 @@ def test_calibration_times_kl_threshold_against_the_definition(capsys):
 
 
 def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-        return True
-    except Exception:  # no CuPy, or no libnvrtc to load
-        return False
+    return nvrtc_library() is not None
 
 
 def test_compiles_lists_the_tiles_a_cold_build_compiles_and_the_switches_cut_them():

@@ -8,12 +8,7 @@ from kernels.gpu.errors import KernelError
 
 
 def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-        return True
-    except Exception:  # no CuPy, or no libnvrtc to load
-        return False
+    return C.nvrtc_library() is not None
 
 
 needs_nvrtc = pytest.mark.skipif(not _nvrtc(), reason="no NVRTC library to compile with")
@@ -52,3 +47,23 @@ def test_offline_compile_errors_carry_the_compiler_log():
     with C.offline("sm_90"):
         with pytest.raises(KernelError, match="undefined_thing"):
             C.get_module("__global__ void k() { undefined_thing(); }\n")
+
+
+def test_offline_compiles_without_an_nvrtc_library_say_what_is_missing(monkeypatch):
+    monkeypatch.setattr(C, "nvrtc_library", lambda: None)
+    with C.offline("sm_90") as off:
+        with pytest.raises(KernelError, match="need the NVRTC library"):
+            C.get_module("__global__ void k() {}\n")
+    assert off.runs == []
+
+
+def test_nvrtc_library_is_none_where_the_binding_cannot_load(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_binding(name, *a, **k):
+        if name.startswith("cupy_backends"):
+            raise ImportError("no CuPy here")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_binding)
+    assert C.nvrtc_library() is None

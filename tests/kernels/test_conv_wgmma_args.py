@@ -9,6 +9,7 @@ import pytest
 
 from kernels.gpu import UnsupportedError
 from kernels.gpu import conv_wgmma as W
+from kernels.gpu.compile import nvrtc_library
 
 CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
 SMEM_MAX = 227 * 1024           # opt-in dynamic shared memory per block on sm_90
@@ -165,12 +166,7 @@ def test_valid_arguments_without_sm90_device_raise_unsupported():
 
 # ---- NVRTC build of every tactic, as CuPy runs it --------------------------------------
 def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception:  # no CuPy, or no libnvrtc to load
-        return None
+    return nvrtc_library()
 
 
 @pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from kernels.gpu.compile import nvrtc_library
+
 CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
 SOURCES = sorted(p.name for p in CUDA_DIR.glob("*.cu"))
 DEFINE = "-DCUPYRT_NVCC_INSTANTIATE"
@@ -31,12 +33,7 @@ def source_arch(name: str) -> str:
 
 
 def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception:  # no CuPy, or no libnvrtc to load
-        return None
+    return nvrtc_library()
 
 
 def test_sources_exist():
