@@ -507,16 +507,17 @@ def mobilenet_v2_network(net, x, rng):
 COMPILE_MODELS = {"resnet50": resnet50_network, "mobilenet_v2": mobilenet_v2_network}
 
 
-def compile_list(model, precision, batch, arch="sm_90a", cudnn=True):
+def compile_list(model, precision, batch, arch="sm_90a", cudnn=True, built=None):
     """(own, background): precompile's items ([family, tile, options]) for a cold build of
     ``model`` in ``precision`` ("fp16", "int8") at batch ``batch`` on a device of ``arch``
     (with the cuDNN frontend or not): the tiles its own selection times, then those compiled
-    in the background for precision by timing (not already in the first list)."""
+    in the background for precision by timing (not already in the first list). ``built``:
+    ``_listing_engine``'s (engine, config) for these arguments, when the caller has it."""
     from engine import builder as B
     from engine.gpu import precompile
     from engine.precision_timing import enabled as precision_timing_enabled
     from kernels.gpu import compile as kernel_compile
-    e, cfg = _listing_engine(model, precision, batch)
+    e, cfg = built or _listing_engine(model, precision, batch)
     shapes = {"input": (batch, 3, 224, 224)}
     with kernel_compile.offline(arch, cudnn):
         own = precompile.network_items(e.network, e.meta, shapes)
@@ -526,16 +527,16 @@ def compile_list(model, precision, batch, arch="sm_90a", cudnn=True):
     return own, [i for i in extra if precompile._item_key(i) not in seen]
 
 
-def cudnn_graphs_listed(model, precision, batch):
+def cudnn_graphs_listed(model, precision, batch, built=None):
     """{"int8": graphs, "fp16": graphs}: the distinct cuDNN graphs a cold build of ``model``
     queues on its plan workers (each compiles ``cudnn_max_plans`` plans): an INT8 build its
     INT8 convolutions' (engine/gpu/cudnn_int8_tactics.py ``int8_specs``) and, once precision
     by timing asks about FP16, every convolution's FP16 graph, as an FP16 build does
-    (engine/gpu/cudnn_tactics.py ``PREFETCH_SPECS``)."""
+    (engine/gpu/cudnn_tactics.py ``PREFETCH_SPECS``). ``built`` as ``compile_list``'s."""
     from engine.gpu import cudnn_int8_tactics, cudnn_tactics
     from engine.types import BuilderFlag
     from kernels.gpu import compile as kernel_compile
-    e, cfg = _listing_engine(model, precision, batch)
+    e, cfg = built or _listing_engine(model, precision, batch)
     net = e.network
     with kernel_compile.offline("sm_90a", True):
         fp16 = {spec for layer in net._layers for make in cudnn_tactics.PREFETCH_SPECS
@@ -589,7 +590,8 @@ def compiles_main(args):
     from engine.settings import overridden, settings, tactic_key
     values = dict(v.split("=", 1) for v in args.set)
     with overridden(**values):
-        own, background = compile_list(args.model, args.precision, args.batch, args.arch, not args.no_cudnn)
+        built = _listing_engine(args.model, args.precision, args.batch)    # built (and calibrated) once
+        own, background = compile_list(args.model, args.precision, args.batch, args.arch, not args.no_cudnn, built)
         switches = tactic_key()
         rows = []
         for where, items in (("own", own), ("background", background)):
@@ -598,7 +600,7 @@ def compiles_main(args):
             rows += [dict(r, list=where) for r in timed]
         graphs = None
         if not args.no_cudnn and settings().cudnn:
-            graphs = cudnn_graphs_listed(args.model, args.precision, args.batch)
+            graphs = cudnn_graphs_listed(args.model, args.precision, args.batch, built)
             graphs["plans_at_most"] = (graphs["int8"] + graphs["fp16"]) * settings().cudnn_max_plans
     result = {"model": args.model, "precision": args.precision, "batch": args.batch, "arch": args.arch,
               "cudnn": not args.no_cudnn, "settings": values, "switches": switches,

@@ -322,7 +322,6 @@ def precompile_before_calibration(network, config, precisions):
         guess = dict(precisions)
         quiet.setLevel(logging.ERROR)            # the real assignment says it all after calibration
         chosen = assign_int8(network, config, guess)
-        quiet.setLevel(level)
         meta = {"precisions": {n: p.name for n, p in guess.items()}, "int8_layers": sorted(chosen),
                 "flags": sorted(f.name for f in config._flags),
                 **({"timing_cache": str(config.timing_cache_path)} if config.timing_cache_path else {})}

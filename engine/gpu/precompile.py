@@ -404,6 +404,12 @@ def precompile(int8=False):
     return seconds
 
 
+def _answers_all(answered):
+    """Whether ``network_items``' ``answered`` counts say the timing cache answers every
+    selection of the build (a rebuild: its few chosen tiles load in-process)."""
+    return bool(answered.get("selections")) and answered.get("cached") == answered["selections"]
+
+
 def precompile_for(network, meta, input_shapes, cached=None):
     """Fill the kernel cache with the tiles the build of ``network`` times at
     ``input_shapes`` (``network_items``; ``cached``: what the timing cache already
@@ -424,7 +430,7 @@ def precompile_for(network, meta, input_shapes, cached=None):
                     "every tile%s", type(e).__name__, e, " (INT8 ones too)" if int8 else "")
         listed = work_items(int8=int8, current=s)
     items = _new(listed)
-    rebuild = bool(answered.get("selections")) and answered.get("cached") == answered["selections"]
+    rebuild = _answers_all(answered)
     compile_items = _compile_cached if rebuild else _compile
     timed, seconds = compile_items(items, s.precompile_workers)
     last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items), rebuild=rebuild,
@@ -451,33 +457,29 @@ def start_early(network, meta, input_shapes, cached=None):
     except Exception as e:     # noqa: BLE001  (precompile_for lists and compiles them instead)
         log.info("precompile: the tiles could not be listed before calibration (%s: %s)", type(e).__name__, e)
         return _Later()
-    if answered.get("selections") and answered.get("cached") == answered["selections"]:
+    if _answers_all(answered):
         return _Later()
     items = _new(listed)
     if len(items) <= 1:
         _compiled.difference_update(_item_key(it) for it in items)
         return _Later()
     log.info("compiling %d tiles while the INT8 calibration runs", len(items))
-    return _Later(_Pool(items, s.precompile_workers), len(items))
+    return _Later(_Pool(items, s.precompile_workers), len(items), "early_tiles", "early_wait_seconds")
 
 
 def finish_early(early):
     """Wait for ``start_early``'s compile and add it to ``last_report`` (its tiles' seconds,
     ``early_tiles`` and ``early_wait_seconds``: how long the build waited for it). Seconds."""
-    if early.pool is None:
-        return 0.0
-    waited = early.pool.wait()
-    last_report.setdefault("items", {}).update(early.pool.timed)
-    last_report.update(early_tiles=early.count, early_wait_seconds=waited)
-    early.pool = None
-    return waited
+    return early.wait()
 
 
 class _Later:
-    """A background compile started by ``start_for``; ``wait`` joins it."""
+    """A background compile (``start_for``, ``start_early``); ``wait`` joins it and adds its
+    tile count and the seconds waited to ``last_report`` under the two keys given."""
 
-    def __init__(self, pool=None, count=0):
+    def __init__(self, pool=None, count=0, tiles_key="later_tiles", seconds_key="later_seconds"):
         self.pool, self.count = pool, count
+        self.tiles_key, self.seconds_key = tiles_key, seconds_key
 
     def wait(self):
         """Seconds waited for the background compile (0 when there was none); its
@@ -487,8 +489,8 @@ class _Later:
         waited = self.pool.wait()
         last_report.setdefault("items", {}).update(self.pool.timed)
         # summed over the build's background compiles (precision by timing's rounds)
-        last_report.update(later_tiles=last_report.get("later_tiles", 0) + self.count,
-                           later_seconds=last_report.get("later_seconds", 0.0) + waited)
+        last_report.update({self.tiles_key: last_report.get(self.tiles_key, 0) + self.count,
+                            self.seconds_key: last_report.get(self.seconds_key, 0.0) + waited})
         self.pool = None
         return waited
 

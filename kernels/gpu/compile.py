@@ -126,8 +126,9 @@ class OfflineCompiles:
         opts = list(DEFAULT_OPTIONS) + list(options) + [f"-arch={self.arch}", "--device-as-default-execution-space"]
         if nvrtc.getVersion() >= (12, 8):
             opts.append("--pch")
-        label = source if text is not source else "<generated>"
-        prog = nvrtc.createProgram(text, label if text is not source else "generated.cu", (), ())
+        generated = text is source            # CUDA text, not a kernels/cuda file name
+        label = "<generated>" if generated else source
+        prog = nvrtc.createProgram(text, "generated.cu" if generated else source, (), ())
         try:
             for name in name_expressions:
                 nvrtc.addNameExpression(prog, name)
