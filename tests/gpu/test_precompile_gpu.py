@@ -29,9 +29,9 @@ def test_every_tile_the_build_timed_was_precompiled(monkeypatch, tmp_path, flags
         listed.extend(items)
         return real_compile(items, workers)
 
-    def pool(items, workers):
+    def pool(items, workers, nice=0):
         listed.extend(items)
-        return real_pool(items, workers)
+        return real_pool(items, workers, nice=nice)
     monkeypatch.setenv("CUPYRT_PRECOMPILE", "1")    # device.sh runs the GPU tests with it off
     monkeypatch.setattr(precompile, "_compiled", set())
     monkeypatch.setattr(precompile, "_compile", compile_)
