@@ -57,6 +57,7 @@ _FIRST = ("conv_int8", "conv_pw", "conv_wgmma", "matmul", "conv_stem", "conv_int
 _BY_NAME = {f.name: f for f in FAMILIES}
 _done = set()           # precompile(): the groups (family, family.int8) compiled
 _compiled = set()       # every entry point: the items compiled in this process
+_listed_keys = set()    # precompile_for: the items of the build it listed last
 
 
 def compile_options(family, current=None):
@@ -433,6 +434,8 @@ def precompile_for(network, meta, input_shapes, cached=None):
     rebuild = _answers_all(answered)
     compile_items = _compile_cached if rebuild else _compile
     timed, seconds = compile_items(items, s.precompile_workers)
+    _listed_keys.clear()
+    _listed_keys.update(_item_key(it) for it in listed)
     last_report.update(seconds=seconds, items=timed, tiles=len(listed), compiled=len(items), rebuild=rebuild,
                        of=len(work_items(int8=True, current=s)), later_tiles=0, later_seconds=0.0)
     log.info("precompiled %d of the %d tiles this build times (%d exist) in %.1f s with %d "
@@ -464,12 +467,18 @@ def start_early(network, meta, input_shapes, cached=None):
         _compiled.difference_update(_item_key(it) for it in items)
         return _Later()
     log.info("compiling %d tiles while the INT8 calibration runs", len(items))
-    return _Later(_Pool(items, s.precompile_workers), len(items), "early_tiles", "early_wait_seconds")
+    early = _Later(_Pool(items, s.precompile_workers), len(items), "early_tiles", "early_wait_seconds")
+    early.keys = {_item_key(it) for it in items}
+    return early
 
 
 def finish_early(early):
     """Wait for ``start_early``'s compile and add it to ``last_report`` (its tiles' seconds,
-    ``early_tiles`` and ``early_wait_seconds``: how long the build waited for it). Seconds."""
+    ``early_tiles`` and ``early_wait_seconds``: how long the build waited for it; the tiles
+    of the build's list it compiled join ``compiled``, which ``precompile_for`` counted
+    without them). Seconds."""
+    if early.pool is not None:
+        last_report["compiled"] = last_report.get("compiled", 0) + len(getattr(early, "keys", set()) & _listed_keys)
     return early.wait()
 
 

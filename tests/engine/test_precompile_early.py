@@ -160,8 +160,10 @@ def test_start_early_compiles_in_the_background_and_finish_early_joins_the_repor
     assert pools == [(two, 3, 0)]                                  # the build's own: not niced
     assert {precompile._item_key(i) for i in two} <= precompile._compiled   # precompile_for skips them
     precompile.last_report.clear()
-    precompile.last_report.update(items={"conv_x t": 2.0})
+    precompile.last_report.update(items={"conv_x t": 2.0}, compiled=1)
+    monkeypatch.setattr(precompile, "_listed_keys", {precompile._item_key(two[0]), ("other", "x", "{}")})
     assert precompile.finish_early(early) == 0.75 and precompile.finish_early(early) == 0.0   # joined once
+    assert precompile.last_report["compiled"] == 2         # the listed one it compiled counts, once
     assert precompile.last_report["items"] == {"conv_x t": 2.0, "fake a": 1.5, "fake b": 1.5}
     assert precompile.last_report["early_tiles"] == 2 and precompile.last_report["early_wait_seconds"] == 0.75
 
