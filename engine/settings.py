@@ -147,26 +147,26 @@ SETTINGS = (
     Switch("pw_persistent_f16", _flag, False,
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),
-    Switch("mma_sync_where_wgmma", _flag, True,
+    Switch("mma_sync_where_wgmma", _flag, False,
            "Time the plain mma.sync convolution tiles (conv.igemm_*, conv.igemm2_*, conv.i8_*) also for "
-           "layers the wgmma tactic of the same precision takes; 0: only where wgmma declines (split-K, "
-           "small-C, narrow and persistent tiles are timed either way). wgmma was ahead on 12 of 14 "
+           "layers the wgmma tactic of the same precision takes; 0 (default): only where wgmma declines "
+           "(split-K, small-C, narrow and persistent tiles are timed either way). wgmma was ahead on 12 of 14 "
            "ResNet-50 layer classes (H200, FP16 and INT8), and the ResNet-50 and MobileNetV2 builds at batch "
            "256 recorded since session 7 picked none of them (one INT8 layer in session 6); at 0 a ResNet-50 INT8 "
-           "build leaves out its 12 plain FP16 igemm and 6-7 conv_int8 tiles (about 60 of the 290 "
-           "CPU-seconds of compiles of one H100 build). Not yet measured on a GPU: 1 (time them) until "
-           "an A/B of the picks and the build and run times.",
+           "build leaves out its 12 plain FP16 igemm and 6-7 conv_int8 tiles. Same-process ResNet-50 INT8 A/B "
+           "on an H200 (session 16): 4.980 ms at 0 against 4.964 ms at 1, top-1 equal.",
            tactics=True),
-    Switch("tiles_where_specialised", _flag, True,
+    Switch("tiles_where_specialised", _flag, False,
            "Time our general convolution tiles (FP16: conv.igemm*, conv.wg_*; INT8: conv.i8*, conv.wgi8_*) also "
            "for convolutions a kernel that outran them takes: in FP16 cuDNN's graphs (channels multiples of 8), in "
-           "FP16 and INT8 our stem kernel (C <= 4); 0: only where none does, or where none then runs the layer "
-           "(every cuDNN plan failed: the tiles are timed after all). In the FP16 records (ResNet-50, MobileNetV2; "
-           "H100 and H200, sessions 7-15) cuDNN won 544 of the 546 convolutions both could run and these tiles "
-           "none (the closest 1.04x behind); the stem kernel beat them on every stem (FP16 by 2.3x or more, INT8 "
-           "by 1.69x or more). At 0 a ResNet-50 FP16 build lists 14 tiles to compile instead of 41 and an INT8 "
-           "build 30 instead of 60 (`python benchmarks/host.py compiles`). Not yet measured on a GPU: 1 (time them) until "
-           "an A/B of the picks and the build and run times.", tactics=True),
+           "FP16 and INT8 our stem kernel (C <= 4); 0 (default): only where none does, or where none then runs the "
+           "layer (every cuDNN plan failed: the tiles are timed after all). In the FP16 records (ResNet-50, "
+           "MobileNetV2; H100 and H200, sessions 7-15) cuDNN won 544 of the 546 convolutions both could run and "
+           "these tiles none (the closest 1.04x behind); the stem kernel beat them on every stem (FP16 by 2.3x or "
+           "more, INT8 by 1.69x or more). At 0 a ResNet-50 FP16 build lists 14 tiles to compile instead of 41 and "
+           "an INT8 build 30 instead of 60 (`python benchmarks/host.py compiles`); with mma_sync_where_wgmma 0 "
+           "too, the ResNet-50 INT8 cold build took 29.2 s instead of 40.5 s on an H200 (session 16), at the "
+           "same speed (4.986 against 4.964 ms).", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "
