@@ -49,14 +49,17 @@ def test_compiles_lists_the_tiles_a_cold_build_compiles_and_the_switches_cut_the
     the stem kernel take every convolution), the classifier's stay; without cuDNN they stay
     too; the background list is precision by timing's FP32 tiles."""
     from engine.settings import overridden
-    own, background = host.compile_list("resnet50", "fp16", 8)
+    with overridden(tiles_where_specialised=1, mma_sync_where_wgmma=1):      # as before session 17
+        own, background = host.compile_list("resnet50", "fp16", 8)
     fams = {f for f, _, _ in own}
     assert {"conv_stem", "conv_igemm", "conv_wgmma"} <= fams and {f for f, _, _ in background} == {"conv_tf32"}
     stem = [i for i in own if i[0] == "conv_stem"]
     assert {tuple(o["geometry"]) for _, _, o in stem} == {(7, 7, 2, 2)}       # the 7x7/2 RGB stem
-    with overridden(tiles_where_specialised=0):
+    with overridden(tiles_where_specialised=0, mma_sync_where_wgmma=1):
         held_own, held_bg = host.compile_list("resnet50", "fp16", 8)
         no_cudnn, _ = host.compile_list("resnet50", "fp16", 8, cudnn=False)
+    default_own, _ = host.compile_list("resnet50", "fp16", 8)                  # both at 0: fewer still
+    assert {(f, t) for f, t, _ in default_own} <= {(f, t) for f, t, _ in held_own}
     assert not [i for i in held_own if i[0] == "conv_wgmma"] and held_bg == background
     assert [i for i in held_own if i[0] == "conv_stem"] == stem
     fc = [i for i in held_own if i[0] == "conv_igemm"]
@@ -86,11 +89,11 @@ def test_compiles_times_each_nvrtc_run_on_the_cpu(capsys, tmp_path):
     assert len(rows) == 1 and rows[0]["runs"] == 2 and rows[0]["seconds"] > 0
     out = tmp_path / "c.json"
     assert host.main(["compiles", "--model", "mobilenet_v2", "--precision", "fp16", "--batch", "4",
-                      "--set", "tiles_where_specialised=0", "--set", "mma_sync_where_wgmma=0",
+                      "--set", "tiles_where_specialised=0", "--set", "mma_sync_where_wgmma=1",
                       "--time", "--json", str(out)]) == 0
     shown = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
-    assert shown["switches"] == {"CUPYRT_TILES_WHERE_SPECIALISED": False, "CUPYRT_MMA_SYNC_WHERE_WGMMA": False}
+    assert shown["switches"] == {"CUPYRT_MMA_SYNC_WHERE_WGMMA": True}          # away from the defaults only
     assert shown["nvrtc_runs"] == sum(r["runs"] for r in saved["items"]) > 0
     assert shown["seconds"]["own"] == pytest.approx(sum(r["seconds"] for r in saved["items"] if r["list"] == "own"),
                                                     abs=0.1)

@@ -26,6 +26,14 @@ from test_tactic_faults import Injected, conv_net, fake_gpu  # noqa: E402,F401  
 SHAPE = (2, 3, 8, 8)
 
 
+@pytest.fixture(autouse=True)
+def every_general_tile(monkeypatch):
+    """These tests read the lists of our general convolution tiles: both switches that
+    leave some out (default 0) are at 1 here; the tests of the switches set them back."""
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
+    monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "1")
+
+
 def names(*tiles):
     return {t.name for group in tiles for t in group}
 
@@ -168,6 +176,7 @@ def test_without_mma_sync_where_wgmma_the_plain_mma_sync_tiles_go_where_wgmma_ru
     before8 = precompile.network_items(int8.network, int8.meta, shape)
     assert listed(before16, conv_igemm.FAMILY) == FP16_CONV
     assert listed(before8, conv_int8.FAMILY) == names(conv_int8.INT8_TACTICS)
+    assert tactic_key()["CUPYRT_MMA_SYNC_WHERE_WGMMA"] is True               # 1: away from the default
     monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "0")
     after16 = precompile.network_items(fp16.network, fp16.meta, shape)
     after8 = precompile.network_items(int8.network, int8.meta, shape)
@@ -175,7 +184,7 @@ def test_without_mma_sync_where_wgmma_the_plain_mma_sync_tiles_go_where_wgmma_ru
     assert listed(after16, conv_wgmma.FAMILY) == listed(before16, conv_wgmma.FAMILY) == names(conv_wgmma.TACTICS)
     assert not listed(after8, conv_int8.FAMILY)
     assert listed(after8, conv_wgmma.FAMILY) == listed(before8, conv_wgmma.FAMILY)
-    assert tactic_key() == {"CUPYRT_MMA_SYNC_WHERE_WGMMA": False}
+    assert "CUPYRT_MMA_SYNC_WHERE_WGMMA" not in tactic_key()                 # 0 is the default
     conv = next(la for la in fp16.network._layers if la.layer_type == LayerType.CONVOLUTION)
     cands = T.supported(conv, [(2, 16, 8, 8)], ["float16"], DataType.HALF)
     assert not [t for t in cands if type(t) in T.DOMINATED]

@@ -3,7 +3,8 @@ tiles (``general_tile``: conv.igemm*, conv.wg_*) are no candidates where a kerne
 outran them takes the layer (``outruns_general``: the cuDNN FP16 graphs, judged statically
 with no plan queued; our stem kernel), precompile lists none of them there, and the builder
 times them after all when none of those kernels runs the layer (every cuDNN plan failed), a
-choice the plan and the timing cache then resolve. At 1 (the default) nothing changes."""
+choice the plan and the timing cache then resolve. At 1 they are timed everywhere, as before
+session 17; 0 is the default."""
 import os
 import sys
 
@@ -90,21 +91,24 @@ def test_what_the_general_tiles_yield_to(cudnn_here, monkeypatch):
 
 def test_the_general_tiles_are_held_back_where_cudnn_takes_the_layer(sm90a, cudnn_here, monkeypatch):
     layer, shapes, dtypes = conv(), [(2, 16, 8, 8)], ["float16"]
+    assert T.held_back(layer, shapes, dtypes, DataType.HALF)                # the default (0): held back
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
+    monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "1")
     every = T.supported(layer, shapes, dtypes, DataType.HALF, where=NOT_CUDNN)
     general = yielding(every)
     # the mma.sync tiles, split-K and the FP16 wgmma tiles; not the depthwise or cuBLAS ones
     assert {"conv." + n for n in names(conv_igemm.IGEMM_TACTICS, conv_igemm.SPLITK_TACTICS,
                                        conv_wgmma.TACTICS)} <= general
     assert {t.name for t in every} - general                                  # others exist
-    assert T.held_back(layer, shapes, dtypes, DataType.HALF) == []          # the default: none held
-    assert tactic_key() == {}
+    assert T.held_back(layer, shapes, dtypes, DataType.HALF) == []          # at 1: none held
+    assert tactic_key() == {"CUPYRT_TILES_WHERE_SPECIALISED": True, "CUPYRT_MMA_SYNC_WHERE_WGMMA": True}
     monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "0")
     kept = T.supported(layer, shapes, dtypes, DataType.HALF, where=NOT_CUDNN)
     assert not yielding(kept)
     assert {t.name for t in kept} == {t.name for t in every} - general      # the rest stays as it was
     held = T.held_back(layer, shapes, dtypes, DataType.HALF)
     assert {t.name for t in held} == general
-    assert tactic_key() == {"CUPYRT_TILES_WHERE_SPECIALISED": False}        # another candidate set
+    assert tactic_key() == {"CUPYRT_MMA_SYNC_WHERE_WGMMA": True}             # another candidate set
     # with mma_sync_where_wgmma off too, the held-back list drops the plain tiles wgmma dominates
     monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "0")
     held2 = {t.name for t in T.held_back(layer, shapes, dtypes, DataType.HALF)}
@@ -115,6 +119,8 @@ def test_the_general_tiles_are_held_back_where_cudnn_takes_the_layer(sm90a, cudn
 def test_the_general_tiles_yield_to_the_stem_kernel_and_stay_where_nothing_outruns_them(
         sm90a, cudnn_here, monkeypatch):
     stem, shapes = conv(c_in=3), [(2, 3, 8, 8)]
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
+    monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "1")
     before = T.supported(stem, shapes, ["float32"], DataType.HALF)
     smallc = {"conv." + t.name for t in conv_igemm.SMALLC_TACTICS}
     assert smallc <= yielding(before)                                         # small-C tiles are general
@@ -151,6 +157,8 @@ def test_the_general_tiles_yield_to_the_stem_kernel_and_stay_where_nothing_outru
 def test_precompile_lists_no_general_fp16_tile_where_a_faster_kernel_takes_the_layer(sm90a, cudnn_here, monkeypatch):
     """An FP16 build lists only the stem kernel's tiles (cuDNN takes the rest); an INT8
     build's FP16 alternatives likewise; its own INT8 list loses the stem's small-C tiles."""
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
+    monkeypatch.setenv("CUPYRT_MMA_SYNC_WHERE_WGMMA", "1")
     fp16 = built(*conv_network(c_in=3, one_by_one=False, fc=False), rt.BuilderFlag.FP16)[0]
     b, net = conv_network(c_in=3, one_by_one=False, fc=False, ranges=True)
     int8 = built(b, net, rt.BuilderFlag.INT8, rt.BuilderFlag.FP16)[0]
@@ -194,8 +202,9 @@ def cudnn_takes_conv(monkeypatch):
 
 def test_held_back_tiles_are_not_timed_while_cudnn_runs(fake_gpu, cudnn_takes_conv, monkeypatch):
     cands = [Outruns(CT.ConvCudnn.name, 0.2), Yielding("inject.tile", 0.1), Injected("inject.other", 0.3)]
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
     meta, _ = build(monkeypatch, cands)
-    assert meta["kernels"][conv_name(meta)] == "inject.tile"                # default: timed, and wins
+    assert meta["kernels"][conv_name(meta)] == "inject.tile"                # at 1: timed, and wins
     monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "0")
     meta, _ = build(monkeypatch, cands)
     layer = conv_name(meta)
