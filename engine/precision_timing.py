@@ -125,6 +125,37 @@ def decide(moves, margin=MARGIN):
     return moved
 
 
+def _pairs(network, moves):
+    """(lm, cm, t): each layer with a Move whose one output ``t`` (not a network output)
+    has one consumer, that consumer's Move going to the same precision: the pairs
+    ``decide_pairs`` weighs."""
+    by_name = {m.layer: m for m in moves}
+    consumers = tensor_consumers(network)
+    for layer in network._layers:
+        lm = by_name.get(layer.name)
+        if lm is None or len(layer._outputs) != 1:
+            continue
+        t = layer._outputs[0]
+        users = consumers.get(id(t), [])
+        if len(users) != 1 or t.is_network_output:
+            continue
+        cm = by_name.get(users[0].name)
+        if cm is None or cm.alternative != lm.alternative:
+            continue
+        yield lm, cm, t.name
+
+
+def _pair_costs(lm, cm, between):
+    """(current ms, moved ms) of a pair: moved together the tensor ``between`` them needs
+    no cast, every other edge of either one still does."""
+    cur = lm.current_ms + cm.current_ms
+    alt = (lm.alternative_ms + cm.alternative_ms
+           + sum(lm.in_edges.values()) + sum(cm.out_edges.values())
+           + sum(v for k, v in lm.out_edges.items() if k != between)
+           + sum(v for k, v in cm.in_edges.items() if k != between))
+    return cur, alt
+
+
 def decide_pairs(network, moves, margin=MARGIN):
     """Moves that pay only together (in place; returns the newly moved names): a
     layer whose one consumer may move to the same precision, e.g. an INT8 stem
@@ -133,34 +164,32 @@ def decide_pairs(network, moves, margin=MARGIN):
 
         alt(L) + alt(C) + edges(L, C) - 2 x edge(L -> C) < margin x (cur(L) + cur(C))
     """
-    by_name = {m.layer: m for m in moves}
-    consumers = {}
-    for layer in network._layers:
-        for t in layer._inputs:
-            if t is not None:
-                consumers.setdefault(id(t), []).append(layer)
     moved = []
-    for layer in network._layers:
-        lm = by_name.get(layer.name)
-        if lm is None or lm.moved or len(layer._outputs) != 1:
+    for lm, cm, between in _pairs(network, moves):
+        if lm.moved or cm.moved:
             continue
-        t = layer._outputs[0]
-        users = consumers.get(id(t), [])
-        if len(users) != 1 or t.is_network_output:
-            continue
-        cm = by_name.get(users[0].name)
-        if cm is None or cm.moved or cm.alternative != lm.alternative:
-            continue
-        cur = lm.current_ms + cm.current_ms
-        alt = (lm.alternative_ms + cm.alternative_ms
-               + sum(v for k, v in lm.in_edges.items()) + sum(v for k, v in cm.out_edges.items())
-               + sum(v for k, v in lm.out_edges.items() if k != t.name)
-               + sum(v for k, v in cm.in_edges.items() if k != t.name))
+        cur, alt = _pair_costs(lm, cm, between)
         if all(math.isfinite(v) for v in (cur, alt)) and alt < margin * cur:
             lm.moved = cm.moved = True
             lm.pair, cm.pair = cm.layer, lm.layer
             moved += [lm.layer, cm.layer]
     return moved
+
+
+def worth_timing(network, bounds, margin=MARGIN):
+    """The names of the layers whose alternative could still win, judged from ``bounds``:
+    Moves whose ``current_ms`` is measured and whose alternative and edge milliseconds are
+    lower bounds (``cannot_win_floor_ms``, ``cast_floor_ms``). A layer is worth timing in its
+    alternative when, at those bounds, it would move alone (``decide``) or in some pair
+    (``decide_pairs``' condition, whether or not either member would also move alone). Every
+    bound is at most what ``measure`` would find, so no layer left out could have moved."""
+    live = [m for m in bounds if math.isfinite(m.current_ms)]
+    out = {m.layer for m in live if m.alternative_ms + m.boundary_ms < margin * m.current_ms}
+    for lm, cm, between in _pairs(network, live):
+        cur, alt = _pair_costs(lm, cm, between)
+        if alt < margin * cur:
+            out |= {lm.layer, cm.layer}
+    return out
 
 
 def apply(network, precisions, moves):
@@ -242,6 +271,13 @@ def traffic_floor_ms(shapes, dtypes, memory):
     return max(0.0, total - l2) / bandwidth * 1e3
 
 
+def cast_floor_ms(shape, src, dst, memory):
+    """The least milliseconds one cast of a tensor of ``shape`` from ``src`` to ``dst``
+    storage could take (it reads one and writes the other): a lower bound of what
+    ``measure`` times for that edge."""
+    return traffic_floor_ms([shape, shape], [src, dst], memory)
+
+
 def _input(xp, t, shape, dtype, rng):
     """A timing input laid out as the engine hands it over: a rank-4 tensor some
     layer wrote is an NHWC buffer seen as NCHW (the tensor-core and pooling tactics
@@ -257,8 +293,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     """Time every layer of ``alts`` in its current and its alternative precision on
     the engine's backend (``backend.measure``; the CuPy backend's timing cache
     serves repeats) and return the list of ``Move``s, undecided. A layer whose
-    alternative cannot win (``cannot_win_floor_ms``) is not timed in it. Every current time
-    comes first, so the alternatives' cuDNN plans are queued for the layers timed in them
+    alternative cannot win even at lower bounds of its own time (``cannot_win_floor_ms``) and
+    of the casts at its edges (``cast_floor_ms``), alone or in a pair (``worth_timing``), is
+    not timed in it (alternative_ms = inf). Every current time comes first, so the alternatives' cuDNN plans are queued for the layers timed in them
     only (``cudnn_tactics.prefetch_only``: a ResNet-50 INT8 build queued 26 FP16 graphs for
     precision by timing and used 18, H100, session 15). ``xp``/``timer``/
     ``memory`` default to CuPy, CUDA-event timing and the device's memory system
@@ -290,10 +327,11 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
         return cast_ms[key]
 
     sched = {layer.name: (p, outs) for layer, p, outs in engine.schedule()}
-    # first every layer in its own precision (the selection's timing cache answers), and
-    # whether its alternative could win at all; then the alternatives worth timing, with the
-    # cuDNN plans queued for those layers only (cudnn_tactics.prefetch_only)
-    moves, todo = [], []
+    # first every layer in its own precision (the selection's timing cache answers) with lower
+    # bounds of its alternative and of the casts at its edges; then the alternatives that
+    # could win at those bounds, alone or in a pair (``worth_timing``), with the cuDNN plans
+    # queued for those layers only (cudnn_tactics.prefetch_only)
+    moves, bounds, pending = [], [], {}
     for layer in engine.network._layers:
         alt = alts.get(layer.name)
         if alt is None:
@@ -313,10 +351,23 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
         except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
             continue
-        if floor_ms >= MARGIN * m.current_ms:
-            m.alternative_ms = math.inf          # cannot win: not worth timing
-            continue
-        todo.append((layer, m, ins, cur_in, cur_out, alt_in, alt_out))
+        b = Move(layer.name, cur, alt, m.current_ms, floor_ms)
+        for t, a, c in zip(ins, alt_in, cur_in):
+            if t is not None and a != c:
+                b.in_edges[t.name] = b.in_edges.get(t.name, 0.0) + cast_floor_ms(shapes[id(t)], c, a, memory)
+        for t, a, c in zip(layer._outputs, alt_out, cur_out):
+            if a != c and any(sched[u.name][0] == cur for u in consumers.get(id(t), [])):
+                b.out_edges[t.name] = cast_floor_ms(shapes[id(t)], a, c, memory)
+        b.boundary_ms = sum(b.in_edges.values()) + sum(b.out_edges.values())
+        bounds.append(b)
+        pending[layer.name] = (layer, m, ins, cur_in, cur_out, alt_in, alt_out)
+    timed = worth_timing(engine.network, bounds)
+    todo = []
+    for name, item in pending.items():
+        if name in timed:
+            todo.append(item)
+        else:
+            item[1].alternative_ms = math.inf          # cannot win: not worth timing
     with prefetch_only(m.layer for _, m, *_ in todo):
         for layer, m, ins, cur_in, cur_out, alt_in, alt_out in todo:
             try:

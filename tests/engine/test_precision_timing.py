@@ -209,6 +209,7 @@ def test_alternatives_are_timed_after_every_current_time_with_plans_queued_for_t
     e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
     alts = pt.alternatives(e.network, prec, config(rt.Builder(), rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
     conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
+    del alts[by_type(e, rt.LayerType.POOLING)[0].name]        # no pair could rescue conv2
     ms = {}
     for name in alts:
         ms[(name, prec[name])], ms[(name, alts[name])] = 1.0, 0.5
@@ -267,23 +268,29 @@ def test_a_half_layer_faster_than_any_fp32_kernel_could_be_is_not_timed_in_fp32(
     assert set(pt.decide(list(moves.values()))) == set(others)
 
 
-@pytest.mark.parametrize("flags, alt, widths", [((rt.BuilderFlag.FP16,), DataType.FLOAT, (2, 4)),
-                                                ((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16), DataType.HALF, (2, 2))])
-def test_a_layer_faster_than_its_alternative_could_move_its_bytes_is_not_timed_there(flags, alt, widths):
+@pytest.mark.parametrize("flags, alt, widths, casts", [((rt.BuilderFlag.FP16,), DataType.FLOAT, (2, 4), 0),
+                                                       ((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16), DataType.HALF,
+                                                        (2, 2), 2)])
+def test_a_layer_faster_than_its_alternative_could_move_its_bytes_is_not_timed_there(flags, alt, widths, casts):
     """The traffic floor: a layer already faster than its inputs and outputs, stored as the
-    alternative stores them, could stream through DRAM (beyond what the L2 holds) keeps its
-    precision untimed; the same layer slower than that floor / MARGIN is timed. The floor
-    counts each tensor as the move would store it (``widths``: bytes of an input and an output
-    element; a FLOAT layer reads its HALF producer's storage and writes float32)."""
+    alternative stores them, could stream through DRAM (beyond what the L2 holds), plus the
+    casts the move adds at its edges at their own floors, keeps its precision untimed; the same
+    layer slower than that floor / MARGIN is timed. The floor counts each tensor as the move
+    would store it (``widths``: bytes of an input and an output element; a FLOAT layer reads
+    its HALF producer's storage and writes float32, which its consumer, a shuffle, takes as
+    it is; an FP16 layer between INT8 neighbours needs ``casts`` = 2: int8 codes to half in,
+    half to codes out, each reading one byte and writing two per element or the reverse)."""
     e, prec = built(flags)
     b = rt.Builder()
     alts = pt.alternatives(e.network, prec, config(b, *flags))
+    alts.pop(by_type(e, rt.LayerType.POOLING)[0].name, None)     # the conv alone: no pair
     conv = by_type(e, rt.LayerType.CONVOLUTION)[1]
     assert alts[conv.name] == alt
     cur = prec[conv.name]
     shape = (2, 8, 4, 4)                                  # the conv's input and output (pooled)
     l2, bandwidth = 100, 1e9                              # bytes, bytes/s
     floor_ms = (int(np.prod(shape)) * sum(widths) - l2) / bandwidth * 1e3
+    floor_ms += casts * (int(np.prod(shape)) * (1 + 2) - l2) / bandwidth * 1e3
     for cur_ms, timed in ((0.99 * floor_ms / pt.MARGIN, False), (1.01 * floor_ms / pt.MARGIN, True)):
         ms = {}
         for name in alts:
@@ -410,3 +417,97 @@ def test_a_second_round_compiles_its_alternatives_only_when_the_first_moved_laye
         assert rounds[1][conv1.name] == DataType.FLOAT and meta["precisions"][conv1.name] == "HALF"
     else:
         assert len(rounds) == 1 and compiled == []
+
+
+def _bounds(lm_cur, lm_alt, cm_cur, cm_alt, between_ms, in_ms=0.0, after_ms=0.0):
+    e, _ = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv1, pool, between, after = _stem_and_pool(e)
+    lm = pt.Move(conv1.name, DataType.INT8, DataType.HALF, lm_cur, lm_alt, in_ms + between_ms,
+                 in_edges={"x": in_ms}, out_edges={between: between_ms})
+    cm = pt.Move(pool.name, DataType.INT8, DataType.HALF, cm_cur, cm_alt, between_ms + after_ms,
+                 in_edges={between: between_ms}, out_edges={after: after_ms})
+    return e.network, lm, cm
+
+
+def test_worth_timing_keeps_a_layer_that_could_win_only_in_a_pair():
+    # alone neither could (0.5 + 0.5 >= 0.9 x 1.0); together the edge goes: 1.0 < 1.8
+    net, lm, cm = _bounds(1.0, 0.5, 1.0, 0.5, 0.5)
+    assert pt.worth_timing(net, [lm, cm]) == {lm.layer, cm.layer}
+    # the pair cannot win either: 0.5 + 1.5 >= 1.8
+    net, lm, cm = _bounds(1.0, 0.5, 1.0, 1.5, 0.5)
+    assert pt.worth_timing(net, [lm, cm]) == set()
+    # one could win alone; its partner, which alone could not, is kept for the pair too
+    net, lm, cm = _bounds(1.0, 0.1, 1.0, 0.5, 0.5)
+    assert pt.decide([lm, cm]) == [lm.layer]
+    assert pt.worth_timing(net, [lm, cm]) == {lm.layer, cm.layer}
+    # edges that no pair removes count in full: the stem's input cast rules it out alone
+    net, lm, cm = _bounds(1.0, 0.1, 10.0, 20.0, 0.0, in_ms=0.85)
+    assert pt.worth_timing(net, [lm, cm]) == set()
+    # a layer whose own time was not measured is never kept, nor is its partner through it
+    net, lm, cm = _bounds(math.nan, 0.0, 1.0, 0.5, 0.5)
+    assert pt.worth_timing(net, [lm, cm]) == set()
+
+
+def test_worth_timing_never_leaves_out_a_layer_the_decisions_would_move():
+    """Random lower bounds on the INT8 test network (two pairs share the pooling layer) and
+    measured values at or above them: every layer ``decide`` or ``decide_pairs`` moves on the
+    measured values is among those ``worth_timing`` keeps from the bounds."""
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    alts = pt.alternatives(e.network, prec, config(rt.Builder(), rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    seen = []
+    orig = pt.worth_timing
+    e.backend = FakeBackend({(n, p): 1.0 for n in alts for p in (prec[n], alts[n])})
+    try:
+        pt.worth_timing = lambda net, bounds, margin=pt.MARGIN: seen.extend(bounds) or set()
+        pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=lambda fn, reps: 0.0, memory=(1e9, 0))
+    finally:
+        pt.worth_timing = orig
+    assert len(seen) == 4 and sum(len(b.in_edges) + len(b.out_edges) for b in seen) >= 5
+    rng = np.random.default_rng(3)
+    kept_some = left_some = 0
+    for _ in range(400):
+        bounds, true = [], []
+        for s in seen:
+            cur = float(rng.uniform(0.5, 2.0))
+            b = pt.Move(s.layer, s.current, s.alternative, cur, float(rng.uniform(0, 1.5)),
+                        in_edges={k: float(rng.uniform(0, 0.6)) for k in s.in_edges},
+                        out_edges={k: float(rng.uniform(0, 0.6)) for k in s.out_edges})
+            b.boundary_ms = sum(b.in_edges.values()) + sum(b.out_edges.values())
+            t = pt.Move(s.layer, s.current, s.alternative, cur, b.alternative_ms * float(rng.uniform(1, 1.5)),
+                        in_edges={k: v * float(rng.uniform(1, 1.5)) for k, v in b.in_edges.items()},
+                        out_edges={k: v * float(rng.uniform(1, 1.5)) for k, v in b.out_edges.items()})
+            t.boundary_ms = sum(t.in_edges.values()) + sum(t.out_edges.values())
+            bounds.append(b)
+            true.append(t)
+        kept = pt.worth_timing(e.network, bounds)
+        moved = set(pt.decide(true)) | set(pt.decide_pairs(e.network, true))
+        assert moved <= kept
+        kept_some += bool(kept)
+        left_some += len(kept) < len(bounds)
+    assert kept_some > 50 and left_some > 50          # both outcomes were exercised
+
+
+@pytest.mark.parametrize("pool_ms, conv_timed", [(1e3, True), (1e-9, False)])
+def test_measure_times_a_layer_that_only_a_pair_could_move(pool_ms, conv_timed):
+    """The second conv is faster than its own FP16 floor plus its edges' casts: alone it
+    cannot move. With the pooling before it slow enough, the two together could (the cast
+    between them goes away), so both are timed; with the pooling fast too, neither is."""
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    alts = pt.alternatives(e.network, prec, config(rt.Builder(), rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    conv2 = by_type(e, rt.LayerType.CONVOLUTION)[1]
+    pool = by_type(e, rt.LayerType.POOLING)[0]
+    ms = {}
+    for name in alts:
+        ms[(name, prec[name])], ms[(name, alts[name])] = 1e-9, 1e-9     # the rest: ruled out
+    ms[(conv2.name, DataType.INT8)] = 1e-9
+    ms[(pool.name, DataType.INT8)] = pool_ms
+    fake = FakeBackend(ms)
+    e.backend = fake
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
+                                           timer=lambda fn, reps: 0.0, memory=(1e9, 100))}
+    assert ((conv2.name, DataType.HALF) in fake.fed) == conv_timed
+    assert ((pool.name, DataType.HALF) in fake.fed) == conv_timed
+    assert (moves[conv2.name].alternative_ms == math.inf) != conv_timed
+    if conv_timed:                                    # measured: the pair pays, both move
+        moved = pt.decide(list(moves.values())) + pt.decide_pairs(e.network, list(moves.values()))
+        assert pool.name in moved
