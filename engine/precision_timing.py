@@ -41,7 +41,7 @@ import numpy as np
 from .backends import select_backend
 from .execution import moved_storage
 from .gpu.cudnn_tactics import prefetch_only
-from .gpu.device import cupy, memory_system
+from .gpu.device import cupy, half_tensor_flops, memory_system
 from .gpu.timing import time_ms
 from .int8_exec import TRANSPARENT, consumers as tensor_consumers
 from .types import BuilderFlag, DataType, LayerType
@@ -246,16 +246,21 @@ def matmul_flops(layer, in_shape, out_shape):
     return None
 
 
-def cannot_win_floor_ms(layer, alt, shapes, dtypes, memory):
+def cannot_win_floor_ms(layer, alt, shapes, dtypes, memory, half_flops=None):
     """The least milliseconds ``layer`` could take in ``alt`` whatever its kernel, from the
     ``shapes`` of its inputs then outputs stored as ``dtypes`` there: its bytes' time
-    (``traffic_floor_ms``) and, in FLOAT, its FLOPs at FP32_CEILING_FLOPS. At or past
-    MARGIN x its time in the current precision, the move cannot be taken: not timed."""
+    (``traffic_floor_ms``) and its FLOPs at the fastest rate of that precision: in FLOAT
+    FP32_CEILING_FLOPS, in HALF ``half_flops`` (the device's tensor-core ceiling,
+    ``device.half_tensor_flops``; None: not bounded). At or past MARGIN x its time in the
+    current precision, the move cannot be taken: not timed. An INT8 convolution that already
+    runs faster than its FLOPs could at the FP16 peak cannot win in FP16."""
     floor = traffic_floor_ms(shapes, dtypes, memory)
     n_in = len(layer._inputs)
     flops = matmul_flops(layer, shapes[0], shapes[n_in]) if shapes and shapes[0] is not None else None
     if alt == DataType.FLOAT and flops:
         floor = max(floor, flops / FP32_CEILING_FLOPS * 1e3)
+    if alt == DataType.HALF and flops and half_flops:
+        floor = max(floor, flops / half_flops * 1e3)
     return floor
 
 
@@ -289,7 +294,7 @@ def _input(xp, t, shape, dtype, rng):
     return _random(xp, shape, dtype, rng)
 
 
-def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None):
+def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None, half_flops=None):
     """Time every layer of ``alts`` in its current and its alternative precision on
     the engine's backend (``backend.measure``; the CuPy backend's timing cache
     serves repeats) and return the list of ``Move``s, undecided. A layer whose
@@ -298,14 +303,16 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     not timed in it (alternative_ms = inf). Every current time comes first, so the alternatives' cuDNN plans are queued for the layers timed in them
     only (``cudnn_tactics.prefetch_only``: a ResNet-50 INT8 build queued 26 FP16 graphs for
     precision by timing and used 18, H100, session 15). ``xp``/``timer``/
-    ``memory`` default to CuPy, CUDA-event timing and the device's memory system
-    (tests pass stand-ins)."""
+    ``memory``/``half_flops`` default to CuPy, CUDA-event timing, the device's memory system
+    and its FP16 tensor ceiling (tests pass stand-ins; with NumPy, no FP16 ceiling)."""
     if xp is None:
         xp = cupy()
     if timer is None:
         timer = time_ms
     if memory is None:
         memory = memory_system(xp.cuda.Device().id)
+    if half_flops is None and hasattr(xp, "cuda"):      # NumPy stand-ins: no FP16 ceiling
+        half_flops = half_tensor_flops(xp.cuda.Device().id)
     cp = xp
     backend = engine.backend
     shapes = engine.infer_shapes(input_shapes)
@@ -347,7 +354,7 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
             tensors = ins + list(layer._outputs)
             floor_ms = cannot_win_floor_ms(layer, alt, [None if t is None else shapes[id(t)] for t in tensors],
-                                           list(alt_in) + list(alt_out), memory)
+                                           list(alt_in) + list(alt_out), memory, half_flops)
         except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
             continue

@@ -40,6 +40,32 @@ def memory_system(device_id=0):
     return 2.0 * clock_khz * 1e3 * bus_bits / 8, attrs.get("L2CacheSize") or 0
 
 
+# Dense FP16 tensor-core multiply-adds x 2 per SM per clock, by compute capability, at
+# or above each architecture's published peaks (V100 / T4 1024; A100 2048; the GeForce and
+# workstation parts of 8.6 / 8.9 / 12.x at most 1024 with FP16 accumulation, taken as 2048
+# for 12.x; H100 / H200 4096: 989 TFLOP/s at 132 SMs and 1.83 GHz; B200 about 7,700, taken
+# as 8192). A ceiling: no FP16 kernel computes faster on that device.
+HALF_FLOPS_PER_SM_CLOCK = {7: 1024, 8: 2048, 9: 4096, 10: 8192, 12: 2048}
+
+
+@functools.lru_cache(maxsize=None)
+def half_tensor_flops(device_id=0):
+    """An upper bound of the FP16 FLOP/s a device's tensor cores can reach: SMs x peak SM
+    clock x HALF_FLOPS_PER_SM_CLOCK of its architecture (H100 SXM: 132 x 1.98 GHz x 4096 =
+    1.07e15); None where the driver does not say or the architecture is not in the table
+    (nothing is then bounded by FP16 compute)."""
+    return half_flops_from(cupy().cuda.Device(device_id).attributes)
+
+
+def half_flops_from(attrs):
+    """``half_tensor_flops`` from a device's attribute dict (CuPy's names)."""
+    sms, clock_khz = attrs.get("MultiProcessorCount"), attrs.get("ClockRate")
+    per = HALF_FLOPS_PER_SM_CLOCK.get(attrs.get("ComputeCapabilityMajor"))
+    if not sms or not clock_khz or not per:
+        return None
+    return float(sms) * clock_khz * 1e3 * per
+
+
 def device_clone(layer, xp):
     """A shallow copy of ``layer`` whose array attributes live on ``xp``'s device,
     uploaded once; the NumPy adapters then run unchanged on device arrays."""

@@ -380,6 +380,58 @@ def test_memory_system_from_the_device_attributes(monkeypatch):
     assert pt.traffic_floor_ms([(10**6,)], [DataType.FLOAT], (math.inf, 0)) == 0.0
 
 
+def test_half_tensor_flops_from_the_device_attributes(monkeypatch):
+    """SMs x peak clock (kHz) x the architecture's FP16 FLOPs per SM per clock: an H100 SXM's
+    attributes give 1.07e15 (its published dense peak, 989 TFLOP/s, is below); an
+    architecture not in the table, or a driver that does not say, bounds nothing."""
+    import types
+    from engine.gpu import device
+    h100 = {"MultiProcessorCount": 132, "ClockRate": 1_980_000, "ComputeCapabilityMajor": 9}
+    assert device.half_flops_from(h100) == 132 * 1.98e9 * 4096
+    assert 989e12 < device.half_flops_from(h100) < 1.1e15
+    a100 = dict(h100, MultiProcessorCount=108, ClockRate=1_410_000, ComputeCapabilityMajor=8)
+    assert device.half_flops_from(a100) > 0.999 * 312e12            # A100's dense FP16 peak (rounded up)
+    assert device.half_flops_from(dict(h100, ComputeCapabilityMajor=6)) is None
+    assert device.half_flops_from({"MultiProcessorCount": 132, "ComputeCapabilityMajor": 9}) is None
+    dev = types.SimpleNamespace(attributes=h100)
+    monkeypatch.setattr(device, "cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: dev)))
+    assert device.half_tensor_flops.__wrapped__(0) == device.half_flops_from(h100)
+
+
+@pytest.mark.parametrize("half_flops, timed", [(None, True), (1e15, False)])
+def test_an_int8_conv_faster_than_its_flops_at_the_fp16_ceiling_is_not_timed_in_fp16(half_flops, timed):
+    """INT8 -> HALF: the FP16 alternative can run no faster than the layer's FLOPs at the
+    device's FP16 tensor ceiling; an INT8 conv already past 0.9 x that is not timed (the
+    memory system bounds nothing here, so without a ceiling it is)."""
+    e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    alts = pt.alternatives(e.network, prec, config(rt.Builder(), rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
+    del alts[by_type(e, rt.LayerType.POOLING)[0].name]        # no pair could rescue conv2
+    conv2 = by_type(e, rt.LayerType.CONVOLUTION)[1]
+    flops = pt.matmul_flops(conv2, (2, 8, 4, 4), (2, 8, 4, 4))
+    assert flops == 2 * 2 * 8 * 4 * 4 * 72
+    ms = {}
+    for name in alts:
+        ms[(name, prec[name])], ms[(name, alts[name])] = 1.0, 0.5
+    ms[(conv2.name, DataType.INT8)] = 0.99 * MARGIN_OF(flops / 1e15 * 1e3)
+    fake = FakeBackend(ms)
+    e.backend = fake
+    moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np, timer=lambda fn, reps: 0.0,
+                                           memory=NO_FLOOR, half_flops=half_flops)}
+    assert ((conv2.name, DataType.HALF) in fake.fed) == timed
+    assert (moves[conv2.name].alternative_ms == math.inf) != timed
+    assert len(conv2._inputs) == 1
+    assert pt.cannot_win_floor_ms(conv2, DataType.HALF, [(2, 8, 4, 4), (2, 8, 4, 4)],
+                                  [DataType.HALF, DataType.HALF], NO_FLOOR, 1e15) == flops / 1e15 * 1e3
+    assert pt.cannot_win_floor_ms(conv2, DataType.FLOAT, [(2, 8, 4, 4), (2, 8, 4, 4)],      # FP32's own
+                                  [DataType.FLOAT, DataType.FLOAT], NO_FLOOR, 1e15) == \
+        flops / pt.FP32_CEILING_FLOPS * 1e3
+
+
+def MARGIN_OF(ms):
+    """The current time at which an alternative with floor ``ms`` is just ruled out."""
+    return ms / pt.MARGIN
+
+
 def test_int8_timing_inputs_span_the_code_range():
     x = pt._random(np, (4000,), DataType.INT8, np.random.RandomState(3))
     assert x.dtype == np.int8 and x.min() == -127 and x.max() == 127 and len(np.unique(x)) == 255
