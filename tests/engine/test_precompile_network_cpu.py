@@ -407,6 +407,7 @@ def test_build_meta_times_the_tactic_stage_part_by_part(fake_gpu, monkeypatch, f
         cfg.set_flag(rt.BuilderFlag.FP16)
         from engine import precision_timing
         monkeypatch.setattr(precision_timing, "memory_system", lambda device=0: (3.0e12, 50e6))
+        monkeypatch.setattr(precision_timing, "half_tensor_flops", lambda device=0: None)
     seconds = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg)) \
         .meta["build_seconds"]
     parts = {k: v for k, v in seconds.items() if k.startswith("tactics.")}
