@@ -59,6 +59,18 @@ cannot time without a GPU). ``--set name=value`` applies a setting
 
     python benchmarks/host.py compiles --model resnet50 --precision int8 --time
     python benchmarks/host.py compiles --precision int8 --time --set tiles_where_specialised=0
+
+``precision-timing`` (issue 14, the cold build): which layers an INT8 build of the suites'
+ResNet-50 (or MobileNetV2) would time in FP16 for precision by timing, replayed on the CPU
+from the INT8 times a device build recorded (a suite file's ``builds[0].tactics.build``:
+each layer's chosen tactic; a layer the file lacks counts as timed): how many the traffic
+floor alone leaves, how many the device's FP16 tensor ceiling, and how many the casts at
+each layer's edges and the pairs (engine/precision_timing.py ``worth_timing``), the last
+being what the build times. The device's memory system and ceiling are arguments (an H100
+SXM's by default):
+
+    python benchmarks/host.py precision-timing --from benchmarks/results/logs/FILE.json \
+        --bandwidth 4.8e12 --half-flops 1.07e15
 """
 import argparse
 import json
@@ -618,6 +630,72 @@ def compiles_main(args):
     return result
 
 
+UNKNOWN_MS = 1e9       # the replayed time of a layer the file lacks: slow enough to be timed
+
+
+class _Replayed:
+    """Plays CupyBackend.measure from a suite file's per-layer times: the current
+    precision's recorded time (``default_ms`` where the file lacks the layer), 1 ms for an
+    alternative (only counted here)."""
+
+    def __init__(self, ms, precisions, default_ms):
+        self.ms, self.precisions, self.default_ms, self.missing = ms, precisions, default_ms, []
+
+    def measure(self, layer, inputs, precision, out_dtypes):
+        if precision != self.precisions[layer.name]:
+            return "replayed", 1.0
+        if layer.name not in self.ms:
+            self.missing.append(layer.name)
+        return "replayed", self.ms.get(layer.name, self.default_ms)
+
+
+def precision_timing_main(args):
+    """{counts, layers}: which FP16 alternatives an INT8 build times (module docstring)."""
+    from engine import precision_timing as pt
+    from engine.types import DataType
+    with open(args.source) as f:
+        doc = json.load(f)
+    picks = doc["builds"][0]["tactics"]["build"]
+    ms = {name: t["ms"][t["chosen"]] for name, t in picks.items()
+          if t.get("chosen") in t.get("ms", {}) and t["ms"][t["chosen"]] is not None}
+    e, cfg = _listing_engine(args.model, "int8", args.batch)
+    precisions = {name: DataType[p] for name, p in e.meta["precisions"].items()}
+    alts = pt.alternatives(e.network, precisions, cfg)
+    e.backend = _Replayed(ms, precisions, UNKNOWN_MS)     # a layer the file lacks: timed
+    memory = (args.bandwidth, args.l2_mib * 2**20)
+    shapes = e.infer_shapes({"input": (args.batch, 3, 224, 224)})
+    bounds = []
+    pt.measure(e, {"input": (args.batch, 3, 224, 224)}, alts, xp=np, timer=lambda fn, reps: 0.0,
+               memory=memory, half_flops=args.half_flops, bounds=bounds)
+    kept = pt.worth_timing(e.network, bounds)
+    traffic = {b.layer for b in bounds if _traffic_floor_ms(e, b, shapes, memory) < pt.MARGIN * b.current_ms}
+    ceiling = {b.layer for b in bounds if b.alternative_ms < pt.MARGIN * b.current_ms}
+    rows = [{"layer": b.layer, "int8_ms": None if b.current_ms == UNKNOWN_MS else round(b.current_ms, 4),
+             "fp16_floor_ms": round(b.alternative_ms, 4), "edges_floor_ms": round(b.boundary_ms, 4),
+             "timed": b.layer in kept} for b in bounds]
+    return {"source": os.path.basename(args.source), "card": doc.get("card"), "model": args.model,
+            "batch": args.batch, "memory": {"bytes_per_s": args.bandwidth, "l2_mib": args.l2_mib},
+            "half_flops": args.half_flops, "alternatives": len(alts),
+            "missing_from_file": sorted(set(e.backend.missing)),
+            "timed": {"traffic floor": len(traffic), "+ FP16 ceiling": len(ceiling),
+                      "+ edge casts and pairs (the build)": len(kept)},
+            "layers": rows}
+
+
+def _traffic_floor_ms(e, b, shapes, memory):
+    """The floor of bound ``b``'s alternative without the FP16 ceiling (as before session 17):
+    its inputs' and outputs' bytes as the move would store them."""
+    from engine import precision_timing as pt
+    from engine.execution import moved_storage
+    layer = next(la for la in e.network._layers if la.name == b.layer)
+    cur_out = next(outs for la, _, outs in e.schedule() if la.name == b.layer)
+    cur_in = [None if t is None else pt._storage(e, t) for t in layer._inputs]
+    alt_in, alt_out = moved_storage(layer, cur_in, cur_out, b.alternative)
+    tensors = list(layer._inputs) + list(layer._outputs)
+    return pt.cannot_win_floor_ms(layer, b.alternative, [None if t is None else shapes[id(t)] for t in tensors],
+                                  list(alt_in) + list(alt_out), memory)
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -651,6 +729,15 @@ def parser():
     k.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of engine/settings.py for this listing (repeatable)")
     k.add_argument("--json", help="write the figures (every tile) here")
+    t = sub.add_parser("precision-timing", help="which FP16 alternatives an INT8 build times, from a device file")
+    t.add_argument("--from", dest="source", required=True, help="a suite file (benchmarks/results/...json)")
+    t.add_argument("--model", choices=sorted(COMPILE_MODELS), default="resnet50")
+    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--bandwidth", type=float, default=3.35e12, help="peak DRAM bytes/s (H100 SXM: 3.35e12)")
+    t.add_argument("--l2-mib", type=float, default=50.0, help="L2 MiB (H100 / H200: 50)")
+    t.add_argument("--half-flops", type=float, default=132 * 1.98e9 * 4096,
+                   help="FP16 tensor FLOP/s ceiling (engine/gpu/device.py half_tensor_flops; H100 SXM: 1.07e15)")
+    t.add_argument("--json", help="write the figures (every layer) here")
     return p, s
 
 
@@ -667,6 +754,12 @@ def main(argv=None):
         shown = {k: v for k, v in result.items() if k != "samples"}
     elif args.check == "calibration":
         result = shown = calibration_main(args.tensors)
+    elif args.check == "precision-timing":
+        if args.batch < 1 or min(args.bandwidth, args.half_flops) <= 0 or args.l2_mib < 0:
+            p.error("--batch, --bandwidth and --half-flops must be positive, --l2-mib >= 0")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        result = precision_timing_main(args)
+        shown = {k: v for k, v in result.items() if k != "layers"}
     elif args.check == "compiles":
         bad = [v for v in args.set if "=" not in v]
         if bad or args.batch < 1:

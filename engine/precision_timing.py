@@ -294,7 +294,8 @@ def _input(xp, t, shape, dtype, rng):
     return _random(xp, shape, dtype, rng)
 
 
-def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None, half_flops=None):
+def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None, half_flops=None,
+            bounds=None):
     """Time every layer of ``alts`` in its current and its alternative precision on
     the engine's backend (``backend.measure``; the CuPy backend's timing cache
     serves repeats) and return the list of ``Move``s, undecided. A layer whose
@@ -304,7 +305,8 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     only (``cudnn_tactics.prefetch_only``: a ResNet-50 INT8 build queued 26 FP16 graphs for
     precision by timing and used 18, H100, session 15). ``xp``/``timer``/
     ``memory``/``half_flops`` default to CuPy, CUDA-event timing, the device's memory system
-    and its FP16 tensor ceiling (tests pass stand-ins; with NumPy, no FP16 ceiling)."""
+    and its FP16 tensor ceiling (tests pass stand-ins; with NumPy, no FP16 ceiling). ``bounds``:
+    a list that receives the lower-bound Moves ``worth_timing`` judged (benchmarks/host.py)."""
     if xp is None:
         xp = cupy()
     if timer is None:
@@ -338,7 +340,8 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     # bounds of its alternative and of the casts at its edges; then the alternatives that
     # could win at those bounds, alone or in a pair (``worth_timing``), with the cuDNN plans
     # queued for those layers only (cudnn_tactics.prefetch_only)
-    moves, bounds, pending = [], [], {}
+    moves, pending = [], {}
+    bounds = [] if bounds is None else bounds
     for layer in engine.network._layers:
         alt = alts.get(layer.name)
         if alt is None:

@@ -107,3 +107,51 @@ def test_compiles_refuses_bad_arguments(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         host.main(["compiles", *argv])
     assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def _suite_file(tmp_path, ms_of):
+    """A suite file whose build recorded ``ms_of(layer name)`` for every INT8-timed layer of
+    the listing engine but the last (a layer the file lacks)."""
+    from engine import precision_timing as pt
+    from engine.types import DataType
+    e, cfg = host._listing_engine("resnet50", "int8", 16)
+    prec = {n: DataType[p] for n, p in e.meta["precisions"].items()}
+    names = list(pt.alternatives(e.network, prec, cfg))
+    build = {n: {"chosen": "k", "ms": {"k": ms_of(n), "other": 9.0}} for n in names[:-1]}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"card": "stand-in", "builds": [{"tactics": {"build": build}}]}))
+    return path, names
+
+
+def test_precision_timing_replays_which_fp16_alternatives_an_int8_build_times(tmp_path, capsys):
+    """Slow INT8 layers: every alternative is timed under each rule; INT8 layers past the FP16
+    ceiling (1 ns): none but the one the file lacks, which counts as timed; the ceiling and
+    the edges only ever remove layers (traffic >= ceiling >= the build)."""
+    slow, names = _suite_file(tmp_path, lambda n: 50.0)
+    got = host.main(["precision-timing", "--from", str(slow), "--batch", "16", "--json", str(tmp_path / "o.json")])
+    shown = json.loads(capsys.readouterr().out)
+    assert got == 0 and shown["alternatives"] == len(names) > 40
+    assert shown["missing_from_file"] == [names[-1]]
+    assert set(shown["timed"].values()) == {len(names)}
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert all(r["timed"] for r in saved["layers"]) and saved["layers"][-1]["int8_ms"] is None
+    fast, _ = _suite_file(tmp_path, lambda n: 1e-6)
+    host.main(["precision-timing", "--from", str(fast), "--batch", "16", "--json", str(tmp_path / "f.json")])
+    timed = json.loads(capsys.readouterr().out)["timed"]
+    kept = {r["layer"] for r in json.loads((tmp_path / "f.json").read_text())["layers"] if r["timed"]}
+    # the missing layer (the classifier), and the pooling before it only as its pair
+    assert names[-1] in kept and len(kept) == timed["+ edge casts and pairs (the build)"] <= 2
+    assert timed["+ FP16 ceiling"] == 2          # and the pooling, whose FLOPs nothing bounds (all in L2)
+    mixed, _ = _suite_file(tmp_path, lambda n: 0.05 if int(n.rsplit("_", 1)[1]) % 2 else 0.002)
+    host.main(["precision-timing", "--from", str(mixed), "--batch", "256", "--bandwidth", "4.8e12"])
+    t = list(json.loads(capsys.readouterr().out)["timed"].values())
+    assert t[0] >= t[1] >= t[2] and t[0] > t[2]
+
+
+@pytest.mark.parametrize("argv, words", [(["--batch", "0"], "must be positive"),
+                                         (["--bandwidth", "-1"], "must be positive"),
+                                         (["--l2-mib", "-1"], "--l2-mib >= 0")])
+def test_precision_timing_refuses_bad_arguments(argv, words, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        host.main(["precision-timing", "--from", str(tmp_path / "none.json"), *argv])
+    assert e.value.code == 2 and words in capsys.readouterr().err
