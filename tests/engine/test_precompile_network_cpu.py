@@ -7,6 +7,7 @@ FP32 ones in the background; matmul layers: the matmul tiles; wgmma only on sm_9
 tile compiled once per process, by one worker, and counted in the build's metadata."""
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -364,6 +365,34 @@ def test_pool_workers_lower_their_priority_by_the_niceness_asked():
         pool.wait()
         assert pool.niceness == {want}
     assert own < precompile.BACKGROUND_NICE
+
+
+def test_a_tile_of_several_output_types_goes_to_the_pool_as_one_item_per_type():
+    """Families compiled per output type (one NVRTC run each) are dealt out one run per
+    item, so two workers share one tile's runs; other items stay as they are."""
+    items = [["conv_pw", "pwi8_64x128_s3", {"out_dtypes": ["float16", "int8"]}],
+             ["conv_wgmma", "wgi8_64x64_s4", {"fast_epilogue": True, "out_dtypes": ["int8"]}],
+             ["conv_tf32", "t", {"out_dtypes": ["float32", "float16"]}],      # not compiled per type
+             ["conv_igemm", "igemm_x", {}]]
+    assert precompile._one_run_each(items) == [
+        ["conv_pw", "pwi8_64x128_s3", {"out_dtypes": ["float16"]}],
+        ["conv_pw", "pwi8_64x128_s3", {"out_dtypes": ["int8"]}],
+        items[1], items[2], items[3]]
+    assert items[0][2]["out_dtypes"] == ["float16", "int8"]               # the caller's list untouched
+    pool = precompile._Pool([["conv_pw", "nope", {"out_dtypes": ["float16", "int8"]}]], 4)
+    pool.wait()                                                           # (no such tile: both fail)
+    assert len(pool._procs) == 2 and [it[2]["out_dtypes"] for it in pool.items] == [["float16"], ["int8"]]
+
+
+def test_the_pool_sums_the_seconds_of_a_tiles_runs():
+    import types
+    pool = object.__new__(precompile._Pool)
+    pool.timed, pool.niceness, pool._t0 = {}, set(), 0.0
+    pool._claims = tempfile.mkdtemp()
+    err = b"worker-niceness 0\ncompiled-in 1.50 conv_pw t\ncompiled-in 2.25 conv_pw t\ncompiled-in 0.5 conv_pw u\n"
+    pool._procs = [types.SimpleNamespace(communicate=lambda: (None, err), returncode=0)]
+    pool._collect()
+    assert pool.timed == {"conv_pw t": 3.75, "conv_pw u": 0.5} and pool.niceness == {0}
 
 
 class TileTactic(Injected):
