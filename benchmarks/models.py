@@ -210,6 +210,7 @@ def engine_rows(name, model, precision, batches, reps, out_dir, profile=False):
               "precisions": _count(engine.meta.get("precisions", {}).values()),
               "precision_moves": engine.meta.get("precision_moves", []),
               "precision_timing": precision_timing_summary(engine.meta.get("precision_timing", [])),
+              "precision_timing_limits": engine.meta.get("precision_timing_limits"),
               "precompile_s": compiled, "precompile_tiles": engine.meta.get("precompile_tiles"),
               "kernel_cache_empty": empty_kernel_cache,
               "cold_build_profiled": bool(profile)}

@@ -398,6 +398,20 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
 
 # -- the builder's stage ------------------------------------------------------------
 
+def device_limits():
+    """What bounds precision by timing's floors on this device, for the plan's record:
+    {"dram_bytes_per_s", "l2_bytes", "half_flops"} (``memory_system``, ``half_tensor_flops``),
+    or None without a device."""
+    try:
+        dev = cupy().cuda.Device().id
+        bandwidth, l2 = memory_system(dev)
+        return {"dram_bytes_per_s": bandwidth if math.isfinite(bandwidth) else None, "l2_bytes": l2,
+                "half_flops": half_tensor_flops(dev)}
+    except Exception as e:     # noqa: BLE001  (a record, never a reason to fail a build)
+        log.debug("device limits not read: %s: %s", type(e).__name__, e)
+        return None
+
+
 def refine_precisions(network, meta, config, engine, feeds, compile_round=None):
     """The builder's precision-by-timing stage: up to ROUNDS rounds of measure ->
     decide -> select the tactics again with the moved layers (on a fresh CuPy
@@ -433,5 +447,5 @@ def refine_precisions(network, meta, config, engine, feeds, compile_round=None):
         backend.cudnn_plans = engine.backend.cudnn_plans    # and one set of cuDNN plans
         engine = backend.select_tactics(network, feeds)
     return engine, {"precisions": meta["precisions"], "precision_moves": report,
-                    "precision_timing": measured,
+                    "precision_timing": measured, "precision_timing_limits": device_limits() if measured else None,
                     **({"int8_layers": meta["int8_layers"]} if "int8_layers" in meta else {})}

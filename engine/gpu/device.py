@@ -48,20 +48,37 @@ def memory_system(device_id=0):
 HALF_FLOPS_PER_SM_CLOCK = {7: 1024, 8: 2048, 9: 4096, 10: 8192, 12: 2048}
 
 
+# cudaDevAttr values read through the runtime where CuPy's attribute dict lacks them (an
+# H100 build under CuPy 14 / CUDA 13 applied no FP16 ceiling: one of them was missing there)
+_ATTR_ENUM = {"ClockRate": 13, "MultiProcessorCount": 16, "ComputeCapabilityMajor": 75}
+# no GPU's SMs clock past this: the ceiling's clock when the driver reports none
+FALLBACK_CLOCK_KHZ = 3_000_000
+
+
 @functools.lru_cache(maxsize=None)
 def half_tensor_flops(device_id=0):
     """An upper bound of the FP16 FLOP/s a device's tensor cores can reach: SMs x peak SM
     clock x HALF_FLOPS_PER_SM_CLOCK of its architecture (H100 SXM: 132 x 1.98 GHz x 4096 =
-    1.07e15); None where the driver does not say or the architecture is not in the table
-    (nothing is then bounded by FP16 compute)."""
-    return half_flops_from(cupy().cuda.Device(device_id).attributes)
+    1.07e15). An attribute CuPy's dict lacks is asked of the runtime; a clock nobody reports
+    is FALLBACK_CLOCK_KHZ. None where the SM count or the architecture is unknown (nothing
+    is then bounded by FP16 compute)."""
+    cp = cupy()
+    attrs = dict(cp.cuda.Device(device_id).attributes)
+    for name, enum in _ATTR_ENUM.items():
+        if not attrs.get(name):
+            try:
+                attrs[name] = cp.cuda.runtime.deviceGetAttribute(enum, device_id)
+            except Exception:    # noqa: BLE001  (an older or newer runtime: left unknown)
+                pass
+    return half_flops_from(attrs)
 
 
 def half_flops_from(attrs):
     """``half_tensor_flops`` from a device's attribute dict (CuPy's names)."""
-    sms, clock_khz = attrs.get("MultiProcessorCount"), attrs.get("ClockRate")
+    sms = attrs.get("MultiProcessorCount")
+    clock_khz = attrs.get("ClockRate") or FALLBACK_CLOCK_KHZ
     per = HALF_FLOPS_PER_SM_CLOCK.get(attrs.get("ComputeCapabilityMajor"))
-    if not sms or not clock_khz or not per:
+    if not sms or not per:
         return None
     return float(sms) * clock_khz * 1e3 * per
 

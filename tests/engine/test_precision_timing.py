@@ -382,8 +382,9 @@ def test_memory_system_from_the_device_attributes(monkeypatch):
 
 def test_half_tensor_flops_from_the_device_attributes(monkeypatch):
     """SMs x peak clock (kHz) x the architecture's FP16 FLOPs per SM per clock: an H100 SXM's
-    attributes give 1.07e15 (its published dense peak, 989 TFLOP/s, is below); an
-    architecture not in the table, or a driver that does not say, bounds nothing."""
+    attributes give 1.07e15 (its published dense peak, 989 TFLOP/s, is below); an attribute
+    CuPy's dict lacks comes from the runtime; a clock nobody reports is the fallback (3 GHz,
+    still a ceiling); an unknown architecture or SM count bounds nothing."""
     import types
     from engine.gpu import device
     h100 = {"MultiProcessorCount": 132, "ClockRate": 1_980_000, "ComputeCapabilityMajor": 9}
@@ -392,10 +393,27 @@ def test_half_tensor_flops_from_the_device_attributes(monkeypatch):
     a100 = dict(h100, MultiProcessorCount=108, ClockRate=1_410_000, ComputeCapabilityMajor=8)
     assert device.half_flops_from(a100) > 0.999 * 312e12            # A100's dense FP16 peak (rounded up)
     assert device.half_flops_from(dict(h100, ComputeCapabilityMajor=6)) is None
-    assert device.half_flops_from({"MultiProcessorCount": 132, "ComputeCapabilityMajor": 9}) is None
-    dev = types.SimpleNamespace(attributes=h100)
-    monkeypatch.setattr(device, "cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: dev)))
-    assert device.half_tensor_flops.__wrapped__(0) == device.half_flops_from(h100)
+    assert device.half_flops_from({"ClockRate": 1_980_000, "ComputeCapabilityMajor": 9}) is None
+    no_clock = {"MultiProcessorCount": 132, "ComputeCapabilityMajor": 9}
+    assert device.half_flops_from(no_clock) == 132 * 3e9 * 4096 > device.half_flops_from(h100)
+    asked = []
+
+    def runtime_attr(enum, dev):
+        asked.append(enum)
+        if enum == 13:
+            return 1_980_000
+        raise RuntimeError("cudaErrorInvalidValue")
+
+    def fake(attrs):
+        d = types.SimpleNamespace(attributes=attrs)
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(
+            Device=lambda i: d, runtime=types.SimpleNamespace(deviceGetAttribute=runtime_attr)))
+    monkeypatch.setattr(device, "cupy", lambda: fake(h100))
+    assert device.half_tensor_flops.__wrapped__(0) == device.half_flops_from(h100) and asked == []
+    monkeypatch.setattr(device, "cupy", lambda: fake(no_clock))           # CuPy's dict lacks the clock
+    assert device.half_tensor_flops.__wrapped__(0) == device.half_flops_from(h100) and asked == [13]
+    monkeypatch.setattr(device, "cupy", lambda: fake({"ComputeCapabilityMajor": 9}))   # no SM count anywhere
+    assert device.half_tensor_flops.__wrapped__(0) is None
 
 
 @pytest.mark.parametrize("half_flops, timed", [(None, True), (1e15, False)])
@@ -563,3 +581,24 @@ def test_measure_times_a_layer_that_only_a_pair_could_move(pool_ms, conv_timed):
     if conv_timed:                                    # measured: the pair pays, both move
         moved = pt.decide(list(moves.values())) + pt.decide_pairs(e.network, list(moves.values()))
         assert pool.name in moved
+
+
+def test_the_plan_records_the_limits_the_floors_used(monkeypatch):
+    """``device_limits``: the memory system and the FP16 ceiling, as the plan's
+    ``precision_timing_limits`` (an infinite rate, which bounds nothing, recorded as None);
+    without a device, None."""
+    import types
+    from engine.gpu import device
+    monkeypatch.setattr(pt, "cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(id=0))))
+    monkeypatch.setattr(pt, "memory_system", lambda dev: (3.35e12, 50 * 2**20))
+    monkeypatch.setattr(pt, "half_tensor_flops", lambda dev: 1.07e15)
+    assert pt.device_limits() == {"dram_bytes_per_s": 3.35e12, "l2_bytes": 50 * 2**20, "half_flops": 1.07e15}
+    monkeypatch.setattr(pt, "memory_system", lambda dev: (math.inf, 0))
+    assert pt.device_limits()["dram_bytes_per_s"] is None
+
+    def no_device():
+        raise RuntimeError("no CUDA device")
+    monkeypatch.setattr(pt, "cupy", no_device)
+    assert pt.device_limits() is None
+    assert device.FALLBACK_CLOCK_KHZ >= 2_500_000                  # past every GPU's boost clock

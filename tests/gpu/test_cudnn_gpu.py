@@ -123,8 +123,13 @@ def test_bad_buffers_are_refused_with_what_was_expected():
                        residual=cp.zeros((1,), np.float16))
 
 
-def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
+def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy(monkeypatch):
+    """With tiles_where_specialised=1 our general FP16 tiles are timed beside cuDNN's graphs
+    (at the default 0 they are held back: tests/gpu/test_tiles_where_specialised_gpu.py).
+    Precision by timing is off: the layer stays FP16 whatever the shared GPU's timing says
+    (under four test processes, one H100 run moved it to FP32 and recorded those times)."""
     import engine as rt
+    monkeypatch.setenv("CUPYRT_TILES_WHERE_SPECIALISED", "1")
     from engine.gpu.tactics import candidates
     net = rt.Network()
     x = net.add_input("x", rt.float32, (4, 64, 16, 16))
@@ -140,6 +145,7 @@ def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
         cfg = rt.Builder().create_builder_config()
         cfg.backend = backend
         cfg.set_flag(rt.BuilderFlag.FP16)
+        cfg.precision_by_timing = False
         plan = rt.Builder().build_serialized_network(net, cfg)
         return rt.Runtime(backend=backend).deserialize_cuda_engine(plan)
 
@@ -152,6 +158,7 @@ def test_engine_times_cudnn_beside_its_own_kernels_and_matches_numpy():
         assert rel_l2(got[name], value) <= 1e-2
     timed = eng.meta.get("tactic_ms", {}).get(layer.name, {})
     assert timed.get("conv.cudnn") is not None, timed      # timed, whether or not it won
+    assert any(n.startswith(("conv.igemm", "conv.wg_")) and v is not None for n, v in timed.items()), timed
 
 
 def test_writes_a_channel_slice_of_a_wider_nhwc_buffer():

@@ -64,6 +64,11 @@ def test_measured_build_records_its_moves_and_stays_correct(flags):
     tol = 0.05 if rt.BuilderFlag.INT8 in flags else 1e-2
     err = rel_l2(next(iter(run(e).values())), reference())
     assert err < tol, (err, e.meta["kernels"], moves)
+    # the floors' limits, read from this device: an FP16 ceiling between an A100's dense peak
+    # and three times an H100's (session 17's first H100 build applied none)
+    limits = e.meta["precision_timing_limits"]
+    assert limits["dram_bytes_per_s"] > 1e12 and limits["l2_bytes"] > 2**20
+    assert 3e14 < limits["half_flops"] < 3.3e15, limits
 
 
 @pytest.mark.parametrize("flags, moved_to", [((rt.BuilderFlag.FP16,), "FLOAT"),
