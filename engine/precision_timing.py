@@ -301,8 +301,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     serves repeats) and return the list of ``Move``s, undecided. A layer whose
     alternative cannot win even at lower bounds of its own time (``cannot_win_floor_ms``) and
     of the casts at its edges (``cast_floor_ms``), alone or in a pair (``worth_timing``), is
-    not timed in it (alternative_ms = inf). Every current time comes first, so the alternatives' cuDNN plans are queued for the layers timed in them
-    only (``cudnn_tactics.prefetch_only``: a ResNet-50 INT8 build queued 26 FP16 graphs for
+    not timed in it (alternative_ms = inf). Every current time comes first, so the
+    alternatives' cuDNN plans are queued for the layers timed in them only
+    (``cudnn_tactics.prefetch_only``: a ResNet-50 INT8 build queued 26 FP16 graphs for
     precision by timing and used 18, H100, session 15). ``xp``/``timer``/
     ``memory``/``half_flops`` default to CuPy, CUDA-event timing, the device's memory system
     and its FP16 tensor ceiling (tests pass stand-ins; with NumPy, no FP16 ceiling). ``bounds``:
