@@ -60,14 +60,15 @@ cannot time without a GPU). ``--set name=value`` applies a setting
     python benchmarks/host.py compiles --model resnet50 --precision int8 --time
     python benchmarks/host.py compiles --precision int8 --time --set tiles_where_specialised=0
 
-``precision-timing`` (issue 14, the cold build): which layers an INT8 build of the suites'
-ResNet-50 (or MobileNetV2) would time in FP16 for precision by timing, replayed on the CPU
-from the INT8 times a device build recorded (a suite file's ``builds[0].tactics.build``:
-each layer's chosen tactic; a layer the file lacks counts as timed): how many the traffic
-floor alone leaves, how many the device's FP16 tensor ceiling, and how many the casts at
-each layer's edges and the pairs (engine/precision_timing.py ``worth_timing``), the last
-being what the build times. The device's memory system and ceiling are arguments (an H100
-SXM's by default):
+``precision-timing`` (issue 14, the cold build): which layers a build of the suites'
+ResNet-50 or MobileNetV2 would time in the next precision down for precision by timing (an
+INT8 build: FP16; ``--precision fp16``: FP32), replayed on the CPU from the times a device
+build recorded (a suite file's ``builds[0].tactics.build``: each layer's chosen tactic; a
+layer the file lacks counts as timed): how many the floor of bytes (and, for FP32, of
+FLOPs) alone leaves, how many with the device's FP16 tensor ceiling too (INT8 builds), and
+how many with the casts at each layer's edges and the pairs (engine/precision_timing.py
+``worth_timing``), the last being what the build times. The device's memory system and
+ceiling are arguments (an H100 SXM's by default):
 
     python benchmarks/host.py precision-timing --from benchmarks/results/logs/FILE.json \
         --bandwidth 4.8e12 --half-flops 1.07e15
@@ -650,7 +651,7 @@ class _Replayed:
 
 
 def precision_timing_main(args):
-    """{counts, layers}: which FP16 alternatives an INT8 build times (module docstring)."""
+    """{counts, layers}: which alternatives a build's precision by timing times (module docstring)."""
     from engine import precision_timing as pt
     from engine.types import DataType
     with open(args.source) as f:
@@ -658,7 +659,7 @@ def precision_timing_main(args):
     picks = doc["builds"][0]["tactics"]["build"]
     ms = {name: t["ms"][t["chosen"]] for name, t in picks.items()
           if t.get("chosen") in t.get("ms", {}) and t["ms"][t["chosen"]] is not None}
-    e, cfg = _listing_engine(args.model, "int8", args.batch)
+    e, cfg = _listing_engine(args.model, args.precision, args.batch)
     precisions = {name: DataType[p] for name, p in e.meta["precisions"].items()}
     alts = pt.alternatives(e.network, precisions, cfg)
     e.backend = _Replayed(ms, precisions, UNKNOWN_MS)     # a layer the file lacks: timed
@@ -677,6 +678,7 @@ def precision_timing_main(args):
             "batch": args.batch, "memory": {"bytes_per_s": args.bandwidth, "l2_mib": args.l2_mib},
             "half_flops": args.half_flops, "alternatives": len(alts),
             "missing_from_file": sorted(set(e.backend.missing)),
+            "precision": args.precision,
             "timed": {"traffic floor": len(traffic), "+ FP16 ceiling": len(ceiling),
                       "+ edge casts and pairs (the build)": len(kept)},
             "layers": rows}
@@ -729,9 +731,11 @@ def parser():
     k.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of engine/settings.py for this listing (repeatable)")
     k.add_argument("--json", help="write the figures (every tile) here")
-    t = sub.add_parser("precision-timing", help="which FP16 alternatives an INT8 build times, from a device file")
+    t = sub.add_parser("precision-timing", help="which alternatives precision by timing times, from a device file")
     t.add_argument("--from", dest="source", required=True, help="a suite file (benchmarks/results/...json)")
     t.add_argument("--model", choices=sorted(COMPILE_MODELS), default="resnet50")
+    t.add_argument("--precision", choices=("int8", "fp16"), default="int8",
+                   help="the build the file holds (int8: FP16 alternatives; fp16: FP32 ones)")
     t.add_argument("--batch", type=int, default=256)
     t.add_argument("--bandwidth", type=float, default=3.35e12, help="peak DRAM bytes/s (H100 SXM: 3.35e12)")
     t.add_argument("--l2-mib", type=float, default=50.0, help="L2 MiB (H100 / H200: 50)")

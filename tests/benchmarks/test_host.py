@@ -109,12 +109,12 @@ def test_compiles_refuses_bad_arguments(argv, words, capsys):
     assert e.value.code == 2 and words in capsys.readouterr().err
 
 
-def _suite_file(tmp_path, ms_of):
-    """A suite file whose build recorded ``ms_of(layer name)`` for every INT8-timed layer of
-    the listing engine but the last (a layer the file lacks)."""
+def _suite_file(tmp_path, ms_of, precision="int8"):
+    """A suite file whose build recorded ``ms_of(layer name)`` for every layer of the listing
+    engine that precision by timing weighs but the last (a layer the file lacks)."""
     from engine import precision_timing as pt
     from engine.types import DataType
-    e, cfg = host._listing_engine("resnet50", "int8", 16)
+    e, cfg = host._listing_engine("resnet50", precision, 16)
     prec = {n: DataType[p] for n, p in e.meta["precisions"].items()}
     names = list(pt.alternatives(e.network, prec, cfg))
     build = {n: {"chosen": "k", "ms": {"k": ms_of(n), "other": 9.0}} for n in names[:-1]}
@@ -146,6 +146,18 @@ def test_precision_timing_replays_which_fp16_alternatives_an_int8_build_times(tm
     host.main(["precision-timing", "--from", str(mixed), "--batch", "256", "--bandwidth", "4.8e12"])
     t = list(json.loads(capsys.readouterr().out)["timed"].values())
     assert t[0] >= t[1] >= t[2] and t[0] > t[2]
+
+
+def test_precision_timing_replays_an_fp16_build_against_fp32(tmp_path, capsys):
+    """``--precision fp16``: the FP32 alternatives; slow FP16 layers are all timed, layers
+    already past the FP32 ceiling (1 ns) none but the one the file lacks and its pair."""
+    slow, names = _suite_file(tmp_path, lambda n: 50.0, "fp16")
+    host.main(["precision-timing", "--from", str(slow), "--batch", "16", "--precision", "fp16"])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["precision"] == "fp16" and set(shown["timed"].values()) == {len(names)} and len(names) > 40
+    fast, _ = _suite_file(tmp_path, lambda n: 1e-6, "fp16")
+    host.main(["precision-timing", "--from", str(fast), "--batch", "16", "--precision", "fp16"])
+    assert 1 <= json.loads(capsys.readouterr().out)["timed"]["+ edge casts and pairs (the build)"] <= 2
 
 
 @pytest.mark.parametrize("argv, words", [(["--batch", "0"], "must be positive"),
