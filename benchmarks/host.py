@@ -671,8 +671,8 @@ def precision_timing_main(args):
     kept = pt.worth_timing(e.network, bounds)
     traffic = {b.layer for b in bounds if _traffic_floor_ms(e, b, shapes, memory) < pt.MARGIN * b.current_ms}
     ceiling = {b.layer for b in bounds if b.alternative_ms < pt.MARGIN * b.current_ms}
-    rows = [{"layer": b.layer, "int8_ms": None if b.current_ms == UNKNOWN_MS else round(b.current_ms, 4),
-             "fp16_floor_ms": round(b.alternative_ms, 4), "edges_floor_ms": round(b.boundary_ms, 4),
+    rows = [{"layer": b.layer, "current_ms": None if b.current_ms == UNKNOWN_MS else round(b.current_ms, 4),
+             "alternative_floor_ms": round(b.alternative_ms, 4), "edges_floor_ms": round(b.boundary_ms, 4),
              "timed": b.layer in kept} for b in bounds]
     return {"source": os.path.basename(args.source), "card": doc.get("card"), "model": args.model,
             "batch": args.batch, "memory": {"bytes_per_s": args.bandwidth, "l2_mib": args.l2_mib},

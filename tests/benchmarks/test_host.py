@@ -134,7 +134,7 @@ def test_precision_timing_replays_which_fp16_alternatives_an_int8_build_times(tm
     assert shown["missing_from_file"] == [names[-1]]
     assert set(shown["timed"].values()) == {len(names)}
     saved = json.loads((tmp_path / "o.json").read_text())
-    assert all(r["timed"] for r in saved["layers"]) and saved["layers"][-1]["int8_ms"] is None
+    assert all(r["timed"] for r in saved["layers"]) and saved["layers"][-1]["current_ms"] is None
     fast, _ = _suite_file(tmp_path, lambda n: 1e-6)
     host.main(["precision-timing", "--from", str(fast), "--batch", "16", "--json", str(tmp_path / "f.json")])
     timed = json.loads(capsys.readouterr().out)["timed"]
