@@ -664,12 +664,13 @@ def precision_timing_main(args):
     alts = pt.alternatives(e.network, precisions, cfg)
     e.backend = _Replayed(ms, precisions, UNKNOWN_MS)     # a layer the file lacks: timed
     memory = (args.bandwidth, args.l2_mib * 2**20)
-    shapes = e.infer_shapes({"input": (args.batch, 3, 224, 224)})
-    bounds = []
-    pt.measure(e, {"input": (args.batch, 3, 224, 224)}, alts, xp=np, timer=lambda fn, reps: 0.0,
-               memory=memory, half_flops=args.half_flops, bounds=bounds)
+    # the bounds with and without the FP16 ceiling (as before session 17: bytes, FP32's FLOPs)
+    bounds, uncapped = [], []
+    for half_flops, out in ((args.half_flops, bounds), (None, uncapped)):
+        pt.measure(e, {"input": (args.batch, 3, 224, 224)}, alts, xp=np, timer=lambda fn, reps: 0.0,
+                   memory=memory, half_flops=half_flops, bounds=out)
     kept = pt.worth_timing(e.network, bounds)
-    traffic = {b.layer for b in bounds if _traffic_floor_ms(e, b, shapes, memory) < pt.MARGIN * b.current_ms}
+    traffic = {b.layer for b in uncapped if b.alternative_ms < pt.MARGIN * b.current_ms}
     ceiling = {b.layer for b in bounds if b.alternative_ms < pt.MARGIN * b.current_ms}
     rows = [{"layer": b.layer, "current_ms": None if b.current_ms == UNKNOWN_MS else round(b.current_ms, 4),
              "alternative_floor_ms": round(b.alternative_ms, 4), "edges_floor_ms": round(b.boundary_ms, 4),
@@ -682,20 +683,6 @@ def precision_timing_main(args):
             "timed": {"traffic floor": len(traffic), "+ FP16 ceiling": len(ceiling),
                       "+ edge casts and pairs (the build)": len(kept)},
             "layers": rows}
-
-
-def _traffic_floor_ms(e, b, shapes, memory):
-    """The floor of bound ``b``'s alternative without the FP16 ceiling (as before session 17):
-    its inputs' and outputs' bytes as the move would store them."""
-    from engine import precision_timing as pt
-    from engine.execution import moved_storage
-    layer = next(la for la in e.network._layers if la.name == b.layer)
-    cur_out = next(outs for la, _, outs in e.schedule() if la.name == b.layer)
-    cur_in = [None if t is None else pt._storage(e, t) for t in layer._inputs]
-    alt_in, alt_out = moved_storage(layer, cur_in, cur_out, b.alternative)
-    tensors = list(layer._inputs) + list(layer._outputs)
-    return pt.cannot_win_floor_ms(layer, b.alternative, [None if t is None else shapes[id(t)] for t in tensors],
-                                  list(alt_in) + list(alt_out), memory)
 
 
 def parser():

@@ -320,11 +320,7 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
     backend = engine.backend
     shapes = engine.infer_shapes(input_shapes)
     rng = xp.random.RandomState(seed)
-    consumers = {}
-    for layer in engine.network._layers:
-        for t in layer._inputs:
-            if t is not None:
-                consumers.setdefault(id(t), []).append(layer)
+    consumers = tensor_consumers(engine.network)
     cast_ms = {}
 
     def cast(shape, src, dst):
@@ -363,38 +359,41 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
             log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
             continue
         b = Move(layer.name, cur, alt, m.current_ms, floor_ms)
-        for t, a, c in zip(ins, alt_in, cur_in):
-            if t is not None and a != c:
-                b.in_edges[t.name] = b.in_edges.get(t.name, 0.0) + cast_floor_ms(shapes[id(t)], c, a, memory)
-        for t, a, c in zip(layer._outputs, alt_out, cur_out):
-            if a != c and any(sched[u.name][0] == cur for u in consumers.get(id(t), [])):
-                b.out_edges[t.name] = cast_floor_ms(shapes[id(t)], a, c, memory)
-        b.boundary_ms = sum(b.in_edges.values()) + sum(b.out_edges.values())
+        edges = (layer, cur_in, alt_in, cur_out, alt_out)
+        _price_edges(b, *edges, shapes, consumers, sched, lambda shape, src, dst: cast_floor_ms(shape, src, dst, memory))
         bounds.append(b)
-        pending[layer.name] = (layer, m, ins, cur_in, cur_out, alt_in, alt_out)
+        pending[layer.name] = (m, ins, edges)
     timed = worth_timing(engine.network, bounds)
     todo = []
     for name, item in pending.items():
         if name in timed:
             todo.append(item)
         else:
-            item[1].alternative_ms = math.inf          # cannot win: not worth timing
-    with prefetch_only(m.layer for _, m, *_ in todo):
-        for layer, m, ins, cur_in, cur_out, alt_in, alt_out in todo:
+            item[0].alternative_ms = math.inf          # cannot win: not worth timing
+    with prefetch_only(m.layer for m, *_ in todo):
+        for m, ins, edges in todo:
+            layer, _, alt_in, _, alt_out = edges
             try:
                 xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
                 m.alternative_ms = backend.measure(layer, xs, m.alternative, alt_out)[1]
-                for t, a, c in zip(ins, alt_in, cur_in):
-                    if t is not None and a != c:
-                        m.in_edges[t.name] = m.in_edges.get(t.name, 0.0) + cast(shapes[id(t)], c, a)
-                for t, a, c in zip(layer._outputs, alt_out, cur_out):
-                    keep = [u for u in consumers.get(id(t), []) if sched[u.name][0] == m.current]
-                    if a != c and keep:
-                        m.out_edges[t.name] = cast(shapes[id(t)], a, c)
-                m.boundary_ms = sum(m.in_edges.values()) + sum(m.out_edges.values())
+                _price_edges(m, *edges, shapes, consumers, sched, cast)
             except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
                 log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)
     return moves
+
+
+def _price_edges(move, layer, cur_in, alt_in, cur_out, alt_out, shapes, consumers, sched, cost):
+    """Fill ``move``'s ``in_edges``, ``out_edges`` and ``boundary_ms`` with ``cost(shape, src,
+    dst)`` of each cast the move adds: an input whose stored type changes, and an output
+    whose type changes where some consumer keeps the current precision (``sched``: layer
+    name -> (precision, output types))."""
+    for t, a, c in zip(layer._inputs, alt_in, cur_in):
+        if t is not None and a != c:
+            move.in_edges[t.name] = move.in_edges.get(t.name, 0.0) + cost(shapes[id(t)], c, a)
+    for t, a, c in zip(layer._outputs, alt_out, cur_out):
+        if a != c and any(sched[u.name][0] == move.current for u in consumers.get(id(t), [])):
+            move.out_edges[t.name] = cost(shapes[id(t)], a, c)
+    move.boundary_ms = sum(move.in_edges.values()) + sum(move.out_edges.values())
 
 
 # -- the builder's stage ------------------------------------------------------------

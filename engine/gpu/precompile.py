@@ -484,9 +484,8 @@ def start_early(network, meta, input_shapes, cached=None):
         _compiled.difference_update(_item_key(it) for it in items)
         return _Later()
     log.info("compiling %d tiles while the INT8 calibration runs", len(items))
-    early = _Later(_Pool(items, s.precompile_workers), len(items), "early_tiles", "early_wait_seconds")
-    early.keys = {_item_key(it) for it in items}
-    return early
+    return _Later(_Pool(items, s.precompile_workers), len(items), "early_tiles", "early_wait_seconds",
+                  keys={_item_key(it) for it in items})
 
 
 def finish_early(early):
@@ -495,7 +494,7 @@ def finish_early(early):
     of the build's list it compiled join ``compiled``, which ``precompile_for`` counted
     without them). Seconds."""
     if early.pool is not None:
-        last_report["compiled"] = last_report.get("compiled", 0) + len(getattr(early, "keys", set()) & _listed_keys)
+        last_report["compiled"] = last_report.get("compiled", 0) + len(early.keys & _listed_keys)
     return early.wait()
 
 
@@ -503,8 +502,8 @@ class _Later:
     """A background compile (``start_for``, ``start_early``); ``wait`` joins it and adds its
     tile count and the seconds waited to ``last_report`` under the two keys given."""
 
-    def __init__(self, pool=None, count=0, tiles_key="later_tiles", seconds_key="later_seconds"):
-        self.pool, self.count = pool, count
+    def __init__(self, pool=None, count=0, tiles_key="later_tiles", seconds_key="later_seconds", keys=frozenset()):
+        self.pool, self.count, self.keys = pool, count, keys      # keys: its items' (_item_key)
         self.tiles_key, self.seconds_key = tiles_key, seconds_key
 
     def wait(self):
