@@ -341,6 +341,7 @@ class ConvGraph:
         self.plan_times = {}          # plan index -> ms (inf: failed)
         self.plan_names = {}
         self.build_seconds = 0.0      # compiling plans, wherever it ran (CPU seconds)
+        self.plan_build_seconds = {}  # plan index -> its share of build_seconds
         self.wait_seconds = 0.0       # this process's wall time to have them (builds + waiting)
         self.deserialized = 0         # plans that arrived built (workers, the store)
         self.index = None             # the chosen plan
@@ -387,6 +388,7 @@ class ConvGraph:
         self._plans[index], self._blobs[index] = g, blob
         self.plan_names[index] = name
         self.build_seconds += seconds
+        self.plan_build_seconds[index] = self.plan_build_seconds.get(index, 0.0) + seconds
         self.deserialized += 1
         return True
 
@@ -403,7 +405,9 @@ class ConvGraph:
             self.plan_times[index] = math.inf
             return False
         finally:
-            self.build_seconds += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            self.build_seconds += spent
+            self.plan_build_seconds[index] = self.plan_build_seconds.get(index, 0.0) + spent
 
     def gather(self, results=None, known=None):
         """Have the candidate plans: ``known`` = (index, blob or None) chosen by an earlier
@@ -687,19 +691,25 @@ def stats():
     seconds spent compiling plans (wherever they ran) and this process's wall seconds
     to have them, and how many arrived built (workers, the store); and which plan won:
     ``chosen`` {spec kind: {plan index (the heuristics' order): graphs}} over the graphs
-    that timed more than one plan, the evidence for how many plans a graph needs."""
+    that timed more than one plan, the evidence for how many plans a graph needs; and
+    ``build_s_by_plan`` {spec kind: {plan index: compile seconds}}, what each index costs."""
     graphs = [g for g in _graphs.values() if isinstance(g, ConvGraph)]
-    chosen = {}
+    chosen, by_plan = {}, {}
     for g in graphs:
         if g.index is not None and len(g.plan_times) > 1:
             kind = chosen.setdefault(_spec_kind(g.spec), {})
             kind[g.index] = kind.get(g.index, 0) + 1
+        spent = by_plan.setdefault(_spec_kind(g.spec), {})
+        for i, sec in g.plan_build_seconds.items():
+            spent[i] = spent.get(i, 0.0) + sec
     return {"built": len(graphs), "failed": sum(1 for g in _graphs.values() if isinstance(g, str)),
             "build_s": round(sum(g.build_seconds for g in graphs), 1),
             "wait_s": round(sum(g.wait_seconds for g in graphs), 1),
             "plans_timed": sum(len(g.plan_times) for g in graphs),
             "deserialized": sum(g.deserialized for g in graphs),
-            "chosen": {k: dict(sorted(v.items())) for k, v in sorted(chosen.items())}}
+            "chosen": {k: dict(sorted(v.items())) for k, v in sorted(chosen.items())},
+            "build_s_by_plan": {k: {i: round(t, 1) for i, t in sorted(v.items())}
+                                for k, v in sorted(by_plan.items()) if v}}
 
 
 def _spec_kind(spec):

@@ -98,7 +98,7 @@ def test_the_budget_stops_building_once_one_plan_exists(fake):
 
 
 def test_worker_plans_are_deserialized_and_only_the_rest_built_here(fake):
-    f = fake(plan_count=6, fail={2})
+    f = fake(plan_count=6, fail={2}, build_s={4: 0.05})
     blob = G.encode_blob(json.dumps({"plan": 0}).encode())
     results = {0: {"index": 0, "name": "eng0", "seconds": 3.0, "blob": blob},
                1: {"index": 1, "name": "eng1", "seconds": 0.1, "blob": None},    # not serializable
@@ -111,6 +111,10 @@ def test_worker_plans_are_deserialized_and_only_the_rest_built_here(fake):
     assert g.deserialized == 2 and g.plan_times == {2: math.inf}
     assert [g._plans[i].loaded for i in (0, 3)] == [0, 3] and g._plans[1] is None
     assert g.build_seconds >= 5.0                # the workers' compile seconds are counted
+    # per plan: the workers' seconds as they reported them, those built here as measured
+    assert set(g.plan_build_seconds) == {0, 1, 2, 3, 4} - {2}
+    assert (g.plan_build_seconds[0], g.plan_build_seconds[3]) == (3.0, 2.0)
+    assert g.plan_build_seconds[4] >= 0.05 and g.plan_build_seconds[1] < 0.05
 
 
 def test_a_plan_that_does_not_deserialize_is_built_here(fake):
@@ -356,6 +360,7 @@ def test_stats_count_the_chosen_plan_index_per_graph_kind(fake, monkeypatch):
                                              ("float16", {}, None)]):            # not chosen yet
         g = G.ConvGraph(spec(out_dtype=out, k=8 * (i + 1)))
         g.plan_times, g.index = times, index
+        g.plan_build_seconds = {j: 0.25 * (j + 1) for j in times}
         G._graphs[(g.spec, 0, 4)] = g
         graphs.append(g)
     G._graphs[(spec(k=64), 0, 4)] = "no plan built"                               # a failed graph
@@ -363,3 +368,6 @@ def test_stats_count_the_chosen_plan_index_per_graph_kind(fake, monkeypatch):
     assert st["built"] == 5 and st["failed"] == 1 and st["plans_timed"] == 9
     assert st["chosen"] == {"ConvSpec float16": {0: 1, 1: 1}, "ConvSpec float32": {3: 1}}
     assert list(st["chosen"]["ConvSpec float16"]) == [0, 1]                        # by index
+    # what each plan index cost to compile, summed per kind, one-plan graphs included
+    assert st["build_s_by_plan"] == {"ConvSpec float16": {0: 0.5, 1: 1.0, 2: 1.5},
+                                     "ConvSpec float32": {0: 0.2, 1: 0.5, 3: 1.0}}
