@@ -198,3 +198,77 @@ def test_window_layers_take_attributes_at_creation(net):
     assert pool.get_output(0).shape == (1, 4, 2, 2)
     with pytest.raises(rt.NetworkDefinitionError, match="one of the layer's attributes"):
         net.add_pooling_nd(x, rt.PoolingType.MAX, (1, 1), strides=(2, 2))
+
+
+def _conv_chain(net, k=4):
+    """input (2, 3, 8, 8) -> conv 3x3 (k) -> relu -> conv 1x1 (5): shapes through the chain."""
+    rng = np.random.default_rng(3)
+    x = net.add_input("x", rt.float32, (2, 3, 8, 8))
+    c1 = net.add_convolution_nd(x, k, (3, 3), kernel=rng.standard_normal((k, 3, 3, 3)).astype(np.float32))
+    r = net.add_activation(c1.get_output(0), rt.ActivationType.RELU)
+    c2 = net.add_convolution_nd(r.get_output(0), 5, (1, 1),
+                                kernel=rng.standard_normal((5, k, 1, 1)).astype(np.float32))
+    net.mark_output(c2.get_output(0))
+    return x, c1, r, c2
+
+
+def _count_inference(monkeypatch, net):
+    calls = []
+    real = type(net)._infer_layer
+    monkeypatch.setattr(type(net), "_infer_layer", lambda self, layer, *a: calls.append(layer.name) or
+                        real(self, layer, *a))
+    return calls
+
+
+def test_a_fusion_that_keeps_the_shapes_infers_only_the_fused_layer(net, monkeypatch):
+    """take_output (every fusion pass) re-infers the keeper alone when its outputs come out
+    as they were; reading a shape later re-infers nothing (the passes used to re-infer the
+    whole network once per fusion)."""
+    x, c1, r, c2 = _conv_chain(net)
+    assert c2.get_output(0).shape == (2, 5, 6, 6)
+    feed = {"x": np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    name = c2.get_output(0).name
+    before = interpret(net, feed)[name]
+    calls = _count_inference(monkeypatch, net)
+    c1.post_activation = rt.ActivationType.RELU       # an epilogue: the output is unchanged
+    net.take_output(c1, r)
+    assert c2.get_input(0) is c1.get_output(0) and c2.get_output(0).shape == (2, 5, 6, 6)
+    assert not net._dirty and set(calls) == {c1.name}
+    assert rel_l2(interpret(net, feed)[name], before) < 1e-6 and np.abs(before).max() > 0
+
+
+def test_a_change_that_alters_a_shape_still_reinfers_what_follows(net, monkeypatch):
+    x, c1, r, c2 = _conv_chain(net)
+    calls = _count_inference(monkeypatch, net)
+    c1.padding_nd = (1, 1)                            # 6x6 -> 8x8: every layer after it changes
+    assert net._dirty
+    assert r.get_output(0).shape == (2, 4, 8, 8) and c2.get_output(0).shape == (2, 5, 8, 8)
+    assert {r.name, c2.name} <= set(calls)
+    calls.clear()
+    c1.kernel = c1.kernel * 2.0                       # weights only: nothing after it re-inferred
+    assert not net._dirty and c2.get_output(0).shape == (2, 5, 8, 8) and calls == [c1.name]
+
+
+def test_a_fusion_whose_outputs_differ_marks_the_network(net):
+    """A keeper that infers another shape than the tensor it takes over: the layers after it
+    are inferred again (and a layer that no longer fits says so) on the next read."""
+    x, c1, r, c2 = _conv_chain(net)
+    c1.padding_nd = (1, 1)
+    assert c2.get_output(0).shape == (2, 5, 8, 8)
+    donor = net.add_activation(c2.get_output(0), rt.ActivationType.RELU)
+    keeper = net.add_pooling_nd(c2.get_output(0), rt.PoolingType.MAX, (2, 2))
+    net.mark_output(donor.get_output(0))
+    out = donor.get_output(0)
+    net.take_output(keeper, donor)                    # (2, 5, 8, 8) taken over by a 2x2 pool
+    assert net._dirty and out.producer is keeper and out.shape == (2, 5, 7, 7)
+
+
+def test_replacing_a_tensor_with_one_of_another_shape_reinfers_its_consumers(net):
+    x, c1, r, c2 = _conv_chain(net)
+    assert c2.get_output(0).shape == (2, 5, 6, 6)
+    same = net.add_activation(c1.get_output(0), rt.ActivationType.SIGMOID).get_output(0)
+    net.replace_all_uses(r.get_output(0), same)       # same shape: nothing to infer again
+    assert not net._dirty and c2.get_input(0) is same
+    pool = net.add_pooling_nd(c1.get_output(0), rt.PoolingType.MAX, (2, 2)).get_output(0)
+    net.replace_all_uses(same, pool)                  # (2, 4, 5, 5): the conv after it shrinks
+    assert net._dirty and c2.get_output(0).shape == (2, 5, 5, 5)
