@@ -115,3 +115,19 @@ def test_set_input_on_a_variadic_layer():
     assert cat.get_output(0).shape == (2, 8)
     with pytest.raises(rt.NetworkDefinitionError, match="input index"):
         cat.set_input(5, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_timing_feed_is_uniform_in_the_unit_interval_of_the_input_type(dtype):
+    from engine.builder import timing_feed
+    x = timing_feed(dtype, (4, 3, 16, 16))
+    assert x.dtype == dtype and x.shape == (4, 3, 16, 16) and x.flags.c_contiguous
+    assert -1.0 <= x.min() < -0.9 and 0.9 < x.max() <= 1.0 and abs(float(x.mean())) < 0.05
+    assert np.array_equal(x, timing_feed(dtype, (4, 3, 16, 16)))                  # seeded
+    assert not np.array_equal(x, timing_feed(dtype, (4, 3, 16, 16), seed=1))
+
+
+def test_timing_feed_of_an_integer_input_is_zeros():
+    from engine.builder import timing_feed
+    x = timing_feed(np.int32, (3, 5))
+    assert x.dtype == np.int32 and x.shape == (3, 5) and not x.any()
