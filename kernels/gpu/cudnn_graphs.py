@@ -434,8 +434,11 @@ class ConvGraph:
             if r.get("blob") is not None and self.adopt(index, r["blob"], r.get("name"), r.get("seconds", 0.0)):
                 tried.add(index)
             # not serializable or not loadable: the loop below builds it here
-        for index in range(self.plan_count):
-            if len(self._plans) >= self.max_plans:
+        window = plan_window(self.spec, self.max_plans)
+        # the window's plans first; those before it only while the window has too few
+        order = list(range(window.start, self.plan_count)) + list(range(min(window.start, self.plan_count)))
+        for index in order:
+            if len(self._plans) >= len(window):
                 break
             if self._plans and time.perf_counter() - t0 > self.build_budget_s:
                 log.info("cuDNN graph %s: build budget %.1f s spent with %d plans", self.spec,
@@ -561,6 +564,13 @@ def _device_name(device_id):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+def plan_window(spec, max_plans):
+    """The heuristics' plan indices a graph of ``spec`` times: from the spec's
+    ``first_plan`` (0 unless its kind says otherwise) up to ``max_plans`` (at least one)."""
+    first = getattr(spec, "first_plan", 0)
+    return range(first, max(first + 1, max_plans))
+
+
 def prefetch(spec, device_id, workers, max_plans=4, store=None, device_name=None):
     """Queue the candidate plans of ``spec`` on ``workers`` (an object with
     ``submit(spec, device_id, index) -> Future``, kernels/gpu/cudnn_workers.py) so they
@@ -576,7 +586,7 @@ def prefetch(spec, device_id, workers, max_plans=4, store=None, device_name=None
         known = look(spec, device_name or _device_name(device_id))
     if known is not None and known[1] is not None:
         return 0
-    indices = [known[0]] if known is not None else range(max_plans)
+    indices = [known[0]] if known is not None else plan_window(spec, max_plans)
     key = (spec, device_id, max_plans)
     with _graphs_lock:
         if key in _graphs or key in _pending:

@@ -55,6 +55,14 @@ class Int8ConvSpec(G.ConvWindow):
 
     kind = "conv_int8"
 
+    @property
+    def first_plan(self):
+        """The first heuristic plan timed (``cudnn_graphs.plan_window``). An int8 output skips
+        plan 0: it won none of 78 such graphs in three ResNet-50 INT8 builds (H200 session 16,
+        H100 sessions 17 and 18: plans 1 to 3 won) and its compiles took 16 of the 85 CPU
+        seconds of the INT8 graphs' plans (H100, session 18, ``build_s_by_plan``)."""
+        return 1 if self.out_dtype == "int8" else 0
+
     def reason(self):
         """None when a cuDNN INT8 graph can express this convolution, else why not."""
         if self.act is not None and self.act not in G.ACTIVATIONS:

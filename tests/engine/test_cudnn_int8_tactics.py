@@ -209,11 +209,16 @@ def test_prefetch_queues_the_int8_graphs_once_per_network_and_batch(monkeypatch)
     monkeypatch.setattr(W, "shared", lambda n: w)
     opts = {"max_plans": 2, "build_budget_s": 1.0, "store": None, "workers": 3}
     try:
-        assert CIT.prefetch_int8_network(L["a"], 4, opts, device_id=0) == 8       # 4 graphs x 2 plans
+        # 4 graphs, 2 plans each, but an int8 output's window starts at plan 1
+        outs = sorted(s.out_dtype for s in CIT.int8_specs(net, 4))
+        assert outs == ["float16", "float16", "float32", "int8"]
+        assert CIT.prefetch_int8_network(L["a"], 4, opts, device_id=0) == 7
         assert {s for s, _, _ in w.submitted} == set(CIT.int8_specs(net, 4))
         assert all(s.kind == "conv_int8" for s, _, _ in w.submitted)
+        assert sorted(i for s, _, i in w.submitted if s.out_dtype == "int8") == [1]
+        assert sorted(i for s, _, i in w.submitted if s.out_dtype != "int8") == [0, 0, 0, 1, 1, 1]
         assert CIT.prefetch_int8_network(L["b"], 4, opts, device_id=0) == 0       # done for batch 4
-        assert CIT.prefetch_int8_network(L["b"], 8, opts, device_id=0) == 8
+        assert CIT.prefetch_int8_network(L["b"], 8, opts, device_id=0) == 7
         assert CIT.prefetch_int8_network(L["b"], 2, dict(opts, workers=0), device_id=0) == 0
     finally:
         G.clear()

@@ -90,6 +90,53 @@ def test_without_workers_plans_build_here_in_heuristic_order_skipping_failures(f
     assert g.deserialized == 0 and g.build_seconds >= 0.0
 
 
+class LaterSpec(G.ConvSpec):
+    """A spec kind whose plan window starts at plan 1 (as an int8-output INT8 graph's)."""
+    first_plan = 1
+
+
+def later_spec(**kw):
+    base = dict(n=2, c=16, h=9, w=11, k=32, r=3, s=3, stride=(2, 2), pre_padding=(1, 1),
+                post_padding=(1, 1))
+    return LaterSpec(**{**base, **kw})
+
+
+def test_the_plan_window_starts_at_the_spec_kinds_first_plan():
+    assert list(G.plan_window(spec(), 4)) == [0, 1, 2, 3]
+    assert list(G.plan_window(later_spec(), 4)) == [1, 2, 3]
+    assert list(G.plan_window(later_spec(), 1)) == [1]              # never empty
+
+
+def test_plans_before_the_window_are_built_only_when_the_window_has_too_few(fake):
+    f = fake(plan_count=6)
+    g = G.ConvGraph(later_spec(), max_plans=4)
+    assert g.gather() == [1, 2, 3] and f.builds == [1, 2, 3]
+    f = fake(plan_count=6, fail={2, 3, 4, 5})
+    g = G.ConvGraph(later_spec(), max_plans=3)
+    assert g.gather() == [0, 1] and f.builds == [1, 2, 3, 4, 5, 0]
+    f = fake(plan_count=1)                                            # the heuristics offer plan 0 alone
+    g = G.ConvGraph(later_spec(), max_plans=4)
+    assert g.gather() == [0] and f.builds == [0]
+
+
+def test_prefetch_queues_the_window_only(fake):
+    fake(plan_count=6)
+
+    class Workers:
+        def __init__(self):
+            self.submitted = []
+
+        def submit(self, spec, device_id, index):
+            self.submitted.append(index)
+            return futures.Future()
+    w = Workers()
+    try:
+        assert G.prefetch(later_spec(), 0, w, max_plans=4) == 3 and w.submitted == [1, 2, 3]
+        assert G.prefetch(spec(), 0, w, max_plans=2) == 2 and w.submitted[3:] == [0, 1]
+    finally:
+        G.clear()
+
+
 def test_the_budget_stops_building_once_one_plan_exists(fake):
     f = fake(plan_count=6, cost=0.05)
     g = G.ConvGraph(spec(), max_plans=4, build_budget_s=0.01)
