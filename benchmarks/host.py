@@ -53,7 +53,7 @@ each of those NVRTC runs timed on this machine's CPU, one after another
 (kernels/gpu/compile.py ``offline``; no GPU needed). The list is precompile's: the tiles
 the build's own selection times (``own``) and those compiled in the background for
 precision by timing (``background``), and the cuDNN graphs it queues on its plan workers
-(``cudnn_graphs``: each compiles up to ``cudnn_max_plans`` plans, in the workers, which this
+(``cudnn_graphs``: each compiles the plans of its ``plan_window``, in the workers, which this
 cannot time without a GPU). ``--set name=value`` applies a setting
 (engine/settings.py) first, so the cost of a switch is read on a CPU before a device run:
 
@@ -542,13 +542,17 @@ def compile_list(model, precision, batch, arch="sm_90a", cudnn=True, built=None)
 
 def cudnn_graphs_listed(model, precision, batch, built=None):
     """{"int8": graphs, "fp16": graphs}: the distinct cuDNN graphs a cold build of ``model``
-    queues on its plan workers (each compiles ``cudnn_max_plans`` plans): an INT8 build its
+    queues on its plan workers, and how many plans they compile at most (each graph its
+    ``cudnn_graphs.plan_window``: ``cudnn_max_plans`` plans, an int8-output INT8 graph one fewer):
+    an INT8 build its
     INT8 convolutions' (engine/gpu/cudnn_int8_tactics.py ``int8_specs``) and, once precision
     by timing asks about FP16, every convolution's FP16 graph, as an FP16 build does
     (engine/gpu/cudnn_tactics.py ``PREFETCH_SPECS``). ``built`` as ``compile_list``'s."""
     from engine.gpu import cudnn_int8_tactics, cudnn_tactics
+    from engine.settings import settings
     from engine.types import BuilderFlag
     from kernels.gpu import compile as kernel_compile
+    from kernels.gpu import cudnn_graphs
     e, cfg = built or _listing_engine(model, precision, batch)
     net = e.network
     with kernel_compile.offline("sm_90a", True):
@@ -556,7 +560,9 @@ def cudnn_graphs_listed(model, precision, batch, built=None):
                 for spec in (make(layer, batch),) if spec is not None}
         int8 = set(cudnn_int8_tactics.int8_specs(net, batch, cfg.get_flag(BuilderFlag.FP16))) \
             if precision == "int8" else set()
-    return {"int8": len(int8), "fp16": len(fp16)}
+    most = settings().cudnn_max_plans
+    return {"int8": len(int8), "fp16": len(fp16),
+            "plans_at_most": sum(len(cudnn_graphs.plan_window(s, most)) for s in int8 | fp16)}
 
 
 def _listing_engine(model, precision, batch):
@@ -614,7 +620,6 @@ def compiles_main(args):
         graphs = None
         if not args.no_cudnn and settings().cudnn:
             graphs = cudnn_graphs_listed(args.model, args.precision, args.batch, built)
-            graphs["plans_at_most"] = (graphs["int8"] + graphs["fp16"]) * settings().cudnn_max_plans
     result = {"model": args.model, "precision": args.precision, "batch": args.batch, "arch": args.arch,
               "cudnn": not args.no_cudnn, "settings": values, "switches": switches,
               "tiles": {"own": len(own), "background": len(background)}, "cudnn_graphs": graphs, "items": rows}
