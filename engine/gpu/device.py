@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from kernels.gpu.compile import offline_arch
+
 
 def cupy():
     import cupy as cp  # optional dependency: the engine imports anywhere, runs here with a GPU
@@ -55,13 +57,8 @@ _ATTR_ENUM = {"ClockRate": 13, "MultiProcessorCount": 16, "ComputeCapabilityMajo
 FALLBACK_CLOCK_KHZ = 3_000_000
 
 
-@functools.lru_cache(maxsize=None)
-def half_tensor_flops(device_id=0):
-    """An upper bound of the FP16 FLOP/s a device's tensor cores can reach: SMs x peak SM
-    clock x HALF_FLOPS_PER_SM_CLOCK of its architecture (H100 SXM: 132 x 1.98 GHz x 4096 =
-    1.07e15). An attribute CuPy's dict lacks is asked of the runtime; a clock nobody reports
-    is FALLBACK_CLOCK_KHZ. None where the SM count or the architecture is unknown (nothing
-    is then bounded by FP16 compute)."""
+def _attributes(device_id):
+    """A device's attribute dict (CuPy's names), the runtime asked for those it lacks."""
     cp = cupy()
     attrs = dict(cp.cuda.Device(device_id).attributes)
     for name, enum in _ATTR_ENUM.items():
@@ -70,7 +67,32 @@ def half_tensor_flops(device_id=0):
                 attrs[name] = cp.cuda.runtime.deviceGetAttribute(enum, device_id)
             except Exception:    # noqa: BLE001  (an older or newer runtime: left unknown)
                 pass
-    return half_flops_from(attrs)
+    return attrs
+
+
+def sm_count(device_id=0):
+    """A device's SM count; None without a device, or while kernels are listed for another
+    one (kernels/gpu/compile.py ``offline``)."""
+    if offline_arch() is not None:
+        return None
+    return _sm_count(device_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    if not available():
+        return None
+    return int(_attributes(device_id).get("MultiProcessorCount") or 0) or None
+
+
+@functools.lru_cache(maxsize=None)
+def half_tensor_flops(device_id=0):
+    """An upper bound of the FP16 FLOP/s a device's tensor cores can reach: SMs x peak SM
+    clock x HALF_FLOPS_PER_SM_CLOCK of its architecture (H100 SXM: 132 x 1.98 GHz x 4096 =
+    1.07e15). An attribute CuPy's dict lacks is asked of the runtime; a clock nobody reports
+    is FALLBACK_CLOCK_KHZ. None where the SM count or the architecture is unknown (nothing
+    is then bounded by FP16 compute)."""
+    return half_flops_from(_attributes(device_id))
 
 
 def half_flops_from(attrs):

@@ -18,6 +18,7 @@ from .base import Tactic, as_nhwc, cupy, nchw_view
 from .conv_common import (compute_dtype, epilogue_state, fc_as_4d, fc_output, float_kind,
                           int8_out_dtype, is_half, residual_nhwc)
 from .conv_tf32_tactics import precision_reason
+from .device import sm_count
 
 
 def _conv_weights(layer):
@@ -108,7 +109,7 @@ class FcInt8(Tactic):
             return "INT8 tactic"
         if len(in_shapes[0]) not in (2, 4) or len(in_shapes) > 1 and in_shapes[1] is not None:
             return "(N, C) or (N, C, H, W) inputs without a residual"
-        return None
+        return underfills(self.tile, in_shapes[0][0], layer.num_output_channels, sm_count())
 
     def prepare(self, layer):
         wq, s_w = conv_int8.pack_weight_int8_krsc(_conv_weights(layer), "KCRS")
@@ -130,6 +131,31 @@ class FcInt8(Tactic):
                         beta=state["beta"], s_out=state["s_out"] if int8_out else None,
                         out_dtype=int8_out_dtype(out_dtypes[0]), tactic=self.tile)
         return [fc_output(nchw_view(y), rank)]
+
+
+def fc_ctas(tile, rows, k):
+    """The CTAs an INT8 tile launches for a fully connected layer of ``rows`` rows (the batch)
+    and ``k`` outputs (conv_int8's grid: row tiles x output tiles)."""
+    return -(-rows // tile.bm) * -(-k // tile.bn)
+
+
+def underfills(tile, rows, k, sms=None):
+    """Why ``tile`` is not timed for an INT8 fully connected layer of ``rows`` x ``k``: it
+    launches fewer than half the CTAs of the INT8 tile launching the most, capped at ``sms``
+    (the device's SMs; None: no cap). Such a tile leaves most SMs idle on a layer no tile
+    fills, each CTA doing twice the work or more. ResNet-50's classifier at batch 256 (64
+    CTAs at most) timed all 7 tiles: the 4 of 8-16 CTAs ran 1.57-2.36x the 64x64 tile's
+    0.0133 ms and the two of 32 CTAs 1.30-1.35x (H100, session 18); each tile is an NVRTC
+    compile in the INT8 cold build. None (timed) for a dynamic row count."""
+    if rows < 1:
+        return None
+    most = max(fc_ctas(t, rows, k) for t in conv_int8.INT8_TACTICS)
+    enough = most if sms is None else min(most, sms)
+    mine = fc_ctas(tile, rows, k)
+    if 2 * mine < enough:
+        return (f"{mine} CTAs for {rows} x {k}: under half of the {enough} another INT8 tile "
+                f"launches{'' if sms is None else f' (of {sms} SMs)'}")
+    return None
 
 
 class FcTf32(Tactic):
