@@ -1,5 +1,7 @@
 """Every builder pass: fires where it should (counted), and never changes results
 beyond rounding (the same network is built with the pass on and off)."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -256,3 +258,45 @@ def test_pointwise_chain_can_reuse_its_own_input():
     net.mark_output(s)
     on, _ = check(net, {"x": randn(3, 4)}, "pointwise_fusion")
     assert on.layers[-1].type == rt.LayerType.POINTWISE
+
+
+def _residual_stack(net, x, blocks=3, c=8):
+    """conv -> scale -> relu twice and a residual add per block, then pool and FC: every
+    fusion pass of the convolution chains fires on it."""
+    h = x
+    for _ in range(blocks):
+        y = h
+        for _ in range(2):
+            conv = net.add_convolution_nd(y, c, (3, 3), kernel=randn(c, y.shape[1], 3, 3) * 0.2, bias=None)
+            conv.padding_nd = (1, 1)
+            y = net.add_scale(conv.get_output(0), rt.ScaleMode.CHANNEL, randn(c) * 0.1,
+                              np.abs(randn(c)) + 0.5, None).get_output(0)
+            y = net.add_activation(y, rt.ActivationType.RELU).get_output(0)
+        if h.shape[1] == c:
+            y = net.add_elementwise(y, h, rt.ElementWiseOperation.SUM).get_output(0)
+        h = net.add_activation(y, rt.ActivationType.RELU).get_output(0)
+    g = net.add_reduce(h, rt.ReduceOperation.AVG, 0b1100, True).get_output(0)
+    fc = net.add_fully_connected(g, 5, randn(5, c), randn(5))
+    net.mark_output(fc.get_output(0))
+    return fc
+
+
+def test_the_passes_leave_every_shape_a_full_inference_would_give():
+    """The passes re-infer only the layers whose outputs they change (Network.take_output):
+    after them every tensor carries the shape and type a full re-inference gives, and the
+    optimised network still computes what the original did."""
+    net = rt.Builder().create_network()
+    x = net.add_input("x", rt.float32, (2, 3, 12, 12))
+    _residual_stack(net, x)
+    feeds = {"x": randn(2, 3, 12, 12)}
+    ref = interpret(net, feeds)
+    work = copy.deepcopy(net)
+    stats = passes.optimize(work)
+    assert sum(stats.values()) >= 10 and len(work._layers) < len(net._layers)
+    seen = {name: (t._shape, t._dtype) for name, t in work._tensors.items()}
+    work._dirty = True
+    work._ensure_inferred()
+    assert {name: (t._shape, t._dtype) for name, t in work._tensors.items()} == seen
+    got = interpret(work, feeds)
+    for name, value in ref.items():
+        assert rel_l2(got[name], value) < 1e-5
