@@ -375,7 +375,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
             layer, _, alt_in, _, alt_out = edges
             try:
                 xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
-                m.alternative_ms = backend.measure(layer, xs, m.alternative, alt_out)[1]
+                # a candidate far slower than the layer's own time cannot make the move pay: it
+                # stops timing early (CupyBackend.measure's bound)
+                m.alternative_ms = backend.measure(layer, xs, m.alternative, alt_out, bound_ms=m.current_ms)[1]
                 _price_edges(m, *edges, shapes, consumers, sched, cast)
             except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
                 log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)

@@ -260,11 +260,14 @@ class CupyBackend:
                 names.add(min(capt, key=lambda t: ms[t.name]).name)
         return names
 
-    def measure(self, layer, inputs, precision, out_dtypes):
+    def measure(self, layer, inputs, precision, out_dtypes, bound_ms=math.inf):
         """(best tactic name, its ms) for ``layer`` on these device inputs, without
         choosing it for execution (the builder's precision-by-timing stage asks
         "how fast would this layer be in that precision"); the timing cache serves
-        a signature it has timed before. (None, inf) when nothing runs."""
+        a signature it has timed before. (None, inf) when nothing runs. ``bound_ms``:
+        a time the answer only matters below (the layer's time in its own precision):
+        a candidate clearly slower stops timing early, as one clearly slower than the best
+        candidate does (``time_ms``'s ``best_so_far``)."""
         shapes = tuple(None if x is None else tuple(x.shape) for x in inputs)
         dtypes = tuple(None if x is None else x.dtype.name for x in inputs)
         ckey = self._signature_key(layer, shapes, dtypes, precision, out_dtypes)
@@ -275,16 +278,17 @@ class CupyBackend:
                 return hit["tactic"], ms
         cands = [t for t in self._candidates(layer, shapes, dtypes, precision) if t is not T.HOST]
         with cudnn_tactics.plans_in_use(self.cudnn_plans):
-            timed, best, best_ms, _ = self._time_or_held_back(layer, cands, inputs, precision, out_dtypes)
+            timed, best, best_ms, _ = self._time_or_held_back(layer, cands, inputs, precision, out_dtypes,
+                                                              bound_ms)
         if best is None:
             return None, math.inf
         self.cache.put(ckey, best.name, timed)
         return best.name, best_ms
 
-    def _time(self, layer, cands, inputs, precision, out_dtypes, best_ms=math.inf):
+    def _time(self, layer, cands, inputs, precision, out_dtypes, best_ms=math.inf, bound_ms=math.inf):
         """({tactic name: ms}, fastest tactic or None, its ms) over ``cands``; a
         candidate that fails scores infinity, one clearly slower (than ``best_ms`` too,
-        the best of an earlier round) stops early."""
+        the best of an earlier round, or than ``bound_ms``) stops early."""
         timed, best = {}, None
         for t in cands:
             failed = []
@@ -296,7 +300,7 @@ class CupyBackend:
                     failed.append(e)
                     raise
             try:
-                ms = time_ms(run, best_ms, graph=self.graph_timing and t.capturable_for(layer))
+                ms = time_ms(run, min(best_ms, bound_ms), graph=self.graph_timing and t.capturable_for(layer))
             except Exception as e:     # noqa: BLE001  (the timer itself failed: skip)
                 failed.append(e)
                 ms = math.inf
@@ -307,13 +311,13 @@ class CupyBackend:
                 best, best_ms = t, ms
         return timed, best, best_ms
 
-    def _time_or_held_back(self, layer, cands, inputs, precision, out_dtypes):
+    def _time_or_held_back(self, layer, cands, inputs, precision, out_dtypes, bound_ms=math.inf):
         """``_time`` over ``cands``; then, where our general FP16 tiles were held back for
         kernels that outrun them (tiles_where_specialised off: ``T.held_back``) but none of
         those ran (every cuDNN plan failed, say), over those tiles too (they compile here:
         precompile did not list them). Returns ({tactic name: ms}, fastest or None, its ms,
         the tactics timed)."""
-        timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes)
+        timed, best, best_ms = self._time(layer, cands, inputs, precision, out_dtypes, bound_ms=bound_ms)
         if any(getattr(t, "outruns_general_tiles", False) and timed.get(t.name, math.inf) < math.inf
                for t in cands):
             return timed, best, best_ms, list(cands)
@@ -323,7 +327,7 @@ class CupyBackend:
         if held:
             log.info("%s: no kernel the general tiles were held back for ran it; timing those %d tiles",
                      layer.name, len(held))
-            more, other, other_ms = self._time(layer, held, inputs, precision, out_dtypes, best_ms)
+            more, other, other_ms = self._time(layer, held, inputs, precision, out_dtypes, best_ms, bound_ms)
             timed.update(more)
             if other_ms < best_ms:
                 best, best_ms = other, other_ms

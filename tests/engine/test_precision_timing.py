@@ -142,14 +142,15 @@ def test_apply_without_int8_moves_touches_only_the_moved_layers():
 
 class FakeBackend:
     """Plays CupyBackend.measure: preset milliseconds per (layer, precision); records
-    the dtypes each side was fed."""
+    the dtypes each side was fed and the bound each measure was given."""
 
     def __init__(self, ms):
-        self.ms, self.fed = ms, {}
+        self.ms, self.fed, self.bounds = ms, {}, {}
 
-    def measure(self, layer, inputs, precision, out_dtypes):
+    def measure(self, layer, inputs, precision, out_dtypes, bound_ms=math.inf):
         self.fed[(layer.name, precision)] = ([None if x is None else x.dtype for x in inputs],
                                              list(out_dtypes))
+        self.bounds[(layer.name, precision)] = bound_ms
         ms = self.ms[(layer.name, precision)]
         if ms is None:
             raise RuntimeError("no tactic runs")
@@ -199,6 +200,9 @@ def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
     assert conv1.name in moved and pool.name not in moved      # 1.0 + 0.25 < 1.8
     assert moves[conv1.name].current_ms == 2.0 and moves[conv1.name].alternative_ms == 1.0
     assert set(casts) <= {np.dtype(np.int8), np.dtype(np.float16)} and casts
+    # each alternative is timed bounded by the layer's own time; its own precision is not
+    assert fake.bounds[(conv1.name, DataType.HALF)] == 2.0
+    assert fake.bounds[(conv1.name, DataType.INT8)] == math.inf
 
 
 def test_alternatives_are_timed_after_every_current_time_with_plans_queued_for_those_layers_only():
@@ -217,11 +221,11 @@ def test_alternatives_are_timed_after_every_current_time_with_plans_queued_for_t
     order, scopes = [], {}
 
     class Recording(FakeBackend):
-        def measure(self, layer, inputs, precision, out_dtypes):
+        def measure(self, layer, inputs, precision, out_dtypes, bound_ms=math.inf):
             order.append((layer.name, precision == prec[layer.name]))
             if precision != prec[layer.name]:
                 scopes[layer.name] = cudnn_tactics._prefetch_scope.get()
-            return super().measure(layer, inputs, precision, out_dtypes)
+            return super().measure(layer, inputs, precision, out_dtypes, bound_ms)
     e.backend = Recording(ms)
     moves = {m.layer: m for m in pt.measure(e, {"x": (2, 3, 8, 8)}, alts, xp=np,
                                            timer=lambda fn, reps: 0.0, memory=(1e9, 0))}
@@ -313,7 +317,7 @@ def test_timing_inputs_are_laid_out_as_the_engine_hands_them_over():
     seen = {}
 
     class Recorder(FakeBackend):
-        def measure(self, layer, inputs, precision, out_dtypes):
+        def measure(self, layer, inputs, precision, out_dtypes, bound_ms=math.inf):
             seen[layer.name] = inputs[0]
             return "fake", 1.0
     e.backend = Recorder({})

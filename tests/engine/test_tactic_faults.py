@@ -382,3 +382,26 @@ def test_tactic_selection_does_not_hold_the_device_but_a_profiled_run_does(fake_
     ctx.profiler = rt.Profiler()
     ctx.execute({"x": np.random.default_rng(2).standard_normal((2, 3, 9, 9)).astype(np.float32)})
     assert holds == ["hold", "release"] and ctx.launch_gaps is False
+
+
+# the three candidates: the two injected ones and the generic fallback (5 ms)
+@pytest.mark.parametrize("bound, firsts", [(math.inf, [math.inf, 0.1, 0.1]), (0.05, [0.05, 0.05, 0.05])])
+def test_a_measure_bound_stops_far_slower_candidates_early(fake_gpu, monkeypatch, bound, firsts):
+    """Precision by timing measures an alternative bounded by the layer's own time: every
+    candidate is timed against the lower of the best so far and that bound (time_ms stops a
+    clearly slower one after three runs); the answer is still the fastest measured."""
+    _, plan = build(monkeypatch, [Injected("inject.fast", 0.1), Injected("inject.slow", 0.4)])
+    engine = rt.Runtime(backend="cupy").deserialize_cuda_engine(plan)
+    backend = engine.backend
+    layer = next(la for la in engine.network._layers if la.layer_type == LayerType.CONVOLUTION)
+    seen, real = [], cupy_backend.time_ms
+
+    def recording(fn, best, graph=False):
+        seen.append(best)
+        return real(fn, best, graph=graph)
+    monkeypatch.setattr(cupy_backend, "time_ms", recording)
+    monkeypatch.setattr(backend.cache, "get", lambda key: None)          # nothing cached: timed
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    name, ms = backend.measure(layer, [x], rt.float32, [rt.float32], bound_ms=bound)
+    assert seen == pytest.approx(firsts)
+    assert name == "inject.fast" and ms == pytest.approx(0.1)
