@@ -504,11 +504,16 @@ def precision_timing_summary(measured, closest=5):
     """How near precision by timing came to moving layers, per direction ("INT8->HALF"): how
     many layers it timed in the other precision, how many it did not (their alternative
     could not win on its bytes alone, or failed), how many moved, and the ``closest`` ratios
-    (alternative + boundary casts) / current, lowest first (a layer moves under 0.9).
-    ``measured``: the plan's ``precision_timing`` (``Move.as_dict``s)."""
+    (alternative + boundary casts) / current, lowest first (a layer moves under 0.9), and the
+    wall seconds spent measuring the current and the alternative sides (``current_s``,
+    ``alternative_s``; plans since session 18). ``measured``: the plan's ``precision_timing``
+    (``Move.as_dict``s)."""
     out = {}
     for m in measured:
-        d = out.setdefault(f"{m['from']}->{m['to']}", {"timed": 0, "not_timed": 0, "moved": 0, "closest": []})
+        d = out.setdefault(f"{m['from']}->{m['to']}", {"timed": 0, "not_timed": 0, "moved": 0, "closest": [],
+                                                       "current_s": 0.0, "alternative_s": 0.0})
+        d["current_s"] = round(d["current_s"] + (m.get("s") or 0.0), 3)
+        d["alternative_s"] = round(d["alternative_s"] + (m.get("alt_s") or 0.0), 3)
         if m.get("alt_ms") is None or not m.get("ms"):
             d["not_timed"] += 1
             continue

@@ -34,6 +34,7 @@ CPU; ``measure`` takes the numbers on the device.
 """
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,8 @@ class Move:
     pair: str = ""                                    # moved only together with this layer
     in_edges: dict = field(default_factory=dict)     # tensor name -> cast ms (part of boundary_ms)
     out_edges: dict = field(default_factory=dict)
+    current_s: float = 0.0                            # the build's wall seconds measuring each side
+    alternative_s: float = 0.0                        # (a timing-cache answer takes microseconds)
 
     def as_dict(self):
         def ms(v):
@@ -85,6 +88,7 @@ class Move:
         return {"layer": self.layer, "from": self.current.name, "to": self.alternative.name,
                 "ms": ms(self.current_ms), "alt_ms": ms(self.alternative_ms),
                 "boundary_ms": ms(self.boundary_ms), "moved": bool(self.moved),
+                "s": round(self.current_s, 4), "alt_s": round(self.alternative_s, 4),
                 **({"pair": self.pair} if self.pair else {})}
 
 
@@ -351,7 +355,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
         moves.append(m)
         try:
             xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, cur_in)]
+            t0 = time.perf_counter()
             m.current_ms = backend.measure(layer, xs, cur, cur_out)[1]
+            m.current_s = time.perf_counter() - t0
             tensors = ins + list(layer._outputs)
             floor_ms = cannot_win_floor_ms(layer, alt, [None if t is None else shapes[id(t)] for t in tensors],
                                            list(alt_in) + list(alt_out), memory, half_flops)
@@ -377,7 +383,9 @@ def measure(engine, input_shapes, alts, seed=0, xp=None, timer=None, memory=None
                 xs = [None if t is None else _input(cp, t, shapes[id(t)], d, rng) for t, d in zip(ins, alt_in)]
                 # a candidate far slower than the layer's own time cannot make the move pay: it
                 # stops timing early (CupyBackend.measure's bound)
+                t0 = time.perf_counter()
                 m.alternative_ms = backend.measure(layer, xs, m.alternative, alt_out, bound_ms=m.current_ms)[1]
+                m.alternative_s = time.perf_counter() - t0
                 _price_edges(m, *edges, shapes, consumers, sched, cast)
             except Exception as e:     # noqa: BLE001  (a layer that cannot be measured stays put)
                 log.info("%s: precision not measured (%s: %s)", layer.name, type(e).__name__, e)

@@ -73,9 +73,13 @@ def test_precision_timing_summary_counts_and_ranks_the_closest_moves():
         {"layer": "b", "from": "INT8", "to": "HALF", "ms": 0.1, "alt_ms": 0.08, "boundary_ms": 0.0, "moved": True},
         {"layer": "c", "from": "INT8", "to": "HALF", "ms": 0.1, "alt_ms": None, "boundary_ms": 0.0, "moved": False},
         {"layer": "d", "from": "HALF", "to": "FLOAT", "ms": 0.05, "alt_ms": 0.2, "boundary_ms": None, "moved": False},
-        {"layer": "e", "from": "INT8", "to": "HALF", "ms": None, "alt_ms": 0.1, "boundary_ms": 0.0, "moved": False},
+        {"layer": "e", "from": "INT8", "to": "HALF", "ms": None, "alt_ms": 0.1, "boundary_ms": 0.0, "moved": False,
+         "s": 0.25, "alt_s": 0.5},
     ]
+    measured[0].update(s=0.125, alt_s=1.0)              # plans before session 18 have no seconds
     got = models.precision_timing_summary(measured, closest=2)
-    assert got == {"INT8->HALF": {"timed": 2, "not_timed": 2, "moved": 1, "closest": [["b", 0.8], ["a", 1.6]]},
-                   "HALF->FLOAT": {"timed": 1, "not_timed": 0, "moved": 0, "closest": [["d", 4.0]]}}
+    assert got == {"INT8->HALF": {"timed": 2, "not_timed": 2, "moved": 1, "closest": [["b", 0.8], ["a", 1.6]],
+                                  "current_s": 0.375, "alternative_s": 1.5},
+                   "HALF->FLOAT": {"timed": 1, "not_timed": 0, "moved": 0, "closest": [["d", 4.0]],
+                                   "current_s": 0.0, "alternative_s": 0.0}}
     assert models.precision_timing_summary([]) == {}

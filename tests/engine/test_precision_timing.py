@@ -2,6 +2,7 @@
 decision from measured numbers, the rewrite of the precision map, and what the
 measurement feeds each side (with a stand-in backend: no GPU here)."""
 import math
+import types
 
 import numpy as np
 import pytest
@@ -160,7 +161,9 @@ class FakeBackend:
 NO_FLOOR = (math.inf, 0)        # measure's memory system stand-in: no traffic floor
 
 
-def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
+def test_measure_feeds_each_side_its_storage_and_counts_the_edges(monkeypatch):
+    ticks = iter(range(0, 10_000, 2))                # each measure "takes" 2 s of the stand-in clock
+    monkeypatch.setattr(pt, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     e, prec = built((rt.BuilderFlag.INT8, rt.BuilderFlag.FP16))
     conv1, conv2 = by_type(e, rt.LayerType.CONVOLUTION)[:2]
     pool = by_type(e, rt.LayerType.POOLING)[0]
@@ -203,6 +206,9 @@ def test_measure_feeds_each_side_its_storage_and_counts_the_edges():
     # each alternative is timed bounded by the layer's own time; its own precision is not
     assert fake.bounds[(conv1.name, DataType.HALF)] == 2.0
     assert fake.bounds[(conv1.name, DataType.INT8)] == math.inf
+    # the wall seconds of each side: every layer's own measure, the alternatives timed
+    assert all(m.current_s == 2 for m in moves.values())
+    assert moves[conv1.name].alternative_s == 2 and moves[conv1.name].as_dict()["alt_s"] == 2
 
 
 def test_alternatives_are_timed_after_every_current_time_with_plans_queued_for_those_layers_only():
