@@ -177,15 +177,18 @@ class Network:
         return out
 
     def _on_layer_changed(self, layer):
-        if layer._outputs:     # already in the network: re-check now, the layers after lazily
-            before = [_signature(t) for t in layer._outputs]
-            for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
-                t._shape, t._dtype = shape, dtype
-            propagate_values(layer)
-            # the layers after it read the same outputs (a weight or an epilogue changed):
-            # nothing after it to infer again
-            if [_signature(t) for t in layer._outputs] != before:
-                self._dirty = True
+        # already in the network: re-check it now, the layers after it lazily, and only where
+        # its outputs changed (not for a weight or an epilogue)
+        if layer._outputs and self._infer_now(layer):
+            self._dirty = True
+
+    def _infer_now(self, layer):
+        """Infer ``layer``'s outputs now; whether they came out other than they were."""
+        before = [_signature(t) for t in layer._outputs]
+        for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
+            t._shape, t._dtype = shape, dtype
+        propagate_values(layer)
+        return [_signature(t) for t in layer._outputs] != before
 
     def _ensure_inferred(self):
         if not self._dirty:
@@ -255,15 +258,9 @@ class Network:
         shapes it reads may be stale."""
         if self._dirty:
             return
-        before = [_signature(t) for t in layer._outputs]
         try:
-            for t, (shape, dtype) in zip(layer._outputs, self._infer_layer(layer)):
-                t._shape, t._dtype = shape, dtype
-            propagate_values(layer)
+            self._dirty = self._infer_now(layer)
         except NetworkDefinitionError:      # raised again, where it belongs, by the full inference
-            self._dirty = True
-            return
-        if [_signature(t) for t in layer._outputs] != before:
             self._dirty = True
 
     # -- the layer API (TensorRT INetworkDefinition, snake_case) -----------------

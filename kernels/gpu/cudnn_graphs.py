@@ -340,8 +340,7 @@ class ConvGraph:
         self.build_budget_s, self.max_plans = build_budget_s, max_plans
         self.plan_times = {}          # plan index -> ms (inf: failed)
         self.plan_names = {}
-        self.build_seconds = 0.0      # compiling plans, wherever it ran (CPU seconds)
-        self.plan_build_seconds = {}  # plan index -> its share of build_seconds
+        self.plan_build_seconds = {}  # plan index -> seconds compiling it, wherever it ran (CPU)
         self.wait_seconds = 0.0       # this process's wall time to have them (builds + waiting)
         self.deserialized = 0         # plans that arrived built (workers, the store)
         self.index = None             # the chosen plan
@@ -371,6 +370,14 @@ class ConvGraph:
     def plan_count(self):
         return self._definition()[2]
 
+    @property
+    def build_seconds(self):
+        """Seconds compiling this graph's plans, wherever they ran (CPU seconds)."""
+        return sum(self.plan_build_seconds.values())
+
+    def _spent(self, index, seconds):
+        self.plan_build_seconds[index] = self.plan_build_seconds.get(index, 0.0) + seconds
+
     # -- having plans -------------------------------------------------------------------
     def adopt(self, index, blob, name=None, seconds=0.0):
         """Take a plan built elsewhere (an encoded blob); False when it cannot be loaded."""
@@ -387,8 +394,7 @@ class ConvGraph:
             return False
         self._plans[index], self._blobs[index] = g, blob
         self.plan_names[index] = name
-        self.build_seconds += seconds
-        self.plan_build_seconds[index] = self.plan_build_seconds.get(index, 0.0) + seconds
+        self._spent(index, seconds)
         self.deserialized += 1
         return True
 
@@ -405,9 +411,7 @@ class ConvGraph:
             self.plan_times[index] = math.inf
             return False
         finally:
-            spent = time.perf_counter() - t0
-            self.build_seconds += spent
-            self.plan_build_seconds[index] = self.plan_build_seconds.get(index, 0.0) + spent
+            self._spent(index, time.perf_counter() - t0)
 
     def gather(self, results=None, known=None):
         """Have the candidate plans: ``known`` = (index, blob or None) chosen by an earlier
