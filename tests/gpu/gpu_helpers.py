@@ -159,7 +159,8 @@ def fixed_precision_plan(net, flag, calibration=None):
 def forced_outputs(plan, names, feeds, check_layer=None, index=0):
     """{tactic name: outputs} of the engine ``plan`` (CuPy backend, a fresh engine each) with
     layer ``index`` forced onto each of ``names`` at the shapes of ``feeds``; asserts the
-    forced tactic is what ran, and ``check_layer(layer)`` first when given."""
+    forced tactic is what ran, and ``check_layer(layer)`` first when given. Runs under
+    ``every_tile``: a forced tile is a candidate whatever the switches hold back."""
     import engine as rt
     outs = {}
     for name in names:
@@ -169,9 +170,18 @@ def forced_outputs(plan, names, feeds, check_layer=None, index=0):
             check_layer(layer)
         engine.backend.forced[layer.name] = name
         engine.backend._build_shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-        outs[name] = engine.create_execution_context().execute(feeds)
+        with every_tile():
+            outs[name] = engine.create_execution_context().execute(feeds)
         assert engine.backend.selected[layer.name] == name
     return outs
+
+
+def every_tile():
+    """A block in which the switches that hold tiles back where a faster kernel takes the
+    layer (tiles_where_specialised, mma_sync_where_wgmma; both off by default) are on:
+    a test that forces one tile by name must find it among the candidates."""
+    from engine.settings import overridden
+    return overridden(tiles_where_specialised=True, mma_sync_where_wgmma=True)
 
 
 def check_is_stem(layer):

@@ -11,6 +11,7 @@ from engine.testing import rel_l2
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engine"))
 from test_plan_every_layer import FACTORIES, ClipCube  # noqa: E402
+from gpu_helpers import every_tile  # noqa: E402
 
 cp = pytest.importorskip("cupy")
 RNG = np.random.default_rng(123)
@@ -117,7 +118,8 @@ def test_every_conv_tactic_against_numpy(tactic, case):
         pytest.skip(f"{tactic} does not run this case: {reason}")
     engine.backend.forced[layer.name] = tactic
     engine.backend._build_shapes = {"x": tuple(feeds["x"].shape)}
-    got = engine.create_execution_context().execute(feeds)
+    with every_tile():
+        got = engine.create_execution_context().execute(feeds)
     assert engine.backend.selected[layer.name] == tactic
     for name, value in ref.items():
         assert rel_l2(got[name], value) <= 1e-2
@@ -314,7 +316,8 @@ def test_every_fc_tactic_against_numpy(tactic, shape):
         pytest.skip(f"{tactic}: {reason}")
     engine.backend.forced[layer.name] = tactic
     engine.backend._build_shapes = {"x": shape}
-    got = engine.create_execution_context().execute(feeds)
+    with every_tile():
+        got = engine.create_execution_context().execute(feeds)
     assert engine.backend.selected[layer.name] == tactic
     for name, value in ref.items():
         assert got[name].shape == value.shape
