@@ -146,3 +146,41 @@ def test_max_pool_kernel_all_nan_window_gives_lowest_of_the_dtype():
         ref = kpool.pool_nd(np.moveaxis(x, -1, 1), "MAX", (2, 2), (2, 2), (0, 0), (0, 0), (2, 2))
         np.testing.assert_array_equal(got, np.moveaxis(ref, 1, -1))
         assert got[0, 0, 0, 0] == np.finfo(dt).min
+
+
+def _conv_clip_wide(net, x):
+    y = _conv(net, x)
+    a = net.add_activation(y, rt.ActivationType.CLIP)
+    a.alpha, a.beta = -0.5, 0.5
+    return a.get_output(0)
+
+
+CLAMP_CASES = {"relu": lambda net, x: _conv(net, x, rt.ActivationType.RELU), "clip": _conv_clip_wide}
+
+
+@pytest.mark.parametrize("case", list(CLAMP_CASES))
+@pytest.mark.parametrize("form", ["relu_fwd", "select", "minmax"])
+def test_each_cudnn_clamp_form_on_nan_and_both_infinities(form, case):
+    """The FP16 convolution with its ReLU / clip fused, on cuDNN's graph, for each clamp
+    form (CUPYRT_CUDNN_CLAMP): NaN, +inf and -inf where the NumPy backend has them. The
+    conv output around the input's -inf holds +inf and -inf (weights of both signs)."""
+    from engine.settings import overridden
+    from kernels.gpu import cudnn_graphs
+    if not cudnn_graphs.available():
+        pytest.skip(f"cuDNN frontend: {cudnn_graphs.unavailable_reason()}")
+    x = poisoned()
+    ref = run(CLAMP_CASES[case], "numpy", True, x)
+    assert np.isnan(ref).any() and (ref == (0.0 if case == "relu" else -0.5)).any()
+    with overridden(cudnn_clamp=form):
+        net = rt.Network()
+        inp = net.add_input("x", rt.float32, x.shape)
+        net.mark_output(CLAMP_CASES[case](net, inp))
+        b = rt.Builder()
+        cfg = b.create_builder_config()
+        cfg.backend = "cupy"
+        cfg.set_flag(rt.BuilderFlag.FP16)
+        engine = b.build_engine(net, cfg)
+        got = np.asarray(list(engine.create_execution_context().execute({"x": x}).values())[0])
+    conv = engine.network.get_layer(0).name
+    assert engine.backend.selected[conv] == "conv.cudnn", engine.backend.selected
+    assert_same_pattern(got, ref, 2e-2)
