@@ -58,15 +58,6 @@ def _backend(name, text):
     return value
 
 
-def _choice(*values):
-    def parse(name, text):
-        value = text.strip().lower()
-        if value not in values:
-            raise BuildError(f"{name}={text!r}: expected one of {', '.join(values)}")
-        return value
-    return parse
-
-
 def _path(name, text):
     return text or None
 
@@ -176,10 +167,6 @@ SETTINGS = (
            "an INT8 build 30 instead of 60 (`python benchmarks/host.py compiles`); with mma_sync_where_wgmma 0 "
            "too, the ResNet-50 INT8 cold build took 29.2 s instead of 40.5 s on an H200 (session 16), at the "
            "same speed (4.986 against 4.964 ms).", tactics=True),
-    Switch("cudnn_clamp", _choice("relu_fwd", "select", "minmax"), "relu_fwd",
-           "How cuDNN's FP16 convolution graphs apply a fused ReLU or clip: relu_fwd (cuDNN's RELU_FWD "
-           "op; on an H100 it turned both infinities into NaN, where TensorFlow gives the bounds), select "
-           "(compare and select against the bounds) or minmax (max / min with the bounds).", tactics=True),
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "

@@ -24,7 +24,7 @@ from ..types import DataType, LayerType
 from . import cudnn_tactics
 from .base import Tactic, cupy, nchw_view
 from .conv_common import epilogue_state
-from .cudnn_tactics import _output_dtype, _runtime_reason, _window, clamp_form, plan_options
+from .cudnn_tactics import _output_dtype, _runtime_reason, _window, plan_options
 
 MAX_CHANNELS = 4       # 4*C channels of X: 16 at most (more: conv.cudnn's own C % 8 == 0 case)
 
@@ -84,7 +84,7 @@ def s2d_spec(layer, in_shape, out_dtype):
                                  s=g.s, stride=(1, 1), pre_padding=g.pre, post_padding=g.post,
                                  dilation=(1, 1), out_dtype=np.dtype(out_dtype).name,
                                  act=None if act is None else act.name, alpha=float(alpha),
-                                 beta=float(beta), clamp=clamp_form(act))
+                                 beta=float(beta))
 
 
 def prefetch_spec(layer, batch):

@@ -216,15 +216,7 @@ def conv_spec(layer, in_shape, out_dtype, out_ldc=0):
                     stride=tuple(layer.stride_nd), pre_padding=pre, post_padding=post,
                     dilation=tuple(layer.dilation_nd), out_dtype=np.dtype(out_dtype).name,
                     act=None if act is None else act.name, alpha=float(alpha), beta=float(beta),
-                    residual=len(layer._inputs) > 1 and layer._inputs[1] is not None, out_ldc=out_ldc,
-                    clamp=clamp_form(act))
-
-
-def clamp_form(act):
-    """How a conv graph applies activation ``act`` (an ActivationType or None): the
-    cudnn_clamp setting for ReLU and clip; elsewhere the form changes nothing, so those
-    graphs keep one spec (and plan) whatever the setting."""
-    return settings().cudnn_clamp if act is not None and act.name in cudnn_graphs.CLAMPED else "relu_fwd"
+                    residual=len(layer._inputs) > 1 and layer._inputs[1] is not None, out_ldc=out_ldc)
 
 
 def _static_reason(layer, in_shape):

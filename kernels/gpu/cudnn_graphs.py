@@ -56,20 +56,11 @@ ACTIVATIONS = {
     "GELU_ERF": ("gelu", lambda a, b: {}),                    # cuDNN's GELU is the erf form
     "GELU_TANH": ("gelu_approx_tanh", lambda a, b: {}),
 }
-# how a conv graph applies RELU / CLIP (ConvSpec.clamp). TensorFlow's clamp keeps NaN and
-# takes -inf / +inf to the bounds. "relu_fwd": cuDNN's RELU_FWD pointwise (lower / upper
-# clip): NaN kept, but both infinities came out NaN (an H100, tests/gpu/test_nan_semantics_gpu.py).
-# "select": y < L ? L : y (then y > U ? U : y) through cmp_lt / cmp_gt and binary_select: a
-# comparison with NaN is false, so NaN is kept, if cuDNN selects rather than blends.
-# "minmax": max(y, L) then min(y, U): exact where cuDNN's max / min keep NaN.
-# L and U are per-channel rows (like the bias) of the bounds, uids "L" / "U".
-CLAMPS = ("relu_fwd", "select", "minmax")
-CLAMPED = ("RELU", "CLIP")            # the activations ``clamp`` applies to
 _DTYPES = ("float16", "float32")
 PLAN_TIMING_REPS = 7
 # fixed tensor uids: a plan built and serialized in a worker process executes here
 # with a variant pack keyed by uid (the deserialized graph has no tensor objects)
-UIDS = {"X": 1, "W": 2, "B": 3, "R": 4, "Y": 5, "L": 9, "U": 10}
+UIDS = {"X": 1, "W": 2, "B": 3, "R": 4, "Y": 5}
 # how long the first plan of a prefetched graph may take before it is built here instead
 FIRST_PLAN_TIMEOUT_S = 180.0
 
@@ -108,14 +99,11 @@ class ConvSpec(ConvWindow):
     beta: float = 0.0
     residual: bool = False
     out_ldc: int = 0          # channels between pixels of the output (0: packed, k); a concat's total
-    clamp: str = "relu_fwd"   # how RELU / CLIP are applied (CLAMPS)
 
     def reason(self):
         """None when a cuDNN graph can express this convolution, else why not."""
         if self.act is not None and self.act not in ACTIVATIONS:
             return f"activation {self.act} not fused by the cuDNN graphs (they fuse {sorted(ACTIVATIONS)})"
-        if self.clamp not in CLAMPS:
-            return f"clamp form {self.clamp!r} (expected one of {CLAMPS})"
         if self.out_dtype not in _DTYPES:
             return f"output dtype {self.out_dtype} (expected one of {_DTYPES})"
         if min(self.out_hw()) < 1:
@@ -276,10 +264,7 @@ def define_graph(cudnn, spec, handle):
         t["R"] = g.tensor(name="R", dim=[spec.n, spec.k, p, q], stride=_nhwc_stride(spec.k, p, q),
                           data_type=out_t)
         y = g.add(a=y, b=t["R"], name="residual")
-    lower, upper = clamp_bounds(spec)
-    if lower is not None:
-        y = _clamp(g, y, spec, t, lower, upper, fp32)
-    elif spec.act is not None:
+    if spec.act is not None:
         op, params = ACTIVATIONS[spec.act]
         y = getattr(g, op)(input=y, name="act", **params(spec.alpha, spec.beta))
     y.set_output(True).set_data_type(out_t)
@@ -287,58 +272,6 @@ def define_graph(cudnn, spec, handle):
     y.set_dim([spec.n, spec.k, p, q]).set_stride(_nhwc_stride(spec.out_ldc or spec.k, p, q))
     t["Y"] = y
     return finish_graph(cudnn, g, t)
-
-
-def clamp_bounds(spec):
-    """(lower, upper) of the clamp ``spec`` applies through its own ops (upper None: none
-    above), or (None, None) where its activation is a frontend op (``ACTIVATIONS``)."""
-    if spec.act not in CLAMPED or spec.clamp == "relu_fwd":
-        return None, None
-    if spec.act == "RELU":
-        return 0.0, None
-    return float(spec.alpha), float(spec.beta)
-
-
-def _clamp(g, y, spec, t, lower, upper, fp32):
-    """y clamped to [lower, upper] (``spec.clamp``'s ops), the bounds' rows added to ``t``."""
-    row = dict(dim=[1, spec.k, 1, 1], stride=[spec.k, 1, spec.k, spec.k], data_type=fp32)
-    t["L"] = g.tensor(name="L", **row)
-    if spec.clamp == "select":
-        y = g.binary_select(input0=t["L"], input1=y, mask=g.cmp_lt(input=y, comparison=t["L"], name="below"),
-                            name="lower")
-    else:
-        y = g.max(input0=y, input1=t["L"], name="lower")
-    if upper is not None:
-        t["U"] = g.tensor(name="U", **row)
-        if spec.clamp == "select":
-            y = g.binary_select(input0=t["U"], input1=y, mask=g.cmp_gt(input=y, comparison=t["U"], name="above"),
-                                name="upper")
-        else:
-            y = g.min(input0=y, input1=t["U"], name="upper")
-    return y
-
-
-_bound_rows = {}
-
-
-def bound_rows(spec):
-    """The device rows (2, k) float32 [lower; upper] the clamp of ``spec`` reads (uids "L",
-    "U"), one array per device, channel count and bounds; None where it reads none. Made
-    on first use, which is a graph's first run: never inside a CUDA-graph capture."""
-    lower, upper = clamp_bounds(spec)
-    if lower is None:
-        return None
-    import cupy as cp     # optional: only where a GPU runs the graph
-    key = (cp.cuda.Device().id, spec.k, lower, upper)
-    rows = _bound_rows.get(key)
-    if rows is None:
-        with _lock:
-            rows = _bound_rows.get(key)
-            if rows is None:
-                host = np.empty((2, spec.k), np.float32)
-                host[0], host[1] = lower, math.inf if upper is None else upper
-                rows = _bound_rows[key] = cp.asarray(host)
-    return rows
 
 
 def finish_graph(cudnn, g, tensors):
@@ -576,11 +509,6 @@ class ConvGraph:
         pack = {UIDS["X"]: x.data.ptr, UIDS["W"]: w.data.ptr, UIDS["B"]: bias.data.ptr, UIDS["Y"]: y.data.ptr}
         if self.spec.residual:
             pack[UIDS["R"]] = residual.data.ptr
-        rows = bound_rows(self.spec)
-        if rows is not None:
-            pack[UIDS["L"]] = rows.data.ptr
-            if clamp_bounds(self.spec)[1] is not None:
-                pack[UIDS["U"]] = rows.data.ptr + rows.strides[0]
         return pack
 
     def _launch(self, index, pack, ws_ptr, handle):

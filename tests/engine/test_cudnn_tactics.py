@@ -41,19 +41,6 @@ def test_spec_carries_geometry_activation_and_residual():
     assert s2.out_hw() == (5, 6) and s2.act is None and not s2.residual and s2.out_dtype == "float32"
 
 
-def test_the_clamp_form_comes_from_the_settings_for_relu_and_clip_only(monkeypatch):
-    relu, clip = conv_layer(act=rt.ActivationType.RELU), conv_layer(act=rt.ActivationType.CLIP)
-    leaky, plain = conv_layer(act=rt.ActivationType.LEAKY_RELU), conv_layer()
-    shape = (2, 8, 10, 12)
-    assert {CT.conv_spec(la, shape, np.float16).clamp for la in (relu, clip, leaky, plain)} == {"relu_fwd"}
-    monkeypatch.setenv("CUPYRT_CUDNN_CLAMP", "select")
-    assert CT.conv_spec(relu, shape, np.float16).clamp == "select"
-    assert CT.conv_spec(clip, shape, np.float16).clamp == "select"
-    # elsewhere the form changes nothing, so those layers keep their one spec and plan
-    assert CT.conv_spec(leaky, shape, np.float16).clamp == "relu_fwd"
-    assert CT.conv_spec(plain, shape, np.float16).clamp == "relu_fwd"
-
-
 def test_declines_what_it_cannot_run_and_says_why(monkeypatch):
     t = CT.ConvCudnn()
     shapes, dtypes = [(2, 8, 10, 12)], ["float32"]

@@ -57,12 +57,6 @@ def test_backend_is_one_of_its_choices_in_any_case(monkeypatch, text, want):
     assert S.settings().backend == want
 
 
-@pytest.mark.parametrize("text, want", [("select", "select"), (" MinMax ", "minmax"), ("relu_fwd", "relu_fwd")])
-def test_cudnn_clamp_is_one_of_its_forms_in_any_case(monkeypatch, text, want):
-    monkeypatch.setenv("CUPYRT_CUDNN_CLAMP", text)
-    assert S.settings().cudnn_clamp == want
-
-
 def test_unset_or_empty_variables_take_their_defaults(monkeypatch):
     monkeypatch.setenv("CUPYRT_CUDNN_MAX_PLANS", "")
     monkeypatch.setenv("CUPYRT_REPORT_JSON", "")
@@ -81,7 +75,6 @@ def test_unset_or_empty_variables_take_their_defaults(monkeypatch):
     ("CUPYRT_CUDNN_BUILD_BUDGET_S", "soon", "a number"),
     ("CUPYRT_CUDNN_BUILD_BUDGET_S", "-0.5", ">= 0"),
     ("CUPYRT_BACKEND", "tpu", "valid: auto, numpy, cupy"),
-    ("CUPYRT_CUDNN_CLAMP", "fmax", "one of relu_fwd, select, minmax"),
 ])
 def test_a_malformed_value_raises_naming_the_variable(monkeypatch, env, text, expected):
     monkeypatch.setenv(env, text)

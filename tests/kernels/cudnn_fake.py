@@ -77,21 +77,6 @@ class FakeGraph:
     def gelu(self, **kw):
         return self._op("gelu", **kw)
 
-    def cmp_lt(self, **kw):
-        return self._op("cmp_lt", **kw)
-
-    def cmp_gt(self, **kw):
-        return self._op("cmp_gt", **kw)
-
-    def binary_select(self, **kw):
-        return self._op("binary_select", **kw)
-
-    def max(self, **kw):
-        return self._op("max", **kw)
-
-    def min(self, **kw):
-        return self._op("min", **kw)
-
     def validate(self):
         pass
 

@@ -35,7 +35,6 @@ def test_output_size_follows_explicit_pre_and_post_padding():
     (dict(out_dtype="int8"), "output dtype int8"),
     (dict(h=1, w=1, r=7, s=7, pre_padding=(0, 0), post_padding=(0, 0)), "empty output"),
     (dict(out_ldc=16), "row pitch 16 channels"),
-    (dict(act="RELU", clamp="fmax"), "clamp form 'fmax'"),
 ])
 def test_specs_a_graph_cannot_express_say_why(kw, words):
     assert words in spec(**kw).reason()
@@ -321,47 +320,6 @@ def test_matmul_graph_reads_the_nk_weight_transposed_and_fuses_its_epilogue(fake
     assert {n: x.uid for n, x in t.items()} == {n: G.UIDS[n] for n in t}
     plain = G.ConvGraph(mspec(m=64, n=96, k=32))
     assert [op for op, _ in plain.graph.ops] == ["matmul", "add"] and "R" not in plain.tensors
-
-
-@pytest.mark.parametrize("act, alpha, beta, bounds", [("RELU", 0.0, 0.0, (0.0, None)),
-                                                      ("CLIP", -0.5, 6.0, (-0.5, 6.0))])
-def test_each_clamp_form_builds_its_ops_reading_per_channel_bound_rows(fake, act, alpha, beta, bounds):
-    fake()
-    ops = {}
-    for form in G.CLAMPS:
-        s = spec(act=act, alpha=alpha, beta=beta, clamp=form)
-        g = G.ConvGraph(s)
-        ops[form] = [op for op, _ in g.graph.ops]
-        assert {n: x.uid for n, x in g.tensors.items()} == {n: G.UIDS[n] for n in g.tensors}
-        if form == "relu_fwd":
-            assert G.clamp_bounds(s) == (None, None) and not {"L", "U"} & set(g.tensors)
-            continue
-        assert G.clamp_bounds(s) == bounds
-        assert set(g.tensors) >= ({"L", "U"} if bounds[1] is not None else {"L"})
-        for name in ("L", "U") if bounds[1] is not None else ("L",):     # rows like the bias
-            assert (g.tensors[name].dim, g.tensors[name].stride) == ([1, 32, 1, 1], [32, 1, 32, 32])
-    upper = bounds[1] is not None
-    assert ops["relu_fwd"] == ["conv", "bias", "relu"]
-    assert ops["select"] == ["conv", "bias", "cmp_lt", "binary_select"] + (["cmp_gt", "binary_select"] if upper else [])
-    assert ops["minmax"] == ["conv", "bias", "max"] + (["min"] if upper else [])
-    # the clamp's inputs: the value below the bound is replaced by the bound's row
-    g = G.ConvGraph(spec(act=act, alpha=alpha, beta=beta, clamp="select"))
-    (_, below), (_, lower) = g.graph.ops[2], g.graph.ops[3]
-    assert below["input"] is g.graph.outputs[1] and below["comparison"] is g.tensors["L"]
-    assert lower["input0"] is g.tensors["L"] and lower["input1"] is g.graph.outputs[1]
-    assert lower["mask"] is g.graph.outputs[2]
-    # keys: another form is another graph
-    assert len({G.ConvSpec.key(spec(act=act, alpha=alpha, beta=beta, clamp=f), "H100") for f in G.CLAMPS}) == 3
-
-
-def test_leaky_relu_and_no_activation_keep_the_frontend_ops_whatever_the_clamp(fake):
-    fake()
-    for form in G.CLAMPS:
-        assert G.clamp_bounds(spec(act="LEAKY_RELU", alpha=0.1, clamp=form)) == (None, None)
-        assert [op for op, _ in G.ConvGraph(spec(act="LEAKY_RELU", alpha=0.1, clamp=form)).graph.ops] \
-            == ["conv", "bias", "relu"]
-        assert [op for op, _ in G.ConvGraph(spec(clamp=form)).graph.ops] == ["conv", "bias"]
-        assert G.bound_rows(spec(clamp=form)) is None
 
 
 def test_matmul_fused_refuses_bad_operands_before_touching_a_gpu():
