@@ -72,10 +72,14 @@ __device__ __forceinline__ unsigned to_tf32(unsigned x) {
     return r;
 }
 
-// x = big + small (3xTF32 operand split); x - big is exact in FP32.
+// x = big + small (3xTF32 operand split); x - big is exact in FP32. An infinite big part
+// (x = +-inf) has small 0: inf - inf would be NaN, and the MMAs would turn a +-inf input
+// into NaN where FP32 arithmetic keeps the infinity (with the cross term below). A NaN
+// stays NaN in big.
 __device__ __forceinline__ void split_tf32(unsigned x, unsigned& big, unsigned& small) {
     big = to_tf32(x);
-    small = to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(big)));
+    small = (big & 0x7fffffffu) == 0x7f800000u
+        ? 0u : to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(big)));
 }
 
 __device__ __forceinline__ void mma_1688(float (&d)[4], const unsigned (&a)[4],
@@ -253,10 +257,19 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
                     if (fresh) mma_1688_zc(c[i][j], as[i], bb[j]);
                     else mma_1688(c[i][j], as[i], bb[j]);
                 }
+            // the cross term a_big * b_small: an infinite a (activations can be; weights are
+            // taken finite) counts through a_big * b_big alone, since inf * b_small is NaN
+            // for b_small = 0 and an infinity of the wrong sign where b_small and b_big
+            // differ in sign. `as` is dead now: its registers take a_big with infinities 0.
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) mma_1688(c[i][j], ab[i], bs[j]);
+                for (int e = 0; e < 4; ++e)
+                    as[i][e] = (ab[i][e] & 0x7fffffffu) == 0x7f800000u ? 0u : ab[i][e];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_1688(c[i][j], as[i], bs[j]);
         } else {
 #pragma unroll
             for (int i = 0; i < MT; ++i)

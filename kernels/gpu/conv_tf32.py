@@ -123,10 +123,13 @@ def tf32_round(x):
 
 
 def split_3xtf32(x):
-    """(big, small) with x = big + small + O(2**-22 |x|), both TF32 values."""
+    """(big, small) with x = big + small + O(2**-22 |x|), both TF32 values; an infinite
+    big part has small 0 (as the kernel: inf - inf would make the products NaN)."""
     x = np.asarray(x, np.float32)
     big = tf32_round(x)
-    return big, tf32_round(x - big)
+    with np.errstate(invalid="ignore"):
+        small = tf32_round(x - big)
+    return big, np.where(np.isinf(big), np.float32(0), small).astype(np.float32)
 
 
 # Bits the tensor cores keep below the largest addend of an mma's sum. IEEE FP32
@@ -162,14 +165,17 @@ def gemm_3xtf32_model(a, b, promote=0, align_bits=MMA_ALIGN_BITS):
     """a [M, Kr] @ b [Kr, N] (float32, Kr % 8 == 0) as the 3xTF32 kernel computes it:
     per k8 step small*big, big*small, big*big through ``mma_tf32_model``, into the
     accumulator directly (promote=0) or into a window sum that every ``promote``
-    steps is added to the FP32 accumulator with round-to-nearest. Returns float64."""
+    steps is added to the FP32 accumulator with round-to-nearest. An infinite element of
+    ``a`` enters big*small as 0 (the kernel's rule: inf * 0 would be NaN), so it counts
+    through big*big alone, as in FP32. Returns float64."""
     (ab, as_), (bb, bs) = split_3xtf32(a), split_3xtf32(b)
+    ab_finite = np.where(np.isinf(ab), np.float32(0), ab)
     acc = np.zeros((a.shape[0], b.shape[1]))
     part = np.zeros_like(acc)
     for k8 in range(a.shape[1] // 8):
         ks = slice(8 * k8, 8 * k8 + 8)
         c = part if promote else acc
-        for x, y in ((as_, bb), (ab, bs), (ab, bb)):
+        for x, y in ((as_, bb), (ab_finite, bs), (ab, bb)):
             c = mma_tf32_model(c, x[:, ks], y[ks], align_bits)
         if not promote:
             acc = c

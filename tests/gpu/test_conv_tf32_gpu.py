@@ -157,6 +157,32 @@ def test_precise_is_fp32_class_on_a_deep_reduction(tactic):
     assert err <= TOL[True] / 2, f"3xTF32 rel L2 {err:.3e} (float32 rounding alone: {floor:.3e})"
 
 
+@pytest.mark.parametrize("tactic", T.TACTICS, ids=tid)
+def test_infinite_and_nan_inputs_give_fp32s_pattern(tactic):
+    """+inf, -inf and NaN in the input: every output whose window holds one is +inf, -inf
+    or NaN exactly as FP32 arithmetic gives it (a window with +inf and -inf, or inf times
+    a zero weight, is NaN), against products summed elementwise in float64 (no BLAS).
+    Weights of 0.5 and 0 have a zero small part: the 3xTF32 cross term must not make
+    inf * 0 there. The finite outputs keep the tile's tolerance."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 6, 6, 8)).astype(np.float32)
+    x[0, 1, 1, 2], x[0, 4, 4, 5], x[1, 2, 3, 0], x[1, 0, 5, 7] = np.inf, -np.inf, np.nan, np.inf
+    w = (rng.standard_normal((16, 3, 3, 8)) * 0.3).astype(np.float32)
+    w[:4] = np.float32(0.5)
+    w[4, :, :, 2] = np.float32(0.0)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    with np.errstate(invalid="ignore"):
+        patches = np.stack([xp[:, r:r + 6, s:s + 6, :] for r in range(3) for s in range(3)], axis=3)
+        ref = (patches[..., None, :] * w.reshape(16, 9, 8).transpose(1, 0, 2)[None, None, None]
+               ).sum(axis=(3, 5))                                           # [N, P, Q, K]
+    assert np.isnan(ref).any() and np.isposinf(ref).any() and np.isneginf(ref).any()
+    out = run(x, w, precise=tactic.precise, tactic=tactic, padding=1).get()
+    for what, f in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        np.testing.assert_array_equal(f(out), f(ref), err_msg=f"{what} positions differ")
+    fin = np.isfinite(ref)
+    assert rel_l2(out[fin], ref[fin]) <= TOL[tactic.precise]
+
+
 # ---- 3. epilogue, output types, concat offsets, graphs ------------------------
 def _epi_data(N=2, H=10, W=10, C=48, K=96, R=3, seed=5):
     rng = np.random.default_rng(seed)

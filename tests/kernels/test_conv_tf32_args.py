@@ -86,6 +86,35 @@ def test_split_3xtf32_is_exact_to_22_bits():
     assert err.max() <= 2.0 ** -21
 
 
+def test_split_3xtf32_keeps_infinities_and_nan():
+    x = np.array([np.inf, -np.inf, np.nan, 1.5, -2.0], np.float32)
+    big, small = T.split_3xtf32(x)
+    assert big[0] == np.inf and big[1] == -np.inf and np.isnan(big[2])
+    np.testing.assert_array_equal(small[[0, 1, 3, 4]], 0.0)          # not inf - inf = NaN
+    with np.errstate(invalid="ignore"):
+        total = big + small
+    assert total[0] == np.inf and total[1] == -np.inf and np.isnan(total[2])
+
+
+def test_3xtf32_model_keeps_an_infinite_input_infinite_where_fp32_does():
+    """Rows of a holding +inf, -inf, NaN, against weights with exact-TF32 values (small part
+    0: inf * 0 in the cross term would be NaN) and ones whose parts differ in sign: the
+    model's inf / NaN pattern is float64's, and its finite rows are unchanged."""
+    a = RNG.standard_normal((16, 16)).astype(np.float32)
+    b = RNG.standard_normal((16, 8)).astype(np.float32)
+    b[:, :3] = np.float32(0.5)                                   # TF32-exact: small part 0
+    b[2, 3] = np.float32(0.0)                                    # inf * 0 is NaN in FP32 too
+    a[0, 2], a[1, 5], a[2, 7] = np.inf, -np.inf, np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        got = T.gemm_3xtf32_model(a, b)
+    for f in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(f(got), f(want))
+    assert np.isposinf(want).any() and np.isneginf(want).any() and np.isnan(want[0, 3])
+    fin = np.isfinite(want)
+    assert np.abs(got[fin] - want[fin]).max() <= 1e-4 * np.abs(want[fin]).max()
+
+
 def test_3xtf32_model_predicts_fp32_accuracy_and_tf32_does_not():
     """The products the kernel forms (small terms dropped), summed in float64: the
     3xTF32 error is ~1e-7, inside the FP32 tolerance (1e-5); plain TF32 ~1e-4."""
