@@ -72,14 +72,25 @@ __device__ __forceinline__ unsigned to_tf32(unsigned x) {
     return r;
 }
 
-// x = big + small (3xTF32 operand split); x - big is exact in FP32. An infinite big part
-// (x = +-inf) has small 0: inf - inf would be NaN, and the MMAs would turn a +-inf input
-// into NaN where FP32 arithmetic keeps the infinity (with the cross term below). A NaN
-// stays NaN in big.
+// x = big + small (3xTF32 operand split); x - big is exact in FP32. For the weights (B),
+// which are taken finite.
 __device__ __forceinline__ void split_tf32(unsigned x, unsigned& big, unsigned& small) {
     big = to_tf32(x);
-    small = (big & 0x7fffffffu) == 0x7f800000u
-        ? 0u : to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(big)));
+    small = to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(big)));
+}
+
+// The same for the activations (A), which can be +-inf: there x - big is inf - inf = NaN,
+// and a_big * b_small is NaN where b_small is 0 (weights exact in TF32) or an infinity of
+// the wrong sign where b_small and b_big differ in sign. An infinite x is split as big 0,
+// small x: the products are then 0 * b_big, 0 * b_small and inf * b_big, which is what
+// FP32 gives (NaN for b = 0, as inf * 0). A NaN stays NaN in big. Both conversions run and
+// selects pick the parts: a cvt (inline asm) under a condition compiles to a branch.
+__device__ __forceinline__ void split_tf32_inf(unsigned x, unsigned& big, unsigned& small) {
+    const unsigned b = to_tf32(x);
+    const unsigned rest = to_tf32(__float_as_uint(__uint_as_float(x) - __uint_as_float(b)));
+    const bool inf = (b & 0x7fffffffu) == 0x7f800000u;
+    big = inf ? 0u : b;
+    small = inf ? b : rest;
 }
 
 __device__ __forceinline__ void mma_1688(float (&d)[4], const unsigned (&a)[4],
@@ -245,7 +256,7 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) split_tf32(af[i][e], ab[i][e], as[i][e]);
+                for (int e = 0; e < 4; ++e) split_tf32_inf(af[i][e], ab[i][e], as[i][e]);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -257,19 +268,10 @@ conv_tf32(const float* __restrict__ x,        // [N, H, W, C]
                     if (fresh) mma_1688_zc(c[i][j], as[i], bb[j]);
                     else mma_1688(c[i][j], as[i], bb[j]);
                 }
-            // the cross term a_big * b_small: an infinite a (activations can be; weights are
-            // taken finite) counts through a_big * b_big alone, since inf * b_small is NaN
-            // for b_small = 0 and an infinity of the wrong sign where b_small and b_big
-            // differ in sign. `as` is dead now: its registers take a_big with infinities 0.
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    as[i][e] = (ab[i][e] & 0x7fffffffu) == 0x7f800000u ? 0u : ab[i][e];
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) mma_1688(c[i][j], as[i], bs[j]);
+                for (int j = 0; j < NT; ++j) mma_1688(c[i][j], ab[i], bs[j]);
         } else {
 #pragma unroll
             for (int i = 0; i < MT; ++i)

@@ -122,14 +122,19 @@ def tf32_round(x):
     return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-def split_3xtf32(x):
-    """(big, small) with x = big + small + O(2**-22 |x|), both TF32 values; an infinite
-    big part has small 0 (as the kernel: inf - inf would make the products NaN)."""
+def split_3xtf32(x, inf_in_small=False):
+    """(big, small) with x = big + small + O(2**-22 |x|), both TF32 values. With
+    ``inf_in_small`` (the kernel's A operand, the activations) an infinite x is split as
+    big 0, small x: the products 0 * b_big, 0 * b_small and inf * b_big then give FP32's
+    result where inf - inf and inf * b_small would make NaN."""
     x = np.asarray(x, np.float32)
     big = tf32_round(x)
     with np.errstate(invalid="ignore"):
         small = tf32_round(x - big)
-    return big, np.where(np.isinf(big), np.float32(0), small).astype(np.float32)
+    if inf_in_small:
+        inf = np.isinf(big)
+        big, small = np.where(inf, np.float32(0), big), np.where(inf, big, small)
+    return big.astype(np.float32), small.astype(np.float32)
 
 
 # Bits the tensor cores keep below the largest addend of an mma's sum. IEEE FP32
@@ -165,17 +170,16 @@ def gemm_3xtf32_model(a, b, promote=0, align_bits=MMA_ALIGN_BITS):
     """a [M, Kr] @ b [Kr, N] (float32, Kr % 8 == 0) as the 3xTF32 kernel computes it:
     per k8 step small*big, big*small, big*big through ``mma_tf32_model``, into the
     accumulator directly (promote=0) or into a window sum that every ``promote``
-    steps is added to the FP32 accumulator with round-to-nearest. An infinite element of
-    ``a`` enters big*small as 0 (the kernel's rule: inf * 0 would be NaN), so it counts
-    through big*big alone, as in FP32. Returns float64."""
-    (ab, as_), (bb, bs) = split_3xtf32(a), split_3xtf32(b)
-    ab_finite = np.where(np.isinf(ab), np.float32(0), ab)
+    steps is added to the FP32 accumulator with round-to-nearest. ``a`` is split as the
+    kernel splits the activations (an infinite element goes into its small part), ``b``
+    as the weights. Returns float64."""
+    (ab, as_), (bb, bs) = split_3xtf32(a, inf_in_small=True), split_3xtf32(b)
     acc = np.zeros((a.shape[0], b.shape[1]))
     part = np.zeros_like(acc)
     for k8 in range(a.shape[1] // 8):
         ks = slice(8 * k8, 8 * k8 + 8)
         c = part if promote else acc
-        for x, y in ((as_, bb), (ab_finite, bs), (ab, bb)):
+        for x, y in ((as_, bb), (ab, bs), (ab, bb)):
             c = mma_tf32_model(c, x[:, ks], y[ks], align_bits)
         if not promote:
             acc = c

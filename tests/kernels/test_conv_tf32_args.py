@@ -86,14 +86,15 @@ def test_split_3xtf32_is_exact_to_22_bits():
     assert err.max() <= 2.0 ** -21
 
 
-def test_split_3xtf32_keeps_infinities_and_nan():
-    x = np.array([np.inf, -np.inf, np.nan, 1.5, -2.0], np.float32)
-    big, small = T.split_3xtf32(x)
-    assert big[0] == np.inf and big[1] == -np.inf and np.isnan(big[2])
-    np.testing.assert_array_equal(small[[0, 1, 3, 4]], 0.0)          # not inf - inf = NaN
-    with np.errstate(invalid="ignore"):
-        total = big + small
-    assert total[0] == np.inf and total[1] == -np.inf and np.isnan(total[2])
+def test_split_3xtf32_puts_an_activations_infinity_in_its_small_part():
+    x = np.array([np.inf, -np.inf, np.nan, 1.5, -2.0, 0.1], np.float32)
+    big, small = T.split_3xtf32(x, inf_in_small=True)
+    np.testing.assert_array_equal(big[:2], 0.0)                       # not inf - inf = NaN
+    assert small[0] == np.inf and small[1] == -np.inf and np.isnan(big[2])
+    plain_big, plain_small = T.split_3xtf32(x)
+    np.testing.assert_array_equal(big[3:], plain_big[3:])              # finite: as before
+    np.testing.assert_array_equal(small[3:], plain_small[3:])
+    assert small[5] != 0 and plain_big[0] == np.inf and np.isnan(plain_small[0])
 
 
 def test_3xtf32_model_keeps_an_infinite_input_infinite_where_fp32_does():
