@@ -11,6 +11,7 @@ against PyTorch (cuDNN), in one process on one card.
                and FP16, and the DRAM floor (dram8: the layer's bytes streamed once);
                CUDA-graph timed, GB/s
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
+               (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
@@ -273,13 +274,29 @@ def _dram8(c):
     return {"stream": (lambda: kern(grid, (256,), args), None)}
 
 
-def _tf32(c, precise):
+def _tf32(c, precise, base=None):
+    """The tiles of one precision; ``base``: compiled from that file of kernels/cuda instead
+    (``--tf32-base``, e.g. the source before a change, untracked), named ``<tile>@base``."""
     tf = _gpu("conv_tf32")
     x4, w4 = _gpu("conv_igemm").pad_channels(c.xf, 4), tf.pack_weight_krsc_f32(c.wf, "KCRS")
     kw = dict(scale=c.ones, bias=c.bias, act="RELU", out=c.out["f32"], **c.geo)
     kind = "f32" if precise else "tf32"      # tile names say the precision: 3xtf32_* / tf32_*
-    return {t.name: (lambda t=t: tf.conv2d_tf32(x4, w4, precise=precise, tactic=t, **kw), kind)
+    run = (lambda t: tf.conv2d_tf32(x4, w4, precise=precise, tactic=t, **kw))
+    if base is None:
+        return {t.name: (lambda t=t: run(t), kind) for t in tf.tactics_for(precise)}
+    return {f"{t.name}@base": (lambda t=t: with_source(tf, base, lambda: run(t)), kind)
             for t in tf.tactics_for(precise)}
+
+
+def with_source(module, source, fn):
+    """``fn()`` with ``module.SOURCE`` (the kernels/cuda file its launches compile) set to
+    ``source``; restored after, also when ``fn`` raises."""
+    saved = module.SOURCE
+    module.SOURCE = source
+    try:
+        return fn()
+    finally:
+        module.SOURCE = saved
 
 
 def _cublas(c, dtype):
@@ -325,6 +342,7 @@ FAMILIES = {
     "pw16": lambda c: _f16(c, _gpu("conv_pw").conv2d_pw_f16, _gpu("conv_pw").PW16_TACTICS)
     if (c.r, c.stride) == (1, 1) else {},
     "tf32x3": lambda c: _tf32(c, True),
+    "tf32x3_base": lambda c: _tf32(c, True, base=c.tf32_base) if c.tf32_base else {},
     "tf32": lambda c: _tf32(c, False),
     "sgemm32": lambda c: _cublas(c, c.cp.float32),
     "torch16": lambda c: _torch(c, c.cp.float16),
@@ -382,6 +400,7 @@ def conv(args, preset, table=None, layers=None, batches=None):
         for layer in (row for row in (table or RESNET50 + [FC]) if row[0] in wanted):
             c = ConvCase(cp, torch, layer, n)
             c.tiles = tiles
+            c.tf32_base = getattr(args, "tf32_base", None)
             if spec.get("residual"):
                 c.add_residuals()
             row = {"layer": c.name, "batch": n, "count": c.count, "macs": c.macs, "ms": {}, "best": {},
@@ -784,6 +803,9 @@ def parser():
     p.add_argument("--families", nargs="+", choices=sorted(FAMILIES), metavar="FAMILY",
                    help=f"conv measurements: instead of the preset's; of {', '.join(FAMILIES)}")
     p.add_argument("--precompile", action="store_true", help="compile every kernel family in parallel first")
+    p.add_argument("--tf32-base", metavar="FILE",
+                   help="family tf32x3_base: the 3xTF32 tiles compiled from this file of kernels/cuda (e.g. "
+                        "the source before a change), timed beside tf32x3 in the same process")
     return p
 
 

@@ -32,6 +32,29 @@ def test_conv_options_parse_and_unknown_names_are_refused(capsys):
         layers.parser().parse_args(["int8", "--families", "cudnn"])
 
 
+def test_tf32_base_family_compiles_from_the_named_source_and_restores_it():
+    args = layers.parser().parse_args(["fp32", "--families", "tf32x3", "tf32x3_base",
+                                       "--tf32-base", "conv_tf32_base.cu"])
+    assert args.tf32_base == "conv_tf32_base.cu" and args.families == ["tf32x3", "tf32x3_base"]
+    assert layers.parser().parse_args(["fp32"]).tf32_base is None
+
+    class Case:
+        tf32_base = None
+    assert layers.FAMILIES["tf32x3_base"](Case()) == {}        # without --tf32-base: no candidates
+
+    class Module:
+        SOURCE = "conv_tf32.cu"
+    seen = []
+    assert layers.with_source(Module, "conv_tf32_base.cu", lambda: seen.append(Module.SOURCE) or 7) == 7
+    assert seen == ["conv_tf32_base.cu"] and Module.SOURCE == "conv_tf32.cu"
+
+    def fails():
+        raise RuntimeError("no kernel")
+    with pytest.raises(RuntimeError, match="no kernel"):
+        layers.with_source(Module, "conv_tf32_base.cu", fails)
+    assert Module.SOURCE == "conv_tf32.cu"
+
+
 def test_runner_hands_layers_its_own_command_line(capsys):
     with pytest.raises(SystemExit) as e:
         runner.main(["layers", "--help"])
