@@ -512,8 +512,8 @@ def precision_timing_summary(measured, closest=5):
     for m in measured:
         d = out.setdefault(f"{m['from']}->{m['to']}", {"timed": 0, "not_timed": 0, "moved": 0, "closest": [],
                                                        "current_s": 0.0, "alternative_s": 0.0})
-        d["current_s"] = round(d["current_s"] + (m.get("s") or 0.0), 3)
-        d["alternative_s"] = round(d["alternative_s"] + (m.get("alt_s") or 0.0), 3)
+        d["current_s"] += m.get("s") or 0.0
+        d["alternative_s"] += m.get("alt_s") or 0.0
         if m.get("alt_ms") is None or not m.get("ms"):
             d["not_timed"] += 1
             continue
@@ -522,6 +522,7 @@ def precision_timing_summary(measured, closest=5):
         d["closest"].append([m["layer"], round((m["alt_ms"] + (m.get("boundary_ms") or 0.0)) / m["ms"], 3)])
     for d in out.values():
         d["closest"] = sorted(d["closest"], key=lambda c: c[1])[:closest]
+        d["current_s"], d["alternative_s"] = round(d["current_s"], 3), round(d["alternative_s"], 3)
     return out
 
 

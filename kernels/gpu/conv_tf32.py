@@ -134,7 +134,7 @@ def split_3xtf32(x, inf_in_small=False):
     if inf_in_small:
         inf = np.isinf(big)
         big, small = np.where(inf, np.float32(0), big), np.where(inf, big, small)
-    return big.astype(np.float32), small.astype(np.float32)
+    return big, small
 
 
 # Bits the tensor cores keep below the largest addend of an mma's sum. IEEE FP32
