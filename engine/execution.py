@@ -11,6 +11,7 @@ a backend (``CupyBackend.select_tactics``) without the runtime, so a tactic is
 timed on exactly the storage types the built engine will feed it.
 """
 
+from . import aux_streams
 from .errors import ExecutionError
 from .int8_exec import int8_tensors
 from .settings import settings
@@ -181,7 +182,9 @@ class LayerRunner:
                 if tid not in keep:
                     free_after[step].append(tid)
             sched = {"shapes": shapes, "free_after": free_after,
-                     "tiling": batch_tiling(e.network, shapes, *self._tiles)}
+                     "tiling": batch_tiling(e.network, shapes, *self._tiles),
+                     # used where the backend offers an auxiliary stream (engine/aux_streams.py)
+                     "aux": aux_streams.plan(e.network._layers, e.network._outputs, free_after)}
             self._plans[key] = sched
         return sched
 
@@ -237,7 +240,17 @@ class LayerRunner:
         in place); tensors in ``keep`` outlive their last reader (a tiled prefix's boundary)."""
         backend = self.engine.backend
         profiler = self.profiler
-        for step in range(begin, end):
+        free_after = sched["free_after"]
+        # an auxiliary stream only where the backend offers one for this run (a CUDA-graph
+        # capture): never while profiled, visited or selecting tactics
+        aux = sched.get("aux") if profiler is None and visit is None else None
+        stream = backend.aux_stream() if aux is not None else None
+        placed, pending = (), {}           # auxiliary steps of this range; step -> its join token
+        if stream is not None:
+            placed = aux.within(begin, end)
+            free_after = aux.free_after
+
+        def run(step):
             layer, precision, out_dtypes = schedule[step]
             ins = [None if t is None else values[id(t)] for t in layer._inputs]
             t0 = backend.mark() if profiler else None
@@ -248,9 +261,22 @@ class LayerRunner:
                 values[id(t)] = v
                 if visit is not None:
                     visit(t, v)
-            for tid in sched["free_after"][step]:     # lets the allocator reuse the bytes
+
+        for step in range(begin, end):
+            if placed:
+                for a in aux.join_before.get(step, ()):
+                    if a in pending:
+                        stream.join(pending.pop(a))
+                for a in aux.issue_before.get(step, ()):
+                    if a in placed:
+                        pending[a] = stream.issue(lambda a=a: run(a))
+            if step not in placed:
+                run(step)
+            for tid in free_after[step]:     # lets the allocator reuse the bytes
                 if tid not in keep:
                     values.pop(tid, None)
+        for token in pending.values():     # none: every join falls in the range
+            stream.join(token)
 
     def run(self, feeds, stream=None):
         """Backend arrays in (already checked), backend arrays out, through the

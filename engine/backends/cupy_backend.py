@@ -55,9 +55,10 @@ class _Graph:
     ``in_place``: the inputs the graph reads from the caller's bound arrays (held in
     ``inputs`` so their memory stays valid); the others are private buffers."""
 
-    def __init__(self, graph, inputs, outputs, pool, stream, in_place=()):
+    def __init__(self, graph, inputs, outputs, pool, stream, in_place=(), aux=None):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
         self.pool, self.stream = pool, stream
+        self.aux = aux          # the auxiliary stream captured beside ``stream`` (or None)
         self.in_place = frozenset(in_place)
 
 
@@ -80,6 +81,8 @@ class CupyBackend:
             self.meta.get("cudnn_plans"), cudnn_tactics.plan_store(
                 switches.cudnn_plan_cache or self.meta.get("timing_cache") or switches.timing_cache))
         self.use_graphs = switches.cuda_graphs
+        # side branches on a second stream inside the captured graph (engine/aux_streams.py)
+        self.aux_streams = switches.aux_streams
         # short candidates timed inside a CUDA graph (engine/gpu/timing.py); the
         # builder turns use_graphs off while it selects, not this
         self.graph_timing = self.use_graphs
@@ -134,6 +137,11 @@ class CupyBackend:
         PROFILE_HOLD_MS): the profiler issues every layer and its events behind it, so the
         events time the device's work and not the Python launch path."""
         return hold_stream(PROFILE_HOLD_MS)
+
+    def aux_stream(self):
+        """The auxiliary stream this run's layer loop may issue layers on (engine/aux_streams.py):
+        set while a CUDA graph is captured with the aux_streams switch on, otherwise None."""
+        return getattr(self._runs, "aux", None)
 
     def elapsed_ms(self, start, end):
         end.synchronize()
@@ -543,7 +551,11 @@ class CupyBackend:
         in_place = in_place or {}
         pool = cp.cuda.MemoryPool()
         stream = cp.cuda.Stream(non_blocking=True)
+        # rehearsal and capture share one auxiliary stream: its blocks in the private pool
+        # are cached per stream, like the main stream's
+        aux = AuxStream(cp) if self.aux_streams else None
         _after_current_stream(cp, stream)       # the feeds' uploads first (see execute)
+        self._runs.aux = aux
         try:
             with cp.cuda.using_allocator(pool.malloc), stream:
                 static = {n: in_place[n] if n in in_place else cp.empty_like(a)
@@ -566,7 +578,9 @@ class CupyBackend:
             log.info("engine not captured into a CUDA graph (%s); running eagerly", why)
             self.graph_notes.append(f"eager: capture failed ({why})")
             return "eager"
-        return _Graph(graph, static, outs, pool, stream, in_place)
+        finally:
+            self._runs.aux = None
+        return _Graph(graph, static, outs, pool, stream, in_place, aux)
 
     def _in_place(self, context, feeds):
         """({name: feed} a graph may read in place, {name: why not} for the rest): a feed
@@ -628,6 +642,29 @@ def _same_memory(a, b):
     """Whether ``a`` is the memory ``b`` is: the array objects may differ (a view)."""
     return (a.data.ptr == b.data.ptr and a.shape == b.shape and a.dtype == b.dtype
             and a.strides == b.strides)
+
+
+class AuxStream:
+    """A second stream the layer loop issues side branches on: ``issue(fn)`` runs ``fn``
+    with the auxiliary stream current, after the work queued so far on the current
+    stream (the fork), and returns the event the main stream later ``join``s."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.stream = cp.cuda.Stream(non_blocking=True)
+
+    def _event(self):
+        return self.cp.cuda.Event(disable_timing=True)
+
+    def issue(self, fn):
+        main = self.cp.cuda.get_current_stream()
+        self.stream.wait_event(main.record(self._event()))
+        with self.stream:
+            fn()
+        return self.stream.record(self._event())
+
+    def join(self, done):
+        self.cp.cuda.get_current_stream().wait_event(done)
 
 
 def _after_current_stream(cp, stream):

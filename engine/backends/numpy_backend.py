@@ -36,6 +36,11 @@ class NumpyBackend:
         return None
 
     @staticmethod
+    def aux_stream():
+        """No auxiliary stream: the host runs the layers one after another."""
+        return None
+
+    @staticmethod
     def elapsed_ms(start, end):
         return 1e3 * (end - start)
 

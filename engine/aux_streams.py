@@ -1,0 +1,112 @@
+"""Auxiliary streams: which layers of a schedule may run beside the main stream.
+
+A layer goes to the auxiliary stream when it is one side of a diamond: its inputs
+are ready some steps before the layer that reads its output (the *join*), and that
+join also reads what main-stream layers make in between. ResNet's projection
+shortcut is the case: it reads the block input, as the 1x1 reduce does, and only
+the expand layer reads its output, after the reduce and the 3x3 have run.
+
+    step p-1   pool            -> x
+    step p     reduce(x)         main        aux: projection(x), issued before step p
+    step p+1   3x3                main
+    step j     expand(3x3, proj)  main waits for the projection here
+
+The projection is issued on the auxiliary stream right after the last producer of
+its inputs (after a fork: the auxiliary stream waits for the main stream), and the
+main stream waits for it just before the join. Captured into a CUDA graph, the fork
+and the join are edges; the two branches' kernels may share the GPU.
+
+Memory: the layer loop frees a tensor after its last reader. An auxiliary layer's
+inputs stay alive until its join (the main stream must not reuse their bytes while
+the auxiliary stream may still read them); its output is allocated on the auxiliary
+stream and freed, as any tensor, after its last reader.
+
+Only single-layer branches of compute layers are placed (not chains, not data
+movement, not a concatenation's producers, which write into the concatenation's
+buffer), on one auxiliary stream: auxiliary layers run in issue order.
+"""
+import dataclasses
+
+from .types import LayerType
+
+# layers that launch their own kernels and never sync the host
+AUX_TYPES = frozenset({
+    LayerType.CONVOLUTION, LayerType.DECONVOLUTION, LayerType.FULLY_CONNECTED,
+    LayerType.MATRIX_MULTIPLY, LayerType.POOLING, LayerType.ATTENTION, LayerType.NORMALIZATION,
+    LayerType.POINTWISE, LayerType.ELEMENTWISE, LayerType.ACTIVATION, LayerType.SCALE,
+    LayerType.REDUCE, LayerType.SOFTMAX, LayerType.UNARY, LayerType.RESIZE, LayerType.LRN})
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxPlan:
+    """``issue_before``: step -> auxiliary steps issued before that step runs;
+    ``join_before``: step -> auxiliary steps the main stream waits for before it;
+    ``steps``: every auxiliary step (skipped where the loop reaches it);
+    ``free_after``: the loop's frees with each auxiliary layer's inputs held to its join."""
+    issue_before: dict
+    join_before: dict
+    steps: frozenset
+    free_after: list
+
+    def spans(self):
+        """(auxiliary step, issue step, join step) for each auxiliary layer."""
+        issue = {a: p for p, steps in self.issue_before.items() for a in steps}
+        join = {a: j for j, steps in self.join_before.items() for a in steps}
+        return sorted((a, issue[a], join[a]) for a in self.steps)
+
+    def within(self, begin, end):
+        """The auxiliary steps whose issue and join both fall in [begin, end)."""
+        return {a for a, p, j in self.spans() if begin <= p and j < end}
+
+
+def plan(layers, outputs, free_after):
+    """The AuxPlan of ``layers`` (schedule order) whose network outputs are ``outputs``,
+    ``free_after`` the loop's frees (step -> tensor ids freed after it). Returns None
+    when no layer qualifies."""
+    made_at = {}                 # tensor id -> step that writes it
+    readers = {}                 # tensor id -> steps that read it
+    for step, layer in enumerate(layers):
+        for t in layer._outputs:
+            made_at[id(t)] = step
+        for t in layer._inputs:
+            if t is not None:
+                readers.setdefault(id(t), []).append(step)
+    out_ids = {id(t) for t in outputs}
+    aux, issue_before, join_before = set(), {}, {}
+    for step, layer in enumerate(layers):
+        if layer.layer_type not in AUX_TYPES:
+            continue
+        outs = [id(t) for t in layer._outputs]
+        if not outs or any(t in out_ids for t in outs):
+            continue
+        read_at = sorted(s for t in outs for s in readers.get(t, ()))
+        if not read_at:
+            continue
+        join = read_at[0]
+        if layers[join].layer_type == LayerType.CONCATENATION:
+            continue
+        # issued right after its inputs' producers (network inputs: before the first step)
+        issue = 1 + max((made_at.get(id(t), -1) for t in layer._inputs if t is not None), default=-1)
+        if issue > step:
+            continue
+        # the join must wait for main-stream work of the window too: otherwise the layer
+        # is the critical path itself (the 1x1 reduce feeding the 3x3)
+        window = {s for s in range(issue, join) if s != step and s not in aux}
+        if not any(made_at.get(id(t)) in window for t in layers[join]._inputs if t is not None):
+            continue
+        aux.add(step)
+        issue_before.setdefault(issue, []).append(step)
+        join_before.setdefault(join, []).append(step)
+    if not aux:
+        return None
+    held = {}                    # tensor id -> the step after which it is freed instead
+    for a in aux:
+        join = min(j for j, steps in join_before.items() if a in steps)
+        for t in layers[a]._inputs:
+            if t is not None:
+                held[id(t)] = max(held.get(id(t), -1), join)
+    moved = [[] for _ in free_after]
+    for step, tids in enumerate(free_after):
+        for tid in tids:
+            moved[max(step, held.get(tid, -1))].append(tid)
+    return AuxPlan(issue_before, join_before, frozenset(aux), moved)
