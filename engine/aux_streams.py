@@ -21,7 +21,9 @@ inputs stay alive until its join (the main stream must not reuse their bytes whi
 the auxiliary stream may still read them); its output is allocated on the auxiliary
 stream and freed, as any tensor, after its last reader.
 
-Only single-layer branches of compute layers are placed (not chains, not data
+Per join at most one side goes to the auxiliary stream: the one that runs beside the
+most main-stream layers (ResNet's projection rather than the 3x3 it could also run
+beside). Only single-layer branches of compute layers are placed (not chains, not data
 movement, not a concatenation's producers, which write into the concatenation's
 buffer), on one auxiliary stream: auxiliary layers run in issue order.
 """
@@ -73,27 +75,36 @@ def plan(layers, outputs, free_after):
                 readers.setdefault(id(t), []).append(step)
     out_ids = {id(t) for t in outputs}
     aux, issue_before, join_before = set(), {}, {}
-    for step, layer in enumerate(layers):
-        if layer.layer_type not in AUX_TYPES:
-            continue
+
+    def side_branch(step, join):
+        """(main-stream layers it would run beside, its issue step) of layer ``step`` as a
+        side branch joined at ``join``, or None where it cannot be one."""
+        layer = layers[step]
         outs = [id(t) for t in layer._outputs]
-        if not outs or any(t in out_ids for t in outs):
-            continue
-        read_at = sorted(s for t in outs for s in readers.get(t, ()))
-        if not read_at:
-            continue
-        join = read_at[0]
-        if layers[join].layer_type == LayerType.CONCATENATION:
-            continue
+        if (layer.layer_type not in AUX_TYPES or not outs or any(t in out_ids for t in outs)
+                or min(s for t in outs for s in readers.get(t, [join])) != join):
+            return None
         # issued right after its inputs' producers (network inputs: before the first step)
         issue = 1 + max((made_at.get(id(t), -1) for t in layer._inputs if t is not None), default=-1)
-        if issue > step:
-            continue
-        # the join must wait for main-stream work of the window too: otherwise the layer
-        # is the critical path itself (the 1x1 reduce feeding the 3x3)
         window = {s for s in range(issue, join) if s != step and s not in aux}
+        # the join must wait for main-stream work of the window too: otherwise the layer
+        # is the critical path itself
         if not any(made_at.get(id(t)) in window for t in layers[join]._inputs if t is not None):
+            return None
+        return len(window), -step, issue
+
+    for join, layer in enumerate(layers):
+        if layer.layer_type == LayerType.CONCATENATION:
             continue
+        sides = {made_at[id(t)] for t in layer._inputs if t is not None and id(t) in made_at}
+        if len(sides) < 2:
+            continue
+        # the side that runs beside the most main-stream layers: ResNet's projection (beside
+        # the reduce and the 3x3) rather than the 3x3 (beside the projection)
+        best = max(((side_branch(s, join), s) for s in sides), key=lambda c: c[0] or (-1,))
+        if best[0] is None:
+            continue
+        (_, _, issue), step = best
         aux.add(step)
         issue_before.setdefault(issue, []).append(step)
         join_before.setdefault(join, []).append(step)

@@ -64,6 +64,7 @@ class _Graph:
 
 class CupyBackend:
     name = "cupy"
+    aux_streams = False          # the switch, read per backend in __init__
 
     def __init__(self, meta=None):
         if not available():

@@ -10,13 +10,13 @@ import logging
 
 from ..errors import BuildError
 
-from . import (cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_attention,
+from . import (branch_order, cancel_shuffles, constant_folding, dead_layers, fold_scale, fuse_attention,
                fuse_epilogue, fuse_matmul_epilogue, fuse_pointwise, merge_qkv, shape_tensors)
 
 log = logging.getLogger(__name__)
 
-PASSES = [constant_folding, shape_tensors, dead_layers, cancel_shuffles, fold_scale, fuse_epilogue,
-          fuse_matmul_epilogue, fuse_attention, merge_qkv, fuse_pointwise]
+PASSES = [constant_folding, shape_tensors, dead_layers, cancel_shuffles, fold_scale, branch_order,
+          fuse_epilogue, fuse_matmul_epilogue, fuse_attention, merge_qkv, fuse_pointwise]
 PASS_NAMES = [p.NAME for p in PASSES]
 COUNTERS = {name: 0 for name in PASS_NAMES}
 MAX_ROUNDS = 50

@@ -215,3 +215,49 @@ def test_aux_plan_helpers_agree_with_each_other():
     assert isinstance(plan, aux_streams.AuxPlan)
     for a, p, j in plan.spans():
         assert a in plan.issue_before[p] and a in plan.join_before[j] and p <= a < j
+
+
+def test_the_cupy_aux_stream_forks_after_the_current_stream_and_joins_back():
+    """AuxStream on a recording stand-in for CuPy: the auxiliary stream waits for an event
+    of the current stream, the layer runs with the auxiliary stream current, and the
+    join makes the current stream wait for the auxiliary stream's event."""
+    import types
+
+    from engine.backends.cupy_backend import AuxStream
+    log, current = [], []
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            assert disable_timing          # capture-friendly, no timestamps
+            self.at = None
+
+    class Stream:
+        def __init__(self, name="aux", non_blocking=False):
+            self.name = name
+            assert name != "aux" or non_blocking
+
+        def record(self, event):
+            event.at = self.name
+            log.append(("record", self.name))
+            return event
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event.at))
+
+        def __enter__(self):
+            current.append(self)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    main = Stream("main")
+    current.append(main)
+    cp = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Stream=Stream, Event=Event, get_current_stream=lambda: current[-1]))
+    aux = AuxStream(cp)
+    done = aux.issue(lambda: log.append(("layer on", current[-1].name)))
+    assert log == [("record", "main"), ("wait", "aux", "main"), ("layer on", "aux"), ("record", "aux")]
+    assert current == [main]
+    log.clear()
+    aux.join(done)
+    assert log == [("wait", "main", "aux")]

@@ -300,3 +300,52 @@ def test_the_passes_leave_every_shape_a_full_inference_would_give():
     got = interpret(work, feeds)
     for name, value in ref.items():
         assert rel_l2(got[name], value) < 1e-5
+
+
+def bottleneck_torch_order(net, x, c):
+    """ResNet's projection block in torchvision's order: reduce, 3x3, expand, then the
+    projection shortcut, their sum and a ReLU."""
+    y = net.add_activation(conv(net, x, c, c, 1).get_output(0), rt.ActivationType.RELU).get_output(0)
+    y = net.add_activation(conv(net, y, c, c, 3).get_output(0), rt.ActivationType.RELU).get_output(0)
+    expand = conv(net, y, 2 * c, c, 1)
+    proj = conv(net, x, 2 * c, c, 1)
+    s = net.add_elementwise(expand.get_output(0), proj.get_output(0), rt.ElementWiseOperation.SUM)
+    return net.add_activation(s.get_output(0), rt.ActivationType.RELU).get_output(0), expand, proj
+
+
+def test_the_short_side_of_a_residual_add_moves_first_so_the_add_fuses_into_the_long_side():
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (-1, 4, 6, 6))
+    y, expand, proj = bottleneck_torch_order(net, x, 4)
+    expand.name, proj.name = "expand", "proj"
+    net.mark_output(y)
+    on, off = check(net, {"x": randn(2, 4, 6, 6) * 0.5}, "branch_order", tol=1e-5)
+    layers = [on.network.get_layer(i) for i in range(on.num_layers)]
+    assert [layer.name for layer in layers][2:] == ["proj", "expand"]
+    fused = layers[3]
+    assert fused.get_input(1) is layers[2].get_output(0) and fused.post_activation == rt.ActivationType.RELU
+    assert layers[2].post_activation is None and layers[2].num_inputs == 1
+    # without the pass the add and ReLU fuse into the projection, which then waits for the expand
+    off_layers = [off.network.get_layer(i) for i in range(off.num_layers)]
+    assert [layer.name for layer in off_layers][2:] == ["expand", "proj"]
+    assert off_layers[3].get_input(1) is off_layers[2].get_output(0)
+    # and the moved projection is the side branch an auxiliary stream can take
+    ctx = on.create_execution_context()
+    plan = ctx._schedule({"x": np.zeros((2, 4, 6, 6), np.float32)})["aux"]
+    assert [on.network.get_layer(a).name for a in plan.steps] == ["proj"]
+    assert off.create_execution_context()._schedule({"x": np.zeros((2, 4, 6, 6), np.float32)})["aux"] is None
+
+
+def test_branch_order_leaves_sides_of_one_depth_and_sides_that_cannot_move():
+    net = rt.Network()
+    x = net.add_input("x", rt.float32, (-1, 4, 6, 6))
+    a, b = conv(net, x, 4, 4), conv(net, x, 4, 4)           # one depth: never swapped back and forth
+    s = net.add_elementwise(a.get_output(0), b.get_output(0), rt.ElementWiseOperation.SUM).get_output(0)
+    c = conv(net, s, 4, 4)                                  # reads the sum: cannot go before its sides
+    d = conv(net, c.get_output(0), 4, 4)
+    s2 = net.add_elementwise(d.get_output(0), c.get_output(0), rt.ElementWiseOperation.SUM)
+    net.mark_output(s2.get_output(0))
+    before = passes.COUNTERS["branch_order"]
+    engine = build(net)
+    assert passes.COUNTERS["branch_order"] == before
+    assert engine.meta["pass_stats"]["branch_order"] == 0
