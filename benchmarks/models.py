@@ -641,6 +641,9 @@ def ab_rows(name, precision, batches, reps, setting, rounds=5, disabled_passes=(
                     ctx.execute_async_v3(stream)
             stream.synchronize()
             outs[label] = cp.asnumpy(r["y"])
+            for note in ctx.engine.backend.graph_notes:
+                if "auxiliary stream" in note and f"({n}," in note:
+                    log.info("[ab] %s b%d: %s", label, n, note)
         for _ in range(rounds):
             for label, r in runs.items():
                 with overridden(**r["values"]):

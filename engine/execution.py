@@ -269,7 +269,7 @@ class LayerRunner:
                         stream.join(pending.pop(a))
                 for a in aux.issue_before.get(step, ()):
                     if a in placed:
-                        pending[a] = stream.issue(lambda a=a: run(a))
+                        pending[a] = stream.issue(lambda a=a: run(a), schedule[a][0].name)
             if step not in placed:
                 run(step)
             for tid in free_after[step]:     # lets the allocator reuse the bytes

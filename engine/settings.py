@@ -90,11 +90,12 @@ SETTINGS = (
            "their TensorFlow segment on hosts without one), `numpy` (the reference), `cupy`."),
     Switch("cuda_graphs", _flag, True,
            "Replay each engine's kernels as one CUDA graph per input shape (0: launch them one by one)."),
-    Switch("aux_streams", _flag, False,
+    Switch("aux_streams", _flag, True,
            "Inside a captured CUDA graph, run single-layer side branches (ResNet's projection shortcuts: "
            "a layer whose output only a later join reads, beside main-stream work the join also waits for) "
            "on a second stream, forked after their inputs are made and joined before their reader "
-           "(engine/aux_streams.py); off until a whole-network A/B on a GPU."),
+           "(engine/aux_streams.py). Same outputs; ResNet-50 FP16 0.958x the time at batch 1, 0.986x at 32, "
+           "0.998x at 256, INT8 b256 0.997x (H100 A/B); 0: one stream."),
     Switch("concat_elision", _flag, True,
            "Let producers of a Concatenation write into its output buffer instead of copying."),
     Switch("timing_cache", _path, None,

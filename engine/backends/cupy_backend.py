@@ -64,7 +64,7 @@ class _Graph:
 
 class CupyBackend:
     name = "cupy"
-    aux_streams = False          # the switch, read per backend in __init__
+    aux_streams = False          # the switch (on by default), read per backend in __init__
 
     def __init__(self, meta=None):
         if not available():
@@ -568,12 +568,18 @@ class CupyBackend:
                 # captured run will ask for, so capture allocates nothing new
                 self._run_layers(context, static, sched)
                 stream.synchronize()
+                if aux is not None:
+                    aux.issued.clear()       # the captured run's, not the rehearsal's
                 stream.begin_capture()
                 try:
                     outs = self._run_layers(context, static, sched)
                 finally:
                     graph = stream.end_capture()
                 graph.upload(stream)
+                if aux is not None and aux.issued:
+                    self.graph_notes.append(f"{_shapes(tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items()))}: "
+                                            f"{len(aux.issued)} layers on an auxiliary stream "
+                                            f"({', '.join(aux.issued[:4])}{', ...' if len(aux.issued) > 4 else ''})")
         except Exception as e:     # noqa: BLE001  (cuBLAS or a host sync inside: stay eager)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.info("engine not captured into a CUDA graph (%s); running eagerly", why)
@@ -653,11 +659,13 @@ class AuxStream:
     def __init__(self, cp):
         self.cp = cp
         self.stream = cp.cuda.Stream(non_blocking=True)
+        self.issued = []        # the names of the layers issued here (graph notes)
 
     def _event(self):
         return self.cp.cuda.Event(disable_timing=True)
 
-    def issue(self, fn):
+    def issue(self, fn, name=""):
+        self.issued.append(name)
         main = self.cp.cuda.get_current_stream()
         self.stream.wait_event(main.record(self._event()))
         with self.stream:

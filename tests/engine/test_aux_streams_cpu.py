@@ -124,8 +124,9 @@ class LoggedAux:
     def __init__(self, log):
         self.log = log
 
-    def issue(self, fn):
+    def issue(self, fn, name):
         self.log.append("fork")
+        self.log.append(("for", name))          # the name graph notes give
         fn()
         self.log.append("issued")
         return len(self.log)
@@ -159,9 +160,10 @@ def test_the_loop_forks_each_side_branch_after_its_input_and_joins_it_before_its
     want = plain.execute({"data": x})
     log.clear()
     got = engine.create_execution_context().execute({"data": x})
-    fork1, fork2 = [i + 3 for i, e in enumerate(log) if e == "fork"]      # the token: len(log) after "issued"
-    assert log == ["stem", "fork", "b1_proj", "issued", "b1_reduce", "b1_3x3", ("join", fork1), "b1_expand",
-                   "fork", "b2_proj", "issued", "b2_reduce", "b2_3x3", ("join", fork2), "b2_expand"]
+    fork1, fork2 = [i + 4 for i, e in enumerate(log) if e == "fork"]      # the token: len(log) after "issued"
+    assert log == ["stem", "fork", ("for", "b1_proj"), "b1_proj", "issued", "b1_reduce", "b1_3x3", ("join", fork1),
+                   "b1_expand", "fork", ("for", "b2_proj"), "b2_proj", "issued", "b2_reduce", "b2_3x3",
+                   ("join", fork2), "b2_expand"]
     np.testing.assert_array_equal(got[engine.network._outputs[0].name], want[engine.network._outputs[0].name])
 
 
@@ -198,14 +200,14 @@ def test_a_side_branch_crossing_the_batch_tiled_prefix_runs_in_place_on_the_main
     # the prefix (stem, b1's first three layers) twice, b1's projection among them in place;
     # b2's projection beside its branch
     assert log.count("b1_proj") == 2 and log.count("fork") == 1
-    assert log[log.index("fork") + 1] == "b2_proj"
+    assert log[log.index("fork") + 2] == "b2_proj"
 
 
-def test_the_switch_is_off_by_default_and_reaches_the_cupy_backend():
+def test_the_switch_is_on_by_default_and_parsed_like_the_others():
     from engine import settings as S
-    assert S.settings().aux_streams is False
-    with S.overridden(aux_streams=True):
-        assert S.settings().aux_streams is True
+    assert S.from_environ({}).aux_streams is True
+    with S.overridden(aux_streams=False):
+        assert S.settings().aux_streams is False
     with pytest.raises(rt.BuildError, match="CUPYRT_AUX_STREAMS"):
         S.from_environ({"CUPYRT_AUX_STREAMS": "sometimes"})
 
@@ -255,9 +257,9 @@ def test_the_cupy_aux_stream_forks_after_the_current_stream_and_joins_back():
     cp = types.SimpleNamespace(cuda=types.SimpleNamespace(
         Stream=Stream, Event=Event, get_current_stream=lambda: current[-1]))
     aux = AuxStream(cp)
-    done = aux.issue(lambda: log.append(("layer on", current[-1].name)))
+    done = aux.issue(lambda: log.append(("layer on", current[-1].name)), "proj")
     assert log == [("record", "main"), ("wait", "aux", "main"), ("layer on", "aux"), ("record", "aux")]
-    assert current == [main]
+    assert current == [main] and aux.issued == ["proj"]
     log.clear()
     aux.join(done)
     assert log == [("wait", "main", "aux")]

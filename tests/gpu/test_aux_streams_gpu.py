@@ -49,9 +49,9 @@ def test_side_branches_on_a_second_stream_replay_the_one_stream_outputs(monkeypa
     issued = []                        # every layer issued on an auxiliary stream
     real = cupy_backend.AuxStream.issue
 
-    def counted(self, fn):
-        issued.append(fn)
-        return real(self, fn)
+    def counted(self, fn, name):
+        issued.append(name)
+        return real(self, fn, name)
     monkeypatch.setattr(cupy_backend.AuxStream, "issue", counted)
     net = two_blocks(N, hw=HW, width=WIDTH)
     plan = build(net, flag, [feeds()["data"] for _ in range(2)] if flag == "INT8" else None)
@@ -67,6 +67,7 @@ def test_side_branches_on_a_second_stream_replay_the_one_stream_outputs(monkeypa
         assert rel_l2(got, want) <= 1e-6, (flag, i)
     graphs = [g for g in two.__dict__.get("_cuda_graphs", {}).values() if not isinstance(g, str)]
     assert graphs and all(g.aux is not None for g in graphs), two_engine.backend.graph_notes
+    assert any("2 layers on an auxiliary stream (b1_proj, b2_proj)" in n for n in two_engine.backend.graph_notes)
     assert all(g.aux is None for g in one.__dict__["_cuda_graphs"].values() if not isinstance(g, str))
     planned = two._schedule({"data": cp.asarray(fixed["data"])})["aux"]
     order = [layer.name for layer in two_engine.network._layers]
