@@ -87,11 +87,27 @@ def plan(layers, outputs, free_after):
         # issued right after its inputs' producers (network inputs: before the first step)
         issue = 1 + max((made_at.get(id(t), -1) for t in layer._inputs if t is not None), default=-1)
         window = {s for s in range(issue, join) if s != step and s not in aux}
-        # the join must wait for main-stream work of the window too: otherwise the layer
-        # is the critical path itself
-        if not any(made_at.get(id(t)) in window for t in layers[join]._inputs if t is not None):
+        # the join must wait for main-stream compute of the window too: otherwise the layer
+        # is the critical path itself (a constant made in the window, such as a matmul's
+        # weights, is no work to run beside)
+        if not waits_for_compute(join, window):
             return None
-        return len(window), -step, issue
+        return sum(layers[s].layer_type in AUX_TYPES for s in window), -step, issue
+
+    def waits_for_compute(join, window):
+        """Whether layer ``join`` reads, directly or through data movement inside
+        ``window``, what a compute layer of ``window`` makes."""
+        todo = [made_at.get(id(t)) for t in layers[join]._inputs if t is not None]
+        seen = set()
+        while todo:
+            s = todo.pop()
+            if s not in window or s in seen:
+                continue
+            seen.add(s)
+            if layers[s].layer_type in AUX_TYPES:
+                return True
+            todo += [made_at.get(id(t)) for t in layers[s]._inputs if t is not None]
+        return False
 
     for join, layer in enumerate(layers):
         if layer.layer_type == LayerType.CONCATENATION:

@@ -8,6 +8,7 @@ import pytest
 import engine as rt
 from engine import aux_streams
 from engine.backends.numpy_backend import NumpyBackend
+from engine.types import LayerType
 
 RNG = np.random.default_rng(5)
 
@@ -263,3 +264,29 @@ def test_the_cupy_aux_stream_forks_after_the_current_stream_and_joins_back():
     log.clear()
     aux.join(done)
     assert log == [("wait", "main", "aux")]
+
+
+def weights_chain():
+    """BERT's shape of the problem: matrix multiplies whose weights are Constant layers made
+    just before them, the last one adding the input back (a residual)."""
+    net = rt.Network()
+    x = net.add_input("data", rt.float32, (4, 16))
+    t = x
+    for i in range(3):
+        w = net.add_constant((16, 16), randn(16, 16, scale=0.25))
+        w.name = f"w{i}"
+        mm = net.add_matrix_multiply(t, rt.MatrixOperation.NONE, w.get_output(0), rt.MatrixOperation.NONE)
+        mm.name = f"mm{i}"
+        t = net.add_activation(mm.get_output(0), rt.ActivationType.RELU).get_output(0)
+    net.mark_output(net.add_elementwise(t, x, rt.ElementWiseOperation.SUM).get_output(0))
+    return net
+
+
+def test_a_constant_made_beside_a_layer_is_no_work_to_run_it_beside():
+    """Each matmul's join (the next matmul) also reads a Constant made after the matmul's
+    input: that is not main-stream compute, so nothing is a side branch (71 of BERT's layers
+    went to the auxiliary stream before, 0.952x the speed at batch 1)."""
+    engine = build(weights_chain())
+    kinds = [layer.layer_type for layer in engine.network._layers]
+    assert LayerType.CONSTANT in kinds and kinds.count(LayerType.MATRIX_MULTIPLY) == 3
+    assert aux_plan_of(engine, "data", (4, 16)) is None
