@@ -40,10 +40,14 @@ def commit():
     if env:
         return env
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        # a copied tree (the device machine's) can sit on an older HEAD than its files: say so
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (set BENCH_COMMIT)"
+    return f"{sha}+changes (set BENCH_COMMIT)" if changed else sha
 
 
 def result_path(out, date, card, suite):

@@ -7,6 +7,8 @@
 # AB="ARGS[;ARGS...]" runs `python -m benchmarks ab ARGS` for each, after the tests and
 # before the suites (e.g. AB="resnet50 cudnn_int8=1 --precision int8 --peer").
 # Prints the test summary, each A/B table and each suite's short table last.
+# The device's copy may sit on an older git HEAD than its files: pass BENCH_COMMIT=<sha> written out
+# on the host (not $(git rev-parse ...) run here), or the records say '<old sha>+changes'.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/cupyrt_out}; mkdir -p "$OUT"

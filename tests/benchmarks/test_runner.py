@@ -353,3 +353,25 @@ def test_cudnn_layer_count_takes_every_cudnn_tactic_from_the_kernel_counts():
     assert report.cudnn_layers({}) == "–"
     assert [report.is_cudnn(t) for t in ("conv.cudnn_i8", "matmul.cudnn", "conv.i8_64x64", "cudnn")] == [
         True, True, False, True]
+
+
+def test_the_recorded_commit_says_when_the_files_are_not_that_commit(monkeypatch):
+    """The device machine's copy kept an older HEAD than its files (session 20's suite files
+    said 2c32eb9): a tree that differs from HEAD is recorded as such, BENCH_COMMIT wins."""
+    import subprocess
+    out = {"rev-parse": "abc1234\n", "status": ""}
+
+    def run(cmd, **kw):
+        if out.get("fail"):
+            raise OSError("no git")
+        return subprocess.CompletedProcess(cmd, 0, stdout=out[cmd[1]], stderr="")
+    monkeypatch.setattr(runner.subprocess, "run", run)
+    monkeypatch.delenv("BENCH_COMMIT", raising=False)
+    assert runner.commit() == "abc1234"
+    out["status"] = " M engine/execution.py\n"
+    assert runner.commit() == "abc1234+changes (set BENCH_COMMIT)"
+    monkeypatch.setenv("BENCH_COMMIT", "def5678")
+    assert runner.commit() == "def5678"
+    monkeypatch.delenv("BENCH_COMMIT")
+    out["fail"] = True
+    assert runner.commit() == "unknown (set BENCH_COMMIT)"
