@@ -81,6 +81,21 @@ class BuilderConfig:
         # range; with fp16_range_fallback those layers compute in FP32
         self.range_check_inputs = None
         self.fp16_range_fallback = False
+        self._max_aux_streams = -1
+
+    @property
+    def max_aux_streams(self):
+        """TensorRT's: how many auxiliary streams the engine may run side branches on
+        (engine/aux_streams.py). -1 (default): the aux_streams switch decides at run time;
+        0: none; 1 or more: on (cupyrt uses one)."""
+        return self._max_aux_streams
+
+    @max_aux_streams.setter
+    def max_aux_streams(self, n):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < -1:
+            raise BuildError(f"max_aux_streams {n!r}; expected an integer >= -1 (-1: the aux_streams "
+                             "switch decides, 0: none)")
+        self._max_aux_streams = int(n)
 
     def add_optimization_profile(self, profile):
         if not isinstance(profile, OptimizationProfile):
@@ -224,6 +239,8 @@ class Builder:
                                 for p in config.profiles]
         if config.max_batch_size:
             meta["max_batch_size"] = int(config.max_batch_size)
+        if config.max_aux_streams >= 0:
+            meta["max_aux_streams"] = config.max_aux_streams
         if config.timing_cache_path:
             meta["timing_cache"] = str(config.timing_cache_path)
         if resolve(config.backend) == "numpy":

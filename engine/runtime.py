@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from . import aux_streams
 from .backends import select_backend
 from .errors import ExecutionError
 from .execution import EngineSchedule, LayerRunner
@@ -91,6 +92,16 @@ class CudaEngine(EngineSchedule):
     @property
     def num_layers(self):
         return len(self.layers)
+
+    @property
+    def num_aux_streams(self):
+        """TensorRT's: the auxiliary streams a replay of this engine runs layers on, 0 or 1:
+        1 where the backend captures side branches on one (CUDA graphs on, max_aux_streams
+        or the aux_streams switch) and the network has one (engine/aux_streams.py)."""
+        if not (getattr(self.backend, "aux_streams", False) and getattr(self.backend, "use_graphs", False)):
+            return 0
+        layers = self.network._layers
+        return int(aux_streams.plan(layers, self.network._outputs, [[] for _ in layers]) is not None)
 
     @property
     def num_io_tensors(self):

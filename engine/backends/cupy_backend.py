@@ -82,8 +82,9 @@ class CupyBackend:
             self.meta.get("cudnn_plans"), cudnn_tactics.plan_store(
                 switches.cudnn_plan_cache or self.meta.get("timing_cache") or switches.timing_cache))
         self.use_graphs = switches.cuda_graphs
-        # side branches on a second stream inside the captured graph (engine/aux_streams.py)
-        self.aux_streams = switches.aux_streams
+        # side branches on a second stream inside the captured graph (engine/aux_streams.py):
+        # the plan's max_aux_streams (BuilderConfig) where the build set one, else the switch
+        self.aux_streams = aux_streams_on(self.meta, switches)
         # short candidates timed inside a CUDA graph (engine/gpu/timing.py); the
         # builder turns use_graphs off while it selects, not this
         self.graph_timing = self.use_graphs
@@ -649,6 +650,13 @@ def _same_memory(a, b):
     """Whether ``a`` is the memory ``b`` is: the array objects may differ (a view)."""
     return (a.data.ptr == b.data.ptr and a.shape == b.shape and a.dtype == b.dtype
             and a.strides == b.strides)
+
+
+def aux_streams_on(meta, switches):
+    """Whether an engine of plan metadata ``meta`` captures side branches on an auxiliary
+    stream: its max_aux_streams (BuilderConfig) where the build set one, else the switch."""
+    limit = meta.get("max_aux_streams", -1)
+    return switches.aux_streams if limit < 0 else limit > 0
 
 
 class AuxStream:

@@ -307,3 +307,43 @@ def test_the_bert_encoder_keeps_every_layer_on_the_main_stream():
     kinds = {layer.layer_type for layer in engine.network._layers}
     assert {LayerType.ATTENTION, LayerType.NORMALIZATION, LayerType.MATRIX_MULTIPLY} <= kinds
     assert aux_plan_of(engine, "tokens", (2, 16, 64)) is None
+
+
+def test_builder_config_max_aux_streams_is_tensorrts_knob_recorded_in_the_plan():
+    from engine import settings as S
+    from engine.backends.cupy_backend import aux_streams_on
+    cfg = rt.Builder().create_builder_config()
+    assert cfg.max_aux_streams == -1
+    for bad in (-2, 1.5, "1", True, None):
+        with pytest.raises(rt.BuildError, match="max_aux_streams"):
+            cfg.max_aux_streams = bad
+    assert cfg.max_aux_streams == -1
+    plans = {}
+    for n in (-1, 0, 2):
+        b = rt.Builder()
+        c = b.create_builder_config()
+        c.backend, c.max_aux_streams = "numpy", n
+        plans[n] = rt.Runtime(backend="numpy").deserialize_cuda_engine(
+            b.build_serialized_network(two_blocks(), c)).meta
+    assert "max_aux_streams" not in plans[-1]
+    assert plans[0]["max_aux_streams"] == 0 and plans[2]["max_aux_streams"] == 2
+    on, off = S.from_environ({}), S.from_environ({"CUPYRT_AUX_STREAMS": "0"})
+    assert aux_streams_on(plans[-1], on) and not aux_streams_on(plans[-1], off)     # the switch decides
+    assert not aux_streams_on(plans[0], on) and aux_streams_on(plans[2], off)        # the plan decides
+
+
+def test_num_aux_streams_counts_the_stream_a_replay_would_use():
+    import types
+    engine = build(two_blocks())
+    assert engine.num_aux_streams == 0                           # the NumPy backend: one thread
+    numpy_backend = engine.backend
+    engine.backend = types.SimpleNamespace(aux_streams=True, use_graphs=True)
+    assert engine.num_aux_streams == 1
+    engine.backend.use_graphs = False                            # no graph, no capture
+    assert engine.num_aux_streams == 0
+    engine.backend = types.SimpleNamespace(aux_streams=False, use_graphs=True)
+    assert engine.num_aux_streams == 0
+    chain = build(weights_chain())
+    chain.backend = types.SimpleNamespace(aux_streams=True, use_graphs=True)
+    assert chain.num_aux_streams == 0                            # nothing to run beside
+    assert numpy_backend.aux_stream() is None
