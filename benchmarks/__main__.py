@@ -161,7 +161,8 @@ def cmd_ab(args):
            "command": command_line(sys.argv[1:], args.out), "rows": rows,
            "env": {k: v for k, v in os.environ.items() if k.startswith("CUPYRT_")}}
     tag = "_".join([f"{k}-{v}" for k, v in setting.items()] + [f"no-{p}" for p in args.disable_pass])
-    path = os.path.join(args.out, f"{started.date().isoformat()}_{card_slug(card)}_ab_{args.model}_{args.precision}_{tag}.json")
+    name = f"{started.date().isoformat()}_{card_slug(card)}_ab_{args.model}_{args.precision}_{tag}.json"
+    path = os.path.join(args.out, name)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)
     print(f"\nab {args.model} {args.precision}: A = settings as they are, B = {setting}"

@@ -578,9 +578,10 @@ class CupyBackend:
                     graph = stream.end_capture()
                 graph.upload(stream)
                 if aux is not None and aux.issued:
-                    self.graph_notes.append(f"{_shapes(tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items()))}: "
-                                            f"{len(aux.issued)} layers on an auxiliary stream "
-                                            f"({', '.join(aux.issued[:4])}{', ...' if len(aux.issued) > 4 else ''})")
+                    names = ", ".join(aux.issued[:4]) + (", ..." if len(aux.issued) > 4 else "")
+                    key = tuple((n, tuple(a.shape), a.dtype.name) for n, a in feeds.items())
+                    self.graph_notes.append(f"{_shapes(key)}: {len(aux.issued)} layers on an auxiliary "
+                                            f"stream ({names})")
         except Exception as e:     # noqa: BLE001  (cuBLAS or a host sync inside: stay eager)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.info("engine not captured into a CUDA graph (%s); running eagerly", why)
