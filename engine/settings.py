@@ -176,8 +176,9 @@ SETTINGS = (
     Switch("cudnn_max_plans", _number(int), 4, "cuDNN engine plans timed per graph.", tactics=True),
     Switch("batch_tiles", _number(int), 0,
            "Run the leading batch-local layers (convolutions, pooling, pointwise) in this many batch chunks, "
-           "joined where that prefix ends, so a chunk's activations can stay in L2 (0 or 1: off; "
-           "experimental, not yet measured on a GPU). Read when an execution context is created."),
+           "joined where that prefix ends, so a chunk's activations can stay in L2 (0 or 1: off; ResNet-50 "
+           "INT8 b256 took 1.05-1.11x the time with 4-8 chunks of its first 2-3 layers, H100 A/B of session 12). "
+           "Read when an execution context is created."),
     Switch("batch_tile_layers", _number(int), 0,
            "The most leading layers batch_tiles runs in chunks (0: as many as are batch-local)."),
     Switch("cudnn_build_budget_s", _number(float), 6.0,
