@@ -11,7 +11,7 @@ a backend (``CupyBackend.select_tactics``) without the runtime, so a tactic is
 timed on exactly the storage types the built engine will feed it.
 """
 
-from . import aux_streams
+from .aux_streams import plan as aux_plan
 from .errors import ExecutionError
 from .int8_exec import int8_tensors
 from .settings import settings
@@ -184,7 +184,7 @@ class LayerRunner:
             sched = {"shapes": shapes, "free_after": free_after,
                      "tiling": batch_tiling(e.network, shapes, *self._tiles),
                      # used where the backend offers an auxiliary stream (engine/aux_streams.py)
-                     "aux": aux_streams.plan(e.network._layers, e.network._outputs, free_after)}
+                     "aux": aux_plan(e.network._layers, e.network._outputs, free_after)}
             self._plans[key] = sched
         return sched
 

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import aux_streams
+from .aux_streams import plan as aux_plan
 from .backends import select_backend
 from .errors import ExecutionError
 from .execution import EngineSchedule, LayerRunner
@@ -101,7 +101,7 @@ class CudaEngine(EngineSchedule):
         if not (getattr(self.backend, "aux_streams", False) and getattr(self.backend, "use_graphs", False)):
             return 0
         layers = self.network._layers
-        return int(aux_streams.plan(layers, self.network._outputs, [[] for _ in layers]) is not None)
+        return int(aux_plan(layers, self.network._outputs, [[] for _ in layers]) is not None)
 
     @property
     def num_io_tensors(self):

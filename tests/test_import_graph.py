@@ -19,7 +19,8 @@ inside functions count too):
     gpu         engine/gpu/* (tactics, timing, precompile, device)
     execution   execution.py (the layer loop, storage types), layer_exec.py (one
                 layer on the host), int8_exec.py (INT8 storage and arithmetic),
-                precision_range.py (FP16 range check)
+                precision_range.py (FP16 range check), aux_streams.py (side
+                branches the loop runs on an auxiliary stream)
     passes      engine/passes/*
     layers      network.py, engine/layers/*
     base        types, errors, logger, settings, atomic_file, exchange,
@@ -54,7 +55,7 @@ LAYERS = [
     ("backends", ["engine.backends", "engine.backends.*"]),
     ("gpu", ["engine.gpu", "engine.gpu.*"]),
     ("execution", ["engine.execution", "engine.layer_exec", "engine.int8_exec",
-                   "engine.precision_range"]),
+                   "engine.precision_range", "engine.aux_streams"]),
     ("passes", ["engine.passes", "engine.passes.*"]),
     ("layers", ["engine.network", "engine.layers", "engine.layers.*"]),
     ("base", ["engine.types", "engine.errors", "engine.logger", "engine.settings",
