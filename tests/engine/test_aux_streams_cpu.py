@@ -26,26 +26,30 @@ def conv(net, x, c, k, r, stride=1, name=None, relu=True):
     return net.add_activation(y, rt.ActivationType.RELU).get_output(0) if relu else y
 
 
-def bottleneck(net, x, c, mid, out, stride, tag):
-    """ResNet's first block of a stage: a 1x1 projection of ``x`` added to 1x1 -> 3x3 -> 1x1."""
-    proj = conv(net, x, c, out, 1, stride, f"{tag}_proj", relu=False)
+def bottleneck(net, x, c, mid, out, stride, tag, torch_order=False):
+    """ResNet's first block of a stage: a 1x1 projection of ``x`` added to 1x1 -> 3x3 -> 1x1;
+    ``torch_order``: the projection made after the main branch, as torchvision traces it."""
+    if not torch_order:
+        proj = conv(net, x, c, out, 1, stride, f"{tag}_proj", relu=False)
     y = conv(net, x, c, mid, 1, 1, f"{tag}_reduce")
     y = conv(net, y, mid, mid, 3, stride, f"{tag}_3x3")
     y = conv(net, y, mid, out, 1, 1, f"{tag}_expand", relu=False)
+    if torch_order:
+        proj = conv(net, x, c, out, 1, stride, f"{tag}_proj", relu=False)
     return net.add_activation(net.add_elementwise(y, proj, rt.ElementWiseOperation.SUM).get_output(0),
                               rt.ActivationType.RELU).get_output(0)
 
 
-def two_blocks(n=2, proj_is_output=False, hw=8, width=1):
+def two_blocks(n=2, proj_is_output=False, hw=8, width=1, torch_order=False):
     """stem -> two projection bottlenecks (the second strided) on an (n, 8, hw, hw) input,
     channels times ``width``: the builder fuses each add and ReLU into its expand
-    convolution, nine layers."""
+    convolution (in ``torch_order`` once branch_order has moved the projection), nine layers."""
     net = rt.Network()
     x = net.add_input("data", rt.float32, (n, 8, hw, hw))
     w = width
     y = conv(net, x, 8, 16 * w, 3, 1, "stem")
-    y = bottleneck(net, y, 16 * w, 8 * w, 32 * w, 1, "b1")
-    y = bottleneck(net, y, 32 * w, 16 * w, 64 * w, 2, "b2")
+    y = bottleneck(net, y, 16 * w, 8 * w, 32 * w, 1, "b1", torch_order)
+    y = bottleneck(net, y, 32 * w, 16 * w, 64 * w, 2, "b2", torch_order)
     net.mark_output(y)
     if proj_is_output:
         proj = next(layer for layer in net._layers if layer.name == "b1_proj")
@@ -81,6 +85,32 @@ def test_each_projection_runs_beside_its_blocks_main_branch():
     assert [(order[a], order[p], order[j]) for a, p, j in plan.spans()] == [
         ("b1_proj", "b1_proj", "b1_expand"), ("b2_proj", "b2_proj", "b2_expand")]
     assert plan.steps == {1, 5}
+
+
+def test_traced_in_torchvisions_order_the_projections_move_first_and_run_beside_the_same():
+    net = two_blocks(torch_order=True)
+    engine = build(net)
+    order = names(engine)
+    assert order == ["stem", "b1_reduce", "b1_3x3", "b1_proj", "b1_expand",
+                     "b2_reduce", "b2_3x3", "b2_proj", "b2_expand"]
+    assert engine.meta["pass_stats"]["branch_order"] == 2
+    expand = engine.network._layers[4]
+    assert expand.get_input(1) is engine.network._layers[3].get_output(0)      # the add fused here
+    plan = aux_plan(engine)
+    # issued where the block input is made (before the reduce), joined before the expand
+    assert [(order[a], order[p], order[j]) for a, p, j in plan.spans()] == [
+        ("b1_proj", "b1_reduce", "b1_expand"), ("b2_proj", "b2_reduce", "b2_expand")]
+    # the same network built without the pass: one chain (the add fused into the projection)
+    b = rt.Builder()
+    cfg = b.create_builder_config()
+    cfg.backend = "numpy"
+    cfg.disable_pass("branch_order")
+    chain = rt.Runtime(backend="numpy").deserialize_cuda_engine(b.build_serialized_network(net, cfg))
+    assert names(chain)[3:5] == ["b1_expand", "b1_proj"] and aux_plan(chain) is None
+    x = randn(2, 8, 8, 8)
+    out = engine.network._outputs[0].name
+    np.testing.assert_allclose(engine.create_execution_context().execute({"data": x})[out],
+                               chain.create_execution_context().execute({"data": x})[out], rtol=1e-5, atol=1e-5)
 
 
 def test_an_auxiliary_layers_inputs_are_freed_after_its_join_not_its_last_reader():

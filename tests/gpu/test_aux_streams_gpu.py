@@ -1,7 +1,8 @@
 """Auxiliary streams on the GPU (settings aux_streams, engine/aux_streams.py): an engine of
 two ResNet projection blocks captured with each projection on a second stream gives, at
 every replay on fresh inputs, the outputs of the same plan captured on one stream (FP32,
-FP16, INT8); the capture forked exactly the planned layers, and the switch off forks none."""
+FP16, INT8; the blocks also in torchvision's order, the projection traced last); the capture
+forked exactly the planned layers, and the switch off forks none."""
 import os
 import sys
 
@@ -43,8 +44,9 @@ def build(net, flag, calibration):
     return b.build_serialized_network(net, cfg)
 
 
-@pytest.mark.parametrize("flag", ["FP32", "FP16", "INT8"])
-def test_side_branches_on_a_second_stream_replay_the_one_stream_outputs(monkeypatch, flag):
+@pytest.mark.parametrize("flag, torch_order", [("FP32", False), ("FP16", False), ("INT8", False),
+                                               ("FP16", True), ("INT8", True)])
+def test_side_branches_on_a_second_stream_replay_the_one_stream_outputs(monkeypatch, flag, torch_order):
     from engine.backends import cupy_backend
     issued = []                        # every layer issued on an auxiliary stream
     real = cupy_backend.AuxStream.issue
@@ -53,7 +55,7 @@ def test_side_branches_on_a_second_stream_replay_the_one_stream_outputs(monkeypa
         issued.append(name)
         return real(self, fn, name)
     monkeypatch.setattr(cupy_backend.AuxStream, "issue", counted)
-    net = two_blocks(N, hw=HW, width=WIDTH)
+    net = two_blocks(N, hw=HW, width=WIDTH, torch_order=torch_order)   # torch's: branch_order moves them
     plan = build(net, flag, [feeds()["data"] for _ in range(2)] if flag == "INT8" else None)
     one_engine, one = context(plan, monkeypatch, aux=False)
     two_engine, two = context(plan, monkeypatch, aux=True)
