@@ -100,8 +100,15 @@ class CudaEngine(EngineSchedule):
         or the aux_streams switch) and the network has one (engine/aux_streams.py)."""
         if not (getattr(self.backend, "aux_streams", False) and getattr(self.backend, "use_graphs", False)):
             return 0
+        return int(bool(self.side_branches()))
+
+    def side_branches(self):
+        """The layers a CUDA-graph replay runs on an auxiliary stream where aux streams are on
+        (engine/aux_streams.py), in layer order: the network's side branches, whatever
+        this engine's backend."""
         layers = self.network._layers
-        return int(aux_plan(layers, self.network._outputs, [[] for _ in layers]) is not None)
+        plan = aux_plan(layers, self.network._outputs, [[] for _ in layers])
+        return [] if plan is None else [layers[a].name for a in sorted(plan.steps)]
 
     @property
     def num_io_tensors(self):
@@ -203,7 +210,8 @@ class EngineInspector:
                            "inputs": {n: list(e.get_tensor_shape(n)) for n in e.input_names},
                            "outputs": {n: list(e.get_tensor_shape(n)) for n in e.output_names},
                            "device_memory_size": e.device_memory_size,
-                           "backend": e.backend.name, "build": e.meta.get("pass_stats", {})},
+                           "backend": e.backend.name, "build": e.meta.get("pass_stats", {}),
+                           "side_branches": e.side_branches(), "num_aux_streams": e.num_aux_streams},
                           indent=1)
 
 

@@ -39,6 +39,9 @@ def describe_plan(data, view="plan: the optimised network as built (after the bu
             "flags": meta.get("flags", []), "source_layers": meta.get("source_layers"),
             "pass_stats": meta.get("pass_stats", {}),
             "int8_layers": meta.get("int8_layers", []),
+            # where a CUDA-graph replay on the CuPy backend may run layers beside the main stream
+            "side_branches": {"layers": info["side_branches"],
+                              "max_aux_streams": meta.get("max_aux_streams", "-1 (the aux_streams switch)")},
             "memory": {"activation_bytes_dynamic_dims_1": info["device_memory_size"],
                        "weight_bytes": sum(li["weight_bytes"] for li in layers),
                        "plan_bytes": len(data)},
@@ -95,6 +98,10 @@ def _engine_text(desc, indent="  "):
         lines.append(f"{indent}flags: {', '.join(desc['flags']) or 'none (FP32)'}; "
                      f"{desc.get('source_layers')} source layers -> {len(desc['layers'])}; "
                      f"kernels chosen on {desc['kernels_chosen_on']}")
+    side = desc.get("side_branches")
+    if side and side["layers"]:
+        lines.append(f"{indent}side branches (an auxiliary stream in CUDA-graph replays; max_aux_streams "
+                     f"{side['max_aux_streams']}): {', '.join(side['layers'])}")
     lines += [f"{indent}input  {n}: {s}" for n, s in desc["inputs"].items()]
     lines += [f"{indent}output {n}: {s}" for n, s in desc["outputs"].items()]
     rows = [(li["name"], li["type"], li["precision"], li["kernel"]) for li in desc["layers"]]

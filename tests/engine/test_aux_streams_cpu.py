@@ -377,3 +377,25 @@ def test_num_aux_streams_counts_the_stream_a_replay_would_use():
     chain.backend = types.SimpleNamespace(aux_streams=True, use_graphs=True)
     assert chain.num_aux_streams == 0                            # nothing to run beside
     assert numpy_backend.aux_stream() is None
+
+
+def test_the_inspector_and_cupyrt_inspect_name_the_side_branches(tmp_path, capsys):
+    import json
+
+    from workflows import cli
+    engine = build(two_blocks())
+    info = json.loads(engine.create_engine_inspector().get_engine_information())
+    assert info["side_branches"] == ["b1_proj", "b2_proj"] and info["num_aux_streams"] == 0   # NumPy backend
+    assert json.loads(build(weights_chain()).create_engine_inspector()
+                      .get_engine_information())["side_branches"] == []
+    b = rt.Builder()
+    cfg = b.create_builder_config()
+    cfg.backend, cfg.max_aux_streams = "numpy", 0
+    (tmp_path / "m.plan").write_bytes(b.build_serialized_network(two_blocks(), cfg))
+    assert cli.main(["inspect", str(tmp_path / "m.plan")]) == 0
+    out = capsys.readouterr().out
+    assert ("side branches (an auxiliary stream in CUDA-graph replays; max_aux_streams 0): b1_proj, b2_proj"
+            in out)
+    assert cli.main(["inspect", "--json", str(tmp_path / "m.plan")]) == 0
+    (engine_doc,) = json.loads(capsys.readouterr().out)["engines"]
+    assert engine_doc["side_branches"] == {"layers": ["b1_proj", "b2_proj"], "max_aux_streams": 0}
