@@ -19,7 +19,9 @@ and the join are edges; the two branches' kernels may share the GPU.
 Memory: the layer loop frees a tensor after its last reader. An auxiliary layer's
 inputs stay alive until its join (the main stream must not reuse their bytes while
 the auxiliary stream may still read them); its output is allocated on the auxiliary
-stream and freed, as any tensor, after its last reader.
+stream and freed, as any tensor, after its last reader. CuPy's pool keeps an arena per
+stream, so those bytes go back to the auxiliary stream's arena, and the next layer that
+takes them there is issued after a later fork, behind the main-stream reader.
 
 Per join at most one side goes to the auxiliary stream: the one that runs beside the
 most main-stream layers (ResNet's projection rather than the 3x3 it could also run
