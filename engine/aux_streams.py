@@ -46,21 +46,21 @@ class AuxPlan:
     """``issue_before``: step -> auxiliary steps issued before that step runs;
     ``join_before``: step -> auxiliary steps the main stream waits for before it;
     ``steps``: every auxiliary step (skipped where the loop reaches it);
-    ``free_after``: the loop's frees with each auxiliary layer's inputs held to its join."""
+    ``free_after``: the loop's frees with each auxiliary layer's inputs held to its join;
+    ``by_step``: (auxiliary step, issue step, join step) for each, in step order."""
     issue_before: dict
     join_before: dict
     steps: frozenset
     free_after: list
+    by_step: tuple
 
     def spans(self):
         """(auxiliary step, issue step, join step) for each auxiliary layer."""
-        issue = {a: p for p, steps in self.issue_before.items() for a in steps}
-        join = {a: j for j, steps in self.join_before.items() for a in steps}
-        return sorted((a, issue[a], join[a]) for a in self.steps)
+        return list(self.by_step)
 
     def within(self, begin, end):
         """The auxiliary steps whose issue and join both fall in [begin, end)."""
-        return {a for a, p, j in self.spans() if begin <= p and j < end}
+        return {a for a, p, j in self.by_step if begin <= p and j < end}
 
 
 def plan(layers, outputs, free_after):
@@ -76,7 +76,7 @@ def plan(layers, outputs, free_after):
             if t is not None:
                 readers.setdefault(id(t), []).append(step)
     out_ids = {id(t) for t in outputs}
-    aux, issue_before, join_before = set(), {}, {}
+    aux, issue_before, join_before, spans = set(), {}, {}, []
 
     def side_branch(step, join):
         """(main-stream layers it would run beside, its issue step) of layer ``step`` as a
@@ -124,13 +124,13 @@ def plan(layers, outputs, free_after):
             continue
         (_, _, issue), step = best
         aux.add(step)
+        spans.append((step, issue, join))
         issue_before.setdefault(issue, []).append(step)
         join_before.setdefault(join, []).append(step)
     if not aux:
         return None
     held = {}                    # tensor id -> the step after which it is freed instead
-    for a in aux:
-        join = min(j for j, steps in join_before.items() if a in steps)
+    for a, _, join in spans:
         for t in layers[a]._inputs:
             if t is not None:
                 held[id(t)] = max(held.get(id(t), -1), join)
@@ -138,4 +138,4 @@ def plan(layers, outputs, free_after):
     for step, tids in enumerate(free_after):
         for tid in tids:
             moved[max(step, held.get(tid, -1))].append(tid)
-    return AuxPlan(issue_before, join_before, frozenset(aux), moved)
+    return AuxPlan(issue_before, join_before, frozenset(aux), moved, tuple(sorted(spans)))

@@ -40,6 +40,26 @@ class EngineSchedule:
         if DataType.INT8 in self._precision.values():
             self._int8_tensors = int8_tensors(network, self._precision)
         self._schedule = None
+        self._frees = None
+
+    def frees(self):
+        """(per step, the tensors no later step reads; the same with each side branch's
+        inputs held to its join and the AuxPlan, or None: engine/aux_streams.py). From the
+        layer order alone, so computed once per engine, not per input shape."""
+        if self._frees is None:
+            layers, outputs = self.network._layers, self.network._outputs
+            last_use = {}
+            for step, layer in enumerate(layers):
+                for t in layer._inputs:
+                    if t is not None:
+                        last_use[id(t)] = step
+            keep = {id(t) for t in outputs}
+            free_after = [[] for _ in layers]
+            for tid, step in last_use.items():
+                if tid not in keep:
+                    free_after[step].append(tid)
+            self._frees = (free_after, aux_plan(layers, outputs, free_after))
+        return self._frees
 
     def schedule(self):
         """(layer, precision, output storage dtypes) per step: fixed for the engine,
@@ -171,20 +191,11 @@ class LayerRunner:
         if sched is None:
             e = self.engine
             shapes = e.infer_shapes({n: a.shape for n, a in feeds.items()})
-            last_use = {}
-            for step, layer in enumerate(e.network._layers):
-                for t in layer._inputs:
-                    if t is not None:
-                        last_use[id(t)] = step
-            keep = {id(t) for t in e.network._outputs}
-            free_after = [[] for _ in e.network._layers]
-            for tid, step in last_use.items():
-                if tid not in keep:
-                    free_after[step].append(tid)
+            free_after, aux = e.frees()
             sched = {"shapes": shapes, "free_after": free_after,
                      "tiling": batch_tiling(e.network, shapes, *self._tiles),
                      # used where the backend offers an auxiliary stream (engine/aux_streams.py)
-                     "aux": aux_plan(e.network._layers, e.network._outputs, free_after)}
+                     "aux": aux}
             self._plans[key] = sched
         return sched
 

@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 
-from .aux_streams import plan as aux_plan
 from .backends import select_backend
 from .errors import ExecutionError
 from .execution import EngineSchedule, LayerRunner
@@ -106,9 +105,8 @@ class CudaEngine(EngineSchedule):
         """The layers a CUDA-graph replay runs on an auxiliary stream where aux streams are on
         (engine/aux_streams.py), in layer order: the network's side branches, whatever
         this engine's backend."""
-        layers = self.network._layers
-        plan = aux_plan(layers, self.network._outputs, [[] for _ in layers])
-        return [] if plan is None else [layers[a].name for a in sorted(plan.steps)]
+        plan = self.frees()[1]
+        return [] if plan is None else [self.network._layers[a].name for a, _, _ in plan.by_step]
 
     @property
     def num_io_tensors(self):
