@@ -26,11 +26,17 @@ and a GPU kernel must reproduce them bit for bit)::
                            s_w[k] = float32(max|w_k|) / float32(127)   (1 if w_k == 0)
                            q_w = clip(rint(w / s_w), -127, 127)          (float32 ops)
     accumulate             acc = sum q_x * q_w  exactly (int32 on the GPU)
-    epilogue (float32, no FMA contraction: __fmul_rn / __fadd_rn)
-                           alpha[k] = float32(s_in) * s_w[k]
-                           y = float32(acc) * alpha[k] ; y = y + bias[k]
-                           y = y + residual  (an INT8 residual dequantized first)
-                           y = act(y) ; then quantize(y, s_out) or keep float
+    epilogue (float32; fma32 is a fused multiply-add, one rounding: __fmaf_rn)
+                           a[k] = float32(s_in) * s_w[k] ; b[k] = bias[k] (0 without)
+                           rs = s_res (an INT8 residual: its codes are the values),
+                                1 (a float residual)
+                           folded (int8 out, ReLU or no activation): a, b and rs are
+                                each multiplied by inv = float32(1) / s_out, so y is
+                                in code units
+                           y = fma32(float32(acc), a[k], b[k])
+                           y = fma32(residual, rs, y)   (with a residual)
+                           folded: q = saturate_int8(rint(max(y, 0) or y))
+                           else:   y = act(y) ; then quantize(y, s_out) or keep float
 """
 import itertools
 
@@ -38,7 +44,7 @@ import numpy as np
 
 from .conv import im2col_matmul
 from .pointwise import activation
-from .xp import array_module
+from .xp import array_module, errstate
 
 NUM_BINS = 2048          # TensorRT's histogram resolution
 NUM_LEVELS = 128         # quantized levels of |x| (symmetric INT8: 0..127)
@@ -281,6 +287,39 @@ def gemm_int8(xq2d, wq2d):
     return xp.matmul(xp.asarray(xq2d).astype(xp.float64), xp.asarray(wq2d).astype(xp.float64).T)
 
 
+def fma32(a, b, c):
+    """float32 a * b + c with one rounding (a fused multiply-add, the GPU's ``__fmaf_rn``),
+    exactly, from float64: a * b is exact there (24 + 24 significant bits); the sum is
+    rounded to odd (TwoSum's error term says which way the float64 sum was rounded), and a
+    value rounded to odd with 29 extra bits rounds to float32 as the exact sum would."""
+    xp = array_module(a)
+    p = xp.asarray(a, dtype=xp.float32).astype(xp.float64) * xp.asarray(b, dtype=xp.float32).astype(xp.float64)
+    c64 = xp.asarray(c, dtype=xp.float32).astype(xp.float64)
+    with errstate(xp, invalid="ignore", over="ignore"):
+        s = p + c64
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)
+        even = (s.view(xp.int64) & 1) == 0
+        step = xp.isfinite(s) & (err != 0) & even
+        s = xp.where(step, xp.nextafter(s, xp.where(err > 0, xp.inf, -xp.inf)), s)
+        return s.astype(xp.float32)
+
+
+def epilogue_coefficients(s_in, s_w, bias=None, s_res=None, s_out=None, act=None):
+    """The per-channel float32 coefficients of ``epilogue_int8`` (and of the GPU's
+    int8_epilogue.cuh): (a, b, rs, folded). rs is the residual's multiplier: s_res for an
+    INT8 residual's codes, else 1; folded (int8 out with ReLU or no activation) multiplies
+    a, b and rs by float32(1) / s_out."""
+    a = (np.float32(s_in) * np.asarray(s_w, np.float32)).astype(np.float32)
+    b = np.zeros_like(a) if bias is None else np.asarray(bias, np.float32).reshape(a.shape)
+    rs = np.float32(1.0) if s_res is None else np.float32(s_res)
+    folded = s_out is not None and act in (None, "RELU")
+    if folded:
+        inv = np.float32(1.0) / np.float32(s_out)
+        a, b, rs = (a * inv).astype(np.float32), (b * inv).astype(np.float32), np.float32(rs * inv)
+    return a, b, rs, folded
+
+
 def epilogue_int8(acc, s_in, s_w, bias=None, residual=None, act=None, alpha=0.0, beta=0.0,
                   s_out=None, channel_axis=1):
     """The fused tail of an INT8 conv/FC (see the module docstring): per-channel
@@ -289,14 +328,17 @@ def epilogue_int8(acc, s_in, s_w, bias=None, residual=None, act=None, alpha=0.0,
     xp = array_module(acc)
     shape = [1] * acc.ndim
     shape[channel_axis] = -1
-    a = (np.float32(s_in) * np.asarray(s_w, np.float32)).astype(np.float32)
-    y = acc.astype(xp.float32) * xp.asarray(a).reshape(shape)
-    if bias is not None:
-        y = y + xp.asarray(bias, dtype=xp.float32).reshape(shape)
+    s_res = None
+    if isinstance(residual, tuple):
+        residual, s_res = residual
+    a, b, rs, folded = epilogue_coefficients(s_in, s_w, bias, s_res, s_out, act)
+    y = fma32(acc.astype(xp.float32), xp.asarray(a).reshape(shape), xp.asarray(b).reshape(shape))
     if residual is not None:
-        if isinstance(residual, tuple):
-            residual = dequantize(*residual)
-        y = y + residual.astype(xp.float32, copy=False)
+        y = fma32(residual.astype(xp.float32, copy=False), rs, y)
+    if folded:
+        if act == "RELU":
+            y = xp.fmax(y, np.float32(0.0))
+        return xp.clip(xp.rint(y), QMIN, QMAX).astype(xp.int8)
     if act is not None:
         y = activation(y, act, alpha, beta)
     return y if s_out is None else quantize(y, s_out)

@@ -15,17 +15,11 @@
 // 2*(lane%4) + {0, 1}), so the FP16 kernel's ldmatrix addressing is reused
 // with byte offsets.
 //
-// Epilogue per output element (m, k), float32, every operation rounded on
-// its own (__fmul_rn / __fadd_rn: no FMA contraction), in this order
-// (kernels.quantize.epilogue_int8):
-//   a   = s_in * s_w[k]                   (alpha, float32 product)
-//   y   = float(acc) * a
-//   y   = y + bias[k]                     (if has_bias)
-//   y   = y + float(r) * res_scale        (int8 residual, res_kind 1)
-//   y   = y + r                           (float32 / float16 residual, 2 / 3)
-//   y   = act(y; alpha, beta)             (codes: common.cuh)
-//   OUT 0: q = clamp(rint(y * inv_out), -128, 127)   (rint: half to even)
-//   OUT 1: float32 y;  OUT 2: float16 (cvt.rn) of y
+// Epilogue: int8_epilogue.cuh's epilogue_staged, kernels.quantize.epilogue_int8's
+// float32 arithmetic bit for bit (two fused multiply-adds per element:
+//   y = fma(float(acc), a[k], b[k]);  y = fma(residual, rs, y);  then the activation and
+//   the int8 code, or float32 / float16; with int8 codes out and ReLU or no activation
+//   the output scale is folded into a, b and rs).
 #include "int8_epilogue.cuh"   // q8, put/put8, res_at/res8, epilogue_staged
 #include "mma_mainloop.cuh"    // mainloop, stage_acc (shared with conv_igemm.cu, conv_int8_smallc.cu)
 #include "ptx.cuh"

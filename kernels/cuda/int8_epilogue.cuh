@@ -1,11 +1,13 @@
 // int8_epilogue.cuh -- the INT8 epilogue of kernels/quantize.py, bit for bit, shared by
-// conv_int8.cu (mma.sync) and conv_wgmma.cu (wgmma): one copy of the numerics, so the two
-// kernel families cannot drift apart.
+// conv_int8.cu (mma.sync), conv_int8_smallc.cu, conv_wgmma.cu (wgmma) and conv_pw.cu (the
+// persistent 1x1 and 3x3): one copy of the numerics, so the kernel families cannot drift apart.
 //
-// Per output element (m, k), float32, every operation rounded on its own
-// (__fmul_rn / __fadd_rn: no FMA contraction), in kernels.quantize.epilogue_int8's order:
-//   y = float(acc) * (s_in * s_w[k]); + bias[k]; + residual; act; then
-//   OUT 0: q = clamp(rint(y * inv_out), -128, 127);  OUT 1: float32;  OUT 2: float16 (cvt.rn)
+// Per output element (m, k), float32, in kernels.quantize.epilogue_int8's order (each
+// __fmul_rn / __fmaf_rn rounds once; epilogue_staged below has the per-channel coefficients):
+//   y = fma(float(acc), a[k], b[k]);  y = fma(residual, rs, y);  then
+//   folded (int8 out, ReLU / none): q = clamp(rint(max(y, 0) or y), -128, 127)
+//   otherwise: act;  OUT 0: q = clamp(rint(y * inv_out), -128, 127);  OUT 1: float32;
+//   OUT 2: float16 (cvt.rn)
 #pragma once
 #include "common.cuh"
 
@@ -74,28 +76,33 @@ __device__ __forceinline__ float code_float(unsigned w, int e) {
     return __int2float_rn(v);
 }
 
-// eight adjacent int8 residual codes (8-byte aligned), dequantised: float(code) * rs each
-__device__ __forceinline__ void codes8(const i8_t* p, float rs, float (&r)[8]) {
+// eight adjacent int8 residual codes (8-byte aligned) as floats (the scale goes into the
+// fused multiply-add that adds them)
+__device__ __forceinline__ void codes8(const i8_t* p, float (&r)[8]) {
     const uint2 u = *reinterpret_cast<const uint2*>(p);
     const unsigned w[2] = {u.x, u.y};
 #pragma unroll
-    for (int e = 0; e < 8; ++e) r[e] = __fmul_rn(code_float(w[e >> 2], e & 3), rs);
+    for (int e = 0; e < 8; ++e) r[e] = code_float(w[e >> 2], e & 3);
 }
 
-// epilogue_staged's row loop, specialised on the residual
+// epilogue_staged's row loop, specialised on the residual ...
 enum { RES_NONE = 0, RES_SMEM_I8 = 1, RES_ANY = 2 };
 template <int V> struct ResTag { static constexpr int value = V; };
+// ... and on the activation: into int8 codes, ReLU and none with the output scale folded
+// into the coefficients; anything else (or a float output) through ActLin
+enum { ACT_TAG_RELU_CODE = 0, ACT_TAG_NONE_CODE = 1, ACT_TAG_GENERAL = 2 };
+template <int V> struct ActTag { static constexpr int value = V; };
 
-// residual element e of a row: res_kind 1 int8 (dequantised), 2 float32, 3 float16
-__device__ __forceinline__ float res_at(const void* res, long long i, int kind, float rs) {
-    if (kind == 1) return __fmul_rn((float)reinterpret_cast<const i8_t*>(res)[i], rs);
+// residual element e of a row as (value, before its scale): res_kind 1 an int8 code,
+// 2 float32, 3 float16
+__device__ __forceinline__ float res_at(const void* res, long long i, int kind) {
+    if (kind == 1) return (float)reinterpret_cast<const i8_t*>(res)[i];
     if (kind == 2) return reinterpret_cast<const float*>(res)[i];
     return h2f(reinterpret_cast<const half_t*>(res)[i]);
 }
-__device__ __forceinline__ void res8(const void* res, long long i, int kind, float rs,
-                                     float (&r)[8]) {
+__device__ __forceinline__ void res8(const void* res, long long i, int kind, float (&r)[8]) {
     if (kind == 1) {
-        codes8(reinterpret_cast<const i8_t*>(res) + i, rs, r);
+        codes8(reinterpret_cast<const i8_t*>(res) + i, r);
     } else if (kind == 2) {
         const float* p = reinterpret_cast<const float*>(res) + i;
         const float4 a = reinterpret_cast<const float4*>(p)[0];
@@ -113,6 +120,23 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
     }
 }
 
+// eight finished values that already are in code units -> eight int8 codes
+__device__ __forceinline__ void put8_codes(i8_t* p, const float (&y)[8]) {
+    unsigned q[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[e] = q8_byte(y[e]);
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
+                                              pack4(q[4], q[5], q[6], q[7]));
+}
+
+// The per-channel coefficients of the epilogue (kernels.quantize.epilogue_int8 computes the
+// same float32 values): a = s_in * s_w[k], b = bias[k] (0 without one), rs = the residual's
+// scale (an int8 residual's s_res, 1 for a float residual). Folded (int8 codes out, ReLU or
+// no activation): each is also multiplied by inv_out, so the sums come out in code units.
+__device__ __forceinline__ bool folds(int OUT, int act) {
+    return OUT == 0 && (act == ACT_RELU || act == ACT_NONE);
+}
+
 // The staged epilogue: the CTA's int32 accumulators sit in shared memory as a BM x BN tile
 // with a row stride of BN + 8 words; each thread takes 8 adjacent channels of one row at a
 // time (16-byte-aligned stores when out_ld, out_off, K and res_ld are multiples of 8).
@@ -120,6 +144,15 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
 // the residual's type, row-major (conv_wgmma.cu prefetches it with cp.async while the
 // mainloop runs); without it the residual is read from global memory here, one dependent
 // round trip per 8-channel group.
+//
+// Per element, float32, two fused multiply-adds (one rounding each):
+//   y = fma(float(acc), a, b);  y = fma(residual, rs, y)  (with a residual);  then
+//   folded:   y = max(y, 0) (ReLU);  q = cvt.rni.sat.s8(y)
+//   general:  y = act(y);  OUT 0: q = cvt.rni.sat.s8(y * inv_out);  OUT 1/2: y as float / half
+// The expand layers (1x1, a short reduction, a wide int8 output) are bound by this loop's
+// instructions: seven an element on the folded path (two conversions, two FMAs, the
+// residual's sign extension, the max and the int8 conversion), where separate roundings
+// took ten.
 template <int BM, int BN, int THREADS, int OUT>
 __device__ __forceinline__ void
 epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
@@ -134,15 +167,14 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
     const ActLin actf(act, alpha, beta);
     // Into int8 codes, ReLU is max(y, 0) and no activation is y itself: ActLin's general
     // form (a slope and a NaN-keeping clamp, 7 instructions an element) differs from them
-    // only on NaN and -0, which both become code 0 either way (cvt.rni.sat.s8 takes NaN to
-    // 0). The expand layers are bound by the epilogue's instruction count.
-    const bool relu_to_code = OUT == 0 && act == ACT_RELU;
-    const bool general_act = !(OUT == 0 && (act == ACT_RELU || act == ACT_NONE));
+    // only on NaN and -0, which both become code 0 either way (cvt.rni.sat.s8 takes NaN to 0).
+    const bool fold = folds(OUT, act);
+    const float f_out = fold ? inv_out : 1.f;
+    const float rs = res_kind == 1 ? (fold ? __fmul_rn(res_scale, inv_out) : res_scale) : f_out;
     const bool vec8 = ((out_ld | out_off | K | (res_kind ? res_ld : 0)) & 7) == 0;
     constexpr int CPR = BN / 8;
     // Aligned case: thread tid keeps one 8-channel group (cg = tid % CPR) for every row it
-    // visits, so its per-channel factors s_in * s_w and the bias are loaded and multiplied
-    // once, not once per row; the arithmetic per element is the same sequence of roundings.
+    // visits, so its per-channel coefficients are loaded and computed once, not once per row.
     static_assert(THREADS % CPR == 0 && BM % (THREADS / CPR) == 0, "rows split evenly");
     if (vec8) {
         constexpr int RSTEP = THREADS / CPR;
@@ -153,80 +185,108 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
             const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
             const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
             const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-#pragma unroll
-            for (int e = 0; e < 8; ++e) sc[e] = __fmul_rn(s_in, sw[e]);
             const float4 b0 = has_bias ? *reinterpret_cast<const float4*>(bias + col) : make_float4(0.f, 0.f, 0.f, 0.f);
             const float4 b1 = has_bias ? *reinterpret_cast<const float4*>(bias + col + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
-            bi[0] = b0.x; bi[1] = b0.y; bi[2] = b0.z; bi[3] = b0.w;
-            bi[4] = b1.x; bi[5] = b1.y; bi[6] = b1.z; bi[7] = b1.w;
+            const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                sc[e] = __fmul_rn(s_in, sw[e]);
+                if (fold) {
+                    sc[e] = __fmul_rn(sc[e], inv_out);
+                    bi[e] = __fmul_rn(bv[e], inv_out);
+                } else {
+                    bi[e] = bv[e];
+                }
+            }
         }
-        // The row loop, specialised on the residual: none, int8 codes in shared memory (the
-        // expand layers' case: a shared-memory load and no per-row dispatch on its type), or
-        // any other (res8 picks the type per row). Same operations, in the same order.
-        auto rows = [&](auto tag) {
-            constexpr int RT = decltype(tag)::value;
+        // The row loop, specialised on the residual (none; int8 codes in shared memory, the
+        // expand layers' case: a shared-memory load and no per-row dispatch on its type; any
+        // other: res8 picks the type per row) and, for the first two, on the activation, so
+        // the hot rows carry no dispatch. The output pointer steps RSTEP rows at a time.
+        const int rows_here = min(BM, M - m0);
+        auto rows = [&](auto rtag, auto atag) {
+            constexpr int RT = decltype(rtag)::value;
+            constexpr int AT = decltype(atag)::value;
             constexpr int UNROLL = RT == RES_SMEM_I8 ? 2 : 1;   // the general path: registers
+            int r = tid / CPR;
+            OutT* o = out + (long long)(m0 + r) * out_ld + out_off + col;
+            const long long o_step = (long long)RSTEP * out_ld;
 #pragma unroll UNROLL
-            for (int r = tid / CPR; r < BM; r += RSTEP) {
-                const int m = m0 + r;
-                if (m >= M) break;                   // rows only grow
+            for (; r < rows_here; r += RSTEP, o += o_step) {
                 const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
                 const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
                 const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
                 float y[8];
 #pragma unroll
-                for (int e = 0; e < 8; ++e) y[e] = __fmul_rn(__int2float_rn(ai[e]), sc[e]);
-                if (has_bias) {
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], bi[e]);
-                }
+                for (int e = 0; e < 8; ++e) y[e] = __fmaf_rn(__int2float_rn(ai[e]), sc[e], bi[e]);
                 if constexpr (RT != RES_NONE) {
                     float rv[8];
-                    const long long ri = sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col;
-                    if constexpr (RT == RES_SMEM_I8)
-                        codes8(reinterpret_cast<const i8_t*>(sR) + ri, res_scale, rv);
-                    else
-                        res8(sR ? sR : res, ri, res_kind, res_scale, rv);
+                    if constexpr (RT == RES_SMEM_I8) {
+                        codes8(reinterpret_cast<const i8_t*>(sR) + (long long)r * BN + cg * 8, rv);
+                    } else {
+                        const long long ri = sR ? (long long)r * BN + cg * 8
+                                                : (long long)(m0 + r) * res_ld + col;
+                        res8(sR ? sR : res, ri, res_kind, rv);
+                    }
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) y[e] = __fadd_rn(y[e], rv[e]);
+                    for (int e = 0; e < 8; ++e) y[e] = __fmaf_rn(rv[e], rs, y[e]);
                 }
-                if (relu_to_code) {
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
-                } else if (general_act) {
+                if constexpr (AT == ACT_TAG_GENERAL) {
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
+                    put8(o, y, inv_out);
+                } else {
+                    if constexpr (AT == ACT_TAG_RELU_CODE) {
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
+                    }
+                    put8_codes(reinterpret_cast<i8_t*>(o), y);
                 }
-                put8(out + (long long)m * out_ld + out_off + col, y, inv_out);
             }
         };
+        auto by_act = [&](auto rtag) {
+            // a residual of any other kind is rare: one loop, ActLin for every activation
+            if (decltype(rtag)::value != RES_ANY && OUT == 0 && act == ACT_RELU)
+                rows(rtag, ActTag<ACT_TAG_RELU_CODE>());
+            else if (decltype(rtag)::value != RES_ANY && OUT == 0 && act == ACT_NONE)
+                rows(rtag, ActTag<ACT_TAG_NONE_CODE>());
+            else
+                rows(rtag, ActTag<ACT_TAG_GENERAL>());
+        };
         if (!res_kind)
-            rows(ResTag<RES_NONE>());
+            by_act(ResTag<RES_NONE>());
         else if (res_kind == 1 && sR && __isShared(sR))
-            rows(ResTag<RES_SMEM_I8>());
+            by_act(ResTag<RES_SMEM_I8>());
         else
-            rows(ResTag<RES_ANY>());
+            by_act(ResTag<RES_ANY>());
         return;
     }
     for (int idx = tid; idx < BM * CPR; idx += THREADS) {     // unaligned rows / channels
         const int r = idx / CPR, cg = idx - r * CPR;
         const int m = m0 + r, col = n0 + cg * 8;
         if (m >= M || col >= K) continue;
-        const int4 a0 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8);
-        const int4 a1 = *reinterpret_cast<const int4*>(sC + r * LDC + cg * 8 + 4);
-        const int ai[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const int* ai = sC + r * LDC + cg * 8;
         OutT* o = out + (long long)m * out_ld + out_off + col;
         const void* rb = sR ? sR : res;
         const long long ri = sR ? (long long)r * BN + cg * 8 : (long long)m * res_ld + col;
-        {                                        // unaligned: one element at a time
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (col + e < K) {
-                    float y = __fmul_rn(__int2float_rn(ai[e]), __fmul_rn(s_in, s_w[col + e]));
-                    if (has_bias) y = __fadd_rn(y, bias[col + e]);
-                    if (res_kind) y = __fadd_rn(y, res_at(rb, ri + e, res_kind, res_scale));
-                    put(o + e, actf(y), inv_out);
+#pragma unroll 1
+        for (int e = 0; e < 8; ++e) {                          // one element at a time (rare)
+            if (col + e < K) {
+                float a = __fmul_rn(s_in, s_w[col + e]);
+                float b = has_bias ? bias[col + e] : 0.f;
+                if (fold) {
+                    a = __fmul_rn(a, inv_out);
+                    b = __fmul_rn(b, inv_out);
                 }
+                float y = __fmaf_rn(__int2float_rn(ai[e]), a, b);
+                if (res_kind) y = __fmaf_rn(res_at(rb, ri + e, res_kind), rs, y);
+                if constexpr (OUT == 0) {
+                    if (fold) {
+                        o[e] = (i8_t)q8_byte(act == ACT_RELU ? fmaxf(y, 0.f) : y);
+                        continue;
+                    }
+                }
+                put(o + e, actf(y), inv_out);
             }
         }
     }

@@ -7,10 +7,11 @@ The arithmetic is the INT8 contract of kernels/quantize.py, bit for bit:
 * weights: per-output-channel int8 codes from ``kernels.quantize.quantize_weights``,
   packed KRSC with C zero-padded to 16 (``pack_weight_int8_krsc``);
 * exact int32 accumulation (mma.sync m16n8k32 s8.s8.s32);
-* epilogue in float32 with no FMA contraction, in ``epilogue_int8``'s order:
-  y = float(acc) * (s_in * s_w[k]); + bias[k]; + residual (int8 dequantised at
-  its own scale, or float32/float16); activation; then int8 at ``s_out`` or
-  float32 / float16 (float16 = round-to-nearest of the float32 result).
+* epilogue in float32, ``epilogue_int8``'s order and roundings: y = fma(float(acc),
+  a[k], b[k]); y = fma(residual, rs, y) (an int8 residual's codes at rs = its scale,
+  a float32/float16 one at rs = 1); activation; then int8 at ``s_out`` or float32 /
+  float16 (float16 = round-to-nearest of the float32 result). Into int8 codes with ReLU
+  or no activation, 1 / s_out is folded into a, b and rs (``epilogue_coefficients``).
 
 Piecewise-linear activations (RELU, CLIP, LEAKY_RELU, RELU6, NONE) are exact;
 the transcendental ones run through common.cuh's expf/tanhf/erff and are not

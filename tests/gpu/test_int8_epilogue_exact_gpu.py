@@ -67,9 +67,14 @@ def test_every_residual_code_dequantised_exactly(family):
     rs = np.float32(0.037)
     y = _run(family, cp.asarray(x), cp.asarray(w), residual=cp.asarray(res), residual_scale=rs)
     acc = np.einsum("nhwc,kc->nhwk", x.astype(np.int64), w[:, 0, 0, :].astype(np.int64))
-    # the epilogue's order: float(acc) * (1 * 1), then + float(code) * rs, each rounded
-    want = acc.astype(np.float32) * np.float32(1.0) + res.astype(np.float32) * rs
-    assert np.array_equal(y, want.astype(np.float32))
+    # the epilogue's order: fma(float(acc), 1 * 1, 0) (exact), then fma(float(code), rs, y),
+    # one rounding (kernels.quantize.fma32: exact against rationals, tests/kernels)
+    from kernels import quantize as Q
+    want = Q.fma32(res.astype(np.float32), rs, acc.astype(np.float32))
+    assert np.array_equal(y, want)
+    # the product alone is not exactly representable for most codes: a separately rounded
+    # product and sum would differ somewhere, so this pins the fused form
+    assert not np.array_equal(want, acc.astype(np.float32) + res.astype(np.float32) * rs)
     assert set(np.unique(res)) == set(range(-128, 128))
 
 
@@ -93,9 +98,9 @@ def test_random_codes_equal_exact_sums(family, C, R):
 @pytest.mark.parametrize("act, alpha, beta", [(None, 0.0, 0.0), ("RELU", 0.0, 0.0), ("CLIP", -1.0, 3.0),
                                               ("LEAKY_RELU", 0.25, 0.0)])
 def test_int8_codes_for_each_activation_form(family, act, alpha, beta):
-    """ReLU and no activation into int8 codes take the short forms (int8_epilogue.cuh
-    relu_to_code), CLIP and leaky ReLU the general one: all equal the emulation's codes, with
-    negative, saturating and zero values present."""
+    """ReLU and no activation into int8 codes take the folded forms (int8_epilogue.cuh: the
+    output scale in the coefficients, ReLU as a max), CLIP and leaky ReLU the general one: all
+    equal the emulation's codes, with negative, saturating and zero values present."""
     from kernels import quantize as Q
     if family == "wgmma" and not _wgmma_ok():
         pytest.skip("wgmma needs compute capability 9.0")
