@@ -32,7 +32,8 @@
 // are contiguous in NHWC); OUT 1, float32: float2 stores straight from the accumulators;
 // OUT 2, int8 codes q = sat(rint(v * inv_out)) (int8_epilogue.cuh's q8_byte: an INT8
 // layer's output computed in FP16 from the float input, no input quantisation), staged
-// like half, 16 channels per 16-byte store (K % 16 == 0).
+// like half, 16 channels per 16-byte store (K % 16 == 0); with ReLU or no activation
+// inv_out is folded into scale and bias instead (q = sat(rint(max(v', 0) or v'))).
 // out[((n*P + p)*Q + q) * out_ld + out_off + k]: out_ld / out_off place it in a wider
 // (concat) buffer.
 //
@@ -138,9 +139,14 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
         cp_async16(sW_u + 2u * (unsigned)(row * LDB + ch * 8),
                    ok ? w + (long long)(n0 + row) * KR + ch * 8 : w, ok ? 16 : 0);
     }
+    // OUT 2 with ReLU or no activation: 1 / the output's scale is folded into the vectors
+    // (the values come out in code units; max(v, 0) is ReLU there), so an element's epilogue
+    // is one FMA, one max and the conversion
+    const bool fold = OUT == 2 && (act == ACT_RELU || act == ACT_NONE);
+    const float f_out = fold ? inv_out : 1.f;
     for (int i = tid; i < BN; i += THREADS) {
-        sScale[i] = i < kn ? scale[n0 + i] : 0.f;
-        sBias[i] = i < kn ? bias[n0 + i] : 0.f;
+        sScale[i] = i < kn ? __fmul_rn(scale[n0 + i], f_out) : 0.f;
+        sBias[i] = i < kn ? __fmul_rn(bias[n0 + i], f_out) : 0.f;
     }
 
     // ---- the patch of a tile --------------------------------------------------------
@@ -305,15 +311,22 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
 #pragma unroll
                     for (int hh = 0; hh < 2; ++hh) {
                         const int r = i * 16 + g + 8 * hh;
-                        const float v0 = actf(acc[i][j][2 * hh] * s0 + b0);
-                        const float v1 = actf(acc[i][j][2 * hh + 1] * s1 + b1);
+                        const float u0 = acc[i][j][2 * hh] * s0 + b0;
+                        const float u1 = acc[i][j][2 * hh + 1] * s1 + b1;
                         unsigned char* dst = cw + r * ROWB + c * EB;
                         if constexpr (OUT == 2) {
-                            const unsigned qa = cupyrt_int8::q8_byte(__fmul_rn(v0, inv_out));
-                            const unsigned qb = cupyrt_int8::q8_byte(__fmul_rn(v1, inv_out));
+                            unsigned qa, qb;
+                            if (fold) {
+                                const bool relu = act == ACT_RELU;
+                                qa = cupyrt_int8::q8_byte(relu ? fmaxf(u0, 0.f) : u0);
+                                qb = cupyrt_int8::q8_byte(relu ? fmaxf(u1, 0.f) : u1);
+                            } else {
+                                qa = cupyrt_int8::q8_byte(__fmul_rn(actf(u0), inv_out));
+                                qb = cupyrt_int8::q8_byte(__fmul_rn(actf(u1), inv_out));
+                            }
                             *reinterpret_cast<unsigned short*>(dst) = (unsigned short)((qa & 0xffu) | (qb << 8));
                         } else {
-                            *reinterpret_cast<unsigned*>(dst) = pack_h2(v0, v1);
+                            *reinterpret_cast<unsigned*>(dst) = pack_h2(actf(u0), actf(u1));
                         }
                     }
             }
