@@ -9,7 +9,8 @@ against PyTorch (cuDNN), in one process on one card.
     expand     ResNet-50's 1x1 expand layers with their residual, the persistent kernel b256
                (pw8, pw16) against cuDNN's INT8 graph (cudnn8), wgmma and mma.sync, INT8
                and FP16, and the DRAM floor (dram8: the layer's bytes streamed once);
-               CUDA-graph timed, GB/s
+               CUDA-graph timed, GB/s (--families pw8 pw8_def --define NAME: against the
+               same tiles compiled with a macro set)
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
                (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
     new        pooling (scalar / vectorised), split-K at small M, the small-C stem
@@ -233,6 +234,20 @@ def _i8(c, launch, tactics):
     return {t.name: (lambda t=t: launch(xq, wq, s_in, s_w, tactic=t, **kw), "i8") for t in tactics}
 
 
+def _i8_defined(c, module_name, launch_name, tactics_name):
+    """``--define NAME``: the INT8 tiles of a module compiled with ``#define NAME 1`` in front
+    of its source (a variant under evaluation, e.g. CUPYRT_I8_ALU_CODES), named
+    ``<tile>@NAME``, timed beside the plain family in the same process."""
+    if not c.define:
+        return {}
+    from kernels.gpu.compile import read_source
+    m = _gpu(module_name)
+    text = f"#define {c.define} 1\n" + read_source(m.SOURCE)
+    plain = _i8(c, getattr(m, launch_name), getattr(m, tactics_name))
+    return {f"{name}@{c.define}": (lambda fn=fn: with_source(m, text, fn), kind)
+            for name, (fn, kind) in plain.items()}
+
+
 def _cudnn8(c):
     """cuDNN's INT8 graph (conv + bias + residual + ReLU + requantisation), the engine's
     conv.cudnn_i8; none when the frontend is not installed."""
@@ -345,6 +360,9 @@ FAMILIES = {
     # the persistent 1x1 kernel: stride-1 1x1 layers only
     "pw8": lambda c: _i8(c, _gpu("conv_pw").conv2d_pw_int8, _gpu("conv_pw").PW_TACTICS)
     if (c.r, c.stride) == (1, 1) else {},
+    "pw8_def": lambda c: _i8_defined(c, "conv_pw", "conv2d_pw_int8", "PW_TACTICS")
+    if (c.r, c.stride) == (1, 1) else {},
+    "wgmma8_def": lambda c: _i8_defined(c, "conv_wgmma", "conv2d_wgmma_int8", "INT8_TACTICS"),
     "pw16": lambda c: _f16(c, _gpu("conv_pw").conv2d_pw_f16, _gpu("conv_pw").PW16_TACTICS)
     if (c.r, c.stride) == (1, 1) else {},
     "tf32x3": lambda c: _tf32(c, True),
@@ -407,6 +425,7 @@ def conv(args, preset, table=None, layers=None, batches=None):
             c = ConvCase(cp, torch, layer, n)
             c.tiles = tiles
             c.tf32_base = getattr(args, "tf32_base", None)
+            c.define = getattr(args, "define", None)
             if spec.get("residual"):
                 c.add_residuals()
             row = {"layer": c.name, "batch": n, "count": c.count, "macs": c.macs, "ms": {}, "best": {},
@@ -812,6 +831,9 @@ def parser():
     p.add_argument("--tf32-base", metavar="FILE",
                    help="family tf32x3_base: the 3xTF32 tiles compiled from this file of kernels/cuda (e.g. "
                         "the source before a change), timed beside tf32x3 in the same process")
+    p.add_argument("--define", metavar="NAME",
+                   help="families pw8_def / wgmma8_def: the INT8 tiles compiled with #define NAME 1 in "
+                        "front of their source, timed beside pw8 / wgmma8 in the same process")
     return p
 
 

@@ -120,11 +120,28 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
     }
 }
 
-// eight finished values that already are in code units -> eight int8 codes
+// A finite value in code units -> its code in the low byte, on the FP32 pipe instead of
+// the conversion unit (under evaluation: CUPYRT_I8_ALU_CODES): clamped to [-128, 127],
+// plus 1.5 * 2^23 rounds it to an integer half to even (cvt.rni's rounding) in the low
+// mantissa bits, whose low byte is the two's complement code. A NaN would give -128 here
+// (cvt: 0); the folded path's values are finite whenever the scales and the bias are.
+template <bool RELU>
+__device__ __forceinline__ unsigned q8_byte_alu(float v) {
+    return __float_as_uint(__fadd_rn(fminf(fmaxf(v, RELU ? 0.f : -128.f), 127.f), 12582912.f));
+}
+
+// eight finished values in code units -> eight int8 codes; RELU: of max(y, 0)
+template <bool RELU>
 __device__ __forceinline__ void put8_codes(i8_t* p, const float (&y)[8]) {
     unsigned q[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) q[e] = q8_byte(y[e]);
+    for (int e = 0; e < 8; ++e) {
+#ifdef CUPYRT_I8_ALU_CODES
+        q[e] = q8_byte_alu<RELU>(y[e]);
+#else
+        q[e] = q8_byte(RELU ? fmaxf(y[e], 0.f) : y[e]);
+#endif
+    }
     *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
                                               pack4(q[4], q[5], q[6], q[7]));
 }
@@ -232,15 +249,20 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
                     for (int e = 0; e < 8; ++e) y[e] = __fmaf_rn(rv[e], rs, y[e]);
                 }
                 if constexpr (AT == ACT_TAG_GENERAL) {
+                    if constexpr (OUT == 0) {
+                        if (fold) {                   // RES_ANY's one loop: folded coefficients
+                            if (act == ACT_RELU)
+                                put8_codes<true>(o, y);
+                            else
+                                put8_codes<false>(o, y);
+                            continue;
+                        }
+                    }
 #pragma unroll
                     for (int e = 0; e < 8; ++e) y[e] = actf(y[e]);
                     put8(o, y, inv_out);
-                } else {
-                    if constexpr (AT == ACT_TAG_RELU_CODE) {
-#pragma unroll
-                        for (int e = 0; e < 8; ++e) y[e] = fmaxf(y[e], 0.f);
-                    }
-                    put8_codes(reinterpret_cast<i8_t*>(o), y);
+                } else {                              // (AT != GENERAL: OUT 0 only)
+                    put8_codes<AT == ACT_TAG_RELU_CODE>(reinterpret_cast<i8_t*>(o), y);
                 }
             }
         };
