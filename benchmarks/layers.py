@@ -236,7 +236,7 @@ def _i8(c, launch, tactics):
 
 def _i8_defined(c, module_name, launch_name, tactics_name):
     """``--define NAME``: the INT8 tiles of a module compiled with ``#define NAME 1`` in front
-    of its source (a variant under evaluation, e.g. CUPYRT_I8_ALU_CODES), named
+    of its source (a variant under evaluation: see KERNEL_NOTES "Session 21"), named
     ``<tile>@NAME``, timed beside the plain family in the same process."""
     if not c.define:
         return {}

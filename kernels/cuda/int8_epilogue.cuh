@@ -120,28 +120,12 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
     }
 }
 
-// A finite value in code units -> its code in the low byte, on the FP32 pipe instead of
-// the conversion unit (under evaluation: CUPYRT_I8_ALU_CODES): clamped to [-128, 127],
-// plus 1.5 * 2^23 rounds it to an integer half to even (cvt.rni's rounding) in the low
-// mantissa bits, whose low byte is the two's complement code. A NaN would give -128 here
-// (cvt: 0); the folded path's values are finite whenever the scales and the bias are.
-template <bool RELU>
-__device__ __forceinline__ unsigned q8_byte_alu(float v) {
-    return __float_as_uint(__fadd_rn(fminf(fmaxf(v, RELU ? 0.f : -128.f), 127.f), 12582912.f));
-}
-
 // eight finished values in code units -> eight int8 codes; RELU: of max(y, 0)
 template <bool RELU>
 __device__ __forceinline__ void put8_codes(i8_t* p, const float (&y)[8]) {
     unsigned q[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-#ifdef CUPYRT_I8_ALU_CODES
-        q[e] = q8_byte_alu<RELU>(y[e]);
-#else
-        q[e] = q8_byte(RELU ? fmaxf(y[e], 0.f) : y[e]);
-#endif
-    }
+    for (int e = 0; e < 8; ++e) q[e] = q8_byte(RELU ? fmaxf(y[e], 0.f) : y[e]);
     *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
                                               pack4(q[4], q[5], q[6], q[7]));
 }
