@@ -8,7 +8,8 @@
 //   grid.x = K / BN slices        a CTA loads its BN x C weight slice into shared memory
 //   grid.y = CTAs per slice       once, then walks M tiles t = blockIdx.y, += gridDim.y
 //
-//   shared: [ sC: one 16 x (WTN + 8) int32 / float32 staging tile per warp ]
+//   shared: [ INT8 only: the slice's epilogue coefficients, a[BN] and b[BN] (float32) ]
+//           [ sC: one 16 x (WTN + 8) int32 / float32 staging tile per warp ]
 //           [ sW: BN rows x LDS bytes (LDS = row bytes + 16: the 8 row addresses of an
 //                 ldmatrix phase fall in 8 distinct 16-byte bank groups when the row
 //                 bytes are a multiple of 32) ]
@@ -62,7 +63,7 @@ template <int BM, int BN, int WM, int WN, int STAGES, int TAPS, typename Mma, ty
 __device__ __forceinline__ void
 persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict__ w,
            int M, int CB, int K, int H, int W, const void* __restrict__ res, int res_ld, int resb,
-           const Epi& epi) {
+           const Epi& epi, int lead = 0) {
     typedef typename Mma::Acc Acc;
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM, WTN = BN / WN;
@@ -85,8 +86,8 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
     const int res_tile = BM * BN * resb;              // bytes per stage (0: not prefetched)
     const int stage_bytes = XR * LDS + res_tile;
 
-    Acc* sC = reinterpret_cast<Acc*>(smem_raw) + warp * 16 * LDC;
-    unsigned char* sW = smem_raw + (THREADS / 32) * 16 * LDC * 4;
+    Acc* sC = reinterpret_cast<Acc*>(smem_raw + lead) + warp * 16 * LDC;
+    unsigned char* sW = smem_raw + lead + (THREADS / 32) * 16 * LDC * 4;
     unsigned char* sZ = sW + BN * LDW;                // TAPS = 3: one zero row (LDS bytes)
     unsigned char* ring = sZ + (TAPS == 3 ? LDS : 0);
     const unsigned sW_u = smem_u32(sW), ring_u = smem_u32(ring), sZ_u = smem_u32(sZ);
@@ -111,6 +112,10 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             *reinterpret_cast<uint4*>(sZ + c * 16) = make_uint4(0u, 0u, 0u, 0u);
 
     // ---- one ring stage: the X rows (and the residual tile) of this CTA's i-th M tile -----
+    // Chunk idx of a stage is (row, 16-byte chunk) = (idx / n, idx % n) for n chunks a row.
+    // A residual row's n is a power of two (BN and its element size are): a shift and a mask,
+    // not a division per chunk (with one, the stage loads ran a fifth of the stage-1 expand
+    // layer's instructions, ncu at fcd555f; X has a chunk or two a thread there)
     auto load_stage = [&](int i) {
         const int t = blockIdx.y + i * gridDim.y;
         if (t >= m_tiles) return;
@@ -123,12 +128,13 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
                        ok ? x + (long long)(g0 + r) * CB + c * 16 : x, ok ? 16 : 0);
         }
         if (resb) {
-            // chunk (row r, bytes [16 j, 16 j + 16) of its BN * resb) -> the warp block of
+            // chunk (row r, bytes [16 q, 16 q + 16) of its BN * resb) -> the warp block of
             // (r / WTM, col / WTN): K * resb % 16 == 0, so a chunk is wholly in or past K
-            const int rch = BN * resb / 16, per = 16 / resb;
             const unsigned rs = st + (unsigned)(XR * LDS);
+            const int rch = BN * resb / 16, per = 16 / resb;
+            const int r_lg = __ffs(rch) - 1;          // BN and resb are powers of two
             for (int idx = tid; idx < BM * rch; idx += THREADS) {
-                const int r = idx / rch, col = (idx - r * rch) * per;
+                const int r = idx >> r_lg, col = (idx & (rch - 1)) * per;
                 const bool ok = m0 + r < M && n0 + col < K;
                 const int blk = (r / WTM) * WN + col / WTN;
                 const int off = blk * WTM * WTN + (r % WTM) * WTN + col % WTN;
@@ -161,17 +167,23 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
 
         const int stage = i % STAGES;
         const unsigned sX_u = ring_u + (unsigned)(stage * stage_bytes);
+        // INT8: no zeroing, the first k-step writes the accumulators (Mma::first, C = 0); the
+        // zeroing took 64 moves a warp a tile, about 5 % of the kernel's instructions (ncu at
+        // fcd555f). FP16 keeps it: there the first-step form cost ptxas up to 34 registers.
+        constexpr bool FIRST = Mma::ESZ == 1;
         Acc acc[MT][NT][4];
+        if (!FIRST) {
 #pragma unroll
-        for (int a = 0; a < MT; ++a)
+            for (int a = 0; a < MT; ++a)
 #pragma unroll
-            for (int b = 0; b < NT; ++b)
+                for (int b = 0; b < NT; ++b)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[a][b][e] = 0;
+                    for (int e = 0; e < 4; ++e) acc[a][b][e] = 0;
+        }
         const unsigned a_base = sX_u + (unsigned)((a_lrow + halo) * LDS + a_lcol);
         const unsigned b_base = sW_u + (unsigned)(b_lrow * LDW + b_lcol);
         // one k-step: A rows at a_row[a] (+ the k offset), B at the tap's columns
-        auto kstep = [&](const unsigned (&a_row)[MT], int kb, int k) {
+        auto kstep = [&](const unsigned (&a_row)[MT], int kb, int k, bool first = false) {
             unsigned af[MT][4], bf[NT][2];
 #pragma unroll
             for (int a = 0; a < MT; ++a) ldmatrix_x4(af[a], a_row[a] + (unsigned)(k * 32));
@@ -185,14 +197,20 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
 #pragma unroll
             for (int a = 0; a < MT; ++a)
 #pragma unroll
-                for (int b = 0; b < NT; ++b) Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                for (int b = 0; b < NT; ++b) {
+                    if (FIRST && first)
+                        Mma::first(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                    else
+                        Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                }
         };
         if (TAPS == 1) {
             unsigned a_row[MT];
 #pragma unroll
             for (int a = 0; a < MT; ++a) a_row[a] = a_base + (unsigned)(a * 16 * LDS);
+            if (FIRST) kstep(a_row, 0, 0, true);      // KS >= 1: CB >= 16
 #pragma unroll 2
-            for (int k = 0; k < KS; ++k) kstep(a_row, 0, k);
+            for (int k = FIRST ? 1 : 0; k < KS; ++k) kstep(a_row, 0, k);
         } else {
             // per ldmatrix row of this lane: which of the 3 row taps and 3 column taps stay
             // inside the image (bit r of vh, bit s of vw); rows past M read zeros
@@ -216,8 +234,10 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
                         a_row[a] = ((vh[a] >> r) & (vw[a] >> s) & 1u)
                                        ? a_base + (unsigned)(a * 16 * LDS + shift) : z_row;
                     const int kb = (r * 3 + s) * CB;
+                    const int k0 = FIRST && r == 0 && s == 0 ? 1 : 0;
+                    if (k0) kstep(a_row, kb, 0, true);
 #pragma unroll 2
-                    for (int k = 0; k < KS; ++k) kstep(a_row, kb, k);
+                    for (int k = k0; k < KS; ++k) kstep(a_row, kb, k);
                 }
         }
 
@@ -251,6 +271,10 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
 
 namespace cupyrt_pw {
 
+// Shared memory in front of persistent()'s layout in the INT8 kernels: the epilogue
+// coefficients of the weight slice, a[BN] then b[BN] (kernels/gpu/conv_pw.py smem_bytes)
+template <int BN> constexpr int COEF_BYTES = 2 * BN * 4;
+
 // The INT8 kernels' body (TAPS 1 or 3): int8_epilogue.cuh's epilogue on the persistent mainloop.
 template <int BM, int BN, int WM, int WN, int STAGES, int TAPS, int OUT>
 __device__ __forceinline__ void
@@ -259,17 +283,25 @@ int8_body(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
           const float* __restrict__ bias, const void* __restrict__ res, int M, int C, int K, int H,
           int W, int out_ld, int out_off, int res_ld, int res_kind, int has_bias, float s_in,
           float res_scale, float inv_out, int act, float alpha, float beta) {
-    constexpr int WTN = BN / WN;
+    constexpr int WTN = BN / WN, THREADS = WM * WN * 32;
     const int rkind = res_kind & 3;
     const int resb = (res_kind & 4) ? (rkind == 1 ? 1 : rkind == 2 ? 4 : 2) : 0;
-    auto epi = [=](const int* sC, int lane, int m0, int n0, const unsigned char* sR) {
+    // the slice's epilogue coefficients, once, in front of persistent()'s shared memory
+    // (its first barrier comes before any epilogue)
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    float* sCoef = reinterpret_cast<float*>(smem_raw);
+    const int n0 = blockIdx.x * BN;
+    cupyrt_int8::fill_coefficients<OUT>(sCoef, BN, n0, K, s_w, bias, has_bias, s_in, inv_out, act,
+                                        threadIdx.x, THREADS);
+    auto epi = [=](const int* sC, int lane, int m0, int n0w, const unsigned char* sR) {
+        const float* sSc = reinterpret_cast<const float*>(smem_raw) + (n0w - n0);   // this warp's columns
         cupyrt_int8::epilogue_staged<16, WTN, 32, OUT>(
-            sC, lane, m0, n0, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
-            s_in, res_scale, inv_out, act, alpha, beta, sR);
+            sC, lane, m0, n0w, M, K, out, s_w, bias, res, out_ld, out_off, res_ld, rkind, has_bias,
+            s_in, res_scale, inv_out, act, alpha, beta, sR, sSc, sSc + BN);
     };
     persistent<BM, BN, WM, WN, STAGES, TAPS, MmaS8>(
         reinterpret_cast<const unsigned char*>(x), reinterpret_cast<const unsigned char*>(w), M, C,
-        K, H, W, res, res_ld, resb, epi);
+        K, H, W, res, res_ld, resb, epi, COEF_BYTES<BN>);
 }
 
 }  // namespace cupyrt_pw

@@ -138,13 +138,40 @@ __device__ __forceinline__ bool folds(int OUT, int act) {
     return OUT == 0 && (act == ACT_RELU || act == ACT_NONE);
 }
 
+// The coefficients a[k], b[k] of channels n0 .. n0 + count - 1 into shared memory,
+// sCoef[i] = a, sCoef[count + i] = b (0 past K), folded as epilogue_staged folds them: for a
+// kernel that runs many tiles of the same channels (conv_pw.cu), once, instead of loading
+// s_w and the bias and multiplying them out in every tile's epilogue.
+template <int OUT>
+__device__ __forceinline__ void
+fill_coefficients(float* sCoef, int count, int n0, int K, const float* __restrict__ s_w,
+                  const float* __restrict__ bias, int has_bias, float s_in, float inv_out,
+                  int act, int tid, int threads) {
+    const bool fold = folds(OUT, act);
+    for (int i = tid; i < count; i += threads) {
+        const int k = n0 + i;
+        float a = 0.f, b = 0.f;
+        if (k < K) {
+            a = __fmul_rn(s_in, s_w[k]);
+            b = has_bias ? bias[k] : 0.f;
+            if (fold) {
+                a = __fmul_rn(a, inv_out);
+                b = __fmul_rn(b, inv_out);
+            }
+        }
+        sCoef[i] = a;
+        sCoef[count + i] = b;
+    }
+}
+
 // The staged epilogue: the CTA's int32 accumulators sit in shared memory as a BM x BN tile
 // with a row stride of BN + 8 words; each thread takes 8 adjacent channels of one row at a
 // time (16-byte-aligned stores when out_ld, out_off, K and res_ld are multiples of 8).
 // sR (optional): the CTA's residual tile already in shared memory, BM rows x BN elements of
 // the residual's type, row-major (conv_wgmma.cu prefetches it with cp.async while the
 // mainloop runs); without it the residual is read from global memory here, one dependent
-// round trip per 8-channel group.
+// round trip per 8-channel group. sSc / sBi (optional): the coefficients a and b of
+// columns n0 .. n0 + BN - 1 in shared memory (fill_coefficients), instead of s_w and bias.
 //
 // Per element, float32, two fused multiply-adds (one rounding each):
 //   y = fma(float(acc), a, b);  y = fma(residual, rs, y)  (with a residual);  then
@@ -162,7 +189,7 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
                 const void* __restrict__ res,
                 int out_ld, int out_off, int res_ld, int res_kind, int has_bias,
                 float s_in, float res_scale, float inv_out, int act, float alpha, float beta,
-                const void* sR = nullptr) {
+                const void* sR = nullptr, const float* sSc = nullptr, const float* sBi = nullptr) {
     typedef typename OutSel<OUT>::T OutT;
     constexpr int LDC = BN + 8;          // int32 words
     const ActLin actf(act, alpha, beta);
@@ -182,7 +209,16 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
         const int cg = tid % CPR, col = n0 + cg * 8;
         if (col >= K) return;
         float sc[8], bi[8];
-        {
+        if (sSc) {                               // fill_coefficients' table (column n0 first)
+            const float4 a0 = *reinterpret_cast<const float4*>(sSc + cg * 8);
+            const float4 a1 = *reinterpret_cast<const float4*>(sSc + cg * 8 + 4);
+            const float4 b0 = *reinterpret_cast<const float4*>(sBi + cg * 8);
+            const float4 b1 = *reinterpret_cast<const float4*>(sBi + cg * 8 + 4);
+            sc[0] = a0.x; sc[1] = a0.y; sc[2] = a0.z; sc[3] = a0.w;
+            sc[4] = a1.x; sc[5] = a1.y; sc[6] = a1.z; sc[7] = a1.w;
+            bi[0] = b0.x; bi[1] = b0.y; bi[2] = b0.z; bi[3] = b0.w;
+            bi[4] = b1.x; bi[5] = b1.y; bi[6] = b1.z; bi[7] = b1.w;
+        } else {
             const float4 s0 = *reinterpret_cast<const float4*>(s_w + col);
             const float4 s1 = *reinterpret_cast<const float4*>(s_w + col + 4);
             const float sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};

@@ -76,13 +76,14 @@ class PwTactic:
     def smem_bytes(self, C, res_bytes=0, W=0):
         """Dynamic shared memory for C input channels (a multiple of ``c_align``) with a
         prefetched residual of ``res_bytes`` per element (0: none), images W pixels wide
-        (3x3 only): the warps' staging tiles, the weight slice, the zero row (3x3) and the
-        ring (conv_pw.cu's layout)."""
+        (3x3 only): INT8's epilogue coefficients, the warps' staging tiles, the weight slice,
+        the zero row (3x3) and the ring (conv_pw.cu's layout)."""
         lds = C * self.elem + 16
+        coef = 2 * self.bn * 4 if self.elem == 1 else 0      # INT8: the epilogue coefficients
         staging = self.wm * self.wn * 16 * (self.bn // self.wn + 8) * 4
         weights = self.bn * (self.taps ** 2 * C * self.elem + 16)
         rows, zero = (self.bm, 0) if self.taps == 1 else (self.bm + 2 * (W + 1), lds)
-        return staging + weights + zero + self.stages * (rows * lds + self.bm * self.bn * res_bytes)
+        return coef + staging + weights + zero + self.stages * (rows * lds + self.bm * self.bn * res_bytes)
 
     def max_channels(self, res_bytes=0, W=0):
         """The largest C (multiple of ``c_align``) whose weight slice and ring fit SMEM_LIMIT."""

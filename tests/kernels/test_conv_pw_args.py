@@ -30,11 +30,12 @@ def test_tactic_names_unique_and_kinds_split():
 
 def test_smem_layout_example():
     t = P.TACTICS_BY_NAME["pwi8_64x128_s3"]
+    coef = 2 * 128 * 4                              # INT8: a[BN] and b[BN], float32
     staging = 4 * 16 * (64 + 8) * 4                 # 4 warps, 16 rows of 64 + 8 int32 each
     wslice = 128 * (64 + 16)                        # 128 rows of C + 16 bytes
     ring = 3 * (64 * 80 + 64 * 128)                 # X tile + int8 residual tile, 3 stages
-    assert t.smem_bytes(64, 1) == staging + wslice + ring == 68608
-    assert t.smem_bytes(64) == staging + wslice + 3 * 64 * 80
+    assert t.smem_bytes(64, 1) == coef + staging + wslice + ring == 69632
+    assert t.smem_bytes(64) == coef + staging + wslice + 3 * 64 * 80
     t = P.TACTICS_BY_NAME["pw16_64x64_s2"]               # FP16: rows of 2 C + 16 bytes
     staging, wslice, ring = 4 * 16 * (32 + 8) * 4, 64 * 1040, 2 * (64 * 1040 + 64 * 64 * 2)
     assert t.smem_bytes(512, 2) == staging + wslice + ring == 226304 <= P.SMEM_LIMIT
@@ -42,12 +43,13 @@ def test_smem_layout_example():
 
 def test_smem_layout_example_3x3():
     t = P.TACTICS_BY_NAME["pw3i8_128x64_s3"]
+    coef = 2 * 64 * 4                               # a[BN] and b[BN], float32
     staging = 4 * 16 * (32 + 8) * 4                 # 4 warps, 16 rows of 32 + 8 int32 each
     wslice = 64 * (9 * 64 + 16)                     # 64 rows of 9 C + 16 bytes
     zero = 64 + 16                                  # the masked taps' zero row
     ring = 3 * ((128 + 2 * 57) * 80)                # 128 rows and a 57-row halo each side
-    assert t.smem_bytes(64, 0, 56) == staging + wslice + zero + ring == 106288
-    assert t.smem_bytes(64, 1, 56) == 106288 + 3 * 128 * 64       # + an int8 residual tile
+    assert t.smem_bytes(64, 0, 56) == coef + staging + wslice + zero + ring == 106800
+    assert t.smem_bytes(64, 1, 56) == 106800 + 3 * 128 * 64       # + an int8 residual tile
 
 
 @pytest.mark.parametrize("t", P.PW_TACTICS + P.PW16_TACTICS + P.PW3_TACTICS, ids=lambda t: t.name)
