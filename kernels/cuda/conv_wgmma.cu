@@ -378,11 +378,12 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
         res_off = max(used * STAGE, EPI);
         const int rbytes = rk == 1 ? 1 : (rk == 2 ? 4 : 2);
         const int row_chunks = BN * rbytes / 16;                   // 16-byte chunks per row
+        const int lg = __ffs(row_chunks) - 1;      // a power of two: a shift, not a division
         const int k_bytes = K * rbytes, n0b = n0 * rbytes;
         const unsigned sr = sbase + (unsigned)res_off;
         const unsigned char* rsrc = reinterpret_cast<const unsigned char*>(res);
         for (int idx = threadIdx.x; idx < BM * row_chunks; idx += BM * 2) {
-            const int r = idx / row_chunks, cb = (idx - r * row_chunks) * 16;
+            const int r = idx >> lg, cb = (idx & (row_chunks - 1)) * 16;
             const bool ok = m0 + r < M && n0b + cb < k_bytes;
             const unsigned char* src =
                 ok ? rsrc + ((long long)(m0 + r) * res_ld * rbytes + n0b + cb) : rsrc;
