@@ -115,7 +115,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
     // Chunk idx of a stage is (row, 16-byte chunk) = (idx / n, idx % n) for n chunks a row.
     // A residual row's n is a power of two (BN and its element size are): a shift and a mask,
     // not a division per chunk (with one, the stage loads ran a fifth of the stage-1 expand
-    // layer's instructions, ncu at fcd555f; X has a chunk or two a thread there)
+    // layer's instructions, ncu at 925e87f; X has a chunk or two a thread there)
     auto load_stage = [&](int i) {
         const int t = blockIdx.y + i * gridDim.y;
         if (t >= m_tiles) return;
@@ -169,7 +169,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
         const unsigned sX_u = ring_u + (unsigned)(stage * stage_bytes);
         // INT8: no zeroing, the first k-step writes the accumulators (Mma::first, C = 0); the
         // zeroing took 64 moves a warp a tile, about 5 % of the kernel's instructions (ncu at
-        // fcd555f). FP16 keeps it: there the first-step form cost ptxas up to 34 registers.
+        // 925e87f). FP16 keeps it: the peeled loop cost ptxas up to 34 more registers there.
         constexpr bool FIRST = Mma::ESZ == 1;
         Acc acc[MT][NT][4];
         if (!FIRST) {
