@@ -198,10 +198,13 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             for (int a = 0; a < MT; ++a)
 #pragma unroll
                 for (int b = 0; b < NT; ++b) {
-                    if (FIRST && first)
-                        Mma::first(acc[a][b], af[a], bf[b][0], bf[b][1]);
-                    else
-                        Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                    if constexpr (FIRST) {             // (MmaS8 only has first)
+                        if (first) {
+                            Mma::first(acc[a][b], af[a], bf[b][0], bf[b][1]);
+                            continue;
+                        }
+                    }
+                    Mma::mma(acc[a][b], af[a], bf[b][0], bf[b][1]);
                 }
         };
         if (TAPS == 1) {

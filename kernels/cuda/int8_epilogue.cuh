@@ -93,7 +93,7 @@ template <int V> struct ResTag { static constexpr int value = V; };
 enum { ACT_TAG_RELU_CODE = 0, ACT_TAG_NONE_CODE = 1, ACT_TAG_GENERAL = 2 };
 template <int V> struct ActTag { static constexpr int value = V; };
 
-// residual element e of a row as (value, before its scale): res_kind 1 an int8 code,
+// residual element i as a float, before its scale (rs): res_kind 1 an int8 code,
 // 2 float32, 3 float16
 __device__ __forceinline__ float res_at(const void* res, long long i, int kind) {
     if (kind == 1) return (float)reinterpret_cast<const i8_t*>(res)[i];

@@ -33,8 +33,6 @@ struct MmaF16 {
     static constexpr int ESZ = 2;
     static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
                                                unsigned b1) { cupyrt_ptx::mma_16816(d, a, b0, b1); }
-    static __device__ __forceinline__ void first(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                 unsigned b1) { cupyrt_ptx::mma_16816_first(d, a, b0, b1); }
 };
 
 // Addresses are computed in elements and scaled by ESZ at the end, as each kernel did before

@@ -65,14 +65,6 @@ __device__ __forceinline__ void mma_16832(int (&d)[4], const unsigned (&a)[4],
 
 // The same products into a zero accumulator (d = a * b): a k-loop's first step, so the
 // accumulator needs no zeroing first (C is the zero register in the SASS)
-__device__ __forceinline__ void mma_16816_first(float (&d)[4], const unsigned (&a)[4],
-                                                unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-}
 __device__ __forceinline__ void mma_16832_first(int (&d)[4], const unsigned (&a)[4],
                                                 unsigned b0, unsigned b1) {
     asm volatile(
