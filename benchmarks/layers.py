@@ -356,7 +356,8 @@ FAMILIES = {
     "cudnn8": _cudnn8,
     "dram8": _dram8,
     "mma8": lambda c: _i8(c, _gpu("conv_int8").conv2d_int8, _gpu("conv_int8").INT8_TACTICS),
-    "wgmma8": lambda c: _i8(c, _gpu("conv_wgmma").conv2d_wgmma_int8, _gpu("conv_wgmma").INT8_TACTICS),
+    "wgmma8": lambda c: _i8(c, _gpu("conv_wgmma").conv2d_wgmma_int8,
+                            _gpu("conv_wgmma").INT8_TACTICS + _gpu("conv_wgmma").INT8_OCC_TACTICS),
     # the persistent 1x1 kernel: stride-1 1x1 layers only
     "pw8": lambda c: _i8(c, _gpu("conv_pw").conv2d_pw_int8, _gpu("conv_pw").PW_TACTICS)
     if (c.r, c.stride) == (1, 1) else {},

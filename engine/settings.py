@@ -150,6 +150,10 @@ SETTINGS = (
            "The persistent INT8 kernel for 3x3 stride-1 padding-1 convolutions with C % 32 == 0 "
            "(conv.pw3i8_*: a stage holds the tile's rows and a one-row halo, read by all nine "
            "taps; ResNet's stage-1 3x3); off until its GPU tests have passed.", tactics=True),
+    Switch("wgmma_int8_3cta", _flag, False,
+           "The INT8 wgmma tile conv.wgi8_128x64_s3_3cta (a three-stage ring, registers capped for three "
+           "CTAs an SM; for ResNet's stage-1 3x3 layers, which ran latency-bound at two), timed beside the "
+           "other INT8 tactics; off until its GPU tests have passed.", tactics=True),
     Switch("pw_persistent_f16", _flag, False,
            "The same persistent 1x1 kernel in FP16 (conv.pw16_*); off until a whole-network A/B "
            "against cuDNN's FP16 graphs.", tactics=True),

@@ -17,6 +17,7 @@ import numpy as np
 from kernels.gpu import conv_int8, conv_int8_smallc, conv_stem, conv_wgmma, quantize_int8
 
 from ..int8_exec import tensor_scale
+from ..settings import settings
 from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, nchw_view
 from .conv_common import (conv2d_reason, epilogue_state, float_kind, int8_out_dtype, wgmma_reason,
@@ -92,6 +93,18 @@ class ConvWgmmaInt8(ConvInt8):
         return super().supports(layer, in_shapes, in_dtypes, precision) or wgmma_reason()
 
 
+class ConvWgmmaInt8Occupancy(ConvWgmmaInt8):
+    """The same kernel on a tile whose registers are capped for three CTAs an SM
+    (conv_wgmma.INT8_OCC_TACTICS); a candidate only with the wgmma_int8_3cta switch on,
+    beside the wgmma switch."""
+    switch = "wgmma_int8_3cta"
+
+    def supports(self, layer, in_shapes, in_dtypes, precision):
+        if not settings().wgmma:
+            return "wgmma tactics are off (CUPYRT_WGMMA=0)"
+        return super().supports(layer, in_shapes, in_dtypes, precision)
+
+
 class ConvInt8SmallC(ConvInt8):
     """INT8 convolution for C <= 4 input channels (the RGB stem): four taps x four
     channels per 16-byte chunk of the reduction (C padded 3 -> 4, a 7x7 reduction 208
@@ -165,6 +178,7 @@ class ConvStemInt8(ConvStem):
 TACTICS = (
     *[ConvInt8(t) for t in conv_int8.INT8_TACTICS],
     *[ConvWgmmaInt8(t) for t in conv_wgmma.INT8_TACTICS],
+    *[ConvWgmmaInt8Occupancy(t) for t in conv_wgmma.INT8_OCC_TACTICS],
     *[ConvInt8SmallC(t) for t in conv_int8_smallc.SMALLC_TACTICS],
     *[ConvStemInt8(t, direct) for t in conv_stem.STEM_TILES for direct in (False, True)],
 )

@@ -343,9 +343,11 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
 // max(ring stages filled, staging tile) bytes past the aligned base; the launcher sets it
 // only where rows are 16-byte aligned (K * element size % 16 == 0, aligned pointer) and
 // reserves BM * BN * element size more bytes.
+// MINB: CTAs an SM the registers must allow (__launch_bounds__; 3 for the 128x64 s3 tile: 73 KiB
+// of ring on a 3x3 64-channel layer, 78 registers, so three CTAs an SM instead of two).
 // Launch: grid (ceil(M/BM) * ceil(K/BN),), block 2*BM threads, smem Smem<BM,BN,STAGES>::BYTES.
-template <int BM, int BN, int STAGES, int OUT>
-__global__ void __launch_bounds__(BM * 2, 1)
+template <int BM, int BN, int STAGES, int OUT, int MINB = 1>
+__global__ void __launch_bounds__(BM * 2, MINB)
 conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
               typename cupyrt_int8::OutSel<OUT>::T* __restrict__ out,
               const float* __restrict__ s_w, const float* __restrict__ bias,
@@ -431,4 +433,5 @@ template __global__ void conv_wgmma_s8<128, 128, 3, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<64, 128, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<128, 64, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
 template __global__ void conv_wgmma_s8<64, 64, 4, 0> CUPYRT_WG_S8_ARGS(i8_t);
+template __global__ void conv_wgmma_s8<128, 64, 3, 0, 3> CUPYRT_WG_S8_ARGS(i8_t);
 #endif

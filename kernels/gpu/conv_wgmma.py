@@ -45,6 +45,7 @@ class WgmmaTactic:
     bn: int          # output channels per CTA: the wgmma n (64, 128, 256)
     stages: int      # cp.async ring depth (stages - 2 tiles prefetched)
     kind: str = "wgmma"
+    minb: int = 1    # INT8: CTAs an SM its registers must allow (__launch_bounds__)
 
     @property
     def threads(self) -> int:
@@ -71,7 +72,8 @@ class WgmmaTactic:
         if self.kind == "wgmma":
             # fast: the FAST = 1 instantiation (residual prefetch, fixed-column epilogue)
             return f"conv_wgmma_f16<{dims},{int(dt == np.float32)}{',1' if fast else ''}>"
-        return f"conv_wgmma_s8<{dims},{INT8_OUT_CODES[dt]}>"
+        minb = f",{self.minb}" if self.minb != 1 else ""
+        return f"conv_wgmma_s8<{dims},{INT8_OUT_CODES[dt]}{minb}>"
 
 
 # (bm, bn, stages): smem per CTA in KiB = ring / epilogue tile + 1
@@ -86,7 +88,12 @@ _TILES = ((128, 128, 4), (128, 256, 4), (128, 128, 3), (64, 128, 4), (128, 64, 4
 TACTICS = tuple(WgmmaTactic(f"wg_{m}x{n}_s{s}", m, n, s) for m, n, s in _TILES)
 INT8_TACTICS = tuple(WgmmaTactic(f"wgi8_{m}x{n}_s{s}", m, n, s, kind="wgmma_int8")
                      for m, n, s in _TILES)
-TACTICS_BY_NAME = {t.name: t for t in TACTICS + INT8_TACTICS}
+# INT8, off by default (engine switch wgmma_int8_3cta) until its GPU tests have run: the
+# 128x64 tile with a three-stage ring and registers capped for three CTAs an SM. ResNet-50's
+# stage-1 3x3 layers (C = K = 64) ran at two CTAs an SM on the s4 tile, 25 % occupancy and
+# latency-bound (ncu, benchmarks/KERNEL_NOTES.md "Session 21")
+INT8_OCC_TACTICS = (WgmmaTactic("wgi8_128x64_s3_3cta", 128, 64, 3, kind="wgmma_int8", minb=3),)
+TACTICS_BY_NAME = {t.name: t for t in TACTICS + INT8_TACTICS + INT8_OCC_TACTICS}
 
 
 def available(device=None) -> bool:
@@ -128,7 +135,7 @@ def _kernel(tactic: WgmmaTactic, out_dtype, fast=False):
                         smem_bytes=need)
 
 
-def compile_all(tactics=TACTICS + INT8_TACTICS, out_dtypes=None, fast=False):
+def compile_all(tactics=TACTICS + INT8_TACTICS + INT8_OCC_TACTICS, out_dtypes=None, fast=False):
     """Compile the given tactics now (build time rather than first use).
 
     ``out_dtypes`` default: float16 for the FP16 tactics, int8 for the INT8 ones;
@@ -274,4 +281,4 @@ def _compile_for_builds(tactics, fast_epilogue=False, out_dtypes=None):
 
 FAMILY = KernelFamily(SOURCE, compile=_compile_for_builds,
                       launch=(conv2d_wgmma, conv2d_wgmma_int8),
-                      tiles=TACTICS, int8_tiles=INT8_TACTICS, available=available)
+                      tiles=TACTICS, int8_tiles=INT8_TACTICS + INT8_OCC_TACTICS, available=available)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not conv_wgmma.available(),
                                 reason="wgmma kernels need a compute capability 9.0 device")
 
 TACTICS = conv_wgmma.TACTICS
-I8_TACTICS = conv_wgmma.INT8_TACTICS
+I8_TACTICS = conv_wgmma.INT8_TACTICS + conv_wgmma.INT8_OCC_TACTICS   # the 3-CTA tile: off in builds
 RNG = np.random.default_rng(4321)
 
 # (N, H, W, C, K, R, S, stride, pad, dil)

@@ -21,13 +21,17 @@ def _no_sm90():
 
 # ---- the tactic table ------------------------------------------------------------------
 def test_tactic_names_unique_and_kinds_split():
-    names = [t.name for t in W.TACTICS + W.INT8_TACTICS]
+    names = [t.name for t in W.TACTICS + W.INT8_TACTICS + W.INT8_OCC_TACTICS]
     assert len(names) == len(set(names)) == len(W.TACTICS_BY_NAME)
     assert {t.kind for t in W.TACTICS} == {"wgmma"}
-    assert {t.kind for t in W.INT8_TACTICS} == {"wgmma_int8"}
+    assert {t.kind for t in W.INT8_TACTICS + W.INT8_OCC_TACTICS} == {"wgmma_int8"}
+    assert set(W.FAMILY.int8_tiles) == set(W.INT8_TACTICS + W.INT8_OCC_TACTICS)
 
 
-@pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)
+ALL = W.TACTICS + W.INT8_TACTICS + W.INT8_OCC_TACTICS
+
+
+@pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
 def test_tile_fits_one_warpgroup_per_64_rows_and_smem(t):
     assert t.bm in (64, 128) and t.bn in (64, 128, 256) and t.stages >= 3
     assert t.threads == 2 * t.bm
@@ -36,7 +40,7 @@ def test_tile_fits_one_warpgroup_per_64_rows_and_smem(t):
     assert t.smem_bytes <= SMEM_MAX
 
 
-@pytest.mark.parametrize("t", W.TACTICS + W.INT8_TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
 def test_smem_for_short_reductions_holds_only_the_stages_filled(t):
     stage, epi = (t.bm + t.bn) * 128, t.bm * (t.bn + 8) * 4
     sizes = [t.smem_for(kb) for kb in (16, 64, 128, 129, 256, 384, 512, 4608, 10**6)]
@@ -63,12 +67,25 @@ def test_name_expressions():
         "conv_wgmma_s8<64,128,4,0>", "conv_wgmma_s8<64,128,4,1>", "conv_wgmma_s8<64,128,4,2>"]
 
 
+def test_the_three_cta_tile():
+    # 128x64, a three-stage ring, __launch_bounds__(256, 3): on a 3x3 layer of 64 channels
+    # (576 bytes a reduction row: 4.5 k-tiles) it takes 73 KiB, so three CTAs fit an SM's
+    # 228 KiB (1 KiB of each reserved) where the s4 tile's 97 KiB fit two
+    t = W.TACTICS_BY_NAME["wgi8_128x64_s3_3cta"]
+    assert (t.bm, t.bn, t.stages, t.minb) == (128, 64, 3, 3)
+    assert t.name_expression(np.int8) == "conv_wgmma_s8<128,64,3,0,3>"
+    assert t.name_expression(np.float32) == "conv_wgmma_s8<128,64,3,1,3>"
+    assert t.smem_for(576) == 3 * 192 * 128 + 1024 == 74752
+    assert 3 * (t.smem_for(576) + 1024) <= 228 * 1024 < 3 * (W.TACTICS_BY_NAME["wgi8_128x64_s4"].smem_for(576) + 1024)
+    assert all(u.minb == 1 for u in W.TACTICS + W.INT8_TACTICS)
+
+
 def test_nvcc_instantiation_list_covers_every_tactic():
     # the CI compile check (test_cuda_compile) only sees the explicit instantiations
     text = (CUDA_DIR / W.SOURCE).read_text()
     block = text.split("#ifdef CUPYRT_NVCC_INSTANTIATE", 1)[1]
     inst = {re.sub(r"\s", "", m) for m in re.findall(r"template __global__ void (\w+<[^>]*>)", block)}
-    for t in W.TACTICS + W.INT8_TACTICS:
+    for t in ALL:
         dt = np.float16 if t.kind == "wgmma" else np.int8
         assert t.name_expression(dt) in inst, t.name
 
