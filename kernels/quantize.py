@@ -293,8 +293,8 @@ def fma32(a, b, c):
     rounded to odd (TwoSum's error term says which way the float64 sum was rounded), and a
     value rounded to odd with 29 extra bits rounds to float32 as the exact sum would."""
     xp = array_module(a)
-    p = xp.asarray(a, dtype=xp.float32).astype(xp.float64) * xp.asarray(b, dtype=xp.float32).astype(xp.float64)
-    c64 = xp.asarray(c, dtype=xp.float32).astype(xp.float64)
+    a64, b64, c64 = (xp.asarray(v, dtype=xp.float32).astype(xp.float64) for v in (a, b, c))
+    p = a64 * b64
     with errstate(xp, invalid="ignore", over="ignore"):
         s = p + c64
         bb = s - p

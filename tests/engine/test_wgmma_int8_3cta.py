@@ -29,7 +29,8 @@ def _count(layer, precision=rt.DataType.INT8):
 
 
 def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
-    registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION] if isinstance(t, I.ConvWgmmaInt8Occupancy)]
+    registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
+                  if isinstance(t, I.ConvWgmmaInt8Occupancy)]
     assert [t.name for t in registered] == ["conv.wgi8_128x64_s3_3cta"]
     assert registered[0].tile is conv_wgmma.TACTICS_BY_NAME["wgi8_128x64_s3_3cta"]
     assert registered[0].launch is conv_wgmma.conv2d_wgmma_int8
@@ -44,7 +45,8 @@ def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
 
 def test_declines_with_the_wgmma_switch_off_else_as_the_plain_wgmma_tactic(monkeypatch):
     monkeypatch.setenv("CUPYRT_WGMMA_INT8_3CTA", "1")
-    occ = next(t for t in kernel_table.TACTICS[LayerType.CONVOLUTION] if isinstance(t, I.ConvWgmmaInt8Occupancy))
+    occ = next(t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
+               if isinstance(t, I.ConvWgmmaInt8Occupancy))
     plain = next(t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
                  if type(t) is I.ConvWgmmaInt8 and t.tile.name == "wgi8_128x64_s4")
     layer = _conv3x3()

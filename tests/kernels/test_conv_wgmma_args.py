@@ -76,7 +76,8 @@ def test_the_three_cta_tile():
     assert t.name_expression(np.int8) == "conv_wgmma_s8<128,64,3,0,3>"
     assert t.name_expression(np.float32) == "conv_wgmma_s8<128,64,3,1,3>"
     assert t.smem_for(576) == 3 * 192 * 128 + 1024 == 74752
-    assert 3 * (t.smem_for(576) + 1024) <= 228 * 1024 < 3 * (W.TACTICS_BY_NAME["wgi8_128x64_s4"].smem_for(576) + 1024)
+    s4 = W.TACTICS_BY_NAME["wgi8_128x64_s4"]
+    assert 3 * (t.smem_for(576) + 1024) <= 228 * 1024 < 3 * (s4.smem_for(576) + 1024)
     assert all(u.minb == 1 for u in W.TACTICS + W.INT8_TACTICS)
 
 

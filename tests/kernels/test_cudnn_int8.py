@@ -2,7 +2,8 @@
 spec can express, its JSON and keys, the graph it defines on the stand-in frontend
 (cudnn_fake.py) op by op with its uids and data types, that graph evaluated in NumPy
 op by op and against our INT8 epilogue (kernels/quantize.py: within a code), the epilogue
-vectors and the variant pack, and operands refused before any GPU is touched. On a GPU: tests/gpu/test_cudnn_int8_gpu.py."""
+vectors and the variant pack, and operands refused before any GPU is touched. On a GPU:
+tests/gpu/test_cudnn_int8_gpu.py."""
 import json
 import os
 import sys
