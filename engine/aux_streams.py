@@ -54,10 +54,6 @@ class AuxPlan:
     free_after: list
     by_step: tuple
 
-    def spans(self):
-        """(auxiliary step, issue step, join step) for each auxiliary layer."""
-        return list(self.by_step)
-
     def within(self, begin, end):
         """The auxiliary steps whose issue and join both fall in [begin, end)."""
         return {a for a, p, j in self.by_step if begin <= p and j < end}

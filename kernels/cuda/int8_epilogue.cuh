@@ -137,6 +137,16 @@ __device__ __forceinline__ void put8_codes(i8_t* p, const float (&y)[8]) {
 __device__ __forceinline__ bool folds(int OUT, int act) {
     return OUT == 0 && (act == ACT_RELU || act == ACT_NONE);
 }
+// one channel's a and b from its weight scale sw and bias bv (0 without one)
+__device__ __forceinline__ void coefficients(float sw, float bv, float s_in, float inv_out, bool fold,
+                                             float& a, float& b) {
+    a = __fmul_rn(s_in, sw);
+    b = bv;
+    if (fold) {
+        a = __fmul_rn(a, inv_out);
+        b = __fmul_rn(b, inv_out);
+    }
+}
 
 // The coefficients a[k], b[k] of channels n0 .. n0 + count - 1 into shared memory,
 // sCoef[i] = a, sCoef[count + i] = b (0 past K), folded as epilogue_staged folds them: for a
@@ -151,14 +161,7 @@ fill_coefficients(float* sCoef, int count, int n0, int K, const float* __restric
     for (int i = tid; i < count; i += threads) {
         const int k = n0 + i;
         float a = 0.f, b = 0.f;
-        if (k < K) {
-            a = __fmul_rn(s_in, s_w[k]);
-            b = has_bias ? bias[k] : 0.f;
-            if (fold) {
-                a = __fmul_rn(a, inv_out);
-                b = __fmul_rn(b, inv_out);
-            }
-        }
+        if (k < K) coefficients(s_w[k], has_bias ? bias[k] : 0.f, s_in, inv_out, fold, a, b);
         sCoef[i] = a;
         sCoef[count + i] = b;
     }
@@ -226,15 +229,7 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
             const float4 b1 = has_bias ? *reinterpret_cast<const float4*>(bias + col + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
             const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                sc[e] = __fmul_rn(s_in, sw[e]);
-                if (fold) {
-                    sc[e] = __fmul_rn(sc[e], inv_out);
-                    bi[e] = __fmul_rn(bv[e], inv_out);
-                } else {
-                    bi[e] = bv[e];
-                }
-            }
+            for (int e = 0; e < 8; ++e) coefficients(sw[e], bv[e], s_in, inv_out, fold, sc[e], bi[e]);
         }
         // The row loop, specialised on the residual (none; int8 codes in shared memory, the
         // expand layers' case: a shared-memory load and no per-row dispatch on its type; any
@@ -288,9 +283,10 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
         };
         auto by_act = [&](auto rtag) {
             // a residual of any other kind is rare: one loop, ActLin for every activation
-            if (decltype(rtag)::value != RES_ANY && OUT == 0 && act == ACT_RELU)
+            constexpr bool codes = decltype(rtag)::value != RES_ANY && OUT == 0;
+            if (codes && act == ACT_RELU)
                 rows(rtag, ActTag<ACT_TAG_RELU_CODE>());
-            else if (decltype(rtag)::value != RES_ANY && OUT == 0 && act == ACT_NONE)
+            else if (codes && act == ACT_NONE)
                 rows(rtag, ActTag<ACT_TAG_NONE_CODE>());
             else
                 rows(rtag, ActTag<ACT_TAG_GENERAL>());
@@ -314,12 +310,8 @@ epilogue_staged(const int* sC, int tid, int m0, int n0, int M, int K,
 #pragma unroll 1
         for (int e = 0; e < 8; ++e) {                          // one element at a time (rare)
             if (col + e < K) {
-                float a = __fmul_rn(s_in, s_w[col + e]);
-                float b = has_bias ? bias[col + e] : 0.f;
-                if (fold) {
-                    a = __fmul_rn(a, inv_out);
-                    b = __fmul_rn(b, inv_out);
-                }
+                float a, b;
+                coefficients(s_w[col + e], has_bias ? bias[col + e] : 0.f, s_in, inv_out, fold, a, b);
                 float y = __fmaf_rn(__int2float_rn(ai[e]), a, b);
                 if (res_kind) y = __fmaf_rn(res_at(rb, ri + e, res_kind), rs, y);
                 if constexpr (OUT == 0) {

@@ -82,7 +82,7 @@ def test_each_projection_runs_beside_its_blocks_main_branch():
     plan = aux_plan(engine)
     # issued where its input is made, joined before the expand; the reduce (whose only
     # reader is the 3x3) is the main branch, not a side branch
-    assert [(order[a], order[p], order[j]) for a, p, j in plan.spans()] == [
+    assert [(order[a], order[p], order[j]) for a, p, j in plan.by_step] == [
         ("b1_proj", "b1_proj", "b1_expand"), ("b2_proj", "b2_proj", "b2_expand")]
     assert plan.steps == {1, 5}
 
@@ -98,7 +98,7 @@ def test_traced_in_torchvisions_order_the_projections_move_first_and_run_beside_
     assert expand.get_input(1) is engine.network._layers[3].get_output(0)      # the add fused here
     plan = aux_plan(engine)
     # issued where the block input is made (before the reduce), joined before the expand
-    assert [(order[a], order[p], order[j]) for a, p, j in plan.spans()] == [
+    assert [(order[a], order[p], order[j]) for a, p, j in plan.by_step] == [
         ("b1_proj", "b1_reduce", "b1_expand"), ("b2_proj", "b2_reduce", "b2_expand")]
     # the same network built without the pass: one chain (the add fused into the projection)
     b = rt.Builder()
@@ -246,7 +246,7 @@ def test_the_switch_is_on_by_default_and_parsed_like_the_others():
 def test_aux_plan_helpers_agree_with_each_other():
     plan = aux_plan(build(two_blocks()))
     assert isinstance(plan, aux_streams.AuxPlan)
-    for a, p, j in plan.spans():
+    for a, p, j in plan.by_step:
         assert a in plan.issue_before[p] and a in plan.join_before[j] and p <= a < j
 
 

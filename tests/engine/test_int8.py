@@ -3,14 +3,12 @@ precision assignment and storage, whole networks with each calibrator, and the
 per-layer precision debugger."""
 import logging
 
-from fractions import Fraction
-
 import numpy as np
 import pytest
 
 import engine as rt
 from engine import quantization as q8
-from engine.testing import rel_l2
+from engine.testing import fma_f32_exact, rel_l2
 from kernels import quantize as Q
 
 RNG = np.random.default_rng(5)
@@ -121,17 +119,6 @@ def test_int8_tensors_flow_between_int8_layers_and_outputs_are_float():
     assert run(e, TEST[:3]).dtype == np.float32
 
 
-def _fma_f32_exact(a, b, c):
-    """float32 a * b + c rounded once, through exact rationals (ties to even)."""
-    def one(a, b, c):
-        ex = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
-        f = np.float32(float(ex))
-        cands = (np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf)))
-        return min(cands, key=lambda v: (abs(Fraction(float(v)) - ex), int(np.array(v).view(np.int32)) & 1))
-    a, b, c = np.broadcast_arrays(np.float32(a), np.float32(b), np.float32(c))
-    return np.array([one(*t) for t in zip(a.ravel(), b.ravel(), c.ravel())], np.float32).reshape(a.shape)
-
-
 def manual_int8(net_engine, x):
     """The same network computed independently: int64 direct loops, the
     contract's float32 epilogue written out by hand (fused multiply-adds through exact
@@ -155,7 +142,7 @@ def manual_int8(net_engine, x):
             inv = np.float32(1) / scale(t_out)              # ReLU or none: the folded form
             a = ((scale(t_in) * sw) * inv).reshape(1, -1, 1, 1)
             b = (layer.bias.astype(np.float32) * inv).reshape(1, -1, 1, 1)
-            y = _fma_f32_exact(acc.astype(np.float32), a, b)
+            y = fma_f32_exact(acc.astype(np.float32), a, b)
             if layer.post_activation is not None:
                 y = np.maximum(y, 0)
             q = np.clip(np.rint(y), -128, 127).astype(np.int64)
@@ -167,7 +154,7 @@ def manual_int8(net_engine, x):
         else:
             wq, sw = Q.quantize_weights(layer.kernel)
             acc = q @ wq.astype(np.int64).T
-            y = _fma_f32_exact(acc.astype(np.float32), scale(t_in) * sw, layer.bias)
+            y = fma_f32_exact(acc.astype(np.float32), scale(t_in) * sw, layer.bias)
             assert last
             return y
 

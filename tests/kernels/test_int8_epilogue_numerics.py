@@ -8,20 +8,11 @@ tests/gpu/test_int8_epilogue_exact_gpu.py and the kernels' own tests):
   with ReLU or no activation;
 - ``epilogue_int8`` follows the documented order, and stays within a code of the exact
   real-number result."""
-from fractions import Fraction
-
 import numpy as np
 import pytest
 
+from engine.testing import fma_f32_exact
 from kernels import quantize as Q
-
-
-def _exact_fma_f32(a, b, c):
-    """float32 nearest to a * b + c computed exactly (ties to an even significand)."""
-    ex = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
-    f = np.float32(float(ex))
-    cands = (np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf)))
-    return min(cands, key=lambda v: (abs(Fraction(float(v)) - ex), int(np.array(v).view(np.int32)) & 1))
 
 
 def test_fma32_rounds_once_like_a_fused_multiply_add():
@@ -30,7 +21,7 @@ def test_fma32_rounds_once_like_a_fused_multiply_add():
     a, b, c = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 5, n) for _ in range(3))
     a, b, c = (v.astype(np.float32) for v in (a, b, c))
     got = Q.fma32(a, b, c)
-    want = np.array([_exact_fma_f32(*t) for t in zip(a, b, c)], np.float32)
+    want = fma_f32_exact(a, b, c)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
 
@@ -42,7 +33,7 @@ def test_fma32_at_a_float32_midpoint(c, ulps):
     a = np.float32(1 + 2.0 ** -12)
     c = np.float32(c)
     got = Q.fma32(np.array([a]), np.array([a]), np.array([c]))[0]
-    assert got == _exact_fma_f32(a, a, c)
+    assert got == fma_f32_exact(a, a, c)
     assert (float(got) - 1.0) * 2 ** 23 == ulps
     naive = np.float32(np.float64(a) * np.float64(a) + np.float64(c))
     if c > 0:
