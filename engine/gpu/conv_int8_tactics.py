@@ -17,7 +17,6 @@ import numpy as np
 from kernels.gpu import conv_int8, conv_int8_smallc, conv_stem, conv_wgmma, quantize_int8
 
 from ..int8_exec import tensor_scale
-from ..settings import settings
 from ..types import DataType, LayerType
 from .base import Tactic, as_nhwc, nchw_view
 from .conv_common import (conv2d_reason, epilogue_state, float_kind, int8_out_dtype, wgmma_reason,
@@ -95,14 +94,9 @@ class ConvWgmmaInt8(ConvInt8):
 
 class ConvWgmmaInt8Occupancy(ConvWgmmaInt8):
     """The same kernel on a tile whose registers are capped for three CTAs an SM
-    (conv_wgmma.INT8_OCC_TACTICS); a candidate only with the wgmma_int8_3cta switch on,
-    beside the wgmma switch."""
-    switch = "wgmma_int8_3cta"
-
-    def supports(self, layer, in_shapes, in_dtypes, precision):
-        if not settings().wgmma:
-            return "wgmma tactics are off (CUPYRT_WGMMA=0)"
-        return super().supports(layer, in_shapes, in_dtypes, precision)
+    (conv_wgmma.INT8_OCC_TACTICS); a candidate while the wgmma_int8_3cta switch (on by
+    default) and the wgmma switch are on."""
+    switch = ("wgmma", "wgmma_int8_3cta")
 
 
 class ConvInt8SmallC(ConvInt8):

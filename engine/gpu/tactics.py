@@ -50,11 +50,16 @@ def candidates(layer, precision=None):
     """The layer's specialised tactics, then generic, then host; for a given
     precision only the tactics that compute in it (INT8 is integer arithmetic on
     codes: float tactics would misread them). Tactics switched off in the settings
-    are left out."""
+    are left out (a tactic's ``switch``: one setting's name, or a tuple of names that
+    must all be on)."""
     s = settings()
     kernel_compile.set_debug_level(s.debug)     # kernels read no environment: told here
-    every = [t for t in TACTICS.get(layer.layer_type, ())
-             if getattr(t, "switch", None) is None or getattr(s, t.switch)]
+
+    def on(t):
+        switch = getattr(t, "switch", None)
+        return all(getattr(s, name) for name in (switch if isinstance(switch, tuple) else (switch,))
+                   if name is not None)
+    every = [t for t in TACTICS.get(layer.layer_type, ()) if on(t)]
     every += [INT8_EMULATION, GENERIC, HOST]
     if precision is None:
         return every

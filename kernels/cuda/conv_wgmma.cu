@@ -106,22 +106,36 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
     const int row0 = tid >> 3;
     // swizzled destination of (row0 + i*RPP, kc): the phase row & 7 is the same for all i
     const unsigned dst0 = (unsigned)(row0 * 128 + ((kc ^ (row0 & 7)) << 4));
+    // A 1x1 stride-1 unpadded convolution (the bottleneck expand and reduce layers; then P = H,
+    // Q = W) reads row m at pixel m: no division at all. Otherwise two unsigned divisions a
+    // row. With a reduction of one or two k-tiles this setup was 41 % of the instructions of
+    // the stage-2 expand layer (ncu, benchmarks/KERNEL_NOTES.md "Session 22"): an integer
+    // division by a runtime divisor is some 20 instructions, three on the conversion pipes.
+#ifdef CUPYRT_WG_AB_OLD
+    const bool pointwise = false;
+#else
+    const bool pointwise = R == 1 && S == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+#endif
     const unsigned char* a_ptr[A_IT];
     int a_h0[A_IT], a_w0[A_IT];
-    const int PQ = P * Q;
+    const unsigned PQ = (unsigned)(P * Q), uQ = (unsigned)Q;
 #pragma unroll
     for (int i = 0; i < A_IT; ++i) {
         const int m = m0 + row0 + i * RPP;
-        if (m < M) {
-            const int n = m / PQ, pq = m - n * PQ;
-            const int p = pq / Q, q = pq - p * Q;
-            a_ptr[i] = x + (long long)n * H * W * C * ELEM;
-            a_h0[i] = p * stride_h - pad_h;
-            a_w0[i] = q * stride_w - pad_w;
-        } else {                             // rows past M: always zero-filled
+        if (m >= M) {                        // rows past M: always zero-filled
             a_ptr[i] = x;
             a_h0[i] = -(1 << 28);
             a_w0[i] = 0;
+        } else if (pointwise) {
+            a_ptr[i] = x + (long long)m * C * ELEM;
+            a_h0[i] = 0;
+            a_w0[i] = 0;
+        } else {
+            const unsigned n = (unsigned)m / PQ, pq = (unsigned)m - n * PQ;
+            const unsigned p = pq / uQ, q = pq - p * uQ;
+            a_ptr[i] = x + (long long)n * H * W * C * ELEM;
+            a_h0[i] = (int)p * stride_h - pad_h;
+            a_w0[i] = (int)q * stride_w - pad_w;
         }
     }
     // weights: row n0 + row0 + i*RPP of the [K, Kr] matrix; rows past K zero-filled
@@ -131,10 +145,11 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
 
     const int KT = (Kr + BKE - 1) / BKE;
     int kk = kc * CHE;                       // reduction index of this thread's chunk
-    int c_ = kk % C, r_, s_;
-    {
-        const int rs = kk / C;
-        r_ = rs / S; s_ = rs - r_ * S;
+    int c_ = kk, r_ = 0, s_ = 0;             // pointwise: kk < C = Kr, or the chunk is past Kr
+    if (!pointwise) {
+        const unsigned rs = (unsigned)kk / (unsigned)C;
+        c_ = kk - (int)rs * C;
+        r_ = (int)(rs / (unsigned)S); s_ = (int)rs - r_ * S;
     }
 
     auto load_tile = [&](int stage) {
@@ -199,6 +214,13 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
     cp_async_wait<0>();
 }
 
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void store_pair(int* p, int a, int b) {
+    *reinterpret_cast<int2*>(p) = make_int2(a, b);
+}
+
 // Accumulator fragment -> shared tile [BM][BN + 8] (4-byte words; +8 keeps the 8-byte
 // stores of a half-warp on 32 distinct banks).
 template <int BM, int BN, typename Acc>
@@ -208,12 +230,17 @@ __device__ __forceinline__ void stage_acc(Acc* sC, const Acc (&acc)[BN / 2]) {
     const int r = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
     const int c = (lane & 3) * 2;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
+    for (int j = 0; j < BN / 8; ++j) {       // 8-byte stores (c even, LDC even, sC 8-aligned)
         Acc* p = sC + r * LDC + 8 * j + c;
+#ifdef CUPYRT_WG_AB_OLD
         p[0] = acc[4 * j];
         p[1] = acc[4 * j + 1];
         p[8 * LDC] = acc[4 * j + 2];
         p[8 * LDC + 1] = acc[4 * j + 3];
+#else
+        store_pair(p, acc[4 * j], acc[4 * j + 1]);
+        store_pair(p + 8 * LDC, acc[4 * j + 2], acc[4 * j + 3]);
+#endif
     }
 }
 
@@ -252,9 +279,9 @@ conv_wgmma_f16(const half_t* __restrict__ x, const half_t* __restrict__ w,
     unsigned char* smem = aligned_smem(smem_raw, sbase);
 
     // tile order: the BN tiles of one BM row-block are neighbours (A reuse from L2)
-    const int n_tiles = (K + BN - 1) / BN;
-    const int m0 = (blockIdx.x / n_tiles) * BM;
-    const int n0 = (blockIdx.x % n_tiles) * BN;
+    const unsigned n_tiles = (unsigned)(K + BN - 1) / BN, mt = blockIdx.x / n_tiles;
+    const int m0 = (int)mt * BM;
+    const int n0 = (int)(blockIdx.x - mt * n_tiles) * BN;
     const int M = N * P * Q;
 
     // FAST = 1 (the default; CUPYRT_WGMMA_F16_FAST_EPILOGUE=0 turns it off): the INT8
@@ -362,9 +389,9 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
     unsigned sbase;
     unsigned char* smem = aligned_smem(smem_raw, sbase);
 
-    const int n_tiles = (K + BN - 1) / BN;
-    const int m0 = (blockIdx.x / n_tiles) * BM;
-    const int n0 = (blockIdx.x % n_tiles) * BN;
+    const unsigned n_tiles = (unsigned)(K + BN - 1) / BN, mt = blockIdx.x / n_tiles;
+    const int m0 = (int)mt * BM;
+    const int n0 = (int)(blockIdx.x - mt * n_tiles) * BN;
     const int M = N * P * Q;
 
     // res_kind | 4: the launcher reserved BM x BN residual elements of shared memory past

@@ -88,10 +88,10 @@ _TILES = ((128, 128, 4), (128, 256, 4), (128, 128, 3), (64, 128, 4), (128, 64, 4
 TACTICS = tuple(WgmmaTactic(f"wg_{m}x{n}_s{s}", m, n, s) for m, n, s in _TILES)
 INT8_TACTICS = tuple(WgmmaTactic(f"wgi8_{m}x{n}_s{s}", m, n, s, kind="wgmma_int8")
                      for m, n, s in _TILES)
-# INT8, off by default (engine switch wgmma_int8_3cta) until its GPU tests have run: the
-# 128x64 tile with a three-stage ring and registers capped for three CTAs an SM. ResNet-50's
-# stage-1 3x3 layers (C = K = 64) ran at two CTAs an SM on the s4 tile, 25 % occupancy and
-# latency-bound (ncu, benchmarks/KERNEL_NOTES.md "Session 21")
+# INT8 (engine switch wgmma_int8_3cta, on by default): the 128x64 tile with a three-stage
+# ring and registers capped for three CTAs an SM. ResNet-50's stage-1 3x3 layers (C = K = 64)
+# ran at two CTAs an SM on the s4 tile, 25 % occupancy and latency-bound (ncu,
+# benchmarks/KERNEL_NOTES.md "Session 21"); this tile took them in session 22's A/B
 INT8_OCC_TACTICS = (WgmmaTactic("wgi8_128x64_s3_3cta", 128, 64, 3, kind="wgmma_int8", minb=3),)
 TACTICS_BY_NAME = {t.name: t for t in TACTICS + INT8_TACTICS + INT8_OCC_TACTICS}
 

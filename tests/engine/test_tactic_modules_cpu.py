@@ -52,7 +52,8 @@ def test_switched_off_tactics_are_no_candidates(monkeypatch):
     def count(kind):
         return sum(isinstance(t, kind) for t in candidates(layer))
     monkeypatch.delenv("CUPYRT_WGMMA", raising=False)
-    assert count(C.ConvWgmma) == count(I.ConvWgmmaInt8) == 6
+    assert count(C.ConvWgmma) == 6
+    assert count(I.ConvWgmmaInt8) == 7 and count(I.ConvWgmmaInt8Occupancy) == 1   # + the 3-CTA tile
     monkeypatch.setenv("CUPYRT_WGMMA", "0")
     assert count(C.ConvWgmma) == count(I.ConvWgmmaInt8) == 0
     assert count(C.ConvIgemm) > 0

@@ -1,7 +1,7 @@
 """The INT8 wgmma tile capped for three CTAs an SM (conv.wgi8_128x64_s3_3cta): registered
-once, a candidate only with CUPYRT_WGMMA_INT8_3CTA on (and INT8 only), declined with the
-wgmma switch off, otherwise the plain wgmma tactic's reasons; its timing-cache key differs
-with the switch. Its arithmetic is the plain tiles' (tests/gpu/test_conv_wgmma_gpu.py runs it
+once, a candidate while CUPYRT_WGMMA_INT8_3CTA (the default) and CUPYRT_WGMMA are both on,
+INT8 only, otherwise declined for the plain wgmma tactic's reasons; its timing-cache key
+differs with the switch. Its arithmetic is the plain tiles' (tests/gpu/test_conv_wgmma_gpu.py runs it
 among them)."""
 import numpy as np
 
@@ -28,7 +28,7 @@ def _count(layer, precision=rt.DataType.INT8):
     return sum(isinstance(t, I.ConvWgmmaInt8Occupancy) for t in candidates(layer, precision))
 
 
-def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
+def test_registered_once_and_a_candidate_unless_switched_off(monkeypatch):
     registered = [t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
                   if isinstance(t, I.ConvWgmmaInt8Occupancy)]
     assert [t.name for t in registered] == ["conv.wgi8_128x64_s3_3cta"]
@@ -36,15 +36,15 @@ def test_registered_once_and_a_candidate_only_when_switched_on(monkeypatch):
     assert registered[0].launch is conv_wgmma.conv2d_wgmma_int8
     layer = _conv3x3()
     monkeypatch.delenv("CUPYRT_WGMMA_INT8_3CTA", raising=False)
-    assert _count(layer) == 0                                    # off by default
+    assert _count(layer) == 1 and _count(layer, rt.DataType.HALF) == 0   # on by default
     assert "CUPYRT_WGMMA_INT8_3CTA" not in tactic_key()
-    monkeypatch.setenv("CUPYRT_WGMMA_INT8_3CTA", "1")
-    assert _count(layer) == 1 and _count(layer, rt.DataType.HALF) == 0
-    assert tactic_key()["CUPYRT_WGMMA_INT8_3CTA"] is True     # tiles timed one way are not reused
+    monkeypatch.setenv("CUPYRT_WGMMA_INT8_3CTA", "0")
+    assert _count(layer) == 0
+    assert tactic_key()["CUPYRT_WGMMA_INT8_3CTA"] is False    # tiles timed one way are not reused
 
 
-def test_declines_with_the_wgmma_switch_off_else_as_the_plain_wgmma_tactic(monkeypatch):
-    monkeypatch.setenv("CUPYRT_WGMMA_INT8_3CTA", "1")
+def test_no_candidate_with_the_wgmma_switch_off_else_as_the_plain_wgmma_tactic(monkeypatch):
+    monkeypatch.delenv("CUPYRT_WGMMA_INT8_3CTA", raising=False)
     occ = next(t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
                if isinstance(t, I.ConvWgmmaInt8Occupancy))
     plain = next(t for t in kernel_table.TACTICS[LayerType.CONVOLUTION]
@@ -53,8 +53,9 @@ def test_declines_with_the_wgmma_switch_off_else_as_the_plain_wgmma_tactic(monke
     shape = tuple(layer._inputs[0].shape)
     args = (layer, (shape,), ("int8",), rt.DataType.INT8)
     monkeypatch.setenv("CUPYRT_WGMMA", "0")
-    assert "wgmma tactics are off" in occ.supports(*args)
+    assert _count(layer) == 0                                   # both switches must be on
     monkeypatch.setenv("CUPYRT_WGMMA", "1")
+    assert _count(layer) == 1
     assert occ.supports(*args) == plain.supports(*args)         # no GPU here: the device reason
     assert occ.supports(layer, (shape,), ("int8",), rt.DataType.HALF) == plain.supports(
         layer, (shape,), ("int8",), rt.DataType.HALF)
