@@ -158,9 +158,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
         n = r / tiles_p; p0 = tp * TP; q0 = tq * TQ;
     };
     // IN 0: one 8-byte cp.async per pixel (zero-filled outside the image)
-    auto load_patch_async = [&](int tile, int buf) {
-        int n, p0, q0;
-        decode(tile, n, p0, q0);
+    auto load_patch_async = [&](int n, int p0, int q0, int buf) {
         const int h0 = p0 * SH - pad_h, w0 = q0 * SW - pad_w;
         const half_t* xn = reinterpret_cast<const half_t*>(xv) + (long long)n * H * W * C;
         const unsigned dst0 = sX_u + (unsigned)(buf * G::X_BYTES);
@@ -173,9 +171,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     };
     // IN 1/2: this thread's pixels of a tile's patch, C planes each, into registers
     float pf[PF][4];
-    auto fetch_patch = [&](int tile) {
-        int n, p0, q0;
-        decode(tile, n, p0, q0);
+    auto fetch_patch = [&](int n, int p0, int q0) {
         const int h0 = p0 * SH - pad_h, w0 = q0 * SW - pad_w;
         const InT* xn = reinterpret_cast<const InT*>(xv) + (long long)n * C * H * W;
 #pragma unroll
@@ -210,20 +206,24 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     const unsigned b_base = sW_u + 2u * (unsigned)(b_row * LDB + b_col);
     const ActLin actf(act, alpha, beta);
 
-    int tile = blockIdx.x;
+    // (n, p0, q0) of this tile and of the next: each tile decoded once (two runtime divisions)
+    int tile = blockIdx.x, n, p0, q0;
     if (tile < tiles) {
-        if constexpr (IN == 0) load_patch_async(tile, 0);
-        else { fetch_patch(tile); store_patch(0); }
+        decode(tile, n, p0, q0);
+        if constexpr (IN == 0) load_patch_async(n, p0, q0, 0);
+        else { fetch_patch(n, p0, q0); store_patch(0); }
     }
     cp_async_commit();
 
     for (int it = 0; tile < tiles; ++it, tile += gridDim.x) {
         const int buf = it & 1;
         const int next = tile + gridDim.x;
+        int n_next = 0, p_next = 0, q_next = 0;
+        if (next < tiles) decode(next, n_next, p_next, q_next);
         if constexpr (IN == 0) {
-            if (next < tiles) load_patch_async(next, buf ^ 1);
+            if (next < tiles) load_patch_async(n_next, p_next, q_next, buf ^ 1);
         } else {
-            if (next < tiles) fetch_patch(next);
+            if (next < tiles) fetch_patch(n_next, p_next, q_next);
         }
         cp_async_commit();
         cp_async_wait<1>();                              // this tile's patch (and the weights)
@@ -273,8 +273,6 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
         }
 
         // ---- epilogue ------------------------------------------------------------------
-        int n, p0, q0;
-        decode(tile, n, p0, q0);
         const int pw0 = p0 + warp * MT;                  // this warp's first output row
         if constexpr (OUT == 1) {
 #pragma unroll
@@ -344,6 +342,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             }
             __syncwarp();
         }
+        n = n_next; p0 = p_next; q0 = q_next;
         __syncthreads();                                 // buf is refilled next iteration
     }
     cp_async_wait<0>();

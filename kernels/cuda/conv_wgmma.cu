@@ -74,7 +74,7 @@ struct Smem {
 };
 
 // The mainloop shared by both element types. ELEM: bytes per element (2: f16, 1: s8).
-// On return acc holds this thread's fragment of the BM x BN tile (m0, n0) and every
+// acc comes in uninitialised (the first wgmma has scale-d = 0). On return acc holds this thread's fragment of the BM x BN tile (m0, n0) and every
 // warpgroup's wgmmas have completed; shared memory is free for the epilogue once the
 // caller has passed a barrier.
 template <int BM, int BN, int STAGES, int ELEM, typename Acc>
@@ -111,11 +111,7 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
     // row. With a reduction of one or two k-tiles this setup was 41 % of the instructions of
     // the stage-2 expand layer (ncu, benchmarks/KERNEL_NOTES.md "Session 22"): an integer
     // division by a runtime divisor is some 20 instructions, three on the conversion pipes.
-#ifdef CUPYRT_WG_AB_OLD
-    const bool pointwise = false;
-#else
     const bool pointwise = R == 1 && S == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
-#endif
     const unsigned char* a_ptr[A_IT];
     int a_h0[A_IT], a_w0[A_IT];
     const unsigned PQ = (unsigned)(P * Q), uQ = (unsigned)Q;
@@ -179,8 +175,8 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
         }
     };
 
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+    // no zeroing of acc: the tile's first wgmma writes it (scale-d = 0), which took 32 register
+    // moves a thread a tile
 
 #pragma unroll
     for (int st = 0; st < PF; ++st) {
@@ -204,7 +200,8 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
         wgmma_fence();
 #pragma unroll
         for (int k = 0; k < 4; ++k)          // 4 x 32 bytes = the 128-byte k-tile
-            Wgmma<ELEM == 2 ? 0 : 1, BN>::mma(acc, da0 + soff + 2 * k, db0 + soff + 2 * k);
+            Wgmma<ELEM == 2 ? 0 : 1, BN>::mma(acc, da0 + soff + 2 * k, db0 + soff + 2 * k,
+                                              kt > 0 || k > 0);
         wgmma_commit();
         wgmma_wait<1>();                     // the group of tile kt-1 has retired
         fence_acc(acc);
@@ -232,15 +229,8 @@ __device__ __forceinline__ void stage_acc(Acc* sC, const Acc (&acc)[BN / 2]) {
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {       // 8-byte stores (c even, LDC even, sC 8-aligned)
         Acc* p = sC + r * LDC + 8 * j + c;
-#ifdef CUPYRT_WG_AB_OLD
-        p[0] = acc[4 * j];
-        p[1] = acc[4 * j + 1];
-        p[8 * LDC] = acc[4 * j + 2];
-        p[8 * LDC + 1] = acc[4 * j + 3];
-#else
         store_pair(p, acc[4 * j], acc[4 * j + 1]);
         store_pair(p + 8 * LDC, acc[4 * j + 2], acc[4 * j + 3]);
-#endif
     }
 }
 

@@ -71,14 +71,14 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
 }
 
 // wgmma.mma_async m64nNk16 f32 += f16 * f16 (KIND 0) or m64nNk32 s32 += s8 * s8 (KIND 1),
-// both operands from shared memory, K-major (no transpose), D accumulated (scale-d = 1:
-// the accumulators start at zero). Specialisations written out below: the asm operand
-// list of N/2 registers cannot be produced by a template.
+// both operands from shared memory, K-major (no transpose); scale_d 1: D += A * B, 0: D = A * B
+// (the first product of a tile: the accumulators need no zeroing). Specialisations written
+// out below: the asm operand list of N/2 registers cannot be produced by a template.
 template <int KIND, int N> struct Wgmma;
 
 template <> struct Wgmma<0, 64> {
     static __device__ __forceinline__ void mma(float (&d)[32], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
@@ -91,12 +91,12 @@ template <> struct Wgmma<0, 64> {
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 template <> struct Wgmma<0, 128> {
     static __device__ __forceinline__ void mma(float (&d)[64], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
@@ -115,12 +115,12 @@ template <> struct Wgmma<0, 128> {
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 template <> struct Wgmma<0, 256> {
     static __device__ __forceinline__ void mma(float (&d)[128], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
@@ -151,12 +151,12 @@ template <> struct Wgmma<0, 256> {
           "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
           "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 template <> struct Wgmma<1, 64> {
     static __device__ __forceinline__ void mma(int (&d)[32], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {"
@@ -169,12 +169,12 @@ template <> struct Wgmma<1, 64> {
           "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
           "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
           "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 template <> struct Wgmma<1, 128> {
     static __device__ __forceinline__ void mma(int (&d)[64], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
@@ -193,12 +193,12 @@ template <> struct Wgmma<1, 128> {
           "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
           "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
           "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 template <> struct Wgmma<1, 256> {
     static __device__ __forceinline__ void mma(int (&d)[128], unsigned long long da,
-                                               unsigned long long db) {
+                                               unsigned long long db, int scale_d = 1) {
         CUPYRT_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
@@ -229,7 +229,7 @@ template <> struct Wgmma<1, 256> {
           "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
           "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(scale_d));
     }
 };
 
