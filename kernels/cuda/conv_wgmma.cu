@@ -74,9 +74,9 @@ struct Smem {
 };
 
 // The mainloop shared by both element types. ELEM: bytes per element (2: f16, 1: s8).
-// acc comes in uninitialised (the first wgmma has scale-d = 0). On return acc holds this thread's fragment of the BM x BN tile (m0, n0) and every
-// warpgroup's wgmmas have completed; shared memory is free for the epilogue once the
-// caller has passed a barrier.
+// acc comes in uninitialised (the tile's first wgmma has scale-d = 0). On return it holds
+// this thread's fragment of the BM x BN tile (m0, n0) and every warpgroup's wgmmas have
+// completed; shared memory is free for the epilogue once the caller has passed a barrier.
 template <int BM, int BN, int STAGES, int ELEM, typename Acc>
 __device__ __forceinline__ void
 mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ w,
