@@ -111,6 +111,9 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
     // row. With a reduction of one or two k-tiles this setup was 41 % of the instructions of
     // the stage-2 expand layer (ncu, benchmarks/KERNEL_NOTES.md "Session 22"): an integer
     // division by a runtime divisor is some 20 instructions, three on the conversion pipes.
+    // a_ptr[i]: row i's first tap (pixel (h0, w0) of its image; outside the image where
+    // padding puts it, never read there), so a k-tile's gather adds one offset shared by
+    // all rows instead of a 64-bit multiply chain a row.
     const bool pointwise = R == 1 && S == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
     const unsigned char* a_ptr[A_IT];
     int a_h0[A_IT], a_w0[A_IT];
@@ -129,9 +132,9 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
         } else {
             const unsigned n = (unsigned)m / PQ, pq = (unsigned)m - n * PQ;
             const unsigned p = pq / uQ, q = pq - p * uQ;
-            a_ptr[i] = x + (long long)n * H * W * C * ELEM;
             a_h0[i] = (int)p * stride_h - pad_h;
             a_w0[i] = (int)q * stride_w - pad_w;
+            a_ptr[i] = x + (((long long)n * H + a_h0[i]) * W + a_w0[i]) * C * ELEM;
         }
     }
     // weights: row n0 + row0 + i*RPP of the [K, Kr] matrix; rows past K zero-filled
@@ -152,19 +155,19 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
         const bool k_ok = kk < Kr;
         const unsigned sa = sbase + (unsigned)(stage * STAGE) + dst0;
         const int dh = r_ * dil_h, dw = s_ * dil_w;
+        const long long tap = (long long)((dh * W + dw) * C + c_) * ELEM;   // the same for every row
 #pragma unroll
         for (int i = 0; i < A_IT; ++i) {
             const int h = a_h0[i] + dh, ww = a_w0[i] + dw;
             const bool ok = k_ok && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
-            const unsigned char* src = ok ? a_ptr[i] + (((long long)h * W + ww) * C + c_) * ELEM : x;
-            cp_async16(sa + (unsigned)(i * RPP * 128), src, ok ? 16 : 0);
+            cp_async16(sa + (unsigned)(i * RPP * 128), ok ? a_ptr[i] + tap : x, ok ? 16 : 0);
         }
         const unsigned sb = sa + (unsigned)(BM * 128);
+        const unsigned char* bq = b_ptr + (long long)kk * ELEM;
 #pragma unroll
-        for (int i = 0; i < B_IT; ++i) {
+        for (int i = 0; i < B_IT; ++i, bq += b_step) {
             const bool ok = k_ok && i * RPP < b_rows;
-            const unsigned char* src = ok ? b_ptr + i * b_step + (long long)kk * ELEM : w;
-            cp_async16(sb + (unsigned)(i * RPP * 128), src, ok ? 16 : 0);
+            cp_async16(sb + (unsigned)(i * RPP * 128), ok ? bq : w, ok ? 16 : 0);
         }
         // advance this thread's (r, s, c) by one k-tile
         kk += BKE;
@@ -398,15 +401,18 @@ conv_wgmma_s8(const i8_t* __restrict__ x, const i8_t* __restrict__ w,
         const int rbytes = rk == 1 ? 1 : (rk == 2 ? 4 : 2);
         const int row_chunks = BN * rbytes / 16;                   // 16-byte chunks per row
         const int lg = __ffs(row_chunks) - 1;      // a power of two: a shift, not a division
-        const int k_bytes = K * rbytes, n0b = n0 * rbytes;
-        const unsigned sr = sbase + (unsigned)res_off;
+        // row_chunks divides the block (at most 256 * 4 / 16 = 64 chunks a row): a thread keeps
+        // its chunk column and steps down the rows, its source and destination by constant strides
+        const int cb = (threadIdx.x & (row_chunks - 1)) * 16, r_step = (BM * 2) >> lg;
+        const bool col_ok = n0 * rbytes + cb < K * rbytes;
+        const long long row_bytes = (long long)res_ld * rbytes;
         const unsigned char* rsrc = reinterpret_cast<const unsigned char*>(res);
-        for (int idx = threadIdx.x; idx < BM * row_chunks; idx += BM * 2) {
-            const int r = idx >> lg, cb = (idx & (row_chunks - 1)) * 16;
-            const bool ok = m0 + r < M && n0b + cb < k_bytes;
-            const unsigned char* src =
-                ok ? rsrc + ((long long)(m0 + r) * res_ld * rbytes + n0b + cb) : rsrc;
-            cp_async16(sr + (unsigned)(r * BN * rbytes + cb), src, ok ? 16 : 0);
+        int r = threadIdx.x >> lg;
+        const unsigned char* src = rsrc + (m0 + r) * row_bytes + n0 * rbytes + cb;
+        unsigned dst = sbase + (unsigned)(res_off + r * BN * rbytes + cb);
+        for (; r < BM; r += r_step, src += r_step * row_bytes, dst += (unsigned)(r_step * BN * rbytes)) {
+            const bool ok = col_ok && m0 + r < M;
+            cp_async16(dst, ok ? src : rsrc, ok ? 16 : 0);
         }
         cp_async_commit();
     }
