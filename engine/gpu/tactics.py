@@ -56,9 +56,8 @@ def candidates(layer, precision=None):
     kernel_compile.set_debug_level(s.debug)     # kernels read no environment: told here
 
     def on(t):
-        switch = getattr(t, "switch", None)
-        return all(getattr(s, name) for name in (switch if isinstance(switch, tuple) else (switch,))
-                   if name is not None)
+        switch = getattr(t, "switch", None) or ()
+        return all(getattr(s, name) for name in ((switch,) if isinstance(switch, str) else switch))
     every = [t for t in TACTICS.get(layer.layer_type, ()) if on(t)]
     every += [INT8_EMULATION, GENERIC, HOST]
     if precision is None:

@@ -23,6 +23,15 @@ __device__ __forceinline__ half_t f2h(float f) {
     return h;
 }
 
+// Two adjacent 4-byte accumulators (int32 or float32) in one 8-byte store of their bits;
+// p 8-byte aligned.
+__device__ __forceinline__ unsigned acc_bits(int v) { return (unsigned)v; }
+__device__ __forceinline__ unsigned acc_bits(float v) { return __float_as_uint(v); }
+template <typename Acc>
+__device__ __forceinline__ void store_pair(Acc* p, Acc a, Acc b) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(acc_bits(a), acc_bits(b));
+}
+
 // Two floats -> one register holding {lo, hi} halves (lo in bits 0..15).
 __device__ __forceinline__ unsigned pack_h2(float lo, float hi) {
     unsigned r;

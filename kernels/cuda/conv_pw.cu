@@ -49,9 +49,6 @@ using namespace cupyrt_ptx;
 // way and the ldmatrix addressing below serves both.
 using cupyrt_mma::MmaS8;
 using cupyrt_mma::MmaF16;
-// a 4-byte accumulator's bits, for 8-byte stores of two of them
-__device__ __forceinline__ unsigned bits(int v) { return (unsigned)v; }
-__device__ __forceinline__ unsigned bits(float v) { return __float_as_uint(v); }
 
 // The persistent mainloop (layout and protocol: the header above). x [M, CB bytes] and
 // w [K, TAPS * TAPS * CB bytes] rows; CB % 16 == 0 (TAPS = 3: CB % 32 == 0, so no k-step
@@ -255,8 +252,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     const int r = (lane >> 2) + hh * 8, cc = b * 8 + (lane & 3) * 2;
-                    *reinterpret_cast<uint2*>(sC + r * LDC + cc) =
-                        make_uint2(bits(acc[a][b][2 * hh]), bits(acc[a][b][2 * hh + 1]));
+                    store_pair(sC + r * LDC + cc, acc[a][b][2 * hh], acc[a][b][2 * hh + 1]);
                 }
             __syncwarp();
             epi(sC, lane, m0 + a * 16, nw, resb ? sRw + a * 16 * WTN * resb : nullptr);

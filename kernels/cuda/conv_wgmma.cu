@@ -214,13 +214,6 @@ mainloop(const unsigned char* __restrict__ x, const unsigned char* __restrict__ 
     cp_async_wait<0>();
 }
 
-__device__ __forceinline__ void store_pair(float* p, float a, float b) {
-    *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-__device__ __forceinline__ void store_pair(int* p, int a, int b) {
-    *reinterpret_cast<int2*>(p) = make_int2(a, b);
-}
-
 // Accumulator fragment -> shared tile [BM][BN + 8] (4-byte words; +8 keeps the 8-byte
 // stores of a half-warp on 32 distinct banks).
 template <int BM, int BN, typename Acc>
