@@ -113,16 +113,29 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
     // A residual row's n is a power of two (BN and its element size are): a shift and a mask,
     // not a division per chunk (with one, the stage loads ran a fifth of the stage-1 expand
     // layer's instructions, ncu at 925e87f; X has a chunk or two a thread there)
+    // X chunk idx of a stage: row idx / CCH, and source byte g0 * CB + 16 idx (the rows are
+    // contiguous); CCH a power of two (64, 128, 256, 512 channels): the row by a shift
+    const int cch_lg = (CCH & (CCH - 1)) == 0 ? __ffs(CCH) - 1 : -1;
+    // a residual row's chunks rch = BN * resb / 16 <= BN / 4 <= THREADS, both powers of two: a
+    // thread keeps one chunk column for the whole tile and steps down the rows by a stride
+    static_assert((BN & (BN - 1)) == 0 && BN / 4 <= THREADS, "residual chunks a row divide the block");
     auto load_stage = [&](int i) {
         const int t = blockIdx.y + i * gridDim.y;
         if (t >= m_tiles) return;
         const int m0 = t * BM, g0 = m0 - halo;        // the pixel of the stage's row 0
         const unsigned st = ring_u + (unsigned)((i % STAGES) * stage_bytes);
+        const unsigned char* xg = x + (long long)g0 * CB;
         for (int idx = tid; idx < XR * CCH; idx += THREADS) {
+#ifdef CUPYRT_AB_DIV_LOADS
             const int r = idx / CCH, c = idx - r * CCH;
             const bool ok = g0 + r >= 0 && g0 + r < M;
             cp_async16(st + (unsigned)(r * LDS + c * 16),
                        ok ? x + (long long)(g0 + r) * CB + c * 16 : x, ok ? 16 : 0);
+#else
+            const int r = cch_lg >= 0 ? idx >> cch_lg : idx / CCH;
+            const bool ok = g0 + r >= 0 && g0 + r < M;
+            cp_async16(st + (unsigned)(idx * 16 + r * 16), ok ? xg + idx * 16 : x, ok ? 16 : 0);
+#endif
         }
         if (resb) {
             // chunk (row r, bytes [16 q, 16 q + 16) of its BN * resb) -> the warp block of
@@ -130,6 +143,7 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             const unsigned rs = st + (unsigned)(XR * LDS);
             const int rch = BN * resb / 16, per = 16 / resb;
             const int r_lg = __ffs(rch) - 1;          // BN and resb are powers of two
+#ifdef CUPYRT_AB_DIV_LOADS
             for (int idx = tid; idx < BM * rch; idx += THREADS) {
                 const int r = idx >> r_lg, col = (idx & (rch - 1)) * per;
                 const bool ok = m0 + r < M && n0 + col < K;
@@ -137,6 +151,18 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
                 const int off = blk * WTM * WTN + (r % WTM) * WTN + col % WTN;
                 const char* src = reinterpret_cast<const char*>(res) +
                                   ((long long)(m0 + r) * res_ld + n0 + col) * resb;
+#else
+            const int col = (tid & (rch - 1)) * per, r_step = THREADS >> r_lg;
+            const bool col_ok = n0 + col < K;
+            const int col_off = (col / WTN) * WTM * WTN + col % WTN;
+            const long long row_bytes = (long long)res_ld * resb;
+            int r = tid >> r_lg;
+            const char* src = reinterpret_cast<const char*>(res) + (m0 + r) * row_bytes +
+                              (long long)(n0 + col) * resb;
+            for (; r < BM; r += r_step, src += r_step * row_bytes) {
+                const bool ok = col_ok && m0 + r < M;
+                const int off = (r / WTM) * WN * WTM * WTN + (r % WTM) * WTN + col_off;
+#endif
                 cp_async16(rs + (unsigned)(off * resb), ok ? src : res, ok ? 16 : 0);
             }
         }

@@ -30,7 +30,7 @@
 // Epilogue: v = act(acc * scale[k] + bias[k]) (ActLin: ReLU & co inline). OUT 0, half:
 // packed into a per-warp shared tile, then 16-byte stores (the 16 pixels of an output row
 // are contiguous in NHWC); OUT 1, float32: float2 stores straight from the accumulators;
-// OUT 2, int8 codes q = sat(rint(v * inv_out)) (int8_epilogue.cuh's q8_byte: an INT8
+// OUT 2, int8 codes q = sat(rint(v * inv_out)) (int8_epilogue.cuh's codes2: an INT8
 // layer's output computed in FP16 from the float input, no input quantisation), staged
 // like half, 16 channels per 16-byte store (K % 16 == 0); with ReLU or no activation
 // inv_out is folded into scale and bias instead (q = sat(rint(max(v', 0) or v'))).
@@ -46,7 +46,7 @@
 //
 // Launch: grid (min(tiles, persistent CTAs), ceil(K / 64)), block WARPS*32,
 // dynamic shared memory conv_stem.py's stem_smem_bytes (the layout below).
-#include "int8_epilogue.cuh"   // i8_t, q8_byte
+#include "int8_epilogue.cuh"   // i8_t, codes2
 #include "ptx.cuh"
 
 namespace cupyrt_stem {
@@ -313,16 +313,16 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
                         const float u1 = acc[i][j][2 * hh + 1] * s1 + b1;
                         unsigned char* dst = cw + r * ROWB + c * EB;
                         if constexpr (OUT == 2) {
-                            unsigned qa, qb;
+                            float va, vb;
                             if (fold) {
                                 const bool relu = act == ACT_RELU;
-                                qa = cupyrt_int8::q8_byte(relu ? fmaxf(u0, 0.f) : u0);
-                                qb = cupyrt_int8::q8_byte(relu ? fmaxf(u1, 0.f) : u1);
+                                va = relu ? fmaxf(u0, 0.f) : u0;
+                                vb = relu ? fmaxf(u1, 0.f) : u1;
                             } else {
-                                qa = cupyrt_int8::q8_byte(__fmul_rn(actf(u0), inv_out));
-                                qb = cupyrt_int8::q8_byte(__fmul_rn(actf(u1), inv_out));
+                                va = __fmul_rn(actf(u0), inv_out);
+                                vb = __fmul_rn(actf(u1), inv_out);
                             }
-                            *reinterpret_cast<unsigned short*>(dst) = (unsigned short)((qa & 0xffu) | (qb << 8));
+                            *reinterpret_cast<unsigned short*>(dst) = (unsigned short)cupyrt_int8::codes2(va, vb, 0u);
                         } else {
                             *reinterpret_cast<unsigned*>(dst) = pack_h2(actf(u0), actf(u1));
                         }

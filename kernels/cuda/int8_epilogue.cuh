@@ -42,18 +42,36 @@ __device__ __forceinline__ unsigned q8_byte(float v) {
     asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(s) : "f"(v));
     return s;
 }
-// four codes -> one word, byte e = code e (two byte permutes)
-__device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, unsigned d) {
-    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+// two values -> two int8 codes in the low half-word (byte 0 from lo, byte 1 from hi), the high
+// half-word from rest's low one: rint half to even, saturated (cvt.rni to int32 saturates, NaN
+// -> 0; cvt.pack.sat clamps to [-128, 127]), as q8_byte. ptxas makes the pair one F2IP, a
+// max(v, 0) in front of both its .RELU: two instructions for four codes where one conversion
+// an element and three byte permutes took eleven with the max
+__device__ __forceinline__ unsigned codes2(float lo, float hi, unsigned rest) {
+    int a, b;
+    unsigned d;
+    asm("cvt.rni.s32.f32 %0, %1;" : "=r"(a) : "f"(lo));
+    asm("cvt.rni.s32.f32 %0, %1;" : "=r"(b) : "f"(hi));
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(b), "r"(a), "r"(rest));
+    return d;
+}
+// four values -> one word of codes, byte e from value e
+__device__ __forceinline__ unsigned codes4(float v0, float v1, float v2, float v3) {
+#ifdef CUPYRT_AB_PERM_PACK
+    return __byte_perm(__byte_perm(q8_byte(v0), q8_byte(v1), 0x0040),
+                       __byte_perm(q8_byte(v2), q8_byte(v3), 0x0040), 0x5410);
+#else
+    return codes2(v0, v1, codes2(v2, v3, 0u));
+#endif
 }
 
 // eight adjacent channels (8 / 32 / 16 bytes, aligned)
 __device__ __forceinline__ void put8(i8_t* p, const float (&y)[8], float inv_out) {
-    unsigned q[8];
+    float v[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) q[e] = q8_byte(__fmul_rn(y[e], inv_out));
-    *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
-                                              pack4(q[4], q[5], q[6], q[7]));
+    for (int e = 0; e < 8; ++e) v[e] = __fmul_rn(y[e], inv_out);
+    *reinterpret_cast<uint2*>(p) = make_uint2(codes4(v[0], v[1], v[2], v[3]),
+                                              codes4(v[4], v[5], v[6], v[7]));
 }
 __device__ __forceinline__ void put8(float* p, const float (&y)[8], float) {
     reinterpret_cast<float4*>(p)[0] = make_float4(y[0], y[1], y[2], y[3]);
@@ -123,11 +141,11 @@ __device__ __forceinline__ void res8(const void* res, long long i, int kind, flo
 // eight finished values in code units -> eight int8 codes; RELU: of max(y, 0)
 template <bool RELU>
 __device__ __forceinline__ void put8_codes(i8_t* p, const float (&y)[8]) {
-    unsigned q[8];
+    float v[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) q[e] = q8_byte(RELU ? fmaxf(y[e], 0.f) : y[e]);
-    *reinterpret_cast<uint2*>(p) = make_uint2(pack4(q[0], q[1], q[2], q[3]),
-                                              pack4(q[4], q[5], q[6], q[7]));
+    for (int e = 0; e < 8; ++e) v[e] = RELU ? fmaxf(y[e], 0.f) : y[e];
+    *reinterpret_cast<uint2*>(p) = make_uint2(codes4(v[0], v[1], v[2], v[3]),
+                                              codes4(v[4], v[5], v[6], v[7]));
 }
 
 // The per-channel coefficients of the epilogue (kernels.quantize.epilogue_int8 computes the

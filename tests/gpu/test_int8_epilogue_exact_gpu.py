@@ -124,3 +124,47 @@ def test_int8_codes_for_each_activation_form(family, act, alpha, beta):
        residual=cp.asarray(rq), residual_scale=s_r, act=act, alpha=alpha, beta=beta, s_out=s_out,
        out=out, tactic=tactic)
     np.testing.assert_array_equal(out.get(), ref)
+
+
+_CODES_PROBE = r'''
+extern "C" __global__ void codes_probe(const float* v, unsigned* plain, unsigned* relu,
+                                       unsigned short* pair, int n4) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n4) return;
+    const float* p = v + 4 * i;
+    plain[i] = cupyrt_int8::codes4(p[0], p[1], p[2], p[3]);
+    relu[i] = cupyrt_int8::codes4(fmaxf(p[0], 0.f), fmaxf(p[1], 0.f), fmaxf(p[2], 0.f),
+                                  fmaxf(p[3], 0.f));
+    pair[i] = (unsigned short)cupyrt_int8::codes2(p[0], p[1], 0xabcd1234u);
+}
+'''
+
+
+def test_code_packing_rounds_half_even_saturates_and_keeps_byte_order():
+    """codes2 / codes4 (int8_epilogue.cuh: cvt.rni to int32, then cvt.pack.sat two at a time,
+    which every INT8 epilogue and the stem use): ties to even, saturation at both ends and for
+    +-inf, NaN -> 0, byte e from value e, and only the low half-word of codes2 is its codes."""
+    from kernels.gpu.compile import read_source
+    rng = np.random.default_rng(3)
+    special = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, -127.5, -128.5, 128.0, -129.0,
+                        1e10, -1e10, np.inf, -np.inf, np.nan, -0.0, 3.49999, -3.50001], np.float32)
+    v = np.concatenate([special, (rng.standard_normal(4000) * 90).astype(np.float32)])
+    v = rng.permutation(v)                         # the specials at every byte position
+    v = v[: len(v) // 4 * 4]
+    mod = cp.RawModule(code=read_source("int8_epilogue.cuh") + _CODES_PROBE, options=("-std=c++17",))
+    n4 = len(v) // 4
+    plain, relu = cp.zeros(n4, cp.uint32), cp.zeros(n4, cp.uint32)
+    pair = cp.zeros(n4, cp.uint16)
+    mod.get_function("codes_probe")(((n4 + 127) // 128,), (128,),
+                                    (cp.asarray(v), plain, relu, pair, np.int32(n4)))
+
+    def want(a):
+        with np.errstate(invalid="ignore"):
+            q = np.clip(np.rint(np.nan_to_num(a, nan=0.0, posinf=1e9, neginf=-1e9)), -128, 127)
+        return q.astype(np.int8)
+
+    got = plain.get().view(np.int8)               # little-endian: byte e of word i = code 4i + e
+    np.testing.assert_array_equal(got, want(v))
+    np.testing.assert_array_equal(relu.get().view(np.int8), want(np.maximum(np.nan_to_num(v), 0)))
+    np.testing.assert_array_equal(pair.get().view(np.int8).reshape(-1, 2), want(v).reshape(-1, 4)[:, :2])
+    assert set(np.isin(special[:8], v)) == {True} and (got == -128).any() and (got == 127).any()
