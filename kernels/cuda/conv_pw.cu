@@ -126,16 +126,9 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
         const unsigned st = ring_u + (unsigned)((i % STAGES) * stage_bytes);
         const unsigned char* xg = x + (long long)g0 * CB;
         for (int idx = tid; idx < XR * CCH; idx += THREADS) {
-#ifdef CUPYRT_AB_DIV_LOADS
-            const int r = idx / CCH, c = idx - r * CCH;
-            const bool ok = g0 + r >= 0 && g0 + r < M;
-            cp_async16(st + (unsigned)(r * LDS + c * 16),
-                       ok ? x + (long long)(g0 + r) * CB + c * 16 : x, ok ? 16 : 0);
-#else
             const int r = cch_lg >= 0 ? idx >> cch_lg : idx / CCH;
             const bool ok = g0 + r >= 0 && g0 + r < M;
             cp_async16(st + (unsigned)(idx * 16 + r * 16), ok ? xg + idx * 16 : x, ok ? 16 : 0);
-#endif
         }
         if (resb) {
             // chunk (row r, bytes [16 q, 16 q + 16) of its BN * resb) -> the warp block of
@@ -143,15 +136,6 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             const unsigned rs = st + (unsigned)(XR * LDS);
             const int rch = BN * resb / 16, per = 16 / resb;
             const int r_lg = __ffs(rch) - 1;          // BN and resb are powers of two
-#ifdef CUPYRT_AB_DIV_LOADS
-            for (int idx = tid; idx < BM * rch; idx += THREADS) {
-                const int r = idx >> r_lg, col = (idx & (rch - 1)) * per;
-                const bool ok = m0 + r < M && n0 + col < K;
-                const int blk = (r / WTM) * WN + col / WTN;
-                const int off = blk * WTM * WTN + (r % WTM) * WTN + col % WTN;
-                const char* src = reinterpret_cast<const char*>(res) +
-                                  ((long long)(m0 + r) * res_ld + n0 + col) * resb;
-#else
             const int col = (tid & (rch - 1)) * per, r_step = THREADS >> r_lg;
             const bool col_ok = n0 + col < K;
             const int col_off = (col / WTN) * WTM * WTN + col % WTN;
@@ -162,7 +146,6 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             for (; r < BM; r += r_step, src += r_step * row_bytes) {
                 const bool ok = col_ok && m0 + r < M;
                 const int off = (r / WTM) * WN * WTM * WTN + (r % WTM) * WTN + col_off;
-#endif
                 cp_async16(rs + (unsigned)(off * resb), ok ? src : res, ok ? 16 : 0);
             }
         }

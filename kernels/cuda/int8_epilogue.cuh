@@ -57,12 +57,7 @@ __device__ __forceinline__ unsigned codes2(float lo, float hi, unsigned rest) {
 }
 // four values -> one word of codes, byte e from value e
 __device__ __forceinline__ unsigned codes4(float v0, float v1, float v2, float v3) {
-#ifdef CUPYRT_AB_PERM_PACK
-    return __byte_perm(__byte_perm(q8_byte(v0), q8_byte(v1), 0x0040),
-                       __byte_perm(q8_byte(v2), q8_byte(v3), 0x0040), 0x5410);
-#else
     return codes2(v0, v1, codes2(v2, v3, 0u));
-#endif
 }
 
 // eight adjacent channels (8 / 32 / 16 bytes, aligned)
