@@ -109,12 +109,10 @@ persistent(const unsigned char* __restrict__ x, const unsigned char* __restrict_
             *reinterpret_cast<uint4*>(sZ + c * 16) = make_uint4(0u, 0u, 0u, 0u);
 
     // ---- one ring stage: the X rows (and the residual tile) of this CTA's i-th M tile -----
-    // Chunk idx of a stage is (row, 16-byte chunk) = (idx / n, idx % n) for n chunks a row.
-    // A residual row's n is a power of two (BN and its element size are): a shift and a mask,
-    // not a division per chunk (with one, the stage loads ran a fifth of the stage-1 expand
-    // layer's instructions, ncu at 925e87f; X has a chunk or two a thread there)
-    // X chunk idx of a stage: row idx / CCH, and source byte g0 * CB + 16 idx (the rows are
-    // contiguous); CCH a power of two (64, 128, 256, 512 channels): the row by a shift
+    // No division a chunk (a per-chunk division ran a fifth of the stage-1 expand layer's
+    // instructions, ncu at 925e87f). X chunk idx of a stage: row idx / CCH, source byte
+    // g0 * CB + 16 idx (the rows are contiguous); CCH (C / 16) is a power of two for 64, 128,
+    // 256, 512 channels, so the row is a shift there.
     const int cch_lg = (CCH & (CCH - 1)) == 0 ? __ffs(CCH) - 1 : -1;
     // a residual row's chunks rch = BN * resb / 16 <= BN / 4 <= THREADS, both powers of two: a
     // thread keeps one chunk column for the whole tile and steps down the rows by a stride
