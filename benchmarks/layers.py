@@ -13,7 +13,9 @@ against PyTorch (cuDNN), in one process on one card.
                same tiles compiled with a macro set)
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
                (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
-    new        pooling (scalar / vectorised), split-K at small M, the small-C stem
+    new        pooling (below), split-K at small M, the small-C stem
+    pooling    ResNet's max pool (scalar / vectorised; int8 codes: a thread per pixel or per
+               strip of rows) and global average pool, against torch; CUDA-graph timed
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
     s2d_stem   the ResNet-50 stem, whole paths: small-C kernels against space-to-depth +
@@ -500,23 +502,31 @@ def conv_table(rows):
 
 # ---- the other measurements ------------------------------------------------------------
 def pooling(args):
-    """ResNet-50's max pool and global average pool: the scalar and vectorised kernels and torch."""
+    """ResNet-50's max pool and global average pool: the scalar and vectorised kernels and torch;
+    the max pool of int8 codes: a thread per output pixel (vec) or per strip of rows (rows),
+    against torch's FP16 max pool (CUDA-graph timed)."""
     import cupy as cp
     import torch
     F, pool, rows = torch.nn.functional, _gpu("pooling"), []
     for n in (256, 1):
-        time = timer(args, n)
+        time = timer(args, n, graph=True)
         x = cp.random.standard_normal((n, 112, 112, 64), dtype=cp.float32).astype(cp.float16)
         xt = torch.from_dlpack(x).permute(0, 3, 1, 2)
         ref = cp.from_dlpack(F.max_pool2d(xt, 3, 2, 1).permute(0, 2, 3, 1).contiguous())
+        q = cp.clip(cp.rint(x * 40), -128, 127).astype(cp.int8)
+        qref = cp.from_dlpack(F.max_pool2d(torch.from_dlpack(q.astype(cp.float16)).permute(0, 3, 1, 2),
+                                           3, 2, 1).permute(0, 2, 3, 1).contiguous())
         g = cp.random.standard_normal((n, 7, 7, 2048), dtype=cp.float32).astype(cp.float16)
         gref, gt = g.astype(cp.float32).mean(axis=(1, 2)), torch.from_dlpack(g).permute(0, 3, 1, 2)
-        for case, ours, theirs, want in (
+        for case, ours, theirs, want, variants in (
                 (f"maxpool 3x3s2 b{n} 112x112x64", lambda v: pool.pool2d(x, "MAX", 3, stride=2, padding=1, variant=v),
-                 lambda: F.max_pool2d(xt, 3, 2, 1), ref),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec")),
+                (f"maxpool int8 3x3s2 b{n} 112x112x64",
+                 lambda v: pool.pool2d(q, "MAX", 3, stride=2, padding=1, variant=v),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec", "rows")),
                 (f"gap b{n} 7x7x2048", lambda v: pool.global_avgpool(g, variant=v),
-                 lambda: gt.mean((2, 3)), gref)):
-            ms, _ = time_all({v: (lambda v=v: ours(v)) for v in ("scalar", "vec")}, lambda f: time(cp, f))
+                 lambda: gt.mean((2, 3)), gref, ("scalar", "vec"))):
+            ms, _ = time_all({v: (lambda v=v: ours(v)) for v in variants}, lambda f: time(cp, f))
             err = {v: rel_l2(cp, ours(v), want) for v, t in ms.items() if t < INF}
             rows.append({"case": case, "ms": ms | {"torch": time(torch, theirs)}, "rel_l2": err})
             log.info("%s: %s", case, rows[-1]["ms"])
@@ -806,10 +816,10 @@ def _measure(args):
         return {"depthwise": depthwise(args), "pointwise": conv(args, "pointwise", table=MOBILENET_PW)}
     if args.name == "s2d_stem":
         return {"s2d_stem": s2d_stem(args)}
-    return {args.name: {"int8_stem": int8_stem, "attention": attention}[args.name](args)}
+    return {args.name: {"int8_stem": int8_stem, "attention": attention, "pooling": pooling}[args.name](args)}
 
 
-NAMES = ("kernels", "int8", "wgmma", "expand", "fp32", "new", "mobilenet", "int8_stem", "s2d_stem",
+NAMES = ("kernels", "int8", "wgmma", "expand", "fp32", "new", "pooling", "mobilenet", "int8_stem", "s2d_stem",
          "attention")
 
 

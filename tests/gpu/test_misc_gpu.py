@@ -156,11 +156,12 @@ def test_global_avgpool_variant_errors():
         pooling.global_avgpool(cp.zeros((1, 2, 2, 12), cp.float16), variant="vec")
 
 
+@pytest.mark.parametrize("variant", ["rows", "vec"])
 @pytest.mark.parametrize("win, stride, pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
-def test_pool2d_int8_codes_max_is_exact(win, stride, pad):
+def test_pool2d_int8_codes_max_is_exact(win, stride, pad, variant):
     rng = np.random.default_rng(9)
     x = rng.integers(-128, 128, (2, 9, 11, 32)).astype(np.int8)
-    got = cp.asnumpy(pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad))
+    got = cp.asnumpy(pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad, variant=variant))
     ref = cp.asnumpy(pooling.pool2d(cp.asarray(x.astype(np.float16)), "MAX", win, stride=stride,
                                     padding=pad)).astype(np.int8)
     assert got.dtype == np.int8
@@ -168,15 +169,18 @@ def test_pool2d_int8_codes_max_is_exact(win, stride, pad):
 
 
 def _maxpool_ref(x, win, stride, pad):
-    """NumPy max pooling of NHWC int8 with padding that never wins (-129)."""
+    """NumPy max pooling of NHWC int8 with padding that never wins (-129); a window wholly in
+    the padding gives code 0 (the kernels' rule). win, stride, pad: int or (rows, columns)."""
+    (R, S), (sh, sw), (ph, pw) = (v if isinstance(v, tuple) else (v, v) for v in (win, stride, pad))
     N, H, W, C = x.shape
-    P, Q = (H + 2 * pad - win) // stride + 1, (W + 2 * pad - win) // stride + 1
-    xp = np.full((N, H + 2 * pad, W + 2 * pad, C), -129, np.int16)
-    xp[:, pad:pad + H, pad:pad + W] = x
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    xp = np.full((N, H + 2 * ph + R, W + 2 * pw + S, C), -129, np.int16)
+    xp[:, ph:ph + H, pw:pw + W] = x
     out = np.full((N, P, Q, C), -129, np.int16)
-    for r in range(win):
-        for s in range(win):
-            out = np.maximum(out, xp[:, r:r + stride * (P - 1) + 1:stride, s:s + stride * (Q - 1) + 1:stride])
+    for r in range(R):
+        for s in range(S):
+            out = np.maximum(out, xp[:, r:r + sh * (P - 1) + 1:sh, s:s + sw * (Q - 1) + 1:sw])
+    out[out == -129] = 0
     return out.astype(np.int8)
 
 
@@ -195,6 +199,26 @@ def test_pool2d_int8_resnet_stem_pool_and_a_channel_slice_against_numpy():
     o = out.get()
     np.testing.assert_array_equal(o[..., 16:80], ref)
     assert (o[..., :16] == 7).all() and (o[..., 80:] == 7).all()
+
+
+@pytest.mark.parametrize("variant", ["rows", "vec"])
+@pytest.mark.parametrize("shape, win, stride, pad, empty", [
+    ((3, 13, 10, 48), 3, 2, 1, 0),                  # P = 7: a strip of 4 rows, then one of 3
+    ((2, 9, 7, 16), 3, 1, 1, 0),                    # stride 1: each row in three outputs' windows
+    ((2, 10, 9, 32), (4, 2), (1, 2), (4, 0), 16),   # windows wholly in the padding: code 0
+    ((1, 6, 6, 16), 1, 1, 2, 64),                   # 1x1 windows, a border of empty ones
+    ((2, 11, 12, 16), (2, 3), (3, 2), (1, 1), 0),   # stride past the window: rows no output reads
+])
+def test_pool2d_int8_geometries_against_numpy(shape, win, stride, pad, empty, variant):
+    """Both int8 kernels on strips that end early, rows shared by several outputs, rows no
+    output reads, and windows in the padding only, every code present."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    x.reshape(-1)[:256] = np.arange(-128, 128)
+    ref = _maxpool_ref(x, win, stride, pad)
+    got = pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad, variant=variant).get()
+    np.testing.assert_array_equal(got, ref)
+    assert (ref == 0).all(axis=-1).sum() == empty      # the empty windows the case is about
 
 
 def test_pool2d_int8_refuses_average_scalar_and_unaligned_channels():
