@@ -198,7 +198,7 @@ extern "C" __global__ void maxpool2d_nhwc_i8(const signed char* __restrict__ x, 
 // The same max of int8 codes, a thread per strip of PS output rows of one (n, q, 16 channels):
 // each input row of the strip is read once and its maximum over the window's columns goes
 // into every output whose window holds the row (ResNet's 3x3/2 pool: 9 rows x 3 columns, 27
-// loads and 26 byte maxima for four outputs, where a thread per output took 36 and 32), and
+// loads and 26 16-byte maxima for four outputs, where a thread per output took 36 and 36), and
 // the (n, p, q, c) divisions are done once per strip. An empty window writes code 0. Launch:
 // grid_1d(N * ceil(P / PS) * Q * C / 16); requirements as maxpool2d_nhwc_i8.
 extern "C" __global__ void maxpool2d_nhwc_i8_rows(const signed char* __restrict__ x, signed char* __restrict__ out,
@@ -225,13 +225,17 @@ extern "C" __global__ void maxpool2d_nhwc_i8_rows(const signed char* __restrict_
         for (int j = 0; j < PS; ++j) acc[j] = make_uint4(NEG, NEG, NEG, NEG);
         for (int h = hb; h < he; ++h) {
             const signed char* xr = xn + (long long)h * W * C;
-            uint4 m = make_uint4(NEG, NEG, NEG, NEG);
-            for (int w = wb; w < we; ++w)
-                m = vmax(m, __ldg(reinterpret_cast<const uint4*>(xr + (long long)w * C)));
+            uint4 m = make_uint4(NEG, NEG, NEG, NEG);   // (no columns: every output is empty)
+            if (wb < we) {
+                m = __ldg(reinterpret_cast<const uint4*>(xr + (long long)wb * C));
+                for (int w = wb + 1; w < we; ++w)
+                    m = vmax(m, __ldg(reinterpret_cast<const uint4*>(xr + (long long)w * C)));
+            }
 #pragma unroll
             for (int j = 0; j < PS; ++j) {
                 const int hj = h0 + j * sh;            // output p0 + j's window: rows hj .. hj + R - 1
-                if (j < np && h >= hj && h < hj + R) acc[j] = vmax(acc[j], m);
+                if (j < np && h >= hj && h < hj + R)   // its first row in the image sets it
+                    acc[j] = h == max(hj, 0) ? m : vmax(acc[j], m);
             }
         }
 #pragma unroll
