@@ -195,60 +195,6 @@ extern "C" __global__ void maxpool2d_nhwc_i8(const signed char* __restrict__ x, 
     }
 }
 
-// The same max of int8 codes, a thread per strip of PS output rows of one (n, q, 16 channels):
-// each input row of the strip is read once and its maximum over the window's columns goes
-// into every output whose window holds the row (ResNet's 3x3/2 pool: 9 rows x 3 columns, 27
-// loads and 26 16-byte maxima for four outputs, where a thread per output took 36 and 36), and
-// the (n, p, q, c) divisions are done once per strip. An empty window writes code 0. Launch:
-// grid_1d(N * ceil(P / PS) * Q * C / 16); requirements as maxpool2d_nhwc_i8.
-extern "C" __global__ void maxpool2d_nhwc_i8_rows(const signed char* __restrict__ x, signed char* __restrict__ out,
-                                                  int N, int H, int W, int C, int R, int S, int P, int Q,
-                                                  int sh, int sw, int ph, int pw, int out_ld, int out_off) {
-    constexpr int PS = 4;
-    constexpr unsigned NEG = 0x80808080u;              // four codes of -128
-    const int CV = C / 16, PB = (P + PS - 1) / PS;
-    const int total = N * PB * Q * CV;
-    auto vmax = [](uint4 a, uint4 b) {
-        return make_uint4(__vmaxs4(a.x, b.x), __vmaxs4(a.y, b.y), __vmaxs4(a.z, b.z), __vmaxs4(a.w, b.w));
-    };
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int cv = i % CV, t0 = i / CV;
-        const int q = t0 % Q, t1 = t0 / Q;
-        const int pb = t1 % PB, n = t1 / PB;
-        const int p0 = pb * PS, np = min(PS, P - p0);
-        const int w0 = q * sw - pw, wb = max(w0, 0), we = min(w0 + S, W);
-        const int h0 = p0 * sh - ph;                   // output p0's first window row
-        const int hb = max(h0, 0), he = min(h0 + (np - 1) * sh + R, H);
-        const signed char* xn = x + (long long)n * H * W * C + cv * 16;
-        uint4 acc[PS];
-#pragma unroll
-        for (int j = 0; j < PS; ++j) acc[j] = make_uint4(NEG, NEG, NEG, NEG);
-        for (int h = hb; h < he; ++h) {
-            const signed char* xr = xn + (long long)h * W * C;
-            uint4 m = make_uint4(NEG, NEG, NEG, NEG);   // (no columns: every output is empty)
-            if (wb < we) {
-                m = __ldg(reinterpret_cast<const uint4*>(xr + (long long)wb * C));
-                for (int w = wb + 1; w < we; ++w)
-                    m = vmax(m, __ldg(reinterpret_cast<const uint4*>(xr + (long long)w * C)));
-            }
-#pragma unroll
-            for (int j = 0; j < PS; ++j) {
-                const int hj = h0 + j * sh;            // output p0 + j's window: rows hj .. hj + R - 1
-                if (j < np && h >= hj && h < hj + R)   // its first row in the image sets it
-                    acc[j] = h == max(hj, 0) ? m : vmax(acc[j], m);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < PS; ++j) {
-            if (j >= np) break;
-            const int hj = h0 + j * sh;
-            const bool empty = wb >= we || max(hj, 0) >= min(hj + R, H);
-            *reinterpret_cast<uint4*>(out + ((long long)(n * P + p0 + j) * Q + q) * out_ld + out_off + cv * 16) =
-                empty ? make_uint4(0u, 0u, 0u, 0u) : acc[j];
-        }
-    }
-}
-
 // Global average over HW, vectorised: block (32, 8) = 32 channel vectors x 8
 // slices of HW; grid (ceil(C / VEC / 32), N). FP32 accumulation, the 8 partial
 // sums of a channel vector added in shared memory in a fixed order (deterministic).

@@ -11,10 +11,9 @@ from .family import KernelFamily
 
 SOURCE = "pooling.cu"
 MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
-I8_ROWS = 4          # output rows a thread of maxpool2d_nhwc_i8_rows (its PS)
 
 
-VARIANTS = ("auto", "vec", "rows", "scalar")
+VARIANTS = ("auto", "vec", "scalar")
 
 
 def _check_variant(variant):
@@ -39,12 +38,8 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
     one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
-    int8 codes: MAX only, on packed bytes (C, the output's channel count and offset
-    multiples of 16); the codes keep their scale. "auto" and "vec" run a thread per output
-    pixel (maxpool2d_nhwc_i8), "rows" a thread per strip of output rows
-    (maxpool2d_nhwc_i8_rows: each input row read once per strip; int8 codes only). "rows" has
-    not run on a GPU yet (benchmarks/KERNEL_NOTES.md "Session 23"): "auto" takes it once the
-    GPU tests and `layers pooling` have.
+    int8 codes: MAX only, on packed bytes (maxpool2d_nhwc_i8: C, the output's
+    channel count and offset multiples of 16); the codes keep their scale.
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
     check_nhwc(x, "pool2d", dtypes=(np.float16, np.float32, np.int8))
@@ -56,9 +51,6 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     if x.dtype == np.int8 and (code != MODES["MAX"] or variant == "scalar"):
         raise UnsupportedError("int8 pooling: MAX through the vector kernel only (an average of "
                                "codes would need requantising)")
-    if variant == "rows" and x.dtype != np.int8:
-        raise UnsupportedError(f"pooling variant 'rows' is for int8 codes; {x.dtype} takes auto, vec "
-                               f"or scalar")
     N, H, W, C = x.shape
     R, S = _pair(window, "window")
     sh, sw = _pair(stride if stride is not None else (R, S), "stride")
@@ -77,12 +69,9 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
                 i32(sh), i32(sw), i32(ph), i32(pw))
     if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
-        if variant == "rows":                   # a strip of I8_ROWS output rows a thread
-            kern = get_function(SOURCE, "maxpool2d_nhwc_i8_rows")
-            threads = N * -(-P // I8_ROWS) * Q * (C // vec)
-        else:
-            kern, threads = get_function(SOURCE, "maxpool2d_nhwc_i8"), N * P * Q * (C // vec)
-        kern(grid_1d(threads), (BLOCK,), (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
+        kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
+        kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
+             (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
         return out
     name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
     kern = templated(SOURCE, name, (x.dtype,), "pool2d")

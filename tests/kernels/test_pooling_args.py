@@ -17,12 +17,6 @@ def test_other_integer_types_are_refused():
         pooling.pool2d(np.zeros((1, 4, 4, 32), np.int32), "MAX", 2)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_the_rows_variant_is_for_int8_codes_only(dtype):
-    with pytest.raises(UnsupportedError, match=f"variant 'rows' is for int8 codes; {np.dtype(dtype)}"):
-        pooling.pool2d(np.zeros((1, 4, 4, 32), dtype), "MAX", 2, variant="rows")
-
-
 def test_an_unknown_variant_lists_the_valid_ones():
-    with pytest.raises(UnsupportedError, match="valid: auto, vec, rows, scalar"):
+    with pytest.raises(UnsupportedError, match="valid: auto, vec, scalar"):
         pooling.pool2d(np.zeros((1, 4, 4, 32), np.int8), "MAX", 2, variant="strip")
