@@ -41,7 +41,10 @@
 //   0  x NHWC half with CS = 4 or 8 stored channels per pixel (channels 0..3 are read)
 //   1  x NCHW float32 (C-contiguous, C <= 4): the reformat pass is skipped; each thread
 //      loads its pixels of the next tile into registers before this tile's MMAs and
-//      converts + stores them after (the loads' latency hidden behind the MMAs)
+//      converts + stores them after (the loads' latency hidden behind the MMAs). The
+//      patch is fetched by columns: thread tid < FT * PW (FT = THREADS / PW) takes patch
+//      column tid % PW and rows tid / PW + FT j, so its column offset and column bounds
+//      check are tile-invariant and its rows one 32-bit index stepping by FT image rows
 //   2  x NCHW float16, the same
 //
 // Launch: grid (min(tiles, persistent CTAs), ceil(K / 64)), block WARPS*32,
@@ -86,6 +89,8 @@ struct Geo {
     static constexpr int SMEM = W_BYTES + 2 * X_BYTES + C_BYTES + 2 * BN * 4;
 };
 
+template <int M> struct EpiMode { static constexpr int value = M; };   // the epilogue's form
+
 // byte offset of tap `tap` in the patch (pixel (tap / S, tap % S)); taps past R*S: 0
 template <int S, int PW, int RS>
 __device__ __forceinline__ constexpr int tap_off(int tap) {
@@ -112,7 +117,9 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     constexpr int TQ = G::TQ, BN = G::BN, PH = G::PH, PW = G::PW, KS = G::KS, KR = G::KR;
     constexpr int LDB = G::LDB, MT = G::MT, LDC = G::LDC, RS = G::RS;
     constexpr int PIX = PH * PW;
-    constexpr int PF = IN ? (PIX + THREADS - 1) / THREADS : 1;   // prefetched pixels / thread
+    constexpr int FT = THREADS / PW;                     // IN 1/2: fetching threads per patch column
+    constexpr int PF = IN ? (PH + FT - 1) / FT : 1;      // prefetched pixels (rows) / thread
+    static_assert(FT >= 1, "a patch row no wider than the block");
     static_assert(TP % WARPS == 0, "whole output rows per warp");
     static_assert(IN >= 0 && IN <= 2, "input kind 0, 1 or 2");
     static_assert(OUT >= 0 && OUT <= 2, "output half, float32 or int8");
@@ -152,10 +159,22 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     // ---- the patch of a tile --------------------------------------------------------
     //   tile -> (n, tp, tq); patch pixel (ph, pw) = input (tp*TP*SH - pad_h + ph,
     //                                                      tq*TQ*SW - pad_w + pw)
-    auto decode = [&](int tile, int& n, int& p0, int& q0) {
-        const int tq = tile % tiles_q, r = tile / tiles_q;
-        const int tp = r % tiles_p;
-        n = r / tiles_p; p0 = tp * TP; q0 = tq * TQ;
+    //   a CTA's tiles are blockIdx.x + i gridDim.x: the first decoded by division, each next
+    //   one by adding gridDim.x's own (n, tp, tq) digits with carries (no division a tile)
+    auto decode = [&](int tile, int& n, int& tp, int& tq) {
+        tq = tile % tiles_q; const int r = tile / tiles_q;
+        tp = r % tiles_p; n = r / tiles_p;
+    };
+    int step_n, step_p, step_q;
+    decode(gridDim.x, step_n, step_p, step_q);
+    auto advance = [&](int& n, int& tp, int& tq) {
+        tq += step_q;
+        const bool cq = tq >= tiles_q;
+        tq = cq ? tq - tiles_q : tq;                     // tq, step_q < tiles_q: one carry at most
+        tp += step_p + (cq ? 1 : 0);
+        const bool cp = tp >= tiles_p;
+        tp = cp ? tp - tiles_p : tp;
+        n += step_n + (cp ? 1 : 0);
     };
     // IN 0: one 8-byte cp.async per pixel (zero-filled outside the image)
     auto load_patch_async = [&](int n, int p0, int q0, int buf) {
@@ -169,29 +188,34 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             cp_async8(dst0 + 8u * (unsigned)i, ok ? xn + (h * W + ww) * C : xn, ok ? 8 : 0);
         }
     };
-    // IN 1/2: this thread's pixels of a tile's patch, C planes each, into registers
+    // IN 1/2: this thread's pixels of a tile's patch, C planes each, into registers: patch
+    // column f_pw, rows f_ph0 + FT j (threads past FT * PW fetch nothing)
     float pf[PF][4];
+    const int f_pw = tid % PW, f_ph0 = tid / PW;         // tile-invariant
+    const bool f_on = tid < FT * PW;
     auto fetch_patch = [&](int n, int p0, int q0) {
-        const int h0 = p0 * SH - pad_h, w0 = q0 * SW - pad_w;
+        const int h0 = p0 * SH - pad_h + f_ph0, ww = q0 * SW - pad_w + f_pw;
+        const bool col_ok = f_on && (unsigned)ww < (unsigned)W;
+        // the image's base pointer once, in registers, and 32-bit element indices into it
+        // (C * H * W < 2^31, conv_stem.py): a load's address is one IMAD.WIDE.U32
         const InT* xn = reinterpret_cast<const InT*>(xv) + (long long)n * C * H * W;
+        asm("" : "+l"(xn));
+        const unsigned HW = (unsigned)(H * W);
+        unsigned idx = (unsigned)(h0 * W + ww);          // row j: idx + FT W j (unread where out of range)
 #pragma unroll
-        for (int j = 0; j < PF; ++j) {
-            const int i = tid + j * THREADS;
-            const int ph = i / PW, pw = i - ph * PW;
-            const int h = h0 + ph, ww = w0 + pw;
-            const bool ok = i < PIX && (unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W;
-            const InT* px = xn + h * W + ww;
+        for (int j = 0; j < PF; ++j, idx += (unsigned)(FT * W)) {
+            const bool ok = col_ok && (PH % FT == 0 || f_ph0 + FT * j < PH) && (unsigned)(h0 + FT * j) < (unsigned)H;
 #pragma unroll
             for (int c = 0; c < 4; ++c)
-                pf[j][c] = ok && c < C ? InLd<InT>::load(px + c * H * W) : 0.f;
+                pf[j][c] = ok && c < C ? InLd<InT>::load(xn + (idx + (unsigned)c * HW)) : 0.f;
         }
     };
     auto store_patch = [&](int buf) {
-        uint2* dst = reinterpret_cast<uint2*>(sX + buf * G::X_BYTES);
+        uint2* dst = reinterpret_cast<uint2*>(sX + buf * G::X_BYTES) + f_ph0 * PW + f_pw;
 #pragma unroll
         for (int j = 0; j < PF; ++j) {
-            const int i = tid + j * THREADS;
-            if (i < PIX) dst[i] = make_uint2(pack_h2(pf[j][0], pf[j][1]), pack_h2(pf[j][2], pf[j][3]));
+            if (f_on && (PH % FT == 0 || f_ph0 + FT * j < PH))
+                dst[FT * j * PW] = make_uint2(pack_h2(pf[j][0], pf[j][1]), pack_h2(pf[j][2], pf[j][3]));
         }
     };
 
@@ -206,24 +230,25 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
     const unsigned b_base = sW_u + 2u * (unsigned)(b_row * LDB + b_col);
     const ActLin actf(act, alpha, beta);
 
-    // (n, p0, q0) of this tile and of the next: each tile decoded once (two runtime divisions)
-    int tile = blockIdx.x, n, p0, q0;
+    // (n, tp, tq) of this tile and of the next
+    int tile = blockIdx.x, n, tp, tq;
+    decode(tile, n, tp, tq);
     if (tile < tiles) {
-        decode(tile, n, p0, q0);
-        if constexpr (IN == 0) load_patch_async(n, p0, q0, 0);
-        else { fetch_patch(n, p0, q0); store_patch(0); }
+        if constexpr (IN == 0) load_patch_async(n, tp * TP, tq * TQ, 0);
+        else { fetch_patch(n, tp * TP, tq * TQ); store_patch(0); }
     }
     cp_async_commit();
 
     for (int it = 0; tile < tiles; ++it, tile += gridDim.x) {
         const int buf = it & 1;
         const int next = tile + gridDim.x;
-        int n_next = 0, p_next = 0, q_next = 0;
-        if (next < tiles) decode(next, n_next, p_next, q_next);
+        const int p0 = tp * TP, q0 = tq * TQ;
+        int n_next = n, tp_next = tp, tq_next = tq;
+        advance(n_next, tp_next, tq_next);
         if constexpr (IN == 0) {
-            if (next < tiles) load_patch_async(n_next, p_next, q_next, buf ^ 1);
+            if (next < tiles) load_patch_async(n_next, tp_next * TP, tq_next * TQ, buf ^ 1);
         } else {
-            if (next < tiles) fetch_patch(n_next, p_next, q_next);
+            if (next < tiles) fetch_patch(n_next, tp_next * TP, tq_next * TQ);
         }
         cp_async_commit();
         cp_async_wait<1>();                              // this tile's patch (and the weights)
@@ -300,34 +325,44 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             constexpr int ROWB = OUT == 2 ? G::LDC8 : G::LDC * 2; // staged row stride (bytes)
             constexpr int CPR = BN * EB / 16;                     // 16-byte chunks per row
             unsigned char* cw = sC + warp * (MT * 16 * ROWB);
+            // the int8 epilogue's form is chosen once a tile, outside the element loops
+            // (EpiMode: 1 folded ReLU, 2 folded identity, 0 any activation), so that a folded
+            // ReLU's max goes into the conversion (F2IP.RELU) and no element branches
+            auto stage = [&](auto mode) {
+                constexpr int M = decltype(mode)::value;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int c = j * 8 + 2 * t;
-                const float s0 = sScale[c], s1 = sScale[c + 1], b0 = sBias[c], b1 = sBias[c + 1];
+                for (int j = 0; j < 8; ++j) {
+                    const int c = j * 8 + 2 * t;
+                    const float s0 = sScale[c], s1 = sScale[c + 1], b0 = sBias[c], b1 = sBias[c + 1];
 #pragma unroll
-                for (int i = 0; i < MT; ++i)
+                    for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int hh = 0; hh < 2; ++hh) {
-                        const int r = i * 16 + g + 8 * hh;
-                        const float u0 = acc[i][j][2 * hh] * s0 + b0;
-                        const float u1 = acc[i][j][2 * hh + 1] * s1 + b1;
-                        unsigned char* dst = cw + r * ROWB + c * EB;
-                        if constexpr (OUT == 2) {
-                            float va, vb;
-                            if (fold) {
-                                const bool relu = act == ACT_RELU;
-                                va = relu ? fmaxf(u0, 0.f) : u0;
-                                vb = relu ? fmaxf(u1, 0.f) : u1;
+                        for (int hh = 0; hh < 2; ++hh) {
+                            const int r = i * 16 + g + 8 * hh;
+                            const float u0 = acc[i][j][2 * hh] * s0 + b0;
+                            const float u1 = acc[i][j][2 * hh + 1] * s1 + b1;
+                            unsigned char* dst = cw + r * ROWB + c * EB;
+                            if constexpr (OUT == 2) {
+                                float va, vb;
+                                if constexpr (M == 1) {
+                                    va = fmaxf(u0, 0.f); vb = fmaxf(u1, 0.f);
+                                } else if constexpr (M == 2) {
+                                    va = u0; vb = u1;
+                                } else {
+                                    va = __fmul_rn(actf(u0), inv_out);
+                                    vb = __fmul_rn(actf(u1), inv_out);
+                                }
+                                *reinterpret_cast<unsigned short*>(dst) =
+                                    (unsigned short)cupyrt_int8::codes2(va, vb, 0u);
                             } else {
-                                va = __fmul_rn(actf(u0), inv_out);
-                                vb = __fmul_rn(actf(u1), inv_out);
+                                *reinterpret_cast<unsigned*>(dst) = pack_h2(actf(u0), actf(u1));
                             }
-                            *reinterpret_cast<unsigned short*>(dst) = (unsigned short)cupyrt_int8::codes2(va, vb, 0u);
-                        } else {
-                            *reinterpret_cast<unsigned*>(dst) = pack_h2(actf(u0), actf(u1));
                         }
-                    }
-            }
+                }
+            };
+            if (OUT == 2 && fold && act == ACT_RELU) stage(EpiMode<1>{});
+            else if (OUT == 2 && fold) stage(EpiMode<2>{});
+            else stage(EpiMode<0>{});
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < MT * 16 * CPR / 32; ++k) {
@@ -342,7 +377,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             }
             __syncwarp();
         }
-        n = n_next; p0 = p_next; q0 = q_next;
+        n = n_next; tp = tp_next; tq = tq_next;
         __syncthreads();                                 // buf is refilled next iteration
     }
     cp_async_wait<0>();

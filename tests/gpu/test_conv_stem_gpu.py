@@ -251,6 +251,44 @@ def test_stem_int8_out_codes_match_the_rounded_reference(tile, kind, N, H, W, K)
     assert (diff != 0).mean() < 2e-2
 
 
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: t.name)
+@pytest.mark.parametrize("act, alpha", [("LEAKY_RELU", 0.1), ("RELU6", 0.0), ("GELU_ERF", 0.0), ("RELU", 0.0),
+                                        (None, 0.0)])
+def test_stem_int8_out_each_epilogue_form(tile, act, alpha):
+    """int8 codes through each form of the epilogue: the folded ReLU and identity (scale and
+    bias in code units) and any other activation applied before the output's scale."""
+    x, w, bias = _case(2, 3, 37, 35, 64, 7, 7, seed=11)
+    xin, layout = _input(x, "NCHW32")
+    ref = _ref(x, w, bias, (2, 2), (3, 3), act or "NONE", alpha)
+    s_out = float(np.abs(ref).max()) / 120
+    P, Q = ref.shape[1:3]
+    out = cp.full((2, P, Q, 64), 85, cp.int8)
+    conv_stem.conv2d_stem(xin, conv_stem.pack_weight_stem(w), kernel_size=7, stride=2, padding=3,
+                          bias=cp.asarray(bias), act=act, alpha=alpha, out=out, s_out=s_out,
+                          layout=layout, tactic=tile)
+    q, want = out.get().astype(np.int32), _codes(ref, s_out)
+    assert len(np.unique(want)) > 60                        # the codes spread over the range
+    assert ((want < 0).any() if act in ("LEAKY_RELU", None) else (want >= 0).all())
+    diff = np.abs(q - want)
+    assert diff.max() <= 1 and (diff != 0).mean() < 2e-2
+
+
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: t.name)
+@pytest.mark.parametrize("sms", [1, 2, 5, 7])
+def test_stem_int8_persistent_grids_of_any_size_give_the_same_codes(tile, sms):
+    """Grids of minb x (1, 2, 5, 7) CTAs over 3 images of 4 x 3 tiles each (the next tile's
+    coordinates by carries, not division), bit-equal to one CTA per tile."""
+    x, w, bias = _case(3, 3, 2 * 4 * tile.tp - 1, 95, 64, 7, 7, seed=sms)
+    xin, _ = _input(x, "NCHW32")
+    wp, b = conv_stem.pack_weight_stem(w), cp.asarray(bias)
+    run = lambda n: conv_stem.conv2d_stem(xin, wp, kernel_size=7, stride=2, padding=3, bias=b,  # noqa: E731
+                                          act="RELU", s_out=0.05, layout="NCHW", tactic=tile,
+                                          num_sms=n).get()
+    full = run(None)
+    assert full.shape[1:3] == (4 * tile.tp, 48) and full.any()
+    np.testing.assert_array_equal(run(sms), full)
+
+
 def test_stem_int8_out_into_a_wider_buffer_leaves_the_other_channels():
     x, w, bias = _case(2, 3, 21, 19, 32, 7, 7, seed=5)
     xin, layout = _input(x, "NCHW32")

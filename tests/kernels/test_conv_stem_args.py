@@ -46,11 +46,67 @@ def _tap_off_words(tap, S, PW, RS):
     return ((tap // S) * PW + tap % S) * 2 if tap < RS else 0
 
 
-def _emulate(x_nhwc4, wp, R, S, SH, SW, pad, P, Q, tile, K):
-    """conv_stem_f16 IN 0 in NumPy: per tile the patch load (load_patch_async), per warp
-    and lane the four 32-bit shared loads of each A fragment (a_word, tap_off, ROW8,
-    the okA / okB zeroing), B[k][n] = weights[n][16 ks + k] (ldmatrix of the resident
-    filter), the m16n8k16 products, and the epilogue's (row -> p, q) mapping."""
+def _decode(tile_id, tiles_p, tiles_q):
+    """conv_stem.cu decode: tile -> (n, tp, tq)."""
+    r, tq = divmod(tile_id, tiles_q)
+    n, tp = divmod(r, tiles_p)
+    return n, tp, tq
+
+
+def _cta_tiles(cta, grid, tiles, tiles_p, tiles_q):
+    """The (tile, n, tp, tq) a persistent CTA visits: the first decoded by division, each
+    next one by conv_stem.cu's advance (gridDim.x's digits added with carries)."""
+    step_n, step_p, step_q = _decode(grid, tiles_p, tiles_q)
+    n, tp, tq = _decode(cta, tiles_p, tiles_q)
+    out, tile = [], cta
+    while tile < tiles:
+        out.append((tile, n, tp, tq))
+        tq += step_q
+        cq = tq >= tiles_q
+        tq = tq - tiles_q if cq else tq
+        tp += step_p + cq
+        cpp = tp >= tiles_p
+        tp = tp - tiles_p if cpp else tp
+        n += step_n + cpp
+        tile += grid
+    return out
+
+
+def _fetch_patch_nchw(x_nchw, n, p0, q0, R, S, SH, SW, pad, TP, threads):
+    """conv_stem.cu IN 1/2 fetch_patch + store_patch: thread tid < FT * PW takes patch
+    column tid % PW and rows tid / PW + FT j (j < PF); returns the patch [PH * PW, 4] and
+    how often each of its pixels was written."""
+    _, C, H, W = x_nchw.shape
+    PH, PW = (TP - 1) * SH + R, 15 * SW + S
+    FT = threads // PW
+    PF = -(-PH // FT)
+    patch = np.full((PH * PW, 4), np.nan, np.float16)
+    writes = np.zeros(PH * PW, np.int64)
+    flat = x_nchw[n].reshape(-1)                        # the image's planes, 32-bit indexed
+    for tid in range(threads):
+        f_pw, f_ph0 = tid % PW, tid // PW
+        if tid >= FT * PW:
+            continue
+        h0, ww = p0 * SH - pad[0] + f_ph0, q0 * SW - pad[1] + f_pw
+        idx = h0 * W + ww
+        for j in range(PF):
+            row = f_ph0 + FT * j
+            if row >= PH:
+                continue
+            ok = 0 <= ww < W and 0 <= h0 + FT * j < H
+            patch[row * PW + f_pw] = [flat[idx + c * H * W] if ok and c < C else 0 for c in range(4)]
+            writes[row * PW + f_pw] += 1
+            idx += FT * W
+    return patch, writes
+
+
+def _emulate(x_nhwc4, wp, R, S, SH, SW, pad, P, Q, tile, K, grid=3, x_nchw=None):
+    """conv_stem_f16 in NumPy: persistent CTAs (``grid`` of them) visiting their tiles by
+    advance; per tile the patch load (IN 0: load_patch_async; IN 1 with ``x_nchw``: the
+    column-mapped fetch), per warp and lane the four 32-bit shared loads of each A fragment
+    (a_word, tap_off, ROW8, the okA / okB zeroing), B[k][n] = weights[n][16 ks + k]
+    (ldmatrix of the resident filter), the m16n8k16 products, and the epilogue's
+    (row -> p, q) mapping."""
     N, H, W, _ = x_nhwc4.shape
     TP, WARPS = tile.tp, tile.warps
     TQ, MT = 16, tile.tp // tile.warps
@@ -62,16 +118,22 @@ def _emulate(x_nhwc4, wp, R, S, SH, SW, pad, P, Q, tile, K):
     wfull[:K] = wp.reshape(K, -1).astype(np.float32)
     out = np.full((N, P, Q, K), np.nan, np.float32)
     tiles_q, tiles_p = -(-Q // TQ), -(-P // TP)
-    for tile_id in range(N * tiles_p * tiles_q):
-        tq, r = tile_id % tiles_q, tile_id // tiles_q
-        tp, n = r % tiles_p, r // tiles_p
+    tiles = N * tiles_p * tiles_q
+    visits = [v for cta in range(min(grid, tiles)) for v in _cta_tiles(cta, grid, tiles, tiles_p, tiles_q)]
+    assert sorted(v[0] for v in visits) == list(range(tiles))          # each tile once
+    for tile_id, n, tp, tq in visits:
+        assert (n, tp, tq) == _decode(tile_id, tiles_p, tiles_q)
         p0, q0 = tp * TP, tq * TQ
-        patch = np.zeros((PH * PW, 4), np.float16)
-        for i in range(PH * PW):
-            ph, pw = divmod(i, PW)
-            h, ww = p0 * SH - pad[0] + ph, q0 * SW - pad[1] + pw
-            if 0 <= h < H and 0 <= ww < W:
-                patch[i] = x_nhwc4[n, h, ww, :4]
+        if x_nchw is not None:
+            patch, writes = _fetch_patch_nchw(x_nchw, n, p0, q0, R, S, SH, SW, pad, TP, tile.threads)
+            assert (writes == 1).all()                                # every pixel once
+        else:
+            patch = np.zeros((PH * PW, 4), np.float16)
+            for i in range(PH * PW):
+                ph, pw = divmod(i, PW)
+                h, ww = p0 * SH - pad[0] + ph, q0 * SW - pad[1] + pw
+                if 0 <= h < H and 0 <= ww < W:
+                    patch[i] = x_nhwc4[n, h, ww, :4]
         words = patch.reshape(-1, 2)                    # word = two halves of one pixel
         for nb in range(Kp // 64):
             B = wfull[nb * 64:(nb + 1) * 64]            # [n, k]
@@ -123,12 +185,13 @@ def _direct(x, w_krsc, SH, SW, pad, P, Q):
 
 
 @pytest.mark.parametrize("tile", conv_stem.STEM_TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("C, R, S, stride, pad, H, W, K", [
-    (3, 7, 7, (2, 2), (3, 3), 37, 35, 64),       # the ResNet stem, odd sizes, partial tiles
-    (4, 3, 3, (1, 1), (1, 1), 9, 19, 32),
-    (1, 5, 5, (2, 1), (2, 2), 17, 12, 72),       # uneven stride, two channel blocks
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("C, R, S, stride, pad, H, W, K, grid", [
+    (3, 7, 7, (2, 2), (3, 3), 37, 35, 64, 3),    # the ResNet stem, odd sizes, partial tiles
+    (4, 3, 3, (1, 1), (1, 1), 9, 19, 32, 5),     # grid past a row of tiles: carries into tp
+    (1, 5, 5, (2, 1), (2, 2), 17, 12, 72, 2),    # uneven stride, two channel blocks
 ])
-def test_emulated_kernel_indexing_gives_the_convolution(tile, C, R, S, stride, pad, H, W, K):
+def test_emulated_kernel_indexing_gives_the_convolution(tile, layout, C, R, S, stride, pad, H, W, K, grid):
     rng = np.random.default_rng(3)
     N = 2
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
@@ -138,10 +201,48 @@ def test_emulated_kernel_indexing_gives_the_convolution(tile, C, R, S, stride, p
     wp = conv_stem.pack_weight_stem(w, "KRSC", host=True)
     P = (H + 2 * pad[0] - R) // stride[0] + 1
     Q = (W + 2 * pad[1] - S) // stride[1] + 1
-    got = _emulate(x4, wp, R, S, *stride, pad, P, Q, tile, K)
+    got = _emulate(x4, wp, R, S, *stride, pad, P, Q, tile, K, grid=grid,
+                   x_nchw=x.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else None)
     assert not np.isnan(got).any()                                  # every output written
     ref = _direct(x.astype(np.float64), w.astype(np.float64), *stride, pad, P, Q)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tiles_p, tiles_q, N", [(14, 7, 256), (1, 1, 5), (3, 1, 4), (1, 4, 3), (5, 3, 2)])
+@pytest.mark.parametrize("grid", [1, 2, 3, 7, 20, 21, 22, 396])
+def test_tile_advance_visits_what_division_would(tiles_p, tiles_q, N, grid):
+    """conv_stem.cu's advance (no division a tile) against decoding blockIdx.x + i gridDim.x,
+    grids smaller and larger than a row and an image of tiles."""
+    tiles = N * tiles_p * tiles_q
+    seen = []
+    for cta in range(min(grid, tiles)):
+        visits = _cta_tiles(cta, grid, tiles, tiles_p, tiles_q)
+        assert [v[0] for v in visits] == list(range(cta, tiles, grid))
+        for tile_id, n, tp, tq in visits:
+            assert (n, tp, tq) == _decode(tile_id, tiles_p, tiles_q)
+            assert 0 <= tp < tiles_p and 0 <= tq < tiles_q
+        seen += [v[0] for v in visits]
+    assert sorted(seen) == list(range(tiles))
+
+
+@pytest.mark.parametrize("tile", conv_stem.STEM_TILES, ids=lambda t: t.name)
+@pytest.mark.parametrize("R, S, SH, SW", [(7, 7, 2, 2), (3, 3, 1, 1), (5, 5, 2, 1)])
+def test_nchw_fetch_writes_each_patch_pixel_once_from_its_source(tile, R, S, SH, SW):
+    """The column-mapped fetch of an NCHW patch: every pixel written once, equal to the
+    input (zero past the image and in channel 3), at tiles on the image's edges."""
+    rng = np.random.default_rng(R * 10 + SW)
+    N, C, H, W = 2, 3, 23, 29
+    x = rng.standard_normal((N, C, H, W)).astype(np.float16)
+    PH, PW = (tile.tp - 1) * SH + R, 15 * SW + S
+    pad = (R // 2, S // 2)
+    xp = np.zeros((N, 4, H + 2 * PH + 4 * tile.tp * SH, W + 2 * PW + 64 * SW), np.float16)
+    xp[:, :C, PH + pad[0]:PH + pad[0] + H, PW + pad[1]:PW + pad[1] + W] = x
+    for n, p0, q0 in [(0, 0, 0), (1, tile.tp, 16), (1, 3 * tile.tp, 32)]:
+        patch, writes = _fetch_patch_nchw(x, n, p0, q0, R, S, SH, SW, pad, tile.tp, tile.threads)
+        assert (writes == 1).all()
+        h0, w0 = p0 * SH + PH, q0 * SW + PW                 # the padded array's origin
+        want = xp[n, :, h0:h0 + PH, w0:w0 + PW].transpose(1, 2, 0).reshape(-1, 4)
+        np.testing.assert_array_equal(patch, want)
 
 
 @pytest.mark.parametrize("tile", conv_stem.STEM_TILES, ids=lambda t: t.name)
