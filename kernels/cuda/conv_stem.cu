@@ -364,15 +364,22 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             else if (OUT == 2 && fold) stage(EpiMode<2>{});
             else stage(EpiMode<0>{});
             __syncwarp();
+            // store k: staged rows RPK k + lr, chunk lch of each (RPK = 32 / CPR rows a store,
+            // 16 % RPK == 0): output pixel (pw0 + RPK k / 16, q0 + RPK k % 16 + lr), so a
+            // lane's address is one base plus compile-time multiples of the row strides
+            constexpr int RPK = 32 / CPR;
+            static_assert(16 % RPK == 0, "a store's rows within one output row");
+            const int lr = lane / CPR, lch = lane % CPR;
+            OutT* ob = out + ((long long)(n * P + pw0) * Q + q0 + lr) * out_ld + out_off + n0 + lch * (16 / EB);
+            long long prow = (long long)Q * out_ld;                         // one output row
+            asm("" : "+l"(ob), "+l"(prow));              // computed once a tile, kept in registers
+            const bool ch_ok = lch * (16 / EB) < kn;
 #pragma unroll
             for (int k = 0; k < MT * 16 * CPR / 32; ++k) {
-                const int idx = k * 32 + lane;
-                const int r = idx / CPR, ch = idx % CPR;
-                const int p = pw0 + (r >> 4), q = q0 + (r & 15);
-                if (p < P && q < Q && ch * (16 / EB) < kn) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(cw + r * ROWB + ch * 16);
-                    *reinterpret_cast<uint4*>(out + ((long long)(n * P + p) * Q + q) * out_ld
-                                              + out_off + n0 + ch * (16 / EB)) = v;
+                const int dp = (RPK * k) >> 4, dq = (RPK * k) & 15;          // compile-time
+                if (ch_ok && pw0 + dp < P && q0 + dq + lr < Q) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(cw + (RPK * k + lr) * ROWB + lch * 16);
+                    st_global16(ob + (dp * prow + dq * out_ld), v);
                 }
             }
             __syncwarp();

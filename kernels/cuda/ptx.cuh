@@ -35,6 +35,13 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
 }
+// a 16-byte store to global memory through a generic pointer the compiler can no longer
+// place (one pinned in registers with an empty asm): st.global, not a generic ST
+__device__ __forceinline__ void st_global16(void* p, uint4 v) {
+    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %0;\n"
+                 " st.global.v4.u32 [g], {%1, %2, %3, %4};\n}\n"
+                 :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
