@@ -14,8 +14,8 @@ against PyTorch (cuDNN), in one process on one card.
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
                (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
     new        pooling (below), split-K at small M, the small-C stem
-    pooling    ResNet's max pool (scalar / vectorised; int8 codes) and global average pool,
-               against torch; CUDA-graph timed
+    pooling    ResNet's max pool (scalar / vectorised; int8 codes: runtime window (vec) or
+               the fixed 3x3 kernel (auto)) and global average pool, against torch; CUDA-graph timed
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
     s2d_stem   the ResNet-50 stem, whole paths: small-C kernels against space-to-depth +
@@ -503,7 +503,8 @@ def conv_table(rows):
 # ---- the other measurements ------------------------------------------------------------
 def pooling(args):
     """ResNet-50's max pool and global average pool: the scalar and vectorised kernels and torch;
-    the max pool of int8 codes against torch's FP16 max pool (CUDA-graph timed)."""
+    the max pool of int8 codes (runtime window: vec, fixed 3x3: auto) against torch's FP16 max
+    pool (CUDA-graph timed)."""
     import cupy as cp
     import torch
     F, pool, rows = torch.nn.functional, _gpu("pooling"), []
@@ -522,7 +523,7 @@ def pooling(args):
                  lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec")),
                 (f"maxpool int8 3x3s2 b{n} 112x112x64",
                  lambda v: pool.pool2d(q, "MAX", 3, stride=2, padding=1, variant=v),
-                 lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec",)),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec", "auto")),
                 (f"gap b{n} 7x7x2048", lambda v: pool.global_avgpool(g, variant=v),
                  lambda: gt.mean((2, 3)), gref, ("scalar", "vec"))):
             ms, _ = time_all({v: (lambda v=v: ours(v)) for v in variants}, lambda f: time(cp, f))

@@ -195,6 +195,57 @@ extern "C" __global__ void maxpool2d_nhwc_i8(const signed char* __restrict__ x, 
     }
 }
 
+// The same max of int8 codes for a window fixed at compile time (ResNet's 3x3): the R*S
+// taps' 16-byte loads are all issued before the first max (each predicated on the image's
+// bounds, -128 codes outside), so a thread has R*S loads in flight where the runtime loop
+// above has one or two. Launch, arguments and requirements as maxpool2d_nhwc_i8 (the
+// window arguments must be the kernel's: maxpool2d_nhwc_i8_3x3 / _2x2, plain C names so that
+// they build with the module's other kernels in one NVRTC run).
+template <int R, int S>
+__device__ __forceinline__ void maxpool_i8_window(const signed char* __restrict__ x, signed char* __restrict__ out,
+                                                  int N, int H, int W, int C, int P, int Q,
+                                                  int sh, int sw, int ph, int pw, int out_ld, int out_off) {
+    constexpr unsigned NEG = 0x80808080u;              // four codes of -128
+    const int CV = C / 16;
+    const int total = N * P * Q * CV;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int cv = i % CV, m = i / CV;
+        const int q = m % Q, t = m / Q;
+        const int p = t % P, n = t / P;
+        const int h0 = p * sh - ph, w0 = q * sw - pw;
+        const signed char* xn = x + (long long)n * H * W * C + cv * 16;
+        uint4 v[R * S];
+        bool any = false;
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                const int h = h0 + r, w = w0 + s;
+                const bool ok = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+                any |= ok;
+                v[r * S + s] = ok ? __ldg(reinterpret_cast<const uint4*>(xn + (long long)(h * W + w) * C))
+                                  : make_uint4(NEG, NEG, NEG, NEG);
+            }
+        uint4 acc = v[0];
+#pragma unroll
+        for (int k = 1; k < R * S; ++k) {
+            acc.x = __vmaxs4(acc.x, v[k].x); acc.y = __vmaxs4(acc.y, v[k].y);
+            acc.z = __vmaxs4(acc.z, v[k].z); acc.w = __vmaxs4(acc.w, v[k].w);
+        }
+        if (!any) acc = make_uint4(0u, 0u, 0u, 0u);    // an empty window: code 0
+        *reinterpret_cast<uint4*>(out + (long long)m * out_ld + out_off + cv * 16) = acc;
+    }
+}
+#define CUPYRT_MAXPOOL_I8_WINDOW(R, S)                                                                   \
+    extern "C" __global__ void maxpool2d_nhwc_i8_##R##x##S(                                             \
+        const signed char* __restrict__ x, signed char* __restrict__ out, int N, int H, int W, int C,  \
+        int, int, int P, int Q, int sh, int sw, int ph, int pw, int out_ld, int out_off) {             \
+        maxpool_i8_window<R, S>(x, out, N, H, W, C, P, Q, sh, sw, ph, pw, out_ld, out_off);            \
+    }
+CUPYRT_MAXPOOL_I8_WINDOW(3, 3)
+CUPYRT_MAXPOOL_I8_WINDOW(2, 2)
+#undef CUPYRT_MAXPOOL_I8_WINDOW
+
 // Global average over HW, vectorised: block (32, 8) = 32 channel vectors x 8
 // slices of HW; grid (ceil(C / VEC / 32), N). FP32 accumulation, the 8 partial
 // sums of a channel vector added in shared memory in a fixed order (deterministic).

@@ -11,6 +11,8 @@ from .family import KernelFamily
 
 SOURCE = "pooling.cu"
 MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
+# int8 max pool windows with a kernel of their own (pooling.cu maxpool_i8_window)
+I8_WINDOWS = {(3, 3): "maxpool2d_nhwc_i8_3x3", (2, 2): "maxpool2d_nhwc_i8_2x2"}
 
 
 VARIANTS = ("auto", "vec", "scalar")
@@ -38,8 +40,10 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
     one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
-    int8 codes: MAX only, on packed bytes (maxpool2d_nhwc_i8: C, the output's
-    channel count and offset multiples of 16); the codes keep their scale.
+    int8 codes: MAX only, on packed bytes (C, the output's channel count and offset
+    multiples of 16); the codes keep their scale. "auto" takes the kernel of a window fixed
+    at compile time where there is one (I8_WINDOWS: every tap's load in flight at once),
+    "vec" the runtime-window kernel (maxpool2d_nhwc_i8).
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
     check_nhwc(x, "pool2d", dtypes=(np.float16, np.float32, np.int8))
@@ -69,7 +73,10 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
                 i32(sh), i32(sw), i32(ph), i32(pw))
     if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
-        kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
+        if variant == "auto" and (R, S) in I8_WINDOWS:
+            kern = get_function(SOURCE, I8_WINDOWS[(R, S)])
+        else:
+            kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
         kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
              (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
         return out

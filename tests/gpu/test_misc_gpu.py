@@ -156,11 +156,12 @@ def test_global_avgpool_variant_errors():
         pooling.global_avgpool(cp.zeros((1, 2, 2, 12), cp.float16), variant="vec")
 
 
+@pytest.mark.parametrize("variant", ["auto", "vec"])      # 3x3 / 2x2: the fixed-window kernels
 @pytest.mark.parametrize("win, stride, pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
-def test_pool2d_int8_codes_max_is_exact(win, stride, pad):
+def test_pool2d_int8_codes_max_is_exact(win, stride, pad, variant):
     rng = np.random.default_rng(9)
     x = rng.integers(-128, 128, (2, 9, 11, 32)).astype(np.int8)
-    got = cp.asnumpy(pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad))
+    got = cp.asnumpy(pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad, variant=variant))
     ref = cp.asnumpy(pooling.pool2d(cp.asarray(x.astype(np.float16)), "MAX", win, stride=stride,
                                     padding=pad)).astype(np.int8)
     assert got.dtype == np.int8
@@ -200,21 +201,25 @@ def test_pool2d_int8_resnet_stem_pool_and_a_channel_slice_against_numpy():
     assert (o[..., :16] == 7).all() and (o[..., 80:] == 7).all()
 
 
+@pytest.mark.parametrize("variant", ["auto", "vec"])
 @pytest.mark.parametrize("shape, win, stride, pad, empty", [
     ((3, 13, 10, 48), 3, 2, 1, 0),                  # P = 7, Q = 5
+    ((2, 9, 10, 32), 3, 2, (4, 1), 20),             # 3x3 windows wholly in the padding
+    ((1, 7, 8, 16), 2, (1, 3), (2, 0), 6),          # 2x2, stride past the window in W
     ((2, 9, 7, 16), 3, 1, 1, 0),                    # stride 1: each row in three outputs' windows
     ((2, 10, 9, 32), (4, 2), (1, 2), (4, 0), 16),   # windows wholly in the padding: code 0
     ((1, 6, 6, 16), 1, 1, 2, 64),                   # 1x1 windows, a border of empty ones
     ((2, 11, 12, 16), (2, 3), (3, 2), (1, 1), 0),   # stride past the window: rows no output reads
 ])
-def test_pool2d_int8_geometries_against_numpy(shape, win, stride, pad, empty):
-    """The int8 kernel on odd output sizes, rows shared by several outputs, rows no output
-    reads, and windows in the padding only, every code present."""
+def test_pool2d_int8_geometries_against_numpy(shape, win, stride, pad, empty, variant):
+    """The int8 kernels (runtime window; fixed 3x3 and 2x2 under auto) on odd output sizes,
+    rows shared by several outputs, rows no output reads, and windows in the padding only,
+    every code present."""
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(-128, 128, shape).astype(np.int8)
     x.reshape(-1)[:256] = np.arange(-128, 128)
     ref = _maxpool_ref(x, win, stride, pad)
-    got = pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad).get()
+    got = pooling.pool2d(cp.asarray(x), "MAX", win, stride=stride, padding=pad, variant=variant).get()
     np.testing.assert_array_equal(got, ref)
     assert (ref == 0).all(axis=-1).sum() == empty      # the empty windows the case is about
 
