@@ -268,7 +268,7 @@ def test_stem_int8_out_each_epilogue_form(tile, act, alpha):
                           layout=layout, tactic=tile)
     q, want = out.get().astype(np.int32), _codes(ref, s_out)
     assert len(np.unique(want)) > 60                        # the codes spread over the range
-    assert ((want < 0).any() if act in ("LEAKY_RELU", None) else (want >= 0).all())
+    assert ((want >= 0).all() if act in ("RELU", "RELU6") else (want < 0).any())
     diff = np.abs(q - want)
     assert diff.max() <= 1 and (diff != 0).mean() < 2e-2
 
@@ -282,7 +282,7 @@ def test_stem_int8_persistent_grids_of_any_size_give_the_same_codes(tile, sms):
     xin, _ = _input(x, "NCHW32")
     wp, b = conv_stem.pack_weight_stem(w), cp.asarray(bias)
     run = lambda n: conv_stem.conv2d_stem(xin, wp, kernel_size=7, stride=2, padding=3, bias=b,  # noqa: E731
-                                          act="RELU", s_out=0.05, layout="NCHW", tactic=tile,
+                                          act="RELU", out_dtype=np.int8, s_out=0.05, layout="NCHW", tactic=tile,
                                           num_sms=n).get()
     full = run(None)
     assert full.shape[1:3] == (4 * tile.tp, 48) and full.any()
