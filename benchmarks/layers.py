@@ -14,8 +14,9 @@ against PyTorch (cuDNN), in one process on one card.
     fp32       ResNet-50 convolutions: 3xTF32, TF32, im2col + SGEMM; torch FP32, no TF32 b256
                (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
     new        pooling (below), split-K at small M, the small-C stem
-    pooling    ResNet's max pool (scalar / vectorised; int8 codes: runtime window (vec) or
-               the fixed 3x3 kernel (auto)) and global average pool, against torch; CUDA-graph timed
+    pooling    ResNet's max pool (scalar / vectorised with a runtime window (vec) or the fixed
+               3x3 one (auto); FP16 and int8 codes) and global average pool, against torch;
+               CUDA-graph timed
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
     s2d_stem   the ResNet-50 stem, whole paths: small-C kernels against space-to-depth +
@@ -503,8 +504,7 @@ def conv_table(rows):
 # ---- the other measurements ------------------------------------------------------------
 def pooling(args):
     """ResNet-50's max pool and global average pool: the scalar and vectorised kernels and torch;
-    the max pool of int8 codes (runtime window: vec, fixed 3x3: auto) against torch's FP16 max
-    pool (CUDA-graph timed)."""
+    the max pool of int8 codes; runtime window: vec, fixed 3x3: auto (CUDA-graph timed)."""
     import cupy as cp
     import torch
     F, pool, rows = torch.nn.functional, _gpu("pooling"), []
@@ -520,7 +520,7 @@ def pooling(args):
         gref, gt = g.astype(cp.float32).mean(axis=(1, 2)), torch.from_dlpack(g).permute(0, 3, 1, 2)
         for case, ours, theirs, want, variants in (
                 (f"maxpool 3x3s2 b{n} 112x112x64", lambda v: pool.pool2d(x, "MAX", 3, stride=2, padding=1, variant=v),
-                 lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec")),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec", "auto")),
                 (f"maxpool int8 3x3s2 b{n} 112x112x64",
                  lambda v: pool.pool2d(q, "MAX", 3, stride=2, padding=1, variant=v),
                  lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec", "auto")),

@@ -167,6 +167,62 @@ __global__ void pool2d_nhwc_vec(const T* __restrict__ x, T* __restrict__ out,
     }
 }
 
+// Max pooling with a window fixed at compile time (ResNet's 3x3): pool2d_nhwc_vec's MAX with
+// every tap's 16-byte load issued before the first max (each predicated on the image's
+// bounds), where its runtime loop keeps one or two in flight. Taps outside the image read as
+// -FLT_MAX, which no max changes (the accumulator starts there and fmaxf drops NaN), and the
+// maxima run in the same (row, column) order: bit-equal to pool2d_nhwc_vec. Plain C names
+// (maxpool2d_nhwc_{f16,f32}_{3x3,2x2}); arguments as pool2d_nhwc_vec's without mode and
+// exclude_pad, the window's equal to the kernel's.
+template <typename T, int R, int S>
+__device__ __forceinline__ void maxpool_vec_window(const T* __restrict__ x, T* __restrict__ out,
+                                                   int N, int H, int W, int C, int P, int Q,
+                                                   int sh, int sw, int ph, int pw, int out_ld, int out_off) {
+    constexpr int VEC = Vec16<T>::N;
+    const int CV = C / VEC;
+    const int total = N * P * Q * CV;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int cv = i % CV, m = i / CV;
+        const int q = m % Q, t = m / Q;
+        const int p = t % P, n = t / P;
+        const int h0 = p * sh - ph, w0 = q * sw - pw;
+        const T* xn = x + (long long)n * H * W * C + cv * VEC;
+        float v[R * S][VEC];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                const int h = h0 + r, w = w0 + s;
+                if ((unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W) {
+                    Vec16<T>::load(xn + (long long)(h * W + w) * C, v[r * S + s]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) v[r * S + s][e] = -3.402823466e38f;
+                }
+            }
+        float acc[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            acc[e] = -3.402823466e38f;
+#pragma unroll
+            for (int k = 0; k < R * S; ++k) acc[e] = fmaxf(acc[e], v[k][e]);
+            acc[e] = fmaxf(acc[e], CUPYRT_POOL_LOWEST(T));
+        }
+        Vec16<T>::store(out + (long long)m * out_ld + out_off + cv * VEC, acc);
+    }
+}
+#define CUPYRT_MAXPOOL_VEC_WINDOW(T, NAME, R, S)                                                         \
+    extern "C" __global__ void maxpool2d_nhwc_##NAME##_##R##x##S(                                       \
+        const T* __restrict__ x, T* __restrict__ out, int N, int H, int W, int C, int P, int Q,        \
+        int sh, int sw, int ph, int pw, int out_ld, int out_off) {                                     \
+        maxpool_vec_window<T, R, S>(x, out, N, H, W, C, P, Q, sh, sw, ph, pw, out_ld, out_off);        \
+    }
+CUPYRT_MAXPOOL_VEC_WINDOW(half_t, f16, 3, 3)
+CUPYRT_MAXPOOL_VEC_WINDOW(half_t, f16, 2, 2)
+CUPYRT_MAXPOOL_VEC_WINDOW(float, f32, 3, 3)
+CUPYRT_MAXPOOL_VEC_WINDOW(float, f32, 2, 2)
+#undef CUPYRT_MAXPOOL_VEC_WINDOW
+
 // Max pooling of int8 codes (an INT8 tensor: the codes keep their scale), 16 channels per
 // thread as four 32-bit words: the max is taken on the packed bytes (__vmaxs4, signed per
 // byte), so a window tap costs one 16-byte load and four instructions (the float path

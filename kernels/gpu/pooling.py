@@ -4,15 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._launch import BLOCK, check_nhwc, grid_1d, templated
-from .compile import get_function, i32
+from .compile import ctype, get_function, i32
 from .conv_igemm import _pair, conv_out_size, prepare_output
 from .errors import UnsupportedError
 from .family import KernelFamily
 
 SOURCE = "pooling.cu"
 MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
-# int8 max pool windows with a kernel of their own (pooling.cu maxpool_i8_window)
-I8_WINDOWS = {(3, 3): "maxpool2d_nhwc_i8_3x3", (2, 2): "maxpool2d_nhwc_i8_2x2"}
+# max pool windows with kernels of their own (pooling.cu maxpool_i8_window / maxpool_vec_window:
+# every tap's load in flight at once), taken by variant "auto"
+WINDOWS = {(3, 3): "3x3", (2, 2): "2x2"}
 
 
 VARIANTS = ("auto", "vec", "scalar")
@@ -39,10 +40,12 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     exclude_padding: average over in-bounds taps only (TensorRT's default).
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
-    one), "vec" (raise if it does not apply) or "scalar" (benchmarks).
+    one; MAX over a 3x3 or 2x2 window: the vector kernel of that fixed window,
+    bit-equal), "vec" (the runtime-window vector kernel; raise if it does not
+    apply) or "scalar" (benchmarks).
     int8 codes: MAX only, on packed bytes (C, the output's channel count and offset
     multiples of 16); the codes keep their scale. "auto" takes the kernel of a window fixed
-    at compile time where there is one (I8_WINDOWS: every tap's load in flight at once),
+    at compile time where there is one (WINDOWS: every tap's load in flight at once),
     "vec" the runtime-window kernel (maxpool2d_nhwc_i8).
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
@@ -73,14 +76,24 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
                 i32(sh), i32(sw), i32(ph), i32(pw))
     if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
-        if variant == "auto" and (R, S) in I8_WINDOWS:
-            kern = get_function(SOURCE, I8_WINDOWS[(R, S)])
+        if variant == "auto" and (R, S) in WINDOWS:
+            kern = get_function(SOURCE, f"maxpool2d_nhwc_i8_{WINDOWS[(R, S)]}")
         else:
             kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
         kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
              (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
         return out
     name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
+    if use_vec and code == 0 and variant == "auto" and (R, S) in WINDOWS:
+        # the fixed-window max (bit-equal to the vector kernel), fetched from the module the
+        # vector kernel's instantiation builds: no NVRTC run of its own
+        tname = "f16" if x.dtype == np.float16 else "f32"
+        kern = get_function(SOURCE, f"maxpool2d_nhwc_{tname}_{WINDOWS[(R, S)]}",
+                            name_expressions=(f"{name}<{ctype(x.dtype)}>",))
+        kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
+             (x, out, i32(N), i32(H), i32(W), i32(C), i32(P), i32(Q), i32(sh), i32(sw), i32(ph), i32(pw),
+              i32(out_ld), i32(out_channel_offset)))
+        return out
     kern = templated(SOURCE, name, (x.dtype,), "pool2d")
     kern(grid_1d(N * P * Q * (C // vec if use_vec else C)), (BLOCK,),
          (x, out, *geometry, i32(code), i32(bool(exclude_padding)),

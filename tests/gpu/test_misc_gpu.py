@@ -120,6 +120,41 @@ def test_pool2d_vector_and_scalar_kernels_agree(dtype, C, mode):
         np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, win, stride, pad", [
+    ((3, 15, 13, 64), 3, 2, 1),                     # ResNet's pool, odd sizes
+    ((2, 9, 10, 32), 3, 2, (4, 1)),                 # windows wholly in the padding
+    ((2, 8, 9, 16), 2, 2, 0),
+    ((1, 7, 8, 16), 2, (1, 3), (2, 0)),             # stride past the window, empty rows
+])
+def test_pool2d_fixed_window_max_is_bit_equal_to_the_vector_kernel(dtype, shape, win, stride, pad):
+    """auto's fixed-window max (3x3, 2x2) against the runtime-window vector kernel, bit for bit,
+    on data with -inf, NaN, +-0 and the type's extremes, into a slice of a wider buffer."""
+    x = RNG.standard_normal(shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[::7], flat[3::11], flat[5::13], flat[6::17] = -np.inf, np.nan, -0.0, 0.0
+    flat[9::19] = np.finfo(dtype).min
+    xd = cp.asarray(x)
+    ref = pooling.pool2d(xd, "MAX", win, stride=stride, padding=pad, variant="vec")
+    out = poison(cp, ref.shape[:3] + (shape[3] + 16,), dtype)
+    got = pooling.pool2d(xd, "MAX", win, stride=stride, padding=pad, out=out, out_channel_offset=8)
+    np.testing.assert_array_equal(got.get()[..., 8:8 + shape[3]].view(np.uint8), ref.get().view(np.uint8))
+    assert np.isnan(got.get()[..., :8]).all() and np.isnan(got.get()[..., 8 + shape[3]:]).all()
+    # the value: the window's max with NaN dropped, floored at the type's lowest (empty windows too)
+    (R, S), (sh, sw), (ph, pw) = (v if isinstance(v, tuple) else (v, v) for v in (win, stride, pad))
+    N, H, W, C = shape
+    P, Q = ref.shape[1:3]
+    xp = np.full((N, H + 2 * ph + R, W + 2 * pw + S, C), -np.inf)
+    xp[:, ph:ph + H, pw:pw + W] = np.where(np.isnan(x), -np.inf, x)
+    want = np.full((N, P, Q, C), -np.inf)
+    for r in range(R):
+        for c in range(S):
+            want = np.maximum(want, xp[:, r:r + sh * (P - 1) + 1:sh, c:c + sw * (Q - 1) + 1:sw])
+    want = np.maximum(want, float(np.finfo(dtype).min)).astype(dtype)
+    np.testing.assert_array_equal(ref.get(), want)
+    assert (want > 0).any() and np.isnan(x).any() and np.isneginf(x).any()
+
+
 @pytest.mark.parametrize("off", [8, 4])           # 4: unaligned offset -> scalar kernel (float16)
 def test_pool2d_writes_concat_buffer_at_offset(off):
     x = RNG.standard_normal((2, 9, 9, 16)).astype(np.float16)
