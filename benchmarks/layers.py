@@ -15,7 +15,7 @@ against PyTorch (cuDNN), in one process on one card.
                (--families tf32x3 tf32x3_base --tf32-base FILE: against another source)
     new        pooling (below), split-K at small M, the small-C stem
     pooling    ResNet's max pool (scalar / vectorised with a runtime window (vec) or the fixed
-               3x3 one (auto); FP16 and int8 codes) and global average pool, against torch;
+               3x3 one (window); FP16 and int8 codes) and global average pool, against torch;
                CUDA-graph timed
     mobilenet  MobileNetV2's depthwise 3x3 and 1x1 layers (CUDA-graph timed)
     int8_stem  the ResNet-50 stem from float32 NCHW, step by step (INT8 and FP16 paths)
@@ -504,7 +504,7 @@ def conv_table(rows):
 # ---- the other measurements ------------------------------------------------------------
 def pooling(args):
     """ResNet-50's max pool and global average pool: the scalar and vectorised kernels and torch;
-    the max pool of int8 codes; runtime window: vec, fixed 3x3: auto (CUDA-graph timed)."""
+    the max pool of int8 codes; runtime window: vec, fixed 3x3: window (CUDA-graph timed)."""
     import cupy as cp
     import torch
     F, pool, rows = torch.nn.functional, _gpu("pooling"), []
@@ -520,10 +520,10 @@ def pooling(args):
         gref, gt = g.astype(cp.float32).mean(axis=(1, 2)), torch.from_dlpack(g).permute(0, 3, 1, 2)
         for case, ours, theirs, want, variants in (
                 (f"maxpool 3x3s2 b{n} 112x112x64", lambda v: pool.pool2d(x, "MAX", 3, stride=2, padding=1, variant=v),
-                 lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec", "auto")),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), ref, ("scalar", "vec", "window")),
                 (f"maxpool int8 3x3s2 b{n} 112x112x64",
                  lambda v: pool.pool2d(q, "MAX", 3, stride=2, padding=1, variant=v),
-                 lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec", "auto")),
+                 lambda: F.max_pool2d(xt, 3, 2, 1), qref, ("vec", "window")),
                 (f"gap b{n} 7x7x2048", lambda v: pool.global_avgpool(g, variant=v),
                  lambda: gt.mean((2, 3)), gref, ("scalar", "vec"))):
             ms, _ = time_all({v: (lambda v=v: ours(v)) for v in variants}, lambda f: time(cp, f))

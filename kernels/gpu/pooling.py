@@ -16,7 +16,10 @@ MODES = {"MAX": 0, "AVERAGE": 1, "AVG": 1}
 WINDOWS = {(3, 3): "3x3", (2, 2): "2x2"}
 
 
-VARIANTS = ("auto", "vec", "scalar")
+VARIANTS = ("auto", "vec", "window", "scalar")
+# the float max pool's fixed-window kernels are taken by "auto" once a GPU has timed them against
+# the runtime-window kernel (benchmarks/KERNEL_NOTES.md "Session 24"); "window" asks for them
+FLOAT_WINDOW_AUTO = False
 
 
 def _check_variant(variant):
@@ -40,13 +43,13 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
     exclude_padding: average over in-bounds taps only (TensorRT's default).
     variant: "auto" (16-byte vector kernel where C, the output's channel
     count and offset are multiples of 8 halves / 4 floats, else the scalar
-    one; MAX over a 3x3 or 2x2 window: the vector kernel of that fixed window,
-    bit-equal), "vec" (the runtime-window vector kernel; raise if it does not
-    apply) or "scalar" (benchmarks).
+    one), "vec" (the runtime-window vector kernel; raise if it does not
+    apply), "window" (MAX over a 3x3 or 2x2 window: the vector kernel of that
+    fixed window, every tap's load in flight at once, bit-equal to "vec"; raise
+    for anything else) or "scalar" (benchmarks). "auto" takes "window" where it
+    applies for int8 codes, and for floats once FLOAT_WINDOW_AUTO is set.
     int8 codes: MAX only, on packed bytes (C, the output's channel count and offset
-    multiples of 16); the codes keep their scale. "auto" takes the kernel of a window fixed
-    at compile time where there is one (WINDOWS: every tap's load in flight at once),
-    "vec" the runtime-window kernel (maxpool2d_nhwc_i8).
+    multiples of 16); the codes keep their scale.
     Returns [N, P, Q, C] (or writes ``out`` at ``out_channel_offset``).
     """
     check_nhwc(x, "pool2d", dtypes=(np.float16, np.float32, np.int8))
@@ -73,10 +76,15 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
         raise UnsupportedError(f"pool2d variant 'vec' needs C ({C}), the output's channel count "
                                f"({out_ld}) and offset ({out_channel_offset}) multiples of {vec} "
                                f"and 16-byte aligned arrays")
+    if variant == "window" and not (use_vec and code == 0 and (R, S) in WINDOWS):
+        raise UnsupportedError(f"pooling variant 'window' is MAX over a window of "
+                               f"{', '.join(WINDOWS.values())} through the vector kernel; "
+                               f"got {'MAX' if code == 0 else 'AVERAGE'} {R}x{S}"
+                               f"{'' if use_vec else ' (the vector kernel does not apply)'}")
     geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
                 i32(sh), i32(sw), i32(ph), i32(pw))
     if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
-        if variant == "auto" and (R, S) in WINDOWS:
+        if variant in ("auto", "window") and (R, S) in WINDOWS:
             kern = get_function(SOURCE, f"maxpool2d_nhwc_i8_{WINDOWS[(R, S)]}")
         else:
             kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
@@ -84,7 +92,8 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
              (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
         return out
     name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
-    if use_vec and code == 0 and variant == "auto" and (R, S) in WINDOWS:
+    if variant == "window" or (variant == "auto" and FLOAT_WINDOW_AUTO and use_vec and code == 0
+                               and (R, S) in WINDOWS):
         # the fixed-window max (bit-equal to the vector kernel), fetched from the module the
         # vector kernel's instantiation builds: no NVRTC run of its own
         tname = "f16" if x.dtype == np.float16 else "f32"

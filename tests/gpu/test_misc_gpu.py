@@ -128,7 +128,7 @@ def test_pool2d_vector_and_scalar_kernels_agree(dtype, C, mode):
     ((1, 7, 8, 16), 2, (1, 3), (2, 0)),             # stride past the window, empty rows
 ])
 def test_pool2d_fixed_window_max_is_bit_equal_to_the_vector_kernel(dtype, shape, win, stride, pad):
-    """auto's fixed-window max (3x3, 2x2) against the runtime-window vector kernel, bit for bit,
+    """The fixed-window max (3x3, 2x2) against the runtime-window vector kernel, bit for bit,
     on data with -inf, NaN, +-0 and the type's extremes, into a slice of a wider buffer."""
     x = RNG.standard_normal(shape).astype(dtype)
     flat = x.reshape(-1)
@@ -137,7 +137,8 @@ def test_pool2d_fixed_window_max_is_bit_equal_to_the_vector_kernel(dtype, shape,
     xd = cp.asarray(x)
     ref = pooling.pool2d(xd, "MAX", win, stride=stride, padding=pad, variant="vec")
     out = poison(cp, ref.shape[:3] + (shape[3] + 16,), dtype)
-    got = pooling.pool2d(xd, "MAX", win, stride=stride, padding=pad, out=out, out_channel_offset=8)
+    got = pooling.pool2d(xd, "MAX", win, stride=stride, padding=pad, out=out, out_channel_offset=8,
+                         variant="window")
     np.testing.assert_array_equal(got.get()[..., 8:8 + shape[3]].view(np.uint8), ref.get().view(np.uint8))
     assert np.isnan(got.get()[..., :8]).all() and np.isnan(got.get()[..., 8 + shape[3]:]).all()
     # the value: the window's max with NaN dropped, floored at the type's lowest (empty windows too)
@@ -170,8 +171,18 @@ def test_pool2d_variant_errors():
     x = cp.zeros((1, 4, 4, 12), cp.float16)
     with pytest.raises(UnsupportedError, match="multiples of 8"):
         pooling.pool2d(x, "MAX", 2, variant="vec")
-    with pytest.raises(UnsupportedError, match="auto, vec, scalar"):
+    with pytest.raises(UnsupportedError, match="auto, vec, window, scalar"):
         pooling.pool2d(x, "MAX", 2, variant="fast")
+    with pytest.raises(UnsupportedError, match=r"'window' is MAX over a window of 3x3, 2x2 .* got MAX 2x2 "
+                                               r"\(the vector kernel does not apply\)"):
+        pooling.pool2d(x, "MAX", 2, variant="window")            # C = 12 halves: no vector kernel
+    x16 = cp.zeros((1, 6, 6, 16), cp.float16)
+    with pytest.raises(UnsupportedError, match="got AVERAGE 3x3$"):
+        pooling.pool2d(x16, "AVERAGE", 3, variant="window")
+    with pytest.raises(UnsupportedError, match="got MAX 4x4$"):
+        pooling.pool2d(x16, "MAX", 4, variant="window")
+    with pytest.raises(UnsupportedError, match="got MAX 3x1$"):
+        pooling.pool2d(cp.zeros((1, 6, 6, 16), cp.int8), "MAX", (3, 1), variant="window")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -191,7 +202,7 @@ def test_global_avgpool_variant_errors():
         pooling.global_avgpool(cp.zeros((1, 2, 2, 12), cp.float16), variant="vec")
 
 
-@pytest.mark.parametrize("variant", ["auto", "vec"])      # 3x3 / 2x2: the fixed-window kernels
+@pytest.mark.parametrize("variant", ["auto", "vec"])      # auto on 3x3 / 2x2: the fixed-window kernels
 @pytest.mark.parametrize("win, stride, pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
 def test_pool2d_int8_codes_max_is_exact(win, stride, pad, variant):
     rng = np.random.default_rng(9)
