@@ -123,6 +123,21 @@ __device__ __forceinline__ VecWindow vec_window(int i, int CV, int H, int W, int
     return v;
 }
 
+// Thread i of the fixed-window kernels: output pixel m = (n, p, q), channel vector cv of CV,
+// and the window's first input row and column (unclipped).
+struct WindowOrigin { int m, cv, n, h0, w0; };
+
+__device__ __forceinline__ WindowOrigin window_origin(int i, int CV, int P, int Q, int sh, int sw,
+                                                      int ph, int pw) {
+    WindowOrigin o;
+    o.cv = i % CV; o.m = i / CV;
+    const int q = o.m % Q, t = o.m / Q;
+    const int p = t % P;
+    o.n = t / P;
+    o.h0 = p * sh - ph; o.w0 = q * sw - pw;
+    return o;
+}
+
 // Launch: grid_1d(N*P*Q*C/VEC), any block size. Needs C, out_ld, out_off
 // multiples of VEC and 16-byte aligned x / out.
 template <typename T>
@@ -182,11 +197,9 @@ __device__ __forceinline__ void maxpool_vec_window(const T* __restrict__ x, T* _
     const int CV = C / VEC;
     const int total = N * P * Q * CV;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int cv = i % CV, m = i / CV;
-        const int q = m % Q, t = m / Q;
-        const int p = t % P, n = t / P;
-        const int h0 = p * sh - ph, w0 = q * sw - pw;
-        const T* xn = x + (long long)n * H * W * C + cv * VEC;
+        const WindowOrigin o = window_origin(i, CV, P, Q, sh, sw, ph, pw);
+        const int m = o.m, h0 = o.h0, w0 = o.w0;
+        const T* xn = x + (long long)o.n * H * W * C + o.cv * VEC;
         float v[R * S][VEC];
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -208,7 +221,7 @@ __device__ __forceinline__ void maxpool_vec_window(const T* __restrict__ x, T* _
             for (int k = 0; k < R * S; ++k) acc[e] = fmaxf(acc[e], v[k][e]);
             acc[e] = fmaxf(acc[e], CUPYRT_POOL_LOWEST(T));
         }
-        Vec16<T>::store(out + (long long)m * out_ld + out_off + cv * VEC, acc);
+        Vec16<T>::store(out + (long long)m * out_ld + out_off + o.cv * VEC, acc);
     }
 }
 #define CUPYRT_MAXPOOL_VEC_WINDOW(T, NAME, R, S)                                                         \
@@ -265,11 +278,9 @@ __device__ __forceinline__ void maxpool_i8_window(const signed char* __restrict_
     const int CV = C / 16;
     const int total = N * P * Q * CV;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int cv = i % CV, m = i / CV;
-        const int q = m % Q, t = m / Q;
-        const int p = t % P, n = t / P;
-        const int h0 = p * sh - ph, w0 = q * sw - pw;
-        const signed char* xn = x + (long long)n * H * W * C + cv * 16;
+        const WindowOrigin o = window_origin(i, CV, P, Q, sh, sw, ph, pw);
+        const int m = o.m, h0 = o.h0, w0 = o.w0;
+        const signed char* xn = x + (long long)o.n * H * W * C + o.cv * 16;
         uint4 v[R * S];
         bool any = false;
 #pragma unroll
@@ -289,7 +300,7 @@ __device__ __forceinline__ void maxpool_i8_window(const signed char* __restrict_
             acc.z = __vmaxs4(acc.z, v[k].z); acc.w = __vmaxs4(acc.w, v[k].w);
         }
         if (!any) acc = make_uint4(0u, 0u, 0u, 0u);    // an empty window: code 0
-        *reinterpret_cast<uint4*>(out + (long long)m * out_ld + out_off + cv * 16) = acc;
+        *reinterpret_cast<uint4*>(out + (long long)m * out_ld + out_off + o.cv * 16) = acc;
     }
 }
 #define CUPYRT_MAXPOOL_I8_WINDOW(R, S)                                                                   \
