@@ -330,6 +330,7 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
             // ReLU's max goes into the conversion (F2IP.RELU) and no element branches
             auto stage = [&](auto mode) {
                 constexpr int M = decltype(mode)::value;
+                static_assert(M >= 0 && M <= 2, "epilogue form 0, 1 or 2");
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     const int c = j * 8 + 2 * t;
@@ -360,8 +361,8 @@ conv_stem_f16(const void* __restrict__ xv,              // IN 0: [N,H,W,CS] half
                         }
                 }
             };
-            if (OUT == 2 && fold && act == ACT_RELU) stage(EpiMode<1>{});
-            else if (OUT == 2 && fold) stage(EpiMode<2>{});
+            if (fold && act == ACT_RELU) stage(EpiMode<1>{});          // fold: OUT 2 only
+            else if (fold) stage(EpiMode<2>{});
             else stage(EpiMode<0>{});
             __syncwarp();
             // store k: staged rows RPK k + lr, chunk lch of each (RPK = 32 / CPR rows a store,

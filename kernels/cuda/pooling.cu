@@ -187,8 +187,8 @@ __global__ void pool2d_nhwc_vec(const T* __restrict__ x, T* __restrict__ out,
 // bounds), where its runtime loop keeps one or two in flight. Taps outside the image read as
 // -FLT_MAX, which no max changes (the accumulator starts there and fmaxf drops NaN), and the
 // maxima run in the same (row, column) order: bit-equal to pool2d_nhwc_vec. Plain C names
-// (maxpool2d_nhwc_{f16,f32}_{3x3,2x2}); arguments as pool2d_nhwc_vec's without mode and
-// exclude_pad, the window's equal to the kernel's.
+// (maxpool2d_nhwc_{f16,f32}_{3x3,2x2}); arguments as maxpool2d_nhwc_i8's (the window's
+// equal to the kernel's).
 template <typename T, int R, int S>
 __device__ __forceinline__ void maxpool_vec_window(const T* __restrict__ x, T* __restrict__ out,
                                                    int N, int H, int W, int C, int P, int Q,
@@ -226,8 +226,8 @@ __device__ __forceinline__ void maxpool_vec_window(const T* __restrict__ x, T* _
 }
 #define CUPYRT_MAXPOOL_VEC_WINDOW(T, NAME, R, S)                                                         \
     extern "C" __global__ void maxpool2d_nhwc_##NAME##_##R##x##S(                                       \
-        const T* __restrict__ x, T* __restrict__ out, int N, int H, int W, int C, int P, int Q,        \
-        int sh, int sw, int ph, int pw, int out_ld, int out_off) {                                     \
+        const T* __restrict__ x, T* __restrict__ out, int N, int H, int W, int C, int, int, int P,     \
+        int Q, int sh, int sw, int ph, int pw, int out_ld, int out_off) {                              \
         maxpool_vec_window<T, R, S>(x, out, N, H, W, C, P, Q, sh, sw, ph, pw, out_ld, out_off);        \
     }
 CUPYRT_MAXPOOL_VEC_WINDOW(half_t, f16, 3, 3)

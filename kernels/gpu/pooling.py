@@ -76,32 +76,29 @@ def pool2d(x, mode, window, *, stride=None, padding=0, out_hw=None, exclude_padd
         raise UnsupportedError(f"pool2d variant 'vec' needs C ({C}), the output's channel count "
                                f"({out_ld}) and offset ({out_channel_offset}) multiples of {vec} "
                                f"and 16-byte aligned arrays")
-    if variant == "window" and not (use_vec and code == 0 and (R, S) in WINDOWS):
+    fixed = use_vec and code == 0 and (R, S) in WINDOWS
+    if variant == "window" and not fixed:
         raise UnsupportedError(f"pooling variant 'window' is MAX over a window of "
                                f"{', '.join(WINDOWS.values())} through the vector kernel; "
                                f"got {'MAX' if code == 0 else 'AVERAGE'} {R}x{S}"
                                f"{'' if use_vec else ' (the vector kernel does not apply)'}")
     geometry = (i32(N), i32(H), i32(W), i32(C), i32(R), i32(S), i32(P), i32(Q),
                 i32(sh), i32(sw), i32(ph), i32(pw))
-    if x.dtype == np.int8 and code == 0:        # max of int8 codes: on packed bytes
-        if variant in ("auto", "window") and (R, S) in WINDOWS:
-            kern = get_function(SOURCE, f"maxpool2d_nhwc_i8_{WINDOWS[(R, S)]}")
-        else:
-            kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
+    name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
+    if fixed and (variant == "window" or (variant == "auto" and (x.dtype == np.int8 or FLOAT_WINDOW_AUTO))):
+        # the fixed-window max (bit-equal to the runtime-window kernel); the float ones are
+        # fetched from the module the vector kernel's instantiation builds (no NVRTC run of
+        # their own), the int8 ones from the module of the plain C kernels
+        tname = {"int8": "i8", "float16": "f16", "float32": "f32"}[x.dtype.name]
+        kern = get_function(SOURCE, f"maxpool2d_nhwc_{tname}_{WINDOWS[(R, S)]}",
+                            name_expressions=() if x.dtype == np.int8 else (f"{name}<{ctype(x.dtype)}>",))
+    elif x.dtype == np.int8:                    # max of int8 codes, runtime window: on packed bytes
+        kern = get_function(SOURCE, "maxpool2d_nhwc_i8")
+    else:
+        kern = None
+    if kern is not None:
         kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
              (x, out, *geometry, i32(out_ld), i32(out_channel_offset)))
-        return out
-    name = "pool2d_nhwc_vec" if use_vec else "pool2d_nhwc"
-    if variant == "window" or (variant == "auto" and FLOAT_WINDOW_AUTO and use_vec and code == 0
-                               and (R, S) in WINDOWS):
-        # the fixed-window max (bit-equal to the vector kernel), fetched from the module the
-        # vector kernel's instantiation builds: no NVRTC run of its own
-        tname = "f16" if x.dtype == np.float16 else "f32"
-        kern = get_function(SOURCE, f"maxpool2d_nhwc_{tname}_{WINDOWS[(R, S)]}",
-                            name_expressions=(f"{name}<{ctype(x.dtype)}>",))
-        kern(grid_1d(N * P * Q * (C // vec)), (BLOCK,),
-             (x, out, i32(N), i32(H), i32(W), i32(C), i32(P), i32(Q), i32(sh), i32(sw), i32(ph), i32(pw),
-              i32(out_ld), i32(out_channel_offset)))
         return out
     kern = templated(SOURCE, name, (x.dtype,), "pool2d")
     kern(grid_1d(N * P * Q * (C // vec if use_vec else C)), (BLOCK,),
